@@ -1,0 +1,211 @@
+//! The backend role (SPEC.md §5.2–5.4): open a sealed hello, verify it against
+//! the registry entry the caller looked up, issue the vouch. No heap, no
+//! storage: lookups are the caller's, between the steps.
+//!
+//! The order is the spec's, cheap checks before expensive ones:
+//!
+//! ```text
+//! Hello::peek (decode, version, suite)        → caller: key id known? e_P replayed? gateway locked out?
+//! open_hello (one X25519, ChaCha20)           → caller: registry lookup of the id, status, policy
+//! OpenedHello::verify (one Ed25519 verify)    → caller: record e_P in the replay cache
+//! VerifiedHello::vouch (one Ed25519 sign)
+//! ```
+
+use core::fmt;
+
+use rand_core::CryptoRng;
+
+use super::schedule;
+use crate::anchor::Anchor;
+use crate::crypto;
+use crate::error::{Error, PeerMisbehaved};
+use crate::keys::{DhPublic, IdentityKey, KeyId, PeripheralId, PublicKey, SealingKey, Signature};
+use crate::wire::{Hello, Lifetimes, Message, Scope, Vouch};
+
+/// One backend key pair: the Ed25519 key that signs vouches and anchor
+/// updates, and the X25519 key hellos are sealed to, under one key id.
+pub struct BackendKeys {
+    kid: KeyId,
+    signing: IdentityKey,
+    sealing: SealingKey,
+}
+
+impl fmt::Debug for BackendKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendKeys")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendKeys {
+    /// Fresh keys.
+    pub fn generate<R: CryptoRng + ?Sized>(kid: KeyId, rng: &mut R) -> Self {
+        Self {
+            kid,
+            signing: IdentityKey::generate(rng),
+            sealing: SealingKey::generate(rng),
+        }
+    }
+
+    /// Keys loaded from storage.
+    pub fn from_parts(kid: KeyId, signing: IdentityKey, sealing: SealingKey) -> Self {
+        Self {
+            kid,
+            signing,
+            sealing,
+        }
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> KeyId {
+        self.kid
+    }
+
+    /// The signing key (for anchor updates and storage).
+    pub fn signing(&self) -> &IdentityKey {
+        &self.signing
+    }
+
+    /// The sealing key (for storage).
+    pub fn sealing(&self) -> &SealingKey {
+        &self.sealing
+    }
+
+    /// The anchor peripherals are provisioned with.
+    pub fn anchor(&self) -> Anchor {
+        Anchor {
+            kid: self.kid,
+            signing: self.signing.public_key(),
+            sealing: self.sealing.public(),
+        }
+    }
+}
+
+impl Hello {
+    /// Decodes bytes that must be a Hello (the backend's first, cheap step).
+    pub fn peek(bytes: &[u8]) -> Result<Hello, Error> {
+        match Message::decode(bytes)? {
+            Message::Hello(h) => Ok(h),
+            other => Err(PeerMisbehaved::UnexpectedMessage {
+                got: other.message_type(),
+            }
+            .into()),
+        }
+    }
+}
+
+/// A hello whose identity the backend has decrypted but not yet verified.
+#[derive(Debug)]
+pub struct OpenedHello {
+    peripheral: PeripheralId,
+    ephemeral: DhPublic,
+    signature: Signature,
+    statement: [u8; schedule::HELLO_STATEMENT_LEN],
+    th1: [u8; 32],
+}
+
+/// Opens the sealed identity of `hello` (SPEC.md §5.2). `keys` must be the
+/// pair the hello names ([`Hello::anchor`]). Costs one X25519.
+pub fn open_hello(hello_bytes: &[u8], keys: &BackendKeys) -> Result<OpenedHello, Error> {
+    let hello = Hello::peek(hello_bytes)?;
+    if hello.anchor != keys.kid {
+        return Err(PeerMisbehaved::UnknownBackendKey.into());
+    }
+    let ss = crypto::contributory(keys.sealing.dh(&hello.ephemeral))?;
+    let sealing_pub = keys.sealing.public();
+    let prefix = schedule::hello_prefix(hello.suite, hello.anchor, &hello.ephemeral);
+    let k_seal = schedule::seal_key(&prefix, &sealing_pub, ss.as_bytes());
+    let mut plain = hello.sealed.0;
+    crypto::stream_xor(&k_seal, &mut plain);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&plain[..8]);
+    let mut sig = [0u8; 64];
+    sig.copy_from_slice(&plain[8..]);
+    let peripheral = PeripheralId(id);
+    Ok(OpenedHello {
+        peripheral,
+        ephemeral: hello.ephemeral,
+        signature: Signature(sig),
+        statement: schedule::hello_statement(&prefix, &sealing_pub, &peripheral),
+        th1: crypto::sha256(&[hello_bytes]),
+    })
+}
+
+impl OpenedHello {
+    /// The id the hello claims. Not authenticated until [`verify`](Self::verify).
+    pub fn claimed_peripheral(&self) -> PeripheralId {
+        self.peripheral
+    }
+
+    /// The peripheral's ephemeral `e_P` (the replay-cache key).
+    pub fn ephemeral(&self) -> DhPublic {
+        self.ephemeral
+    }
+
+    /// Verifies the signature with the registered key of the claimed id
+    /// (strict Ed25519, SPEC.md §3.4).
+    pub fn verify(self, registered: &PublicKey) -> Result<VerifiedHello, Error> {
+        if !registered.verify_strict(&self.statement, &self.signature) {
+            return Err(PeerMisbehaved::BadHelloSignature.into());
+        }
+        Ok(VerifiedHello {
+            peripheral: self.peripheral,
+            ephemeral: self.ephemeral,
+            th1: self.th1,
+        })
+    }
+}
+
+/// A hello the backend has authenticated.
+#[derive(Debug, Clone)]
+pub struct VerifiedHello {
+    peripheral: PeripheralId,
+    ephemeral: DhPublic,
+    th1: [u8; 32],
+}
+
+/// What the backend grants a gateway in one vouch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VouchGrant {
+    /// The gateway's identity, from its TLS client certificate.
+    pub gateway_key: PublicKey,
+    /// The ephemeral the gateway sent with the request.
+    pub gateway_ephemeral: DhPublic,
+    /// What the gateway may do.
+    pub scope: Scope,
+    /// Session and resumption lifetimes.
+    pub lifetimes: Lifetimes,
+}
+
+impl VerifiedHello {
+    /// The authenticated peripheral.
+    pub fn peripheral(&self) -> PeripheralId {
+        self.peripheral
+    }
+
+    /// The peripheral's ephemeral `e_P`.
+    pub fn ephemeral(&self) -> DhPublic {
+        self.ephemeral
+    }
+
+    /// Signs the vouch (SPEC.md §5.4).
+    pub fn vouch(&self, keys: &BackendKeys, grant: &VouchGrant) -> Vouch {
+        let statement = schedule::vouch_statement(
+            &self.th1,
+            &self.peripheral,
+            &grant.gateway_ephemeral,
+            &grant.gateway_key,
+            grant.scope,
+            grant.lifetimes,
+            keys.kid,
+        );
+        Vouch {
+            gateway_key: grant.gateway_key,
+            scope: grant.scope,
+            lifetimes: grant.lifetimes,
+            backend_key: keys.kid,
+            signature: keys.signing.sign(&statement),
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The peripheral (initiator) state machine (SPEC.md §5.1–5.6, §6). No heap.
+//!
+//! ```text
+//! start ──Hello──▶ ExpectResponse ──Response/✓vouch──▶ Established (Finish queued)
+//! resume ─ResumeHello─▶ ExpectResumeResponse ──ResumeResponse/✓confirm──▶ Established
+//! any error ──▶ Failed (sticky; an Alert is queued unless the peer sent one)
+//! ```
+//!
+//! Cost per full handshake: one X25519 key generation, two X25519 exchanges,
+//! one Ed25519 signature, one Ed25519 verification. Per resumption: one key
+//! generation and one exchange, no signature.
+
+use core::fmt;
+
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use x25519_dalek::ReusableSecret;
+
+use super::schedule;
+use crate::anchor::AnchorSet;
+use crate::crypto::{self, Secret32, TAG_LEN};
+use crate::error::{AlertCode, ApiMisuse, Error, PeerMisbehaved};
+use crate::keys::{IdentitySigner, PeripheralId, PublicKey};
+use crate::session::{Role, Session};
+use crate::wire::{
+    encode_alert, Finish, Hello, Lifetimes, Mac16, Message, ResumeHello, ResumptionId, Scope,
+    SealedIdentity, Suite, Vouch, MAX_HANDSHAKE_MESSAGE, MAX_VOUCH_LEN,
+};
+use crate::Timestamp;
+
+/// Settings of the peripheral machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeripheralConfig {
+    /// How long to wait for the gateway's answer before failing with
+    /// [`Error::Timeout`].
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for PeripheralConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: super::DEFAULT_PERIPHERAL_TIMEOUT_MS,
+        }
+    }
+}
+
+/// What a peripheral keeps to resume with the same gateway (SPEC.md §6.1).
+///
+/// Holds a secret: zeroized on drop, no `Clone`, `Debug` shows no secret. It
+/// is serializable so a key store can persist it across reboots.
+#[derive(Serialize, Deserialize)]
+pub struct PeripheralTicket {
+    /// The gateway this ticket resumes with.
+    pub gateway_key: PublicKey,
+    /// The ticket id sent in the next ResumeHello.
+    pub id: ResumptionId,
+    secret: SecretBytes,
+    /// The scope of the original vouch (a resumption never widens it).
+    pub scope: Scope,
+    /// The lifetimes of the original vouch.
+    pub lifetimes: Lifetimes,
+    /// When the full handshake completed, on this device's clock. After a
+    /// reboot the clock restarts and the gateway alone enforces the lifetime.
+    pub issued_at: Timestamp,
+}
+
+impl PeripheralTicket {
+    /// Whether the resumption lifetime has passed on this device's clock.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        now >= self.issued_at.add_secs(self.lifetimes.resumption_s)
+    }
+}
+
+impl fmt::Debug for PeripheralTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeripheralTicket")
+            .field("gateway_key", &self.gateway_key)
+            .field("id", &self.id)
+            .field("scope", &self.scope)
+            .field("lifetimes", &self.lifetimes)
+            .field("issued_at", &self.issued_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret that can be serialized (for ticket persistence). Zeroized on drop.
+#[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop, Serialize, Deserialize)]
+struct SecretBytes([u8; 32]);
+
+impl SecretBytes {
+    fn as_secret(&self) -> Secret32 {
+        Secret32(self.0)
+    }
+}
+
+/// The outcome of a completed handshake, peripheral side.
+#[derive(Debug)]
+pub struct PeripheralEstablished {
+    /// The encrypted session.
+    pub session: Session,
+    /// The gateway the backend vouched for.
+    pub gateway_key: PublicKey,
+    /// What the gateway may do.
+    pub scope: Scope,
+    /// The lifetimes the backend granted.
+    pub lifetimes: Lifetimes,
+    /// The ticket for the next resumption with this gateway.
+    pub ticket: PeripheralTicket,
+    /// Whether this was a resumption.
+    pub resumed: bool,
+}
+
+struct ExpectResponse {
+    e: ReusableSecret,
+    id: PeripheralId,
+    th1: [u8; 32],
+    transcript: Sha256,
+    anchors: AnchorSet,
+}
+
+struct ExpectResumeResponse {
+    e: ReusableSecret,
+    ticket: PeripheralTicket,
+    transcript: Sha256,
+}
+
+enum State {
+    ExpectResponse(ExpectResponse),
+    ExpectResumeResponse(ExpectResumeResponse),
+    Established(PeripheralEstablished),
+    Failed(Error),
+    Taken,
+}
+
+/// The peripheral's handshake (SPEC.md §5). Drive it with
+/// [`handle_input`](Self::handle_input), [`poll_transmit`](Self::poll_transmit)
+/// and [`poll_timeout`](Self::poll_timeout)/[`handle_timeout`](Self::handle_timeout).
+pub struct PeripheralHandshake {
+    state: State,
+    out: [u8; MAX_HANDSHAKE_MESSAGE],
+    out_len: usize,
+    deadline: Timestamp,
+}
+
+impl fmt::Debug for PeripheralHandshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::ExpectResponse(_) => "ExpectResponse",
+            State::ExpectResumeResponse(_) => "ExpectResumeResponse",
+            State::Established(_) => "Established",
+            State::Failed(_) => "Failed",
+            State::Taken => "Taken",
+        };
+        f.debug_struct("PeripheralHandshake")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeripheralHandshake {
+    /// Starts a full handshake: builds the Hello (SPEC.md §5.1), sealed to the
+    /// primary anchor. The Hello is then ready in [`poll_transmit`](Self::poll_transmit).
+    pub fn start<S, R>(
+        config: &PeripheralConfig,
+        id: PeripheralId,
+        signer: &S,
+        anchors: &AnchorSet,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Self, Error>
+    where
+        S: IdentitySigner + ?Sized,
+        R: CryptoRng + ?Sized,
+    {
+        let anchor = *anchors.primary().ok_or(ApiMisuse::NoAnchor)?;
+        let e = ReusableSecret::random_from_rng(rng);
+        let e_pub = crypto::public_of(&e);
+        let suite = Suite::Ed25519X25519ChaCha20Poly1305;
+        let prefix = schedule::hello_prefix(suite, anchor.kid, &e_pub);
+
+        let signature = signer.sign(&schedule::hello_statement(&prefix, &anchor.sealing, &id));
+        let ss = crypto::dh(&e, &anchor.sealing)?;
+        let k_seal = schedule::seal_key(&prefix, &anchor.sealing, ss.as_bytes());
+        let mut sealed = [0u8; 72];
+        sealed[..8].copy_from_slice(&id.0);
+        sealed[8..].copy_from_slice(&signature.0);
+        crypto::stream_xor(&k_seal, &mut sealed);
+
+        let hello = Message::Hello(Hello {
+            suite,
+            anchor: anchor.kid,
+            ephemeral: e_pub,
+            sealed: SealedIdentity(sealed),
+        });
+        let mut out = [0u8; MAX_HANDSHAKE_MESSAGE];
+        let out_len = hello.encode(&mut out)?;
+        debug_assert_eq!(out[..schedule::HELLO_PREFIX_LEN], prefix);
+        let th1 = crypto::sha256(&[&out[..out_len]]);
+        let mut transcript = Sha256::new();
+        transcript.update(&out[..out_len]);
+        Ok(Self {
+            state: State::ExpectResponse(ExpectResponse {
+                e,
+                id,
+                th1,
+                transcript,
+                anchors: anchors.clone(),
+            }),
+            out,
+            out_len,
+            deadline: now.add_millis(config.handshake_timeout_ms),
+        })
+    }
+
+    /// Starts a resumption with the gateway that issued `ticket` (SPEC.md §6.2).
+    /// Takes the ticket: it is single-use, and the new one arrives with the
+    /// established session.
+    pub fn resume<R: CryptoRng + ?Sized>(
+        config: &PeripheralConfig,
+        ticket: PeripheralTicket,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Result<Self, Error> {
+        let e = ReusableSecret::random_from_rng(rng);
+        let e_pub = crypto::public_of(&e);
+        let suite = Suite::Ed25519X25519ChaCha20Poly1305;
+        let prefix = schedule::resume_prefix(suite, &ticket.id, &e_pub);
+        let binder = schedule::binder(&ticket.secret.as_secret(), &prefix);
+        let msg = Message::ResumeHello(ResumeHello {
+            suite,
+            ticket: ticket.id,
+            ephemeral: e_pub,
+            binder: Mac16(binder),
+        });
+        let mut out = [0u8; MAX_HANDSHAKE_MESSAGE];
+        let out_len = msg.encode(&mut out)?;
+        let mut transcript = Sha256::new();
+        transcript.update(&out[..out_len]);
+        Ok(Self {
+            state: State::ExpectResumeResponse(ExpectResumeResponse {
+                e,
+                ticket,
+                transcript,
+            }),
+            out,
+            out_len,
+            deadline: now.add_millis(config.handshake_timeout_ms),
+        })
+    }
+
+    /// Copies the next message to send into `buf` and returns its length.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if self.out_len == 0 || buf.len() < self.out_len {
+            return None;
+        }
+        let n = self.out_len;
+        buf[..n].copy_from_slice(&self.out[..n]);
+        self.out_len = 0;
+        Some(n)
+    }
+
+    /// The deadline of the current wait, if the machine is waiting.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        matches!(
+            self.state,
+            State::ExpectResponse(_) | State::ExpectResumeResponse(_)
+        )
+        .then_some(self.deadline)
+    }
+
+    /// Fails the handshake with [`Error::Timeout`] if its deadline has passed.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.poll_timeout().is_some_and(|d| now >= d) {
+            self.state = State::Failed(Error::Timeout);
+        }
+    }
+
+    /// Handles one message from the gateway.
+    pub fn handle_input(&mut self, now: Timestamp, bytes: &[u8]) -> Result<(), Error> {
+        if let State::Failed(e) = &self.state {
+            return Err(e.clone());
+        }
+        let state = core::mem::replace(&mut self.state, State::Taken);
+        let result = match state {
+            State::Failed(e) => Err(e),
+            State::ExpectResponse(s) => self.process_response(s, now, bytes),
+            State::ExpectResumeResponse(s) => self.process_resume_response(s, now, bytes),
+            State::Established(est) => {
+                self.state = State::Established(est);
+                return Err(ApiMisuse::WrongState.into());
+            }
+            State::Taken => Err(ApiMisuse::WrongState.into()),
+        };
+        match result {
+            Ok(next) => {
+                self.state = next;
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, Error::Alert(_)) {
+                    let alert = encode_alert(AlertCode::from(&e));
+                    self.out[..alert.len()].copy_from_slice(&alert);
+                    self.out_len = alert.len();
+                }
+                self.state = State::Failed(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the handshake has completed.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established(_))
+    }
+
+    /// The error the machine failed with, if it failed.
+    pub fn error(&self) -> Option<&Error> {
+        match &self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Takes the established session out of the machine (after the Finish has
+    /// been polled out). Fails if the handshake is not complete.
+    pub fn into_established(self) -> Result<PeripheralEstablished, Error> {
+        match self.state {
+            State::Established(est) => Ok(est),
+            State::Failed(e) => Err(e),
+            _ => Err(ApiMisuse::WrongState.into()),
+        }
+    }
+
+    fn process_response(
+        &mut self,
+        s: ExpectResponse,
+        now: Timestamp,
+        bytes: &[u8],
+    ) -> Result<State, Error> {
+        let response = match Message::decode(bytes)? {
+            Message::Response(r) => r,
+            Message::Alert(a) => return Err(Error::Alert(a.code)),
+            other => {
+                return Err(PeerMisbehaved::UnexpectedMessage {
+                    got: other.message_type(),
+                }
+                .into())
+            }
+        };
+        // Cheap checks first: the encrypted vouch must have a plausible size.
+        let n = response.sealed_vouch.len();
+        if n > MAX_VOUCH_LEN {
+            return Err(PeerMisbehaved::MalformedVouch.into());
+        }
+        let e_g = response.ephemeral;
+        let ss = crypto::dh(&s.e, &e_g)?;
+        let k_resp = schedule::response_key(&s.th1, &e_g, ss.as_bytes());
+        let mut body = [0u8; MAX_VOUCH_LEN];
+        body[..n].copy_from_slice(response.sealed_vouch);
+        crypto::stream_xor(&k_resp, &mut body[..n]);
+        let vouch: Vouch =
+            crate::wire::body_of(&body[..n]).map_err(|_| PeerMisbehaved::MalformedVouch)?;
+
+        let anchor = s
+            .anchors
+            .get(vouch.backend_key)
+            .ok_or(PeerMisbehaved::UnknownAnchor)?;
+        let statement = schedule::vouch_statement(
+            &s.th1,
+            &s.id,
+            &e_g,
+            &vouch.gateway_key,
+            vouch.scope,
+            vouch.lifetimes,
+            vouch.backend_key,
+        );
+        if !anchor.signing.verify_strict(&statement, &vouch.signature) {
+            return Err(PeerMisbehaved::BadVouchSignature.into());
+        }
+
+        let mut transcript = s.transcript;
+        transcript.update(bytes);
+        let th2: [u8; 32] = transcript.finalize().into();
+        let secrets = schedule::session_secrets(&th2, &[ss.as_bytes()]);
+        self.queue_finish(&secrets.p2g, &th2)?;
+        let session = Session::new(
+            Role::Peripheral,
+            secrets.p2g,
+            secrets.g2p,
+            vouch.scope,
+            secrets.session_id,
+            now.add_secs(vouch.lifetimes.session_s),
+        );
+        let ticket = PeripheralTicket {
+            gateway_key: vouch.gateway_key,
+            id: secrets.resumption_id,
+            secret: SecretBytes(secrets.resumption.0),
+            scope: vouch.scope,
+            lifetimes: vouch.lifetimes,
+            issued_at: now,
+        };
+        Ok(State::Established(PeripheralEstablished {
+            session,
+            gateway_key: vouch.gateway_key,
+            scope: vouch.scope,
+            lifetimes: vouch.lifetimes,
+            ticket,
+            resumed: false,
+        }))
+    }
+
+    fn process_resume_response(
+        &mut self,
+        s: ExpectResumeResponse,
+        now: Timestamp,
+        bytes: &[u8],
+    ) -> Result<State, Error> {
+        let rr = match Message::decode(bytes)? {
+            Message::ResumeResponse(r) => r,
+            Message::Alert(a) => return Err(Error::Alert(a.code)),
+            other => {
+                return Err(PeerMisbehaved::UnexpectedMessage {
+                    got: other.message_type(),
+                }
+                .into())
+            }
+        };
+        let ss = crypto::dh(&s.e, &rr.ephemeral)?;
+        let mut thr = s.transcript.clone();
+        thr.update(rr.ephemeral.as_bytes());
+        let thr: [u8; 32] = thr.finalize().into();
+        let rs = s.ticket.secret.as_secret();
+        let expect = schedule::resume_confirm(&rs, ss.as_bytes(), &thr);
+        if !crypto::ct_eq(&expect, &rr.confirm.0) {
+            return Err(PeerMisbehaved::BadResumeConfirm.into());
+        }
+        let mut transcript = s.transcript;
+        transcript.update(bytes);
+        let th2: [u8; 32] = transcript.finalize().into();
+        let secrets = schedule::session_secrets(&th2, &[&rs.0, ss.as_bytes()]);
+        self.queue_finish(&secrets.p2g, &th2)?;
+        let t = &s.ticket;
+        // A resumed session ends no later than the original resumption lifetime
+        // allows; the session lifetime restarts.
+        let session = Session::new(
+            Role::Peripheral,
+            secrets.p2g,
+            secrets.g2p,
+            t.scope,
+            secrets.session_id,
+            now.add_secs(t.lifetimes.session_s),
+        );
+        let ticket = PeripheralTicket {
+            gateway_key: t.gateway_key,
+            id: secrets.resumption_id,
+            secret: SecretBytes(secrets.resumption.0),
+            scope: t.scope,
+            lifetimes: t.lifetimes,
+            issued_at: t.issued_at,
+        };
+        Ok(State::Established(PeripheralEstablished {
+            session,
+            gateway_key: t.gateway_key,
+            scope: t.scope,
+            lifetimes: t.lifetimes,
+            ticket,
+            resumed: true,
+        }))
+    }
+
+    fn queue_finish(&mut self, p2g: &Secret32, th2: &[u8; 32]) -> Result<(), Error> {
+        let mut empty = [0u8; 0];
+        let tag = crypto::aead_seal(p2g, 0, &[&schedule::finish_aad(th2)], &mut empty);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(&tag);
+        self.out_len = Message::Finish(Finish { tag: Mac16(t) }).encode(&mut self.out)?;
+        Ok(())
+    }
+}
