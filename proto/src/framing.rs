@@ -67,7 +67,7 @@ impl<'a> Fragmenter<'a> {
     /// How many fragments `len` bytes take at this MTU.
     pub fn count(len: usize, att_mtu: usize) -> Result<usize, FramingError> {
         let frag = fragment_len(att_mtu)?;
-        if 1 + len <= frag {
+        if len < frag {
             return Ok(1);
         }
         let first = frag - 3;
@@ -82,7 +82,7 @@ impl<'a> Fragmenter<'a> {
         }
         let rest = &self.msg[self.offset..];
         let (header_len, mut header) = if !self.started {
-            if 1 + rest.len() <= self.frag {
+            if rest.len() < self.frag {
                 (1, [FLAG_START | FLAG_END, 0, 0])
             } else {
                 let len = (self.msg.len() as u16).to_le_bytes();

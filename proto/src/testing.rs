@@ -214,3 +214,58 @@ impl Pair {
         Ok((p.into_established()?, g.into_established()?))
     }
 }
+
+/// An "RNG" that returns fixed bytes in order, for test vectors: every random
+/// input of a handshake (an ephemeral secret) is then an explicit value.
+///
+/// Panics when exhausted: a vector that needs more randomness than it lists is
+/// a bug in the vector.
+#[derive(Debug, Clone)]
+pub struct FixedRng {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl FixedRng {
+    /// Returns `bytes` in order.
+    pub fn new(bytes: &[u8]) -> Self {
+        Self {
+            bytes: bytes.to_vec(),
+            at: 0,
+        }
+    }
+
+    /// Bytes not yet handed out.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+}
+
+impl rand_core::TryRng for FixedRng {
+    type Error = core::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    #[allow(clippy::panic)]
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        let end = self.at + dst.len();
+        if end > self.bytes.len() {
+            panic!("FixedRng exhausted: the vector lists too little randomness");
+        }
+        dst.copy_from_slice(&self.bytes[self.at..end]);
+        self.at = end;
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for FixedRng {}

@@ -10,7 +10,12 @@ use vouch_proto::wire::backend::{VouchAnswer, Vouched};
 use vouch_proto::wire::{Message, Response, MAX_HANDSHAKE_MESSAGE};
 use vouch_proto::{AlertCode, DecodeError, Error, PeerMisbehaved};
 
-fn hello_of(pair: &mut Pair) -> (vouch_proto::handshake::peripheral::PeripheralHandshake, Vec<u8>) {
+fn hello_of(
+    pair: &mut Pair,
+) -> (
+    vouch_proto::handshake::peripheral::PeripheralHandshake,
+    Vec<u8>,
+) {
     let mut p = pair.start_peripheral().unwrap();
     let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
     let n = p.poll_transmit(&mut buf).unwrap();
@@ -27,7 +32,9 @@ fn gateway_answer(
 ) -> (GatewayHandshake, Vec<u8>) {
     let mut g = GatewayHandshake::new(config, pair.now);
     g.handle_input(pair.now, hello, &mut pair.rng).unwrap();
-    let Some(GatewayEvent::NeedVouch(req)) = g.poll_event() else { panic!("no vouch request") };
+    let Some(GatewayEvent::NeedVouch(req)) = g.poll_event() else {
+        panic!("no vouch request")
+    };
     let a = answer(pair, &req);
     g.handle_vouch(pair.now, a).unwrap();
     let resp = g.poll_transmit().unwrap();
@@ -44,7 +51,10 @@ fn replayed_hello_cannot_complete_without_the_ephemeral_secret() {
     // replay cache vouches again; the replayer cannot produce the Finish.
     let cfg = pair.gateway_config();
     let (mut g, resp) = gateway_answer(&mut pair, cfg, &recorded.first, |p, r| p.backend_vouch(r));
-    assert_ne!(resp, recorded.second, "the gateway answers with a fresh ephemeral");
+    assert_ne!(
+        resp, recorded.second,
+        "the gateway answers with a fresh ephemeral"
+    );
     assert_eq!(
         g.handle_input(pair.now, &recorded.finish, &mut pair.rng),
         Err(PeerMisbehaved::BadFinish.into())
@@ -55,7 +65,10 @@ fn replayed_hello_cannot_complete_without_the_ephemeral_secret() {
     pair.gateway_key = other;
     let cfg = pair.gateway_config();
     let (mut g2, _) = gateway_answer(&mut pair, cfg, &recorded.first, |p, r| p.backend_vouch(r));
-    assert_eq!(g2.handle_input(pair.now, &recorded.finish, &mut pair.rng), Err(PeerMisbehaved::BadFinish.into()));
+    assert_eq!(
+        g2.handle_input(pair.now, &recorded.finish, &mut pair.rng),
+        Err(PeerMisbehaved::BadFinish.into())
+    );
 }
 
 #[test]
@@ -86,12 +99,17 @@ fn vouch_for_another_peripheral_is_rejected() {
     let cfg = p1.gateway_config();
     let mut g = GatewayHandshake::new(cfg, p1.now);
     g.handle_input(p1.now, &hello1, &mut p1.rng).unwrap();
-    let Some(GatewayEvent::NeedVouch(req1)) = g.poll_event() else { panic!() };
+    let Some(GatewayEvent::NeedVouch(req1)) = g.poll_event() else {
+        panic!()
+    };
     let vouch_for_p1 = p1.backend_vouch(&req1);
     assert!(matches!(vouch_for_p1, VouchAnswer::Vouched(_)));
     // The gateway answers P2's hello with P1's vouch.
     let (_g2, resp) = gateway_answer(&mut p2, cfg, &hello2, |_, _| vouch_for_p1.clone());
-    assert_eq!(h2.handle_input(p2.now, &resp), Err(PeerMisbehaved::BadVouchSignature.into()));
+    assert_eq!(
+        h2.handle_input(p2.now, &resp),
+        Err(PeerMisbehaved::BadVouchSignature.into())
+    );
 }
 
 #[test]
@@ -103,11 +121,18 @@ fn vouch_moved_to_another_gateway_ephemeral_is_rejected() {
     let (mut p, hello) = hello_of(&mut pair);
     let cfg = pair.gateway_config();
     let mut genuine = GatewayHandshake::new(cfg, pair.now);
-    genuine.handle_input(pair.now, &hello, &mut pair.rng).unwrap();
-    let Some(GatewayEvent::NeedVouch(req)) = genuine.poll_event() else { panic!() };
+    genuine
+        .handle_input(pair.now, &hello, &mut pair.rng)
+        .unwrap();
+    let Some(GatewayEvent::NeedVouch(req)) = genuine.poll_event() else {
+        panic!()
+    };
     let stolen = pair.backend_vouch(&req);
     let (_thief, resp) = gateway_answer(&mut pair, cfg, &hello, |_, _| stolen.clone());
-    assert_eq!(p.handle_input(pair.now, &resp), Err(PeerMisbehaved::BadVouchSignature.into()));
+    assert_eq!(
+        p.handle_input(pair.now, &resp),
+        Err(PeerMisbehaved::BadVouchSignature.into())
+    );
 }
 
 #[test]
@@ -118,9 +143,14 @@ fn vouch_for_another_gateway_key_is_refused_by_the_gateway() {
     let other = IdentityKey::from_seed(&[37; 32]).public_key();
     let mut g = GatewayHandshake::new(GatewayConfig::new(other), pair.now);
     g.handle_input(pair.now, &hello, &mut pair.rng).unwrap();
-    let Some(GatewayEvent::NeedVouch(req)) = g.poll_event() else { panic!() };
+    let Some(GatewayEvent::NeedVouch(req)) = g.poll_event() else {
+        panic!()
+    };
     let answer = pair.backend_vouch(&req);
-    assert_eq!(g.handle_vouch(pair.now, answer), Err(PeerMisbehaved::VouchMismatch.into()));
+    assert_eq!(
+        g.handle_vouch(pair.now, answer),
+        Err(PeerMisbehaved::VouchMismatch.into())
+    );
 }
 
 #[test]
@@ -144,10 +174,19 @@ fn rogue_gateway_with_its_own_signing_key_is_rejected() {
         };
         // Give the rogue every advantage: a vouch statement built with the real
         // backend's knowledge of the peripheral, signed with the rogue key.
-        let verified = open_hello(&req.hello, &pair.backend).unwrap().verify(&pair.peripheral_key.public_key()).unwrap();
-        VouchAnswer::Vouched(Vouched { vouch: verified.vouch(&rogue_backend, &grant), peripheral: pair.peripheral_info() })
+        let verified = open_hello(&req.hello, &pair.backend)
+            .unwrap()
+            .verify(&pair.peripheral_key.public_key())
+            .unwrap();
+        VouchAnswer::Vouched(Vouched {
+            vouch: verified.vouch(&rogue_backend, &grant),
+            peripheral: pair.peripheral_info(),
+        })
     });
-    assert_eq!(p.handle_input(pair.now, &resp), Err(PeerMisbehaved::BadVouchSignature.into()));
+    assert_eq!(
+        p.handle_input(pair.now, &resp),
+        Err(PeerMisbehaved::BadVouchSignature.into())
+    );
 }
 
 #[test]
@@ -157,16 +196,25 @@ fn vouch_under_an_unknown_anchor_is_rejected() {
     let other = BackendKeys::generate(KeyId(9), &mut pair.rng);
     let cfg = pair.gateway_config();
     let (_g, resp) = gateway_answer(&mut pair, cfg, &hello, |pair, req| {
-        let verified = open_hello(&req.hello, &pair.backend).unwrap().verify(&pair.peripheral_key.public_key()).unwrap();
+        let verified = open_hello(&req.hello, &pair.backend)
+            .unwrap()
+            .verify(&pair.peripheral_key.public_key())
+            .unwrap();
         let grant = VouchGrant {
             gateway_key: pair.gateway_key.public_key(),
             gateway_ephemeral: req.gateway_ephemeral,
             scope: pair.scope,
             lifetimes: pair.lifetimes,
         };
-        VouchAnswer::Vouched(Vouched { vouch: verified.vouch(&other, &grant), peripheral: pair.peripheral_info() })
+        VouchAnswer::Vouched(Vouched {
+            vouch: verified.vouch(&other, &grant),
+            peripheral: pair.peripheral_info(),
+        })
     });
-    assert_eq!(p.handle_input(pair.now, &resp), Err(PeerMisbehaved::UnknownAnchor.into()));
+    assert_eq!(
+        p.handle_input(pair.now, &resp),
+        Err(PeerMisbehaved::UnknownAnchor.into())
+    );
 }
 
 #[test]
@@ -178,7 +226,10 @@ fn impostor_peripheral_claiming_another_id_fails_the_backend() {
     let (_p, hello) = hello_of(&mut pair);
     let opened = open_hello(&hello, &pair.backend).unwrap();
     assert_eq!(opened.claimed_peripheral(), pair.peripheral_id);
-    assert_eq!(opened.verify(&registered).unwrap_err(), PeerMisbehaved::BadHelloSignature.into());
+    assert_eq!(
+        opened.verify(&registered).unwrap_err(),
+        PeerMisbehaved::BadHelloSignature.into()
+    );
 }
 
 #[test]
@@ -190,7 +241,10 @@ fn hello_sealed_to_another_backend_cannot_be_opened() {
     let opened = open_hello(&hello, &other).unwrap();
     assert_ne!(opened.claimed_peripheral(), pair.peripheral_id);
     let other_kid = BackendKeys::generate(KeyId(2), &mut pair.rng);
-    assert_eq!(open_hello(&hello, &other_kid).unwrap_err(), PeerMisbehaved::UnknownBackendKey.into());
+    assert_eq!(
+        open_hello(&hello, &other_kid).unwrap_err(),
+        PeerMisbehaved::UnknownBackendKey.into()
+    );
 }
 
 #[test]
@@ -206,9 +260,15 @@ fn downgrade_of_version_or_suite_is_refused_without_fallback() {
         let mut bad = hello.clone();
         bad[at] = value;
         let mut g = GatewayHandshake::new(pair.gateway_config(), pair.now);
-        assert_eq!(g.handle_input(pair.now, &bad, &mut pair.rng), Err(expect.into()));
+        assert_eq!(
+            g.handle_input(pair.now, &bad, &mut pair.rng),
+            Err(expect.into())
+        );
         let alert = g.poll_transmit().unwrap();
-        assert_eq!(alert, vouch_proto::wire::encode_alert(AlertCode::Unsupported).to_vec());
+        assert_eq!(
+            alert,
+            vouch_proto::wire::encode_alert(AlertCode::Unsupported).to_vec()
+        );
         assert!(g.poll_event().is_none(), "nothing reaches the backend");
     }
 }
@@ -220,7 +280,10 @@ fn reflected_messages_are_rejected() {
     // The peripheral's own hello, reflected back to it.
     assert_eq!(
         p.handle_input(pair.now, &hello),
-        Err(PeerMisbehaved::UnexpectedMessage { got: vouch_proto::wire::MessageType::Hello }.into())
+        Err(PeerMisbehaved::UnexpectedMessage {
+            got: vouch_proto::wire::MessageType::Hello
+        }
+        .into())
     );
     // The gateway's own response, reflected back to it as the Finish.
     let cfg = pair.gateway_config();
@@ -228,7 +291,10 @@ fn reflected_messages_are_rejected() {
     let (mut g, resp) = gateway_answer(&mut pair, cfg, &hello2, |p, r| p.backend_vouch(r));
     assert_eq!(
         g.handle_input(pair.now, &resp, &mut pair.rng),
-        Err(PeerMisbehaved::UnexpectedMessage { got: vouch_proto::wire::MessageType::Response }.into())
+        Err(PeerMisbehaved::UnexpectedMessage {
+            got: vouch_proto::wire::MessageType::Response
+        }
+        .into())
     );
 }
 
@@ -241,13 +307,20 @@ fn reordered_messages_are_rejected() {
     let mut g = GatewayHandshake::new(pair.gateway_config(), pair.now);
     assert!(matches!(
         g.handle_input(pair.now, &t.finish, &mut pair.rng),
-        Err(Error::PeerMisbehaved(PeerMisbehaved::UnexpectedMessage { .. }))
+        Err(Error::PeerMisbehaved(
+            PeerMisbehaved::UnexpectedMessage { .. }
+        ))
     ));
     // A second hello while waiting for the vouch.
     let mut g = GatewayHandshake::new(pair.gateway_config(), pair.now);
     g.handle_input(pair.now, &t.first, &mut pair.rng).unwrap();
     assert!(g.handle_input(pair.now, &t.first, &mut pair.rng).is_err());
-    assert!(g.handle_vouch(pair.now, VouchAnswer::Refused(vouch_proto::error::Refusal::Denied)).is_err());
+    assert!(g
+        .handle_vouch(
+            pair.now,
+            VouchAnswer::Refused(vouch_proto::error::Refusal::Denied)
+        )
+        .is_err());
     // A Finish at the peripheral.
     let (mut p, _) = hello_of(&mut pair);
     assert!(p.handle_input(pair.now, &t.finish).is_err());
@@ -258,14 +331,28 @@ fn low_order_gateway_share_is_rejected() {
     let mut pair = Pair::new(46);
     let (mut p, _hello) = hello_of(&mut pair);
     // The identity point (u = 0) makes every shared secret zero.
-    let resp = Message::Response(Response { ephemeral: DhPublic([0u8; 32]), sealed_vouch: &[0u8; 103] }).to_vec();
-    assert_eq!(p.handle_input(pair.now, &resp), Err(PeerMisbehaved::WeakKeyShare.into()));
+    let resp = Message::Response(Response {
+        ephemeral: DhPublic([0u8; 32]),
+        sealed_vouch: &[0u8; 103],
+    })
+    .to_vec();
+    assert_eq!(
+        p.handle_input(pair.now, &resp),
+        Err(PeerMisbehaved::WeakKeyShare.into())
+    );
     // u = 1 is of small order too (order 4 point on the twist side).
     let mut p2 = hello_of(&mut pair).0;
     let mut one = [0u8; 32];
     one[0] = 1;
-    let resp = Message::Response(Response { ephemeral: DhPublic(one), sealed_vouch: &[0u8; 103] }).to_vec();
-    assert_eq!(p2.handle_input(pair.now, &resp), Err(PeerMisbehaved::WeakKeyShare.into()));
+    let resp = Message::Response(Response {
+        ephemeral: DhPublic(one),
+        sealed_vouch: &[0u8; 103],
+    })
+    .to_vec();
+    assert_eq!(
+        p2.handle_input(pair.now, &resp),
+        Err(PeerMisbehaved::WeakKeyShare.into())
+    );
 }
 
 #[test]
@@ -274,7 +361,10 @@ fn low_order_peripheral_share_is_refused_by_the_backend() {
     let (_p, hello) = hello_of(&mut pair);
     let mut bad = hello.clone();
     bad[4..36].fill(0);
-    assert_eq!(open_hello(&bad, &pair.backend).unwrap_err(), PeerMisbehaved::WeakKeyShare.into());
+    assert_eq!(
+        open_hello(&bad, &pair.backend).unwrap_err(),
+        PeerMisbehaved::WeakKeyShare.into()
+    );
 }
 
 #[test]
@@ -293,9 +383,16 @@ fn alert_from_the_peer_is_not_answered() {
     let mut pair = Pair::new(49);
     let (mut p, _) = hello_of(&mut pair);
     let alert = vouch_proto::wire::encode_alert(AlertCode::HandshakeFailed);
-    assert_eq!(p.handle_input(pair.now, &alert), Err(Error::Alert(AlertCode::HandshakeFailed)));
+    assert_eq!(
+        p.handle_input(pair.now, &alert),
+        Err(Error::Alert(AlertCode::HandshakeFailed))
+    );
     let mut buf = [0u8; 16];
-    assert_eq!(p.poll_transmit(&mut buf), None, "no alert in answer to an alert");
+    assert_eq!(
+        p.poll_transmit(&mut buf),
+        None,
+        "no alert in answer to an alert"
+    );
 }
 
 #[test]
@@ -308,5 +405,8 @@ fn backend_refusal_reaches_the_peripheral_as_a_generic_failure() {
     let refused = VouchAnswer::Refused(vouch_proto::error::Refusal::Denied);
     assert!(g.handle_vouch(pair.now, refused).is_err());
     let alert = g.poll_transmit().unwrap();
-    assert_eq!(p.handle_input(pair.now, &alert), Err(Error::Alert(AlertCode::HandshakeFailed)));
+    assert_eq!(
+        p.handle_input(pair.now, &alert),
+        Err(Error::Alert(AlertCode::HandshakeFailed))
+    );
 }

@@ -48,7 +48,13 @@ fn message_sizes_fit_one_pdu_and_the_budget() {
     let mut pair = Pair::new(2);
     pair.full_handshake().unwrap();
     let t = pair.transcript.clone();
-    println!("full: hello {} response {} finish {} total {}", t.first.len(), t.second.len(), t.finish.len(), t.total());
+    println!(
+        "full: hello {} response {} finish {} total {}",
+        t.first.len(),
+        t.second.len(),
+        t.finish.len(),
+        t.total()
+    );
     assert_eq!(t.first.len(), 108);
     // scope 3 (1 byte), lifetimes 3600 (2) and 86400 (3).
     assert_eq!(t.second.len(), 138);
@@ -58,7 +64,10 @@ fn message_sizes_fit_one_pdu_and_the_budget() {
     // The largest vouch: every varint at its widest.
     let mut pair = Pair::new(3);
     pair.scope = Scope(u32::MAX);
-    pair.lifetimes = Lifetimes { session_s: u32::MAX, resumption_s: u32::MAX };
+    pair.lifetimes = Lifetimes {
+        session_s: u32::MAX,
+        resumption_s: u32::MAX,
+    };
     pair.full_handshake().unwrap();
     let t = pair.transcript.clone();
     assert_eq!(t.second.len(), 147);
@@ -73,8 +82,17 @@ fn resumption_sizes() {
     let (p, g) = pair.full_handshake().unwrap();
     pair.resume(p.ticket, &g.ticket).unwrap();
     let t = pair.transcript.clone();
-    println!("resume: hello {} response {} finish {} total {}", t.first.len(), t.second.len(), t.finish.len(), t.total());
-    assert_eq!((t.first.len(), t.second.len(), t.finish.len()), (67, 50, 18));
+    println!(
+        "resume: hello {} response {} finish {} total {}",
+        t.first.len(),
+        t.second.len(),
+        t.finish.len(),
+        t.total()
+    );
+    assert_eq!(
+        (t.first.len(), t.second.len(), t.finish.len()),
+        (67, 50, 18)
+    );
 }
 
 #[test]
@@ -83,7 +101,10 @@ fn peripheral_signs_once_per_full_handshake_and_never_on_resumption() {
     let key = IdentityKey::from_seed(&[5u8; 32]);
     // Register this key as the pair's peripheral.
     pair.peripheral_key = IdentityKey::from_seed(&[5u8; 32]);
-    let signer = CountingSigner { key: &key, signatures: Cell::new(0) };
+    let signer = CountingSigner {
+        key: &key,
+        signatures: Cell::new(0),
+    };
     let p = PeripheralHandshake::start(
         &PeripheralConfig::default(),
         pair.peripheral_id,
@@ -111,11 +132,17 @@ fn resumption_without_backend_then_data() {
     assert_eq!(g2.consumed_ticket, Some(g.ticket.id));
     assert_ne!(p2.session.danger_export_keys(), first_keys);
     assert_ne!(p2.ticket.id, g.ticket.id, "each ticket is used once");
-    assert_eq!(g2.ticket.expires_at, g.ticket.expires_at, "resumption never extends the backend's lifetime");
+    assert_eq!(
+        g2.ticket.expires_at, g.ticket.expires_at,
+        "resumption never extends the backend's lifetime"
+    );
     let mut rec = [0u8; 64];
     let mut out = [0u8; 64];
     let n = p2.session.seal_data(pair.now, b"t=21", &mut rec).unwrap();
-    assert_eq!(g2.session.open(pair.now, &rec[..n], &mut out).unwrap(), Inbound::Data(b"t=21"));
+    assert_eq!(
+        g2.session.open(pair.now, &rec[..n], &mut out).unwrap(),
+        Inbound::Data(b"t=21")
+    );
     // And resumption chains: the new tickets work too.
     let (p3, _) = pair.resume(p2.ticket, &g2.ticket).unwrap();
     assert!(p3.resumed);
@@ -138,18 +165,36 @@ fn consumed_ticket_cannot_be_used_again() {
     let saved = postcard::to_allocvec(&p.ticket).unwrap();
     let (_p2, g2) = pair.resume(p.ticket, &g.ticket).unwrap();
     // The gateway deletes the consumed ticket; the lookup now finds nothing.
-    let replay: vouch_proto::handshake::peripheral::PeripheralTicket = postcard::from_bytes(&saved).unwrap();
-    let mut ph = PeripheralHandshake::resume(&PeripheralConfig::default(), replay, pair.now, &mut pair.rng).unwrap();
+    let replay: vouch_proto::handshake::peripheral::PeripheralTicket =
+        postcard::from_bytes(&saved).unwrap();
+    let mut ph = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        replay,
+        pair.now,
+        &mut pair.rng,
+    )
+    .unwrap();
     let mut gh = GatewayHandshake::new(pair.gateway_config(), pair.now);
     let mut buf = [0u8; 256];
     let n = ph.poll_transmit(&mut buf).unwrap();
     gh.handle_input(pair.now, &buf[..n], &mut pair.rng).unwrap();
     assert!(g2.consumed_ticket.is_some());
-    assert_eq!(gh.handle_ticket(pair.now, None, &mut pair.rng), Err(PeerMisbehaved::UnknownTicket.into()));
+    assert_eq!(
+        gh.handle_ticket(pair.now, None, &mut pair.rng),
+        Err(PeerMisbehaved::UnknownTicket.into())
+    );
     let alert = gh.poll_transmit().unwrap();
-    assert_eq!(Message::decode(&alert).unwrap(), Message::Alert(vouch_proto::wire::Alert { code: AlertCode::ResumptionRejected }));
+    assert_eq!(
+        Message::decode(&alert).unwrap(),
+        Message::Alert(vouch_proto::wire::Alert {
+            code: AlertCode::ResumptionRejected
+        })
+    );
     // The peripheral learns it must run a full handshake.
-    assert_eq!(ph.handle_input(pair.now, &alert), Err(Error::Alert(AlertCode::ResumptionRejected)));
+    assert_eq!(
+        ph.handle_input(pair.now, &alert),
+        Err(Error::Alert(AlertCode::ResumptionRejected))
+    );
 }
 
 #[test]
@@ -170,5 +215,10 @@ fn timeouts_fail_stickily() {
     g.handle_timeout(d);
     assert_eq!(g.error(), Some(&Error::Timeout));
     // A backend that times out means "busy", so the peripheral backs off.
-    assert_eq!(Message::decode(&g.poll_transmit().unwrap()).unwrap(), Message::Alert(vouch_proto::wire::Alert { code: AlertCode::Busy }));
+    assert_eq!(
+        Message::decode(&g.poll_transmit().unwrap()).unwrap(),
+        Message::Alert(vouch_proto::wire::Alert {
+            code: AlertCode::Busy
+        })
+    );
 }

@@ -43,7 +43,10 @@ fn gateway_outcome(pair: &mut Pair, hello: &[u8]) -> Result<(), Error> {
     })();
     if let Err(e) = &r {
         // Sticky: the same error again, with no work.
-        assert_eq!(g.handle_input(pair.now, hello, &mut pair.rng).as_ref(), Err(e));
+        assert_eq!(
+            g.handle_input(pair.now, hello, &mut pair.rng).as_ref(),
+            Err(e)
+        );
         assert!(!g.is_established());
     }
     r
@@ -56,7 +59,10 @@ fn every_corrupted_hello_is_refused() {
     let mut buf = [0u8; 256];
     let n = p.poll_transmit(&mut buf).unwrap();
     let hello = buf[..n].to_vec();
-    assert!(gateway_outcome(&mut pair, &hello).is_ok(), "the genuine hello is vouched");
+    assert!(
+        gateway_outcome(&mut pair, &hello).is_ok(),
+        "the genuine hello is vouched"
+    );
     let mut refused = 0;
     for bad in corruptions(&hello) {
         let r = gateway_outcome(&mut pair, &bad);
@@ -82,7 +88,11 @@ fn every_corrupted_response_fails_the_peripheral() {
         assert_eq!(&buf[..n], &genuine.first[..], "deterministic hello");
         let err = p.handle_input(replay.now, &bad).unwrap_err();
         assert!(!p.is_established());
-        assert_eq!(p.handle_input(replay.now, &genuine.second).unwrap_err(), err, "sticky");
+        assert_eq!(
+            p.handle_input(replay.now, &genuine.second).unwrap_err(),
+            err,
+            "sticky"
+        );
         assert!(p.into_established().is_err());
     }
 }
@@ -101,14 +111,21 @@ fn every_corrupted_finish_fails_the_gateway() {
         let mut buf = [0u8; 256];
         let n = p.poll_transmit(&mut buf).unwrap();
         g.handle_input(pair.now, &buf[..n], &mut pair.rng).unwrap();
-        let Some(GatewayEvent::NeedVouch(req)) = g.poll_event() else { panic!() };
+        let Some(GatewayEvent::NeedVouch(req)) = g.poll_event() else {
+            panic!()
+        };
         let answer = pair.backend_vouch(&req);
         assert!(matches!(answer, VouchAnswer::Vouched(_)));
         g.handle_vouch(pair.now, answer).unwrap();
         let resp = g.poll_transmit().unwrap();
         assert_eq!(resp, genuine.second);
         let err = g.handle_input(pair.now, &bad, &mut pair.rng).unwrap_err();
-        assert_eq!(g.handle_input(pair.now, &genuine.finish, &mut pair.rng).unwrap_err(), err, "sticky");
+        assert_eq!(
+            g.handle_input(pair.now, &genuine.finish, &mut pair.rng)
+                .unwrap_err(),
+            err,
+            "sticky"
+        );
         assert!(!g.is_established());
     }
 }
@@ -123,7 +140,8 @@ fn every_corrupted_resumption_message_is_refused() {
     let fresh = |base: &mut Pair, seed: u64| {
         base.rng = vouch_proto::testing::rng(seed);
         let t = postcard::from_bytes(&ticket_bytes).unwrap();
-        PeripheralHandshake::resume(&PeripheralConfig::default(), t, base.now, &mut base.rng).unwrap()
+        PeripheralHandshake::resume(&PeripheralConfig::default(), t, base.now, &mut base.rng)
+            .unwrap()
     };
     // ResumeHello corrupted → the gateway refuses.
     let mut p = fresh(&mut base, 1001);
@@ -147,9 +165,11 @@ fn every_corrupted_resumption_message_is_refused() {
     }
     // ResumeResponse corrupted → the peripheral refuses.
     let mut g = GatewayHandshake::new(base.gateway_config(), base.now);
-    g.handle_input(base.now, &resume_hello, &mut base.rng).unwrap();
+    g.handle_input(base.now, &resume_hello, &mut base.rng)
+        .unwrap();
     g.poll_event();
-    g.handle_ticket(base.now, Some(&g_ticket), &mut base.rng).unwrap();
+    g.handle_ticket(base.now, Some(&g_ticket), &mut base.rng)
+        .unwrap();
     let rr = g.poll_transmit().unwrap();
     for bad in corruptions(&rr) {
         let mut p = fresh(&mut base, 1001);

@@ -65,6 +65,9 @@ pub use crate::error::Refusal;
 ///
 /// APPEND ONLY: the variant order is wire format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// An answer lives for one request and is moved once; boxing the common
+// variant would cost an allocation per vouch for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum VouchAnswer {
     /// Vouched.
     Vouched(Vouched),
