@@ -90,6 +90,10 @@ pub enum DecodeError {
     /// A field holds a value the format does not allow.
     #[error("malformed field")]
     Malformed,
+    /// The bytes are not the canonical encoding of what they decode to (an
+    /// over-long varint).
+    #[error("non-canonical encoding")]
+    NonCanonical,
 }
 
 /// Why a BLE fragment was rejected by the reassembler (SPEC.md §8).

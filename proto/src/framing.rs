@@ -293,6 +293,144 @@ enum Done {
     Buffered(usize),
 }
 
+/// The TCP transport's framing (SPEC.md §8.4): each fragment preceded by its
+/// length as two bytes little-endian.
+pub mod stream {
+    use super::MAX_FRAGMENT;
+    use crate::error::FramingError;
+
+    /// Bytes of the length prefix.
+    pub const PREFIX: usize = 2;
+
+    /// Writes `len ‖ fragment` into `out`; returns the bytes written.
+    pub fn encode(fragment: &[u8], out: &mut [u8]) -> Result<usize, FramingError> {
+        if fragment.is_empty() {
+            return Err(FramingError::EmptyFragment);
+        }
+        if fragment.len() > MAX_FRAGMENT {
+            return Err(FramingError::MessageTooLarge { max: MAX_FRAGMENT });
+        }
+        let total = PREFIX + fragment.len();
+        if out.len() < total {
+            return Err(FramingError::MessageTooLarge { max: out.len() });
+        }
+        out[..PREFIX].copy_from_slice(&(fragment.len() as u16).to_le_bytes());
+        out[PREFIX..total].copy_from_slice(fragment);
+        Ok(total)
+    }
+
+    /// Splits a byte stream into fragments, holding at most one fragment.
+    #[derive(Debug, Clone)]
+    pub struct Decoder {
+        buf: [u8; PREFIX + MAX_FRAGMENT],
+        len: usize,
+    }
+
+    impl Default for Decoder {
+        fn default() -> Self {
+            Self {
+                buf: [0u8; PREFIX + MAX_FRAGMENT],
+                len: 0,
+            }
+        }
+    }
+
+    impl Decoder {
+        /// Takes bytes from `input` until one fragment is complete. Returns how
+        /// many bytes it consumed and, when complete, the fragment. Call again
+        /// with the rest of the input. A zero or oversized length prefix is an
+        /// error (the stream cannot be resynchronised; close it).
+        pub fn push<'s>(
+            &'s mut self,
+            input: &[u8],
+        ) -> Result<(usize, Option<&'s [u8]>), FramingError> {
+            if self.len >= PREFIX {
+                let want = self.expected();
+                if self.len == PREFIX + want {
+                    self.len = 0;
+                }
+            }
+            let mut used = 0;
+            if self.len < PREFIX {
+                let take = (PREFIX - self.len).min(input.len());
+                self.buf[self.len..self.len + take].copy_from_slice(&input[..take]);
+                self.len += take;
+                used += take;
+                if self.len < PREFIX {
+                    return Ok((used, None));
+                }
+                let want = self.expected();
+                if want == 0 {
+                    self.len = 0;
+                    return Err(FramingError::EmptyFragment);
+                }
+                if want > MAX_FRAGMENT {
+                    self.len = 0;
+                    return Err(FramingError::MessageTooLarge { max: MAX_FRAGMENT });
+                }
+            }
+            let want = self.expected();
+            let have = self.len - PREFIX;
+            let take = (want - have).min(input.len() - used);
+            self.buf[self.len..self.len + take].copy_from_slice(&input[used..used + take]);
+            self.len += take;
+            used += take;
+            if self.len == PREFIX + want {
+                Ok((used, Some(&self.buf[PREFIX..PREFIX + want])))
+            } else {
+                Ok((used, None))
+            }
+        }
+
+        fn expected(&self) -> usize {
+            u16::from_le_bytes([self.buf[0], self.buf[1]]) as usize
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn splits_a_stream_at_any_chunking() {
+            let mut wire = [0u8; 64];
+            let a = encode(&[1, 2, 3], &mut wire).unwrap();
+            let b = encode(&[9; 20], &mut wire[a..]).unwrap();
+            let wire = &wire[..a + b];
+            for chunk in 1..wire.len() {
+                let mut d = Decoder::default();
+                let mut got = alloc::vec::Vec::new();
+                for part in wire.chunks(chunk) {
+                    let mut rest = part;
+                    while !rest.is_empty() {
+                        let (used, frag) = d.push(rest).unwrap();
+                        if let Some(f) = frag {
+                            got.push(f.to_vec());
+                        }
+                        rest = &rest[used..];
+                    }
+                }
+                assert_eq!(
+                    got,
+                    alloc::vec![alloc::vec![1, 2, 3], alloc::vec![9; 20]],
+                    "chunk {chunk}"
+                );
+            }
+        }
+
+        #[test]
+        fn refuses_zero_and_oversized_lengths() {
+            let mut d = Decoder::default();
+            assert_eq!(d.push(&[0, 0]), Err(FramingError::EmptyFragment));
+            let big = ((MAX_FRAGMENT + 1) as u16).to_le_bytes();
+            assert_eq!(
+                d.push(&big),
+                Err(FramingError::MessageTooLarge { max: MAX_FRAGMENT })
+            );
+        }
+    }
+}
+
 #[cfg(feature = "alloc")]
 pub use pool::ReassemblyPool;
 

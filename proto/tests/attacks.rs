@@ -410,3 +410,35 @@ fn backend_refusal_reaches_the_peripheral_as_a_generic_failure() {
         Err(Error::Alert(AlertCode::HandshakeFailed))
     );
 }
+
+#[test]
+fn overlong_varints_are_rejected_so_every_message_has_one_encoding() {
+    let mut pair = Pair::new(51);
+    let (mut p, mut g) = pair.full_handshake().unwrap();
+    let response = pair.transcript.second.clone();
+    let mut rec = [0u8; 64];
+    let n = p.session.seal_data(pair.now, b"x", &mut rec).unwrap();
+    // The record's counter (1) re-encoded as the over-long varint 81 00: the
+    // AEAD would still authenticate (its AAD holds the counter as LE64).
+    assert_eq!(rec[2], 1);
+    let mut overlong = vec![rec[0], rec[1], 0x81, 0x00];
+    overlong.extend_from_slice(&rec[3..n]);
+    let mut out = [0u8; 64];
+    assert_eq!(
+        g.session.open(pair.now, &overlong, &mut out),
+        Err(DecodeError::NonCanonical.into())
+    );
+    // The canonical record still opens: the rejection changed nothing.
+    assert_eq!(
+        g.session.open(pair.now, &rec[..n], &mut out).unwrap(),
+        vouch_proto::session::Inbound::Data(b"x")
+    );
+
+    // The Response's length prefix, over-long.
+    let len = response[34];
+    assert!(len < 0x80);
+    let mut bad = response[..34].to_vec();
+    bad.extend_from_slice(&[len | 0x80, 0x00]);
+    bad.extend_from_slice(&response[35..]);
+    assert_eq!(Message::decode(&bad), Err(DecodeError::NonCanonical));
+}

@@ -93,7 +93,7 @@ pub fn encode_body<T: Serialize>(body: &T) -> Vec<u8> {
 }
 
 /// Decodes a body, rejecting other versions, oversized input and trailing bytes.
-pub fn decode_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+pub fn decode_body<'a, T: Deserialize<'a> + Serialize>(bytes: &'a [u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_BODY {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -105,4 +105,121 @@ pub fn decode_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeE
         return Err(DecodeError::UnsupportedVersion(version));
     }
     super::body_of(rest)
+}
+
+// ---------------------------------------------------------------------------
+// Appended for the backend service (issue 3): the content type, the
+// revocation feed (SPEC.md §10.4) and the gateways' session reports (clone
+// detection, SPEC.md §11.6). Same encoding as above: `version ‖ postcard(body)`.
+// ---------------------------------------------------------------------------
+
+/// The HTTP content type of every body in this module.
+pub const CONTENT_TYPE: &str = "application/vnd.vouch.v1+postcard";
+
+/// The most events one [`FeedBatch`] carries, and the most session events one
+/// [`SessionReport`] may carry.
+pub const MAX_FEED_EVENTS: usize = 256;
+
+/// One change announced on the revocation feed (SPEC.md §10.4).
+///
+/// APPEND ONLY: discriminants are wire format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedChange {
+    /// The peripheral was suspended: close its live sessions, delete its
+    /// resumption tickets.
+    PeripheralSuspended(PeripheralId),
+    /// The peripheral was revoked (final): close its live sessions, delete its
+    /// resumption tickets.
+    PeripheralRevoked(PeripheralId),
+    /// A suspended peripheral was reinstated (informational).
+    PeripheralReinstated(PeripheralId),
+    /// The gateway with this key was suspended.
+    GatewaySuspended(PublicKey),
+    /// The gateway with this key was revoked (final).
+    GatewayRevoked(PublicKey),
+    /// A suspended gateway was reinstated (informational).
+    GatewayReinstated(PublicKey),
+    /// A policy rule was added or removed: grants of live sessions may have
+    /// changed; they take effect at each peripheral's next full handshake.
+    PolicyChanged,
+}
+
+/// One entry of the revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEvent {
+    /// Sequence number: strictly increasing in the order the backend committed
+    /// the changes, shared by all backend instances.
+    pub seq: u64,
+    /// When the backend wrote the change, in milliseconds since the Unix epoch
+    /// (backend clock; informational).
+    pub at_ms: u64,
+    /// What changed.
+    pub change: FeedChange,
+}
+
+/// The answer to a feed long-poll `GET /v1/feed?after=SEQ`: the events after
+/// `SEQ`, oldest first (at most [`MAX_FEED_EVENTS`]), or none if the wait
+/// ended first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedBatch {
+    /// The events.
+    pub events: Vec<FeedEvent>,
+    /// The `after` to send with the next poll. Never below the `after` sent,
+    /// except when the backend's log is behind the gateway's cursor (a
+    /// restored database): then it is the backend's last sequence number and
+    /// the gateway should adopt it.
+    pub next: u64,
+}
+
+/// What happened to a session on a gateway.
+///
+/// APPEND ONLY: discriminants are wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEventKind {
+    /// A session with the peripheral was established (full handshake or
+    /// resumption).
+    Attached,
+    /// The session ended (closed, expired, link lost).
+    Detached,
+}
+
+/// A gateway reports one session change (SPEC.md §11.6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    /// The peripheral, as the backend named it in the vouch answer.
+    pub peripheral: PeripheralId,
+    /// Attached or detached.
+    pub kind: SessionEventKind,
+    /// The session's non-secret id (`Session::id`), for correlating logs.
+    pub session_id: [u8; 8],
+}
+
+/// Several session events at once (`POST /v1/sessions`), at most
+/// [`MAX_FEED_EVENTS`], answered in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReport {
+    /// The events, oldest first.
+    pub events: Vec<SessionEvent>,
+}
+
+/// The backend's verdict on one reported session event.
+///
+/// APPEND ONLY: discriminants are wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionVerdict {
+    /// Recorded.
+    Accepted,
+    /// Recorded, but the peripheral is live on another gateway too: a clone
+    /// is suspected and an alert was raised. The session may continue.
+    CloneSuspected,
+    /// The session must be closed: the peripheral is not active, or it is live
+    /// on another gateway and the policy refuses a second one.
+    Refused,
+}
+
+/// Answers to a [`SessionReport`], in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReportAnswer {
+    /// One verdict per event.
+    pub items: Vec<SessionVerdict>,
 }

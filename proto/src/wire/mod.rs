@@ -436,11 +436,26 @@ impl<'a> Message<'a> {
     }
 }
 
-/// Decodes a postcard body that must use every byte.
-pub(crate) fn body_of<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
+/// Decodes a postcard body that must use every byte and be canonical.
+///
+/// postcard's decoder accepts over-long varints (`81 00` for 1). A message
+/// whose bytes differ from the canonical encoding of what it decodes to is
+/// rejected, so that every message has exactly one encoding (SPEC.md §4.1):
+/// with every byte consumed, a body longer than the canonical size must hold
+/// an over-long varint.
+pub(crate) fn body_of<'a, T: Deserialize<'a> + Serialize>(
+    body: &'a [u8],
+) -> Result<T, DecodeError> {
     let (v, rest) = postcard::take_from_bytes(body)?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes);
+    }
+    let canonical = postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
+        &v,
+        postcard::ser_flavors::Size::default(),
+    )?;
+    if canonical != body.len() {
+        return Err(DecodeError::NonCanonical);
     }
     Ok(v)
 }
