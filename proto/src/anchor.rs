@@ -308,3 +308,198 @@ mod tests {
         assert_eq!(set, before);
     }
 }
+
+#[cfg(feature = "alloc")]
+pub use bundle::{AnchorBundle, BundleAnchor, BundleError, BUNDLE_FORMAT};
+
+/// The provisioning bundle a peripheral is flashed with (SPEC.md §2.3): the
+/// backend's anchors and the protocol parameters, as JSON-friendly data.
+///
+/// ```json
+/// { "format": "vouch-anchor-bundle/1", "protocol_version": 1, "suite": 1,
+///   "serial": 0,
+///   "anchors": [ { "kid": 1, "signing": "<64 hex>", "sealing": "<64 hex>" } ] }
+/// ```
+///
+/// The backend writes it (`vouch-backend export-anchor`), the device installs
+/// it (`vouch-peripheral provision --anchor FILE`). The type is defined here
+/// once; both sides serialize it with serde (JSON).
+#[cfg(feature = "alloc")]
+mod bundle {
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{Anchor, AnchorSet, MAX_ANCHORS};
+    use crate::keys::{decode_hex, DhPublic, KeyId, PublicKey};
+    use crate::wire::{Suite, PROTOCOL_VERSION};
+
+    /// The value of [`AnchorBundle::format`].
+    pub const BUNDLE_FORMAT: &str = "vouch-anchor-bundle/1";
+
+    /// See the module documentation.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct AnchorBundle {
+        /// Always [`BUNDLE_FORMAT`].
+        pub format: String,
+        /// The protocol version the device will speak.
+        pub protocol_version: u8,
+        /// The suite.
+        pub suite: u8,
+        /// The anchor-update serial the device starts from.
+        pub serial: u32,
+        /// The anchors, oldest first; the last is the primary.
+        pub anchors: Vec<BundleAnchor>,
+    }
+
+    /// One anchor of a bundle, keys in hex.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct BundleAnchor {
+        /// Key id.
+        pub kid: u8,
+        /// Ed25519 public key, 64 hex digits.
+        pub signing: String,
+        /// X25519 public key, 64 hex digits.
+        pub sealing: String,
+    }
+
+    /// Why a bundle cannot be installed.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum BundleError {
+        /// `format` is not [`BUNDLE_FORMAT`].
+        #[error("not a Vouch anchor bundle (format {0:?})")]
+        Format(String),
+        /// The bundle is for a protocol version or suite this build does not speak.
+        #[error("bundle is for protocol version {version}, suite {suite}; this build speaks version 1, suite 1")]
+        Unsupported {
+            /// The bundle's version.
+            version: u8,
+            /// The bundle's suite.
+            suite: u8,
+        },
+        /// No anchors, or more than a device holds.
+        #[error("a bundle holds 1 to {max} anchors, this one holds {got}")]
+        Count {
+            /// How many it holds.
+            got: usize,
+            /// The limit.
+            max: usize,
+        },
+        /// An anchor key is not valid hex or not a valid key.
+        #[error("anchor {kid}: invalid {field} key")]
+        Key {
+            /// The anchor's key id.
+            kid: u8,
+            /// `signing` or `sealing`.
+            field: &'static str,
+        },
+        /// Two anchors share a key id.
+        #[error("key id {0} appears twice")]
+        DuplicateKid(u8),
+    }
+
+    impl AnchorBundle {
+        /// The bundle of an anchor set.
+        pub fn from_anchor_set(set: &AnchorSet) -> Self {
+            Self {
+                format: BUNDLE_FORMAT.into(),
+                protocol_version: PROTOCOL_VERSION,
+                suite: Suite::Ed25519X25519ChaCha20Poly1305 as u8,
+                serial: set.serial(),
+                anchors: set
+                    .iter()
+                    .map(|a| BundleAnchor {
+                        kid: a.kid.0,
+                        signing: alloc::format!("{}", a.signing),
+                        sealing: a
+                            .sealing
+                            .0
+                            .iter()
+                            .map(|b| alloc::format!("{b:02x}"))
+                            .collect(),
+                    })
+                    .collect(),
+            }
+        }
+
+        /// Checks everything and builds the anchor set.
+        pub fn to_anchor_set(&self) -> Result<AnchorSet, BundleError> {
+            if self.format != BUNDLE_FORMAT {
+                return Err(BundleError::Format(self.format.clone()));
+            }
+            if self.protocol_version != PROTOCOL_VERSION || Suite::from_u8(self.suite).is_none() {
+                return Err(BundleError::Unsupported {
+                    version: self.protocol_version,
+                    suite: self.suite,
+                });
+            }
+            if self.anchors.is_empty() || self.anchors.len() > MAX_ANCHORS {
+                return Err(BundleError::Count {
+                    got: self.anchors.len(),
+                    max: MAX_ANCHORS,
+                });
+            }
+            let mut anchors = Vec::with_capacity(self.anchors.len());
+            for a in &self.anchors {
+                if anchors.iter().any(|x: &Anchor| x.kid.0 == a.kid) {
+                    return Err(BundleError::DuplicateKid(a.kid));
+                }
+                let signing = PublicKey::from_hex(&a.signing).ok_or(BundleError::Key {
+                    kid: a.kid,
+                    field: "signing",
+                })?;
+                let mut sealing = [0u8; 32];
+                decode_hex(&a.sealing, &mut sealing).ok_or(BundleError::Key {
+                    kid: a.kid,
+                    field: "sealing",
+                })?;
+                anchors.push(Anchor {
+                    kid: KeyId(a.kid),
+                    signing,
+                    sealing: DhPublic(sealing),
+                });
+            }
+            AnchorSet::from_anchors(&anchors, self.serial).map_err(|_| BundleError::Count {
+                got: self.anchors.len(),
+                max: MAX_ANCHORS,
+            })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::handshake::backend::BackendKeys;
+
+        #[test]
+        fn bundle_round_trip_and_validation() {
+            let k = BackendKeys::generate(KeyId(3), &mut crate::testing::rng(3));
+            let set = AnchorSet::new(k.anchor());
+            let b = AnchorBundle::from_anchor_set(&set);
+            assert_eq!(b.to_anchor_set().unwrap(), set);
+            let mut bad = b.clone();
+            bad.anchors[0].signing = "zz".into();
+            assert_eq!(
+                bad.to_anchor_set(),
+                Err(BundleError::Key {
+                    kid: 3,
+                    field: "signing"
+                })
+            );
+            let mut bad = b.clone();
+            bad.format = "x".into();
+            assert!(matches!(bad.to_anchor_set(), Err(BundleError::Format(_))));
+            let mut bad = b.clone();
+            bad.anchors.push(bad.anchors[0].clone());
+            assert_eq!(bad.to_anchor_set(), Err(BundleError::DuplicateKid(3)));
+            let mut bad = b;
+            bad.protocol_version = 2;
+            assert!(matches!(
+                bad.to_anchor_set(),
+                Err(BundleError::Unsupported { .. })
+            ));
+        }
+    }
+}
