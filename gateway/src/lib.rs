@@ -1,12 +1,42 @@
 //! # vouch-gateway
 //!
-//! The Vouch gateway daemon: BLE central, TCP transport, backend client, sessions.
+//! The Vouch gateway: it finds the site's peripherals (BLE, or TCP for
+//! development and simulation), runs the handshake with each, asks the backend
+//! to vouch, and then carries their authenticated, encrypted traffic. It never
+//! trusts a link address: sessions are keyed by the identity the backend
+//! vouched for.
 //!
-//! **Status: not built yet.** This crate only exists so the workspace has the
-//! layout of DESIGN.md section 2; its work is tracked in issue 4. It
-//! contains no code and claims no behaviour. Until then, everything it will do
-//! is available at the protocol level from `vouch-proto`:
+//! The library is the daemon without its `main`: the simulator and the tests
+//! run the same drivers with an in-memory link and an in-process backend.
 //!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use vouch_gateway::{clock::SystemClock, driver::Context, metrics::Metrics, sessions::SessionTable};
+//! # let backend: vouch_gateway::backend_client::HttpBackend = unimplemented!();
+//! # let config: vouch_proto::handshake::gateway::GatewayConfig = unimplemented!();
+//! let ctx = Arc::new(Context {
+//!     config,
+//!     backend,
+//!     clock: SystemClock,
+//!     table: SessionTable::new(10_000),
+//!     metrics: Arc::new(Metrics::new()?),
+//!     idle_timeout: std::time::Duration::from_secs(600),
+//! });
+//! let (_stop, shutdown) = tokio::sync::watch::channel(false);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7800").await?;
+//! vouch_gateway::server::serve_tcp(listener, ctx, 1000, 247, shutdown).await?;
+//! # Ok(()) }
 //! ```
-//! assert_eq!(vouch_proto::wire::PROTOCOL_VERSION, 1);
-//! ```
+
+pub mod backend_client;
+pub mod clock;
+pub mod driver;
+pub mod error;
+pub mod metrics;
+pub mod revocation;
+pub mod server;
+pub mod sessions;
+pub mod transport;
+
+pub use error::Error;

@@ -1,0 +1,380 @@
+//! The gateway's view of the backend (SPEC.md §10), behind a trait so the
+//! driver can be tested without a network and the simulator can plug in the
+//! backend in-process; [`HttpBackend`] is the real one.
+//!
+//! [`HttpBackend`] speaks HTTPS with reqwest over rustls: the gateway's client
+//! certificate (its Ed25519 identity), the backend CA pinned (no system roots),
+//! HTTP/2 with keep-alive. Concurrent vouch requests are coalesced into batches;
+//! a circuit breaker makes new handshakes fail fast while the backend is down,
+//! and closes again on its own.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use vouch_proto::wire::backend::{
+    decode_body, encode_body, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
+    VouchBatchAnswer, VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
+};
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The backend could not be reached, timed out, or failed (5xx).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The circuit breaker is open after repeated failures: failing fast.
+    #[error("backend unavailable (failing fast after repeated errors)")]
+    CircuitOpen,
+    /// The backend refused the request itself (4xx), with its error code.
+    #[error("backend refused the request: HTTP {status} {code}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The backend's stable error code.
+        code: String,
+    },
+    /// The answer was not a valid body.
+    #[error("backend answer malformed: {0}")]
+    Malformed(String),
+    /// The TLS or client configuration is unusable.
+    #[error("backend client configuration: {0}")]
+    Config(String),
+}
+
+impl BackendError {
+    /// Whether the failure says the backend is down (as opposed to a refusal).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Unavailable(_) | BackendError::CircuitOpen
+        )
+    }
+}
+
+/// What the gateway needs from the backend.
+pub trait BackendApi: Send + Sync + 'static {
+    /// Asks for a vouch (SPEC.md §10.1).
+    fn vouch(
+        &self,
+        req: VouchRequest,
+    ) -> impl Future<Output = Result<VouchAnswer, BackendError>> + Send;
+    /// Reports session changes (SPEC.md §10.5).
+    fn report(
+        &self,
+        report: SessionReport,
+    ) -> impl Future<Output = Result<SessionReportAnswer, BackendError>> + Send;
+    /// Long-polls the revocation feed for events after `after` (SPEC.md §10.5).
+    fn feed(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send;
+}
+
+impl<T: BackendApi> BackendApi for Arc<T> {
+    fn vouch(
+        &self,
+        req: VouchRequest,
+    ) -> impl Future<Output = Result<VouchAnswer, BackendError>> + Send {
+        (**self).vouch(req)
+    }
+    fn report(
+        &self,
+        report: SessionReport,
+    ) -> impl Future<Output = Result<SessionReportAnswer, BackendError>> + Send {
+        (**self).report(report)
+    }
+    fn feed(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send {
+        (**self).feed(after)
+    }
+}
+
+/// Settings of [`HttpBackend`].
+#[derive(Debug, Clone)]
+pub struct HttpBackendConfig {
+    /// Base URL, e.g. `https://backend.example:8443`.
+    pub url: String,
+    /// PEM of the backend CA to pin.
+    pub ca_pem: Vec<u8>,
+    /// PEM of the gateway's client certificate.
+    pub cert_pem: Vec<u8>,
+    /// PKCS#8 PEM of the gateway's identity key.
+    pub key_pem: zeroize::Zeroizing<Vec<u8>>,
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+    /// How long the feed long-poll may hang before the client gives up.
+    pub feed_timeout: Duration,
+    /// How long to gather concurrent vouch requests into one batch.
+    pub batch_window: Duration,
+    /// Consecutive failures that open the circuit.
+    pub breaker_threshold: u32,
+    /// How long the circuit stays open before one request probes again.
+    pub breaker_cooldown: Duration,
+}
+
+struct Breaker {
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    threshold: u32,
+    cooldown: Duration,
+    epoch: std::time::Instant,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+    fn check(&self) -> Result<(), BackendError> {
+        if self.now_ms() < self.open_until_ms.load(Ordering::Relaxed) {
+            Err(BackendError::CircuitOpen)
+        } else {
+            Ok(())
+        }
+    }
+    fn record(&self, ok: bool) {
+        if ok {
+            if self.failures.swap(0, Ordering::Relaxed) >= self.threshold {
+                tracing::info!("backend reachable again: circuit closed");
+            }
+            return;
+        }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.threshold {
+            let until = self.now_ms() + self.cooldown.as_millis() as u64;
+            self.open_until_ms.store(until, Ordering::Relaxed);
+            if n == self.threshold {
+                tracing::warn!(failures = n, cooldown_ms = self.cooldown.as_millis() as u64,
+                    "backend unreachable: circuit open, new handshakes fail fast; resumptions keep working");
+            }
+        }
+    }
+}
+
+type Pending = (
+    VouchRequest,
+    oneshot::Sender<Result<VouchAnswer, BackendError>>,
+);
+
+/// The real backend client. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpBackend {
+    inner: Arc<Inner>,
+    batch_tx: mpsc::Sender<Pending>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    url: String,
+    breaker: Breaker,
+    feed_timeout: Duration,
+}
+
+impl HttpBackend {
+    /// Builds the client and starts its batching task (needs a tokio runtime).
+    pub fn new(cfg: HttpBackendConfig) -> Result<Self, BackendError> {
+        let tls = tls_config(&cfg)?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_while_idle(true)
+            .build()
+            .map_err(|e| BackendError::Config(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            client,
+            url: cfg.url.trim_end_matches('/').to_string(),
+            breaker: Breaker {
+                failures: AtomicU32::new(0),
+                open_until_ms: AtomicU64::new(0),
+                threshold: cfg.breaker_threshold.max(1),
+                cooldown: cfg.breaker_cooldown,
+                epoch: std::time::Instant::now(),
+            },
+            feed_timeout: cfg.feed_timeout,
+        });
+        let (batch_tx, batch_rx) = mpsc::channel(1024);
+        tokio::spawn(batcher(inner.clone(), batch_rx, cfg.batch_window));
+        Ok(Self { inner, batch_tx })
+    }
+}
+
+fn tls_config(cfg: &HttpBackendConfig) -> Result<rustls::ClientConfig, BackendError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| BackendError::Config(format!("{what}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&cfg.ca_pem) {
+        roots
+            .add(ca.map_err(|e| bad("backend CA", &e))?)
+            .map_err(|e| bad("backend CA", &e))?;
+    }
+    if roots.is_empty() {
+        return Err(BackendError::Config(
+            "backend CA: no certificate in the PEM".into(),
+        ));
+    }
+    let certs = CertificateDer::pem_slice_iter(&cfg.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("client certificate", &e))?;
+    if certs.is_empty() {
+        return Err(BackendError::Config(
+            "client certificate: no certificate in the PEM".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&cfg.key_pem).map_err(|e| bad("identity key", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| bad("TLS", &e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| bad("client certificate", &e))
+        .map(|mut c| {
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            c
+        })
+}
+
+impl Inner {
+    async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, BackendError> {
+        self.breaker.check()?;
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(encode_body(body));
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        self.finish(req).await
+    }
+
+    async fn get<Resp: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Resp, BackendError> {
+        self.breaker.check()?;
+        let req = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .timeout(timeout);
+        self.finish(req).await
+    }
+
+    async fn finish<Resp: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Resp, BackendError> {
+        let result = async {
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            if status.is_server_error() || status.as_u16() == 429 {
+                return Err(BackendError::Unavailable(format!("HTTP {status}")));
+            }
+            if !status.is_success() {
+                let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                return Err(BackendError::Refused {
+                    status: status.as_u16(),
+                    code,
+                });
+            }
+            decode_body::<Resp>(&bytes).map_err(|e| BackendError::Malformed(e.to_string()))
+        }
+        .await;
+        self.breaker
+            .record(!matches!(result, Err(BackendError::Unavailable(_))));
+        result
+    }
+}
+
+/// Gathers vouch requests that arrive within `window` into one batch.
+async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>, window: Duration) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + window;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => batch.push(p),
+                _ => break,
+            }
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            if batch.len() == 1 {
+                let Some((req, reply)) = batch.pop() else {
+                    return;
+                };
+                let _ = reply.send(inner.post("/v1/vouch", &req, None).await);
+                return;
+            }
+            let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let n = reqs.len();
+            let result: Result<VouchBatchAnswer, _> = inner
+                .post("/v1/vouch/batch", &VouchBatchRequest { items: reqs }, None)
+                .await;
+            match result {
+                Ok(answer) if answer.items.len() == n => {
+                    for (reply, item) in replies.into_iter().zip(answer.items) {
+                        let _ = reply.send(Ok(item));
+                    }
+                }
+                Ok(answer) => {
+                    let e = BackendError::Malformed(format!(
+                        "{} answers for {n} requests",
+                        answer.items.len()
+                    ));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl BackendApi for HttpBackend {
+    async fn vouch(&self, req: VouchRequest) -> Result<VouchAnswer, BackendError> {
+        // Fail fast while the circuit is open: do not even queue.
+        self.inner.breaker.check()?;
+        let (tx, rx) = oneshot::channel();
+        self.batch_tx
+            .send((req, tx))
+            .await
+            .map_err(|_| BackendError::Unavailable("client stopped".into()))?;
+        rx.await
+            .map_err(|_| BackendError::Unavailable("client stopped".into()))?
+    }
+
+    async fn report(&self, report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
+        self.inner.post("/v1/sessions", &report, None).await
+    }
+
+    async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
+        self.inner
+            .get(&format!("/v1/feed?after={after}"), self.inner.feed_timeout)
+            .await
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics of the gateway.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::Error;
+
+/// The gateway's counters, gauges and histograms.
+pub struct Metrics {
+    registry: Registry,
+    handshakes: IntCounterVec,
+    handshake_seconds: Histogram,
+    sessions: IntGauge,
+    records_in: IntCounter,
+    records_out: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    records_rejected: IntCounter,
+    link_errors: IntCounterVec,
+    revocations: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry. Fails only if a metric
+    /// definition is invalid (a programming error caught by the tests).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("vouch_gateway".into()), None)?;
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "handshakes_total",
+                "Handshakes by outcome (ok, resumed, refused, busy, timeout, failed)",
+            ),
+            &["outcome"],
+        )?;
+        let handshake_seconds = Histogram::with_opts(
+            HistogramOpts::new("handshake_seconds", "Handshake latency through the gateway")
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+        )?;
+        let sessions = IntGauge::new("sessions", "Live sessions")?;
+        let records_in = IntCounter::new("records_in_total", "Application records received")?;
+        let records_out = IntCounter::new("records_out_total", "Application records sent")?;
+        let bytes_in = IntCounter::new("app_bytes_in_total", "Application bytes received")?;
+        let bytes_out = IntCounter::new("app_bytes_out_total", "Application bytes sent")?;
+        let records_rejected = IntCounter::new(
+            "records_rejected_total",
+            "Records that failed authentication or replay checks",
+        )?;
+        let link_errors = IntCounterVec::new(
+            Opts::new("link_errors_total", "Link errors by transport"),
+            &["transport"],
+        )?;
+        let revocations = IntCounter::new(
+            "revocations_applied_total",
+            "Revocation feed events applied",
+        )?;
+        for c in [
+            Box::new(handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(handshake_seconds.clone()),
+            Box::new(sessions.clone()),
+            Box::new(records_in.clone()),
+            Box::new(records_out.clone()),
+            Box::new(bytes_in.clone()),
+            Box::new(bytes_out.clone()),
+            Box::new(records_rejected.clone()),
+            Box::new(link_errors.clone()),
+            Box::new(revocations.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Self {
+            registry,
+            handshakes,
+            handshake_seconds,
+            sessions,
+            records_in,
+            records_out,
+            bytes_in,
+            bytes_out,
+            records_rejected,
+            link_errors,
+            revocations,
+        })
+    }
+
+    /// A completed handshake.
+    pub fn handshake_ok(&self, resumed: bool, latency: Duration) {
+        self.handshakes
+            .with_label_values(&[if resumed { "resumed" } else { "ok" }])
+            .inc();
+        self.handshake_seconds.observe(latency.as_secs_f64());
+    }
+
+    /// A failed handshake, by category.
+    pub fn handshake_failed(&self, e: &Error) {
+        let outcome = match e {
+            Error::Protocol(vouch_proto::Error::Refused(vouch_proto::error::Refusal::Denied)) => {
+                "refused"
+            }
+            Error::Backend(b) if b.is_unavailable() => "busy",
+            Error::Protocol(vouch_proto::Error::Refused(_)) => "busy",
+            Error::Timeout(_) | Error::Protocol(vouch_proto::Error::Timeout) => "timeout",
+            Error::Disconnected => "disconnected",
+            _ => "failed",
+        };
+        self.handshakes.with_label_values(&[outcome]).inc();
+    }
+
+    /// The number of live sessions changed.
+    pub fn sessions_changed(&self, n: usize) {
+        self.sessions.set(n as i64);
+    }
+
+    /// A record came in.
+    pub fn record_in(&self, bytes: usize) {
+        self.records_in.inc();
+        self.bytes_in.inc_by(bytes as u64);
+    }
+
+    /// A record went out.
+    pub fn record_out(&self, bytes: usize) {
+        self.records_out.inc();
+        self.bytes_out.inc_by(bytes as u64);
+    }
+
+    /// A record was rejected.
+    pub fn record_rejected(&self) {
+        self.records_rejected.inc();
+    }
+
+    /// A link error on a transport.
+    pub fn link_error(&self, transport: &str) {
+        self.link_errors.with_label_values(&[transport]).inc();
+    }
+
+    /// A revocation event was applied.
+    pub fn revocation_applied(&self) {
+        self.revocations.inc();
+    }
+
+    /// Handshakes counted with this outcome label (for tests and `status`).
+    pub fn handshakes(&self, outcome: &str) -> u64 {
+        self.handshakes.with_label_values(&[outcome]).get()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

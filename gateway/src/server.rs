@@ -1,0 +1,82 @@
+//! Accept loops: one driver task per link, a cap on concurrent links, and a
+//! graceful shutdown that closes every session.
+
+use std::sync::Arc;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use vouch_proto::framing::ReassemblyLimits;
+
+use crate::backend_client::BackendApi;
+use crate::clock::Clock;
+use crate::driver::{run_link, Context};
+use crate::transport::tcp::TcpLink;
+
+/// A fresh per-link RNG, seeded from the operating system.
+pub fn link_rng() -> ChaCha20Rng {
+    let mut seed = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut seed) {
+        // Without entropy no handshake may run: fail loudly rather than weakly.
+        #[allow(clippy::panic)]
+        {
+            panic!("no OS randomness for the handshake: {e}");
+        }
+    }
+    ChaCha20Rng::from_seed(seed)
+}
+
+/// Serves peripherals over TCP until `shutdown` turns true, then waits for
+/// every driver to close its session.
+pub async fn serve_tcp<B: BackendApi, C: Clock>(
+    listener: TcpListener,
+    ctx: Arc<Context<B, C>>,
+    max_links: usize,
+    att_mtu: usize,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(max_links));
+    let mut drivers = JoinSet::new();
+    info!(addr = %listener.local_addr()?, max_links, att_mtu, "TCP transport listening");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        ctx.metrics.link_error("tcp");
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    warn!(peer = %addr, max_links, "link limit reached: refusing connection");
+                    ctx.metrics.link_error("tcp");
+                    drop(stream);
+                    continue;
+                };
+                let link = match TcpLink::new(stream, att_mtu, ReassemblyLimits::default()) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(peer = %addr, error = %e, "could not set up link");
+                        continue;
+                    }
+                };
+                let ctx = ctx.clone();
+                let shutdown = shutdown.clone();
+                drivers.spawn(async move {
+                    let _permit = permit;
+                    run_link(ctx, link, link_rng(), shutdown).await
+                });
+            }
+            Some(_) = drivers.join_next(), if !drivers.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    info!(links = drivers.len(), "shutting down: closing sessions");
+    while drivers.join_next().await.is_some() {}
+    Ok(())
+}
