@@ -90,7 +90,7 @@ where
         latency_ms = started.elapsed().as_millis() as u64,
         "session established"
     );
-    let reason = session(&ctx, link, est, peer, resumed, &mut shutdown).await;
+    let reason = session(ctx.clone(), link, est, peer, resumed, &mut shutdown).await;
     Outcome::SessionEnded { reason }
 }
 
@@ -187,7 +187,7 @@ async fn flush<L: Link>(hs: &mut GatewayHandshake, link: &mut L) {
 }
 
 async fn session<L, B, C>(
-    ctx: &Context<B, C>,
+    ctx: Arc<Context<B, C>>,
     mut link: L,
     est: GatewayEstablished,
     peer: String,
@@ -220,7 +220,11 @@ where
     let token = ctx.table.insert(info, tx);
     ctx.metrics.sessions_changed(ctx.table.len());
     let session_id = session.id();
-    report(ctx, id, SessionEventKind::Attached, session_id).await;
+    // Reports go out in the background: a slow or absent backend must not hold
+    // up the session.
+    spawn_report(&ctx, id, SessionEventKind::Attached, session_id);
+    let arc = ctx;
+    let ctx = &*arc;
 
     let mut record = vec![0u8; MAX_MESSAGE];
     let mut plain = vec![0u8; MAX_MESSAGE];
@@ -286,8 +290,18 @@ where
     ctx.table.remove(&id, token);
     ctx.metrics.sessions_changed(ctx.table.len());
     info!(peripheral = %id, session = %hex(&session_id), reason = %reason, "session ended");
-    report(ctx, id, SessionEventKind::Detached, session_id).await;
+    spawn_report(&arc, id, SessionEventKind::Detached, session_id);
     reason
+}
+
+fn spawn_report<B: BackendApi, C: Clock>(
+    ctx: &Arc<Context<B, C>>,
+    peripheral: vouch_proto::keys::PeripheralId,
+    kind: SessionEventKind,
+    session_id: [u8; 8],
+) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move { report(&ctx, peripheral, kind, session_id).await });
 }
 
 async fn close<L: Link, B, C: Clock>(

@@ -29,8 +29,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod backend_client;
 pub mod clock;
+pub mod config;
 pub mod driver;
 pub mod error;
 pub mod metrics;

@@ -249,9 +249,11 @@ async fn handshake_data_both_ways_and_close() {
         ));
         assert_eq!(s.ctx.table.len(), 0);
     }
-    // Attach and detach were reported for both sessions.
-    let reports = s.backend.reports.lock().unwrap().len();
-    assert_eq!(reports, 4);
+    // Attach and detach were reported for both sessions (in the background).
+    wait_for("four session reports", || {
+        s.backend.reports.lock().unwrap().len() == 4
+    })
+    .await;
 }
 
 #[tokio::test]

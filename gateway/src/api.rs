@@ -1,0 +1,206 @@
+//! The local API for applications on the gateway.
+//!
+//! Served on a Unix socket (mode 0660) rather than a localhost TCP port: a
+//! TCP port on loopback is open to every local user and process, while a socket
+//! file is governed by file permissions, so sending commands to devices is
+//! limited to the `vouch` group. `curl --unix-socket` and every HTTP client
+//! library speak it.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /v1/sessions` | JSON list of live sessions |
+//! | `GET /v1/messages` | a stream of authenticated application messages, one JSON object per line: `{"peripheral","at_ms","data_b64"}` |
+//! | `POST /v1/peripherals/{id}/send` | body: raw bytes to send; 204, or 404 no session, 403 outside the granted scope, 503 busy |
+//! | `GET /v1/status` | sessions, tickets, counters (what `vouch-gateway status` prints) |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz` | `ok` |
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+use vouch_proto::keys::PeripheralId;
+
+use crate::metrics::Metrics;
+use crate::sessions::{SendError, SessionTable};
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Sessions and tickets.
+    pub table: Arc<SessionTable>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// This gateway's public key (hex), for `status`.
+    pub gateway_key: String,
+}
+
+/// One live session as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    /// Peripheral id (hex).
+    pub peripheral: String,
+    /// Session id (hex).
+    pub session: String,
+    /// Granted scope bits.
+    pub scope: u32,
+    /// The link's peer (untrusted).
+    pub link: String,
+    /// Established at (ms, gateway clock).
+    pub since_ms: u64,
+    /// Whether it was resumed.
+    pub resumed: bool,
+    /// The peripheral's group.
+    pub group: Option<String>,
+}
+
+/// The router (tests call it without a socket).
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/sessions", get(sessions))
+        .route("/v1/messages", get(messages))
+        .route("/v1/peripherals/{id}/send", post(send))
+        .with_state(state)
+}
+
+/// The metrics-only router for a Prometheus TCP listener.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn views(table: &SessionTable) -> Vec<SessionView> {
+    table
+        .list()
+        .into_iter()
+        .map(|s| SessionView {
+            peripheral: s.peripheral.to_string(),
+            session: s.session_id.iter().map(|b| format!("{b:02x}")).collect(),
+            scope: s.scope.0,
+            link: s.link,
+            since_ms: s.since.as_millis(),
+            resumed: s.resumed,
+            group: s.group,
+        })
+        .collect()
+}
+
+async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn sessions(State(s): State<ApiState>) -> Json<Vec<SessionView>> {
+    Json(views(&s.table))
+}
+
+async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "gateway_key": s.gateway_key,
+        "sessions": views(&s.table),
+        "tickets": s.table.ticket_count(),
+        "handshakes": {
+            "ok": s.metrics.handshakes("ok"),
+            "resumed": s.metrics.handshakes("resumed"),
+            "refused": s.metrics.handshakes("refused"),
+            "busy": s.metrics.handshakes("busy"),
+            "timeout": s.metrics.handshakes("timeout"),
+            "failed": s.metrics.handshakes("failed"),
+        },
+    }))
+}
+
+async fn messages(State(s): State<ApiState>) -> Response {
+    let stream = BroadcastStream::new(s.table.subscribe()).filter_map(|m| {
+        // A subscriber that lags loses messages; it is told in-band.
+        let line = match m {
+            Ok(m) => serde_json::json!({
+                "peripheral": m.peripheral.to_string(),
+                "at_ms": m.at.as_millis(),
+                "data_b64": base64_encode(&m.data),
+            }),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                serde_json::json!({ "lagged": n })
+            }
+        };
+        Some(Ok::<_, std::convert::Infallible>(Bytes::from(format!(
+            "{line}\n"
+        ))))
+    });
+    (
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn send(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
+    let Some(id) = PeripheralId::from_hex(&id) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_peripheral_id",
+            "peripheral id must be 16 hex digits",
+        );
+    };
+    match s.table.send(id, body.to_vec()).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ SendError::NoSession(_)) => {
+            error(StatusCode::NOT_FOUND, "no_session", &e.to_string())
+        }
+        Err(e @ SendError::OutOfScope(_)) => {
+            error(StatusCode::FORBIDDEN, "out_of_scope", &e.to_string())
+        }
+        Err(e @ SendError::Busy(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "busy", &e.to_string())
+        }
+        Err(e @ SendError::Failed(_)) => {
+            error(StatusCode::BAD_GATEWAY, "send_failed", &e.to_string())
+        }
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(i.as_bytes()), o);
+        }
+    }
+}

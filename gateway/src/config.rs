@@ -1,0 +1,369 @@
+//! The gateway's configuration: TOML (`--config FILE`), then environment
+//! overrides, validated once at startup.
+//!
+//! Every setting can be overridden by an environment variable named
+//! `VOUCH_GATEWAY_` + section + `_` + key, upper-cased:
+//! `backend.url` → `VOUCH_GATEWAY_BACKEND_URL`, `limits.max_links` →
+//! `VOUCH_GATEWAY_LIMITS_MAX_LINKS`. A value that does not parse as the
+//! setting's type is an error that names the variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The example configuration shipped in `gateway/dist/gateway.toml`.
+pub const EXAMPLE: &str = include_str!("../dist/gateway.toml");
+
+/// Everything the daemon needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the identity key lives.
+    pub identity: IdentityConfig,
+    /// How to reach the backend.
+    pub backend: BackendConfig,
+    /// Which transports serve peripherals.
+    #[serde(default)]
+    pub transport: TransportConfig,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The local API for applications on the gateway.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// PKCS#8 PEM of the gateway's Ed25519 key (0600), written by `init`.
+    pub key: PathBuf,
+}
+
+/// `[backend]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Base URL, `https://HOST:PORT`.
+    pub url: String,
+    /// The backend CA certificate (PEM) to pin.
+    pub ca: PathBuf,
+    /// The client certificate the backend issued at enrollment (PEM).
+    pub certificate: PathBuf,
+    /// Timeout of one request, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// How long concurrent vouch requests are gathered into a batch, in ms.
+    #[serde(default = "default_batch_window_ms")]
+    pub batch_window_ms: u64,
+}
+
+/// `[transport]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    /// `[transport.tcp]`: peripherals over TCP (development, simulation, CI).
+    pub tcp: Option<TcpConfig>,
+    /// `[transport.ble]`: peripherals over Bluetooth Low Energy.
+    pub ble: Option<BleConfig>,
+}
+
+/// `[transport.tcp]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The ATT MTU whose fragments the TCP transport carries.
+    #[serde(default = "default_att_mtu")]
+    pub att_mtu: usize,
+}
+
+/// `[transport.ble]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BleConfig {
+    /// The adapter by name (`hci0`): adapter order is not stable.
+    pub adapter: String,
+    /// Most concurrent BLE links.
+    #[serde(default = "default_ble_links")]
+    pub max_links: usize,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most concurrent links (handshakes and sessions) per transport.
+    #[serde(default = "default_max_links")]
+    pub max_links: usize,
+    /// Close a session after this many seconds without traffic.
+    #[serde(default = "default_idle_s")]
+    pub idle_timeout_s: u64,
+    /// Most resumption tickets kept.
+    #[serde(default = "default_max_tickets")]
+    pub max_tickets: usize,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The Unix socket of the local API (mode 0660).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Optional TCP address serving only `/metrics` for Prometheus.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_batch_window_ms() -> u64 {
+    2
+}
+fn default_att_mtu() -> usize {
+    247
+}
+fn default_ble_links() -> usize {
+    8
+}
+fn default_max_links() -> usize {
+    1000
+}
+fn default_idle_s() -> u64 {
+    600
+}
+fn default_max_tickets() -> usize {
+    100_000
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/vouch-gateway/api.sock")
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_links: default_max_links(),
+            idle_timeout_s: default_idle_s(),
+            max_tickets: default_max_tickets(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            metrics_listen: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies the environment, and validates.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, std::env::vars())
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses TOML text and applies `env` overrides.
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, String> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        // Fill defaults first, so every setting has a typed leaf to override.
+        let parsed: Config = value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        let full = toml::Value::try_from(&parsed).map_err(|e| e.to_string())?;
+        merge_missing(&mut value, &full);
+        for (name, raw) in env {
+            if let Some(path) = name.strip_prefix("VOUCH_GATEWAY_") {
+                apply_env(&mut value, path, &raw).map_err(|e| format!("{name}: {e}"))?;
+            }
+        }
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.backend.url.starts_with("https://")
+            || self.backend.url.starts_with("http://127.0.0.1"))
+        {
+            return Err(format!(
+                "backend.url must be https:// (got {:?})",
+                self.backend.url
+            ));
+        }
+        if let Some(tcp) = &self.transport.tcp {
+            if !(23..=517).contains(&tcp.att_mtu) {
+                return Err(format!(
+                    "transport.tcp.att_mtu must be 23..=517 (got {})",
+                    tcp.att_mtu
+                ));
+            }
+        }
+        if self.transport.tcp.is_none() && self.transport.ble.is_none() {
+            return Err("no transport: configure [transport.tcp] or [transport.ble]".into());
+        }
+        if self.limits.max_links == 0 {
+            return Err("limits.max_links must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.idle_timeout_s)
+    }
+}
+
+fn merge_missing(into: &mut toml::Value, defaults: &toml::Value) {
+    if let (toml::Value::Table(a), toml::Value::Table(b)) = (into, defaults) {
+        for (k, v) in b {
+            match a.get_mut(k) {
+                Some(existing) => merge_missing(existing, v),
+                None => {
+                    a.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Sets the leaf named by `path` (`SECTION_KEY`, nested sections joined by `_`)
+/// to `raw`, parsed as the leaf's current type.
+fn apply_env(value: &mut toml::Value, path: &str, raw: &str) -> Result<(), String> {
+    let lower = path.to_ascii_lowercase();
+    let toml::Value::Table(table) = value else {
+        return Err("not a table".into());
+    };
+    // Find the longest key that prefixes the remaining path.
+    let mut keys: Vec<String> = table.keys().cloned().collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for key in keys {
+        if lower == key {
+            let leaf = table.get_mut(&key).ok_or("missing")?;
+            *leaf = parse_like(leaf, raw)?;
+            return Ok(());
+        }
+        if let Some(rest) = lower.strip_prefix(&format!("{key}_")) {
+            if let Some(sub @ toml::Value::Table(_)) = table.get_mut(&key) {
+                let upper_rest = &path[path.len() - rest.len()..];
+                return apply_env(sub, upper_rest, raw);
+            }
+        }
+    }
+    Err("no such setting".into())
+}
+
+fn parse_like(current: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    Ok(match current {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.parse()
+                .map_err(|_| format!("{raw:?} is not an integer"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            raw.parse()
+                .map_err(|_| format!("{raw:?} is not true/false"))?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.parse()
+                .map_err(|_| format!("{raw:?} is not a number"))?,
+        ),
+        toml::Value::Table(_) | toml::Value::Array(_) => return Err("not a single setting".into()),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_env_overrides_apply() {
+        let c = Config::parse(EXAMPLE, Vec::new()).unwrap();
+        assert_eq!(c.limits.max_links, 1000);
+        let env = vec![
+            (
+                "VOUCH_GATEWAY_BACKEND_URL".to_string(),
+                "https://b.example:9443".to_string(),
+            ),
+            (
+                "VOUCH_GATEWAY_LIMITS_MAX_LINKS".to_string(),
+                "12".to_string(),
+            ),
+            (
+                "VOUCH_GATEWAY_TRANSPORT_TCP_ATT_MTU".to_string(),
+                "23".to_string(),
+            ),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let c = Config::parse(EXAMPLE, env).unwrap();
+        assert_eq!(c.backend.url, "https://b.example:9443");
+        assert_eq!(c.limits.max_links, 12);
+        assert_eq!(c.transport.tcp.unwrap().att_mtu, 23);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let env = vec![(
+            "VOUCH_GATEWAY_LIMITS_MAX_LINKS".to_string(),
+            "lots".to_string(),
+        )];
+        let e = Config::parse(EXAMPLE, env).unwrap_err();
+        assert!(
+            e.contains("VOUCH_GATEWAY_LIMITS_MAX_LINKS") && e.contains("not an integer"),
+            "{e}"
+        );
+        let env = vec![("VOUCH_GATEWAY_NOPE".to_string(), "1".to_string())];
+        assert!(Config::parse(EXAMPLE, env)
+            .unwrap_err()
+            .contains("no such setting"));
+        let e = Config::parse("[identity]\nkey = 1\n", Vec::new()).unwrap_err();
+        assert!(e.contains("key"), "{e}");
+        let text = EXAMPLE.replace("https://", "ftp://");
+        assert!(Config::parse(&text, Vec::new())
+            .unwrap_err()
+            .contains("backend.url"));
+    }
+}

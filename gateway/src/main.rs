@@ -1,0 +1,364 @@
+//! `vouch-gateway`: the gateway daemon and its setup commands.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tracing::{error, info};
+use vouch_gateway::api::{self, ApiState};
+use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
+use vouch_gateway::clock::SystemClock;
+use vouch_gateway::config::{Config, LogFormat};
+use vouch_gateway::driver::Context;
+use vouch_gateway::metrics::Metrics;
+use vouch_gateway::sessions::SessionTable;
+use vouch_proto::handshake::gateway::GatewayConfig;
+use vouch_proto::keys::IdentityKey;
+
+/// The Vouch gateway: authenticates nearby peripherals through the backend
+/// and carries their encrypted traffic.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create this gateway's identity key (PKCS#8 PEM, mode 0600) and print
+    /// what to enroll in the backend. Never overwrites an existing key.
+    Init {
+        /// Take the key path from this configuration file.
+        #[arg(long, conflicts_with = "key")]
+        config: Option<PathBuf>,
+        /// Where to write the key.
+        #[arg(long, default_value = "/var/lib/vouch-gateway/identity.pem")]
+        key: PathBuf,
+    },
+    /// Run the daemon until SIGINT or SIGTERM.
+    Run {
+        /// Configuration file (TOML; environment overrides VOUCH_GATEWAY_*).
+        #[arg(long, short, default_value = "/etc/vouch/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Show the running daemon's sessions and counters (through its local API).
+    Status {
+        /// Configuration file (to find the API socket).
+        #[arg(long, short, default_value = "/etc/vouch/gateway.toml")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the example configuration.
+    ExampleConfig,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init { config, key } => {
+            let key = match config {
+                Some(c) => Config::load(&c)?.identity.key,
+                None => key,
+            };
+            init(&key)
+        }
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            init_tracing(config.log.format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(config))
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(status(&config, json))
+        }
+        Command::ExampleConfig => {
+            print!("{}", vouch_gateway::config::EXAMPLE);
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn init(path: &Path) -> Result<()> {
+    if path.exists() {
+        let pem =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let key = IdentityKey::from_pkcs8_pem(&pem)
+            .with_context(|| format!("{} is not a valid identity key", path.display()))?;
+        println!("{} already exists; not overwriting it.", path.display());
+        println!("public key: {}", key.public_key());
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut()).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    let key = IdentityKey::from_seed(&seed);
+    let pem = key.to_pkcs8_pem()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(pem.as_bytes())?;
+    file.sync_all()?;
+    let public = key.public_key();
+    println!(
+        "Gateway identity written to {} (mode 0600).",
+        path.display()
+    );
+    println!("public key: {public}");
+    println!();
+    println!("Enroll it with the backend (operator, on the backend host):");
+    println!(
+        "  vouch-backend --data-dir DIR enroll gateway --public-key {public} --out client.pem"
+    );
+    println!(
+        "then install client.pem and the backend CA where [backend] certificate and ca point."
+    );
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+async fn run(config: Config) -> Result<()> {
+    let key_pem = zeroize::Zeroizing::new(read(&config.identity.key)?);
+    let key = IdentityKey::from_pkcs8_pem(std::str::from_utf8(&key_pem).unwrap_or(""))
+        .with_context(|| {
+            format!(
+                "{}: not a PKCS#8 Ed25519 key (run `vouch-gateway init`)",
+                config.identity.key.display()
+            )
+        })?;
+    let mode = std::fs::metadata(&config.identity.key)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by others (mode {:o}); chmod 600 it",
+            config.identity.key.display(),
+            mode & 0o777
+        );
+    }
+    let gateway_key = key.public_key();
+    let backend = HttpBackend::new(HttpBackendConfig {
+        url: config.backend.url.clone(),
+        ca_pem: read(&config.backend.ca)?,
+        cert_pem: read(&config.backend.certificate)?,
+        key_pem: key_pem.clone(),
+        request_timeout: Duration::from_millis(config.backend.request_timeout_ms),
+        feed_timeout: Duration::from_secs(60),
+        batch_window: Duration::from_millis(config.backend.batch_window_ms),
+        breaker_threshold: 3,
+        breaker_cooldown: Duration::from_secs(5),
+    })?;
+    let metrics = Arc::new(Metrics::new()?);
+    let table = SessionTable::new(config.limits.max_tickets);
+    let ctx = Arc::new(Context {
+        config: GatewayConfig::new(gateway_key),
+        backend: backend.clone(),
+        clock: SystemClock,
+        table: table.clone(),
+        metrics: metrics.clone(),
+        idle_timeout: config.idle_timeout(),
+    });
+    let (stop_tx, shutdown) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    info!(gateway_key = %gateway_key, backend = %config.backend.url, "vouch-gateway starting");
+
+    // Local API on a Unix socket.
+    let state = ApiState {
+        table: table.clone(),
+        metrics: metrics.clone(),
+        gateway_key: gateway_key.to_string(),
+    };
+    let socket = config.api.socket.clone();
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
+    info!(socket = %socket.display(), "local API listening");
+    let mut s = shutdown.clone();
+    let app = api::router(state.clone());
+    tasks.spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = s.changed().await;
+            })
+            .await;
+        if let Err(e) = r {
+            error!(error = %e, "local API failed");
+        }
+    });
+    if let Some(addr) = config.api.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let mut s = shutdown.clone();
+        let app = api::metrics_router(state);
+        tasks.spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = s.changed().await;
+                })
+                .await;
+        });
+    }
+
+    // Revocation feed.
+    tasks.spawn(vouch_gateway::revocation::follow(
+        backend,
+        table.clone(),
+        gateway_key,
+        metrics,
+        shutdown.clone(),
+    ));
+
+    // Ticket expiry.
+    {
+        let table = table.clone();
+        let mut s = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(60)) => {
+                        use vouch_gateway::clock::Clock;
+                        table.expire_tickets(SystemClock.now());
+                    }
+                    _ = s.changed() => return,
+                }
+            }
+        });
+    }
+
+    // Transports.
+    if let Some(tcp) = &config.transport.tcp {
+        let listener = tokio::net::TcpListener::bind(tcp.listen)
+            .await
+            .with_context(|| format!("binding {}", tcp.listen))?;
+        let (ctx, s, max, mtu) = (
+            ctx.clone(),
+            shutdown.clone(),
+            config.limits.max_links,
+            tcp.att_mtu,
+        );
+        tasks.spawn(async move {
+            if let Err(e) = vouch_gateway::server::serve_tcp(listener, ctx, max, mtu, s).await {
+                error!(error = %e, "TCP transport failed");
+            }
+        });
+    }
+    if let Some(ble) = &config.transport.ble {
+        bail!(
+            "[transport.ble] adapter {:?}: the BLE transport is not built into this binary yet",
+            ble.adapter
+        );
+    }
+
+    wait_for_signal().await;
+    info!("signal received: closing sessions and shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        error!("shutdown took longer than 10 s; exiting anyway");
+    }
+    let _ = std::fs::remove_file(&socket);
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn status(config: &Config, json: bool) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = &config.api.socket;
+    let mut stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to {} (is vouch-gateway running?)",
+                socket.display()
+            )
+        })?;
+    stream
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(body).context("the daemon's answer is not JSON")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("gateway {}", v["gateway_key"].as_str().unwrap_or("?"));
+    let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{} live sessions, {} resumption tickets",
+        sessions.len(),
+        v["tickets"]
+    );
+    println!("handshakes: {}", v["handshakes"]);
+    for s in sessions {
+        println!(
+            "  {}  session {}  scope {:#x}  {}{}",
+            s["peripheral"].as_str().unwrap_or("?"),
+            s["session"].as_str().unwrap_or("?"),
+            s["scope"].as_u64().unwrap_or(0),
+            s["link"].as_str().unwrap_or("?"),
+            if s["resumed"].as_bool() == Some(true) {
+                "  (resumed)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
