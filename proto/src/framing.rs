@@ -470,37 +470,38 @@ mod pool {
             self.active.len()
         }
 
-        /// Takes one fragment from link `key`.
+        /// Takes one fragment from link `key`. A link with a message in
+        /// progress behaves exactly like a lone [`Reassembler`].
         pub fn push(
             &mut self,
             key: &K,
             now: Timestamp,
             fragment: &[u8],
         ) -> Result<Option<Vec<u8>>, FramingError> {
-            let header = *fragment.first().ok_or(FramingError::EmptyFragment)?;
-            if !self.active.contains_key(key) {
-                let single = header & (FLAG_START | FLAG_END) == FLAG_START | FLAG_END;
-                if single {
-                    // No buffer needed; reuse the checks of a fresh reassembler.
-                    let mut r: Reassembler<0> = Reassembler::new(self.limits);
-                    r.limits.max_message = self.limits.max_message;
-                    return r.push(now, fragment).map(|m| m.map(<[u8]>::to_vec));
+            if let Some(r) = self.active.get_mut(key) {
+                let result = r.push(now, fragment).map(|m| m.map(<[u8]>::to_vec));
+                if !r.in_progress() {
+                    self.active.remove(key);
                 }
-                if header & FLAG_START == 0 {
-                    return Err(FramingError::NoMessageInProgress);
-                }
-                if self.active.len() >= self.max_concurrent {
-                    return Err(FramingError::TooManyReassemblies);
-                }
-                self.active
-                    .insert(key.clone(), Box::new(Reassembler::new(self.limits)));
+                return result;
             }
-            let Some(r) = self.active.get_mut(key) else {
+            let header = *fragment.first().ok_or(FramingError::EmptyFragment)?;
+            if header & (FLAG_START | FLAG_END) == FLAG_START | FLAG_END {
+                // No buffer needed; reuse the checks of a fresh reassembler.
+                let mut r: Reassembler<0> = Reassembler::new(self.limits);
+                r.limits.max_message = self.limits.max_message;
+                return r.push(now, fragment).map(|m| m.map(<[u8]>::to_vec));
+            }
+            if header & FLAG_START == 0 {
                 return Err(FramingError::NoMessageInProgress);
-            };
+            }
+            if self.active.len() >= self.max_concurrent {
+                return Err(FramingError::TooManyReassemblies);
+            }
+            let mut r = Box::new(Reassembler::new(self.limits));
             let result = r.push(now, fragment).map(|m| m.map(<[u8]>::to_vec));
-            if !r.in_progress() {
-                self.active.remove(key);
+            if r.in_progress() {
+                self.active.insert(key.clone(), r);
             }
             result
         }
@@ -663,6 +664,31 @@ mod tests {
         );
         assert_eq!(pool.in_progress(), 1);
         assert_eq!(pool.handle_timeout(Timestamp(60_000)), 1);
+        assert_eq!(pool.in_progress(), 0);
+    }
+
+    /// Found by the `reassembler` fuzz target: an empty fragment on a link whose
+    /// partial message had passed its deadline got `EmptyFragment` from the
+    /// pool but `Timeout` from a lone reassembler. Now both say `Timeout` and
+    /// both drop the partial message.
+    #[test]
+    fn pool_empty_fragment_after_deadline_reports_timeout_like_a_lone_reassembler() {
+        let mut pool = ReassemblyPool::new(2, ReassemblyLimits::default());
+        let mut lone: Reassembler = Reassembler::new(ReassemblyLimits::default());
+        let start = [FLAG_START, 4, 0, 1];
+        pool.push(&1u32, Timestamp(0), &start).unwrap();
+        lone.push(Timestamp(0), &start).unwrap();
+        let late = Timestamp(10_000);
+        assert_eq!(pool.push(&1u32, late, &[]), Err(FramingError::Timeout));
+        assert_eq!(lone.push(late, &[]), Err(FramingError::Timeout));
+        assert_eq!(pool.in_progress(), 0);
+        assert!(!lone.in_progress());
+        // Before the deadline, an empty fragment drops the partial message too.
+        pool.push(&1u32, Timestamp(0), &start).unwrap();
+        assert_eq!(
+            pool.push(&1u32, Timestamp(1), &[]),
+            Err(FramingError::EmptyFragment)
+        );
         assert_eq!(pool.in_progress(), 0);
     }
 }
