@@ -96,6 +96,10 @@ pub struct BleConfig {
     /// Most concurrent BLE links.
     #[serde(default = "default_ble_links")]
     pub max_links: usize,
+    /// The ATT MTU whose fragment size the gateway writes (BlueZ uses long
+    /// writes when a peripheral negotiated less).
+    #[serde(default = "default_att_mtu")]
+    pub att_mtu: usize,
 }
 
 /// `[limits]`

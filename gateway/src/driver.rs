@@ -61,7 +61,7 @@ fn hex(b: &[u8]) -> String {
 /// or `shutdown` turns true.
 pub async fn run_link<L, B, C>(
     ctx: Arc<Context<B, C>>,
-    mut link: L,
+    link: &mut L,
     mut rng: ChaCha20Rng,
     mut shutdown: watch::Receiver<bool>,
 ) -> Outcome
@@ -72,7 +72,7 @@ where
 {
     let peer = link.peer();
     let started = std::time::Instant::now();
-    let est = match handshake(&ctx, &mut link, &mut rng, &mut shutdown).await {
+    let est = match handshake(&ctx, link, &mut rng, &mut shutdown).await {
         Ok(est) => est,
         Err(e) => {
             ctx.metrics.handshake_failed(&e);
@@ -188,7 +188,7 @@ async fn flush<L: Link>(hs: &mut GatewayHandshake, link: &mut L) {
 
 async fn session<L, B, C>(
     ctx: Arc<Context<B, C>>,
-    mut link: L,
+    link: &mut L,
     est: GatewayEstablished,
     peer: String,
     resumed: bool,
@@ -268,21 +268,21 @@ where
                     let _ = reply.send(r);
                 }
                 Some(Command::Close(reason)) => {
-                    close(&mut session, &mut link, ctx, reason).await;
+                    close(&mut session, link, ctx, reason).await;
                     break format!("closed by gateway (reason {})", reason.0);
                 }
                 None => break "session table dropped".into(),
             },
             () = sleep_for(expiry) => {
-                close(&mut session, &mut link, ctx, CloseReason::EXPIRED).await;
+                close(&mut session, link, ctx, CloseReason::EXPIRED).await;
                 break "session lifetime ended".into();
             }
             () = tokio::time::sleep(idle) => {
-                close(&mut session, &mut link, ctx, CloseReason::NORMAL).await;
+                close(&mut session, link, ctx, CloseReason::NORMAL).await;
                 break "idle timeout".into();
             }
             _ = shutdown.changed() => {
-                close(&mut session, &mut link, ctx, CloseReason::SHUTDOWN).await;
+                close(&mut session, link, ctx, CloseReason::SHUTDOWN).await;
                 break "gateway shutting down".into();
             }
         }

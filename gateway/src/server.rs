@@ -58,7 +58,7 @@ pub async fn serve_tcp<B: BackendApi, C: Clock>(
                     drop(stream);
                     continue;
                 };
-                let link = match TcpLink::new(stream, att_mtu, ReassemblyLimits::default()) {
+                let mut link = match TcpLink::new(stream, att_mtu, ReassemblyLimits::default()) {
                     Ok(l) => l,
                     Err(e) => {
                         warn!(peer = %addr, error = %e, "could not set up link");
@@ -69,7 +69,7 @@ pub async fn serve_tcp<B: BackendApi, C: Clock>(
                 let shutdown = shutdown.clone();
                 drivers.spawn(async move {
                     let _permit = permit;
-                    run_link(ctx, link, link_rng(), shutdown).await
+                    run_link(ctx, &mut link, link_rng(), shutdown).await
                 });
             }
             Some(_) = drivers.join_next(), if !drivers.is_empty() => {}

@@ -2,205 +2,33 @@
 //! from the protocol's own backend role: handshake, data, resumption with the
 //! backend down, revocation, hostile peers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use vouch_gateway::backend_client::{BackendApi, BackendError};
-use vouch_gateway::clock::TokioClock;
-use vouch_gateway::driver::{run_link, Context, Outcome};
-use vouch_gateway::metrics::Metrics;
-use vouch_gateway::sessions::SessionTable;
-use vouch_gateway::transport::memory::{pair, MemoryLink};
+use common::{drive_peripheral, peripheral_full, run_link_owned, setup, wait_for};
+use vouch_gateway::driver::Outcome;
+use vouch_gateway::transport::memory::pair;
 use vouch_gateway::transport::Link;
-use vouch_proto::anchor::AnchorSet;
-use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
-use vouch_proto::handshake::gateway::GatewayConfig;
-use vouch_proto::handshake::peripheral::{
-    PeripheralConfig, PeripheralEstablished, PeripheralHandshake, PeripheralTicket,
-};
-use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId};
+use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
 use vouch_proto::session::{CloseReason, Inbound};
 use vouch_proto::testing::rng;
-use vouch_proto::wire::backend::{
-    FeedBatch, FeedChange, FeedEvent, PeripheralInfo, SessionReport, SessionReportAnswer,
-    SessionVerdict, VouchAnswer, VouchRequest, Vouched,
-};
-use vouch_proto::wire::{Lifetimes, Scope};
+use vouch_proto::wire::backend::{FeedChange, FeedEvent};
+use vouch_proto::wire::Scope;
 use vouch_proto::{AlertCode, Error as ProtoError, Timestamp};
-
-struct FakeBackend {
-    keys: BackendKeys,
-    device: IdentityKey,
-    gateway: IdentityKey,
-    scope: Scope,
-    down: AtomicBool,
-    reports: Mutex<Vec<SessionReport>>,
-    feed: tokio::sync::Mutex<mpsc::Receiver<FeedEvent>>,
-}
-
-impl BackendApi for FakeBackend {
-    async fn vouch(&self, req: VouchRequest) -> Result<VouchAnswer, BackendError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(BackendError::Unavailable("connection refused".into()));
-        }
-        let answer = (|| {
-            let verified = open_hello(&req.hello, &self.keys)
-                .ok()?
-                .verify(&self.device.public_key())
-                .ok()?;
-            let grant = VouchGrant {
-                gateway_key: self.gateway.public_key(),
-                gateway_ephemeral: req.gateway_ephemeral,
-                scope: self.scope,
-                lifetimes: Lifetimes {
-                    session_s: 3600,
-                    resumption_s: 86_400,
-                },
-            };
-            let info = PeripheralInfo {
-                id: verified.peripheral(),
-                public_key: self.device.public_key(),
-                group: Some("lab".into()),
-                attributes: vec![],
-                scope: self.scope,
-            };
-            Some(VouchAnswer::Vouched(Vouched {
-                vouch: verified.vouch(&self.keys, &grant),
-                peripheral: info,
-            }))
-        })();
-        Ok(answer.unwrap_or(VouchAnswer::Refused(vouch_proto::error::Refusal::Denied)))
-    }
-
-    async fn report(&self, report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(BackendError::Unavailable("connection refused".into()));
-        }
-        let n = report.events.len();
-        self.reports.lock().unwrap().push(report);
-        Ok(SessionReportAnswer {
-            items: vec![SessionVerdict::Accepted; n],
-        })
-    }
-
-    async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
-        let mut rx = self.feed.lock().await;
-        match rx.recv().await {
-            Some(ev) => Ok(FeedBatch {
-                next: ev.seq,
-                events: vec![ev],
-            }),
-            None => {
-                drop(rx);
-                std::future::pending::<()>().await;
-                Ok(FeedBatch {
-                    events: vec![],
-                    next: after,
-                })
-            }
-        }
-    }
-}
-
-struct Setup {
-    ctx: Arc<Context<Arc<FakeBackend>, TokioClock>>,
-    backend: Arc<FakeBackend>,
-    anchors: AnchorSet,
-    id: PeripheralId,
-    feed_tx: mpsc::Sender<FeedEvent>,
-    shutdown_tx: watch::Sender<bool>,
-    shutdown: watch::Receiver<bool>,
-}
-
-fn setup(scope: Scope) -> Setup {
-    let mut r = rng(1);
-    let keys = BackendKeys::generate(KeyId(1), &mut r);
-    let device = IdentityKey::generate(&mut r);
-    let gateway = IdentityKey::generate(&mut r);
-    let id = PeripheralId::derive(&device.public_key());
-    let anchors = AnchorSet::new(keys.anchor());
-    let config = GatewayConfig::new(gateway.public_key());
-    let (feed_tx, feed_rx) = mpsc::channel(16);
-    let backend = Arc::new(FakeBackend {
-        keys,
-        device,
-        gateway,
-        scope,
-        down: AtomicBool::new(false),
-        reports: Mutex::new(vec![]),
-        feed: tokio::sync::Mutex::new(feed_rx),
-    });
-    let ctx = Arc::new(Context {
-        config,
-        backend: backend.clone(),
-        clock: TokioClock::new(),
-        table: SessionTable::new(100),
-        metrics: Arc::new(Metrics::new().unwrap()),
-        idle_timeout: Duration::from_secs(600),
-    });
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    Setup {
-        ctx,
-        backend,
-        anchors,
-        id,
-        feed_tx,
-        shutdown_tx,
-        shutdown,
-    }
-}
-
-/// A minimal peripheral on the other end of a memory link.
-async fn peripheral_full(
-    s: &Setup,
-    link: &mut MemoryLink,
-    seed: u64,
-) -> Result<PeripheralEstablished, ProtoError> {
-    let now = Timestamp(0);
-    let mut p = PeripheralHandshake::start(
-        &PeripheralConfig::default(),
-        s.id,
-        &s.backend.device,
-        &s.anchors,
-        now,
-        &mut rng(seed),
-    )?;
-    drive_peripheral(&mut p, link).await?;
-    p.into_established()
-}
-
-async fn drive_peripheral(
-    p: &mut PeripheralHandshake,
-    link: &mut MemoryLink,
-) -> Result<(), ProtoError> {
-    let mut buf = [0u8; 256];
-    let n = p.poll_transmit(&mut buf).unwrap();
-    link.send(&buf[..n]).await.unwrap();
-    let answer = link.recv().await.unwrap().expect("gateway answered");
-    p.handle_input(Timestamp(0), &answer)?;
-    let n = p.poll_transmit(&mut buf).unwrap();
-    link.send(&buf[..n]).await.unwrap();
-    Ok(())
-}
-
-async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
 
 #[tokio::test]
 async fn handshake_data_both_ways_and_close() {
     let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
     for mtu in [23, 247] {
         let (mut p_link, g_link) = pair(mtu, "p", "g");
-        let driver = tokio::spawn(run_link(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()));
+        let driver = tokio::spawn(run_link_owned(
+            s.ctx.clone(),
+            g_link,
+            rng(2),
+            s.shutdown.clone(),
+        ));
         let mut est = peripheral_full(&s, &mut p_link, 10 + mtu as u64)
             .await
             .unwrap();
@@ -260,7 +88,12 @@ async fn handshake_data_both_ways_and_close() {
 async fn commands_outside_scope_are_refused_locally() {
     let s = setup(Scope::TELEMETRY);
     let (mut p_link, g_link) = pair(247, "p", "g");
-    tokio::spawn(run_link(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()));
+    tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        rng(2),
+        s.shutdown.clone(),
+    ));
     let _est = peripheral_full(&s, &mut p_link, 3).await.unwrap();
     wait_for("session", || s.ctx.table.len() == 1).await;
     let err = s
@@ -276,7 +109,12 @@ async fn commands_outside_scope_are_refused_locally() {
 async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy() {
     let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()));
+    let d = tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        rng(2),
+        s.shutdown.clone(),
+    ));
     let est = peripheral_full(&s, &mut p_link, 4).await.unwrap();
     wait_for("session", || s.ctx.table.len() == 1).await;
     drop(p_link);
@@ -288,7 +126,12 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
     let ticket_bytes = postcard::to_allocvec(&est.ticket).unwrap();
     let ticket: PeripheralTicket = postcard::from_bytes(&ticket_bytes).unwrap();
     let (mut p_link, g_link) = pair(247, "p", "g");
-    tokio::spawn(run_link(s.ctx.clone(), g_link, rng(5), s.shutdown.clone()));
+    tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        rng(5),
+        s.shutdown.clone(),
+    ));
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         ticket,
@@ -304,7 +147,12 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
 
     // A full handshake is answered Busy, quickly.
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link(s.ctx.clone(), g_link, rng(7), s.shutdown.clone()));
+    let d = tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        rng(7),
+        s.shutdown.clone(),
+    ));
     let mut p = PeripheralHandshake::start(
         &PeripheralConfig::default(),
         s.id,
@@ -337,7 +185,12 @@ async fn revocation_feed_closes_the_live_session() {
         s.shutdown.clone(),
     ));
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()));
+    let d = tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        rng(2),
+        s.shutdown.clone(),
+    ));
     let mut est = peripheral_full(&s, &mut p_link, 9).await.unwrap();
     wait_for("session", || s.ctx.table.len() == 1).await;
     s.feed_tx
@@ -373,7 +226,12 @@ async fn garbage_and_oversized_frames_end_the_link_without_harm() {
     let s = setup(Scope::TELEMETRY);
     // Garbage message.
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()));
+    let d = tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        rng(2),
+        s.shutdown.clone(),
+    ));
     p_link.send(&[0xde, 0xad, 0xbe, 0xef]).await.unwrap();
     let alert = p_link.recv().await.unwrap().unwrap();
     assert_eq!(
@@ -383,7 +241,12 @@ async fn garbage_and_oversized_frames_end_the_link_without_harm() {
     assert!(matches!(d.await.unwrap(), Outcome::HandshakeFailed(_)));
     // A fragment announcing a 60 000-byte message.
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()));
+    let d = tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        rng(2),
+        s.shutdown.clone(),
+    ));
     p_link
         .send_fragment(&[0x80, 0x60, 0xea, 1, 2, 3])
         .await
@@ -400,7 +263,7 @@ async fn garbage_and_oversized_frames_end_the_link_without_harm() {
 async fn silent_peer_times_out() {
     let s = setup(Scope::TELEMETRY);
     let (_p_link, g_link) = pair(247, "p", "g");
-    let outcome = run_link(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()).await;
+    let outcome = run_link_owned(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()).await;
     assert!(matches!(
         outcome,
         Outcome::HandshakeFailed(vouch_gateway::Error::Timeout(_))

@@ -6,6 +6,9 @@
 //! [`memory`] (tests, simulator) and `ble` (btleplug; the only file that
 //! imports it).
 
+#[cfg(feature = "ble")]
+pub mod ble;
+pub mod ble_central;
 pub mod memory;
 pub mod tcp;
 

@@ -1,0 +1,308 @@
+//! The BLE central's logic, independent of any Bluetooth library: our own
+//! device table, filtering advertisements for the Vouch service in our code,
+//! a cap on concurrent links, timeouts on every radio operation, and retries
+//! with backoff for connection aborts and first-discovery failures
+//! (SPEC.md §8.5). `ble.rs` implements [`BleRadio`] with btleplug; tests use
+//! a fake of the same trait.
+//!
+//! A device is identified here only by the opaque id the stack gives it. It is
+//! a handle for reconnecting, never an identity: who is on the other end is
+//! decided by the handshake, and a spoofed address gains nothing but a
+//! handshake it cannot complete.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT};
+use vouch_proto::Timestamp;
+
+use super::{Link, LinkError};
+use crate::backend_client::BackendApi;
+use crate::clock::Clock;
+use crate::driver::{run_link, Context};
+
+/// The Vouch GATT service (SPEC.md §8.5).
+pub const SERVICE_UUID: u128 = 0x5b3f0001_8e4a_4c6e_9d2a_7f1c0b6e4a10;
+/// Inbox: the gateway writes fragments here.
+pub const INBOX_UUID: u128 = 0x5b3f0002_8e4a_4c6e_9d2a_7f1c0b6e4a10;
+/// Outbox: the peripheral notifies fragments here.
+pub const OUTBOX_UUID: u128 = 0x5b3f0003_8e4a_4c6e_9d2a_7f1c0b6e4a10;
+/// Info: `version ‖ suite`.
+pub const INFO_UUID: u128 = 0x5b3f0004_8e4a_4c6e_9d2a_7f1c0b6e4a10;
+
+/// An advertisement report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advert {
+    /// The stack's handle for the device (not an identity).
+    pub device: String,
+    /// The address it advertised from (for logs; spoofable).
+    pub address: String,
+    /// Advertised service UUIDs.
+    pub services: Vec<u128>,
+}
+
+/// A Bluetooth stack, as narrow as the central needs.
+pub trait BleRadio: Send + Sync + 'static {
+    /// A connection to one device.
+    type Conn: BleConnection;
+    /// Starts scanning; advertisement reports arrive on the receiver.
+    fn scan(&self) -> impl Future<Output = Result<mpsc::Receiver<Advert>, LinkError>> + Send;
+    /// Connects to a device seen in an advertisement.
+    fn connect(&self, device: &str) -> impl Future<Output = Result<Self::Conn, LinkError>> + Send;
+}
+
+/// One GATT connection to a Vouch peripheral.
+pub trait BleConnection: Send + 'static {
+    /// Discovers the Vouch service, checks Info (`01 01`) and subscribes to
+    /// Outbox. Fails if the device does not offer the service.
+    fn setup(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;
+    /// The fragment size to write: ATT MTU − 3.
+    fn fragment_len(&self) -> usize;
+    /// Writes one fragment to Inbox (write with response).
+    fn write(&mut self, fragment: &[u8]) -> impl Future<Output = Result<(), LinkError>> + Send;
+    /// The next Outbox notification; `None` once disconnected. Cancel-safe.
+    fn notification(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>, LinkError>> + Send;
+    /// Disconnects.
+    fn disconnect(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Timeouts and limits of the central.
+#[derive(Debug, Clone, Copy)]
+pub struct BleSettings {
+    /// Most concurrent links.
+    pub max_links: usize,
+    /// Timeout of a connect.
+    pub connect_timeout: Duration,
+    /// Timeout of service discovery and subscription.
+    pub setup_timeout: Duration,
+    /// Timeout of one write.
+    pub write_timeout: Duration,
+    /// Retries of a failed first discovery on the same connection attempt.
+    pub setup_retries: u32,
+    /// First backoff after a failed attempt; doubles per failure.
+    pub backoff_min: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl Default for BleSettings {
+    fn default() -> Self {
+        Self {
+            max_links: 8,
+            connect_timeout: Duration::from_secs(10),
+            setup_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(5),
+            setup_retries: 2,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A [`Link`] over a GATT connection.
+pub struct BleLink<C: BleConnection> {
+    conn: C,
+    device: String,
+    reassembler: Reassembler,
+    write_timeout: Duration,
+    epoch: tokio::time::Instant,
+}
+
+impl<C: BleConnection> BleLink<C> {
+    /// Wraps a set-up connection.
+    pub fn new(conn: C, device: String, write_timeout: Duration) -> Self {
+        Self {
+            conn,
+            device,
+            reassembler: Reassembler::new(ReassemblyLimits::default()),
+            write_timeout,
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Gives the connection back (to disconnect it).
+    pub fn into_inner(self) -> C {
+        self.conn
+    }
+}
+
+impl<C: BleConnection> Link for BleLink<C> {
+    async fn send(&mut self, msg: &[u8]) -> Result<(), LinkError> {
+        let frag_len = self.conn.fragment_len();
+        // Fragmenter takes an ATT MTU; fragment length = MTU − 3.
+        let mut f = Fragmenter::new(msg, frag_len + 3)?;
+        let mut buf = [0u8; MAX_FRAGMENT];
+        while let Some(n) = f.next_into(&mut buf) {
+            tokio::time::timeout(self.write_timeout, self.conn.write(&buf[..n]))
+                .await
+                .map_err(|_| LinkError::Timeout)??;
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        loop {
+            let Some(fragment) = self.conn.notification().await? else {
+                return Ok(None);
+            };
+            let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
+            if let Some(msg) = self.reassembler.push(now, &fragment)? {
+                return Ok(Some(msg.to_vec()));
+            }
+        }
+    }
+
+    fn peer(&self) -> String {
+        format!("ble:{}", self.device)
+    }
+}
+
+#[derive(Debug, Default)]
+struct DeviceState {
+    busy: bool,
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// What a finished connection task reports to the manager.
+#[derive(Debug)]
+enum Done {
+    /// The link ran (a handshake was attempted): reset the failure count.
+    Ran(String),
+    /// Connecting or discovery failed.
+    Failed(String),
+}
+
+/// Runs the central until `shutdown`: scans, connects to Vouch peripherals
+/// within the cap, and runs a driver per link.
+pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
+    radio: Arc<R>,
+    ctx: Arc<Context<B, C>>,
+    settings: BleSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
+    let mut adverts = radio.scan().await?;
+    let permits = Arc::new(Semaphore::new(settings.max_links));
+    let mut table: HashMap<String, DeviceState> = HashMap::new();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    info!(
+        max_links = settings.max_links,
+        "BLE central scanning for the Vouch service"
+    );
+    loop {
+        tokio::select! {
+            advert = adverts.recv() => {
+                let Some(advert) = advert else {
+                    warn!("BLE scan ended");
+                    break;
+                };
+                // Filter in our own code: only the Vouch service.
+                if !advert.services.contains(&SERVICE_UUID) {
+                    continue;
+                }
+                let state = table.entry(advert.device.clone()).or_default();
+                if state.busy || state.retry_at.is_some_and(|t| t > tokio::time::Instant::now()) {
+                    continue;
+                }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    debug!(device = %advert.device, "link cap reached; not connecting");
+                    continue;
+                };
+                state.busy = true;
+                let (radio, ctx, shutdown) = (radio.clone(), ctx.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    connect_and_run(radio, ctx, settings, advert, shutdown).await
+                });
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok(done) = done else { continue };
+                match done {
+                    Done::Ran(device) => {
+                        let s = table.entry(device).or_default();
+                        s.busy = false;
+                        s.failures = 0;
+                        s.retry_at = None;
+                    }
+                    Done::Failed(device) => {
+                        let s = table.entry(device.clone()).or_default();
+                        s.busy = false;
+                        s.failures += 1;
+                        let wait = backoff(settings, s.failures);
+                        s.retry_at = Some(tokio::time::Instant::now() + wait);
+                        ctx.metrics.link_error("ble");
+                        info!(device = %device, failures = s.failures, retry_in_ms = wait.as_millis() as u64, "BLE connection failed; backing off");
+                    }
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Exponential backoff with ±25 % jitter.
+pub fn backoff(settings: BleSettings, failures: u32) -> Duration {
+    let base = settings
+        .backoff_min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let base = base.min(settings.backoff_max);
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let jitter = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) * 0.5 - 0.25;
+    base.mul_f64(1.0 + jitter)
+}
+
+async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
+    radio: Arc<R>,
+    ctx: Arc<Context<B, C>>,
+    settings: BleSettings,
+    advert: Advert,
+    shutdown: watch::Receiver<bool>,
+) -> Done {
+    let device = advert.device.clone();
+    let conn = match tokio::time::timeout(settings.connect_timeout, radio.connect(&device)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            info!(device = %device, address = %advert.address, error = %e, "BLE connect failed");
+            return Done::Failed(device);
+        }
+        Err(_) => {
+            info!(device = %device, "BLE connect timed out");
+            return Done::Failed(device);
+        }
+    };
+    let mut conn = conn;
+    let mut attempt = 0;
+    loop {
+        match tokio::time::timeout(settings.setup_timeout, conn.setup()).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) if attempt < settings.setup_retries => {
+                attempt += 1;
+                debug!(device = %device, error = %e, attempt, "GATT discovery failed; retrying");
+            }
+            Ok(Err(e)) => {
+                info!(device = %device, error = %e, "GATT discovery failed");
+                conn.disconnect().await;
+                return Done::Failed(device);
+            }
+            Err(_) => {
+                info!(device = %device, "GATT discovery timed out");
+                conn.disconnect().await;
+                return Done::Failed(device);
+            }
+        }
+    }
+    info!(device = %device, address = %advert.address, "BLE link up");
+    let mut link = BleLink::new(conn, device.clone(), settings.write_timeout);
+    let outcome = run_link(ctx, &mut link, crate::server::link_rng(), shutdown).await;
+    debug!(device = %device, ?outcome, "BLE link done");
+    link.into_inner().disconnect().await;
+    Done::Ran(device)
+}

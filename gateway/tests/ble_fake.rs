@@ -1,0 +1,370 @@
+//! The BLE central's logic against a fake radio of our own trait:
+//! fragmentation at ATT MTU 23 and 247 through a real handshake, filtering of
+//! advertisements, backoff after connection aborts, retried discovery,
+//! timeouts on hung operations and the cap on concurrent links. What this
+//! cannot show (that we drive BlueZ correctly) is the BLE VM test's job.
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{setup, wait_for, Setup};
+use tokio::sync::mpsc;
+use vouch_gateway::transport::ble_central::{
+    serve_ble, Advert, BleConnection, BleRadio, BleSettings, SERVICE_UUID,
+};
+use vouch_gateway::transport::LinkError;
+use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits};
+use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake};
+use vouch_proto::session::Inbound;
+use vouch_proto::testing::rng;
+use vouch_proto::wire::Scope;
+use vouch_proto::Timestamp;
+
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    Fail,
+    Hang,
+    Ok { setup_failures: u32 },
+}
+
+/// The peripheral's end of a fake GATT connection.
+struct PeripheralEnd {
+    from_gateway: mpsc::Receiver<Vec<u8>>,
+    to_gateway: mpsc::Sender<Vec<u8>>,
+    frag_len: usize,
+    reassembler: Reassembler,
+}
+
+impl PeripheralEnd {
+    async fn send(&mut self, msg: &[u8]) {
+        let mut f = Fragmenter::new(msg, self.frag_len + 3).unwrap();
+        let mut buf = [0u8; 512];
+        while let Some(n) = f.next_into(&mut buf) {
+            assert!(n <= self.frag_len);
+            self.to_gateway.send(buf[..n].to_vec()).await.unwrap();
+        }
+    }
+    async fn recv(&mut self) -> Vec<u8> {
+        loop {
+            let frag = self.from_gateway.recv().await.expect("gateway wrote");
+            assert!(
+                frag.len() <= self.frag_len,
+                "gateway wrote {} bytes at fragment size {}",
+                frag.len(),
+                self.frag_len
+            );
+            if let Some(m) = self.reassembler.push(Timestamp(0), &frag).unwrap() {
+                return m.to_vec();
+            }
+        }
+    }
+}
+
+struct FakeConn {
+    to_periph: mpsc::Sender<Vec<u8>>,
+    from_periph: mpsc::Receiver<Vec<u8>>,
+    frag_len: usize,
+    setup_failures: u32,
+}
+
+impl BleConnection for FakeConn {
+    async fn setup(&mut self) -> Result<(), LinkError> {
+        if self.setup_failures > 0 {
+            self.setup_failures -= 1;
+            return Err(LinkError::Ble("service discovery incomplete".into()));
+        }
+        Ok(())
+    }
+    fn fragment_len(&self) -> usize {
+        self.frag_len
+    }
+    async fn write(&mut self, fragment: &[u8]) -> Result<(), LinkError> {
+        self.to_periph
+            .send(fragment.to_vec())
+            .await
+            .map_err(|_| LinkError::Ble("disconnected".into()))
+    }
+    async fn notification(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        Ok(self.from_periph.recv().await)
+    }
+    async fn disconnect(&mut self) {}
+}
+
+struct FakeRadio {
+    adverts: Mutex<Option<mpsc::Receiver<Advert>>>,
+    plans: Mutex<HashMap<String, VecDeque<Plan>>>,
+    attempts: Mutex<Vec<(String, tokio::time::Instant)>>,
+    connected: mpsc::Sender<(String, PeripheralEnd)>,
+    frag_len: usize,
+}
+
+impl BleRadio for FakeRadio {
+    type Conn = FakeConn;
+    async fn scan(&self) -> Result<mpsc::Receiver<Advert>, LinkError> {
+        self.adverts
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or(LinkError::Ble("scan already running".into()))
+    }
+    async fn connect(&self, device: &str) -> Result<FakeConn, LinkError> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .push((device.to_string(), tokio::time::Instant::now()));
+        let plan = self
+            .plans
+            .lock()
+            .unwrap()
+            .get_mut(device)
+            .and_then(|p| p.pop_front())
+            .unwrap_or(Plan::Ok { setup_failures: 0 });
+        match plan {
+            Plan::Fail => Err(LinkError::Ble("le-connection-abort-by-local".into())),
+            Plan::Hang => std::future::pending().await,
+            Plan::Ok { setup_failures } => {
+                let (to_periph, from_gateway) = mpsc::channel(64);
+                let (to_gateway, from_periph) = mpsc::channel(64);
+                let end = PeripheralEnd {
+                    from_gateway,
+                    to_gateway,
+                    frag_len: self.frag_len,
+                    reassembler: Reassembler::new(ReassemblyLimits::default()),
+                };
+                let _ = self.connected.send((device.to_string(), end)).await;
+                Ok(FakeConn {
+                    to_periph,
+                    from_periph,
+                    frag_len: self.frag_len,
+                    setup_failures,
+                })
+            }
+        }
+    }
+}
+
+struct Bench {
+    s: Setup,
+    radio: Arc<FakeRadio>,
+    adverts: mpsc::Sender<Advert>,
+    connected: mpsc::Receiver<(String, PeripheralEnd)>,
+}
+
+fn bench(frag_len: usize, settings: BleSettings, plans: &[(&str, &[Plan])]) -> Bench {
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let (adverts, adverts_rx) = mpsc::channel(64);
+    let (connected_tx, connected) = mpsc::channel(16);
+    let radio = Arc::new(FakeRadio {
+        adverts: Mutex::new(Some(adverts_rx)),
+        plans: Mutex::new(
+            plans
+                .iter()
+                .map(|(d, p)| (d.to_string(), p.iter().copied().collect()))
+                .collect(),
+        ),
+        attempts: Mutex::new(vec![]),
+        connected: connected_tx,
+        frag_len,
+    });
+    tokio::spawn(serve_ble(
+        radio.clone(),
+        s.ctx.clone(),
+        settings,
+        s.shutdown.clone(),
+    ));
+    Bench {
+        s,
+        radio,
+        adverts,
+        connected,
+    }
+}
+
+fn advert(device: &str, vouch: bool) -> Advert {
+    Advert {
+        device: device.into(),
+        address: "AA:BB:CC:DD:EE:FF".into(),
+        services: if vouch {
+            vec![SERVICE_UUID]
+        } else {
+            vec![0x180f]
+        },
+    }
+}
+
+/// Runs a full handshake and one record each way on a connected peripheral end.
+async fn handshake_on(s: &Setup, end: &mut PeripheralEnd, seed: u64) {
+    let mut p = PeripheralHandshake::start(
+        &PeripheralConfig::default(),
+        s.id,
+        &s.backend.device,
+        &s.anchors,
+        Timestamp(0),
+        &mut rng(seed),
+    )
+    .unwrap();
+    let mut buf = [0u8; 256];
+    let n = p.poll_transmit(&mut buf).unwrap();
+    end.send(&buf[..n]).await;
+    let resp = end.recv().await;
+    p.handle_input(Timestamp(0), &resp).unwrap();
+    let n = p.poll_transmit(&mut buf).unwrap();
+    end.send(&buf[..n]).await;
+    let mut est = p.into_established().unwrap();
+    wait_for("session", || s.ctx.table.len() == 1).await;
+    let mut sub = s.ctx.table.subscribe();
+    let mut rec = [0u8; 1024];
+    let payload = [0x5a; 300];
+    let n = est
+        .session
+        .seal_data(Timestamp(0), &payload, &mut rec)
+        .unwrap();
+    end.send(&rec[..n]).await;
+    assert_eq!(sub.recv().await.unwrap().data, payload.to_vec());
+    let table = s.ctx.table.clone();
+    let id = s.id;
+    let sender = tokio::spawn(async move { table.send(id, vec![1u8; 200]).await });
+    let msg = end.recv().await;
+    let mut out = [0u8; 1024];
+    assert_eq!(
+        est.session.open(Timestamp(0), &msg, &mut out).unwrap(),
+        Inbound::Data(&[1u8; 200][..])
+    );
+    sender.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn handshake_and_data_over_ble_at_mtu_23_and_247() {
+    for frag_len in [20, 244] {
+        let mut b = bench(frag_len, BleSettings::default(), &[]);
+        b.adverts.send(advert("dev-1", true)).await.unwrap();
+        let (device, mut end) = b.connected.recv().await.unwrap();
+        assert_eq!(device, "dev-1");
+        handshake_on(&b.s, &mut end, frag_len as u64).await;
+        b.s.shutdown_tx.send(true).unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn adverts_without_the_vouch_service_are_ignored() {
+    let mut b = bench(244, BleSettings::default(), &[]);
+    for _ in 0..5 {
+        b.adverts.send(advert("speaker", false)).await.unwrap();
+    }
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    let (device, _end) = b.connected.recv().await.unwrap();
+    assert_eq!(device, "dev-1");
+    let attempts = b.radio.attempts.lock().unwrap().clone();
+    assert_eq!(
+        attempts.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+        ["dev-1"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_aborts_back_off_then_connect() {
+    let settings = BleSettings {
+        backoff_min: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut b = bench(244, settings, &[("dev-1", &[Plan::Fail, Plan::Fail])]);
+    let adverts = b.adverts.clone();
+    // The device advertises every 100 ms.
+    let advertiser = tokio::spawn(async move {
+        loop {
+            if adverts.send(advert("dev-1", true)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (_, mut end) = b.connected.recv().await.unwrap();
+    advertiser.abort();
+    let attempts = b.radio.attempts.lock().unwrap().clone();
+    assert_eq!(
+        attempts.len(),
+        3,
+        "two failures, then success: {attempts:?}"
+    );
+    let gap1 = attempts[1].1 - attempts[0].1;
+    let gap2 = attempts[2].1 - attempts[1].1;
+    // 2 s ± 25 %, then 4 s ± 25 %: adverts every 100 ms did not cause retries.
+    assert!(
+        gap1 >= Duration::from_millis(1500) && gap1 <= Duration::from_millis(2600),
+        "{gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(3000) && gap2 <= Duration::from_millis(5100),
+        "{gap2:?}"
+    );
+    handshake_on(&b.s, &mut end, 3).await;
+}
+
+#[tokio::test]
+async fn first_discovery_failure_is_retried_on_the_same_connection() {
+    let mut b = bench(
+        244,
+        BleSettings::default(),
+        &[("dev-1", &[Plan::Ok { setup_failures: 1 }])],
+    );
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    let (_, mut end) = b.connected.recv().await.unwrap();
+    handshake_on(&b.s, &mut end, 4).await;
+    assert_eq!(
+        b.radio.attempts.lock().unwrap().len(),
+        1,
+        "no reconnect was needed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_connect_times_out_and_is_retried() {
+    let settings = BleSettings {
+        connect_timeout: Duration::from_secs(3),
+        backoff_min: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut b = bench(244, settings, &[("dev-1", &[Plan::Hang])]);
+    let adverts = b.adverts.clone();
+    let advertiser = tokio::spawn(async move {
+        while adverts.send(advert("dev-1", true)).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let (_, _end) = b.connected.recv().await.unwrap();
+    advertiser.abort();
+    let attempts = b.radio.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts[1].1 - attempts[0].1 >= Duration::from_millis(3000 + 750));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_link_cap_holds() {
+    let settings = BleSettings {
+        max_links: 1,
+        ..Default::default()
+    };
+    let mut b = bench(244, settings, &[]);
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    let (_, end1) = b.connected.recv().await.unwrap();
+    // While dev-1 holds the only link, dev-2 is not connected, however often it advertises.
+    for _ in 0..10 {
+        b.adverts.send(advert("dev-2", true)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.radio.attempts.lock().unwrap().len(), 1);
+    // dev-1 goes away (its handshake never completes: the driver times out).
+    drop(end1);
+    let adverts = b.adverts.clone();
+    let advertiser = tokio::spawn(async move {
+        while adverts.send(advert("dev-2", true)).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (device, _end2) = b.connected.recv().await.unwrap();
+    advertiser.abort();
+    assert_eq!(device, "dev-2");
+}

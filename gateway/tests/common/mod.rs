@@ -1,0 +1,205 @@
+//! Shared test fixtures: a fake backend built from the protocol's own backend
+//! role, a gateway context, and a minimal peripheral.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use vouch_gateway::backend_client::{BackendApi, BackendError};
+use vouch_gateway::clock::TokioClock;
+use vouch_gateway::driver::{run_link, Context, Outcome};
+use vouch_gateway::metrics::Metrics;
+use vouch_gateway::sessions::SessionTable;
+use vouch_gateway::transport::memory::MemoryLink;
+use vouch_gateway::transport::Link;
+use vouch_proto::anchor::AnchorSet;
+use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
+use vouch_proto::handshake::gateway::GatewayConfig;
+use vouch_proto::handshake::peripheral::{
+    PeripheralConfig, PeripheralEstablished, PeripheralHandshake,
+};
+use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId};
+use vouch_proto::testing::rng;
+use vouch_proto::wire::backend::{
+    FeedBatch, FeedEvent, PeripheralInfo, SessionReport, SessionReportAnswer, SessionVerdict,
+    VouchAnswer, VouchRequest, Vouched,
+};
+use vouch_proto::wire::{Lifetimes, Scope};
+use vouch_proto::{Error as ProtoError, Timestamp};
+
+/// Runs a driver on a link it owns (the tests hand the link over).
+pub async fn run_link_owned(
+    ctx: Arc<Context<Arc<FakeBackend>, TokioClock>>,
+    mut link: MemoryLink,
+    rng: rand_chacha::ChaCha20Rng,
+    shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    run_link(ctx, &mut link, rng, shutdown).await
+}
+
+pub struct FakeBackend {
+    pub keys: BackendKeys,
+    pub device: IdentityKey,
+    pub gateway: IdentityKey,
+    pub scope: Scope,
+    pub down: AtomicBool,
+    pub reports: Mutex<Vec<SessionReport>>,
+    pub feed: tokio::sync::Mutex<mpsc::Receiver<FeedEvent>>,
+}
+
+impl BackendApi for FakeBackend {
+    async fn vouch(&self, req: VouchRequest) -> Result<VouchAnswer, BackendError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable("connection refused".into()));
+        }
+        let answer = (|| {
+            let verified = open_hello(&req.hello, &self.keys)
+                .ok()?
+                .verify(&self.device.public_key())
+                .ok()?;
+            let grant = VouchGrant {
+                gateway_key: self.gateway.public_key(),
+                gateway_ephemeral: req.gateway_ephemeral,
+                scope: self.scope,
+                lifetimes: Lifetimes {
+                    session_s: 3600,
+                    resumption_s: 86_400,
+                },
+            };
+            let info = PeripheralInfo {
+                id: verified.peripheral(),
+                public_key: self.device.public_key(),
+                group: Some("lab".into()),
+                attributes: vec![],
+                scope: self.scope,
+            };
+            Some(VouchAnswer::Vouched(Vouched {
+                vouch: verified.vouch(&self.keys, &grant),
+                peripheral: info,
+            }))
+        })();
+        Ok(answer.unwrap_or(VouchAnswer::Refused(vouch_proto::error::Refusal::Denied)))
+    }
+
+    async fn report(&self, report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable("connection refused".into()));
+        }
+        let n = report.events.len();
+        self.reports.lock().unwrap().push(report);
+        Ok(SessionReportAnswer {
+            items: vec![SessionVerdict::Accepted; n],
+        })
+    }
+
+    async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
+        let mut rx = self.feed.lock().await;
+        match rx.recv().await {
+            Some(ev) => Ok(FeedBatch {
+                next: ev.seq,
+                events: vec![ev],
+            }),
+            None => {
+                drop(rx);
+                std::future::pending::<()>().await;
+                Ok(FeedBatch {
+                    events: vec![],
+                    next: after,
+                })
+            }
+        }
+    }
+}
+
+pub struct Setup {
+    pub ctx: Arc<Context<Arc<FakeBackend>, TokioClock>>,
+    pub backend: Arc<FakeBackend>,
+    pub anchors: AnchorSet,
+    pub id: PeripheralId,
+    pub feed_tx: mpsc::Sender<FeedEvent>,
+    pub shutdown_tx: watch::Sender<bool>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn setup(scope: Scope) -> Setup {
+    let mut r = rng(1);
+    let keys = BackendKeys::generate(KeyId(1), &mut r);
+    let device = IdentityKey::generate(&mut r);
+    let gateway = IdentityKey::generate(&mut r);
+    let id = PeripheralId::derive(&device.public_key());
+    let anchors = AnchorSet::new(keys.anchor());
+    let config = GatewayConfig::new(gateway.public_key());
+    let (feed_tx, feed_rx) = mpsc::channel(16);
+    let backend = Arc::new(FakeBackend {
+        keys,
+        device,
+        gateway,
+        scope,
+        down: AtomicBool::new(false),
+        reports: Mutex::new(vec![]),
+        feed: tokio::sync::Mutex::new(feed_rx),
+    });
+    let ctx = Arc::new(Context {
+        config,
+        backend: backend.clone(),
+        clock: TokioClock::new(),
+        table: SessionTable::new(100),
+        metrics: Arc::new(Metrics::new().unwrap()),
+        idle_timeout: Duration::from_secs(600),
+    });
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    Setup {
+        ctx,
+        backend,
+        anchors,
+        id,
+        feed_tx,
+        shutdown_tx,
+        shutdown,
+    }
+}
+
+/// A minimal peripheral on the other end of a memory link.
+pub async fn peripheral_full(
+    s: &Setup,
+    link: &mut MemoryLink,
+    seed: u64,
+) -> Result<PeripheralEstablished, ProtoError> {
+    let now = Timestamp(0);
+    let mut p = PeripheralHandshake::start(
+        &PeripheralConfig::default(),
+        s.id,
+        &s.backend.device,
+        &s.anchors,
+        now,
+        &mut rng(seed),
+    )?;
+    drive_peripheral(&mut p, link).await?;
+    p.into_established()
+}
+
+pub async fn drive_peripheral(
+    p: &mut PeripheralHandshake,
+    link: &mut MemoryLink,
+) -> Result<(), ProtoError> {
+    let mut buf = [0u8; 256];
+    let n = p.poll_transmit(&mut buf).unwrap();
+    link.send(&buf[..n]).await.unwrap();
+    let answer = link.recv().await.unwrap().expect("gateway answered");
+    p.handle_input(Timestamp(0), &answer)?;
+    let n = p.poll_transmit(&mut buf).unwrap();
+    link.send(&buf[..n]).await.unwrap();
+    Ok(())
+}
+
+pub async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
