@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
-use tokio::sync::{mpsc, watch};
+use rand_core::SeedableRng;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use vouch_proto::handshake::gateway::{
     GatewayConfig, GatewayEstablished, GatewayEvent, GatewayHandshake,
@@ -15,7 +16,7 @@ use vouch_proto::session::{CloseReason, Inbound as ProtoInbound};
 use vouch_proto::wire::backend::{
     SessionEvent, SessionEventKind, SessionReport, SessionVerdict, VouchAnswer,
 };
-use vouch_proto::wire::MAX_MESSAGE;
+use vouch_proto::wire::RECORD_OVERHEAD;
 use vouch_proto::{Error as ProtoError, Timestamp};
 
 use crate::backend_client::{BackendApi, BackendError};
@@ -58,11 +59,12 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Runs one link: the handshake, then the session, until either side ends it
-/// or `shutdown` turns true.
+/// or `shutdown` turns true. `seed` seeds this link's CSPRNG (from the OS in
+/// production, fixed in tests and the simulator).
 pub async fn run_link<L, B, C>(
     ctx: Arc<Context<B, C>>,
     link: &mut L,
-    mut rng: ChaCha20Rng,
+    seed: [u8; 32],
     mut shutdown: watch::Receiver<bool>,
 ) -> Outcome
 where
@@ -70,34 +72,94 @@ where
     B: BackendApi,
     C: Clock,
 {
-    let peer = link.peer();
-    let started = std::time::Instant::now();
-    let est = match handshake(&ctx, link, &mut rng, &mut shutdown).await {
-        Ok(est) => est,
-        Err(e) => {
-            ctx.metrics.handshake_failed(&e);
-            info!(link = %peer, error = %e, "handshake failed");
-            return Outcome::HandshakeFailed(e);
+    // Boxed, with the RNG and the handshake state inside: all of it is freed
+    // when the handshake ends instead of sizing every session's task.
+    let live = Box::pin(async {
+        let started = std::time::Instant::now();
+        match handshake(&ctx, link, seed, &mut shutdown).await {
+            Ok(est) => {
+                let resumed = est.consumed_ticket.is_some();
+                ctx.metrics.handshake_ok(resumed, started.elapsed());
+                Ok(register(&ctx, est, link.peer(), resumed, started.elapsed()))
+            }
+            Err(e) => {
+                ctx.metrics.handshake_failed(&e);
+                info!(link = %link.peer(), error = %e, "handshake failed");
+                Err(e)
+            }
         }
-    };
-    let resumed = est.consumed_ticket.is_some();
-    ctx.metrics.handshake_ok(resumed, started.elapsed());
+    })
+    .await;
+    match live {
+        Ok(mut live) => Outcome::SessionEnded {
+            reason: session(&ctx, link, &mut live, &mut shutdown).await,
+        },
+        Err(e) => Outcome::HandshakeFailed(e),
+    }
+}
+
+/// What the session loop keeps of an established handshake: little, because
+/// it lives for as long as the session does.
+struct Live {
+    session: vouch_proto::session::Session,
+    id: vouch_proto::keys::PeripheralId,
+    token: u64,
+    mailbox: Arc<crate::sessions::Mailbox>,
+}
+
+/// Stores the ticket, registers the session in the table, reports the attach.
+fn register<B: BackendApi, C: Clock>(
+    ctx: &Arc<Context<B, C>>,
+    est: GatewayEstablished,
+    peer: String,
+    resumed: bool,
+    latency: Duration,
+) -> Live {
+    let GatewayEstablished {
+        session,
+        peripheral,
+        ticket,
+        ..
+    } = est;
+    let id = peripheral.id;
     info!(
         link = %peer,
-        peripheral = %est.peripheral.id,
-        session = %hex(&est.session.id()),
+        peripheral = %id,
+        session = %hex(&session.id()),
         resumed,
-        latency_ms = started.elapsed().as_millis() as u64,
+        latency_ms = latency.as_millis() as u64,
         "session established"
     );
-    let reason = session(ctx.clone(), link, est, peer, resumed, &mut shutdown).await;
-    Outcome::SessionEnded { reason }
+    ctx.table.store_ticket(ticket);
+    let mailbox = crate::sessions::Mailbox::new();
+    mailbox.touch(ctx.clock.now());
+    let info = SessionInfo {
+        peripheral: id,
+        session_id: session.id(),
+        scope: session.scope(),
+        link: peer,
+        since: ctx.clock.now(),
+        expires_at: session.expires_at(),
+        resumed,
+        group: peripheral.group,
+    };
+    let token = ctx.table.insert(info, mailbox.clone());
+    ctx.metrics.sessions_changed(ctx.table.len());
+    // Reports go out in the background: a slow or absent backend must not hold
+    // up the session.
+    spawn_report(ctx, id, SessionEventKind::Attached, session.id());
+    Live {
+        session,
+        id,
+        token,
+        mailbox,
+    }
 }
 
 async fn handshake<L, B, C>(
     ctx: &Context<B, C>,
     link: &mut L,
-    rng: &mut ChaCha20Rng,
+    seed: [u8; 32],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<GatewayEstablished, Error>
 where
@@ -105,6 +167,8 @@ where
     B: BackendApi,
     C: Clock,
 {
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    let rng = &mut rng;
     let mut hs = GatewayHandshake::new(ctx.config, ctx.clock.now());
     // A resumption ticket taken out of the store while it is being used.
     let mut held_ticket = None;
@@ -186,12 +250,17 @@ async fn flush<L: Link>(hs: &mut GatewayHandshake, link: &mut L) {
     }
 }
 
+/// Why the session loop woke up.
+enum Wake {
+    Message(Result<Option<Vec<u8>>, crate::transport::LinkError>),
+    Command(Command),
+    Shutdown,
+}
+
 async fn session<L, B, C>(
-    ctx: Arc<Context<B, C>>,
+    ctx: &Arc<Context<B, C>>,
     link: &mut L,
-    est: GatewayEstablished,
-    peer: String,
-    resumed: bool,
+    live: &mut Live,
     shutdown: &mut watch::Receiver<bool>,
 ) -> String
 where
@@ -199,53 +268,40 @@ where
     B: BackendApi,
     C: Clock,
 {
-    let GatewayEstablished {
-        mut session,
-        peripheral,
-        ticket,
-        ..
-    } = est;
-    let id = peripheral.id;
-    ctx.table.store_ticket(ticket);
-    let (tx, mut commands) = mpsc::channel(32);
-    let info = SessionInfo {
-        peripheral: id,
-        session_id: session.id(),
-        scope: session.scope(),
-        link: peer.clone(),
-        since: ctx.clock.now(),
-        resumed,
-        group: peripheral.group.clone(),
-    };
-    let token = ctx.table.insert(info, tx);
-    ctx.metrics.sessions_changed(ctx.table.len());
-    let session_id = session.id();
-    // Reports go out in the background: a slow or absent backend must not hold
-    // up the session.
-    spawn_report(&ctx, id, SessionEventKind::Attached, session_id);
-    let arc = ctx;
-    let ctx = &*arc;
-
-    let mut record = vec![0u8; MAX_MESSAGE];
-    let mut plain = vec![0u8; MAX_MESSAGE];
-    let mut last_activity = tokio::time::Instant::now();
+    // By reference, fields used in place: the task holds one copy of the session.
+    let (id, session_id) = (live.id, live.session.id());
     let reason: String = loop {
-        let expiry = deadline_after(&ctx.clock, session.poll_timeout());
-        let idle = ctx.idle_timeout.saturating_sub(last_activity.elapsed());
-        tokio::select! {
-            msg = link.recv() => {
+        // The select only waits, with no timer of its own (the session
+        // table's sweep closes idle and expired sessions through the
+        // mailbox); everything that awaits while handling the wake-up is
+        // boxed, so an idle session's task stays small.
+        let wake = tokio::select! {
+            m = link.recv() => Wake::Message(m),
+            c = live.mailbox.recv() => Wake::Command(c),
+            _ = shutdown.changed() => Wake::Shutdown,
+        };
+        match wake {
+            Wake::Message(msg) => {
                 let msg = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) => break "peer disconnected".into(),
                     Err(e) => break format!("link error: {e}"),
                 };
-                last_activity = tokio::time::Instant::now();
-                match session.open(ctx.clock.now(), &msg, &mut plain) {
+                live.mailbox.touch(ctx.clock.now());
+                // Buffers live only while a message is handled: an idle session holds none.
+                let mut plain = vec![0u8; msg.len()];
+                match live.session.open(ctx.clock.now(), &msg, &mut plain) {
                     Ok(ProtoInbound::Data(d)) => {
                         ctx.metrics.record_in(d.len());
-                        ctx.table.publish(Inbound { peripheral: id, at: ctx.clock.now(), data: d.to_vec() });
+                        ctx.table.publish(Inbound {
+                            peripheral: id,
+                            at: ctx.clock.now(),
+                            data: d.to_vec(),
+                        });
                     }
-                    Ok(ProtoInbound::Close(r)) => break format!("peripheral closed (reason {})", r.0),
+                    Ok(ProtoInbound::Close(r)) => {
+                        break format!("peripheral closed (reason {})", r.0)
+                    }
                     Ok(ProtoInbound::AnchorUpdate(_)) => {}
                     Err(ProtoError::SessionExpired) => break "session expired".into(),
                     Err(e) => {
@@ -255,43 +311,58 @@ where
                     }
                 }
             }
-            cmd = commands.recv() => match cmd {
-                Some(Command::Send(data, reply)) => {
-                    let r = match session.seal_data(ctx.clock.now(), &data, &mut record) {
-                        Ok(n) => link.send(&record[..n]).await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if r.is_ok() {
-                        ctx.metrics.record_out(data.len());
-                        last_activity = tokio::time::Instant::now();
-                    }
-                    let _ = reply.send(r);
+            Wake::Command(Command::Send(data, reply)) => {
+                let mut record = vec![0u8; data.len() + RECORD_OVERHEAD];
+                let r = match live.session.seal_data(ctx.clock.now(), &data, &mut record) {
+                    Ok(n) => Box::pin(link.send(&record[..n]))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if r.is_ok() {
+                    ctx.metrics.record_out(data.len());
+                    live.mailbox.touch(ctx.clock.now());
                 }
-                Some(Command::Close(reason)) => {
-                    close(&mut session, link, ctx, reason).await;
-                    break format!("closed by gateway (reason {})", reason.0);
-                }
-                None => break "session table dropped".into(),
-            },
-            () = sleep_for(expiry) => {
-                close(&mut session, link, ctx, CloseReason::EXPIRED).await;
-                break "session lifetime ended".into();
+                let _ = reply.send(r);
             }
-            () = tokio::time::sleep(idle) => {
-                close(&mut session, link, ctx, CloseReason::NORMAL).await;
-                break "idle timeout".into();
+            Wake::Command(Command::Close(reason)) => {
+                Box::pin(close(&mut live.session, link, ctx, reason)).await;
+                break match reason {
+                    CloseReason::EXPIRED => "session lifetime ended".into(),
+                    CloseReason::NORMAL => "closed: idle or replaced".into(),
+                    r => format!("closed by gateway (reason {})", r.0),
+                };
             }
-            _ = shutdown.changed() => {
-                close(&mut session, link, ctx, CloseReason::SHUTDOWN).await;
+            Wake::Shutdown => {
+                Box::pin(close(&mut live.session, link, ctx, CloseReason::SHUTDOWN)).await;
                 break "gateway shutting down".into();
             }
         }
     };
-    ctx.table.remove(&id, token);
+    ctx.table.remove(&id, live.token);
     ctx.metrics.sessions_changed(ctx.table.len());
     info!(peripheral = %id, session = %hex(&session_id), reason = %reason, "session ended");
-    spawn_report(&arc, id, SessionEventKind::Detached, session_id);
+    spawn_report(ctx, id, SessionEventKind::Detached, session_id);
     reason
+}
+
+/// The one timer for every session: closes sessions past their lifetime or
+/// idle too long, and drops expired tickets, every `period`, until `shutdown`.
+pub async fn sweeper<B: BackendApi, C: Clock>(
+    ctx: Arc<Context<B, C>>,
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {
+                let now = ctx.clock.now();
+                ctx.table.sweep(now, ctx.idle_timeout.as_millis() as u64);
+                ctx.table.expire_tickets(now);
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 fn spawn_report<B: BackendApi, C: Clock>(
@@ -310,9 +381,10 @@ async fn close<L: Link, B, C: Clock>(
     ctx: &Context<B, C>,
     reason: CloseReason,
 ) {
-    let mut buf = [0u8; 64];
+    let mut buf = vec![0u8; 64];
     if let Ok(n) = session.seal_close(ctx.clock.now(), reason, &mut buf) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), link.send(&buf[..n])).await;
+        buf.truncate(n);
+        let _ = tokio::time::timeout(Duration::from_secs(2), link.send(&buf)).await;
     }
 }
 

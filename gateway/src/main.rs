@@ -244,23 +244,6 @@ async fn run(config: Config) -> Result<()> {
         shutdown.clone(),
     ));
 
-    // Ticket expiry.
-    {
-        let table = table.clone();
-        let mut s = shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(60)) => {
-                        use vouch_gateway::clock::Clock;
-                        table.expire_tickets(SystemClock.now());
-                    }
-                    _ = s.changed() => return,
-                }
-            }
-        });
-    }
-
     // Transports.
     if let Some(tcp) = &config.transport.tcp {
         let listener = tokio::net::TcpListener::bind(tcp.listen)

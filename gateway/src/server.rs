@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -16,8 +14,8 @@ use crate::clock::Clock;
 use crate::driver::{run_link, Context};
 use crate::transport::tcp::TcpLink;
 
-/// A fresh per-link RNG, seeded from the operating system.
-pub fn link_rng() -> ChaCha20Rng {
+/// A fresh per-link RNG seed from the operating system.
+pub fn link_seed() -> [u8; 32] {
     let mut seed = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut seed) {
         // Without entropy no handshake may run: fail loudly rather than weakly.
@@ -26,7 +24,7 @@ pub fn link_rng() -> ChaCha20Rng {
             panic!("no OS randomness for the handshake: {e}");
         }
     }
-    ChaCha20Rng::from_seed(seed)
+    seed
 }
 
 /// Serves peripherals over TCP until `shutdown` turns true, then waits for
@@ -40,6 +38,11 @@ pub async fn serve_tcp<B: BackendApi, C: Clock>(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(max_links));
     let mut drivers = JoinSet::new();
+    tokio::spawn(crate::driver::sweeper(
+        ctx.clone(),
+        std::time::Duration::from_secs(1),
+        shutdown.clone(),
+    ));
     info!(addr = %listener.local_addr()?, max_links, att_mtu, "TCP transport listening");
     loop {
         tokio::select! {
@@ -69,7 +72,7 @@ pub async fn serve_tcp<B: BackendApi, C: Clock>(
                 let shutdown = shutdown.clone();
                 drivers.spawn(async move {
                     let _permit = permit;
-                    run_link(ctx, &mut link, link_rng(), shutdown).await
+                    run_link(ctx, &mut link, link_seed(), shutdown).await
                 });
             }
             Some(_) = drivers.join_next(), if !drivers.is_empty() => {}

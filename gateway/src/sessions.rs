@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+
+use tokio::sync::{broadcast, oneshot, Notify};
 use vouch_proto::handshake::gateway::GatewayTicket;
 use vouch_proto::keys::PeripheralId;
 use vouch_proto::session::CloseReason;
@@ -26,6 +29,88 @@ pub enum Command {
     Close(CloseReason),
 }
 
+/// Most commands queued for one session before senders get `Busy`.
+pub const MAILBOX_CAPACITY: usize = 32;
+
+/// Data queued for a session, with the channel its outcome goes back on.
+type Outgoing = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+
+/// The mailbox refused data: its queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("mailbox full")]
+pub struct MailboxFull;
+
+/// A session driver's inbox: commands from the rest of the gateway. It
+/// allocates nothing while empty (an idle session costs no queue), and a close
+/// is never refused, however full the queue.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<Outgoing>>,
+    /// 0: open; 1 + reason: close requested.
+    close: AtomicU16,
+    notify: Notify,
+    /// Last traffic, in ms on the gateway clock (for the idle sweep).
+    last_activity_ms: AtomicU64,
+}
+
+impl Mailbox {
+    /// An empty mailbox.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues data to send; fails when the queue is full.
+    pub fn send(
+        &self,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    ) -> Result<(), MailboxFull> {
+        let mut q = self.queue();
+        if q.len() >= MAILBOX_CAPACITY {
+            return Err(MailboxFull);
+        }
+        q.push_back((data, reply));
+        drop(q);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Records traffic now (the idle timeout restarts).
+    pub fn touch(&self, now: Timestamp) {
+        self.last_activity_ms
+            .store(now.as_millis(), Ordering::Relaxed);
+    }
+
+    /// Asks the driver to close the session (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.close.compare_exchange(
+            0,
+            1 + u16::from(reason.0),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.notify.notify_one();
+    }
+
+    /// The next command: a requested close first, then queued data. Cancel-safe.
+    pub async fn recv(&self) -> Command {
+        loop {
+            let c = self.close.load(Ordering::Acquire);
+            if c != 0 {
+                return Command::Close(CloseReason((c - 1) as u8));
+            }
+            if let Some((data, reply)) = self.queue().pop_front() {
+                return Command::Send(data, reply);
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// What the table knows of a live session.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -39,6 +124,8 @@ pub struct SessionInfo {
     pub link: String,
     /// When the session was established (gateway clock).
     pub since: Timestamp,
+    /// When its lifetime ends (gateway clock).
+    pub expires_at: Timestamp,
     /// Whether it was a resumption.
     pub resumed: bool,
     /// The peripheral's group, as the backend described it.
@@ -58,7 +145,7 @@ pub struct Inbound {
 
 struct Entry {
     info: SessionInfo,
-    commands: mpsc::Sender<Command>,
+    mailbox: Arc<Mailbox>,
     token: u64,
 }
 
@@ -114,7 +201,7 @@ impl SessionTable {
 
     /// Registers a session; returns a token for [`remove`](Self::remove). A
     /// previous session of the same peripheral is told to close.
-    pub fn insert(&self, info: SessionInfo, commands: mpsc::Sender<Command>) -> u64 {
+    pub fn insert(&self, info: SessionInfo, mailbox: Arc<Mailbox>) -> u64 {
         let token = self
             .next_token
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -122,12 +209,12 @@ impl SessionTable {
             info.peripheral,
             Entry {
                 info,
-                commands,
+                mailbox,
                 token,
             },
         );
         if let Some(old) = old {
-            let _ = old.commands.try_send(Command::Close(CloseReason::NORMAL));
+            old.mailbox.close(CloseReason::NORMAL);
         }
         token
     }
@@ -163,7 +250,7 @@ impl SessionTable {
 
     /// Sends application data to a peripheral, within its scope.
     pub async fn send(&self, peripheral: PeripheralId, data: Vec<u8>) -> Result<(), SendError> {
-        let commands = {
+        let mailbox = {
             let map = self.lock_sessions();
             let entry = map
                 .get(&peripheral)
@@ -171,15 +258,12 @@ impl SessionTable {
             if !entry.info.scope.contains(Scope::COMMAND) {
                 return Err(SendError::OutOfScope(peripheral));
             }
-            entry.commands.clone()
+            entry.mailbox.clone()
         };
         let (tx, rx) = oneshot::channel();
-        commands
-            .try_send(Command::Send(data, tx))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::Busy(peripheral),
-                mpsc::error::TrySendError::Closed(_) => SendError::NoSession(peripheral),
-            })?;
+        mailbox
+            .send(data, tx)
+            .map_err(|MailboxFull| SendError::Busy(peripheral))?;
         rx.await
             .map_err(|_| SendError::NoSession(peripheral))?
             .map_err(SendError::Failed)
@@ -190,7 +274,7 @@ impl SessionTable {
         self.forget_tickets_of(peripheral);
         match self.lock_sessions().get(peripheral) {
             Some(e) => {
-                let _ = e.commands.try_send(Command::Close(reason));
+                e.mailbox.close(reason);
                 true
             }
             None => false,
@@ -201,7 +285,7 @@ impl SessionTable {
     pub fn close_all(&self, reason: CloseReason) -> usize {
         let map = self.lock_sessions();
         for e in map.values() {
-            let _ = e.commands.try_send(Command::Close(reason));
+            e.mailbox.close(reason);
         }
         map.len()
     }
@@ -244,6 +328,27 @@ impl SessionTable {
     /// Drops every ticket.
     pub fn forget_all_tickets(&self) {
         self.lock_tickets().clear();
+    }
+
+    /// Closes sessions past their lifetime or idle for `idle_ms`, one timer
+    /// for all sessions instead of one per task; returns how many it closed.
+    pub fn sweep(&self, now: Timestamp, idle_ms: u64) -> usize {
+        let map = self.lock_sessions();
+        let mut n = 0;
+        for e in map.values() {
+            if now >= e.info.expires_at {
+                e.mailbox.close(CloseReason::EXPIRED);
+                n += 1;
+            } else if now
+                .as_millis()
+                .saturating_sub(e.mailbox.last_activity_ms.load(Ordering::Relaxed))
+                >= idle_ms
+            {
+                e.mailbox.close(CloseReason::NORMAL);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Drops expired tickets; returns how many.

@@ -23,12 +23,7 @@ async fn handshake_data_both_ways_and_close() {
     let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
     for mtu in [23, 247] {
         let (mut p_link, g_link) = pair(mtu, "p", "g");
-        let driver = tokio::spawn(run_link_owned(
-            s.ctx.clone(),
-            g_link,
-            rng(2),
-            s.shutdown.clone(),
-        ));
+        let driver = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
         let mut est = peripheral_full(&s, &mut p_link, 10 + mtu as u64)
             .await
             .unwrap();
@@ -88,12 +83,7 @@ async fn handshake_data_both_ways_and_close() {
 async fn commands_outside_scope_are_refused_locally() {
     let s = setup(Scope::TELEMETRY);
     let (mut p_link, g_link) = pair(247, "p", "g");
-    tokio::spawn(run_link_owned(
-        s.ctx.clone(),
-        g_link,
-        rng(2),
-        s.shutdown.clone(),
-    ));
+    tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     let _est = peripheral_full(&s, &mut p_link, 3).await.unwrap();
     wait_for("session", || s.ctx.table.len() == 1).await;
     let err = s
@@ -109,12 +99,7 @@ async fn commands_outside_scope_are_refused_locally() {
 async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy() {
     let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link_owned(
-        s.ctx.clone(),
-        g_link,
-        rng(2),
-        s.shutdown.clone(),
-    ));
+    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     let est = peripheral_full(&s, &mut p_link, 4).await.unwrap();
     wait_for("session", || s.ctx.table.len() == 1).await;
     drop(p_link);
@@ -126,12 +111,7 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
     let ticket_bytes = postcard::to_allocvec(&est.ticket).unwrap();
     let ticket: PeripheralTicket = postcard::from_bytes(&ticket_bytes).unwrap();
     let (mut p_link, g_link) = pair(247, "p", "g");
-    tokio::spawn(run_link_owned(
-        s.ctx.clone(),
-        g_link,
-        rng(5),
-        s.shutdown.clone(),
-    ));
+    tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 5, s.shutdown.clone()));
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         ticket,
@@ -147,12 +127,7 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
 
     // A full handshake is answered Busy, quickly.
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link_owned(
-        s.ctx.clone(),
-        g_link,
-        rng(7),
-        s.shutdown.clone(),
-    ));
+    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 7, s.shutdown.clone()));
     let mut p = PeripheralHandshake::start(
         &PeripheralConfig::default(),
         s.id,
@@ -185,12 +160,7 @@ async fn revocation_feed_closes_the_live_session() {
         s.shutdown.clone(),
     ));
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link_owned(
-        s.ctx.clone(),
-        g_link,
-        rng(2),
-        s.shutdown.clone(),
-    ));
+    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     let mut est = peripheral_full(&s, &mut p_link, 9).await.unwrap();
     wait_for("session", || s.ctx.table.len() == 1).await;
     s.feed_tx
@@ -226,12 +196,7 @@ async fn garbage_and_oversized_frames_end_the_link_without_harm() {
     let s = setup(Scope::TELEMETRY);
     // Garbage message.
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link_owned(
-        s.ctx.clone(),
-        g_link,
-        rng(2),
-        s.shutdown.clone(),
-    ));
+    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     p_link.send(&[0xde, 0xad, 0xbe, 0xef]).await.unwrap();
     let alert = p_link.recv().await.unwrap().unwrap();
     assert_eq!(
@@ -241,12 +206,7 @@ async fn garbage_and_oversized_frames_end_the_link_without_harm() {
     assert!(matches!(d.await.unwrap(), Outcome::HandshakeFailed(_)));
     // A fragment announcing a 60 000-byte message.
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link_owned(
-        s.ctx.clone(),
-        g_link,
-        rng(2),
-        s.shutdown.clone(),
-    ));
+    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     p_link
         .send_fragment(&[0x80, 0x60, 0xea, 1, 2, 3])
         .await
@@ -263,7 +223,7 @@ async fn garbage_and_oversized_frames_end_the_link_without_harm() {
 async fn silent_peer_times_out() {
     let s = setup(Scope::TELEMETRY);
     let (_p_link, g_link) = pair(247, "p", "g");
-    let outcome = run_link_owned(s.ctx.clone(), g_link, rng(2), s.shutdown.clone()).await;
+    let outcome = run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()).await;
     assert!(matches!(
         outcome,
         Outcome::HandshakeFailed(vouch_gateway::Error::Timeout(_))

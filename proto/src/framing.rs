@@ -108,6 +108,29 @@ impl<'a> Fragmenter<'a> {
     }
 }
 
+/// If `fragment` carries a whole message (START and END set), checks it like a
+/// reassembler would and returns the message; `Ok(None)` if it is part of a
+/// longer message. Lets a transport skip the reassembly buffer for the common
+/// case.
+pub fn single_fragment<'f>(
+    fragment: &'f [u8],
+    limits: &ReassemblyLimits,
+) -> Result<Option<&'f [u8]>, FramingError> {
+    let (&header, body) = fragment.split_first().ok_or(FramingError::EmptyFragment)?;
+    if header & (FLAG_START | FLAG_END) != FLAG_START | FLAG_END {
+        return Ok(None);
+    }
+    if header & SEQ_MASK != 0 {
+        return Err(FramingError::OutOfSequence);
+    }
+    if body.len() > limits.max_message {
+        return Err(FramingError::MessageTooLarge {
+            max: limits.max_message,
+        });
+    }
+    Ok(Some(body))
+}
+
 /// Limits on one reassembly (SPEC.md §8.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReassemblyLimits {
@@ -319,6 +342,18 @@ pub mod stream {
         Ok(total)
     }
 
+    /// Reads a fragment's length prefix from the start of `input`: `Ok(None)`
+    /// until two bytes are there; an error for a zero or oversized length
+    /// (the stream cannot be resynchronised; close it).
+    pub fn parse_prefix(input: &[u8]) -> Result<Option<usize>, FramingError> {
+        let [a, b, ..] = input else { return Ok(None) };
+        match u16::from_le_bytes([*a, *b]) as usize {
+            0 => Err(FramingError::EmptyFragment),
+            n if n > MAX_FRAGMENT => Err(FramingError::MessageTooLarge { max: MAX_FRAGMENT }),
+            n => Ok(Some(n)),
+        }
+    }
+
     /// Splits a byte stream into fragments, holding at most one fragment.
     #[derive(Debug, Clone)]
     pub struct Decoder {
@@ -359,14 +394,9 @@ pub mod stream {
                 if self.len < PREFIX {
                     return Ok((used, None));
                 }
-                let want = self.expected();
-                if want == 0 {
+                if let Err(e) = parse_prefix(&self.buf[..PREFIX]) {
                     self.len = 0;
-                    return Err(FramingError::EmptyFragment);
-                }
-                if want > MAX_FRAGMENT {
-                    self.len = 0;
-                    return Err(FramingError::MessageTooLarge { max: MAX_FRAGMENT });
+                    return Err(e);
                 }
             }
             let want = self.expected();
@@ -440,7 +470,7 @@ mod pool {
     use alloc::collections::BTreeMap;
     use alloc::vec::Vec;
 
-    use super::{Reassembler, ReassemblyLimits, FLAG_END, FLAG_START};
+    use super::{Reassembler, ReassemblyLimits, FLAG_START};
     use crate::error::FramingError;
     use crate::wire::MAX_MESSAGE;
     use crate::Timestamp;
@@ -486,11 +516,9 @@ mod pool {
                 return result;
             }
             let header = *fragment.first().ok_or(FramingError::EmptyFragment)?;
-            if header & (FLAG_START | FLAG_END) == FLAG_START | FLAG_END {
-                // No buffer needed; reuse the checks of a fresh reassembler.
-                let mut r: Reassembler<0> = Reassembler::new(self.limits);
-                r.limits.max_message = self.limits.max_message;
-                return r.push(now, fragment).map(|m| m.map(<[u8]>::to_vec));
+            if let Some(msg) = super::single_fragment(fragment, &self.limits)? {
+                // No buffer needed.
+                return Ok(Some(msg.to_vec()));
             }
             if header & FLAG_START == 0 {
                 return Err(FramingError::NoMessageInProgress);

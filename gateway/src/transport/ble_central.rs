@@ -190,6 +190,11 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
     let permits = Arc::new(Semaphore::new(settings.max_links));
     let mut table: HashMap<String, DeviceState> = HashMap::new();
     let mut tasks: JoinSet<Done> = JoinSet::new();
+    tokio::spawn(crate::driver::sweeper(
+        ctx.clone(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
     info!(
         max_links = settings.max_links,
         "BLE central scanning for the Vouch service"
@@ -301,7 +306,7 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
     }
     info!(device = %device, address = %advert.address, "BLE link up");
     let mut link = BleLink::new(conn, device.clone(), settings.write_timeout);
-    let outcome = run_link(ctx, &mut link, crate::server::link_rng(), shutdown).await;
+    let outcome = run_link(ctx, &mut link, crate::server::link_seed(), shutdown).await;
     debug!(device = %device, ?outcome, "BLE link done");
     link.into_inner().disconnect().await;
     Done::Ran(device)

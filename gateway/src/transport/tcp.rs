@@ -1,12 +1,17 @@
 //! The TCP transport (SPEC.md §8.4): the BLE fragments of a configured ATT MTU,
 //! each preceded by a two-byte length.
+//!
+//! An idle link holds no buffers: bytes waiting to be parsed and a reassembly
+//! buffer exist only while a message is partly received.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use vouch_proto::framing::{stream, Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT};
+use vouch_proto::framing::{
+    single_fragment, stream, Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT,
+};
 use vouch_proto::Timestamp;
 
 use super::{Link, LinkError};
@@ -16,9 +21,10 @@ pub struct TcpLink {
     stream: TcpStream,
     peer: SocketAddr,
     att_mtu: usize,
-    decoder: stream::Decoder,
-    reassembler: Box<Reassembler>,
-    /// Bytes read but not yet given to the decoder.
+    limits: ReassemblyLimits,
+    /// Exists only while a multi-fragment message is in progress.
+    reassembler: Option<Box<Reassembler>>,
+    /// Bytes read but not yet parsed.
     pending: Vec<u8>,
     epoch: tokio::time::Instant,
     write_timeout: Duration,
@@ -37,48 +43,78 @@ impl TcpLink {
             stream,
             peer,
             att_mtu,
-            decoder: stream::Decoder::default(),
-            reassembler: Box::new(Reassembler::new(limits)),
+            limits,
+            reassembler: None,
             pending: Vec::new(),
             epoch: tokio::time::Instant::now(),
             write_timeout: Duration::from_secs(10),
         })
     }
 
-    fn now(&self) -> Timestamp {
-        Timestamp(self.epoch.elapsed().as_millis() as u64)
-    }
-
-    /// Feeds pending bytes through the decoder and reassembler; returns a
-    /// whole message if one completed.
+    /// Parses complete fragments out of `pending`; returns a whole message if
+    /// one completed.
     fn drain(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        let now = self.now();
+        let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
         let mut at = 0;
         let mut out = None;
-        while at < self.pending.len() && out.is_none() {
-            let (used, fragment) = self.decoder.push(&self.pending[at..])?;
-            at += used;
-            if let Some(fragment) = fragment {
-                if let Some(msg) = self.reassembler.push(now, fragment)? {
+        while out.is_none() {
+            let Some(len) = stream::parse_prefix(&self.pending[at..])? else {
+                break;
+            };
+            let end = at + stream::PREFIX + len;
+            if self.pending.len() < end {
+                break;
+            }
+            let fragment = &self.pending[at + stream::PREFIX..end];
+            at = end;
+            if self.reassembler.is_none() {
+                // The common case, a whole message in one fragment, needs no buffer.
+                if let Some(msg) = single_fragment(fragment, &self.limits)? {
                     out = Some(msg.to_vec());
+                    continue;
+                }
+            }
+            let limits = self.limits;
+            let r = self
+                .reassembler
+                .get_or_insert_with(|| Box::new(Reassembler::new(limits)));
+            match r.push(now, fragment) {
+                Ok(Some(msg)) => {
+                    out = Some(msg.to_vec());
+                    self.reassembler = None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.reassembler = None;
+                    return Err(e.into());
                 }
             }
         }
         self.pending.drain(..at);
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
         Ok(out)
     }
 }
 
+/// Fragments `msg` and prefixes each fragment with its length.
+fn frame(msg: &[u8], att_mtu: usize) -> Result<Vec<u8>, LinkError> {
+    let mut fragments = Fragmenter::new(msg, att_mtu)?;
+    let mut wire = Vec::with_capacity(msg.len() + msg.len() / 8 + 8);
+    let mut frag = [0u8; MAX_FRAGMENT];
+    let mut framed = [0u8; MAX_FRAGMENT + stream::PREFIX];
+    while let Some(n) = fragments.next_into(&mut frag) {
+        let m = stream::encode(&frag[..n], &mut framed)?;
+        wire.extend_from_slice(&framed[..m]);
+    }
+    Ok(wire)
+}
+
 impl Link for TcpLink {
     async fn send(&mut self, msg: &[u8]) -> Result<(), LinkError> {
-        let mut fragments = Fragmenter::new(msg, self.att_mtu)?;
-        let mut wire = Vec::with_capacity(msg.len() + msg.len() / 8 + 8);
-        let mut frag = [0u8; MAX_FRAGMENT];
-        let mut framed = [0u8; MAX_FRAGMENT + stream::PREFIX];
-        while let Some(n) = fragments.next_into(&mut frag) {
-            let m = stream::encode(&frag[..n], &mut framed)?;
-            wire.extend_from_slice(&framed[..m]);
-        }
+        // Built outside the future's state: nothing large lives across an await.
+        let wire = frame(msg, self.att_mtu)?;
         tokio::time::timeout(self.write_timeout, self.stream.write_all(&wire))
             .await
             .map_err(|_| LinkError::Timeout)??;
@@ -90,18 +126,62 @@ impl Link for TcpLink {
             if let Some(msg) = self.drain()? {
                 return Ok(Some(msg));
             }
-            let mut buf = [0u8; 2048];
-            // `read` is cancel-safe, and every byte read is kept in `pending`
-            // before the next await, so cancelling `recv` loses nothing.
-            let n = self.stream.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(None);
+            // Wait without holding a buffer (an idle session's task stays
+            // small), then read what is there. `readable` is cancel-safe and
+            // every byte read is kept in `pending`, so cancelling loses nothing.
+            self.stream.readable().await?;
+            let mut buf = [0u8; 1024];
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
             }
-            self.pending.extend_from_slice(&buf[..n]);
         }
     }
 
     fn peer(&self) -> String {
         format!("tcp:{}", self.peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(att_mtu: usize) -> (TcpLink, TcpLink) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (
+            TcpLink::new(a.unwrap(), att_mtu, ReassemblyLimits::default()).unwrap(),
+            TcpLink::new(b.unwrap().0, att_mtu, ReassemblyLimits::default()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn messages_of_every_size_cross_at_mtu_23_and_247() {
+        for mtu in [23, 247] {
+            let (mut a, mut b) = pair(mtu).await;
+            for len in [1, 19, 20, 108, 138, 244, 600, 1024] {
+                let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                a.send(&msg).await.unwrap();
+                assert_eq!(b.recv().await.unwrap(), Some(msg), "len {len} mtu {mtu}");
+                assert!(
+                    b.reassembler.is_none() && b.pending.capacity() == 0,
+                    "idle link holds no buffers"
+                );
+            }
+            drop(a);
+            assert_eq!(b.recv().await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hostile_length_prefix_ends_the_link() {
+        let (a, mut b) = pair(247).await;
+        let mut raw = a.stream;
+        raw.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
+        assert!(matches!(b.recv().await, Err(LinkError::Framing(_))));
     }
 }

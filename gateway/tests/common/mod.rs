@@ -30,13 +30,20 @@ use vouch_proto::wire::{Lifetimes, Scope};
 use vouch_proto::{Error as ProtoError, Timestamp};
 
 /// Runs a driver on a link it owns (the tests hand the link over).
+/// A 32-byte seed from a number.
+pub fn seed32(n: u64) -> [u8; 32] {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&n.to_le_bytes());
+    s
+}
+
 pub async fn run_link_owned(
     ctx: Arc<Context<Arc<FakeBackend>, TokioClock>>,
     mut link: MemoryLink,
-    rng: rand_chacha::ChaCha20Rng,
+    seed: u64,
     shutdown: watch::Receiver<bool>,
 ) -> Outcome {
-    run_link(ctx, &mut link, rng, shutdown).await
+    run_link(ctx, &mut link, seed32(seed), shutdown).await
 }
 
 pub struct FakeBackend {
