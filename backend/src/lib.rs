@@ -1,12 +1,222 @@
 //! # vouch-backend
 //!
-//! The Vouch backend: registry, vouch issuing, admin API and CLI.
+//! The Vouch backend: the registry of peripherals and gateways with their
+//! lifecycle and policy, vouch issuing (SPEC.md §5.3–5.4), the revocation
+//! feed, clone detection, lockouts, a hash-chained audit log, the admin API
+//! and the operator CLI (`vouch-backend`), on SQLite by default and
+//! PostgreSQL at scale.
 //!
-//! **Status: not built yet.** This crate only exists so the workspace has the
-//! layout of DESIGN.md section 2; its work is tracked in issue 3. It
-//! contains no code and claims no behaviour. Until then, everything it will do
-//! is available at the protocol level from `vouch-proto`:
+//! ## Layout
 //!
+//! - [`app`] builds the whole HTTP service as an axum [`Router`] over an
+//!   [`AppState`]; tests drive it with `oneshot`, the binary serves it over
+//!   TLS with [`server::serve`].
+//! - [`store`]: one storage implementation for SQLite and PostgreSQL.
+//! - [`vouch`]: the order of checks, uniform refusals, group commit.
+//! - [`feed`]: the revocation feed (long-poll). [`security`]: lockouts, alerts.
+//! - [`routes`]: gateway API (postcard bodies, mutual TLS), admin API (JSON,
+//!   bearer token), operations (`/healthz`, `/readyz`, `/metrics`,
+//!   `/v1/openapi.json`).
+//! - [`datadir`], [`pki`], [`config`], [`import`], [`anchor`]: the operator's side.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use vouch_backend::{app, config::Config, datadir, store::Store, AppState};
+//!
+//! let dir = std::path::Path::new("/var/lib/vouch");
+//! datadir::init(dir, &[])?; // idempotent
+//! let data = datadir::DataDir::load(dir)?;
+//! let store = Store::open(&data.sqlite_url()).await?;
+//! let state = AppState::new(store, data, Config::default()).await?;
+//! let router = app(state.clone());
+//! // Serve `router` with `vouch_backend::server::serve`, or call it directly:
+//! // router.oneshot(request).await
+//! # let _ = router; Ok(()) }
 //! ```
-//! assert_eq!(vouch_proto::wire::PROTOCOL_VERSION, 1);
-//! ```
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use vouch_proto::handshake::backend::BackendKeys;
+use vouch_proto::keys::PublicKey;
+
+pub mod anchor;
+pub mod config;
+pub mod datadir;
+pub mod error;
+pub mod feed;
+pub mod import;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod pki;
+pub mod routes;
+pub mod security;
+pub mod server;
+pub mod store;
+pub mod vouch;
+
+use crate::config::Config;
+use crate::datadir::DataDir;
+use crate::feed::FeedNotifier;
+use crate::metrics::Metrics;
+use crate::pki::CaMaterial;
+use crate::security::{Alerter, Lockouts};
+use crate::store::{now_ms, Store, StoreError};
+
+/// The TLS client identity of a connection: the Ed25519 key in the client
+/// certificate, if one was presented (verified against the backend CA by
+/// rustls). The TLS server puts it into every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIdentity(pub Option<PublicKey>);
+
+/// Installs ring as the process-wide rustls provider (for the few clients
+/// that use the default, such as the webhook's). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+/// The contents of [`AppState`].
+#[derive(Debug)]
+pub struct Inner {
+    /// The registry.
+    pub store: Store,
+    /// The backend's key pair (vouch signing, hello sealing).
+    pub keys: BackendKeys,
+    /// The CA, for issuing gateway certificates at enrollment.
+    pub ca: CaMaterial,
+    /// SHA-256 of the admin token.
+    pub token_hash: [u8; 32],
+    /// Settings.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Lockouts.
+    pub lockouts: Lockouts,
+    /// Alerts.
+    pub alerter: Alerter,
+    /// Feed wake-ups.
+    pub feed: FeedNotifier,
+    /// Bounds concurrent feed long-polls.
+    pub feed_waiters: Semaphore,
+    /// The request budget of the gateway and admin APIs
+    /// (`limits.max_concurrent_requests`); when none is free, requests are
+    /// shed with 503.
+    pub request_slots: Arc<Semaphore>,
+    pub(crate) committer: vouch::Committer,
+    /// Cancelled at shutdown: ends long-polls and background tasks.
+    pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl AppState {
+    /// Builds the state and starts its background tasks (group-commit writer,
+    /// event-log poll, lockout refresh, replay-cache purge). Needs a Tokio
+    /// runtime. The tasks stop when [`AppState::shutdown`] is cancelled.
+    pub async fn new(store: Store, data: DataDir, config: Config) -> Result<Self, StoreError> {
+        install_crypto_provider();
+        let metrics = Metrics::new();
+        let sec = &config.security;
+        let lockouts = Lockouts::new(
+            sec.lockout_failures,
+            Duration::from_secs(sec.lockout_window_s),
+            Duration::from_secs(sec.lockout_duration_s),
+        );
+        lockouts.refresh(store.active_lockouts(now_ms()).await?);
+        let alerter = Alerter::new(
+            metrics.clone(),
+            config.webhook.url.clone(),
+            Duration::from_millis(config.webhook.timeout_ms),
+        );
+        let feed = FeedNotifier::new(store.last_event_seq().await?);
+        let committer = vouch::Committer::spawn(store.clone(), metrics.clone());
+        let state = Self {
+            inner: Arc::new(Inner {
+                feed_waiters: Semaphore::new(config.limits.max_feed_waiters),
+                request_slots: Arc::new(Semaphore::new(
+                    config.limits.max_concurrent_requests.max(1),
+                )),
+                store,
+                keys: data.keys,
+                ca: data.ca,
+                token_hash: data.token_hash,
+                config,
+                metrics,
+                lockouts,
+                alerter,
+                feed,
+                committer,
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        tokio::spawn(background(state.clone()));
+        Ok(state)
+    }
+
+    /// Stops the background tasks and ends waiting long-polls.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+/// The periodic work of one instance.
+async fn background(state: AppState) {
+    let poll = Duration::from_millis(state.config.feed.poll_ms.max(10));
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    let ticks_per_s = (1000 / poll.as_millis().max(1)).max(1) as u64;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        match state.store.last_event_seq().await {
+            Ok(seq) => state.feed.advance(seq),
+            Err(e) => tracing::warn!(error = %e, "event-log poll failed"),
+        }
+        if n.is_multiple_of(ticks_per_s) {
+            match state.store.active_lockouts(now_ms()).await {
+                Ok(l) => state.lockouts.refresh(l),
+                Err(e) => tracing::warn!(error = %e, "lockout refresh failed"),
+            }
+        }
+        if n.is_multiple_of(ticks_per_s * 60) {
+            let now = now_ms();
+            let retention = i64::try_from(state.config.security.replay_retention_s)
+                .unwrap_or(i64::MAX / 2000)
+                .saturating_mul(1000);
+            match state.store.purge(now.saturating_sub(retention), now).await {
+                Ok(purged) if purged > 0 => tracing::info!(purged, "replay cache purged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
+        }
+    }
+}
+
+/// The whole HTTP service. See [`routes`] for the endpoints.
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+}

@@ -73,9 +73,12 @@ impl fmt::Debug for PeripheralId {
 pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
-    /// Checks that `bytes` are a valid compressed Edwards point.
+    /// Checks that `bytes` are a valid compressed Edwards point and not of
+    /// small order (SPEC.md §2.1): a weak key could "sign" anything under
+    /// lenient verification, so none is ever accepted as an identity.
     pub fn from_bytes(bytes: [u8; 32]) -> Option<Self> {
-        VerifyingKey::from_bytes(&bytes).ok().map(|_| Self(bytes))
+        let vk = VerifyingKey::from_bytes(&bytes).ok()?;
+        (!vk.is_weak()).then_some(Self(bytes))
     }
 
     /// The 32 encoded bytes.
@@ -370,6 +373,18 @@ mod tests {
         assert_eq!(dbg, "IdentityKey(..)");
         let sk = SealingKey::from_bytes([9u8; 32]);
         assert_eq!(alloc::format!("{sk:?}"), "SealingKey(..)");
+    }
+
+    #[test]
+    fn small_order_keys_are_not_identities() {
+        // The identity point and a point of order 8 are valid encodings.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(VerifyingKey::from_bytes(&identity).is_ok());
+        assert_eq!(PublicKey::from_bytes(identity), None);
+        assert_eq!(PublicKey::from_bytes([0u8; 32]), None);
+        let real = IdentityKey::from_seed(&[2u8; 32]).public_key();
+        assert_eq!(PublicKey::from_bytes(*real.as_bytes()), Some(real));
     }
 
     #[test]

@@ -1,12 +1,606 @@
 //! # vouch-tests
 //!
-//! The Vouch protocol test suite: end to end, attacks, vectors, conformance.
+//! The harness for the system tests: the real backend serving HTTPS on
+//! loopback (SQLite in a temporary directory, or a fresh PostgreSQL database
+//! when `DATABASE_URL` is set), real gateways (the gateway library's TCP
+//! server, its HTTPS backend client with a client certificate), and real
+//! devices (the peripheral library's driver over TCP). Every test gets its
+//! own ports and directories, so tests run in parallel. Nothing sleeps a fixed
+//! time to wait: waits poll a condition until a deadline.
 //!
-//! **Status: not built yet.** This crate only exists so the workspace has the
-//! layout of DESIGN.md section 2; its work is tracked in issue 7. It
-//! contains no code and claims no behaviour. Until then, everything it will do
-//! is available at the protocol level from `vouch-proto`:
-//!
+//! ```no_run
+//! # async fn demo() {
+//! use vouch_tests::{Backend, Gateway, Device};
+//! let backend = Backend::start().await;
+//! let gateway = Gateway::start(&backend, "site-a").await;
+//! let device = Device::enroll(&backend, "meters").await;
+//! backend.allow("group:meters", "site:site-a", "telemetry,command").await;
+//! let mut running = device.run(&gateway).await;
+//! running.established().await;
+//! # }
 //! ```
-//! assert_eq!(vouch_proto::wire::PROTOCOL_VERSION, 1);
-//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use vouch_backend::config::Config;
+use vouch_backend::datadir::{self, DataDir, InitOutcome};
+use vouch_backend::server::Transport;
+use vouch_backend::store::Store;
+use vouch_backend::{app, pki, AppState};
+use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
+use vouch_gateway::clock::SystemClock;
+use vouch_gateway::driver::Context;
+use vouch_gateway::metrics::Metrics;
+use vouch_gateway::sessions::SessionTable;
+use vouch_peripheral::{Device as Driver, DriverConfig, Event, MemoryKeyStore, TcpConnector};
+use vouch_proto::anchor::AnchorBundle;
+use vouch_proto::handshake::gateway::GatewayConfig;
+use vouch_proto::keys::{IdentityKey, PeripheralId, PublicKey};
+
+/// How long any wait in these tests may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `f` until it returns `Some`, or panics naming `what` at the deadline.
+pub async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fresh_key() -> IdentityKey {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut()).expect("OS randomness");
+    IdentityKey::from_seed(&seed)
+}
+
+/// The database a backend runs on.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// SQLite in the data directory.
+    Sqlite,
+    /// A fresh PostgreSQL database (dropped with the backend's directory).
+    Postgres(String),
+}
+
+impl Db {
+    /// A fresh PostgreSQL database from `DATABASE_URL`, or `None` with a loud
+    /// note when it is not set.
+    pub async fn postgres() -> Option<Db> {
+        let Ok(admin) = std::env::var("DATABASE_URL") else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n=== PostgreSQL tests SKIPPED: DATABASE_URL not set ===\n"
+            );
+            return None;
+        };
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).expect("random");
+        let name = format!("vouch_e2e_{}", hex::encode(b));
+        let mut conn = sqlx::AnyConnection::connect(&admin)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let (base, _) = admin
+            .rsplit_once('/')
+            .expect("DATABASE_URL has a database name");
+        Some(Db::Postgres(format!("{base}/{name}")))
+    }
+}
+
+/// The real backend, serving HTTPS on 127.0.0.1.
+pub struct Backend {
+    dir: tempfile::TempDir,
+    db: Db,
+    port: u16,
+    token: String,
+    ca_pem: String,
+    admin: reqwest::Client,
+    running: Option<(oneshot::Sender<()>, JoinHandle<()>, AppState)>,
+}
+
+impl Backend {
+    /// A backend on SQLite.
+    pub async fn start() -> Self {
+        Self::start_on(Db::Sqlite).await
+    }
+
+    /// A backend on `db`.
+    pub async fn start_on(db: Db) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let InitOutcome::Created { admin_token } = datadir::init(dir.path(), &[]).expect("init")
+        else {
+            panic!("fresh directory already initialized");
+        };
+        let data = DataDir::load(dir.path()).expect("load data dir");
+        let ca_pem = data.ca.cert_pem.clone();
+        vouch_backend::install_crypto_provider();
+        let tls = pki::client_config(&ca_pem, None).expect("client config");
+        let admin = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("admin client");
+        let mut b = Backend {
+            dir,
+            db,
+            port: 0,
+            token: admin_token.to_string(),
+            ca_pem,
+            admin,
+            running: None,
+        };
+        b.serve().await;
+        b
+    }
+
+    /// A second backend instance on the same data and database (several
+    /// `serve` processes on one PostgreSQL).
+    pub async fn second_instance(&self) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(self.dir.path(), dir.path());
+        let mut b = Backend {
+            dir,
+            db: self.db.clone(),
+            port: 0,
+            token: self.token.clone(),
+            ca_pem: self.ca_pem.clone(),
+            admin: self.admin.clone(),
+            running: None,
+        };
+        b.serve().await;
+        b
+    }
+
+    async fn serve(&mut self) {
+        let data = DataDir::load(self.dir.path()).expect("load data dir");
+        let (cert, key) = data.server_tls().expect("server TLS");
+        let tls = pki::server_config(&data.ca.cert_pem, &cert, &key).expect("server config");
+        let url = match &self.db {
+            Db::Sqlite => data.sqlite_url(),
+            Db::Postgres(u) => u.clone(),
+        };
+        let store = Store::open(&url).await.expect("open store");
+        let state = AppState::new(store, data, Config::default())
+            .await
+            .expect("state");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind backend");
+        self.port = listener.local_addr().expect("addr").port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = app(state.clone());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let _ = vouch_backend::server::serve(
+                listener,
+                router,
+                Transport::Tls(Arc::new(tls)),
+                async move {
+                    let _ = stopped.await;
+                    st.shutdown();
+                },
+            )
+            .await;
+        });
+        self.running = Some((stop, task, state));
+    }
+
+    /// Stops serving (in-flight requests drain); the data stays.
+    pub async fn stop(&mut self) {
+        if let Some((stop, task, state)) = self.running.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+            state.store.close().await;
+        }
+    }
+
+    /// Serves again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.serve().await;
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA gateways pin.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// One admin API call; returns the status and the JSON body.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url());
+        let mut req = match method {
+            "GET" => self.admin.get(url),
+            "DELETE" => self.admin.delete(url),
+            _ => self.admin.post(url),
+        }
+        .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    /// Enrolls a gateway key; returns its client certificate.
+    pub async fn enroll_gateway(&self, key: &PublicKey, site: &str) -> String {
+        let (s, v) = self
+            .admin(
+                "POST",
+                "/v1/admin/gateways",
+                Some(json!({"public_key": key.to_string(), "site": site})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "enroll gateway: {s} {v}");
+        v["certificate_pem"]
+            .as_str()
+            .expect("certificate_pem")
+            .to_string()
+    }
+
+    /// Enrolls a peripheral key in `group`.
+    pub async fn enroll_peripheral(&self, key: &PublicKey, group: &str) -> PeripheralId {
+        let (s, v) = self
+            .admin(
+                "POST",
+                "/v1/admin/peripherals",
+                Some(json!({"public_key": key.to_string(), "group": group})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "enroll peripheral: {s} {v}");
+        PeripheralId::derive(key)
+    }
+
+    /// Adds a policy rule.
+    pub async fn allow(&self, peripheral: &str, gateway: &str, scope: &str) {
+        let (s, v) = self
+            .admin(
+                "POST",
+                "/v1/admin/policies",
+                Some(json!({"peripheral": peripheral, "gateway": gateway, "scope": scope})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "policy: {s} {v}");
+    }
+
+    /// Runs a lifecycle action (`suspend`, `reinstate`, `revoke`) on a peripheral.
+    pub async fn peripheral_action(&self, id: &PeripheralId, action: &str) {
+        let (s, v) = self
+            .admin(
+                "POST",
+                &format!("/v1/admin/peripherals/{id}/{action}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{action} {id}: {v}");
+    }
+
+    /// Runs a lifecycle action on a gateway.
+    pub async fn gateway_action(&self, key: &PublicKey, action: &str) {
+        let (s, v) = self
+            .admin("POST", &format!("/v1/admin/gateways/{key}/{action}"), None)
+            .await;
+        assert_eq!(s, 200, "{action} gateway: {v}");
+    }
+
+    /// The anchor bundle devices are provisioned with.
+    pub async fn anchor(&self) -> AnchorBundle {
+        let (s, v) = self.admin("GET", "/v1/admin/anchor", None).await;
+        assert_eq!(s, 200, "anchor: {v}");
+        serde_json::from_value(v).expect("anchor bundle")
+    }
+
+    /// Audit entries about a peripheral.
+    pub async fn audit_of(&self, id: &PeripheralId) -> Vec<Value> {
+        let (s, v) = self
+            .admin(
+                "GET",
+                &format!("/v1/admin/audit?peripheral={id}&limit=1000"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "audit: {v}");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some((stop, task, state)) = self.running.take() {
+            let _ = stop.send(());
+            task.abort();
+            state.shutdown();
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let path = entry.path();
+        if path.is_file()
+            && !path.extension().is_some_and(|e| {
+                e.to_str()
+                    .is_some_and(|e| e.starts_with("sqlite") || e == "db")
+            })
+        {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// A real gateway: the TCP server, the HTTPS backend client, the revocation
+/// feed.
+pub struct Gateway {
+    /// Its identity.
+    pub key: PublicKey,
+    key_pem: zeroize::Zeroizing<String>,
+    cert_pem: String,
+    ca_pem: String,
+    backend_url: String,
+    port: u16,
+    /// Its session table (sessions, inbound messages, sending).
+    pub table: Arc<SessionTable>,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    running: Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
+}
+
+impl Gateway {
+    /// Creates a gateway identity, enrolls it at `site`, and starts it.
+    pub async fn start(backend: &Backend, site: &str) -> Self {
+        let url = backend.url();
+        Self::start_with_backend_url(backend, site, &url).await
+    }
+
+    /// Like [`start`](Self::start), but talking to the backend instance at
+    /// `url` (another instance on the same database).
+    pub async fn start_with_backend_url(backend: &Backend, site: &str, url: &str) -> Self {
+        let key = fresh_key();
+        let cert_pem = backend.enroll_gateway(&key.public_key(), site).await;
+        let mut g = Gateway {
+            key: key.public_key(),
+            key_pem: key.to_pkcs8_pem().expect("pem"),
+            cert_pem,
+            ca_pem: backend.ca_pem().to_string(),
+            backend_url: url.to_string(),
+            port: 0,
+            table: SessionTable::new(10_000),
+            metrics: Arc::new(Metrics::new().expect("metrics")),
+            running: None,
+        };
+        g.serve().await;
+        g
+    }
+
+    async fn serve(&mut self) {
+        let backend = HttpBackend::new(HttpBackendConfig {
+            url: self.backend_url.clone(),
+            ca_pem: self.ca_pem.as_bytes().to_vec(),
+            cert_pem: self.cert_pem.as_bytes().to_vec(),
+            key_pem: zeroize::Zeroizing::new(self.key_pem.as_bytes().to_vec()),
+            request_timeout: Duration::from_secs(5),
+            feed_timeout: Duration::from_secs(40),
+            batch_window: Duration::from_millis(2),
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_millis(500),
+        })
+        .expect("backend client");
+        let ctx = Arc::new(Context {
+            config: GatewayConfig::new(self.key),
+            backend: backend.clone(),
+            clock: SystemClock,
+            table: self.table.clone(),
+            metrics: self.metrics.clone(),
+            idle_timeout: Duration::from_secs(600),
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind gateway");
+        self.port = listener.local_addr().expect("addr").port();
+        let (stop, shutdown) = watch::channel(false);
+        let server = tokio::spawn({
+            let s = shutdown.clone();
+            async move {
+                let _ = vouch_gateway::server::serve_tcp(listener, ctx, 1000, 247, s).await;
+            }
+        });
+        let feed = tokio::spawn(vouch_gateway::revocation::follow(
+            backend,
+            self.table.clone(),
+            self.key,
+            self.metrics.clone(),
+            shutdown,
+        ));
+        self.running = Some((stop, vec![server, feed]));
+    }
+
+    /// `tcp://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the gateway: sessions are closed (reason shutdown); tickets are
+    /// lost with the process.
+    pub async fn stop(&mut self) {
+        if let Some((stop, tasks)) = self.running.take() {
+            let _ = stop.send(true);
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+        self.table = SessionTable::new(10_000);
+    }
+
+    /// Stops and starts again on the same port (a process restart).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.serve().await;
+    }
+
+    /// Live sessions with `id`.
+    pub fn has_session(&self, id: &PeripheralId) -> bool {
+        self.table.list().iter().any(|s| &s.peripheral == id)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some((stop, tasks)) = self.running.take() {
+            let _ = stop.send(true);
+            for t in tasks {
+                t.abort();
+            }
+        }
+    }
+}
+
+/// A device identity enrolled in the backend and provisioned with its anchor.
+pub struct Device {
+    key_seed: [u8; 32],
+    /// Its registry id.
+    pub id: PeripheralId,
+    anchor: AnchorBundle,
+}
+
+impl Device {
+    /// Creates an identity, enrolls it in `group`, provisions the anchor.
+    pub async fn enroll(backend: &Backend, group: &str) -> Self {
+        let mut key_seed = [0u8; 32];
+        getrandom::fill(&mut key_seed).expect("random");
+        let key = IdentityKey::from_seed(&key_seed);
+        let id = backend.enroll_peripheral(&key.public_key(), group).await;
+        Device {
+            key_seed,
+            id,
+            anchor: backend.anchor().await,
+        }
+    }
+
+    /// A device identity the backend has never seen, with the same anchor.
+    pub fn enroll_offline(like: &Device) -> Self {
+        let mut key_seed = [0u8; 32];
+        getrandom::fill(&mut key_seed).expect("random");
+        let id = PeripheralId::derive(&IdentityKey::from_seed(&key_seed).public_key());
+        Device {
+            key_seed,
+            id,
+            anchor: like.anchor.clone(),
+        }
+    }
+
+    /// Starts the device's driver against `gateway` (TCP).
+    pub async fn run(&self, gateway: &Gateway) -> RunningDevice {
+        self.run_url(&gateway.url(), self.store()).await
+    }
+
+    /// A fresh in-memory key store with this identity and anchor (clones of
+    /// one store share their state, like the same flash across reboots).
+    pub fn store(&self) -> MemoryKeyStore {
+        MemoryKeyStore::provisioned(
+            IdentityKey::from_seed(&self.key_seed),
+            self.anchor.to_anchor_set().expect("anchors"),
+        )
+    }
+
+    /// Starts the driver with a given key store (to keep tickets across runs).
+    pub async fn run_url(&self, url: &str, store: MemoryKeyStore) -> RunningDevice {
+        let connector = TcpConnector::from_url(url, 247).expect("connector");
+        let config = DriverConfig::default();
+        let (driver, handle, events) = Driver::new(store, connector, config).expect("device");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = driver
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        RunningDevice {
+            handle,
+            events,
+            stop: Some(stop),
+            task: Some(task),
+            seen: Vec::new(),
+        }
+    }
+}
+
+/// A running device driver.
+pub struct RunningDevice {
+    /// Sends application data.
+    pub handle: vouch_peripheral::DeviceHandle,
+    events: vouch_peripheral::Events,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    /// Every event seen so far (as text, for failure messages).
+    pub seen: Vec<String>,
+}
+
+impl RunningDevice {
+    /// Waits for the next event matching `pred`, up to the deadline.
+    pub async fn next_matching(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        let r = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let ev = self.events.recv().await.expect("device events ended");
+                self.seen.push(format!("{ev:?}"));
+                if pred(&ev) {
+                    return ev;
+                }
+            }
+        })
+        .await;
+        match r {
+            Ok(ev) => ev,
+            Err(_) => panic!("timed out waiting for {what}; events: {:?}", self.seen),
+        }
+    }
+
+    /// Waits for an established session; returns whether it was resumed.
+    pub async fn established(&mut self) -> bool {
+        match self
+            .next_matching("a session", |e| matches!(e, Event::Established(_)))
+            .await
+        {
+            Event::Established(s) => s.resumed,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Stops the driver (close with reason shutdown).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A scratch directory path inside a temp dir.
+pub fn scratch(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}

@@ -1,0 +1,379 @@
+//! Settings: defaults, then `config.toml` (in the data directory, or
+//! `--config FILE`), then environment variables, then command-line flags.
+//!
+//! Every setting has an environment override named `VOUCH_` + the upper-cased
+//! path with `_` between section and key: `listen` → `VOUCH_LISTEN`,
+//! `security.lockout_failures` → `VOUCH_SECURITY_LOCKOUT_FAILURES`,
+//! `webhook.url` → `VOUCH_WEBHOOK_URL`. Values are parsed as the type of the
+//! setting; a malformed value is an error naming the variable, never ignored.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The file `init` writes into a new data directory: every setting with its
+/// default, commented out.
+pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; shown are the defaults.
+# Each setting can also be set by environment: VOUCH_<SECTION>_<KEY>, e.g.
+# VOUCH_LISTEN, VOUCH_SECURITY_LOCKOUT_FAILURES, VOUCH_WEBHOOK_URL.
+
+# listen = "127.0.0.1:8443"
+# database_url = "postgres://vouch@db.internal/vouch"   # default: SQLite in the data dir
+# insecure_http = false                                   # plain HTTP, loopback only, for development
+# log_format = "text"                                      # or "json"
+
+[limits]
+# max_concurrent_requests = 512     # gateway API requests in flight; beyond: 503 + Retry-After
+# request_timeout_ms = 10000        # per gateway/admin request; beyond: 503
+# feed_wait_max_ms = 30000          # longest revocation-feed long-poll
+# max_feed_waiters = 10000          # concurrent long-polls; beyond: 503
+
+[security]
+# lockout_failures = 10             # K credential failures ...
+# lockout_window_s = 60             # ... within T seconds → lockout
+# lockout_duration_s = 900
+# replay_retention_s = 2592000      # 30 days of handshake ephemerals
+# clone_action = "alert"            # or "refuse": refuse the second gateway
+# attachment_ttl_s = 3600           # an attach report without a detach expires after this
+
+[feed]
+# poll_ms = 200                     # how often each instance polls the event log
+
+[webhook]
+# url = "https://alerts.example/hook"   # POSTed a JSON body on every alert
+# timeout_ms = 3000
+"#;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What to do when one peripheral is live on two gateways at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneAction {
+    /// Alert (log, audit, metric, webhook) and allow.
+    #[default]
+    Alert,
+    /// Alert and refuse the second gateway's vouch or attach.
+    Refuse,
+}
+
+/// All settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// `postgres://…` to use PostgreSQL; default SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// Serve plain HTTP (loopback addresses only).
+    pub insecure_http: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Overload protection.
+    pub limits: Limits,
+    /// Lockout, replay and clone settings.
+    pub security: Security,
+    /// Revocation feed.
+    pub feed: Feed,
+    /// Alert webhook.
+    pub webhook: Webhook,
+}
+
+/// Overload protection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Requests in flight on the gateway and admin APIs; beyond, 503.
+    pub max_concurrent_requests: usize,
+    /// Per-request deadline; beyond, 503.
+    pub request_timeout_ms: u64,
+    /// Longest long-poll of the revocation feed.
+    pub feed_wait_max_ms: u64,
+    /// Concurrent long-polls; beyond, 503.
+    pub max_feed_waiters: usize,
+}
+
+/// Security settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// K: credential failures that trigger a lockout.
+    pub lockout_failures: u32,
+    /// T: the window the failures are counted in, seconds.
+    pub lockout_window_s: u64,
+    /// How long a lockout lasts, seconds.
+    pub lockout_duration_s: u64,
+    /// How long a handshake ephemeral stays in the replay cache, seconds.
+    pub replay_retention_s: u64,
+    /// What a suspected clone triggers.
+    pub clone_action: CloneAction,
+    /// How long an attachment without a detach counts as live, seconds.
+    pub attachment_ttl_s: u64,
+}
+
+/// Revocation feed settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Feed {
+    /// How often each instance polls the event log (for writes by other
+    /// instances and the CLI), milliseconds.
+    pub poll_ms: u64,
+}
+
+/// Alert webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Webhook {
+    /// URL to POST alerts to (JSON); none by default.
+    pub url: Option<String>,
+    /// Timeout of one POST, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+            database_url: None,
+            insecure_http: false,
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+            security: Security::default(),
+            feed: Feed::default(),
+            webhook: Webhook::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 512,
+            request_timeout_ms: 10_000,
+            feed_wait_max_ms: 30_000,
+            max_feed_waiters: 10_000,
+        }
+    }
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            lockout_failures: 10,
+            lockout_window_s: 60,
+            lockout_duration_s: 900,
+            replay_retention_s: 30 * 86_400,
+            clone_action: CloneAction::Alert,
+            attachment_ttl_s: 3600,
+        }
+    }
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self { poll_ms: 200 }
+    }
+}
+
+impl Default for Webhook {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_ms: 3000,
+        }
+    }
+}
+
+/// Errors of configuration loading.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable names no setting or holds a bad value.
+    #[error("environment variable {name}: {message}")]
+    Env {
+        /// The variable.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Environment variables with the prefix that are not settings (they belong
+/// to the CLI).
+const NOT_SETTINGS: [&str; 4] = [
+    "VOUCH_DATA_DIR",
+    "VOUCH_ADMIN_TOKEN",
+    "VOUCH_CONFIG",
+    "VOUCH_LOG",
+];
+
+impl Config {
+    /// Defaults overlaid by `path` if it exists (a missing file is not an
+    /// error unless `required`).
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// Applies `VOUCH_*` overrides from `vars` (normally `std::env::vars()`).
+    pub fn apply_env(
+        self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(&self) else {
+            return Ok(self);
+        };
+        let mut changed = false;
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("VOUCH_") else {
+                continue;
+            };
+            if NOT_SETTINGS.contains(&name.as_str()) {
+                continue;
+            }
+            let env_err = |message: String| ConfigError::Env {
+                name: name.clone(),
+                message,
+            };
+            let lower = rest.to_ascii_lowercase();
+            // Section keys first (`security_lockout_failures`), then top level.
+            let mut slot = None;
+            for section in ["limits", "security", "feed", "webhook"] {
+                if let Some(key) = lower.strip_prefix(&format!("{section}_")) {
+                    slot = Some((Some(section), key.to_owned()));
+                }
+            }
+            let (section, key) = slot.unwrap_or((None, lower.clone()));
+            let target = match section {
+                Some(s) => match table.get_mut(s) {
+                    Some(toml::Value::Table(t)) => t,
+                    _ => return Err(env_err("no such setting".into())),
+                },
+                None => &mut table,
+            };
+            let parsed = match (target.get(&key), key.as_str()) {
+                (Some(toml::Value::Integer(_)), _) => toml::Value::Integer(
+                    value
+                        .parse()
+                        .map_err(|_| env_err(format!("{value:?} is not an integer")))?,
+                ),
+                (Some(toml::Value::Boolean(_)), _) => toml::Value::Boolean(match value.as_str() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err(env_err(format!("{value:?} is not a boolean"))),
+                }),
+                (Some(toml::Value::String(_)), _) | (None, "database_url" | "url") => {
+                    toml::Value::String(value.clone())
+                }
+                _ => return Err(env_err("no such setting".into())),
+            };
+            target.insert(key, parsed);
+            changed = true;
+        }
+        if !changed {
+            return Ok(self);
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Env {
+                name: "VOUCH_*".into(),
+                message: e.message().to_owned(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn template_parses_to_the_defaults() {
+        let c: Config = toml::from_str(TEMPLATE).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c: Config =
+            toml::from_str("listen = \"0.0.0.0:1\"\n[security]\nlockout_failures = 3\n").unwrap();
+        let c = c
+            .apply_env(env(&[
+                ("VOUCH_LISTEN", "127.0.0.1:9"),
+                ("VOUCH_SECURITY_LOCKOUT_WINDOW_S", "5"),
+                ("VOUCH_SECURITY_CLONE_ACTION", "refuse"),
+                ("VOUCH_WEBHOOK_URL", "http://127.0.0.1:1/h"),
+                ("VOUCH_DATABASE_URL", "postgres://x/y"),
+                ("VOUCH_ADMIN_TOKEN", "ignored"),
+                ("PATH", "/bin"),
+            ]))
+            .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert_eq!(c.security.lockout_failures, 3);
+        assert_eq!(c.security.lockout_window_s, 5);
+        assert_eq!(c.security.clone_action, CloneAction::Refuse);
+        assert_eq!(c.webhook.url.as_deref(), Some("http://127.0.0.1:1/h"));
+        assert_eq!(c.database_url.as_deref(), Some("postgres://x/y"));
+    }
+
+    #[test]
+    fn bad_environment_values_are_errors() {
+        for (k, v) in [
+            ("VOUCH_SECURITY_LOCKOUT_FAILURES", "many"),
+            ("VOUCH_NO_SUCH_THING", "1"),
+            ("VOUCH_SECURITY_CLONE_ACTION", "explode"),
+            ("VOUCH_INSECURE_HTTP", "perhaps"),
+        ] {
+            assert!(
+                Config::default().apply_env(env(&[(k, v)])).is_err(),
+                "{k}={v} accepted"
+            );
+        }
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}

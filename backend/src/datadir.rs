@@ -1,0 +1,466 @@
+//! The data directory: the backend's keys, its CA, its TLS certificate, the
+//! admin token hash and (by default) the SQLite database.
+//!
+//! | file | content | mode |
+//! |---|---|---|
+//! | `signing-1.pem` | Ed25519 vouch-signing key, key id 1, PKCS#8 PEM (`openssl pkey -in` reads it) | 0600 |
+//! | `sealing-1.pem` | X25519 hello-sealing key, key id 1, PKCS#8 PEM (RFC 8410, OID 1.3.101.110) | 0600 |
+//! | `ca.pem`, `ca-key.pem` | the backend CA (Ed25519) | 0644, 0600 |
+//! | `server.pem`, `server-key.pem` | the HTTPS server certificate (Ed25519) | 0644, 0600 |
+//! | `admin-token.sha256` | SHA-256 of the admin bearer token, hex; the token itself is printed once by `init` and stored nowhere | 0600 |
+//! | `vouch.db` (+ `-wal`, `-shm`) | the SQLite registry (unless `--database-url` points elsewhere) | 0600 |
+//! | `config.toml` | optional settings, see [`crate::config`] | 0644 |
+//!
+//! Every file is written to a temporary name with its final mode, synced, and
+//! renamed into place, so a crash leaves either the old state or the new.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use vouch_proto::handshake::backend::BackendKeys;
+use vouch_proto::keys::{IdentityKey, KeyId, SealingKey};
+use zeroize::Zeroizing;
+
+use crate::pki::{self, CaMaterial};
+
+/// The key id `init` creates.
+pub const KEY_ID: KeyId = KeyId(1);
+
+/// File names, relative to the data directory.
+pub mod files {
+    /// Ed25519 signing key, key id 1.
+    pub const SIGNING: &str = "signing-1.pem";
+    /// X25519 sealing key, key id 1.
+    pub const SEALING: &str = "sealing-1.pem";
+    /// CA certificate.
+    pub const CA: &str = "ca.pem";
+    /// CA key.
+    pub const CA_KEY: &str = "ca-key.pem";
+    /// Server certificate.
+    pub const SERVER: &str = "server.pem";
+    /// Server key.
+    pub const SERVER_KEY: &str = "server-key.pem";
+    /// Admin token hash.
+    pub const TOKEN: &str = "admin-token.sha256";
+    /// SQLite database.
+    pub const DB: &str = "vouch.db";
+    /// Optional configuration.
+    pub const CONFIG: &str = "config.toml";
+    /// Every file `init` creates besides the database and the config.
+    pub const IDENTITY: [&str; 7] = [SIGNING, SEALING, CA, CA_KEY, SERVER, SERVER_KEY, TOKEN];
+}
+
+/// Errors of the data directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Some but not all of the files exist.
+    #[error(
+        "{dir} is partly initialized (present: {present}; missing: {missing}); \
+         refusing to guess: move it away and run init again, or restore the missing files"
+    )]
+    Partial {
+        /// The directory.
+        dir: PathBuf,
+        /// Files present.
+        present: String,
+        /// Files missing.
+        missing: String,
+    },
+    /// The directory was never initialized.
+    #[error("{0} is not initialized: run `vouch-backend init --data-dir {0}`")]
+    NotInitialized(PathBuf),
+    /// A key file does not hold a valid key.
+    #[error("{0}: not a valid key file")]
+    BadKey(PathBuf),
+    /// Certificate generation failed.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// A key file is readable by others.
+    #[error("{path} has mode {mode:o}; key files must be 0600 (chmod 600 {path})")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// No system randomness.
+    #[error("no system randomness")]
+    Random,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub enum InitOutcome {
+    /// Everything was created. The admin token is shown once, here.
+    Created {
+        /// The admin bearer token. Secret: print it once and drop it.
+        admin_token: Zeroizing<String>,
+    },
+    /// The directory was already initialized; nothing changed.
+    AlreadyInitialized,
+}
+
+/// Initializes `dir`: backend keys (key id 1), CA, server certificate with
+/// `localhost`, `127.0.0.1`, `::1` and `extra_sans`, admin token. Idempotent:
+/// on an initialized directory it changes nothing; it never overwrites a key.
+pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let present: Vec<&str> = files::IDENTITY
+        .iter()
+        .copied()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    if present.len() == files::IDENTITY.len() {
+        return Ok(InitOutcome::AlreadyInitialized);
+    }
+    if !present.is_empty() {
+        let missing: Vec<&str> = files::IDENTITY
+            .iter()
+            .copied()
+            .filter(|f| !present.contains(f))
+            .collect();
+        return Err(DataDirError::Partial {
+            dir: dir.to_owned(),
+            present: present.join(", "),
+            missing: missing.join(", "),
+        });
+    }
+    let mut rng = os_rng();
+    let keys = BackendKeys::generate(KEY_ID, &mut rng);
+    let signing_pem = keys
+        .signing()
+        .to_pkcs8_pem()
+        .map_err(|_| DataDirError::BadKey(dir.join(files::SIGNING)))?;
+    let sealing_pem = x25519_to_pem(&keys.sealing().danger_to_bytes());
+    let ca = pki::generate_ca()?;
+    let mut sans = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    for s in extra_sans {
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    let (server_pem, server_key) = pki::issue_server_cert(&ca, &sans)?;
+    let mut token_bytes = Zeroizing::new([0u8; 32]);
+    getrandom::fill(token_bytes.as_mut()).map_err(|_| DataDirError::Random)?;
+    let token = Zeroizing::new(format!("vouch_{}", hex::encode(token_bytes.as_ref())));
+    let token_hash = hex::encode(Sha256::digest(token.as_bytes()));
+
+    // Secrets first; the token hash last, so a crash mid-way is detected as
+    // partial rather than looking initialized.
+    write_file(&dir.join(files::SIGNING), signing_pem.as_bytes(), 0o600)?;
+    write_file(&dir.join(files::SEALING), sealing_pem.as_bytes(), 0o600)?;
+    write_file(&dir.join(files::CA_KEY), ca.key_pem.as_bytes(), 0o600)?;
+    write_file(&dir.join(files::CA), ca.cert_pem.as_bytes(), 0o644)?;
+    write_file(&dir.join(files::SERVER_KEY), server_key.as_bytes(), 0o600)?;
+    write_file(&dir.join(files::SERVER), server_pem.as_bytes(), 0o644)?;
+    write_file(&dir.join(files::TOKEN), token_hash.as_bytes(), 0o600)?;
+    if !dir.join(files::CONFIG).exists() {
+        write_file(
+            &dir.join(files::CONFIG),
+            crate::config::TEMPLATE.as_bytes(),
+            0o644,
+        )?;
+    }
+    Ok(InitOutcome::Created { admin_token: token })
+}
+
+/// Writes `data` to `path` atomically with `mode`; never replaces an existing file.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), DataDirError> {
+    if path.exists() {
+        return Err(DataDirError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to overwrite"),
+        });
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(data).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// The loaded contents of an initialized data directory.
+pub struct DataDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// The backend's key pair.
+    pub keys: BackendKeys,
+    /// The CA.
+    pub ca: CaMaterial,
+    /// SHA-256 of the admin token.
+    pub token_hash: [u8; 32],
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir")
+            .field("path", &self.path)
+            .field("kid", &self.keys.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_secret(path: &Path) -> Result<Zeroizing<String>, DataDirError> {
+    let meta = fs::metadata(path).map_err(io(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(DataDirError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(Zeroizing::new(fs::read_to_string(path).map_err(io(path))?))
+}
+
+impl DataDir {
+    /// Loads an initialized data directory.
+    pub fn load(dir: &Path) -> Result<Self, DataDirError> {
+        if !dir.join(files::SIGNING).exists() {
+            return Err(DataDirError::NotInitialized(dir.to_owned()));
+        }
+        let signing_path = dir.join(files::SIGNING);
+        let signing = IdentityKey::from_pkcs8_pem(&read_secret(&signing_path)?)
+            .map_err(|_| DataDirError::BadKey(signing_path.clone()))?;
+        let sealing_path = dir.join(files::SEALING);
+        let sealing = x25519_from_pem(&read_secret(&sealing_path)?)
+            .ok_or_else(|| DataDirError::BadKey(sealing_path.clone()))?;
+        let ca_path = dir.join(files::CA);
+        let ca = CaMaterial {
+            cert_pem: fs::read_to_string(&ca_path).map_err(io(&ca_path))?,
+            key_pem: read_secret(&dir.join(files::CA_KEY))?,
+        };
+        let token_path = dir.join(files::TOKEN);
+        let token_hex = read_secret(&token_path)?;
+        let mut token_hash = [0u8; 32];
+        hex::decode_to_slice(token_hex.trim(), &mut token_hash)
+            .map_err(|_| DataDirError::BadKey(token_path))?;
+        Ok(Self {
+            path: dir.to_owned(),
+            keys: BackendKeys::from_parts(KEY_ID, signing, sealing),
+            ca,
+            token_hash,
+        })
+    }
+
+    /// Backend state that lives only in memory, for simulations and tests:
+    /// the given keys, a fresh CA, a fresh admin token (returned). Nothing is
+    /// written; [`server_tls`](Self::server_tls) is not available.
+    pub fn ephemeral(keys: BackendKeys) -> Result<(Self, Zeroizing<String>), DataDirError> {
+        let ca = pki::generate_ca()?;
+        let mut token_bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(token_bytes.as_mut()).map_err(|_| DataDirError::Random)?;
+        let token = Zeroizing::new(format!("vouch_{}", hex::encode(token_bytes.as_ref())));
+        let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        Ok((
+            Self {
+                path: PathBuf::new(),
+                keys,
+                ca,
+                token_hash,
+            },
+            token,
+        ))
+    }
+
+    /// The server certificate and key PEM.
+    pub fn server_tls(&self) -> Result<(String, Zeroizing<String>), DataDirError> {
+        let cert_path = self.path.join(files::SERVER);
+        let cert = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key = read_secret(&self.path.join(files::SERVER_KEY))?;
+        Ok((cert, key))
+    }
+
+    /// The default SQLite URL of this directory.
+    pub fn sqlite_url(&self) -> String {
+        sqlite_url(&self.path)
+    }
+}
+
+/// The SQLite URL of the database in `dir`.
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join(files::DB).display())
+}
+
+/// The admin token check: SHA-256 of the presented token against the stored
+/// hash, in constant time.
+pub fn token_matches(stored_hash: &[u8; 32], presented: &str) -> bool {
+    let h = Sha256::digest(presented.as_bytes());
+    bool::from(h.as_slice().ct_eq(stored_hash))
+}
+
+/// The operating system's RNG as a `rand_core` `CryptoRng` (it panics if the
+/// OS RNG ever fails, which on Linux it does not once the system has booted:
+/// continuing with predictable keys would be worse than stopping).
+pub(crate) fn os_rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
+    rand_core::UnwrapErr(getrandom::SysRng)
+}
+
+/// DER prefix of a PKCS#8 v1 X25519 private key (RFC 8410).
+const X25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
+];
+
+fn x25519_to_pem(secret: &[u8; 32]) -> Zeroizing<String> {
+    let mut der = Zeroizing::new(Vec::with_capacity(48));
+    der.extend_from_slice(&X25519_PKCS8_PREFIX);
+    der.extend_from_slice(secret);
+    let b64 = Zeroizing::new(base64_encode(&der));
+    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END PRIVATE KEY-----\n");
+    Zeroizing::new(out)
+}
+
+fn x25519_from_pem(pem: &str) -> Option<SealingKey> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let der = der.secret_pkcs8_der();
+    if der.len() != 48 || der[..16] != X25519_PKCS8_PREFIX {
+        return None;
+    }
+    let mut b = Zeroizing::new([0u8; 32]);
+    b.copy_from_slice(&der[16..]);
+    Some(SealingKey::from_bytes(*b))
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_idempotent_and_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = init(dir.path(), &["vouch.example".into()]).unwrap();
+        let InitOutcome::Created { admin_token } = out else {
+            panic!("expected a fresh init")
+        };
+        let before: Vec<_> = files::IDENTITY
+            .iter()
+            .map(|f| fs::read(dir.path().join(f)).unwrap())
+            .collect();
+        assert!(matches!(
+            init(dir.path(), &[]).unwrap(),
+            InitOutcome::AlreadyInitialized
+        ));
+        let after: Vec<_> = files::IDENTITY
+            .iter()
+            .map(|f| fs::read(dir.path().join(f)).unwrap())
+            .collect();
+        assert_eq!(before, after, "re-running init changed a file");
+        for f in [
+            files::SIGNING,
+            files::SEALING,
+            files::CA_KEY,
+            files::SERVER_KEY,
+            files::TOKEN,
+        ] {
+            let mode = fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        let dd = DataDir::load(dir.path()).unwrap();
+        assert!(token_matches(&dd.token_hash, &admin_token));
+        assert!(!token_matches(&dd.token_hash, "vouch_wrong"));
+        // The token never lands on disk.
+        for f in files::IDENTITY {
+            let s = fs::read_to_string(dir.path().join(f)).unwrap();
+            assert!(!s.contains(admin_token.as_str()));
+        }
+        // The sealing key round-trips.
+        let pem = x25519_to_pem(&dd.keys.sealing().danger_to_bytes());
+        assert_eq!(
+            x25519_from_pem(&pem).unwrap().public(),
+            dd.keys.sealing().public()
+        );
+    }
+
+    #[test]
+    fn partial_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[]).unwrap();
+        fs::remove_file(dir.path().join(files::SEALING)).unwrap();
+        let err = init(dir.path(), &[]).unwrap_err();
+        assert!(matches!(err, DataDirError::Partial { .. }), "{err}");
+    }
+
+    #[test]
+    fn loose_permissions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[]).unwrap();
+        let p = dir.path().join(files::SIGNING);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            DataDir::load(dir.path()),
+            Err(DataDirError::Permissions { .. })
+        ));
+    }
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+}

@@ -1,0 +1,139 @@
+//! HTTP errors. Where each kind of error belongs (after crates.io's
+//! `util/errors.rs`):
+//!
+//! - the storage layer returns [`crate::store::StoreError`], the
+//!   PKI [`crate::pki::PkiError`], the data directory
+//!   [`crate::datadir::DataDirError`]: typed, matchable;
+//! - handlers return [`AppError`], which turns any of them into a response
+//!   `{"error": {"code": "stable_code", "message": "..."}}` with a 4xx status
+//!   for anything the caller did and 503 for what the service could not do.
+//!   The body never carries internal detail (SQL, paths, causes): those go to
+//!   the log at `error` level;
+//! - `anyhow` appears only in the binary.
+//!
+//! Refusals to vouch are not errors here: they travel as
+//! `VouchAnswer::Refused` inside a 200 answer, uniform by design.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::{Conflict, StoreError};
+
+/// An error answer of the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable, machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message, safe to show to the caller.
+    pub message: String,
+}
+
+impl AppError {
+    /// An error with a status, a stable code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        )
+    }
+
+    /// 503 `unavailable` (the store or another dependency failed).
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the service cannot answer right now; retry later",
+        )
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => AppError::not_found("record"),
+            StoreError::Conflict(c) => {
+                let code = match c {
+                    Conflict::PeripheralId => "peripheral_exists",
+                    Conflict::PeripheralKey => "public_key_in_use",
+                    Conflict::Gateway => "gateway_exists",
+                    Conflict::Policy => "policy_exists",
+                };
+                AppError::new(StatusCode::CONFLICT, code, c.to_string())
+            }
+            e @ StoreError::InvalidTransition { .. } => {
+                AppError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                AppError::unavailable()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_show_no_internal_detail() {
+        let e = AppError::from(StoreError::Database(sqlx::Error::Protocol(
+            "SELECT secret FROM x".into(),
+        )));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!e.message.contains("SELECT"));
+    }
+}

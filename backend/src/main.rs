@@ -1,0 +1,919 @@
+//! `vouch-backend`: the Vouch backend service and its operator CLI.
+//!
+//! The CLI works on the store directly (the SQLite file in the data directory,
+//! or `--database-url`), through the same functions the admin API calls; see
+//! backend/README.md for why.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vouch_backend::config::{Config, LogFormat};
+use vouch_backend::datadir::{self, DataDir, InitOutcome};
+use vouch_backend::error::AppError;
+use vouch_backend::import::{self, Format};
+use vouch_backend::model::{PeripheralRecord, Status};
+use vouch_backend::routes::admin::{
+    audit_filter, enroll_gateway_with_cert, parse_transition, EnrollGateway, EnrollPeripheral,
+    NewPolicy,
+};
+use vouch_backend::server::{self, Transport};
+use vouch_backend::store::{GatewayFilter, PeripheralFilter, Store};
+use vouch_backend::{app, pki, AppState};
+use vouch_proto::keys::{PeripheralId, PublicKey};
+
+/// The actor recorded in the audit log for CLI commands.
+const CLI_ACTOR: &str = "cli";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vouch-backend",
+    version,
+    about = "The Vouch backend: registry, vouch issuing, admin API and operator CLI",
+    long_about = "The Vouch backend: registry of peripherals and gateways, vouch issuing over mutual TLS, \
+revocation feed, audit log.\n\nStart with `vouch-backend init --data-dir DIR`, then `vouch-backend serve --data-dir DIR`. \
+Every other command works on the registry directly (SQLite in DIR, or --database-url) and is recorded in the audit log."
+)]
+struct Cli {
+    /// The data directory (keys, CA, admin token hash, SQLite database).
+    #[arg(
+        long,
+        global = true,
+        env = "VOUCH_DATA_DIR",
+        default_value = "./vouch-data"
+    )]
+    data_dir: PathBuf,
+    /// Use this database instead of the SQLite file in the data directory
+    /// (postgres://user:pass@host/db).
+    #[arg(long, global = true, env = "VOUCH_DATABASE_URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the backend's keys, CA, server certificate, admin token and database (idempotent).
+    Init {
+        /// Extra DNS names or IP addresses for the server certificate (besides localhost, 127.0.0.1, ::1).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+    /// Run the HTTPS service.
+    Serve(ServeArgs),
+    /// Enroll one peripheral or gateway.
+    #[command(subcommand)]
+    Enroll(Enroll),
+    /// Enroll peripherals in bulk from CSV or NDJSON (id, public_key, group, attributes).
+    Import {
+        /// The file (`-` for standard input).
+        file: PathBuf,
+        /// Input format (default: from the file extension, .csv or NDJSON).
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// Check every row against the registry; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 200)]
+        batch_size: usize,
+        /// Append a per-row report (NDJSON) to this file, each batch right after it committed.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// List peripherals or gateways (cursor pagination).
+    List {
+        /// What to list.
+        #[arg(value_enum)]
+        what: Kind,
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only this site (gateways).
+        #[arg(long)]
+        site: Option<String>,
+        /// Start after this cursor (printed at the end of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one peripheral (by id) or gateway (by key).
+    Show {
+        /// Peripheral or gateway.
+        #[arg(value_enum)]
+        what: Kind,
+        /// Peripheral id (16 hex) or gateway key (64 hex).
+        id: String,
+    },
+    /// pending → active.
+    Activate(Target),
+    /// active → suspended.
+    Suspend(Target),
+    /// suspended → active.
+    Reinstate(Target),
+    /// Revoke for good (final).
+    Revoke(Target),
+    /// Allow peripherals to attach to gateways: add a policy rule.
+    Associate {
+        /// `peripheral:ID`, `group:NAME` or `any`.
+        #[arg(long)]
+        peripheral: String,
+        /// `gateway:KEY`, `group:NAME`, `site:NAME` or `any`.
+        #[arg(long)]
+        gateway: String,
+        /// Scope: telemetry, command, app8..app31, comma-separated.
+        #[arg(long, default_value = "telemetry")]
+        scope: String,
+        /// Session lifetime, seconds.
+        #[arg(long, default_value_t = 3600)]
+        session_s: u32,
+        /// Resumption lifetime, seconds.
+        #[arg(long, default_value_t = 86_400)]
+        resumption_s: u32,
+    },
+    /// List or remove policy rules.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Query or verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// List or lift lockouts.
+    #[command(subcommand)]
+    Lockouts(LockoutCmd),
+    /// Print the provisioning bundle for peripherals (JSON; see the `anchor` module doc).
+    ExportAnchor {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (default from config: 127.0.0.1:8443).
+    #[arg(long, env = "VOUCH_LISTEN")]
+    listen: Option<String>,
+    /// Serve plain HTTP instead of HTTPS; refused unless the address is loopback.
+    #[arg(long)]
+    insecure_http: bool,
+    /// Settings file (default: DATA_DIR/config.toml if present).
+    #[arg(long, env = "VOUCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Enroll {
+    /// Enroll a peripheral.
+    Peripheral {
+        /// Its Ed25519 public key: 64 hex digits, a PEM string, or @FILE.
+        #[arg(long)]
+        public_key: String,
+        /// Registry id (default: derived from the key).
+        #[arg(long)]
+        id: Option<String>,
+        /// Group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Attribute NAME=VALUE (repeatable).
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        /// Enroll as pending (activate later).
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Enroll a gateway; writes its TLS client certificate.
+    Gateway {
+        /// Its Ed25519 identity key: 64 hex digits, a PEM string, or @FILE.
+        #[arg(long)]
+        public_key: String,
+        /// Human name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Write the certificate here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Target {
+    /// Peripheral or gateway.
+    #[arg(value_enum)]
+    what: Kind,
+    /// Peripheral id (16 hex) or gateway key (64 hex).
+    id: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// List the rules.
+    List,
+    /// Remove a rule by id.
+    Remove {
+        /// Rule id.
+        id: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Print entries (oldest first).
+    Query {
+        /// Only about this peripheral.
+        #[arg(long)]
+        peripheral: Option<String>,
+        /// Only about this gateway.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Only this action (vouch, peripheral_revoke, lockout, …).
+        #[arg(long)]
+        action: Option<String>,
+        /// At or after (RFC 3339 or ms since the epoch).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before (RFC 3339 or ms since the epoch).
+        #[arg(long)]
+        until: Option<String>,
+        /// After this sequence number (cursor).
+        #[arg(long)]
+        after: Option<i64>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the hash chain; exit 1 and name the first broken link if it is broken.
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+enum LockoutCmd {
+    /// List lockouts in force.
+    List,
+    /// Lift one (`gateway:KEY` or `peripheral:ID`).
+    Clear {
+        /// The subject.
+        subject: String,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Peripheral,
+    Gateway,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FormatArg {
+    Csv,
+    Ndjson,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VOUCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn open_store(cli: &Cli) -> Result<Store> {
+    let url = match &cli.database_url {
+        Some(u) => u.clone(),
+        None => {
+            if !cli.data_dir.join(datadir::files::SIGNING).exists() {
+                bail!(
+                    "{} is not initialized: run `vouch-backend init --data-dir {}`",
+                    cli.data_dir.display(),
+                    cli.data_dir.display()
+                );
+            }
+            datadir::sqlite_url(&cli.data_dir)
+        }
+    };
+    Store::open(&url).await.context("cannot open the database")
+}
+
+fn api(e: AppError) -> anyhow::Error {
+    anyhow::anyhow!("{} ({})", e.message, e.code)
+}
+
+fn read_key_arg(s: &str) -> Result<String> {
+    match s.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}")),
+        None => Ok(s.to_owned()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match &cli.command {
+        Command::Init { sans } => {
+            let outcome = datadir::init(&cli.data_dir, sans)?;
+            let store = open_store(&cli).await?;
+            store.close().await;
+            match outcome {
+                InitOutcome::Created { admin_token } => {
+                    println!("initialized {}", cli.data_dir.display());
+                    println!("admin token (shown once; store it in a secret manager):");
+                    println!("{}", admin_token.as_str());
+                }
+                InitOutcome::AlreadyInitialized => {
+                    println!(
+                        "{} is already initialized; nothing changed",
+                        cli.data_dir.display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => serve(&cli, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Enroll(e) => {
+            let store = open_store(&cli).await?;
+            match e {
+                Enroll::Peripheral {
+                    public_key,
+                    id,
+                    group,
+                    attrs,
+                    pending,
+                } => {
+                    let mut attributes = std::collections::BTreeMap::new();
+                    for a in attrs {
+                        let (k, v) = a
+                            .split_once('=')
+                            .context("attributes are --attr NAME=VALUE")?;
+                        attributes.insert(k.to_owned(), v.to_owned());
+                    }
+                    let req = EnrollPeripheral {
+                        id: id.clone(),
+                        public_key: read_key_arg(public_key)?,
+                        group: group.clone(),
+                        attributes,
+                        status: pending.then(|| "pending".to_owned()),
+                    };
+                    let new = req.parse().map_err(api)?;
+                    let outcome = store
+                        .enroll_peripheral(&new, CLI_ACTOR)
+                        .await
+                        .map_err(|e| api(e.into()))?;
+                    println!("{} {:?}", new.id, outcome);
+                }
+                Enroll::Gateway {
+                    public_key,
+                    name,
+                    group,
+                    site,
+                    out,
+                } => {
+                    let data = DataDir::load(&cli.data_dir)?;
+                    let req = EnrollGateway {
+                        public_key: read_key_arg(public_key)?,
+                        name: name.clone(),
+                        group: group.clone(),
+                        site: site.clone(),
+                    };
+                    let answer = enroll_gateway_with_cert(&store, &data.ca, &req, CLI_ACTOR)
+                        .await
+                        .map_err(api)?;
+                    eprintln!("gateway {} {:?}", answer.gateway.public_key, answer.outcome);
+                    match out {
+                        Some(p) => {
+                            std::fs::write(p, &answer.certificate_pem)
+                                .with_context(|| format!("cannot write {}", p.display()))?;
+                            eprintln!(
+                                "certificate written to {}; pin {}",
+                                p.display(),
+                                cli.data_dir.join(datadir::files::CA).display()
+                            );
+                        }
+                        None => print!("{}", answer.certificate_pem),
+                    }
+                }
+            }
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import {
+            file,
+            format,
+            dry_run,
+            batch_size,
+            report,
+        } => {
+            import_cmd(
+                &cli,
+                file,
+                *format,
+                *dry_run,
+                *batch_size,
+                report.as_deref(),
+            )
+            .await
+        }
+        Command::List {
+            what,
+            status,
+            group,
+            site,
+            after,
+            limit,
+            json,
+        } => {
+            let store = open_store(&cli).await?;
+            let status = status
+                .as_deref()
+                .map(|s| Status::parse(s).context("status: pending, active, suspended, revoked"))
+                .transpose()?;
+            match what {
+                Kind::Peripheral => {
+                    let f = PeripheralFilter {
+                        status,
+                        group: group.clone(),
+                        after: after
+                            .as_deref()
+                            .map(|a| {
+                                PeripheralId::from_hex(a).context("the cursor is a peripheral id")
+                            })
+                            .transpose()?,
+                        limit: *limit,
+                    };
+                    let items = store
+                        .list_peripherals(&f)
+                        .await
+                        .map_err(|e| api(e.into()))?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&items)?);
+                    } else {
+                        for p in &items {
+                            print_peripheral_line(p);
+                        }
+                    }
+                    if items.len() == *limit as usize {
+                        if let Some(last) = items.last() {
+                            eprintln!("next page: --after {}", last.id);
+                        }
+                    }
+                }
+                Kind::Gateway => {
+                    let f = GatewayFilter {
+                        status,
+                        group: group.clone(),
+                        site: site.clone(),
+                        after: after
+                            .as_deref()
+                            .map(|a| PublicKey::from_hex(a).context("the cursor is a gateway key"))
+                            .transpose()?,
+                        limit: *limit,
+                    };
+                    let items = store.list_gateways(&f).await.map_err(|e| api(e.into()))?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&items)?);
+                    } else {
+                        for g in &items {
+                            println!(
+                                "{}  {:<9}  name={}  group={}  site={}",
+                                g.public_key,
+                                g.status,
+                                g.name.as_deref().unwrap_or("-"),
+                                g.group.as_deref().unwrap_or("-"),
+                                g.site.as_deref().unwrap_or("-")
+                            );
+                        }
+                    }
+                    if items.len() == *limit as usize {
+                        if let Some(last) = items.last() {
+                            eprintln!("next page: --after {}", last.public_key);
+                        }
+                    }
+                }
+            }
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { what, id } => {
+            let store = open_store(&cli).await?;
+            let json = match what {
+                Kind::Peripheral => {
+                    let id =
+                        PeripheralId::from_hex(id).context("a peripheral id is 16 hex digits")?;
+                    serde_json::to_string_pretty(
+                        &store.peripheral(&id).await.map_err(|e| api(e.into()))?,
+                    )?
+                }
+                Kind::Gateway => {
+                    let key = PublicKey::from_hex(id).context("a gateway key is 64 hex digits")?;
+                    serde_json::to_string_pretty(
+                        &store.gateway(&key).await.map_err(|e| api(e.into()))?,
+                    )?
+                }
+            };
+            println!("{json}");
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Activate(t) => transition(&cli, t, "activate").await,
+        Command::Suspend(t) => transition(&cli, t, "suspend").await,
+        Command::Reinstate(t) => transition(&cli, t, "reinstate").await,
+        Command::Revoke(t) => transition(&cli, t, "revoke").await,
+        Command::Associate {
+            peripheral,
+            gateway,
+            scope,
+            session_s,
+            resumption_s,
+        } => {
+            let store = open_store(&cli).await?;
+            let (p, g, scope, life) = NewPolicy {
+                peripheral: peripheral.clone(),
+                gateway: gateway.clone(),
+                scope: scope.clone(),
+                session_s: *session_s,
+                resumption_s: *resumption_s,
+            }
+            .parse()
+            .map_err(api)?;
+            let rule = store
+                .add_policy(&p, &g, scope, life, CLI_ACTOR)
+                .await
+                .map_err(|e| api(e.into()))?;
+            println!("{}", serde_json::to_string_pretty(&rule)?);
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(cmd) => {
+            let store = open_store(&cli).await?;
+            match cmd {
+                PolicyCmd::List => {
+                    for r in store.list_policies().await.map_err(|e| api(e.into()))? {
+                        println!(
+                            "{:>5}  {}  ->  {}  scope={} session_s={} resumption_s={}",
+                            r.id,
+                            r.peripheral,
+                            r.gateway,
+                            r.scope.0,
+                            r.lifetimes.session_s,
+                            r.lifetimes.resumption_s
+                        );
+                    }
+                }
+                PolicyCmd::Remove { id } => {
+                    store
+                        .remove_policy(*id, CLI_ACTOR)
+                        .await
+                        .map_err(|e| api(e.into()))?;
+                    println!("removed rule {id}");
+                }
+            }
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(cmd) => {
+            let store = open_store(&cli).await?;
+            let code = match cmd {
+                AuditCmd::Query {
+                    peripheral,
+                    gateway,
+                    action,
+                    since,
+                    until,
+                    after,
+                    limit,
+                    json,
+                } => {
+                    let f = audit_filter(
+                        peripheral.clone(),
+                        gateway.clone(),
+                        action.clone(),
+                        since.as_deref(),
+                        until.as_deref(),
+                        *after,
+                        *limit,
+                    )
+                    .map_err(api)?;
+                    let items = store.audit_query(&f).await.map_err(|e| api(e.into()))?;
+                    for e in &items {
+                        if *json {
+                            println!("{}", serde_json::to_string(e)?);
+                        } else {
+                            println!(
+                                "{:>8}  {}  {:<18} {:<8} {:<22} {:<26} peripheral={} gateway={} {}",
+                                e.seq,
+                                e.at,
+                                e.action,
+                                e.outcome,
+                                e.reason,
+                                e.actor.chars().take(26).collect::<String>(),
+                                e.peripheral.as_deref().unwrap_or("-"),
+                                e.gateway
+                                    .as_deref()
+                                    .map(|g| &g[..g.len().min(16)])
+                                    .unwrap_or("-"),
+                                e.detail
+                            );
+                        }
+                    }
+                    if items.len() == *limit as usize {
+                        if let Some(last) = items.last() {
+                            eprintln!("next page: --after {}", last.seq);
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                AuditCmd::Verify => match store.audit_verify().await.map_err(|e| api(e.into()))? {
+                    v @ vouch_backend::store::AuditVerdict::Intact { .. } => {
+                        println!("{}", serde_json::to_string(&v)?);
+                        ExitCode::SUCCESS
+                    }
+                    v => {
+                        println!("{}", serde_json::to_string(&v)?);
+                        ExitCode::FAILURE
+                    }
+                },
+            };
+            store.close().await;
+            Ok(code)
+        }
+        Command::Lockouts(cmd) => {
+            let store = open_store(&cli).await?;
+            match cmd {
+                LockoutCmd::List => {
+                    for (s, until) in store
+                        .active_lockouts(vouch_backend::store::now_ms())
+                        .await
+                        .map_err(|e| api(e.into()))?
+                    {
+                        println!("{s}  until {}", vouch_backend::store::Rfc3339(until));
+                    }
+                }
+                LockoutCmd::Clear { subject } => {
+                    store
+                        .clear_lockout(subject, CLI_ACTOR)
+                        .await
+                        .map_err(|e| api(e.into()))?;
+                    println!("cleared {subject}");
+                }
+            }
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ExportAnchor { out } => {
+            let data = DataDir::load(&cli.data_dir)?;
+            let json = serde_json::to_string_pretty(&vouch_backend::anchor::bundle(&data.keys))?;
+            match out {
+                Some(p) => std::fs::write(p, json + "\n")
+                    .with_context(|| format!("cannot write {}", p.display()))?,
+                None => println!("{json}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_peripheral_line(p: &PeripheralRecord) {
+    let attrs: Vec<String> = p
+        .attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "{}  {:<9}  group={}  {}",
+        p.id,
+        p.status,
+        p.group.as_deref().unwrap_or("-"),
+        attrs.join(";")
+    );
+}
+
+async fn transition(cli: &Cli, t: &Target, verb: &str) -> Result<std::process::ExitCode> {
+    let store = open_store(cli).await?;
+    let tr = parse_transition(verb).map_err(api)?;
+    let json = match t.what {
+        Kind::Peripheral => {
+            let id = PeripheralId::from_hex(&t.id).context("a peripheral id is 16 hex digits")?;
+            serde_json::to_string(
+                &store
+                    .transition_peripheral(&id, tr, CLI_ACTOR)
+                    .await
+                    .map_err(|e| api(e.into()))?,
+            )?
+        }
+        Kind::Gateway => {
+            let key = PublicKey::from_hex(&t.id).context("a gateway key is 64 hex digits")?;
+            serde_json::to_string(
+                &store
+                    .transition_gateway(&key, tr, CLI_ACTOR)
+                    .await
+                    .map_err(|e| api(e.into()))?,
+            )?
+        }
+    };
+    println!("{json}");
+    store.close().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn import_cmd(
+    cli: &Cli,
+    file: &Path,
+    format: Option<FormatArg>,
+    dry_run: bool,
+    batch_size: usize,
+    report: Option<&Path>,
+) -> Result<std::process::ExitCode> {
+    let format = match format {
+        Some(FormatArg::Csv) => Format::Csv,
+        Some(FormatArg::Ndjson) => Format::Ndjson,
+        None => Format::from_path(file),
+    };
+    let rows = if file == Path::new("-") {
+        import::read_rows(std::io::stdin().lock(), format)
+    } else {
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        import::read_rows(f, format)
+    }
+    .context("cannot read the input")?;
+    let store = open_store(cli).await?;
+    let mut report_file = match report {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let bar = indicatif::ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut write_error = None;
+    let summary = import::run(&store, rows, dry_run, batch_size, CLI_ACTOR, |reports| {
+        bar.inc(reports.len() as u64);
+        for r in reports {
+            if let Some(e) = &r.error {
+                bar.suspend(|| eprintln!("line {}: {} ({})", r.line, e.message, e.code));
+            }
+        }
+        if let Some(f) = report_file.as_mut() {
+            let mut buf = String::new();
+            for r in reports {
+                if let Ok(line) = serde_json::to_string(r) {
+                    buf.push_str(&line);
+                    buf.push('\n');
+                }
+            }
+            if let Err(e) = f.write_all(buf.as_bytes()).and_then(|()| f.sync_data()) {
+                write_error = Some(e);
+            }
+        }
+    })
+    .await
+    .map_err(|e| api(e.into()))?;
+    bar.finish_and_clear();
+    store.close().await;
+    if let Some(e) = write_error {
+        bail!("cannot write the report: {e}");
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(if summary.errors > 0 {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| cli.data_dir.join(datadir::files::CONFIG));
+    let mut config =
+        Config::load(&config_path, args.config.is_some())?.apply_env(std::env::vars())?;
+    if let Some(l) = &args.listen {
+        config.listen = l.clone();
+    }
+    if args.insecure_http {
+        config.insecure_http = true;
+    }
+    if let Some(f) = args.log_format {
+        config.log_format = match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    if let Some(u) = &cli.database_url {
+        config.database_url = Some(u.clone());
+    }
+    init_logging(config.log_format);
+    let addr: SocketAddr = config
+        .listen
+        .parse()
+        .with_context(|| format!("listen address {:?} is not IP:PORT", config.listen))?;
+    if config.insecure_http && !server::insecure_allowed(&addr) {
+        bail!("--insecure-http is only allowed on a loopback address, not {addr}");
+    }
+    let data = DataDir::load(&cli.data_dir)?;
+    let transport = if config.insecure_http {
+        Transport::InsecureLoopback
+    } else {
+        let (cert, key) = data.server_tls()?;
+        Transport::Tls(Arc::new(pki::server_config(
+            &data.ca.cert_pem,
+            &cert,
+            &key,
+        )?))
+    };
+    let url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| data.sqlite_url());
+    let store = Store::open(&url)
+        .await
+        .context("cannot open the database")?;
+    let engine = store.engine();
+    let state = AppState::new(store.clone(), data, config.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let scheme = if config.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
+    // The line tests and scripts wait for (the port may have been 0).
+    println!("listening on {scheme}://{local}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%local, ?engine, scheme, "serving");
+    let shutdown_state = state.clone();
+    server::serve(listener, app(state), transport, async move {
+        server::shutdown_signal().await;
+        tracing::info!("shutting down");
+        shutdown_state.shutdown();
+    })
+    .await?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

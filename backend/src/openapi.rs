@@ -1,0 +1,336 @@
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`, written by hand.
+//!
+//! [`ROUTES`] lists every (method, path) the router serves; a test checks
+//! that the document describes exactly these and that each answers with
+//! something other than the router's "no such route".
+
+use serde_json::{json, Map, Value};
+
+/// Every route: (method, OpenAPI path, summary, auth, request body type,
+/// response body type).
+pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
+    (
+        "post",
+        "/v1/vouch",
+        "Vouch for one peripheral hello (SPEC.md §5.3)",
+        Auth::Gateway,
+        Body::Postcard("VouchRequest"),
+        Body::Postcard("VouchAnswer"),
+    ),
+    (
+        "post",
+        "/v1/vouch/batch",
+        "Vouch for up to 64 hellos",
+        Auth::Gateway,
+        Body::Postcard("VouchBatchRequest"),
+        Body::Postcard("VouchBatchAnswer"),
+    ),
+    (
+        "get",
+        "/v1/feed",
+        "Revocation feed long-poll (query: after, wait_ms)",
+        Auth::Gateway,
+        Body::None,
+        Body::Postcard("FeedBatch"),
+    ),
+    (
+        "post",
+        "/v1/sessions",
+        "Report session attach/detach events",
+        Auth::Gateway,
+        Body::Postcard("SessionReport"),
+        Body::Postcard("SessionReportAnswer"),
+    ),
+    (
+        "get",
+        "/v1/admin/peripherals",
+        "List peripherals (query: status, group, after, limit)",
+        Auth::Admin,
+        Body::None,
+        Body::Json("PeripheralPage"),
+    ),
+    (
+        "post",
+        "/v1/admin/peripherals",
+        "Enroll a peripheral",
+        Auth::Admin,
+        Body::Json("EnrollPeripheral"),
+        Body::Json("Peripheral"),
+    ),
+    (
+        "post",
+        "/v1/admin/peripherals/import",
+        "Bulk enroll (query: format=csv|ndjson, dry_run)",
+        Auth::Admin,
+        Body::Text,
+        Body::Json("ImportReport"),
+    ),
+    (
+        "get",
+        "/v1/admin/peripherals/{id}",
+        "Show a peripheral",
+        Auth::Admin,
+        Body::None,
+        Body::Json("Peripheral"),
+    ),
+    (
+        "post",
+        "/v1/admin/peripherals/{id}/{action}",
+        "activate, suspend, reinstate or revoke a peripheral",
+        Auth::Admin,
+        Body::None,
+        Body::Json("Peripheral"),
+    ),
+    (
+        "get",
+        "/v1/admin/gateways",
+        "List gateways (query: status, group, site, after, limit)",
+        Auth::Admin,
+        Body::None,
+        Body::Json("GatewayPage"),
+    ),
+    (
+        "post",
+        "/v1/admin/gateways",
+        "Enroll a gateway; returns its TLS client certificate",
+        Auth::Admin,
+        Body::Json("EnrollGateway"),
+        Body::Json("GatewayEnrolled"),
+    ),
+    (
+        "get",
+        "/v1/admin/gateways/{key}",
+        "Show a gateway",
+        Auth::Admin,
+        Body::None,
+        Body::Json("Gateway"),
+    ),
+    (
+        "post",
+        "/v1/admin/gateways/{key}/{action}",
+        "activate, suspend, reinstate or revoke a gateway",
+        Auth::Admin,
+        Body::None,
+        Body::Json("Gateway"),
+    ),
+    (
+        "get",
+        "/v1/admin/policies",
+        "List policy rules",
+        Auth::Admin,
+        Body::None,
+        Body::Json("PolicyList"),
+    ),
+    (
+        "post",
+        "/v1/admin/policies",
+        "Add a policy rule",
+        Auth::Admin,
+        Body::Json("NewPolicy"),
+        Body::Json("Policy"),
+    ),
+    (
+        "delete",
+        "/v1/admin/policies/{id}",
+        "Remove a policy rule",
+        Auth::Admin,
+        Body::None,
+        Body::None,
+    ),
+    (
+        "get",
+        "/v1/admin/audit",
+        "Query the audit log (query: peripheral, gateway, action, since, until, after, limit)",
+        Auth::Admin,
+        Body::None,
+        Body::Json("AuditPage"),
+    ),
+    (
+        "get",
+        "/v1/admin/audit/verify",
+        "Recompute the audit hash chain",
+        Auth::Admin,
+        Body::None,
+        Body::Json("AuditVerdict"),
+    ),
+    (
+        "get",
+        "/v1/admin/lockouts",
+        "Lockouts in force",
+        Auth::Admin,
+        Body::None,
+        Body::Json("LockoutList"),
+    ),
+    (
+        "delete",
+        "/v1/admin/lockouts/{subject}",
+        "Lift a lockout",
+        Auth::Admin,
+        Body::None,
+        Body::None,
+    ),
+    (
+        "get",
+        "/v1/admin/anchor",
+        "The peripheral provisioning bundle",
+        Auth::Admin,
+        Body::None,
+        Body::Json("AnchorBundle"),
+    ),
+    (
+        "get",
+        "/healthz",
+        "Liveness",
+        Auth::None,
+        Body::None,
+        Body::Json("Status"),
+    ),
+    (
+        "get",
+        "/readyz",
+        "Readiness (database reachable)",
+        Auth::None,
+        Body::None,
+        Body::Json("Status"),
+    ),
+    (
+        "get",
+        "/metrics",
+        "Prometheus metrics",
+        Auth::None,
+        Body::None,
+        Body::Text,
+    ),
+    (
+        "get",
+        "/v1/openapi.json",
+        "This document",
+        Auth::None,
+        Body::None,
+        Body::Json("OpenApi"),
+    ),
+];
+
+/// How a route authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// None.
+    None,
+    /// Gateway client certificate (mutual TLS).
+    Gateway,
+    /// Admin bearer token.
+    Admin,
+}
+
+/// A body kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No body.
+    None,
+    /// `application/vnd.vouch.v1+postcard` carrying the named `vouch_proto::wire::backend` type.
+    Postcard(&'static str),
+    /// `application/json` with the named schema.
+    Json(&'static str),
+    /// `text/plain` (or CSV / NDJSON for imports).
+    Text,
+}
+
+fn content(b: Body) -> Option<Value> {
+    match b {
+        Body::None => None,
+        Body::Postcard(t) => Some(json!({
+            "application/vnd.vouch.v1+postcard": {
+                "schema": { "type": "string", "format": "binary",
+                            "description": format!("1 ‖ postcard({t}), see vouch_proto::wire::backend and SPEC.md §10") }
+            }
+        })),
+        Body::Json(t) => Some(json!({
+            "application/json": { "schema": { "type": "object", "description": t } }
+        })),
+        Body::Text => Some(json!({ "text/plain": { "schema": { "type": "string" } } })),
+    }
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for &(method, path, summary, auth, req, res) in ROUTES {
+        let mut op = Map::new();
+        op.insert("summary".into(), json!(summary));
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
+        }
+        match auth {
+            Auth::None => {
+                op.insert("security".into(), json!([]));
+            }
+            Auth::Gateway => {
+                op.insert("security".into(), json!([{ "gatewayCertificate": [] }]));
+            }
+            Auth::Admin => {
+                op.insert("security".into(), json!([{ "adminToken": [] }]));
+            }
+        }
+        if let Some(c) = content(req) {
+            op.insert(
+                "requestBody".into(),
+                json!({ "required": true, "content": c }),
+            );
+        }
+        let mut ok = json!({ "description": "success" });
+        if let Some(c) = content(res) {
+            ok["content"] = c;
+        }
+        let status = if method == "delete" { "204" } else { "200" };
+        op.insert(
+            "responses".into(),
+            json!({
+                status: ok,
+                "4XX": { "description": "client error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "503": { "description": "overloaded or store unavailable; retry after Retry-After", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
+            }),
+        );
+        let entry = paths
+            .entry(path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = entry {
+            m.insert(method.to_owned(), Value::Object(op));
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Vouch backend",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Registry, vouch issuing, revocation feed and admin API of the Vouch backend. Gateway routes take postcard bodies over mutual TLS; admin routes take JSON with a bearer token."
+        },
+        "paths": Value::Object(paths),
+        "components": {
+            "securitySchemes": {
+                "adminToken": { "type": "http", "scheme": "bearer" },
+                "gatewayCertificate": { "type": "mutualTLS", "description": "TLS client certificate issued by the backend CA at gateway enrollment" }
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": { "type": "string", "description": "stable machine-readable code" },
+                                "message": { "type": "string" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,186 @@
+//! The gateway API: postcard bodies over mutual TLS.
+//!
+//! The gateway is the Ed25519 key of its TLS client certificate
+//! ([`ClientIdentity`]); no body field identifies it. A request without a
+//! client certificate is refused with 401 `client_certificate_required`. On
+//! the vouch endpoints a gateway that is not enrolled and active gets
+//! `Refused(Denied)` for every item, like every other refusal (SPEC.md §5.3
+//! step 1), with the reason in the audit log; the feed and the session
+//! reports answer it 403 `gateway_not_active` / `gateway_unknown`.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use vouch_proto::keys::PublicKey;
+use vouch_proto::wire::backend::{
+    FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer, VouchBatchAnswer,
+    VouchBatchRequest, VouchRequest, MAX_BATCH, MAX_FEED_EVENTS,
+};
+
+use super::{Postcard, Query};
+use crate::error::AppError;
+use crate::model::GatewayRecord;
+use crate::vouch::{self, GatewayCheck};
+use crate::{AppState, ClientIdentity};
+
+/// Header that names the gateway key on plain-HTTP development servers
+/// (`--insecure-http`, loopback only). Ignored on TLS servers.
+pub const DEV_GATEWAY_HEADER: &str = "x-vouch-dev-gateway-key";
+
+/// Marker the insecure server puts into requests so that
+/// [`DEV_GATEWAY_HEADER`] is honoured.
+#[derive(Debug, Clone, Copy)]
+pub struct InsecureDevIdentity;
+
+/// The authenticated gateway key of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayKey(pub PublicKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for GatewayKey {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        if let Some(ClientIdentity(Some(key))) = parts.extensions.get::<ClientIdentity>() {
+            return Ok(GatewayKey(*key));
+        }
+        if parts.extensions.get::<InsecureDevIdentity>().is_some() {
+            if let Some(key) = parts
+                .headers
+                .get(DEV_GATEWAY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(PublicKey::from_hex)
+            {
+                return Ok(GatewayKey(key));
+            }
+        }
+        Err(AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "the gateway API requires a client certificate issued by this backend",
+        ))
+    }
+}
+
+/// Vouch, batch vouch and session reports.
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/vouch", post(vouch_one))
+        .route("/v1/vouch/batch", post(vouch_batch))
+        .route("/v1/sessions", post(sessions))
+}
+
+/// The revocation feed (outside the request deadline).
+pub(super) fn feed_router() -> Router<AppState> {
+    Router::new().route("/v1/feed", get(feed))
+}
+
+async fn vouch_one(
+    State(state): State<AppState>,
+    GatewayKey(key): GatewayKey,
+    Postcard(req): Postcard<VouchRequest>,
+) -> Result<Postcard<VouchAnswer>, AppError> {
+    let started = Instant::now();
+    let mut answers = vouch::vouch_batch(&state, &key, std::slice::from_ref(&req)).await?;
+    state
+        .metrics
+        .duration
+        .with_label_values(&["single"])
+        .observe(started.elapsed().as_secs_f64());
+    let answer = answers.pop().ok_or_else(AppError::unavailable)?;
+    Ok(Postcard(answer))
+}
+
+async fn vouch_batch(
+    State(state): State<AppState>,
+    GatewayKey(key): GatewayKey,
+    Postcard(req): Postcard<VouchBatchRequest>,
+) -> Result<Postcard<VouchBatchAnswer>, AppError> {
+    if req.items.len() > MAX_BATCH {
+        return Err(AppError::bad_request(
+            "batch_too_large",
+            format!("a batch holds at most {MAX_BATCH} requests"),
+        ));
+    }
+    let started = Instant::now();
+    let items = vouch::vouch_batch(&state, &key, &req.items).await?;
+    state
+        .metrics
+        .duration
+        .with_label_values(&["batch"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Postcard(VouchBatchAnswer { items }))
+}
+
+/// An active gateway, or 403.
+async fn active_gateway(state: &AppState, key: &PublicKey) -> Result<GatewayRecord, AppError> {
+    match vouch::check_gateway(&state.store, key).await? {
+        GatewayCheck::Active(g) => Ok(g),
+        GatewayCheck::Refused(r) => Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            r.code(),
+            "this gateway is not enrolled and active",
+        )),
+    }
+}
+
+async fn sessions(
+    State(state): State<AppState>,
+    GatewayKey(key): GatewayKey,
+    Postcard(report): Postcard<SessionReport>,
+) -> Result<Postcard<SessionReportAnswer>, AppError> {
+    if report.events.len() > MAX_FEED_EVENTS {
+        return Err(AppError::bad_request(
+            "batch_too_large",
+            format!("a report holds at most {MAX_FEED_EVENTS} events"),
+        ));
+    }
+    let gateway = active_gateway(&state, &key).await?;
+    let items = vouch::report_sessions(&state, &gateway, &report.events).await?;
+    Ok(Postcard(SessionReportAnswer { items }))
+}
+
+/// Feed query.
+#[derive(Debug, Deserialize)]
+struct FeedQuery {
+    /// Last sequence number applied (0 for everything).
+    #[serde(default)]
+    after: u64,
+    /// How long to wait for an event, ms (capped by `limits.feed_wait_max_ms`).
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+async fn feed(
+    State(state): State<AppState>,
+    GatewayKey(key): GatewayKey,
+    Query(q): Query<FeedQuery>,
+) -> Result<Postcard<FeedBatch>, AppError> {
+    active_gateway(&state, &key).await?;
+    let Ok(_permit) = state.feed_waiters.try_acquire() else {
+        state.metrics.overload.with_label_values(&["shed"]).inc();
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many feed subscribers; retry later",
+        ));
+    };
+    state.metrics.feed_waiters.inc();
+    let max = state.config.limits.feed_wait_max_ms;
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(max).min(max));
+    let result = crate::feed::poll(
+        &state.store,
+        &state.feed,
+        q.after,
+        wait,
+        &state.metrics.revocation_lag,
+        &state.shutdown,
+    )
+    .await;
+    state.metrics.feed_waiters.dec();
+    Ok(Postcard(result?))
+}

@@ -1,0 +1,232 @@
+//! The HTTP API.
+//!
+//! | method, path | auth | body |
+//! |---|---|---|
+//! | `POST /v1/vouch` | gateway (mTLS) | postcard `VouchRequest` → `VouchAnswer` |
+//! | `POST /v1/vouch/batch` | gateway | postcard `VouchBatchRequest` → `VouchBatchAnswer` |
+//! | `GET /v1/feed?after=SEQ&wait_ms=MS` | gateway | → postcard `FeedBatch` |
+//! | `POST /v1/sessions` | gateway | postcard `SessionReport` → `SessionReportAnswer` |
+//! | `/v1/admin/…` | bearer token | JSON; see [`admin`] |
+//! | `GET /healthz`, `/readyz`, `/metrics`, `/v1/openapi.json` | none | |
+//!
+//! Errors are `{"error": {"code", "message"}}` ([`AppError`]). Gateway and
+//! admin routes sit behind load shedding (503 + `Retry-After` when
+//! `limits.max_concurrent_requests` are in flight), a deadline
+//! (`limits.request_timeout_ms`, 503) and body limits (64 KiB for postcard,
+//! 64 MiB for imports; 413 beyond).
+
+pub mod admin;
+pub mod gateway;
+pub mod ops;
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{BoxError, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower::ServiceBuilder;
+use vouch_proto::wire::backend::{decode_body, encode_body, CONTENT_TYPE, MAX_BODY};
+
+use crate::error::AppError;
+use crate::AppState;
+
+/// Largest admin request body (bulk imports).
+pub const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let limits = &state.config.limits;
+    let timeout = Duration::from_millis(limits.request_timeout_ms.max(1));
+    let overload = |metrics: crate::metrics::Metrics| {
+        HandleErrorLayer::new(move |err: BoxError| {
+            let metrics = metrics.clone();
+            async move {
+                if err.is::<tower::timeout::error::Elapsed>() {
+                    metrics.overload.with_label_values(&["timeout"]).inc();
+                    AppError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "the request took too long; retry later",
+                    )
+                } else {
+                    metrics.overload.with_label_values(&["shed"]).inc();
+                    AppError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "too many requests in flight; retry later",
+                    )
+                }
+            }
+        })
+    };
+    // One concurrency budget shared by every gateway and admin route: beyond
+    // it, requests are shed at once with 503 instead of queueing without
+    // bound. (A plain ConcurrencyLimitLayer would give each route its own.)
+    let limit =
+        tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(state.request_slots.clone());
+    let guarded = ServiceBuilder::new()
+        .layer(overload(state.metrics.clone()))
+        .load_shed()
+        .layer(limit)
+        .timeout(timeout);
+
+    let gateway_api = gateway::router()
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(guarded.clone());
+    let admin_api = admin::router()
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
+        .layer(guarded);
+    // The feed long-poll is bounded by its own semaphore and wait limit, not
+    // by the request deadline.
+    Router::new()
+        .merge(gateway_api)
+        .merge(admin_api)
+        .merge(gateway::feed_router())
+        .merge(ops::router())
+        .fallback(|| async { AppError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            AppError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not allowed on this route",
+            )
+        })
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a handler panicked");
+                AppError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+                .into_response()
+            },
+        ))
+        .with_state(state)
+}
+
+/// A postcard body (`application/vnd.vouch.v1+postcard`, `version ‖ postcard`).
+#[derive(Debug, Clone)]
+pub struct Postcard<T>(pub T);
+
+fn body_error(e: BytesRejection) -> AppError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body exceeds the limit",
+        )
+    } else {
+        AppError::bad_request("bad_body", "the request body could not be read")
+    }
+}
+
+fn content_type_is(parts_ct: Option<&HeaderValue>, want: &str) -> bool {
+    parts_ct
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Serialize> FromRequest<S> for Postcard<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        if !content_type_is(req.headers().get(header::CONTENT_TYPE), CONTENT_TYPE) {
+            return Err(AppError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("the body must be {CONTENT_TYPE}"),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
+        match decode_body::<T>(&bytes) {
+            Ok(v) => Ok(Postcard(v)),
+            Err(vouch_proto::DecodeError::TooLarge { .. }) => Err(AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body exceeds the limit",
+            )),
+            Err(e) => Err(AppError::bad_request(
+                "malformed_body",
+                format!("the body does not decode: {e}"),
+            )),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Postcard<T> {
+    fn into_response(self) -> Response {
+        (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+            encode_body(&self.0),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON body whose rejections are [`AppError`]s with stable codes.
+#[derive(Debug, Clone)]
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(AppError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be application/json",
+            )),
+            Err(JsonRejection::BytesRejection(e)) => Err(body_error(e)),
+            Err(JsonRejection::JsonDataError(e)) => Err(AppError::bad_request(
+                "invalid_json",
+                format!(
+                    "the JSON does not match the expected shape: {}",
+                    e.body_text()
+                ),
+            )),
+            Err(_) => Err(AppError::bad_request(
+                "invalid_json",
+                "the body is not valid JSON",
+            )),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Query parameters whose rejections are [`AppError`]s.
+#[derive(Debug, Clone)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(AppError::bad_request(
+                "invalid_query",
+                format!("invalid query parameters: {}", e.body_text()),
+            )),
+            Err(_) => Err(AppError::bad_request(
+                "invalid_query",
+                "invalid query parameters",
+            )),
+        }
+    }
+}

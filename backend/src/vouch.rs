@@ -1,0 +1,802 @@
+//! Vouch issuing (SPEC.md §5.3–5.4) and session reports (§11.6).
+//!
+//! ## The order of checks
+//!
+//! Cheap before expensive, as SPEC.md §5.3 numbers them:
+//!
+//! | step | check | cost | refusal reason in the audit log |
+//! |---|---|---|---|
+//! | 1 | gateway enrolled and active (TLS identity) | one indexed read, once per request | `gateway_unknown`, `gateway_not_active` |
+//! | 2 | gateway not locked out | memory | `gateway_locked_out` (answered `Busy`) |
+//! | 2 | hello decodes, names our key id | decode | `malformed_hello`, `unknown_backend_key` |
+//! | 3 | `e_P` not in the replay cache | one indexed read | `replay` |
+//! | 4 | open the sealed identity | one X25519 | `bad_seal` |
+//! | 3 | claimed id not locked out | memory | `peripheral_locked_out` (answered `Busy`) |
+//! | 5 | id registered and active | two indexed reads | `unknown_peripheral`, `peripheral_pending`, `peripheral_suspended`, `peripheral_revoked` |
+//! | 6 | signature | one Ed25519 verify | `bad_signature` |
+//! | 7 | policy grants a scope | one read | `policy_denied` |
+//! | 7½ | not live on another gateway (clone) | one read | `clone_refused` (if `clone_action = "refuse"`) |
+//! | 8 | record `e_P` (the authoritative replay check) and the audit entry, durably | group commit | `replay` |
+//! | 8 | sign the vouch | one Ed25519 sign | — |
+//!
+//! Every refusal except a lockout is answered `Refused(Denied)`, identical on
+//! the wire whatever the reason; lockouts are answered `Refused(Busy)`
+//! ("retry later"). The audit log names the exact reason.
+//!
+//! ## Group commit
+//!
+//! Step 8 must be durable before the answer leaves (a vouch whose `e_P` was
+//! not recorded could be issued twice after a crash). Rather than one
+//! transaction, and one fsync, per vouch, a single writer task takes every
+//! pending decision and commits them together: under load, one fsync covers
+//! dozens of vouches. Each request waits for the commit that holds its
+//! decisions, so nothing is answered before it is on disk.
+
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use vouch_proto::handshake::backend::{open_hello, VerifiedHello, VouchGrant};
+use vouch_proto::keys::{DhPublic, PeripheralId, PublicKey};
+use vouch_proto::wire::backend::{
+    PeripheralInfo, Refusal, SessionEvent, SessionEventKind, SessionVerdict, VouchAnswer,
+    VouchRequest, Vouched,
+};
+use vouch_proto::wire::{Hello, Lifetimes, Scope};
+
+use crate::config::CloneAction;
+use crate::model::{GatewayRecord, PeripheralRecord, Status};
+use crate::security::{Alert, Subject};
+use crate::store::{now_ms, NewAudit, Store, StoreError};
+use crate::AppState;
+
+/// Why a vouch was refused: the audit log's `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The TLS identity is not an enrolled gateway.
+    GatewayUnknown,
+    /// The gateway is pending, suspended or revoked.
+    GatewayNotActive,
+    /// The gateway is locked out.
+    GatewayLockedOut,
+    /// The hello does not decode.
+    MalformedHello,
+    /// The hello names a backend key id this backend does not hold.
+    UnknownBackendKey,
+    /// `e_P` was seen before.
+    Replay,
+    /// The sealed identity does not open (low-order `e_P`).
+    BadSeal,
+    /// The claimed id is locked out.
+    PeripheralLockedOut,
+    /// The claimed id is not registered.
+    UnknownPeripheral,
+    /// The peripheral is pending.
+    PeripheralPending,
+    /// The peripheral is suspended.
+    PeripheralSuspended,
+    /// The peripheral is revoked.
+    PeripheralRevoked,
+    /// The hello's signature does not verify with the registered key.
+    BadSignature,
+    /// No policy rule lets this peripheral attach to this gateway.
+    PolicyDenied,
+    /// The peripheral is live on another gateway and policy refuses a second.
+    CloneRefused,
+}
+
+impl Reason {
+    /// The stable code in the audit log and the metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::GatewayUnknown => "gateway_unknown",
+            Reason::GatewayNotActive => "gateway_not_active",
+            Reason::GatewayLockedOut => "gateway_locked_out",
+            Reason::MalformedHello => "malformed_hello",
+            Reason::UnknownBackendKey => "unknown_backend_key",
+            Reason::Replay => "replay",
+            Reason::BadSeal => "bad_seal",
+            Reason::PeripheralLockedOut => "peripheral_locked_out",
+            Reason::UnknownPeripheral => "unknown_peripheral",
+            Reason::PeripheralPending => "peripheral_pending",
+            Reason::PeripheralSuspended => "peripheral_suspended",
+            Reason::PeripheralRevoked => "peripheral_revoked",
+            Reason::BadSignature => "bad_signature",
+            Reason::PolicyDenied => "policy_denied",
+            Reason::CloneRefused => "clone_refused",
+        }
+    }
+
+    /// What goes on the wire.
+    pub fn refusal(self) -> Refusal {
+        match self {
+            Reason::GatewayLockedOut | Reason::PeripheralLockedOut => Refusal::Busy,
+            _ => Refusal::Denied,
+        }
+    }
+
+    /// Whether this is a credential failure, which counts toward lockout (see
+    /// [`crate::security`]).
+    pub fn is_credential_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::MalformedHello
+                | Reason::UnknownBackendKey
+                | Reason::Replay
+                | Reason::BadSeal
+                | Reason::UnknownPeripheral
+                | Reason::BadSignature
+        )
+    }
+}
+
+/// A positive decision waiting for step 8.
+struct Granted {
+    verified: VerifiedHello,
+    record: PeripheralRecord,
+    scope: Scope,
+    lifetimes: Lifetimes,
+}
+
+/// One item's decision before the commit.
+struct Decision {
+    gateway_ephemeral: DhPublic,
+    claimed: Option<PeripheralId>,
+    outcome: Result<Granted, Reason>,
+    /// Other gateways the peripheral is live on (clone suspected).
+    clone_of: Vec<String>,
+}
+
+/// The gateway key of a request, authenticated by TLS, and its registry entry.
+pub(crate) enum GatewayCheck {
+    /// Enrolled and active.
+    Active(GatewayRecord),
+    /// Refused with this reason (step 1).
+    Refused(Reason),
+}
+
+/// Step 1: the gateway behind the TLS identity.
+pub(crate) async fn check_gateway(
+    store: &Store,
+    key: &PublicKey,
+) -> Result<GatewayCheck, StoreError> {
+    let mut reader = store.reader().await?;
+    Ok(judge_gateway(reader.gateway(key).await?))
+}
+
+fn judge_gateway(g: Option<GatewayRecord>) -> GatewayCheck {
+    match g {
+        Some(g) if g.status == Status::Active => GatewayCheck::Active(g),
+        Some(_) => GatewayCheck::Refused(Reason::GatewayNotActive),
+        None => GatewayCheck::Refused(Reason::GatewayUnknown),
+    }
+}
+
+/// An item between the steps.
+enum Stage {
+    /// Refused at some step.
+    Done(Decision),
+    /// Decoded (step 2), waiting for the replay check and the opening.
+    Decoded(Hello),
+    /// Opened (step 4), waiting for the registry.
+    Opened(vouch_proto::handshake::backend::OpenedHello),
+}
+
+/// Decides and answers a batch of vouch requests from the gateway `key`.
+///
+/// The reads are batched: one connection and one query per kind of lookup
+/// for the whole request, made between the steps, so each item still goes
+/// through the checks in the order of the module doc (no X25519 before its
+/// replay check, no registry lookup before its hello opened). Store failures
+/// fail the whole request (the caller answers 503): no vouch is given
+/// without its durable record.
+pub(crate) async fn vouch_batch(
+    state: &AppState,
+    key: &PublicKey,
+    items: &[VouchRequest],
+) -> Result<Vec<VouchAnswer>, StoreError> {
+    let now = now_ms();
+    let actor = format!("gateway:{key}");
+    let refuse = |item: &VouchRequest, claimed, reason| Decision {
+        gateway_ephemeral: item.gateway_ephemeral,
+        claimed,
+        outcome: Err(reason),
+        clone_of: Vec::new(),
+    };
+    let mut reader = state.store.reader().await?;
+
+    // Decode first (pure computation) so that the gateway lookup and the
+    // replay check of every hello share one round trip.
+    let decoded: Vec<Result<Hello, ()>> = items
+        .iter()
+        .map(|item| Hello::peek(&item.hello).map_err(|_| ()))
+        .collect();
+    let ephemerals: Vec<DhPublic> = decoded
+        .iter()
+        .filter_map(|h| h.as_ref().ok())
+        .filter(|h| h.anchor == state.keys.kid())
+        .map(|h| h.ephemeral)
+        .collect();
+    let before = reader.before_crypto(key, &ephemerals).await?;
+
+    // Step 1: the gateway.
+    let gateway = match judge_gateway(before.gateway) {
+        GatewayCheck::Active(g) => g,
+        GatewayCheck::Refused(reason) => {
+            drop(reader);
+            let decisions = items.iter().map(|i| refuse(i, None, reason)).collect();
+            return finish(state, key, &actor, decisions, now).await;
+        }
+    };
+    let gw_locked = state
+        .lockouts
+        .is_locked(&Subject::Gateway(key.to_string()), now);
+
+    // Steps 2–3: decode, key id, lockout; then the replay cache for all.
+    let mut stages: Vec<Stage> = items
+        .iter()
+        .zip(decoded)
+        .map(|(item, hello)| {
+            if gw_locked {
+                return Stage::Done(refuse(item, None, Reason::GatewayLockedOut));
+            }
+            match hello {
+                Err(()) => Stage::Done(refuse(item, None, Reason::MalformedHello)),
+                Ok(h) if h.anchor != state.keys.kid() => {
+                    Stage::Done(refuse(item, None, Reason::UnknownBackendKey))
+                }
+                Ok(h) => Stage::Decoded(h),
+            }
+        })
+        .collect();
+    let replayed = before.replayed;
+
+    // Step 4: open (one X25519 each), then the claimed id's lockout.
+    for (stage, item) in stages.iter_mut().zip(items) {
+        let Stage::Decoded(h) = stage else { continue };
+        *stage = if replayed.contains(h.ephemeral.as_bytes()) {
+            Stage::Done(refuse(item, None, Reason::Replay))
+        } else {
+            match open_hello(&item.hello, &state.keys) {
+                Err(_) => Stage::Done(refuse(item, None, Reason::BadSeal)),
+                Ok(o) => {
+                    let claimed = o.claimed_peripheral();
+                    if state
+                        .lockouts
+                        .is_locked(&Subject::Peripheral(claimed.to_string()), now)
+                    {
+                        Stage::Done(refuse(item, Some(claimed), Reason::PeripheralLockedOut))
+                    } else {
+                        Stage::Opened(o)
+                    }
+                }
+            }
+        };
+    }
+
+    // Steps 5–7: registry, signature, policy.
+    let claimed: Vec<PeripheralId> = stages
+        .iter()
+        .filter_map(|s| match s {
+            Stage::Opened(o) => Some(o.claimed_peripheral()),
+            _ => None,
+        })
+        .collect();
+    let after = if claimed.is_empty() {
+        Default::default()
+    } else {
+        reader
+            .after_open(&claimed, &gateway.public_key, now)
+            .await?
+    };
+    drop(reader);
+    let (records, rules) = (&after.peripherals, &after.rules);
+    let mut granted_ids = Vec::new();
+    let mut decisions: Vec<Decision> = Vec::with_capacity(items.len());
+    for (stage, item) in stages.into_iter().zip(items) {
+        let opened = match stage {
+            Stage::Done(d) => {
+                decisions.push(d);
+                continue;
+            }
+            Stage::Opened(o) => o,
+            Stage::Decoded(_) => {
+                // Every decoded item was opened or refused above.
+                decisions.push(refuse(item, None, Reason::MalformedHello));
+                continue;
+            }
+        };
+        let id = opened.claimed_peripheral();
+        let Some(record) = records.get(&id) else {
+            decisions.push(refuse(item, Some(id), Reason::UnknownPeripheral));
+            continue;
+        };
+        let reason = match record.status {
+            Status::Active => None,
+            Status::Pending => Some(Reason::PeripheralPending),
+            Status::Suspended => Some(Reason::PeripheralSuspended),
+            Status::Revoked => Some(Reason::PeripheralRevoked),
+        };
+        if let Some(r) = reason {
+            decisions.push(refuse(item, Some(id), r));
+            continue;
+        }
+        let Ok(verified) = opened.verify(&record.public_key) else {
+            decisions.push(refuse(item, Some(id), Reason::BadSignature));
+            continue;
+        };
+        let Some((scope, lifetimes)) = crate::model::grant(rules, record, &gateway) else {
+            decisions.push(refuse(item, Some(id), Reason::PolicyDenied));
+            continue;
+        };
+        granted_ids.push(id);
+        decisions.push(Decision {
+            gateway_ephemeral: item.gateway_ephemeral,
+            claimed: Some(id),
+            outcome: Ok(Granted {
+                verified,
+                record: record.clone(),
+                scope,
+                lifetimes,
+            }),
+            clone_of: Vec::new(),
+        });
+    }
+
+    // Step 7½: live on another gateway?
+    if !granted_ids.is_empty() {
+        let elsewhere = &after.attached_elsewhere;
+        let refuse_clones = state.config.security.clone_action == CloneAction::Refuse;
+        for d in &mut decisions {
+            let Some(others) = d.claimed.and_then(|c| elsewhere.get(&c)) else {
+                continue;
+            };
+            if d.outcome.is_ok() {
+                d.clone_of = others.clone();
+                if refuse_clones {
+                    d.outcome = Err(Reason::CloneRefused);
+                }
+            }
+        }
+    }
+    finish(state, key, &actor, decisions, now).await
+}
+
+/// Step 8 and the answers: commit every decision durably, sign the vouches
+/// that survived the authoritative replay check, count failures.
+async fn finish(
+    state: &AppState,
+    key: &PublicKey,
+    actor: &str,
+    decisions: Vec<Decision>,
+    now: i64,
+) -> Result<Vec<VouchAnswer>, StoreError> {
+    let gw_hex = key.to_string();
+    let mut job = Vec::with_capacity(decisions.len());
+    for d in &decisions {
+        let claimed = d.claimed.map(|c| c.to_string());
+        if !d.clone_of.is_empty() {
+            let mut a = NewAudit::new("clone_alert", "alert", actor)
+                .reason("clone_suspected")
+                .gateway(&gw_hex)
+                .detail(&format!("also live on {}", d.clone_of.join(", ")));
+            if let Some(c) = &claimed {
+                a = a.peripheral(c);
+            }
+            job.push(JobItem {
+                ephemeral: None,
+                audit: a,
+            });
+        }
+        let (ephemeral, audit) = match &d.outcome {
+            Ok(g) => (
+                Some(g.verified.ephemeral()),
+                NewAudit::new("vouch", "vouched", actor)
+                    .gateway(&gw_hex)
+                    .peripheral(&g.record.id.to_string())
+                    .detail(&format!(
+                        "scope={} session_s={} resumption_s={}",
+                        g.scope.0, g.lifetimes.session_s, g.lifetimes.resumption_s
+                    )),
+            ),
+            Err(reason) => {
+                let outcome = match reason.refusal() {
+                    Refusal::Busy => "busy",
+                    Refusal::Denied => "denied",
+                };
+                let mut a = NewAudit::new("vouch", outcome, actor)
+                    .reason(reason.code())
+                    .gateway(&gw_hex);
+                if let Some(c) = &claimed {
+                    a = a.peripheral(c).detail(
+                        if matches!(
+                            reason,
+                            Reason::BadSignature
+                                | Reason::UnknownPeripheral
+                                | Reason::PeripheralLockedOut
+                                | Reason::PeripheralPending
+                                | Reason::PeripheralSuspended
+                                | Reason::PeripheralRevoked
+                        ) {
+                            "claimed id (signature not verified)"
+                        } else {
+                            ""
+                        },
+                    );
+                }
+                (None, a)
+            }
+        };
+        job.push(JobItem { ephemeral, audit });
+    }
+    let fresh = state.committer.commit(job).await?;
+    // `fresh` has one flag per job item; pick out the decisions' own items.
+    let mut flags = fresh.into_iter();
+    let mut answers = Vec::with_capacity(decisions.len());
+    for d in decisions {
+        if !d.clone_of.is_empty() {
+            flags.next();
+            state.alerter.raise(Alert {
+                alert: "clone_suspected",
+                peripheral: d.claimed.map(|c| c.to_string()),
+                gateway: Some(gw_hex.clone()),
+                detail: format!("vouch requested while live on {}", d.clone_of.join(", ")),
+                at_ms: now,
+            });
+        }
+        let first_seen = flags.next().unwrap_or(false);
+        let outcome = match d.outcome {
+            Ok(g) if first_seen => Ok(g),
+            Ok(_) => Err(Reason::Replay),
+            Err(r) => Err(r),
+        };
+        let answer = match outcome {
+            Ok(g) => {
+                let grant = VouchGrant {
+                    gateway_key: *key,
+                    gateway_ephemeral: d.gateway_ephemeral,
+                    scope: g.scope,
+                    lifetimes: g.lifetimes,
+                };
+                VouchAnswer::Vouched(Vouched {
+                    vouch: g.verified.vouch(&state.keys, &grant),
+                    peripheral: PeripheralInfo {
+                        id: g.record.id,
+                        public_key: g.record.public_key,
+                        group: g.record.group,
+                        attributes: g.record.attributes.into_iter().collect(),
+                        scope: g.scope,
+                    },
+                })
+            }
+            Err(reason) => {
+                state
+                    .metrics
+                    .refusals
+                    .with_label_values(&[reason.code()])
+                    .inc();
+                if reason.is_credential_failure() {
+                    count_failure(state, Subject::Gateway(gw_hex.clone()), now).await;
+                    if let Some(c) = d.claimed {
+                        count_failure(state, Subject::Peripheral(c.to_string()), now).await;
+                    }
+                }
+                VouchAnswer::Refused(reason.refusal())
+            }
+        };
+        let label = match &answer {
+            VouchAnswer::Vouched(_) => "vouched",
+            VouchAnswer::Refused(Refusal::Busy) => "busy",
+            VouchAnswer::Refused(_) => "denied",
+        };
+        state.metrics.answers.with_label_values(&[label]).inc();
+        answers.push(answer);
+    }
+    Ok(answers)
+}
+
+/// Counts a credential failure; on reaching the threshold, writes the lockout
+/// (shared by all instances) with its audit entry and raises the alert.
+async fn count_failure(state: &AppState, subject: Subject, now: i64) {
+    let Some(until) = state.lockouts.record_failure(&subject, now) else {
+        return;
+    };
+    let sec = &state.config.security;
+    let detail = format!(
+        "{} credential failures within {} s; locked out for {} s",
+        sec.lockout_failures, sec.lockout_window_s, sec.lockout_duration_s
+    );
+    let (peripheral, gateway) = match &subject {
+        Subject::Gateway(k) => (None, Some(k.clone())),
+        Subject::Peripheral(k) => (Some(k.clone()), None),
+    };
+    let write = async {
+        let mut tx = state.store.begin_write().await?;
+        tx.lockout(&subject.key(), until, "credential_failures")
+            .await?;
+        let mut a = NewAudit::new("lockout", "alert", "system")
+            .reason("credential_failures")
+            .detail(&detail);
+        if let Some(p) = &peripheral {
+            a = a.peripheral(p);
+        }
+        if let Some(g) = &gateway {
+            a = a.gateway(g);
+        }
+        tx.audit(a, now).await?;
+        tx.commit().await
+    };
+    if let Err(e) = write.await {
+        // The lockout holds on this instance regardless; only its sharing
+        // with other instances and its audit entry are lost.
+        tracing::error!(error = %e, subject = %subject.key(), "could not store a lockout");
+    }
+    state
+        .metrics
+        .lockouts
+        .with_label_values(&[subject.kind()])
+        .inc();
+    state.alerter.raise(Alert {
+        alert: "lockout",
+        peripheral,
+        gateway,
+        detail,
+        at_ms: now,
+    });
+}
+
+/// Records the session events a gateway reports and judges each: a
+/// peripheral that is not active must not have a session (`Refused`); one
+/// that is live on another gateway is a suspected clone (alert, and
+/// `Refused` if the policy says so, else `CloneSuspected`).
+pub(crate) async fn report_sessions(
+    state: &AppState,
+    gateway: &GatewayRecord,
+    events: &[SessionEvent],
+) -> Result<Vec<SessionVerdict>, StoreError> {
+    let now = now_ms();
+    let gw_hex = gateway.public_key.to_string();
+    let actor = format!("gateway:{gw_hex}");
+    let ttl_ms = i64::try_from(state.config.security.attachment_ttl_s)
+        .unwrap_or(i64::MAX / 2)
+        .saturating_mul(1000);
+    let mut verdicts = Vec::with_capacity(events.len());
+    let mut alerts = Vec::new();
+    // Reads first, then one write transaction for the whole report.
+    let mut plan = Vec::with_capacity(events.len());
+    for ev in events {
+        let status = match state.store.peripheral(&ev.peripheral).await {
+            Ok(r) => Some(r.status),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let others = match ev.kind {
+            SessionEventKind::Attached => {
+                state
+                    .store
+                    .attached_elsewhere(&ev.peripheral, &gateway.public_key, now)
+                    .await?
+            }
+            SessionEventKind::Detached => Vec::new(),
+        };
+        plan.push((ev, status, others));
+    }
+    let mut tx = state.store.begin_write().await?;
+    for (ev, status, others) in plan {
+        let pid = ev.peripheral.to_string();
+        let sid = hex::encode(ev.session_id);
+        let verdict = match ev.kind {
+            SessionEventKind::Detached => {
+                tx.detach(&ev.peripheral, &gateway.public_key).await?;
+                tx.audit(
+                    NewAudit::new("session_detach", "ok", &actor)
+                        .peripheral(&pid)
+                        .gateway(&gw_hex)
+                        .detail(&format!("session {sid}")),
+                    now,
+                )
+                .await?;
+                SessionVerdict::Accepted
+            }
+            SessionEventKind::Attached => {
+                let (verdict, reason) = if status != Some(Status::Active) {
+                    (
+                        SessionVerdict::Refused,
+                        status.map_or("unknown_peripheral", |s| match s {
+                            Status::Pending => "peripheral_pending",
+                            Status::Suspended => "peripheral_suspended",
+                            _ => "peripheral_revoked",
+                        }),
+                    )
+                } else if !others.is_empty() {
+                    alerts.push(Alert {
+                        alert: "clone_suspected",
+                        peripheral: Some(pid.clone()),
+                        gateway: Some(gw_hex.clone()),
+                        detail: format!("attached while live on {}", others.join(", ")),
+                        at_ms: now,
+                    });
+                    tx.audit(
+                        NewAudit::new("clone_alert", "alert", &actor)
+                            .reason("clone_suspected")
+                            .peripheral(&pid)
+                            .gateway(&gw_hex)
+                            .detail(&format!("also live on {}", others.join(", "))),
+                        now,
+                    )
+                    .await?;
+                    match state.config.security.clone_action {
+                        CloneAction::Refuse => (SessionVerdict::Refused, "clone_refused"),
+                        CloneAction::Alert => (SessionVerdict::CloneSuspected, "clone_suspected"),
+                    }
+                } else {
+                    (SessionVerdict::Accepted, "")
+                };
+                if verdict != SessionVerdict::Refused {
+                    tx.attach(
+                        &ev.peripheral,
+                        &gateway.public_key,
+                        now,
+                        now.saturating_add(ttl_ms),
+                    )
+                    .await?;
+                }
+                let outcome = if verdict == SessionVerdict::Refused {
+                    "refused"
+                } else {
+                    "ok"
+                };
+                tx.audit(
+                    NewAudit::new("session_attach", outcome, &actor)
+                        .reason(reason)
+                        .peripheral(&pid)
+                        .gateway(&gw_hex)
+                        .detail(&format!("session {sid}")),
+                    now,
+                )
+                .await?;
+                verdict
+            }
+        };
+        verdicts.push(verdict);
+    }
+    tx.commit().await?;
+    for a in alerts {
+        state.alerter.raise(a);
+    }
+    Ok(verdicts)
+}
+
+/// One decision to make durable.
+pub(crate) struct JobItem {
+    /// `e_P` to record, for a positive decision. If it is already recorded,
+    /// the decision becomes a `replay` refusal.
+    pub(crate) ephemeral: Option<DhPublic>,
+    /// The audit entry.
+    pub(crate) audit: NewAudit,
+}
+
+struct Job {
+    items: Vec<JobItem>,
+    reply: oneshot::Sender<Result<Vec<bool>, ()>>,
+}
+
+/// The single writer of vouch decisions (group commit; see the module doc).
+#[derive(Clone, Debug)]
+pub(crate) struct Committer {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Most decisions in one group commit.
+const MAX_GROUP: usize = 512;
+
+impl Committer {
+    /// Starts the writer task; it ends when every handle is dropped.
+    pub(crate) fn spawn(store: Store, metrics: crate::metrics::Metrics) -> Self {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(run_committer(store, metrics, rx));
+        Self { tx }
+    }
+
+    /// Commits `items`; returns, per item, whether it stands (`false`: its
+    /// `e_P` was already recorded, so it is a replay).
+    pub(crate) async fn commit(&self, items: Vec<JobItem>) -> Result<Vec<bool>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { items, reply })
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        rx.await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
+            .map_err(|()| StoreError::Database(sqlx::Error::WorkerCrashed))
+    }
+}
+
+async fn run_committer(
+    store: Store,
+    metrics: crate::metrics::Metrics,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut n = first.items.len();
+        let mut jobs = vec![first];
+        while n < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.items.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics
+            .commit_batch
+            .with_label_values::<&str>(&[])
+            .observe(n as f64);
+        let started = Instant::now();
+        match write_group(&store, &mut jobs).await {
+            Ok(results) => {
+                for (job, r) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, decisions = n, "group commit failed; answering 503");
+                for job in jobs {
+                    let _ = job.reply.send(Err(()));
+                }
+            }
+        }
+        tracing::trace!(
+            decisions = n,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+    }
+}
+
+async fn write_group(store: &Store, jobs: &mut [Job]) -> Result<Vec<Vec<bool>>, StoreError> {
+    let now = now_ms();
+    // Each e_P once; a second copy in the same group is a replay of the first.
+    let mut unique = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for item in jobs.iter().flat_map(|j| j.items.iter()) {
+        if let Some(e) = &item.ephemeral {
+            if seen.insert(e.0) {
+                unique.push(*e);
+            }
+        }
+    }
+    let mut tx = store.begin_write().await?;
+    let fresh = if unique.is_empty() {
+        Default::default()
+    } else {
+        tx.record_ephemerals(&unique, now).await?
+    };
+    let mut taken = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut entries = Vec::new();
+    for job in jobs.iter_mut() {
+        let mut flags = Vec::with_capacity(job.items.len());
+        for item in job.items.iter_mut() {
+            let stands = match &item.ephemeral {
+                Some(e) => fresh.contains(&e.0) && taken.insert(e.0),
+                None => true,
+            };
+            if !stands {
+                item.audit.outcome = "denied".into();
+                item.audit.reason = Reason::Replay.code().into();
+                item.audit.detail = String::new();
+            }
+            entries.push(item.audit.clone());
+            flags.push(stands);
+        }
+        out.push(flags);
+    }
+    tx.audit_many(&entries, now).await?;
+    tx.commit().await?;
+    Ok(out)
+}

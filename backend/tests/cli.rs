@@ -1,0 +1,688 @@
+//! The `vouch-backend` binary: init, the CLI verbs, serve with graceful
+//! shutdown, a SIGKILL in the middle of a bulk import, and two `serve`
+//! processes on one PostgreSQL honouring each other's revocations.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{gateway_takes, Db, Device};
+use vouch_backend::pki;
+use vouch_backend::store::{PeripheralFilter, Store};
+use vouch_proto::anchor::{Anchor, AnchorSet};
+use vouch_proto::keys::{IdentityKey, PeripheralId};
+use vouch_proto::wire::backend::{
+    decode_body, encode_body, FeedBatch, FeedChange, Refusal, VouchAnswer, VouchRequest,
+    CONTENT_TYPE,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vouch-backend");
+
+on_both!(
+    cli_verbs_work_and_bad_input_is_a_clear_error,
+    sigkill_mid_import_loses_nothing_acknowledged,
+);
+
+fn cli(dir: &Path, db: &Db, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir").arg(dir);
+    if let Db::Postgres { url, .. } = db {
+        cmd.arg("--database-url").arg(url);
+    }
+    cmd.args(args)
+        .env_remove("VOUCH_DATABASE_URL")
+        .output()
+        .expect("run vouch-backend")
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn fails_cleanly(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("error"), "no error message: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+}
+
+fn init(dir: &Path, db: &Db) -> String {
+    let out = ok(&cli(dir, db, &["init", "--san", "vouch.test"]));
+    out.lines().nth(2).expect("token line").trim().to_owned()
+}
+
+async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let dir = dir.as_path();
+    let token = init(dir, &db);
+    assert!(token.starts_with("vouch_"), "{token}");
+    let before = std::fs::read(dir.join("signing-1.pem")).expect("key");
+    let again = ok(&cli(dir, &db, &["init"]));
+    assert!(
+        again.contains("already initialized; nothing changed"),
+        "{again}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("signing-1.pem")).expect("key"),
+        before
+    );
+
+    let dev = Device::new(1);
+    let pk = dev.key.public_key().to_string();
+    let out = ok(&cli(
+        dir,
+        &db,
+        &[
+            "enroll",
+            "peripheral",
+            "--public-key",
+            &pk,
+            "--group",
+            "meters",
+            "--attr",
+            "fw=1.0",
+        ],
+    ));
+    assert!(
+        out.contains(&dev.id.to_string()) && out.contains("Created"),
+        "{out}"
+    );
+    let out = ok(&cli(
+        dir,
+        &db,
+        &[
+            "enroll",
+            "peripheral",
+            "--public-key",
+            &pk,
+            "--group",
+            "meters",
+            "--attr",
+            "fw=1.0",
+        ],
+    ));
+    assert!(out.contains("Unchanged"), "{out}");
+    // A gateway key as a PEM file.
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    let gw_pem = tmp.path().join("gw.pub.pem");
+    std::fs::write(&gw_pem, gw.public_key().to_public_key_pem()).expect("write");
+    let cert = tmp.path().join("gw.crt");
+    ok(&cli(
+        dir,
+        &db,
+        &[
+            "enroll",
+            "gateway",
+            "--public-key",
+            &format!("@{}", gw_pem.display()),
+            "--site",
+            "plant",
+            "--out",
+            cert.to_str().expect("utf8"),
+        ],
+    ));
+    let cert_pem = std::fs::read_to_string(&cert).expect("cert");
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes()).expect("der");
+    assert_eq!(pki::ed25519_key_of(&der), Some(gw.public_key()));
+
+    ok(&cli(
+        dir,
+        &db,
+        &[
+            "associate",
+            "--peripheral",
+            "group:meters",
+            "--gateway",
+            "site:plant",
+            "--scope",
+            "telemetry,command",
+        ],
+    ));
+    let out = ok(&cli(dir, &db, &["policy", "list"]));
+    assert!(
+        out.contains("group:meters") && out.contains("site:plant") && out.contains("scope=3"),
+        "{out}"
+    );
+    let out = ok(&cli(dir, &db, &["list", "peripheral"]));
+    assert!(
+        out.contains(&dev.id.to_string()) && out.contains("fw=1.0"),
+        "{out}"
+    );
+    let out = ok(&cli(dir, &db, &["list", "gateway", "--json"]));
+    let gws: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(gws[0]["site"], "plant");
+    let out = ok(&cli(dir, &db, &["show", "peripheral", &dev.id.to_string()]));
+    assert!(out.contains("\"status\": \"active\""), "{out}");
+    for verb in ["suspend", "reinstate", "revoke"] {
+        ok(&cli(dir, &db, &[verb, "peripheral", &dev.id.to_string()]));
+    }
+    let out = ok(&cli(
+        dir,
+        &db,
+        &["audit", "query", "--peripheral", &dev.id.to_string()],
+    ));
+    for action in [
+        "peripheral_enroll",
+        "peripheral_suspend",
+        "peripheral_reinstate",
+        "peripheral_revoke",
+    ] {
+        assert!(out.contains(action), "{action} missing from {out}");
+    }
+    let out = ok(&cli(dir, &db, &["audit", "verify"]));
+    assert!(out.contains("\"intact\""), "{out}");
+    let out = ok(&cli(dir, &db, &["export-anchor"]));
+    let bundle: vouch_proto::anchor::AnchorBundle =
+        serde_json::from_str(&out).expect("bundle json");
+    let anchors = bundle.to_anchor_set().expect("valid bundle");
+    let anchor: Anchor = *anchors.primary().expect("anchor");
+    assert_eq!(anchor.kid.0, 1);
+
+    // Bad input: a clear error and a failing exit status, never a panic.
+    fails_cleanly(
+        &cli(
+            dir,
+            &db,
+            &["enroll", "peripheral", "--public-key", "nothex"],
+        ),
+        "invalid_public_key",
+    );
+    fails_cleanly(
+        &cli(
+            dir,
+            &db,
+            &[
+                "enroll",
+                "peripheral",
+                "--public-key",
+                &pk,
+                "--group",
+                "other",
+            ],
+        ),
+        "peripheral_exists",
+    );
+    fails_cleanly(
+        &cli(
+            dir,
+            &db,
+            &["enroll", "peripheral", "--public-key", "@/does/not/exist"],
+        ),
+        "cannot read",
+    );
+    fails_cleanly(&cli(dir, &db, &["show", "peripheral", "zz"]), "16 hex");
+    fails_cleanly(
+        &cli(dir, &db, &["show", "peripheral", "0000000000000000"]),
+        "not_found",
+    );
+    fails_cleanly(
+        &cli(dir, &db, &["reinstate", "peripheral", &dev.id.to_string()]),
+        "invalid_transition",
+    );
+    fails_cleanly(
+        &cli(
+            dir,
+            &db,
+            &["associate", "--peripheral", "x", "--gateway", "any"],
+        ),
+        "invalid_selector",
+    );
+    fails_cleanly(
+        &cli(dir, &db, &["audit", "query", "--since", "soon"]),
+        "invalid_time",
+    );
+    fails_cleanly(
+        &cli(dir, &db, &["import", "/does/not/exist.csv"]),
+        "cannot open",
+    );
+    fails_cleanly(
+        &cli(dir, &db, &["list", "peripheral", "--status", "sideways"]),
+        "status",
+    );
+    let fresh = tmp.path().join("nothing");
+    fails_cleanly(
+        &cli(&fresh, &Db::Sqlite, &["list", "peripheral"]),
+        "not initialized",
+    );
+    let out = cli(
+        dir,
+        &db,
+        &["serve", "--insecure-http", "--listen", "0.0.0.0:0"],
+    );
+    fails_cleanly(&out, "loopback");
+}
+
+async fn sigkill_mid_import_loses_nothing_acknowledged(db: Db) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    init(&dir, &db);
+    // A factory file: N rows, one attribute each.
+    const N: usize = 20_000;
+    let mut body = String::new();
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let key = IdentityKey::from_seed(&seed).public_key();
+        ids.push(PeripheralId::derive(&key));
+        body.push_str(&format!("{{\"public_key\":\"{key}\",\"group\":\"line-7\",\"attributes\":{{\"serial\":\"{i}\"}}}}\n"));
+    }
+    let file = tmp.path().join("factory.ndjson");
+    std::fs::write(&file, body).expect("write");
+    let report = tmp.path().join("report.ndjson");
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir").arg(&dir);
+        if let Db::Postgres { url, .. } = &db {
+            cmd.arg("--database-url").arg(url);
+        }
+        cmd.arg("import")
+            .arg(&file)
+            .arg("--report")
+            .arg(&report)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let mut child = run(&["--batch-size", "5"]).spawn().expect("spawn import");
+    // Wait until some batches are acknowledged, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let lines = std::fs::read_to_string(&report)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines >= 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "import made no progress");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "import ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("reap");
+    assert!(!status.success());
+
+    // Every acknowledged row is there, complete; the registry is consistent.
+    let acked: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .expect("report")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("report line"))
+        .collect();
+    assert!(acked.iter().all(|r| r["result"] == "created"));
+    let store = Store::open(&db.url_for(&dir)).await.expect("open");
+    let all = list_all(&store).await;
+    assert!(
+        all.len() >= acked.len(),
+        "{} in store < {} acknowledged",
+        all.len(),
+        acked.len()
+    );
+    assert!(
+        all.len() < N,
+        "the import finished before the kill; the test proves nothing"
+    );
+    let present: std::collections::HashSet<String> = all.iter().map(|p| p.id.to_string()).collect();
+    for r in &acked {
+        assert!(
+            present.contains(r["id"].as_str().expect("id")),
+            "acknowledged row lost: {r}"
+        );
+    }
+    for p in &all {
+        assert_eq!(p.group.as_deref(), Some("line-7"));
+        assert!(
+            p.attributes.contains_key("serial"),
+            "row {} without its attributes",
+            p.id
+        );
+    }
+    assert!(matches!(
+        store.audit_verify().await.expect("verify"),
+        vouch_backend::store::AuditVerdict::Intact { .. }
+    ));
+
+    // Running the same import again completes it.
+    let out = run(&["--batch-size", "500"]).output().expect("re-run");
+    let summary: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("summary"),
+    )
+    .expect("json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary["rows"], N);
+    assert_eq!(summary["errors"], 0);
+    assert_eq!(
+        summary["created"].as_u64().unwrap_or(0) as usize
+            + summary["unchanged"].as_u64().unwrap_or(0) as usize,
+        N
+    );
+    assert!(summary["unchanged"].as_u64().unwrap_or(0) as usize >= acked.len());
+    let all = list_all(&store).await;
+    assert_eq!(all.len(), N);
+    let mut got: Vec<String> = all.iter().map(|p| p.id.to_string()).collect();
+    let mut want: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    store.close().await;
+}
+
+async fn list_all(store: &Store) -> Vec<vouch_backend::model::PeripheralRecord> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_peripherals(&PeripheralFilter {
+                after,
+                limit: 1000,
+                ..PeripheralFilter::default()
+            })
+            .await
+            .expect("list");
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        let n = page.len();
+        out.extend(page);
+        if n < 1000 {
+            break;
+        }
+    }
+    out
+}
+
+/// A running `serve` process.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &Path, db: &Db) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir").arg(dir);
+        if let Db::Postgres { url, .. } = db {
+            cmd.arg("--database-url").arg(url);
+        }
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("VOUCH_FEED_POLL_MS", "100")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("listening line");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server { child, url }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("serve did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn https(ca: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(pki::client_config(ca, identity).expect("tls"))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+async fn vouch_via(c: &reqwest::Client, url: &str, req: &VouchRequest) -> VouchAnswer {
+    let res = c
+        .post(format!("{url}/v1/vouch"))
+        .header("content-type", CONTENT_TYPE)
+        .body(encode_body(req))
+        .send()
+        .await
+        .expect("vouch");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    decode_body(&res.bytes().await.expect("body")).expect("answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_gracefully_on_sigterm() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    init(tmp.path(), &Db::Sqlite);
+    let server = Server::start(tmp.path(), &Db::Sqlite);
+    let ca = std::fs::read_to_string(tmp.path().join("ca.pem")).expect("ca");
+    let c = https(&ca, None);
+    let res = c
+        .get(format!("{}/readyz", server.url))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let res = c
+        .get(format!("{}/v1/openapi.json", server.url))
+        .send()
+        .await
+        .expect("openapi");
+    let doc: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // With --log-format json every log line is a JSON object.
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut line)
+        .expect("a log line");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["message"], "serving", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_on_one_postgres_honour_each_others_revocations() {
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let token = init(dir, &db);
+    let dev = Device::new(1);
+    ok(&cli(
+        dir,
+        &db,
+        &[
+            "enroll",
+            "peripheral",
+            "--public-key",
+            &dev.key.public_key().to_string(),
+        ],
+    ));
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    let cert = tmp.path().join("gw.crt");
+    ok(&cli(
+        dir,
+        &db,
+        &[
+            "enroll",
+            "gateway",
+            "--public-key",
+            &gw.public_key().to_string(),
+            "--out",
+            cert.to_str().expect("utf8"),
+        ],
+    ));
+    ok(&cli(
+        dir,
+        &db,
+        &["associate", "--peripheral", "any", "--gateway", "any"],
+    ));
+    let a = Server::start(dir, &db);
+    let b = Server::start(dir, &db);
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+    let key_pem = gw.to_pkcs8_pem().expect("pem");
+    let cert_pem = std::fs::read_to_string(&cert).expect("cert");
+    let gateway = https(&ca, Some((&cert_pem, &key_pem)));
+    let admin = https(&ca, None);
+    let anchor: AnchorSet = serde_json::from_str::<vouch_proto::anchor::AnchorBundle>(&ok(&cli(
+        dir,
+        &db,
+        &["export-anchor"],
+    )))
+    .expect("bundle json")
+    .to_anchor_set()
+    .expect("valid bundle");
+
+    // B vouches.
+    let (_, h) = dev.hello(&anchor, 1);
+    let (_, r) = gateway_takes(&gw, &h, 2);
+    assert!(matches!(
+        vouch_via(&gateway, &b.url, &r).await,
+        VouchAnswer::Vouched(_)
+    ));
+    // The replay cache is shared: the same hello through A is a replay.
+    assert_eq!(
+        vouch_via(&gateway, &a.url, &r).await,
+        VouchAnswer::Refused(Refusal::Denied)
+    );
+
+    // B's feed subscriber, caught up to now, is waiting when A revokes.
+    let res = gateway
+        .get(format!("{}/v1/feed?after=0&wait_ms=0", b.url))
+        .send()
+        .await
+        .expect("feed");
+    let cursor = decode_body::<FeedBatch>(&res.bytes().await.expect("body"))
+        .expect("batch")
+        .next;
+    let sub = {
+        let gateway = gateway.clone();
+        let url = b.url.clone();
+        tokio::spawn(async move {
+            let res = gateway
+                .get(format!("{url}/v1/feed?after={cursor}&wait_ms=20000"))
+                .send()
+                .await
+                .expect("feed");
+            let bytes = res.bytes().await.expect("body");
+            (
+                Instant::now(),
+                decode_body::<FeedBatch>(&bytes).expect("batch"),
+            )
+        })
+    };
+    // Wait until B reports the subscriber waiting, so that what is measured
+    // below is A → shared log → B's poll → subscriber.
+    common::eventually(Duration::from_secs(10), || async {
+        let text = admin
+            .get(format!("{}/metrics", b.url))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|l| l == "vouch_feed_waiters 1")
+            .then_some(())
+    })
+    .await
+    .expect("B's subscriber is waiting");
+    let start = Instant::now();
+    let res = admin
+        .post(format!("{}/v1/admin/peripherals/{}/revoke", a.url, dev.id))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("revoke via A");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    // B honours it at the next vouch.
+    let (_, h) = dev.hello(&anchor, 3);
+    let (_, r) = gateway_takes(&gw, &h, 4);
+    assert_eq!(
+        vouch_via(&gateway, &b.url, &r).await,
+        VouchAnswer::Refused(Refusal::Denied)
+    );
+    // And B's feed delivered it within a second.
+    let (at, batch) = tokio::time::timeout(Duration::from_secs(5), sub)
+        .await
+        .expect("delivered")
+        .expect("task");
+    assert!(
+        at.duration_since(start) < Duration::from_secs(1),
+        "{:?}",
+        at.duration_since(start)
+    );
+    assert_eq!(
+        batch.events[0].change,
+        FeedChange::PeripheralRevoked(dev.id)
+    );
+    let out = ok(&cli(
+        dir,
+        &db,
+        &[
+            "audit",
+            "query",
+            "--peripheral",
+            &dev.id.to_string(),
+            "--action",
+            "vouch",
+        ],
+    ));
+    assert!(out.contains("peripheral_revoked"), "{out}");
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    db.cleanup().await;
+}

@@ -1,0 +1,707 @@
+//! The vouch path through the router (no socket): real peripheral and
+//! gateway state machines, every refusal reason, lockouts, clones, the feed,
+//! on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{gateway_takes, Backend, Db, Device};
+use serde_json::json;
+use vouch_backend::config::{CloneAction, Config};
+use vouch_proto::anchor::AnchorSet;
+use vouch_proto::handshake::backend::BackendKeys;
+use vouch_proto::keys::{IdentityKey, KeyId};
+use vouch_proto::testing::rng;
+use vouch_proto::wire::backend::{
+    decode_body, encode_body, FeedBatch, FeedChange, Refusal, SessionEvent, SessionEventKind,
+    SessionReport, SessionReportAnswer, SessionVerdict, VouchAnswer, VouchBatchAnswer,
+    VouchBatchRequest, VouchRequest,
+};
+use vouch_proto::wire::{Scope, MAX_HANDSHAKE_MESSAGE};
+use vouch_proto::Timestamp;
+
+on_both!(
+    vouch_completes_a_real_handshake_and_refusals_are_uniform,
+    batch_vouches_answer_in_order_and_replays_within_a_batch_are_caught,
+    lockout_after_k_failures_from_a_gateway_and_for_a_claimed_id,
+    clone_detection_alerts_and_allows,
+    clone_detection_alerts_and_refuses,
+    feed_delivers_revocations_and_resumes_from_a_cursor,
+);
+
+async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
+    let (s, bytes) = b.gateway_post(&gw.public_key(), "/v1/vouch", req).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    let answer: VouchAnswer = decode_body(&bytes).expect("answer decodes");
+    (bytes, answer)
+}
+
+async fn vouch_batch_test(
+    b: &Backend,
+    gw: &IdentityKey,
+    items: Vec<VouchRequest>,
+) -> Vec<VouchAnswer> {
+    let (s, bytes) = b
+        .gateway_post(
+            &gw.public_key(),
+            "/v1/vouch/batch",
+            &VouchBatchRequest { items },
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    decode_body::<VouchBatchAnswer>(&bytes)
+        .expect("decodes")
+        .items
+}
+
+fn reasons(entries: &[serde_json::Value]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e["action"] == "vouch")
+        .map(|e| e["reason"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+async fn vouch_completes_a_real_handshake_and_refusals_are_uniform(db: Db) {
+    let b = Backend::new(&db).await;
+    let anchors = b.anchors();
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&gw, Some("plant-1")).await;
+    b.allow("group:meters", "site:plant-1", "telemetry,command")
+        .await;
+
+    // The happy path: a real handshake completes through the backend.
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, Some("meters")).await;
+    let (mut p, hello) = dev.hello(&anchors, 1);
+    let (mut g, req) = gateway_takes(&gw, &hello, 2);
+    let (_, answer) = vouch(&b, &gw, &req).await;
+    let VouchAnswer::Vouched(v) = &answer else {
+        panic!("expected a vouch, got {answer:?}")
+    };
+    assert_eq!(v.peripheral.id, dev.id);
+    assert_eq!(v.peripheral.group.as_deref(), Some("meters"));
+    assert_eq!(
+        v.peripheral.attributes,
+        vec![("model".to_owned(), "m1".to_owned())]
+    );
+    assert_eq!(v.vouch.scope, Scope(3));
+    let now = Timestamp(1_000);
+    g.handle_vouch(now, answer)
+        .expect("gateway accepts the vouch");
+    let response = g.poll_transmit().expect("response");
+    p.handle_input(now, &response)
+        .expect("peripheral accepts the vouch");
+    let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = p.poll_transmit(&mut buf).expect("finish");
+    g.handle_input(now, &buf[..n], &mut rng(3))
+        .expect("finish accepted");
+    let pe = p.into_established().expect("peripheral established");
+    let ge = g.into_established().expect("gateway established");
+    assert_eq!(pe.gateway_key, gw.public_key());
+    assert_eq!(ge.peripheral.id, dev.id);
+    assert_eq!(pe.scope, Scope(3));
+
+    // Every refusal, one per reason. Each answer must be byte-identical.
+    let mut wire = Vec::new();
+    // replay: the same hello again.
+    wire.push(vouch(&b, &gw, &req).await.0);
+    // unknown peripheral.
+    let stranger = Device::new(2);
+    let (_, h) = stranger.hello(&anchors, 10);
+    wire.push(vouch(&b, &gw, &gateway_takes(&gw, &h, 11).1).await.0);
+    // bad signature: claims device 3's id, signed by device 4.
+    let d3 = Device::new(3);
+    b.enroll_peripheral(&d3, Some("meters")).await;
+    let (_, h) = Device::new(4).hello_as(d3.id, &anchors, 12);
+    wire.push(vouch(&b, &gw, &gateway_takes(&gw, &h, 13).1).await.0);
+    // revoked.
+    let d5 = Device::new(5);
+    b.enroll_peripheral(&d5, Some("meters")).await;
+    let (s, _) = b
+        .admin(
+            "POST",
+            &format!("/v1/admin/peripherals/{}/revoke", d5.id),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, h) = d5.hello(&anchors, 14);
+    wire.push(vouch(&b, &gw, &gateway_takes(&gw, &h, 15).1).await.0);
+    // suspended.
+    let d6 = Device::new(6);
+    b.enroll_peripheral(&d6, Some("meters")).await;
+    b.admin(
+        "POST",
+        &format!("/v1/admin/peripherals/{}/suspend", d6.id),
+        None,
+    )
+    .await;
+    let (_, h) = d6.hello(&anchors, 16);
+    wire.push(vouch(&b, &gw, &gateway_takes(&gw, &h, 17).1).await.0);
+    // policy: no rule covers a peripheral without a group.
+    let d7 = Device::new(7);
+    b.enroll_peripheral(&d7, None).await;
+    let (_, h) = d7.hello(&anchors, 18);
+    wire.push(vouch(&b, &gw, &gateway_takes(&gw, &h, 19).1).await.0);
+    // pending.
+    let d8 = Device::new(8);
+    let (s, _) = b
+        .admin(
+            "POST",
+            "/v1/admin/peripherals",
+            Some(json!({"public_key": d8.key.public_key().to_string(), "group": "meters", "status": "pending"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, h) = d8.hello(&anchors, 20);
+    wire.push(vouch(&b, &gw, &gateway_takes(&gw, &h, 21).1).await.0);
+    // malformed hello.
+    let bad = VouchRequest {
+        hello: vec![1, 0, 1, 2, 3],
+        gateway_ephemeral: req.gateway_ephemeral,
+    };
+    wire.push(vouch(&b, &gw, &bad).await.0);
+    // unknown backend key: sealed to another backend's anchor (kid 9).
+    let other = BackendKeys::generate(KeyId(9), &mut rng(77));
+    let (_, h) = dev.hello(&AnchorSet::new(other.anchor()), 22);
+    wire.push(vouch(&b, &gw, &gateway_takes(&gw, &h, 23).1).await.0);
+    // bad seal: a low-order e_P (all zeros) makes the seal key unusable.
+    let (_, mut h) = dev.hello(&anchors, 24);
+    h[4..36].fill(0);
+    wire.push(
+        vouch(
+            &b,
+            &gw,
+            &VouchRequest {
+                hello: h,
+                gateway_ephemeral: req.gateway_ephemeral,
+            },
+        )
+        .await
+        .0,
+    );
+    // a suspended gateway and an unknown gateway (SPEC.md §5.3 step 1).
+    let gw2 = IdentityKey::from_seed(&[101; 32]);
+    b.enroll_gateway(&gw2, Some("plant-1")).await;
+    b.admin(
+        "POST",
+        &format!("/v1/admin/gateways/{}/suspend", gw2.public_key()),
+        None,
+    )
+    .await;
+    let (_, h) = dev.hello(&anchors, 25);
+    wire.push(vouch(&b, &gw2, &gateway_takes(&gw2, &h, 26).1).await.0);
+    let gw3 = IdentityKey::from_seed(&[102; 32]);
+    let (_, h) = dev.hello(&anchors, 27);
+    wire.push(vouch(&b, &gw3, &gateway_takes(&gw3, &h, 28).1).await.0);
+
+    let denied = encode_body(&VouchAnswer::Refused(Refusal::Denied));
+    for (i, w) in wire.iter().enumerate() {
+        assert_eq!(w, &denied, "refusal {i} differs on the wire");
+    }
+
+    // The audit log names each reason exactly.
+    let entries = b.audit("action=vouch").await;
+    let got = reasons(&entries);
+    for reason in [
+        "replay",
+        "unknown_peripheral",
+        "bad_signature",
+        "peripheral_revoked",
+        "peripheral_suspended",
+        "policy_denied",
+        "peripheral_pending",
+        "malformed_hello",
+        "unknown_backend_key",
+        "bad_seal",
+        "gateway_not_active",
+        "gateway_unknown",
+    ] {
+        assert_eq!(
+            got.iter().filter(|r| *r == reason).count(),
+            1,
+            "reason {reason} in {got:?}"
+        );
+    }
+    assert_eq!(
+        entries.iter().filter(|e| e["outcome"] == "vouched").count(),
+        1
+    );
+    // Queryable by device and by gateway.
+    let about_d3 = b.audit(&format!("peripheral={}", d3.id)).await;
+    assert!(about_d3.iter().any(|e| e["reason"] == "bad_signature"));
+    let about_gw2 = b.audit(&format!("gateway={}", gw2.public_key())).await;
+    assert!(about_gw2
+        .iter()
+        .any(|e| e["reason"] == "gateway_not_active"));
+    let (s, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["result"], "intact", "{v}");
+
+    let (_, _, metrics) = b.raw(None, "GET", "/metrics", None, vec![]).await;
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(
+        text.contains("vouch_answers_total{outcome=\"vouched\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("vouch_refusals_total{reason=\"replay\"} 1"));
+}
+
+async fn batch_vouches_answer_in_order_and_replays_within_a_batch_are_caught(db: Db) {
+    let b = Backend::new(&db).await;
+    let anchors = b.anchors();
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&gw, None).await;
+    b.allow("any", &format!("gateway:{}", gw.public_key()), "telemetry")
+        .await;
+    let mut items = Vec::new();
+    let mut machines = Vec::new();
+    for i in 0..5u8 {
+        let d = Device::new(10 + i);
+        if i != 2 {
+            b.enroll_peripheral(&d, None).await;
+        }
+        let (p, h) = d.hello(&anchors, u64::from(i));
+        let (g, req) = gateway_takes(&gw, &h, 100 + u64::from(i));
+        items.push(req);
+        machines.push((p, g));
+    }
+    // The first hello twice in one batch: the second copy is a replay.
+    items.push(items[0].clone());
+    let answers = vouch_batch_test(&b, &gw, items).await;
+    assert_eq!(answers.len(), 6);
+    for (i, a) in answers.iter().enumerate() {
+        let vouched = matches!(a, VouchAnswer::Vouched(_));
+        assert_eq!(vouched, i != 2 && i != 5, "item {i}: {a:?}");
+    }
+    // Each vouch works for its own handshake.
+    for (i, ((mut p, mut g), a)) in machines.into_iter().zip(answers).enumerate() {
+        if i == 2 {
+            continue;
+        }
+        g.handle_vouch(Timestamp(1_000), a).expect("vouch");
+        let r = g.poll_transmit().expect("response");
+        p.handle_input(Timestamp(1_000), &r).expect("peripheral");
+        assert!(p.is_established() || p.poll_timeout().is_some());
+    }
+    let got = reasons(&b.audit("action=vouch").await);
+    assert_eq!(got.iter().filter(|r| *r == "replay").count(), 1, "{got:?}");
+    assert_eq!(got.iter().filter(|r| *r == "unknown_peripheral").count(), 1);
+}
+
+async fn lockout_after_k_failures_from_a_gateway_and_for_a_claimed_id(db: Db) {
+    let mut config = Config::default();
+    config.security.lockout_failures = 3;
+    config.security.lockout_window_s = 600;
+    let b = Backend::with_config(&db, config).await;
+    let anchors = b.anchors();
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&gw, None).await;
+    b.allow("any", "any", "telemetry").await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+
+    // K malformed hellos from one gateway lock it out.
+    let junk = VouchRequest {
+        hello: vec![9; 10],
+        gateway_ephemeral: vouch_proto::keys::DhPublic([7; 32]),
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            vouch(&b, &gw, &junk).await.1,
+            VouchAnswer::Refused(Refusal::Denied)
+        );
+    }
+    // Now even a genuine hello is answered Busy, before any crypto.
+    let (_, h) = dev.hello(&anchors, 1);
+    let (_, req) = gateway_takes(&gw, &h, 2);
+    assert_eq!(
+        vouch(&b, &gw, &req).await.1,
+        VouchAnswer::Refused(Refusal::Busy)
+    );
+    let got = reasons(&b.audit("action=vouch").await);
+    assert_eq!(got.last().map(String::as_str), Some("gateway_locked_out"));
+    let lockouts = b.audit("action=lockout").await;
+    assert_eq!(lockouts.len(), 1, "{lockouts:?}");
+    assert_eq!(lockouts[0]["gateway"], gw.public_key().to_string());
+    let (_, list) = b.admin("GET", "/v1/admin/lockouts", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let (_, _, m) = b.raw(None, "GET", "/metrics", None, vec![]).await;
+    assert!(String::from_utf8_lossy(&m).contains("vouch_lockouts_total{kind=\"gateway\"} 1"));
+
+    // Lifting it lets the genuine hello through.
+    let subject = format!("gateway:{}", gw.public_key());
+    let (s, _) = b
+        .admin("DELETE", &format!("/v1/admin/lockouts/{subject}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(matches!(
+        vouch(&b, &gw, &req).await.1,
+        VouchAnswer::Vouched(_)
+    ));
+
+    // K bad signatures for one claimed id, spread over gateways that each
+    // stay below K, lock the id out for everyone.
+    let victim = Device::new(2);
+    b.enroll_peripheral(&victim, None).await;
+    let attacker = Device::new(3);
+    let gws: Vec<IdentityKey> = (0..3)
+        .map(|i| IdentityKey::from_seed(&[110 + i; 32]))
+        .collect();
+    for (i, g) in gws.iter().enumerate() {
+        b.enroll_gateway(g, None).await;
+        let (_, h) = attacker.hello_as(victim.id, &anchors, 50 + i as u64);
+        let (_, r) = gateway_takes(g, &h, 60 + i as u64);
+        assert_eq!(
+            vouch(&b, g, &r).await.1,
+            VouchAnswer::Refused(Refusal::Denied)
+        );
+    }
+    let (_, h) = victim.hello(&anchors, 70);
+    let (_, r) = gateway_takes(&gw, &h, 71);
+    assert_eq!(
+        vouch(&b, &gw, &r).await.1,
+        VouchAnswer::Refused(Refusal::Busy)
+    );
+    let locks = b.audit("action=lockout").await;
+    assert!(
+        locks
+            .iter()
+            .any(|e| e["peripheral"] == victim.id.to_string()),
+        "{locks:?}"
+    );
+}
+
+async fn report(
+    b: &Backend,
+    gw: &IdentityKey,
+    dev: &Device,
+    kind: SessionEventKind,
+) -> SessionVerdict {
+    let (s, bytes) = b
+        .gateway_post(
+            &gw.public_key(),
+            "/v1/sessions",
+            &SessionReport {
+                events: vec![SessionEvent {
+                    peripheral: dev.id,
+                    kind,
+                    session_id: [1; 8],
+                }],
+            },
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    decode_body::<SessionReportAnswer>(&bytes)
+        .expect("decodes")
+        .items[0]
+}
+
+async fn clone_detection_alerts_and_allows(db: Db) {
+    clone_case(db, CloneAction::Alert).await;
+}
+
+async fn clone_detection_alerts_and_refuses(db: Db) {
+    clone_case(db, CloneAction::Refuse).await;
+}
+
+async fn clone_case(db: Db, action: CloneAction) {
+    {
+        let mut config = Config::default();
+        config.security.clone_action = action;
+        let b = Backend::with_config(&db, config).await;
+        let anchors = b.anchors();
+        let g1 = IdentityKey::from_seed(&[100; 32]);
+        let g2 = IdentityKey::from_seed(&[101; 32]);
+        b.enroll_gateway(&g1, None).await;
+        b.enroll_gateway(&g2, None).await;
+        b.allow("any", "any", "telemetry").await;
+        let dev = Device::new(1);
+        b.enroll_peripheral(&dev, None).await;
+        assert_eq!(
+            report(&b, &g1, &dev, SessionEventKind::Attached).await,
+            SessionVerdict::Accepted
+        );
+        // The same identity asks for a vouch through a second gateway.
+        let (_, h) = dev.hello(&anchors, 1);
+        let (_, r) = gateway_takes(&g2, &h, 2);
+        let answer = vouch(&b, &g2, &r).await.1;
+        let second = report(&b, &g2, &dev, SessionEventKind::Attached).await;
+        match action {
+            CloneAction::Alert => {
+                assert!(matches!(answer, VouchAnswer::Vouched(_)));
+                assert_eq!(second, SessionVerdict::CloneSuspected);
+            }
+            CloneAction::Refuse => {
+                assert_eq!(answer, VouchAnswer::Refused(Refusal::Denied));
+                assert_eq!(second, SessionVerdict::Refused);
+                assert!(
+                    reasons(&b.audit("action=vouch").await).contains(&"clone_refused".to_owned())
+                );
+            }
+        }
+        let alerts = b.audit("action=clone_alert").await;
+        assert_eq!(alerts.len(), 2, "{alerts:?}");
+        // Once the first gateway reports the detach, the second is fine.
+        assert_eq!(
+            report(&b, &g1, &dev, SessionEventKind::Detached).await,
+            SessionVerdict::Accepted
+        );
+        let (_, h) = dev.hello(&anchors, 3);
+        let (_, r) = gateway_takes(&g2, &h, 4);
+        assert!(matches!(
+            vouch(&b, &g2, &r).await.1,
+            VouchAnswer::Vouched(_)
+        ));
+        // A revoked peripheral's session is refused.
+        b.admin(
+            "POST",
+            &format!("/v1/admin/peripherals/{}/revoke", dev.id),
+            None,
+        )
+        .await;
+        assert_eq!(
+            report(&b, &g1, &dev, SessionEventKind::Attached).await,
+            SessionVerdict::Refused
+        );
+        b.state.shutdown();
+    }
+}
+
+async fn feed(
+    b: &Backend,
+    gw: &IdentityKey,
+    after: u64,
+    wait_ms: u64,
+) -> (StatusCode, Option<FeedBatch>) {
+    let (s, _, bytes) = b
+        .raw(
+            Some(gw.public_key()),
+            "GET",
+            &format!("/v1/feed?after={after}&wait_ms={wait_ms}"),
+            None,
+            vec![],
+        )
+        .await;
+    (s, decode_body::<FeedBatch>(&bytes).ok())
+}
+
+async fn feed_delivers_revocations_and_resumes_from_a_cursor(db: Db) {
+    let b = Backend::new(&db).await;
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&gw, None).await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+
+    // Nothing yet: a short poll returns empty with the same cursor.
+    let (s, batch) = feed(&b, &gw, 0, 50).await;
+    assert_eq!(s, StatusCode::OK);
+    let batch = batch.expect("batch");
+    assert!(batch.events.is_empty());
+    assert_eq!(batch.next, 0);
+
+    // A poll waiting when the revocation happens returns within 1 s.
+    let waiter = {
+        let router = b.router.clone();
+        let key = gw.public_key();
+        tokio::spawn(async move {
+            use axum::body::Body;
+            use http_body_util::BodyExt;
+            use tower::ServiceExt;
+            let mut req = axum::http::Request::get("/v1/feed?after=0&wait_ms=10000")
+                .body(Body::empty())
+                .expect("req");
+            req.extensions_mut()
+                .insert(vouch_backend::ClientIdentity(Some(key)));
+            let res = router.oneshot(req).await.expect("infallible");
+            let bytes = res.into_body().collect().await.expect("body").to_bytes();
+            (
+                std::time::Instant::now(),
+                decode_body::<FeedBatch>(&bytes).expect("batch"),
+            )
+        })
+    };
+    // Let the poll reach its wait (it returns only on an event, so there is no
+    // race to lose: an event before the wait is returned at once).
+    tokio::task::yield_now().await;
+    let revoked_at = std::time::Instant::now();
+    let (s, _) = b
+        .admin(
+            "POST",
+            &format!("/v1/admin/peripherals/{}/revoke", dev.id),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (delivered_at, batch) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("delivered")
+        .expect("task");
+    assert!(delivered_at.duration_since(revoked_at) < Duration::from_secs(1));
+    assert_eq!(batch.events.len(), 1);
+    assert_eq!(
+        batch.events[0].change,
+        FeedChange::PeripheralRevoked(dev.id)
+    );
+    let cursor = batch.next;
+
+    // More changes; resuming from the cursor yields exactly the later ones.
+    let gw2 = IdentityKey::from_seed(&[101; 32]);
+    b.enroll_gateway(&gw2, None).await;
+    b.admin(
+        "POST",
+        &format!("/v1/admin/gateways/{}/suspend", gw2.public_key()),
+        None,
+    )
+    .await;
+    b.admin(
+        "POST",
+        &format!("/v1/admin/gateways/{}/reinstate", gw2.public_key()),
+        None,
+    )
+    .await;
+    let (_, batch) = feed(&b, &gw, cursor, 1000).await;
+    let changes: Vec<FeedChange> = batch
+        .expect("batch")
+        .events
+        .into_iter()
+        .map(|e| e.change)
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            FeedChange::GatewaySuspended(gw2.public_key()),
+            FeedChange::GatewayReinstated(gw2.public_key())
+        ]
+    );
+    // From 0, everything, in order.
+    let (_, all) = feed(&b, &gw, 0, 0).await;
+    let all = all.expect("batch");
+    assert_eq!(all.events.len(), 3);
+    assert!(all.events.windows(2).all(|w| w[0].seq < w[1].seq));
+    // A gateway ahead of the log is told to resync.
+    let (_, ahead) = feed(&b, &gw, 1_000_000, 0).await;
+    assert_eq!(ahead.expect("batch").next, all.next);
+    // A suspended gateway cannot subscribe.
+    b.admin(
+        "POST",
+        &format!("/v1/admin/gateways/{}/suspend", gw.public_key()),
+        None,
+    )
+    .await;
+    assert_eq!(feed(&b, &gw, 0, 0).await.0, StatusCode::FORBIDDEN);
+    let (_, _, m) = b.raw(None, "GET", "/metrics", None, vec![]).await;
+    assert!(String::from_utf8_lossy(&m).contains("vouch_revocation_lag_seconds_count"));
+}
+
+/// A lockout POSTs its alert to the configured webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_alert_reaches_the_webhook() {
+    use axum::routing::post;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let hook = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let mut config = Config::default();
+    config.security.lockout_failures = 2;
+    config.webhook.url = Some(format!("http://127.0.0.1:{port}/hook"));
+    let b = Backend::with_config(&Db::Sqlite, config).await;
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&gw, None).await;
+    let junk = VouchRequest {
+        hello: vec![0; 3],
+        gateway_ephemeral: vouch_proto::keys::DhPublic([7; 32]),
+    };
+    vouch(&b, &gw, &junk).await;
+    vouch(&b, &gw, &junk).await;
+    let alert = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the webhook was called")
+        .expect("alert");
+    assert_eq!(alert["alert"], "lockout");
+    assert_eq!(alert["gateway"], gw.public_key().to_string());
+}
+
+/// The whole service in memory (what the simulator uses): no files, no
+/// socket, the backend keys of a `testing::Pair`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_backend_vouches_for_a_pair() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let pair = vouch_proto::testing::Pair::new(5);
+    let anchors = pair.anchors.clone();
+    let (data, token) =
+        vouch_backend::datadir::DataDir::ephemeral(pair.backend).expect("ephemeral");
+    let store = vouch_backend::store::Store::open_in_memory()
+        .await
+        .expect("store");
+    let state = vouch_backend::AppState::new(store, data, Config::default())
+        .await
+        .expect("state");
+    let router = vouch_backend::app(state);
+    let admin = |path: &str, body: serde_json::Value| {
+        axum::http::Request::post(path)
+            .header("authorization", format!("Bearer {}", token.as_str()))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("req")
+    };
+    for (path, body) in [
+        (
+            "/v1/admin/gateways",
+            json!({"public_key": pair.gateway_key.public_key().to_string()}),
+        ),
+        (
+            "/v1/admin/peripherals",
+            json!({"public_key": pair.peripheral_key.public_key().to_string()}),
+        ),
+        (
+            "/v1/admin/policies",
+            json!({"peripheral": "any", "gateway": "any", "scope": "telemetry,command"}),
+        ),
+    ] {
+        let res = router
+            .clone()
+            .oneshot(admin(path, body))
+            .await
+            .expect("infallible");
+        assert_eq!(res.status(), StatusCode::CREATED, "{path}");
+    }
+    let dev = Device {
+        key: pair.peripheral_key,
+        id: pair.peripheral_id,
+    };
+    let (_, hello) = dev.hello(&anchors, 1);
+    let (_, req) = gateway_takes(&pair.gateway_key, &hello, 2);
+    let mut r = axum::http::Request::post("/v1/vouch")
+        .header("content-type", vouch_proto::wire::backend::CONTENT_TYPE)
+        .body(Body::from(encode_body(&req)))
+        .expect("req");
+    r.extensions_mut()
+        .insert(vouch_backend::ClientIdentity(Some(
+            pair.gateway_key.public_key(),
+        )));
+    let res = router.oneshot(r).await.expect("infallible");
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    assert!(matches!(
+        decode_body::<VouchAnswer>(&bytes),
+        Ok(VouchAnswer::Vouched(_))
+    ));
+}

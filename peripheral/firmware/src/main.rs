@@ -1,0 +1,513 @@
+//! Vouch on a microcontroller: the peripheral role of `vouch-proto` (no `std`,
+//! no heap) runs one full handshake and one resumption against the gateway
+//! messages recorded in SPEC.md §12, on a bare-metal Cortex-M under QEMU.
+//!
+//! With the vectors' fixed inputs (the peripheral's seed, the backend's anchor,
+//! and the ephemeral secrets fed through [`FixedRng`]) every byte the
+//! peripheral produces is known: the Hello, the Finish, the ResumeHello, the
+//! resumption's Finish, the session keys, ids and records. The firmware checks
+//! each of them, checks that the Responses of the negative vectors are
+//! rejected, and reports through semihosting: one `CHECK` line per comparison,
+//! one `STEP` line per measured step, `RESULT PASS` or `RESULT FAIL`, and the
+//! exit code.
+//!
+//! Measurements (read by `run.sh`):
+//! - Instructions: `hs_mark` is called right before and right after each step;
+//!   the QEMU plugin in `qemu-plugin/` prints the exact guest instruction count
+//!   at each call, and also attributes instructions to the protocol's crypto
+//!   operations (by their call sites in the ELF).
+//! - Stack: before each step the free stack is painted; after it, the deepest
+//!   overwritten word gives the step's peak, measured from the top of the
+//!   stack (so it includes everything the firmware itself holds there).
+//!
+//! No heap: there is no global allocator, and `run.sh` builds with
+//! `-Zbuild-std=core`, so the `alloc` crate does not exist in this build.
+#![no_std]
+#![no_main]
+
+use core::convert::Infallible;
+use core::hint::black_box;
+
+use cortex_m_rt::{entry, exception, ExceptionFrame};
+use cortex_m_semihosting::{debug, hio};
+use vouch_proto::anchor::{Anchor, AnchorSet};
+use vouch_proto::handshake::peripheral::{
+    PeripheralConfig, PeripheralEstablished, PeripheralHandshake, PeripheralTicket,
+};
+use vouch_proto::keys::{DhPublic, IdentityKey, KeyId, PeripheralId, PublicKey};
+use vouch_proto::session::Inbound;
+use vouch_proto::wire::{Scope, MAX_HANDSHAKE_MESSAGE};
+use vouch_proto::{Error, Timestamp};
+
+#[rustfmt::skip]
+mod vectors;
+use vectors as v;
+
+/// All parties of the vectors run at this time (SPEC.md §12).
+const NOW: Timestamp = Timestamp(1_000);
+
+// ---------------------------------------------------------------------------
+// Fixed inputs
+// ---------------------------------------------------------------------------
+
+/// Decodes hex at compile time (for the vectors).
+pub(crate) const fn unhex<const N: usize>(s: &str) -> [u8; N] {
+    const fn nibble(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => panic!("not lowercase hex"),
+        }
+    }
+    let s = s.as_bytes();
+    assert!(s.len() == 2 * N, "hex length");
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = (nibble(s[2 * i]) << 4) | nibble(s[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
+/// "Randomness" that is one fixed 32-byte secret: an X25519 ephemeral secret
+/// of the vectors. Asking for more than it holds fails the run, so a change in
+/// how much randomness the handshake draws cannot go unnoticed.
+struct FixedRng {
+    bytes: [u8; 32],
+    used: usize,
+}
+
+impl FixedRng {
+    fn new(bytes: [u8; 32]) -> Self {
+        Self { bytes, used: 0 }
+    }
+}
+
+impl rand_core::TryRng for FixedRng {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        let end = self.used + dst.len();
+        if end > self.bytes.len() {
+            fail(b"FixedRng exhausted: the handshake drew more randomness than the vectors hold");
+        }
+        dst.copy_from_slice(&self.bytes[self.used..end]);
+        self.used = end;
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for FixedRng {}
+
+// ---------------------------------------------------------------------------
+// Output through semihosting, without core::fmt (it would cost flash)
+// ---------------------------------------------------------------------------
+
+fn put(bytes: &[u8]) {
+    if let Ok(mut out) = hio::hstdout() {
+        let _ = out.write_all(bytes);
+    }
+}
+
+/// Up to 10 decimal digits.
+fn put_u32(mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put(&buf[i..]);
+}
+
+fn put_hex(bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for chunk in bytes.chunks(32) {
+        let mut buf = [0u8; 64];
+        for (i, b) in chunk.iter().enumerate() {
+            buf[2 * i] = DIGITS[(b >> 4) as usize];
+            buf[2 * i + 1] = DIGITS[(b & 15) as usize];
+        }
+        put(&buf[..2 * chunk.len()]);
+    }
+}
+
+fn fail(why: &[u8]) -> ! {
+    put(b"FATAL ");
+    put(why);
+    put(b"\nRESULT FAIL\n");
+    debug::exit(debug::EXIT_FAILURE);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+/// Tallies the comparisons with the vectors.
+struct Checks {
+    failed: u32,
+    passed: u32,
+}
+
+impl Checks {
+    /// `CHECK <name> ok`, or `CHECK <name> FAIL got <hex> want <hex>`.
+    fn bytes(&mut self, name: &[u8], got: &[u8], want: &[u8]) {
+        put(b"CHECK ");
+        put(name);
+        if got == want {
+            self.passed += 1;
+            put(b" ok\n");
+        } else {
+            self.failed += 1;
+            put(b" FAIL got ");
+            put_hex(got);
+            put(b" want ");
+            put_hex(want);
+            put(b"\n");
+        }
+    }
+
+    fn that(&mut self, name: &[u8], ok: bool) {
+        self.bytes(name, &[ok as u8], &[1]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Measurement
+// ---------------------------------------------------------------------------
+
+/// The QEMU plugin prints the guest instruction count each time this runs.
+#[inline(never)]
+#[no_mangle]
+pub extern "C" fn hs_mark(id: u32) {
+    black_box(id);
+}
+
+extern "C" {
+    // From cortex-m-rt's link.x: the stack grows down from `_stack_start`
+    // (the top of RAM) towards `_stack_end` (the end of .bss).
+    static _stack_start: u32;
+    static _stack_end: u32;
+}
+
+const PAINT: u32 = 0xCCCC_CCCC;
+
+fn stack_top() -> usize {
+    core::ptr::addr_of!(_stack_start) as usize
+}
+
+fn stack_bottom() -> usize {
+    core::ptr::addr_of!(_stack_end) as usize
+}
+
+fn sp() -> usize {
+    cortex_m::register::msp::read() as usize
+}
+
+/// Paints the free stack, below this function's own frame.
+#[inline(never)]
+fn paint_stack() {
+    let below = sp() - 16;
+    let mut p = stack_bottom();
+    while p < below {
+        // SAFETY: between the end of .bss and the stack pointer: unused stack,
+        // and nothing else runs (no interrupts are enabled).
+        unsafe { core::ptr::write_volatile(p as *mut u32, PAINT) };
+        p += 4;
+    }
+}
+
+/// Bytes of stack used since the last paint, measured from the top.
+#[inline(never)]
+fn stack_peak() -> usize {
+    let mut p = stack_bottom();
+    // SAFETY: reads of the stack region only.
+    while p < stack_top() && unsafe { core::ptr::read_volatile(p as *const u32) } == PAINT {
+        p += 4;
+    }
+    stack_top() - p
+}
+
+/// Runs one measured step: paints the stack, brackets `f` with `hs_mark`, and
+/// prints `STEP <name> stack=<peak from top> caller=<depth at the call>`.
+/// `run.sh` pairs the n-th STEP line with the n-th pair of marks.
+#[inline(always)]
+fn step<T>(id: u32, name: &[u8], f: impl FnOnce() -> T) -> T {
+    paint_stack();
+    let caller = stack_top() - sp();
+    hs_mark(id);
+    let r = f();
+    hs_mark(id);
+    black_box(&r);
+    let peak = stack_peak();
+    put(b"STEP ");
+    put(name);
+    put(b" stack=");
+    put_u32(peak as u32);
+    put(b" caller=");
+    put_u32(caller as u32);
+    put(b"\n");
+    r
+}
+
+// ---------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------
+
+#[entry]
+fn main() -> ! {
+    put(b"vouch-firmware: peripheral role of vouch-proto, SPEC.md section 12 vectors\n");
+    let mut checks = Checks {
+        failed: 0,
+        passed: 0,
+    };
+    run(&mut checks);
+    put(b"CHECKS passed=");
+    put_u32(checks.passed);
+    put(b" failed=");
+    put_u32(checks.failed);
+    put(b"\n");
+    if checks.failed == 0 && checks.passed > 0 {
+        put(b"RESULT PASS\n");
+        debug::exit(debug::EXIT_SUCCESS);
+    } else {
+        put(b"RESULT FAIL\n");
+        debug::exit(debug::EXIT_FAILURE);
+    }
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+/// What a real firmware loads from flash at boot.
+struct Provisioned {
+    key: IdentityKey,
+    id: PeripheralId,
+    anchors: AnchorSet,
+}
+
+// The steps, each in a frame of its own: `vouch-proto` code is inlined into
+// these, not into `run`, so `run`'s frame (the "caller" of each STEP line) holds
+// only what a firmware holds across steps: the handshake, the keys, a buffer.
+
+#[inline(never)]
+fn boot_key(seed: &[u8; 32]) -> IdentityKey {
+    IdentityKey::from_seed(seed)
+}
+
+#[inline(never)]
+fn full_start(
+    config: &PeripheralConfig,
+    dev: &Provisioned,
+    rng: &mut FixedRng,
+) -> Result<PeripheralHandshake, Error> {
+    PeripheralHandshake::start(config, dev.id, &dev.key, &dev.anchors, NOW, rng)
+}
+
+#[inline(never)]
+fn resume_start(
+    config: &PeripheralConfig,
+    ticket: PeripheralTicket,
+    rng: &mut FixedRng,
+) -> Result<PeripheralHandshake, Error> {
+    PeripheralHandshake::resume(config, ticket, NOW, rng)
+}
+
+#[inline(never)]
+fn handle(hs: &mut PeripheralHandshake, msg: &[u8]) -> Result<(), Error> {
+    hs.handle_input(NOW, msg)
+}
+
+#[inline(never)]
+fn run(c: &mut Checks) {
+    let config = PeripheralConfig::default();
+    let dev = boot(c);
+    let ticket = full_handshake(c, &config, &dev);
+    resumption(c, &config, ticket);
+    negative_responses(c, &config, &dev);
+    put(b"SIZE PeripheralHandshake=");
+    put_u32(core::mem::size_of::<PeripheralHandshake>() as u32);
+    put(b" PeripheralEstablished=");
+    put_u32(core::mem::size_of::<PeripheralEstablished>() as u32);
+    put(b" Session=");
+    put_u32(core::mem::size_of::<vouch_proto::session::Session>() as u32);
+    put(b" PeripheralTicket=");
+    put_u32(core::mem::size_of::<PeripheralTicket>() as u32);
+    put(b"\n");
+}
+
+/// Boot, once: the identity key from its seed (which computes the public key,
+/// a fixed-base multiplication) and the anchor, as a firmware loads them.
+#[inline(never)]
+fn boot(c: &mut Checks) -> Provisioned {
+    let key = step(1, b"boot.identity_key", || {
+        boot_key(&black_box(v::PERIPHERAL_SEED))
+    });
+    let Some(signing) = PublicKey::from_bytes(v::BACKEND_SIGNING_PUBLIC) else {
+        fail(b"the vector anchor's signing key does not parse");
+    };
+    let anchor = Anchor {
+        kid: KeyId(v::BACKEND_KEY_ID),
+        signing,
+        sealing: DhPublic(v::BACKEND_SEALING_PUBLIC),
+    };
+    let public = key.public_key();
+    c.bytes(b"derived.peripheral_public", public.as_bytes(), &v::PERIPHERAL_PUBLIC);
+    let id = PeripheralId::derive(&public);
+    c.bytes(b"derived.peripheral_id", &id.0, &v::PERIPHERAL_ID);
+    Provisioned {
+        key,
+        id,
+        anchors: AnchorSet::new(anchor),
+    }
+}
+
+/// The full handshake (SPEC.md §5); returns the ticket it derived.
+#[inline(never)]
+fn full_handshake(c: &mut Checks, config: &PeripheralConfig, dev: &Provisioned) -> PeripheralTicket {
+    let mut tx = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let mut rng = FixedRng::new(v::E_P_SECRET);
+    let started = step(2, b"full.hello", || full_start(config, dev, &mut rng));
+    let Ok(mut hs) = started else {
+        fail(b"PeripheralHandshake::start failed");
+    };
+    let n = hs.poll_transmit(&mut tx).unwrap_or(0);
+    c.bytes(b"full.hello", &tx[..n], &v::FULL_HELLO);
+    c.that(b"full.randomness_used", rng.used == 32);
+
+    let r = step(3, b"full.response", || handle(&mut hs, &v::FULL_RESPONSE));
+    c.that(b"full.response_accepted", r.is_ok());
+    let n = hs.poll_transmit(&mut tx).unwrap_or(0);
+    c.bytes(b"full.finish", &tx[..n], &v::FULL_FINISH);
+    let Ok(mut est) = hs.into_established() else {
+        fail(b"full handshake not established");
+    };
+    check_established(c, b"full", &est, &v::FULL_KEY_P2G, &v::FULL_KEY_G2P);
+    c.bytes(b"full.session_id", &est.session.id(), &v::FULL_SESSION_ID);
+    c.bytes(b"full.resumption_id", &est.ticket.id.0, &v::FULL_RESUMPTION_ID);
+    c.bytes(b"full.gateway_key", est.gateway_key.as_bytes(), &v::GATEWAY_PUBLIC);
+    c.that(b"full.scope", est.scope == Scope(v::SCOPE));
+    c.that(
+        b"full.lifetimes",
+        est.lifetimes.session_s == v::SESSION_LIFETIME_S
+            && est.lifetimes.resumption_s == v::RESUMPTION_LIFETIME_S,
+    );
+    c.that(b"full.not_resumed", !est.resumed);
+    records(c, &mut est);
+    est.ticket
+}
+
+/// The resumption (SPEC.md §6) with the ticket of the full handshake.
+#[inline(never)]
+fn resumption(c: &mut Checks, config: &PeripheralConfig, ticket: PeripheralTicket) {
+    let mut tx = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let mut rng = FixedRng::new(v::RESUME_E_P_SECRET);
+    let started = step(4, b"resume.hello", || resume_start(config, ticket, &mut rng));
+    let Ok(mut hs) = started else {
+        fail(b"PeripheralHandshake::resume failed");
+    };
+    let n = hs.poll_transmit(&mut tx).unwrap_or(0);
+    c.bytes(b"resume.resume_hello", &tx[..n], &v::RESUME_HELLO);
+    c.that(b"resume.randomness_used", rng.used == 32);
+
+    let r = step(5, b"resume.response", || handle(&mut hs, &v::RESUME_RESPONSE));
+    c.that(b"resume.response_accepted", r.is_ok());
+    let n = hs.poll_transmit(&mut tx).unwrap_or(0);
+    c.bytes(b"resume.finish", &tx[..n], &v::RESUME_FINISH);
+    let Ok(est) = hs.into_established() else {
+        fail(b"resumption not established");
+    };
+    check_established(c, b"resume", &est, &v::RESUME_KEY_P2G, &v::RESUME_KEY_G2P);
+    c.bytes(
+        b"resume.next_resumption_id",
+        &est.ticket.id.0,
+        &v::RESUME_NEXT_RESUMPTION_ID,
+    );
+    c.that(b"resume.resumed", est.resumed);
+    c.that(b"resume.scope", est.scope == Scope(v::SCOPE));
+}
+
+/// The session keys, as `Session::danger_export_keys` gives them: the
+/// peripheral sends with p2g and receives with g2p.
+fn check_established(
+    c: &mut Checks,
+    which: &[u8],
+    est: &PeripheralEstablished,
+    p2g: &[u8; 32],
+    g2p: &[u8; 32],
+) {
+    let (send, recv) = est.session.danger_export_keys();
+    put(b"KEYS ");
+    put(which);
+    put(b" p2g=");
+    put_hex(&send);
+    put(b" g2p=");
+    put_hex(&recv);
+    put(b"\n");
+    c.bytes(b"keys.p2g", &send, p2g);
+    c.bytes(b"keys.g2p", &recv, g2p);
+}
+
+/// The first record each way (SPEC.md §12): the peripheral's, sealed at
+/// counter 1, and the gateway's, opened at counter 0.
+#[inline(never)]
+fn records(c: &mut Checks, est: &mut PeripheralEstablished) {
+    let mut rec = [0u8; 64];
+    let n = est
+        .session
+        .seal_data(NOW, &v::RECORD_P2G_PLAINTEXT, &mut rec)
+        .unwrap_or(0);
+    c.bytes(b"full.record_p2g_counter_1", &rec[..n], &v::RECORD_P2G_COUNTER_1);
+    let mut plain = [0u8; 64];
+    let got = match est.session.open(NOW, &v::RECORD_G2P_COUNTER_0, &mut plain) {
+        Ok(Inbound::Data(d)) => d,
+        _ => &[],
+    };
+    c.bytes(b"full.record_g2p_counter_0", got, &v::RECORD_G2P_PLAINTEXT);
+}
+
+/// Every `peripheral_response` negative vector: a peripheral that sent the
+/// vector Hello must reject it as the Response.
+#[inline(never)]
+fn negative_responses(c: &mut Checks, config: &PeripheralConfig, dev: &Provisioned) {
+    for (name, input) in v::NEGATIVE_RESPONSES {
+        let mut rng = FixedRng::new(v::E_P_SECRET);
+        let Ok(mut hs) = full_start(config, dev, &mut rng) else {
+            fail(b"PeripheralHandshake::start failed");
+        };
+        let rejected = handle(&mut hs, input).is_err() && !hs.is_established();
+        put(b"CHECK negative.");
+        put(name.as_bytes());
+        if rejected {
+            c.passed += 1;
+            put(b" rejected ok\n");
+        } else {
+            c.failed += 1;
+            put(b" ACCEPTED FAIL\n");
+        }
+    }
+}
+
+#[exception]
+unsafe fn HardFault(_frame: &ExceptionFrame) -> ! {
+    fail(b"HardFault");
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    fail(b"panic");
+}

@@ -1,0 +1,108 @@
+//! The device's links to a gateway, behind two narrow traits of our own.
+//!
+//! A [`Connector`] produces one [`Link`] per connection: over TCP it dials the
+//! gateway; over BLE it waits for a gateway to connect and subscribe. A link
+//! carries whole Vouch messages: each transport fragments and reassembles
+//! with `vouch_proto::framing` (SPEC.md §8), so the driver never sees
+//! fragments. Implementations: [`tcp`] (development, simulator, CI) and, with
+//! feature `ble`, `ble` (a BlueZ GATT server; the only file that imports
+//! bluer).
+
+#[cfg(feature = "ble")]
+pub mod ble;
+pub mod tcp;
+
+use std::future::Future;
+
+use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT};
+use vouch_proto::{FramingError, Timestamp};
+
+/// Why a link failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The socket or radio failed.
+    #[error("link I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer broke the framing rules (SPEC.md §8); the link is closed.
+    #[error("framing: {0}")]
+    Framing(#[from] FramingError),
+    /// The gateway address is not usable.
+    #[error("invalid gateway address {0:?} (expected tcp://HOST:PORT)")]
+    InvalidAddress(String),
+    /// The ATT MTU is outside 23..=517.
+    #[error("ATT MTU {0} is outside 23..=517")]
+    InvalidMtu(usize),
+    /// Connecting or sending took too long.
+    #[error("link operation timed out")]
+    Timeout,
+    /// The BlueZ stack failed (feature `ble`).
+    #[cfg(feature = "ble")]
+    #[error("BlueZ: {0}")]
+    Ble(#[from] bluer::Error),
+}
+
+/// One connection to one gateway, carrying whole messages.
+///
+/// `recv` must be cancel-safe: the driver calls it inside `select!`.
+pub trait Link: Send {
+    /// Sends one whole message.
+    fn send(&mut self, msg: &[u8]) -> impl Future<Output = Result<(), LinkError>> + Send;
+    /// The next whole message; `None` when the gateway disconnected.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>, LinkError>> + Send;
+    /// A description of the peer for logs (an address: never trusted).
+    fn peer(&self) -> String;
+}
+
+/// Produces links to a gateway, one per connection.
+pub trait Connector: Send + 'static {
+    /// The link type.
+    type Link: Link;
+    /// The next connection. Over TCP: dial. Over BLE: wait until a gateway
+    /// connects and subscribes (SPEC.md §8.5).
+    fn connect(&mut self) -> impl Future<Output = Result<Self::Link, LinkError>> + Send;
+    /// What this connector reaches, for logs.
+    fn describe(&self) -> String;
+}
+
+/// Checks an ATT MTU: 23 (the BLE minimum) to 517 (a 512-byte fragment, SPEC.md §8.2).
+pub fn check_att_mtu(att_mtu: usize) -> Result<usize, LinkError> {
+    if (23..=517).contains(&att_mtu) {
+        Ok(att_mtu)
+    } else {
+        Err(LinkError::InvalidMtu(att_mtu))
+    }
+}
+
+/// Splits a message into the fragments of SPEC.md §8.1 for `att_mtu`.
+pub(crate) fn fragments(msg: &[u8], att_mtu: usize) -> Result<Vec<Vec<u8>>, LinkError> {
+    let mut f = Fragmenter::new(msg, att_mtu)?;
+    let mut out = Vec::with_capacity(Fragmenter::count(msg.len(), att_mtu)?);
+    let mut buf = [0u8; MAX_FRAGMENT];
+    while let Some(n) = f.next_into(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    Ok(out)
+}
+
+/// Reassembly of one link's fragments within the limits of SPEC.md §8.3, on
+/// the link's own clock.
+pub(crate) struct Reassembly {
+    inner: Box<Reassembler>,
+    epoch: tokio::time::Instant,
+}
+
+impl Reassembly {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Box::new(Reassembler::new(ReassemblyLimits::default())),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes one fragment; returns a whole message when it completes one.
+    pub(crate) fn push(&mut self, fragment: &[u8]) -> Result<Option<Vec<u8>>, FramingError> {
+        let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
+        Ok(self.inner.push(now, fragment)?.map(<[u8]>::to_vec))
+    }
+}

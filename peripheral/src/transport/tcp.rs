@@ -1,0 +1,200 @@
+//! The TCP transport (SPEC.md §8.4): the device dials the gateway and sends
+//! the BLE fragments of a configured ATT MTU, each preceded by its length as
+//! two bytes little-endian.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vouch_proto::framing::{stream, MAX_FRAGMENT};
+
+use super::{check_att_mtu, fragments, Connector, Link, LinkError, Reassembly};
+
+/// The ATT MTU the TCP transport uses unless told otherwise (SPEC.md §8.4).
+pub const DEFAULT_ATT_MTU: usize = 247;
+
+/// Dials a gateway over TCP.
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    addr: String,
+    att_mtu: usize,
+    connect_timeout: Duration,
+}
+
+impl TcpConnector {
+    /// A connector to `addr` (`HOST:PORT`) with fragments for `att_mtu`
+    /// (23..=517).
+    pub fn new(addr: impl Into<String>, att_mtu: usize) -> Result<Self, LinkError> {
+        let addr = addr.into();
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(LinkError::InvalidAddress(addr));
+        }
+        Ok(Self {
+            addr,
+            att_mtu: check_att_mtu(att_mtu)?,
+            connect_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// A connector from a URL `tcp://HOST:PORT`.
+    pub fn from_url(url: &str, att_mtu: usize) -> Result<Self, LinkError> {
+        let addr = url
+            .strip_prefix("tcp://")
+            .ok_or_else(|| LinkError::InvalidAddress(url.to_string()))?;
+        Self::new(addr.trim_end_matches('/'), att_mtu)
+    }
+
+    /// Sets how long a connection attempt may take (default 10 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The ATT MTU the fragments are sized for.
+    pub fn att_mtu(&self) -> usize {
+        self.att_mtu
+    }
+}
+
+impl Connector for TcpConnector {
+    type Link = TcpLink;
+
+    async fn connect(&mut self) -> Result<TcpLink, LinkError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        TcpLink::new(stream, self.att_mtu)
+    }
+
+    fn describe(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+}
+
+/// A TCP connection to a gateway carrying Vouch messages.
+#[derive(Debug)]
+pub struct TcpLink {
+    stream: TcpStream,
+    peer: String,
+    att_mtu: usize,
+    decoder: stream::Decoder,
+    reassembly: ReassemblyDebug,
+    /// Bytes read but not yet given to the decoder.
+    pending: Vec<u8>,
+    write_timeout: Duration,
+}
+
+/// [`Reassembly`] has a large buffer; keep it out of `Debug` output.
+struct ReassemblyDebug(Reassembly);
+
+impl std::fmt::Debug for ReassemblyDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reassembly")
+    }
+}
+
+impl TcpLink {
+    /// Wraps a connected stream; `att_mtu` sets the fragment size.
+    pub fn new(stream: TcpStream, att_mtu: usize) -> Result<Self, LinkError> {
+        let peer = stream.peer_addr()?.to_string();
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            peer,
+            att_mtu: check_att_mtu(att_mtu)?,
+            decoder: stream::Decoder::default(),
+            reassembly: ReassemblyDebug(Reassembly::new()),
+            pending: Vec::new(),
+            write_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Feeds pending bytes through the decoder and reassembler; returns a whole
+    /// message if one completed.
+    fn drain(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        let mut at = 0;
+        let mut out = None;
+        while at < self.pending.len() && out.is_none() {
+            let (used, fragment) = self.decoder.push(&self.pending[at..])?;
+            at += used;
+            if let Some(fragment) = fragment {
+                out = self.reassembly.0.push(fragment)?;
+            }
+        }
+        self.pending.drain(..at);
+        Ok(out)
+    }
+}
+
+impl Link for TcpLink {
+    async fn send(&mut self, msg: &[u8]) -> Result<(), LinkError> {
+        let mut wire = Vec::with_capacity(msg.len() + msg.len() / 8 + 8);
+        let mut framed = [0u8; MAX_FRAGMENT + stream::PREFIX];
+        for fragment in fragments(msg, self.att_mtu)? {
+            let n = stream::encode(&fragment, &mut framed)?;
+            wire.extend_from_slice(&framed[..n]);
+        }
+        tokio::time::timeout(self.write_timeout, self.stream.write_all(&wire))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        loop {
+            if let Some(msg) = self.drain()? {
+                return Ok(Some(msg));
+            }
+            let mut buf = [0u8; 2048];
+            // `read` is cancel-safe, and every byte read is kept in `pending`
+            // before the next await, so cancelling `recv` loses nothing.
+            let n = self.stream.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn peer(&self) -> String {
+        format!("tcp:{}", self.peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_mtus_are_checked() {
+        assert!(TcpConnector::from_url("tcp://127.0.0.1:7800", 247).is_ok());
+        assert!(TcpConnector::from_url("tcp://gw.local:7800/", 23).is_ok());
+        for bad in [
+            "127.0.0.1:7800",
+            "tcp://",
+            "tcp://host",
+            "tcp://host:port",
+            "udp://h:1",
+            "tcp://:1",
+        ] {
+            assert!(
+                matches!(
+                    TcpConnector::from_url(bad, 247),
+                    Err(LinkError::InvalidAddress(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            TcpConnector::from_url("tcp://h:1", 22),
+            Err(LinkError::InvalidMtu(22))
+        ));
+        assert!(matches!(
+            TcpConnector::from_url("tcp://h:1", 518),
+            Err(LinkError::InvalidMtu(518))
+        ));
+    }
+}

@@ -1,0 +1,289 @@
+//! End to end over real sockets: the backend serving HTTPS (mutual TLS for
+//! the gateway), the gateway's TCP transport, and the device driver.
+
+use std::time::{Duration, Instant};
+
+use vouch_gateway::sessions::SendError;
+use vouch_peripheral::driver::SessionEnd;
+use vouch_peripheral::Event;
+use vouch_proto::session::CloseReason;
+use vouch_tests::{wait_for, Backend, Db, Device, Gateway};
+
+async fn first_session_and_data(db: Db) {
+    let backend = Backend::start_on(db).await;
+    let gateway = Gateway::start(&backend, "plant-1").await;
+    let device = Device::enroll(&backend, "meters").await;
+    backend
+        .allow("group:meters", "site:plant-1", "telemetry,command")
+        .await;
+
+    let mut inbound = gateway.table.subscribe();
+    let mut dev = device.run(&gateway).await;
+    assert!(
+        !dev.established().await,
+        "the first session is a full handshake"
+    );
+    wait_for("the gateway's session", || {
+        gateway.has_session(&device.id).then_some(())
+    })
+    .await;
+
+    // Device → gateway.
+    dev.handle
+        .send(b"t=21.5".to_vec())
+        .await
+        .expect("telemetry sent");
+    let got = tokio::time::timeout(vouch_tests::DEADLINE, inbound.recv())
+        .await
+        .expect("telemetry arrives")
+        .expect("msg");
+    assert_eq!(
+        (got.peripheral, got.data.as_slice()),
+        (device.id, &b"t=21.5"[..])
+    );
+
+    // Gateway → device.
+    gateway
+        .table
+        .send(device.id, b"led=on".to_vec())
+        .await
+        .expect("command sent");
+    let ev = dev
+        .next_matching("the command", |e| matches!(e, Event::Data(_)))
+        .await;
+    assert!(matches!(ev, Event::Data(d) if d == b"led=on"));
+
+    // The backend recorded the vouch.
+    let audit = backend.audit_of(&device.id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "vouch" && e["outcome"] == "vouched"),
+        "audit: {audit:?}"
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn enrollment_to_first_session_with_data_both_ways_on_sqlite() {
+    first_session_and_data(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn enrollment_to_first_session_with_data_both_ways_on_postgres() {
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    first_session_and_data(db).await;
+}
+
+#[tokio::test]
+async fn commands_outside_the_granted_scope_are_refused() {
+    let backend = Backend::start().await;
+    let gateway = Gateway::start(&backend, "plant-1").await;
+    let device = Device::enroll(&backend, "meters").await;
+    backend
+        .allow("group:meters", "site:plant-1", "telemetry")
+        .await;
+    let mut dev = device.run(&gateway).await;
+    dev.established().await;
+    wait_for("session", || gateway.has_session(&device.id).then_some(())).await;
+    assert_eq!(
+        gateway.table.send(device.id, b"unlock".to_vec()).await,
+        Err(SendError::OutOfScope(device.id))
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn resumption_while_the_backend_is_down() {
+    let mut backend = Backend::start().await;
+    let gateway = Gateway::start(&backend, "plant-1").await;
+    let device = Device::enroll(&backend, "meters").await;
+    backend
+        .allow("group:meters", "site:plant-1", "telemetry,command")
+        .await;
+    let store = device.store();
+    let mut dev = device.run_url(&gateway.url(), store.clone()).await;
+    assert!(!dev.established().await);
+    dev.stop().await;
+    wait_for("the first session to end", || {
+        (!gateway.has_session(&device.id)).then_some(())
+    })
+    .await;
+
+    backend.stop().await;
+    // The same device (same flash) comes back: it resumes without the backend.
+    let mut dev = device.run_url(&gateway.url(), store).await;
+    assert!(dev.established().await, "resumed without the backend");
+    dev.handle.send(b"still here".to_vec()).await.expect("send");
+    dev.stop().await;
+
+    // A device that never had a session cannot get one while the backend is down.
+    let newcomer = Device::enroll_offline(&device);
+    let mut dev = newcomer.run(&gateway).await;
+    dev.next_matching("a refusal", |e| matches!(e, Event::HandshakeFailed(_)))
+        .await;
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_a_peripheral_closes_its_live_session() {
+    let backend = Backend::start().await;
+    let gateway = Gateway::start(&backend, "plant-1").await;
+    let device = Device::enroll(&backend, "meters").await;
+    backend
+        .allow("group:meters", "site:plant-1", "telemetry,command")
+        .await;
+    let mut dev = device.run(&gateway).await;
+    dev.established().await;
+    wait_for("session", || gateway.has_session(&device.id).then_some(())).await;
+
+    let t0 = Instant::now();
+    backend.peripheral_action(&device.id, "revoke").await;
+    let ev = dev
+        .next_matching("the revocation close", |e| {
+            matches!(e, Event::SessionEnded(SessionEnd::ClosedByGateway(_)))
+        })
+        .await;
+    let latency = t0.elapsed();
+    assert!(
+        matches!(
+            ev,
+            Event::SessionEnded(SessionEnd::ClosedByGateway(CloseReason::REVOKED))
+        ),
+        "{ev:?}"
+    );
+    println!("revocation reached the live session in {latency:?}");
+    // And it cannot come back: the next handshake is refused.
+    dev.next_matching("a refused handshake", |e| {
+        matches!(e, Event::HandshakeFailed(_))
+    })
+    .await;
+    assert!(!gateway.has_session(&device.id));
+    let audit = backend.audit_of(&device.id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "vouch" && e["outcome"] == "denied"),
+        "the refusal is audited: {audit:?}"
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_a_gateway_closes_its_sessions() {
+    let backend = Backend::start().await;
+    let gateway = Gateway::start(&backend, "plant-1").await;
+    let device = Device::enroll(&backend, "meters").await;
+    backend
+        .allow("group:meters", "site:plant-1", "telemetry")
+        .await;
+    let mut dev = device.run(&gateway).await;
+    dev.established().await;
+    backend.gateway_action(&gateway.key, "revoke").await;
+    let ev = dev
+        .next_matching("the close", |e| {
+            matches!(e, Event::SessionEnded(SessionEnd::ClosedByGateway(_)))
+        })
+        .await;
+    assert!(
+        matches!(
+            ev,
+            Event::SessionEnded(SessionEnd::ClosedByGateway(CloseReason::REVOKED))
+        ),
+        "{ev:?}"
+    );
+    dev.next_matching("a refused handshake", |e| {
+        matches!(e, Event::HandshakeFailed(_))
+    })
+    .await;
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn backend_restart_keeps_sessions_and_serves_new_peripherals() {
+    let mut backend = Backend::start().await;
+    let gateway = Gateway::start(&backend, "plant-1").await;
+    let a = Device::enroll(&backend, "meters").await;
+    let b = Device::enroll(&backend, "meters").await;
+    backend
+        .allow("group:meters", "site:plant-1", "telemetry,command")
+        .await;
+    let mut dev_a = a.run(&gateway).await;
+    dev_a.established().await;
+
+    backend.restart().await;
+    // The live session never needed the backend.
+    dev_a
+        .handle
+        .send(b"across the restart".to_vec())
+        .await
+        .expect("send");
+    // A new peripheral gets a full handshake from the restarted backend.
+    let mut dev_b = b.run(&gateway).await;
+    assert!(!dev_b.established().await);
+    dev_a.stop().await;
+    dev_b.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_restart_is_survived() {
+    let backend = Backend::start().await;
+    let mut gateway = Gateway::start(&backend, "plant-1").await;
+    let device = Device::enroll(&backend, "meters").await;
+    backend
+        .allow("group:meters", "site:plant-1", "telemetry,command")
+        .await;
+    let mut dev = device.run(&gateway).await;
+    dev.established().await;
+
+    gateway.restart().await;
+    dev.next_matching("the session to end", |e| {
+        matches!(e, Event::SessionEnded(_))
+    })
+    .await;
+    // The device reconnects by itself; the restarted gateway lost its
+    // tickets, so this is a full handshake through the backend.
+    dev.established().await;
+    wait_for("the new session", || {
+        gateway.has_session(&device.id).then_some(())
+    })
+    .await;
+    gateway
+        .table
+        .send(device.id, b"hello again".to_vec())
+        .await
+        .expect("command after restart");
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn two_backend_instances_on_one_postgres_act_as_one() {
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    let a = Backend::start_on(db).await;
+    let b = a.second_instance().await;
+    // The gateway talks to instance B; the operator revokes through instance A.
+    let gateway = Gateway::start(&a, "plant-1").await;
+    let gateway_b = Gateway::start_with_backend_url(&a, "plant-2", &b.url()).await;
+    let device = Device::enroll(&a, "meters").await;
+    a.allow("group:meters", "any", "telemetry").await;
+    let mut dev = device.run(&gateway_b).await;
+    dev.established().await;
+    a.peripheral_action(&device.id, "revoke").await;
+    // Instance B's feed carries the revocation to its gateway...
+    dev.next_matching("the close", |e| {
+        matches!(e, Event::SessionEnded(SessionEnd::ClosedByGateway(_)))
+    })
+    .await;
+    // ...and B refuses the next vouch.
+    dev.next_matching("a refused handshake", |e| {
+        matches!(e, Event::HandshakeFailed(_))
+    })
+    .await;
+    drop(gateway);
+    dev.stop().await;
+    let _ = Duration::ZERO;
+}
