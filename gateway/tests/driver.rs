@@ -229,3 +229,64 @@ async fn silent_peer_times_out() {
         Outcome::HandshakeFailed(vouch_gateway::Error::Timeout(_))
     ));
 }
+
+#[tokio::test]
+async fn connection_floods_are_capped_and_the_gateway_keeps_serving() {
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    const CAP: usize = 4;
+    tokio::spawn(vouch_gateway::server::serve_tcp(
+        listener,
+        s.ctx.clone(),
+        CAP,
+        247,
+        s.shutdown.clone(),
+    ));
+    // An attacker opens 60 connections and says nothing (slow peers).
+    let mut flood = Vec::new();
+    for _ in 0..60 {
+        flood.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Beyond the cap, connections are refused at once: counted as link errors,
+    // and the refused sockets see end-of-stream.
+    wait_for("refusals beyond the cap", || {
+        s.ctx.metrics.render().contains(&format!(
+            "vouch_gateway_link_errors_total{{transport=\"tcp\"}} {}",
+            60 - CAP
+        ))
+    })
+    .await;
+    // The flood goes away; the slots come back and a real device is served.
+    drop(flood);
+    let stream = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let st = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut link =
+                vouch_gateway::transport::tcp::TcpLink::new(st, 247, Default::default()).unwrap();
+            let mut p = PeripheralHandshake::start(
+                &PeripheralConfig::default(),
+                s.id,
+                &s.backend.device,
+                &s.anchors,
+                Timestamp(0),
+                &mut rng(77),
+            )
+            .unwrap();
+            let mut buf = [0u8; 256];
+            let n = p.poll_transmit(&mut buf).unwrap();
+            link.send(&buf[..n]).await.unwrap();
+            match link.recv().await {
+                Ok(Some(resp)) => {
+                    p.handle_input(Timestamp(0), &resp).unwrap();
+                    return p;
+                }
+                // Refused while the flood's slots were still being released.
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("a real device is served after the flood");
+    assert!(stream.is_established());
+}
