@@ -600,6 +600,41 @@ impl RunningDevice {
     }
 }
 
+impl Device {
+    /// This device's identity key (tests that build raw handshakes).
+    pub fn key(&self) -> IdentityKey {
+        IdentityKey::from_seed(&self.key_seed)
+    }
+
+    /// The anchors it was provisioned with.
+    pub fn anchors(&self) -> vouch_proto::anchor::AnchorSet {
+        self.anchor.to_anchor_set().expect("anchors")
+    }
+}
+
+/// Sends `first` (a Hello or ResumeHello) to the gateway at `url` on a fresh
+/// TCP connection and returns the gateway's answer (a Response or an Alert),
+/// keeping the link so the caller can go on.
+pub async fn exchange(
+    url: &str,
+    first: &[u8],
+) -> (Vec<u8>, vouch_gateway::transport::tcp::TcpLink) {
+    use vouch_gateway::transport::Link;
+    let addr = url.trim_start_matches("tcp://");
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to gateway");
+    let mut link =
+        vouch_gateway::transport::tcp::TcpLink::new(stream, 247, Default::default()).expect("link");
+    link.send(first).await.expect("send");
+    let answer = tokio::time::timeout(DEADLINE, link.recv())
+        .await
+        .expect("the gateway answers")
+        .expect("link")
+        .expect("an answer, not a hang-up");
+    (answer, link)
+}
+
 /// A scratch directory path inside a temp dir.
 pub fn scratch(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
