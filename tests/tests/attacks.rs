@@ -144,7 +144,7 @@ async fn brute_force_against_one_identity_locks_it_out_and_alerts() {
         .await;
     assert_eq!(s, 200);
     assert!(
-        !v["items"].as_array().map_or(true, |a| a.is_empty()),
+        !v["items"].as_array().is_none_or(|a| a.is_empty()),
         "lockout audited: {v}"
     );
     let (_p, genuine) = hello(&device, 200);
