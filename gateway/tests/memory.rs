@@ -209,8 +209,21 @@ fn memory_per_established_session() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let ready = tokio::task::spawn_blocking(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.ends_with("ready"))
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        // Keep reading the child's output to its end (a closed pipe would make
+        // the child's test harness fail to print its summary).
+        std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.ends_with("ready") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(true);
+                    }
+                }
+            }
+            if let Some(tx) = ready_tx.take() {
+                let _ = tx.send(false);
+            }
         });
         let ok = tokio::time::timeout(Duration::from_secs(300), ready).await.unwrap().unwrap();
         assert!(ok, "child peripherals failed; gateway metrics:\n{}", ctx.metrics.render());
