@@ -1,14 +1,26 @@
 //! Brute-force lockouts and alerts.
 //!
-//! A real device never presents a bad credential, so every *credential
-//! failure* (a malformed hello, an unknown backend key, a hello that does not
-//! open, an unknown peripheral, a bad signature, a replay) counts against the
-//! gateway that forwarded it and, when the hello named one, against the
-//! claimed peripheral id. K failures within T seconds for one subject lock it
-//! out for the lockout duration: its requests are answered `Refused(Busy)`
-//! before any crypto. Decisions that are not credential failures (a suspended
-//! or revoked device, a policy refusal, a clone refusal) do not count: they
-//! are the registry working, not someone guessing.
+//! A real device never presents a bad credential, so repeated failures are
+//! attacks, and they are detected per subject:
+//!
+//! - **The claimed peripheral id**: every credential failure (a hello that
+//!   does not open, an unknown peripheral, a bad signature, a replay) counts
+//!   against the id it claimed. K failures within T seconds lock the id: an
+//!   audit entry, an alert, a metric. The lock does **not** refuse the id's
+//!   hellos: anyone can seal any id to the backend, so refusing a locked id
+//!   would let an attacker shut a genuine device out everywhere, and answering
+//!   a locked id differently would tell a radio observer which id a hello
+//!   holds. A genuine device's valid signature still gets its vouch; the
+//!   attacker's guesses keep getting the same `Denied` as before.
+//! - **The gateway**: only failures an honest gateway never causes count
+//!   against it (a body that is not a hello; an honest gateway decodes the
+//!   hello before forwarding it). Failures from the radio side do not: the
+//!   gateway relays them without being able to check them. A locked gateway's
+//!   requests are answered `Refused(Busy)` before any crypto.
+//!
+//! Decisions that are not credential failures (a suspended or revoked device,
+//! a policy refusal, a clone refusal) do not count: they are the registry
+//! working, not someone guessing.
 //!
 //! Failure counting is per instance (a sliding window in memory); the lockouts
 //! themselves are written to the shared store and every instance refreshes

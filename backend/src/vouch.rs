@@ -67,8 +67,6 @@ pub enum Reason {
     Replay,
     /// The sealed identity does not open (low-order `e_P`).
     BadSeal,
-    /// The claimed id is locked out.
-    PeripheralLockedOut,
     /// The claimed id is not registered.
     UnknownPeripheral,
     /// The peripheral is pending.
@@ -96,7 +94,6 @@ impl Reason {
             Reason::UnknownBackendKey => "unknown_backend_key",
             Reason::Replay => "replay",
             Reason::BadSeal => "bad_seal",
-            Reason::PeripheralLockedOut => "peripheral_locked_out",
             Reason::UnknownPeripheral => "unknown_peripheral",
             Reason::PeripheralPending => "peripheral_pending",
             Reason::PeripheralSuspended => "peripheral_suspended",
@@ -110,13 +107,22 @@ impl Reason {
     /// What goes on the wire.
     pub fn refusal(self) -> Refusal {
         match self {
-            Reason::GatewayLockedOut | Reason::PeripheralLockedOut => Refusal::Busy,
+            Reason::GatewayLockedOut => Refusal::Busy,
             _ => Refusal::Denied,
         }
     }
 
-    /// Whether this is a credential failure, which counts toward lockout (see
-    /// [`crate::security`]).
+    /// Whether a gateway is to blame for this failure, so that it counts
+    /// toward the gateway's lockout. Only a body an honest gateway would never
+    /// send: every other failure comes from the radio side, which an honest
+    /// gateway relays without being able to check (counting those would let
+    /// anyone in radio range lock a gateway out).
+    pub fn counts_against_gateway(self) -> bool {
+        matches!(self, Reason::MalformedHello)
+    }
+
+    /// Whether this is a credential failure, which counts toward the claimed
+    /// id's lockout (see [`crate::security`]).
     pub fn is_credential_failure(self) -> bool {
         matches!(
             self,
@@ -259,17 +265,13 @@ pub(crate) async fn vouch_batch(
         } else {
             match open_hello(&item.hello, &state.keys) {
                 Err(_) => Stage::Done(refuse(item, None, Reason::BadSeal)),
-                Ok(o) => {
-                    let claimed = o.claimed_peripheral();
-                    if state
-                        .lockouts
-                        .is_locked(&Subject::Peripheral(claimed.to_string()), now)
-                    {
-                        Stage::Done(refuse(item, Some(claimed), Reason::PeripheralLockedOut))
-                    } else {
-                        Stage::Opened(o)
-                    }
-                }
+                // A locked-out claimed id is not refused here: anyone can seal
+                // any id to the backend, so refusing it would let an attacker
+                // lock a genuine device out everywhere (and answering
+                // differently would tell an observer which id a hello holds).
+                // Its lockout is the audit entry and the alert; a genuine
+                // device's valid signature still goes through below.
+                Ok(o) => Stage::Opened(o),
             }
         };
     }
@@ -413,7 +415,6 @@ async fn finish(
                             reason,
                             Reason::BadSignature
                                 | Reason::UnknownPeripheral
-                                | Reason::PeripheralLockedOut
                                 | Reason::PeripheralPending
                                 | Reason::PeripheralSuspended
                                 | Reason::PeripheralRevoked
@@ -475,8 +476,10 @@ async fn finish(
                     .refusals
                     .with_label_values(&[reason.code()])
                     .inc();
-                if reason.is_credential_failure() {
+                if reason.counts_against_gateway() {
                     count_failure(state, Subject::Gateway(gw_hex.clone()), now).await;
+                }
+                if reason.is_credential_failure() {
                     if let Some(c) = d.claimed {
                         count_failure(state, Subject::Peripheral(c.to_string()), now).await;
                     }
