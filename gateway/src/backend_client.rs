@@ -89,8 +89,8 @@ impl<T: BackendApi> BackendApi for Arc<T> {
     }
 }
 
-/// Settings of [`HttpBackend`].
-#[derive(Debug, Clone)]
+/// Settings of [`HttpBackend`]. `Debug` leaves out the key.
+#[derive(Clone)]
 pub struct HttpBackendConfig {
     /// Base URL, e.g. `https://backend.example:8443`.
     pub url: String,
@@ -110,6 +110,16 @@ pub struct HttpBackendConfig {
     pub breaker_threshold: u32,
     /// How long the circuit stays open before one request probes again.
     pub breaker_cooldown: Duration,
+}
+
+impl std::fmt::Debug for HttpBackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpBackendConfig")
+            .field("url", &self.url)
+            .field("request_timeout", &self.request_timeout)
+            .field("batch_window", &self.batch_window)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Breaker {

@@ -287,11 +287,12 @@ where
                     Ok(None) => break "peer disconnected".into(),
                     Err(e) => break format!("link error: {e}"),
                 };
-                live.mailbox.touch(ctx.clock.now());
                 // Buffers live only while a message is handled: an idle session holds none.
                 let mut plain = vec![0u8; msg.len()];
                 match live.session.open(ctx.clock.now(), &msg, &mut plain) {
                     Ok(ProtoInbound::Data(d)) => {
+                        // Only authenticated traffic keeps a session from idling out.
+                        live.mailbox.touch(ctx.clock.now());
                         ctx.metrics.record_in(d.len());
                         ctx.table.publish(Inbound {
                             peripheral: id,

@@ -59,7 +59,10 @@ pub async fn follow<B: BackendApi>(
                         apply(&table, &own_key, ev);
                         metrics.revocation_applied();
                     }
-                    after = batch.next.max(after);
+                    // The backend's cursor is authoritative: it is below ours
+                    // only when its log was restored, and then we must adopt it
+                    // or miss every revocation until it catches up.
+                    after = batch.next;
                 }
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "revocation feed unavailable");

@@ -311,8 +311,9 @@ impl SessionTable {
         map.insert(ticket.id, ticket);
     }
 
-    /// Takes a ticket out for a resumption attempt. It is gone from the store:
-    /// a ticket is used once (SPEC.md §6.1); on failure it is not restored.
+    /// Takes a ticket out for a resumption attempt, so no other attempt can use
+    /// it at the same time (SPEC.md §6.1); the driver puts it back if the
+    /// attempt fails.
     pub fn take_ticket(&self, id: &ResumptionId) -> Option<GatewayTicket> {
         self.lock_tickets().remove(id)
     }

@@ -69,9 +69,16 @@ impl TcpLink {
             at = end;
             if self.reassembler.is_none() {
                 // The common case, a whole message in one fragment, needs no buffer.
-                if let Some(msg) = single_fragment(fragment, &self.limits)? {
-                    out = Some(msg.to_vec());
-                    continue;
+                match single_fragment(fragment, &self.limits) {
+                    Ok(Some(msg)) => {
+                        out = Some(msg.to_vec());
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fragment rejected");
+                        continue;
+                    }
                 }
             }
             let limits = self.limits;
@@ -85,8 +92,11 @@ impl TcpLink {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // A bad fragment costs only its partial message (SPEC.md
+                    // §8.3): ending the link would make any injected fragment
+                    // a kill switch for the session (§7.4).
+                    tracing::debug!(error = %e, "fragment rejected; partial message dropped");
                     self.reassembler = None;
-                    return Err(e.into());
                 }
             }
         }
@@ -175,6 +185,29 @@ mod tests {
             drop(a);
             assert_eq!(b.recv().await.unwrap(), None);
         }
+    }
+
+    #[tokio::test]
+    async fn a_bad_fragment_costs_only_its_message_not_the_link() {
+        let (a, mut b) = pair(247).await;
+        let mut raw = a.stream;
+        // A stray continuation, an empty-bodied start, then a real message.
+        for frag in [
+            &[0x05u8, 1, 2][..],
+            &[0x80, 0x10, 0x00, 9][..],
+            &[0x41, 9][..],
+        ] {
+            raw.write_all(&(frag.len() as u16).to_le_bytes())
+                .await
+                .unwrap();
+            raw.write_all(frag).await.unwrap();
+        }
+        let good = [0xc0u8, 1, 2, 3];
+        raw.write_all(&(good.len() as u16).to_le_bytes())
+            .await
+            .unwrap();
+        raw.write_all(&good).await.unwrap();
+        assert_eq!(b.recv().await.unwrap(), Some(vec![1, 2, 3]));
     }
 
     #[tokio::test]
