@@ -355,6 +355,9 @@ pub struct Device<K, C> {
     /// from before a reboot has an issue time on another clock: only the
     /// gateway can judge its age.
     ticket_on_our_clock: bool,
+    /// The gateway refused the ticket with an (unauthenticated) alert: the
+    /// next attempt is a full handshake, the ticket is kept.
+    skip_resumption_once: bool,
 }
 
 impl<K, C> std::fmt::Debug for Device<K, C> {
@@ -406,6 +409,7 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             events,
             backoff: Backoff::new(config.backoff),
             ticket_on_our_clock: false,
+            skip_resumption_once: false,
         };
         (device, DeviceHandle { tx }, events_rx)
     }
@@ -492,15 +496,21 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                         // the device from authenticating. A resumption that
                         // timed out, met Busy or lost its link keeps the
                         // ticket (the gateway put it back).
-                        let unusable = match &error {
-                            DriverError::Protocol(ProtoError::Alert(code)) => {
-                                *code != AlertCode::Busy
-                            }
-                            DriverError::Protocol(ProtoError::PeerMisbehaved(_)) => true,
-                            _ => false,
-                        };
+                        //
+                        // An alert is unauthenticated (SPEC.md §9): anyone on
+                        // the air can send ResumptionRejected. So the ticket is
+                        // not deleted on an alert; the next attempt is a full
+                        // handshake, and the ticket stays for a later one
+                        // (a full handshake that succeeds replaces it). Only a
+                        // confirmation that fails to verify, which needs the
+                        // real gateway's answer, retires it.
+                        let unusable =
+                            matches!(&error, DriverError::Protocol(ProtoError::PeerMisbehaved(_)));
                         if unusable {
                             self.forget_ticket();
+                        } else if matches!(&error, DriverError::Protocol(ProtoError::Alert(code)) if *code != AlertCode::Busy)
+                        {
+                            self.skip_resumption_once = true;
                         }
                     }
                     warn!(peer = %peer, resuming, error = %error, "handshake failed");
@@ -603,6 +613,12 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                 None
             }
             t => t,
+        };
+        // After an (unauthenticated) refusal of the ticket, one full handshake.
+        let ticket = if std::mem::take(&mut self.skip_resumption_once) {
+            None
+        } else {
+            ticket
         };
         let resuming = ticket.is_some();
         let hs = match ticket {
