@@ -40,6 +40,9 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// This gateway's public key (hex), for `status`.
     pub gateway_key: String,
+    /// Becomes `true` when the daemon shuts down: ends the `/v1/messages` streams,
+    /// which would otherwise hold the graceful shutdown for its whole timeout.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// One live session as the API shows it.
@@ -124,6 +127,7 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
 }
 
 async fn messages(State(s): State<ApiState>) -> Response {
+    let mut shutdown = s.shutdown.clone();
     let stream = BroadcastStream::new(s.table.subscribe()).filter_map(|m| {
         // A subscriber that lags loses messages; it is told in-band.
         let line = match m {
@@ -139,6 +143,9 @@ async fn messages(State(s): State<ApiState>) -> Response {
         Some(Ok::<_, std::convert::Infallible>(Bytes::from(format!(
             "{line}\n"
         ))))
+    });
+    let stream = futures::StreamExt::take_until(stream, async move {
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
     });
     (
         [("content-type", "application/x-ndjson")],

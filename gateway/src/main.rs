@@ -198,6 +198,7 @@ async fn run(config: Config) -> Result<()> {
         table: table.clone(),
         metrics: metrics.clone(),
         gateway_key: gateway_key.to_string(),
+        shutdown: shutdown.clone(),
     };
     let socket = config.api.socket.clone();
     if let Some(dir) = socket.parent() {
@@ -262,8 +263,31 @@ async fn run(config: Config) -> Result<()> {
         });
     }
     if let Some(ble) = &config.transport.ble {
+        #[cfg(feature = "ble")]
+        {
+            use vouch_gateway::transport::ble::BtleplugRadio;
+            use vouch_gateway::transport::ble_central::{serve_ble, BleSettings};
+            let radio = BtleplugRadio::open(&ble.adapter, ble.att_mtu)
+                .await
+                .with_context(|| format!("[transport.ble] adapter {:?}", ble.adapter))?;
+            let settings = BleSettings {
+                max_links: ble.max_links,
+                ..BleSettings::default()
+            };
+            let (ctx, s) = (ctx.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let result = serve_ble(Arc::new(radio), ctx, settings, s.clone()).await;
+                if !*s.borrow() {
+                    // BlueZ went away (bluetoothd restarted, adapter removed): exit
+                    // non-zero so that systemd (Restart=on-failure) starts us again.
+                    error!(?result, "BLE transport ended; exiting");
+                    std::process::exit(1);
+                }
+            });
+        }
+        #[cfg(not(feature = "ble"))]
         bail!(
-            "[transport.ble] adapter {:?}: the BLE transport is not built into this binary yet",
+            "[transport.ble] adapter {:?}: this binary was built without the `ble` feature",
             ble.adapter
         );
     }
