@@ -9,9 +9,7 @@ use std::{env, fs, path::PathBuf};
 fn main() {
     let target = env::var("TARGET").expect("cargo sets TARGET");
     let map = PathBuf::from("memory").join(format!("{target}.x"));
-    if !map.exists() {
-        panic!("no memory map for {target}: add {}", map.display());
-    }
+    assert!(map.exists(), "no memory map for {target}: add {}", map.display());
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::copy(&map, out.join("memory.x")).expect("copy the memory map");
     println!("cargo:rustc-link-search={}", out.display());

@@ -6,6 +6,12 @@
   measure.py collect NAME ELF OUT PLUGIN > NAME.json
                                         one build's sizes, stack and instructions
   measure.py table A.json B.json ...    the markdown table, one column per build
+  measure.py budgets M4F.json           the DESIGN.md budgets, met or not (exit 1 if not)
+  measure.py lockcheck LOCK WORKSPACE_LOCK
+                                        every crate that both lock files hold is
+                                        at a version the workspace uses (the
+                                        firmware may add versions, e.g. of the
+                                        build tools of cortex-m)
 
 The firmware brackets each step with hs_mark() (STEP lines in OUT, MARK lines
 from the plugin); the plugin also reports every call of the operations below
@@ -220,7 +226,7 @@ def cmd_table(paths):
     row("… of which below the vouch-proto call (bytes)", [fmt(own(b, FULL_STEPS + RESUME_STEPS)) for b in builds], "")
 
     def deepest(b):
-        ops = [(c[2], c[0]) for s in FULL_STEPS + RESUME_STEPS for c in b["steps"].get(s, {}).get("ops", [])]
+        ops = [(c[2], c[0]) for s in FULL_STEPS + RESUME_STEPS for c in b["steps"].get(s, {}).get("ops", []) if len(c) > 2]
         st, op = max(ops) if ops else (0, "–")
         return f"{op} ({st:,})"
 
@@ -244,6 +250,48 @@ def cmd_table(paths):
     print("Instruction counts are exact guest instructions (QEMU TCG plugin), not cycles.")
 
 
+def cmd_budgets(path):
+    b = json.load(open(path))
+    full = phase(b, FULL, FULL_STEPS)
+    resume = phase(b, RESUME, RESUME_STEPS)
+    stack = max(b["steps"][s]["stack"] for s in FULL_STEPS + RESUME_STEPS)
+    verdicts = [
+        ("flash (text + rodata + data)", b["flash"], BUDGET_FLASH, "bytes"),
+        ("peak stack of the handshake", stack, BUDGET_STACK, "bytes"),
+        ("full handshake", full[2], BUDGET_INSNS, "instructions"),
+        ("signature operations in a resumption", resume[3], 0, ""),
+    ]
+    good = True
+    print(f"DESIGN.md budgets, {b['name']}:")
+    for label, value, limit, unit in verdicts:
+        met = value <= limit
+        good &= met
+        print(f"  {'within' if met else 'OVER  '} {label}: {value:,} (budget {limit:,}) {unit}")
+    sys.exit(0 if good else 1)
+
+
+def cmd_lockcheck(lock, workspace_lock):
+    import tomllib
+
+    def versions(path):
+        out = {}
+        with open(path, "rb") as f:
+            for p in tomllib.load(f).get("package", []):
+                out.setdefault(p["name"], set()).add(p["version"])
+        return out
+
+    ours, theirs = versions(lock), versions(workspace_lock)
+    bad = [
+        f"  {name}: {', '.join(sorted(v))} here, {', '.join(sorted(theirs[name]))} in the workspace"
+        for name, v in sorted(ours.items())
+        if name in theirs and not v & theirs[name]
+    ]
+    if bad:
+        print("Cargo.lock and the workspace's lock disagree (copy ../../Cargo.lock here and build):")
+        print("\n".join(bad))
+        sys.exit(1)
+
+
 def main():
     if len(sys.argv) >= 3 and sys.argv[1] == "calls":
         cmd_calls(sys.argv[2])
@@ -251,6 +299,10 @@ def main():
         cmd_collect(*sys.argv[2:])
     elif len(sys.argv) >= 3 and sys.argv[1] == "table":
         cmd_table(sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "budgets":
+        cmd_budgets(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "lockcheck":
+        cmd_lockcheck(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)
 

@@ -1,11 +1,17 @@
 //! The primitives of suite 1 and the key schedule's building blocks
 //! (SPEC.md §3). Internal: callers use the handshake and session types.
+//!
+//! The curve operations and the hash-based building blocks are never inlined
+//! (`#[inline(never)]`): on a microcontroller their stack frames (up to a few
+//! KiB for a curve operation) must not add up in their callers' frames, and
+//! the call costs nothing next to the work. See `peripheral/firmware`.
 
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::ChaCha20Poly1305;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
+use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey as XPublic, ReusableSecret, SharedSecret};
@@ -37,6 +43,7 @@ pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// HKDF-SHA-256 Extract (RFC 5869 §2.2) over the concatenation of `ikm`.
+#[inline(never)]
 pub(crate) fn extract(salt: &[u8], ikm: &[&[u8]]) -> Hkdf<Sha256> {
     let mut ext = hkdf::HkdfExtract::<Sha256>::new(Some(salt));
     for part in ikm {
@@ -46,6 +53,7 @@ pub(crate) fn extract(salt: &[u8], ikm: &[&[u8]]) -> Hkdf<Sha256> {
 }
 
 /// HKDF-SHA-256 Expand to 32 bytes.
+#[inline(never)]
 pub(crate) fn expand32(prk: &Hkdf<Sha256>, label: &[u8]) -> Secret32 {
     let mut out = [0u8; 32];
     // 32 bytes is far below the 255 * 32 limit of HKDF-Expand.
@@ -71,6 +79,7 @@ pub(crate) fn expand_from_key(key: &Secret32, label: &[u8]) -> Secret32 {
 }
 
 /// HMAC-SHA-256 truncated to 16 bytes.
+#[inline(never)]
 pub(crate) fn hmac16(key: &Secret32, parts: &[&[u8]]) -> [u8; 16] {
     // HMAC pads a key shorter than the block with zeros (RFC 2104 §2), so a
     // 32-byte key zero-extended to the 64-byte block is the same key, and this
@@ -94,6 +103,7 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// ChaCha20 (RFC 8439) keystream XOR with an all-zero nonce. Only for keys that
 /// are used exactly once (SPEC.md §3.3).
+#[inline(never)]
 pub(crate) fn stream_xor(key: &Secret32, buf: &mut [u8]) {
     let mut cipher = chacha20::ChaCha20::new(&key.0.into(), &[0u8; 12].into());
     cipher.apply_keystream(buf);
@@ -107,6 +117,7 @@ pub(crate) fn nonce(counter: u64) -> [u8; 12] {
 }
 
 /// ChaCha20-Poly1305 seal in place; returns the tag.
+#[inline(never)]
 pub(crate) fn aead_seal(
     key: &Secret32,
     counter: u64,
@@ -125,6 +136,7 @@ pub(crate) fn aead_seal(
 }
 
 /// ChaCha20-Poly1305 open in place. On failure the buffer content is unspecified.
+#[inline(never)]
 pub(crate) fn aead_open(
     key: &Secret32,
     counter: u64,
@@ -168,6 +180,7 @@ impl AadBuf {
 
 /// X25519 with a check that the result is contributory: a low-order peer value
 /// would make the shared secret all zeros (SPEC.md §3.2).
+#[inline(never)]
 pub(crate) fn dh(secret: &ReusableSecret, peer: &DhPublic) -> Result<SharedSecret, PeerMisbehaved> {
     let ss = secret.diffie_hellman(&XPublic::from(peer.0));
     if ss.was_contributory() {
@@ -187,6 +200,16 @@ pub(crate) fn contributory(ss: SharedSecret) -> Result<SharedSecret, PeerMisbeha
 }
 
 /// The public value of an ephemeral secret.
+#[inline(never)]
 pub(crate) fn public_of(secret: &ReusableSecret) -> DhPublic {
     DhPublic(XPublic::from(secret).to_bytes())
+}
+
+/// A fresh X25519 key pair from `rng` (32 bytes drawn): the secret and its
+/// public value, a fixed-base multiplication.
+#[inline(never)]
+pub(crate) fn keygen<R: CryptoRng + ?Sized>(rng: &mut R) -> (ReusableSecret, DhPublic) {
+    let secret = ReusableSecret::random_from_rng(rng);
+    let public = public_of(&secret);
+    (secret, public)
 }

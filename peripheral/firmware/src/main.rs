@@ -14,11 +14,12 @@
 //! Measurements (read by `run.sh`):
 //! - Instructions: `hs_mark` is called right before and right after each step;
 //!   the QEMU plugin in `qemu-plugin/` prints the exact guest instruction count
-//!   at each call, and also attributes instructions to the protocol's crypto
+//!   at each call, and also attributes instructions to the protocol's
 //!   operations (by their call sites in the ELF).
 //! - Stack: before each step the free stack is painted; after it, the deepest
 //!   overwritten word gives the step's peak, measured from the top of the
-//!   stack (so it includes everything the firmware itself holds there).
+//!   stack (so it includes this firmware's own frames; its long-lived state is
+//!   in static RAM, see [`State`]).
 //!
 //! No heap: there is no global allocator, and `run.sh` builds with
 //! `-Zbuild-std=core`, so the `alloc` crate does not exist in this build.
@@ -117,7 +118,15 @@ impl rand_core::TryCryptoRng for FixedRng {}
 // ---------------------------------------------------------------------------
 
 fn put(bytes: &[u8]) {
-    if let Ok(mut out) = hio::hstdout() {
+    // Opened once: each open takes a file handle on the host.
+    static mut STDOUT: Option<hio::HostStream> = None;
+    // SAFETY: one thread and no interrupts, so nothing else uses STDOUT
+    // while this reference lives.
+    let stdout = unsafe { &mut *core::ptr::addr_of_mut!(STDOUT) };
+    if stdout.is_none() {
+        *stdout = hio::hstdout().ok();
+    }
+    if let Some(out) = stdout {
         let _ = out.write_all(bytes);
     }
 }
@@ -183,7 +192,7 @@ impl Checks {
     }
 
     fn that(&mut self, name: &[u8], ok: bool) {
-        self.bytes(name, &[ok as u8], &[1]);
+        self.bytes(name, &[u8::from(ok)], &[1]);
     }
 }
 
@@ -269,15 +278,46 @@ fn step<T>(id: u32, name: &[u8], f: impl FnOnce() -> T) -> T {
 // The run
 // ---------------------------------------------------------------------------
 
+/// What a firmware keeps between steps. It lives in static RAM, as in a real
+/// firmware (a connection's state outlives any one call), so the stack holds
+/// only the work of each step.
+struct State {
+    /// Loaded from flash at boot.
+    device: Option<Provisioned>,
+    /// The handshake in progress.
+    handshake: Option<PeripheralHandshake>,
+    /// The session it established.
+    session: Option<PeripheralEstablished>,
+}
+
+/// What a firmware loads from flash at boot.
+struct Provisioned {
+    key: IdentityKey,
+    id: PeripheralId,
+    anchors: AnchorSet,
+}
+
 #[entry]
 fn main() -> ! {
+    // cortex-m-rt turns this into a `&'static mut` (it runs once).
+    static mut STATE: State = State {
+        device: None,
+        handshake: None,
+        session: None,
+    };
     put(b"vouch-firmware: peripheral role of vouch-proto, SPEC.md section 12 vectors\n");
     let mut checks = Checks {
         failed: 0,
         passed: 0,
     };
-    run(&mut checks);
-    put(b"CHECKS passed=");
+    run(&mut checks, STATE);
+    put(b"SIZE PeripheralHandshake=");
+    put_u32(core::mem::size_of::<PeripheralHandshake>() as u32);
+    put(b" PeripheralEstablished=");
+    put_u32(core::mem::size_of::<PeripheralEstablished>() as u32);
+    put(b" Provisioned=");
+    put_u32(core::mem::size_of::<Provisioned>() as u32);
+    put(b"\nCHECKS passed=");
     put_u32(checks.passed);
     put(b" failed=");
     put_u32(checks.failed);
@@ -293,16 +333,20 @@ fn main() -> ! {
     loop {}
 }
 
-/// What a real firmware loads from flash at boot.
-struct Provisioned {
-    key: IdentityKey,
-    id: PeripheralId,
-    anchors: AnchorSet,
+#[inline(never)]
+fn run(c: &mut Checks, st: &mut State) {
+    let config = PeripheralConfig::default();
+    boot(c, &mut st.device);
+    let Some(dev) = &st.device else {
+        fail(b"not provisioned");
+    };
+    full_handshake(c, &config, dev, &mut st.handshake, &mut st.session);
+    resumption(c, &config, &mut st.handshake, &mut st.session);
+    negative_responses(c, &config, dev, &mut st.handshake);
 }
 
-// The steps, each in a frame of its own: `vouch-proto` code is inlined into
-// these, not into `run`, so `run`'s frame (the "caller" of each STEP line) holds
-// only what a firmware holds across steps: the handshake, the keys, a buffer.
+// The steps, each in a frame of its own (vouch-proto code is inlined into
+// these, not into their callers), writing their result where it is kept.
 
 #[inline(never)]
 fn boot_key(seed: &[u8; 32]) -> IdentityKey {
@@ -311,49 +355,73 @@ fn boot_key(seed: &[u8; 32]) -> IdentityKey {
 
 #[inline(never)]
 fn full_start(
+    slot: &mut Option<PeripheralHandshake>,
     config: &PeripheralConfig,
     dev: &Provisioned,
     rng: &mut FixedRng,
-) -> Result<PeripheralHandshake, Error> {
-    PeripheralHandshake::start(config, dev.id, &dev.key, &dev.anchors, NOW, rng)
+) -> Result<(), Error> {
+    *slot = None;
+    *slot = Some(PeripheralHandshake::start(
+        config,
+        dev.id,
+        &dev.key,
+        &dev.anchors,
+        NOW,
+        rng,
+    )?);
+    Ok(())
 }
 
 #[inline(never)]
 fn resume_start(
+    slot: &mut Option<PeripheralHandshake>,
     config: &PeripheralConfig,
     ticket: PeripheralTicket,
     rng: &mut FixedRng,
-) -> Result<PeripheralHandshake, Error> {
-    PeripheralHandshake::resume(config, ticket, NOW, rng)
+) -> Result<(), Error> {
+    *slot = None;
+    *slot = Some(PeripheralHandshake::resume(config, ticket, NOW, rng)?);
+    Ok(())
 }
 
 #[inline(never)]
-fn handle(hs: &mut PeripheralHandshake, msg: &[u8]) -> Result<(), Error> {
-    hs.handle_input(NOW, msg)
+fn handle(slot: &mut Option<PeripheralHandshake>, msg: &[u8]) -> Result<(), Error> {
+    match slot {
+        Some(hs) => hs.handle_input(NOW, msg),
+        None => fail(b"no handshake"),
+    }
 }
 
+/// Sends the queued message: copies it out, and compares it with the vector.
+fn sent(c: &mut Checks, name: &[u8], slot: &mut Option<PeripheralHandshake>, want: &[u8]) {
+    let mut tx = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = slot
+        .as_mut()
+        .and_then(|hs| hs.poll_transmit(&mut tx))
+        .unwrap_or(0);
+    c.bytes(name, &tx[..n], want);
+}
+
+/// Moves the established session out of the finished handshake.
 #[inline(never)]
-fn run(c: &mut Checks) {
-    let config = PeripheralConfig::default();
-    let dev = boot(c);
-    let ticket = full_handshake(c, &config, &dev);
-    resumption(c, &config, ticket);
-    negative_responses(c, &config, &dev);
-    put(b"SIZE PeripheralHandshake=");
-    put_u32(core::mem::size_of::<PeripheralHandshake>() as u32);
-    put(b" PeripheralEstablished=");
-    put_u32(core::mem::size_of::<PeripheralEstablished>() as u32);
-    put(b" Session=");
-    put_u32(core::mem::size_of::<vouch_proto::session::Session>() as u32);
-    put(b" PeripheralTicket=");
-    put_u32(core::mem::size_of::<PeripheralTicket>() as u32);
-    put(b"\n");
+fn established(
+    hs: &mut Option<PeripheralHandshake>,
+    session: &mut Option<PeripheralEstablished>,
+) -> &'static [u8] {
+    *session = None;
+    match hs.take().map(PeripheralHandshake::into_established) {
+        Some(Ok(est)) => {
+            *session = Some(est);
+            b""
+        }
+        _ => b"not established",
+    }
 }
 
 /// Boot, once: the identity key from its seed (which computes the public key,
 /// a fixed-base multiplication) and the anchor, as a firmware loads them.
 #[inline(never)]
-fn boot(c: &mut Checks) -> Provisioned {
+fn boot(c: &mut Checks, slot: &mut Option<Provisioned>) {
     let key = step(1, b"boot.identity_key", || {
         boot_key(&black_box(v::PERIPHERAL_SEED))
     });
@@ -366,40 +434,54 @@ fn boot(c: &mut Checks) -> Provisioned {
         sealing: DhPublic(v::BACKEND_SEALING_PUBLIC),
     };
     let public = key.public_key();
-    c.bytes(b"derived.peripheral_public", public.as_bytes(), &v::PERIPHERAL_PUBLIC);
+    c.bytes(
+        b"derived.peripheral_public",
+        public.as_bytes(),
+        &v::PERIPHERAL_PUBLIC,
+    );
     let id = PeripheralId::derive(&public);
     c.bytes(b"derived.peripheral_id", &id.0, &v::PERIPHERAL_ID);
-    Provisioned {
+    *slot = Some(Provisioned {
         key,
         id,
         anchors: AnchorSet::new(anchor),
-    }
+    });
 }
 
-/// The full handshake (SPEC.md §5); returns the ticket it derived.
+/// The full handshake (SPEC.md §5) and the first record each way.
 #[inline(never)]
-fn full_handshake(c: &mut Checks, config: &PeripheralConfig, dev: &Provisioned) -> PeripheralTicket {
-    let mut tx = [0u8; MAX_HANDSHAKE_MESSAGE];
+fn full_handshake(
+    c: &mut Checks,
+    config: &PeripheralConfig,
+    dev: &Provisioned,
+    hs: &mut Option<PeripheralHandshake>,
+    session: &mut Option<PeripheralEstablished>,
+) {
     let mut rng = FixedRng::new(v::E_P_SECRET);
-    let started = step(2, b"full.hello", || full_start(config, dev, &mut rng));
-    let Ok(mut hs) = started else {
-        fail(b"PeripheralHandshake::start failed");
-    };
-    let n = hs.poll_transmit(&mut tx).unwrap_or(0);
-    c.bytes(b"full.hello", &tx[..n], &v::FULL_HELLO);
+    let r = step(2, b"full.hello", || full_start(hs, config, dev, &mut rng));
+    c.that(b"full.started", r.is_ok());
+    sent(c, b"full.hello", hs, &v::FULL_HELLO);
     c.that(b"full.randomness_used", rng.used == 32);
 
-    let r = step(3, b"full.response", || handle(&mut hs, &v::FULL_RESPONSE));
+    let r = step(3, b"full.response", || handle(hs, &v::FULL_RESPONSE));
     c.that(b"full.response_accepted", r.is_ok());
-    let n = hs.poll_transmit(&mut tx).unwrap_or(0);
-    c.bytes(b"full.finish", &tx[..n], &v::FULL_FINISH);
-    let Ok(mut est) = hs.into_established() else {
-        fail(b"full handshake not established");
+    sent(c, b"full.finish", hs, &v::FULL_FINISH);
+    c.bytes(b"full.established", established(hs, session), b"");
+    let Some(est) = session else {
+        return;
     };
-    check_established(c, b"full", &est, &v::FULL_KEY_P2G, &v::FULL_KEY_G2P);
+    check_established(c, b"full", est, &v::FULL_KEY_P2G, &v::FULL_KEY_G2P);
     c.bytes(b"full.session_id", &est.session.id(), &v::FULL_SESSION_ID);
-    c.bytes(b"full.resumption_id", &est.ticket.id.0, &v::FULL_RESUMPTION_ID);
-    c.bytes(b"full.gateway_key", est.gateway_key.as_bytes(), &v::GATEWAY_PUBLIC);
+    c.bytes(
+        b"full.resumption_id",
+        &est.ticket.id.0,
+        &v::FULL_RESUMPTION_ID,
+    );
+    c.bytes(
+        b"full.gateway_key",
+        est.gateway_key.as_bytes(),
+        &v::GATEWAY_PUBLIC,
+    );
     c.that(b"full.scope", est.scope == Scope(v::SCOPE));
     c.that(
         b"full.lifetimes",
@@ -407,31 +489,38 @@ fn full_handshake(c: &mut Checks, config: &PeripheralConfig, dev: &Provisioned) 
             && est.lifetimes.resumption_s == v::RESUMPTION_LIFETIME_S,
     );
     c.that(b"full.not_resumed", !est.resumed);
-    records(c, &mut est);
-    est.ticket
+    records(c, est);
 }
 
 /// The resumption (SPEC.md §6) with the ticket of the full handshake.
 #[inline(never)]
-fn resumption(c: &mut Checks, config: &PeripheralConfig, ticket: PeripheralTicket) {
-    let mut tx = [0u8; MAX_HANDSHAKE_MESSAGE];
-    let mut rng = FixedRng::new(v::RESUME_E_P_SECRET);
-    let started = step(4, b"resume.hello", || resume_start(config, ticket, &mut rng));
-    let Ok(mut hs) = started else {
-        fail(b"PeripheralHandshake::resume failed");
+fn resumption(
+    c: &mut Checks,
+    config: &PeripheralConfig,
+    hs: &mut Option<PeripheralHandshake>,
+    session: &mut Option<PeripheralEstablished>,
+) {
+    let Some(full) = session.take() else {
+        c.that(b"resume.ticket", false);
+        return;
     };
-    let n = hs.poll_transmit(&mut tx).unwrap_or(0);
-    c.bytes(b"resume.resume_hello", &tx[..n], &v::RESUME_HELLO);
+    let mut rng = FixedRng::new(v::RESUME_E_P_SECRET);
+    let ticket = full.ticket;
+    let r = step(4, b"resume.hello", || {
+        resume_start(hs, config, ticket, &mut rng)
+    });
+    c.that(b"resume.started", r.is_ok());
+    sent(c, b"resume.resume_hello", hs, &v::RESUME_HELLO);
     c.that(b"resume.randomness_used", rng.used == 32);
 
-    let r = step(5, b"resume.response", || handle(&mut hs, &v::RESUME_RESPONSE));
+    let r = step(5, b"resume.response", || handle(hs, &v::RESUME_RESPONSE));
     c.that(b"resume.response_accepted", r.is_ok());
-    let n = hs.poll_transmit(&mut tx).unwrap_or(0);
-    c.bytes(b"resume.finish", &tx[..n], &v::RESUME_FINISH);
-    let Ok(est) = hs.into_established() else {
-        fail(b"resumption not established");
+    sent(c, b"resume.finish", hs, &v::RESUME_FINISH);
+    c.bytes(b"resume.established", established(hs, session), b"");
+    let Some(est) = session else {
+        return;
     };
-    check_established(c, b"resume", &est, &v::RESUME_KEY_P2G, &v::RESUME_KEY_G2P);
+    check_established(c, b"resume", est, &v::RESUME_KEY_P2G, &v::RESUME_KEY_G2P);
     c.bytes(
         b"resume.next_resumption_id",
         &est.ticket.id.0,
@@ -471,7 +560,11 @@ fn records(c: &mut Checks, est: &mut PeripheralEstablished) {
         .session
         .seal_data(NOW, &v::RECORD_P2G_PLAINTEXT, &mut rec)
         .unwrap_or(0);
-    c.bytes(b"full.record_p2g_counter_1", &rec[..n], &v::RECORD_P2G_COUNTER_1);
+    c.bytes(
+        b"full.record_p2g_counter_1",
+        &rec[..n],
+        &v::RECORD_P2G_COUNTER_1,
+    );
     let mut plain = [0u8; 64];
     let got = match est.session.open(NOW, &v::RECORD_G2P_COUNTER_0, &mut plain) {
         Ok(Inbound::Data(d)) => d,
@@ -483,13 +576,19 @@ fn records(c: &mut Checks, est: &mut PeripheralEstablished) {
 /// Every `peripheral_response` negative vector: a peripheral that sent the
 /// vector Hello must reject it as the Response.
 #[inline(never)]
-fn negative_responses(c: &mut Checks, config: &PeripheralConfig, dev: &Provisioned) {
+fn negative_responses(
+    c: &mut Checks,
+    config: &PeripheralConfig,
+    dev: &Provisioned,
+    hs: &mut Option<PeripheralHandshake>,
+) {
     for (name, input) in v::NEGATIVE_RESPONSES {
         let mut rng = FixedRng::new(v::E_P_SECRET);
-        let Ok(mut hs) = full_start(config, dev, &mut rng) else {
+        if full_start(hs, config, dev, &mut rng).is_err() {
             fail(b"PeripheralHandshake::start failed");
-        };
-        let rejected = handle(&mut hs, input).is_err() && !hs.is_established();
+        }
+        let rejected =
+            handle(hs, input).is_err() && !hs.as_ref().is_some_and(|h| h.is_established());
         put(b"CHECK negative.");
         put(name.as_bytes());
         if rejected {

@@ -9,23 +9,32 @@
 //! Cost per full handshake: one X25519 key generation, two X25519 exchanges,
 //! one Ed25519 signature, one Ed25519 verification. Per resumption: one key
 //! generation and one exchange, no signature.
+//!
+//! Stack (a microcontroller has a few KiB of it): each curve operation and each
+//! step of the key schedule runs in a function of its own that is never
+//! inlined (`keygen`, `sign_hello`, `dh`, `seal_identity`, `open_vouch`,
+//! `verify_vouch`, `session_secrets`, `queue_finish`, …), so their frames never
+//! pile up in one; and a message is handled with the state borrowed in place,
+//! never moved out and back. The peak is then the deepest single operation
+//! (the signature check) on top of a small frame. `peripheral/firmware`
+//! measures it, and the instructions of each of these functions, on Cortex-M.
 
 use core::fmt;
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use x25519_dalek::ReusableSecret;
+use x25519_dalek::{ReusableSecret, SharedSecret};
 
 use super::schedule;
 use crate::anchor::AnchorSet;
 use crate::crypto::{self, Secret32, TAG_LEN};
 use crate::error::{AlertCode, ApiMisuse, Error, PeerMisbehaved};
-use crate::keys::{IdentitySigner, PeripheralId, PublicKey};
+use crate::keys::{DhPublic, IdentitySigner, PeripheralId, PublicKey, Signature};
 use crate::session::{Role, Session};
 use crate::wire::{
     encode_alert, Finish, Hello, Lifetimes, Mac16, Message, ResumeHello, ResumptionId, Scope,
-    SealedIdentity, Suite, Vouch, MAX_HANDSHAKE_MESSAGE, MAX_VOUCH_LEN,
+    SealedIdentity, Suite, Vouch, MAX_HANDSHAKE_MESSAGE, MAX_VOUCH_LEN, SEALED_IDENTITY_LEN,
 };
 use crate::Timestamp;
 
@@ -130,7 +139,6 @@ enum State {
     ExpectResumeResponse(ExpectResumeResponse),
     Established(PeripheralEstablished),
     Failed(Error),
-    Taken,
 }
 
 /// The peripheral's handshake (SPEC.md §5). Drive it with
@@ -150,7 +158,6 @@ impl fmt::Debug for PeripheralHandshake {
             State::ExpectResumeResponse(_) => "ExpectResumeResponse",
             State::Established(_) => "Established",
             State::Failed(_) => "Failed",
-            State::Taken => "Taken",
         };
         f.debug_struct("PeripheralHandshake")
             .field("state", &state)
@@ -174,18 +181,13 @@ impl PeripheralHandshake {
         R: CryptoRng + ?Sized,
     {
         let anchor = *anchors.primary().ok_or(ApiMisuse::NoAnchor)?;
-        let e = ReusableSecret::random_from_rng(rng);
-        let e_pub = crypto::public_of(&e);
+        let (e, e_pub) = crypto::keygen(rng);
         let suite = Suite::Ed25519X25519ChaCha20Poly1305;
         let prefix = schedule::hello_prefix(suite, anchor.kid, &e_pub);
 
-        let signature = signer.sign(&schedule::hello_statement(&prefix, &anchor.sealing, &id));
+        let signature = sign_hello(signer, &prefix, &anchor.sealing, &id);
         let ss = crypto::dh(&e, &anchor.sealing)?;
-        let k_seal = schedule::seal_key(&prefix, &anchor.sealing, ss.as_bytes());
-        let mut sealed = [0u8; 72];
-        sealed[..8].copy_from_slice(&id.0);
-        sealed[8..].copy_from_slice(&signature.0);
-        crypto::stream_xor(&k_seal, &mut sealed);
+        let sealed = seal_identity(&prefix, &anchor.sealing, ss.as_bytes(), &id, &signature);
 
         let hello = Message::Hello(Hello {
             suite,
@@ -196,9 +198,10 @@ impl PeripheralHandshake {
         let mut out = [0u8; MAX_HANDSHAKE_MESSAGE];
         let out_len = hello.encode(&mut out)?;
         debug_assert_eq!(out[..schedule::HELLO_PREFIX_LEN], prefix);
-        let th1 = crypto::sha256(&[&out[..out_len]]);
         let mut transcript = Sha256::new();
         transcript.update(&out[..out_len]);
+        // TH1 = H(Hello): the running transcript so far (the Hello is hashed once).
+        let th1: [u8; 32] = transcript.clone().finalize().into();
         Ok(Self {
             state: State::ExpectResponse(ExpectResponse {
                 e,
@@ -222,8 +225,7 @@ impl PeripheralHandshake {
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Self, Error> {
-        let e = ReusableSecret::random_from_rng(rng);
-        let e_pub = crypto::public_of(&e);
+        let (e, e_pub) = crypto::keygen(rng);
         let suite = Suite::Ed25519X25519ChaCha20Poly1305;
         let prefix = schedule::resume_prefix(suite, &ticket.id, &e_pub);
         let binder = schedule::binder(&ticket.secret.as_secret(), &prefix);
@@ -278,25 +280,20 @@ impl PeripheralHandshake {
 
     /// Handles one message from the gateway.
     pub fn handle_input(&mut self, now: Timestamp, bytes: &[u8]) -> Result<(), Error> {
-        if let State::Failed(e) = &self.state {
-            return Err(e.clone());
-        }
-        let state = core::mem::replace(&mut self.state, State::Taken);
-        let result = match state {
-            State::Failed(e) => Err(e),
-            State::ExpectResponse(s) => self.process_response(s, now, bytes),
-            State::ExpectResumeResponse(s) => self.process_resume_response(s, now, bytes),
-            State::Established(est) => {
-                self.state = State::Established(est);
-                return Err(ApiMisuse::WrongState.into());
-            }
-            State::Taken => Err(ApiMisuse::WrongState.into()),
+        // Two steps, so that what is on the stack while the curve operations
+        // run is only what they need. First the message is checked against the
+        // waiting state, which is read where it is (moving a few hundred bytes
+        // of state out and back costs as much stack); then, in a frame of its
+        // own, the key schedule runs and the established state replaces the
+        // waiting one in place.
+        let checked = match &self.state {
+            State::Failed(e) => return Err(e.clone()),
+            State::Established(_) => return Err(ApiMisuse::WrongState.into()),
+            State::ExpectResponse(s) => check_response(s, bytes),
+            State::ExpectResumeResponse(s) => check_resume_response(s, bytes),
         };
-        match result {
-            Ok(next) => {
-                self.state = next;
-                Ok(())
-            }
+        match checked.and_then(|checked| self.establish(now, bytes, checked)) {
+            Ok(()) => Ok(()),
             Err(e) => {
                 if !matches!(e, Error::Alert(_)) {
                     let alert = encode_alert(AlertCode::from(&e));
@@ -332,149 +329,225 @@ impl PeripheralHandshake {
         }
     }
 
-    fn process_response(
-        &mut self,
-        s: ExpectResponse,
-        now: Timestamp,
-        bytes: &[u8],
-    ) -> Result<State, Error> {
-        let response = match Message::decode(bytes)? {
-            Message::Response(r) => r,
-            Message::Alert(a) => return Err(Error::Alert(a.code)),
-            other => {
-                return Err(PeerMisbehaved::UnexpectedMessage {
-                    got: other.message_type(),
+    /// The second step of [`handle_input`](Self::handle_input), once the
+    /// answer passed every check: the key schedule (SPEC.md §5.6 step 6,
+    /// §6.3), the Finish, and the established state in place of the waiting one.
+    #[inline(never)]
+    fn establish(&mut self, now: Timestamp, bytes: &[u8], checked: Checked) -> Result<(), Error> {
+        let est = match (&self.state, checked) {
+            (State::ExpectResponse(s), Checked::Response { vouch, ss }) => {
+                let th2 = transcript_with(&s.transcript, bytes);
+                let secrets = schedule::session_secrets(&th2, &[ss.as_bytes()]);
+                self.out_len = queue_finish(&mut self.out, &secrets.p2g, &th2)?;
+                PeripheralEstablished {
+                    session: Session::new(
+                        Role::Peripheral,
+                        secrets.p2g,
+                        secrets.g2p,
+                        vouch.scope,
+                        secrets.session_id,
+                        now.add_secs(vouch.lifetimes.session_s),
+                    ),
+                    gateway_key: vouch.gateway_key,
+                    scope: vouch.scope,
+                    lifetimes: vouch.lifetimes,
+                    ticket: PeripheralTicket {
+                        gateway_key: vouch.gateway_key,
+                        id: secrets.resumption_id,
+                        secret: SecretBytes(secrets.resumption.0),
+                        scope: vouch.scope,
+                        lifetimes: vouch.lifetimes,
+                        issued_at: now,
+                    },
+                    resumed: false,
                 }
-                .into())
             }
-        };
-        // Cheap checks first: the encrypted vouch must have a plausible size.
-        let n = response.sealed_vouch.len();
-        if n > MAX_VOUCH_LEN {
-            return Err(PeerMisbehaved::MalformedVouch.into());
-        }
-        let e_g = response.ephemeral;
-        let ss = crypto::dh(&s.e, &e_g)?;
-        let k_resp = schedule::response_key(&s.th1, &e_g, ss.as_bytes());
-        let mut body = [0u8; MAX_VOUCH_LEN];
-        body[..n].copy_from_slice(response.sealed_vouch);
-        crypto::stream_xor(&k_resp, &mut body[..n]);
-        let vouch: Vouch =
-            crate::wire::body_of(&body[..n]).map_err(|_| PeerMisbehaved::MalformedVouch)?;
-
-        let anchor = s
-            .anchors
-            .get(vouch.backend_key)
-            .ok_or(PeerMisbehaved::UnknownAnchor)?;
-        let statement = schedule::vouch_statement(
-            &s.th1,
-            &s.id,
-            &e_g,
-            &vouch.gateway_key,
-            vouch.scope,
-            vouch.lifetimes,
-            vouch.backend_key,
-        );
-        if !anchor.signing.verify_strict(&statement, &vouch.signature) {
-            return Err(PeerMisbehaved::BadVouchSignature.into());
-        }
-
-        let mut transcript = s.transcript;
-        transcript.update(bytes);
-        let th2: [u8; 32] = transcript.finalize().into();
-        let secrets = schedule::session_secrets(&th2, &[ss.as_bytes()]);
-        self.queue_finish(&secrets.p2g, &th2)?;
-        let session = Session::new(
-            Role::Peripheral,
-            secrets.p2g,
-            secrets.g2p,
-            vouch.scope,
-            secrets.session_id,
-            now.add_secs(vouch.lifetimes.session_s),
-        );
-        let ticket = PeripheralTicket {
-            gateway_key: vouch.gateway_key,
-            id: secrets.resumption_id,
-            secret: SecretBytes(secrets.resumption.0),
-            scope: vouch.scope,
-            lifetimes: vouch.lifetimes,
-            issued_at: now,
-        };
-        Ok(State::Established(PeripheralEstablished {
-            session,
-            gateway_key: vouch.gateway_key,
-            scope: vouch.scope,
-            lifetimes: vouch.lifetimes,
-            ticket,
-            resumed: false,
-        }))
-    }
-
-    fn process_resume_response(
-        &mut self,
-        s: ExpectResumeResponse,
-        now: Timestamp,
-        bytes: &[u8],
-    ) -> Result<State, Error> {
-        let rr = match Message::decode(bytes)? {
-            Message::ResumeResponse(r) => r,
-            Message::Alert(a) => return Err(Error::Alert(a.code)),
-            other => {
-                return Err(PeerMisbehaved::UnexpectedMessage {
-                    got: other.message_type(),
+            (State::ExpectResumeResponse(s), Checked::ResumeResponse { ss }) => {
+                let th2 = transcript_with(&s.transcript, bytes);
+                let rs = s.ticket.secret.as_secret();
+                let secrets = schedule::session_secrets(&th2, &[&rs.0, ss.as_bytes()]);
+                self.out_len = queue_finish(&mut self.out, &secrets.p2g, &th2)?;
+                let t = &s.ticket;
+                // A resumed session ends no later than the original resumption
+                // lifetime allows; the session lifetime restarts.
+                PeripheralEstablished {
+                    session: Session::new(
+                        Role::Peripheral,
+                        secrets.p2g,
+                        secrets.g2p,
+                        t.scope,
+                        secrets.session_id,
+                        now.add_secs(t.lifetimes.session_s),
+                    ),
+                    gateway_key: t.gateway_key,
+                    scope: t.scope,
+                    lifetimes: t.lifetimes,
+                    ticket: PeripheralTicket {
+                        gateway_key: t.gateway_key,
+                        id: secrets.resumption_id,
+                        secret: SecretBytes(secrets.resumption.0),
+                        scope: t.scope,
+                        lifetimes: t.lifetimes,
+                        issued_at: t.issued_at,
+                    },
+                    resumed: true,
                 }
-                .into())
             }
+            _ => return Err(ApiMisuse::WrongState.into()),
         };
-        let ss = crypto::dh(&s.e, &rr.ephemeral)?;
-        let mut thr = s.transcript.clone();
-        thr.update(rr.ephemeral.as_bytes());
-        let thr: [u8; 32] = thr.finalize().into();
-        let rs = s.ticket.secret.as_secret();
-        let expect = schedule::resume_confirm(&rs, ss.as_bytes(), &thr);
-        if !crypto::ct_eq(&expect, &rr.confirm.0) {
-            return Err(PeerMisbehaved::BadResumeConfirm.into());
-        }
-        let mut transcript = s.transcript;
-        transcript.update(bytes);
-        let th2: [u8; 32] = transcript.finalize().into();
-        let secrets = schedule::session_secrets(&th2, &[&rs.0, ss.as_bytes()]);
-        self.queue_finish(&secrets.p2g, &th2)?;
-        let t = &s.ticket;
-        // A resumed session ends no later than the original resumption lifetime
-        // allows; the session lifetime restarts.
-        let session = Session::new(
-            Role::Peripheral,
-            secrets.p2g,
-            secrets.g2p,
-            t.scope,
-            secrets.session_id,
-            now.add_secs(t.lifetimes.session_s),
-        );
-        let ticket = PeripheralTicket {
-            gateway_key: t.gateway_key,
-            id: secrets.resumption_id,
-            secret: SecretBytes(secrets.resumption.0),
-            scope: t.scope,
-            lifetimes: t.lifetimes,
-            issued_at: t.issued_at,
-        };
-        Ok(State::Established(PeripheralEstablished {
-            session,
-            gateway_key: t.gateway_key,
-            scope: t.scope,
-            lifetimes: t.lifetimes,
-            ticket,
-            resumed: true,
-        }))
-    }
-
-    fn queue_finish(&mut self, p2g: &Secret32, th2: &[u8; 32]) -> Result<(), Error> {
-        let mut empty = [0u8; 0];
-        let tag = crypto::aead_seal(p2g, 0, &[&schedule::finish_aad(th2)], &mut empty);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(&tag);
-        self.out_len = Message::Finish(Finish { tag: Mac16(t) }).encode(&mut self.out)?;
+        self.state = State::Established(est);
         Ok(())
     }
+}
+
+/// What a gateway's answer left once it passed every check.
+enum Checked {
+    /// A Response: the verified vouch and `DH(e_p, e_G)`.
+    Response { vouch: Vouch, ss: SharedSecret },
+    /// A ResumeResponse with a valid confirmation: `DH(e_p', e_G')`.
+    ResumeResponse { ss: SharedSecret },
+}
+
+/// The checks of a Response (SPEC.md §5.6 steps 1–5), in the order of the
+/// spec, cheap ones first. Changes nothing.
+fn check_response(s: &ExpectResponse, bytes: &[u8]) -> Result<Checked, Error> {
+    let response = match Message::decode(bytes)? {
+        Message::Response(r) => r,
+        Message::Alert(a) => return Err(Error::Alert(a.code)),
+        other => {
+            return Err(PeerMisbehaved::UnexpectedMessage {
+                got: other.message_type(),
+            }
+            .into())
+        }
+    };
+    // Cheap checks first: the encrypted vouch must have a plausible size.
+    if response.sealed_vouch.len() > MAX_VOUCH_LEN {
+        return Err(PeerMisbehaved::MalformedVouch.into());
+    }
+    let e_g = response.ephemeral;
+    let ss = crypto::dh(&s.e, &e_g)?;
+    let vouch = open_vouch(&s.th1, &e_g, ss.as_bytes(), response.sealed_vouch)?;
+    verify_vouch(s, &e_g, &vouch)?;
+    Ok(Checked::Response { vouch, ss })
+}
+
+/// The checks of a ResumeResponse (SPEC.md §6.3): the exchange and the
+/// gateway's confirmation. Changes nothing.
+fn check_resume_response(s: &ExpectResumeResponse, bytes: &[u8]) -> Result<Checked, Error> {
+    let rr = match Message::decode(bytes)? {
+        Message::ResumeResponse(r) => r,
+        Message::Alert(a) => return Err(Error::Alert(a.code)),
+        other => {
+            return Err(PeerMisbehaved::UnexpectedMessage {
+                got: other.message_type(),
+            }
+            .into())
+        }
+    };
+    let ss = crypto::dh(&s.e, &rr.ephemeral)?;
+    let mut thr = s.transcript.clone();
+    thr.update(rr.ephemeral.as_bytes());
+    let thr: [u8; 32] = thr.finalize().into();
+    let expect = schedule::resume_confirm(&s.ticket.secret.as_secret(), ss.as_bytes(), &thr);
+    if !crypto::ct_eq(&expect, &rr.confirm.0) {
+        return Err(PeerMisbehaved::BadResumeConfirm.into());
+    }
+    Ok(Checked::ResumeResponse { ss })
+}
+
+/// `TH2`: the transcript so far, then the gateway's answer.
+fn transcript_with(transcript: &Sha256, answer: &[u8]) -> [u8; 32] {
+    let mut t = transcript.clone();
+    t.update(answer);
+    t.finalize().into()
+}
+
+// The operations of the handshake, one function each and never inlined: each
+// frame exists only while its operation runs (instead of all of them at once
+// in the caller's), and each is a symbol that the firmware's instruction
+// counter attributes instructions to.
+
+/// `sig_P` over the hello statement (SPEC.md §5.1 step 3).
+#[inline(never)]
+fn sign_hello<S: IdentitySigner + ?Sized>(
+    signer: &S,
+    prefix: &[u8; schedule::HELLO_PREFIX_LEN],
+    sealing: &DhPublic,
+    id: &PeripheralId,
+) -> Signature {
+    signer.sign(&schedule::hello_statement(prefix, sealing, id))
+}
+
+/// `sealed = ChaCha20(k_seal, id_P ‖ sig_P)` (SPEC.md §5.1 steps 5–6).
+#[inline(never)]
+fn seal_identity(
+    prefix: &[u8; schedule::HELLO_PREFIX_LEN],
+    sealing: &DhPublic,
+    ss: &[u8; 32],
+    id: &PeripheralId,
+    signature: &Signature,
+) -> [u8; SEALED_IDENTITY_LEN] {
+    let k_seal = schedule::seal_key(prefix, sealing, ss);
+    let mut sealed = [0u8; SEALED_IDENTITY_LEN];
+    sealed[..8].copy_from_slice(&id.0);
+    sealed[8..].copy_from_slice(&signature.0);
+    crypto::stream_xor(&k_seal, &mut sealed);
+    sealed
+}
+
+/// Derives `k_resp`, decrypts the vouch body and decodes it, with no trailing
+/// bytes (SPEC.md §5.6 step 3). The caller has checked the length.
+#[inline(never)]
+fn open_vouch(
+    th1: &[u8; 32],
+    e_g: &DhPublic,
+    ss: &[u8; 32],
+    sealed: &[u8],
+) -> Result<Vouch, Error> {
+    let n = sealed.len();
+    let k_resp = schedule::response_key(th1, e_g, ss);
+    let mut body = [0u8; MAX_VOUCH_LEN];
+    body[..n].copy_from_slice(sealed);
+    crypto::stream_xor(&k_resp, &mut body[..n]);
+    crate::wire::body_of(&body[..n]).map_err(|_| PeerMisbehaved::MalformedVouch.into())
+}
+
+/// Looks up the anchor the vouch names and verifies its signature over the
+/// statement rebuilt from this handshake (SPEC.md §5.6 steps 4–5, §3.4).
+#[inline(never)]
+fn verify_vouch(s: &ExpectResponse, e_g: &DhPublic, vouch: &Vouch) -> Result<(), Error> {
+    let anchor = s
+        .anchors
+        .get(vouch.backend_key)
+        .ok_or(PeerMisbehaved::UnknownAnchor)?;
+    let statement = schedule::vouch_statement(
+        &s.th1,
+        &s.id,
+        e_g,
+        &vouch.gateway_key,
+        vouch.scope,
+        vouch.lifetimes,
+        vouch.backend_key,
+    );
+    if !anchor.signing.verify_strict(&statement, &vouch.signature) {
+        return Err(PeerMisbehaved::BadVouchSignature.into());
+    }
+    Ok(())
+}
+
+/// Writes the Finish (SPEC.md §4.5) into `out`; returns its length.
+#[inline(never)]
+fn queue_finish(
+    out: &mut [u8; MAX_HANDSHAKE_MESSAGE],
+    p2g: &Secret32,
+    th2: &[u8; 32],
+) -> Result<usize, Error> {
+    let mut empty = [0u8; 0];
+    let tag = crypto::aead_seal(p2g, 0, &[&schedule::finish_aad(th2)], &mut empty);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(&tag);
+    Message::Finish(Finish { tag: Mac16(t) })
+        .encode(out)
+        .map_err(Error::from)
 }

@@ -1,7 +1,9 @@
 //! The key schedule and the signed statements, in one place (SPEC.md §5, §6).
 //!
 //! Every label is in [`crate::label`]. Every function here is a formula of the
-//! spec; the state machines only call them in order.
+//! spec; the state machines only call them in order. The derivations are not
+//! inlined: each one's frame exists only while it runs, and each is a unit
+//! that the firmware's instruction counter can name.
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -46,6 +48,7 @@ pub(crate) fn hello_statement(
 }
 
 /// `k_seal = HKDF(salt = SHA-256(prefix ‖ B_x), ikm = DH(e_P, B_x), info = "vouch/1 seal")`.
+#[inline(never)]
 pub(crate) fn seal_key(
     prefix: &[u8; HELLO_PREFIX_LEN],
     sealing: &DhPublic,
@@ -56,6 +59,7 @@ pub(crate) fn seal_key(
 }
 
 /// `k_resp = HKDF(salt = SHA-256(TH1 ‖ e_G), ikm = DH(e_P, e_G), info = "vouch/1 response")`.
+#[inline(never)]
 pub(crate) fn response_key(th1: &[u8; 32], e_g: &DhPublic, ss: &[u8; 32]) -> Secret32 {
     let salt = crypto::sha256(&[th1, &e_g.0]);
     crypto::expand32(&crypto::extract(&salt, &[ss]), label::RESPONSE)
@@ -107,6 +111,7 @@ pub(crate) struct SessionSecrets {
 /// `PRK = HKDF-Extract(salt = TH2, ikm)`, then one Expand per label.
 /// `ikm` is `DH(e_P, e_G)` for a full handshake and `RS ‖ DH(e_P', e_G')` for a
 /// resumption.
+#[inline(never)]
 pub(crate) fn session_secrets(th2: &[u8; 32], ikm: &[&[u8]]) -> SessionSecrets {
     let prk: Hkdf<Sha256> = crypto::extract(th2, ikm);
     SessionSecrets {
@@ -147,6 +152,7 @@ pub(crate) fn resume_prefix(
 }
 
 /// `binder = HMAC(HKDF-Expand(RS, "vouch/1 binder"), prefix)[..16]`.
+#[inline(never)]
 pub(crate) fn binder(rs: &Secret32, prefix: &[u8; RESUME_PREFIX_LEN]) -> [u8; 16] {
     let k = crypto::expand_from_key(rs, label::BINDER);
     crypto::hmac16(&k, &[prefix])
@@ -154,6 +160,7 @@ pub(crate) fn binder(rs: &Secret32, prefix: &[u8; RESUME_PREFIX_LEN]) -> [u8; 16
 
 /// `confirm = HMAC(HKDF(salt = THr, ikm = RS ‖ DH, info = "vouch/1 resume confirm"), THr)[..16]`,
 /// with `THr = SHA-256(ResumeHello ‖ e_G')`.
+#[inline(never)]
 pub(crate) fn resume_confirm(rs: &Secret32, ss: &[u8; 32], thr: &[u8; 32]) -> [u8; 16] {
     let k = crypto::expand32(&crypto::extract(thr, &[&rs.0, ss]), label::RESUME_CONFIRM);
     crypto::hmac16(&k, &[thr])
