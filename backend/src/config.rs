@@ -267,7 +267,12 @@ impl Config {
             let Some(rest) = name.strip_prefix("VOUCH_") else {
                 continue;
             };
-            if NOT_SETTINGS.contains(&name.as_str()) {
+            if NOT_SETTINGS.contains(&name.as_str())
+                || name.starts_with("VOUCH_GATEWAY_")
+                || name.starts_with("VOUCH_PERIPHERAL_")
+            {
+                // Settings of the other programs (a shared environment on one
+                // machine), not unknown backend settings.
                 continue;
             }
             let env_err = |message: String| ConfigError::Env {
