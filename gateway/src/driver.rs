@@ -144,6 +144,11 @@ fn register<B: BackendApi, C: Clock>(
         group: peripheral.group,
     };
     let token = ctx.table.insert(info, mailbox.clone());
+    // Revoked while the handshake was in flight: the feed's close could not
+    // reach a session that was not yet registered, so close it now.
+    if ctx.table.is_revoked(&id) {
+        mailbox.close(CloseReason::REVOKED);
+    }
     ctx.metrics.sessions_changed(ctx.table.len());
     // Reports go out in the background: a slow or absent backend must not hold
     // up the session.

@@ -18,6 +18,7 @@ use crate::sessions::SessionTable;
 pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> usize {
     match &event.change {
         FeedChange::PeripheralRevoked(id) | FeedChange::PeripheralSuspended(id) => {
+            table.set_revoked(*id, true);
             let dropped = table.forget_tickets_of(id);
             let closed = usize::from(table.close(id, CloseReason::REVOKED));
             if closed > 0 || dropped > 0 {
@@ -35,6 +36,10 @@ pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> us
                 "this gateway was revoked or suspended: all sessions closed"
             );
             n
+        }
+        FeedChange::PeripheralReinstated(id) => {
+            table.set_revoked(*id, false);
+            0
         }
         _ => 0,
     }

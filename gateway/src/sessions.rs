@@ -173,6 +173,10 @@ pub struct SessionTable {
     inbound: broadcast::Sender<Inbound>,
     next_token: std::sync::atomic::AtomicU64,
     max_tickets: usize,
+    /// Peripherals the feed said are revoked or suspended: a handshake or a
+    /// ticket restore that was in flight when the event arrived must not
+    /// bring them back.
+    revoked: Mutex<std::collections::HashSet<PeripheralId>>,
 }
 
 impl SessionTable {
@@ -186,6 +190,7 @@ impl SessionTable {
             inbound,
             next_token: std::sync::atomic::AtomicU64::new(1),
             max_tickets,
+            revoked: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -300,8 +305,31 @@ impl SessionTable {
         self.inbound.subscribe()
     }
 
-    /// Stores a ticket, evicting the one expiring first when full.
+    /// Records that a peripheral was revoked or suspended (`true`) or
+    /// reinstated (`false`).
+    pub fn set_revoked(&self, peripheral: PeripheralId, revoked: bool) {
+        let mut set = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        if revoked {
+            set.insert(peripheral);
+        } else {
+            set.remove(&peripheral);
+        }
+    }
+
+    /// Whether the feed said this peripheral is revoked or suspended.
+    pub fn is_revoked(&self, peripheral: &PeripheralId) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peripheral)
+    }
+
+    /// Stores a ticket, evicting the one expiring first when full. A revoked
+    /// peripheral's ticket is dropped instead.
     pub fn store_ticket(&self, ticket: GatewayTicket) {
+        if self.is_revoked(&ticket.peripheral.id) {
+            return;
+        }
         let mut map = self.lock_tickets();
         if map.len() >= self.max_tickets && !map.contains_key(&ticket.id) {
             if let Some(oldest) = map.values().min_by_key(|t| t.expires_at).map(|t| t.id) {
@@ -315,7 +343,8 @@ impl SessionTable {
     /// it at the same time (SPEC.md §6.1); the driver puts it back if the
     /// attempt fails.
     pub fn take_ticket(&self, id: &ResumptionId) -> Option<GatewayTicket> {
-        self.lock_tickets().remove(id)
+        let t = self.lock_tickets().remove(id)?;
+        (!self.is_revoked(&t.peripheral.id)).then_some(t)
     }
 
     /// Drops every ticket of a peripheral (revocation).

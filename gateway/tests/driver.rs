@@ -290,3 +290,40 @@ async fn connection_floods_are_capped_and_the_gateway_keeps_serving() {
     .expect("a real device is served after the flood");
     assert!(stream.is_established());
 }
+
+#[tokio::test]
+async fn a_revocation_during_the_handshake_still_closes_the_session() {
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    // The feed reports the revocation before the handshake completes.
+    vouch_gateway::revocation::apply(
+        &s.ctx.table,
+        &s.ctx.config.gateway_key,
+        &FeedEvent {
+            seq: 1,
+            at_ms: 0,
+            change: FeedChange::PeripheralRevoked(s.id),
+        },
+    );
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    let d = tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        31,
+        s.shutdown.clone(),
+    ));
+    // (The fake backend still vouches: the backend's own check races the feed.)
+    let mut est = peripheral_full(&s, &mut p_link, 32).await.unwrap();
+    let msg = p_link.recv().await.unwrap().expect("a close record");
+    let mut out = [0u8; 64];
+    assert_eq!(
+        est.session.open(Timestamp(0), &msg, &mut out).unwrap(),
+        Inbound::Close(CloseReason::REVOKED)
+    );
+    d.await.unwrap();
+    assert_eq!(
+        s.ctx.table.ticket_count(),
+        0,
+        "no ticket is kept for a revoked peripheral"
+    );
+    assert_eq!(s.ctx.table.len(), 0);
+}
