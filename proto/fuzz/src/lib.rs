@@ -1228,8 +1228,12 @@ pub fn seeds() -> Vec<Seed> {
             ),
         ),
         (
+            // Signed by a key the device does not hold. (It used to be
+            // signed by held anchor 2 while naming anchor 1: the fuzzer
+            // changed the signer byte to 2 and got a genuinely authorized
+            // update, which is correct behaviour, not a forgery.)
             "wrong_key",
-            AnchorUpdate::sign(2000, AnchorAction::Retire(KeyId(2)), KeyId(1), k2),
+            AnchorUpdate::sign(2000, AnchorAction::Retire(KeyId(2)), KeyId(1), third.signing()),
         ),
     ];
     for (name, u) in updates {
