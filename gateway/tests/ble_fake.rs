@@ -368,3 +368,23 @@ async fn the_link_cap_holds() {
     advertiser.abort();
     assert_eq!(device, "dev-2");
 }
+
+/// Found by the BLE VM test: BlueZ reports a known device again only when its
+/// advertisement changes, so a device that advertised once and whose first
+/// connect failed must be retried without a new advert.
+#[tokio::test(start_paused = true)]
+async fn a_failed_device_is_retried_without_a_new_advert() {
+    let settings = BleSettings {
+        backoff_min: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut b = bench(244, settings, &[("dev-1", &[Plan::Fail])]);
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    let (_, mut end) = b.connected.recv().await.unwrap();
+    assert_eq!(
+        b.radio.attempts.lock().unwrap().len(),
+        2,
+        "retried after the backoff, from the one advert"
+    );
+    handshake_on(&b.s, &mut end, 9).await;
+}

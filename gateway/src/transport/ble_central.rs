@@ -167,6 +167,8 @@ struct DeviceState {
     busy: bool,
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
+    /// The last advertisement seen, to retry from when none comes again.
+    last_advert: Option<Advert>,
 }
 
 /// What a finished connection task reports to the manager.
@@ -199,8 +201,14 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
         max_links = settings.max_links,
         "BLE central scanning for the Vouch service"
     );
+    // BlueZ reports a known device again only when its advertisement or
+    // signal strength changes, so a device whose connection failed may never
+    // be reported again: the last advert of every Vouch device is kept, and a
+    // tick retries those whose backoff has run out.
+    let mut tick = tokio::time::interval(settings.backoff_min.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let candidates: Vec<Advert> = tokio::select! {
             advert = adverts.recv() => {
                 let Some(advert) = advert else {
                     warn!("BLE scan ended");
@@ -210,20 +218,16 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
                 if !advert.services.contains(&SERVICE_UUID) {
                     continue;
                 }
-                let state = table.entry(advert.device.clone()).or_default();
-                if state.busy || state.retry_at.is_some_and(|t| t > tokio::time::Instant::now()) {
-                    continue;
-                }
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    debug!(device = %advert.device, "link cap reached; not connecting");
-                    continue;
-                };
-                state.busy = true;
-                let (radio, ctx, shutdown) = (radio.clone(), ctx.clone(), shutdown.clone());
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    connect_and_run(radio, ctx, settings, advert, shutdown).await
-                });
+                table.entry(advert.device.clone()).or_default().last_advert = Some(advert.clone());
+                vec![advert]
+            }
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                table
+                    .values()
+                    .filter(|s| !s.busy && s.failures > 0 && s.retry_at.is_some_and(|t| t <= now))
+                    .filter_map(|s| s.last_advert.clone())
+                    .collect()
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok(done) = done else { continue };
@@ -244,8 +248,29 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
                         info!(device = %device, failures = s.failures, retry_in_ms = wait.as_millis() as u64, "BLE connection failed; backing off");
                     }
                 }
+                continue;
             }
             _ = shutdown.changed() => break,
+        };
+        for advert in candidates {
+            let state = table.entry(advert.device.clone()).or_default();
+            if state.busy
+                || state
+                    .retry_at
+                    .is_some_and(|t| t > tokio::time::Instant::now())
+            {
+                continue;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                debug!(device = %advert.device, "link cap reached; not connecting");
+                continue;
+            };
+            state.busy = true;
+            let (radio, ctx, shutdown) = (radio.clone(), ctx.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                connect_and_run(radio, ctx, settings, advert, shutdown).await
+            });
         }
     }
     while tasks.join_next().await.is_some() {}
