@@ -652,7 +652,10 @@ mod tests {
         let mut rec = [0u8; 64];
         let mut out = [0u8; 64];
         let n = p.seal_data(now, b"y", &mut rec).unwrap();
-        assert_eq!(g.open(now, &rec[..n], &mut out).unwrap(), Inbound::Data(b"y"));
+        assert_eq!(
+            g.open(now, &rec[..n], &mut out).unwrap(),
+            Inbound::Data(b"y")
+        );
     }
 
     #[test]
