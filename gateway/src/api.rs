@@ -211,3 +211,49 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod router_tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app() -> Router {
+        router(ApiState {
+            table: SessionTable::new(10),
+            metrics: Arc::new(Metrics::new().unwrap()),
+            gateway_key: "k".into(),
+            shutdown: tokio::sync::watch::channel(false).1,
+        })
+    }
+
+    async fn post(path: &str) -> (StatusCode, serde_json::Value) {
+        let resp = app()
+            .oneshot(Request::post(path).body(Body::from("led=on")).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_a_clear_error() {
+        let (s, v) = post("/v1/peripherals/not-hex/send").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "bad_peripheral_id");
+        let (s, v) = post("/v1/peripherals/0011223344556677/send").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(v["error"]["code"], "no_session");
+        let resp = app()
+            .oneshot(Request::get("/v1/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+}

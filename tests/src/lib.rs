@@ -20,7 +20,7 @@
 //! # }
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -633,9 +633,4 @@ pub async fn exchange(
         .expect("link")
         .expect("an answer, not a hang-up");
     (answer, link)
-}
-
-/// A scratch directory path inside a temp dir.
-pub fn scratch(dir: &tempfile::TempDir, name: &str) -> PathBuf {
-    dir.path().join(name)
 }

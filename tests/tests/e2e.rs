@@ -1,7 +1,7 @@
 //! End to end over real sockets: the backend serving HTTPS (mutual TLS for
 //! the gateway), the gateway's TCP transport, and the device driver.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vouch_gateway::sessions::SendError;
 use vouch_peripheral::driver::SessionEnd;
@@ -285,5 +285,4 @@ async fn two_backend_instances_on_one_postgres_act_as_one() {
     .await;
     drop(gateway);
     dev.stop().await;
-    let _ = Duration::ZERO;
 }
