@@ -97,6 +97,7 @@ struct FakeRadio {
     adverts: Mutex<Option<mpsc::Receiver<Advert>>>,
     plans: Mutex<HashMap<String, VecDeque<Plan>>>,
     attempts: Mutex<Vec<(String, tokio::time::Instant)>>,
+    cancelled: Mutex<Vec<String>>,
     connected: mpsc::Sender<(String, PeripheralEnd)>,
     frag_len: usize,
 }
@@ -144,6 +145,9 @@ impl BleRadio for FakeRadio {
             }
         }
     }
+    async fn cancel(&self, device: &str) {
+        self.cancelled.lock().unwrap().push(device.to_string());
+    }
 }
 
 struct Bench {
@@ -166,6 +170,7 @@ fn bench(frag_len: usize, settings: BleSettings, plans: &[(&str, &[Plan])]) -> B
                 .collect(),
         ),
         attempts: Mutex::new(vec![]),
+        cancelled: Mutex::new(vec![]),
         connected: connected_tx,
         frag_len,
     });
@@ -339,6 +344,43 @@ async fn a_hung_connect_times_out_and_is_retried() {
     let attempts = b.radio.attempts.lock().unwrap().clone();
     assert_eq!(attempts.len(), 2);
     assert!(attempts[1].1 - attempts[0].1 >= Duration::from_millis(3000 + 750));
+    // Found by the BLE VM test: BlueZ completes a connection the caller gave
+    // up on, and the stale connection blocks the next connect unless cancelled.
+    assert_eq!(
+        *b.radio.cancelled.lock().unwrap(),
+        vec!["dev-1".to_string()]
+    );
+}
+
+/// Found by the BLE VM test: BlueZ makes one LE connection at a time, so
+/// connects to several devices that appear together are made in turn, and a
+/// device's connect timeout does not run while it waits behind the others.
+#[tokio::test(start_paused = true)]
+async fn connects_are_made_one_at_a_time() {
+    let settings = BleSettings {
+        connect_timeout: Duration::from_secs(3),
+        backoff_min: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut b = bench(244, settings, &[("dev-1", &[Plan::Hang])]);
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    b.adverts.send(advert("dev-2", true)).await.unwrap();
+    // dev-2 is connected only once dev-1's hung connect has timed out.
+    let (device, mut end) = b.connected.recv().await.unwrap();
+    assert_eq!(device, "dev-2");
+    let attempts = b.radio.attempts.lock().unwrap().clone();
+    assert_eq!(attempts[0].0, "dev-1");
+    assert_eq!(attempts[1].0, "dev-2");
+    assert!(attempts[1].1 - attempts[0].1 >= Duration::from_secs(3));
+    assert!(
+        b.radio
+            .cancelled
+            .lock()
+            .unwrap()
+            .contains(&"dev-1".to_string()),
+        "the timed-out connect was cancelled"
+    );
+    handshake_on(&b.s, &mut end, 11).await;
 }
 
 #[tokio::test(start_paused = true)]

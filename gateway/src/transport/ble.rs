@@ -147,6 +147,25 @@ impl BleRadio for BtleplugRadio {
             fragment_len: self.fragment_len,
         })
     }
+
+    async fn cancel(&self, device: &str) {
+        let id = self
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device)
+            .cloned();
+        let Some(id) = id else { return };
+        // BlueZ's Disconnect also aborts a connection still being made.
+        match self.adapter.peripheral(&id).await {
+            Ok(p) => {
+                if let Err(e) = p.disconnect().await {
+                    debug!(device, error = %e, "BLE cancel");
+                }
+            }
+            Err(e) => debug!(device, error = %e, "BLE cancel: device gone"),
+        }
+    }
 }
 
 /// A GATT connection through btleplug.

@@ -54,6 +54,11 @@ pub trait BleRadio: Send + Sync + 'static {
     fn scan(&self) -> impl Future<Output = Result<mpsc::Receiver<Advert>, LinkError>> + Send;
     /// Connects to a device seen in an advertisement.
     fn connect(&self, device: &str) -> impl Future<Output = Result<Self::Conn, LinkError>> + Send;
+    /// Tears down whatever connection to `device` the stack still holds or is
+    /// still making, after a connect that timed out: BlueZ completes an LE
+    /// connection even when the caller stopped waiting, and a device with a
+    /// stale connection cannot be connected again.
+    fn cancel(&self, device: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// One GATT connection to a Vouch peripheral.
@@ -76,8 +81,12 @@ pub trait BleConnection: Send + 'static {
 pub struct BleSettings {
     /// Most concurrent links.
     pub max_links: usize,
-    /// Timeout of a connect.
+    /// Timeout of one connect (not counting the wait for a turn).
     pub connect_timeout: Duration,
+    /// Most connects in progress at once. BlueZ makes one LE connection at a
+    /// time and queues the rest, so a device's connect timeout would otherwise
+    /// run while it waits behind the others.
+    pub concurrent_connects: usize,
     /// Timeout of service discovery and subscription.
     pub setup_timeout: Duration,
     /// Timeout of one write.
@@ -94,7 +103,10 @@ impl Default for BleSettings {
     fn default() -> Self {
         Self {
             max_links: 8,
-            connect_timeout: Duration::from_secs(10),
+            // Generous: a connection under load (or in an emulator) can take
+            // several connection events to establish.
+            connect_timeout: Duration::from_secs(30),
+            concurrent_connects: 1,
             setup_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
             setup_retries: 2,
@@ -190,6 +202,7 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
 ) -> Result<(), LinkError> {
     let mut adverts = radio.scan().await?;
     let permits = Arc::new(Semaphore::new(settings.max_links));
+    let connecting = Arc::new(Semaphore::new(settings.concurrent_connects.max(1)));
     let mut table: HashMap<String, DeviceState> = HashMap::new();
     let mut tasks: JoinSet<Done> = JoinSet::new();
     tokio::spawn(crate::driver::sweeper(
@@ -267,9 +280,10 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
             };
             state.busy = true;
             let (radio, ctx, shutdown) = (radio.clone(), ctx.clone(), shutdown.clone());
+            let connecting = connecting.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                connect_and_run(radio, ctx, settings, advert, shutdown).await
+                connect_and_run(radio, ctx, settings, advert, connecting, shutdown).await
             });
         }
     }
@@ -294,9 +308,15 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
     ctx: Arc<Context<B, C>>,
     settings: BleSettings,
     advert: Advert,
+    connecting: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) -> Done {
     let device = advert.device.clone();
+    // One connect at a time; the turn is held until the link is set up, which
+    // is bounded by the connect and setup timeouts, so waiting for it is too.
+    let Ok(turn) = connecting.acquire_owned().await else {
+        return Done::Failed(device);
+    };
     let conn = match tokio::time::timeout(settings.connect_timeout, radio.connect(&device)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -304,7 +324,8 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
             return Done::Failed(device);
         }
         Err(_) => {
-            info!(device = %device, "BLE connect timed out");
+            info!(device = %device, "BLE connect timed out; cancelling it");
+            radio.cancel(&device).await;
             return Done::Failed(device);
         }
     };
@@ -329,6 +350,7 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
             }
         }
     }
+    drop(turn);
     info!(device = %device, address = %advert.address, "BLE link up");
     let mut link = BleLink::new(conn, device.clone(), settings.write_timeout);
     let outcome = run_link(ctx, &mut link, crate::server::link_seed(), shutdown).await;
