@@ -312,6 +312,19 @@ impl Backend {
         serde_json::from_value(v).expect("anchor bundle")
     }
 
+    /// Vouch decisions the backend audited for requests from a gateway.
+    pub async fn vouch_audit_of_gateway(&self, key: &PublicKey) -> Vec<Value> {
+        let (s, v) = self
+            .admin(
+                "GET",
+                &format!("/v1/admin/audit?gateway={key}&action=vouch&limit=1000"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "audit: {v}");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Audit entries about a peripheral.
     pub async fn audit_of(&self, id: &PeripheralId) -> Vec<Value> {
         let (s, v) = self
@@ -601,6 +614,12 @@ impl RunningDevice {
 }
 
 impl Device {
+    /// The secret seed of this device's identity key, for tests that check
+    /// it never appears anywhere it should not.
+    pub fn danger_secret_seed(&self) -> [u8; 32] {
+        self.key_seed
+    }
+
     /// This device's identity key (tests that build raw handshakes).
     pub fn key(&self) -> IdentityKey {
         IdentityKey::from_seed(&self.key_seed)
