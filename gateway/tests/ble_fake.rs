@@ -430,3 +430,53 @@ async fn a_failed_device_is_retried_without_a_new_advert() {
     );
     handshake_on(&b.s, &mut end, 9).await;
 }
+
+/// Found by the BLE VM test: a device that rebooted on the same address is
+/// not reported again by BlueZ until its cached entry expires, so after a
+/// session ends the central tries the device again from its last advert.
+#[tokio::test(start_paused = true)]
+async fn a_device_that_rebooted_is_reconnected_without_a_new_advert() {
+    let settings = BleSettings {
+        backoff_min: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut b = bench(244, settings, &[]);
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    let (_, mut end) = b.connected.recv().await.unwrap();
+    handshake_on(&b.s, &mut end, 21).await;
+    drop(end); // the device reboots: the link drops
+    let (device, mut end) = b.connected.recv().await.unwrap();
+    assert_eq!(device, "dev-1");
+    assert_eq!(
+        b.radio.attempts.lock().unwrap().len(),
+        2,
+        "one advert, two links"
+    );
+    handshake_on(&b.s, &mut end, 22).await;
+}
+
+/// A device that left for good costs a bounded number of connects (each may
+/// take the whole connect timeout, and connects are made one at a time).
+#[tokio::test(start_paused = true)]
+async fn a_device_gone_for_good_costs_a_bounded_number_of_connects() {
+    use vouch_gateway::transport::ble_central::STALE_ATTEMPTS;
+    let settings = BleSettings {
+        backoff_min: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let b = bench(244, settings, &[("dev-1", &[Plan::Fail; 20])]);
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    assert_eq!(
+        b.radio.attempts.lock().unwrap().len() as u32,
+        1 + STALE_ATTEMPTS,
+        "the advert's attempt, then the remembered advert's"
+    );
+    // A new report of the device starts over.
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        b.radio.attempts.lock().unwrap().len() as u32,
+        2 + STALE_ATTEMPTS
+    );
+}

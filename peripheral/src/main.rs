@@ -110,7 +110,8 @@ struct RunArgs {
     /// GATT profile (needs a build with --features ble).
     #[arg(long, value_name = "URL")]
     connect: String,
-    /// ATT MTU the TCP fragments are sized for (23..=517).
+    /// ATT MTU the fragments are sized for (23..=517). On BLE, notifications
+    /// are sized for the smaller of this and the MTU BlueZ negotiated.
     #[arg(long, default_value_t = vouch_peripheral::transport::tcp::DEFAULT_ATT_MTU)]
     att_mtu: usize,
     /// Seconds between telemetry messages.
@@ -366,11 +367,17 @@ async fn run_ble(
 ) -> Result<()> {
     use vouch_peripheral::transport::ble::{BleConfig, BleConnector};
     let adapter = args.connect.strip_prefix("ble:").map(str::to_string);
+    let att_mtu = args.att_mtu;
+    anyhow::ensure!(
+        (23..=517).contains(&att_mtu),
+        "--att-mtu must be 23..=517 (got {att_mtu})"
+    );
     let make = || {
         let adapter = adapter.clone();
         async move {
             BleConnector::start(BleConfig {
                 adapter,
+                max_att_mtu: att_mtu,
                 ..BleConfig::default()
             })
             .await

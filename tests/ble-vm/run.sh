@@ -10,8 +10,11 @@
 # Environment:
 #   LAB            scratch directory (default /tmp/vouch-ble-vm); kernel cached here
 #   BIN            directory with the three binaries (default: build them, release)
-#   SCENARIOS      which scenarios to run (default "1"; 2 and 3 are known to fail, see NOTES.md)
+#   SCENARIOS      which scenarios to run (default "1 2 3 4 5 6", in that order)
+#   PROFILE        cargo profile for the binaries (default release; CI uses debug,
+#                  whose dependencies the test build has already compiled)
 #   VM_TIMEOUT     seconds for the whole VM run (default 900)
+#   BTVIRT_DEBUG   non-empty: btvirt logs every HCI packet to out/btvirt.log
 #   QEMU_ACCEL / QEMU_CPU   e.g. "-accel kvm" / host on a host with plain KVM
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +25,8 @@ say() { echo "[ble-vm +$(( $(date +%s) - START ))s] $*"; }
 mkdir -p "$LAB/out"
 
 say "Debian packages"
-pkgs="qemu-system-x86 bluez bluez-test-tools busybox-static kmod libdbus-1-dev pkg-config curl"
+pkgs="qemu-system-x86 bluez bluez-test-tools busybox-static kmod libdbus-1-dev pkg-config curl \
+      autoconf automake libtool libglib2.0-dev xz-utils patch"
 missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
     apt-get update -qq
@@ -41,13 +45,40 @@ if [ ! -d "$LAB/kroot/boot" ]; then
     rm -rf "$LAB/kpkg"
 fi
 KVER=$(ls "$LAB/kroot/lib/modules")
+
+# btvirt with one fix (btdev-conn-handles.patch): Debian's own cannot carry
+# data on a second simultaneous link from one central. Built from Debian's
+# source of the installed version, once per version and patch.
+BLUEZ_VER=$(dpkg-query -W -f '${Version}' bluez-test-tools | sed 's/-.*//')
+PATCH_SUM=$(sha256sum "$HERE/btdev-conn-handles.patch" | cut -c1-12)
+BTVIRT="$LAB/btvirt-$BLUEZ_VER-$PATCH_SUM"
+if [ ! -x "$BTVIRT" ]; then
+    say "btvirt $BLUEZ_VER with the connection-handle fix"
+    rm -rf "$LAB/bluez-src" && mkdir -p "$LAB/bluez-src"
+    curl -sSfL "http://deb.debian.org/debian/pool/main/b/bluez/bluez_$BLUEZ_VER.orig.tar.xz" |
+        tar xJ -C "$LAB/bluez-src" --strip-components=1
+    (
+        cd "$LAB/bluez-src"
+        patch -s -p1 < "$HERE/btdev-conn-handles.patch"
+        ./bootstrap > build.log 2>&1
+        ./configure --enable-testing --disable-manpages --disable-udev --disable-cups --disable-obex \
+            --disable-client --disable-monitor --disable-systemd --disable-tools --disable-datafiles \
+            >> build.log 2>&1
+        hdrs=$(printf 'h:\n\t@echo $(local_headers)\n' | make -s -f Makefile -f - h)
+        make -j"$(nproc)" $hdrs emulator/btvirt >> build.log 2>&1
+    ) || { tail -20 "$LAB/bluez-src/build.log"; echo "btvirt build failed"; exit 1; }
+    cp "$LAB/bluez-src/emulator/btvirt" "$BTVIRT.part" && mv "$BTVIRT.part" "$BTVIRT"
+    rm -rf "$LAB/bluez-src"
+fi
 "$HERE/vm/mkinitrd.sh" "$LAB/kroot" "$LAB/initrd.gz"
 
 if [ -z "${BIN:-}" ]; then
-    say "cargo build (release, BLE features)"
-    ( cd "$ROOT" && cargo build --release -p vouch-backend -p vouch-gateway -p vouch-peripheral \
+    PROFILE=${PROFILE:-release}
+    say "cargo build (profile $PROFILE, BLE features)"
+    case $PROFILE in debug|dev) cprof=dev dir=debug ;; *) cprof=$PROFILE dir=$PROFILE ;; esac
+    ( cd "$ROOT" && cargo build --profile "$cprof" -p vouch-backend -p vouch-gateway -p vouch-peripheral \
         --features vouch-gateway/ble,vouch-peripheral/ble )
-    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$dir
 fi
 BIN=$(readlink -f "$BIN")
 
@@ -55,7 +86,9 @@ say "boot the VM (kernel $KVER)"
 rm -f "$LAB/out/"*
 cat > "$LAB/guest.env" <<ENV
 BIN=$BIN
-SCENARIOS='${SCENARIOS:-1}'
+BTVIRT=$BTVIRT
+BTVIRT_DEBUG='${BTVIRT_DEBUG:-}'
+SCENARIOS='${SCENARIOS:-1 2 3 4 5 6}'
 ENV
 set +e
 timeout "${VM_TIMEOUT:-900}" qemu-system-x86_64 ${QEMU_ACCEL:--accel tcg,thread=multi} -cpu "${QEMU_CPU:-max}" \
@@ -81,5 +114,6 @@ if [ "$failed" != 0 ]; then
 fi
 say "done; logs in $LAB/out"
 [ -f "$LAB/out/results" ] && cat "$LAB/out/results"
+[ -s "$LAB/out/measures" ] && sed 's/^/measured: /' "$LAB/out/measures"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

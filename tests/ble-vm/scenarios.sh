@@ -2,16 +2,18 @@
 # Runs inside the VM (POSIX sh). Brings up btvirt (one controller for the gateway,
 # one per peripheral), D-Bus and bluetoothd, enrolls everything like
 # .ci/quickstart.sh, then runs the scenarios in $SCENARIOS. Each scenario appends
-# "PASS name" or "FAIL name: why" to $LAB/out/results. Exit status: failures.
+# "PASS name" or "FAIL name: why" to $LAB/out/results, and "MEASURE ..." lines
+# for the figures it took. Exit status: failures.
 OUT=$LAB/out
 W=/run/vouch                      # tmpfs: backend SQLite, gateway and device state
 B=$BIN/vouch-backend G=$BIN/vouch-gateway P=$BIN/vouch-peripheral
 GW_HCI=hci0                       # peripheral i uses hci$i
-NPERIPH=3                         # s1: p1; s2: p2 + p3 (fresh devices, see scenario 3)
+NPERIPH=3                         # enrolled devices p1..p3, on hci1..hci3
 NCTRL=$((NPERIPH + 1))
+# p4: a real device whose identity the backend has never seen (scenario 5)
 SOCK=$W/gw/api.sock
 RESULTS=$OUT/results
-: > "$RESULTS"
+: > "$RESULTS"; : > "$OUT/measures"
 PIDS=""
 now() { cut -d' ' -f1 /proc/uptime; }
 log() { echo "vm[$(now)s]: $*"; }
@@ -47,22 +49,26 @@ controllers_ready() { # all NCTRL controllers finished kernel setup (visible on 
 }
 # Under TCG the kernel's first HCI_Reset can time out (-110) before btvirt's main
 # loop runs; that controller never comes up. Detect it and restart btvirt.
-BTVIRT=
+BTVIRT_PID=
 for attempt in 1 2 3 4 5; do
-    btvirt -L -l$NCTRL > "$OUT/btvirt.log" 2>&1 &
-    BTVIRT=$!
+    "${BTVIRT:?the patched btvirt (run.sh builds it)}" ${BTVIRT_DEBUG:+-d} -L -l$NCTRL > "$OUT/btvirt.log" 2>&1 &
+    BTVIRT_PID=$!
     if wait_for 30 controllers_ready; then break; fi
     log "controllers not all up (attempt $attempt); restarting btvirt"
-    stop $BTVIRT 5; BTVIRT=; sleep 1
+    stop $BTVIRT_PID 5; BTVIRT_PID=; sleep 1
 done
-[ -n "$BTVIRT" ] || setup_fail "btvirt controllers never became ready"
-PIDS="$PIDS $BTVIRT"
-/usr/libexec/bluetooth/bluetoothd -n -d > "$OUT/bluetoothd.log" 2>&1 &
-PIDS="$PIDS $!"
+[ -n "$BTVIRT_PID" ] || setup_fail "btvirt controllers never became ready"
+PIDS="$PIDS $BTVIRT_PID"
 adapters_on_dbus() {
     [ "$(busctl --system --no-pager tree org.bluez 2>/dev/null | grep -c '/org/bluez/hci[0-9]*$')" = "$NCTRL" ]
 }
-wait_for 60 adapters_on_dbus || setup_fail "bluetoothd did not publish $NCTRL adapters"
+# start_bluetoothd TAG [MAIN.CONF]
+start_bluetoothd() {
+    /usr/libexec/bluetooth/bluetoothd -n -d ${2:+-f "$2"} > "$OUT/bluetoothd-$1.log" 2>&1 &
+    BTD=$!; PIDS="$PIDS $BTD"
+    wait_for 60 adapters_on_dbus
+}
+start_bluetoothd default || setup_fail "bluetoothd did not publish $NCTRL adapters"
 log "$NCTRL controllers and bluetoothd up"
 
 # ---- Backend, gateway, devices (as .ci/quickstart.sh) ------------------------
@@ -96,19 +102,27 @@ done
 $B --data-dir $W/backend associate --peripheral group:meters --gateway site:lab \
     --scope telemetry,command,app8 > /dev/null || setup_fail "associate"
 $B --data-dir $W/backend export-anchor --out $W/anchor.json || setup_fail "export-anchor"
-for i in $(seq 1 $NPERIPH); do
+$P keygen --dir $W/p4 --group meters > $W/p4.row || setup_fail "keygen p4"
+ID4=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' $W/p4.row)
+for i in $(seq 1 $((NPERIPH + 1))); do
     $P provision --dir $W/p$i --anchor $W/anchor.json > /dev/null || setup_fail "provision p$i"
 done
 exec 2>&3 3>&-
 
-RUST_LOG=${RUST_LOG:-info} $G run --config $W/gw/gateway.toml > "$OUT/gateway.log" 2>&1 &
-GW=$!; PIDS="$PIDS $GW"
-wait_for 60 has "$OUT/gateway.log" "BLE central scanning" || setup_fail "gateway BLE central did not start"
-wait_for 30 test -S $SOCK || setup_fail "no gateway API socket"
-# every authenticated message, one JSON object per line
-curl -sN --unix-socket $SOCK http://gw/v1/messages > "$OUT/messages.ndjson" 2> "$OUT/messages-curl.log" &
-PIDS="$PIDS $!"
-log "backend and gateway up; devices ${ID1} ${ID2} ${ID3}"
+# start_gateway CONFIG LOG: the gateway, and a subscriber to its message stream
+# (every authenticated message, one JSON object per line, appended to
+# $OUT/messages.ndjson)
+start_gateway() {
+    RUST_LOG=${RUST_LOG:-info} $G run --config "$1" > "$2" 2>&1 &
+    GW=$!; PIDS="$PIDS $GW"
+    wait_for 60 has "$2" "BLE central scanning" || return 1
+    wait_for 30 test -S $SOCK || return 1
+    curl -sN --unix-socket $SOCK http://gw/v1/messages >> "$OUT/messages.ndjson" 2>> "$OUT/messages-curl.log" &
+    MSGS=$!; PIDS="$PIDS $MSGS"
+}
+GWLOG=$OUT/gateway.log
+start_gateway $W/gw/gateway.toml "$GWLOG" || setup_fail "gateway BLE central or API did not start"
+log "backend and gateway up; devices ${ID1} ${ID2} ${ID3}; unenrolled ${ID4}"
 
 # ---- helpers for scenarios --------------------------------------------------
 # start_periph N TAG: run device N on hci$N; its logs are $OUT/TAG-pN.{log,out}
@@ -139,6 +153,13 @@ verdict() {
     FAILS=""
 }
 latency() { sed -n 's/.*handshake ok (\([a-z]*\), \([0-9]*\) ms).*/\1 \2 ms/p' "$1" | head -1; }
+# the ATT MTU BlueZ gave the peripheral's notify socket
+mtu_of() { sed -n 's/.*gateway subscribed to Outbox.* mtu=\([0-9]*\).*/\1/p' "$1" | head -1; }
+mtu_above() { m=$(mtu_of "$1"); [ -n "$m" ] && [ "$m" -gt "$2" ]; }
+mtu_is() { [ "$(mtu_of "$1")" = "$2" ]; }
+measure() { log "MEASURE $*"; echo "$*" >> "$OUT/measures"; }
+sessions() { curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions; }
+count() { grep -c -- "$2" "$1" 2>/dev/null || true; }
 
 # ---- scenario 1: one device authenticates and exchanges data both ways -------
 scenario_1() {
@@ -147,11 +168,12 @@ scenario_1() {
     t0=$(now)
     start_periph 1 s1
     expect "peripheral handshake ok" 120 has "$OUT/s1-p1.log" "handshake ok" &&
-    expect "gateway session established" 30 has "$OUT/gateway.log" "session established" &&
+    expect "gateway session established" 30 has "$GWLOG" "session established" &&
     expect "telemetry from $ID1 at the gateway API" 60 telemetry_from "$ID1" &&
     expect "command accepted by the gateway (204)" 30 sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 --unix-socket $SOCK -X POST --data-binary led=on http://gw/v1/peripherals/$ID1/send)\" = 204 ]" &&
-    expect "command received by the peripheral" 30 has "$OUT/s1-p1.out" "recv led=on"
-    log "scenario 1: handshake $(latency "$OUT/s1-p1.log") (peripheral's measure), started at ${t0}s"
+    expect "command received by the peripheral" 30 has "$OUT/s1-p1.out" "recv led=on" &&
+    expect "a large ATT MTU through the real stack (not 23)" 1 mtu_above "$OUT/s1-p1.log" 23
+    measure "s1 handshake $(latency "$OUT/s1-p1.log") (peripheral's measure), notify mtu $(mtu_of "$OUT/s1-p1.log")"
     stop $PP1 15
     verdict "$name"
 }
@@ -172,21 +194,106 @@ scenario_2() {
     expect "p2 received its command" 30 has "$OUT/s2-p2.out" "recv led=off" &&
     expect "p3 received its command" 30 has "$OUT/s2-p3.out" "recv led=on" &&
     expect "p2 did not get p3's command" 1 sh -c "! grep -q 'recv led=on' '$OUT/s2-p2.out'"
-    log "scenario 2: p2 $(latency "$OUT/s2-p2.log"), p3 $(latency "$OUT/s2-p3.log")"
+    measure "s2 p2 $(latency "$OUT/s2-p2.log"), p3 $(latency "$OUT/s2-p3.log")"
     stop $PP2 15; stop $PP3 15
     verdict "$name"
 }
 
-# ---- scenario 3 (opt-in, known to fail): a device restarts and resumes -------
-# p1 (from scenario 1) starts again on the same controller and address. Today the
-# gateway never reconnects: see tests/ble-vm/NOTES.md.
+# ---- scenario 3: a device restarts and resumes -------------------------------
+# p1 (from scenario 1, or fresh) starts again on the same controller and address.
+# Found here: BlueZ never re-reports an unchanged device, and completes a
+# connection the gateway stopped waiting for (tests/ble-vm/NOTES.md).
 scenario_3() {
     name="3 peripheral restarts and resumes"
     log "scenario $name"
-    start_periph 1 s3
-    expect "p1 handshake ok (resumed) after restart" 90 has "$OUT/s3-p1.log" "handshake ok (resumed" &&
-    expect "telemetry after resumption" 60 sh -c "[ \$(grep -c '^sent' '$OUT/s3-p1.out') -ge 1 ]"
+    start_periph 1 s3a
+    expect "p1 handshake ok (first run)" 120 has "$OUT/s3a-p1.log" "handshake ok" &&
+    expect "p1 sent telemetry" 60 has "$OUT/s3a-p1.out" "^sent"
     stop $PP1 15
+    start_periph 1 s3b
+    expect "p1 handshake ok (resumed) after restart" 120 has "$OUT/s3b-p1.log" "handshake ok (resumed" &&
+    expect "telemetry after resumption" 60 has "$OUT/s3b-p1.out" "^sent"
+    measure "s3 resumption $(latency "$OUT/s3b-p1.log") (peripheral's measure)"
+    stop $PP1 15
+    verdict "$name"
+}
+
+# ---- scenario 4: a revoked peripheral's live BLE session is closed -----------
+scenario_4() {
+    name="4 revoked peripheral: live BLE session closed, no new session"
+    log "scenario $name"
+    start_periph 2 s4
+    expect "p2 handshake ok" 120 has "$OUT/s4-p2.log" "handshake ok" &&
+    expect "p2 session at the gateway" 30 sh -c "curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID2"
+    if [ -z "$FAILS" ]; then
+        t0=$(now)
+        $B --data-dir $W/backend revoke peripheral "$ID2" > "$OUT/s4-revoke.txt" 2>&1 ||
+            FAILS="vouch-backend revoke peripheral failed"
+        expect "gateway closed p2's session on the revocation feed" 10 has "$GWLOG" "peripheral revoked or suspended: session closed" &&
+        measure "s4 revocation reached the live BLE session in $(awk "BEGIN {print $(now) - $t0}") s (CLI to gateway log, polled every 0.25 s)"
+        expect "p2 gone from the gateway's sessions" 10 sh -c "! curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID2" &&
+        expect "p2 saw its session end" 30 has "$OUT/s4-p2.log" "session closed" &&
+        expect "p2 reconnects but its handshake fails" 120 has "$OUT/s4-p2.log" "handshake failed" &&
+        expect "no new session for p2" 1 sh -c "! curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID2" &&
+        expect "a command to p2 is refused" 1 sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 --unix-socket $SOCK -X POST --data-binary led=on http://gw/v1/peripherals/$ID2/send)\" != 204 ]"
+    fi
+    stop $PP2 15
+    verdict "$name"
+}
+
+# ---- scenario 5: a spoofed address gains nothing -----------------------------
+# Two real devices use p1's controller, so p1's exact address: p4, whose
+# identity the backend has never seen, and p3, an enrolled device with its own
+# identity. The first gets no session; the second gets its own, never p1's.
+scenario_5() {
+    name="5 spoofed address: another identity on p1's address gains nothing"
+    log "scenario $name"
+    fails_before=$(count "$GWLOG" "handshake failed")
+    VOUCH_LOG=info $P run --dir $W/p4 --connect ble:hci1 --interval 2 > "$OUT/s5-p4.out" 2> "$OUT/s5-p4.log" &
+    PP4=$!; PIDS="$PIDS $PP4"
+    expect "the unenrolled device on p1's address fails its handshake" 120 has "$OUT/s5-p4.log" "handshake failed" &&
+    expect "the gateway refused it" 30 sh -c "[ \$(grep -c 'handshake failed' '$GWLOG') -gt $fails_before ]" &&
+    expect "no session for p4 or p1" 1 sh -c "! curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q '$ID4\|$ID1'" &&
+    expect "p4 never authenticated" 1 sh -c "! grep -q 'handshake ok' '$OUT/s5-p4.log'" &&
+    expect "a command to p1 is not delivered to the spoofer" 1 sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 --unix-socket $SOCK -X POST --data-binary led=on http://gw/v1/peripherals/$ID1/send)\" != 204 ]"
+    stop $PP4 15
+    [ -n "$FAILS" ] || {
+        VOUCH_LOG=info $P run --dir $W/p3 --connect ble:hci1 --interval 2 > "$OUT/s5-p3.out" 2> "$OUT/s5-p3.log" &
+        PP3=$!; PIDS="$PIDS $PP3"
+        expect "p3 on p1's address authenticates as itself" 120 has "$OUT/s5-p3.log" "handshake ok" &&
+        expect "the gateway's session is p3's, not p1's" 30 sh -c "s=\$(curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions); echo \"\$s\" | grep -q $ID3 && ! echo \"\$s\" | grep -q $ID1" &&
+        expect "a command to p1 is refused while p3 holds p1's address" 1 sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 --unix-socket $SOCK -X POST --data-binary led=off http://gw/v1/peripherals/$ID1/send)\" != 204 ]" &&
+        expect "p3 received no command" 1 sh -c "! grep -q '^recv' '$OUT/s5-p3.out'"
+        stop $PP3 15
+    }
+    verdict "$name"
+}
+
+# ---- scenario 6: ATT MTU 23 through the real stack ----------------------------
+# The gateway restarts with att_mtu = 23 and the device runs with --att-mtu 23:
+# every message crosses BlueZ as 20-byte writes and notifications (a Response
+# is 8 of them). BlueZ itself negotiates no ATT MTU below 48 here: with
+# `ExchangeMTU = 23` in main.conf, bluetoothd 5.66 cannot open its ATT socket
+# (setsockopt(L2CAP_OPTIONS): Invalid argument) and registers no adapter.
+scenario_6() {
+    name="6 ATT MTU 23: 20-byte fragments both ways through the real stack"
+    log "scenario $name"
+    stop $GW 15; stop $MSGS 5
+    sed '/^adapter = /a att_mtu = 23' $W/gw/gateway.toml > $W/gw/gateway-mtu23.toml
+    cp $W/gw/gateway-mtu23.toml "$OUT/gateway-mtu23.toml"
+    GWLOG=$OUT/gateway-mtu23.log
+    n3=$(grep -c "\"$ID3\"" "$OUT/messages.ndjson")
+    start_gateway $W/gw/gateway-mtu23.toml "$GWLOG" || FAILS="gateway did not restart with att_mtu = 23"
+    VOUCH_LOG=info $P run --dir $W/p3 --connect ble:hci3 --att-mtu 23 --interval 2 \
+        > "$OUT/s6-p3.out" 2> "$OUT/s6-p3.log" &
+    PP3=$!; PIDS="$PIDS $PP3"
+    expect "p3 handshake ok with 20-byte fragments" 120 has "$OUT/s6-p3.log" "handshake ok" &&
+    expect "the device sized its notifications for MTU 23" 1 has "$OUT/s6-p3.log" "att_mtu=23" &&
+    expect "new telemetry from p3 at MTU 23" 60 sh -c "[ \$(grep -c '\"$ID3\"' '$OUT/messages.ndjson') -gt $n3 ]" &&
+    expect "a 107-byte command to p3 (204)" 30 sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 --unix-socket $SOCK -X POST --data-binary led=on-$(printf '%0100d' 0) http://gw/v1/peripherals/$ID3/send)\" = 204 ]" &&
+    expect "p3 received the long command whole" 30 has "$OUT/s6-p3.out" "recv led=on-0000000000"
+    measure "s6 handshake with 20-byte fragments $(latency "$OUT/s6-p3.log") (peripheral's measure)"
+    stop $PP3 15
     verdict "$name"
 }
 

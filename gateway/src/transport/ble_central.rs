@@ -24,7 +24,7 @@ use vouch_proto::Timestamp;
 use super::{Link, LinkError};
 use crate::backend_client::BackendApi;
 use crate::clock::Clock;
-use crate::driver::{run_link, Context};
+use crate::driver::{run_link, Context, Outcome};
 
 /// The Vouch GATT service (SPEC.md §8.5).
 pub const SERVICE_UUID: u128 = 0x5b3f0001_8e4a_4c6e_9d2a_7f1c0b6e4a10;
@@ -83,6 +83,9 @@ pub struct BleSettings {
     pub max_links: usize,
     /// Timeout of one connect (not counting the wait for a turn).
     pub connect_timeout: Duration,
+    /// After a session ends, when to try the device again from its last
+    /// advertisement (it may be rebooting; BlueZ will not report it again).
+    pub rejoin_after: Duration,
     /// Most connects in progress at once. BlueZ makes one LE connection at a
     /// time and queues the rest, so a device's connect timeout would otherwise
     /// run while it waits behind the others.
@@ -103,9 +106,11 @@ impl Default for BleSettings {
     fn default() -> Self {
         Self {
             max_links: 8,
-            // Generous: a connection under load (or in an emulator) can take
-            // several connection events to establish.
-            connect_timeout: Duration::from_secs(30),
+            // Generous: a slow advertiser (or an emulator) can take several
+            // seconds; connects are made one at a time, so this is one
+            // device's own time.
+            connect_timeout: Duration::from_secs(15),
+            rejoin_after: Duration::from_secs(2),
             concurrent_connects: 1,
             setup_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
@@ -181,14 +186,24 @@ struct DeviceState {
     retry_at: Option<tokio::time::Instant>,
     /// The last advertisement seen, to retry from when none comes again.
     last_advert: Option<Advert>,
+    /// The link ended: the device may be rebooting, so try it again once.
+    rejoin: bool,
+    /// Attempts made from `last_advert` since the stack last reported the
+    /// device; after [`STALE_ATTEMPTS`] the device waits for a new report.
+    stale_attempts: u32,
 }
+
+/// Connects made from a remembered advertisement before the device must be
+/// reported again: a device that left for good costs at most this many
+/// connect timeouts, and connects are made one at a time.
+pub const STALE_ATTEMPTS: u32 = 3;
 
 /// What a finished connection task reports to the manager.
 #[derive(Debug)]
 enum Done {
-    /// The link ran (a handshake was attempted): reset the failure count.
+    /// A session ran: reset the failure count.
     Ran(String),
-    /// Connecting or discovery failed.
+    /// Connecting, discovery or the handshake failed: back off.
     Failed(String),
 }
 
@@ -231,16 +246,32 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
                 if !advert.services.contains(&SERVICE_UUID) {
                     continue;
                 }
-                table.entry(advert.device.clone()).or_default().last_advert = Some(advert.clone());
+                let s = table.entry(advert.device.clone()).or_default();
+                s.last_advert = Some(advert.clone());
+                s.stale_attempts = 0;
                 vec![advert]
             }
             _ = tick.tick() => {
                 let now = tokio::time::Instant::now();
-                table
-                    .values()
-                    .filter(|s| !s.busy && s.failures > 0 && s.retry_at.is_some_and(|t| t <= now))
-                    .filter_map(|s| s.last_advert.clone())
-                    .collect()
+                let mut due = Vec::new();
+                for s in table.values_mut() {
+                    let waiting = s.failures > 0 || s.rejoin;
+                    if s.busy || !waiting || s.retry_at.is_none_or(|t| t > now) {
+                        continue;
+                    }
+                    if s.stale_attempts >= STALE_ATTEMPTS {
+                        if let Some(a) = s.last_advert.take() {
+                            debug!(device = %a.device, "not reported again; waiting for an advertisement");
+                        }
+                        continue;
+                    }
+                    if let Some(a) = s.last_advert.clone() {
+                        s.stale_attempts += 1;
+                        s.rejoin = false;
+                        due.push(a);
+                    }
+                }
+                due
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok(done) = done else { continue };
@@ -249,7 +280,11 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
                         let s = table.entry(device).or_default();
                         s.busy = false;
                         s.failures = 0;
-                        s.retry_at = None;
+                        // BlueZ may not report a device that rebooted on the
+                        // same address until its cached entry expires (30 s
+                        // or more): try it again from the last advert.
+                        s.rejoin = true;
+                        s.retry_at = Some(tokio::time::Instant::now() + settings.rejoin_after);
                     }
                     Done::Failed(device) => {
                         let s = table.entry(device.clone()).or_default();
@@ -258,7 +293,7 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
                         let wait = backoff(settings, s.failures);
                         s.retry_at = Some(tokio::time::Instant::now() + wait);
                         ctx.metrics.link_error("ble");
-                        info!(device = %device, failures = s.failures, retry_in_ms = wait.as_millis() as u64, "BLE connection failed; backing off");
+                        info!(device = %device, failures = s.failures, retry_in_ms = wait.as_millis() as u64, "BLE link failed; backing off");
                     }
                 }
                 continue;
@@ -356,5 +391,10 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
     let outcome = run_link(ctx, &mut link, crate::server::link_seed(), shutdown).await;
     debug!(device = %device, ?outcome, "BLE link done");
     link.into_inner().disconnect().await;
-    Done::Ran(device)
+    match outcome {
+        // A device whose handshakes fail is backed off like one that cannot
+        // be reached: each attempt may cost the backend a vouch request.
+        Outcome::HandshakeFailed(_) => Done::Failed(device),
+        Outcome::SessionEnded { .. } => Done::Ran(device),
+    }
 }

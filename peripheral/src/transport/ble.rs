@@ -63,6 +63,10 @@ pub struct BleConfig {
     /// Fragments written to Inbox that may wait unread (beyond that, writes
     /// are answered with an error).
     pub inbox_queue: usize,
+    /// The largest ATT MTU to size notifications for: the fragments are
+    /// sized for the smaller of this and the MTU BlueZ negotiated (a radio
+    /// whose buffers are smaller than what the stack agreed to).
+    pub max_att_mtu: usize,
 }
 
 impl Default for BleConfig {
@@ -71,6 +75,7 @@ impl Default for BleConfig {
             adapter: None,
             local_name: "vouch".into(),
             inbox_queue: 128,
+            max_att_mtu: 247,
         }
     }
 }
@@ -87,6 +92,7 @@ type Inbox = Arc<Mutex<mpsc::Receiver<Fragment>>>;
 /// gateway subscription.
 pub struct BleConnector {
     adapter_name: String,
+    max_att_mtu: usize,
     outbox: CharacteristicControl,
     inbox: Inbox,
     // Dropping these unregisters the application and stops advertising.
@@ -191,6 +197,7 @@ impl BleConnector {
         info!(adapter = adapter.name(), name = %config.local_name, "advertising the Vouch GATT service");
         Ok(Self {
             adapter_name: adapter.name().to_string(),
+            max_att_mtu: config.max_att_mtu.clamp(23, 517),
             outbox,
             inbox: Arc::new(Mutex::new(inbox_rx)),
             _app: app,
@@ -213,8 +220,10 @@ impl Connector for BleConnector {
                         while inbox.try_recv().is_ok() {}
                     }
                     let peer = writer.device_address();
-                    info!(peer = %peer, mtu = writer.mtu(), "gateway subscribed to Outbox");
+                    let att_mtu = writer.mtu().min(self.max_att_mtu);
+                    info!(peer = %peer, mtu = writer.mtu(), att_mtu, "gateway subscribed to Outbox");
                     return Ok(BleLink {
+                        att_mtu,
                         writer,
                         peer,
                         inbox: self.inbox.clone(),
@@ -242,6 +251,8 @@ impl Connector for BleConnector {
 
 /// One gateway's GATT connection: notifications out, Inbox writes in.
 pub struct BleLink {
+    /// The ATT MTU notifications are sized for.
+    att_mtu: usize,
     writer: CharacteristicWriter,
     peer: Address,
     inbox: Inbox,
@@ -259,7 +270,7 @@ impl std::fmt::Debug for BleLink {
 impl Link for BleLink {
     async fn send(&mut self, msg: &[u8]) -> Result<(), LinkError> {
         // BlueZ reports the ATT MTU; a notification carries MTU − 3 bytes.
-        for fragment in fragments(msg, self.writer.mtu())? {
+        for fragment in fragments(msg, self.att_mtu)? {
             self.writer.send(&fragment).await?;
         }
         Ok(())
