@@ -49,6 +49,14 @@ use crate::security::{Alert, Subject};
 use crate::store::{now_ms, NewAudit, Store, StoreError};
 use crate::AppState;
 
+/// A fixed public key that unknown and inactive ids are verified against, so
+/// that every refusal costs one verification. The result is never used: such
+/// hellos are refused whatever it is.
+static UNUSED_KEY: std::sync::LazyLock<vouch_proto::keys::PublicKey> =
+    std::sync::LazyLock::new(|| {
+        vouch_proto::keys::IdentityKey::from_seed(b"vouch/1 no device holds this key").public_key()
+    });
+
 /// Why a vouch was refused: the audit log's `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -309,7 +317,18 @@ pub(crate) async fn vouch_batch(
             }
         };
         let id = opened.claimed_peripheral();
-        let Some(record) = records.get(&id) else {
+        let record = records.get(&id);
+        // Every opened hello costs one signature verification, also when the
+        // id is unknown or not active (against a key nobody holds), so that
+        // how long a refusal takes says nothing about the registry: no timing
+        // oracle for enumerating ids. The dummy verification's result is
+        // never used (below, such ids are refused before it is looked at).
+        let key = match record {
+            Some(r) if matches!(r.status, Status::Active) => &r.public_key,
+            _ => &*UNUSED_KEY,
+        };
+        let verified = opened.verify(key);
+        let Some(record) = record else {
             decisions.push(refuse(item, Some(id), Reason::UnknownPeripheral));
             continue;
         };
@@ -323,7 +342,7 @@ pub(crate) async fn vouch_batch(
             decisions.push(refuse(item, Some(id), r));
             continue;
         }
-        let Ok(verified) = opened.verify(&record.public_key) else {
+        let Ok(verified) = verified else {
             decisions.push(refuse(item, Some(id), Reason::BadSignature));
             continue;
         };
