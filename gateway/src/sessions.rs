@@ -243,6 +243,12 @@ impl SessionTable {
         v
     }
 
+    /// The live session of one peripheral, if any (a lookup, where
+    /// [`list`](Self::list) copies the whole table).
+    pub fn get(&self, peripheral: &PeripheralId) -> Option<SessionInfo> {
+        self.lock_sessions().get(peripheral).map(|e| e.info.clone())
+    }
+
     /// How many sessions are live.
     pub fn len(&self) -> usize {
         self.lock_sessions().len()

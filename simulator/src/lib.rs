@@ -1,16 +1,55 @@
 //! # vouch-simulator
 //!
 //! Simulated fleets of Vouch peripherals and gateways against the real
-//! backend. **Status:** only `vouch-sim demo` exists so far: one real backend
-//! (HTTPS, SQLite), one real gateway (TCP) and a few real devices in one
-//! process, through the whole life of a fleet. Scenario files, the BLE link
-//! model, adversaries, reports and plots are issue 6 and not built yet.
+//! backend and the real gateway code, with the BLE radio modelled and
+//! adversaries in the mix (`vouch-sim run`), plus `vouch-sim demo` (one
+//! backend, one gateway, a few devices over real sockets).
+//!
+//! - [`scenario`]: TOML scenarios (fleet, link model, timeline, attacks);
+//!   the built-ins live in `simulator/scenarios/`.
+//! - [`link`]: the BLE link model (connection interval, ATT MTU, data
+//!   length, loss, drops) in virtual time.
+//! - [`backend`]: the real backend in-process or over HTTPS on loopback.
+//! - [`fleet`]: gateways (the daemon's drivers on memory links) and
+//!   peripherals (the proto state machine).
+//! - [`adversary`]: one attacker per class of DESIGN.md §4.
+//! - [`run`]: the timeline; [`report`] and [`plot`]: the results.
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
-//! vouch_simulator::demo(3).await?;
+//! # async fn demo() -> Result<(), vouch_simulator::Error> {
+//! use vouch_simulator::{run, Scenario, RunOptions, BackendMode};
+//! let out = run(RunOptions {
+//!     scenario: Scenario::load("baseline")?,
+//!     peripherals: Some(50),
+//!     gateways: Some(2),
+//!     seed: 1,
+//!     backend: BackendMode::InProc,
+//!     database_url: None,
+//!     progress: false,
+//! })
+//! .await?;
+//! assert_eq!(out.report.honest_rejected, 0);
+//! println!("{}", out.report.table());
 //! # Ok(()) }
 //! ```
+
+pub mod adversary;
+pub mod backend;
+mod error;
+pub mod fleet;
+pub mod link;
+pub mod plot;
+pub mod report;
+pub mod run;
+pub mod scenario;
+
+pub use backend::BackendMode;
+pub use error::Error;
+pub use report::Report;
+pub use run::{run, RunOptions, RunOutput};
+pub use scenario::Scenario;
+
+pub mod bench;
 
 use std::time::Instant;
 

@@ -1,0 +1,502 @@
+//! The real backend, in-process or serving HTTPS on loopback, and each
+//! gateway's uplink to it.
+//!
+//! In-process, a gateway's requests go straight into the backend's axum
+//! router (`tower::ServiceExt::oneshot`) with the gateway's key attached as
+//! the [`ClientIdentity`] the TLS server would have taken from its client
+//! certificate; over HTTPS they go through the gateway's own
+//! [`HttpBackend`] (reqwest, rustls, the certificate issued at enrollment).
+//! Either way every uplink passes through an outage switch, so a scenario
+//! can cut a site off its backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+use vouch_backend::config::{CloneAction, Config};
+use vouch_backend::datadir::{self, DataDir, InitOutcome};
+use vouch_backend::server::Transport;
+use vouch_backend::store::Store;
+use vouch_backend::{app, pki, AppState, ClientIdentity};
+use vouch_gateway::backend_client::{BackendApi, BackendError, HttpBackend, HttpBackendConfig};
+use vouch_proto::keys::{IdentityKey, PublicKey};
+use vouch_proto::wire::backend::{
+    decode_body, encode_body, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
+    VouchRequest, CONTENT_TYPE,
+};
+
+use crate::error::Error;
+use crate::scenario::BackendParams;
+
+/// The backend's request budget in a simulation (see [`SimBackend::start`]).
+pub const MAX_REQUESTS: usize = 1 << 16;
+
+/// How gateways reach the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendMode {
+    /// The router called in-process (no sockets, no TLS).
+    #[default]
+    InProc,
+    /// The HTTPS service on 127.0.0.1, with mutual TLS.
+    Https,
+}
+
+impl std::str::FromStr for BackendMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "inproc" => Ok(Self::InProc),
+            "https" => Ok(Self::Https),
+            _ => Err(Error::Invalid(format!(
+                "backend mode {s:?}: expected inproc or https"
+            ))),
+        }
+    }
+}
+
+struct HttpsServer {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The running backend.
+pub struct SimBackend {
+    _dir: tempfile::TempDir,
+    state: AppState,
+    router: Router,
+    token: String,
+    ca_pem: String,
+    https: Option<HttpsServer>,
+    postgres: Option<(String, String)>,
+    mode: BackendMode,
+}
+
+impl std::fmt::Debug for SimBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimBackend")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A temporary directory on tmpfs when there is one: SQLite's fsyncs then
+/// cost what they cost on a server with a battery-backed cache, not what a
+/// shared VM's disk charges.
+fn tempdir() -> Result<tempfile::TempDir, Error> {
+    let shm = std::path::Path::new("/dev/shm");
+    let r = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("vouch-sim-")
+            .tempdir_in(shm)
+    } else {
+        tempfile::Builder::new().prefix("vouch-sim-").tempdir()
+    };
+    r.map_err(Error::backend)
+}
+
+impl SimBackend {
+    /// Creates a data directory and a database and starts the backend.
+    /// `database_url` is a PostgreSQL server: a fresh database is created on
+    /// it for this run and dropped at [`shutdown`](Self::shutdown).
+    pub async fn start(
+        mode: BackendMode,
+        database_url: Option<&str>,
+        params: &BackendParams,
+    ) -> Result<Self, Error> {
+        let dir = tempdir()?;
+        let InitOutcome::Created { admin_token } =
+            datadir::init(dir.path(), &[]).map_err(Error::backend)?
+        else {
+            return Err(Error::Backend(
+                "fresh data directory already initialized".into(),
+            ));
+        };
+        let data = DataDir::load(dir.path()).map_err(Error::backend)?;
+        let ca_pem = data.ca.cert_pem.clone();
+        let (url, postgres) = match database_url {
+            None => (data.sqlite_url(), None),
+            Some(admin) => {
+                let (url, name) = fresh_postgres(admin).await?;
+                (url, Some((admin.to_string(), name)))
+            }
+        };
+        let mut config = Config::default();
+        // The simulator bounds its own concurrency; the backend's load
+        // shedding is for real fleets and would turn the simulator's bursts
+        // of session reports into spurious refusals.
+        config.limits.max_concurrent_requests = MAX_REQUESTS;
+        if params.clone_action.as_deref() == Some("refuse") {
+            config.security.clone_action = CloneAction::Refuse;
+        }
+        if let Some(k) = params.lockout_failures {
+            config.security.lockout_failures = k;
+        }
+        let (server_tls, server_key) = data.server_tls().map_err(Error::backend)?;
+        let store = Store::open(&url).await.map_err(Error::backend)?;
+        let state = AppState::new(store, data, config)
+            .await
+            .map_err(Error::backend)?;
+        let router = app(state.clone());
+        let https = match mode {
+            BackendMode::InProc => None,
+            BackendMode::Https => {
+                let tls = pki::server_config(&ca_pem, &server_tls, &server_key)
+                    .map_err(Error::backend)?;
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                    .await
+                    .map_err(Error::backend)?;
+                let port = listener.local_addr().map_err(Error::backend)?.port();
+                let (stop, stopped) = oneshot::channel::<()>();
+                let r = router.clone();
+                let task = tokio::spawn(async move {
+                    let _ = vouch_backend::server::serve(
+                        listener,
+                        r,
+                        Transport::Tls(Arc::new(tls)),
+                        async move {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await;
+                });
+                Some(HttpsServer {
+                    url: format!("https://127.0.0.1:{port}"),
+                    stop,
+                    task,
+                })
+            }
+        };
+        Ok(Self {
+            _dir: dir,
+            state,
+            router,
+            token: admin_token.to_string(),
+            ca_pem,
+            https,
+            postgres,
+            mode,
+        })
+    }
+
+    /// The backend's shared state (metrics, store).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Which database engine it runs on.
+    pub fn database(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgresql"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// One admin API call (JSON, bearer token), in-process.
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), Error> {
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.admin_raw(method, path, "application/json", body).await
+    }
+
+    /// One admin API call with a raw body.
+    pub async fn admin_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Value), Error> {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", content_type)
+            .extension(ClientIdentity(None))
+            .body(body.map_or_else(Body::empty, Body::from))
+            .map_err(Error::backend)?;
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(Error::backend)?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(Error::backend)?
+            .to_bytes();
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// An admin call that must succeed (2xx); `what` names it in the error.
+    pub async fn admin_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<Value, Error> {
+        let (s, v) = self.admin(method, path, body).await?;
+        if (200..300).contains(&s) {
+            Ok(v)
+        } else {
+            Err(Error::Backend(format!("{what}: HTTP {s} {v}")))
+        }
+    }
+
+    /// Enrolls a gateway at `site`; returns its client certificate.
+    pub async fn enroll_gateway(&self, key: &PublicKey, site: &str) -> Result<String, Error> {
+        let v = self
+            .admin_ok(
+                Method::POST,
+                "/v1/admin/gateways",
+                Some(serde_json::json!({"public_key": key.to_string(), "site": site})),
+                "enroll gateway",
+            )
+            .await?;
+        v["certificate_pem"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Backend("enroll gateway: no certificate_pem".into()))
+    }
+
+    /// The uplink of a gateway with identity `key` (and, over HTTPS, the
+    /// client certificate `cert_pem` issued at enrollment). Not enrolled
+    /// gateways get an in-process uplink whatever the mode: their requests
+    /// arrive past TLS, a strictly stronger position than a real rogue's.
+    pub fn uplink(&self, key: &IdentityKey, cert_pem: Option<&str>) -> Result<Uplink, Error> {
+        let (up, _) = watch::channel(true);
+        let inner = match (&self.https, cert_pem) {
+            (Some(h), Some(cert)) => {
+                let pem = key
+                    .to_pkcs8_pem()
+                    .map_err(|e| Error::Gateway(e.to_string()))?;
+                let http = HttpBackend::new(HttpBackendConfig {
+                    url: h.url.clone(),
+                    ca_pem: self.ca_pem.as_bytes().to_vec(),
+                    cert_pem: cert.as_bytes().to_vec(),
+                    key_pem: zeroize::Zeroizing::new(pem.as_bytes().to_vec()),
+                    request_timeout: Duration::from_secs(10),
+                    feed_timeout: Duration::from_secs(40),
+                    batch_window: Duration::from_millis(2),
+                    breaker_threshold: 1000,
+                    breaker_cooldown: Duration::from_millis(100),
+                })
+                .map_err(|e| Error::Gateway(e.to_string()))?;
+                Inner::Https(http)
+            }
+            _ => Inner::InProc {
+                router: self.router.clone(),
+                key: key.public_key(),
+            },
+        };
+        Ok(Uplink {
+            inner: Arc::new(inner),
+            up: Arc::new(up),
+        })
+    }
+
+    /// Stops serving, stops the background tasks, drops a PostgreSQL
+    /// database created for the run.
+    pub async fn shutdown(self) {
+        self.state.shutdown();
+        if let Some(h) = self.https {
+            let _ = h.stop.send(());
+            let _ = h.task.await;
+        }
+        self.state.store.close().await;
+        if let Some((admin, name)) = self.postgres {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::AnyConnection::connect(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut c)
+                    .await;
+            }
+        }
+    }
+}
+
+async fn fresh_postgres(admin: &str) -> Result<(String, String), Error> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut b = [0u8; 6];
+    getrandom_fill(&mut b);
+    let name = format!("vouch_sim_{}", hex::encode(b));
+    let mut conn = sqlx::AnyConnection::connect(admin)
+        .await
+        .map_err(|e| Error::Backend(format!("--database-url: {e}")))?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| Error::Backend(format!("create database {name}: {e}")))?;
+    let (base, _) = admin
+        .rsplit_once('/')
+        .ok_or_else(|| Error::Invalid("--database-url needs a database name".into()))?;
+    Ok((format!("{base}/{name}"), name))
+}
+
+/// A name for a temporary database: it only has to differ between
+/// concurrent runs, so the clock's nanoseconds and the process id do.
+fn getrandom_fill(b: &mut [u8]) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let x = t ^ (u128::from(std::process::id()) << 64);
+    for (i, v) in b.iter_mut().enumerate() {
+        *v = (x >> (8 * i)) as u8;
+    }
+}
+
+enum Inner {
+    InProc { router: Router, key: PublicKey },
+    Https(HttpBackend),
+}
+
+/// One gateway's uplink: the real backend behind an outage switch.
+#[derive(Clone)]
+pub struct Uplink {
+    inner: Arc<Inner>,
+    up: Arc<watch::Sender<bool>>,
+}
+
+impl Uplink {
+    /// Cuts the uplink (`false`) or restores it (`true`).
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+
+    /// Whether the uplink is up.
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    fn check(&self) -> Result<(), BackendError> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable(
+                "uplink down (simulated outage)".into(),
+            ))
+        }
+    }
+}
+
+impl Inner {
+    async fn call<R: serde::de::DeserializeOwned + serde::Serialize>(
+        router: &Router,
+        key: &PublicKey,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<R, BackendError> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .extension(ClientIdentity(Some(*key)));
+        if body.is_some() {
+            b = b.header("content-type", CONTENT_TYPE);
+        }
+        let req = b
+            .body(body.map_or_else(Body::empty, Body::from))
+            .map_err(|e| BackendError::Malformed(e.to_string()))?;
+        let resp = router
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?
+            .to_bytes();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(BackendError::Unavailable(format!("HTTP {status}")));
+        }
+        if !status.is_success() {
+            let code = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            return Err(BackendError::Refused {
+                status: status.as_u16(),
+                code,
+            });
+        }
+        decode_body::<R>(&bytes).map_err(|e| BackendError::Malformed(e.to_string()))
+    }
+}
+
+impl BackendApi for Uplink {
+    async fn vouch(&self, req: VouchRequest) -> Result<VouchAnswer, BackendError> {
+        self.check()?;
+        match &*self.inner {
+            Inner::InProc { router, key } => {
+                Inner::call(
+                    router,
+                    key,
+                    Method::POST,
+                    "/v1/vouch",
+                    Some(encode_body(&req)),
+                )
+                .await
+            }
+            Inner::Https(h) => h.vouch(req).await,
+        }
+    }
+
+    async fn report(&self, report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
+        self.check()?;
+        match &*self.inner {
+            Inner::InProc { router, key } => {
+                Inner::call(
+                    router,
+                    key,
+                    Method::POST,
+                    "/v1/sessions",
+                    Some(encode_body(&report)),
+                )
+                .await
+            }
+            Inner::Https(h) => h.report(report).await,
+        }
+    }
+
+    async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
+        // A dead uplink hangs the long-poll until it comes back.
+        let mut rx = self.up.subscribe();
+        let _ = rx.wait_for(|up| *up).await;
+        match &*self.inner {
+            Inner::InProc { router, key } => {
+                Inner::call(
+                    router,
+                    key,
+                    Method::GET,
+                    &format!("/v1/feed?after={after}"),
+                    None,
+                )
+                .await
+            }
+            Inner::Https(h) => h.feed(after).await,
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The real backend over HTTPS against the raw crypto bound of one vouch, the
+//! way `backend/benches/vouch_throughput.rs` measures it: the service (`app`
+//! and `server::serve`, TLS 1.3 with the gateway's client certificate, SQLite
+//! in a temporary data directory) on its own Tokio runtime (threads
+//! `vouch-srv`), driven over keep-alive connections by a reqwest client on
+//! another runtime (threads `vouch-cli`) in this process. Hellos are made
+//! before the clock starts. Per core = vouches ÷ the CPU time of the server's
+//! threads (runtime workers and SQLite workers) from
+//! `/proc/self/task/*/schedstat`; the client's CPU is not counted.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vouch_backend::config::Config;
+use vouch_backend::datadir::{self, DataDir};
+use vouch_backend::model::{GatewaySelector, PeripheralSelector, Status};
+use vouch_backend::server::{self, Transport};
+use vouch_backend::store::{NewGateway, NewPeripheral, Store};
+use vouch_backend::{app, pki, AppState};
+use vouch_proto::anchor::AnchorSet;
+use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
+use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake};
+use vouch_proto::keys::{DhPublic, IdentityKey, PeripheralId, PublicKey};
+use vouch_proto::testing::rng;
+use vouch_proto::wire::backend::{
+    decode_body, encode_body, VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest,
+    CONTENT_TYPE,
+};
+use vouch_proto::wire::{Lifetimes, Scope, MAX_HANDSHAKE_MESSAGE};
+use vouch_proto::Timestamp;
+
+use super::{this_thread_cpu_s, thread_cpu_s, BenchError};
+
+/// Threads whose CPU counts as the server's.
+const SERVER_THREADS: &[&str] = &["vouch-srv", "sqlx-sqlite"];
+/// Requests in flight.
+const CONCURRENCY: usize = 32;
+/// Items per batch request.
+const BATCH: usize = 32;
+/// Registered peripherals the hellos come from.
+const DEVICES: u32 = 256;
+const LIFETIMES: Lifetimes = Lifetimes {
+    session_s: 3600,
+    resumption_s: 86_400,
+};
+
+/// What [`measure`] found.
+pub(super) struct Throughput {
+    pub(super) bound_us: f64,
+    pub(super) single_per_core: f64,
+    pub(super) single_wall: f64,
+    pub(super) batched_per_core: f64,
+    pub(super) batched_wall: f64,
+    pub(super) concurrency: usize,
+    pub(super) batch: usize,
+    pub(super) server_threads: usize,
+}
+
+fn step<E>(step: &'static str) -> impl FnOnce(E) -> BenchError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    move |e| BenchError::Backend {
+        step,
+        source: e.into(),
+    }
+}
+
+struct Fleet {
+    devices: Vec<(IdentityKey, PeripheralId)>,
+    anchors: AnchorSet,
+}
+
+impl Fleet {
+    fn new(anchors: AnchorSet) -> Self {
+        let devices = (0..DEVICES)
+            .map(|i| {
+                let mut seed = [7u8; 32];
+                seed[..4].copy_from_slice(&i.to_le_bytes());
+                let k = IdentityKey::from_seed(&seed);
+                let id = PeripheralId::derive(&k.public_key());
+                (k, id)
+            })
+            .collect();
+        Self { devices, anchors }
+    }
+
+    /// `n` fresh hellos from the fleet's devices, as a gateway forwards them.
+    fn hellos(&self, n: usize, seed: u64) -> Result<Vec<VouchRequest>, BenchError> {
+        let mut r = rng(seed);
+        (0..n)
+            .map(|i| {
+                let (key, id) = &self.devices[i % self.devices.len()];
+                let mut p = PeripheralHandshake::start(
+                    &PeripheralConfig::default(),
+                    *id,
+                    key,
+                    &self.anchors,
+                    Timestamp(0),
+                    &mut r,
+                )?;
+                let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+                let len = p
+                    .poll_transmit(&mut buf)
+                    .ok_or(BenchError::Invariant("no Hello"))?;
+                Ok(VouchRequest {
+                    hello: buf[..len].to_vec(),
+                    gateway_ephemeral: DhPublic([(i % 251) as u8 + 1; 32]),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One vouch's primitives in a tight loop on this thread: open the sealed
+/// hello (X25519, SHA-256, ChaCha20), verify the peripheral's signature,
+/// sign the vouch. Microseconds of this thread's CPU per vouch.
+fn crypto_bound(
+    fleet: &Fleet,
+    keys: &BackendKeys,
+    gateway: PublicKey,
+    n: usize,
+) -> Result<f64, BenchError> {
+    let hellos = fleet.hellos(n, 1)?;
+    let registered: Vec<_> = fleet.devices.iter().map(|(k, _)| k.public_key()).collect();
+    let t = Instant::now();
+    let cpu0 = this_thread_cpu_s();
+    for (i, req) in hellos.iter().enumerate() {
+        let verified = open_hello(&req.hello, keys)?.verify(&registered[i % registered.len()])?;
+        let vouch = verified.vouch(
+            keys,
+            &VouchGrant {
+                gateway_key: gateway,
+                gateway_ephemeral: req.gateway_ephemeral,
+                scope: Scope::TELEMETRY,
+                lifetimes: LIFETIMES,
+            },
+        );
+        std::hint::black_box(vouch);
+    }
+    // CPU time of this thread where Linux tells it (the machine may be
+    // shared), wall time otherwise.
+    let elapsed = match (cpu0, this_thread_cpu_s()) {
+        (Some(a), Some(b)) => b - a,
+        _ => t.elapsed().as_secs_f64(),
+    };
+    Ok(elapsed * 1e6 / n as f64)
+}
+
+/// Measures the raw bound on `bound_n` vouches, then `n` single and `n`
+/// batched vouches over HTTPS. Must not run inside a Tokio runtime.
+pub(super) fn measure(n: usize, bound_n: usize) -> Result<Throughput, BenchError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dir = tempfile::tempdir()?;
+    datadir::init(dir.path(), &[]).map_err(step("init the data directory"))?;
+    let srv = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("vouch-srv")
+        .enable_all()
+        .build()?;
+    let cli = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("vouch-cli")
+        .enable_all()
+        .build()?;
+
+    let gateway = IdentityKey::from_seed(&[200; 32]);
+    let data = DataDir::load(dir.path()).map_err(step("load the data directory"))?;
+    let fleet = Fleet::new(AnchorSet::new(data.keys.anchor()));
+    let bound_keys = DataDir::load(dir.path())
+        .map_err(step("load the data directory"))?
+        .keys;
+    let ca_pem = data.ca.cert_pem.clone();
+    let cert_pem = pki::issue_gateway_cert(&data.ca, &gateway.public_key(), None)
+        .map_err(step("issue the gateway certificate"))?;
+    let (server_cert, server_key) = data.server_tls().map_err(step("server TLS files"))?;
+    let url = datadir::sqlite_url(dir.path());
+
+    let (state, addr, stop) = srv.block_on(async {
+        let store = Store::open(&url).await.map_err(step("open the store"))?;
+        let mut tx = store.begin_write().await.map_err(step("enroll"))?;
+        for (k, id) in &fleet.devices {
+            tx.enroll_peripheral(
+                &NewPeripheral {
+                    id: *id,
+                    public_key: k.public_key(),
+                    group: Some("bench".into()),
+                    attributes: [("model".to_owned(), "b1".to_owned())].into(),
+                    status: Status::Active,
+                },
+                "bench",
+            )
+            .await
+            .map_err(step("enroll a peripheral"))?;
+        }
+        tx.commit().await.map_err(step("enroll"))?;
+        store
+            .enroll_gateway(
+                &NewGateway {
+                    public_key: gateway.public_key(),
+                    name: Some("bench".into()),
+                    group: None,
+                    site: None,
+                },
+                "bench",
+            )
+            .await
+            .map_err(step("enroll the gateway"))?;
+        store
+            .add_policy(
+                &PeripheralSelector::Any,
+                &GatewaySelector::Any,
+                Scope::TELEMETRY,
+                LIFETIMES,
+                "bench",
+            )
+            .await
+            .map_err(step("add the policy"))?;
+        let mut config = Config::default();
+        config.limits.max_concurrent_requests = 4096;
+        config.security.lockout_failures = u32::MAX;
+        let state = AppState::new(store, data, config)
+            .await
+            .map_err(step("start the service"))?;
+        let tls = pki::server_config(&ca_pem, &server_cert, &server_key)
+            .map_err(step("server TLS configuration"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server::serve(
+            listener,
+            app(state.clone()),
+            Transport::Tls(Arc::new(tls)),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok::<_, BenchError>((state, addr, stop))
+    })?;
+
+    let bound_us = crypto_bound(&fleet, &bound_keys, gateway.public_key(), bound_n.max(1))?;
+
+    let key_pem = gateway
+        .to_pkcs8_pem()
+        .map_err(step("the gateway key as PEM"))?;
+    let tls = pki::client_config(&ca_pem, Some((&cert_pem, &key_pem)))
+        .map_err(step("client TLS configuration"))?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .pool_max_idle_per_host(CONCURRENCY)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(step("HTTP client"))?;
+    let base = format!("https://127.0.0.1:{}", addr.port());
+
+    let mut rates = Vec::new();
+    for (per_request, seed) in [(1usize, 2u64), (BATCH, 3)] {
+        let hellos = fleet.hellos(n, seed)?;
+        let requests: Vec<Vec<VouchRequest>> =
+            hellos.chunks(per_request).map(<[_]>::to_vec).collect();
+        // Open the keep-alive connections before the clock starts.
+        cli.block_on(async {
+            let mut warm = Vec::new();
+            for _ in 0..CONCURRENCY {
+                warm.push(client.get(format!("{base}/healthz")).send());
+            }
+            for w in warm {
+                let _ = w.await;
+            }
+        });
+        let cpu0 = thread_cpu_s(SERVER_THREADS);
+        let t = Instant::now();
+        let vouched = cli.block_on(drive(&client, &base, requests))?;
+        let wall = t.elapsed().as_secs_f64();
+        let cpu = thread_cpu_s(SERVER_THREADS) - cpu0;
+        if vouched != n {
+            return Err(BenchError::Invariant("the backend refused a vouch"));
+        }
+        rates.push((n as f64 / cpu.max(1e-9), n as f64 / wall));
+    }
+    state.shutdown();
+    let _ = stop.send(());
+    drop(cli);
+    drop(srv);
+    Ok(Throughput {
+        bound_us,
+        single_per_core: rates[0].0,
+        single_wall: rates[0].1,
+        batched_per_core: rates[1].0,
+        batched_wall: rates[1].1,
+        concurrency: CONCURRENCY,
+        batch: BATCH,
+        server_threads: cores,
+    })
+}
+
+/// Sends every request with `CONCURRENCY` in flight; returns how many
+/// vouches came back.
+async fn drive(
+    client: &reqwest::Client,
+    base: &str,
+    requests: Vec<Vec<VouchRequest>>,
+) -> Result<usize, BenchError> {
+    let queue = Arc::new(Mutex::new(requests));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let queue = queue.clone();
+        let client = client.clone();
+        let base = base.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            loop {
+                let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                let Some(mut items) = next else {
+                    break;
+                };
+                if items.len() == 1 {
+                    let item = items.pop().ok_or(BenchError::Invariant("empty request"))?;
+                    let body = client
+                        .post(format!("{base}/v1/vouch"))
+                        .header("content-type", CONTENT_TYPE)
+                        .body(encode_body(&item))
+                        .send()
+                        .await
+                        .map_err(step("send a vouch request"))?
+                        .bytes()
+                        .await
+                        .map_err(step("read a vouch answer"))?;
+                    let answer: VouchAnswer =
+                        decode_body(&body).map_err(|_| BenchError::Invariant("bad answer"))?;
+                    ok += usize::from(matches!(answer, VouchAnswer::Vouched(_)));
+                } else {
+                    let body = client
+                        .post(format!("{base}/v1/vouch/batch"))
+                        .header("content-type", CONTENT_TYPE)
+                        .body(encode_body(&VouchBatchRequest { items }))
+                        .send()
+                        .await
+                        .map_err(step("send a batch request"))?
+                        .bytes()
+                        .await
+                        .map_err(step("read a batch answer"))?;
+                    let answer: VouchBatchAnswer =
+                        decode_body(&body).map_err(|_| BenchError::Invariant("bad answer"))?;
+                    ok += answer
+                        .items
+                        .iter()
+                        .filter(|a| matches!(a, VouchAnswer::Vouched(_)))
+                        .count();
+                }
+            }
+            Ok::<usize, BenchError>(ok)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t
+            .await
+            .map_err(|_| BenchError::Invariant("a client task panicked"))??;
+    }
+    Ok(total)
+}

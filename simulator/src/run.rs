@@ -1,0 +1,872 @@
+//! The orchestrator: sets up the backend, the gateways and the fleet, plays
+//! the timeline, and gathers the report.
+//!
+//! ## Time
+//!
+//! Events happen in virtual time. Between two events, every device action
+//! the first one started (a connect at its virtual start time within
+//! `spread_s`) runs for real and concurrently — real gateway drivers, the
+//! real backend — and the next event waits until all of them have finished.
+//! Outcomes therefore never depend on how the machine schedules threads,
+//! and the modelled latency comes from the link model and the modelled
+//! uplink, not from the wall clock: the same seed gives the same handshakes,
+//! the same failures and the same latencies. Wall-clock figures (`wall_s`,
+//! rates, `revocation_ms`, memory) are measured and vary between runs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand_chacha::ChaCha20Rng;
+use rand_core::Rng;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use vouch_proto::anchor::AnchorBundle;
+use vouch_proto::keys::IdentityKey;
+use vouch_proto::session::CloseReason;
+use vouch_proto::AlertCode;
+
+use crate::adversary::{self, Arena, Victim};
+use crate::backend::{BackendMode, SimBackend};
+use crate::error::Error;
+use crate::fleet::{
+    connect, derive_seed, rng_for, wait_until, ConnectResult, Env, SimDevice, SimGateway, Verdict,
+};
+use crate::link::{unit, LinkModel};
+use crate::report::{
+    peak_rss_mib, round2, AttackTally, BackendFigures, BytesOnAir, Handshakes, LinkCounters,
+    Percentiles, Report, Resumptions,
+};
+use crate::scenario::{Action, AttackClass, Event, Scenario, Select};
+
+/// How to run a scenario.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Overrides the scenario's peripheral count.
+    pub peripherals: Option<usize>,
+    /// Overrides the scenario's gateway count.
+    pub gateways: Option<usize>,
+    /// The seed of every RNG in the run.
+    pub seed: u64,
+    /// In-process router or HTTPS on loopback.
+    pub backend: BackendMode,
+    /// A PostgreSQL server (a database is created for the run); SQLite in a
+    /// temporary directory when `None`.
+    pub database_url: Option<String>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// One honest handshake, for the plots.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Virtual start, s.
+    pub start_s: f64,
+    /// Modelled latency, ms.
+    pub latency_ms: f64,
+    /// Completed.
+    pub ok: bool,
+    /// A resumption.
+    pub resumed: bool,
+}
+
+/// A run's report and the data behind the plots.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The report.
+    pub report: Report,
+    /// Every honest handshake.
+    pub samples: Vec<Sample>,
+    /// The timeline's events: virtual time and a label.
+    pub marks: Vec<(f64, String)>,
+}
+
+#[derive(Default)]
+struct Acc {
+    h: Handshakes,
+    r: Resumptions,
+    lat_full: Vec<f64>,
+    lat_res: Vec<f64>,
+    air_full: u64,
+    air_res: u64,
+    msg_full: u64,
+    link: LinkCounters,
+    air_total: u64,
+    honest_rejected: u64,
+    samples: Vec<Sample>,
+    connect_wall: Duration,
+    end_ms: f64,
+}
+
+impl Acc {
+    fn add(&mut self, r: &ConnectResult, excuse_all: bool) {
+        self.link.fragments += u64::from(r.air.fragments);
+        self.link.packets += u64::from(r.air.packets);
+        self.link.retransmissions += u64::from(r.air.retransmissions);
+        self.link.disconnects += u64::from(r.disconnects);
+        self.air_total += r.air.air_bytes;
+        if r.resumption_rejected {
+            self.r.rejected += 1;
+        }
+        let lat = r.latency_us / 1000.0;
+        self.end_ms = self.end_ms.max(r.start_ms as f64 + lat);
+        let ok = r.verdict == Verdict::Established;
+        self.samples.push(Sample {
+            start_s: r.start_ms as f64 / 1000.0,
+            latency_ms: lat,
+            ok,
+            resumed: r.resumed,
+        });
+        if ok {
+            self.h.ok += 1;
+            if r.resumed {
+                self.r.ok += 1;
+                self.lat_res.push(lat);
+                self.air_res += r.air.air_bytes;
+            } else {
+                self.h.full_ok += 1;
+                self.lat_full.push(lat);
+                self.air_full += r.air.air_bytes;
+                self.msg_full += r.message_bytes;
+            }
+            return;
+        }
+        self.h.failed += 1;
+        let excused = excuse_all
+            || r.verdict == Verdict::LinkLost
+            || (r.uplink_down && r.verdict == Verdict::Refused(AlertCode::Busy));
+        if excused {
+            self.h.excused += 1;
+        } else {
+            self.honest_rejected += 1;
+        }
+    }
+}
+
+struct World {
+    backend: SimBackend,
+    env: Arc<Env>,
+    devices: Vec<Option<SimDevice>>,
+    revoked_gateways: HashSet<usize>,
+    sem: Arc<Semaphore>,
+    pb: ProgressBar,
+    seed: u64,
+}
+
+fn active_home(home: usize, m: usize, revoked: &HashSet<usize>) -> usize {
+    (0..m)
+        .map(|k| (home + k) % m)
+        .find(|g| !revoked.contains(g))
+        .unwrap_or(home)
+}
+
+impl World {
+    fn dev(&self, i: usize) -> Option<&SimDevice> {
+        self.devices.get(i).and_then(Option::as_ref)
+    }
+
+    fn select(
+        &self,
+        sel: Select,
+        fraction: f64,
+        rng: &mut ChaCha20Rng,
+        exclude: &HashSet<usize>,
+    ) -> Vec<usize> {
+        let mut c: Vec<usize> = self
+            .devices
+            .iter()
+            .flatten()
+            .filter(|d| !d.revoked && !exclude.contains(&d.idx))
+            .filter(|d| match sel {
+                Select::All => true,
+                Select::Online => d.live.is_some(),
+                Select::Offline => d.live.is_none(),
+                Select::Fresh => d.live.is_none() && !d.ever_connected,
+                Select::Returning => d.live.is_none() && d.ticket.is_some(),
+            })
+            .map(|d| d.idx)
+            .collect();
+        let k = if fraction <= 0.0 || c.is_empty() {
+            0
+        } else {
+            ((fraction * c.len() as f64).round() as usize).clamp(1, c.len())
+        };
+        // Partial Fisher–Yates: the first k of a seeded shuffle.
+        for i in 0..k {
+            let j = i + (rng.next_u64() as usize) % (c.len() - i);
+            c.swap(i, j);
+        }
+        c.truncate(k);
+        c.sort_unstable();
+        c
+    }
+
+    async fn connect_all(
+        &mut self,
+        chosen: &[usize],
+        at_ms: f64,
+        spread_ms: f64,
+        rng: &mut ChaCha20Rng,
+    ) -> Vec<ConnectResult> {
+        let m = self.env.gateways.len();
+        let mut set = JoinSet::new();
+        for &i in chosen {
+            let start = (at_ms + unit(rng) * spread_ms) as u64;
+            let Some(mut dev) = self.devices.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            // A device on a live session leaves it first (it reconnects).
+            let gw = active_home(dev.home, m, &self.revoked_gateways);
+            dev.home = gw;
+            let env = self.env.clone();
+            let sem = self.sem.clone();
+            let pb = self.pb.clone();
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                if let Some(live) = dev.live.take() {
+                    live.close().await;
+                }
+                let r = connect(&env, &mut dev, gw, start).await;
+                pb.inc(1);
+                (dev, r)
+            });
+        }
+        let mut out = Vec::with_capacity(chosen.len());
+        while let Some(j) = set.join_next().await {
+            if let Ok((dev, r)) = j {
+                let i = dev.idx;
+                self.devices[i] = Some(dev);
+                out.push(r);
+            }
+        }
+        out.sort_by_key(|r| r.device);
+        out
+    }
+
+    async fn disconnect(&mut self, chosen: &[usize]) {
+        let mut set = JoinSet::new();
+        for &i in chosen {
+            if let Some(live) = self.devices[i].as_mut().and_then(|d| d.live.take()) {
+                set.spawn(live.close());
+            }
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    fn sessions(&self) -> usize {
+        self.env.gateways.iter().map(|g| g.ctx.table.len()).sum()
+    }
+
+    fn victim(&self, i: usize) -> Option<Victim> {
+        let d = self.dev(i)?;
+        Some(Victim {
+            idx: d.idx,
+            key_seed: d.key_seed,
+            id: d.id,
+            mac: d.mac.clone(),
+            home: active_home(d.home, self.env.gateways.len(), &self.revoked_gateways),
+            att_mtu: d.att_mtu,
+            ticket: d
+                .ticket
+                .as_ref()
+                .and_then(|t| postcard::to_allocvec(t).ok()),
+        })
+    }
+
+    /// Revokes peripherals through the admin API; returns the wall-clock ms
+    /// from each admin call to the live session's close.
+    async fn revoke(&mut self, chosen: &[usize]) -> Result<Vec<f64>, Error> {
+        let mut waits = JoinSet::new();
+        for &i in chosen {
+            let Some(d) = self.devices[i].as_mut() else {
+                continue;
+            };
+            d.revoked = true;
+            let id = d.id;
+            let live = d.live.take();
+            let t0 = Instant::now();
+            self.backend
+                .admin_ok(
+                    Method::POST,
+                    &format!("/v1/admin/peripherals/{id}/revoke"),
+                    None,
+                    "revoke peripheral",
+                )
+                .await?;
+            if let Some(live) = live {
+                waits.spawn(async move {
+                    (i, t0, live.ended_by_gateway(Duration::from_secs(10)).await)
+                });
+            }
+        }
+        let mut ms = Vec::new();
+        while let Some(r) = waits.join_next().await {
+            if let Ok((i, t0, end)) = r {
+                if let Some(end) = end.filter(|e| e.by_gateway == Some(CloseReason::REVOKED)) {
+                    ms.push(end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
+                    // The device forgets its ticket (a close "revoked").
+                    if let Some(d) = self.devices[i].as_mut() {
+                        d.ticket = None;
+                    }
+                }
+            }
+        }
+        // Every gateway has applied the feed before the timeline goes on.
+        let ids: Vec<_> = chosen
+            .iter()
+            .filter_map(|&i| self.dev(i).map(|d| d.id))
+            .collect();
+        let env = self.env.clone();
+        wait_until(|| {
+            env.gateways
+                .iter()
+                .all(|g| ids.iter().all(|id| g.ctx.table.is_revoked(id)))
+                .then_some(())
+        })
+        .await
+        .ok_or_else(|| Error::Timeout("the revocation feed to reach every gateway".into()))?;
+        Ok(ms)
+    }
+
+    async fn revoke_gateway(&mut self, g: usize) -> Result<Vec<f64>, Error> {
+        let key = self
+            .env
+            .gateways
+            .get(g)
+            .ok_or_else(|| Error::Invalid(format!("gateway {g} does not exist")))?
+            .key;
+        let mut lives = Vec::new();
+        for d in self.devices.iter_mut().flatten() {
+            if d.live.as_ref().is_some_and(|l| l.gateway == g) {
+                if let Some(l) = d.live.take() {
+                    lives.push((d.idx, l));
+                }
+            }
+        }
+        let t0 = Instant::now();
+        self.backend
+            .admin_ok(
+                Method::POST,
+                &format!("/v1/admin/gateways/{key}/revoke"),
+                None,
+                "revoke gateway",
+            )
+            .await?;
+        self.revoked_gateways.insert(g);
+        let mut waits = JoinSet::new();
+        for (i, l) in lives {
+            waits.spawn(async move { (i, l.ended_by_gateway(Duration::from_secs(10)).await) });
+        }
+        let mut ms = Vec::new();
+        while let Some(r) = waits.join_next().await {
+            if let Ok((i, Some(end))) = r {
+                if end.by_gateway == Some(CloseReason::REVOKED) {
+                    ms.push(end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
+                    if let Some(d) = self.devices[i].as_mut() {
+                        d.ticket = None;
+                    }
+                }
+            }
+        }
+        Ok(ms)
+    }
+
+    fn alerts(&self) -> u64 {
+        let a = &self.backend.state().metrics.alerts;
+        ["lockout", "clone_suspected"]
+            .iter()
+            .map(|l| a.with_label_values(&[*l]).get())
+            .sum()
+    }
+}
+
+const REFUSAL_REASONS: [&str; 14] = [
+    "gateway_unknown",
+    "gateway_not_active",
+    "gateway_locked_out",
+    "malformed_hello",
+    "unknown_backend_key",
+    "replay",
+    "bad_seal",
+    "unknown_peripheral",
+    "peripheral_pending",
+    "peripheral_suspended",
+    "peripheral_revoked",
+    "bad_signature",
+    "policy_denied",
+    "clone_refused",
+];
+
+/// Runs a scenario from start to end.
+pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
+    let wall = Instant::now();
+    let sc = &opts.scenario;
+    let n = opts.peripherals.unwrap_or(sc.fleet.peripherals);
+    let m = opts.gateways.unwrap_or(sc.fleet.gateways);
+    if n == 0 || m == 0 {
+        return Err(Error::Invalid(
+            "--peripherals and --gateways must be at least 1".into(),
+        ));
+    }
+    let seed = opts.seed;
+    let pb = if opts.progress {
+        let pb = ProgressBar::new_spinner();
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} handshakes  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        pb.enable_steady_tick(Duration::from_millis(100));
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_message("starting the backend");
+    let backend =
+        SimBackend::start(opts.backend, opts.database_url.as_deref(), &sc.backend).await?;
+    let bundle: AnchorBundle = serde_json::from_value(
+        backend
+            .admin_ok(Method::GET, "/v1/admin/anchor", None, "anchor")
+            .await?,
+    )
+    .map_err(Error::backend)?;
+    let anchors = bundle.to_anchor_set().map_err(Error::backend)?;
+    let (stop, shutdown) = watch::channel(false);
+
+    pb.set_message("enrolling gateways");
+    let mut gateways = Vec::with_capacity(m);
+    for g in 0..m {
+        let key = IdentityKey::from_seed(&derive_seed(seed, "gateway-key", g as u64));
+        let cert = backend.enroll_gateway(&key.public_key(), "plant").await?;
+        let uplink = backend.uplink(&key, Some(&cert))?;
+        gateways.push(SimGateway::start(
+            g,
+            &key,
+            "plant",
+            uplink,
+            shutdown.clone(),
+            true,
+        )?);
+    }
+    backend
+        .admin_ok(
+            Method::POST,
+            "/v1/admin/policies",
+            Some(
+                serde_json::json!({"peripheral": "group:fleet", "gateway": "site:plant",
+                "scope": "telemetry,command"}),
+            ),
+            "policy",
+        )
+        .await?;
+
+    pb.set_message("enrolling peripherals");
+    let devices: Vec<SimDevice> = (0..n)
+        .map(|i| SimDevice::new(seed, i, m, &sc.fleet))
+        .collect();
+    for chunk in devices.chunks(5000) {
+        let mut body = String::new();
+        for d in chunk {
+            body.push_str(
+                &serde_json::json!({"public_key": d.key().public_key().to_string(), "group": "fleet"})
+                    .to_string(),
+            );
+            body.push('\n');
+        }
+        let (s, v) = backend
+            .admin_raw(
+                Method::POST,
+                "/v1/admin/peripherals/import?format=ndjson",
+                "application/x-ndjson",
+                Some(body.into_bytes()),
+            )
+            .await?;
+        if s != 200 || v["summary"]["errors"].as_u64() != Some(0) {
+            return Err(Error::Backend(format!("import: HTTP {s} {}", v["summary"])));
+        }
+    }
+
+    let env = Arc::new(Env {
+        gateways,
+        model: LinkModel::new(sc.link),
+        fleet: sc.fleet.clone(),
+        uplink: sc.uplink,
+        anchors,
+        shutdown: shutdown.clone(),
+        capture: Default::default(),
+    });
+    let mut w = World {
+        backend,
+        env,
+        devices: devices.into_iter().map(Some).collect(),
+        revoked_gateways: HashSet::new(),
+        sem: Arc::new(Semaphore::new(sc.fleet.max_inflight)),
+        pb: pb.clone(),
+        seed,
+    };
+    let mut acc = Acc::default();
+    let mut attacks: BTreeMap<String, AttackTally> = BTreeMap::new();
+    let mut revocation: Vec<f64> = Vec::new();
+    let mut revocation_exercised = false;
+    let mut marks = Vec::new();
+    let mut peak = 0usize;
+    let mut sel_rng = rng_for(seed, "timeline", 0);
+    let mut last_s: f64 = 0.0;
+
+    for (k, ev) in sc.events.iter().enumerate() {
+        let ev: &Event = ev.get_ref();
+        last_s = last_s.max(ev.at_s);
+        let at_ms = ev.at_s * 1000.0;
+        let spread_ms = ev.spread_s * 1000.0;
+        let label = match ev.class {
+            Some(c) => format!("attack {}", c.name()),
+            None => format!("{:?}", ev.action).to_lowercase(),
+        };
+        pb.set_message(format!("{label} at {:.1} s", ev.at_s));
+        marks.push((ev.at_s, label));
+        let none = HashSet::new();
+        match ev.action {
+            Action::Connect => {
+                let chosen = w.select(ev.select, ev.fraction.unwrap_or(1.0), &mut sel_rng, &none);
+                let t = Instant::now();
+                let rs = w.connect_all(&chosen, at_ms, spread_ms, &mut sel_rng).await;
+                acc.connect_wall += t.elapsed();
+                for r in &rs {
+                    acc.add(r, false);
+                }
+            }
+            Action::Disconnect => {
+                let sel = if ev.select == Select::All {
+                    Select::Online
+                } else {
+                    ev.select
+                };
+                let chosen = w.select(sel, ev.fraction.unwrap_or(1.0), &mut sel_rng, &none);
+                w.disconnect(&chosen).await;
+            }
+            Action::Churn => {
+                for c in 0..ev.cycles.unwrap_or(1) {
+                    let chosen = w.select(
+                        Select::Online,
+                        ev.fraction.unwrap_or(0.2),
+                        &mut sel_rng,
+                        &none,
+                    );
+                    w.disconnect(&chosen).await;
+                    peak = peak.max(w.sessions());
+                    let t = Instant::now();
+                    let back_at = at_ms + (f64::from(c) + 0.5) * spread_ms.max(1000.0);
+                    let rs = w
+                        .connect_all(&chosen, back_at, spread_ms * 0.5, &mut sel_rng)
+                        .await;
+                    acc.connect_wall += t.elapsed();
+                    for r in &rs {
+                        acc.add(r, false);
+                    }
+                    last_s = last_s.max(back_at / 1000.0);
+                }
+            }
+            Action::OutageStart | Action::OutageEnd => {
+                let up = ev.action == Action::OutageEnd;
+                for g in &w.env.gateways {
+                    if ev.gateway.is_none_or(|x| x == g.idx) {
+                        g.uplink.set_up(up);
+                    }
+                }
+            }
+            Action::Revoke => {
+                let sel = if ev.select == Select::All {
+                    Select::Online
+                } else {
+                    ev.select
+                };
+                let chosen = w.select(sel, ev.fraction.unwrap_or(0.1), &mut sel_rng, &none);
+                revocation_exercised = true;
+                revocation.extend(w.revoke(&chosen).await?);
+            }
+            Action::RevokeGateway => {
+                revocation_exercised = true;
+                let g = ev.gateway.unwrap_or(0);
+                revocation.extend(w.revoke_gateway(g).await?);
+            }
+            Action::Attack => {
+                let class = ev.class.unwrap_or(AttackClass::Replay);
+                let attempts = ev.attempts.unwrap_or(10);
+                let before = w.alerts();
+                let (tally, rev) = attack(
+                    &mut w,
+                    &mut acc,
+                    class,
+                    attempts,
+                    ev,
+                    k,
+                    at_ms,
+                    spread_ms,
+                    &mut sel_rng,
+                )
+                .await?;
+                revocation.extend(rev.iter().copied());
+                if !rev.is_empty()
+                    || matches!(
+                        class,
+                        AttackClass::RevokedPeripheral | AttackClass::RevokedGateway
+                    )
+                {
+                    revocation_exercised = true;
+                }
+                let mut tally = tally;
+                tally.detected = w.alerts().saturating_sub(before);
+                let e = attacks.entry(class.name().to_string()).or_default();
+                e.attempts += tally.attempts;
+                e.accepted += tally.accepted;
+                e.detected += tally.detected;
+            }
+        }
+        peak = peak.max(w.sessions());
+    }
+
+    pb.set_message("closing");
+    let state = w.backend.state().clone();
+    let vouches = state.metrics.answers.with_label_values(&["vouched"]).get();
+    let mut refusals = BTreeMap::new();
+    for r in REFUSAL_REASONS {
+        let c = state.metrics.refusals.with_label_values(&[r]).get();
+        if c > 0 {
+            refusals.insert(r.to_string(), c);
+        }
+    }
+    let mut alerts = BTreeMap::new();
+    for a in ["lockout", "clone_suspected"] {
+        let c = state.metrics.alerts.with_label_values(&[a]).get();
+        if c > 0 {
+            alerts.insert(a.to_string(), c);
+        }
+    }
+    // Session reports still queued in the backend finish first.
+    let slots = state.request_slots.clone();
+    let _ =
+        wait_until(|| (slots.available_permits() >= crate::backend::MAX_REQUESTS).then_some(()))
+            .await;
+    // The uplinks go first, so that the detach reports of the closing
+    // sessions fail fast instead of reaching a store that is shutting down.
+    for g in &w.env.gateways {
+        g.uplink.set_up(false);
+    }
+    let _ = stop.send(true);
+    for d in w.devices.iter_mut().flatten() {
+        if let Some(l) = d.live.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), l.close()).await;
+        }
+    }
+    let database = w.backend.database().to_string();
+    w.backend.shutdown().await;
+    pb.finish_and_clear();
+
+    let connect_s = acc.connect_wall.as_secs_f64().max(1e-9);
+    let per = |sum: u64, k: u64| {
+        if k == 0 {
+            0.0
+        } else {
+            round2(sum as f64 / k as f64)
+        }
+    };
+    let report = Report {
+        scenario: sc.name.clone(),
+        seed,
+        peripherals: n,
+        gateways: m,
+        backend_mode: match opts.backend {
+            BackendMode::InProc => "inproc".into(),
+            BackendMode::Https => "https".into(),
+        },
+        database,
+        latency_ms: Percentiles::of(&mut acc.lat_full),
+        resumption_latency_ms: Percentiles::of(&mut acc.lat_res),
+        bytes_on_air: BytesOnAir {
+            per_handshake: per(acc.air_full, acc.h.full_ok),
+            per_resumption: per(acc.air_res, acc.r.ok),
+            message_bytes_per_handshake: per(acc.msg_full, acc.h.full_ok),
+            total: acc.air_total,
+        },
+        link: acc.link.clone(),
+        backend: BackendFigures {
+            vouches,
+            vouches_per_s: round2(vouches as f64 / connect_s),
+            refusals,
+            alerts,
+        },
+        attacks,
+        revocation_ms: revocation_exercised.then(|| Percentiles::of(&mut revocation)),
+        honest_rejected: acc.honest_rejected,
+        sessions_peak: peak,
+        virtual_s: round2(last_s.max(acc.end_ms / 1000.0)),
+        wall_s: round2(wall.elapsed().as_secs_f64()),
+        handshakes_per_s: round2(acc.h.ok as f64 / connect_s),
+        peak_rss_mib: peak_rss_mib(),
+        handshakes: acc.h.clone(),
+        resumptions: acc.r.clone(),
+    };
+    let _ = w.seed;
+    Ok(RunOutput {
+        report,
+        samples: acc.samples,
+        marks,
+    })
+}
+
+/// One attack event: picks victims, starts the adversary's own gateways,
+/// runs honest devices beside it (the event's `select`/`fraction`), and
+/// returns the tally and any revocation delays it caused.
+#[allow(clippy::too_many_arguments)]
+async fn attack(
+    w: &mut World,
+    acc: &mut Acc,
+    class: AttackClass,
+    attempts: u32,
+    ev: &Event,
+    k: usize,
+    at_ms: f64,
+    spread_ms: f64,
+    sel_rng: &mut ChaCha20Rng,
+) -> Result<(AttackTally, Vec<f64>), Error> {
+    let mut rng = rng_for(w.seed, "attack", k as u64);
+    let m = w.env.gateways.len();
+    let none = HashSet::new();
+    let mut rev_ms = Vec::new();
+    let mut gateway = None;
+    // Victims: whom the adversary needs, chosen like every other selection.
+    let victims_idx: Vec<usize> = match class {
+        // The adversary takes over handshakes of these: they must not hold a
+        // session (it would be replaced) nor have held one (attachments).
+        AttackClass::VouchSwap | AttackClass::Tamper | AttackClass::Relay => {
+            let want = match class {
+                AttackClass::VouchSwap => 2 * attempts as usize,
+                _ => attempts as usize,
+            };
+            let all = w.select(Select::Fresh, 1.0, sel_rng, &none);
+            all.into_iter().take(want.max(2)).collect()
+        }
+        AttackClass::Clone => {
+            let all = w.select(Select::Online, 1.0, sel_rng, &none);
+            all.into_iter().take(attempts as usize).collect()
+        }
+        AttackClass::RevokedPeripheral => {
+            let all = w.select(Select::Online, 1.0, sel_rng, &none);
+            all.into_iter().take(attempts.max(1) as usize).collect()
+        }
+        _ => w
+            .select(Select::All, 1.0, sel_rng, &none)
+            .into_iter()
+            .take(64)
+            .collect(),
+    };
+    let mut victims: Vec<Victim> = victims_idx.iter().filter_map(|&i| w.victim(i)).collect();
+    let mut extra = Vec::new();
+    match class {
+        AttackClass::RevokedPeripheral => {
+            // The adversary saved each device's ticket before the operator acted.
+            rev_ms = w.revoke(&victims_idx).await?;
+        }
+        AttackClass::RevokedGateway => {
+            let g = ev.gateway.unwrap_or(0);
+            rev_ms = w.revoke_gateway(g).await?;
+            gateway = Some(g);
+            // The devices it served are the ones it tries to keep.
+            let served: Vec<usize> = w
+                .devices
+                .iter()
+                .flatten()
+                .filter(|d| d.home == g)
+                .map(|d| d.idx)
+                .collect();
+            victims = served.iter().filter_map(|&i| w.victim(i)).collect();
+        }
+        AttackClass::Clone => {
+            // The backend must know where the originals are attached.
+            for v in &victims {
+                let other = w.env.gateways[(v.home + 1) % m].key;
+                let store = w.backend.state().store.clone();
+                let start = Instant::now();
+                loop {
+                    let now = vouch_backend::store::now_ms();
+                    let seen = store
+                        .attached_elsewhere(&v.id, &other, now)
+                        .await
+                        .map_err(Error::backend)?;
+                    if !seen.is_empty() {
+                        break;
+                    }
+                    if start.elapsed() > crate::fleet::DEADLINE {
+                        return Err(Error::Timeout("the backend to record an attach".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+        AttackClass::RogueGateway | AttackClass::Relay => {
+            // Not enrolled at all; enrolled at a site no policy covers.
+            let k1 = IdentityKey::from_seed(&derive_seed(w.seed, "rogue-key", 0));
+            let k2 = IdentityKey::from_seed(&derive_seed(w.seed, "rogue-key", 1));
+            let cert = w
+                .backend
+                .enroll_gateway(&k2.public_key(), "far-away")
+                .await?;
+            let u2 = w.backend.uplink(&k2, Some(&cert))?;
+            let g2 = SimGateway::start(m + 1, &k2, "far-away", u2, w.env.shutdown.clone(), false)?;
+            if class == AttackClass::RogueGateway {
+                let u1 = w.backend.uplink(&k1, None)?;
+                extra.push(SimGateway::start(
+                    m,
+                    &k1,
+                    "nowhere",
+                    u1,
+                    w.env.shutdown.clone(),
+                    false,
+                )?);
+            }
+            extra.push(g2);
+        }
+        _ => {}
+    }
+    // Honest devices keep working beside the attack.
+    // Devices whose identity the adversary runs complete handshakes with
+    // stay out of the honest traffic (their sessions would replace each
+    // other); the others only lend an address or an id to failed attempts.
+    let exclude: HashSet<usize> = match class {
+        AttackClass::VouchSwap | AttackClass::Tamper | AttackClass::Relay | AttackClass::Clone => {
+            victims.iter().map(|v| v.idx).collect()
+        }
+        _ => HashSet::new(),
+    };
+    let honest = match ev.fraction {
+        Some(f) if f > 0.0 => w.select(ev.select, f, sel_rng, &exclude),
+        _ => Vec::new(),
+    };
+    let env = w.env.clone();
+    let arena = Arena {
+        env: &env,
+        extra: &extra,
+        victims: &victims,
+        rng: rng_for(rng.next_u64(), class.name(), 0),
+        attempts,
+        gateway,
+    };
+    let t = Instant::now();
+    let (out, honest_rs) = {
+        let attack_fut = adversary::run(class, arena);
+        let honest_fut = w.connect_all(&honest, at_ms, spread_ms, sel_rng);
+        tokio::join!(attack_fut, honest_fut)
+    };
+    acc.connect_wall += t.elapsed();
+    for r in &honest_rs {
+        acc.add(r, false);
+    }
+    let mut out = out?;
+    for p in out.held.drain(..) {
+        out.tally.accepted += u64::from(p.finish().await);
+    }
+    Ok((out.tally, rev_ms))
+}

@@ -1,0 +1,180 @@
+//! Every built-in scenario at a small size, through the library: the
+//! attacks get nothing, honest devices are unharmed, detection fires where
+//! the backend is meant to flag, and a seed gives the same run twice.
+
+use vouch_simulator::scenario::BUILTINS;
+use vouch_simulator::{run, BackendMode, Error, Report, RunOptions, Scenario};
+
+async fn small(name: &str, seed: u64) -> Report {
+    let scenario = Scenario::load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    run(RunOptions {
+        scenario,
+        peripherals: Some(20),
+        gateways: Some(2),
+        seed,
+        backend: BackendMode::InProc,
+        database_url: None,
+        progress: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+    .report
+}
+
+/// The checks every scenario must pass; returns the report for more.
+async fn check(name: &str) -> Report {
+    let r = small(name, 7).await;
+    let json = serde_json::to_string(&r).unwrap_or_default();
+    assert_eq!(
+        r.honest_rejected, 0,
+        "{name}: honest devices refused: {json}"
+    );
+    assert!(r.handshakes.ok > 0, "{name}: nothing connected: {json}");
+    for (class, a) in &r.attacks {
+        assert_eq!(a.accepted, 0, "{name}: attack {class} got through: {json}");
+    }
+    if is_attack(name) {
+        let a = r
+            .attacks
+            .get(name)
+            .unwrap_or_else(|| panic!("{name}: no tally: {json}"));
+        assert!(a.attempts > 0, "{name}: the adversary never tried: {json}");
+    }
+    r
+}
+
+fn is_attack(name: &str) -> bool {
+    vouch_simulator::scenario::AttackClass::ALL
+        .iter()
+        .any(|c| c.name() == name)
+}
+
+macro_rules! scenario_tests {
+    ($($f:ident => $name:literal),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() {
+                check($name).await;
+            }
+        )*
+        #[test]
+        fn every_builtin_has_a_test() {
+            let tested = [
+                $($name,)*
+                "churn", "backend-outage", "revocation", "revoked-peripheral", "clone",
+                "brute-force",
+            ];
+            for (name, _) in BUILTINS {
+                assert!(tested.contains(name), "built-in {name} has no test here");
+            }
+        }
+    };
+}
+
+scenario_tests! {
+    baseline => "baseline",
+    scale => "scale",
+    mac_spoof => "mac-spoof",
+    replay => "replay",
+    vouch_swap => "vouch-swap",
+    rogue_gateway => "rogue-gateway",
+    revoked_gateway => "revoked-gateway",
+    relay => "relay",
+    tamper => "tamper",
+    downgrade => "downgrade",
+    flood => "flood",
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_resumes() {
+    let r = check("churn").await;
+    assert!(r.resumptions.ok > 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_outage_resumes_and_excuses_only_the_refused_newcomers() {
+    let r = check("backend-outage").await;
+    assert!(r.resumptions.ok > 0, "{r:?}");
+    assert!(
+        r.handshakes.excused > 0,
+        "newcomers during the outage: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_live_sessions() {
+    let r = check("revocation").await;
+    let rev = r.revocation_ms.clone().expect("revocation_ms");
+    assert!(rev.count > 0, "{r:?}");
+    let a = &r.attacks["revoked-peripheral"];
+    assert!(a.attempts > 0 && a.accepted == 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_peripherals_are_cut_off() {
+    let r = check("revoked-peripheral").await;
+    assert!(
+        r.revocation_ms.as_ref().is_some_and(|p| p.count > 0),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_are_detected() {
+    let r = check("clone").await;
+    assert!(r.attacks["clone"].detected > 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brute_force_is_detected() {
+    let r = check("brute-force").await;
+    assert!(r.attacks["brute-force"].detected > 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_gives_the_same_run() {
+    for name in ["churn", "tamper"] {
+        let a = small(name, 42).await;
+        let b = small(name, 42).await;
+        assert_eq!(a.deterministic(), b.deterministic(), "{name}");
+        let c = small(name, 43).await;
+        assert_ne!(
+            a.deterministic(),
+            c.deterministic(),
+            "{name}: the seed changes nothing"
+        );
+    }
+}
+
+#[test]
+fn a_bad_scenario_names_the_line_and_the_field() {
+    let text = "name = \"x\"\ndescription = \"y\"\n\n[fleet]\nperipherals = 3\ngateways = 1\nperipheral = 4\n";
+    match Scenario::parse(text, "bad.toml") {
+        Err(Error::Scenario {
+            origin,
+            line,
+            message,
+            ..
+        }) => {
+            assert_eq!(origin, "bad.toml");
+            assert_eq!(line, 7, "{message}");
+            assert!(message.contains("peripheral"), "{message}");
+        }
+        other => panic!("expected a scenario error, got {other:?}"),
+    }
+    let text = "name = \"x\"\ndescription = \"y\"\n[fleet]\nperipherals = 3\ngateways = 1\n\n[[event]]\nat_s = 1.0\naction = \"attack\"\n";
+    match Scenario::parse(text, "bad.toml") {
+        Err(Error::Scenario { line, message, .. }) => {
+            assert!(message.contains("class"), "{message}");
+            assert!((7..=9).contains(&line), "line {line}: {message}");
+        }
+        other => panic!("expected a scenario error, got {other:?}"),
+    }
+    let text = "name = \"x\"\ndescription = \"y\"\n[fleet]\nperipherals = \"many\"\ngateways = 1\n";
+    match Scenario::parse(text, "bad.toml") {
+        Err(e @ Error::Scenario { line: 4, .. }) => {
+            assert!(e.to_string().starts_with("bad.toml:4:"), "{e}");
+        }
+        other => panic!("expected a scenario error at line 4, got {other:?}"),
+    }
+}
