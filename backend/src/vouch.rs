@@ -584,7 +584,9 @@ pub(crate) async fn report_sessions(
         .saturating_mul(1000);
     let mut verdicts = Vec::with_capacity(events.len());
     let mut alerts = Vec::new();
-    // Reads first, then one write transaction for the whole report.
+    // Statuses first; then one write transaction for the whole report, which
+    // reads the attachments under the writer lock: two gateways reporting a
+    // clone at the same moment must not both find the other absent.
     let mut plan = Vec::with_capacity(events.len());
     for ev in events {
         let status = match state.store.peripheral(&ev.peripheral).await {
@@ -592,19 +594,17 @@ pub(crate) async fn report_sessions(
             Err(StoreError::NotFound) => None,
             Err(e) => return Err(e),
         };
+        plan.push((ev, status));
+    }
+    let mut tx = state.store.begin_write().await?;
+    for (ev, status) in plan {
         let others = match ev.kind {
             SessionEventKind::Attached => {
-                state
-                    .store
-                    .attached_elsewhere(&ev.peripheral, &gateway.public_key, now)
+                tx.attached_elsewhere(&ev.peripheral, &gateway.public_key, now)
                     .await?
             }
             SessionEventKind::Detached => Vec::new(),
         };
-        plan.push((ev, status, others));
-    }
-    let mut tx = state.store.begin_write().await?;
-    for (ev, status, others) in plan {
         let pid = ev.peripheral.to_string();
         let sid = hex::encode(ev.session_id);
         let verdict = match ev.kind {

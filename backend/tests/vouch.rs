@@ -28,6 +28,7 @@ on_both!(
     lockout_after_k_failures_from_a_gateway_and_for_a_claimed_id,
     clone_detection_alerts_and_allows,
     clone_detection_alerts_and_refuses,
+    a_clone_reported_by_two_gateways_at_once_is_caught,
     feed_delivers_revocations_and_resumes_from_a_cursor,
 );
 
@@ -482,6 +483,35 @@ async fn clone_case(db: Db, action: CloneAction) {
         );
         b.state.shutdown();
     }
+}
+
+/// Found by the system test of clones (`tests/tests/attacks.rs`), which
+/// failed now and then: two gateways reporting the same identity attached at
+/// the same moment each read "attached nowhere else" before either wrote.
+async fn a_clone_reported_by_two_gateways_at_once_is_caught(db: Db) {
+    let b = Backend::new(&db).await;
+    let g1 = IdentityKey::from_seed(&[100; 32]);
+    let g2 = IdentityKey::from_seed(&[101; 32]);
+    b.enroll_gateway(&g1, None).await;
+    b.enroll_gateway(&g2, None).await;
+    let devices: Vec<Device> = (1..=24).map(Device::new).collect();
+    for dev in &devices {
+        b.enroll_peripheral(dev, None).await;
+    }
+    for dev in &devices {
+        let (one, two) = tokio::join!(
+            report(&b, &g1, dev, SessionEventKind::Attached),
+            report(&b, &g2, dev, SessionEventKind::Attached),
+        );
+        assert!(
+            one == SessionVerdict::CloneSuspected || two == SessionVerdict::CloneSuspected,
+            "{}: both reports accepted ({one:?}, {two:?}): the clone went unseen",
+            dev.id
+        );
+    }
+    let alerts = b.audit("action=clone_alert").await;
+    assert_eq!(alerts.len(), devices.len(), "one alert per cloned identity");
+    b.state.shutdown();
 }
 
 async fn feed(

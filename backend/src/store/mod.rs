@@ -988,6 +988,28 @@ impl WriteTx<'_> {
         Ok(())
     }
 
+    /// Gateways other than `gateway` on which `peripheral` is attached at
+    /// `now`, read inside this transaction: under the writer lock, so two
+    /// gateways reporting the same peripheral at once cannot both see the
+    /// other absent.
+    pub async fn attached_elsewhere(
+        &mut self,
+        peripheral: &PeripheralId,
+        gateway: &PublicKey,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT gateway_key FROM attachments WHERE peripheral_id = $1 AND gateway_key <> $2 \
+             AND expires_ms > $3 ORDER BY gateway_key",
+        )
+        .bind(peripheral.to_string())
+        .bind(gateway.to_string())
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("gateway_key")?)).collect()
+    }
+
     /// Records that `peripheral` is attached on `gateway` until `expires_ms`.
     pub async fn attach(
         &mut self,
