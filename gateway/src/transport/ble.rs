@@ -87,6 +87,30 @@ impl BleRadio for BtleplugRadio {
         let adapter = self.adapter.clone();
         let ids = self.ids.clone();
         tokio::spawn(async move {
+            // Devices BlueZ already knows (from before this process started,
+            // or from another program) produce no event until their
+            // advertisement changes, which for a device that simply keeps
+            // advertising is never: report each of them once now.
+            if let Ok(known) = adapter.peripherals().await {
+                for p in known {
+                    let Ok(Some(props)) = p.properties().await else {
+                        continue;
+                    };
+                    let id = p.id();
+                    let key = format!("{id:?}");
+                    ids.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone(), id);
+                    let advert = Advert {
+                        device: key,
+                        address: props.address.to_string(),
+                        services: props.services.iter().map(|u| u.as_u128()).collect(),
+                    };
+                    if tx.send(advert).await.is_err() {
+                        return;
+                    }
+                }
+            }
             while let Some(event) = events.next().await {
                 let id = match &event {
                     CentralEvent::DeviceDiscovered(id)
@@ -143,6 +167,7 @@ impl BleRadio for BtleplugRadio {
         Ok(BtleplugConn {
             peripheral,
             inbox: None,
+            outbox: None,
             notifications: None,
             fragment_len: self.fragment_len,
         })
@@ -172,6 +197,7 @@ impl BleRadio for BtleplugRadio {
 pub struct BtleplugConn {
     peripheral: Peripheral,
     inbox: Option<Characteristic>,
+    outbox: Option<Characteristic>,
     notifications: Option<Pin<Box<dyn Stream<Item = btleplug::api::ValueNotification> + Send>>>,
     fragment_len: usize,
 }
@@ -206,6 +232,7 @@ impl BleConnection for BtleplugConn {
         self.peripheral.subscribe(&outbox).await.map_err(ble_err)?;
         debug!(device = ?self.peripheral.id(), "subscribed to the Vouch outbox");
         self.inbox = Some(inbox);
+        self.outbox = Some(outbox);
         self.notifications = Some(stream);
         Ok(())
     }
@@ -239,6 +266,15 @@ impl BleConnection for BtleplugConn {
     }
 
     async fn disconnect(&mut self) {
+        // Stop notifying first: BlueZ keeps a notification client per D-Bus
+        // peer across connections and re-registers it on the next one, which
+        // then delivered nothing (found by the BLE VM test).
+        if let Some(outbox) = self.outbox.take() {
+            if let Err(e) = self.peripheral.unsubscribe(&outbox).await {
+                debug!(error = %e, "BLE unsubscribe");
+            }
+        }
+        self.notifications = None;
         if let Err(e) = self.peripheral.disconnect().await {
             debug!(error = %e, "BLE disconnect");
         }
