@@ -5,7 +5,10 @@
 # controllers sharing one virtual radio; real bluetoothd and D-Bus run on top.
 # Inside the VM: vouch-backend (SQLite on tmpfs), vouch-gateway with
 # [transport.ble] on hci0, reference vouch-peripheral(s) with --connect ble:hciN.
-# Prints "N passed, M failed"; exits non-zero on any failure. Needs root and apt.
+# btvirt is built from Debian's bluez source with one fix (btdev-conn-handles.patch:
+# without it a second simultaneous link from one central carries no data).
+# Six scenarios (scenarios.sh, NOTES.md). Prints "N passed, M failed"; exits
+# non-zero on any failure. Needs root and apt.
 #
 # Environment:
 #   LAB            scratch directory (default /tmp/vouch-ble-vm); kernel cached here

@@ -9,8 +9,9 @@ W=/run/vouch                      # tmpfs: backend SQLite, gateway and device st
 B=$BIN/vouch-backend G=$BIN/vouch-gateway P=$BIN/vouch-peripheral
 GW_HCI=hci0                       # peripheral i uses hci$i
 NPERIPH=3                         # enrolled devices p1..p3, on hci1..hci3
-NCTRL=$((NPERIPH + 1))
+NCTRL=$((NPERIPH + 2))            # + hci4 for p5 (scenario 6)
 # p4: a real device whose identity the backend has never seen (scenario 5)
+# p5: an enrolled device on hci4 that BlueZ first sees in scenario 6
 SOCK=$W/gw/api.sock
 RESULTS=$OUT/results
 : > "$RESULTS"; : > "$OUT/measures"
@@ -104,7 +105,10 @@ $B --data-dir $W/backend associate --peripheral group:meters --gateway site:lab 
 $B --data-dir $W/backend export-anchor --out $W/anchor.json || setup_fail "export-anchor"
 $P keygen --dir $W/p4 --group meters > $W/p4.row || setup_fail "keygen p4"
 ID4=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' $W/p4.row)
-for i in $(seq 1 $((NPERIPH + 1))); do
+$P keygen --dir $W/p5 --group meters > $W/p5.row || setup_fail "keygen p5"
+$B --data-dir $W/backend import $W/p5.row > /dev/null || setup_fail "import p5"
+ID5=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' $W/p5.row)
+for i in $(seq 1 $((NPERIPH + 2))); do
     $P provision --dir $W/p$i --anchor $W/anchor.json > /dev/null || setup_fail "provision p$i"
 done
 exec 2>&3 3>&-
@@ -113,7 +117,7 @@ exec 2>&3 3>&-
 # (every authenticated message, one JSON object per line, appended to
 # $OUT/messages.ndjson)
 start_gateway() {
-    RUST_LOG=${RUST_LOG:-info} $G run --config "$1" > "$2" 2>&1 &
+    RUST_LOG=${RUST_LOG:-info,vouch_gateway::transport=debug} $G run --config "$1" > "$2" 2>&1 &
     GW=$!; PIDS="$PIDS $GW"
     wait_for 60 has "$2" "BLE central scanning" || return 1
     wait_for 30 test -S $SOCK || return 1
@@ -270,7 +274,8 @@ scenario_5() {
 }
 
 # ---- scenario 6: ATT MTU 23 through the real stack ----------------------------
-# The gateway restarts with att_mtu = 23 and the device runs with --att-mtu 23:
+# The gateway restarts with att_mtu = 23 and p5, a device BlueZ has not seen
+# before, runs with --att-mtu 23:
 # every message crosses BlueZ as 20-byte writes and notifications (a Response
 # is 8 of them). BlueZ itself negotiates no ATT MTU below 48 here: with
 # `ExchangeMTU = 23` in main.conf, bluetoothd 5.66 cannot open its ATT socket
@@ -282,18 +287,17 @@ scenario_6() {
     sed '/^adapter = /a att_mtu = 23' $W/gw/gateway.toml > $W/gw/gateway-mtu23.toml
     cp $W/gw/gateway-mtu23.toml "$OUT/gateway-mtu23.toml"
     GWLOG=$OUT/gateway-mtu23.log
-    n3=$(grep -c "\"$ID3\"" "$OUT/messages.ndjson")
     start_gateway $W/gw/gateway-mtu23.toml "$GWLOG" || FAILS="gateway did not restart with att_mtu = 23"
-    VOUCH_LOG=info $P run --dir $W/p3 --connect ble:hci3 --att-mtu 23 --interval 2 \
-        > "$OUT/s6-p3.out" 2> "$OUT/s6-p3.log" &
-    PP3=$!; PIDS="$PIDS $PP3"
-    expect "p3 handshake ok with 20-byte fragments" 120 has "$OUT/s6-p3.log" "handshake ok" &&
-    expect "the device sized its notifications for MTU 23" 1 has "$OUT/s6-p3.log" "att_mtu=23" &&
-    expect "new telemetry from p3 at MTU 23" 60 sh -c "[ \$(grep -c '\"$ID3\"' '$OUT/messages.ndjson') -gt $n3 ]" &&
-    expect "a 107-byte command to p3 (204)" 30 sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 --unix-socket $SOCK -X POST --data-binary led=on-$(printf '%0100d' 0) http://gw/v1/peripherals/$ID3/send)\" = 204 ]" &&
-    expect "p3 received the long command whole" 30 has "$OUT/s6-p3.out" "recv led=on-0000000000"
-    measure "s6 handshake with 20-byte fragments $(latency "$OUT/s6-p3.log") (peripheral's measure)"
-    stop $PP3 15
+    VOUCH_LOG=info $P run --dir $W/p5 --connect ble:hci4 --att-mtu 23 --interval 2 \
+        > "$OUT/s6-p5.out" 2> "$OUT/s6-p5.log" &
+    PP5=$!; PIDS="$PIDS $PP5"
+    expect "p5 handshake ok with 20-byte fragments" 120 has "$OUT/s6-p5.log" "handshake ok" &&
+    expect "the device sized its notifications for MTU 23" 1 has "$OUT/s6-p5.log" "att_mtu=23" &&
+    expect "telemetry from p5 at MTU 23" 60 telemetry_from "$ID5" &&
+    expect "a 107-byte command to p5 (204)" 30 sh -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 --unix-socket $SOCK -X POST --data-binary led=on-$(printf '%0100d' 0) http://gw/v1/peripherals/$ID5/send)\" = 204 ]" &&
+    expect "p5 received the long command whole" 30 has "$OUT/s6-p5.out" "recv led=on-0000000000"
+    measure "s6 handshake with 20-byte fragments $(latency "$OUT/s6-p5.log") (peripheral's measure)"
+    stop $PP5 15
     verdict "$name"
 }
 

@@ -91,6 +91,10 @@ impl BleRadio for BtleplugRadio {
             // or from another program) produce no event until their
             // advertisement changes, which for a device that simply keeps
             // advertising is never: report each of them once now.
+            match adapter.peripherals().await {
+                Ok(known) => debug!(count = known.len(), "devices BlueZ already knows"),
+                Err(e) => warn!(error = %e, "cannot list the devices BlueZ knows"),
+            }
             if let Ok(known) = adapter.peripherals().await {
                 for p in known {
                     let Ok(Some(props)) = p.properties().await else {

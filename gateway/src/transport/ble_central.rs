@@ -244,8 +244,10 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
                 };
                 // Filter in our own code: only the Vouch service.
                 if !advert.services.contains(&SERVICE_UUID) {
+                    debug!(device = %advert.device, services = ?advert.services, "advert without the Vouch service");
                     continue;
                 }
+                debug!(device = %advert.device, "advert");
                 let s = table.entry(advert.device.clone()).or_default();
                 s.last_advert = Some(advert.clone());
                 s.stale_attempts = 0;
