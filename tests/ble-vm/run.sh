@@ -85,6 +85,19 @@ if [ -z "${BIN:-}" ]; then
 fi
 BIN=$(readlink -f "$BIN")
 
+# The VM sees the host's / read-only but mounts its own tmpfs on /tmp, /run,
+# /var/tmp and /root, so a clone or a target directory there would be
+# invisible: the guest scripts and the binaries go into $LAB, which the VM
+# mounts (hard links when on the same file system).
+mkdir -p "$LAB/guest"
+cp "$HERE/vm/guest-init.sh" "$HERE/scenarios.sh" "$LAB/guest/"
+for b in vouch-backend vouch-gateway vouch-peripheral; do
+    [ -x "$BIN/$b" ] || { echo "missing $BIN/$b"; exit 1; }
+    rm -f "$LAB/guest/$b"
+    ln "$BIN/$b" "$LAB/guest/$b" 2>/dev/null || cp "$BIN/$b" "$LAB/guest/$b"
+done
+BIN=$LAB/guest
+
 say "boot the VM (kernel $KVER)"
 rm -f "$LAB/out/"*
 cat > "$LAB/guest.env" <<ENV
@@ -97,7 +110,7 @@ set +e
 timeout "${VM_TIMEOUT:-900}" qemu-system-x86_64 ${QEMU_ACCEL:--accel tcg,thread=multi} -cpu "${QEMU_CPU:-max}" \
     -smp 2 -m 1024 -nodefaults -no-reboot -display none -monitor none -serial stdio \
     -kernel "$LAB/kroot/boot/vmlinuz-$KVER" -initrd "$LAB/initrd.gz" \
-    -append "console=ttyS0 quiet panic=-1 LAB=$LAB VM_INIT=$HERE/vm/guest-init.sh VM_SCRIPT=$HERE/scenarios.sh" \
+    -append "console=ttyS0 quiet panic=-1 LAB=$LAB VM_INIT=$LAB/guest/guest-init.sh VM_SCRIPT=$LAB/guest/scenarios.sh" \
     -fsdev local,id=hostfs,path=/,readonly=on,security_model=none,multidevs=remap \
     -device virtio-9p-pci,fsdev=hostfs,mount_tag=hostfs \
     -fsdev local,id=lab,path="$LAB",security_model=none,multidevs=remap \
