@@ -480,3 +480,40 @@ async fn a_device_gone_for_good_costs_a_bounded_number_of_connects() {
         2 + STALE_ATTEMPTS
     );
 }
+
+/// Found by the BLE VM test: once a device has been connected, BlueZ replaces
+/// its service list with the services it resolved over GATT, which may not
+/// include the Vouch service, so its later reports lack it. A device that
+/// advertised the service before is still recognised.
+#[tokio::test(start_paused = true)]
+async fn a_device_reported_later_without_the_service_is_still_recognised() {
+    use vouch_gateway::transport::ble_central::STALE_ATTEMPTS;
+    let settings = BleSettings {
+        backoff_min: Duration::from_secs(1),
+        ..Default::default()
+    };
+    // The first link works; then the device is away for longer than the
+    // retries from its remembered advert last.
+    let away = [Plan::Fail; STALE_ATTEMPTS as usize];
+    let mut plans = vec![Plan::Ok { setup_failures: 0 }];
+    plans.extend_from_slice(&away);
+    let mut b = bench(244, settings, &[("dev-1", &plans)]);
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    let (_, mut end) = b.connected.recv().await.unwrap();
+    handshake_on(&b.s, &mut end, 31).await;
+    drop(end);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        b.radio.attempts.lock().unwrap().len() as u32,
+        1 + STALE_ATTEMPTS,
+        "the retries from the remembered advert ran out"
+    );
+    // BlueZ reports the device again, now without the Vouch service.
+    b.adverts.send(advert("dev-1", false)).await.unwrap();
+    let (device, mut end) = tokio::time::timeout(Duration::from_secs(120), b.connected.recv())
+        .await
+        .expect("the device is connected again")
+        .unwrap();
+    assert_eq!(device, "dev-1");
+    handshake_on(&b.s, &mut end, 32).await;
+}

@@ -191,6 +191,10 @@ struct DeviceState {
     /// Attempts made from `last_advert` since the stack last reported the
     /// device; after [`STALE_ATTEMPTS`] the device waits for a new report.
     stale_attempts: u32,
+    /// The device has advertised the Vouch service. BlueZ replaces a device's
+    /// service list with what it resolved over GATT once connected, so its
+    /// later reports may lack the service: they are still this device's.
+    vouch: bool,
 }
 
 /// Connects made from a remembered advertisement before the device must be
@@ -242,13 +246,16 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
                     warn!("BLE scan ended");
                     break;
                 };
-                // Filter in our own code: only the Vouch service.
-                if !advert.services.contains(&SERVICE_UUID) {
+                // Filter in our own code: only the Vouch service, or a device
+                // that advertised it before.
+                let known = table.get(&advert.device).is_some_and(|s| s.vouch);
+                if !known && !advert.services.contains(&SERVICE_UUID) {
                     debug!(device = %advert.device, services = ?advert.services, "advert without the Vouch service");
                     continue;
                 }
                 debug!(device = %advert.device, "advert");
                 let s = table.entry(advert.device.clone()).or_default();
+                s.vouch = true;
                 s.last_advert = Some(advert.clone());
                 s.stale_attempts = 0;
                 vec![advert]
