@@ -286,3 +286,84 @@ async fn two_backend_instances_on_one_postgres_act_as_one() {
     drop(gateway);
     dev.stop().await;
 }
+
+/// Rekeying (SPEC.md §7.5) through the real gateway: a device that ratchets
+/// its sending key every two records (its local policy) is followed by the
+/// gateway through every epoch, and the other direction carries on.
+#[tokio::test]
+async fn a_rekeying_device_is_followed_through_every_epoch() {
+    use vouch_gateway::transport::Link;
+    use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake};
+    use vouch_proto::session::{Inbound, RekeyPolicy};
+    use vouch_proto::testing::rng;
+    use vouch_proto::wire::MAX_HANDSHAKE_MESSAGE;
+    use vouch_proto::Timestamp;
+
+    let backend = Backend::start().await;
+    let gateway = Gateway::start(&backend, "plant-1").await;
+    let device = Device::enroll(&backend, "meters").await;
+    backend
+        .allow("group:meters", "site:plant-1", "telemetry,command")
+        .await;
+    let mut p = PeripheralHandshake::start(
+        &PeripheralConfig::default(),
+        device.id,
+        &device.key(),
+        &device.anchors(),
+        Timestamp(0),
+        &mut rng(70),
+    )
+    .expect("start");
+    let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = p.poll_transmit(&mut buf).expect("hello");
+    let (response, mut link) = vouch_tests::exchange(&gateway.url(), &buf[..n]).await;
+    p.handle_input(Timestamp(0), &response).expect("vouched");
+    let n = p.poll_transmit(&mut buf).expect("finish");
+    let mut inbound = gateway.table.subscribe();
+    link.send(&buf[..n]).await.expect("finish");
+    let mut est = p.into_established().expect("established");
+    wait_for("the session", || {
+        gateway.has_session(&device.id).then_some(())
+    })
+    .await;
+
+    est.session.set_rekey_policy(RekeyPolicy {
+        after_records: 2,
+        after_bytes: u64::MAX,
+    });
+    let mut record = [0u8; 512];
+    for i in 0..7u8 {
+        let n = est
+            .session
+            .seal_data(Timestamp(0), &[i; 12], &mut record)
+            .expect("seal");
+        link.send(&record[..n]).await.expect("send");
+        let got = tokio::time::timeout(vouch_tests::DEADLINE, inbound.recv())
+            .await
+            .expect("the gateway delivers it")
+            .expect("inbound");
+        assert_eq!(got.data, vec![i; 12], "record {i}");
+    }
+    assert_eq!(
+        est.session.epochs().0,
+        3,
+        "7 records at 2 per key: epochs 0..=3"
+    );
+    gateway
+        .table
+        .send(device.id, b"led=on".to_vec())
+        .await
+        .expect("command");
+    let msg = tokio::time::timeout(vouch_tests::DEADLINE, link.recv())
+        .await
+        .expect("the command arrives")
+        .expect("link")
+        .expect("a message");
+    let mut out = [0u8; 512];
+    assert_eq!(
+        est.session
+            .open(Timestamp(0), &msg, &mut out)
+            .expect("open"),
+        Inbound::Data(&b"led=on"[..])
+    );
+}
