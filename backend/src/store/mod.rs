@@ -793,16 +793,10 @@ impl Store {
         gateway: &PublicKey,
         now: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT gateway_key FROM attachments WHERE peripheral_id = $1 AND gateway_key <> $2 \
-             AND expires_ms > $3 ORDER BY gateway_key",
-        )
-        .bind(peripheral.to_string())
-        .bind(gateway.to_string())
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| Ok(r.try_get("gateway_key")?)).collect()
+        let rows = attached_elsewhere_query(peripheral, gateway, now)
+            .fetch_all(&self.pool)
+            .await?;
+        gateway_keys(&rows)
     }
 
     // ----- revocation feed ---------------------------------------------
@@ -998,16 +992,10 @@ impl WriteTx<'_> {
         gateway: &PublicKey,
         now: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT gateway_key FROM attachments WHERE peripheral_id = $1 AND gateway_key <> $2 \
-             AND expires_ms > $3 ORDER BY gateway_key",
-        )
-        .bind(peripheral.to_string())
-        .bind(gateway.to_string())
-        .bind(now)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(|r| Ok(r.try_get("gateway_key")?)).collect()
+        let rows = attached_elsewhere_query(peripheral, gateway, now)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        gateway_keys(&rows)
     }
 
     /// Records that `peripheral` is attached on `gateway` until `expires_ms`.
@@ -1213,4 +1201,25 @@ fn policy_from_row(row: &sqlx::any::AnyRow) -> Result<PolicyRule, StoreError> {
         },
         created_ms: row.try_get("created_ms")?,
     })
+}
+
+/// The attachments of `peripheral` on gateways other than `gateway` that have
+/// not expired at `now`: one query for the pool and for a write transaction.
+fn attached_elsewhere_query<'q>(
+    peripheral: &PeripheralId,
+    gateway: &PublicKey,
+    now: i64,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(
+        "SELECT gateway_key FROM attachments WHERE peripheral_id = $1 AND gateway_key <> $2 \
+         AND expires_ms > $3 ORDER BY gateway_key",
+    )
+    .bind(peripheral.to_string())
+    .bind(gateway.to_string())
+    .bind(now)
+}
+
+/// The gateway keys of [`attached_elsewhere_query`]'s rows.
+fn gateway_keys(rows: &[sqlx::any::AnyRow]) -> Result<Vec<String>, StoreError> {
+    rows.iter().map(|r| Ok(r.try_get("gateway_key")?)).collect()
 }

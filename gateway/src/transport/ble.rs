@@ -91,28 +91,20 @@ impl BleRadio for BtleplugRadio {
             // or from another program) produce no event until their
             // advertisement changes, which for a device that simply keeps
             // advertising is never: report each of them once now.
-            match adapter.peripherals().await {
-                Ok(known) => debug!(count = known.len(), "devices BlueZ already knows"),
-                Err(e) => warn!(error = %e, "cannot list the devices BlueZ knows"),
-            }
-            if let Ok(known) = adapter.peripherals().await {
-                for p in known {
-                    let Ok(Some(props)) = p.properties().await else {
-                        continue;
-                    };
-                    let id = p.id();
-                    let key = format!("{id:?}");
-                    ids.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key.clone(), id);
-                    let advert = Advert {
-                        device: key,
-                        address: props.address.to_string(),
-                        services: props.services.iter().map(|u| u.as_u128()).collect(),
-                    };
-                    if tx.send(advert).await.is_err() {
-                        return;
-                    }
+            let known = match adapter.peripherals().await {
+                Ok(known) => known,
+                Err(e) => {
+                    warn!(error = %e, "cannot list the devices BlueZ knows");
+                    Vec::new()
+                }
+            };
+            debug!(count = known.len(), "devices BlueZ already knows");
+            for p in known {
+                let Some(advert) = advert_of(&p, &ids).await else {
+                    continue;
+                };
+                if tx.send(advert).await.is_err() {
+                    return;
                 }
             }
             while let Some(event) = events.next().await {
@@ -125,18 +117,8 @@ impl BleRadio for BtleplugRadio {
                 let Ok(p) = adapter.peripheral(&id).await else {
                     continue;
                 };
-                let Ok(Some(props)) = p.properties().await else {
+                let Some(advert) = advert_of(&p, &ids).await else {
                     continue;
-                };
-                let services = props.services.iter().map(|u| u.as_u128()).collect();
-                let key = format!("{id:?}");
-                ids.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key.clone(), id);
-                let advert = Advert {
-                    device: key,
-                    address: props.address.to_string(),
-                    services,
                 };
                 if tx.send(advert).await.is_err() {
                     return;
@@ -195,6 +177,22 @@ impl BleRadio for BtleplugRadio {
             Err(e) => debug!(device, error = %e, "BLE cancel: device gone"),
         }
     }
+}
+
+/// What BlueZ currently holds about `p`, as an [`Advert`]; remembers its id
+/// for [`BtleplugRadio::connect`]. `None` when its properties cannot be read.
+async fn advert_of(p: &Peripheral, ids: &Mutex<HashMap<String, PeripheralId>>) -> Option<Advert> {
+    let props = p.properties().await.ok()??;
+    let id = p.id();
+    let key = format!("{id:?}");
+    ids.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key.clone(), id);
+    Some(Advert {
+        device: key,
+        address: props.address.to_string(),
+        services: props.services.iter().map(|u| u.as_u128()).collect(),
+    })
 }
 
 /// A GATT connection through btleplug.
