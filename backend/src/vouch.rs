@@ -13,7 +13,7 @@
 //! | 4 | open the sealed identity | one X25519 | `bad_seal` |
 //! | 3 | claimed id not locked out | memory | `peripheral_locked_out` (answered `Busy`) |
 //! | 5 | id registered and active | two indexed reads | `unknown_peripheral`, `peripheral_pending`, `peripheral_suspended`, `peripheral_revoked` |
-//! | 6 | signature | one Ed25519 verify | `bad_signature` |
+//! | 6 | signature | one Ed25519 verification, batched per request | `bad_signature` |
 //! | 7 | policy grants a scope | one read | `policy_denied` |
 //! | 7½ | not live on another gateway (clone) | one read | `clone_refused` (if `clone_action = "refuse"`) |
 //! | 8 | record `e_P` (the authoritative replay check) and the audit entry, durably | group commit | `replay` |
@@ -194,6 +194,8 @@ enum Stage {
     Decoded(Hello),
     /// Opened (step 4), waiting for the registry.
     Opened(vouch_proto::handshake::backend::OpenedHello),
+    /// Handed to the batch signature verification (step 6).
+    Verifying(PeripheralId),
 }
 
 /// Decides and answers a batch of vouch requests from the gateway `key`.
@@ -301,33 +303,53 @@ pub(crate) async fn vouch_batch(
     };
     drop(reader);
     let (records, rules) = (&after.peripherals, &after.rules);
+    // Every opened hello costs its share of one batch signature verification,
+    // also when the id is unknown or not active (against a key nobody holds),
+    // so that how long a refusal takes says nothing about the registry: no
+    // timing oracle for enumerating ids. A dummy verification's result is
+    // never used (below, such ids are refused before it is looked at).
+    let mut to_verify = Vec::new();
+    let stages: Vec<Stage> = stages
+        .into_iter()
+        .map(|stage| match stage {
+            Stage::Opened(o) => {
+                let id = o.claimed_peripheral();
+                let key = match records.get(&id) {
+                    Some(r) if matches!(r.status, Status::Active) => &r.public_key,
+                    _ => &*UNUSED_KEY,
+                };
+                to_verify.push((o, key));
+                Stage::Verifying(id)
+            }
+            other => other,
+        })
+        .collect();
+    let mut verdicts = vouch_proto::handshake::backend::verify_batch(to_verify).into_iter();
+
     let mut granted_ids = Vec::new();
     let mut decisions: Vec<Decision> = Vec::with_capacity(items.len());
     for (stage, item) in stages.into_iter().zip(items) {
-        let opened = match stage {
+        let (id, verified) = match stage {
+            // One verdict per `Verifying` stage, in order.
+            Stage::Verifying(id) => match verdicts.next() {
+                Some(v) => (id, v),
+                None => {
+                    decisions.push(refuse(item, Some(id), Reason::BadSignature));
+                    continue;
+                }
+            },
             Stage::Done(d) => {
                 decisions.push(d);
                 continue;
             }
-            Stage::Opened(o) => o,
-            Stage::Decoded(_) => {
-                // Every decoded item was opened or refused above.
+            Stage::Decoded(_) | Stage::Opened(_) => {
+                // Every decoded item was opened or refused, and every opened
+                // one handed to the verification, above.
                 decisions.push(refuse(item, None, Reason::MalformedHello));
                 continue;
             }
         };
-        let id = opened.claimed_peripheral();
         let record = records.get(&id);
-        // Every opened hello costs one signature verification, also when the
-        // id is unknown or not active (against a key nobody holds), so that
-        // how long a refusal takes says nothing about the registry: no timing
-        // oracle for enumerating ids. The dummy verification's result is
-        // never used (below, such ids are refused before it is looked at).
-        let key = match record {
-            Some(r) if matches!(r.status, Status::Active) => &r.public_key,
-            _ => &*UNUSED_KEY,
-        };
-        let verified = opened.verify(key);
         let Some(record) = record else {
             decisions.push(refuse(item, Some(id), Reason::UnknownPeripheral));
             continue;

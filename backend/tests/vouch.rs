@@ -272,11 +272,16 @@ async fn batch_vouches_answer_in_order_and_replays_within_a_batch_are_caught(db:
     }
     // The first hello twice in one batch: the second copy is a replay.
     items.push(items[0].clone());
+    // An impostor claiming registered device 13's id with its own key: the
+    // signature batch fails, and only this item may be refused for it.
+    let impostor = Device::new(99);
+    let (_, h) = impostor.hello_as(Device::new(13).id, &anchors, 50);
+    items.push(gateway_takes(&gw, &h, 150).1);
     let answers = vouch_batch_test(&b, &gw, items).await;
-    assert_eq!(answers.len(), 6);
+    assert_eq!(answers.len(), 7);
     for (i, a) in answers.iter().enumerate() {
         let vouched = matches!(a, VouchAnswer::Vouched(_));
-        assert_eq!(vouched, i != 2 && i != 5, "item {i}: {a:?}");
+        assert_eq!(vouched, i != 2 && i < 5, "item {i}: {a:?}");
     }
     // Each vouch works for its own handshake.
     for (i, ((mut p, mut g), a)) in machines.into_iter().zip(answers).enumerate() {
@@ -291,6 +296,7 @@ async fn batch_vouches_answer_in_order_and_replays_within_a_batch_are_caught(db:
     let got = reasons(&b.audit("action=vouch").await);
     assert_eq!(got.iter().filter(|r| *r == "replay").count(), 1, "{got:?}");
     assert_eq!(got.iter().filter(|r| *r == "unknown_peripheral").count(), 1);
+    assert_eq!(got.iter().filter(|r| *r == "bad_signature").count(), 1);
 }
 
 async fn lockout_after_k_failures_from_a_gateway_and_for_a_claimed_id(db: Db) {

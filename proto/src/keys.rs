@@ -103,6 +103,12 @@ impl PublicKey {
             .is_ok()
     }
 
+    /// The decompressed key for batch verification.
+    #[cfg(feature = "batch")]
+    pub(crate) fn verifying_key(&self) -> Option<VerifyingKey> {
+        VerifyingKey::from_bytes(&self.0).ok()
+    }
+
     /// SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`), as openssl writes it.
     #[cfg(feature = "alloc")]
     pub fn to_public_key_pem(&self) -> alloc::string::String {

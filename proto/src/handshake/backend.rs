@@ -149,12 +149,57 @@ impl OpenedHello {
         if !registered.verify_strict(&self.statement, &self.signature) {
             return Err(PeerMisbehaved::BadHelloSignature.into());
         }
-        Ok(VerifiedHello {
+        Ok(self.verified())
+    }
+
+    fn verified(self) -> VerifiedHello {
+        VerifiedHello {
             peripheral: self.peripheral,
             ephemeral: self.ephemeral,
             th1: self.th1,
-        })
+        }
     }
+}
+
+/// Verifies the signatures of many opened hellos at once, each against the
+/// key the caller looked up for it; the answers come back in the order of
+/// `items`, exactly as [`OpenedHello::verify`] would give them one by one.
+///
+/// One Ed25519 batch verification covers them all (SPEC.md §5.3), about
+/// twice as fast per signature as single verification at 32 hellos. If the
+/// batch fails, every signature in it is verified singly with the strict
+/// rules, so one bad signature costs its batch a second pass but never
+/// changes another item's answer, and a failure takes the same time whatever
+/// caused it (an unknown id's dummy key or a wrong signature).
+///
+/// The batch equation is cofactorless with coefficients derived from all of
+/// its inputs. It can accept where the strict rule refuses only a signature
+/// off by a small-order point, which nobody can make without the private
+/// key: its holder gains nothing it could not have by signing honestly.
+#[cfg(feature = "batch")]
+pub fn verify_batch(
+    items: alloc::vec::Vec<(OpenedHello, &PublicKey)>,
+) -> alloc::vec::Vec<Result<VerifiedHello, Error>> {
+    use alloc::vec::Vec;
+    let batch_holds = items.len() > 1 && {
+        let keys: Option<Vec<_>> = items.iter().map(|(_, k)| k.verifying_key()).collect();
+        let messages: Vec<&[u8]> = items.iter().map(|(o, _)| &o.statement[..]).collect();
+        let signatures: Vec<_> = items
+            .iter()
+            .map(|(o, _)| ed25519_dalek::Signature::from_bytes(&o.signature.0))
+            .collect();
+        keys.is_some_and(|keys| ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok())
+    };
+    items
+        .into_iter()
+        .map(|(opened, key)| {
+            if batch_holds {
+                Ok(opened.verified())
+            } else {
+                opened.verify(key)
+            }
+        })
+        .collect()
 }
 
 /// A hello the backend has authenticated.
