@@ -27,6 +27,8 @@ pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; 
 # request_timeout_ms = 10000        # per gateway/admin request; beyond: 503
 # feed_wait_max_ms = 30000          # longest revocation-feed long-poll
 # max_feed_waiters = 10000          # concurrent long-polls; beyond: 503
+# max_requests_per_gateway = 32     # one gateway's requests in flight; beyond: 429 gateway_busy
+# max_feed_waiters_per_gateway = 4  # one gateway's long-polls; beyond: 429 gateway_busy
 
 [security]
 # lockout_failures = 10             # K credential failures ...
@@ -100,6 +102,11 @@ pub struct Limits {
     pub feed_wait_max_ms: u64,
     /// Concurrent long-polls; beyond, 503.
     pub max_feed_waiters: usize,
+    /// Gateway API requests one gateway may have in flight; beyond, 429
+    /// (`gateway_busy`), so that one gateway cannot take every slot.
+    pub max_requests_per_gateway: usize,
+    /// Feed long-polls one gateway may have waiting; beyond, 429.
+    pub max_feed_waiters_per_gateway: usize,
 }
 
 /// Security settings.
@@ -161,6 +168,8 @@ impl Default for Limits {
             request_timeout_ms: 10_000,
             feed_wait_max_ms: 30_000,
             max_feed_waiters: 10_000,
+            max_requests_per_gateway: 32,
+            max_feed_waiters_per_gateway: 4,
         }
     }
 }

@@ -49,6 +49,7 @@ use vouch_proto::handshake::backend::BackendKeys;
 use vouch_proto::keys::PublicKey;
 
 pub mod anchor;
+pub mod budget;
 pub mod config;
 pub mod datadir;
 pub mod error;
@@ -113,6 +114,8 @@ pub struct Inner {
     pub feed: FeedNotifier,
     /// Bounds concurrent feed long-polls.
     pub feed_waiters: Semaphore,
+    /// Bounds what one gateway may have in flight.
+    pub gateway_budgets: budget::GatewayBudgets,
     /// The request budget of the gateway and admin APIs
     /// (`limits.max_concurrent_requests`); when none is free, requests are
     /// shed with 503.
@@ -153,6 +156,10 @@ impl AppState {
         let state = Self {
             inner: Arc::new(Inner {
                 feed_waiters: Semaphore::new(config.limits.max_feed_waiters),
+                gateway_budgets: budget::GatewayBudgets::new(
+                    config.limits.max_requests_per_gateway,
+                    config.limits.max_feed_waiters_per_gateway,
+                ),
                 request_slots: Arc::new(Semaphore::new(
                     config.limits.max_concurrent_requests.max(1),
                 )),

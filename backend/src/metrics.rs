@@ -9,7 +9,7 @@
 //! | `vouch_alerts_total` | counter | `alert` = lockout, clone_suspected |
 //! | `vouch_revocation_lag_seconds` | histogram | — (event written → delivered to a feed subscriber) |
 //! | `vouch_feed_waiters` | gauge | — |
-//! | `vouch_overload_total` | counter | `kind` = shed, timeout |
+//! | `vouch_overload_total` | counter | `kind` = shed, timeout, gateway_budget |
 //! | `vouch_store_commit_batch_size` | histogram | — (vouches per group commit) |
 
 use prometheus::{

@@ -30,6 +30,7 @@ on_both!(
     clone_detection_alerts_and_refuses,
     a_clone_reported_by_two_gateways_at_once_is_caught,
     feed_delivers_revocations_and_resumes_from_a_cursor,
+    one_gateway_over_its_budget_is_told_to_wait_and_others_are_not,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -753,4 +754,91 @@ async fn in_memory_backend_vouches_for_a_pair() {
         decode_body::<VouchAnswer>(&bytes),
         Ok(VouchAnswer::Vouched(_))
     ));
+}
+
+async fn one_gateway_over_its_budget_is_told_to_wait_and_others_are_not(db: Db) {
+    use vouch_backend::budget::Kind;
+    let mut config = Config::default();
+    config.limits.max_requests_per_gateway = 2;
+    config.limits.max_feed_waiters_per_gateway = 1;
+    let b = Backend::with_config(&db, config).await;
+    let anchors = b.anchors();
+    let flooder = IdentityKey::from_seed(&[100; 32]);
+    let honest = IdentityKey::from_seed(&[101; 32]);
+    b.enroll_gateway(&flooder, None).await;
+    b.enroll_gateway(&honest, None).await;
+    b.allow("any", "any", "telemetry").await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+    let request = |gw: &IdentityKey, seed: u64| {
+        let (_, h) = dev.hello(&anchors, seed);
+        gateway_takes(gw, &h, seed + 1000).1
+    };
+
+    // The flooder's two requests in flight (held here as its budget).
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            b.state
+                .gateway_budgets
+                .try_take(flooder.public_key(), Kind::Requests)
+                .expect("budget")
+        })
+        .collect();
+    let busy = |(s, body): (StatusCode, Vec<u8>)| {
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        assert!(String::from_utf8_lossy(&body).contains("gateway_busy"));
+    };
+    busy(
+        b.gateway_post(&flooder.public_key(), "/v1/vouch", &request(&flooder, 1))
+            .await,
+    );
+    busy(
+        b.gateway_post(
+            &flooder.public_key(),
+            "/v1/vouch/batch",
+            &VouchBatchRequest {
+                items: vec![request(&flooder, 2)],
+            },
+        )
+        .await,
+    );
+    busy(
+        b.gateway_post(
+            &flooder.public_key(),
+            "/v1/sessions",
+            &SessionReport { events: Vec::new() },
+        )
+        .await,
+    );
+    // Another gateway is served meanwhile.
+    assert!(matches!(
+        vouch(&b, &honest, &request(&honest, 3)).await.1,
+        VouchAnswer::Vouched(_)
+    ));
+    // Budget back: the flooder is served again.
+    drop(held);
+    assert!(matches!(
+        vouch(&b, &flooder, &request(&flooder, 4)).await.1,
+        VouchAnswer::Vouched(_)
+    ));
+
+    // Feed long-polls: one waiting, the second from the same gateway is
+    // refused at once, another gateway's is served.
+    let waiting = b
+        .state
+        .gateway_budgets
+        .try_take(flooder.public_key(), Kind::FeedWaits)
+        .expect("feed budget");
+    assert_eq!(
+        feed(&b, &flooder, 0, 0).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(feed(&b, &honest, 0, 0).await.0, StatusCode::OK);
+    drop(waiting);
+    assert_eq!(feed(&b, &flooder, 0, 0).await.0, StatusCode::OK);
+
+    let metrics = b.raw(None, "GET", "/metrics", None, Vec::new()).await.2;
+    assert!(String::from_utf8_lossy(&metrics)
+        .contains("vouch_overload_total{kind=\"gateway_budget\"} 4"));
+    b.state.shutdown();
 }

@@ -23,6 +23,7 @@ use vouch_proto::wire::backend::{
 };
 
 use super::{Postcard, Query};
+use crate::budget::{BudgetGuard, Kind};
 use crate::error::AppError;
 use crate::model::GatewayRecord;
 use crate::vouch::{self, GatewayCheck};
@@ -79,11 +80,30 @@ pub(super) fn feed_router() -> Router<AppState> {
     Router::new().route("/v1/feed", get(feed))
 }
 
+/// One unit of the gateway's budget of `kind`, or 429 `gateway_busy`.
+fn take_budget(state: &AppState, key: &PublicKey, kind: Kind) -> Result<BudgetGuard, AppError> {
+    state.gateway_budgets.try_take(*key, kind).ok_or_else(|| {
+        state
+            .metrics
+            .overload
+            .with_label_values(&["gateway_budget"])
+            .inc();
+        tracing::warn!(gateway = %key, budget = kind.label(),
+            "a gateway exceeded its budget of requests in flight: answered 429");
+        AppError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "gateway_busy",
+            "this gateway has too many requests in flight; retry later",
+        )
+    })
+}
+
 async fn vouch_one(
     State(state): State<AppState>,
     GatewayKey(key): GatewayKey,
     Postcard(req): Postcard<VouchRequest>,
 ) -> Result<Postcard<VouchAnswer>, AppError> {
+    let _budget = take_budget(&state, &key, Kind::Requests)?;
     let started = Instant::now();
     let mut answers = vouch::vouch_batch(&state, &key, std::slice::from_ref(&req)).await?;
     state
@@ -106,6 +126,7 @@ async fn vouch_batch(
             format!("a batch holds at most {MAX_BATCH} requests"),
         ));
     }
+    let _budget = take_budget(&state, &key, Kind::Requests)?;
     let started = Instant::now();
     let items = vouch::vouch_batch(&state, &key, &req.items).await?;
     state
@@ -139,6 +160,7 @@ async fn sessions(
             format!("a report holds at most {MAX_FEED_EVENTS} events"),
         ));
     }
+    let _budget = take_budget(&state, &key, Kind::Requests)?;
     let gateway = active_gateway(&state, &key).await?;
     let items = vouch::report_sessions(&state, &gateway, &report.events).await?;
     Ok(Postcard(SessionReportAnswer { items }))
@@ -161,6 +183,7 @@ async fn feed(
     Query(q): Query<FeedQuery>,
 ) -> Result<Postcard<FeedBatch>, AppError> {
     active_gateway(&state, &key).await?;
+    let _budget = take_budget(&state, &key, Kind::FeedWaits)?;
     let Ok(_permit) = state.feed_waiters.try_acquire() else {
         state.metrics.overload.with_label_values(&["shed"]).inc();
         return Err(AppError::new(
