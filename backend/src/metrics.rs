@@ -6,7 +6,7 @@
 //! | `vouch_refusals_total` | counter | `reason` (the audit reason) |
 //! | `vouch_request_duration_seconds` | histogram | `endpoint` = single, batch |
 //! | `vouch_lockouts_total` | counter | `kind` = gateway, peripheral |
-//! | `vouch_alerts_total` | counter | `alert` = lockout, clone_suspected |
+//! | `vouch_alerts_total` | counter | `alert` = lockout, clone_suspected, unvouched_session |
 //! | `vouch_revocation_lag_seconds` | histogram | — (event written → delivered to a feed subscriber) |
 //! | `vouch_feed_waiters` | gauge | — |
 //! | `vouch_overload_total` | counter | `kind` = shed, timeout, gateway_budget |

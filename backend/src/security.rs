@@ -141,7 +141,7 @@ impl Lockouts {
 /// An alert.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
-    /// Stable kind: `lockout`, `clone_suspected`.
+    /// Stable kind: `lockout`, `clone_suspected`, `unvouched_session`.
     pub alert: &'static str,
     /// Peripheral concerned.
     pub peripheral: Option<String>,

@@ -437,10 +437,7 @@ async fn finish(
                 NewAudit::new("vouch", "vouched", actor)
                     .gateway(&gw_hex)
                     .peripheral(&g.record.id.to_string())
-                    .detail(&format!(
-                        "scope={} session_s={} resumption_s={}",
-                        g.scope.0, g.lifetimes.session_s, g.lifetimes.resumption_s
-                    )),
+                    .detail(&grant_detail(g.scope, g.lifetimes)),
             ),
             Err(reason) => {
                 let outcome = match reason.refusal() {
@@ -539,6 +536,48 @@ async fn finish(
     Ok(answers)
 }
 
+/// The audit detail of a vouch: what it granted. [`granted_lifetimes`]
+/// reads it back.
+fn grant_detail(scope: Scope, lifetimes: Lifetimes) -> String {
+    format!(
+        "scope={} session_s={} resumption_s={}",
+        scope.0, lifetimes.session_s, lifetimes.resumption_s
+    )
+}
+
+/// The lifetimes a vouch's audit detail records ([`grant_detail`]).
+fn granted_lifetimes(detail: &str) -> Option<Lifetimes> {
+    let field = |name: &str| {
+        detail
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    Some(Lifetimes {
+        session_s: field("session_s")?,
+        resumption_s: field("resumption_s")?,
+    })
+}
+
+/// Whether `gateway` holds a vouch for `peripheral` under which a session
+/// can still be live at `now`: one full handshake's session, or any session
+/// resumed from it, ends within the longer of the vouch's two lifetimes.
+async fn holds_live_vouch(
+    state: &AppState,
+    peripheral: &PeripheralId,
+    gateway: &PublicKey,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let Some((at_ms, detail)) = state.store.last_vouch(peripheral, gateway).await? else {
+        return Ok(false);
+    };
+    let Some(l) = granted_lifetimes(&detail) else {
+        tracing::error!(%peripheral, %gateway, detail, "a vouch's audit detail does not parse");
+        return Ok(false);
+    };
+    let span_ms = i64::from(l.session_s.max(l.resumption_s)).saturating_mul(1000);
+    Ok(now <= at_ms.saturating_add(span_ms))
+}
+
 /// Counts a credential failure; on reaching the threshold, writes the lockout
 /// (shared by all instances) with its audit entry and raises the alert.
 async fn count_failure(state: &AppState, subject: Subject, now: i64) {
@@ -616,16 +655,26 @@ pub(crate) async fn report_sessions(
             Err(StoreError::NotFound) => None,
             Err(e) => return Err(e),
         };
-        plan.push((ev, status));
+        // An attach counts only from a gateway that was vouched for this
+        // peripheral recently enough for the session to be real: otherwise a
+        // gateway could report any identity attached and frame a genuine
+        // device as a clone elsewhere.
+        let vouched = match (ev.kind, status) {
+            (SessionEventKind::Attached, Some(Status::Active)) => {
+                holds_live_vouch(state, &ev.peripheral, &gateway.public_key, now).await?
+            }
+            _ => true,
+        };
+        plan.push((ev, status, vouched));
     }
     let mut tx = state.store.begin_write().await?;
-    for (ev, status) in plan {
+    for (ev, status, vouched) in plan {
         let others = match ev.kind {
-            SessionEventKind::Attached => {
+            SessionEventKind::Attached if vouched => {
                 tx.attached_elsewhere(&ev.peripheral, &gateway.public_key, now)
                     .await?
             }
-            SessionEventKind::Detached => Vec::new(),
+            SessionEventKind::Attached | SessionEventKind::Detached => Vec::new(),
         };
         let pid = ev.peripheral.to_string();
         let sid = hex::encode(ev.session_id);
@@ -652,6 +701,15 @@ pub(crate) async fn report_sessions(
                             _ => "peripheral_revoked",
                         }),
                     )
+                } else if !vouched {
+                    alerts.push(Alert {
+                        alert: "unvouched_session",
+                        peripheral: Some(pid.clone()),
+                        gateway: Some(gw_hex.clone()),
+                        detail: "session reported without a live vouch for this gateway".to_owned(),
+                        at_ms: now,
+                    });
+                    (SessionVerdict::Refused, "not_vouched")
                 } else if !others.is_empty() {
                     alerts.push(Alert {
                         alert: "clone_suspected",

@@ -31,6 +31,7 @@ on_both!(
     a_clone_reported_by_two_gateways_at_once_is_caught,
     feed_delivers_revocations_and_resumes_from_a_cursor,
     one_gateway_over_its_budget_is_told_to_wait_and_others_are_not,
+    a_gateway_cannot_frame_a_device_it_holds_no_vouch_for,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -442,6 +443,12 @@ async fn clone_case(db: Db, action: CloneAction) {
         b.allow("any", "any", "telemetry").await;
         let dev = Device::new(1);
         b.enroll_peripheral(&dev, None).await;
+        let (_, h) = dev.hello(&anchors, 7);
+        let (_, r) = gateway_takes(&g1, &h, 8);
+        assert!(matches!(
+            vouch(&b, &g1, &r).await.1,
+            VouchAnswer::Vouched(_)
+        ));
         assert_eq!(
             report(&b, &g1, &dev, SessionEventKind::Attached).await,
             SessionVerdict::Accepted
@@ -464,8 +471,22 @@ async fn clone_case(db: Db, action: CloneAction) {
                 );
             }
         }
+        // Alert: the vouch and the attach each raise one. Refuse: the vouch
+        // does, and the second gateway, holding no vouch, has its attach
+        // refused as unvouched.
         let alerts = b.audit("action=clone_alert").await;
-        assert_eq!(alerts.len(), 2, "{alerts:?}");
+        let expected = match action {
+            CloneAction::Alert => 2,
+            CloneAction::Refuse => 1,
+        };
+        assert_eq!(alerts.len(), expected, "{alerts:?}");
+        if action == CloneAction::Refuse {
+            let attaches = b.audit("action=session_attach").await;
+            assert!(
+                attaches.iter().any(|a| a["reason"] == "not_vouched"),
+                "{attaches:?}"
+            );
+        }
         // Once the first gateway reports the detach, the second is fine.
         assert_eq!(
             report(&b, &g1, &dev, SessionEventKind::Detached).await,
@@ -501,9 +522,18 @@ async fn a_clone_reported_by_two_gateways_at_once_is_caught(db: Db) {
     let g2 = IdentityKey::from_seed(&[101; 32]);
     b.enroll_gateway(&g1, None).await;
     b.enroll_gateway(&g2, None).await;
+    b.allow("any", "any", "telemetry").await;
+    let anchors = b.anchors();
     let devices: Vec<Device> = (1..=24).map(Device::new).collect();
-    for dev in &devices {
+    for (n, dev) in devices.iter().enumerate() {
         b.enroll_peripheral(dev, None).await;
+        // Each gateway holds a vouch for the identity (the clone has the key).
+        for (i, gw) in [&g1, &g2].into_iter().enumerate() {
+            let seed = (2 * n + i) as u64;
+            let (_, h) = dev.hello(&anchors, seed);
+            let (_, r) = gateway_takes(gw, &h, seed);
+            assert!(matches!(vouch(&b, gw, &r).await.1, VouchAnswer::Vouched(_)));
+        }
     }
     for dev in &devices {
         let (one, two) = tokio::join!(
@@ -840,5 +870,59 @@ async fn one_gateway_over_its_budget_is_told_to_wait_and_others_are_not(db: Db) 
     let metrics = b.raw(None, "GET", "/metrics", None, Vec::new()).await.2;
     assert!(String::from_utf8_lossy(&metrics)
         .contains("vouch_overload_total{kind=\"gateway_budget\"} 4"));
+    b.state.shutdown();
+}
+
+/// A gateway (enrolled, active, but never vouched for the device) reports
+/// the device attached, hoping to have it judged a clone when it next
+/// connects through its real gateway. The report is refused and alerted;
+/// the device's real handshake is vouched with no clone alert.
+async fn a_gateway_cannot_frame_a_device_it_holds_no_vouch_for(db: Db) {
+    let mut config = Config::default();
+    config.security.clone_action = CloneAction::Refuse;
+    let b = Backend::with_config(&db, config).await;
+    let anchors = b.anchors();
+    let framer = IdentityKey::from_seed(&[100; 32]);
+    let home = IdentityKey::from_seed(&[101; 32]);
+    b.enroll_gateway(&framer, None).await;
+    b.enroll_gateway(&home, None).await;
+    b.allow("any", "any", "telemetry").await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+
+    assert_eq!(
+        report(&b, &framer, &dev, SessionEventKind::Attached).await,
+        SessionVerdict::Refused
+    );
+    let attaches = b.audit("action=session_attach").await;
+    assert_eq!(attaches.len(), 1, "{attaches:?}");
+    assert_eq!(attaches[0]["reason"], "not_vouched");
+    let text = String::from_utf8_lossy(&b.raw(None, "GET", "/metrics", None, Vec::new()).await.2)
+        .into_owned();
+    assert!(
+        text.contains("vouch_alerts_total{alert=\"unvouched_session\"} 1"),
+        "{text}"
+    );
+
+    // The device's own gateway: vouched, no clone suspected.
+    let (_, h) = dev.hello(&anchors, 1);
+    let (_, r) = gateway_takes(&home, &h, 2);
+    assert!(matches!(
+        vouch(&b, &home, &r).await.1,
+        VouchAnswer::Vouched(_)
+    ));
+    assert_eq!(
+        report(&b, &home, &dev, SessionEventKind::Attached).await,
+        SessionVerdict::Accepted
+    );
+    assert!(b.audit("action=clone_alert").await.is_empty());
+    // The framer asking for a vouch while the device is live at home is the
+    // clone case proper: refused under `clone_action = "refuse"`.
+    let (_, h) = dev.hello(&anchors, 3);
+    let (_, r) = gateway_takes(&framer, &h, 4);
+    assert_eq!(
+        vouch(&b, &framer, &r).await.1,
+        VouchAnswer::Refused(Refusal::Denied)
+    );
     b.state.shutdown();
 }
