@@ -183,7 +183,8 @@ e2e() {
                  VOUCH_GATEWAY_BACKEND_CA="$B/ca.pem"
                  VOUCH_GATEWAY_BACKEND_CERTIFICATE="$G/client.pem"
                  VOUCH_GATEWAY_TRANSPORT_TCP_LISTEN=127.0.0.1:0
-                 VOUCH_GATEWAY_API_SOCKET="$G/api.sock")
+                 VOUCH_GATEWAY_API_SOCKET="$G/api.sock"
+                 VOUCH_GATEWAY_STATE_DIR="$G/state")
     local SOCK=$G/api.sock CONF=$WORK/gateway.toml
 
     # -- the backend (host): data dir, gateway enrollment, device enrollment, policy, anchor

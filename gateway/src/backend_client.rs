@@ -5,19 +5,26 @@
 //! [`HttpBackend`] speaks HTTPS with reqwest over rustls: the gateway's client
 //! certificate (its Ed25519 identity), the backend CA pinned (no system roots),
 //! HTTP/2 with keep-alive. Concurrent vouch requests are coalesced into batches;
-//! a circuit breaker makes new handshakes fail fast while the backend is down,
-//! and closes again on its own.
+//! at most [`MAX_IN_FLIGHT`] requests are in flight at once (what waits meanwhile
+//! goes into the next, larger batch); a circuit breaker makes new handshakes
+//! fail fast while the backend is down, and closes again on its own.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use vouch_proto::wire::backend::{
     decode_body, encode_body, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
     VouchBatchAnswer, VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
 };
+
+/// Vouch batches and session reports one gateway keeps in flight to the
+/// backend. Well below the backend's default budget per gateway (32, SPEC.md
+/// §10.2), so an honest gateway is never told `gateway_busy`; under a storm
+/// the requests that wait form larger batches instead.
+pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +76,14 @@ pub trait BackendApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<SessionReportAnswer, BackendError>> + Send;
     /// Long-polls the revocation feed for events after `after` (SPEC.md §10.5).
     fn feed(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send;
+    /// Reads the revocation feed after `after` without waiting: an empty batch
+    /// with `next == after` means nothing newer exists (SPEC.md §10.5,
+    /// `wait_ms=0`). Used to catch up after a restart. The default long-polls
+    /// through [`feed`](Self::feed): correct, but it waits for the poll's
+    /// timeout when nothing is new.
+    fn feed_now(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send {
+        self.feed(after)
+    }
 }
 
 impl<T: BackendApi> BackendApi for Arc<T> {
@@ -86,6 +101,9 @@ impl<T: BackendApi> BackendApi for Arc<T> {
     }
     fn feed(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send {
         (**self).feed(after)
+    }
+    fn feed_now(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send {
+        (**self).feed_now(after)
     }
 }
 
@@ -177,6 +195,10 @@ struct Inner {
     url: String,
     breaker: Breaker,
     feed_timeout: Duration,
+    /// Timeout of a request that does not long-poll.
+    request_timeout: Duration,
+    /// [`MAX_IN_FLIGHT`] permits for vouch batches and session reports.
+    slots: Arc<Semaphore>,
 }
 
 impl HttpBackend {
@@ -203,6 +225,8 @@ impl HttpBackend {
                 epoch: std::time::Instant::now(),
             },
             feed_timeout: cfg.feed_timeout,
+            request_timeout: cfg.request_timeout,
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         });
         let (batch_tx, batch_rx) = mpsc::channel(1024);
         tokio::spawn(batcher(inner.clone(), batch_rx, cfg.batch_window));
@@ -318,6 +342,11 @@ impl Inner {
 /// Gathers vouch requests that arrive within `window` into one batch.
 async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>, window: Duration) {
     while let Some(first) = rx.recv().await {
+        // Wait for a free slot first: while every slot is taken, requests
+        // queue in the channel and the next batch takes them all at once.
+        let Ok(permit) = inner.slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + window;
         while batch.len() < MAX_BATCH {
@@ -328,6 +357,7 @@ async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>, window: Dur
         }
         let inner = inner.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if batch.len() == 1 {
                 let Some((req, reply)) = batch.pop() else {
                     return;
@@ -379,12 +409,27 @@ impl BackendApi for HttpBackend {
     }
 
     async fn report(&self, report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
+        let _permit = self
+            .inner
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Unavailable("client stopped".into()))?;
         self.inner.post("/v1/sessions", &report, None).await
     }
 
     async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
         self.inner
             .get(&format!("/v1/feed?after={after}"), self.inner.feed_timeout)
+            .await
+    }
+
+    async fn feed_now(&self, after: u64) -> Result<FeedBatch, BackendError> {
+        self.inner
+            .get(
+                &format!("/v1/feed?after={after}&wait_ms=0"),
+                self.inner.request_timeout,
+            )
             .await
     }
 }

@@ -30,13 +30,21 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
     start: tokio::time::Instant,
+    offset: u64,
 }
 
 impl TokioClock {
     /// Starts at zero now.
     pub fn new() -> Self {
+        Self::starting_at(Timestamp(0))
+    }
+
+    /// Starts at `at` now: a clock that goes on from another one, as the wall
+    /// clock does across a gateway restart.
+    pub fn starting_at(at: Timestamp) -> Self {
         Self {
             start: tokio::time::Instant::now(),
+            offset: at.as_millis(),
         }
     }
 }
@@ -49,6 +57,6 @@ impl Default for TokioClock {
 
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
-        Timestamp(self.start.elapsed().as_millis() as u64)
+        Timestamp(self.offset + self.start.elapsed().as_millis() as u64)
     }
 }

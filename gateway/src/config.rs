@@ -35,6 +35,9 @@ pub struct Config {
     /// The local API for applications on the gateway.
     #[serde(default)]
     pub api: ApiConfig,
+    /// What is kept across restarts, and where.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -129,6 +132,33 @@ pub struct ApiConfig {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// `[state]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory that keeps resumption tickets, the revocation feed's
+    /// cursor and the BLE devices seen across restarts (created 0700 if
+    /// missing; files 0600). Empty: keep them in memory only, and a restart
+    /// forgets them.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl StateConfig {
+    /// The state directory, or `None` when state is kept in memory only.
+    pub fn dir(&self) -> Option<&Path> {
+        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +199,9 @@ fn default_idle_s() -> u64 {
 }
 fn default_max_tickets() -> usize {
     100_000
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vouch-gateway")
 }
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/vouch-gateway/api.sock")
@@ -346,6 +379,25 @@ mod tests {
         assert_eq!(c.backend.url, "https://b.example:9443");
         assert_eq!(c.limits.max_links, 12);
         assert_eq!(c.transport.tcp.unwrap().att_mtu, 23);
+    }
+
+    #[test]
+    fn the_state_directory_defaults_and_can_be_overridden_or_turned_off() {
+        let c = Config::parse(EXAMPLE, Vec::new()).unwrap();
+        assert_eq!(c.state.dir(), Some(Path::new("/var/lib/vouch-gateway")));
+        // A configuration written before [state] existed gets the default.
+        let without: String = EXAMPLE
+            .lines()
+            .filter(|l| !l.starts_with("[state]") && !l.starts_with("dir ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&without, Vec::new()).unwrap();
+        assert_eq!(c.state.dir(), Some(Path::new("/var/lib/vouch-gateway")));
+        let env = |v: &str| vec![("VOUCH_GATEWAY_STATE_DIR".to_string(), v.to_string())];
+        let c = Config::parse(&without, env("/srv/vg")).unwrap();
+        assert_eq!(c.state.dir(), Some(Path::new("/srv/vg")));
+        let c = Config::parse(EXAMPLE, env("")).unwrap();
+        assert_eq!(c.state.dir(), None, "empty: memory only");
     }
 
     #[test]

@@ -219,6 +219,22 @@ where
                     r?;
                 }
                 Some(GatewayEvent::NeedTicket(id)) => {
+                    // A ticket restored from disk is used only once the
+                    // revocation feed has caught up (it may name a peripheral
+                    // revoked while the gateway was down). That normally takes
+                    // one backend round trip; if it does not happen before the
+                    // handshake's deadline, the ticket is refused
+                    // (ResumptionRejected) and the peripheral, which keeps its
+                    // ticket, runs a full handshake.
+                    if ctx.table.is_held_for_feed(&id) {
+                        tokio::select! {
+                            () = ctx.table.feed_ready() => {}
+                            () = sleep_for(deadline_after(&ctx.clock, hs.poll_timeout())) => {
+                                debug!("a restored ticket was presented before the revocation feed caught up: refused");
+                            }
+                            _ = shutdown.changed() => return Err(Error::Disconnected),
+                        }
+                    }
                     held_ticket = ctx.table.take_ticket(&id);
                     let r = hs.handle_ticket(ctx.clock.now(), held_ticket.as_ref(), rng);
                     flush(&mut hs, link).await;

@@ -36,6 +36,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The state directory cannot be used.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// A key could not be parsed.
     #[error("{path}: {source}")]
     Key {

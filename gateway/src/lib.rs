@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod revocation;
 pub mod server;
 pub mod sessions;
+pub mod state;
 pub mod transport;
 
 pub use error::Error;

@@ -12,11 +12,12 @@ use tokio::sync::watch;
 use tracing::{error, info};
 use vouch_gateway::api::{self, ApiState};
 use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
-use vouch_gateway::clock::SystemClock;
+use vouch_gateway::clock::{Clock, SystemClock};
 use vouch_gateway::config::{Config, LogFormat};
 use vouch_gateway::driver::Context;
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
+use vouch_gateway::state::{StateBinding, StateDir};
 use vouch_proto::handshake::gateway::GatewayConfig;
 use vouch_proto::keys::IdentityKey;
 
@@ -184,7 +185,23 @@ async fn run(config: Config) -> Result<()> {
         breaker_cooldown: Duration::from_secs(5),
     })?;
     let metrics = Arc::new(Metrics::new()?);
-    let table = SessionTable::new(config.limits.max_tickets);
+    let state_dir = match config.state.dir() {
+        Some(dir) => Some(StateDir::open(dir)?),
+        None => {
+            info!("no [state] dir: resumption tickets and the BLE device memory are kept in memory only");
+            None
+        }
+    };
+    let table = match &state_dir {
+        Some(dir) => {
+            let binding = StateBinding {
+                gateway_key,
+                backend_url: config.backend.url.clone(),
+            };
+            SessionTable::open(config.limits.max_tickets, dir, &binding, SystemClock.now())?
+        }
+        None => SessionTable::new(config.limits.max_tickets),
+    };
     let ctx = Arc::new(Context {
         config: GatewayConfig::new(gateway_key),
         backend: backend.clone(),
@@ -269,8 +286,9 @@ async fn run(config: Config) -> Result<()> {
     if let Some(ble) = &config.transport.ble {
         #[cfg(feature = "ble")]
         {
+            use vouch_gateway::state::KnownDevices;
             use vouch_gateway::transport::ble::BtleplugRadio;
-            use vouch_gateway::transport::ble_central::{serve_ble, BleSettings};
+            use vouch_gateway::transport::ble_central::{serve_ble_with_memory, BleSettings};
             let radio = BtleplugRadio::open(&ble.adapter, ble.att_mtu)
                 .await
                 .with_context(|| format!("[transport.ble] adapter {:?}", ble.adapter))?;
@@ -278,9 +296,14 @@ async fn run(config: Config) -> Result<()> {
                 max_links: ble.max_links,
                 ..BleSettings::default()
             };
+            let known = match &state_dir {
+                Some(dir) => KnownDevices::open(dir),
+                None => KnownDevices::in_memory(),
+            };
             let (ctx, s) = (ctx.clone(), shutdown.clone());
             tasks.spawn(async move {
-                let result = serve_ble(Arc::new(radio), ctx, settings, s.clone()).await;
+                let result =
+                    serve_ble_with_memory(Arc::new(radio), ctx, settings, known, s.clone()).await;
                 if !*s.borrow() {
                     // BlueZ went away (bluetoothd restarted, adapter removed): exit
                     // non-zero so that systemd (Restart=on-failure) starts us again.
@@ -305,6 +328,14 @@ async fn run(config: Config) -> Result<()> {
         .is_err()
     {
         error!("shutdown took longer than 10 s; exiting anyway");
+    }
+    // Tickets and the feed cursor are written as they change; wait for the
+    // last writes to reach the disk.
+    if tokio::time::timeout(Duration::from_secs(5), table.flush())
+        .await
+        .is_err()
+    {
+        error!("the state directory did not take the last writes within 5 s");
     }
     let _ = std::fs::remove_file(&socket);
     info!("stopped");

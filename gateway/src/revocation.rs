@@ -1,5 +1,14 @@
 //! The revocation feed (SPEC.md §10.5): held open to the backend so that a
 //! revoked peripheral's live session closes within a second of the admin call.
+//!
+//! With a state directory the cursor is saved after every batch (after the
+//! ticket removals the batch caused), and a restarted gateway resumes the
+//! feed from it. Tickets restored from disk are held back until the feed has
+//! caught up: polls that do not wait ([`BackendApi::feed_now`]) from the saved
+//! cursor until one returns nothing new. If the backend's log is behind the
+//! cursor (its database was restored) or it refuses the request, the feed
+//! cannot vouch for what happened in between and the restored tickets are
+//! discarded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +19,7 @@ use vouch_proto::keys::PublicKey;
 use vouch_proto::session::CloseReason;
 use vouch_proto::wire::backend::{FeedChange, FeedEvent};
 
-use crate::backend_client::BackendApi;
+use crate::backend_client::{BackendApi, BackendError};
 use crate::metrics::Metrics;
 use crate::sessions::SessionTable;
 
@@ -46,6 +55,8 @@ pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> us
 }
 
 /// Follows the feed until `shutdown`; reconnects with jittered backoff.
+/// Starts after the table's saved cursor ([`SessionTable::feed_cursor`]) and
+/// catches up first if the table restored tickets (see the module docs).
 pub async fn follow<B: BackendApi>(
     backend: B,
     table: Arc<SessionTable>,
@@ -53,23 +64,55 @@ pub async fn follow<B: BackendApi>(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut after = 0u64;
+    let mut after = table.feed_cursor();
+    let mut catching_up = table.awaits_feed();
+    if catching_up {
+        info!(
+            after,
+            "revocation feed: catching up from the saved cursor before restored tickets are used"
+        );
+    }
     let mut backoff = Duration::from_millis(250);
     loop {
+        let poll = async {
+            if catching_up {
+                backend.feed_now(after).await
+            } else {
+                backend.feed(after).await
+            }
+        };
         tokio::select! {
-            r = backend.feed(after) => match r {
+            r = poll => match r {
                 Ok(batch) => {
                     backoff = Duration::from_millis(250);
                     for ev in &batch.events {
                         apply(&table, &own_key, ev);
                         metrics.revocation_applied();
                     }
+                    if catching_up && batch.next < after {
+                        let n = table.discard_restored_tickets();
+                        warn!(cursor = after, backend_next = batch.next, tickets_discarded = n,
+                            "the backend's revocation feed is behind the saved cursor (its log was restored): restored tickets discarded");
+                        catching_up = false;
+                    } else if catching_up && batch.events.is_empty() && batch.next == after {
+                        table.feed_caught_up();
+                        catching_up = false;
+                    }
                     // The backend's cursor is authoritative: it is below ours
                     // only when its log was restored, and then we must adopt it
                     // or miss every revocation until it catches up.
+                    if batch.next != after {
+                        table.record_feed_cursor(batch.next);
+                    }
                     after = batch.next;
                 }
                 Err(e) => {
+                    if catching_up && matches!(e, BackendError::Refused { .. }) {
+                        let n = table.discard_restored_tickets();
+                        warn!(error = %e, cursor = after, tickets_discarded = n,
+                            "the backend refused to resume the revocation feed: restored tickets discarded");
+                        catching_up = false;
+                    }
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "revocation feed unavailable");
                     let jitter = Duration::from_millis(u64::from(rand_jitter()) % (backoff.as_millis() as u64 / 2 + 1));
                     tokio::select! {

@@ -1,24 +1,32 @@
 //! The session table: who is connected, how to reach their driver, and the
 //! resumption tickets (SPEC.md §6.1).
 //!
+//! Tickets live in memory ([`SessionTable::new`]) or are also kept in the
+//! state directory ([`SessionTable::open`]), so that devices resume after a
+//! gateway restart. Tickets restored from disk are held back until the
+//! revocation feed has caught up from the cursor saved with them: a
+//! peripheral revoked while the gateway was down must not resume.
+//!
 //! A session is keyed by the authenticated peripheral id, never by a link
 //! address. A second session for a peripheral that already has one replaces
 //! it (the old link is closed): a device that reconnects must not be locked
 //! out by its own stale link, and a clone is the backend's to detect (it sees
 //! both attaches).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-
-use tokio::sync::{broadcast, oneshot, Notify};
+use tokio::sync::{broadcast, oneshot, watch, Notify};
+use tracing::info;
 use vouch_proto::handshake::gateway::GatewayTicket;
 use vouch_proto::keys::PeripheralId;
 use vouch_proto::session::CloseReason;
 use vouch_proto::wire::{ResumptionId, Scope};
 use vouch_proto::Timestamp;
+
+use crate::state::tickets::{Loaded, TicketStore};
+use crate::state::{RestoreReport, StateBinding, StateDir, StateError};
 
 /// A request from the rest of the gateway to one session's driver.
 #[derive(Debug)]
@@ -176,22 +184,85 @@ pub struct SessionTable {
     /// Peripherals the feed said are revoked or suspended: a handshake or a
     /// ticket restore that was in flight when the event arrived must not
     /// bring them back.
-    revoked: Mutex<std::collections::HashSet<PeripheralId>>,
+    revoked: Mutex<HashSet<PeripheralId>>,
+    /// Where tickets and the feed cursor are kept; `None`: memory only.
+    store: Option<TicketStore>,
+    /// Tickets restored from disk that wait for the feed to catch up; empty
+    /// once it has (or when nothing was restored).
+    restored: Mutex<HashSet<ResumptionId>>,
+    /// `true` once no restored ticket waits for the feed.
+    feed_ready: watch::Sender<bool>,
+    /// The feed cursor the revocation feed starts after.
+    feed_start: u64,
+    /// What [`open`](Self::open) found.
+    restore_report: Option<RestoreReport>,
 }
 
 impl SessionTable {
-    /// An empty table; `max_tickets` bounds stored tickets (oldest expiring
-    /// first are dropped).
+    /// An empty table kept in memory only (tests, the simulator, a gateway
+    /// without a state directory); `max_tickets` bounds stored tickets
+    /// (oldest expiring first are dropped).
     pub fn new(max_tickets: usize) -> Arc<Self> {
+        Arc::new(Self::build(max_tickets, None, HashMap::new(), 0, None))
+    }
+
+    /// A table whose tickets are kept in `state` (SPEC.md §6.1, §10.5): loads
+    /// the tickets saved for `binding` and keeps every later change on disk.
+    ///
+    /// - Tickets are restored only with a feed cursor saved for the same
+    ///   gateway identity and backend; without one, every ticket file is
+    ///   removed (nothing says which revocations they missed), and a cursor
+    ///   from the start of the feed is saved.
+    /// - Tickets expired at `now`, tickets issued after `now` (the clock went
+    ///   back), and tickets beyond `max_tickets` are removed; unreadable files
+    ///   are logged and skipped.
+    /// - Restored tickets are not used until the revocation feed reports that
+    ///   it caught up from the cursor ([`feed_caught_up`](Self::feed_caught_up));
+    ///   [`revocation::follow`](crate::revocation::follow) does this.
+    pub fn open(
+        max_tickets: usize,
+        state: &StateDir,
+        binding: &StateBinding,
+        now: Timestamp,
+    ) -> Result<Arc<Self>, StateError> {
+        let Loaded {
+            store,
+            tickets,
+            cursor,
+            report,
+        } = TicketStore::open(state, binding, max_tickets, now)?;
+        Ok(Arc::new(Self::build(
+            max_tickets,
+            Some(store),
+            tickets,
+            cursor,
+            Some(report),
+        )))
+    }
+
+    fn build(
+        max_tickets: usize,
+        store: Option<TicketStore>,
+        tickets: HashMap<ResumptionId, GatewayTicket>,
+        feed_start: u64,
+        restore_report: Option<RestoreReport>,
+    ) -> Self {
         let (inbound, _) = broadcast::channel(1024);
-        Arc::new(Self {
+        let restored: HashSet<ResumptionId> = tickets.keys().copied().collect();
+        let (feed_ready, _) = watch::channel(restored.is_empty());
+        Self {
             sessions: Mutex::new(HashMap::new()),
-            tickets: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(tickets),
             inbound,
             next_token: std::sync::atomic::AtomicU64::new(1),
             max_tickets,
-            revoked: Mutex::new(std::collections::HashSet::new()),
-        })
+            revoked: Mutex::new(HashSet::new()),
+            store,
+            restored: Mutex::new(restored),
+            feed_ready,
+            feed_start,
+            restore_report,
+        }
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<PeripheralId, Entry>> {
@@ -330,40 +401,172 @@ impl SessionTable {
             .contains(peripheral)
     }
 
+    fn lock_restored(&self) -> std::sync::MutexGuard<'_, HashSet<ResumptionId>> {
+        self.restored.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes a ticket from the map (held locked by the caller) and from disk.
+    fn drop_ticket(
+        &self,
+        map: &mut HashMap<ResumptionId, GatewayTicket>,
+        id: &ResumptionId,
+    ) -> Option<GatewayTicket> {
+        let t = map.remove(id)?;
+        if let Some(store) = &self.store {
+            store.remove(id);
+        }
+        Some(t)
+    }
+
     /// Stores a ticket, evicting the one expiring first when full. A revoked
-    /// peripheral's ticket is dropped instead.
+    /// peripheral's ticket is dropped instead. With a state directory, the
+    /// ticket's file is written (in order, durably) in the background.
     pub fn store_ticket(&self, ticket: GatewayTicket) {
+        let mut map = self.lock_tickets();
+        // Checked under the tickets lock: the feed marks a peripheral revoked
+        // before it takes the lock to drop its tickets, so a ticket is either
+        // refused here or dropped there, never kept.
         if self.is_revoked(&ticket.peripheral.id) {
             return;
         }
-        let mut map = self.lock_tickets();
         if map.len() >= self.max_tickets && !map.contains_key(&ticket.id) {
             if let Some(oldest) = map.values().min_by_key(|t| t.expires_at).map(|t| t.id) {
-                map.remove(&oldest);
+                self.drop_ticket(&mut map, &oldest);
+                self.lock_restored().remove(&oldest);
             }
+        }
+        if let Some(store) = &self.store {
+            store.write(&ticket);
         }
         map.insert(ticket.id, ticket);
     }
 
     /// Takes a ticket out for a resumption attempt, so no other attempt can use
     /// it at the same time (SPEC.md §6.1); the driver puts it back if the
-    /// attempt fails.
+    /// attempt fails. A ticket restored from disk is not given out while the
+    /// revocation feed has not caught up ([`is_held_for_feed`](Self::is_held_for_feed)).
     pub fn take_ticket(&self, id: &ResumptionId) -> Option<GatewayTicket> {
-        let t = self.lock_tickets().remove(id)?;
+        let mut map = self.lock_tickets();
+        if self.lock_restored().contains(id) {
+            return None;
+        }
+        let t = self.drop_ticket(&mut map, id)?;
+        drop(map);
         (!self.is_revoked(&t.peripheral.id)).then_some(t)
+    }
+
+    /// Whether `id` is a ticket restored from disk that waits for the
+    /// revocation feed to catch up.
+    pub fn is_held_for_feed(&self, id: &ResumptionId) -> bool {
+        self.lock_restored().contains(id)
+    }
+
+    /// Waits until no restored ticket waits for the feed any more (at once
+    /// for a table that restored none).
+    pub async fn feed_ready(&self) {
+        let mut rx = self.feed_ready.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// Whether restored tickets wait for the feed to catch up.
+    pub fn awaits_feed(&self) -> bool {
+        !*self.feed_ready.borrow()
+    }
+
+    /// The feed cursor to start after: the one saved in the state directory,
+    /// or 0 (the whole feed).
+    pub fn feed_cursor(&self) -> u64 {
+        self.feed_start
+    }
+
+    /// The feed has been read from the saved cursor to its end and every
+    /// event applied: the restored tickets that are left may be used.
+    pub fn feed_caught_up(&self) {
+        let n = {
+            let mut restored = self.lock_restored();
+            let n = restored.len();
+            restored.clear();
+            restored.shrink_to_fit();
+            n
+        };
+        if self.awaits_feed() {
+            info!(
+                tickets = n,
+                "revocation feed caught up: restored resumption tickets are usable"
+            );
+        }
+        self.feed_ready.send_replace(true);
+    }
+
+    /// The feed cannot be resumed from the saved cursor (the backend's log is
+    /// behind it, or the backend refused the request): drops every restored
+    /// ticket still waiting, on disk too. Returns how many.
+    pub fn discard_restored_tickets(&self) -> usize {
+        let n = {
+            let mut map = self.lock_tickets();
+            let mut restored = self.lock_restored();
+            let n = restored.len();
+            for id in restored.drain() {
+                self.drop_ticket(&mut map, &id);
+            }
+            restored.shrink_to_fit();
+            n
+        };
+        self.feed_ready.send_replace(true);
+        n
+    }
+
+    /// Saves the feed cursor (with a state directory): after every ticket
+    /// change made before this call is on disk.
+    pub fn record_feed_cursor(&self, after: u64) {
+        if let Some(store) = &self.store {
+            store.cursor(after);
+        }
+    }
+
+    /// Waits until every ticket and cursor change made so far is on disk (at
+    /// once without a state directory). Call before exiting.
+    pub async fn flush(&self) {
+        if let Some(store) = &self.store {
+            store.flush().await;
+        }
+    }
+
+    /// What [`open`](Self::open) found in the state directory (`None` for a
+    /// table in memory only).
+    pub fn restore_report(&self) -> Option<&RestoreReport> {
+        self.restore_report.as_ref()
+    }
+
+    /// Whether tickets are kept in a state directory.
+    pub fn is_persistent(&self) -> bool {
+        self.store.is_some()
     }
 
     /// Drops every ticket of a peripheral (revocation).
     pub fn forget_tickets_of(&self, peripheral: &PeripheralId) -> usize {
         let mut map = self.lock_tickets();
-        let before = map.len();
-        map.retain(|_, t| &t.peripheral.id != peripheral);
-        before - map.len()
+        let ids: Vec<ResumptionId> = map
+            .values()
+            .filter(|t| &t.peripheral.id == peripheral)
+            .map(|t| t.id)
+            .collect();
+        let mut restored = self.lock_restored();
+        for id in &ids {
+            self.drop_ticket(&mut map, id);
+            restored.remove(id);
+        }
+        ids.len()
     }
 
     /// Drops every ticket.
     pub fn forget_all_tickets(&self) {
-        self.lock_tickets().clear();
+        let mut map = self.lock_tickets();
+        let ids: Vec<ResumptionId> = map.keys().copied().collect();
+        for id in &ids {
+            self.drop_ticket(&mut map, id);
+        }
+        self.lock_restored().clear();
     }
 
     /// Closes sessions past their lifetime or idle for `idle_ms`, one timer
@@ -390,9 +593,20 @@ impl SessionTable {
     /// Drops expired tickets; returns how many.
     pub fn expire_tickets(&self, now: Timestamp) -> usize {
         let mut map = self.lock_tickets();
-        let before = map.len();
-        map.retain(|_, t| t.expires_at > now);
-        before - map.len()
+        let ids: Vec<ResumptionId> = map
+            .values()
+            .filter(|t| t.expires_at <= now)
+            .map(|t| t.id)
+            .collect();
+        if ids.is_empty() {
+            return 0;
+        }
+        let mut restored = self.lock_restored();
+        for id in &ids {
+            self.drop_ticket(&mut map, id);
+            restored.remove(id);
+        }
+        ids.len()
     }
 
     /// How many tickets are stored.

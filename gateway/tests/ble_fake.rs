@@ -7,13 +7,16 @@
 mod common;
 
 use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{setup, wait_for, Setup};
+use common::{setup, wait_for, Setup, TempDir};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use vouch_gateway::state::{KnownDevices, StateDir};
 use vouch_gateway::transport::ble_central::{
-    serve_ble, Advert, BleConnection, BleRadio, BleSettings, SERVICE_UUID,
+    serve_ble, serve_ble_with_memory, Advert, BleConnection, BleRadio, BleSettings, SERVICE_UUID,
 };
 use vouch_gateway::transport::LinkError;
 use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits};
@@ -155,9 +158,21 @@ struct Bench {
     radio: Arc<FakeRadio>,
     adverts: mpsc::Sender<Advert>,
     connected: mpsc::Receiver<(String, PeripheralEnd)>,
+    central: JoinHandle<Result<(), LinkError>>,
 }
 
 fn bench(frag_len: usize, settings: BleSettings, plans: &[(&str, &[Plan])]) -> Bench {
+    bench_with(frag_len, settings, plans, None)
+}
+
+/// A central on a fake radio; with `known`, the central that keeps its
+/// memory of Vouch devices there.
+fn bench_with(
+    frag_len: usize,
+    settings: BleSettings,
+    plans: &[(&str, &[Plan])],
+    known: Option<KnownDevices>,
+) -> Bench {
     let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
     let (adverts, adverts_rx) = mpsc::channel(64);
     let (connected_tx, connected) = mpsc::channel(16);
@@ -174,24 +189,38 @@ fn bench(frag_len: usize, settings: BleSettings, plans: &[(&str, &[Plan])]) -> B
         connected: connected_tx,
         frag_len,
     });
-    tokio::spawn(serve_ble(
-        radio.clone(),
-        s.ctx.clone(),
-        settings,
-        s.shutdown.clone(),
-    ));
+    let central = match known {
+        None => tokio::spawn(serve_ble(
+            radio.clone(),
+            s.ctx.clone(),
+            settings,
+            s.shutdown.clone(),
+        )),
+        Some(known) => tokio::spawn(serve_ble_with_memory(
+            radio.clone(),
+            s.ctx.clone(),
+            settings,
+            known,
+            s.shutdown.clone(),
+        )),
+    };
     Bench {
         s,
         radio,
         adverts,
         connected,
+        central,
     }
 }
 
 fn advert(device: &str, vouch: bool) -> Advert {
+    advert_at(device, "AA:BB:CC:DD:EE:FF", vouch)
+}
+
+fn advert_at(device: &str, address: &str, vouch: bool) -> Advert {
     Advert {
         device: device.into(),
-        address: "AA:BB:CC:DD:EE:FF".into(),
+        address: address.into(),
         services: if vouch {
             vec![SERVICE_UUID]
         } else {
@@ -516,4 +545,94 @@ async fn a_device_reported_later_without_the_service_is_still_recognised() {
         .unwrap();
     assert_eq!(device, "dev-1");
     handshake_on(&b.s, &mut end, 32).await;
+}
+
+/// BlueZ keeps a device it knows across a gateway restart and reports it
+/// with the services it resolved over GATT, not the advertised Vouch
+/// service: the central's memory of Vouch devices (by address, in the state
+/// directory) must outlive the process, or such a device waits minutes for
+/// a report that carries the service.
+#[tokio::test(start_paused = true)]
+async fn the_memory_of_vouch_devices_survives_a_restart_of_the_central() {
+    const DEV1: &str = "C0:FF:EE:00:00:01";
+    const SPEAKER: &str = "C0:FF:EE:00:00:02";
+    let tmp = TempDir::new("ble-memory");
+    let state = StateDir::open(tmp.path()).unwrap();
+    let settings = BleSettings {
+        backoff_min: Duration::from_secs(1),
+        ..Default::default()
+    };
+
+    // First run: dev-1 advertises the Vouch service and is connected.
+    let known = KnownDevices::open(&state);
+    assert!(known.is_empty());
+    let mut b = bench_with(244, settings, &[], Some(known.clone()));
+    b.adverts
+        .send(advert_at("dev-1", DEV1, true))
+        .await
+        .unwrap();
+    let (device, mut end) = b.connected.recv().await.unwrap();
+    assert_eq!(device, "dev-1");
+    handshake_on(&b.s, &mut end, 41).await;
+    known.flush().await;
+    b.s.shutdown_tx.send(true).unwrap();
+    drop(end);
+    b.central.await.unwrap().unwrap();
+    let file = state.devices_path();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The gateway restarts. BlueZ reports dev-1 with its resolved services
+    // (no Vouch UUID), and a speaker it never saw advertise the service.
+    let known = KnownDevices::open(&state);
+    assert!(known.contains(DEV1) && !known.contains(SPEAKER));
+    let mut b = bench_with(244, settings, &[], Some(known));
+    b.adverts
+        .send(advert_at("speaker", SPEAKER, false))
+        .await
+        .unwrap();
+    b.adverts
+        .send(advert_at("dev-1", DEV1, false))
+        .await
+        .unwrap();
+    let (device, mut end) = tokio::time::timeout(Duration::from_secs(120), b.connected.recv())
+        .await
+        .expect("the remembered device is connected")
+        .unwrap();
+    assert_eq!(device, "dev-1");
+    assert_eq!(
+        b.radio
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.0.as_str())
+            .collect::<Vec<_>>(),
+        ["dev-1"],
+        "the speaker is still ignored"
+    );
+    handshake_on(&b.s, &mut end, 42).await;
+}
+
+/// A damaged memory file is not fatal: the central starts with an empty
+/// memory and learns devices from their advertisements again.
+#[tokio::test]
+async fn a_damaged_device_memory_file_is_skipped() {
+    let tmp = TempDir::new("ble-damaged");
+    let state = StateDir::open(tmp.path()).unwrap();
+    let known = KnownDevices::open(&state);
+    known.remember("C0:FF:EE:00:00:03");
+    known.flush().await;
+    let mut bytes = std::fs::read(state.devices_path()).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(state.devices_path(), &bytes).unwrap();
+    let known = KnownDevices::open(&state);
+    assert!(known.is_empty());
+    // The next device remembered replaces the file with a good one.
+    known.remember("C0:FF:EE:00:00:04");
+    known.flush().await;
+    assert!(KnownDevices::open(&state).contains("C0:FF:EE:00:00:04"));
 }

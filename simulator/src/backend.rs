@@ -25,7 +25,9 @@ use vouch_backend::datadir::{self, DataDir, InitOutcome};
 use vouch_backend::server::Transport;
 use vouch_backend::store::Store;
 use vouch_backend::{app, pki, AppState, ClientIdentity};
-use vouch_gateway::backend_client::{BackendApi, BackendError, HttpBackend, HttpBackendConfig};
+use vouch_gateway::backend_client::{
+    BackendApi, BackendError, HttpBackend, HttpBackendConfig, MAX_IN_FLIGHT,
+};
 use vouch_proto::keys::{IdentityKey, PublicKey};
 use vouch_proto::wire::backend::{
     decode_body, encode_body, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
@@ -306,6 +308,7 @@ impl SimBackend {
             _ => Inner::InProc {
                 router: self.router.clone(),
                 key: key.public_key(),
+                slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             },
         };
         Ok(Uplink {
@@ -324,17 +327,24 @@ impl SimBackend {
         }
         self.state.store.close().await;
         if let Some((admin, name)) = self.postgres {
-            use sqlx::Connection;
-            if let Ok(mut c) = sqlx::AnyConnection::connect(&admin).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut c)
-                    .await;
-            }
+            drop_postgres(&admin, &name).await;
         }
     }
 }
 
-async fn fresh_postgres(admin: &str) -> Result<(String, String), Error> {
+/// Drops the database `name` made by [`fresh_postgres`] (best effort).
+pub(crate) async fn drop_postgres(admin: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut c) = sqlx::AnyConnection::connect(admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+/// A new, empty database on the PostgreSQL server of `admin` (a URL the
+/// server accepts `CREATE DATABASE` from): its URL and its name.
+pub(crate) async fn fresh_postgres(admin: &str) -> Result<(String, String), Error> {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let mut b = [0u8; 6];
@@ -366,7 +376,13 @@ fn getrandom_fill(b: &mut [u8]) {
 }
 
 enum Inner {
-    InProc { router: Router, key: PublicKey },
+    /// The router called directly; like the real client, at most
+    /// [`MAX_IN_FLIGHT`] vouch and report requests at once per gateway.
+    InProc {
+        router: Router,
+        key: PublicKey,
+        slots: Arc<tokio::sync::Semaphore>,
+    },
     Https(HttpBackend),
 }
 
@@ -450,7 +466,11 @@ impl BackendApi for Uplink {
     async fn vouch(&self, req: VouchRequest) -> Result<VouchAnswer, BackendError> {
         self.check()?;
         match &*self.inner {
-            Inner::InProc { router, key } => {
+            Inner::InProc { router, key, slots } => {
+                let _permit = slots
+                    .acquire()
+                    .await
+                    .map_err(|_| BackendError::Unavailable("uplink stopped".into()))?;
                 Inner::call(
                     router,
                     key,
@@ -467,7 +487,11 @@ impl BackendApi for Uplink {
     async fn report(&self, report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
         self.check()?;
         match &*self.inner {
-            Inner::InProc { router, key } => {
+            Inner::InProc { router, key, slots } => {
+                let _permit = slots
+                    .acquire()
+                    .await
+                    .map_err(|_| BackendError::Unavailable("uplink stopped".into()))?;
                 Inner::call(
                     router,
                     key,
@@ -486,7 +510,7 @@ impl BackendApi for Uplink {
         let mut rx = self.up.subscribe();
         let _ = rx.wait_for(|up| *up).await;
         match &*self.inner {
-            Inner::InProc { router, key } => {
+            Inner::InProc { router, key, .. } => {
                 Inner::call(
                     router,
                     key,

@@ -44,6 +44,15 @@ enum Command {
         /// Vouches per throughput mode (default 6000, or 64 with --quick).
         #[arg(long)]
         vouches: Option<usize>,
+        /// Only the backend: its vouches per second over HTTPS against the
+        /// raw crypto bound and a rustls server (no handshake or peer tables).
+        #[arg(long)]
+        backend_only: bool,
+        /// Run the backend throughput on PostgreSQL: a fresh database is made
+        /// on this server for the run and dropped after (default: SQLite in a
+        /// temporary directory).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
 }
 
@@ -64,15 +73,27 @@ async fn main() -> anyhow::Result<()> {
             quick,
             iterations,
             vouches,
+            backend_only,
+            database_url,
         } => {
             let opts = vouch_simulator::bench::BenchOptions {
                 quick,
                 iterations,
                 vouches,
                 report,
+                backend_only,
+                database_url,
             };
-            let report = vouch_simulator::bench::run(opts).await?;
-            println!("{}", vouch_simulator::bench::render(&report));
+            if backend_only {
+                let r = vouch_simulator::bench::run_backend(opts).await?;
+                println!(
+                    "{}",
+                    vouch_simulator::bench::render_backend(&r.machine, &r.backend)
+                );
+            } else {
+                let report = vouch_simulator::bench::run(opts).await?;
+                println!("{}", vouch_simulator::bench::render(&report));
+            }
             Ok(())
         }
     }

@@ -33,10 +33,11 @@ use vouch_backend::server::Transport;
 use vouch_backend::store::Store;
 use vouch_backend::{app, pki, AppState};
 use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
-use vouch_gateway::clock::SystemClock;
+use vouch_gateway::clock::{Clock, SystemClock};
 use vouch_gateway::driver::Context;
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
+use vouch_gateway::state::{StateBinding, StateDir};
 use vouch_peripheral::{Device as Driver, DriverConfig, Event, MemoryKeyStore, TcpConnector};
 use vouch_proto::anchor::AnchorBundle;
 use vouch_proto::handshake::gateway::GatewayConfig;
@@ -379,6 +380,9 @@ pub struct Gateway {
     /// Its metrics.
     pub metrics: Arc<Metrics>,
     running: Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
+    /// Its state directory (`[state] dir`), for a gateway that keeps its
+    /// tickets across restarts.
+    state: Option<tempfile::TempDir>,
 }
 
 impl Gateway {
@@ -391,6 +395,18 @@ impl Gateway {
     /// Like [`start`](Self::start), but talking to the backend instance at
     /// `url` (another instance on the same database).
     pub async fn start_with_backend_url(backend: &Backend, site: &str, url: &str) -> Self {
+        Self::start_inner(backend, site, url, false).await
+    }
+
+    /// Like [`start`](Self::start), with a state directory: tickets and the
+    /// revocation feed's cursor survive [`restart`](Self::restart), as with
+    /// the daemon's `[state] dir`.
+    pub async fn start_with_state(backend: &Backend, site: &str) -> Self {
+        let url = backend.url();
+        Self::start_inner(backend, site, &url, true).await
+    }
+
+    async fn start_inner(backend: &Backend, site: &str, url: &str, persistent: bool) -> Self {
         let key = fresh_key();
         let cert_pem = backend.enroll_gateway(&key.public_key(), site).await;
         let mut g = Gateway {
@@ -403,12 +419,23 @@ impl Gateway {
             table: SessionTable::new(10_000),
             metrics: Arc::new(Metrics::new().expect("metrics")),
             running: None,
+            state: persistent.then(|| tempfile::tempdir().expect("tempdir")),
         };
         g.serve().await;
         g
     }
 
     async fn serve(&mut self) {
+        if let Some(dir) = &self.state {
+            // A new process on the same directory.
+            let dir = StateDir::open(dir.path()).expect("state directory");
+            let binding = StateBinding {
+                gateway_key: self.key,
+                backend_url: self.backend_url.clone(),
+            };
+            self.table = SessionTable::open(10_000, &dir, &binding, SystemClock.now())
+                .expect("open the state directory");
+        }
         let backend = HttpBackend::new(HttpBackendConfig {
             url: self.backend_url.clone(),
             ca_pem: self.ca_pem.as_bytes().to_vec(),
@@ -456,7 +483,9 @@ impl Gateway {
     }
 
     /// Stops the gateway: sessions are closed (reason shutdown); tickets are
-    /// lost with the process.
+    /// lost with the process, unless it has a state directory
+    /// ([`start_with_state`](Self::start_with_state)), where the last writes
+    /// are flushed first.
     pub async fn stop(&mut self) {
         if let Some((stop, tasks)) = self.running.take() {
             let _ = stop.send(true);
@@ -464,7 +493,15 @@ impl Gateway {
                 let _ = t.await;
             }
         }
+        self.table.flush().await;
         self.table = SessionTable::new(10_000);
+    }
+
+    /// Starts a stopped gateway again on the same port (a new process; with
+    /// a state directory it restores what the last one saved).
+    pub async fn start_again(&mut self) {
+        assert!(self.running.is_none(), "the gateway is running");
+        self.serve().await;
     }
 
     /// Stops and starts again on the same port (a process restart).

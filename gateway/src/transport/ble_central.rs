@@ -25,6 +25,7 @@ use super::{Link, LinkError};
 use crate::backend_client::BackendApi;
 use crate::clock::Clock;
 use crate::driver::{run_link, Context, Outcome};
+use crate::state::KnownDevices;
 
 /// The Vouch GATT service (SPEC.md §8.5).
 pub const SERVICE_UUID: u128 = 0x5b3f0001_8e4a_4c6e_9d2a_7f1c0b6e4a10;
@@ -194,6 +195,7 @@ struct DeviceState {
     /// The device has advertised the Vouch service. BlueZ replaces a device's
     /// service list with what it resolved over GATT once connected, so its
     /// later reports may lack the service: they are still this device's.
+    /// (Across restarts the same is remembered by address: [`KnownDevices`].)
     vouch: bool,
 }
 
@@ -212,11 +214,29 @@ enum Done {
 }
 
 /// Runs the central until `shutdown`: scans, connects to Vouch peripherals
-/// within the cap, and runs a driver per link.
+/// within the cap, and runs a driver per link. Which devices advertised the
+/// Vouch service is remembered for as long as the process runs; see
+/// [`serve_ble_with_memory`] to keep it across restarts.
 pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
     radio: Arc<R>,
     ctx: Arc<Context<B, C>>,
     settings: BleSettings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
+    serve_ble_with_memory(radio, ctx, settings, KnownDevices::in_memory(), shutdown).await
+}
+
+/// [`serve_ble`], with the addresses of devices that advertised the Vouch
+/// service kept in `known` (in the state directory: [`KnownDevices::open`]).
+/// A device reported at a remembered address is recognised even when BlueZ
+/// reports it with the services it resolved instead of the ones it
+/// advertised, as it does for a device it already knew when the gateway
+/// (re)started.
+pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
+    radio: Arc<R>,
+    ctx: Arc<Context<B, C>>,
+    settings: BleSettings,
+    known: KnownDevices,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
     let mut adverts = radio.scan().await?;
@@ -247,11 +267,17 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
                     break;
                 };
                 // Filter in our own code: only the Vouch service, or a device
-                // that advertised it before.
-                let known = table.get(&advert.device).is_some_and(|s| s.vouch);
-                if !known && !advert.services.contains(&SERVICE_UUID) {
+                // that advertised it before (in this process, or at this
+                // address before a restart).
+                let advertises = advert.services.contains(&SERVICE_UUID);
+                let seen_before = table.get(&advert.device).is_some_and(|s| s.vouch)
+                    || known.contains(&advert.address);
+                if !advertises && !seen_before {
                     debug!(device = %advert.device, services = ?advert.services, "advert without the Vouch service");
                     continue;
+                }
+                if advertises && known.remember(&advert.address) {
+                    debug!(device = %advert.device, address = %advert.address, "Vouch device remembered");
                 }
                 debug!(device = %advert.device, "advert");
                 let s = table.entry(advert.device.clone()).or_default();

@@ -2,7 +2,8 @@
 //! role, a gateway context, and a minimal peripheral.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +55,30 @@ pub struct FakeBackend {
     pub down: AtomicBool,
     pub reports: Mutex<Vec<SessionReport>>,
     pub feed: tokio::sync::Mutex<mpsc::Receiver<FeedEvent>>,
+    /// Vouch requests answered (the backend round trips a resumption saves).
+    pub vouches: AtomicUsize,
+    /// The feed's log: served by cursor, before anything sent on `feed`.
+    pub log: Mutex<Vec<FeedEvent>>,
+    /// While `false`, `feed_now` does not answer (a backend not reached yet).
+    pub feed_now_open: watch::Sender<bool>,
+    /// When set, `feed_now` answers this instead of reading the log.
+    pub feed_now_answer: Mutex<Option<Result<FeedBatch, BackendError>>>,
+}
+
+impl FakeBackend {
+    /// The log's events after `after` (`next` = the last one's seq, or `after`).
+    fn logged_after(&self, after: u64) -> Option<FeedBatch> {
+        let events: Vec<FeedEvent> = self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect();
+        let next = events.last()?.seq;
+        Some(FeedBatch { events, next })
+    }
 }
 
 impl BackendApi for FakeBackend {
@@ -61,6 +86,7 @@ impl BackendApi for FakeBackend {
         if self.down.load(Ordering::SeqCst) {
             return Err(BackendError::Unavailable("connection refused".into()));
         }
+        self.vouches.fetch_add(1, Ordering::SeqCst);
         let answer = (|| {
             let verified = open_hello(&req.hello, &self.keys)
                 .ok()?
@@ -101,7 +127,22 @@ impl BackendApi for FakeBackend {
         })
     }
 
+    async fn feed_now(&self, after: u64) -> Result<FeedBatch, BackendError> {
+        let mut open = self.feed_now_open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
+        if let Some(answer) = self.feed_now_answer.lock().unwrap().clone() {
+            return answer;
+        }
+        Ok(self.logged_after(after).unwrap_or(FeedBatch {
+            events: vec![],
+            next: after,
+        }))
+    }
+
     async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
+        if let Some(batch) = self.logged_after(after) {
+            return Ok(batch);
+        }
         let mut rx = self.feed.lock().await;
         match rx.recv().await {
             Some(ev) => Ok(FeedBatch {
@@ -147,15 +188,12 @@ pub fn setup(scope: Scope) -> Setup {
         down: AtomicBool::new(false),
         reports: Mutex::new(vec![]),
         feed: tokio::sync::Mutex::new(feed_rx),
+        vouches: AtomicUsize::new(0),
+        log: Mutex::new(vec![]),
+        feed_now_open: watch::channel(true).0,
+        feed_now_answer: Mutex::new(None),
     });
-    let ctx = Arc::new(Context {
-        config,
-        backend: backend.clone(),
-        clock: TokioClock::new(),
-        table: SessionTable::new(100),
-        metrics: Arc::new(Metrics::new().unwrap()),
-        idle_timeout: Duration::from_secs(600),
-    });
+    let ctx = context(&backend, config, SessionTable::new(100), TokioClock::new());
     let (shutdown_tx, shutdown) = watch::channel(false);
     Setup {
         ctx,
@@ -165,6 +203,52 @@ pub fn setup(scope: Scope) -> Setup {
         feed_tx,
         shutdown_tx,
         shutdown,
+    }
+}
+
+/// A gateway context around `table` and `clock`, sharing `backend`.
+pub fn context(
+    backend: &Arc<FakeBackend>,
+    config: GatewayConfig,
+    table: Arc<SessionTable>,
+    clock: TokioClock,
+) -> Arc<Context<Arc<FakeBackend>, TokioClock>> {
+    Arc::new(Context {
+        config,
+        backend: backend.clone(),
+        clock,
+        table,
+        metrics: Arc::new(Metrics::new().unwrap()),
+        idle_timeout: Duration::from_secs(600),
+    })
+}
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "vouch-gw-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -1,7 +1,7 @@
-//! The real backend over HTTPS against the raw crypto bound of one vouch, the
-//! way `backend/benches/vouch_throughput.rs` measures it: the service (`app`
-//! and `server::serve`, TLS 1.3 with the gateway's client certificate, SQLite
-//! in a temporary data directory) on its own Tokio runtime (threads
+//! The real backend over HTTPS against the raw crypto bound of one vouch: the
+//! service (`app` and `server::serve`, TLS 1.3 with the gateway's client
+//! certificate, SQLite in a temporary data directory or a fresh PostgreSQL
+//! database) on its own Tokio runtime (threads
 //! `vouch-srv`), driven over keep-alive connections by a reqwest client on
 //! another runtime (threads `vouch-cli`) in this process. Hellos are made
 //! before the clock starts. Per core = vouches ÷ the CPU time of the server's
@@ -31,7 +31,8 @@ use vouch_proto::Timestamp;
 
 use super::{this_thread_cpu_s, thread_cpu_s, BenchError};
 
-/// Threads whose CPU counts as the server's.
+/// Threads whose CPU counts as the server's. (PostgreSQL's own processes
+/// are not counted: the figure is the service's CPU, on either engine.)
 const SERVER_THREADS: &[&str] = &["vouch-srv", "sqlx-sqlite"];
 /// Requests in flight.
 const CONCURRENCY: usize = 32;
@@ -54,6 +55,7 @@ pub(super) struct Throughput {
     pub(super) concurrency: usize,
     pub(super) batch: usize,
     pub(super) server_threads: usize,
+    pub(super) database: &'static str,
 }
 
 fn step<E>(step: &'static str) -> impl FnOnce(E) -> BenchError
@@ -148,8 +150,14 @@ fn crypto_bound(
 }
 
 /// Measures the raw bound on `bound_n` vouches, then `n` single and `n`
-/// batched vouches over HTTPS. Must not run inside a Tokio runtime.
-pub(super) fn measure(n: usize, bound_n: usize) -> Result<Throughput, BenchError> {
+/// batched vouches over HTTPS, on SQLite or, given `database_url`, on a fresh
+/// database of that PostgreSQL server (dropped afterwards). Must not run
+/// inside a Tokio runtime.
+pub(super) fn measure(
+    n: usize,
+    bound_n: usize,
+    database_url: Option<&str>,
+) -> Result<Throughput, BenchError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = tempfile::tempdir()?;
     datadir::init(dir.path(), &[]).map_err(step("init the data directory"))?;
@@ -174,7 +182,18 @@ pub(super) fn measure(n: usize, bound_n: usize) -> Result<Throughput, BenchError
     let cert_pem = pki::issue_gateway_cert(&data.ca, &gateway.public_key(), None)
         .map_err(step("issue the gateway certificate"))?;
     let (server_cert, server_key) = data.server_tls().map_err(step("server TLS files"))?;
-    let url = datadir::sqlite_url(dir.path());
+    let postgres = match database_url {
+        Some(admin) => Some((
+            admin,
+            srv.block_on(crate::backend::fresh_postgres(admin))
+                .map_err(step("create the PostgreSQL database"))?,
+        )),
+        None => None,
+    };
+    let url = match &postgres {
+        Some((_, (url, _))) => url.clone(),
+        None => datadir::sqlite_url(dir.path()),
+    };
 
     let (state, addr, stop) = srv.block_on(async {
         let store = Store::open(&url).await.map_err(step("open the store"))?;
@@ -280,6 +299,12 @@ pub(super) fn measure(n: usize, bound_n: usize) -> Result<Throughput, BenchError
     }
     state.shutdown();
     let _ = stop.send(());
+    if let Some((admin, (_, name))) = &postgres {
+        srv.block_on(async {
+            state.store.close().await;
+            crate::backend::drop_postgres(admin, name).await;
+        });
+    }
     drop(cli);
     drop(srv);
     Ok(Throughput {
@@ -291,6 +316,11 @@ pub(super) fn measure(n: usize, bound_n: usize) -> Result<Throughput, BenchError
         concurrency: CONCURRENCY,
         batch: BATCH,
         server_threads: cores,
+        database: if postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
     })
 }
 

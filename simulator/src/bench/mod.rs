@@ -18,8 +18,9 @@
 //! - **Backend throughput.** The real backend (HTTPS with TLS 1.3 and the
 //!   gateway's client certificate, SQLite, group commit) on its own runtime,
 //!   driven over keep-alive connections by a client runtime in the same
-//!   process, as `backend/benches/vouch_throughput.rs` does; vouches per
-//!   second per core divide by the CPU time of the server's threads only.
+//!   process; vouches per second per core divide by the CPU time of the
+//!   server's threads only. `--backend-only` measures just this (and the
+//!   rustls server it is compared with), `--database-url` on PostgreSQL.
 //!   The raw crypto bound is one vouch's primitives in a tight loop on one
 //!   thread, timed by that thread's CPU time.
 //! - **Peers**, each as its authors ship it, release build, defaults: rustls
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use table::render;
+pub use table::{render, render_backend};
 
 /// How much to measure.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +56,11 @@ pub struct BenchOptions {
     pub vouches: Option<usize>,
     /// Where to write the JSON report, if anywhere.
     pub report: Option<PathBuf>,
+    /// Only the backend's throughput against its bounds ([`run_backend`]).
+    pub backend_only: bool,
+    /// The backend's database for the throughput run (PostgreSQL); SQLite in
+    /// a temporary directory when `None`.
+    pub database_url: Option<String>,
 }
 
 impl BenchOptions {
@@ -462,6 +468,8 @@ pub struct BackendReport {
     pub batch: usize,
     /// Server runtime worker threads.
     pub server_threads: usize,
+    /// The backend's database engine in the throughput run.
+    pub database: &'static str,
     /// How the rustls server figure was taken.
     pub rustls_server_method: &'static str,
 }
@@ -621,61 +629,15 @@ pub fn run_blocking(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         snow_xx,
     };
 
-    let vouches = opts.vouches();
-    progress(&format!(
-        "backend: raw crypto bound, then {vouches} vouches single and batched over HTTPS"
-    ));
-    let throughput = backend::measure(vouches, if opts.quick { 50 } else { 2000 })?;
-    let server_ed = 1e6 / peers.rustls_mtls_ed25519.full.cpu_us.responder;
-    let server_p256 = 1e6 / peers.rustls_mtls_p256.full.cpu_us.responder;
-    let rustls_server = server_ed.max(server_p256);
-    let tls_n = if opts.quick { 64 } else { 3000 };
-    progress(&format!(
-        "rustls server over loopback TCP: {tls_n} full mTLS handshakes per certificate type"
-    ));
-    let tcp_ed = tls::tcp_server_rate(tls::Certs::Ed25519, tls_n)?;
-    let tcp_p256 = tls::tcp_server_rate(tls::Certs::P256, tls_n)?;
-    let rustls_tcp = tcp_ed.max(tcp_p256);
-    let backend = BackendReport {
-        vouches_per_s: throughput.single_per_core,
-        vouches_per_s_batched: throughput.batched_per_core,
-        wall_vouches_per_s: throughput.single_wall,
-        wall_vouches_per_s_batched: throughput.batched_wall,
-        crypto_bound_per_s: 1e6 / throughput.bound_us,
-        crypto_bound_us: throughput.bound_us,
-        ratio_to_bound: throughput.single_per_core * throughput.bound_us / 1e6,
-        ratio_to_bound_batched: throughput.batched_per_core * throughput.bound_us / 1e6,
-        rustls_server_handshakes_per_s: rustls_server,
-        rustls_server_handshakes_per_s_ed25519: server_ed,
-        rustls_server_handshakes_per_s_p256: server_p256,
-        vs_rustls_server: throughput.single_per_core / rustls_server,
-        vs_rustls_server_batched: throughput.batched_per_core / rustls_server,
-        rustls_server_tcp_handshakes_per_s: rustls_tcp,
-        rustls_server_tcp_handshakes_per_s_ed25519: tcp_ed,
-        rustls_server_tcp_handshakes_per_s_p256: tcp_p256,
-        vs_rustls_server_tcp: throughput.single_per_core / rustls_tcp,
-        vs_rustls_server_tcp_batched: throughput.batched_per_core / rustls_tcp,
-        vouches,
-        concurrency: throughput.concurrency,
-        batch: throughput.batch,
-        server_threads: throughput.server_threads,
-        rustls_server_method: "one thread, the server side's CPU per full handshake \
-             (ServerConnection::new, read_tls, process_new_packets, write_tls), median; \
-             no TCP, no HTTP",
-    };
+    let backend = measure_backend(
+        opts,
+        &progress,
+        1e6 / peers.rustls_mtls_ed25519.full.cpu_us.responder,
+        1e6 / peers.rustls_mtls_p256.full.cpu_us.responder,
+    )?;
 
     let ratios = Ratios::of(&vouch, &peers);
-    // The program by its name, not the build directory it ran from.
-    let command = std::env::args()
-        .enumerate()
-        .map(|(i, a)| match i {
-            0 => std::path::Path::new(&a)
-                .file_name()
-                .map_or(a.clone(), |n| n.to_string_lossy().into_owned()),
-            _ => a,
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = command_line();
     let report = BenchReport {
         machine: machine(command, t0.elapsed().as_secs_f64()),
         method: Method {
@@ -735,4 +697,123 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(Vec::new()).is_nan());
     }
+}
+
+/// The backend over HTTPS against the raw crypto bound and a rustls server
+/// whose in-memory full-handshake rates (server side, per second) are
+/// `server_ed` and `server_p256`; measures the rustls server over TCP too.
+fn measure_backend(
+    opts: &BenchOptions,
+    progress: &dyn Fn(&str),
+    server_ed: f64,
+    server_p256: f64,
+) -> Result<BackendReport, BenchError> {
+    let vouches = opts.vouches();
+    progress(&format!(
+        "backend: raw crypto bound, then {vouches} vouches single and batched over HTTPS"
+    ));
+    let throughput = backend::measure(
+        vouches,
+        if opts.quick { 50 } else { 2000 },
+        opts.database_url.as_deref(),
+    )?;
+    let rustls_server = server_ed.max(server_p256);
+    let tls_n = if opts.quick { 64 } else { 3000 };
+    progress(&format!(
+        "rustls server over loopback TCP: {tls_n} full mTLS handshakes per certificate type"
+    ));
+    let tcp_ed = tls::tcp_server_rate(tls::Certs::Ed25519, tls_n)?;
+    let tcp_p256 = tls::tcp_server_rate(tls::Certs::P256, tls_n)?;
+    let rustls_tcp = tcp_ed.max(tcp_p256);
+    Ok(BackendReport {
+        vouches_per_s: throughput.single_per_core,
+        vouches_per_s_batched: throughput.batched_per_core,
+        wall_vouches_per_s: throughput.single_wall,
+        wall_vouches_per_s_batched: throughput.batched_wall,
+        crypto_bound_per_s: 1e6 / throughput.bound_us,
+        crypto_bound_us: throughput.bound_us,
+        ratio_to_bound: throughput.single_per_core * throughput.bound_us / 1e6,
+        ratio_to_bound_batched: throughput.batched_per_core * throughput.bound_us / 1e6,
+        rustls_server_handshakes_per_s: rustls_server,
+        rustls_server_handshakes_per_s_ed25519: server_ed,
+        rustls_server_handshakes_per_s_p256: server_p256,
+        vs_rustls_server: throughput.single_per_core / rustls_server,
+        vs_rustls_server_batched: throughput.batched_per_core / rustls_server,
+        rustls_server_tcp_handshakes_per_s: rustls_tcp,
+        rustls_server_tcp_handshakes_per_s_ed25519: tcp_ed,
+        rustls_server_tcp_handshakes_per_s_p256: tcp_p256,
+        vs_rustls_server_tcp: throughput.single_per_core / rustls_tcp,
+        vs_rustls_server_tcp_batched: throughput.batched_per_core / rustls_tcp,
+        vouches,
+        concurrency: throughput.concurrency,
+        batch: throughput.batch,
+        server_threads: throughput.server_threads,
+        database: throughput.database,
+        rustls_server_method: "one thread, the server side's CPU per full handshake \
+             (ServerConnection::new, read_tls, process_new_packets, write_tls), median; \
+             no TCP, no HTTP",
+    })
+}
+
+/// What `--backend-only` measures: the backend's throughput and its bounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendOnlyReport {
+    /// Where and how it ran.
+    pub machine: Machine,
+    /// The backend over real HTTPS against the raw crypto bound and a rustls
+    /// server.
+    pub backend: BackendReport,
+}
+
+/// Only the backend: the raw crypto bound, single and batched vouches over
+/// HTTPS, and the rustls server they are compared with (its in-memory figure
+/// from `iterations` handshakes per certificate type). Runs on a thread of
+/// its own, like [`run`]; writes the JSON report if asked.
+pub async fn run_backend(opts: BenchOptions) -> Result<BackendOnlyReport, BenchError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("vouch-bench".into())
+        .spawn(move || {
+            let t0 = Instant::now();
+            let progress = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+            let result = (|| {
+                let (n, warmup) = (opts.iterations(), opts.warmup());
+                progress("rustls: the server side of full mTLS handshakes in memory");
+                let ed = tls::measure(tls::Certs::Ed25519, n, warmup)?;
+                let p256 = tls::measure(tls::Certs::P256, n, warmup)?;
+                let backend = measure_backend(
+                    &opts,
+                    &progress,
+                    1e6 / ed.full.cpu_us.responder,
+                    1e6 / p256.full.cpu_us.responder,
+                )?;
+                let report = BackendOnlyReport {
+                    machine: machine(command_line(), t0.elapsed().as_secs_f64()),
+                    backend,
+                };
+                if let Some(path) = &opts.report {
+                    std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+                    progress(&format!("report written to {}", path.display()));
+                }
+                Ok(report)
+            })();
+            let _ = tx.send(result);
+        })?;
+    rx.await
+        .map_err(|_| BenchError::Invariant("the benchmark thread panicked"))?
+}
+
+/// The program by its name, not the build directory it ran from, and its
+/// arguments.
+fn command_line() -> String {
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| match i {
+            0 => std::path::Path::new(&a)
+                .file_name()
+                .map_or(a.clone(), |n| n.to_string_lossy().into_owned()),
+            _ => a,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

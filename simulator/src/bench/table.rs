@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{BenchReport, Bytes, PeerHandshake, Ratio};
+use super::{BackendReport, BenchReport, Bytes, Machine, PeerHandshake, Ratio};
 
 fn us(v: f64) -> String {
     if v >= 100.0 {
@@ -141,8 +141,47 @@ pub fn render(r: &BenchReport) -> String {
         }
     }
 
-    let b = &r.backend;
-    let _ = writeln!(o, "\nBackend over real HTTPS (TLS 1.3, the gateway's client certificate, keep-alive, SQLite), per server core ({} runtime threads, {} requests in flight, {} vouches per mode):\n", b.server_threads, b.concurrency, b.vouches);
+    render_backend_into(&mut o, &r.backend);
+
+    let _ = writeln!(o, "What each handshake provides:\n");
+    let _ = writeln!(
+        o,
+        "| handshake | mutual authentication | a third party vouches | identity hiding |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| **Vouch** | {} | {} | {} |",
+        v.provides.mutual_auth, v.provides.third_party, v.provides.identity_hiding
+    );
+    for (_, p) in r.peers.iter() {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            p.name, p.provides.mutual_auth, p.provides.third_party, p.provides.identity_hiding
+        );
+    }
+    let _ = writeln!(o);
+    for (_, p) in r.peers.iter() {
+        let _ = writeln!(o, "- {}: {}.", p.name, p.what);
+    }
+    o
+}
+
+/// The backend table alone, for `--backend-only`.
+pub fn render_backend(m: &Machine, b: &BackendReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Measured on {} ({} logical CPUs, Linux {}), {} build, by `{}`.",
+        m.cpu, m.cpus, m.kernel, m.profile, m.command
+    );
+    render_backend_into(&mut o, b);
+    o
+}
+
+fn render_backend_into(o: &mut String, b: &BackendReport) {
+    let _ = writeln!(o, "\nBackend over real HTTPS (TLS 1.3, the gateway's client certificate, keep-alive, {}), per server core ({} runtime threads, {} requests in flight, {} vouches per mode):\n", b.database, b.server_threads, b.concurrency, b.vouches);
     let _ = writeln!(
         o,
         "| | per core | ÷ raw crypto bound (≥ 0.60) | ÷ rustls server in memory (≥ 1.5) \
@@ -203,31 +242,12 @@ pub fn render(r: &BenchReport) -> String {
         o,
         "\nIn memory: {}. Over TCP: a tokio-rustls server accepting fresh connections on \
          loopback (handshake, its tickets, close), per CPU second of its own threads, like \
-         the backend's figure.\n",
-        b.rustls_server_method
+         the backend's figure.{}\n",
+        b.rustls_server_method,
+        if b.database == "SQLite" {
+            ""
+        } else {
+            " The database server's own processes are not counted in the backend's figure."
+        }
     );
-
-    let _ = writeln!(o, "What each handshake provides:\n");
-    let _ = writeln!(
-        o,
-        "| handshake | mutual authentication | a third party vouches | identity hiding |"
-    );
-    let _ = writeln!(o, "|---|---|---|---|");
-    let _ = writeln!(
-        o,
-        "| **Vouch** | {} | {} | {} |",
-        v.provides.mutual_auth, v.provides.third_party, v.provides.identity_hiding
-    );
-    for (_, p) in r.peers.iter() {
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} |",
-            p.name, p.provides.mutual_auth, p.provides.third_party, p.provides.identity_hiding
-        );
-    }
-    let _ = writeln!(o);
-    for (_, p) in r.peers.iter() {
-        let _ = writeln!(o, "- {}: {}.", p.name, p.what);
-    }
-    o
 }
