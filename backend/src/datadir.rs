@@ -3,8 +3,8 @@
 //!
 //! | file | content | mode |
 //! |---|---|---|
-//! | `signing-1.pem` | Ed25519 vouch-signing key, key id 1, PKCS#8 PEM (`openssl pkey -in` reads it) | 0600 |
-//! | `sealing-1.pem` | X25519 hello-sealing key, key id 1, PKCS#8 PEM (RFC 8410, OID 1.3.101.110) | 0600 |
+//! | `signing-N.pem` | Ed25519 vouch- and update-signing key of key id N, PKCS#8 PEM (`openssl pkey -in` reads it) | 0600 |
+//! | `sealing-N.pem` | X25519 hello-sealing key of key id N, PKCS#8 PEM (RFC 8410, OID 1.3.101.110) | 0600 |
 //! | `ca.pem`, `ca-key.pem` | the backend CA (Ed25519) | 0644, 0600 |
 //! | `server.pem`, `server-key.pem` | the HTTPS server certificate (Ed25519) | 0644, 0600 |
 //! | `admin-token.sha256` | SHA-256 of the admin bearer token, hex; the token itself is printed once by `init` and stored nowhere | 0600 |
@@ -13,6 +13,17 @@
 //!
 //! Every file is written to a temporary name with its final mode, synced, and
 //! renamed into place, so a crash leaves either the old state or the new.
+//!
+//! ## The key ring
+//!
+//! The backend's key pairs (SPEC.md §2.5) are the `signing-N.pem` /
+//! `sealing-N.pem` pairs in the directory, one per key id N (decimal, 0–255).
+//! `init` creates key id 1; `vouch-backend keys rotate` adds the next one and
+//! `keys purge` removes a retired one (see [`crate::keyring`], which also
+//! keeps each key's status in the database). A directory from before key
+//! rotation holds exactly key id 1 and is read unchanged: there is nothing to
+//! migrate. A key file readable by group or others is refused when it is
+//! loaded, whichever key id it holds.
 
 use std::fs;
 use std::io::Write;
@@ -32,10 +43,38 @@ pub const KEY_ID: KeyId = KeyId(1);
 
 /// File names, relative to the data directory.
 pub mod files {
-    /// Ed25519 signing key, key id 1.
+    use vouch_proto::keys::KeyId;
+
+    /// Ed25519 signing key, key id 1 (the one `init` creates).
     pub const SIGNING: &str = "signing-1.pem";
-    /// X25519 sealing key, key id 1.
+    /// X25519 sealing key, key id 1 (the one `init` creates).
     pub const SEALING: &str = "sealing-1.pem";
+
+    /// The Ed25519 signing key file of key id `kid`.
+    pub fn signing(kid: KeyId) -> String {
+        format!("signing-{}.pem", kid.0)
+    }
+
+    /// The X25519 sealing key file of key id `kid`.
+    pub fn sealing(kid: KeyId) -> String {
+        format!("sealing-{}.pem", kid.0)
+    }
+
+    /// The key id a key file name is for: `signing-N.pem` or
+    /// `sealing-N.pem` with N in canonical decimal (no sign, no leading zero).
+    pub fn key_id_of(name: &str) -> Option<KeyId> {
+        let n = name
+            .strip_prefix("signing-")
+            .or_else(|| name.strip_prefix("sealing-"))?
+            .strip_suffix(".pem")?;
+        if n.is_empty()
+            || (n.len() > 1 && n.starts_with('0'))
+            || !n.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        n.parse::<u8>().ok().map(KeyId)
+    }
     /// CA certificate.
     pub const CA: &str = "ca.pem";
     /// CA key.
@@ -52,6 +91,9 @@ pub mod files {
     pub const CONFIG: &str = "config.toml";
     /// Every file `init` creates besides the database and the config.
     pub const IDENTITY: [&str; 7] = [SIGNING, SEALING, CA, CA_KEY, SERVER, SERVER_KEY, TOKEN];
+    /// The files of [`IDENTITY`] that stay for the life of the directory
+    /// (the key pair of key id 1 may be purged after a rotation).
+    pub const FIXED: [&str; 5] = [CA, CA_KEY, SERVER, SERVER_KEY, TOKEN];
 }
 
 /// Errors of the data directory.
@@ -99,6 +141,17 @@ pub enum DataDirError {
     /// No system randomness.
     #[error("no system randomness")]
     Random,
+    /// The directory holds no complete key pair.
+    #[error("{0} holds no backend key pair (signing-N.pem with sealing-N.pem)")]
+    NoKeys(PathBuf),
+    /// One half of a key pair is missing.
+    #[error("{present} exists but {missing} does not; restore it or move the other away")]
+    HalfKeyPair {
+        /// The file that exists.
+        present: PathBuf,
+        /// The file that is missing.
+        missing: PathBuf,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -125,14 +178,19 @@ pub enum InitOutcome {
 /// on an initialized directory it changes nothing; it never overwrites a key.
 pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
+    // Initialized: the fixed files and at least one key pair (key id 1 may
+    // have been purged after a rotation, see the module doc).
+    let complete_pair = key_ids(dir)?.into_iter().any(|kid| {
+        dir.join(files::signing(kid)).exists() && dir.join(files::sealing(kid)).exists()
+    });
+    if files::FIXED.iter().all(|f| dir.join(f).exists()) && complete_pair {
+        return Ok(InitOutcome::AlreadyInitialized);
+    }
     let present: Vec<&str> = files::IDENTITY
         .iter()
         .copied()
         .filter(|f| dir.join(f).exists())
         .collect();
-    if present.len() == files::IDENTITY.len() {
-        return Ok(InitOutcome::AlreadyInitialized);
-    }
     if !present.is_empty() {
         let missing: Vec<&str> = files::IDENTITY
             .iter()
@@ -147,11 +205,6 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirErr
     }
     let mut rng = os_rng();
     let keys = BackendKeys::generate(KEY_ID, &mut rng);
-    let signing_pem = keys
-        .signing()
-        .to_pkcs8_pem()
-        .map_err(|_| DataDirError::BadKey(dir.join(files::SIGNING)))?;
-    let sealing_pem = x25519_to_pem(&keys.sealing().danger_to_bytes());
     let ca = pki::generate_ca()?;
     let mut sans = vec![
         "localhost".to_owned(),
@@ -171,8 +224,7 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirErr
 
     // Secrets first; the token hash last, so a crash mid-way is detected as
     // partial rather than looking initialized.
-    write_file(&dir.join(files::SIGNING), signing_pem.as_bytes(), 0o600)?;
-    write_file(&dir.join(files::SEALING), sealing_pem.as_bytes(), 0o600)?;
+    write_key_pair(dir, &keys)?;
     write_file(&dir.join(files::CA_KEY), ca.key_pem.as_bytes(), 0o600)?;
     write_file(&dir.join(files::CA), ca.cert_pem.as_bytes(), 0o644)?;
     write_file(&dir.join(files::SERVER_KEY), server_key.as_bytes(), 0o600)?;
@@ -216,12 +268,104 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), DataDirErro
     Ok(())
 }
 
+/// Writes the key files of `keys` (`sealing-N.pem`, then `signing-N.pem`,
+/// each 0600, atomically). Refuses to overwrite either.
+pub fn write_key_pair(dir: &Path, keys: &BackendKeys) -> Result<(), DataDirError> {
+    let signing_path = dir.join(files::signing(keys.kid()));
+    let signing_pem = keys
+        .signing()
+        .to_pkcs8_pem()
+        .map_err(|_| DataDirError::BadKey(signing_path.clone()))?;
+    let sealing_pem = x25519_to_pem(&keys.sealing().danger_to_bytes());
+    // The signing file marks a key pair as present (see `key_ids`), so it
+    // comes last: a crash in between leaves a lone sealing file, which is
+    // never loaded.
+    write_file(
+        &dir.join(files::sealing(keys.kid())),
+        sealing_pem.as_bytes(),
+        0o600,
+    )?;
+    write_file(&signing_path, signing_pem.as_bytes(), 0o600)
+}
+
+/// Loads the key pair of `kid` from `dir`; `None` if neither of its files
+/// exists. Refuses key files readable by group or others, and a pair with
+/// one half missing.
+pub fn load_key_pair(dir: &Path, kid: KeyId) -> Result<Option<BackendKeys>, DataDirError> {
+    let signing_path = dir.join(files::signing(kid));
+    let sealing_path = dir.join(files::sealing(kid));
+    match (signing_path.exists(), sealing_path.exists()) {
+        (false, false) => return Ok(None),
+        (true, false) => {
+            return Err(DataDirError::HalfKeyPair {
+                present: signing_path,
+                missing: sealing_path,
+            })
+        }
+        (false, true) => {
+            return Err(DataDirError::HalfKeyPair {
+                present: sealing_path,
+                missing: signing_path,
+            })
+        }
+        (true, true) => {}
+    }
+    let signing = IdentityKey::from_pkcs8_pem(&read_secret(&signing_path)?)
+        .map_err(|_| DataDirError::BadKey(signing_path.clone()))?;
+    let sealing = x25519_from_pem(&read_secret(&sealing_path)?)
+        .ok_or_else(|| DataDirError::BadKey(sealing_path.clone()))?;
+    Ok(Some(BackendKeys::from_parts(kid, signing, sealing)))
+}
+
+/// Deletes the key files of `kid` (both halves, whichever exist); returns
+/// whether there was anything to delete. The directory entry is synced.
+pub fn remove_key_pair(dir: &Path, kid: KeyId) -> Result<bool, DataDirError> {
+    let mut removed = false;
+    for name in [files::signing(kid), files::sealing(kid)] {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DataDirError::Io { path, source: e }),
+        }
+    }
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(removed)
+}
+
+/// The key ids that have a key file (either half) in `dir`, ascending.
+pub fn key_ids(dir: &Path) -> Result<Vec<KeyId>, DataDirError> {
+    let mut out = std::collections::BTreeSet::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io(dir))?;
+        if let Some(kid) = entry.file_name().to_str().and_then(files::key_id_of) {
+            out.insert(kid.0);
+        }
+    }
+    Ok(out.into_iter().map(KeyId).collect())
+}
+
 /// The loaded contents of an initialized data directory.
 pub struct DataDir {
     /// The directory.
     pub path: PathBuf,
-    /// The backend's key pair.
+    /// The key pair with the lowest key id in the directory. For a
+    /// directory fresh from `init` that is key id 1, the anchor peripherals
+    /// are provisioned with until the first rotation. The backend serves
+    /// every key pair of the ring ([`DataDir::key_pairs`]), not only this
+    /// one; which one is current is kept in the database
+    /// ([`crate::keyring`]).
     pub keys: BackendKeys,
+    /// The directory's other key pairs, by ascending key id (empty until a
+    /// rotation).
+    pub more_keys: Vec<BackendKeys>,
     /// The CA.
     pub ca: CaMaterial,
     /// SHA-256 of the admin token.
@@ -232,7 +376,10 @@ impl std::fmt::Debug for DataDir {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataDir")
             .field("path", &self.path)
-            .field("kid", &self.keys.kid())
+            .field(
+                "kids",
+                &self.key_pairs().map(BackendKeys::kid).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -250,17 +397,21 @@ fn read_secret(path: &Path) -> Result<Zeroizing<String>, DataDirError> {
 }
 
 impl DataDir {
-    /// Loads an initialized data directory.
+    /// Loads an initialized data directory, with every key pair in it.
     pub fn load(dir: &Path) -> Result<Self, DataDirError> {
-        if !dir.join(files::SIGNING).exists() {
+        if !is_initialized(dir) {
             return Err(DataDirError::NotInitialized(dir.to_owned()));
         }
-        let signing_path = dir.join(files::SIGNING);
-        let signing = IdentityKey::from_pkcs8_pem(&read_secret(&signing_path)?)
-            .map_err(|_| DataDirError::BadKey(signing_path.clone()))?;
-        let sealing_path = dir.join(files::SEALING);
-        let sealing = x25519_from_pem(&read_secret(&sealing_path)?)
-            .ok_or_else(|| DataDirError::BadKey(sealing_path.clone()))?;
+        let mut pairs = Vec::new();
+        for kid in key_ids(dir)? {
+            if let Some(pair) = load_key_pair(dir, kid)? {
+                pairs.push(pair);
+            }
+        }
+        if pairs.is_empty() {
+            return Err(DataDirError::NoKeys(dir.to_owned()));
+        }
+        let keys = pairs.remove(0);
         let ca_path = dir.join(files::CA);
         let ca = CaMaterial {
             cert_pem: fs::read_to_string(&ca_path).map_err(io(&ca_path))?,
@@ -273,14 +424,26 @@ impl DataDir {
             .map_err(|_| DataDirError::BadKey(token_path))?;
         Ok(Self {
             path: dir.to_owned(),
-            keys: BackendKeys::from_parts(KEY_ID, signing, sealing),
+            keys,
+            more_keys: pairs,
             ca,
             token_hash,
         })
     }
 
+    /// Every key pair of the directory, by ascending key id.
+    pub fn key_pairs(&self) -> impl Iterator<Item = &BackendKeys> {
+        std::iter::once(&self.keys).chain(&self.more_keys)
+    }
+
+    /// The key pair of `kid`, if the directory holds it.
+    pub fn key_pair(&self, kid: KeyId) -> Option<&BackendKeys> {
+        self.key_pairs().find(|k| k.kid() == kid)
+    }
+
     /// Backend state that lives only in memory, for simulations and tests:
-    /// the given keys, a fresh CA, a fresh admin token (returned). Nothing is
+    /// the given keys (the only key pair: an in-memory backend cannot
+    /// rotate, having no directory to keep keys in), a fresh CA, a fresh admin token (returned). Nothing is
     /// written; [`server_tls`](Self::server_tls) is not available.
     pub fn ephemeral(keys: BackendKeys) -> Result<(Self, Zeroizing<String>), DataDirError> {
         let ca = pki::generate_ca()?;
@@ -292,6 +455,7 @@ impl DataDir {
             Self {
                 path: PathBuf::new(),
                 keys,
+                more_keys: Vec::new(),
                 ca,
                 token_hash,
             },
@@ -311,6 +475,11 @@ impl DataDir {
     pub fn sqlite_url(&self) -> String {
         sqlite_url(&self.path)
     }
+}
+
+/// Whether `dir` was initialized: `init` writes the admin token hash last.
+pub fn is_initialized(dir: &Path) -> bool {
+    dir.join(files::TOKEN).exists()
 }
 
 /// The SQLite URL of the database in `dir`.
@@ -453,6 +622,76 @@ mod tests {
             DataDir::load(dir.path()),
             Err(DataDirError::Permissions { .. })
         ));
+    }
+
+    #[test]
+    fn key_pairs_of_the_ring_are_private_checked_and_all_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[]).unwrap();
+        let k2 = BackendKeys::generate(KeyId(2), &mut vouch_proto::testing::rng(2));
+        write_key_pair(dir.path(), &k2).unwrap();
+        for f in [files::signing(KeyId(2)), files::sealing(KeyId(2))] {
+            let mode = fs::metadata(dir.path().join(&f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        // Never overwritten.
+        assert!(write_key_pair(dir.path(), &k2).is_err());
+        let dd = DataDir::load(dir.path()).unwrap();
+        let kids: Vec<u8> = dd.key_pairs().map(|k| k.kid().0).collect();
+        assert_eq!(kids, [1, 2]);
+        assert_eq!(dd.keys.kid(), KeyId(1));
+        assert_eq!(dd.key_pair(KeyId(2)).unwrap().anchor(), k2.anchor());
+        assert!(!format!("{dd:?}").contains("PRIVATE"));
+
+        // A loose mode on a rotated key is refused like on key 1.
+        let p = dir.path().join(files::sealing(KeyId(2)));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(matches!(
+            DataDir::load(dir.path()),
+            Err(DataDirError::Permissions { .. })
+        ));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+
+        // Key 1 purged: still initialized, key 2 is the lowest.
+        assert!(remove_key_pair(dir.path(), KeyId(1)).unwrap());
+        assert!(!remove_key_pair(dir.path(), KeyId(1)).unwrap());
+        assert!(matches!(
+            init(dir.path(), &[]).unwrap(),
+            InitOutcome::AlreadyInitialized
+        ));
+        let dd = DataDir::load(dir.path()).unwrap();
+        assert_eq!(dd.keys.kid(), KeyId(2));
+        assert!(dd.more_keys.is_empty());
+
+        // Half a pair is an error, not a silently missing key.
+        fs::remove_file(dir.path().join(files::signing(KeyId(2)))).unwrap();
+        assert!(matches!(
+            DataDir::load(dir.path()),
+            Err(DataDirError::HalfKeyPair { .. })
+        ));
+    }
+
+    #[test]
+    fn key_file_names_parse_canonically() {
+        assert_eq!(files::key_id_of("signing-1.pem"), Some(KeyId(1)));
+        assert_eq!(files::key_id_of("sealing-255.pem"), Some(KeyId(255)));
+        assert_eq!(files::key_id_of("signing-0.pem"), Some(KeyId(0)));
+        for bad in [
+            "signing-01.pem",
+            "signing-256.pem",
+            "signing-.pem",
+            "signing-+1.pem",
+            "signing-1.pem.tmp",
+            "ca-key.pem",
+            "server-key.pem",
+        ] {
+            assert_eq!(files::key_id_of(bad), None, "{bad}");
+        }
+        assert_eq!(files::key_id_of(&files::signing(KeyId(7))), Some(KeyId(7)));
     }
 
     #[test]

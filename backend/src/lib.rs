@@ -17,6 +17,8 @@
 //! - [`routes`]: gateway API (postcard bodies, mutual TLS), admin API (JSON,
 //!   bearer token), operations (`/healthz`, `/readyz`, `/metrics`,
 //!   `/v1/openapi.json`).
+//! - [`keyring`]: the backend's key pairs, their rotation and the signed
+//!   trust-anchor updates served to gateways (SPEC.md §7.7).
 //! - [`datadir`], [`pki`], [`config`], [`import`], [`anchor`]: the operator's side.
 //!
 //! ## Example
@@ -45,7 +47,6 @@ use std::time::Duration;
 use axum::Router;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use vouch_proto::handshake::backend::BackendKeys;
 use vouch_proto::keys::PublicKey;
 
 pub mod anchor;
@@ -55,6 +56,7 @@ pub mod datadir;
 pub mod error;
 pub mod feed;
 pub mod import;
+pub mod keyring;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
@@ -96,8 +98,12 @@ pub struct AppState {
 pub struct Inner {
     /// The registry.
     pub store: Store,
-    /// The backend's key pair (vouch signing, hello sealing).
-    pub keys: BackendKeys,
+    /// The backend key pairs this instance serves (vouch signing, hello
+    /// sealing), by key id; reloaded as keys are rotated and purged.
+    pub keys: keyring::ServedKeys,
+    /// The data directory the keys are loaded from (empty for an in-memory
+    /// backend, whose one key pair never changes).
+    pub data_dir: std::path::PathBuf,
     /// The CA, for issuing gateway certificates at enrollment.
     pub ca: CaMaterial,
     /// SHA-256 of the admin token.
@@ -134,10 +140,24 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// Builds the state and starts its background tasks (group-commit writer,
-    /// event-log poll, lockout refresh, replay-cache purge). Needs a Tokio
-    /// runtime. The tasks stop when [`AppState::shutdown`] is cancelled.
+    /// event-log poll, lockout refresh, key-ring reload, replay-cache purge).
+    /// Needs a Tokio runtime. The tasks stop when [`AppState::shutdown`] is
+    /// cancelled.
+    ///
+    /// The instance serves the key pairs of `data` that the database
+    /// registers and has not purged ([`keyring`]); with nothing registered
+    /// (no rotation yet), the directory's one key pair.
     pub async fn new(store: Store, data: DataDir, config: Config) -> Result<Self, StoreError> {
         install_crypto_provider();
+        let DataDir {
+            path: data_dir,
+            keys,
+            more_keys,
+            ca,
+            token_hash,
+        } = data;
+        let ring =
+            keyring::initial_ring(&store, std::iter::once(keys).chain(more_keys).collect()).await?;
         let metrics = Metrics::new();
         let sec = &config.security;
         let lockouts = Lockouts::new(
@@ -164,9 +184,10 @@ impl AppState {
                     config.limits.max_concurrent_requests.max(1),
                 )),
                 store,
-                keys: data.keys,
-                ca: data.ca,
-                token_hash: data.token_hash,
+                keys: keyring::ServedKeys::new(ring),
+                data_dir,
+                ca,
+                token_hash,
                 config,
                 metrics,
                 lockouts,
@@ -207,6 +228,9 @@ async fn background(state: AppState) {
             match state.store.active_lockouts(now_ms()).await {
                 Ok(l) => state.lockouts.refresh(l),
                 Err(e) => tracing::warn!(error = %e, "lockout refresh failed"),
+            }
+            if let Err(e) = keyring::reload(&state).await {
+                tracing::warn!(error = %e, "key ring reload failed");
             }
         }
         if n.is_multiple_of(ticks_per_s * 60) {

@@ -24,7 +24,7 @@ use vouch_backend::routes::admin::{
 };
 use vouch_backend::server::{self, Transport};
 use vouch_backend::store::{GatewayFilter, PeripheralFilter, Store};
-use vouch_backend::{app, pki, AppState};
+use vouch_backend::{app, keyring, pki, AppState};
 use vouch_proto::keys::{PeripheralId, PublicKey};
 
 /// The actor recorded in the audit log for CLI commands.
@@ -153,11 +153,108 @@ enum Command {
     /// List or lift lockouts.
     #[command(subcommand)]
     Lockouts(LockoutCmd),
-    /// Print the provisioning bundle for peripherals (JSON; see the `anchor` module doc).
+    /// Print the provisioning bundle for peripherals: the current anchors and the last anchor-update serial (JSON).
+    #[command(
+        long_about = "Print the provisioning bundle new peripherals are flashed with \
+(`vouch-peripheral provision --anchor FILE`): the anchors a peripheral holds once it applied every \
+anchor update this backend issued (the current key last, as the primary), and the serial of the last \
+update. A device flashed with it starts current; export it again after every `keys rotate` and \
+`keys retire`."
+    )]
     ExportAnchor {
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Manage the backend's key pairs: list, rotate, retire, purge (SPEC.md §7.7).
+    #[command(subcommand, long_about = KEYS_HELP)]
+    Keys(KeysCmd),
+}
+
+const KEYS_HELP: &str =
+    "Manage the backend's key pairs (the key ring) and the signed trust-anchor \
+updates that move peripherals from one key to the next without re-flashing them (SPEC.md §7.7).
+
+Each key pair has a key id (0-255, never reused). Its private halves are the files \
+signing-N.pem and sealing-N.pem (mode 0600) in the data directory; its status and the signed \
+updates are in the database, shared by every instance. A rotation:
+
+  1. keys rotate        new key pair N+1 and the update Add(N+1), signed by the current key N.
+                        Gateways deliver it to peripherals in session; a peripheral that applied it
+                        seals its hellos to N+1, so N+1 is the current key. Key N stays trusted.
+  2. export-anchor      new devices are flashed with the new anchors.
+  3. keys retire N      the update Retire(N): peripherals drop key N. The backend keeps serving N
+                        (it still opens hellos sealed to N and signs their vouches with N), because
+                        a peripheral that has not received the Add yet still seals to N and must be
+                        able to connect to get the updates.
+  4. keys purge N       when no peripheral uses key N any more (audit: vouches record kid=N): stop
+                        serving N on every instance and delete its private key here. A peripheral
+                        that still knows only N is refused (unknown_backend_key) and must be
+                        provisioned again.
+
+With several backend instances, run `keys rotate --prepare` first, copy the two new key files to \
+every instance's data directory (each instance loads them within a second, no restart), then \
+`keys rotate` to announce. See backend/README.md, \"Key rotation\".";
+
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// List every key id: state, created, update serials, public keys (never a private key).
+    #[command(
+        long_about = "List every key id the backend registered: its state (prepared, \
+current, trusted, retired, purged), when it was created, the serials of the updates that added and \
+retired it, whether its private key is in this data directory, and its public keys. Before the \
+first rotation the data directory's key 1 is the only one. Never prints a private key."
+    )]
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// New key pair, announced to peripherals with a signed `Add` (the new key becomes current).
+    #[command(
+        long_about = "Create the next key pair (key id = the highest ever used + 1; files \
+signing-N.pem and sealing-N.pem, mode 0600) and issue the anchor update Add(new anchor) with the \
+next serial, signed by the current key. Gateways fetch it and deliver it to peripherals in session; \
+a peripheral that applies it makes the new anchor its primary and seals its next hellos to it, so \
+the new key is the current one from now on (it signs the next updates). The previous key stays \
+trusted and served: peripherals that have not received the update keep working with it. Refused \
+when peripherals already hold 4 anchors: retire one first. If a key was prepared \
+(--prepare), this announces that key instead of creating another."
+    )]
+    Rotate {
+        /// Only create the key pair (it is served at once) and do not announce it yet. For several
+        /// backend instances: copy its two files to every instance, then run `keys rotate`.
+        #[arg(long)]
+        prepare: bool,
+    },
+    /// Signed `Retire` of an older key: peripherals drop it; it stays served until `keys purge`.
+    #[command(
+        long_about = "Issue the anchor update Retire(KID) with the next serial, signed by \
+the current key: peripherals that apply it stop trusting key KID. Refuses the current key (rotate \
+first) and hence the last one. The backend keeps serving KID (opening hellos sealed to it and \
+signing their vouches with it): a peripheral that has not received the updates yet still seals to \
+KID, and gets the updates in the session this opens. Stop serving it with `keys purge KID`."
+    )]
+    Retire {
+        /// The key id.
+        kid: u8,
+    },
+    /// Stop serving a retired key on every instance and delete its private key from this directory.
+    #[command(
+        long_about = "Stop serving key KID on every backend instance (within a second) and \
+delete signing-KID.pem and sealing-KID.pem from this data directory. Only a retired key, or a \
+prepared one never announced, can be purged. Irreversible: hellos sealed to KID are refused \
+(unknown_backend_key) from then on, so a peripheral that still knows only KID (it missed every \
+update) can no longer connect and must be provisioned again with `export-anchor`. Before purging, \
+check the audit log: vouches record the key id that signed them (kid=N). On other hosts holding a \
+copy of the key, run it again to delete their copy (it is not served there either way)."
+    )]
+    Purge {
+        /// The key id.
+        kid: u8,
+        /// Confirm: this is irreversible.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -338,7 +435,7 @@ async fn open_store(cli: &Cli) -> Result<Store> {
     let url = match &cli.database_url {
         Some(u) => u.clone(),
         None => {
-            if !cli.data_dir.join(datadir::files::SIGNING).exists() {
+            if !datadir::is_initialized(&cli.data_dir) {
                 bail!(
                     "{} is not initialized: run `vouch-backend init --data-dir {}`",
                     cli.data_dir.display(),
@@ -716,7 +813,11 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::ExportAnchor { out } => {
             let data = DataDir::load(&cli.data_dir)?;
-            let json = serde_json::to_string_pretty(&vouch_backend::anchor::bundle(&data.keys))?;
+            let store = open_store(&cli).await?;
+            let status = keyring::status(&data, &store).await;
+            store.close().await;
+            let json =
+                serde_json::to_string_pretty(&vouch_backend::anchor::bundle(&status?.fleet))?;
             match out {
                 Some(p) => std::fs::write(p, json + "\n")
                     .with_context(|| format!("cannot write {}", p.display()))?,
@@ -724,7 +825,139 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys(cmd) => keys_cmd(&cli, cmd).await,
     }
+}
+
+async fn keys_cmd(cli: &Cli, cmd: &KeysCmd) -> Result<std::process::ExitCode> {
+    let data = DataDir::load(&cli.data_dir)?;
+    let store = open_store(cli).await?;
+    let result = keys_on(cli, cmd, &data, &store).await;
+    store.close().await;
+    result.map(|()| std::process::ExitCode::SUCCESS)
+}
+
+async fn keys_on(cli: &Cli, cmd: &KeysCmd, data: &DataDir, store: &Store) -> Result<()> {
+    match cmd {
+        KeysCmd::List { json } => {
+            let status = keyring::status(data, store).await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "current": status.current().map(|k| k.0),
+                        "serial": status.serial(),
+                        "registered": status.registered,
+                        "keys": status.keys,
+                    }))?
+                );
+                return Ok(());
+            }
+            println!(
+                "{:>3}  {:<8}  {:<24}  {:>5}  {:>7}  {:<7}  {:<64}  sealing",
+                "kid", "state", "created", "added", "retired", "private", "signing"
+            );
+            for k in &status.keys {
+                let serial = |s: Option<u32>| s.map_or_else(|| "-".to_owned(), |s| s.to_string());
+                println!(
+                    "{:>3}  {:<8}  {:<24}  {:>5}  {:>7}  {:<7}  {}  {}",
+                    k.kid,
+                    k.state.as_str(),
+                    k.created.to_string(),
+                    serial(k.added_serial),
+                    serial(k.retired_serial),
+                    if k.private_key_here { "here" } else { "absent" },
+                    k.signing,
+                    k.sealing
+                );
+            }
+            let kids: Vec<String> = status.fleet.iter().map(|a| a.kid.to_string()).collect();
+            println!(
+                "last update serial {}; a fully updated peripheral holds keys [{}] and seals to key {}",
+                status.serial(),
+                kids.join(", "),
+                status.current().map_or_else(|| "-".to_owned(), |k| k.to_string())
+            );
+            if !status.registered {
+                println!("no rotation yet: the data directory's key is the only one");
+            }
+        }
+        KeysCmd::Rotate { prepare } => {
+            let r = keyring::rotate(data, store, *prepare, CLI_ACTOR).await?;
+            let kid = r.anchor.kid;
+            let files = format!(
+                "{} and {}",
+                cli.data_dir.join(datadir::files::signing(kid)).display(),
+                cli.data_dir.join(datadir::files::sealing(kid)).display()
+            );
+            match r.update {
+                None => {
+                    println!("key {kid} prepared ({files}, mode 0600); served, not announced");
+                    println!(
+                        "next: copy both files to every other backend instance's data directory, \
+                         then run `vouch-backend keys rotate` to announce key {kid}"
+                    );
+                }
+                Some(u) => {
+                    let how = if r.created { "created" } else { "(prepared)" };
+                    println!(
+                        "key {kid} {how} and announced: anchor update {} = Add(key {kid}), signed by key {}",
+                        u.serial, u.signer
+                    );
+                    if r.created {
+                        println!("key files: {files} (mode 0600); copy them to every other backend instance");
+                    }
+                    println!(
+                        "gateways deliver the update to peripherals in session; those seal to key {kid} from then on. \
+                         Key {} stays trusted and served. Next: `vouch-backend export-anchor` for new devices; \
+                         later `vouch-backend keys retire {}`",
+                        u.signer, u.signer
+                    );
+                }
+            }
+        }
+        KeysCmd::Retire { kid } => {
+            let u = keyring::retire(data, store, vouch_proto::keys::KeyId(*kid), CLI_ACTOR).await?;
+            println!(
+                "anchor update {} = Retire(key {kid}), signed by key {}",
+                u.serial, u.signer
+            );
+            println!(
+                "key {kid} is still served, for peripherals that have not received the updates yet. \
+                 When the audit log shows no more vouches with kid={kid}: `vouch-backend keys purge {kid} --yes`"
+            );
+        }
+        KeysCmd::Purge { kid, yes } => {
+            if !yes {
+                bail!(
+                    "purging key {kid} is irreversible: peripherals that still know only key {kid} \
+                     will be refused and must be provisioned again. Run again with --yes"
+                );
+            }
+            let p = keyring::purge(
+                &cli.data_dir,
+                store,
+                vouch_proto::keys::KeyId(*kid),
+                CLI_ACTOR,
+            )
+            .await?;
+            if p.newly_purged {
+                println!("key {kid} purged: no backend instance serves it any more");
+            } else {
+                println!("key {kid} was already purged");
+            }
+            println!(
+                "{} private key files of key {kid} in {}",
+                if p.files_removed {
+                    "deleted the"
+                } else {
+                    "found no"
+                },
+                cli.data_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_peripheral_line(p: &PeripheralRecord) {
@@ -893,6 +1126,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     let store = Store::open(&url)
         .await
         .context("cannot open the database")?;
+    keyring::check(&data, &store)
+        .await
+        .context("the data directory's keys do not match the database")?;
     let engine = store.engine();
     let state = AppState::new(store.clone(), data, config.clone()).await?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -43,6 +43,14 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
+        "/v1/anchor-updates",
+        "Signed trust-anchor updates after a serial, for peripherals in session (query: after; SPEC.md §10.6)",
+        Auth::Gateway,
+        Body::None,
+        Body::Postcard("AnchorUpdateBatch"),
+    ),
+    (
+        "get",
         "/v1/admin/peripherals",
         "List peripherals (query: status, group, after, limit)",
         Auth::Admin,
@@ -172,7 +180,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     (
         "get",
         "/v1/admin/anchor",
-        "The peripheral provisioning bundle",
+        "The peripheral provisioning bundle: the current anchors and the last update serial",
         Auth::Admin,
         Body::None,
         Body::Json("AnchorBundle"),

@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | 1 | gateway enrolled and active (TLS identity) | one indexed read, once per request | `gateway_unknown`, `gateway_not_active` |
 //! | 2 | gateway not locked out | memory | `gateway_locked_out` (answered `Busy`) |
-//! | 2 | hello decodes, names our key id | decode | `malformed_hello`, `unknown_backend_key` |
+//! | 2 | hello decodes, names a key id this instance serves ([`crate::keyring`]: not purged) | decode, memory | `malformed_hello`, `unknown_backend_key` |
 //! | 3 | `e_P` not in the replay cache | one indexed read | `replay` |
 //! | 4 | open the sealed identity | one X25519 | `bad_seal` |
 //! | 3 | claimed id not locked out | memory | `peripheral_locked_out` (answered `Busy`) |
@@ -17,7 +17,14 @@
 //! | 7 | policy grants a scope | one read | `policy_denied` |
 //! | 7½ | not live on another gateway (clone) | one read | `clone_refused` (if `clone_action = "refuse"`) |
 //! | 8 | record `e_P` (the authoritative replay check) and the audit entry, durably | group commit | `replay` |
-//! | 8 | sign the vouch | one Ed25519 sign | — |
+//! | 8 | sign the vouch with the key pair the hello named (the one it was opened with) | one Ed25519 sign | — |
+//!
+//! The hello names the key its peripheral sealed it to: the peripheral's
+//! primary anchor, which it holds. So the vouch is signed by that same key
+//! pair, and the peripheral can verify it (SPEC.md §5.6 step 4 looks up the
+//! vouch's `backend_key` among its anchors) whether or not it has applied
+//! the anchor updates of a rotation yet. Each request works on one snapshot
+//! of the key ring.
 //!
 //! Every refusal except a lockout is answered `Refused(Denied)`, identical on
 //! the wire whatever the reason; lockouts are answered `Refused(Busy)`
@@ -32,11 +39,12 @@
 //! dozens of vouches. Each request waits for the commit that holds its
 //! decisions, so nothing is answered before it is on disk.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use vouch_proto::handshake::backend::{open_hello, VerifiedHello, VouchGrant};
-use vouch_proto::keys::{DhPublic, PeripheralId, PublicKey};
+use vouch_proto::handshake::backend::{open_hello, BackendKeys, VerifiedHello, VouchGrant};
+use vouch_proto::keys::{DhPublic, KeyId, PeripheralId, PublicKey};
 use vouch_proto::wire::backend::{
     PeripheralInfo, Refusal, SessionEvent, SessionEventKind, SessionVerdict, VouchAnswer,
     VouchRequest, Vouched,
@@ -147,6 +155,8 @@ impl Reason {
 /// A positive decision waiting for step 8.
 struct Granted {
     verified: VerifiedHello,
+    /// The key pair the hello named and was opened with: it signs the vouch.
+    keys: Arc<BackendKeys>,
     record: PeripheralRecord,
     scope: Scope,
     lifetimes: Lifetimes,
@@ -190,12 +200,16 @@ fn judge_gateway(g: Option<GatewayRecord>) -> GatewayCheck {
 enum Stage {
     /// Refused at some step.
     Done(Decision),
-    /// Decoded (step 2), waiting for the replay check and the opening.
-    Decoded(Hello),
-    /// Opened (step 4), waiting for the registry.
-    Opened(vouch_proto::handshake::backend::OpenedHello),
+    /// Decoded (step 2), waiting for the replay check and the opening with
+    /// the key pair it names.
+    Decoded(Hello, Arc<BackendKeys>),
+    /// Opened (step 4) with this key pair, waiting for the registry.
+    Opened(
+        vouch_proto::handshake::backend::OpenedHello,
+        Arc<BackendKeys>,
+    ),
     /// Handed to the batch signature verification (step 6).
-    Verifying(PeripheralId),
+    Verifying(PeripheralId, Arc<BackendKeys>),
 }
 
 /// Decides and answers a batch of vouch requests from the gateway `key`.
@@ -219,6 +233,7 @@ pub(crate) async fn vouch_batch(
         outcome: Err(reason),
         clone_of: Vec::new(),
     };
+    let ring = state.keys.snapshot();
     let mut reader = state.store.reader().await?;
 
     // Decode first (pure computation) so that the gateway lookup and the
@@ -230,7 +245,7 @@ pub(crate) async fn vouch_batch(
     let ephemerals: Vec<DhPublic> = decoded
         .iter()
         .filter_map(|h| h.as_ref().ok())
-        .filter(|h| h.anchor == state.keys.kid())
+        .filter(|h| ring.get(h.anchor).is_some())
         .map(|h| h.ephemeral)
         .collect();
     let before = reader.before_crypto(key, &ephemerals).await?;
@@ -258,10 +273,10 @@ pub(crate) async fn vouch_batch(
             }
             match hello {
                 Err(()) => Stage::Done(refuse(item, None, Reason::MalformedHello)),
-                Ok(h) if h.anchor != state.keys.kid() => {
-                    Stage::Done(refuse(item, None, Reason::UnknownBackendKey))
-                }
-                Ok(h) => Stage::Decoded(h),
+                Ok(h) => match ring.get(h.anchor) {
+                    Some(keys) => Stage::Decoded(h, keys.clone()),
+                    None => Stage::Done(refuse(item, None, Reason::UnknownBackendKey)),
+                },
             }
         })
         .collect();
@@ -269,11 +284,13 @@ pub(crate) async fn vouch_batch(
 
     // Step 4: open (one X25519 each), then the claimed id's lockout.
     for (stage, item) in stages.iter_mut().zip(items) {
-        let Stage::Decoded(h) = stage else { continue };
+        let Stage::Decoded(h, keys) = stage else {
+            continue;
+        };
         *stage = if replayed.contains(h.ephemeral.as_bytes()) {
             Stage::Done(refuse(item, None, Reason::Replay))
         } else {
-            match open_hello(&item.hello, &state.keys) {
+            match open_hello(&item.hello, keys) {
                 Err(_) => Stage::Done(refuse(item, None, Reason::BadSeal)),
                 // A locked-out claimed id is not refused here: anyone can seal
                 // any id to the backend, so refusing it would let an attacker
@@ -281,7 +298,7 @@ pub(crate) async fn vouch_batch(
                 // differently would tell an observer which id a hello holds).
                 // Its lockout is the audit entry and the alert; a genuine
                 // device's valid signature still goes through below.
-                Ok(o) => Stage::Opened(o),
+                Ok(o) => Stage::Opened(o, keys.clone()),
             }
         };
     }
@@ -290,7 +307,7 @@ pub(crate) async fn vouch_batch(
     let claimed: Vec<PeripheralId> = stages
         .iter()
         .filter_map(|s| match s {
-            Stage::Opened(o) => Some(o.claimed_peripheral()),
+            Stage::Opened(o, _) => Some(o.claimed_peripheral()),
             _ => None,
         })
         .collect();
@@ -312,14 +329,14 @@ pub(crate) async fn vouch_batch(
     let stages: Vec<Stage> = stages
         .into_iter()
         .map(|stage| match stage {
-            Stage::Opened(o) => {
+            Stage::Opened(o, keys) => {
                 let id = o.claimed_peripheral();
                 let key = match records.get(&id) {
                     Some(r) if matches!(r.status, Status::Active) => &r.public_key,
                     _ => &*UNUSED_KEY,
                 };
                 to_verify.push((o, key));
-                Stage::Verifying(id)
+                Stage::Verifying(id, keys)
             }
             other => other,
         })
@@ -329,10 +346,10 @@ pub(crate) async fn vouch_batch(
     let mut granted_ids = Vec::new();
     let mut decisions: Vec<Decision> = Vec::with_capacity(items.len());
     for (stage, item) in stages.into_iter().zip(items) {
-        let (id, verified) = match stage {
+        let (id, keys, verified) = match stage {
             // One verdict per `Verifying` stage, in order.
-            Stage::Verifying(id) => match verdicts.next() {
-                Some(v) => (id, v),
+            Stage::Verifying(id, keys) => match verdicts.next() {
+                Some(v) => (id, keys, v),
                 None => {
                     decisions.push(refuse(item, Some(id), Reason::BadSignature));
                     continue;
@@ -342,7 +359,7 @@ pub(crate) async fn vouch_batch(
                 decisions.push(d);
                 continue;
             }
-            Stage::Decoded(_) | Stage::Opened(_) => {
+            Stage::Decoded(..) | Stage::Opened(..) => {
                 // Every decoded item was opened or refused, and every opened
                 // one handed to the verification, above.
                 decisions.push(refuse(item, None, Reason::MalformedHello));
@@ -378,6 +395,7 @@ pub(crate) async fn vouch_batch(
             claimed: Some(id),
             outcome: Ok(Granted {
                 verified,
+                keys,
                 record: record.clone(),
                 scope,
                 lifetimes,
@@ -437,7 +455,7 @@ async fn finish(
                 NewAudit::new("vouch", "vouched", actor)
                     .gateway(&gw_hex)
                     .peripheral(&g.record.id.to_string())
-                    .detail(&grant_detail(g.scope, g.lifetimes)),
+                    .detail(&grant_detail(g.scope, g.lifetimes, g.keys.kid())),
             ),
             Err(reason) => {
                 let outcome = match reason.refusal() {
@@ -498,7 +516,7 @@ async fn finish(
                     lifetimes: g.lifetimes,
                 };
                 VouchAnswer::Vouched(Vouched {
-                    vouch: g.verified.vouch(&state.keys, &grant),
+                    vouch: g.verified.vouch(&g.keys, &grant),
                     peripheral: PeripheralInfo {
                         id: g.record.id,
                         public_key: g.record.public_key,
@@ -536,12 +554,13 @@ async fn finish(
     Ok(answers)
 }
 
-/// The audit detail of a vouch: what it granted. [`granted_lifetimes`]
-/// reads it back.
-fn grant_detail(scope: Scope, lifetimes: Lifetimes) -> String {
+/// The audit detail of a vouch: what it granted, and the key id that signed
+/// it (so an operator can see which peripherals still seal to an old key
+/// before purging it). [`granted_lifetimes`] reads it back.
+fn grant_detail(scope: Scope, lifetimes: Lifetimes, kid: KeyId) -> String {
     format!(
-        "scope={} session_s={} resumption_s={}",
-        scope.0, lifetimes.session_s, lifetimes.resumption_s
+        "scope={} session_s={} resumption_s={} kid={}",
+        scope.0, lifetimes.session_s, lifetimes.resumption_s, kid
     )
 }
 

@@ -24,6 +24,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_vouch-backend");
 on_both!(
     cli_verbs_work_and_bad_input_is_a_clear_error,
     sigkill_mid_import_loses_nothing_acknowledged,
+    keys_rotate_retire_purge_and_export_through_the_cli,
 );
 
 fn cli(dir: &Path, db: &Db, args: &[&str]) -> Output {
@@ -266,6 +267,186 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
         &["serve", "--insecure-http", "--listen", "0.0.0.0:0"],
     );
     fails_cleanly(&out, "loopback");
+}
+
+/// The exported bundle as the anchors a device is flashed with.
+fn export(dir: &Path, db: &Db) -> AnchorSet {
+    let out = ok(&cli(dir, db, &["export-anchor"]));
+    let bundle: vouch_proto::anchor::AnchorBundle = serde_json::from_str(&out).expect("bundle");
+    bundle.to_anchor_set().expect("valid bundle")
+}
+
+fn kids_of(set: &AnchorSet) -> Vec<u8> {
+    set.iter().map(|a| a.kid.0).collect()
+}
+
+fn key_list(dir: &Path, db: &Db) -> serde_json::Value {
+    serde_json::from_str(&ok(&cli(dir, db, &["keys", "list", "--json"]))).expect("json")
+}
+
+fn states(list: &serde_json::Value) -> Vec<(u64, String)> {
+    list["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| {
+            (
+                k["kid"].as_u64().expect("kid"),
+                k["state"].as_str().expect("state").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn keys_rotate_retire_purge_and_export_through_the_cli(db: Db) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let dir = dir.as_path();
+    init(dir, &db);
+    let secrets = |kid: u8| -> Vec<String> {
+        // The base64 lines of both private key files.
+        [format!("signing-{kid}.pem"), format!("sealing-{kid}.pem")]
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(dir.join(f))
+                    .expect("key file")
+                    .lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let key1_secrets = secrets(1);
+
+    // Before any rotation: key 1, current, serial 0; listing writes nothing.
+    let list = key_list(dir, &db);
+    assert_eq!(states(&list), [(1, "current".to_owned())]);
+    assert_eq!(list["serial"], 0);
+    assert_eq!(list["registered"], false);
+    let provisioned = export(dir, &db);
+    assert_eq!((kids_of(&provisioned), provisioned.serial()), (vec![1], 0));
+
+    let out = ok(&cli(dir, &db, &["keys", "rotate"]));
+    assert!(
+        out.contains("key 2 created and announced: anchor update 1 = Add(key 2), signed by key 1"),
+        "{out}"
+    );
+    for f in ["signing-2.pem", "sealing-2.pem"] {
+        let mode = std::fs::metadata(dir.join(f))
+            .expect(f)
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let table = ok(&cli(dir, &db, &["keys", "list"]));
+    assert!(
+        table.contains("current") && table.contains("trusted"),
+        "{table}"
+    );
+    for secret in key1_secrets.iter().chain(&secrets(2)) {
+        assert!(
+            !table.contains(secret.as_str()),
+            "a private key was printed"
+        );
+        assert!(!out.contains(secret.as_str()), "a private key was printed");
+    }
+    let list = key_list(dir, &db);
+    assert_eq!(
+        states(&list),
+        [(1, "trusted".to_owned()), (2, "current".to_owned())]
+    );
+    assert_eq!(list["current"], 2);
+    let exported = export(dir, &db);
+    assert_eq!((kids_of(&exported), exported.serial()), (vec![1, 2], 1));
+    assert_eq!(exported.primary().map(|a| a.kid.0), Some(2));
+
+    fails_cleanly(&cli(dir, &db, &["keys", "retire", "2"]), "current key");
+    fails_cleanly(
+        &cli(dir, &db, &["keys", "retire", "9"]),
+        "not in the key ring",
+    );
+    fails_cleanly(&cli(dir, &db, &["keys", "purge", "1", "--yes"]), "retire 1");
+    let out = ok(&cli(dir, &db, &["keys", "rotate", "--prepare"]));
+    assert!(out.contains("key 3 prepared"), "{out}");
+    let list = key_list(dir, &db);
+    assert_eq!(list["keys"][2]["state"], "prepared");
+    fails_cleanly(
+        &cli(dir, &db, &["keys", "rotate", "--prepare"]),
+        "not announced yet",
+    );
+    let out = ok(&cli(dir, &db, &["keys", "purge", "3", "--yes"]));
+    assert!(out.contains("key 3 purged"), "{out}");
+    assert!(!dir.join("signing-3.pem").exists());
+
+    let out = ok(&cli(dir, &db, &["keys", "retire", "1"]));
+    assert!(
+        out.contains("anchor update 2 = Retire(key 1), signed by key 2"),
+        "{out}"
+    );
+    assert!(out.contains("still served"), "{out}");
+    // A device flashed before the rotation catches up with the updates the
+    // backend stored, in order (here read through the store).
+    let store = Store::open(&db.url_for(dir)).await.expect("store");
+    let mut caught_up = provisioned.clone();
+    for row in store.anchor_updates_after(0).await.expect("updates") {
+        caught_up.apply(&row.update).expect("applies in order");
+    }
+    store.close().await;
+    assert_eq!(kids_of(&caught_up), [2]);
+    let exported = export(dir, &db);
+    assert_eq!(exported, caught_up, "export = a fully updated device");
+
+    fails_cleanly(&cli(dir, &db, &["keys", "purge", "1"]), "--yes");
+    assert!(dir.join("signing-1.pem").exists());
+    let out = ok(&cli(dir, &db, &["keys", "purge", "1", "--yes"]));
+    assert!(out.contains("key 1 purged"), "{out}");
+    assert!(!dir.join("signing-1.pem").exists() && !dir.join("sealing-1.pem").exists());
+    assert_eq!(
+        states(&key_list(dir, &db)),
+        [
+            (1, "purged".to_owned()),
+            (2, "current".to_owned()),
+            (3, "purged".to_owned())
+        ]
+    );
+    // Without key 1's files the directory is still initialized.
+    let again = ok(&cli(dir, &db, &["init"]));
+    assert!(again.contains("already initialized"), "{again}");
+
+    // Every change is in the audit log, and the chain holds.
+    let audit = ok(&cli(dir, &db, &["audit", "query", "--json"]));
+    for action in [
+        "backend_key_genesis",
+        "backend_key_rotate",
+        "backend_key_prepare",
+        "backend_key_retire",
+        "backend_key_purge",
+    ] {
+        assert!(audit.contains(action), "{action} missing from {audit}");
+    }
+    let out = ok(&cli(dir, &db, &["audit", "verify"]));
+    assert!(out.contains("\"intact\""), "{out}");
+
+    // The help explains the procedure.
+    let help = ok(&cli(dir, &db, &["keys", "--help"]));
+    for word in [
+        "rotate",
+        "retire",
+        "purge",
+        "export-anchor",
+        "unknown_backend_key",
+        "--prepare",
+    ] {
+        assert!(
+            help.contains(word),
+            "{word} missing from keys --help: {help}"
+        );
+    }
+    let help = ok(&cli(dir, &db, &["keys", "purge", "--help"]));
+    assert!(help.contains("Irreversible"), "{help}");
 }
 
 async fn sigkill_mid_import_loses_nothing_acknowledged(db: Db) {

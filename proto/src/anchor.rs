@@ -148,19 +148,22 @@ impl AnchorSet {
         self.serial
     }
 
-    /// Verifies and applies an update: the signer must be held, the signature
-    /// must verify strictly, and the serial must be above the last one. On any
-    /// error the set is unchanged.
+    /// Verifies and applies an update (SPEC.md §7.7), checking cheapest
+    /// first: the serial must be above the last one applied, the signer must
+    /// be held, and the signature must verify strictly. An update the set
+    /// already has (a gateway delivers every update it holds, not knowing
+    /// which ones a peripheral applied) is thus refused as stale without a
+    /// signature verification. On any error the set is unchanged.
     pub fn apply(&mut self, update: &AnchorUpdate) -> Result<(), Error> {
+        if update.serial <= self.serial {
+            return Err(PeerMisbehaved::StaleAnchorUpdate.into());
+        }
         let signer = self
             .get(update.signer)
             .ok_or(PeerMisbehaved::BadAnchorUpdate)?;
         let (buf, n) = AnchorUpdate::statement(update.serial, &update.action);
         if !signer.signing.verify_strict(&buf[..n], &update.signature) {
             return Err(PeerMisbehaved::BadAnchorUpdate.into());
-        }
-        if update.serial <= self.serial {
-            return Err(PeerMisbehaved::StaleAnchorUpdate.into());
         }
         let mut next = self.clone();
         match update.action {
@@ -236,6 +239,23 @@ mod tests {
             set.apply(&add),
             Err(PeerMisbehaved::StaleAnchorUpdate.into())
         );
+        // A stale serial is refused before the signature is looked at (the
+        // cheap check first, SPEC.md §7.7): even a forged one is "stale".
+        let mut forged_old = add;
+        forged_old.signature.0[0] ^= 1;
+        assert_eq!(
+            set.apply(&forged_old),
+            Err(PeerMisbehaved::StaleAnchorUpdate.into())
+        );
+        let before = set.clone();
+        let mut forged_new =
+            AnchorUpdate::sign(2, AnchorAction::Add(k9.anchor()), KeyId(2), k2.signing());
+        forged_new.signature.0[0] ^= 1;
+        assert_eq!(
+            set.apply(&forged_new),
+            Err(PeerMisbehaved::BadAnchorUpdate.into())
+        );
+        assert_eq!(set, before, "a refused update changes nothing");
 
         let retire = AnchorUpdate::sign(2, AnchorAction::Retire(KeyId(1)), KeyId(2), k2.signing());
         set.apply(&retire).unwrap();

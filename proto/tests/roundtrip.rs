@@ -28,9 +28,9 @@ use vouch_proto::keys::{DhPublic, IdentityKey, KeyId, PeripheralId, PublicKey, S
 use vouch_proto::session::{Inbound, Session};
 use vouch_proto::testing::Pair;
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, FeedBatch, FeedChange, FeedEvent, PeripheralInfo, SessionEvent,
-    SessionEventKind, SessionReport, SessionReportAnswer, SessionVerdict, VouchAnswer,
-    VouchBatchAnswer, VouchBatchRequest, VouchRequest, Vouched, MAX_BODY,
+    decode_body, encode_body, AnchorUpdateBatch, FeedBatch, FeedChange, FeedEvent, PeripheralInfo,
+    SessionEvent, SessionEventKind, SessionReport, SessionReportAnswer, SessionVerdict,
+    VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest, Vouched, MAX_BODY,
 };
 use vouch_proto::wire::{
     Alert, Finish, Hello, Lifetimes, Mac16, Message, MessageType, Record, Response, ResumeHello,
@@ -581,6 +581,15 @@ proptest! {
     }
 
     #[test]
+    fn anchor_update_batches_round_trip(
+        updates in vec(anchor_update(), 0..4),
+        latest in any::<u32>(),
+        extra in any::<u8>(),
+    ) {
+        check_body(&AnchorUpdateBatch { updates, latest }, extra)?;
+    }
+
+    #[test]
     fn session_reports_round_trip(
         report in session_report(),
         answer in session_report_answer(),
@@ -605,7 +614,7 @@ proptest! {
         }
         each!(
             VouchRequest, VouchBatchRequest, VouchAnswer, VouchBatchAnswer, PeripheralInfo,
-            FeedBatch, SessionReport, SessionReportAnswer
+            FeedBatch, SessionReport, SessionReportAnswer, AnchorUpdateBatch
         );
     }
 

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
-use vouch_proto::anchor::AnchorSet;
+use vouch_proto::anchor::{AnchorAction, AnchorSet, AnchorUpdate};
 use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
 use vouch_proto::handshake::gateway::{
     GatewayConfig, GatewayEstablished, GatewayEvent, GatewayHandshake,
@@ -41,6 +41,10 @@ struct Inputs {
     lifetimes: Lifetimes,
     now: Timestamp,
     record_plaintext: &'static [u8],
+    /// The backend's second key pair, which the anchor updates add (SPEC.md §7.7).
+    anchor_key_id: KeyId,
+    anchor_signing_seed: [u8; 32],
+    anchor_sealing_secret: [u8; 32],
 }
 
 fn inputs() -> Inputs {
@@ -60,6 +64,9 @@ fn inputs() -> Inputs {
         },
         now: Timestamp(1_000),
         record_plaintext: b"21.5 C",
+        anchor_key_id: KeyId(2),
+        anchor_signing_seed: pattern(0x10),
+        anchor_sealing_secret: pattern(0x30),
     }
 }
 
@@ -70,6 +77,8 @@ struct World {
     id: PeripheralId,
     gateway: IdentityKey,
     anchors: AnchorSet,
+    /// The second key pair (key id 2).
+    next_backend: BackendKeys,
 }
 
 impl World {
@@ -84,6 +93,11 @@ impl World {
         let id = PeripheralId::derive(&peripheral.public_key());
         let gateway = IdentityKey::from_seed(&i.gateway_seed);
         let anchors = AnchorSet::new(backend.anchor());
+        let next_backend = BackendKeys::from_parts(
+            i.anchor_key_id,
+            IdentityKey::from_seed(&i.anchor_signing_seed),
+            SealingKey::from_bytes(i.anchor_sealing_secret),
+        );
         Self {
             i,
             backend,
@@ -91,7 +105,29 @@ impl World {
             id,
             gateway,
             anchors,
+            next_backend,
         }
+    }
+
+    /// A rotation (SPEC.md §7.7): serial 1 adds key 2, signed by key 1;
+    /// serial 2 retires key 1, signed by key 2. Returned as postcard bytes.
+    fn anchor_updates(&self) -> (Vec<u8>, Vec<u8>) {
+        let add = AnchorUpdate::sign(
+            1,
+            AnchorAction::Add(self.next_backend.anchor()),
+            self.backend.kid(),
+            self.backend.signing(),
+        );
+        let retire = AnchorUpdate::sign(
+            2,
+            AnchorAction::Retire(self.backend.kid()),
+            self.next_backend.kid(),
+            self.next_backend.signing(),
+        );
+        (
+            postcard::to_allocvec(&add).unwrap(),
+            postcard::to_allocvec(&retire).unwrap(),
+        )
     }
 
     fn info(&self) -> PeripheralInfo {
@@ -209,6 +245,31 @@ fn generate() -> Value {
     let n = g.session.seal_data(i.now, b"led=on", &mut rec).unwrap();
     let record_g2p = rec[..n].to_vec();
 
+    // Anchor updates (SPEC.md §7.7): the peripheral applies both in order;
+    // the first travels in the gateway's next record (counter 1, content type 2).
+    let (add, retire) = w.anchor_updates();
+    let add_update: AnchorUpdate = postcard::from_bytes(&add).unwrap();
+    let retire_update: AnchorUpdate = postcard::from_bytes(&retire).unwrap();
+    let mut big = [0u8; 256];
+    let n = g
+        .session
+        .seal_anchor_update(i.now, &add_update, &mut big)
+        .unwrap();
+    let record_anchor_update = big[..n].to_vec();
+    let mut opened = [0u8; 256];
+    assert_eq!(
+        p.session
+            .open(i.now, &record_anchor_update, &mut opened)
+            .unwrap(),
+        Inbound::AnchorUpdate(add_update)
+    );
+    let mut set = w.anchors.clone();
+    set.apply(&add_update).unwrap();
+    assert_eq!(set.primary(), Some(&w.next_backend.anchor()));
+    set.apply(&retire_update).unwrap();
+    assert_eq!(set.len(), 1);
+    assert_eq!(set.serial(), 2);
+
     // Resumption.
     let mut rp = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
@@ -235,6 +296,7 @@ fn generate() -> Value {
     let (r_send, r_recv) = rp.session.danger_export_keys();
 
     let anchor = w.backend.anchor();
+    let next_anchor = w.next_backend.anchor();
     json!({
         "description": "Vouch protocol v1 test vectors (SPEC.md §12). All byte strings are hex.",
         "version": 1,
@@ -254,6 +316,9 @@ fn generate() -> Value {
             "resumption_lifetime_s": i.lifetimes.resumption_s,
             "record_p2g_plaintext": hex(i.record_plaintext),
             "record_g2p_plaintext": hex(b"led=on"),
+            "anchor_key_id": i.anchor_key_id.0,
+            "anchor_signing_seed": hex(&i.anchor_signing_seed),
+            "anchor_sealing_secret": hex(&i.anchor_sealing_secret),
         },
         "derived": {
             "backend_signing_public": hex(anchor.signing.as_bytes()),
@@ -261,6 +326,8 @@ fn generate() -> Value {
             "peripheral_public": hex(w.peripheral.public_key().as_bytes()),
             "peripheral_id": hex(&w.id.0),
             "gateway_public": hex(w.gateway.public_key().as_bytes()),
+            "anchor_signing_public": hex(next_anchor.signing.as_bytes()),
+            "anchor_sealing_public": hex(next_anchor.sealing.as_bytes()),
         },
         "full": {
             "hello": hex(&hello),
@@ -281,7 +348,12 @@ fn generate() -> Value {
             "key_g2p": hex(&r_recv),
             "next_resumption_id": hex(&rp.ticket.id.0),
         },
-        "negative": negative_vectors(&hello, &resp, &finish, &record_p2g, &resume_hello),
+        "anchor_update": {
+            "add": hex(&add),
+            "retire": hex(&retire),
+            "record_g2p_counter_1": hex(&record_anchor_update),
+        },
+        "negative": negative_vectors(&hello, &resp, &finish, &record_p2g, &resume_hello, &add, &retire),
     })
 }
 
@@ -292,6 +364,8 @@ fn negative_vectors(
     finish: &[u8],
     record: &[u8],
     resume_hello: &[u8],
+    add: &[u8],
+    retire: &[u8],
 ) -> Value {
     let flip = |m: &[u8], at: usize| {
         let mut m = m.to_vec();
@@ -388,6 +462,28 @@ fn negative_vectors(
             "gateway_resume",
             flip(resume_hello, 5),
         ),
+        (
+            "anchor_update_replayed",
+            "peripheral_anchors_after_add",
+            add.to_vec(),
+        ),
+        (
+            "anchor_update_signature_flipped",
+            "peripheral_anchors",
+            flip(add, add.len() - 1),
+        ),
+        // Serial 1 → 2: the signature covers the serial.
+        (
+            "anchor_update_serial_changed",
+            "peripheral_anchors",
+            set(add, 0, 2),
+        ),
+        // Signed by key 2, which a peripheral that missed the Add does not hold.
+        (
+            "anchor_update_unknown_signer",
+            "peripheral_anchors",
+            retire.to_vec(),
+        ),
     ];
     Value::Array(
         cases
@@ -450,6 +546,18 @@ fn reject(state: &str, input: &[u8]) -> Error {
                 }
             }
         }
+        "peripheral_anchors" | "peripheral_anchors_after_add" => {
+            let mut set = w.anchors.clone();
+            if state == "peripheral_anchors_after_add" {
+                let (add, _) = w.anchor_updates();
+                set.apply(&postcard::from_bytes(&add).unwrap()).unwrap();
+            }
+            let update: AnchorUpdate = postcard::from_bytes(input).expect("decodes");
+            let before = set.clone();
+            let err = set.apply(&update).unwrap_err();
+            assert_eq!(set, before, "a refused update changed the anchors");
+            err
+        }
         other => panic!("unknown state {other}"),
     }
 }
@@ -458,7 +566,7 @@ fn reject(state: &str, input: &[u8]) -> Error {
 fn spec_section(v: &Value) -> String {
     let mut s = String::new();
     s.push_str("```text\n");
-    for group in ["inputs", "derived", "full", "resumption"] {
+    for group in ["inputs", "derived", "full", "resumption", "anchor_update"] {
         let Value::Object(map) = &v[group] else {
             panic!()
         };

@@ -53,6 +53,11 @@ MAX_SEALED_VOUCH = 112  # §4.4
 # §5.5 scope bits, §7.3 content types
 TELEMETRY, COMMAND = 1 << 0, 1 << 1
 CT_APPLICATION = 0
+CT_ANCHOR_UPDATE = 2
+
+MAX_ANCHORS = 4  # §2.3
+# §7.7 anchor actions
+ADD, REPLACE, RETIRE = range(3)
 
 # §5.7 labels
 L_PERIPHERAL_ID = b"vouch/1 peripheral-id"
@@ -67,6 +72,7 @@ L_RESUMPTION_ID = b"vouch/1 resumption id"
 L_SESSION_ID = b"vouch/1 session id"
 L_BINDER = b"vouch/1 binder"
 L_RESUME_CONFIRM = b"vouch/1 resume confirm"
+L_ANCHOR_UPDATE = b"vouch/1 anchor update"
 
 
 class Reject(Exception):
@@ -772,6 +778,94 @@ class Gateway:
 
 
 # ---------------------------------------------------------------------------
+# §7.7 Trust-anchor updates
+# ---------------------------------------------------------------------------
+
+
+def encode_anchor(anchor):
+    """§7.7 anchor = kid (1) || signing (32) || sealing (32)."""
+    kid, signing, sealing = anchor
+    return bytes([kid]) + signing + sealing
+
+
+def encode_anchor_action(action):
+    """§7.7 action = varint(0) || anchor | varint(1) || anchor | varint(2) || kid."""
+    kind, arg = action
+    return varint(kind) + (bytes([arg]) if kind == RETIRE else encode_anchor(arg))
+
+
+def anchor_update_statement(serial, action):
+    """§7.7 what the signature covers."""
+    return L_ANCHOR_UPDATE + varint(serial) + encode_anchor_action(action)
+
+
+def sign_anchor_update(serial, action, signer, seed):
+    """§7.7 AnchorUpdate = varint(serial) || action || signer (1) || signature (64)."""
+    signature = ed25519_sign(seed, anchor_update_statement(serial, action))
+    return varint(serial) + encode_anchor_action(action) + bytes([signer]) + signature
+
+
+def decode_anchor_update(data):
+    r = Reader(data)
+    serial = r.varint(32)
+    kind = r.varint(32)
+    if kind in (ADD, REPLACE):
+        action = (kind, (r.u8(), r.take(32), r.take(32)))
+    elif kind == RETIRE:
+        action = (kind, r.u8())
+    else:
+        raise Reject("action", "§7.7 unknown anchor action")
+    signer, signature = r.u8(), r.take(64)
+    r.end()
+    return serial, action, signer, signature
+
+
+class AnchorSet:
+    """§2.3 the anchors a peripheral holds (oldest first; the last is the
+    primary) and the serial of the last update it applied."""
+
+    def __init__(self, anchors, serial=0):
+        self.anchors, self.serial = list(anchors), serial
+
+    def copy(self):
+        return AnchorSet(self.anchors, self.serial)
+
+    def __eq__(self, other):
+        return (self.anchors, self.serial) == (other.anchors, other.serial)
+
+    def get(self, kid):
+        return next((a for a in self.anchors if a[0] == kid), None)
+
+    def primary(self):
+        return self.anchors[-1]
+
+    def apply(self, data):
+        """§7.7: serial, signer, signature, checked in that order; then the
+        action. On any failure nothing changes."""
+        serial, action, signer, signature = decode_anchor_update(data)
+        if serial <= self.serial:
+            raise Reject("stale", "§7.7 serial not above the last one applied")
+        held = self.get(signer)
+        if held is None:
+            raise Reject("signer_unknown", "§7.7 the signer is not a held anchor")
+        ed25519_verify_strict(held[1], anchor_update_statement(serial, action), signature)
+        kind, arg = action
+        anchors = list(self.anchors)
+        if kind == ADD:
+            anchors = [a for a in anchors if a[0] != arg[0]]  # same kid: replaced
+            if len(anchors) >= MAX_ANCHORS:
+                raise Reject("full", "§7.7 Add with 4 anchors held")
+            anchors.append(arg)
+        elif kind == REPLACE:
+            anchors = [arg]
+        else:
+            if self.get(arg) is None or len(anchors) == 1:
+                raise Reject("retire", "§7.7 Retire of an anchor not held, or of the last")
+            anchors = [a for a in anchors if a[0] != arg]
+        self.anchors, self.serial = anchors, serial
+
+
+# ---------------------------------------------------------------------------
 # The check runner
 # ---------------------------------------------------------------------------
 
@@ -841,6 +935,10 @@ class World:
 
     def peripheral(self):
         return Peripheral(self.p_seed, self.id_p, {self.kid: (self.B_sig, self.B_x)}, self.kid)
+
+    def anchor_set(self):
+        """§2.3 the vector peripheral's anchors as provisioned (serial 0)."""
+        return AnchorSet([(self.kid, self.B_sig, self.B_x)])
 
     # The honest runs, each returning fresh parties in a given state.
 
@@ -953,6 +1051,43 @@ def check_positive(V, res):
         res.fail("resumption.gateway_accepts_and_rotates_ticket", "acceptance", e)
 
 
+def check_anchor_updates(V, res):
+    """§7.7: the rotation of the vectors (serial 1 adds key 2, signed by key 1;
+    serial 2 retires key 1, signed by key 2) and the record carrying the Add
+    (§7.3 content type 2, the gateway's record after the vector's first)."""
+    w, i, d, A = World(V["inputs"]), V["inputs"], V["derived"], V["anchor_update"]
+    kid2 = i["anchor_key_id"]
+    seed2 = unhex(i["anchor_signing_seed"])
+    x2 = unhex(i["anchor_sealing_secret"])
+    anchor2 = (kid2, ed25519_public(seed2), x25519_public(x2))
+    res.equal("derived.anchor_signing_public", d["anchor_signing_public"], anchor2[1])
+    res.equal("derived.anchor_sealing_public", d["anchor_sealing_public"], anchor2[2])
+    add = sign_anchor_update(1, (ADD, anchor2), w.kid, w.b_sig_seed)
+    res.equal("anchor_update.add", A["add"], add)
+    retire = sign_anchor_update(2, (RETIRE, w.kid), kid2, seed2)
+    res.equal("anchor_update.retire", A["retire"], retire)
+
+    p, g, _ = w.established()
+    g.session.seal(CT_APPLICATION, w.g2p_plain)  # counter 0: full.record_g2p_counter_0
+    res.equal("anchor_update.record_g2p_counter_1", A["record_g2p_counter_1"],
+              g.session.seal(CT_ANCHOR_UPDATE, add))
+    opened = p.session.open(unhex(A["record_g2p_counter_1"]))
+    res.true("anchor_update.record.peripheral_opens", opened == (CT_ANCHOR_UPDATE, add),
+             (CT_ANCHOR_UPDATE, add.hex()), (opened[0], opened[1].hex()))
+
+    s = w.anchor_set()
+    try:
+        s.apply(unhex(A["add"]))
+        res.true("anchor_update.add_makes_key_2_primary",
+                 s.primary() == anchor2 and len(s.anchors) == 2 and s.serial == 1,
+                 "key 2 primary of 2 anchors, serial 1", (s.primary()[0], len(s.anchors), s.serial))
+        s.apply(unhex(A["retire"]))
+        res.true("anchor_update.retire_leaves_key_2", s.anchors == [anchor2] and s.serial == 2,
+                 "only key 2, serial 2", ([a[0] for a in s.anchors], s.serial))
+    except Reject as e:
+        res.fail("anchor_update.apply", "both updates applied in order", e)
+
+
 # For each negative vector: the rejection codes that count as "rejected for
 # the reason the vector is about" (any other rejection is reported as FAIL).
 EXPECTED_REJECTION = {
@@ -980,6 +1115,12 @@ EXPECTED_REJECTION = {
     "record_counter_changed": {"aead"},
     "resume_hello_binder_flipped": {"binder"},
     "resume_hello_unknown_ticket": {"ticket_unknown"},
+    "anchor_update_replayed": {"stale"},
+    "anchor_update_signature_flipped": {"signature"},
+    # the serial is signed: another serial, another statement
+    "anchor_update_serial_changed": {"signature"},
+    # signed by key 2, which a peripheral that missed the Add does not hold
+    "anchor_update_unknown_signer": {"signer_unknown"},
 }
 
 
@@ -1025,6 +1166,13 @@ def party_in_state(w, V, state):
     if state == "gateway_resume":
         _, g = w.gateway_expecting_resume()
         return (lambda msg: (g.on_first(msg), g.resume_response(w.e_g2))), None
+    if state in ("peripheral_anchors", "peripheral_anchors_after_add"):
+        s = w.anchor_set()
+        if state == "peripheral_anchors_after_add":
+            s.apply(unhex(V["anchor_update"]["add"]))
+        before = s.copy()
+        # §7.7 a refused update changes nothing
+        return s.apply, lambda: None if s == before else "the anchors changed"
     raise LookupError(f"no such state {state!r}")
 
 
@@ -1069,7 +1217,7 @@ def main(argv):
         res.fail("load_vectors", f"a JSON file at {path}", repr(e))
         print(f"{res.passed} passed, {res.failed} failed")
         return 1
-    for part in (check_positive, check_negative):
+    for part in (check_positive, check_anchor_updates, check_negative):
         try:
             part(V, res)
         except Exception as e:  # keep going; report the crash as a failure

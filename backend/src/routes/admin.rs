@@ -16,7 +16,11 @@
 //! | `GET /v1/admin/audit?peripheral=&gateway=&action=&since=&until=&after=&limit=` | audit query |
 //! | `GET /v1/admin/audit/verify` | recompute the hash chain |
 //! | `GET /v1/admin/lockouts`, `DELETE /v1/admin/lockouts/{subject}` | lockouts |
-//! | `GET /v1/admin/anchor` | the provisioning bundle ([`crate::anchor`]) |
+//! | `GET /v1/admin/anchor` | the provisioning bundle ([`crate::anchor`]): the current anchors and serial |
+//!
+//! Key rotation (`vouch-backend keys …`) has no route here: it writes private
+//! keys into the data directory of the host it runs on, so it is a CLI verb
+//! on that host ([`crate::keyring`]).
 
 use std::collections::BTreeMap;
 
@@ -706,6 +710,23 @@ async fn clear_lockout(
     }
 }
 
-async fn anchor(_: Admin, State(state): State<AppState>) -> Json<crate::anchor::AnchorBundle> {
-    Json(crate::anchor::bundle(&state.keys))
+async fn anchor(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<crate::anchor::AnchorBundle>, AppError> {
+    // With no rotation registered, the one key this instance serves.
+    let ring = state.keys.snapshot();
+    let genesis = ring
+        .iter()
+        .next()
+        .map(|k| k.anchor())
+        .ok_or_else(AppError::unavailable)?;
+    match crate::keyring::fleet(&state.store, genesis).await {
+        Ok(fleet) => Ok(Json(crate::anchor::bundle(&fleet))),
+        Err(crate::keyring::KeyRingError::Store(e)) => Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot compute the anchors to provision");
+            Err(AppError::unavailable())
+        }
+    }
 }

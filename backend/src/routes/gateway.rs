@@ -5,8 +5,9 @@
 //! client certificate is refused with 401 `client_certificate_required`. On
 //! the vouch endpoints a gateway that is not enrolled and active gets
 //! `Refused(Denied)` for every item, like every other refusal (SPEC.md §5.3
-//! step 1), with the reason in the audit log; the feed and the session
-//! reports answer it 403 `gateway_not_active` / `gateway_unknown`.
+//! step 1), with the reason in the audit log; the feed, the session reports
+//! and the anchor updates answer it 403 `gateway_not_active` /
+//! `gateway_unknown`.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,8 @@ use axum::Router;
 use serde::Deserialize;
 use vouch_proto::keys::PublicKey;
 use vouch_proto::wire::backend::{
-    FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer, VouchBatchAnswer,
-    VouchBatchRequest, VouchRequest, MAX_BATCH, MAX_FEED_EVENTS,
+    AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
+    VouchBatchAnswer, VouchBatchRequest, VouchRequest, MAX_BATCH, MAX_FEED_EVENTS,
 };
 
 use super::{Postcard, Query};
@@ -67,12 +68,13 @@ impl<S: Send + Sync> FromRequestParts<S> for GatewayKey {
     }
 }
 
-/// Vouch, batch vouch and session reports.
+/// Vouch, batch vouch, session reports and anchor updates.
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/vouch", post(vouch_one))
         .route("/v1/vouch/batch", post(vouch_batch))
         .route("/v1/sessions", post(sessions))
+        .route("/v1/anchor-updates", get(anchor_updates))
 }
 
 /// The revocation feed (outside the request deadline).
@@ -164,6 +166,28 @@ async fn sessions(
     let gateway = active_gateway(&state, &key).await?;
     let items = vouch::report_sessions(&state, &gateway, &report.events).await?;
     Ok(Postcard(SessionReportAnswer { items }))
+}
+
+/// Anchor-updates query.
+#[derive(Debug, Deserialize)]
+struct AnchorUpdatesQuery {
+    /// The serial of the last update the gateway holds (0 for all).
+    #[serde(default)]
+    after: u32,
+}
+
+/// The signed trust-anchor updates after a serial, for the gateway to deliver
+/// to peripherals in session (SPEC.md §7.7, §10.6). Behind the gateway's
+/// budget like the other gateway routes.
+async fn anchor_updates(
+    State(state): State<AppState>,
+    GatewayKey(key): GatewayKey,
+    Query(q): Query<AnchorUpdatesQuery>,
+) -> Result<Postcard<AnchorUpdateBatch>, AppError> {
+    let _budget = take_budget(&state, &key, Kind::Requests)?;
+    active_gateway(&state, &key).await?;
+    let batch = crate::keyring::updates_for_gateways(&state, q.after).await?;
+    Ok(Postcard(batch))
 }
 
 /// Feed query.

@@ -6,6 +6,7 @@
 //! | `POST /v1/vouch/batch` | gateway | postcard `VouchBatchRequest` → `VouchBatchAnswer` |
 //! | `GET /v1/feed?after=SEQ&wait_ms=MS` | gateway | → postcard `FeedBatch` |
 //! | `POST /v1/sessions` | gateway | postcard `SessionReport` → `SessionReportAnswer` |
+//! | `GET /v1/anchor-updates?after=SERIAL` | gateway | → postcard `AnchorUpdateBatch` |
 //! | `/v1/admin/…` | bearer token | JSON; see [`admin`] |
 //! | `GET /healthz`, `/readyz`, `/metrics`, `/v1/openapi.json` | none | |
 //!

@@ -1,5 +1,6 @@
 //! Storage: the registry, policy, replay cache, lockouts, attachments, the
-//! revocation event log and the audit chain, on SQLite or PostgreSQL.
+//! revocation event log, the audit chain, and the backend key ring's status
+//! with the anchor updates issued, on SQLite or PostgreSQL.
 //!
 //! ## One implementation over sqlx's `Any` driver, not a `Store` trait
 //!
@@ -30,6 +31,7 @@
 //! before it).
 
 mod audit;
+mod keys;
 mod read;
 
 use std::collections::BTreeMap;
@@ -42,6 +44,7 @@ use vouch_proto::keys::{DhPublic, PeripheralId, PublicKey};
 use vouch_proto::wire::{Lifetimes, Scope};
 
 pub use audit::{AuditEntry, AuditFilter, AuditVerdict, NewAudit, Rfc3339};
+pub use keys::{KeyRow, UpdateRow};
 pub use read::Reader;
 
 use crate::model::{

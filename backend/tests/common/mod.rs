@@ -182,8 +182,12 @@ impl Backend {
         }
     }
 
+    /// The anchors a device is provisioned with before any rotation: the
+    /// data directory's key 1.
     pub fn anchors(&self) -> AnchorSet {
-        AnchorSet::new(self.state.keys.anchor())
+        let ring = self.state.keys.snapshot();
+        let first = ring.iter().next().expect("a served key").anchor();
+        AnchorSet::new(first)
     }
 
     /// An admin request; returns status and JSON (or Null).

@@ -28,9 +28,9 @@ use vouch_proto::keys::{KeyId, PeripheralId};
 use vouch_proto::session::{CloseReason, Inbound, Session};
 use vouch_proto::testing::{self, Pair};
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, FeedBatch, FeedChange, FeedEvent, PeripheralInfo, SessionEvent,
-    SessionEventKind, SessionReport, SessionReportAnswer, SessionVerdict, VouchAnswer,
-    VouchBatchAnswer, VouchBatchRequest, VouchRequest,
+    decode_body, encode_body, AnchorUpdateBatch, FeedBatch, FeedChange, FeedEvent, PeripheralInfo,
+    SessionEvent, SessionEventKind, SessionReport, SessionReportAnswer, SessionVerdict,
+    VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest,
 };
 use vouch_proto::wire::{encode_alert, Message, Scope, MAX_HANDSHAKE_MESSAGE, MAX_MESSAGE};
 use vouch_proto::{AlertCode, ApiMisuse, Error, FramingError, Timestamp};
@@ -333,6 +333,7 @@ pub fn decode_backend_body(data: &[u8]) -> bool {
         body_round_trip!(data, FeedBatch),
         body_round_trip!(data, SessionReport),
         body_round_trip!(data, SessionReportAnswer),
+        body_round_trip!(data, AnchorUpdateBatch),
     ];
     decoded.contains(&true)
 }
@@ -1007,6 +1008,28 @@ pub fn seeds() -> Vec<Seed> {
         }),
     );
 
+    add(
+        "decode_backend_body",
+        "anchor_update_batch",
+        encode_body(&AnchorUpdateBatch {
+            updates: vec![
+                AnchorUpdate::sign(
+                    1,
+                    AnchorAction::Add(fx.second_backend.anchor()),
+                    KeyId(1),
+                    fx.pair.backend.signing(),
+                ),
+                AnchorUpdate::sign(
+                    2,
+                    AnchorAction::Retire(KeyId(1)),
+                    KeyId(2),
+                    fx.second_backend.signing(),
+                ),
+            ],
+            latest: 2,
+        }),
+    );
+
     // reassembler: header byte (link, timeout flag, seconds) then the fragment.
     let frames = |msg: &[u8], mtu: usize| -> Vec<Vec<u8>> {
         let mut f = Fragmenter::new(msg, mtu).expect("fragmenter");
@@ -1233,7 +1256,12 @@ pub fn seeds() -> Vec<Seed> {
             // changed the signer byte to 2 and got a genuinely authorized
             // update, which is correct behaviour, not a forgery.)
             "wrong_key",
-            AnchorUpdate::sign(2000, AnchorAction::Retire(KeyId(2)), KeyId(1), third.signing()),
+            AnchorUpdate::sign(
+                2000,
+                AnchorAction::Retire(KeyId(2)),
+                KeyId(1),
+                third.signing(),
+            ),
         ),
     ];
     for (name, u) in updates {

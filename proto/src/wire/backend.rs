@@ -223,3 +223,29 @@ pub struct SessionReportAnswer {
     /// One verdict per event.
     pub items: Vec<SessionVerdict>,
 }
+
+// ---------------------------------------------------------------------------
+// Appended for backend key rotation: the signed trust-anchor updates a
+// gateway fetches from the backend and delivers to peripherals in session
+// (SPEC.md §7.7, §10.6). Same encoding as above: `version ‖ postcard(body)`.
+// ---------------------------------------------------------------------------
+
+use crate::anchor::AnchorUpdate;
+
+/// The most updates one [`AnchorUpdateBatch`] carries.
+pub const MAX_ANCHOR_UPDATES: usize = 64;
+
+/// The answer to `GET /v1/anchor-updates?after=SERIAL` (SPEC.md §10.6): the
+/// anchor updates the backend issued with a serial above `SERIAL`, in serial
+/// order, at most [`MAX_ANCHOR_UPDATES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorUpdateBatch {
+    /// The updates, oldest (lowest serial) first. Each is exactly what the
+    /// backend signed; the gateway forwards it unchanged in a record of
+    /// content type 2 (SPEC.md §7.3).
+    pub updates: Vec<AnchorUpdate>,
+    /// The serial of the last update this backend serves now (0 if none).
+    /// If it is above the serial of the last update in `updates`, more
+    /// follow: ask again with `after` = that serial.
+    pub latest: u32,
+}
