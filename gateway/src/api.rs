@@ -11,7 +11,7 @@
 //! | `GET /v1/sessions` | JSON list of live sessions |
 //! | `GET /v1/messages` | a stream of authenticated application messages, one JSON object per line: `{"peripheral","at_ms","data_b64"}` |
 //! | `POST /v1/peripherals/{id}/send` | body: raw bytes to send; 204, or 404 no session, 403 outside the granted scope, 503 busy |
-//! | `GET /v1/status` | sessions, tickets, counters (what `vouch-gateway status` prints) |
+//! | `GET /v1/status` | sessions, tickets, trust-anchor updates held, counters (what `vouch-gateway status` prints) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | `ok` |
 
@@ -115,6 +115,11 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
         "gateway_key": s.gateway_key,
         "sessions": views(&s.table),
         "tickets": s.table.ticket_count(),
+        "anchor_updates": {
+            "held": s.table.anchor_updates().len(),
+            "last_serial": s.table.anchor_updates().last_serial(),
+            "sent": s.metrics.anchor_updates_sent(),
+        },
         "handshakes": {
             "ok": s.metrics.handshakes("ok"),
             "resumed": s.metrics.handshakes("resumed"),

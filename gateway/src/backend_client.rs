@@ -16,14 +16,15 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
-    VouchBatchAnswer, VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
+    decode_body, encode_body, AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer,
+    VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
 };
 
-/// Vouch batches and session reports one gateway keeps in flight to the
-/// backend. Well below the backend's default budget per gateway (32, SPEC.md
-/// §10.2), so an honest gateway is never told `gateway_busy`; under a storm
-/// the requests that wait form larger batches instead.
+/// Vouch batches, session reports and anchor-update fetches one gateway
+/// keeps in flight to the backend. Well below the backend's default budget
+/// per gateway (32, SPEC.md §10.2), so an honest gateway is never told
+/// `gateway_busy`; under a storm the requests that wait form larger batches
+/// instead.
 pub const MAX_IN_FLIGHT: usize = 8;
 
 /// Why a backend call failed.
@@ -50,6 +51,10 @@ pub enum BackendError {
     /// The TLS or client configuration is unusable.
     #[error("backend client configuration: {0}")]
     Config(String),
+    /// This implementation of [`BackendApi`] does not offer the call (a test
+    /// or simulated backend without it).
+    #[error("not offered by this backend: {0}")]
+    Unsupported(&'static str),
 }
 
 impl BackendError {
@@ -84,6 +89,19 @@ pub trait BackendApi: Send + Sync + 'static {
     fn feed_now(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send {
         self.feed(after)
     }
+    /// Fetches the trust-anchor updates with a serial above `after` (SPEC.md
+    /// §10.6): at most [`MAX_ANCHOR_UPDATES`](vouch_proto::wire::backend::MAX_ANCHOR_UPDATES)
+    /// per answer, with the serial of the last one the backend hands out.
+    /// The default answers [`BackendError::Unsupported`], for test and
+    /// simulated backends that issue none; a gateway then keeps what it holds
+    /// and delivers nothing new.
+    fn anchor_updates(
+        &self,
+        after: u32,
+    ) -> impl Future<Output = Result<AnchorUpdateBatch, BackendError>> + Send {
+        let _ = after;
+        std::future::ready(Err(BackendError::Unsupported("anchor updates")))
+    }
 }
 
 impl<T: BackendApi> BackendApi for Arc<T> {
@@ -104,6 +122,12 @@ impl<T: BackendApi> BackendApi for Arc<T> {
     }
     fn feed_now(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send {
         (**self).feed_now(after)
+    }
+    fn anchor_updates(
+        &self,
+        after: u32,
+    ) -> impl Future<Output = Result<AnchorUpdateBatch, BackendError>> + Send {
+        (**self).anchor_updates(after)
     }
 }
 
@@ -197,7 +221,8 @@ struct Inner {
     feed_timeout: Duration,
     /// Timeout of a request that does not long-poll.
     request_timeout: Duration,
-    /// [`MAX_IN_FLIGHT`] permits for vouch batches and session reports.
+    /// [`MAX_IN_FLIGHT`] permits for vouch batches, session reports and
+    /// anchor-update fetches.
     slots: Arc<Semaphore>,
 }
 
@@ -428,6 +453,22 @@ impl BackendApi for HttpBackend {
         self.inner
             .get(
                 &format!("/v1/feed?after={after}&wait_ms=0"),
+                self.inner.request_timeout,
+            )
+            .await
+    }
+    async fn anchor_updates(&self, after: u32) -> Result<AnchorUpdateBatch, BackendError> {
+        // Fail fast while the circuit is open, before waiting for a slot.
+        self.inner.breaker.check()?;
+        let _permit = self
+            .inner
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Unavailable("client stopped".into()))?;
+        self.inner
+            .get(
+                &format!("/v1/anchor-updates?after={after}"),
                 self.inner.request_timeout,
             )
             .await

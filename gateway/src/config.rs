@@ -67,6 +67,10 @@ pub struct BackendConfig {
     /// How long concurrent vouch requests are gathered into a batch, in ms.
     #[serde(default = "default_batch_window_ms")]
     pub batch_window_ms: u64,
+    /// How often the trust-anchor updates are fetched (besides at start), in
+    /// seconds: 1 to 3600 (SPEC.md §10.6: at least once an hour).
+    #[serde(default = "default_anchor_updates_interval_s")]
+    pub anchor_updates_interval_s: u64,
 }
 
 /// `[transport]`
@@ -185,6 +189,9 @@ fn default_request_timeout_ms() -> u64 {
 fn default_batch_window_ms() -> u64 {
     2
 }
+fn default_anchor_updates_interval_s() -> u64 {
+    crate::anchors::DEFAULT_FETCH_INTERVAL.as_secs()
+}
 fn default_att_mtu() -> usize {
     247
 }
@@ -271,6 +278,12 @@ impl Config {
                 self.backend.url
             ));
         }
+        if !(1..=3600).contains(&self.backend.anchor_updates_interval_s) {
+            return Err(format!(
+                "backend.anchor_updates_interval_s must be 1..=3600: trust-anchor updates are fetched at least hourly (got {})",
+                self.backend.anchor_updates_interval_s
+            ));
+        }
         if let Some(tcp) = &self.transport.tcp {
             if !(23..=517).contains(&tcp.att_mtu) {
                 return Err(format!(
@@ -291,6 +304,11 @@ impl Config {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.idle_timeout_s)
+    }
+
+    /// How often trust-anchor updates are fetched.
+    pub fn anchor_updates_interval(&self) -> Duration {
+        Duration::from_secs(self.backend.anchor_updates_interval_s)
     }
 }
 
@@ -398,6 +416,33 @@ mod tests {
         assert_eq!(c.state.dir(), Some(Path::new("/srv/vg")));
         let c = Config::parse(EXAMPLE, env("")).unwrap();
         assert_eq!(c.state.dir(), None, "empty: memory only");
+    }
+
+    #[test]
+    fn the_anchor_update_interval_defaults_to_an_hour_and_is_bounded() {
+        let c = Config::parse(EXAMPLE, Vec::new()).unwrap();
+        assert_eq!(c.anchor_updates_interval(), Duration::from_secs(3600));
+        // A configuration written before the setting existed gets the default.
+        let without: String = EXAMPLE
+            .lines()
+            .filter(|l| !l.starts_with("anchor_updates_interval_s"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(without, EXAMPLE);
+        let c = Config::parse(&without, Vec::new()).unwrap();
+        assert_eq!(c.backend.anchor_updates_interval_s, 3600);
+        let env = |v: &str| {
+            vec![(
+                "VOUCH_GATEWAY_BACKEND_ANCHOR_UPDATES_INTERVAL_S".to_string(),
+                v.to_string(),
+            )]
+        };
+        let c = Config::parse(EXAMPLE, env("600")).unwrap();
+        assert_eq!(c.anchor_updates_interval(), Duration::from_secs(600));
+        for bad in ["0", "3601"] {
+            let e = Config::parse(EXAMPLE, env(bad)).unwrap_err();
+            assert!(e.contains("backend.anchor_updates_interval_s"), "{e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,14 @@
 //! One task per peripheral link (STYLE.md §3.15): it owns the protocol state
 //! and loops over link input, the backend's answer, the next deadline, local
 //! commands and shutdown.
+//!
+//! Once a session is established (full handshake or resumption), the driver
+//! sends the peripheral every trust-anchor update the gateway holds, in
+//! serial order, one record each (SPEC.md §7.7): it cannot know which ones
+//! the peripheral applied, and the peripheral refuses the stale ones at the
+//! cost of a comparison. One update goes out per turn of the session loop,
+//! between the session's own traffic, so a long list never holds up a
+//! command or an inbound record for longer than one record takes to send.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +17,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+use vouch_proto::anchor::{AnchorAction, AnchorUpdate};
 use vouch_proto::handshake::gateway::{
     GatewayConfig, GatewayEstablished, GatewayEvent, GatewayHandshake,
 };
@@ -105,6 +114,16 @@ struct Live {
     id: vouch_proto::keys::PeripheralId,
     token: u64,
     mailbox: Arc<crate::sessions::Mailbox>,
+    /// Trust-anchor updates still to send; `None` once all went out (or
+    /// when none is held). Boxed: a session holds it only while sending.
+    delivery: Option<Box<Delivery>>,
+}
+
+/// The trust-anchor updates held when the session was established, and the
+/// next one to send.
+struct Delivery {
+    updates: Arc<[AnchorUpdate]>,
+    next: usize,
 }
 
 /// Stores the ticket, registers the session in the table, reports the attach.
@@ -153,11 +172,22 @@ fn register<B: BackendApi, C: Clock>(
     // Reports go out in the background: a slow or absent backend must not hold
     // up the session.
     spawn_report(ctx, id, SessionEventKind::Attached, session.id());
+    let delivery = ctx.table.anchor_updates().snapshot().map(|updates| {
+        debug!(
+            peripheral = %id,
+            updates = updates.len(),
+            first_serial = updates.first().map_or(0, |u| u.serial),
+            last_serial = updates.last().map_or(0, |u| u.serial),
+            "sending the trust-anchor updates held"
+        );
+        Box::new(Delivery { updates, next: 0 })
+    });
     Live {
         session,
         id,
         token,
         mailbox,
+        delivery,
     }
 }
 
@@ -276,6 +306,8 @@ enum Wake {
     Message(Result<Option<Vec<u8>>, crate::transport::LinkError>),
     Command(Command),
     Shutdown,
+    /// Nothing else is ready and a trust-anchor update waits to be sent.
+    DeliverUpdate,
 }
 
 async fn session<L, B, C>(
@@ -296,10 +328,26 @@ where
         // table's sweep closes idle and expired sessions through the
         // mailbox); everything that awaits while handling the wake-up is
         // boxed, so an idle session's task stays small.
-        let wake = tokio::select! {
-            m = link.recv() => Wake::Message(m),
-            c = live.mailbox.recv() => Wake::Command(c),
-            _ = shutdown.changed() => Wake::Shutdown,
+        let wake = if live.delivery.is_some() {
+            // Anchor updates go out only when the session's own traffic has
+            // nothing ready, one per turn. Boxed: only a session that is
+            // being sent updates pays for this wait.
+            Box::pin(async {
+                tokio::select! {
+                    biased;
+                    w = next_wake(link, &live.mailbox, shutdown) => w,
+                    () = std::future::ready(()) => Wake::DeliverUpdate,
+                }
+            })
+            .await
+        } else {
+            // The session's own traffic (what `next_wake` waits for), in
+            // place: an idle session's task is sized by this wait.
+            tokio::select! {
+                m = link.recv() => Wake::Message(m),
+                c = live.mailbox.recv() => Wake::Command(c),
+                _ = shutdown.changed() => Wake::Shutdown,
+            }
         };
         match wake {
             Wake::Message(msg) => {
@@ -359,6 +407,7 @@ where
                 Box::pin(close(&mut live.session, link, ctx, CloseReason::SHUTDOWN)).await;
                 break "gateway shutting down".into();
             }
+            Wake::DeliverUpdate => Box::pin(deliver_next_update(ctx, link, live)).await,
         }
     };
     ctx.table.remove(&id, live.token);
@@ -366,6 +415,82 @@ where
     info!(peripheral = %id, session = %hex(&session_id), reason = %reason, "session ended");
     spawn_report(ctx, id, SessionEventKind::Detached, session_id);
     reason
+}
+
+/// Waits for the session's own traffic: link input, a command, shutdown.
+async fn next_wake<L: Link>(
+    link: &mut L,
+    mailbox: &crate::sessions::Mailbox,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Wake {
+    tokio::select! {
+        m = link.recv() => Wake::Message(m),
+        c = mailbox.recv() => Wake::Command(c),
+        _ = shutdown.changed() => Wake::Shutdown,
+    }
+}
+
+/// Sends the next trust-anchor update of `live` (SPEC.md §7.7; content type
+/// 2, no scope bit needed). A failure to seal or send ends the delivery, not
+/// the session: the session loop sees a broken link or an expired session
+/// on its own.
+async fn deliver_next_update<L: Link, B, C: Clock>(
+    ctx: &Context<B, C>,
+    link: &mut L,
+    live: &mut Live,
+) {
+    let Some(delivery) = &mut live.delivery else {
+        return;
+    };
+    let Some(update) = delivery.updates.get(delivery.next).copied() else {
+        live.delivery = None;
+        return;
+    };
+    delivery.next += 1;
+    let done = delivery.next >= delivery.updates.len();
+    let count = delivery.updates.len();
+    let mut record = vec![0u8; ANCHOR_UPDATE_RECORD_MAX];
+    let sent = match live
+        .session
+        .seal_anchor_update(ctx.clock.now(), &update, &mut record)
+    {
+        Ok(n) => link.send(&record[..n]).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match sent {
+        Ok(()) => {
+            ctx.metrics.anchor_update_sent();
+            debug!(
+                peripheral = %live.id,
+                serial = update.serial,
+                action = action_name(&update.action),
+                signer = %update.signer,
+                "trust-anchor update sent"
+            );
+            if done {
+                debug!(peripheral = %live.id, updates = count, last_serial = update.serial,
+                    "every trust-anchor update held was sent");
+                live.delivery = None;
+            }
+        }
+        Err(e) => {
+            debug!(peripheral = %live.id, serial = update.serial, error = %e,
+                "could not send a trust-anchor update; the rest are sent after the next handshake");
+            live.delivery = None;
+        }
+    }
+}
+
+/// Room for one anchor-update record: the largest update (SPEC.md §7.7: 136
+/// bytes with a 5-byte serial) in a record.
+const ANCHOR_UPDATE_RECORD_MAX: usize = 160 + RECORD_OVERHEAD;
+
+fn action_name(action: &AnchorAction) -> String {
+    match action {
+        AnchorAction::Add(a) => format!("add key {}", a.kid),
+        AnchorAction::Replace(a) => format!("replace with key {}", a.kid),
+        AnchorAction::Retire(kid) => format!("retire key {kid}"),
+    }
 }
 
 /// The one timer for every session: closes sessions past their lifetime or

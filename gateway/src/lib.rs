@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod anchors;
 pub mod api;
 pub mod backend_client;
 pub mod clock;

@@ -188,7 +188,7 @@ async fn run(config: Config) -> Result<()> {
     let state_dir = match config.state.dir() {
         Some(dir) => Some(StateDir::open(dir)?),
         None => {
-            info!("no [state] dir: resumption tickets and the BLE device memory are kept in memory only");
+            info!("no [state] dir: resumption tickets, trust-anchor updates and the BLE device memory are kept in memory only");
             None
         }
     };
@@ -259,9 +259,19 @@ async fn run(config: Config) -> Result<()> {
 
     // Revocation feed.
     tasks.spawn(vouch_gateway::revocation::follow(
-        backend,
+        backend.clone(),
         table.clone(),
         gateway_key,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    // Trust-anchor updates: fetched at start and at least hourly, delivered
+    // by the drivers after every handshake.
+    tasks.spawn(vouch_gateway::anchors::follow(
+        backend,
+        table.anchor_updates().clone(),
+        config.anchor_updates_interval(),
         metrics,
         shutdown.clone(),
     ));
@@ -386,6 +396,11 @@ async fn status(config: &Config, json: bool) -> Result<()> {
         v["tickets"]
     );
     println!("handshakes: {}", v["handshakes"]);
+    let anchors = &v["anchor_updates"];
+    println!(
+        "trust-anchor updates: {} held (last serial {}), {} sent",
+        anchors["held"], anchors["last_serial"], anchors["sent"]
+    );
     for s in sessions {
         println!(
             "  {}  session {}  scope {:#x}  {}{}",

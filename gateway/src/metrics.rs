@@ -22,6 +22,10 @@ pub struct Metrics {
     records_rejected: IntCounter,
     link_errors: IntCounterVec,
     revocations: IntCounter,
+    anchor_updates_sent: IntCounter,
+    anchor_updates_held: IntGauge,
+    anchor_update_serial: IntGauge,
+    anchor_update_fetch_failures: IntCounter,
 }
 
 impl Metrics {
@@ -59,6 +63,22 @@ impl Metrics {
             "revocations_applied_total",
             "Revocation feed events applied",
         )?;
+        let anchor_updates_sent = IntCounter::new(
+            "anchor_updates_sent_total",
+            "Trust-anchor update records sent to peripherals (each held update, after every handshake)",
+        )?;
+        let anchor_updates_held = IntGauge::new(
+            "anchor_updates_held",
+            "Trust-anchor updates held for delivery",
+        )?;
+        let anchor_update_serial = IntGauge::new(
+            "anchor_update_serial",
+            "Serial of the last trust-anchor update held (0: none)",
+        )?;
+        let anchor_update_fetch_failures = IntCounter::new(
+            "anchor_update_fetch_failures_total",
+            "Fetches of trust-anchor updates from the backend that failed",
+        )?;
         for c in [
             Box::new(handshakes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(handshake_seconds.clone()),
@@ -70,6 +90,10 @@ impl Metrics {
             Box::new(records_rejected.clone()),
             Box::new(link_errors.clone()),
             Box::new(revocations.clone()),
+            Box::new(anchor_updates_sent.clone()),
+            Box::new(anchor_updates_held.clone()),
+            Box::new(anchor_update_serial.clone()),
+            Box::new(anchor_update_fetch_failures.clone()),
         ] {
             registry.register(c)?;
         }
@@ -85,6 +109,10 @@ impl Metrics {
             records_rejected,
             link_errors,
             revocations,
+            anchor_updates_sent,
+            anchor_updates_held,
+            anchor_update_serial,
+            anchor_update_fetch_failures,
         })
     }
 
@@ -141,6 +169,27 @@ impl Metrics {
     /// A revocation event was applied.
     pub fn revocation_applied(&self) {
         self.revocations.inc();
+    }
+
+    /// A trust-anchor update record went to a peripheral.
+    pub fn anchor_update_sent(&self) {
+        self.anchor_updates_sent.inc();
+    }
+
+    /// Trust-anchor updates sent so far.
+    pub fn anchor_updates_sent(&self) -> u64 {
+        self.anchor_updates_sent.get()
+    }
+
+    /// The gateway holds `n` trust-anchor updates, the last with `serial`.
+    pub fn anchor_updates_held(&self, n: usize, serial: u32) {
+        self.anchor_updates_held.set(n as i64);
+        self.anchor_update_serial.set(i64::from(serial));
+    }
+
+    /// A fetch of trust-anchor updates failed.
+    pub fn anchor_update_fetch_failed(&self) {
+        self.anchor_update_fetch_failures.inc();
     }
 
     /// Handshakes counted with this outcome label (for tests and `status`).

@@ -1,5 +1,6 @@
-//! The session table: who is connected, how to reach their driver, and the
-//! resumption tickets (SPEC.md §6.1).
+//! The session table: who is connected, how to reach their driver, the
+//! resumption tickets (SPEC.md §6.1), and the trust-anchor updates every
+//! session delivers (SPEC.md §7.7, [`crate::anchors`]).
 //!
 //! Tickets live in memory ([`SessionTable::new`]) or are also kept in the
 //! state directory ([`SessionTable::open`]), so that devices resume after a
@@ -25,6 +26,7 @@ use vouch_proto::session::CloseReason;
 use vouch_proto::wire::{ResumptionId, Scope};
 use vouch_proto::Timestamp;
 
+use crate::anchors::AnchorUpdates;
 use crate::state::tickets::{Loaded, TicketStore};
 use crate::state::{RestoreReport, StateBinding, StateDir, StateError};
 
@@ -196,6 +198,8 @@ pub struct SessionTable {
     feed_start: u64,
     /// What [`open`](Self::open) found.
     restore_report: Option<RestoreReport>,
+    /// The trust-anchor updates delivered after every handshake.
+    anchor_updates: AnchorUpdates,
 }
 
 impl SessionTable {
@@ -203,7 +207,14 @@ impl SessionTable {
     /// without a state directory); `max_tickets` bounds stored tickets
     /// (oldest expiring first are dropped).
     pub fn new(max_tickets: usize) -> Arc<Self> {
-        Arc::new(Self::build(max_tickets, None, HashMap::new(), 0, None))
+        Arc::new(Self::build(
+            max_tickets,
+            None,
+            HashMap::new(),
+            0,
+            None,
+            AnchorUpdates::in_memory(),
+        ))
     }
 
     /// A table whose tickets are kept in `state` (SPEC.md §6.1, §10.5): loads
@@ -219,6 +230,9 @@ impl SessionTable {
     /// - Restored tickets are not used until the revocation feed reports that
     ///   it caught up from the cursor ([`feed_caught_up`](Self::feed_caught_up));
     ///   [`revocation::follow`](crate::revocation::follow) does this.
+    /// - The trust-anchor updates saved for `binding`'s backend are loaded
+    ///   ([`AnchorUpdates::open`]); [`anchors::follow`](crate::anchors::follow)
+    ///   fetches newer ones.
     pub fn open(
         max_tickets: usize,
         state: &StateDir,
@@ -237,6 +251,7 @@ impl SessionTable {
             tickets,
             cursor,
             Some(report),
+            AnchorUpdates::open(state, &binding.backend_url),
         )))
     }
 
@@ -246,6 +261,7 @@ impl SessionTable {
         tickets: HashMap<ResumptionId, GatewayTicket>,
         feed_start: u64,
         restore_report: Option<RestoreReport>,
+        anchor_updates: AnchorUpdates,
     ) -> Self {
         let (inbound, _) = broadcast::channel(1024);
         let restored: HashSet<ResumptionId> = tickets.keys().copied().collect();
@@ -262,6 +278,7 @@ impl SessionTable {
             feed_ready,
             feed_start,
             restore_report,
+            anchor_updates,
         }
     }
 
@@ -536,6 +553,12 @@ impl SessionTable {
     /// table in memory only).
     pub fn restore_report(&self) -> Option<&RestoreReport> {
         self.restore_report.as_ref()
+    }
+
+    /// The trust-anchor updates this gateway holds: every session is sent
+    /// all of them, in serial order, once established (SPEC.md §7.7).
+    pub fn anchor_updates(&self) -> &AnchorUpdates {
+        &self.anchor_updates
     }
 
     /// Whether tickets are kept in a state directory.

@@ -6,6 +6,7 @@
 //!     <ticket id hex>.ticket   0600
 //!   feed-cursor           0600: the revocation feed's cursor (SPEC.md §10.5)
 //!   ble-devices           0600: addresses that advertised the Vouch service
+//!   anchor-updates        0600: the trust-anchor updates fetched (SPEC.md §10.6)
 //! ```
 //!
 //! Every file is written to `NAME.tmp` (mode 0600), fsynced, renamed over
@@ -13,7 +14,7 @@
 //! new one, never a torn one. Every file has the same framing:
 //!
 //! ```text
-//! version (1) ‖ kind ('T' ticket, 'C' cursor, 'D' devices) ‖ postcard body ‖ CRC-32 (LE) of all before it
+//! version (1) ‖ kind ('T' ticket, 'C' cursor, 'D' devices, 'A' anchor updates) ‖ postcard body ‖ CRC-32 (LE) of all before it
 //! ```
 //!
 //! The CRC finds a damaged file; it is not an authenticator (whoever can
@@ -27,6 +28,7 @@
 //! until the revocation feed has caught up from the persisted cursor (see
 //! [`SessionTable::open`](crate::sessions::SessionTable::open)).
 
+pub(crate) mod anchors;
 mod devices;
 pub(crate) mod tickets;
 
@@ -51,6 +53,8 @@ pub const TICKETS_DIR: &str = "tickets";
 pub const CURSOR_FILE: &str = "feed-cursor";
 /// The file holding the addresses of Vouch BLE devices.
 pub const DEVICES_FILE: &str = "ble-devices";
+/// The file holding the trust-anchor updates fetched from the backend.
+pub const ANCHORS_FILE: &str = "anchor-updates";
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,11 @@ impl StateDir {
     /// The BLE device memory file.
     pub fn devices_path(&self) -> PathBuf {
         self.root.join(DEVICES_FILE)
+    }
+
+    /// The file of fetched trust-anchor updates.
+    pub fn anchors_path(&self) -> PathBuf {
+        self.root.join(ANCHORS_FILE)
     }
 }
 
@@ -276,6 +285,7 @@ pub(crate) enum Kind {
     Ticket,
     Cursor,
     Devices,
+    Anchors,
 }
 
 impl Kind {
@@ -284,6 +294,7 @@ impl Kind {
             Kind::Ticket => b'T',
             Kind::Cursor => b'C',
             Kind::Devices => b'D',
+            Kind::Anchors => b'A',
         }
     }
     fn name(self) -> &'static str {
@@ -291,6 +302,7 @@ impl Kind {
             Kind::Ticket => "ticket",
             Kind::Cursor => "feed cursor",
             Kind::Devices => "BLE device",
+            Kind::Anchors => "anchor update",
         }
     }
 }

@@ -7,10 +7,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::{context, drive_peripheral, peripheral_full, run_link_owned, setup, wait_for};
-use common::{Setup, TempDir};
+use common::{Capture, Setup, TempDir};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vouch_gateway::backend_client::BackendError;
@@ -541,31 +541,4 @@ async fn max_tickets_bounds_what_is_restored() {
     assert_eq!(table.ticket_count(), 2);
     assert_eq!(table.restore_report().unwrap().over_limit, 1);
     assert_eq!(ticket_files(&dir).len(), 2);
-}
-
-/// Captures formatted log lines.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
-        let sink = self.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || sink.clone())
-            .finish()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -44,7 +44,7 @@ use vouch_proto::handshake::peripheral::{
 use vouch_proto::keys::{KeyId, PublicKey};
 use vouch_proto::session::{CloseReason, Inbound};
 use vouch_proto::wire::{Lifetimes, Scope, MAX_HANDSHAKE_MESSAGE, MAX_MESSAGE};
-use vouch_proto::{AlertCode, Error as ProtoError, Timestamp};
+use vouch_proto::{AlertCode, Error as ProtoError, PeerMisbehaved, Timestamp};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::keystore::{KeyStore, KeyStoreError};
@@ -763,7 +763,18 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                 });
             }
             Err(e) => {
-                warn!(serial = update.serial, error = %e, "anchor update refused; anchors unchanged");
+                // Gateways re-send every update they hold after each
+                // handshake (SPEC.md §7.7): one already applied is routine.
+                if matches!(
+                    e,
+                    DriverError::Protocol(ProtoError::PeerMisbehaved(
+                        PeerMisbehaved::StaleAnchorUpdate
+                    ))
+                ) {
+                    debug!(serial = update.serial, "anchor update already applied");
+                } else {
+                    warn!(serial = update.serial, error = %e, "anchor update refused; anchors unchanged");
+                }
                 self.emit(Event::AnchorUpdateRejected(e));
             }
         }

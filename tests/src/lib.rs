@@ -40,8 +40,9 @@ use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::state::{StateBinding, StateDir};
 use vouch_peripheral::{Device as Driver, DriverConfig, Event, MemoryKeyStore, TcpConnector};
 use vouch_proto::anchor::AnchorBundle;
+use vouch_proto::anchor::AnchorUpdate;
 use vouch_proto::handshake::gateway::GatewayConfig;
-use vouch_proto::keys::{IdentityKey, PeripheralId, PublicKey};
+use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId, PublicKey};
 
 /// How long any wait in these tests may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -306,6 +307,42 @@ impl Backend {
         assert_eq!(s, 200, "{action} gateway: {v}");
     }
 
+    /// `vouch-backend keys rotate` on this backend's data and database:
+    /// creates the next key pair and issues its `Add`, signed by the current
+    /// key (SPEC.md §7.7). Then reloads the running instance's key ring, as
+    /// its background task does within a second, so that the instance
+    /// serves the new key and hands its `Add` to gateways at once.
+    pub async fn rotate_key(&self) -> AnchorUpdate {
+        let state = self.state();
+        let data = DataDir::load(self.dir.path()).expect("load data dir");
+        let rotation = vouch_backend::keyring::rotate(&data, &state.store, false, "test")
+            .await
+            .expect("rotate");
+        vouch_backend::keyring::reload(state)
+            .await
+            .expect("reload the key ring");
+        rotation.update.expect("the Add was issued")
+    }
+
+    /// `vouch-backend keys retire KID`: issues `Retire(kid)`, signed by the
+    /// current key (SPEC.md §7.7). The key stays served.
+    pub async fn retire_key(&self, kid: KeyId) -> AnchorUpdate {
+        let state = self.state();
+        let data = DataDir::load(self.dir.path()).expect("load data dir");
+        let update = vouch_backend::keyring::retire(&data, &state.store, kid, "test")
+            .await
+            .expect("retire");
+        vouch_backend::keyring::reload(state)
+            .await
+            .expect("reload the key ring");
+        update
+    }
+
+    fn state(&self) -> &AppState {
+        let (_, _, state) = self.running.as_ref().expect("the backend is running");
+        state
+    }
+
     /// The anchor bundle devices are provisioned with.
     pub async fn anchor(&self) -> AnchorBundle {
         let (s, v) = self.admin("GET", "/v1/admin/anchor", None).await;
@@ -366,7 +403,9 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A real gateway: the TCP server, the HTTPS backend client, the revocation
-/// feed.
+/// feed, the trust-anchor updates (fetched at start and at
+/// [`AnchorUpdates::request_fetch`](vouch_gateway::anchors::AnchorUpdates::request_fetch),
+/// delivered after every handshake).
 pub struct Gateway {
     /// Its identity.
     pub key: PublicKey,
@@ -468,13 +507,20 @@ impl Gateway {
             }
         });
         let feed = tokio::spawn(vouch_gateway::revocation::follow(
-            backend,
+            backend.clone(),
             self.table.clone(),
             self.key,
             self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        let anchors = tokio::spawn(vouch_gateway::anchors::follow(
+            backend,
+            self.table.anchor_updates().clone(),
+            vouch_gateway::anchors::DEFAULT_FETCH_INTERVAL,
+            self.metrics.clone(),
             shutdown,
         ));
-        self.running = Some((stop, vec![server, feed]));
+        self.running = Some((stop, vec![server, feed, anchors]));
     }
 
     /// `tcp://127.0.0.1:PORT`.

@@ -15,7 +15,7 @@ use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::transport::memory::MemoryLink;
 use vouch_gateway::transport::Link;
-use vouch_proto::anchor::AnchorSet;
+use vouch_proto::anchor::{AnchorSet, AnchorUpdate};
 use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
 use vouch_proto::handshake::gateway::GatewayConfig;
 use vouch_proto::handshake::peripheral::{
@@ -24,8 +24,8 @@ use vouch_proto::handshake::peripheral::{
 use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId};
 use vouch_proto::testing::rng;
 use vouch_proto::wire::backend::{
-    FeedBatch, FeedEvent, PeripheralInfo, SessionReport, SessionReportAnswer, SessionVerdict,
-    VouchAnswer, VouchRequest, Vouched,
+    AnchorUpdateBatch, FeedBatch, FeedEvent, PeripheralInfo, SessionReport, SessionReportAnswer,
+    SessionVerdict, VouchAnswer, VouchRequest, Vouched, MAX_ANCHOR_UPDATES,
 };
 use vouch_proto::wire::{Lifetimes, Scope};
 use vouch_proto::{Error as ProtoError, Timestamp};
@@ -63,6 +63,13 @@ pub struct FakeBackend {
     pub feed_now_open: watch::Sender<bool>,
     /// When set, `feed_now` answers this instead of reading the log.
     pub feed_now_answer: Mutex<Option<Result<FeedBatch, BackendError>>>,
+    /// The trust-anchor updates the backend issued, in serial order.
+    pub anchor_log: Mutex<Vec<AnchorUpdate>>,
+    /// When set, the last serial handed out (an instance that does not
+    /// serve the newest key yet); otherwise the log's last.
+    pub anchor_latest: Mutex<Option<u32>>,
+    /// The `after` of every anchor-update request, in order.
+    pub anchor_requests: Mutex<Vec<u32>>,
 }
 
 impl FakeBackend {
@@ -139,6 +146,27 @@ impl BackendApi for FakeBackend {
         }))
     }
 
+    /// As the backend's `GET /v1/anchor-updates` (SPEC.md §10.6).
+    async fn anchor_updates(&self, after: u32) -> Result<AnchorUpdateBatch, BackendError> {
+        self.anchor_requests.lock().unwrap().push(after);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable("connection refused".into()));
+        }
+        let log = self.anchor_log.lock().unwrap();
+        let latest = self
+            .anchor_latest
+            .lock()
+            .unwrap()
+            .unwrap_or_else(|| log.last().map_or(0, |u| u.serial));
+        let updates = log
+            .iter()
+            .filter(|u| u.serial > after && u.serial <= latest)
+            .take(MAX_ANCHOR_UPDATES)
+            .copied()
+            .collect();
+        Ok(AnchorUpdateBatch { updates, latest })
+    }
+
     async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
         if let Some(batch) = self.logged_after(after) {
             return Ok(batch);
@@ -192,6 +220,9 @@ pub fn setup(scope: Scope) -> Setup {
         log: Mutex::new(vec![]),
         feed_now_open: watch::channel(true).0,
         feed_now_answer: Mutex::new(None),
+        anchor_log: Mutex::new(vec![]),
+        anchor_latest: Mutex::new(None),
+        anchor_requests: Mutex::new(vec![]),
     });
     let ctx = context(&backend, config, SessionTable::new(100), TokioClock::new());
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -293,4 +324,31 @@ pub async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
     })
     .await
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Captures formatted log lines.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
