@@ -303,10 +303,15 @@ pub fn load_key_pair(dir: &Path, kid: KeyId) -> Result<Option<BackendKeys>, Data
             })
         }
         (false, true) => {
-            return Err(DataDirError::HalfKeyPair {
-                present: sealing_path,
-                missing: signing_path,
-            })
+            // The sealing half is written first and removed last, so a lone
+            // sealing file is a rotation or a purge interrupted between the
+            // two files (a crash, a full disk). That key was never announced,
+            // or was being purged: skip it rather than refuse to start.
+            tracing::warn!(
+                path = %sealing_path.display(),
+                "a sealing key without its signing key (an interrupted rotation or purge) is ignored"
+            );
+            return Ok(None);
         }
         (true, true) => {}
     }
@@ -667,8 +672,18 @@ mod tests {
         assert_eq!(dd.keys.kid(), KeyId(2));
         assert!(dd.more_keys.is_empty());
 
-        // Half a pair is an error, not a silently missing key.
-        fs::remove_file(dir.path().join(files::signing(KeyId(2)))).unwrap();
+        // A lone sealing file (a rotation or purge interrupted between its
+        // two files) is ignored: the backend still starts.
+        let lone = dir.path().join(files::sealing(KeyId(9)));
+        fs::copy(dir.path().join(files::sealing(KeyId(2))), &lone).unwrap();
+        fs::set_permissions(&lone, fs::Permissions::from_mode(0o600)).unwrap();
+        let dd = DataDir::load(dir.path()).unwrap();
+        assert_eq!(dd.keys.kid(), KeyId(2));
+        assert!(dd.more_keys.is_empty());
+
+        // A signing key without its sealing half is an error, not a silently
+        // missing key.
+        fs::remove_file(dir.path().join(files::sealing(KeyId(2)))).unwrap();
         assert!(matches!(
             DataDir::load(dir.path()),
             Err(DataDirError::HalfKeyPair { .. })

@@ -57,12 +57,16 @@ use crate::security::{Alert, Subject};
 use crate::store::{now_ms, NewAudit, Store, StoreError};
 use crate::AppState;
 
-/// A fixed public key that unknown and inactive ids are verified against, so
-/// that every refusal costs one verification. The result is never used: such
-/// hellos are refused whatever it is.
+/// The key unknown and inactive ids are verified against, so that every
+/// refusal costs the same verification. The result is never used: such
+/// hellos are refused whatever it is. Drawn at random when first used and its
+/// private half dropped at once, so that nobody can sign with it: a key
+/// whose private half could be known would let a gateway make hellos that
+/// pass a batch verification exactly when the claimed id is unknown or
+/// inactive, and time the difference (SPEC.md §5.3 step 5).
 static UNUSED_KEY: std::sync::LazyLock<vouch_proto::keys::PublicKey> =
     std::sync::LazyLock::new(|| {
-        vouch_proto::keys::IdentityKey::from_seed(b"vouch/1 no device holds this key").public_key()
+        vouch_proto::keys::IdentityKey::generate(&mut crate::datadir::os_rng()).public_key()
     });
 
 /// Why a vouch was refused: the audit log's `reason`.
@@ -577,9 +581,16 @@ fn granted_lifetimes(detail: &str) -> Option<Lifetimes> {
     })
 }
 
+/// How much later than the vouch's lifetimes an attach report still counts:
+/// the gateway's ticket clock starts after the backend's audit time, the
+/// report waits for the handshake to finish and for a slot to the backend,
+/// and the two clocks may differ.
+const ATTACH_GRACE_MS: i64 = 120_000;
+
 /// Whether `gateway` holds a vouch for `peripheral` under which a session
-/// can still be live at `now`: one full handshake's session, or any session
-/// resumed from it, ends within the longer of the vouch's two lifetimes.
+/// can be starting at `now`: a full handshake's session starts right after
+/// its vouch, and every session resumed from it within `resumption_s` of it
+/// (the longer of the two lifetimes is allowed, plus [`ATTACH_GRACE_MS`]).
 async fn holds_live_vouch(
     state: &AppState,
     peripheral: &PeripheralId,
@@ -593,7 +604,9 @@ async fn holds_live_vouch(
         tracing::error!(%peripheral, %gateway, detail, "a vouch's audit detail does not parse");
         return Ok(false);
     };
-    let span_ms = i64::from(l.session_s.max(l.resumption_s)).saturating_mul(1000);
+    let span_ms = i64::from(l.session_s.max(l.resumption_s))
+        .saturating_mul(1000)
+        .saturating_add(ATTACH_GRACE_MS);
     Ok(now <= at_ms.saturating_add(span_ms))
 }
 

@@ -840,6 +840,18 @@ async fn one_gateway_over_its_budget_is_told_to_wait_and_others_are_not(db: Db) 
         )
         .await,
     );
+    // The budget comes before anything else: even a body that does not
+    // decode is answered 429, not 400 (nothing was read or decoded).
+    let (s, _, body) = b
+        .raw(
+            Some(flooder.public_key()),
+            "POST",
+            "/v1/vouch/batch",
+            Some(vouch_proto::wire::backend::CONTENT_TYPE),
+            vec![0xff; 9],
+        )
+        .await;
+    busy((s, body));
     // Another gateway is served meanwhile.
     assert!(matches!(
         vouch(&b, &honest, &request(&honest, 3)).await.1,
@@ -869,7 +881,7 @@ async fn one_gateway_over_its_budget_is_told_to_wait_and_others_are_not(db: Db) 
 
     let metrics = b.raw(None, "GET", "/metrics", None, Vec::new()).await.2;
     assert!(String::from_utf8_lossy(&metrics)
-        .contains("vouch_overload_total{kind=\"gateway_budget\"} 4"));
+        .contains("vouch_overload_total{kind=\"gateway_budget\"} 5"));
     b.state.shutdown();
 }
 

@@ -764,7 +764,8 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             }
             Err(e) => {
                 // Gateways re-send every update they hold after each
-                // handshake (SPEC.md §7.7): one already applied is routine.
+                // handshake (SPEC.md §7.7): one already applied is routine,
+                // not a warning.
                 if matches!(
                     e,
                     DriverError::Protocol(ProtoError::PeerMisbehaved(

@@ -11,9 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
@@ -82,6 +84,41 @@ pub(super) fn feed_router() -> Router<AppState> {
     Router::new().route("/v1/feed", get(feed))
 }
 
+/// The per-gateway budget of requests in flight ([`crate::budget`]), taken
+/// before anything else is done for the request: outside the global
+/// concurrency limit, before the body is read, before any database read. A
+/// request without a gateway identity passes through (its handler answers
+/// 401).
+pub(super) async fn request_budget(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    budgeted(&state, Kind::Requests, req, next).await
+}
+
+/// [`request_budget`] for the feed's long-polls.
+pub(super) async fn feed_budget(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    budgeted(&state, Kind::FeedWaits, req, next).await
+}
+
+async fn budgeted(state: &AppState, kind: Kind, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let key = GatewayKey::from_request_parts(&mut parts, state).await;
+    let req = Request::from_parts(parts, body);
+    let Ok(GatewayKey(key)) = key else {
+        return next.run(req).await;
+    };
+    match take_budget(state, &key, kind) {
+        Ok(_unit) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// One unit of the gateway's budget of `kind`, or 429 `gateway_busy`.
 fn take_budget(state: &AppState, key: &PublicKey, kind: Kind) -> Result<BudgetGuard, AppError> {
     state.gateway_budgets.try_take(*key, kind).ok_or_else(|| {
@@ -105,7 +142,6 @@ async fn vouch_one(
     GatewayKey(key): GatewayKey,
     Postcard(req): Postcard<VouchRequest>,
 ) -> Result<Postcard<VouchAnswer>, AppError> {
-    let _budget = take_budget(&state, &key, Kind::Requests)?;
     let started = Instant::now();
     let mut answers = vouch::vouch_batch(&state, &key, std::slice::from_ref(&req)).await?;
     state
@@ -128,7 +164,6 @@ async fn vouch_batch(
             format!("a batch holds at most {MAX_BATCH} requests"),
         ));
     }
-    let _budget = take_budget(&state, &key, Kind::Requests)?;
     let started = Instant::now();
     let items = vouch::vouch_batch(&state, &key, &req.items).await?;
     state
@@ -162,7 +197,6 @@ async fn sessions(
             format!("a report holds at most {MAX_FEED_EVENTS} events"),
         ));
     }
-    let _budget = take_budget(&state, &key, Kind::Requests)?;
     let gateway = active_gateway(&state, &key).await?;
     let items = vouch::report_sessions(&state, &gateway, &report.events).await?;
     Ok(Postcard(SessionReportAnswer { items }))
@@ -184,7 +218,6 @@ async fn anchor_updates(
     GatewayKey(key): GatewayKey,
     Query(q): Query<AnchorUpdatesQuery>,
 ) -> Result<Postcard<AnchorUpdateBatch>, AppError> {
-    let _budget = take_budget(&state, &key, Kind::Requests)?;
     active_gateway(&state, &key).await?;
     let batch = crate::keyring::updates_for_gateways(&state, q.after).await?;
     Ok(Postcard(batch))
@@ -207,7 +240,6 @@ async fn feed(
     Query(q): Query<FeedQuery>,
 ) -> Result<Postcard<FeedBatch>, AppError> {
     active_gateway(&state, &key).await?;
-    let _budget = take_budget(&state, &key, Kind::FeedWaits)?;
     let Ok(_permit) = state.feed_waiters.try_acquire() else {
         state.metrics.overload.with_label_values(&["shed"]).inc();
         return Err(AppError::new(

@@ -78,9 +78,15 @@ pub fn router(state: AppState) -> Router {
         .layer(limit)
         .timeout(timeout);
 
+    // The per-gateway budget is the outermost layer: a gateway over it is
+    // answered before it takes a global slot or sends its body.
     let gateway_api = gateway::router()
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(guarded.clone());
+        .layer(guarded.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            gateway::request_budget,
+        ));
     let admin_api = admin::router()
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .layer(guarded);
@@ -89,7 +95,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(gateway_api)
         .merge(admin_api)
-        .merge(gateway::feed_router())
+        .merge(
+            gateway::feed_router().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                gateway::feed_budget,
+            )),
+        )
         .merge(ops::router())
         .fallback(|| async { AppError::not_found("route") })
         .method_not_allowed_fallback(|| async {
