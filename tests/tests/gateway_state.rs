@@ -2,7 +2,8 @@
 //! over HTTPS: devices resume without a backend round trip, and a device
 //! revoked while the gateway was down does not.
 
-use vouch_peripheral::Event;
+use vouch_peripheral::{DriverError, Event, KeyStore};
+use vouch_proto::{AlertCode, Error as ProtoError};
 use vouch_tests::{wait_for, Backend, Device, Gateway, DEADLINE};
 
 #[tokio::test]
@@ -78,9 +79,18 @@ async fn a_device_revoked_while_its_gateway_was_down_cannot_resume() {
 
     // The device comes back with its ticket (same flash): the resumption is
     // refused, and so is the full handshake that follows.
+    assert!(
+        store.load_ticket().expect("the device's store").is_some(),
+        "the device still holds its ticket, so it tries to resume"
+    );
     let mut dev = device.run_url(&gateway.url(), store).await;
-    dev.next_matching("a refused handshake", |e| {
-        matches!(e, Event::HandshakeFailed(_))
+    dev.next_matching("the resumption refused", |e| {
+        matches!(
+            e,
+            Event::HandshakeFailed(DriverError::Protocol(ProtoError::Alert(
+                AlertCode::ResumptionRejected
+            )))
+        )
     })
     .await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
