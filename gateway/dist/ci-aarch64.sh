@@ -243,8 +243,14 @@ e2e() {
     check "gateway API socket mode 0660" test "$(stat -c %a "$SOCK")" = 660
 
     # Application messages (peripheral -> gateway) as the gateway's local API streams them.
-    curl -sN --unix-socket "$SOCK" http://gw/v1/messages >"$WORK/messages.ndjson" 2>"$WORK/messages.err" &
+    curl -sN -D "$WORK/messages.headers" --unix-socket "$SOCK" http://gw/v1/messages \
+        >"$WORK/messages.ndjson" 2>"$WORK/messages.err" &
     local MPID=$!; PIDS+=("$MPID")
+    # The gateway subscribes before it answers, so once the headers are in,
+    # no message can be missed. (Under qemu the subscription can take longer
+    # than the device's first message: a run failed on exactly that.)
+    check "gateway API message stream open" \
+        wait_for 30 "the message stream" grep -q '^HTTP/1.1 200' "$WORK/messages.headers"
 
     # -- the host reference peripheral: 3 telemetry messages, one every 4 s
     "$PERIPH" run --dir "$D" --connect "tcp://$GADDR" --count 3 --interval 4 \
