@@ -407,17 +407,10 @@ pub(crate) fn encode_cursor(binding: &StateBinding, after: u64) -> Zeroizing<Vec
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib and PNG use): finds damage, not
-/// forgery. Bitwise: state files are small and rarely read.
+/// forgery.
 pub(crate) fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
-        }
-    }
-    !crc
+    const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    CRC32.checksum(bytes)
 }
 
 #[cfg(test)]

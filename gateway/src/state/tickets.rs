@@ -58,12 +58,8 @@ struct TicketRecord {
     expires_at_ms: u64,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn file_name(id: &ResumptionId) -> String {
-    format!("{}.{EXTENSION}", hex(&id.0))
+    format!("{}.{EXTENSION}", hex::encode(id.0))
 }
 
 /// The bytes of a ticket's file.
