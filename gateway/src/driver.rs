@@ -17,7 +17,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use vouch_proto::anchor::{AnchorAction, AnchorUpdate};
+use vouch_proto::anchor::{AnchorAction, AnchorUpdate, MAX_ANCHOR_UPDATE_LEN};
 use vouch_proto::handshake::gateway::{
     GatewayConfig, GatewayEstablished, GatewayEvent, GatewayHandshake,
 };
@@ -481,15 +481,16 @@ async fn deliver_next_update<L: Link, B, C: Clock>(
     }
 }
 
-/// Room for one anchor-update record: the largest update (SPEC.md §7.7: 136
-/// bytes with a 5-byte serial) in a record.
-const ANCHOR_UPDATE_RECORD_MAX: usize = 160 + RECORD_OVERHEAD;
+/// Room for one anchor-update record: the largest update (SPEC.md §7.7) in a
+/// record.
+const ANCHOR_UPDATE_RECORD_MAX: usize = MAX_ANCHOR_UPDATE_LEN + RECORD_OVERHEAD;
 
 fn action_name(action: &AnchorAction) -> String {
     match action {
         AnchorAction::Add(a) => format!("add key {}", a.kid),
         AnchorAction::Replace(a) => format!("replace with key {}", a.kid),
         AnchorAction::Retire(kid) => format!("retire key {kid}"),
+        AnchorAction::Rotate { anchor, .. } => format!("rotate to key {}", anchor.kid),
     }
 }
 

@@ -125,9 +125,11 @@ impl<S: IdentitySigner> Firmware<S> {
         self.att_mtu = att_mtu;
         self.reassembler.reset();
         let config = PeripheralConfig::default();
+        // A ticket granted under an anchor rotated away from never resumes.
+        let ticket = ticket.filter(|t| t.is_under(&self.anchors));
         let resuming = ticket.is_some();
         let hs = match ticket {
-            Some(t) => PeripheralHandshake::resume(&config, t, now, rng),
+            Some(t) => PeripheralHandshake::resume(&config, t, &self.anchors, now, rng),
             None => {
                 PeripheralHandshake::start(&config, self.id, &self.signer, &self.anchors, now, rng)
             }

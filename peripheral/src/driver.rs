@@ -190,13 +190,12 @@ pub enum Event {
     AnchorsUpdated {
         /// The update's serial.
         serial: u32,
-        /// The anchor new hellos seal to.
+        /// The anchor new hellos seal to: the only one held.
         primary: KeyId,
-        /// How many anchors are held.
-        count: usize,
     },
-    /// A trust-anchor update was refused (bad signature, unknown signer,
-    /// stale serial, full set) or could not be stored; the anchors are
+    /// A trust-anchor update was refused (stale serial, a key the held
+    /// commitment does not name, a bad signature, a reserved action) or could
+    /// not be stored; the anchors are
     /// unchanged.
     AnchorUpdateRejected(DriverError),
     /// The session ended.
@@ -612,6 +611,14 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                 self.forget_ticket();
                 None
             }
+            Some(t) if !t.is_under(&anchors) => {
+                debug!(
+                    ticket_anchor = %t.anchor,
+                    "the resumption ticket was granted under a rotated-away anchor: full handshake"
+                );
+                self.forget_ticket();
+                None
+            }
             t => t,
         };
         // After an (unauthenticated) refusal of the ticket, one full handshake.
@@ -622,7 +629,7 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
         };
         let resuming = ticket.is_some();
         let hs = match ticket {
-            Some(t) => PeripheralHandshake::resume(&config, t, now, &mut self.rng),
+            Some(t) => PeripheralHandshake::resume(&config, t, &anchors, now, &mut self.rng),
             None => self.start_full(&config, &anchors, now),
         };
         let mut hs = hs.map_err(|e| Failure::Attempt {
@@ -749,17 +756,15 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
         })();
         match result {
             Ok(set) => {
-                let primary = set.primary().map(|a| a.kid).unwrap_or(KeyId(0));
+                let primary = set.primary().kid;
                 info!(
                     serial = update.serial,
-                    primary = %primary,
-                    count = set.len(),
-                    "trust anchors updated"
+                    anchor = %primary,
+                    "trust anchor rotated"
                 );
                 self.emit(Event::AnchorsUpdated {
                     serial: update.serial,
                     primary,
-                    count: set.len(),
                 });
             }
             Err(e) => {

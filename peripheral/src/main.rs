@@ -93,7 +93,7 @@ enum Cmd {
     ///
     /// Standard output gets one line per message: `sent <json>` for each
     /// telemetry message, `recv <text>` for each message from the gateway,
-    /// `anchors-updated serial=N primary=K count=C` after an anchor update.
+    /// `anchors-updated serial=N primary=K` after an anchor rotation.
     /// Commands: `led=on|off` (needs scope app8), `interval=SECS` and `reboot`
     /// (need app9); others are refused with `refused: <cmd> outside scope`.
     /// Reconnects with backoff and resumes after gateway restarts; SIGINT or
@@ -231,11 +231,10 @@ fn provision(dir: &Path, anchor: &Path) -> Result<()> {
         .with_context(|| format!("{} is not a valid anchor bundle", anchor.display()))?;
     let mut store = open_store(dir)?;
     store.save_anchors(&set)?;
-    let primary = set.primary().map(|a| a.kid.0).unwrap_or_default();
     eprintln!(
-        "installed {} trust anchor(s) (serial {}, primary key id {primary}) into {}",
-        set.len(),
+        "installed the trust anchor (serial {}, key id {}) into {}",
         set.serial(),
+        set.primary().kid,
         store.anchors_path().display()
     );
     Ok(())
@@ -262,19 +261,19 @@ fn show(dir: &Path) -> Result<()> {
     println!("key file    {} (mode 0600)", store.key_path().display());
     match store.anchors() {
         Ok(set) => {
+            let a = set.primary();
             println!(
-                "anchors     {} held, serial {}, primary key id {}",
-                set.len(),
+                "anchors     1 held, serial {}, primary key id {}",
                 set.serial(),
-                set.primary().map(|a| a.kid.0).unwrap_or_default()
+                a.kid.0
             );
-            for a in set.iter() {
-                let sealing: String = a.sealing.0.iter().map(|b| format!("{b:02x}")).collect();
-                println!(
-                    "  kid {:<3} signing {} sealing {}",
-                    a.kid.0, a.signing, sealing
-                );
-            }
+            let sealing: String = a.sealing.0.iter().map(|b| format!("{b:02x}")).collect();
+            println!(
+                "  kid {:<3} signing {} sealing {}",
+                a.kid.0, a.signing, sealing
+            );
+            let next: String = set.next().0.iter().map(|b| format!("{b:02x}")).collect();
+            println!("  next key commitment {next}");
         }
         Err(KeyStoreError::NotProvisioned { .. }) => {
             println!("anchors     none (run `vouch-peripheral provision`)")
@@ -503,8 +502,8 @@ async fn serve(
                         note(&Event::SessionEnded(end));
                         scope = None;
                     }
-                    Event::AnchorsUpdated { serial, primary, count } => {
-                        println!("anchors-updated serial={serial} primary={primary} count={count}");
+                    Event::AnchorsUpdated { serial, primary } => {
+                        println!("anchors-updated serial={serial} primary={primary}");
                     }
                     Event::Data(data) => {
                         println!("recv {}", printable(&data));

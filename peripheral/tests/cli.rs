@@ -160,9 +160,9 @@ fn provision_validates_the_bundle_and_show_reports_it() {
     let mut wrong_format = backend.bundle();
     wrong_format.format = "something-else".into();
     let mut bad_key = backend.bundle();
-    bad_key.anchors[0].signing = "zz".repeat(32);
-    let mut none = backend.bundle();
-    none.anchors.clear();
+    bad_key.anchor.signing = "zz".repeat(32);
+    let mut no_commitment = serde_json::to_value(backend.bundle()).unwrap();
+    no_commitment.as_object_mut().unwrap().remove("next");
     for (name, content, expect) in [
         (
             "notjson.json",
@@ -180,9 +180,9 @@ fn provision_validates_the_bundle_and_show_reports_it() {
             "invalid signing key",
         ),
         (
-            "none.json",
-            serde_json::to_vec(&none).unwrap(),
-            "1 to 4 anchors",
+            "nonext.json",
+            serde_json::to_vec(&no_commitment).unwrap(),
+            "is not an anchor bundle",
         ),
     ] {
         let path = tmp.path().join(name);

@@ -18,7 +18,7 @@ use vouch_proto::handshake::peripheral::PeripheralTicket;
 use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId};
 use vouch_proto::session::{CloseReason, Inbound};
 use vouch_proto::testing::{rng, Pair};
-use vouch_proto::wire::{Scope, MAX_MESSAGE};
+use vouch_proto::wire::{Hello, Scope, MAX_MESSAGE};
 
 const MTU: usize = 23;
 
@@ -149,31 +149,6 @@ fn firmware_glue_handshakes_in_fragments_and_resumes_from_flash() {
     write_to(&mut fw, &mut board, &rec[..n], now);
     assert_eq!(board.data, vec![(b"led=on".to_vec(), pair.scope)]);
 
-    // An anchor update is verified and persisted; a forged one is not.
-    let k2 = BackendKeys::generate(KeyId(2), &mut rng);
-    let forged = AnchorUpdate::sign(1, AnchorAction::Add(k2.anchor()), KeyId(1), k2.signing());
-    let n = g
-        .session
-        .seal_anchor_update(now, &forged, &mut rec)
-        .unwrap();
-    write_to(&mut fw, &mut board, &rec[..n], now);
-    assert!(board.anchors_flash.is_none());
-    let update = AnchorUpdate::sign(
-        1,
-        AnchorAction::Add(k2.anchor()),
-        KeyId(1),
-        pair.backend.signing(),
-    );
-    let n = g
-        .session
-        .seal_anchor_update(now, &update, &mut rec)
-        .unwrap();
-    write_to(&mut fw, &mut board, &rec[..n], now);
-    assert_eq!(
-        board.anchors_flash.as_ref().unwrap().primary().unwrap().kid,
-        KeyId(2)
-    );
-
     // Close; "reboot": a new firmware instance resumes with the ticket from
     // flash (no backend, no signature).
     fw.close(now, CloseReason::SHUTDOWN, &mut board);
@@ -191,7 +166,51 @@ fn firmware_glue_handshakes_in_fragments_and_resumes_from_flash() {
     );
     fw.on_subscribed(now, MTU, Some(ticket), &mut rng, &mut board)
         .unwrap();
-    let resumed = gateway_side(&mut pair, &mut fw, &mut board, Some(&g.ticket));
+    let mut resumed = gateway_side(&mut pair, &mut fw, &mut board, Some(&g.ticket));
     assert!(resumed.consumed_ticket.is_some(), "a resumption");
     assert!(fw.is_established());
+
+    // An anchor rotation is verified and persisted; a forged one is not.
+    let k2 = &pair.next_backend;
+    let k3 = BackendKeys::generate(KeyId(3), &mut rng);
+    let rotate_to_2 = AnchorAction::Rotate {
+        anchor: k2.anchor(),
+        next: k3.anchor().digest(),
+    };
+    // Signed by the key the device holds, not by the key it rotates to.
+    let forged = AnchorUpdate::sign(1, rotate_to_2, KeyId(2), pair.backend.signing());
+    let n = resumed
+        .session
+        .seal_anchor_update(now, &forged, &mut rec)
+        .unwrap();
+    write_to(&mut fw, &mut board, &rec[..n], now);
+    assert!(board.anchors_flash.is_none());
+    let update = AnchorUpdate::sign(1, rotate_to_2, KeyId(2), k2.signing());
+    let n = resumed
+        .session
+        .seal_anchor_update(now, &update, &mut rec)
+        .unwrap();
+    write_to(&mut fw, &mut board, &rec[..n], now);
+    assert_eq!(
+        board.anchors_flash.as_ref().unwrap().primary().kid,
+        KeyId(2)
+    );
+
+    // Another reboot: the ticket in flash was granted under key 1, which the
+    // device rotated away from, so it is not offered; a full handshake
+    // sealed to key 2 starts instead.
+    fw.close(now, CloseReason::SHUTDOWN, &mut board);
+    take_messages(&mut board);
+    let ticket: PeripheralTicket =
+        postcard::from_bytes(board.ticket_flash.as_ref().unwrap()).unwrap();
+    assert_eq!(ticket.anchor, KeyId(1));
+    let mut fw = Firmware::new(
+        device_key(),
+        pair.peripheral_id,
+        board.anchors_flash.clone().unwrap(),
+    );
+    fw.on_subscribed(now, MTU, Some(ticket), &mut rng, &mut board)
+        .unwrap();
+    let first = take_messages(&mut board);
+    assert_eq!(Hello::peek(&first[0]).unwrap().anchor, KeyId(2));
 }

@@ -151,7 +151,8 @@ fn anchors_round_trip_as_the_backend_bundle_and_survive_leftover_temporaries() {
     ));
     let k1 = BackendKeys::generate(KeyId(1), &mut rng(1));
     let k2 = BackendKeys::generate(KeyId(2), &mut rng(2));
-    let mut set = AnchorSet::new(k1.anchor());
+    let k3 = BackendKeys::generate(KeyId(3), &mut rng(3));
+    let mut set = AnchorSet::new(k1.anchor(), k2.anchor().digest(), 0);
     let bundle = AnchorBundle::from_anchor_set(&set);
     assert_eq!(store.install_bundle(&bundle).unwrap(), set);
     assert_eq!(store.anchors().unwrap(), set);
@@ -164,13 +165,21 @@ fn anchors_round_trip_as_the_backend_bundle_and_survive_leftover_temporaries() {
     // unaffected, and the next write still works.
     fs::write(tmp.path().join(".anchors.json.tmp-1-0-0"), b"{\"form").unwrap();
     fs::write(tmp.path().join(".ticket.bin.tmp-1-1-0"), b"\x01").unwrap();
-    let update = AnchorUpdate::sign(1, AnchorAction::Add(k2.anchor()), KeyId(1), k1.signing());
+    let update = AnchorUpdate::sign(
+        1,
+        AnchorAction::Rotate {
+            anchor: k2.anchor(),
+            next: k3.anchor().digest(),
+        },
+        KeyId(2),
+        k2.signing(),
+    );
     set.apply(&update).unwrap();
     store.save_anchors(&set).unwrap();
     let reopened = FileKeyStore::open(tmp.path()).unwrap();
     assert_eq!(reopened.anchors().unwrap(), set);
     assert_eq!(reopened.anchors().unwrap().serial(), 1);
-    assert_eq!(reopened.anchors().unwrap().primary().unwrap().kid, KeyId(2));
+    assert_eq!(reopened.anchors().unwrap().primary().kid, KeyId(2));
 
     // A corrupt anchor file is an error, not an empty set.
     fs::write(store.anchors_path(), b"{}").unwrap();
@@ -179,7 +188,7 @@ fn anchors_round_trip_as_the_backend_bundle_and_survive_leftover_temporaries() {
         Err(KeyStoreError::CorruptAnchors { .. })
     ));
     let mut bad = bundle.clone();
-    bad.anchors[0].sealing = "00".into();
+    bad.anchor.sealing = "00".into();
     assert!(matches!(
         store.install_bundle(&bad),
         Err(KeyStoreError::InvalidBundle(_))

@@ -90,8 +90,8 @@ async fn push_update(link: &mut TcpLink, est: &mut GatewayEstablished, update: &
 async fn anchors_rotate_over_the_session_and_the_next_hello_seals_to_the_new_key() {
     let backend = Backend::new(30);
     let k1 = backend.keys(1);
-    let k2 = backend.add_keys(BackendKeys::generate(KeyId(2), &mut rng(31)));
-    let rogue = BackendKeys::generate(KeyId(1), &mut rng(32));
+    let k2 = backend.add_keys(backend.future_keys(2));
+    let k3 = backend.future_keys(3);
     let mut gw = ProtoGateway {
         listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         backend: backend.clone(),
@@ -111,37 +111,56 @@ async fn anchors_rotate_over_the_session_and_the_next_hello_seals_to_the_new_key
     assert_eq!(Hello::peek(&hello).unwrap().anchor, KeyId(1));
     dev.established().await;
 
-    // Add the new backend key, signed by the one the device holds.
-    let add = AnchorUpdate::sign(1, AnchorAction::Add(k2.anchor()), KeyId(1), k1.signing());
-    push_update(&mut link, &mut est, &add).await;
-    let (serial, primary, count) = next_matching(
-        &mut dev.events,
-        &mut dev.seen,
-        "anchors updated",
-        |e| match e {
-            Event::AnchorsUpdated {
-                serial,
-                primary,
-                count,
-            } => Some((*serial, *primary, *count)),
-            _ => None,
+    // Rotate to key 2, which the device holds a commitment to; key 2 signs,
+    // and commits to key 3.
+    let rotate = AnchorUpdate::sign(
+        1,
+        AnchorAction::Rotate {
+            anchor: k2.anchor(),
+            next: k3.anchor().digest(),
         },
-    )
-    .await;
-    assert_eq!((serial, primary, count), (1, KeyId(2), 2));
+        KeyId(2),
+        k2.signing(),
+    );
+    push_update(&mut link, &mut est, &rotate).await;
+    let (serial, primary) =
+        next_matching(
+            &mut dev.events,
+            &mut dev.seen,
+            "anchors updated",
+            |e| match e {
+                Event::AnchorsUpdated { serial, primary } => Some((*serial, *primary)),
+                _ => None,
+            },
+        )
+        .await;
+    assert_eq!((serial, primary), (1, KeyId(2)));
     let on_disk = FileKeyStore::open(tmp.path()).unwrap().anchors().unwrap();
     assert_eq!(on_disk.serial(), 1);
-    assert_eq!(on_disk.primary().unwrap().kid, KeyId(2));
+    assert_eq!(on_disk.primary(), &k2.anchor());
+    assert_eq!(on_disk.next(), &k3.anchor().digest());
 
-    // A replay of the same update, and a forgery under a held key id, are
-    // refused; the anchors do not change and the session goes on.
-    let forged = AnchorUpdate::sign(
-        5,
+    // A replay of the same update, and updates signed by the key the device
+    // was provisioned with (a thief of key 1: a rotation to its own key, and
+    // the first design's Replace at the highest serial), are refused; the
+    // anchors do not change and the session goes on.
+    let rogue = BackendKeys::generate(KeyId(9), &mut rng(32));
+    let own = AnchorUpdate::sign(
+        2,
+        AnchorAction::Rotate {
+            anchor: rogue.anchor(),
+            next: rogue.anchor().digest(),
+        },
+        KeyId(1),
+        k1.signing(),
+    );
+    let replace = AnchorUpdate::sign(
+        u32::MAX,
         AnchorAction::Replace(rogue.anchor()),
         KeyId(1),
-        rogue.signing(),
+        k1.signing(),
     );
-    for bad in [&add, &forged] {
+    for bad in [&rotate, &own, &replace] {
         push_update(&mut link, &mut est, bad).await;
         next_matching(&mut dev.events, &mut dev.seen, "a refused update", |e| {
             matches!(e, Event::AnchorUpdateRejected(_)).then_some(())
@@ -173,27 +192,32 @@ async fn anchors_rotate_over_the_session_and_the_next_hello_seals_to_the_new_key
     let s = dev.established().await;
     assert!(!s.resumed);
 
-    // Retire the old key, signed by the new one.
-    let retire = AnchorUpdate::sign(2, AnchorAction::Retire(KeyId(1)), KeyId(2), k2.signing());
-    push_update(&mut link, &mut est, &retire).await;
-    let (serial, primary, count) = next_matching(
+    // The next rotation, to key 3, signed by key 3, applies in turn.
+    let k4 = backend.future_keys(4);
+    let k3 = backend.add_keys(k3);
+    let rotate = AnchorUpdate::sign(
+        2,
+        AnchorAction::Rotate {
+            anchor: k3.anchor(),
+            next: k4.anchor().digest(),
+        },
+        KeyId(3),
+        k3.signing(),
+    );
+    push_update(&mut link, &mut est, &rotate).await;
+    let (serial, primary) = next_matching(
         &mut dev.events,
         &mut dev.seen,
-        "the retirement",
+        "the second rotation",
         |e| match e {
-            Event::AnchorsUpdated {
-                serial,
-                primary,
-                count,
-            } => Some((*serial, *primary, *count)),
+            Event::AnchorsUpdated { serial, primary } => Some((*serial, *primary)),
             _ => None,
         },
     )
     .await;
-    assert_eq!((serial, primary, count), (2, KeyId(2), 1));
+    assert_eq!((serial, primary), (2, KeyId(3)));
     let on_disk = FileKeyStore::open(tmp.path()).unwrap().anchors().unwrap();
-    assert_eq!(on_disk.len(), 1);
-    assert!(on_disk.get(KeyId(1)).is_none());
+    assert!(on_disk.get(KeyId(1)).is_none() && on_disk.get(KeyId(2)).is_none());
 
     // Shutting the device down sends a close record with reason shutdown.
     let seen = dev.shutdown().await;

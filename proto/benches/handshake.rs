@@ -67,6 +67,7 @@ fn record() -> Recorded {
     let mut rp = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         p.ticket,
+        &pair.anchors,
         now,
         &mut FixedRng::new(&E_P2),
     )
@@ -162,6 +163,7 @@ fn roles(c: &mut Criterion) {
                 let mut p = PeripheralHandshake::resume(
                     &PeripheralConfig::default(),
                     ticket,
+                    &r.pair.anchors,
                     now,
                     &mut FixedRng::new(&E_P2),
                 )

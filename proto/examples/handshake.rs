@@ -24,10 +24,13 @@ fn main() -> Result<(), vouch_proto::Error> {
     // Provisioning: the backend's key pair; a device key made on the device and
     // enrolled; a gateway key enrolled; the device is flashed with the anchor.
     let backend = BackendKeys::generate(KeyId(1), &mut rng);
+    // The backend's next key pair, made with the first and kept offline: the
+    // device is flashed with a commitment to it (SPEC.md §2.3).
+    let next_backend = BackendKeys::generate(KeyId(2), &mut rng);
     let device = IdentityKey::generate(&mut rng);
     let device_id = PeripheralId::derive(&device.public_key());
     let gateway = IdentityKey::generate(&mut rng);
-    let anchors = AnchorSet::new(backend.anchor());
+    let anchors = AnchorSet::new(backend.anchor(), next_backend.anchor().digest(), 0);
     println!("backend key 1: {}", backend.anchor().signing);
     println!("peripheral {device_id}: {}", device.public_key());
     println!("gateway: {}", gateway.public_key());
@@ -154,8 +157,13 @@ fn main() -> Result<(), vouch_proto::Error> {
     );
 
     // Resumption, with the backend out of the picture.
-    let mut rp =
-        PeripheralHandshake::resume(&PeripheralConfig::default(), p.ticket, now(), &mut rng)?;
+    let mut rp = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        p.ticket,
+        &anchors,
+        now(),
+        &mut rng,
+    )?;
     let mut rg = GatewayHandshake::new(GatewayConfig::new(gateway.public_key()), now());
     let n = rp
         .poll_transmit(&mut buf)

@@ -1,19 +1,25 @@
 //! Trust anchors and their rotation (SPEC.md §2.3, §7.7).
 //!
-//! A peripheral trusts only the backend keys in its [`AnchorSet`]: at most
-//! [`MAX_ANCHORS`]. The backend changes that set with an [`AnchorUpdate`]
-//! signed by an anchor the peripheral already holds, delivered over an
-//! established session. Updates carry a serial so an old one can never be
-//! replayed to undo a newer one.
+//! A peripheral trusts exactly one backend key, its **anchor**, and holds a
+//! **commitment** to the key that will succeed it: the digest of the next
+//! anchor's public keys ([`Anchor::digest`]), fixed when the current anchor
+//! was made, while the next private key is kept offline. An [`AnchorSet`] is
+//! that pair plus the serial of the last update applied.
+//!
+//! A rotation is one [`AnchorUpdate`], [`AnchorAction::Rotate`]: it reveals
+//! the committed anchor, carries the commitment to the one after it, and is
+//! signed by the *new* key. So whoever holds only the current key (for
+//! example after stealing it) can neither choose the successor nor sign any
+//! update the peripheral accepts, and once the peripheral rotated, the old key
+//! can no longer vouch for it: a vouch is accepted only under the anchor the
+//! Hello was sealed to, which is always the one anchor held.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::error::{ApiMisuse, Error, PeerMisbehaved};
+use crate::error::{Error, PeerMisbehaved};
 use crate::keys::{DhPublic, KeyId, PublicKey, Signature};
 use crate::label;
-
-/// The most anchors a peripheral holds at once.
-pub const MAX_ANCHORS: usize = 4;
 
 /// One backend key pair as a peripheral knows it (SPEC.md §2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,35 +32,77 @@ pub struct Anchor {
     pub sealing: DhPublic,
 }
 
-/// A change to a peripheral's anchors (SPEC.md §7.7).
+impl Anchor {
+    /// The commitment to this anchor (SPEC.md §2.3):
+    /// `SHA-256("vouch/1 anchor commitment" ‖ kid ‖ signing ‖ sealing)`.
+    /// The anchor before it carries this value, so a rotation can only move
+    /// a peripheral to this exact key pair.
+    pub fn digest(&self) -> AnchorDigest {
+        let mut h = Sha256::new();
+        h.update(label::ANCHOR_COMMITMENT);
+        h.update([self.kid.0]);
+        h.update(self.signing.as_bytes());
+        h.update(self.sealing.as_bytes());
+        AnchorDigest(h.finalize().into())
+    }
+}
+
+/// The digest of an anchor's public keys ([`Anchor::digest`]): the
+/// commitment to the next anchor. Public; 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AnchorDigest(pub [u8; 32]);
+
+/// A change to a peripheral's anchor (SPEC.md §7.7).
 ///
-/// APPEND ONLY: the variant order is wire format.
+/// APPEND ONLY: the variant order is wire format. The first three variants
+/// are the actions of the first rotation design, which let any held key sign
+/// any change; they are kept so their discriminants are never reused, and a
+/// peripheral refuses every one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnchorAction {
-    /// Trust one more anchor; new hellos seal to it.
+    /// Reserved (discriminant 0); always refused.
     Add(Anchor),
-    /// Trust this anchor only (re-homing to another backend).
+    /// Reserved (discriminant 1); always refused. Re-homing to another
+    /// backend is a [`Rotate`](Self::Rotate) to a key that backend holds.
     Replace(Anchor),
-    /// Stop trusting this key. The last anchor cannot be retired.
+    /// Reserved (discriminant 2); always refused: a rotation retires the
+    /// previous anchor by itself.
     Retire(KeyId),
+    /// Trust `anchor` instead of the current anchor. Accepted only if
+    /// `anchor`'s digest is the commitment the peripheral holds and the new
+    /// key signed the update; `next` becomes the commitment to the anchor
+    /// after it.
+    Rotate {
+        /// The committed successor, now the peripheral's anchor.
+        anchor: Anchor,
+        /// The commitment to the anchor after it.
+        next: AnchorDigest,
+    },
 }
 
 /// A signed [`AnchorAction`] (SPEC.md §7.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnchorUpdate {
-    /// Strictly increasing per fleet; the peripheral refuses any serial not above
-    /// the last it applied.
+    /// Increasing per fleet; the peripheral refuses any serial not above the
+    /// last it applied, before any cryptography.
     pub serial: u32,
     /// What changes.
     pub action: AnchorAction,
-    /// The anchor whose key signed the update.
+    /// The key id of the key that signed the update: for a rotation, the new
+    /// anchor's.
     pub signer: KeyId,
     /// Ed25519 over `"vouch/1 anchor update" ‖ postcard(serial, action)`.
     pub signature: Signature,
 }
 
-/// Room for the update statement: label, serial varint, action.
-const STATEMENT_MAX: usize = 21 + 5 + 1 + 1 + 32 + 32;
+/// The longest encoded [`AnchorUpdate`]: serial varint (5), action tag (1),
+/// a rotation's anchor (65) and commitment (32), signer (1), signature (64).
+/// Sealed in a record it is at most 199 bytes: one BLE PDU (SPEC.md §4.8).
+pub const MAX_ANCHOR_UPDATE_LEN: usize = 5 + 1 + 65 + 32 + 1 + 64;
+
+/// Room for the update statement: label, serial varint, the largest action
+/// (a rotation: tag, anchor, digest).
+const STATEMENT_MAX: usize = 21 + 5 + 1 + (1 + 32 + 32) + 32;
 
 impl AnchorUpdate {
     /// The bytes the signature covers; returns the buffer and its length.
@@ -86,61 +134,40 @@ impl AnchorUpdate {
     }
 }
 
-/// The anchors a peripheral trusts, and the serial of the last update applied.
+/// What a peripheral trusts: its anchor, the commitment to the next one, and
+/// the serial of the last update applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnchorSet {
-    /// Oldest first; the last one is the primary (hellos seal to it).
-    anchors: [Option<Anchor>; MAX_ANCHORS],
+    anchor: Anchor,
+    next: AnchorDigest,
     serial: u32,
 }
 
 impl AnchorSet {
-    /// A set holding one anchor, as provisioned at the factory.
-    pub fn new(anchor: Anchor) -> Self {
-        let mut anchors = [None; MAX_ANCHORS];
-        anchors[0] = Some(anchor);
-        Self { anchors, serial: 0 }
+    /// The set a peripheral is provisioned with: the backend's current anchor,
+    /// the commitment to its successor, and the serial of the last update the
+    /// backend issued (0 for a new fleet).
+    pub fn new(anchor: Anchor, next: AnchorDigest, serial: u32) -> Self {
+        Self {
+            anchor,
+            next,
+            serial,
+        }
     }
 
-    /// A set from several anchors (the last is the primary). At most
-    /// [`MAX_ANCHORS`]; `serial` is the last update serial applied.
-    pub fn from_anchors(list: &[Anchor], serial: u32) -> Result<Self, ApiMisuse> {
-        if list.is_empty() {
-            return Err(ApiMisuse::NoAnchor);
-        }
-        if list.len() > MAX_ANCHORS {
-            return Err(ApiMisuse::AnchorSetFull);
-        }
-        let mut anchors = [None; MAX_ANCHORS];
-        for (slot, a) in anchors.iter_mut().zip(list) {
-            *slot = Some(*a);
-        }
-        Ok(Self { anchors, serial })
-    }
-
-    /// The anchor with key id `kid`.
+    /// The anchor with key id `kid`, if it is the one held.
     pub fn get(&self, kid: KeyId) -> Option<&Anchor> {
-        self.iter().find(|a| a.kid == kid)
+        (self.anchor.kid == kid).then_some(&self.anchor)
     }
 
-    /// The anchor new hellos are sealed to: the most recently added.
-    pub fn primary(&self) -> Option<&Anchor> {
-        self.iter().last()
+    /// The anchor: hellos are sealed to it and only it can vouch.
+    pub fn primary(&self) -> &Anchor {
+        &self.anchor
     }
 
-    /// The anchors, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Anchor> {
-        self.anchors.iter().flatten()
-    }
-
-    /// How many anchors are held.
-    pub fn len(&self) -> usize {
-        self.iter().count()
-    }
-
-    /// Whether no anchor is held (never true for a set built by this API).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The commitment to the next anchor.
+    pub fn next(&self) -> &AnchorDigest {
+        &self.next
     }
 
     /// The serial of the last update applied.
@@ -148,67 +175,33 @@ impl AnchorSet {
         self.serial
     }
 
-    /// Verifies and applies an update (SPEC.md §7.7), checking cheapest
-    /// first: the serial must be above the last one applied, the signer must
-    /// be held, and the signature must verify strictly. An update the set
-    /// already has (a gateway delivers every update it holds, not knowing
-    /// which ones a peripheral applied) is thus refused as stale without a
-    /// signature verification. On any error the set is unchanged.
+    /// Verifies and applies an update (SPEC.md §7.7), cheapest check first:
+    /// the serial must be above the last one applied (an update the set
+    /// already has is thus refused as stale with no cryptography: gateways
+    /// deliver every update they hold); the action must be a rotation, named
+    /// as signed by the anchor it introduces, whose digest is the held
+    /// commitment; and the new key's signature must verify strictly. On any
+    /// error the set is unchanged.
     pub fn apply(&mut self, update: &AnchorUpdate) -> Result<(), Error> {
         if update.serial <= self.serial {
             return Err(PeerMisbehaved::StaleAnchorUpdate.into());
         }
-        let signer = self
-            .get(update.signer)
-            .ok_or(PeerMisbehaved::BadAnchorUpdate)?;
-        let (buf, n) = AnchorUpdate::statement(update.serial, &update.action);
-        if !signer.signing.verify_strict(&buf[..n], &update.signature) {
+        let AnchorAction::Rotate { anchor, next } = update.action else {
+            return Err(PeerMisbehaved::BadAnchorUpdate.into());
+        };
+        if update.signer != anchor.kid || anchor.digest() != self.next {
             return Err(PeerMisbehaved::BadAnchorUpdate.into());
         }
-        let mut next = self.clone();
-        match update.action {
-            AnchorAction::Add(anchor) => {
-                // Re-adding a key id replaces the old entry.
-                for slot in next.anchors.iter_mut() {
-                    if slot.is_some_and(|a| a.kid == anchor.kid) {
-                        *slot = None;
-                    }
-                }
-                next.compact();
-                let free = next
-                    .anchors
-                    .iter_mut()
-                    .find(|s| s.is_none())
-                    .ok_or(ApiMisuse::AnchorSetFull)?;
-                *free = Some(anchor);
-            }
-            AnchorAction::Replace(anchor) => {
-                next.anchors = [None; MAX_ANCHORS];
-                next.anchors[0] = Some(anchor);
-            }
-            AnchorAction::Retire(kid) => {
-                if next.get(kid).is_none() || next.len() == 1 {
-                    return Err(PeerMisbehaved::BadAnchorUpdate.into());
-                }
-                for slot in next.anchors.iter_mut() {
-                    if slot.is_some_and(|a| a.kid == kid) {
-                        *slot = None;
-                    }
-                }
-                next.compact();
-            }
+        let (buf, n) = AnchorUpdate::statement(update.serial, &update.action);
+        if !anchor.signing.verify_strict(&buf[..n], &update.signature) {
+            return Err(PeerMisbehaved::BadAnchorUpdate.into());
         }
-        next.serial = update.serial;
-        *self = next;
+        *self = Self {
+            anchor,
+            next,
+            serial: update.serial,
+        };
         Ok(())
-    }
-
-    fn compact(&mut self) {
-        let mut out = [None; MAX_ANCHORS];
-        for (slot, a) in out.iter_mut().zip(self.anchors.iter().flatten()) {
-            *slot = Some(*a);
-        }
-        self.anchors = out;
     }
 }
 
@@ -222,110 +215,129 @@ mod tests {
         BackendKeys::generate(KeyId(kid), &mut rng(kid as u64))
     }
 
-    #[test]
-    fn add_retire_replace_and_stale_serials() {
-        let k1 = keys(1);
-        let k2 = keys(2);
-        let k9 = keys(9);
-        let mut set = AnchorSet::new(k1.anchor());
-
-        let add = AnchorUpdate::sign(1, AnchorAction::Add(k2.anchor()), KeyId(1), k1.signing());
-        set.apply(&add).unwrap();
-        assert_eq!(set.primary().unwrap().kid, KeyId(2));
-        assert_eq!(set.len(), 2);
-
-        // Replaying the same update is refused and changes nothing.
-        assert_eq!(
-            set.apply(&add),
-            Err(PeerMisbehaved::StaleAnchorUpdate.into())
-        );
-        // A stale serial is refused before the signature is looked at (the
-        // cheap check first, SPEC.md §7.7): even a forged one is "stale".
-        let mut forged_old = add;
-        forged_old.signature.0[0] ^= 1;
-        assert_eq!(
-            set.apply(&forged_old),
-            Err(PeerMisbehaved::StaleAnchorUpdate.into())
-        );
-        let before = set.clone();
-        let mut forged_new =
-            AnchorUpdate::sign(2, AnchorAction::Add(k9.anchor()), KeyId(2), k2.signing());
-        forged_new.signature.0[0] ^= 1;
-        assert_eq!(
-            set.apply(&forged_new),
-            Err(PeerMisbehaved::BadAnchorUpdate.into())
-        );
-        assert_eq!(set, before, "a refused update changes nothing");
-
-        let retire = AnchorUpdate::sign(2, AnchorAction::Retire(KeyId(1)), KeyId(2), k2.signing());
-        set.apply(&retire).unwrap();
-        assert_eq!(set.len(), 1);
-        assert!(set.get(KeyId(1)).is_none());
-
-        // The last anchor cannot be retired.
-        let retire2 = AnchorUpdate::sign(3, AnchorAction::Retire(KeyId(2)), KeyId(2), k2.signing());
-        assert_eq!(
-            set.apply(&retire2),
-            Err(PeerMisbehaved::BadAnchorUpdate.into())
-        );
-
-        // An update signed by a key the peripheral does not hold is refused.
-        let rogue = AnchorUpdate::sign(
-            4,
-            AnchorAction::Replace(k9.anchor()),
-            KeyId(9),
-            k9.signing(),
-        );
-        assert_eq!(
-            set.apply(&rogue),
-            Err(PeerMisbehaved::BadAnchorUpdate.into())
-        );
-        // So is one that claims a held signer but is signed by another key.
-        let forged = AnchorUpdate::sign(
-            4,
-            AnchorAction::Replace(k9.anchor()),
-            KeyId(2),
-            k9.signing(),
-        );
-        assert_eq!(
-            set.apply(&forged),
-            Err(PeerMisbehaved::BadAnchorUpdate.into())
-        );
-
-        let rehome = AnchorUpdate::sign(
-            5,
-            AnchorAction::Replace(k9.anchor()),
-            KeyId(2),
-            k2.signing(),
-        );
-        set.apply(&rehome).unwrap();
-        assert_eq!(set.len(), 1);
-        assert_eq!(set.primary().unwrap().kid, KeyId(9));
-        assert_eq!(set.serial(), 5);
+    /// The rotation from `from`'s successor `to`, committing to `after`.
+    fn rotate(serial: u32, to: &BackendKeys, after: &BackendKeys) -> AnchorUpdate {
+        let action = AnchorAction::Rotate {
+            anchor: to.anchor(),
+            next: after.anchor().digest(),
+        };
+        AnchorUpdate::sign(serial, action, to.kid(), to.signing())
     }
 
     #[test]
-    fn full_set_refuses_add() {
-        let k: [BackendKeys; 5] = core::array::from_fn(|i| keys(i as u8 + 1));
-        let mut set = AnchorSet::new(k[0].anchor());
-        for (i, key) in k.iter().enumerate().skip(1).take(3) {
-            let u = AnchorUpdate::sign(
-                i as u32,
-                AnchorAction::Add(key.anchor()),
-                KeyId(1),
-                k[0].signing(),
-            );
-            set.apply(&u).unwrap();
-        }
-        let u = AnchorUpdate::sign(
-            9,
-            AnchorAction::Add(k[4].anchor()),
-            KeyId(1),
-            k[0].signing(),
+    fn a_rotation_moves_to_the_committed_key_and_the_old_key_loses_all_authority() {
+        let [k1, k2, k3] = [keys(1), keys(2), keys(3)];
+        let mut set = AnchorSet::new(k1.anchor(), k2.anchor().digest(), 0);
+        set.apply(&rotate(1, &k2, &k3)).unwrap();
+        assert_eq!(set.primary(), &k2.anchor());
+        assert_eq!(set.next(), &k3.anchor().digest());
+        assert!(set.get(KeyId(1)).is_none(), "the old anchor is gone");
+
+        // Replayed: stale, before any cryptography (the signature is broken
+        // and still the answer is "stale").
+        let mut replay = rotate(1, &k2, &k3);
+        replay.signature.0[0] ^= 1;
+        assert_eq!(
+            set.apply(&replay),
+            Err(PeerMisbehaved::StaleAnchorUpdate.into())
         );
+
+        // The old key signs anything, at any serial: refused, nothing changes.
         let before = set.clone();
-        assert_eq!(set.apply(&u), Err(ApiMisuse::AnchorSetFull.into()));
+        let k9 = keys(9);
+        for action in [
+            AnchorAction::Rotate {
+                anchor: k9.anchor(),
+                next: k9.anchor().digest(),
+            },
+            AnchorAction::Rotate {
+                anchor: k1.anchor(),
+                next: k9.anchor().digest(),
+            },
+            AnchorAction::Add(k9.anchor()),
+            AnchorAction::Replace(k9.anchor()),
+            AnchorAction::Retire(KeyId(2)),
+        ] {
+            for signer in [KeyId(1), KeyId(9)] {
+                let forged = AnchorUpdate::sign(u32::MAX, action, signer, k1.signing());
+                assert_eq!(
+                    set.apply(&forged),
+                    Err(PeerMisbehaved::BadAnchorUpdate.into())
+                );
+            }
+        }
+        assert_eq!(set, before, "a refused update changes nothing");
+        assert_eq!(set.serial(), 1, "no forgery consumed the serial space");
+
+        // The legitimate next rotation still applies.
+        let k4 = keys(4);
+        set.apply(&rotate(2, &k3, &k4)).unwrap();
+        assert_eq!(set.primary(), &k3.anchor());
+    }
+
+    #[test]
+    fn the_current_key_cannot_choose_the_successor() {
+        // An attacker holding k2 (current) signs a rotation to its own key
+        // k9, and another naming k3 (the committed successor) as signer but
+        // with k3's anchor swapped for its own keys.
+        let [k1, k2, k3, k9] = [keys(1), keys(2), keys(3), keys(9)];
+        let mut set = AnchorSet::new(k2.anchor(), k3.anchor().digest(), 7);
+        let before = set.clone();
+        let own = AnchorUpdate::sign(
+            8,
+            AnchorAction::Rotate {
+                anchor: k9.anchor(),
+                next: k9.anchor().digest(),
+            },
+            KeyId(9),
+            k9.signing(),
+        );
+        assert_eq!(set.apply(&own), Err(PeerMisbehaved::BadAnchorUpdate.into()));
+        // The committed successor's public keys, but signed by k2: refused
+        // (the new key must sign).
+        let unsigned = AnchorUpdate::sign(
+            8,
+            AnchorAction::Rotate {
+                anchor: k3.anchor(),
+                next: k9.anchor().digest(),
+            },
+            KeyId(3),
+            k2.signing(),
+        );
+        assert_eq!(
+            set.apply(&unsigned),
+            Err(PeerMisbehaved::BadAnchorUpdate.into())
+        );
+        // A signer field that does not name the new anchor.
+        let mut misnamed = rotate(8, &k3, &k1);
+        misnamed.signer = KeyId(2);
+        assert_eq!(
+            set.apply(&misnamed),
+            Err(PeerMisbehaved::BadAnchorUpdate.into())
+        );
         assert_eq!(set, before);
+    }
+
+    #[test]
+    fn catch_up_over_several_missed_rotations() {
+        let k: [BackendKeys; 5] = core::array::from_fn(|i| keys(i as u8 + 1));
+        let mut set = AnchorSet::new(k[0].anchor(), k[1].anchor().digest(), 0);
+        let log: [AnchorUpdate; 3] =
+            core::array::from_fn(|i| rotate(i as u32 + 1, &k[i + 1], &k[i + 2]));
+        // Out of order: refused until the one before it arrived.
+        assert_eq!(
+            set.apply(&log[1]),
+            Err(PeerMisbehaved::BadAnchorUpdate.into())
+        );
+        for u in &log {
+            set.apply(u).unwrap();
+        }
+        assert_eq!(set.primary(), &k[3].anchor());
+        assert_eq!(set.serial(), 3);
+        // Delivered again in full (as gateways do): every one is stale.
+        for u in &log {
+            assert_eq!(set.apply(u), Err(PeerMisbehaved::StaleAnchorUpdate.into()));
+        }
     }
 }
 
@@ -333,33 +345,38 @@ mod tests {
 pub use bundle::{AnchorBundle, BundleAnchor, BundleError, BUNDLE_FORMAT};
 
 /// The provisioning bundle a peripheral is flashed with (SPEC.md §2.3): the
-/// backend's anchors and the protocol parameters, as JSON-friendly data.
+/// backend's current anchor, the commitment to its successor and the
+/// protocol parameters, as JSON-friendly data.
 ///
 /// ```json
-/// { "format": "vouch-anchor-bundle/1", "protocol_version": 1, "suite": 1,
+/// { "format": "vouch-anchor-bundle/2", "protocol_version": 1, "suite": 1,
 ///   "serial": 0,
-///   "anchors": [ { "kid": 1, "signing": "<64 hex>", "sealing": "<64 hex>" } ] }
+///   "anchor": { "kid": 1, "signing": "<64 hex>", "sealing": "<64 hex>" },
+///   "next": "<64 hex>" }
 /// ```
 ///
 /// The backend writes it (`vouch-backend export-anchor`), the device installs
 /// it (`vouch-peripheral provision --anchor FILE`). The type is defined here
-/// once; both sides serialize it with serde (JSON).
+/// once; both sides serialize it with serde (JSON). Bundles of format 1 had no
+/// commitment, so a device provisioned from one could be moved to any key by
+/// whoever held one of its anchors; they are refused, and such a device is
+/// provisioned again from a current bundle.
 #[cfg(feature = "alloc")]
 mod bundle {
     use alloc::string::String;
-    use alloc::vec::Vec;
 
     use serde::{Deserialize, Serialize};
 
-    use super::{Anchor, AnchorSet, MAX_ANCHORS};
+    use super::{Anchor, AnchorDigest, AnchorSet};
     use crate::keys::{decode_hex, DhPublic, KeyId, PublicKey};
     use crate::wire::{Suite, PROTOCOL_VERSION};
 
     /// The value of [`AnchorBundle::format`].
-    pub const BUNDLE_FORMAT: &str = "vouch-anchor-bundle/1";
+    pub const BUNDLE_FORMAT: &str = "vouch-anchor-bundle/2";
 
     /// See the module documentation.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
     pub struct AnchorBundle {
         /// Always [`BUNDLE_FORMAT`].
         pub format: String,
@@ -369,12 +386,15 @@ mod bundle {
         pub suite: u8,
         /// The anchor-update serial the device starts from.
         pub serial: u32,
-        /// The anchors, oldest first; the last is the primary.
-        pub anchors: Vec<BundleAnchor>,
+        /// The anchor: hellos seal to it, it alone vouches.
+        pub anchor: BundleAnchor,
+        /// The commitment to the next anchor ([`Anchor::digest`]), 64 hex digits.
+        pub next: String,
     }
 
     /// One anchor of a bundle, keys in hex.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
     pub struct BundleAnchor {
         /// Key id.
         pub kid: u8,
@@ -389,7 +409,7 @@ mod bundle {
     #[non_exhaustive]
     pub enum BundleError {
         /// `format` is not [`BUNDLE_FORMAT`].
-        #[error("not a Vouch anchor bundle (format {0:?})")]
+        #[error("not a Vouch anchor bundle of format {BUNDLE_FORMAT:?} (format {0:?}; a format-1 bundle has no rotation commitment: export a new one with `vouch-backend export-anchor`)")]
         Format(String),
         /// The bundle is for a protocol version or suite this build does not speak.
         #[error("bundle is for protocol version {version}, suite {suite}; this build speaks version 1, suite 1")]
@@ -399,14 +419,6 @@ mod bundle {
             /// The bundle's suite.
             suite: u8,
         },
-        /// No anchors, or more than a device holds.
-        #[error("a bundle holds 1 to {max} anchors, this one holds {got}")]
-        Count {
-            /// How many it holds.
-            got: usize,
-            /// The limit.
-            max: usize,
-        },
         /// An anchor key is not valid hex or not a valid key.
         #[error("anchor {kid}: invalid {field} key")]
         Key {
@@ -415,32 +427,26 @@ mod bundle {
             /// `signing` or `sealing`.
             field: &'static str,
         },
-        /// Two anchors share a key id.
-        #[error("key id {0} appears twice")]
-        DuplicateKid(u8),
+        /// `next` is not 64 hex digits.
+        #[error("invalid next-anchor commitment (64 hex digits expected)")]
+        Next,
     }
 
     impl AnchorBundle {
         /// The bundle of an anchor set.
         pub fn from_anchor_set(set: &AnchorSet) -> Self {
+            let a = set.primary();
             Self {
                 format: BUNDLE_FORMAT.into(),
                 protocol_version: PROTOCOL_VERSION,
                 suite: Suite::Ed25519X25519ChaCha20Poly1305 as u8,
                 serial: set.serial(),
-                anchors: set
-                    .iter()
-                    .map(|a| BundleAnchor {
-                        kid: a.kid.0,
-                        signing: alloc::format!("{}", a.signing),
-                        sealing: a
-                            .sealing
-                            .0
-                            .iter()
-                            .map(|b| alloc::format!("{b:02x}"))
-                            .collect(),
-                    })
-                    .collect(),
+                anchor: BundleAnchor {
+                    kid: a.kid.0,
+                    signing: alloc::format!("{}", a.signing),
+                    sealing: hex(&a.sealing.0),
+                },
+                next: hex(&set.next().0),
             }
         }
 
@@ -455,37 +461,29 @@ mod bundle {
                     suite: self.suite,
                 });
             }
-            if self.anchors.is_empty() || self.anchors.len() > MAX_ANCHORS {
-                return Err(BundleError::Count {
-                    got: self.anchors.len(),
-                    max: MAX_ANCHORS,
-                });
-            }
-            let mut anchors = Vec::with_capacity(self.anchors.len());
-            for a in &self.anchors {
-                if anchors.iter().any(|x: &Anchor| x.kid.0 == a.kid) {
-                    return Err(BundleError::DuplicateKid(a.kid));
-                }
-                let signing = PublicKey::from_hex(&a.signing).ok_or(BundleError::Key {
-                    kid: a.kid,
-                    field: "signing",
-                })?;
-                let mut sealing = [0u8; 32];
-                decode_hex(&a.sealing, &mut sealing).ok_or(BundleError::Key {
-                    kid: a.kid,
-                    field: "sealing",
-                })?;
-                anchors.push(Anchor {
-                    kid: KeyId(a.kid),
-                    signing,
-                    sealing: DhPublic(sealing),
-                });
-            }
-            AnchorSet::from_anchors(&anchors, self.serial).map_err(|_| BundleError::Count {
-                got: self.anchors.len(),
-                max: MAX_ANCHORS,
-            })
+            let a = &self.anchor;
+            let signing = PublicKey::from_hex(&a.signing).ok_or(BundleError::Key {
+                kid: a.kid,
+                field: "signing",
+            })?;
+            let mut sealing = [0u8; 32];
+            decode_hex(&a.sealing, &mut sealing).ok_or(BundleError::Key {
+                kid: a.kid,
+                field: "sealing",
+            })?;
+            let mut next = [0u8; 32];
+            decode_hex(&self.next, &mut next).ok_or(BundleError::Next)?;
+            let anchor = Anchor {
+                kid: KeyId(a.kid),
+                signing,
+                sealing: DhPublic(sealing),
+            };
+            Ok(AnchorSet::new(anchor, AnchorDigest(next), self.serial))
         }
+    }
+
+    fn hex(bytes: &[u8; 32]) -> String {
+        bytes.iter().map(|b| alloc::format!("{b:02x}")).collect()
     }
 
     #[cfg(test)]
@@ -496,11 +494,12 @@ mod bundle {
         #[test]
         fn bundle_round_trip_and_validation() {
             let k = BackendKeys::generate(KeyId(3), &mut crate::testing::rng(3));
-            let set = AnchorSet::new(k.anchor());
+            let n = BackendKeys::generate(KeyId(4), &mut crate::testing::rng(4));
+            let set = AnchorSet::new(k.anchor(), n.anchor().digest(), 5);
             let b = AnchorBundle::from_anchor_set(&set);
             assert_eq!(b.to_anchor_set().unwrap(), set);
             let mut bad = b.clone();
-            bad.anchors[0].signing = "zz".into();
+            bad.anchor.signing = "zz".into();
             assert_eq!(
                 bad.to_anchor_set(),
                 Err(BundleError::Key {
@@ -509,11 +508,11 @@ mod bundle {
                 })
             );
             let mut bad = b.clone();
-            bad.format = "x".into();
-            assert!(matches!(bad.to_anchor_set(), Err(BundleError::Format(_))));
+            bad.next = "00".into();
+            assert_eq!(bad.to_anchor_set(), Err(BundleError::Next));
             let mut bad = b.clone();
-            bad.anchors.push(bad.anchors[0].clone());
-            assert_eq!(bad.to_anchor_set(), Err(BundleError::DuplicateKid(3)));
+            bad.format = "vouch-anchor-bundle/1".into();
+            assert!(matches!(bad.to_anchor_set(), Err(BundleError::Format(_))));
             let mut bad = b;
             bad.protocol_version = 2;
             assert!(matches!(

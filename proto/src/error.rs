@@ -159,8 +159,8 @@ pub enum PeerMisbehaved {
     /// The peripheral's signature over the hello did not verify.
     #[error("hello signature invalid")]
     BadHelloSignature,
-    /// The vouch names a trust anchor the peripheral does not hold.
-    #[error("vouch signed by an unknown anchor")]
+    /// The vouch names another key than the anchor the Hello was sealed to.
+    #[error("vouch signed by another key than the hello's anchor")]
     UnknownAnchor,
     /// The vouch signature did not verify for this hello, peripheral and gateway share.
     #[error("vouch signature invalid")]
@@ -226,12 +226,10 @@ pub enum ApiMisuse {
     /// The scope granted by the vouch does not allow this.
     #[error("the granted scope does not allow this")]
     OutOfScope,
-    /// No trust anchor is installed.
-    #[error("no trust anchor installed")]
-    NoAnchor,
-    /// The anchor set is full and the update does not replace it.
-    #[error("anchor set full")]
-    AnchorSetFull,
+    /// The ticket was issued under a vouch of an anchor the peripheral no
+    /// longer holds (SPEC.md §6.1): a full handshake is needed.
+    #[error("ticket issued under a rotated-away anchor")]
+    TicketOfOldAnchor,
     /// Every record counter of the session has been used.
     #[error("record counters exhausted")]
     CountersExhausted,

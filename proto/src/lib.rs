@@ -138,4 +138,6 @@ pub mod label {
     pub const RESUME_CONFIRM: &[u8] = b"vouch/1 resume confirm";
     /// The backend's signature over a trust-anchor update.
     pub const ANCHOR_UPDATE: &[u8] = b"vouch/1 anchor update";
+    /// The commitment to a backend's next anchor (SPEC.md §2.3).
+    pub const ANCHOR_COMMITMENT: &[u8] = b"vouch/1 anchor commitment";
 }

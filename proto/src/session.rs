@@ -11,7 +11,7 @@
 //! with an error and leave the session as it was (SPEC.md §7.4): an attacker who
 //! can inject bytes cannot make a session accept anything, nor end it.
 
-use crate::anchor::AnchorUpdate;
+use crate::anchor::{AnchorUpdate, MAX_ANCHOR_UPDATE_LEN};
 use crate::crypto::{self, Secret32, TAG_LEN};
 use crate::error::{ApiMisuse, Error, PeerMisbehaved};
 use crate::label;
@@ -319,10 +319,10 @@ impl Session {
         if self.role != Role::Gateway {
             return Err(ApiMisuse::WrongState.into());
         }
-        let mut buf = [0u8; 160];
+        let mut buf = [0u8; MAX_ANCHOR_UPDATE_LEN];
         let enc = postcard::to_slice(update, &mut buf).map_err(|_| ApiMisuse::BufferTooSmall {
-            need: 160,
-            have: 160,
+            need: MAX_ANCHOR_UPDATE_LEN,
+            have: MAX_ANCHOR_UPDATE_LEN,
         })?;
         let n = enc.len();
         self.seal(now, ContentType::AnchorUpdate, &[&buf[..n]], out)

@@ -55,6 +55,9 @@ pub struct Pair {
     pub rng: ChaCha20Rng,
     /// The backend's keys (key id 1).
     pub backend: BackendKeys,
+    /// The backend's next key pair (key id 2), which [`Pair::anchors`]
+    /// holds the commitment to.
+    pub next_backend: BackendKeys,
     /// The peripheral's identity key.
     pub peripheral_key: IdentityKey,
     /// The peripheral's registry id.
@@ -71,6 +74,9 @@ pub struct Pair {
     pub transcript: Transcript,
 }
 
+/// Mixed into a pair's seed for the backend's committed next key.
+const NEXT_KEY_STREAM: u64 = 0x6e65_7874;
+
 impl Pair {
     /// Keys derived from `seed`; scope telemetry + command; one-hour sessions and
     /// one-day resumption.
@@ -80,11 +86,15 @@ impl Pair {
         let peripheral_key = IdentityKey::generate(&mut rng);
         let gateway_key = IdentityKey::generate(&mut rng);
         let peripheral_id = PeripheralId::derive(&peripheral_key.public_key());
-        let anchors = AnchorSet::new(backend.anchor());
+        // The committed successor comes from a stream of its own, so adding
+        // it did not change any other key of a seeded pair.
+        let next_backend = BackendKeys::generate(KeyId(2), &mut self::rng(seed ^ NEXT_KEY_STREAM));
+        let anchors = AnchorSet::new(backend.anchor(), next_backend.anchor().digest(), 0);
         Self {
             now: Timestamp(1_000),
             rng,
             backend,
+            next_backend,
             peripheral_key,
             peripheral_id,
             gateway_key,
@@ -165,6 +175,7 @@ impl Pair {
         let p = PeripheralHandshake::resume(
             &PeripheralConfig::default(),
             p_ticket,
+            &self.anchors,
             self.now,
             &mut self.rng,
         )?;

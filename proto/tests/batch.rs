@@ -33,7 +33,8 @@ impl Fleet {
     /// A fresh hello from device `i`, opened by the backend.
     fn opened(&self, i: usize, seed: u64) -> OpenedHello {
         let (key, id) = &self.devices[i];
-        let anchors = AnchorSet::new(self.backend.anchor());
+        // The commitment plays no part in a Hello.
+        let anchors = AnchorSet::new(self.backend.anchor(), self.backend.anchor().digest(), 0);
         let mut p = PeripheralHandshake::start(
             &PeripheralConfig::default(),
             *id,

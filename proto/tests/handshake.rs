@@ -170,6 +170,7 @@ fn consumed_ticket_cannot_be_used_again() {
     let mut ph = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         replay,
+        &pair.anchors,
         pair.now,
         &mut pair.rng,
     )

@@ -22,7 +22,7 @@ use proptest::option;
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vouch_proto::anchor::{Anchor, AnchorAction, AnchorSet, AnchorUpdate, MAX_ANCHORS};
+use vouch_proto::anchor::{Anchor, AnchorAction, AnchorDigest, AnchorSet, AnchorUpdate};
 use vouch_proto::error::Refusal;
 use vouch_proto::keys::{DhPublic, IdentityKey, KeyId, PeripheralId, PublicKey, Signature};
 use vouch_proto::session::{Inbound, Session};
@@ -301,6 +301,10 @@ fn anchor_update() -> impl Strategy<Value = AnchorUpdate> {
         anchor().prop_map(AnchorAction::Add),
         anchor().prop_map(AnchorAction::Replace),
         key_id().prop_map(AnchorAction::Retire),
+        (anchor(), any::<[u8; 32]>()).prop_map(|(anchor, next)| AnchorAction::Rotate {
+            anchor,
+            next: AnchorDigest(next)
+        }),
     ];
     (any::<u32>(), action, key_id(), signature()).prop_map(|(serial, action, signer, signature)| {
         AnchorUpdate {
@@ -313,8 +317,8 @@ fn anchor_update() -> impl Strategy<Value = AnchorUpdate> {
 }
 
 fn anchor_set() -> impl Strategy<Value = AnchorSet> {
-    (vec(anchor(), 1..=MAX_ANCHORS), any::<u32>())
-        .prop_map(|(list, serial)| AnchorSet::from_anchors(&list, serial).unwrap())
+    (anchor(), any::<[u8; 32]>(), any::<u32>())
+        .prop_map(|(anchor, next, serial)| AnchorSet::new(anchor, AnchorDigest(next), serial))
 }
 
 // ---------------------------------------------------------------------------
@@ -643,7 +647,7 @@ proptest! {
     fn anchor_sets_round_trip(set in anchor_set(), extra in any::<u8>()) {
         check_postcard(&set, extra)?;
         let back: AnchorSet = postcard::from_bytes(&postcard::to_allocvec(&set).unwrap()).unwrap();
-        prop_assert_eq!(back.len(), set.len());
+        prop_assert_eq!(back.next(), set.next());
         prop_assert_eq!(back.primary(), set.primary());
         prop_assert_eq!(back.serial(), set.serial());
     }

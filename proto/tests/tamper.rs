@@ -140,8 +140,14 @@ fn every_corrupted_resumption_message_is_refused() {
     let fresh = |base: &mut Pair, seed: u64| {
         base.rng = vouch_proto::testing::rng(seed);
         let t = postcard::from_bytes(&ticket_bytes).unwrap();
-        PeripheralHandshake::resume(&PeripheralConfig::default(), t, base.now, &mut base.rng)
-            .unwrap()
+        PeripheralHandshake::resume(
+            &PeripheralConfig::default(),
+            t,
+            &base.anchors,
+            base.now,
+            &mut base.rng,
+        )
+        .unwrap()
     };
     // ResumeHello corrupted → the gateway refuses.
     let mut p = fresh(&mut base, 1001);

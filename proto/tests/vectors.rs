@@ -41,10 +41,14 @@ struct Inputs {
     lifetimes: Lifetimes,
     now: Timestamp,
     record_plaintext: &'static [u8],
-    /// The backend's second key pair, which the anchor updates add (SPEC.md §7.7).
+    /// The backend's second key pair: key 1 commits to it, the rotation
+    /// moves to it (SPEC.md §2.3, §7.7).
     anchor_key_id: KeyId,
     anchor_signing_seed: [u8; 32],
     anchor_sealing_secret: [u8; 32],
+    /// The third key pair (key id 3): key 2 commits to it.
+    third_signing_seed: [u8; 32],
+    third_sealing_secret: [u8; 32],
 }
 
 fn inputs() -> Inputs {
@@ -67,6 +71,8 @@ fn inputs() -> Inputs {
         anchor_key_id: KeyId(2),
         anchor_signing_seed: pattern(0x10),
         anchor_sealing_secret: pattern(0x30),
+        third_signing_seed: pattern(0x50),
+        third_sealing_secret: pattern(0x70),
     }
 }
 
@@ -79,6 +85,8 @@ struct World {
     anchors: AnchorSet,
     /// The second key pair (key id 2).
     next_backend: BackendKeys,
+    /// The third key pair (key id 3).
+    third_backend: BackendKeys,
 }
 
 impl World {
@@ -92,12 +100,17 @@ impl World {
         let peripheral = IdentityKey::from_seed(&i.peripheral_seed);
         let id = PeripheralId::derive(&peripheral.public_key());
         let gateway = IdentityKey::from_seed(&i.gateway_seed);
-        let anchors = AnchorSet::new(backend.anchor());
         let next_backend = BackendKeys::from_parts(
             i.anchor_key_id,
             IdentityKey::from_seed(&i.anchor_signing_seed),
             SealingKey::from_bytes(i.anchor_sealing_secret),
         );
+        let third_backend = BackendKeys::from_parts(
+            KeyId(3),
+            IdentityKey::from_seed(&i.third_signing_seed),
+            SealingKey::from_bytes(i.third_sealing_secret),
+        );
+        let anchors = AnchorSet::new(backend.anchor(), next_backend.anchor().digest(), 0);
         Self {
             i,
             backend,
@@ -106,28 +119,80 @@ impl World {
             gateway,
             anchors,
             next_backend,
+            third_backend,
         }
     }
 
-    /// A rotation (SPEC.md §7.7): serial 1 adds key 2, signed by key 1;
-    /// serial 2 retires key 1, signed by key 2. Returned as postcard bytes.
-    fn anchor_updates(&self) -> (Vec<u8>, Vec<u8>) {
-        let add = AnchorUpdate::sign(
+    /// The rotation (SPEC.md §7.7): serial 1 moves from key 1 to key 2,
+    /// which key 1 committed to, carries key 2's commitment to key 3, and is
+    /// signed by key 2. Returned as postcard bytes.
+    fn rotation(&self) -> Vec<u8> {
+        let rotate = AnchorUpdate::sign(
             1,
-            AnchorAction::Add(self.next_backend.anchor()),
-            self.backend.kid(),
-            self.backend.signing(),
-        );
-        let retire = AnchorUpdate::sign(
-            2,
-            AnchorAction::Retire(self.backend.kid()),
+            AnchorAction::Rotate {
+                anchor: self.next_backend.anchor(),
+                next: self.third_backend.anchor().digest(),
+            },
             self.next_backend.kid(),
             self.next_backend.signing(),
         );
-        (
-            postcard::to_allocvec(&add).unwrap(),
-            postcard::to_allocvec(&retire).unwrap(),
-        )
+        postcard::to_allocvec(&rotate).unwrap()
+    }
+
+    /// Updates an attacker could sign: each must be refused (SPEC.md §7.7,
+    /// §11.15). Returned as postcard bytes.
+    fn forged_rotations(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let enc = |u: AnchorUpdate| postcard::to_allocvec(&u).unwrap();
+        let to_2 = AnchorAction::Rotate {
+            anchor: self.next_backend.anchor(),
+            next: self.third_backend.anchor().digest(),
+        };
+        vec![
+            // The committed successor, but signed by the current key 1 (who
+            // stole key 1 does not hold key 2).
+            (
+                "anchor_update_signed_by_current_key",
+                enc(AnchorUpdate::sign(
+                    1,
+                    to_2,
+                    KeyId(2),
+                    self.backend.signing(),
+                )),
+            ),
+            // A rotation to a key nobody committed to (key 3, skipping 2).
+            (
+                "anchor_update_uncommitted_key",
+                enc(AnchorUpdate::sign(
+                    1,
+                    AnchorAction::Rotate {
+                        anchor: self.third_backend.anchor(),
+                        next: self.backend.anchor().digest(),
+                    },
+                    KeyId(3),
+                    self.third_backend.signing(),
+                )),
+            ),
+            // The first design's actions, signed by the key the peripheral
+            // holds, at the highest serial: reserved, refused.
+            (
+                "anchor_update_replace_reserved",
+                enc(AnchorUpdate::sign(
+                    u32::MAX,
+                    AnchorAction::Replace(self.third_backend.anchor()),
+                    KeyId(1),
+                    self.backend.signing(),
+                )),
+            ),
+            (
+                "anchor_update_add_reserved",
+                enc(AnchorUpdate::sign(
+                    1,
+                    AnchorAction::Add(self.next_backend.anchor()),
+                    KeyId(1),
+                    self.backend.signing(),
+                )),
+            ),
+        ]
     }
 
     fn info(&self) -> PeripheralInfo {
@@ -245,11 +310,10 @@ fn generate() -> Value {
     let n = g.session.seal_data(i.now, b"led=on", &mut rec).unwrap();
     let record_g2p = rec[..n].to_vec();
 
-    // Anchor updates (SPEC.md §7.7): the peripheral applies both in order;
-    // the first travels in the gateway's next record (counter 1, content type 2).
-    let (add, retire) = w.anchor_updates();
-    let add_update: AnchorUpdate = postcard::from_bytes(&add).unwrap();
-    let retire_update: AnchorUpdate = postcard::from_bytes(&retire).unwrap();
+    // The anchor update (SPEC.md §7.7) travels in the gateway's next record
+    // (counter 1, content type 2).
+    let rotate = w.rotation();
+    let add_update: AnchorUpdate = postcard::from_bytes(&rotate).unwrap();
     let mut big = [0u8; 256];
     let n = g
         .session
@@ -265,15 +329,16 @@ fn generate() -> Value {
     );
     let mut set = w.anchors.clone();
     set.apply(&add_update).unwrap();
-    assert_eq!(set.primary(), Some(&w.next_backend.anchor()));
-    set.apply(&retire_update).unwrap();
-    assert_eq!(set.len(), 1);
-    assert_eq!(set.serial(), 2);
+    assert_eq!(set.primary(), &w.next_backend.anchor());
+    assert_eq!(set.next(), &w.third_backend.anchor().digest());
+    assert_eq!(set.serial(), 1);
 
-    // Resumption.
+    // Resumption (with the anchors as provisioned: the rotation above was
+    // applied to a copy).
     let mut rp = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         p.ticket,
+        &w.anchors,
         i.now,
         &mut FixedRng::new(&i.resume_e_p),
     )
@@ -319,6 +384,9 @@ fn generate() -> Value {
             "anchor_key_id": i.anchor_key_id.0,
             "anchor_signing_seed": hex(&i.anchor_signing_seed),
             "anchor_sealing_secret": hex(&i.anchor_sealing_secret),
+            "third_key_id": 3,
+            "third_signing_seed": hex(&i.third_signing_seed),
+            "third_sealing_secret": hex(&i.third_sealing_secret),
         },
         "derived": {
             "backend_signing_public": hex(anchor.signing.as_bytes()),
@@ -328,6 +396,8 @@ fn generate() -> Value {
             "gateway_public": hex(w.gateway.public_key().as_bytes()),
             "anchor_signing_public": hex(next_anchor.signing.as_bytes()),
             "anchor_sealing_public": hex(next_anchor.sealing.as_bytes()),
+            "anchor_commitment_1": hex(&next_anchor.digest().0),
+            "anchor_commitment_2": hex(&w.third_backend.anchor().digest().0),
         },
         "full": {
             "hello": hex(&hello),
@@ -349,11 +419,10 @@ fn generate() -> Value {
             "next_resumption_id": hex(&rp.ticket.id.0),
         },
         "anchor_update": {
-            "add": hex(&add),
-            "retire": hex(&retire),
+            "rotate": hex(&rotate),
             "record_g2p_counter_1": hex(&record_anchor_update),
         },
-        "negative": negative_vectors(&hello, &resp, &finish, &record_p2g, &resume_hello, &add, &retire),
+        "negative": negative_vectors(&hello, &resp, &finish, &record_p2g, &resume_hello, &rotate, &w.forged_rotations()),
     })
 }
 
@@ -364,8 +433,8 @@ fn negative_vectors(
     finish: &[u8],
     record: &[u8],
     resume_hello: &[u8],
-    add: &[u8],
-    retire: &[u8],
+    rotate: &[u8],
+    forged: &[(&'static str, Vec<u8>)],
 ) -> Value {
     let flip = |m: &[u8], at: usize| {
         let mut m = m.to_vec();
@@ -381,7 +450,7 @@ fn negative_vectors(
     longer.push(0);
     let mut low_order = resp.to_vec();
     low_order[2..34].fill(0);
-    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+    let mut cases: Vec<(&str, &str, Vec<u8>)> = vec![
         ("hello_version_2", "gateway_first", set(hello, 0, 2)),
         ("hello_suite_2", "gateway_first", set(hello, 2, 2)),
         ("hello_unknown_type", "gateway_first", set(hello, 1, 7)),
@@ -464,27 +533,32 @@ fn negative_vectors(
         ),
         (
             "anchor_update_replayed",
-            "peripheral_anchors_after_add",
-            add.to_vec(),
+            "peripheral_anchors_after_rotate",
+            rotate.to_vec(),
         ),
         (
             "anchor_update_signature_flipped",
             "peripheral_anchors",
-            flip(add, add.len() - 1),
+            flip(rotate, rotate.len() - 1),
         ),
         // Serial 1 → 2: the signature covers the serial.
         (
             "anchor_update_serial_changed",
             "peripheral_anchors",
-            set(add, 0, 2),
+            set(rotate, 0, 2),
         ),
-        // Signed by key 2, which a peripheral that missed the Add does not hold.
+        // The committed anchor's key id in the signer field changed to 1.
         (
-            "anchor_update_unknown_signer",
+            "anchor_update_signer_not_the_new_key",
             "peripheral_anchors",
-            retire.to_vec(),
+            set(rotate, rotate.len() - 65, 1),
         ),
     ];
+    cases.extend(
+        forged
+            .iter()
+            .map(|(name, input)| (*name, "peripheral_anchors", input.clone())),
+    );
     Value::Array(
         cases
             .into_iter()
@@ -546,11 +620,11 @@ fn reject(state: &str, input: &[u8]) -> Error {
                 }
             }
         }
-        "peripheral_anchors" | "peripheral_anchors_after_add" => {
+        "peripheral_anchors" | "peripheral_anchors_after_rotate" => {
             let mut set = w.anchors.clone();
-            if state == "peripheral_anchors_after_add" {
-                let (add, _) = w.anchor_updates();
-                set.apply(&postcard::from_bytes(&add).unwrap()).unwrap();
+            if state == "peripheral_anchors_after_rotate" {
+                set.apply(&postcard::from_bytes(&w.rotation()).unwrap())
+                    .unwrap();
             }
             let update: AnchorUpdate = postcard::from_bytes(input).expect("decodes");
             let before = set.clone();
@@ -589,21 +663,26 @@ fn spec_section(v: &Value) -> String {
         }
     }
     s.push_str("```\n\nNegative vectors (each must be rejected in the named state):\n\n");
-    s.push_str("| name | state | input |\n|---|---|---|\n");
+    s.push_str("| name | state | bytes |\n|---|---|---|\n");
     for n in v["negative"].as_array().unwrap() {
-        let input = n["input"].as_str().unwrap();
-        let shown = if input.len() > 24 {
-            format!("{}…({} bytes)", &input[..24], input.len() / 2)
-        } else {
-            input.to_string()
-        };
         s.push_str(&format!(
-            "| `{}` | `{}` | `{}` |\n",
+            "| `{}` | `{}` | {} |\n",
             n["name"].as_str().unwrap(),
             n["state"].as_str().unwrap(),
-            shown
+            n["input"].as_str().unwrap().len() / 2
         ));
     }
+    s.push_str("\nTheir inputs in full:\n\n```text\n");
+    for n in v["negative"].as_array().unwrap() {
+        let input = n["input"].as_str().unwrap();
+        s.push_str(&format!("{} =\n", n["name"].as_str().unwrap()));
+        for chunk in input.as_bytes().chunks(64) {
+            s.push_str("    ");
+            s.push_str(std::str::from_utf8(chunk).unwrap());
+            s.push('\n');
+        }
+    }
+    s.push_str("```\n");
     s
 }
 

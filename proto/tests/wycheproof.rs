@@ -244,9 +244,14 @@ fn low_order_shares_fail_every_handshake_step() {
 
         // The peripheral taking a ResumeResponse with a low-order share.
         let t: PeripheralTicket = postcard::from_bytes(&ticket).unwrap();
-        let mut p =
-            PeripheralHandshake::resume(&PeripheralConfig::default(), t, pair.now, &mut pair.rng)
-                .unwrap();
+        let mut p = PeripheralHandshake::resume(
+            &PeripheralConfig::default(),
+            t,
+            &pair.anchors,
+            pair.now,
+            &mut pair.rng,
+        )
+        .unwrap();
         let rr = Message::ResumeResponse(ResumeResponse {
             ephemeral: share,
             confirm: vouch_proto::wire::Mac16([0x5a; 16]),

@@ -54,6 +54,8 @@ pub enum Mode {
 /// The backend: registry, revocation, policy (one scope per device), and a
 /// switch to take it down.
 pub struct Backend {
+    /// What every key pair of this backend is drawn from (see [`Backend::future_keys`]).
+    seed: u64,
     keys: Mutex<Vec<Arc<BackendKeys>>>,
     pub gateway: IdentityKey,
     registry: Mutex<HashMap<PeripheralId, (PublicKey, Scope)>>,
@@ -73,6 +75,7 @@ impl Backend {
         let keys = BackendKeys::generate(KeyId(1), &mut r);
         let gateway = IdentityKey::generate(&mut r);
         Arc::new(Self {
+            seed,
             keys: Mutex::new(vec![Arc::new(keys)]),
             gateway,
             registry: Mutex::new(HashMap::new()),
@@ -86,6 +89,13 @@ impl Backend {
                 resumption_s: 86_400,
             }),
         })
+    }
+
+    /// Key pair `kid` (2 and above) as this backend creates it in advance:
+    /// the devices hold a commitment to key 2 from provisioning, key 2's
+    /// rotation commits to key 3, and so on (SPEC.md §2.3).
+    pub fn future_keys(&self, kid: u8) -> BackendKeys {
+        BackendKeys::generate(KeyId(kid), &mut rng(self.seed * 1_000 + u64::from(kid)))
     }
 
     /// Adds a backend key pair (rotation).
@@ -107,7 +117,11 @@ impl Backend {
 
     /// The bundle `vouch-backend export-anchor` would write (key id 1).
     pub fn bundle(&self) -> AnchorBundle {
-        AnchorBundle::from_anchor_set(&AnchorSet::new(self.keys(1).anchor()))
+        AnchorBundle::from_anchor_set(&AnchorSet::new(
+            self.keys(1).anchor(),
+            self.future_keys(2).anchor().digest(),
+            0,
+        ))
     }
 
     pub fn enroll(&self, public: PublicKey, scope: Scope) -> PeripheralId {
@@ -180,7 +194,7 @@ impl Backend {
                     &PeripheralConfig::default(),
                     other_id,
                     other,
-                    &AnchorSet::new(keys.anchor()),
+                    &AnchorSet::new(keys.anchor(), keys.anchor().digest(), 0),
                     Timestamp(0),
                     &mut rng(99),
                 )

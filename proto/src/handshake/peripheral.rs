@@ -27,10 +27,10 @@ use sha2::{Digest, Sha256};
 use x25519_dalek::{ReusableSecret, SharedSecret};
 
 use super::schedule;
-use crate::anchor::AnchorSet;
+use crate::anchor::{Anchor, AnchorSet};
 use crate::crypto::{self, Secret32, TAG_LEN};
 use crate::error::{AlertCode, ApiMisuse, Error, PeerMisbehaved};
-use crate::keys::{DhPublic, IdentitySigner, PeripheralId, PublicKey, Signature};
+use crate::keys::{DhPublic, IdentitySigner, KeyId, PeripheralId, PublicKey, Signature};
 use crate::session::{Role, Session};
 use crate::wire::{
     encode_alert, Finish, Hello, Lifetimes, Mac16, Message, ResumeHello, ResumptionId, Scope,
@@ -72,9 +72,21 @@ pub struct PeripheralTicket {
     /// When the full handshake completed, on this device's clock. After a
     /// reboot the clock restarts and the gateway alone enforces the lifetime.
     pub issued_at: Timestamp,
+    /// The anchor whose vouch started this ticket's chain. Once the
+    /// peripheral rotated away from it, the ticket is refused (SPEC.md §6.1):
+    /// a key the backend rotated away from cannot go on vouching through the
+    /// tickets it granted.
+    pub anchor: KeyId,
 }
 
 impl PeripheralTicket {
+    /// Whether the ticket's chain began under the anchor `anchors` holds. A
+    /// ticket granted under a vouch of an anchor rotated away from never
+    /// resumes (SPEC.md §6.1); [`PeripheralHandshake::resume`] refuses it.
+    pub fn is_under(&self, anchors: &AnchorSet) -> bool {
+        self.anchor == anchors.primary().kid
+    }
+
     /// Whether the resumption lifetime has passed on this device's clock.
     pub fn expired(&self, now: Timestamp) -> bool {
         now >= self.issued_at.add_secs(self.lifetimes.resumption_s)
@@ -89,6 +101,7 @@ impl fmt::Debug for PeripheralTicket {
             .field("scope", &self.scope)
             .field("lifetimes", &self.lifetimes)
             .field("issued_at", &self.issued_at)
+            .field("anchor", &self.anchor)
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +138,8 @@ struct ExpectResponse {
     id: PeripheralId,
     th1: [u8; 32],
     transcript: Sha256,
-    anchors: AnchorSet,
+    /// The anchor the Hello was sealed to: the only key whose vouch counts.
+    anchor: Anchor,
 }
 
 struct ExpectResumeResponse {
@@ -180,7 +194,7 @@ impl PeripheralHandshake {
         S: IdentitySigner + ?Sized,
         R: CryptoRng + ?Sized,
     {
-        let anchor = *anchors.primary().ok_or(ApiMisuse::NoAnchor)?;
+        let anchor = *anchors.primary();
         let (e, e_pub) = crypto::keygen(rng);
         let suite = Suite::Ed25519X25519ChaCha20Poly1305;
         let prefix = schedule::hello_prefix(suite, anchor.kid, &e_pub);
@@ -208,7 +222,7 @@ impl PeripheralHandshake {
                 id,
                 th1,
                 transcript,
-                anchors: anchors.clone(),
+                anchor,
             }),
             out,
             out_len,
@@ -218,13 +232,19 @@ impl PeripheralHandshake {
 
     /// Starts a resumption with the gateway that issued `ticket` (SPEC.md §6.2).
     /// Takes the ticket: it is single-use, and the new one arrives with the
-    /// established session.
+    /// established session. Fails with [`ApiMisuse::TicketOfOldAnchor`] if
+    /// the ticket's chain began under another anchor than the one `anchors`
+    /// holds (SPEC.md §6.1).
     pub fn resume<R: CryptoRng + ?Sized>(
         config: &PeripheralConfig,
         ticket: PeripheralTicket,
+        anchors: &AnchorSet,
         now: Timestamp,
         rng: &mut R,
     ) -> Result<Self, Error> {
+        if !ticket.is_under(anchors) {
+            return Err(ApiMisuse::TicketOfOldAnchor.into());
+        }
         let (e, e_pub) = crypto::keygen(rng);
         let suite = Suite::Ed25519X25519ChaCha20Poly1305;
         let prefix = schedule::resume_prefix(suite, &ticket.id, &e_pub);
@@ -358,6 +378,7 @@ impl PeripheralHandshake {
                         scope: vouch.scope,
                         lifetimes: vouch.lifetimes,
                         issued_at: now,
+                        anchor: vouch.backend_key,
                     },
                     resumed: false,
                 }
@@ -389,6 +410,7 @@ impl PeripheralHandshake {
                         scope: t.scope,
                         lifetimes: t.lifetimes,
                         issued_at: t.issued_at,
+                        anchor: t.anchor,
                     },
                     resumed: true,
                 }
@@ -513,14 +535,15 @@ fn open_vouch(
     crate::wire::body_of(&body[..n]).map_err(|_| PeerMisbehaved::MalformedVouch.into())
 }
 
-/// Looks up the anchor the vouch names and verifies its signature over the
-/// statement rebuilt from this handshake (SPEC.md §5.6 steps 4–5, §3.4).
+/// Checks that the vouch names the anchor the Hello was sealed to, and
+/// verifies its signature over the statement rebuilt from this handshake
+/// (SPEC.md §5.6 steps 4–5, §3.4).
 #[inline(never)]
 fn verify_vouch(s: &ExpectResponse, e_g: &DhPublic, vouch: &Vouch) -> Result<(), Error> {
-    let anchor = s
-        .anchors
-        .get(vouch.backend_key)
-        .ok_or(PeerMisbehaved::UnknownAnchor)?;
+    let anchor = &s.anchor;
+    if vouch.backend_key != anchor.kid {
+        return Err(PeerMisbehaved::UnknownAnchor.into());
+    }
     let statement = schedule::vouch_statement(
         &s.th1,
         &s.id,
