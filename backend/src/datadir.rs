@@ -205,6 +205,9 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirErr
     }
     let mut rng = os_rng();
     let keys = BackendKeys::generate(KEY_ID, &mut rng);
+    // Its committed successor (SPEC.md §2.3): devices are provisioned with a
+    // commitment to it, and only it can rotate them.
+    let next = BackendKeys::generate(KeyId(KEY_ID.0 + 1), &mut rng);
     let ca = pki::generate_ca()?;
     let mut sans = vec![
         "localhost".to_owned(),
@@ -224,6 +227,7 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirErr
 
     // Secrets first; the token hash last, so a crash mid-way is detected as
     // partial rather than looking initialized.
+    write_key_pair(dir, &next)?;
     write_key_pair(dir, &keys)?;
     write_file(&dir.join(files::CA_KEY), ca.key_pem.as_bytes(), 0o600)?;
     write_file(&dir.join(files::CA), ca.cert_pem.as_bytes(), 0o644)?;
@@ -447,10 +451,12 @@ impl DataDir {
     }
 
     /// Backend state that lives only in memory, for simulations and tests:
-    /// the given keys (the only key pair: an in-memory backend cannot
-    /// rotate, having no directory to keep keys in), a fresh CA, a fresh admin token (returned). Nothing is
+    /// the given keys, their committed successor (a fresh key pair with the
+    /// next key id; an in-memory backend cannot rotate, having no directory
+    /// to keep keys in), a fresh CA, a fresh admin token (returned). Nothing is
     /// written; [`server_tls`](Self::server_tls) is not available.
     pub fn ephemeral(keys: BackendKeys) -> Result<(Self, Zeroizing<String>), DataDirError> {
+        let next = BackendKeys::generate(KeyId(keys.kid().0.wrapping_add(1)), &mut os_rng());
         let ca = pki::generate_ca()?;
         let mut token_bytes = Zeroizing::new([0u8; 32]);
         getrandom::fill(token_bytes.as_mut()).map_err(|_| DataDirError::Random)?;
@@ -460,7 +466,7 @@ impl DataDir {
             Self {
                 path: PathBuf::new(),
                 keys,
-                more_keys: Vec::new(),
+                more_keys: vec![next],
                 ca,
                 token_hash,
             },
@@ -612,7 +618,10 @@ mod tests {
     fn partial_directories_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), &[]).unwrap();
+        // No complete key pair left (`init` writes key 1 and its committed
+        // successor, key 2).
         fs::remove_file(dir.path().join(files::SEALING)).unwrap();
+        fs::remove_file(dir.path().join(files::sealing(KeyId(2)))).unwrap();
         let err = init(dir.path(), &[]).unwrap_err();
         assert!(matches!(err, DataDirError::Partial { .. }), "{err}");
     }
@@ -633,9 +642,9 @@ mod tests {
     fn key_pairs_of_the_ring_are_private_checked_and_all_loaded() {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), &[]).unwrap();
-        let k2 = BackendKeys::generate(KeyId(2), &mut vouch_proto::testing::rng(2));
-        write_key_pair(dir.path(), &k2).unwrap();
-        for f in [files::signing(KeyId(2)), files::sealing(KeyId(2))] {
+        let k3 = BackendKeys::generate(KeyId(3), &mut vouch_proto::testing::rng(2));
+        write_key_pair(dir.path(), &k3).unwrap();
+        for f in [files::signing(KeyId(3)), files::sealing(KeyId(3))] {
             let mode = fs::metadata(dir.path().join(&f))
                 .unwrap()
                 .permissions()
@@ -644,16 +653,16 @@ mod tests {
             assert_eq!(mode, 0o600, "{f}");
         }
         // Never overwritten.
-        assert!(write_key_pair(dir.path(), &k2).is_err());
+        assert!(write_key_pair(dir.path(), &k3).is_err());
         let dd = DataDir::load(dir.path()).unwrap();
         let kids: Vec<u8> = dd.key_pairs().map(|k| k.kid().0).collect();
-        assert_eq!(kids, [1, 2]);
+        assert_eq!(kids, [1, 2, 3], "init wrote keys 1 and 2");
         assert_eq!(dd.keys.kid(), KeyId(1));
-        assert_eq!(dd.key_pair(KeyId(2)).unwrap().anchor(), k2.anchor());
+        assert_eq!(dd.key_pair(KeyId(3)).unwrap().anchor(), k3.anchor());
         assert!(!format!("{dd:?}").contains("PRIVATE"));
 
         // A loose mode on a rotated key is refused like on key 1.
-        let p = dir.path().join(files::sealing(KeyId(2)));
+        let p = dir.path().join(files::sealing(KeyId(3)));
         fs::set_permissions(&p, fs::Permissions::from_mode(0o604)).unwrap();
         assert!(matches!(
             DataDir::load(dir.path()),
@@ -661,29 +670,30 @@ mod tests {
         ));
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
 
-        // Key 1 purged: still initialized, key 2 is the lowest.
+        // Keys 1 and 2 purged: still initialized, key 3 is the lowest.
         assert!(remove_key_pair(dir.path(), KeyId(1)).unwrap());
         assert!(!remove_key_pair(dir.path(), KeyId(1)).unwrap());
+        assert!(remove_key_pair(dir.path(), KeyId(2)).unwrap());
         assert!(matches!(
             init(dir.path(), &[]).unwrap(),
             InitOutcome::AlreadyInitialized
         ));
         let dd = DataDir::load(dir.path()).unwrap();
-        assert_eq!(dd.keys.kid(), KeyId(2));
+        assert_eq!(dd.keys.kid(), KeyId(3));
         assert!(dd.more_keys.is_empty());
 
         // A lone sealing file (a rotation or purge interrupted between its
         // two files) is ignored: the backend still starts.
         let lone = dir.path().join(files::sealing(KeyId(9)));
-        fs::copy(dir.path().join(files::sealing(KeyId(2))), &lone).unwrap();
+        fs::copy(dir.path().join(files::sealing(KeyId(3))), &lone).unwrap();
         fs::set_permissions(&lone, fs::Permissions::from_mode(0o600)).unwrap();
         let dd = DataDir::load(dir.path()).unwrap();
-        assert_eq!(dd.keys.kid(), KeyId(2));
+        assert_eq!(dd.keys.kid(), KeyId(3));
         assert!(dd.more_keys.is_empty());
 
         // A signing key without its sealing half is an error, not a silently
         // missing key.
-        fs::remove_file(dir.path().join(files::sealing(KeyId(2)))).unwrap();
+        fs::remove_file(dir.path().join(files::sealing(KeyId(3)))).unwrap();
         assert!(matches!(
             DataDir::load(dir.path()),
             Err(DataDirError::HalfKeyPair { .. })

@@ -1,75 +1,78 @@
-//! The backend key ring and trust-anchor rotation (SPEC.md §2.5, §7.7).
+//! The backend key ring and pre-rotated trust anchors (SPEC.md §2.3, §2.5, §7.7).
 //!
 //! ## Where things live
 //!
 //! - The **private keys** are files in the data directory, one
 //!   `signing-N.pem` / `sealing-N.pem` pair per key id N ([`crate::datadir`]).
 //!   They never enter the database.
-//! - The **status** of every key id (its public anchor, when it was added,
-//!   retired or purged) and the **signed anchor updates**, in serial order,
-//!   are in the database ([`crate::store::KeyRow`], [`crate::store::UpdateRow`]),
-//!   written under the global writer lock together with their audit entry.
-//!   Every backend instance on one database thus agrees on them, and a change
-//!   is either wholly recorded or not at all.
-//! - Which key is **current** is not stored: it is the primary anchor of the
-//!   set a fully updated peripheral holds, which the backend computes by
-//!   replaying every stored update with the peripheral's own
-//!   [`AnchorSet::apply`] (signatures included) on the anchors peripherals
-//!   were provisioned with. The stored log is thereby checked every time it is
-//!   used, by the code the devices run.
+//! - The **status** of every key id (its public anchor, when it was
+//!   created, rotated to, rotated away from or purged) and the **signed
+//!   anchor updates**, in serial order, are in the database
+//!   ([`crate::store::KeyRow`], [`crate::store::UpdateRow`]), written under the
+//!   global writer lock together with their audit entry. Every backend
+//!   instance on one database thus agrees on them, and a change is either
+//!   wholly recorded or not at all.
+//! - Which key is **current**, and which is **next**, is not stored: it is
+//!   what a fully updated peripheral holds, computed by replaying every
+//!   stored update with the peripheral's own [`AnchorSet::apply`] (signatures
+//!   included) on the anchor peripherals were provisioned with. The stored
+//!   log is thereby checked every time it is used, by the code the devices run.
 //!
-//! A data directory from before key rotation has one key pair (key id 1) and
-//! an empty `backend_keys` table. It works unchanged: that key is then the
-//! only one, current, and nothing is written until the first `keys rotate`,
-//! which registers it (audit entry `backend_key_genesis`) in the same
-//! transaction as the rotation.
+//! ## Pre-rotation
+//!
+//! Every key pair is created together with its successor, and a peripheral
+//! holds, besides its anchor, the commitment to that successor
+//! ([`vouch_proto::anchor::Anchor::digest`]). The commitment of key id N is
+//! the anchor of the next key id registered after it. `init` creates key 1
+//! and key 2; `keys rotate` reveals the committed key (the update `Rotate`,
+//! signed by that key) and creates the key the revealed one commits to. So
+//! whoever steals the current key cannot move a device to a key of its
+//! choosing. The committed key's private half may be kept offline until its
+//! rotation: move its two files out of the data directory, and bring them
+//! back for `keys rotate`.
 //!
 //! ## The life of a key id
 //!
-//! | state | trusted by updated devices | served: hellos sealed to it are opened, its vouches signed | reached by |
+//! | state | what updated devices do with it | served: hellos sealed to it are opened, its vouches signed | reached by |
 //! |---|---|---|---|
-//! | `prepared` | no | yes | `keys rotate --prepare` |
-//! | `current` | yes (their primary: they seal to it) | yes | `init` (key id 1), `keys rotate` |
-//! | `trusted` | yes (an older anchor) | yes | the next `keys rotate` |
-//! | `retired` | no, once they applied its `Retire` | **yes** | `keys retire KID` |
-//! | `purged` | no | no: `unknown_backend_key` | `keys purge KID` |
+//! | `next` | hold its commitment | no (nothing is sealed to it yet) | `init` (key id 2), each `keys rotate` |
+//! | `current` | seal to it; only it vouches | yes | `init` (key id 1), `keys rotate` |
+//! | `retired` | nothing: a rotation replaced it | **yes** | the next `keys rotate` |
+//! | `purged` | nothing | no: `unknown_backend_key` | `keys purge KID` |
 //!
-//! A vouch is signed by the key pair the hello named (SPEC.md §5.3), which the
-//! peripheral holds: it sealed its hello to that anchor. So a peripheral that
-//! has not received the updates yet (offline, or out of range of every
-//! gateway) keeps working on the old key, and receives the updates in its
-//! next session. Retiring a key therefore does not stop serving it: a
-//! peripheral that missed the `Add` still seals to the retired key and must
-//! still be able to connect to learn the new one. Only `keys purge` stops
-//! serving it, deleting its private half; a peripheral that still knows only
-//! purged keys can no longer connect and must be provisioned again
-//! (`export-anchor`). Key ids are never reused.
+//! A vouch is signed by the key pair the hello named (SPEC.md §5.3), the
+//! peripheral's one anchor. A peripheral that missed rotations (offline, or
+//! out of range of every gateway) keeps working on its old key, now
+//! `retired`, and receives every rotation in order in its next session. So a
+//! retired key is still served; only `keys purge` stops serving it, deleting
+//! its private half; a peripheral that still knows only a purged key can no
+//! longer connect and must be provisioned again (`export-anchor`). Key ids
+//! are never reused.
 //!
 //! ## Several instances
 //!
 //! Each instance reloads its ring from the database and its data directory
 //! every second ([`reload`]): a key registered in the database whose files
 //! are present is served from then on; a purged one is dropped. An instance
-//! hands a gateway only the updates up to, not including, the first `Add` of
-//! a key it does not serve ([`updates_for_gateways`]), so it never tells a
+//! hands a gateway only the updates up to, not including, the first rotation
+//! to a key it does not serve ([`updates_for_gateways`]), so it never tells a
 //! peripheral to seal to a key that it cannot open. With several instances,
-//! `keys rotate --prepare` creates the key without announcing it; copy its
-//! two files to every instance's data directory, then `keys rotate`
-//! announces it (backend/README.md, "Key rotation").
+//! copy the `next` key's two files to every instance's data directory before
+//! `keys rotate` (backend/README.md, "Key rotation").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::Serialize;
-use vouch_proto::anchor::{Anchor, AnchorAction, AnchorSet, AnchorUpdate, MAX_ANCHORS};
+use vouch_proto::anchor::{Anchor, AnchorAction, AnchorSet, AnchorUpdate};
 use vouch_proto::handshake::backend::BackendKeys;
 use vouch_proto::keys::KeyId;
 use vouch_proto::wire::backend::{AnchorUpdateBatch, MAX_ANCHOR_UPDATES};
 
 use crate::datadir::{self, DataDir, DataDirError};
 use crate::model::ser_display;
-use crate::store::{now_ms, KeyRow, NewAudit, Rfc3339, Store, StoreError, UpdateRow};
+use crate::store::{now_ms, KeyRow, NewAudit, Rfc3339, Store, StoreError, UpdateRow, WriteTx};
 use crate::AppState;
 
 /// Errors of key-ring operations.
@@ -85,31 +88,21 @@ pub enum KeyRingError {
     /// No key with this id was ever registered.
     #[error("key {0} is not in the key ring (see `vouch-backend keys list`)")]
     UnknownKey(KeyId),
-    /// The current key cannot be retired or purged.
-    #[error("key {0} is the current key: `keys rotate` first, then retire the key before it")]
-    Current(KeyId),
-    /// Only a key devices trust can be retired.
-    #[error("key {0} is {1}, not trusted by devices: there is nothing to retire")]
-    NotTrusted(KeyId, KeyState),
-    /// Only a retired or prepared key can be purged.
-    #[error("key {0} is still trusted by devices ({1}): `keys retire {0}` first")]
-    StillTrusted(KeyId, KeyState),
-    /// Devices cannot take another anchor.
+    /// Only a key rotated away from can be purged.
     #[error(
-        "devices hold at most {MAX_ANCHORS} anchors and {0} keys are trusted: retire one first"
+        "key {0} is {1}: only a retired key (one a rotation replaced) can be purged; \
+         the current key and the next one are what devices trust"
     )]
-    Full(usize),
-    /// A prepared key is waiting to be announced.
-    #[error(
-        "key {0} is prepared and not announced yet: announce it with `keys rotate`, \
-         or discard it with `keys purge {0}`"
-    )]
-    AlreadyPrepared(KeyId),
+    NotRetired(KeyId, KeyState),
     /// Every key id was used (they are never reused).
     #[error("every key id up to 255 has been used, and key ids are never reused")]
     KeyIdsExhausted,
     /// The private half of a key this operation needs is not here.
-    #[error("the private key of key {kid} is not in this data directory ({})", .dir.display())]
+    #[error(
+        "the private key of key {kid} is not in this data directory ({}): if it was kept \
+         offline, copy its two files (signing-{kid}.pem, sealing-{kid}.pem) back first",
+        .dir.display()
+    )]
     MissingPrivateKey {
         /// The key.
         kid: KeyId,
@@ -136,9 +129,12 @@ pub enum KeyRingError {
         /// Why `AnchorSet::apply` refused it.
         error: vouch_proto::Error,
     },
-    /// The keys registered as provisioned before any update are not a valid
-    /// anchor set (none, or more than a device holds).
-    #[error("the registered keys do not include the anchors devices were provisioned with")]
+    /// The registered keys do not include the key devices were provisioned
+    /// with and the one it commits to.
+    #[error(
+        "the key ring has no provisioned key and committed successor (a data directory \
+         from before pre-rotated anchors? see backend/README.md, \"Key rotation\")"
+    )]
     BadGenesis,
     /// The backend lives in memory only (`DataDir::ephemeral`).
     #[error("key rotation needs a data directory on disk")]
@@ -149,13 +145,13 @@ pub enum KeyRingError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
-    /// Created and served, not announced to devices.
-    Prepared,
-    /// The primary anchor of a fully updated device; signs anchor updates.
+    /// The committed successor of the current key: devices hold its
+    /// commitment; not announced, not served.
+    Next,
+    /// The anchor of a fully updated device: hellos seal to it.
     Current,
-    /// An older anchor devices still hold.
-    Trusted,
-    /// Devices were told to drop it; still served until purged.
+    /// Replaced by a rotation; still served (devices that missed the
+    /// rotation seal to it) until purged.
     Retired,
     /// Its private half is gone; not served.
     Purged,
@@ -165,9 +161,8 @@ impl KeyState {
     /// The stable name.
     pub fn as_str(self) -> &'static str {
         match self {
-            KeyState::Prepared => "prepared",
+            KeyState::Next => "next",
             KeyState::Current => "current",
-            KeyState::Trusted => "trusted",
             KeyState::Retired => "retired",
             KeyState::Purged => "purged",
         }
@@ -175,7 +170,7 @@ impl KeyState {
 
     /// Whether instances serve a key in this state.
     pub fn served(self) -> bool {
-        self != KeyState::Purged
+        matches!(self, KeyState::Current | KeyState::Retired)
     }
 }
 
@@ -195,10 +190,10 @@ pub struct KeyInfo {
     /// When it was created.
     #[serde(serialize_with = "ser_display")]
     pub created: Rfc3339,
-    /// The update that added it (0: provisioned before any update; none:
-    /// prepared).
+    /// The rotation that made it current (0: provisioned before any update;
+    /// none: not yet).
     pub added_serial: Option<u32>,
-    /// The update that retired it.
+    /// The rotation that replaced it.
     pub retired_serial: Option<u32>,
     /// When its private half was purged.
     pub purged: Option<String>,
@@ -218,18 +213,18 @@ pub struct KeyInfo {
 pub struct RingStatus {
     /// Every key id ever registered, ascending.
     pub keys: Vec<KeyInfo>,
-    /// The anchors and the last serial of a peripheral that applied every
-    /// update: what `export-anchor` provisions new devices with.
+    /// The anchor, commitment and last serial of a peripheral that applied
+    /// every update: what `export-anchor` provisions new devices with.
     pub fleet: AnchorSet,
-    /// Whether the database holds the ring. `false` until the first
-    /// rotation: the data directory's key is then the only one.
+    /// Whether the database holds the ring. `false` for a data directory no
+    /// backend has served yet: its two lowest key pairs are then the ring.
     pub registered: bool,
 }
 
 impl RingStatus {
-    /// The current key: the primary anchor of [`fleet`](Self::fleet).
-    pub fn current(&self) -> Option<KeyId> {
-        self.fleet.primary().map(|a| a.kid)
+    /// The current key: the anchor of [`fleet`](Self::fleet).
+    pub fn current(&self) -> KeyId {
+        self.fleet.primary().kid
     }
 
     /// The serial of the last update issued.
@@ -238,14 +233,15 @@ impl RingStatus {
     }
 }
 
-/// The anchors before any update, and the anchors after each.
+/// What a fully updated peripheral holds: the provisioned key (registered
+/// with serial 0) and the commitment to the key registered after it, then
+/// every stored update applied in order.
 fn replay(rows: &[KeyRow], updates: &[UpdateRow]) -> Result<AnchorSet, KeyRingError> {
-    let provisioned: Vec<Anchor> = rows
-        .iter()
-        .filter(|r| r.added_serial == Some(0))
-        .map(|r| r.anchor)
-        .collect();
-    let mut set = AnchorSet::from_anchors(&provisioned, 0).map_err(|_| KeyRingError::BadGenesis)?;
+    let mut by_kid = rows.iter().skip_while(|r| r.added_serial != Some(0));
+    let (Some(genesis), Some(next)) = (by_kid.next(), by_kid.next()) else {
+        return Err(KeyRingError::BadGenesis);
+    };
+    let mut set = AnchorSet::new(genesis.anchor, next.anchor.digest(), 0);
     for u in updates {
         set.apply(&u.update)
             .map_err(|error| KeyRingError::BrokenLog {
@@ -260,33 +256,69 @@ fn replay(rows: &[KeyRow], updates: &[UpdateRow]) -> Result<AnchorSet, KeyRingEr
 fn state_of(row: &KeyRow, fleet: &AnchorSet) -> KeyState {
     if row.purged_ms.is_some() {
         KeyState::Purged
-    } else if row.added_serial.is_none() {
-        KeyState::Prepared
-    } else if fleet.primary() == Some(&row.anchor) {
+    } else if fleet.primary() == &row.anchor {
         KeyState::Current
-    } else if fleet.get(row.anchor.kid) == Some(&row.anchor) {
-        KeyState::Trusted
+    } else if fleet.next() == &row.anchor.digest() {
+        KeyState::Next
     } else {
         KeyState::Retired
     }
 }
 
-/// The row of a data directory's key before anything was registered: the
-/// lowest key pair, provisioned before any update.
-fn genesis_row(data: &DataDir) -> KeyRow {
-    let created_ms = std::fs::metadata(data.path.join(datadir::files::signing(data.keys.kid())))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .unwrap_or_else(now_ms);
-    KeyRow {
-        anchor: data.keys.anchor(),
-        created_ms,
-        added_serial: Some(0),
-        retired_serial: None,
-        purged_ms: None,
+/// The rows of a data directory no backend registered yet: its lowest key
+/// pair, provisioned before any update, and the next one, its committed
+/// successor. `None` if the directory holds fewer than two.
+fn genesis_rows<'a>(
+    pairs: impl Iterator<Item = &'a BackendKeys>,
+    dir: &Path,
+) -> Option<[KeyRow; 2]> {
+    let mut pairs: Vec<&BackendKeys> = pairs.collect();
+    pairs.sort_by_key(|k| k.kid().0);
+    let row = |keys: &BackendKeys, added_serial| {
+        let created_ms = std::fs::metadata(dir.join(datadir::files::signing(keys.kid())))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or_else(now_ms);
+        KeyRow {
+            anchor: keys.anchor(),
+            created_ms,
+            added_serial,
+            retired_serial: None,
+            purged_ms: None,
+        }
+    };
+    match pairs[..] {
+        [first, second, ..] => Some([row(first, Some(0)), row(second, None)]),
+        _ => None,
     }
+}
+
+/// Registers `rows` (from [`genesis_rows`]) as the ring, in `tx`.
+async fn register_genesis(
+    tx: &mut WriteTx<'_>,
+    rows: &[KeyRow; 2],
+    actor: &str,
+    now: i64,
+) -> Result<(), KeyRingError> {
+    for r in rows {
+        tx.insert_key(r).await?;
+    }
+    let [genesis, next] = rows;
+    tx.audit(
+        NewAudit::new("backend_key_genesis", "ok", actor).detail(&format!(
+            "kid={} signing={} sealing={}: the key devices are provisioned with; \
+             kid={} committed as its successor",
+            genesis.anchor.kid,
+            genesis.anchor.signing,
+            hex::encode(genesis.anchor.sealing.as_bytes()),
+            next.anchor.kid,
+        )),
+        now,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The private half of `kid` from `data`, checked against the registered
@@ -332,7 +364,9 @@ pub async fn status(data: &DataDir, store: &Store) -> Result<RingStatus, KeyRing
     let rows = if registered {
         rows
     } else {
-        vec![genesis_row(data)]
+        genesis_rows(data.key_pairs(), &data.path)
+            .ok_or(KeyRingError::BadGenesis)?
+            .to_vec()
     };
     let fleet = replay(&rows, &updates)?;
     Ok(RingStatus {
@@ -342,14 +376,56 @@ pub async fn status(data: &DataDir, store: &Store) -> Result<RingStatus, KeyRing
     })
 }
 
-/// What a fully updated peripheral holds, for a backend whose unregistered
-/// ring is `genesis` alone (the admin API's provisioning bundle).
-pub async fn fleet(store: &Store, genesis: Anchor) -> Result<AnchorSet, KeyRingError> {
+/// What a fully updated peripheral holds (the admin API's provisioning
+/// bundle). A serving backend registered its ring when it started
+/// ([`initial_ring`]).
+pub async fn fleet(store: &Store) -> Result<AnchorSet, KeyRingError> {
     let rows = store.key_rows().await?;
-    if rows.is_empty() {
-        return Ok(AnchorSet::new(genesis));
-    }
     replay(&rows, &store.anchor_updates_after(0).await?)
+}
+
+/// Registers the ring of a data directory no backend registered yet: its
+/// lowest key pair as the key devices are provisioned with, and the next as
+/// its committed successor. A directory from before pre-rotated anchors holds
+/// one key pair: its successor is created first (written 0600; logged).
+/// Returns whether anything was written. `serve`, `export-anchor` and `keys`
+/// run it first, so a provisioning bundle never names a commitment the
+/// database does not hold.
+pub async fn register(
+    data: &mut DataDir,
+    store: &Store,
+    actor: &str,
+) -> Result<bool, KeyRingError> {
+    if !store.key_rows().await?.is_empty() {
+        return Ok(false);
+    }
+    if data.key_pairs().count() < 2 {
+        if data.path.as_os_str().is_empty() {
+            return Err(KeyRingError::NoDirectory);
+        }
+        let max = datadir::key_ids(&data.path)?
+            .into_iter()
+            .chain(data.key_pairs().map(BackendKeys::kid))
+            .map(|k| k.0)
+            .max()
+            .unwrap_or(0);
+        let kid = KeyId(max.checked_add(1).ok_or(KeyRingError::KeyIdsExhausted)?);
+        let successor = BackendKeys::generate(kid, &mut datadir::os_rng());
+        datadir::write_key_pair(&data.path, &successor)?;
+        tracing::info!(%kid, dir = %data.path.display(), "created the committed successor of \
+            the provisioned key (a data directory from before pre-rotated anchors); devices \
+            provisioned from a format-1 bundle must be provisioned again");
+        data.more_keys.push(successor);
+    }
+    let genesis = genesis_rows(data.key_pairs(), &data.path).ok_or(KeyRingError::BadGenesis)?;
+    let mut tx = store.begin_write().await?;
+    // Another instance may have registered it meanwhile.
+    if !tx.key_rows().await?.is_empty() {
+        return Ok(false);
+    }
+    register_genesis(&mut tx, &genesis, actor, now_ms()).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Checks that `data` belongs to the key ring in `store`: every key file
@@ -372,29 +448,24 @@ pub async fn check(data: &DataDir, store: &Store) -> Result<(), KeyRingError> {
 /// What `keys rotate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotation {
-    /// The new key's anchor.
+    /// The anchor rotated to: the key the previous one committed to.
     pub anchor: Anchor,
-    /// The signed `Add`, or `None` if the key was only prepared.
-    pub update: Option<AnchorUpdate>,
-    /// Whether a new key pair was created (rather than a prepared one announced).
-    pub created: bool,
+    /// The signed `Rotate`.
+    pub update: AnchorUpdate,
+    /// The key created as its committed successor.
+    pub next: Anchor,
 }
 
-/// `keys rotate`: creates the next key pair (or takes the prepared one) and,
-/// unless `prepare_only`, announces it: the update `Add(new anchor)` with the
-/// next serial, signed by the current key. Peripherals that apply it seal
-/// their next hellos to the new key, which thereby becomes current; the old
-/// key stays trusted and served.
+/// `keys rotate`: reveals the committed successor of the current key with
+/// the update `Rotate`, signed by that successor, with the next serial, and
+/// creates the key it commits to (written 0600). Peripherals that apply it
+/// seal their next hellos to the new key and no longer trust the old one,
+/// which stays served (see the module doc).
 ///
-/// The key files are written (0600) before the database commits, under the
+/// The new key files are written before the database commits, under the
 /// writer lock; if the commit fails they stay behind unregistered, are never
 /// served, and the next rotation skips their key id.
-pub async fn rotate(
-    data: &DataDir,
-    store: &Store,
-    prepare_only: bool,
-    actor: &str,
-) -> Result<Rotation, KeyRingError> {
+pub async fn rotate(data: &DataDir, store: &Store, actor: &str) -> Result<Rotation, KeyRingError> {
     if data.path.as_os_str().is_empty() {
         return Err(KeyRingError::NoDirectory);
     }
@@ -403,167 +474,75 @@ pub async fn rotate(
     let mut rows = tx.key_rows().await?;
     let updates = tx.anchor_updates().await?;
     if rows.is_empty() {
-        let genesis = genesis_row(data);
-        tx.insert_key(&genesis).await?;
-        tx.audit(
-            NewAudit::new("backend_key_genesis", "ok", actor).detail(&format!(
-                "kid={} signing={} sealing={}: the key devices were provisioned with, registered",
-                genesis.anchor.kid,
-                genesis.anchor.signing,
-                hex::encode(genesis.anchor.sealing.as_bytes())
-            )),
-            now,
-        )
-        .await?;
-        rows.push(genesis);
+        let genesis = genesis_rows(data.key_pairs(), &data.path).ok_or(KeyRingError::BadGenesis)?;
+        register_genesis(&mut tx, &genesis, actor, now).await?;
+        rows.extend(genesis);
     }
     let fleet = replay(&rows, &updates)?;
-    if fleet.len() >= MAX_ANCHORS {
-        return Err(KeyRingError::Full(fleet.len()));
-    }
-    let current = *fleet.primary().ok_or(KeyRingError::BadGenesis)?;
-    // The current key signs the Add: check it is here before creating anything.
-    let signer = if prepare_only {
-        None
-    } else {
-        Some(private_key(data, &current)?)
-    };
-    let prepared = rows
+    let current = *fleet.primary();
+    let committed = rows
         .iter()
-        .find(|r| r.added_serial.is_none() && r.purged_ms.is_none());
-    let (anchor, created) = match prepared {
-        Some(r) if prepare_only => return Err(KeyRingError::AlreadyPrepared(r.anchor.kid)),
-        Some(r) => (private_key(data, &r.anchor)?.anchor(), false),
-        None => {
-            let used: BTreeSet<u8> = rows
-                .iter()
-                .map(|r| r.anchor.kid.0)
-                .chain(datadir::key_ids(&data.path)?.into_iter().map(|k| k.0))
-                .collect();
-            let kid = match used.last() {
-                Some(&max) => max.checked_add(1).ok_or(KeyRingError::KeyIdsExhausted)?,
-                None => 1,
-            };
-            let keys = BackendKeys::generate(KeyId(kid), &mut datadir::os_rng());
-            datadir::write_key_pair(&data.path, &keys)?;
-            tx.insert_key(&KeyRow {
-                anchor: keys.anchor(),
-                created_ms: now,
-                added_serial: None,
-                retired_serial: None,
-                purged_ms: None,
-            })
-            .await?;
-            (keys.anchor(), true)
-        }
+        .find(|r| &r.anchor.digest() == fleet.next())
+        .ok_or(KeyRingError::BadGenesis)?
+        .anchor;
+    // The committed key signs its own rotation: check it is here before
+    // creating anything.
+    let signer = private_key(data, &committed)?;
+    let used: BTreeSet<u8> = rows
+        .iter()
+        .map(|r| r.anchor.kid.0)
+        .chain(datadir::key_ids(&data.path)?.into_iter().map(|k| k.0))
+        .collect();
+    let kid = match used.last() {
+        Some(&max) => max.checked_add(1).ok_or(KeyRingError::KeyIdsExhausted)?,
+        None => 1,
     };
-    let keys_detail = format!(
-        "kid={} signing={} sealing={}",
-        anchor.kid,
-        anchor.signing,
-        hex::encode(anchor.sealing.as_bytes())
-    );
-    if prepare_only {
-        tx.audit(
-            NewAudit::new("backend_key_prepare", "ok", actor).detail(&keys_detail),
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        return Ok(Rotation {
-            anchor,
-            update: None,
-            created,
-        });
-    }
-    let signer = signer.ok_or(KeyRingError::MissingPrivateKey {
-        kid: current.kid,
-        dir: data.path.clone(),
-    })?;
-    let update = sign_next(&fleet, AnchorAction::Add(anchor), signer)?;
+    let successor = BackendKeys::generate(KeyId(kid), &mut datadir::os_rng());
+    datadir::write_key_pair(&data.path, &successor)?;
+    tx.insert_key(&KeyRow {
+        anchor: successor.anchor(),
+        created_ms: now,
+        added_serial: None,
+        retired_serial: None,
+        purged_ms: None,
+    })
+    .await?;
+    let action = AnchorAction::Rotate {
+        anchor: committed,
+        next: successor.anchor().digest(),
+    };
+    // Never saturates in practice (one update per rotation, 256 key ids); if
+    // it did, the check below would refuse the update as stale.
+    let serial = fleet.serial().saturating_add(1);
+    let update = AnchorUpdate::sign(serial, action, signer.kid(), signer.signing());
+    fleet
+        .clone()
+        .apply(&update)
+        .map_err(|error| KeyRingError::BrokenLog { serial, error })?;
     tx.insert_anchor_update(&update, now).await?;
-    tx.key_added(anchor.kid, update.serial).await?;
+    tx.key_added(committed.kid, serial).await?;
+    tx.key_retired(current.kid, serial).await?;
     tx.audit(
         NewAudit::new("backend_key_rotate", "ok", actor).detail(&format!(
-            "{keys_detail} serial={} signer={}: Add issued; devices that apply it seal to key {}",
-            update.serial, update.signer, anchor.kid
+            "kid={} signing={} sealing={} serial={serial}: Rotate issued, signed by key {}; \
+             devices that apply it seal to key {} and no longer trust key {} (still served \
+             until purged); kid={kid} committed as the next key",
+            committed.kid,
+            committed.signing,
+            hex::encode(committed.sealing.as_bytes()),
+            committed.kid,
+            committed.kid,
+            current.kid,
         )),
         now,
     )
     .await?;
     tx.commit().await?;
     Ok(Rotation {
-        anchor,
-        update: Some(update),
-        created,
+        anchor: committed,
+        update,
+        next: successor.anchor(),
     })
-}
-
-/// Signs `action` as the update after `fleet` with `signer` (the current
-/// key), and checks that a fully updated peripheral would accept it.
-fn sign_next(
-    fleet: &AnchorSet,
-    action: AnchorAction,
-    signer: &BackendKeys,
-) -> Result<AnchorUpdate, KeyRingError> {
-    // Never saturates in practice (every update adds or retires one of 256
-    // key ids); if it did, `apply` below would refuse the update as stale.
-    let serial = fleet.serial().saturating_add(1);
-    let update = AnchorUpdate::sign(serial, action, signer.kid(), signer.signing());
-    let mut next = fleet.clone();
-    match next.apply(&update) {
-        Ok(()) => Ok(update),
-        Err(vouch_proto::Error::ApiMisuse(vouch_proto::ApiMisuse::AnchorSetFull)) => {
-            Err(KeyRingError::Full(fleet.len()))
-        }
-        Err(error) => Err(KeyRingError::BrokenLog { serial, error }),
-    }
-}
-
-/// `keys retire KID`: issues `Retire(kid)` with the next serial, signed by
-/// the current key. Refuses the current key (and so the last one) and keys
-/// devices do not trust. The key stays served: peripherals that have not
-/// applied the `Add` of its successor still seal to it (see the module doc).
-pub async fn retire(
-    data: &DataDir,
-    store: &Store,
-    kid: KeyId,
-    actor: &str,
-) -> Result<AnchorUpdate, KeyRingError> {
-    let mut tx = store.begin_write().await?;
-    let now = now_ms();
-    let rows = tx.key_rows().await?;
-    let updates = tx.anchor_updates().await?;
-    let rows = if rows.is_empty() {
-        vec![genesis_row(data)]
-    } else {
-        rows
-    };
-    let fleet = replay(&rows, &updates)?;
-    let row = rows
-        .iter()
-        .find(|r| r.anchor.kid == kid)
-        .ok_or(KeyRingError::UnknownKey(kid))?;
-    match state_of(row, &fleet) {
-        KeyState::Current => return Err(KeyRingError::Current(kid)),
-        KeyState::Trusted => {}
-        other => return Err(KeyRingError::NotTrusted(kid, other)),
-    }
-    let current = *fleet.primary().ok_or(KeyRingError::BadGenesis)?;
-    let signer = private_key(data, &current)?;
-    let update = sign_next(&fleet, AnchorAction::Retire(kid), signer)?;
-    tx.insert_anchor_update(&update, now).await?;
-    tx.key_retired(kid, update.serial).await?;
-    tx.audit(
-        NewAudit::new("backend_key_retire", "ok", actor).detail(&format!(
-            "kid={kid} serial={} signer={}: Retire issued; key {kid} stays served until `keys purge {kid}`",
-            update.serial, update.signer
-        )),
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(update)
 }
 
 /// What `keys purge` did.
@@ -576,8 +555,7 @@ pub struct Purge {
     pub files_removed: bool,
 }
 
-/// `keys purge KID`: stops serving a retired (or prepared, never announced)
-/// key on every instance and deletes its private half from this data
+/// `keys purge KID`: stops serving a retired key on every instance and deletes its private half from this data
 /// directory. Hellos sealed to it are refused `unknown_backend_key` from
 /// then on. Run it again on every other host whose data directory holds a
 /// copy of the key: a purged key is never served, but its files stay until
@@ -596,24 +574,24 @@ pub async fn purge(
     let rows = tx.key_rows().await?;
     let updates = tx.anchor_updates().await?;
     let Some(row) = rows.iter().find(|r| r.anchor.kid == kid) else {
-        // Nothing registered: the data directory's single key is current.
-        return Err(
-            if rows.is_empty() && datadir::key_ids(dir)?.first() == Some(&kid) {
-                KeyRingError::Current(kid)
-            } else {
-                KeyRingError::UnknownKey(kid)
-            },
-        );
+        // Nothing registered: the data directory's keys are current and next.
+        let kids = datadir::key_ids(dir)?;
+        return Err(match kids.iter().position(|k| *k == kid) {
+            Some(0) if rows.is_empty() => KeyRingError::NotRetired(kid, KeyState::Current),
+            Some(1) if rows.is_empty() => KeyRingError::NotRetired(kid, KeyState::Next),
+            _ => KeyRingError::UnknownKey(kid),
+        });
     };
     let fleet = replay(&rows, &updates)?;
     let newly_purged = match state_of(row, &fleet) {
-        KeyState::Current => return Err(KeyRingError::Current(kid)),
-        state @ KeyState::Trusted => return Err(KeyRingError::StillTrusted(kid, state)),
+        state @ (KeyState::Current | KeyState::Next) => {
+            return Err(KeyRingError::NotRetired(kid, state))
+        }
         KeyState::Purged => {
             drop(tx);
             false
         }
-        state @ (KeyState::Retired | KeyState::Prepared) => {
+        state @ KeyState::Retired => {
             tx.key_purged(kid, now).await?;
             tx.audit(
                 NewAudit::new("backend_key_purge", "ok", actor).detail(&format!(
@@ -721,31 +699,43 @@ impl ServedKeys {
     }
 }
 
-/// The ring an instance starts with: with nothing registered, the data
-/// directory's lowest key pair (a directory from before rotation: key id 1);
-/// otherwise every key pair of the directory registered with the same
-/// anchor and not purged.
+/// The ring an instance starts with: every key pair of the directory that
+/// the database registers with the same anchor, current or retired (not the
+/// next key, not a purged one). With nothing registered (a data directory no
+/// backend served yet), it first registers the directory's lowest key pair as
+/// the provisioned key and the next one as its committed successor, so every
+/// instance and every provisioning bundle agree on them.
 pub(crate) async fn initial_ring(
     store: &Store,
     pairs: Vec<BackendKeys>,
-) -> Result<KeyRing, StoreError> {
-    let rows = store.key_rows().await?;
-    if rows.is_empty() {
-        return Ok(KeyRing::new(pairs.into_iter().take(1).map(Arc::new)));
+    dir: &Path,
+) -> Result<KeyRing, KeyRingError> {
+    if store.key_rows().await?.is_empty() {
+        let genesis = genesis_rows(pairs.iter(), dir).ok_or(KeyRingError::BadGenesis)?;
+        let mut tx = store.begin_write().await?;
+        // Another instance may have registered it meanwhile.
+        if tx.key_rows().await?.is_empty() {
+            register_genesis(&mut tx, &genesis, "backend", now_ms()).await?;
+            tx.commit().await?;
+        }
     }
+    let rows = store.key_rows().await?;
+    let fleet = replay(&rows, &store.anchor_updates_after(0).await?)?;
     let mut served = Vec::new();
     for pair in pairs {
         let kid = pair.kid();
         match rows.iter().find(|r| r.anchor.kid == kid) {
-            Some(r) if r.purged_ms.is_some() => {
-                tracing::warn!(%kid, "key files of a purged key are still in the data directory; \
-                    not served (run `vouch-backend keys purge {kid}` here to delete them)");
-            }
-            Some(r) if r.anchor == pair.anchor() => served.push(Arc::new(pair)),
-            Some(_) => {
+            Some(r) if r.anchor != pair.anchor() => {
                 tracing::error!(%kid, "the key files of this key id hold another key than the \
                     one registered in the database; not served");
             }
+            Some(r) => match state_of(r, &fleet) {
+                KeyState::Current | KeyState::Retired => served.push(Arc::new(pair)),
+                KeyState::Next => {}
+                KeyState::Purged => tracing::warn!(%kid, "key files of a purged key are still \
+                    in the data directory; not served (run `vouch-backend keys purge {kid}` \
+                    here to delete them)"),
+            },
             None => tracing::warn!(%kid, "key files of an unregistered key id (an interrupted \
                 rotation?); not served"),
         }
@@ -762,9 +752,13 @@ pub async fn reload(state: &AppState) -> Result<bool, StoreError> {
     if rows.is_empty() {
         return Ok(false);
     }
+    let Ok(fleet) = replay(&rows, &state.store.anchor_updates_after(0).await?) else {
+        // `serve` checked the log at start; a broken one changes nothing here.
+        return Ok(false);
+    };
     let served = state.keys.snapshot();
     let mut next = Vec::new();
-    for row in rows.iter().filter(|r| r.purged_ms.is_none()) {
+    for row in rows.iter().filter(|r| state_of(r, &fleet).served()) {
         let kid = row.anchor.kid;
         if let Some(k) = served.get(kid) {
             if k.anchor() == row.anchor {
@@ -831,10 +825,11 @@ pub async fn updates_for_gateways(
         .iter()
         .map(|u| &u.update)
         .take_while(|u| match u.action {
-            AnchorAction::Add(a) | AnchorAction::Replace(a) => {
+            AnchorAction::Rotate { anchor: a, .. } => {
                 ring.get(a.kid).is_some() || purged.contains(&a.kid.0)
             }
-            AnchorAction::Retire(_) => true,
+            // Never issued (SPEC.md §7.7: reserved); a device refuses them.
+            AnchorAction::Add(_) | AnchorAction::Replace(_) | AnchorAction::Retire(_) => true,
         });
     let mut latest = 0;
     let mut updates = Vec::new();
@@ -864,40 +859,76 @@ mod tests {
 
     #[test]
     fn states_follow_the_replayed_log() {
-        let k1 = BackendKeys::generate(KeyId(1), &mut rng(1));
-        let k2 = BackendKeys::generate(KeyId(2), &mut rng(2));
-        let k3 = BackendKeys::generate(KeyId(3), &mut rng(3));
-        let add = AnchorUpdate::sign(1, AnchorAction::Add(k2.anchor()), KeyId(1), k1.signing());
-        let retire = AnchorUpdate::sign(2, AnchorAction::Retire(KeyId(1)), KeyId(2), k2.signing());
-        let mut rows = vec![row(&k1, Some(0)), row(&k2, Some(1)), row(&k3, None)];
+        let k: [BackendKeys; 4] =
+            core::array::from_fn(|i| BackendKeys::generate(KeyId(i as u8 + 1), &mut rng(i as u64)));
+        let rotate = |serial, to: &BackendKeys, after: &BackendKeys| {
+            AnchorUpdate::sign(
+                serial,
+                AnchorAction::Rotate {
+                    anchor: to.anchor(),
+                    next: after.anchor().digest(),
+                },
+                to.kid(),
+                to.signing(),
+            )
+        };
+        let r2 = rotate(1, &k[1], &k[2]);
+        let r3 = rotate(2, &k[2], &k[3]);
+        let mut rows = vec![row(&k[0], Some(0)), row(&k[1], None), row(&k[2], None)];
         let log = |us: &[AnchorUpdate]| -> Vec<UpdateRow> {
             us.iter()
                 .map(|&update| UpdateRow { at_ms: 0, update })
                 .collect()
         };
-        let fleet = replay(&rows, &log(&[add])).unwrap();
-        let states: Vec<_> = rows.iter().map(|r| state_of(r, &fleet)).collect();
+        let states = |rows: &[KeyRow], fleet: &AnchorSet| -> Vec<KeyState> {
+            rows.iter().map(|r| state_of(r, fleet)).collect()
+        };
+        let fleet = replay(&rows[..2], &[]).unwrap();
         assert_eq!(
-            states,
-            [KeyState::Trusted, KeyState::Current, KeyState::Prepared]
+            states(&rows[..2], &fleet),
+            [KeyState::Current, KeyState::Next]
         );
-        let fleet = replay(&rows, &log(&[add, retire])).unwrap();
-        assert_eq!(state_of(&rows[0], &fleet), KeyState::Retired);
+        let fleet = replay(&rows, &log(&[r2])).unwrap();
+        assert_eq!(
+            states(&rows, &fleet),
+            [KeyState::Retired, KeyState::Current, KeyState::Next]
+        );
+        rows.push(row(&k[3], None));
+        let fleet = replay(&rows, &log(&[r2, r3])).unwrap();
         rows[0].purged_ms = Some(5);
-        assert_eq!(state_of(&rows[0], &fleet), KeyState::Purged);
+        assert_eq!(
+            states(&rows, &fleet),
+            [
+                KeyState::Purged,
+                KeyState::Retired,
+                KeyState::Current,
+                KeyState::Next
+            ]
+        );
 
         // A log whose order was changed does not replay: the device's own
         // checks catch it.
         assert!(matches!(
-            replay(&rows, &log(&[retire, add])),
+            replay(&rows, &log(&[r3, r2])),
             Err(KeyRingError::BrokenLog { serial: 2, .. })
         ));
         // Nor does one with a forged signature.
-        let mut forged = add;
+        let mut forged = r2;
         forged.signature.0[3] ^= 1;
         assert!(matches!(
             replay(&rows, &log(&[forged])),
             Err(KeyRingError::BrokenLog { serial: 1, .. })
+        ));
+        // Nor one signed by the current key instead of the committed one.
+        let by_current = AnchorUpdate::sign(1, r2.action, KeyId(2), k[0].signing());
+        assert!(matches!(
+            replay(&rows, &log(&[by_current])),
+            Err(KeyRingError::BrokenLog { serial: 1, .. })
+        ));
+        // A ring without a committed successor does not replay.
+        assert!(matches!(
+            replay(&rows[..1], &[]),
+            Err(KeyRingError::BadGenesis)
         ));
     }
 }

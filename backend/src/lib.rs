@@ -156,8 +156,22 @@ impl AppState {
             ca,
             token_hash,
         } = data;
-        let ring =
-            keyring::initial_ring(&store, std::iter::once(keys).chain(more_keys).collect()).await?;
+        let ring = keyring::initial_ring(
+            &store,
+            std::iter::once(keys).chain(more_keys).collect(),
+            &data_dir,
+        )
+        .await
+        .map_err(|e| match e {
+            keyring::KeyRingError::Store(e) => e,
+            // `serve` checks the ring before it builds the state
+            // (`keyring::check`), and every data directory holds a key and its
+            // committed successor (`DataDir::load`, `DataDir::ephemeral`).
+            other => {
+                tracing::error!(error = %other, "the key ring does not replay");
+                StoreError::Corrupt("backend_keys")
+            }
+        })?;
         let metrics = Metrics::new();
         let sec = &config.security;
         let lockouts = Lockouts::new(

@@ -177,73 +177,57 @@ updates that move peripherals from one key to the next without re-flashing them 
 
 Each key pair has a key id (0-255, never reused). Its private halves are the files \
 signing-N.pem and sealing-N.pem (mode 0600) in the data directory; its status and the signed \
-updates are in the database, shared by every instance. A rotation:
+updates are in the database, shared by every instance. Keys are pre-rotated: every key is created \
+with its successor, and peripherals hold a commitment to that successor, so whoever steals the \
+current key cannot move them to a key of its own. `init` creates key 1 (current) and key 2 (next).
 
-  1. keys rotate        new key pair N+1 and the update Add(N+1), signed by the current key N.
-                        Gateways deliver it to peripherals in session; a peripheral that applied it
-                        seals its hellos to N+1, so N+1 is the current key. Key N stays trusted.
-  2. export-anchor      new devices are flashed with the new anchors.
-  3. keys retire N      the update Retire(N): peripherals drop key N. The backend keeps serving N
-                        (it still opens hellos sealed to N and signs their vouches with N), because
-                        a peripheral that has not received the Add yet still seals to N and must be
-                        able to connect to get the updates.
-  4. keys purge N       when no peripheral uses key N any more (audit: vouches record kid=N): stop
+  1. keys rotate        the update Rotate(N+1), signed by N+1, the key N committed to; a new key
+                        N+2 becomes the next one. Gateways deliver it to peripherals in session; a
+                        peripheral that applied it seals its hellos to N+1 and no longer trusts N.
+                        The backend keeps serving N (it still opens hellos sealed to N and signs
+                        their vouches with N): a peripheral that missed the rotation still seals to
+                        N and must be able to connect to receive it.
+  2. export-anchor      new devices are flashed with the new anchor and commitment.
+  3. keys purge N       when no peripheral uses key N any more (audit: vouches record kid=N): stop
                         serving N on every instance and delete its private key here. A peripheral
                         that still knows only N is refused (unknown_backend_key) and must be
                         provisioned again.
 
-With several backend instances, run `keys rotate --prepare` first, copy the two new key files to \
-every instance's data directory (each instance loads them within a second, no restart), then \
-`keys rotate` to announce. See backend/README.md, \"Key rotation\".";
+The next key's private files may be kept offline (`keys list` names it) until its rotation; with \
+several backend instances, copy them to every instance's data directory (each instance loads them \
+within a second, no restart) before `keys rotate`. See backend/README.md, \"Key rotation\".";
 
 #[derive(Subcommand, Debug)]
 enum KeysCmd {
     /// List every key id: state, created, update serials, public keys (never a private key).
     #[command(
-        long_about = "List every key id the backend registered: its state (prepared, \
-current, trusted, retired, purged), when it was created, the serials of the updates that added and \
-retired it, whether its private key is in this data directory, and its public keys. Before the \
-first rotation the data directory's key 1 is the only one. Never prints a private key."
+        long_about = "List every key id the backend registered: its state (next: the committed \
+successor devices hold a commitment to; current; retired: replaced by a rotation, still served; \
+purged), when it was created, the serials of the rotations that made it current and replaced it, \
+whether its private key is in this data directory, and its public keys. Never prints a private key."
     )]
     List {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// New key pair, announced to peripherals with a signed `Add` (the new key becomes current).
+    /// Rotate to the committed next key (signed `Rotate`), and create the key it commits to.
     #[command(
-        long_about = "Create the next key pair (key id = the highest ever used + 1; files \
-signing-N.pem and sealing-N.pem, mode 0600) and issue the anchor update Add(new anchor) with the \
-next serial, signed by the current key. Gateways fetch it and deliver it to peripherals in session; \
-a peripheral that applies it makes the new anchor its primary and seals its next hellos to it, so \
-the new key is the current one from now on (it signs the next updates). The previous key stays \
-trusted and served: peripherals that have not received the update keep working with it. Refused \
-when peripherals already hold 4 anchors: retire one first. If a key was prepared \
-(--prepare), this announces that key instead of creating another."
+        long_about = "Reveal the committed next key (see `keys list`) to peripherals with the anchor \
+update Rotate(next key, commitment to a new key), with the next serial, signed by the next key \
+itself, and create the new committed key (key id = the highest ever used + 1; files signing-N.pem \
+and sealing-N.pem, mode 0600). Gateways fetch the update and deliver it to peripherals in session; a \
+peripheral applies it only because its held commitment names that key, seals its next hellos to it \
+and no longer trusts the previous key, which stays served for peripherals that missed the rotation. \
+The next key's private files must be in this data directory (bring them back if they were kept \
+offline) and, with several backend instances, on every instance before this runs."
     )]
-    Rotate {
-        /// Only create the key pair (it is served at once) and do not announce it yet. For several
-        /// backend instances: copy its two files to every instance, then run `keys rotate`.
-        #[arg(long)]
-        prepare: bool,
-    },
-    /// Signed `Retire` of an older key: peripherals drop it; it stays served until `keys purge`.
-    #[command(
-        long_about = "Issue the anchor update Retire(KID) with the next serial, signed by \
-the current key: peripherals that apply it stop trusting key KID. Refuses the current key (rotate \
-first) and hence the last one. The backend keeps serving KID (opening hellos sealed to it and \
-signing their vouches with it): a peripheral that has not received the updates yet still seals to \
-KID, and gets the updates in the session this opens. Stop serving it with `keys purge KID`."
-    )]
-    Retire {
-        /// The key id.
-        kid: u8,
-    },
+    Rotate,
     /// Stop serving a retired key on every instance and delete its private key from this directory.
     #[command(
         long_about = "Stop serving key KID on every backend instance (within a second) and \
-delete signing-KID.pem and sealing-KID.pem from this data directory. Only a retired key, or a \
-prepared one never announced, can be purged. Irreversible: hellos sealed to KID are refused \
+delete signing-KID.pem and sealing-KID.pem from this data directory. Only a retired key (one a \
+rotation replaced) can be purged. Irreversible: hellos sealed to KID are refused \
 (unknown_backend_key) from then on, so a peripheral that still knows only KID (it missed every \
 update) can no longer connect and must be provisioned again with `export-anchor`. Before purging, \
 check the audit log: vouches record the key id that signed them (kid=N). On other hosts holding a \
@@ -812,9 +796,12 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::ExportAnchor { out } => {
-            let data = DataDir::load(&cli.data_dir)?;
+            let mut data = DataDir::load(&cli.data_dir)?;
             let store = open_store(&cli).await?;
-            let status = keyring::status(&data, &store).await;
+            let status = match keyring::register(&mut data, &store, CLI_ACTOR).await {
+                Ok(_) => keyring::status(&data, &store).await,
+                Err(e) => Err(e),
+            };
             store.close().await;
             let json =
                 serde_json::to_string_pretty(&vouch_backend::anchor::bundle(&status?.fleet))?;
@@ -830,9 +817,12 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
 }
 
 async fn keys_cmd(cli: &Cli, cmd: &KeysCmd) -> Result<std::process::ExitCode> {
-    let data = DataDir::load(&cli.data_dir)?;
+    let mut data = DataDir::load(&cli.data_dir)?;
     let store = open_store(cli).await?;
-    let result = keys_on(cli, cmd, &data, &store).await;
+    let result = match keyring::register(&mut data, &store, CLI_ACTOR).await {
+        Ok(_) => keys_on(cli, cmd, &data, &store).await,
+        Err(e) => Err(e.into()),
+    };
     store.close().await;
     result.map(|()| std::process::ExitCode::SUCCESS)
 }
@@ -845,7 +835,7 @@ async fn keys_on(cli: &Cli, cmd: &KeysCmd, data: &DataDir, store: &Store) -> Res
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
-                        "current": status.current().map(|k| k.0),
+                        "current": status.current().0,
                         "serial": status.serial(),
                         "registered": status.registered,
                         "keys": status.keys,
@@ -871,60 +861,36 @@ async fn keys_on(cli: &Cli, cmd: &KeysCmd, data: &DataDir, store: &Store) -> Res
                     k.sealing
                 );
             }
-            let kids: Vec<String> = status.fleet.iter().map(|a| a.kid.to_string()).collect();
             println!(
-                "last update serial {}; a fully updated peripheral holds keys [{}] and seals to key {}",
+                "last update serial {}; a fully updated peripheral seals to key {} and holds the commitment to the next key",
                 status.serial(),
-                kids.join(", "),
-                status.current().map_or_else(|| "-".to_owned(), |k| k.to_string())
+                status.current(),
             );
             if !status.registered {
-                println!("no rotation yet: the data directory's key is the only one");
+                println!(
+                    "not registered yet: the data directory's two lowest keys are current and next"
+                );
             }
         }
-        KeysCmd::Rotate { prepare } => {
-            let r = keyring::rotate(data, store, *prepare, CLI_ACTOR).await?;
-            let kid = r.anchor.kid;
+        KeysCmd::Rotate => {
+            let r = keyring::rotate(data, store, CLI_ACTOR).await?;
+            let (kid, next) = (r.anchor.kid, r.next.kid);
             let files = format!(
                 "{} and {}",
-                cli.data_dir.join(datadir::files::signing(kid)).display(),
-                cli.data_dir.join(datadir::files::sealing(kid)).display()
-            );
-            match r.update {
-                None => {
-                    println!("key {kid} prepared ({files}, mode 0600); served, not announced");
-                    println!(
-                        "next: copy both files to every other backend instance's data directory, \
-                         then run `vouch-backend keys rotate` to announce key {kid}"
-                    );
-                }
-                Some(u) => {
-                    let how = if r.created { "created" } else { "(prepared)" };
-                    println!(
-                        "key {kid} {how} and announced: anchor update {} = Add(key {kid}), signed by key {}",
-                        u.serial, u.signer
-                    );
-                    if r.created {
-                        println!("key files: {files} (mode 0600); copy them to every other backend instance");
-                    }
-                    println!(
-                        "gateways deliver the update to peripherals in session; those seal to key {kid} from then on. \
-                         Key {} stays trusted and served. Next: `vouch-backend export-anchor` for new devices; \
-                         later `vouch-backend keys retire {}`",
-                        u.signer, u.signer
-                    );
-                }
-            }
-        }
-        KeysCmd::Retire { kid } => {
-            let u = keyring::retire(data, store, vouch_proto::keys::KeyId(*kid), CLI_ACTOR).await?;
-            println!(
-                "anchor update {} = Retire(key {kid}), signed by key {}",
-                u.serial, u.signer
+                cli.data_dir.join(datadir::files::signing(next)).display(),
+                cli.data_dir.join(datadir::files::sealing(next)).display()
             );
             println!(
-                "key {kid} is still served, for peripherals that have not received the updates yet. \
-                 When the audit log shows no more vouches with kid={kid}: `vouch-backend keys purge {kid} --yes`"
+                "anchor update {} = Rotate(key {kid}), signed by key {kid}: peripherals that apply it seal to key {kid}",
+                r.update.serial
+            );
+            println!(
+                "the previous key stays served for peripherals that missed the rotation; purge it once the audit \
+                 log shows no more vouches by it (`vouch-backend keys purge KID --yes`)"
+            );
+            println!(
+                "key {next} created as the next committed key ({files}, mode 0600): copy them to every other \
+                 backend instance, and keep them offline until the next rotation if you wish"
             );
         }
         KeysCmd::Purge { kid, yes } => {
@@ -1126,6 +1092,10 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     let store = Store::open(&url)
         .await
         .context("cannot open the database")?;
+    let mut data = data;
+    keyring::register(&mut data, &store, "backend")
+        .await
+        .context("cannot register the key ring")?;
     keyring::check(&data, &store)
         .await
         .context("the data directory's keys do not match the database")?;

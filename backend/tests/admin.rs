@@ -149,7 +149,7 @@ async fn lifecycle_pagination_and_policy(db: Db) {
     assert_eq!(entries.len(), 1);
     let (_, v) = b.admin("GET", "/v1/admin/anchor", None).await;
     assert_eq!(v["format"], vouch_proto::anchor::BUNDLE_FORMAT);
-    assert_eq!(v["anchors"][0]["kid"], 1);
+    assert_eq!(v["anchor"]["kid"], 1);
 }
 
 async fn import(b: &Backend, format: &str, dry: bool, body: String) -> (StatusCode, Value) {
@@ -219,14 +219,17 @@ async fn audit_chain_detects_tampering(db: Db) {
     for i in 0..4u8 {
         b.enroll_peripheral(&Device::new(i + 1), None).await;
     }
+    // The backend's start registered its key ring (seq 1); the enrollments
+    // follow (seq 2 to 5).
     let (_, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
     assert_eq!(
         v,
-        json!({"result": "intact", "entries": 4, "head": v["head"]})
+        json!({"result": "intact", "entries": 5, "head": v["head"]})
     );
+    assert_eq!(b.audit("action=backend_key_genesis").await.len(), 1);
     // Time-range queries.
     let all = b.audit("since=0").await;
-    assert_eq!(all.len(), 4);
+    assert_eq!(all.len(), 5);
     let until = all[1]["at_ms"].as_i64().expect("at") + 1;
     assert!(b.audit(&format!("until={until}")).await.len() >= 2);
     assert!(b.audit("since=2999-01-01T00:00:00Z").await.is_empty());
@@ -235,34 +238,34 @@ async fn audit_chain_detects_tampering(db: Db) {
     use sqlx::Connection;
     let url = db.url_for(b.dir.path());
     let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
-    sqlx::query("UPDATE audit_log SET detail = 'status=pending' WHERE seq = 2")
+    sqlx::query("UPDATE audit_log SET detail = 'status=pending' WHERE seq = 3")
         .execute(&mut conn)
         .await
         .expect("tamper");
     let (_, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
     assert_eq!(v["result"], "broken", "{v}");
-    assert_eq!(v["seq"], 2);
+    assert_eq!(v["seq"], 3);
     // Restore it, then drop the tail: the head no longer matches.
-    sqlx::query("UPDATE audit_log SET detail = 'status=active' WHERE seq = 2")
+    sqlx::query("UPDATE audit_log SET detail = 'status=active' WHERE seq = 3")
         .execute(&mut conn)
         .await
         .expect("restore");
     let (_, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
     assert_eq!(v["result"], "intact", "{v}");
-    sqlx::query("DELETE FROM audit_log WHERE seq = 4")
+    sqlx::query("DELETE FROM audit_log WHERE seq = 5")
         .execute(&mut conn)
         .await
         .expect("truncate");
     let (_, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
     assert_eq!(v["result"], "broken", "{v}");
-    assert_eq!(v["seq"], 4);
+    assert_eq!(v["seq"], 5);
     // A hole in the middle.
-    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+    sqlx::query("DELETE FROM audit_log WHERE seq = 3")
         .execute(&mut conn)
         .await
         .expect("hole");
     let (_, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
-    assert_eq!(v["seq"], 2, "{v}");
+    assert_eq!(v["seq"], 3, "{v}");
     conn.close().await.ok();
 }
 

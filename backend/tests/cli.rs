@@ -24,7 +24,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_vouch-backend");
 on_both!(
     cli_verbs_work_and_bad_input_is_a_clear_error,
     sigkill_mid_import_loses_nothing_acknowledged,
-    keys_rotate_retire_purge_and_export_through_the_cli,
+    keys_rotate_purge_and_export_through_the_cli,
 );
 
 fn cli(dir: &Path, db: &Db, args: &[&str]) -> Output {
@@ -192,7 +192,7 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
     let bundle: vouch_proto::anchor::AnchorBundle =
         serde_json::from_str(&out).expect("bundle json");
     let anchors = bundle.to_anchor_set().expect("valid bundle");
-    let anchor: Anchor = *anchors.primary().expect("anchor");
+    let anchor: Anchor = *anchors.primary();
     assert_eq!(anchor.kid.0, 1);
 
     // Bad input: a clear error and a failing exit status, never a panic.
@@ -276,10 +276,6 @@ fn export(dir: &Path, db: &Db) -> AnchorSet {
     bundle.to_anchor_set().expect("valid bundle")
 }
 
-fn kids_of(set: &AnchorSet) -> Vec<u8> {
-    set.iter().map(|a| a.kid.0).collect()
-}
-
 fn key_list(dir: &Path, db: &Db) -> serde_json::Value {
     serde_json::from_str(&ok(&cli(dir, db, &["keys", "list", "--json"]))).expect("json")
 }
@@ -298,7 +294,7 @@ fn states(list: &serde_json::Value) -> Vec<(u64, String)> {
         .collect()
 }
 
-async fn keys_rotate_retire_purge_and_export_through_the_cli(db: Db) {
+async fn keys_rotate_purge_and_export_through_the_cli(db: Db) {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("data");
@@ -320,20 +316,27 @@ async fn keys_rotate_retire_purge_and_export_through_the_cli(db: Db) {
     };
     let key1_secrets = secrets(1);
 
-    // Before any rotation: key 1, current, serial 0; listing writes nothing.
+    // Before any rotation: key 1 current, key 2 next, serial 0.
     let list = key_list(dir, &db);
-    assert_eq!(states(&list), [(1, "current".to_owned())]);
+    assert_eq!(
+        states(&list),
+        [(1, "current".to_owned()), (2, "next".to_owned())]
+    );
     assert_eq!(list["serial"], 0);
-    assert_eq!(list["registered"], false);
+    assert_eq!(list["registered"], true, "`keys` registers the ring");
     let provisioned = export(dir, &db);
-    assert_eq!((kids_of(&provisioned), provisioned.serial()), (vec![1], 0));
+    assert_eq!((provisioned.primary().kid.0, provisioned.serial()), (1, 0));
 
     let out = ok(&cli(dir, &db, &["keys", "rotate"]));
     assert!(
-        out.contains("key 2 created and announced: anchor update 1 = Add(key 2), signed by key 1"),
+        out.contains("anchor update 1 = Rotate(key 2), signed by key 2"),
         "{out}"
     );
-    for f in ["signing-2.pem", "sealing-2.pem"] {
+    assert!(
+        out.contains("key 3 created as the next committed key"),
+        "{out}"
+    );
+    for f in ["signing-3.pem", "sealing-3.pem"] {
         let mode = std::fs::metadata(dir.join(f))
             .expect(f)
             .permissions()
@@ -343,10 +346,10 @@ async fn keys_rotate_retire_purge_and_export_through_the_cli(db: Db) {
     }
     let table = ok(&cli(dir, &db, &["keys", "list"]));
     assert!(
-        table.contains("current") && table.contains("trusted"),
+        table.contains("current") && table.contains("retired") && table.contains("next"),
         "{table}"
     );
-    for secret in key1_secrets.iter().chain(&secrets(2)) {
+    for secret in key1_secrets.iter().chain(&secrets(2)).chain(&secrets(3)) {
         assert!(
             !table.contains(secret.as_str()),
             "a private key was printed"
@@ -356,46 +359,55 @@ async fn keys_rotate_retire_purge_and_export_through_the_cli(db: Db) {
     let list = key_list(dir, &db);
     assert_eq!(
         states(&list),
-        [(1, "trusted".to_owned()), (2, "current".to_owned())]
+        [
+            (1, "retired".to_owned()),
+            (2, "current".to_owned()),
+            (3, "next".to_owned())
+        ]
     );
     assert_eq!(list["current"], 2);
     let exported = export(dir, &db);
-    assert_eq!((kids_of(&exported), exported.serial()), (vec![1, 2], 1));
-    assert_eq!(exported.primary().map(|a| a.kid.0), Some(2));
+    assert_eq!((exported.primary().kid.0, exported.serial()), (2, 1));
 
-    fails_cleanly(&cli(dir, &db, &["keys", "retire", "2"]), "current key");
+    fails_cleanly(&cli(dir, &db, &["keys", "purge", "2", "--yes"]), "current");
+    fails_cleanly(&cli(dir, &db, &["keys", "purge", "3", "--yes"]), "next");
     fails_cleanly(
-        &cli(dir, &db, &["keys", "retire", "9"]),
+        &cli(dir, &db, &["keys", "purge", "9", "--yes"]),
         "not in the key ring",
     );
-    fails_cleanly(&cli(dir, &db, &["keys", "purge", "1", "--yes"]), "retire 1");
-    let out = ok(&cli(dir, &db, &["keys", "rotate", "--prepare"]));
-    assert!(out.contains("key 3 prepared"), "{out}");
-    let list = key_list(dir, &db);
-    assert_eq!(list["keys"][2]["state"], "prepared");
+    // Gone verbs and flags are refused by the argument parser.
+    fails_cleanly(&cli(dir, &db, &["keys", "retire", "1"]), "retire");
     fails_cleanly(
         &cli(dir, &db, &["keys", "rotate", "--prepare"]),
-        "not announced yet",
+        "--prepare",
     );
-    let out = ok(&cli(dir, &db, &["keys", "purge", "3", "--yes"]));
-    assert!(out.contains("key 3 purged"), "{out}");
-    assert!(!dir.join("signing-3.pem").exists());
 
-    let out = ok(&cli(dir, &db, &["keys", "retire", "1"]));
+    // The next key kept offline: rotating says what to bring back, and
+    // creates nothing.
+    let offline = tmp.path().join("offline");
+    std::fs::create_dir(&offline).expect("mkdir");
+    for f in ["signing-3.pem", "sealing-3.pem"] {
+        std::fs::rename(dir.join(f), offline.join(f)).expect("move out");
+    }
+    fails_cleanly(&cli(dir, &db, &["keys", "rotate"]), "signing-3.pem");
+    assert!(!dir.join("signing-4.pem").exists());
+    for f in ["signing-3.pem", "sealing-3.pem"] {
+        std::fs::rename(offline.join(f), dir.join(f)).expect("bring back");
+    }
+    let out = ok(&cli(dir, &db, &["keys", "rotate"]));
     assert!(
-        out.contains("anchor update 2 = Retire(key 1), signed by key 2"),
+        out.contains("anchor update 2 = Rotate(key 3), signed by key 3"),
         "{out}"
     );
-    assert!(out.contains("still served"), "{out}");
-    // A device flashed before the rotation catches up with the updates the
-    // backend stored, in order (here read through the store).
+    // A device flashed before the rotations catches up with the updates
+    // the backend stored, in order (here read through the store).
     let store = Store::open(&db.url_for(dir)).await.expect("store");
     let mut caught_up = provisioned.clone();
     for row in store.anchor_updates_after(0).await.expect("updates") {
         caught_up.apply(&row.update).expect("applies in order");
     }
     store.close().await;
-    assert_eq!(kids_of(&caught_up), [2]);
+    assert_eq!(caught_up.primary().kid.0, 3);
     let exported = export(dir, &db);
     assert_eq!(exported, caught_up, "export = a fully updated device");
 
@@ -408,8 +420,9 @@ async fn keys_rotate_retire_purge_and_export_through_the_cli(db: Db) {
         states(&key_list(dir, &db)),
         [
             (1, "purged".to_owned()),
-            (2, "current".to_owned()),
-            (3, "purged".to_owned())
+            (2, "retired".to_owned()),
+            (3, "current".to_owned()),
+            (4, "next".to_owned())
         ]
     );
     // Without key 1's files the directory is still initialized.
@@ -421,8 +434,6 @@ async fn keys_rotate_retire_purge_and_export_through_the_cli(db: Db) {
     for action in [
         "backend_key_genesis",
         "backend_key_rotate",
-        "backend_key_prepare",
-        "backend_key_retire",
         "backend_key_purge",
     ] {
         assert!(audit.contains(action), "{action} missing from {audit}");
@@ -434,11 +445,11 @@ async fn keys_rotate_retire_purge_and_export_through_the_cli(db: Db) {
     let help = ok(&cli(dir, &db, &["keys", "--help"]));
     for word in [
         "rotate",
-        "retire",
+        "commitment",
+        "offline",
         "purge",
         "export-anchor",
         "unknown_backend_key",
-        "--prepare",
     ] {
         assert!(
             help.contains(word),

@@ -107,7 +107,7 @@ async fn gateway_vouches_over_mutual_tls_and_the_peripheral_establishes(db: Db) 
 
     // Several handshakes on one keep-alive connection.
     for round in 0..3u64 {
-        let (mut p, hello) = dev.hello(&b.anchors(), round);
+        let (mut p, hello) = dev.hello(&b.anchors().await, round);
         let (mut g, req) = gateway_takes(&gw, &hello, 100 + round);
         let (s, bytes) = post_vouch(&gateway, &served.url, &req).await;
         assert_eq!(s, StatusCode::OK);
@@ -138,7 +138,7 @@ async fn gateway_vouches_over_mutual_tls_and_the_peripheral_establishes(db: Db) 
     let (s, _) = post_vouch(
         &admin,
         &served.url,
-        &gateway_takes(&gw, &dev.hello(&b.anchors(), 9).1, 9).1,
+        &gateway_takes(&gw, &dev.hello(&b.anchors().await, 9).1, 9).1,
     )
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -172,10 +172,11 @@ async fn suspended_and_revoked_gateways_are_refused_at_once(db: Db) {
     b.enroll_peripheral(&dev, None).await;
     let served = serve(&b).await;
     let gateway = client(&ca_pem(&b), Some((&cert, &gw.to_pkcs8_pem().expect("pem"))));
+    let anchors = b.anchors().await;
     let mut seed = 0;
     let mut attempt = || {
         seed += 1;
-        let (_, hello) = dev.hello(&b.anchors(), seed);
+        let (_, hello) = dev.hello(&anchors, seed);
         gateway_takes(&gw, &hello, 1000 + seed).1
     };
     let answer = |bytes: Vec<u8>| decode_body::<VouchAnswer>(&bytes).expect("answer");

@@ -1,7 +1,7 @@
-//! Backend key rotation (SPEC.md §7.7) through the router: the real
+//! Backend key rotation (SPEC.md §2.3, §7.7) through the router: the real
 //! peripheral and gateway state machines, the real `AnchorSet::apply` on the
-//! device side, the key ring on disk and in the database, on SQLite and
-//! PostgreSQL.
+//! device side, the pre-rotated key ring on disk and in the database, on
+//! SQLite and PostgreSQL.
 
 mod common;
 
@@ -29,7 +29,8 @@ on_both!(
     updates_are_served_in_order_after_a_serial_in_bounded_pages,
     an_instance_hands_out_only_updates_for_keys_it_serves,
     the_anchor_updates_route_is_behind_the_gateway_identity_and_budget,
-    a_data_directory_from_before_rotation_works_unchanged,
+    a_data_directory_from_before_pre_rotation_gains_a_committed_successor,
+    a_thief_of_the_current_key_cannot_choose_the_successor,
 );
 
 const NOW: Timestamp = Timestamp(1_000);
@@ -55,10 +56,10 @@ fn data(b: &Backend) -> DataDir {
 }
 
 async fn rotate(b: &Backend) -> AnchorUpdate {
-    let r = keyring::rotate(&data(b), &b.store, false, "test")
+    keyring::rotate(&data(b), &b.store, "test")
         .await
-        .expect("rotate");
-    r.update.expect("announced")
+        .expect("rotate")
+        .update
 }
 
 /// A full handshake of `dev`, holding `anchors`, through `gw` and the
@@ -74,7 +75,7 @@ async fn handshake(
     let (mut p, hello) = dev.hello(anchors, seed);
     assert_eq!(
         Hello::peek(&hello).expect("hello").anchor,
-        anchors.primary().expect("primary").kid,
+        anchors.primary().kid,
         "a hello is sealed to the primary anchor"
     );
     let (mut g, req) = gateway_takes(gw, &hello, seed + 1);
@@ -143,29 +144,37 @@ async fn audit_intact(b: &Backend) {
 
 async fn rotation_moves_updated_devices_to_the_new_key_and_keeps_the_others_working(db: Db) {
     let (b, gw, d1, d2) = setup(&db).await;
-    let provisioned = b.anchors();
+    let provisioned = b.anchors().await;
+    assert_eq!(provisioned.primary().kid, KeyId(1));
     assert_eq!(handshake(&b, &gw, &d1, &provisioned, 1).await, Ok(KeyId(1)));
 
-    let add = rotate(&b).await;
-    assert_eq!(add.serial, 1);
-    assert_eq!(add.signer, KeyId(1), "signed by the current key");
-    let AnchorAction::Add(new) = add.action else {
-        panic!("expected Add, got {:?}", add.action)
+    let rotate = rotate(&b).await;
+    assert_eq!(rotate.serial, 1);
+    assert_eq!(rotate.signer, KeyId(2), "signed by the key it reveals");
+    let AnchorAction::Rotate { anchor: new, next } = rotate.action else {
+        panic!("expected Rotate, got {:?}", rotate.action)
     };
-    assert_eq!(new.kid, KeyId(2), "the next key id");
+    assert_eq!(new.kid, KeyId(2), "the key init committed to");
+    assert_eq!(&new.digest(), provisioned.next(), "the committed key");
+    // The key after it was created with it, 0600, and is what `next` names.
     for f in [
-        datadir::files::signing(KeyId(2)),
-        datadir::files::sealing(KeyId(2)),
+        datadir::files::signing(KeyId(3)),
+        datadir::files::sealing(KeyId(3)),
     ] {
         assert_eq!(mode(&b.dir.path().join(&f)), 0o600, "{f}");
     }
-    // The running instance picks the new key up (the background task does
-    // this every second; here it is called directly).
+    let key3 = datadir::load_key_pair(b.dir.path(), KeyId(3))
+        .expect("load")
+        .expect("key 3");
+    assert_eq!(next, key3.anchor().digest());
+    // The running instance serves key 2 from now on (the background task
+    // does this every second; here it is called directly). Key 3, the next
+    // one, is not served: nothing is sealed to it yet.
     reload(&b).await;
     assert_eq!(kids(&b), [1, 2]);
 
     // A device that has not received the update yet seals to key 1 and is
-    // vouched by key 1, which it verifies with the anchor it holds.
+    // vouched by key 1, its anchor.
     assert_eq!(
         handshake(&b, &gw, &d1, &provisioned, 10).await,
         Ok(KeyId(1))
@@ -174,35 +183,33 @@ async fn rotation_moves_updated_devices_to_the_new_key_and_keeps_the_others_work
     // The gateway fetches the update; the device applies it with the
     // protocol's own checks, and seals to key 2 from then on.
     let batch = fetch(&b, &gw, 0).await;
-    assert_eq!(batch.updates, [add]);
+    assert_eq!(batch.updates, [rotate]);
     assert_eq!(batch.latest, 1);
     let mut updated = provisioned.clone();
     updated
         .apply(&batch.updates[0])
-        .expect("the device applies the Add");
-    assert_eq!(updated.primary(), Some(&new));
-    assert_eq!(updated.len(), 2);
+        .expect("the device applies the Rotate");
+    assert_eq!(updated.primary(), &new);
+    assert!(
+        updated.get(KeyId(1)).is_none(),
+        "key 1 is no longer trusted"
+    );
     assert_eq!(handshake(&b, &gw, &d1, &updated, 20).await, Ok(KeyId(2)));
     // Replayed, the update is refused and changes nothing.
     let before = updated.clone();
     assert_eq!(
-        updated.apply(&add),
+        updated.apply(&rotate),
         Err(Error::PeerMisbehaved(PeerMisbehaved::StaleAnchorUpdate))
     );
     assert_eq!(updated, before);
-    // A device that only knows the new key (flashed from a fresh bundle)
-    // is vouched by key 2 as well.
+    // A device flashed from a fresh bundle starts where an updated one is.
     let (s, v) = b.admin("GET", "/v1/admin/anchor", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let bundle: AnchorBundle = serde_json::from_value(v).expect("bundle");
     let flashed = bundle.to_anchor_set().expect("valid bundle");
-    assert_eq!(
-        flashed, updated,
-        "export = the anchors of an updated device"
-    );
+    assert_eq!(flashed, updated, "export = the anchor of an updated device");
     assert_eq!(handshake(&b, &gw, &d2, &flashed, 30).await, Ok(KeyId(2)));
-    // A vouch under key 2 means nothing to a device that never got key 2:
-    // it stays on key 1 until it applies the update.
+    // A device that never got the update stays on key 1 until it does.
     assert_eq!(
         handshake(&b, &gw, &d2, &provisioned, 40).await,
         Ok(KeyId(1))
@@ -215,7 +222,7 @@ async fn rotation_moves_updated_devices_to_the_new_key_and_keeps_the_others_work
     assert_eq!(rot.len(), 1);
     let detail = rot[0]["detail"].as_str().expect("detail");
     assert!(
-        detail.contains("kid=2") && detail.contains("serial=1"),
+        detail.contains("kid=2") && detail.contains("serial=1") && detail.contains("kid=3"),
         "{detail}"
     );
     assert!(!detail.contains("PRIVATE"), "{detail}");
@@ -234,68 +241,65 @@ async fn rotation_moves_updated_devices_to_the_new_key_and_keeps_the_others_work
 
 async fn a_retired_key_is_served_until_it_is_purged(db: Db) {
     let (b, gw, d1, d2) = setup(&db).await;
-    let provisioned = b.anchors();
-    let add = rotate(&b).await;
+    let provisioned = b.anchors().await;
+    let first = rotate(&b).await;
+    let second = rotate(&b).await;
     reload(&b).await;
+    assert_eq!(kids(&b), [1, 2, 3], "retired keys are still served");
+    let states = |status: &keyring::RingStatus| -> Vec<(u8, KeyState)> {
+        status.keys.iter().map(|k| (k.kid, k.state)).collect()
+    };
+    let status = keyring::status(&data(&b), &b.store).await.expect("status");
+    assert_eq!(
+        states(&status),
+        [
+            (1, KeyState::Retired),
+            (2, KeyState::Retired),
+            (3, KeyState::Current),
+            (4, KeyState::Next)
+        ]
+    );
 
-    // The current key (here also the only one devices would be left with)
-    // cannot be retired or purged; an unknown one is an error.
+    // The current key and the next one cannot be purged; an unknown one is
+    // an error.
+    for (kid, state) in [(3, KeyState::Current), (4, KeyState::Next)] {
+        assert!(matches!(
+            keyring::purge(b.dir.path(), &b.store, KeyId(kid), "test").await,
+            Err(KeyRingError::NotRetired(k, s)) if k == KeyId(kid) && s == state
+        ));
+    }
     assert!(matches!(
-        keyring::retire(&data(&b), &b.store, KeyId(2), "test").await,
-        Err(KeyRingError::Current(KeyId(2)))
-    ));
-    assert!(matches!(
-        keyring::purge(b.dir.path(), &b.store, KeyId(2), "test").await,
-        Err(KeyRingError::Current(KeyId(2)))
-    ));
-    assert!(matches!(
-        keyring::purge(b.dir.path(), &b.store, KeyId(1), "test").await,
-        Err(KeyRingError::StillTrusted(KeyId(1), KeyState::Trusted))
-    ));
-    assert!(matches!(
-        keyring::retire(&data(&b), &b.store, KeyId(7), "test").await,
+        keyring::purge(b.dir.path(), &b.store, KeyId(7), "test").await,
         Err(KeyRingError::UnknownKey(KeyId(7)))
     ));
 
-    let retire = keyring::retire(&data(&b), &b.store, KeyId(1), "test")
-        .await
-        .expect("retire key 1");
-    assert_eq!(retire.serial, 2);
-    assert_eq!(retire.signer, KeyId(2), "signed by the current key");
-    assert_eq!(retire.action, AnchorAction::Retire(KeyId(1)));
-    assert!(matches!(
-        keyring::retire(&data(&b), &b.store, KeyId(1), "test").await,
-        Err(KeyRingError::NotTrusted(KeyId(1), KeyState::Retired))
-    ));
-    reload(&b).await;
-    assert_eq!(kids(&b), [1, 2], "a retired key is still served");
-
-    // A device that missed everything still seals to key 1 and is vouched:
-    // in that session it gets the updates, in order.
+    // A device that missed both rotations still seals to key 1 and is
+    // vouched: in that session it gets the updates, in order.
     assert_eq!(handshake(&b, &gw, &d1, &provisioned, 1).await, Ok(KeyId(1)));
     let batch = fetch(&b, &gw, 0).await;
-    assert_eq!(batch.updates, [add, retire]);
+    assert_eq!(batch.updates, [first, second]);
     assert_eq!(batch.latest, 2);
-    // Out of order, the Retire is refused (signed by key 2, not yet held)...
+    // Out of order, the second is refused (key 3 is not what key 1 committed
+    // to)...
     let mut d1_anchors = provisioned.clone();
     assert_eq!(
-        d1_anchors.apply(&retire),
+        d1_anchors.apply(&second),
         Err(Error::PeerMisbehaved(PeerMisbehaved::BadAnchorUpdate))
     );
     assert_eq!(d1_anchors, provisioned, "a refused update changes nothing");
-    // ...in order, both apply, and the device is left with key 2 alone.
+    // ...in order, both apply, and the device is left with key 3.
     for u in &batch.updates {
         d1_anchors.apply(u).expect("in order");
     }
-    assert_eq!(d1_anchors.iter().map(|a| a.kid.0).collect::<Vec<_>>(), [2]);
-    // Once it applied the Retire, the Add cannot be replayed to undo it.
+    assert_eq!(d1_anchors.primary().kid, KeyId(3));
+    // The first cannot be replayed to undo the second.
     assert_eq!(
-        d1_anchors.apply(&add),
+        d1_anchors.apply(&first),
         Err(Error::PeerMisbehaved(PeerMisbehaved::StaleAnchorUpdate))
     );
-    assert_eq!(handshake(&b, &gw, &d1, &d1_anchors, 2).await, Ok(KeyId(2)));
+    assert_eq!(handshake(&b, &gw, &d1, &d1_anchors, 2).await, Ok(KeyId(3)));
 
-    // Purge: the private key is deleted, no instance serves key 1.
+    // Purge key 1: the private key is deleted, no instance serves it.
     let p = keyring::purge(b.dir.path(), &b.store, KeyId(1), "test")
         .await
         .expect("purge");
@@ -307,7 +311,7 @@ async fn a_retired_key_is_served_until_it_is_purged(db: Db) {
         assert!(!b.dir.path().join(&f).exists(), "{f} still there");
     }
     reload(&b).await;
-    assert_eq!(kids(&b), [2]);
+    assert_eq!(kids(&b), [2, 3]);
     // A device that still knows only key 1 is refused, like any refusal.
     assert_eq!(
         handshake(&b, &gw, &d2, &provisioned, 3).await,
@@ -315,11 +319,9 @@ async fn a_retired_key_is_served_until_it_is_purged(db: Db) {
     );
     assert_eq!(last_vouch_audit(&b).await["reason"], "unknown_backend_key");
     // The updated one carries on.
-    assert_eq!(handshake(&b, &gw, &d1, &d1_anchors, 4).await, Ok(KeyId(2)));
-    // The served log still starts at serial 1: a device that knows the
-    // purged key only cannot connect to get it, but one provisioned with a
-    // bundle from before the retirement (keys 1 and 2) still can.
-    assert_eq!(fetch(&b, &gw, 0).await.updates, [add, retire]);
+    assert_eq!(handshake(&b, &gw, &d1, &d1_anchors, 4).await, Ok(KeyId(3)));
+    // The served log still starts at serial 1.
+    assert_eq!(fetch(&b, &gw, 0).await.updates, [first, second]);
 
     // Again: nothing left to do.
     let again = keyring::purge(b.dir.path(), &b.store, KeyId(1), "test")
@@ -327,55 +329,30 @@ async fn a_retired_key_is_served_until_it_is_purged(db: Db) {
         .expect("purge again");
     assert!(!again.newly_purged && !again.files_removed);
     let status = keyring::status(&data(&b), &b.store).await.expect("status");
-    let states: Vec<_> = status.keys.iter().map(|k| (k.kid, k.state)).collect();
-    assert_eq!(states, [(1, KeyState::Purged), (2, KeyState::Current)]);
-    assert_eq!(status.serial(), 2);
-    assert_eq!(b.audit("action=backend_key_retire").await.len(), 1);
-    assert_eq!(b.audit("action=backend_key_purge").await.len(), 1);
-
-    // A device holds at most 4 anchors: three more rotations fill it, the
-    // next is refused before any key is created.
-    for _ in 0..3 {
-        rotate(&b).await;
-    }
     assert_eq!(
-        keyring::status(&data(&b), &b.store)
-            .await
-            .expect("status")
-            .fleet
-            .len(),
-        4
+        states(&status),
+        [
+            (1, KeyState::Purged),
+            (2, KeyState::Retired),
+            (3, KeyState::Current),
+            (4, KeyState::Next)
+        ]
     );
-    assert!(matches!(
-        keyring::rotate(&data(&b), &b.store, false, "test").await,
-        Err(KeyRingError::Full(4))
-    ));
-    assert!(!b
-        .dir
-        .path()
-        .join(datadir::files::signing(KeyId(6)))
-        .exists());
+    assert_eq!(status.serial(), 2);
+    assert_eq!(b.audit("action=backend_key_purge").await.len(), 1);
     audit_intact(&b).await;
 }
 
 async fn updates_are_served_in_order_after_a_serial_in_bounded_pages(db: Db) {
     let (b, gw, d1, _) = setup(&db).await;
-    let provisioned = b.anchors();
-    // 34 rotations, each followed by the retirement of the key before it:
-    // 68 updates, more than one page.
-    let rounds: u32 = 34;
+    let provisioned = b.anchors().await;
+    // 68 rotations: more than one page.
+    let last: u32 = 68;
     let mut issued = Vec::new();
-    for round in 1..=rounds {
+    for _ in 1..=last {
         issued.push(rotate(&b).await);
-        let old = KeyId(u8::try_from(round).expect("small"));
-        issued.push(
-            keyring::retire(&data(&b), &b.store, old, "test")
-                .await
-                .expect("retire"),
-        );
     }
     reload(&b).await;
-    let last = 2 * rounds;
     let serials: Vec<u32> = issued.iter().map(|u| u.serial).collect();
     assert_eq!(
         serials,
@@ -403,9 +380,8 @@ async fn updates_are_served_in_order_after_a_serial_in_bounded_pages(db: Db) {
     for u in page.updates.iter().chain(&rest.updates) {
         anchors.apply(u).expect("in order");
     }
-    let current = KeyId(u8::try_from(rounds + 1).expect("small"));
-    assert_eq!(anchors.primary().map(|a| a.kid), Some(current));
-    assert_eq!(anchors.len(), 1);
+    let current = KeyId(u8::try_from(last + 1).expect("small"));
+    assert_eq!(anchors.primary().kid, current);
     assert_eq!(anchors.serial(), last);
     assert_eq!(handshake(&b, &gw, &d1, &anchors, 5).await, Ok(current));
     // Every update again (a gateway delivers all it holds): each is stale.
@@ -415,29 +391,23 @@ async fn updates_are_served_in_order_after_a_serial_in_bounded_pages(db: Db) {
             Err(Error::PeerMisbehaved(PeerMisbehaved::StaleAnchorUpdate))
         );
     }
-    // Reordered: skipping an update leaves the device unable to verify the
-    // next (its signer is a key it never received).
+    // Skipping an update leaves the device unable to take the next (its key
+    // is not the one the device holds a commitment to); in order it applies.
     let mut skipping = provisioned.clone();
     assert_eq!(
-        skipping.apply(&issued[2]),
+        skipping.apply(&issued[1]),
         Err(Error::PeerMisbehaved(PeerMisbehaved::BadAnchorUpdate))
     );
     skipping.apply(&issued[0]).expect("the first");
-    skipping
-        .apply(&issued[2])
-        .expect("then the third: signed by key 2, held");
-    // The second (Retire key 1, serial 2) now arrives late: stale.
-    assert_eq!(
-        skipping.apply(&issued[1]),
-        Err(Error::PeerMisbehaved(PeerMisbehaved::StaleAnchorUpdate))
-    );
+    skipping.apply(&issued[1]).expect("then the second");
 }
 
 async fn an_instance_hands_out_only_updates_for_keys_it_serves(db: Db) {
     let (a, gw, d1, _) = setup(&db).await;
-    let provisioned = a.anchors();
+    let provisioned = a.anchors().await;
     // A second instance on the same database with its own copy of the data
-    // directory, taken before the rotation.
+    // directory, taken before the rotation, without the next key's files
+    // (kept offline, or not copied yet).
     let dir_b = tempfile::tempdir().expect("tempdir");
     for f in datadir::files::IDENTITY {
         let (from, to) = (a.dir.path().join(f), dir_b.path().join(f));
@@ -459,27 +429,9 @@ async fn an_instance_hands_out_only_updates_for_keys_it_serves(db: Db) {
         db: a.db.clone(),
         dir: dir_b,
     };
-
-    // Prepared on A: served where its files are, announced nowhere.
-    let prepared = keyring::rotate(&data(&a), &a.store, true, "test")
-        .await
-        .expect("prepare");
-    assert!(prepared.update.is_none() && prepared.created);
-    let kid = prepared.anchor.kid;
-    assert!(matches!(
-        keyring::rotate(&data(&a), &a.store, true, "test").await,
-        Err(KeyRingError::AlreadyPrepared(k)) if k == kid
-    ));
-    reload(&a).await;
-    reload(&b).await;
-    assert_eq!((kids(&a), kids(&b)), (vec![1, 2], vec![1]));
-    for i in [&a, &b] {
-        let batch = fetch(i, &gw, 0).await;
-        assert!(batch.updates.is_empty() && batch.latest == 0);
-    }
     let status = keyring::status(&data(&a), &a.store).await.expect("status");
-    assert_eq!(status.keys[1].state, KeyState::Prepared);
-    assert_eq!(status.current(), Some(KeyId(1)));
+    assert_eq!(status.keys[1].state, KeyState::Next);
+    assert_eq!(status.current(), KeyId(1));
     // `serve` checks its data directory against the database before it
     // starts: a copy of this backend's passes, another backend's does not.
     keyring::check(&data(&b), &a.store)
@@ -492,46 +444,45 @@ async fn an_instance_hands_out_only_updates_for_keys_it_serves(db: Db) {
         Err(KeyRingError::Mismatch { kid: KeyId(1), .. })
     ));
 
-    // Announced: A hands it out; B, which cannot open hellos sealed to
-    // key 2, withholds it.
-    let announced = keyring::rotate(&data(&a), &a.store, false, "test")
-        .await
-        .expect("announce");
-    assert!(!announced.created, "the prepared key, not a new one");
-    assert_eq!(announced.anchor, prepared.anchor);
-    let add = announced.update.expect("the Add");
-    assert_eq!(fetch(&a, &gw, 0).await.updates, [add]);
-    let withheld = fetch(&b, &gw, 0).await;
-    assert!(withheld.updates.is_empty(), "{withheld:?}");
-    assert_eq!(withheld.latest, 0);
-    // B cannot sign the next update: the current key is not in its directory,
-    // and it creates nothing trying.
+    // B cannot rotate: the next key is not in its directory, and it creates
+    // nothing trying.
     assert!(matches!(
-        keyring::rotate(&data(&b), &b.store, false, "test").await,
-        Err(KeyRingError::MissingPrivateKey { kid: k, .. }) if k == kid
+        keyring::rotate(&data(&b), &b.store, "test").await,
+        Err(KeyRingError::MissingPrivateKey { kid: KeyId(2), .. })
     ));
     assert_eq!(
         datadir::key_ids(b.dir.path()).expect("ids"),
         [KeyId(1)],
         "no key files created"
     );
+    // A rotates: A hands the update out; B, which cannot open hellos sealed
+    // to key 2, withholds it.
+    let rotate = rotate(&a).await;
+    reload(&a).await;
+    reload(&b).await;
+    assert_eq!((kids(&a), kids(&b)), (vec![1, 2], vec![1]));
+    assert_eq!(fetch(&a, &gw, 0).await.updates, [rotate]);
+    let withheld = fetch(&b, &gw, 0).await;
+    assert!(withheld.updates.is_empty(), "{withheld:?}");
+    assert_eq!(withheld.latest, 0);
     // (A device updated through A that reaches B is refused there.)
     let mut updated = provisioned.clone();
-    updated.apply(&add).expect("apply");
-    assert_eq!(handshake(&a, &gw, &d1, &updated, 1).await, Ok(kid));
+    updated.apply(&rotate).expect("apply");
+    assert_eq!(handshake(&a, &gw, &d1, &updated, 1).await, Ok(KeyId(2)));
     assert_eq!(
         handshake(&b, &gw, &d1, &updated, 2).await,
         Err(VouchAnswer::Refused(Refusal::Denied))
     );
 
     // The operator copies the two files: B serves the key and the update.
+    let kid = KeyId(2);
     for f in [datadir::files::signing(kid), datadir::files::sealing(kid)] {
         std::fs::copy(a.dir.path().join(&f), b.dir.path().join(&f)).expect("copy");
         assert_eq!(mode(&b.dir.path().join(&f)), 0o600);
     }
     reload(&b).await;
     assert_eq!(kids(&b), [1, 2]);
-    assert_eq!(fetch(&b, &gw, 0).await.updates, [add]);
+    assert_eq!(fetch(&b, &gw, 0).await.updates, [rotate]);
     assert_eq!(handshake(&b, &gw, &d1, &updated, 3).await, Ok(kid));
     b.state.shutdown();
 }
@@ -601,39 +552,111 @@ async fn the_anchor_updates_route_is_behind_the_gateway_identity_and_budget(db: 
     assert!(body.contains("gateway_not_active"));
 }
 
-async fn a_data_directory_from_before_rotation_works_unchanged(db: Db) {
-    // `init` as before key rotation: one key pair, nothing registered.
-    let (b, gw, d1, _) = setup(&db).await;
-    let status = keyring::status(&data(&b), &b.store).await.expect("status");
-    assert!(!status.registered);
-    assert_eq!(status.current(), Some(KeyId(1)));
+async fn a_data_directory_from_before_pre_rotation_gains_a_committed_successor(db: Db) {
+    // A data directory as `init` made it before pre-rotated anchors: one key
+    // pair, nothing registered.
+    let dir = tempfile::tempdir().expect("tempdir");
+    datadir::init(dir.path(), &[]).expect("init");
+    assert!(datadir::remove_key_pair(dir.path(), KeyId(2)).expect("remove"));
+    let store = Store::open(&db.url_for(dir.path())).await.expect("store");
+    let mut data = DataDir::load(dir.path()).expect("load");
+    assert!(matches!(
+        keyring::status(&data, &store).await,
+        Err(KeyRingError::BadGenesis)
+    ));
+    // `serve`, `export-anchor` and `keys` register the ring first: key 2 is
+    // created as key 1's committed successor (0600), once.
+    assert!(keyring::register(&mut data, &store, "test")
+        .await
+        .expect("register"));
+    assert!(!keyring::register(&mut data, &store, "test")
+        .await
+        .expect("again"));
+    assert_eq!(
+        mode(&dir.path().join(datadir::files::signing(KeyId(2)))),
+        0o600
+    );
+    let status = keyring::status(&data, &store).await.expect("status");
+    assert!(status.registered);
+    assert_eq!(status.current(), KeyId(1));
     assert_eq!(status.serial(), 0);
-    assert_eq!(status.keys.len(), 1);
-    assert!(status.keys[0].private_key_here);
-    assert_eq!(kids(&b), [1]);
-    reload(&b).await;
-    assert_eq!(kids(&b), [1]);
-    assert_eq!(handshake(&b, &gw, &d1, &b.anchors(), 1).await, Ok(KeyId(1)));
-    let batch = fetch(&b, &gw, 0).await;
-    assert!(batch.updates.is_empty() && batch.latest == 0);
-    // Reading the ring wrote nothing: no key audit entries, no rows.
-    assert!(b.store.key_rows().await.expect("rows").is_empty());
-    assert!(b.audit("action=backend_key_genesis").await.is_empty());
-    // Retiring or purging the only key is refused before anything is written.
-    assert!(matches!(
-        keyring::retire(&data(&b), &b.store, KeyId(1), "test").await,
-        Err(KeyRingError::Current(KeyId(1)))
-    ));
-    assert!(matches!(
-        keyring::purge(b.dir.path(), &b.store, KeyId(1), "test").await,
-        Err(KeyRingError::Current(KeyId(1)))
-    ));
-    assert!(b.store.key_rows().await.expect("rows").is_empty());
+    let states: Vec<_> = status.keys.iter().map(|k| (k.kid, k.state)).collect();
+    assert_eq!(states, [(1, KeyState::Current), (2, KeyState::Next)]);
+    let key2 = data.key_pair(KeyId(2)).expect("key 2 loaded");
+    assert_eq!(status.fleet.next(), &key2.anchor().digest());
+    // A fresh directory is registered the same way, with the key 2 `init`
+    // made, without creating another. (On a database of its own: the one
+    // above holds the first directory's ring.)
+    let fresh = tempfile::tempdir().expect("tempdir");
+    datadir::init(fresh.path(), &[]).expect("init");
+    let fresh_store = Store::open(&Db::Sqlite.url_for(fresh.path()))
+        .await
+        .expect("store");
+    let mut fresh_data = DataDir::load(fresh.path()).expect("load");
+    let unregistered = keyring::status(&fresh_data, &fresh_store)
+        .await
+        .expect("status");
+    assert!(!unregistered.registered);
+    keyring::register(&mut fresh_data, &fresh_store, "test")
+        .await
+        .expect("register");
+    assert_eq!(
+        keyring::status(&fresh_data, &fresh_store)
+            .await
+            .expect("status")
+            .fleet,
+        unregistered.fleet,
+        "registering changes nothing a device is provisioned with"
+    );
+    assert_eq!(
+        datadir::key_ids(fresh.path()).expect("ids"),
+        [KeyId(1), KeyId(2)]
+    );
     // A key file readable by others stops the directory from loading.
-    let path = b.dir.path().join(datadir::files::SIGNING);
+    let path = dir.path().join(datadir::files::SIGNING);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     assert!(matches!(
-        DataDir::load(b.dir.path()),
+        DataDir::load(dir.path()),
         Err(datadir::DataDirError::Permissions { .. })
     ));
+}
+
+async fn a_thief_of_the_current_key_cannot_choose_the_successor(db: Db) {
+    // Key 1 is stolen. With it the thief signs updates of every kind, at
+    // every serial; a device refuses all of them, and the operator's
+    // rotation still moves it to key 2, which the thief never held.
+    let (b, gw, d1, _) = setup(&db).await;
+    let provisioned = b.anchors().await;
+    let stolen = datadir::load_key_pair(b.dir.path(), KeyId(1))
+        .expect("load")
+        .expect("key 1");
+    let own = vouch_proto::handshake::backend::BackendKeys::generate(KeyId(9), &mut rng(9));
+    let mut device = provisioned.clone();
+    for (serial, action) in [
+        (
+            1,
+            AnchorAction::Rotate {
+                anchor: own.anchor(),
+                next: own.anchor().digest(),
+            },
+        ),
+        (u32::MAX, AnchorAction::Replace(own.anchor())),
+        (1, AnchorAction::Add(own.anchor())),
+        (2, AnchorAction::Retire(KeyId(1))),
+    ] {
+        for signer in [KeyId(1), KeyId(2), KeyId(9)] {
+            let forged = AnchorUpdate::sign(serial, action, signer, stolen.signing());
+            assert_eq!(
+                device.apply(&forged),
+                Err(Error::PeerMisbehaved(PeerMisbehaved::BadAnchorUpdate)),
+                "{forged:?}"
+            );
+        }
+    }
+    assert_eq!(device, provisioned, "nothing changed, no serial consumed");
+    // The operator rotates; the device takes it.
+    let rotate = rotate(&b).await;
+    reload(&b).await;
+    device.apply(&rotate).expect("the genuine rotation");
+    assert_eq!(handshake(&b, &gw, &d1, &device, 1).await, Ok(KeyId(2)));
 }

@@ -69,7 +69,7 @@ fn reasons(entries: &[serde_json::Value]) -> Vec<String> {
 
 async fn vouch_completes_a_real_handshake_and_refusals_are_uniform(db: Db) {
     let b = Backend::new(&db).await;
-    let anchors = b.anchors();
+    let anchors = b.anchors().await;
     let gw = IdentityKey::from_seed(&[100; 32]);
     b.enroll_gateway(&gw, Some("plant-1")).await;
     b.allow("group:meters", "site:plant-1", "telemetry,command")
@@ -169,7 +169,10 @@ async fn vouch_completes_a_real_handshake_and_refusals_are_uniform(db: Db) {
     wire.push(vouch(&b, &gw, &bad).await.0);
     // unknown backend key: sealed to another backend's anchor (kid 9).
     let other = BackendKeys::generate(KeyId(9), &mut rng(77));
-    let (_, h) = dev.hello(&AnchorSet::new(other.anchor()), 22);
+    let (_, h) = dev.hello(
+        &AnchorSet::new(other.anchor(), other.anchor().digest(), 0),
+        22,
+    );
     wire.push(vouch(&b, &gw, &gateway_takes(&gw, &h, 23).1).await.0);
     // bad seal: a low-order e_P (all zeros) makes the seal key unusable.
     let (_, mut h) = dev.hello(&anchors, 24);
@@ -255,7 +258,7 @@ async fn vouch_completes_a_real_handshake_and_refusals_are_uniform(db: Db) {
 
 async fn batch_vouches_answer_in_order_and_replays_within_a_batch_are_caught(db: Db) {
     let b = Backend::new(&db).await;
-    let anchors = b.anchors();
+    let anchors = b.anchors().await;
     let gw = IdentityKey::from_seed(&[100; 32]);
     b.enroll_gateway(&gw, None).await;
     b.allow("any", &format!("gateway:{}", gw.public_key()), "telemetry")
@@ -306,7 +309,7 @@ async fn lockout_after_k_failures_from_a_gateway_and_for_a_claimed_id(db: Db) {
     config.security.lockout_failures = 3;
     config.security.lockout_window_s = 600;
     let b = Backend::with_config(&db, config).await;
-    let anchors = b.anchors();
+    let anchors = b.anchors().await;
     let gw = IdentityKey::from_seed(&[100; 32]);
     b.enroll_gateway(&gw, None).await;
     b.allow("any", "any", "telemetry").await;
@@ -435,7 +438,7 @@ async fn clone_case(db: Db, action: CloneAction) {
         let mut config = Config::default();
         config.security.clone_action = action;
         let b = Backend::with_config(&db, config).await;
-        let anchors = b.anchors();
+        let anchors = b.anchors().await;
         let g1 = IdentityKey::from_seed(&[100; 32]);
         let g2 = IdentityKey::from_seed(&[101; 32]);
         b.enroll_gateway(&g1, None).await;
@@ -523,7 +526,7 @@ async fn a_clone_reported_by_two_gateways_at_once_is_caught(db: Db) {
     b.enroll_gateway(&g1, None).await;
     b.enroll_gateway(&g2, None).await;
     b.allow("any", "any", "telemetry").await;
-    let anchors = b.anchors();
+    let anchors = b.anchors().await;
     let devices: Vec<Device> = (1..=24).map(Device::new).collect();
     for (n, dev) in devices.iter().enumerate() {
         b.enroll_peripheral(dev, None).await;
@@ -792,7 +795,7 @@ async fn one_gateway_over_its_budget_is_told_to_wait_and_others_are_not(db: Db) 
     config.limits.max_requests_per_gateway = 2;
     config.limits.max_feed_waiters_per_gateway = 1;
     let b = Backend::with_config(&db, config).await;
-    let anchors = b.anchors();
+    let anchors = b.anchors().await;
     let flooder = IdentityKey::from_seed(&[100; 32]);
     let honest = IdentityKey::from_seed(&[101; 32]);
     b.enroll_gateway(&flooder, None).await;
@@ -893,7 +896,7 @@ async fn a_gateway_cannot_frame_a_device_it_holds_no_vouch_for(db: Db) {
     let mut config = Config::default();
     config.security.clone_action = CloneAction::Refuse;
     let b = Backend::with_config(&db, config).await;
-    let anchors = b.anchors();
+    let anchors = b.anchors().await;
     let framer = IdentityKey::from_seed(&[100; 32]);
     let home = IdentityKey::from_seed(&[101; 32]);
     b.enroll_gateway(&framer, None).await;

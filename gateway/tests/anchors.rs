@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    context, drive_peripheral, peripheral_full, run_link_owned, setup, wait_for, Capture, Setup,
-    TempDir,
+    context, drive_peripheral, future_keys, peripheral_full, run_link_owned, setup, wait_for,
+    Capture, Setup, TempDir,
 };
 use vouch_gateway::anchors::{self, FetchError, Fetched, MAX_HELD_ANCHOR_UPDATES};
 use vouch_gateway::backend_client::{BackendApi, BackendError};
@@ -32,16 +32,20 @@ use vouch_proto::{Error as ProtoError, PeerMisbehaved, Timestamp};
 
 /// A rotation from the fake backend's key 1 to a new key 2, as the backend
 /// issues it: `Add(2)` signed by key 1, then `Retire(1)` signed by key 2.
-fn rotation(s: &Setup) -> [AnchorUpdate; 2] {
-    let k2 = BackendKeys::generate(KeyId(2), &mut rng(200));
-    let add = AnchorUpdate::sign(
-        1,
-        AnchorAction::Add(k2.anchor()),
-        KeyId(1),
-        s.backend.keys.signing(),
-    );
-    let retire = AnchorUpdate::sign(2, AnchorAction::Retire(KeyId(1)), KeyId(2), k2.signing());
-    [add, retire]
+fn rotation(_: &Setup) -> [AnchorUpdate; 2] {
+    let [k2, k3, k4] = [future_keys(2), future_keys(3), future_keys(4)];
+    let rotate = |serial, to: &BackendKeys, after: &BackendKeys| {
+        AnchorUpdate::sign(
+            serial,
+            AnchorAction::Rotate {
+                anchor: to.anchor(),
+                next: after.anchor().digest(),
+            },
+            to.kid(),
+            to.signing(),
+        )
+    };
+    [rotate(1, &k2, &k3), rotate(2, &k3, &k4)]
 }
 
 /// `n` updates with serials 1..=n. Only their serials matter to the
@@ -110,8 +114,11 @@ async fn held_updates_are_sent_in_order_after_a_full_handshake_and_after_a_resum
             .apply(&got)
             .expect("the peripheral applies them in the order received");
     }
-    assert_eq!(device_anchors.primary().unwrap().kid, KeyId(2));
-    assert_eq!(device_anchors.len(), 1, "key 1 retired");
+    assert_eq!(device_anchors.primary().kid, KeyId(3));
+    assert!(
+        device_anchors.get(KeyId(1)).is_none(),
+        "key 1 rotated away from"
+    );
     assert_eq!(s.ctx.metrics.anchor_updates_sent(), 2);
     assert!(s
         .ctx
@@ -140,6 +147,7 @@ async fn held_updates_are_sent_in_order_after_a_full_handshake_and_after_a_resum
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         ticket,
+        &s.anchors,
         Timestamp(0),
         &mut rng(5),
     )

@@ -115,6 +115,7 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         ticket,
+        &s.anchors,
         Timestamp(0),
         &mut rng(6),
     )

@@ -116,7 +116,8 @@ impl BackendApi for Backend {
 /// standard input closes.
 async fn child(port: u16) {
     let k = keys();
-    let anchors = AnchorSet::new(k.backend.anchor());
+    // The commitment plays no part in a Hello.
+    let anchors = AnchorSet::new(k.backend.anchor(), k.backend.anchor().digest(), 0);
     let mut links = Vec::with_capacity(SESSIONS);
     for i in 0..SESSIONS {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use common::setup_anchors;
 use common::{context, drive_peripheral, peripheral_full, run_link_owned, setup, wait_for};
 use common::{Capture, Setup, TempDir};
 use tokio::sync::watch;
@@ -119,6 +120,7 @@ async fn resume(
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         ticket,
+        &setup_anchors(),
         Timestamp(0),
         &mut rng(seed),
     )
@@ -200,6 +202,7 @@ async fn a_resumption_after_a_restart_completes_and_replaces_the_ticket_on_disk(
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         ticket,
+        &setup_anchors(),
         Timestamp(0),
         &mut rng(5),
     )

@@ -21,6 +21,7 @@ BYTES = [
     ("RESUME_E_P_SECRET", "inputs", "resume_e_p_secret"),
     ("BACKEND_SIGNING_PUBLIC", "derived", "backend_signing_public"),
     ("BACKEND_SEALING_PUBLIC", "derived", "backend_sealing_public"),
+    ("ANCHOR_COMMITMENT_1", "derived", "anchor_commitment_1"),
     ("PERIPHERAL_PUBLIC", "derived", "peripheral_public"),
     ("PERIPHERAL_ID", "derived", "peripheral_id"),
     ("GATEWAY_PUBLIC", "derived", "gateway_public"),

@@ -232,7 +232,7 @@ fn provision(dir: &Path, anchor: &Path) -> Result<()> {
     let mut store = open_store(dir)?;
     store.save_anchors(&set)?;
     eprintln!(
-        "installed the trust anchor (serial {}, key id {}) into {}",
+        "installed 1 trust anchor (serial {}, key id {}) and the commitment to its successor into {}",
         set.serial(),
         set.primary().kid,
         store.anchors_path().display()

@@ -159,11 +159,9 @@ fn firmware_glue_handshakes_in_fragments_and_resumes_from_flash() {
     );
     let ticket: PeripheralTicket =
         postcard::from_bytes(board.ticket_flash.as_ref().unwrap()).unwrap();
-    let mut fw = Firmware::new(
-        device_key(),
-        pair.peripheral_id,
-        board.anchors_flash.clone().unwrap(),
-    );
+    // No anchor update yet: the anchors in flash are the provisioned ones.
+    assert!(board.anchors_flash.is_none());
+    let mut fw = Firmware::new(device_key(), pair.peripheral_id, pair.anchors.clone());
     fw.on_subscribed(now, MTU, Some(ticket), &mut rng, &mut board)
         .unwrap();
     let mut resumed = gateway_side(&mut pair, &mut fw, &mut board, Some(&g.ticket));

@@ -62,6 +62,7 @@ fn record() -> Result<Recorded, Error> {
     let mut rp = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         p.ticket,
+        &pair.anchors,
         now,
         &mut FixedRng::new(&E_P2),
     )?;
@@ -109,6 +110,7 @@ fn vouch_peripheral_resume(
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
         ticket,
+        &r.pair.anchors,
         now,
         &mut FixedRng::new(&E_P2),
     )?;

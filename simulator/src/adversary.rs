@@ -303,6 +303,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                         if let Ok(mut hs) = PeripheralHandshake::resume(
                             &PeripheralConfig::default(),
                             ticket,
+                            &env.anchors,
                             Timestamp(0),
                             &mut a.rng,
                         ) {

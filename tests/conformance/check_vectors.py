@@ -55,9 +55,8 @@ TELEMETRY, COMMAND = 1 << 0, 1 << 1
 CT_APPLICATION = 0
 CT_ANCHOR_UPDATE = 2
 
-MAX_ANCHORS = 4  # §2.3
-# §7.7 anchor actions
-ADD, REPLACE, RETIRE = range(3)
+# §7.7 anchor actions: 0-2 are reserved (always refused), 3 is the rotation
+ADD, REPLACE, RETIRE, ROTATE = range(4)
 
 # §5.7 labels
 L_PERIPHERAL_ID = b"vouch/1 peripheral-id"
@@ -73,6 +72,7 @@ L_SESSION_ID = b"vouch/1 session id"
 L_BINDER = b"vouch/1 binder"
 L_RESUME_CONFIRM = b"vouch/1 resume confirm"
 L_ANCHOR_UPDATE = b"vouch/1 anchor update"
+L_ANCHOR_COMMITMENT = b"vouch/1 anchor commitment"
 
 
 class Reject(Exception):
@@ -570,10 +570,9 @@ class Backend:
 class Peripheral:
     """§5.1, §5.6 (P side), §6.2, §6.3 (P side)."""
 
-    def __init__(self, seed, id_p, anchors, primary_kid):
+    def __init__(self, seed, id_p, anchors):
         self.seed, self.id_p = seed, id_p
-        self.anchors = anchors  # kid -> (B_sig, B_x)   (§2.3)
-        self.primary = primary_kid
+        self.anchors = anchors  # §2.3 one anchor and the commitment to the next
         self.failed = None  # §5.8 errors are sticky
 
     def _sticky(self):
@@ -582,8 +581,7 @@ class Peripheral:
 
     def hello(self, e_p):
         """§5.1 with the given ephemeral secret."""
-        kid = self.primary
-        _, B_x = self.anchors[kid]
+        kid, _, B_x = self.anchors.anchor  # A, the anchor held (§5.1)
         e_P = x25519_public(e_p)  # 1.
         prefix = bytes([VERSION, HELLO, SUITE, kid]) + e_P  # 2.
         sig_p = ed25519_sign(self.seed, L_HELLO_SIG + prefix + B_x + self.id_p)  # 3.
@@ -591,6 +589,7 @@ class Peripheral:
         k_seal = hkdf(H(prefix + B_x), ss_B, L_SEAL)  # 5.
         hello = prefix + chacha20(k_seal, self.id_p + sig_p)  # 6.
         self.e_p, self.hello_msg, self.th1 = e_p, hello, H(hello)  # 7.
+        self.sealed_to = self.anchors.anchor  # the only key whose vouch counts
         self.failed = None
         return hello
 
@@ -616,9 +615,9 @@ class Peripheral:
         ss = x25519(self.e_p, e_G)  # 2.
         k_resp = hkdf(H(self.th1 + e_G), ss, L_RESPONSE)  # 3.
         v = decode_vouch_body(chacha20(k_resp, sealed))
-        if v["backend_key"] not in self.anchors:  # 4.
-            raise Reject("anchor_unknown", "§5.6 step 4 anchor not held")
-        B_sig, _ = self.anchors[v["backend_key"]]
+        kid, B_sig, _ = self.sealed_to
+        if v["backend_key"] != kid:  # 4.
+            raise Reject("anchor_unknown", "§5.6 step 4 not the anchor the Hello was sealed to")
         ed25519_verify_strict(B_sig, vouch_statement(self.th1, self.id_p, e_G, v), v["signature"])  # 5.
         th2 = H(self.hello_msg + msg)  # 6.
         self.keys = schedule(hkdf_extract(th2, ss))
@@ -630,13 +629,16 @@ class Peripheral:
             "scope": v["scope"],
             "session_s": v["session_s"],
             "resumption_s": v["resumption_s"],
+            "anchor": v["backend_key"],
         }
         self.session = peripheral_session(self.keys, v["scope"])
         return bytes([VERSION, FINISH]) + finish_tag(self.keys["k_p2g"], th2)  # 7.
 
     def resume_hello(self, e_p2):
-        """§6.2."""
+        """§6.2, with a ticket under the anchor held (§6.1)."""
         t = self.ticket
+        if t["anchor"] != self.anchors.anchor[0]:
+            raise Reject("ticket_anchor", "§6.1 ticket granted under a rotated-away anchor")
         head = bytes([VERSION, RESUME_HELLO, SUITE]) + t["id"] + x25519_public(e_p2)
         binder = hmac16(ratchet(t["RS"], L_BINDER), head)  # over bytes 0..51
         self.e_p2, self.resume_msg, self.failed = e_p2, head + binder, None
@@ -662,7 +664,8 @@ class Peripheral:
             raise
         th2 = H(self.resume_msg + msg)
         self.keys = schedule(hkdf_extract(th2, rs + ss))
-        # §6.1: next ticket; scope never widens; SPEC GAP (§6.3) for session_s.
+        # §6.1: next ticket; scope never widens, the anchor is carried
+        # forward; SPEC GAP (§6.3) for session_s.
         self.ticket = dict(self.ticket, id=self.keys["resumption_id"], RS=self.keys["resumption"])
         self.session = peripheral_session(self.keys, self.ticket["scope"])
         return bytes([VERSION, FINISH]) + finish_tag(self.keys["k_p2g"], th2)
@@ -783,15 +786,29 @@ class Gateway:
 
 
 def encode_anchor(anchor):
-    """§7.7 anchor = kid (1) || signing (32) || sealing (32)."""
+    """§2.3 / §7.7 anchor = kid (1) || signing (32) || sealing (32)."""
     kid, signing, sealing = anchor
     return bytes([kid]) + signing + sealing
 
 
+def anchor_digest(anchor):
+    """§2.3 the commitment to an anchor:
+    H("vouch/1 anchor commitment" || kid || signing || sealing)."""
+    return H(L_ANCHOR_COMMITMENT + encode_anchor(anchor))
+
+
 def encode_anchor_action(action):
-    """§7.7 action = varint(0) || anchor | varint(1) || anchor | varint(2) || kid."""
+    """§7.7 action = varint(0) || anchor   Add      (reserved)
+                   | varint(1) || anchor   Replace  (reserved)
+                   | varint(2) || kid      Retire   (reserved)
+                   | varint(3) || anchor || next (32)   Rotate"""
     kind, arg = action
-    return varint(kind) + (bytes([arg]) if kind == RETIRE else encode_anchor(arg))
+    if kind == RETIRE:
+        return varint(kind) + bytes([arg])
+    if kind == ROTATE:
+        anchor, next_digest = arg
+        return varint(kind) + encode_anchor(anchor) + next_digest
+    return varint(kind) + encode_anchor(arg)
 
 
 def anchor_update_statement(serial, action):
@@ -806,6 +823,7 @@ def sign_anchor_update(serial, action, signer, seed):
 
 
 def decode_anchor_update(data):
+    """§7.7; every action decodes, the reserved ones are refused by apply."""
     r = Reader(data)
     serial = r.varint(32)
     kind = r.varint(32)
@@ -813,6 +831,8 @@ def decode_anchor_update(data):
         action = (kind, (r.u8(), r.take(32), r.take(32)))
     elif kind == RETIRE:
         action = (kind, r.u8())
+    elif kind == ROTATE:
+        action = (kind, ((r.u8(), r.take(32), r.take(32)), r.take(32)))
     else:
         raise Reject("action", "§7.7 unknown anchor action")
     signer, signature = r.u8(), r.take(64)
@@ -821,48 +841,36 @@ def decode_anchor_update(data):
 
 
 class AnchorSet:
-    """§2.3 the anchors a peripheral holds (oldest first; the last is the
-    primary) and the serial of the last update it applied."""
+    """§2.3 what a peripheral trusts: its one anchor (kid, signing, sealing),
+    the commitment `next` to its successor, and the serial of the last update
+    it applied."""
 
-    def __init__(self, anchors, serial=0):
-        self.anchors, self.serial = list(anchors), serial
+    def __init__(self, anchor, next_digest, serial=0):
+        self.anchor, self.next, self.serial = anchor, next_digest, serial
 
     def copy(self):
-        return AnchorSet(self.anchors, self.serial)
+        return AnchorSet(self.anchor, self.next, self.serial)
 
     def __eq__(self, other):
-        return (self.anchors, self.serial) == (other.anchors, other.serial)
-
-    def get(self, kid):
-        return next((a for a in self.anchors if a[0] == kid), None)
-
-    def primary(self):
-        return self.anchors[-1]
+        return (self.anchor, self.next, self.serial) == (other.anchor, other.next, other.serial)
 
     def apply(self, data):
-        """§7.7: serial, signer, signature, checked in that order; then the
-        action. On any failure nothing changes."""
+        """§7.7 Applying, in this order: serial (no cryptography), action,
+        signer and commitment, then the new key's signature. On any failure
+        nothing changes; on success the old anchor is gone."""
         serial, action, signer, signature = decode_anchor_update(data)
         if serial <= self.serial:
             raise Reject("stale", "§7.7 serial not above the last one applied")
-        held = self.get(signer)
-        if held is None:
-            raise Reject("signer_unknown", "§7.7 the signer is not a held anchor")
-        ed25519_verify_strict(held[1], anchor_update_statement(serial, action), signature)
         kind, arg = action
-        anchors = list(self.anchors)
-        if kind == ADD:
-            anchors = [a for a in anchors if a[0] != arg[0]]  # same kid: replaced
-            if len(anchors) >= MAX_ANCHORS:
-                raise Reject("full", "§7.7 Add with 4 anchors held")
-            anchors.append(arg)
-        elif kind == REPLACE:
-            anchors = [arg]
-        else:
-            if self.get(arg) is None or len(anchors) == 1:
-                raise Reject("retire", "§7.7 Retire of an anchor not held, or of the last")
-            anchors = [a for a in anchors if a[0] != arg]
-        self.anchors, self.serial = anchors, serial
+        if kind != ROTATE:
+            raise Reject("reserved", f"§7.7 action {kind} is reserved")
+        anchor, next_digest = arg
+        if signer != anchor[0]:
+            raise Reject("signer", "§7.7 the signer is not the new anchor")
+        if anchor_digest(anchor) != self.next:
+            raise Reject("uncommitted", "§7.7 the new anchor is not the committed one")
+        ed25519_verify_strict(anchor[1], anchor_update_statement(serial, action), signature)
+        self.anchor, self.next, self.serial = anchor, next_digest, serial
 
 
 # ---------------------------------------------------------------------------
@@ -923,6 +931,16 @@ class World:
         self.P_pub = ed25519_public(self.p_seed)
         self.id_p = peripheral_id(self.P_pub)
 
+        # §12 the backend's next two key pairs: key 1 commits to key 2, key 2
+        # to key 3 (§2.3)
+        self.anchor1 = (self.kid, self.B_sig, self.B_x)
+        self.seed2 = unhex(i["anchor_signing_seed"])
+        self.anchor2 = (i["anchor_key_id"], ed25519_public(self.seed2),
+                        x25519_public(unhex(i["anchor_sealing_secret"])))
+        self.seed3 = unhex(i["third_signing_seed"])
+        self.anchor3 = (i["third_key_id"], ed25519_public(self.seed3),
+                        x25519_public(unhex(i["third_sealing_secret"])))
+
     def backend(self):
         return Backend(
             self.kid,
@@ -934,11 +952,18 @@ class World:
         )
 
     def peripheral(self):
-        return Peripheral(self.p_seed, self.id_p, {self.kid: (self.B_sig, self.B_x)}, self.kid)
+        return Peripheral(self.p_seed, self.id_p, self.anchor_set())
 
     def anchor_set(self):
-        """§2.3 the vector peripheral's anchors as provisioned (serial 0)."""
-        return AnchorSet([(self.kid, self.B_sig, self.B_x)])
+        """§2.3 the vector peripheral's anchors as provisioned: key 1, the
+        commitment to key 2, serial 0."""
+        return AnchorSet(self.anchor1, anchor_digest(self.anchor2), 0)
+
+    def rotation(self):
+        """§7.7 / §12 serial 1: Rotate to key 2 (committed by key 1), with
+        key 2's commitment to key 3, signed by key 2."""
+        action = (ROTATE, (self.anchor2, anchor_digest(self.anchor3)))
+        return sign_anchor_update(1, action, self.anchor2[0], self.seed2)
 
     # The honest runs, each returning fresh parties in a given state.
 
@@ -1052,40 +1077,45 @@ def check_positive(V, res):
 
 
 def check_anchor_updates(V, res):
-    """§7.7: the rotation of the vectors (serial 1 adds key 2, signed by key 1;
-    serial 2 retires key 1, signed by key 2) and the record carrying the Add
-    (§7.3 content type 2, the gateway's record after the vector's first)."""
-    w, i, d, A = World(V["inputs"]), V["inputs"], V["derived"], V["anchor_update"]
-    kid2 = i["anchor_key_id"]
-    seed2 = unhex(i["anchor_signing_seed"])
-    x2 = unhex(i["anchor_sealing_secret"])
-    anchor2 = (kid2, ed25519_public(seed2), x25519_public(x2))
-    res.equal("derived.anchor_signing_public", d["anchor_signing_public"], anchor2[1])
-    res.equal("derived.anchor_sealing_public", d["anchor_sealing_public"], anchor2[2])
-    add = sign_anchor_update(1, (ADD, anchor2), w.kid, w.b_sig_seed)
-    res.equal("anchor_update.add", A["add"], add)
-    retire = sign_anchor_update(2, (RETIRE, w.kid), kid2, seed2)
-    res.equal("anchor_update.retire", A["retire"], retire)
+    """§7.7: the rotation of the vectors (serial 1 moves from key 1 to key 2,
+    which key 1 committed to, carries key 2's commitment to key 3 and is
+    signed by key 2), the record carrying it (§7.3 content type 2, the
+    gateway's record after the vector's first), and §6.1: the ticket of the
+    full handshake, granted under key 1, does not resume after it."""
+    w, d, A = World(V["inputs"]), V["derived"], V["anchor_update"]
+    res.equal("derived.anchor_signing_public", d["anchor_signing_public"], w.anchor2[1])
+    res.equal("derived.anchor_sealing_public", d["anchor_sealing_public"], w.anchor2[2])
+    res.equal("derived.anchor_commitment_1", d["anchor_commitment_1"], anchor_digest(w.anchor2))
+    res.equal("derived.anchor_commitment_2", d["anchor_commitment_2"], anchor_digest(w.anchor3))
+    rotate = w.rotation()
+    res.equal("anchor_update.rotate", A["rotate"], rotate)
+    res.true("anchor_update.rotate_fits_the_largest_update", len(rotate) <= 168,
+             "at most 168 bytes (§7.7)", len(rotate))
 
     p, g, _ = w.established()
     g.session.seal(CT_APPLICATION, w.g2p_plain)  # counter 0: full.record_g2p_counter_0
-    res.equal("anchor_update.record_g2p_counter_1", A["record_g2p_counter_1"],
-              g.session.seal(CT_ANCHOR_UPDATE, add))
+    record = g.session.seal(CT_ANCHOR_UPDATE, rotate)
+    res.equal("anchor_update.record_g2p_counter_1", A["record_g2p_counter_1"], record)
     opened = p.session.open(unhex(A["record_g2p_counter_1"]))
-    res.true("anchor_update.record.peripheral_opens", opened == (CT_ANCHOR_UPDATE, add),
-             (CT_ANCHOR_UPDATE, add.hex()), (opened[0], opened[1].hex()))
+    res.true("anchor_update.record.peripheral_opens", opened == (CT_ANCHOR_UPDATE, rotate),
+             (CT_ANCHOR_UPDATE, rotate.hex()), (opened[0], opened[1].hex()))
 
-    s = w.anchor_set()
+    s = p.anchors
     try:
-        s.apply(unhex(A["add"]))
-        res.true("anchor_update.add_makes_key_2_primary",
-                 s.primary() == anchor2 and len(s.anchors) == 2 and s.serial == 1,
-                 "key 2 primary of 2 anchors, serial 1", (s.primary()[0], len(s.anchors), s.serial))
-        s.apply(unhex(A["retire"]))
-        res.true("anchor_update.retire_leaves_key_2", s.anchors == [anchor2] and s.serial == 2,
-                 "only key 2, serial 2", ([a[0] for a in s.anchors], s.serial))
+        s.apply(unhex(A["rotate"]))
+        res.true("anchor_update.rotate_moves_to_key_2",
+                 s.anchor == w.anchor2 and s.next == anchor_digest(w.anchor3) and s.serial == 1,
+                 "key 2 alone, committing to key 3, serial 1",
+                 (s.anchor[0], s.next.hex(), s.serial))
     except Reject as e:
-        res.fail("anchor_update.apply", "both updates applied in order", e)
+        res.fail("anchor_update.rotate_moves_to_key_2", "the rotation applied", e)
+        return
+    try:
+        p.resume_hello(w.e_p2)
+        res.fail("anchor_update.ticket_of_key_1_does_not_resume", "refusal (§6.1)", "a ResumeHello")
+    except Reject as e:
+        res.true("anchor_update.ticket_of_key_1_does_not_resume", e.code == "ticket_anchor",
+                 "refusal by ticket_anchor", e)
 
 
 # For each negative vector: the rejection codes that count as "rejected for
@@ -1119,8 +1149,16 @@ EXPECTED_REJECTION = {
     "anchor_update_signature_flipped": {"signature"},
     # the serial is signed: another serial, another statement
     "anchor_update_serial_changed": {"signature"},
-    # signed by key 2, which a peripheral that missed the Add does not hold
-    "anchor_update_unknown_signer": {"signer_unknown"},
+    # the signer field says key 1, the rotation introduces key 2
+    "anchor_update_signer_not_the_new_key": {"signer"},
+    # the committed key 2, but signed by key 1 (whoever stole key 1)
+    "anchor_update_signed_by_current_key": {"signature"},
+    # a rotation to key 3, signed by key 3: key 1 committed to key 2
+    "anchor_update_uncommitted_key": {"uncommitted"},
+    # the first design's actions, signed by the held key: refused whatever
+    # the serial (the Replace's is the highest, u32::MAX)
+    "anchor_update_replace_reserved": {"reserved"},
+    "anchor_update_add_reserved": {"reserved"},
 }
 
 
@@ -1166,10 +1204,10 @@ def party_in_state(w, V, state):
     if state == "gateway_resume":
         _, g = w.gateway_expecting_resume()
         return (lambda msg: (g.on_first(msg), g.resume_response(w.e_g2))), None
-    if state in ("peripheral_anchors", "peripheral_anchors_after_add"):
+    if state in ("peripheral_anchors", "peripheral_anchors_after_rotate"):
         s = w.anchor_set()
-        if state == "peripheral_anchors_after_add":
-            s.apply(unhex(V["anchor_update"]["add"]))
+        if state == "peripheral_anchors_after_rotate":
+            s.apply(unhex(V["anchor_update"]["rotate"]))
         before = s.copy()
         # §7.7 a refused update changes nothing
         return s.apply, lambda: None if s == before else "the anchors changed"

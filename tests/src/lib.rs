@@ -42,7 +42,7 @@ use vouch_peripheral::{Device as Driver, DriverConfig, Event, MemoryKeyStore, Tc
 use vouch_proto::anchor::AnchorBundle;
 use vouch_proto::anchor::AnchorUpdate;
 use vouch_proto::handshake::gateway::GatewayConfig;
-use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId, PublicKey};
+use vouch_proto::keys::{IdentityKey, PeripheralId, PublicKey};
 
 /// How long any wait in these tests may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -308,34 +308,21 @@ impl Backend {
     }
 
     /// `vouch-backend keys rotate` on this backend's data and database:
-    /// creates the next key pair and issues its `Add`, signed by the current
-    /// key (SPEC.md §7.7). Then reloads the running instance's key ring, as
-    /// its background task does within a second, so that the instance
-    /// serves the new key and hands its `Add` to gateways at once.
+    /// reveals the committed next key with a `Rotate` signed by it and
+    /// creates the key after it (SPEC.md §7.7). Then reloads the running
+    /// instance's key ring, as its background task does within a second, so
+    /// that the instance serves the new key and hands its `Rotate` to
+    /// gateways at once.
     pub async fn rotate_key(&self) -> AnchorUpdate {
         let state = self.state();
         let data = DataDir::load(self.dir.path()).expect("load data dir");
-        let rotation = vouch_backend::keyring::rotate(&data, &state.store, false, "test")
+        let rotation = vouch_backend::keyring::rotate(&data, &state.store, "test")
             .await
             .expect("rotate");
         vouch_backend::keyring::reload(state)
             .await
             .expect("reload the key ring");
-        rotation.update.expect("the Add was issued")
-    }
-
-    /// `vouch-backend keys retire KID`: issues `Retire(kid)`, signed by the
-    /// current key (SPEC.md §7.7). The key stays served.
-    pub async fn retire_key(&self, kid: KeyId) -> AnchorUpdate {
-        let state = self.state();
-        let data = DataDir::load(self.dir.path()).expect("load data dir");
-        let update = vouch_backend::keyring::retire(&data, &state.store, kid, "test")
-            .await
-            .expect("retire");
-        vouch_backend::keyring::reload(state)
-            .await
-            .expect("reload the key ring");
-        update
+        rotation.update
     }
 
     fn state(&self) -> &AppState {

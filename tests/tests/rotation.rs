@@ -1,9 +1,10 @@
 //! Backend key rotation end to end (SPEC.md §7.7, §10.6): the operator
 //! rotates the real backend's key, the real gateway fetches the signed
 //! update over HTTPS and delivers it in the device's next session, and the
-//! reference device applies it, seals its next hello to the new key and is
-//! vouched with it; the retirement of the old key reaches the device the
-//! same way.
+//! reference device applies it (its held commitment names the new key),
+//! seals its next hello to the new key and is vouched with it; the ticket
+//! granted under the old key is not resumed; a second rotation reaches it
+//! the same way.
 
 use serde_json::Value;
 use vouch_peripheral::{Event, KeyStore};
@@ -30,19 +31,15 @@ async fn vouching_keys(backend: &Backend, id: &PeripheralId) -> Vec<u8> {
         .collect()
 }
 
-/// Waits for the device to apply an update; returns (serial, primary, count).
-async fn applied(dev: &mut RunningDevice) -> (u32, KeyId, usize) {
+/// Waits for the device to apply an update; returns (serial, anchor).
+async fn applied(dev: &mut RunningDevice) -> (u32, KeyId) {
     match dev
         .next_matching("an anchor update applied", |e| {
             matches!(e, Event::AnchorsUpdated { .. })
         })
         .await
     {
-        Event::AnchorsUpdated {
-            serial,
-            primary,
-            count,
-        } => (serial, primary, count),
+        Event::AnchorsUpdated { serial, primary } => (serial, primary),
         _ => unreachable!(),
     }
 }
@@ -77,69 +74,65 @@ async fn rotation(db: Db) {
     assert_eq!(vouching_keys(&backend, &device.id).await, [1]);
     assert!(gateway.table.anchor_updates().is_empty());
 
-    // The operator rotates to key 2. The gateway fetches the Add over HTTPS.
-    let add = backend.rotate_key().await;
-    assert_eq!(add.serial, 1);
-    assert!(matches!(add.action, AnchorAction::Add(a) if a.kid == KeyId(2)));
+    // The operator rotates to key 2, which key 1 committed to. The gateway
+    // fetches the Rotate over HTTPS.
+    let rotate = backend.rotate_key().await;
+    assert_eq!((rotate.serial, rotate.signer), (1, KeyId(2)));
+    assert!(matches!(rotate.action, AnchorAction::Rotate { anchor, .. } if anchor.kid == KeyId(2)));
     gateway.table.anchor_updates().request_fetch();
-    wait_for("the gateway to fetch the Add", || {
+    wait_for("the gateway to fetch the Rotate", || {
         (held() == 1).then_some(())
     })
     .await;
 
     // The device's next session (a resumption, no backend) brings it the
-    // Add; it verifies it with key 1, applies and stores it.
+    // Rotate; it checks it against its commitment and key 2's signature,
+    // applies and stores it.
     dev.stop().await;
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
     assert!(dev.established().await, "resumed");
-    assert_eq!(applied(&mut dev).await, (1, KeyId(2), 2));
+    assert_eq!(applied(&mut dev).await, (1, KeyId(2)));
     let anchors = store.anchors().expect("anchors");
-    assert_eq!(anchors.primary().expect("primary").kid, KeyId(2));
+    assert_eq!(anchors.primary().kid, KeyId(2));
     assert_eq!(anchors.serial(), 1);
 
-    // Its next hello is sealed to key 2, and key 2 vouches for it. (Its
-    // ticket is gone, as when one runs out: a full handshake.)
+    // Its next hello is sealed to key 2, and key 2 vouches for it. Its
+    // ticket was granted under key 1, so it is not resumed: a full
+    // handshake.
     dev.stop().await;
-    store.clone().clear_ticket().expect("clear the ticket");
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
     assert!(!dev.established().await, "a full handshake");
     assert_eq!(vouching_keys(&backend, &device.id).await, [1, 2]);
-    // The gateway sends the Add again (it cannot know the device has it);
-    // the device refuses it as stale and keeps its anchors.
-    dev.next_matching("the stale Add refused", |e| {
+    // The gateway sends the Rotate again (it cannot know the device has
+    // it); the device refuses it as stale and keeps its anchor.
+    dev.next_matching("the stale Rotate refused", |e| {
         matches!(e, Event::AnchorUpdateRejected(_))
     })
     .await;
     assert_eq!(store.anchors().expect("anchors"), anchors);
 
-    // The operator retires key 1 (signed by key 2); it reaches the device
-    // in its next session, which now trusts key 2 alone.
-    let retire = backend.retire_key(KeyId(1)).await;
-    assert_eq!(
-        (retire.serial, retire.action, retire.signer),
-        (2, AnchorAction::Retire(KeyId(1)), KeyId(2))
-    );
+    // The operator rotates again, to key 3 (signed by key 3); it reaches the
+    // device in its next session, which then trusts key 3 alone.
+    let rotate = backend.rotate_key().await;
+    assert_eq!((rotate.serial, rotate.signer), (2, KeyId(3)));
     gateway.table.anchor_updates().request_fetch();
-    wait_for("the gateway to fetch the Retire", || {
+    wait_for("the gateway to fetch the second Rotate", || {
         (held() == 2).then_some(())
     })
     .await;
     dev.stop().await;
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
     assert!(dev.established().await, "resumed");
-    assert_eq!(applied(&mut dev).await, (2, KeyId(2), 1));
+    assert_eq!(applied(&mut dev).await, (2, KeyId(3)));
     let anchors = store.anchors().expect("anchors");
-    assert_eq!(
-        anchors.iter().map(|a| a.kid).collect::<Vec<_>>(),
-        [KeyId(2)]
-    );
+    assert_eq!(anchors.primary().kid, KeyId(3));
+    assert!(anchors.get(KeyId(2)).is_none() && anchors.get(KeyId(1)).is_none());
 
-    // Still vouched, by key 2, after the retirement.
+    // Vouched by key 3 from then on.
     dev.stop().await;
-    store.clone().clear_ticket().expect("clear the ticket");
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
     assert!(!dev.established().await, "a full handshake");
-    assert_eq!(vouching_keys(&backend, &device.id).await, [1, 2, 2]);
+    assert_eq!(vouching_keys(&backend, &device.id).await, [1, 2, 3]);
 
     // Every update the gateway held went out after every handshake: none
     // after the first, one after each of the next two, two after the last two.

@@ -714,14 +714,7 @@ async fn anchor(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<crate::anchor::AnchorBundle>, AppError> {
-    // With no rotation registered, the one key this instance serves.
-    let ring = state.keys.snapshot();
-    let genesis = ring
-        .iter()
-        .next()
-        .map(|k| k.anchor())
-        .ok_or_else(AppError::unavailable)?;
-    match crate::keyring::fleet(&state.store, genesis).await {
+    match crate::keyring::fleet(&state.store).await {
         Ok(fleet) => Ok(Json(crate::anchor::bundle(&fleet))),
         Err(crate::keyring::KeyRingError::Store(e)) => Err(e.into()),
         Err(e) => {

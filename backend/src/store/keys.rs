@@ -87,6 +87,7 @@ fn update_columns(update: &AnchorUpdate) -> (&'static str, u8) {
         AnchorAction::Add(a) => ("add", a.kid.0),
         AnchorAction::Replace(a) => ("replace", a.kid.0),
         AnchorAction::Retire(kid) => ("retire", kid.0),
+        AnchorAction::Rotate { anchor, .. } => ("rotate", anchor.kid.0),
     }
 }
 

@@ -182,12 +182,13 @@ impl Backend {
         }
     }
 
-    /// The anchors a device is provisioned with before any rotation: the
-    /// data directory's key 1.
-    pub fn anchors(&self) -> AnchorSet {
-        let ring = self.state.keys.snapshot();
-        let first = ring.iter().next().expect("a served key").anchor();
-        AnchorSet::new(first)
+    /// The anchor set a device is provisioned with now (`export-anchor`):
+    /// before any rotation, the data directory's key 1 and the commitment
+    /// to key 2.
+    pub async fn anchors(&self) -> AnchorSet {
+        vouch_backend::keyring::fleet(&self.state.store)
+            .await
+            .expect("the registered key ring")
     }
 
     /// An admin request; returns status and JSON (or Null).

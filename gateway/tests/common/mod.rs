@@ -199,13 +199,26 @@ pub struct Setup {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// The backend key pair `kid` (2 and above) that every [`setup`]'s key
+/// ring creates in advance: key 1 commits to key 2, key 2 to key 3, …
+pub fn future_keys(kid: u8) -> BackendKeys {
+    BackendKeys::generate(KeyId(kid), &mut rng(198 + u64::from(kid)))
+}
+
+/// The anchor set of every [`setup`]: the fake backend's key 1, committed to
+/// [`future_keys`]`(2)`.
+pub fn setup_anchors() -> AnchorSet {
+    let keys = BackendKeys::generate(KeyId(1), &mut rng(1));
+    AnchorSet::new(keys.anchor(), future_keys(2).anchor().digest(), 0)
+}
+
 pub fn setup(scope: Scope) -> Setup {
     let mut r = rng(1);
     let keys = BackendKeys::generate(KeyId(1), &mut r);
     let device = IdentityKey::generate(&mut r);
     let gateway = IdentityKey::generate(&mut r);
     let id = PeripheralId::derive(&device.public_key());
-    let anchors = AnchorSet::new(keys.anchor());
+    let anchors = setup_anchors();
     let config = GatewayConfig::new(gateway.public_key());
     let (feed_tx, feed_rx) = mpsc::channel(16);
     let backend = Arc::new(FakeBackend {

@@ -31,7 +31,7 @@ use core::hint::black_box;
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::{debug, hio};
-use vouch_proto::anchor::{Anchor, AnchorSet};
+use vouch_proto::anchor::{Anchor, AnchorDigest, AnchorSet};
 use vouch_proto::handshake::peripheral::{
     PeripheralConfig, PeripheralEstablished, PeripheralHandshake, PeripheralTicket,
 };
@@ -341,7 +341,7 @@ fn run(c: &mut Checks, st: &mut State) {
         fail(b"not provisioned");
     };
     full_handshake(c, &config, dev, &mut st.handshake, &mut st.session);
-    resumption(c, &config, &mut st.handshake, &mut st.session);
+    resumption(c, &config, dev, &mut st.handshake, &mut st.session);
     negative_responses(c, &config, dev, &mut st.handshake);
 }
 
@@ -377,10 +377,11 @@ fn resume_start(
     slot: &mut Option<PeripheralHandshake>,
     config: &PeripheralConfig,
     ticket: PeripheralTicket,
+    anchors: &AnchorSet,
     rng: &mut FixedRng,
 ) -> Result<(), Error> {
     *slot = None;
-    *slot = Some(PeripheralHandshake::resume(config, ticket, NOW, rng)?);
+    *slot = Some(PeripheralHandshake::resume(config, ticket, anchors, NOW, rng)?);
     Ok(())
 }
 
@@ -444,7 +445,7 @@ fn boot(c: &mut Checks, slot: &mut Option<Provisioned>) {
     *slot = Some(Provisioned {
         key,
         id,
-        anchors: AnchorSet::new(anchor),
+        anchors: AnchorSet::new(anchor, AnchorDigest(v::ANCHOR_COMMITMENT_1), 0),
     });
 }
 
@@ -497,6 +498,7 @@ fn full_handshake(
 fn resumption(
     c: &mut Checks,
     config: &PeripheralConfig,
+    dev: &Provisioned,
     hs: &mut Option<PeripheralHandshake>,
     session: &mut Option<PeripheralEstablished>,
 ) {
@@ -507,7 +509,7 @@ fn resumption(
     let mut rng = FixedRng::new(v::RESUME_E_P_SECRET);
     let ticket = full.ticket;
     let r = step(4, b"resume.hello", || {
-        resume_start(hs, config, ticket, &mut rng)
+        resume_start(hs, config, ticket, &dev.anchors, &mut rng)
     });
     c.that(b"resume.started", r.is_ok());
     sent(c, b"resume.resume_hello", hs, &v::RESUME_HELLO);

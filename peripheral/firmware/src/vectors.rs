@@ -13,6 +13,7 @@ pub const E_P_SECRET: [u8; 32] = unhex("808182838485868788898a8b8c8d8e8f90919293
 pub const RESUME_E_P_SECRET: [u8; 32] = unhex("c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf");
 pub const BACKEND_SIGNING_PUBLIC: [u8; 32] = unhex("03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8");
 pub const BACKEND_SEALING_PUBLIC: [u8; 32] = unhex("358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd166254");
+pub const ANCHOR_COMMITMENT_1: [u8; 32] = unhex("a77ac9aeae11d491f6f97bb0a1c34514d11d7491ec0d6f9b74444b984119113a");
 pub const PERIPHERAL_PUBLIC: [u8; 32] = unhex("2543b92ff1095511476adc8369db6ddc933665a11978dda1404ee1066ca9559d");
 pub const PERIPHERAL_ID: [u8; 8] = unhex("68edde1277fa1ca9");
 pub const GATEWAY_PUBLIC: [u8; 32] = unhex("174553b456dddfc6908ecab1c101fe6ab21e2baa0617795b7d43a63482993fd5");

@@ -106,9 +106,10 @@ pub struct Fixture {
     pub resume_response: Vec<u8>,
     /// The peripheral's Finish of the resumption.
     pub resume_finish: Vec<u8>,
-    /// A second backend key, held by [`Fixture::anchors`].
+    /// A second backend key, committed to by [`Fixture::anchors`].
     pub second_backend: BackendKeys,
-    /// Anchors 1 (the pair's backend) and 2, serial [`ANCHOR_SERIAL`].
+    /// Anchor 1 (the pair's backend) with the commitment to key 2, serial
+    /// [`ANCHOR_SERIAL`].
     pub anchors: AnchorSet,
 }
 
@@ -143,8 +144,10 @@ fn start_peripheral(pair: &Pair) -> (PeripheralHandshake, Vec<u8>) {
 fn resume_peripheral(ticket: &[u8], now: Timestamp) -> (PeripheralHandshake, Vec<u8>) {
     let ticket: PeripheralTicket = postcard::from_bytes(ticket).expect("the ticket decodes");
     let mut rng = testing::rng(PERIPHERAL_RNG_SEED);
-    let mut p = PeripheralHandshake::resume(&PeripheralConfig::default(), ticket, now, &mut rng)
-        .expect("the peripheral resumes");
+    let anchors = testing::Pair::new(PAIR_SEED).anchors;
+    let mut p =
+        PeripheralHandshake::resume(&PeripheralConfig::default(), ticket, &anchors, now, &mut rng)
+            .expect("the peripheral resumes");
     let hello = poll_peripheral(&mut p).expect("a resume hello is queued");
     (p, hello)
 }
@@ -198,11 +201,11 @@ fn build_fixture() -> Fixture {
     assert!(g.is_established() && p.is_established());
 
     let second_backend = BackendKeys::generate(KeyId(2), &mut testing::rng(PAIR_SEED + 100));
-    let anchors = AnchorSet::from_anchors(
-        &[pair.backend.anchor(), second_backend.anchor()],
+    let anchors = AnchorSet::new(
+        pair.backend.anchor(),
+        second_backend.anchor().digest(),
         ANCHOR_SERIAL,
-    )
-    .expect("two anchors fit");
+    );
 
     Fixture {
         pair,
@@ -726,7 +729,7 @@ pub fn session_open(data: &[u8]) -> bool {
 // ---------------------------------------------------------------------------
 
 /// Decodes an `AnchorUpdate` (postcard) and applies it to the fixture's anchor
-/// set (anchors 1 and 2, serial 1000). It is never accepted, and the set is
+/// set (anchor 1, committed to key 2, serial 1000). It is never accepted, and the set is
 /// unchanged. Returns whether the bytes decoded.
 pub fn anchor_update(data: &[u8]) -> bool {
     let Ok((update, _rest)) = postcard::take_from_bytes::<AnchorUpdate>(data) else {

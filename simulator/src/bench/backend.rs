@@ -174,7 +174,12 @@ pub(super) fn measure(
 
     let gateway = IdentityKey::from_seed(&[200; 32]);
     let data = DataDir::load(dir.path()).map_err(step("load the data directory"))?;
-    let fleet = Fleet::new(AnchorSet::new(data.keys.anchor()));
+    // The commitment plays no part in a Hello.
+    let fleet = Fleet::new(AnchorSet::new(
+        data.keys.anchor(),
+        data.keys.anchor().digest(),
+        0,
+    ));
     let bound_keys = DataDir::load(dir.path())
         .map_err(step("load the data directory"))?
         .keys;

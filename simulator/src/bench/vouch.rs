@@ -169,8 +169,9 @@ fn resume_once(
     let mut sw = [Stopwatch::default(); 3];
     let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
 
-    let mut p =
-        sw[P].time(|| PeripheralHandshake::resume(&config, p_ticket, now, &mut pair.rng))?;
+    let mut p = sw[P].time(|| {
+        PeripheralHandshake::resume(&config, p_ticket, &pair.anchors, now, &mut pair.rng)
+    })?;
     let n = sw[P]
         .time(|| p.poll_transmit(&mut buf))
         .ok_or(BenchError::Invariant("no ResumeHello"))?;
