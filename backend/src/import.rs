@@ -91,12 +91,8 @@ impl RowError {
 
 /// Validates a raw row into an enrollment (parse, don't validate).
 pub fn parse_row(raw: &RawRow) -> Result<NewPeripheral, RowError> {
-    let public_key = parse_public_key(&raw.public_key).ok_or_else(|| {
-        RowError::new(
-            "invalid_public_key",
-            "public_key must be 64 hex digits or an Ed25519 SubjectPublicKeyInfo PEM",
-        )
-    })?;
+    let public_key = parse_public_key(&raw.public_key)
+        .map_err(|e| RowError::new("invalid_public_key", e.to_string()))?;
     let id = match raw.id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(s) => PeripheralId::from_hex(s)
             .ok_or_else(|| RowError::new("invalid_id", "id must be 16 hex digits"))?,
