@@ -910,6 +910,6 @@ async fn overload_is_shed_with_503_not_queued() {
     drop(held);
     let (s, _) = b.admin("GET", "/v1/admin/peripherals", None).await;
     assert_eq!(s, StatusCode::OK);
-    let (_, _, m) = b.raw(None, "GET", "/metrics", None, vec![]).await;
+    let m = b.metrics().await;
     assert!(String::from_utf8_lossy(&m).contains("vouch_overload_total{kind=\"shed\"} 2"));
 }

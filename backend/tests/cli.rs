@@ -712,6 +712,110 @@ async fn serve_stops_gracefully_on_sigterm() {
     assert_eq!(v["message"], "serving", "{v}");
 }
 
+/// Issue 16: `/metrics` counts refusals by cause, so the public listener
+/// serves it only to the admin token; `--ops-listen` serves it without one,
+/// over plain HTTP, and only on a loopback address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_admin_token_or_the_loopback_ops_listener() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let token = init(tmp.path(), &Db::Sqlite);
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .expect("serve");
+    fails_cleanly(&out, "loopback");
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("listening line");
+    let url = line.trim().strip_prefix("listening on ").map(str::to_owned);
+    line.clear();
+    stdout.read_line(&mut line).expect("operations line");
+    let ops = line
+        .trim()
+        .strip_prefix("operations on ")
+        .map(str::to_owned);
+    let server = Server {
+        child,
+        url: url.unwrap_or_else(|| panic!("no listening line")),
+    };
+    let ops = ops.unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    let ca = std::fs::read_to_string(tmp.path().join("ca.pem")).expect("ca");
+    let c = https(&ca, None);
+    let metrics = format!("{}/metrics", server.url);
+    let res = c.get(&metrics).send().await.expect("metrics");
+    assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let res = c
+        .get(&metrics)
+        .bearer_auth("vouch_wrong")
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let res = c
+        .get(&metrics)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert!(res
+        .text()
+        .await
+        .expect("text")
+        .contains("vouch_feed_waiters"));
+    let plain = c.clone();
+    let res = plain
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .expect("ops metrics");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert!(res
+        .text()
+        .await
+        .expect("text")
+        .contains("vouch_feed_waiters"));
+    let res = plain
+        .get(format!("{ops}/readyz"))
+        .send()
+        .await
+        .expect("ops readyz");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    // Only the operations routes: not the admin API.
+    let res = plain
+        .get(format!("{ops}/v1/admin/peripherals"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("ops admin");
+    assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
+    drop(stdout);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serve_processes_on_one_postgres_honour_each_others_revocations() {
     let Some(db) = Db::postgres().await else {
@@ -809,6 +913,7 @@ async fn two_serve_processes_on_one_postgres_honour_each_others_revocations() {
     common::eventually(Duration::from_secs(10), || async {
         let text = admin
             .get(format!("{}/metrics", b.url))
+            .bearer_auth(&token)
             .send()
             .await
             .ok()?
