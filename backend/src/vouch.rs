@@ -11,7 +11,7 @@
 //! | 2 | hello decodes, names a key id this instance serves ([`crate::keyring`]: not purged) | decode, memory | `malformed_hello`, `unknown_backend_key` |
 //! | 3 | `e_P` not in the replay cache | one indexed read | `replay` |
 //! | 4 | open the sealed identity | one X25519 | `bad_seal` |
-//! | 3 | claimed id not locked out | memory | `peripheral_locked_out` (answered `Busy`) |
+//! | 3 | claimed id locked out? Not refused (SPEC.md §10.3): its lock is an alert, and a valid signature still gets its vouch | — | — |
 //! | 5 | id registered and active | two indexed reads | `unknown_peripheral`, `peripheral_pending`, `peripheral_suspended`, `peripheral_revoked` |
 //! | 6 | signature | one Ed25519 verification, batched per request | `bad_signature` |
 //! | 7 | policy grants a scope | one read | `policy_denied` |
@@ -26,9 +26,10 @@
 //! the anchor updates of a rotation yet. Each request works on one snapshot
 //! of the key ring.
 //!
-//! Every refusal except a lockout is answered `Refused(Denied)`, identical on
-//! the wire whatever the reason; lockouts are answered `Refused(Busy)`
-//! ("retry later"). The audit log names the exact reason.
+//! Every refusal except a gateway's lockout is answered `Refused(Denied)`,
+//! identical on the wire whatever the reason; a locked-out gateway is
+//! answered `Refused(Busy)` ("retry later"). The audit log names the exact
+//! reason.
 //!
 //! ## Group commit
 //!

@@ -25,6 +25,7 @@ on_both!(
     cli_verbs_work_and_bad_input_is_a_clear_error,
     sigkill_mid_import_loses_nothing_acknowledged,
     keys_rotate_retire_purge_and_export_through_the_cli,
+    an_invalid_utf8_line_is_reported_and_the_rest_imported,
 );
 
 fn cli(dir: &Path, db: &Db, args: &[&str]) -> Output {
@@ -270,6 +271,75 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
 }
 
 /// The exported bundle as the anchors a device is flashed with.
+/// Issue 16: a line of invalid UTF-8 in a bulk import used to abort the
+/// whole file (exit 1, no line number, nothing imported). It is that row's
+/// error now, with its line number; every other row is imported and the
+/// exit status is 2 (some rows refused).
+async fn an_invalid_utf8_line_is_reported_and_the_rest_imported(db: Db) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let dir = dir.as_path();
+    init(dir, &db);
+    let key = |i: u8| IdentityKey::from_seed(&[i; 32]).public_key().to_string();
+    for (name, bytes, bad_line) in [
+        (
+            "rows.ndjson",
+            [
+                format!("{{\"public_key\":\"{}\"}}\n", key(1)).into_bytes(),
+                b"{\"public_key\":\"\xff\"}\n".to_vec(),
+                format!("{{\"public_key\":\"{}\"}}\n", key(2)).into_bytes(),
+            ]
+            .concat(),
+            2,
+        ),
+        (
+            "rows.csv",
+            [
+                format!("public_key,group\n{},a\n", key(3)).into_bytes(),
+                format!("{},b\n{},", key(4), key(5)).into_bytes(),
+                b"\xe9t\xe9\n".to_vec(),
+            ]
+            .concat(),
+            4,
+        ),
+    ] {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, bytes).expect("write");
+        let report = tmp.path().join(format!("{name}.report"));
+        let out = cli(
+            dir,
+            &db,
+            &[
+                "import",
+                file.to_str().expect("utf8"),
+                "--report",
+                report.to_str().expect("utf8"),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary json");
+        assert_eq!(
+            (summary["created"].as_u64(), summary["errors"].as_u64()),
+            (Some(2), Some(1)),
+            "{name}: {summary}"
+        );
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+            .expect("report")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("report line"))
+            .collect();
+        let bad: Vec<&serde_json::Value> = rows.iter().filter(|r| r["result"] == "error").collect();
+        assert_eq!(bad.len(), 1, "{name}: {rows:?}");
+        assert_eq!(bad[0]["line"], bad_line, "{name}");
+        assert_eq!(bad[0]["error"]["code"], "invalid_utf8", "{name}");
+    }
+    let listed = ok(&cli(dir, &db, &["list", "peripheral", "--json"]));
+    for i in 1..=4 {
+        assert!(listed.contains(&key(i)), "key {i} not imported: {listed}");
+    }
+    assert!(!listed.contains(&key(5)));
+}
+
 fn export(dir: &Path, db: &Db) -> AnchorSet {
     let out = ok(&cli(dir, db, &["export-anchor"]));
     let bundle: vouch_proto::anchor::AnchorBundle = serde_json::from_str(&out).expect("bundle");
