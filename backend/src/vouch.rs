@@ -702,8 +702,19 @@ pub(crate) async fn report_sessions(
     }
     let mut tx = state.store.begin_write().await?;
     for (ev, status, vouched) in plan {
+        // Each session is judged on its own record, whatever order its
+        // reports arrive in: a session whose detach came first is over, and
+        // its attach neither makes it live again nor is judged as a clone
+        // (the device may well be live elsewhere by now, legitimately).
+        let finished = match ev.kind {
+            SessionEventKind::Attached if vouched && status == Some(Status::Active) => {
+                tx.session_detached(&ev.peripheral, &gateway.public_key, &ev.session_id)
+                    .await?
+            }
+            _ => false,
+        };
         let others = match ev.kind {
-            SessionEventKind::Attached if vouched => {
+            SessionEventKind::Attached if vouched && !finished => {
                 tx.attached_elsewhere(&ev.peripheral, &gateway.public_key, now)
                     .await?
             }
@@ -713,7 +724,14 @@ pub(crate) async fn report_sessions(
         let sid = hex::encode(ev.session_id);
         let verdict = match ev.kind {
             SessionEventKind::Detached => {
-                tx.detach(&ev.peripheral, &gateway.public_key).await?;
+                tx.detach(
+                    &ev.peripheral,
+                    &gateway.public_key,
+                    &ev.session_id,
+                    now,
+                    now.saturating_add(ttl_ms),
+                )
+                .await?;
                 tx.audit(
                     NewAudit::new("session_detach", "ok", &actor)
                         .peripheral(&pid)
@@ -764,6 +782,8 @@ pub(crate) async fn report_sessions(
                         CloneAction::Refuse => (SessionVerdict::Refused, "clone_refused"),
                         CloneAction::Alert => (SessionVerdict::CloneSuspected, "clone_suspected"),
                     }
+                } else if finished {
+                    (SessionVerdict::Accepted, "already_detached")
                 } else {
                     (SessionVerdict::Accepted, "")
                 };
@@ -771,6 +791,7 @@ pub(crate) async fn report_sessions(
                     tx.attach(
                         &ev.peripheral,
                         &gateway.public_key,
+                        &ev.session_id,
                         now,
                         now.saturating_add(ttl_ms),
                     )

@@ -33,6 +33,7 @@ on_both!(
     one_gateway_over_its_budget_is_told_to_wait_and_others_are_not,
     a_gateway_cannot_frame_a_device_it_holds_no_vouch_for,
     an_unauthenticated_caller_cannot_tell_an_unknown_id_from_a_known_one,
+    short_sessions_reported_out_of_order_raise_no_false_clone_alert,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -1033,4 +1034,119 @@ async fn an_unauthenticated_caller_cannot_tell_an_unknown_id_from_a_known_one(db
     .await
     .expect("infallible");
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn report_events(
+    b: &Backend,
+    gw: &IdentityKey,
+    events: Vec<SessionEvent>,
+) -> Vec<SessionVerdict> {
+    let (s, bytes) = b
+        .gateway_post(&gw.public_key(), "/v1/sessions", &SessionReport { events })
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    decode_body::<SessionReportAnswer>(&bytes)
+        .expect("decodes")
+        .items
+}
+
+/// Issue 16, SPEC.md §10.5: the attach and detach reports of one session
+/// may arrive in either order (separate requests, retries). A detach that
+/// came first used to leave the later attach live for `attachment_ttl_s`, so
+/// the device's next move was judged a clone (with `clone_action = "refuse"`
+/// its vouches were refused). 40 short sessions moving between two gateways,
+/// each reported detach-first, attach-first, together or retried: every
+/// vouch is granted and no clone alert is raised. A detach arriving late for
+/// an older session does not end a newer one, and a real clone (live on
+/// one gateway while another reports it) is still caught and refused.
+async fn short_sessions_reported_out_of_order_raise_no_false_clone_alert(db: Db) {
+    let mut config = Config::default();
+    config.security.clone_action = CloneAction::Refuse;
+    let b = Backend::with_config(&db, config).await;
+    let anchors = b.anchors();
+    let gws = [
+        IdentityKey::from_seed(&[100; 32]),
+        IdentityKey::from_seed(&[101; 32]),
+    ];
+    for g in &gws {
+        b.enroll_gateway(g, None).await;
+    }
+    b.allow("any", "any", "telemetry").await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+    let event = |kind, n: u64| SessionEvent {
+        peripheral: dev.id,
+        kind,
+        session_id: n.to_le_bytes(),
+    };
+    let (attach, detach) = (SessionEventKind::Attached, SessionEventKind::Detached);
+    for n in 0..40u64 {
+        let gw = &gws[(n % 2) as usize];
+        let (_, h) = dev.hello(&anchors, 1000 + n);
+        let answer = vouch(&b, gw, &gateway_takes(gw, &h, 2000 + n).1).await.1;
+        assert!(
+            matches!(answer, VouchAnswer::Vouched(_)),
+            "session {n}: {answer:?}"
+        );
+        let verdicts = match n % 4 {
+            // Detach first, then attach, in separate requests.
+            0 => [
+                report_events(&b, gw, vec![event(detach, n)]).await,
+                report_events(&b, gw, vec![event(attach, n)]).await,
+            ]
+            .concat(),
+            // Both in one report, detach first.
+            1 => report_events(&b, gw, vec![event(detach, n), event(attach, n)]).await,
+            // In order, then both retried in reverse.
+            2 => [
+                report_events(&b, gw, vec![event(attach, n), event(detach, n)]).await,
+                report_events(&b, gw, vec![event(detach, n), event(attach, n)]).await,
+            ]
+            .concat(),
+            // Attach retried around its detach.
+            _ => [
+                report_events(&b, gw, vec![event(attach, n)]).await,
+                report_events(&b, gw, vec![event(detach, n)]).await,
+                report_events(&b, gw, vec![event(attach, n)]).await,
+            ]
+            .concat(),
+        };
+        assert!(
+            verdicts.iter().all(|v| *v == SessionVerdict::Accepted),
+            "session {n}: {verdicts:?}"
+        );
+    }
+    assert!(
+        b.audit("action=clone_alert").await.is_empty(),
+        "false clone alert"
+    );
+
+    // Session 100 starts on gateway 0; the detach of its older session 98,
+    // retried late, must not end it.
+    let (_, h) = dev.hello(&anchors, 3000);
+    let answer = vouch(&b, &gws[0], &gateway_takes(&gws[0], &h, 3001).1)
+        .await
+        .1;
+    assert!(matches!(answer, VouchAnswer::Vouched(_)));
+    let v = report_events(&b, &gws[0], vec![event(attach, 100), event(detach, 98)]).await;
+    assert_eq!(v, [SessionVerdict::Accepted, SessionVerdict::Accepted]);
+    // A clone: the same identity through gateway 1 while session 100 lives.
+    let (_, h) = dev.hello(&anchors, 3002);
+    let answer = vouch(&b, &gws[1], &gateway_takes(&gws[1], &h, 3003).1)
+        .await
+        .1;
+    assert_eq!(answer, VouchAnswer::Refused(Refusal::Denied));
+    let v = report_events(&b, &gws[1], vec![event(attach, 101)]).await;
+    assert_eq!(v, [SessionVerdict::Refused]);
+    assert!(
+        !b.audit("action=clone_alert").await.is_empty(),
+        "the clone was missed"
+    );
+    // Once session 100 ends, the device is welcome on gateway 1.
+    report_events(&b, &gws[0], vec![event(detach, 100)]).await;
+    let (_, h) = dev.hello(&anchors, 3004);
+    let answer = vouch(&b, &gws[1], &gateway_takes(&gws[1], &h, 3005).1)
+        .await
+        .1;
+    assert!(matches!(answer, VouchAnswer::Vouched(_)), "{answer:?}");
 }
