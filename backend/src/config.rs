@@ -18,6 +18,7 @@ pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; 
 # VOUCH_LISTEN, VOUCH_SECURITY_LOCKOUT_FAILURES, VOUCH_WEBHOOK_URL.
 
 # listen = "127.0.0.1:8443"
+# ops_listen = "127.0.0.1:9464"      # plain HTTP /metrics, /healthz, /readyz without a token; loopback only
 # database_url = "postgres://vouch@db.internal/vouch"   # default: SQLite in the data dir
 # insecure_http = false                                   # plain HTTP, loopback only, for development
 # log_format = "text"                                      # or "json"
@@ -74,6 +75,10 @@ pub enum CloneAction {
 pub struct Config {
     /// Address to listen on.
     pub listen: String,
+    /// Address of the operations listener (plain HTTP: `/metrics`,
+    /// `/healthz`, `/readyz` without credentials); loopback only. None by
+    /// default: `/metrics` is then served on `listen` to the admin token only.
+    pub ops_listen: Option<String>,
     /// `postgres://…` to use PostgreSQL; default SQLite in the data directory.
     pub database_url: Option<String>,
     /// Serve plain HTTP (loopback addresses only).
@@ -150,6 +155,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8443".into(),
+            ops_listen: None,
             database_url: None,
             insecure_http: false,
             log_format: LogFormat::Text,
@@ -315,7 +321,8 @@ impl Config {
                     "0" | "false" | "no" => false,
                     _ => return Err(env_err(format!("{value:?} is not a boolean"))),
                 }),
-                (Some(toml::Value::String(_)), _) | (None, "database_url" | "url") => {
+                (Some(toml::Value::String(_)), _)
+                | (None, "database_url" | "url" | "ops_listen") => {
                     toml::Value::String(value.clone())
                 }
                 _ => return Err(env_err("no such setting".into())),

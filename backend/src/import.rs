@@ -91,12 +91,8 @@ impl RowError {
 
 /// Validates a raw row into an enrollment (parse, don't validate).
 pub fn parse_row(raw: &RawRow) -> Result<NewPeripheral, RowError> {
-    let public_key = parse_public_key(&raw.public_key).ok_or_else(|| {
-        RowError::new(
-            "invalid_public_key",
-            "public_key must be 64 hex digits or an Ed25519 SubjectPublicKeyInfo PEM",
-        )
-    })?;
+    let public_key = parse_public_key(&raw.public_key)
+        .map_err(|e| RowError::new("invalid_public_key", e.to_string()))?;
     let id = match raw.id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(s) => PeripheralId::from_hex(s)
             .ok_or_else(|| RowError::new("invalid_id", "id must be 16 hex digits"))?,
@@ -151,20 +147,39 @@ pub fn parse_row(raw: &RawRow) -> Result<NewPeripheral, RowError> {
 pub type Rows = Vec<(usize, Result<RawRow, RowError>)>;
 
 /// Reads every row of `input`. Rows that do not even parse are returned as
-/// errors in place, so the report keeps their line numbers.
+/// errors in place, so the report keeps their line numbers; that includes a
+/// line that is not UTF-8 (`invalid_utf8`), which costs only its own row.
+/// The only error is one reading `input` itself.
 pub fn read_rows(input: impl Read, format: Format) -> Result<Rows, std::io::Error> {
     match format {
         Format::Ndjson => {
             let mut out = Vec::new();
-            for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
-                let line = line?;
+            let mut reader = std::io::BufReader::new(input);
+            let mut buf = Vec::new();
+            let mut number = 0;
+            loop {
+                buf.clear();
+                if reader.read_until(b'\n', &mut buf)? == 0 {
+                    break;
+                }
+                number += 1;
+                let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+                let line = match std::str::from_utf8(bytes) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let at = e.valid_up_to();
+                        out.push((number, Err(invalid_utf8(format!("at byte {}", at + 1)))));
+                        continue;
+                    }
+                };
                 if line.trim().is_empty() {
                     continue;
                 }
-                let row = serde_json::from_str::<RawRow>(&line).map_err(|e| {
+                let row = serde_json::from_str::<RawRow>(line).map_err(|e| {
                     RowError::new("invalid_row", format!("not a valid row object: {e}"))
                 });
-                out.push((i + 1, row));
+                out.push((number, row));
             }
             Ok(out)
         }
@@ -183,20 +198,46 @@ pub fn read_rows(input: impl Read, format: Format) -> Result<Rows, std::io::Erro
                 }
             };
             let mut out = Vec::new();
-            for (i, rec) in rdr.records().enumerate() {
-                let line = i + 2;
-                let rec = match rec {
-                    Ok(r) => r,
+            let mut record = csv::ByteRecord::new();
+            let mut next_line = 2;
+            loop {
+                let more = match rdr.read_byte_record(&mut record) {
+                    Ok(more) => more,
+                    Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                        return Err(std::io::Error::other(e.to_string()));
+                    }
                     Err(e) => {
+                        let line = e.position().map_or(next_line, |p| p.line() as usize);
+                        next_line = line + 1;
                         out.push((line, Err(RowError::new("invalid_csv", e.to_string()))));
                         continue;
                     }
                 };
-                out.push((line, csv_row(&headers, &rec)));
+                if !more {
+                    break;
+                }
+                let line = record.position().map_or(next_line, |p| p.line() as usize);
+                next_line = line + 1;
+                let row = match csv::StringRecord::from_byte_record(record.clone()) {
+                    Ok(rec) => csv_row(&headers, &rec),
+                    Err(e) => Err(invalid_utf8(format!(
+                        "in column {}, at byte {}",
+                        e.utf8_error().field() + 1,
+                        e.utf8_error().valid_up_to() + 1
+                    ))),
+                };
+                out.push((line, row));
             }
             Ok(out)
         }
     }
+}
+
+fn invalid_utf8(where_: String) -> RowError {
+    RowError::new(
+        "invalid_utf8",
+        format!("the row is not valid UTF-8 ({where_}); the other rows are read on"),
+    )
 }
 
 fn csv_row(headers: &csv::StringRecord, rec: &csv::StringRecord) -> Result<RawRow, RowError> {
@@ -423,5 +464,33 @@ mod tests {
         assert_eq!(rows[1].0, 3);
         assert_eq!(rows[1].1.as_ref().unwrap_err().code, "invalid_row");
         assert_eq!(rows[2].1.as_ref().unwrap_err().code, "invalid_row");
+    }
+
+    /// Issue 16: one line of invalid UTF-8 is that line's error, with its
+    /// number; the lines around it are read (NDJSON and CSV, CRLF too).
+    #[test]
+    fn an_invalid_utf8_line_is_its_own_error() {
+        let mut nd = format!("{{\"public_key\":\"{}\"}}\r\n", key(1)).into_bytes();
+        nd.extend_from_slice(b"{\"public_key\":\"\xff\xfe\"}\n");
+        nd.extend_from_slice(format!("{{\"public_key\":\"{}\"}}\n", key(2)).as_bytes());
+        let rows = read_rows(&nd[..], Format::Ndjson).unwrap();
+        let lines: Vec<usize> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [1, 2, 3]);
+        assert!(rows[0].1.is_ok() && rows[2].1.is_ok());
+        let err = rows[1].1.as_ref().unwrap_err();
+        assert_eq!(err.code, "invalid_utf8");
+        assert!(err.message.contains("byte 16"), "{}", err.message);
+
+        let mut csv = format!("public_key,group\n{},a\n", key(1)).into_bytes();
+        csv.extend_from_slice(format!("{},", key(2)).as_bytes());
+        csv.extend_from_slice(b"\xc3\x28\n");
+        csv.extend_from_slice(format!("{},b\n", key(3)).as_bytes());
+        let rows = read_rows(&csv[..], Format::Csv).unwrap();
+        let lines: Vec<usize> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [2, 3, 4]);
+        assert!(rows[0].1.is_ok() && rows[2].1.is_ok());
+        let err = rows[1].1.as_ref().unwrap_err();
+        assert_eq!(err.code, "invalid_utf8");
+        assert!(err.message.contains("column 2"), "{}", err.message);
     }
 }

@@ -15,8 +15,9 @@
 //! - [`vouch`]: the order of checks, uniform refusals, group commit.
 //! - [`feed`]: the revocation feed (long-poll). [`security`]: lockouts, alerts.
 //! - [`routes`]: gateway API (postcard bodies, mutual TLS), admin API (JSON,
-//!   bearer token), operations (`/healthz`, `/readyz`, `/metrics`,
-//!   `/v1/openapi.json`).
+//!   bearer token), operations (`/healthz`, `/readyz`, `/metrics` with the
+//!   admin token, `/v1/openapi.json`); [`ops_app`] is the loopback
+//!   operations listener (`/metrics` without a token).
 //! - [`keyring`]: the backend's key pairs, their rotation and the signed
 //!   trust-anchor updates served to gateways (SPEC.md §7.7).
 //! - [`datadir`], [`pki`], [`config`], [`import`], [`anchor`]: the operator's side.
@@ -264,4 +265,10 @@ async fn background(state: AppState) {
 /// The whole HTTP service. See [`routes`] for the endpoints.
 pub fn app(state: AppState) -> Router {
     routes::router(state)
+}
+
+/// The operations listener's service (`ops_listen`): `/healthz`, `/readyz`
+/// and `/metrics` without credentials. Serve it on loopback only.
+pub fn ops_app(state: AppState) -> Router {
+    routes::ops::ops_router(state)
 }

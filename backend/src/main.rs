@@ -247,6 +247,10 @@ struct ServeArgs {
     /// Address to listen on (default from config: 127.0.0.1:8443).
     #[arg(long, env = "VOUCH_LISTEN")]
     listen: Option<String>,
+    /// Operations listener: plain HTTP `/metrics`, `/healthz`, `/readyz`
+    /// without credentials; refused unless the address is loopback.
+    #[arg(long, env = "VOUCH_OPS_LISTEN")]
+    ops_listen: Option<String>,
     /// Serve plain HTTP instead of HTTPS; refused unless the address is loopback.
     #[arg(long)]
     insecure_http: bool,
@@ -1054,6 +1058,9 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     if let Some(l) = &args.listen {
         config.listen = l.clone();
     }
+    if let Some(l) = &args.ops_listen {
+        config.ops_listen = Some(l.clone());
+    }
     if args.insecure_http {
         config.insecure_http = true;
     }
@@ -1074,6 +1081,22 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     if config.insecure_http && !server::insecure_allowed(&addr) {
         bail!("--insecure-http is only allowed on a loopback address, not {addr}");
     }
+    let ops_addr: Option<SocketAddr> = match &config.ops_listen {
+        None => None,
+        Some(a) => {
+            let ops: SocketAddr = a
+                .parse()
+                .with_context(|| format!("ops_listen address {a:?} is not IP:PORT"))?;
+            if !server::insecure_allowed(&ops) {
+                bail!(
+                    "ops_listen serves /metrics without credentials over plain HTTP, so only on a \
+                     loopback address, not {ops}; elsewhere read /metrics on the main listener \
+                     with the admin token"
+                );
+            }
+            Some(ops)
+        }
+    };
     let data = DataDir::load(&cli.data_dir)?;
     let transport = if config.insecure_http {
         Transport::InsecureLoopback
@@ -1114,6 +1137,26 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     println!("listening on {scheme}://{local}");
     let _ = std::io::stdout().flush();
     tracing::info!(%local, ?engine, scheme, "serving");
+    let ops_server = match ops_addr {
+        None => None,
+        Some(ops) => {
+            let ops_listener = tokio::net::TcpListener::bind(ops)
+                .await
+                .with_context(|| format!("cannot listen on {ops} (ops_listen)"))?;
+            let ops_local = ops_listener.local_addr()?;
+            // After the line tests wait for; a closed stdout is not an error.
+            let _ = writeln!(std::io::stdout(), "operations on http://{ops_local}");
+            let _ = std::io::stdout().flush();
+            tracing::info!(%ops_local, "serving /metrics, /healthz, /readyz (no credentials)");
+            let stop = state.shutdown.clone();
+            Some(tokio::spawn(server::serve(
+                ops_listener,
+                vouch_backend::ops_app(state.clone()),
+                Transport::InsecureLoopback,
+                async move { stop.cancelled().await },
+            )))
+        }
+    };
     let shutdown_state = state.clone();
     server::serve(listener, app(state), transport, async move {
         server::shutdown_signal().await;
@@ -1121,6 +1164,13 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         shutdown_state.shutdown();
     })
     .await?;
+    if let Some(ops) = ops_server {
+        match ops.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the operations listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the operations listener panicked"),
+        }
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

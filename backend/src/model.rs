@@ -413,19 +413,54 @@ pub fn valid_value(s: &str) -> bool {
     s.len() <= 1024 && !s.chars().any(char::is_control)
 }
 
+/// Why a public key given at enrollment or import is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRejected {
+    /// Neither 64 hex digits nor an Ed25519 SubjectPublicKeyInfo PEM.
+    #[error("public_key must be 64 hex digits or an Ed25519 SubjectPublicKeyInfo PEM")]
+    Malformed,
+    /// The bytes do not decode to a curve point.
+    #[error("public_key is not a point of the Ed25519 curve")]
+    NotOnCurve,
+    /// A valid point written with `y ≥ p` (or a sign bit on `x = 0`).
+    #[error(
+        "public_key is not canonically encoded: its y coordinate is not below 2^255 - 19 \
+         (SPEC.md §2.1 requires the canonical encoding); no key generator writes it so"
+    )]
+    NonCanonical,
+    /// A point whose order divides 8.
+    #[error("public_key is a point of small order, a weak key no key generator makes")]
+    SmallOrder,
+}
+
 /// Parses a public key given as 64 hex digits or as SubjectPublicKeyInfo PEM.
-/// Refuses weak keys (points of small order, such as all zeros): no honest
-/// key generator produces one, and strict verification would refuse every
-/// signature under it anyway.
-pub fn parse_public_key(s: &str) -> Option<PublicKey> {
+/// Refuses, for gateways and peripherals alike, bytes that are not a curve
+/// point, a point not encoded canonically (SPEC.md §2.1: the decoding of RFC
+/// 8032 §5.1.3 fails for `y ≥ p`, though ed25519-dalek reduces such a `y`
+/// and accepts it), and weak keys (points of small order, such as all
+/// zeros): no honest key generator produces either, and a second encoding of
+/// one key would be a second registry entry, with another derived id, for
+/// the same device.
+pub fn parse_public_key(s: &str) -> Result<PublicKey, KeyRejected> {
     let t = s.trim();
-    let key = if t.starts_with("-----BEGIN") {
-        PublicKey::from_public_key_pem(t).ok()?
+    let bytes: [u8; 32] = if t.starts_with("-----BEGIN") {
+        *PublicKey::from_public_key_pem(t)
+            .map_err(|_| KeyRejected::Malformed)?
+            .as_bytes()
     } else {
-        PublicKey::from_hex(t)?
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(t, &mut out).map_err(|_| KeyRejected::Malformed)?;
+        out
     };
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(key.as_bytes()).ok()?;
-    (!vk.is_weak()).then_some(key)
+    let vk =
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| KeyRejected::NotOnCurve)?;
+    if vk.to_edwards().compress().to_bytes() != bytes {
+        return Err(KeyRejected::NonCanonical);
+    }
+    if vk.is_weak() {
+        return Err(KeyRejected::SmallOrder);
+    }
+    PublicKey::from_bytes(bytes).ok_or(KeyRejected::SmallOrder)
 }
 
 #[cfg(test)]
@@ -533,12 +568,76 @@ mod tests {
 
     #[test]
     fn weak_keys_are_refused() {
-        assert_eq!(parse_public_key(&"00".repeat(32)), None);
+        assert_eq!(
+            parse_public_key(&"00".repeat(32)),
+            Err(KeyRejected::SmallOrder)
+        );
         let mut identity = [0u8; 32];
         identity[0] = 1; // the neutral element
-        assert_eq!(parse_public_key(&hex::encode(identity)), None);
+        assert_eq!(
+            parse_public_key(&hex::encode(identity)),
+            Err(KeyRejected::SmallOrder)
+        );
         let good = vouch_proto::keys::IdentityKey::from_seed(&[1; 32]).public_key();
-        assert_eq!(parse_public_key(&good.to_string()), Some(good));
-        assert_eq!(parse_public_key(&good.to_public_key_pem()), Some(good));
+        assert_eq!(parse_public_key(&good.to_string()), Ok(good));
+        assert_eq!(parse_public_key(&good.to_public_key_pem()), Ok(good));
+        assert_eq!(parse_public_key("abc"), Err(KeyRejected::Malformed));
+    }
+
+    /// SPEC.md §2.1: a key written with `y ≥ p` is refused with its own
+    /// message (issue 16: `f2ff…ff7f`, y = p + 5, was enrolled), in hex and
+    /// in PEM. Not every `y ≥ p` is on the curve: those that are not are
+    /// refused as such.
+    #[test]
+    fn non_canonical_keys_are_refused() {
+        let odd = format!("f2{}7f", "ff".repeat(30));
+        assert_eq!(parse_public_key(&odd), Err(KeyRejected::NonCanonical));
+        let mut on_curve = 0;
+        for y_minus_p in 0u8..19 {
+            let mut bytes = [0xffu8; 32];
+            bytes[0] = 0xed + y_minus_p;
+            bytes[31] = 0x7f;
+            let verdict = parse_public_key(&hex::encode(bytes));
+            assert!(
+                matches!(
+                    verdict,
+                    Err(KeyRejected::NonCanonical
+                        | KeyRejected::NotOnCurve
+                        | KeyRejected::SmallOrder)
+                ),
+                "y = p + {y_minus_p}: {verdict:?}"
+            );
+            on_curve += usize::from(verdict == Err(KeyRejected::NonCanonical));
+        }
+        assert!(on_curve > 0);
+        // The same key as SubjectPublicKeyInfo PEM.
+        let mut der = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        der.extend(hex::decode(&odd).unwrap_or_default());
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64(&der)
+        );
+        assert_eq!(parse_public_key(&pem), Err(KeyRejected::NonCanonical));
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 }

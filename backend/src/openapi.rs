@@ -204,8 +204,8 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     (
         "get",
         "/metrics",
-        "Prometheus metrics",
-        Auth::None,
+        "Prometheus metrics (refusals by cause: admin token; without one on the loopback `ops_listen` only)",
+        Auth::Admin,
         Body::None,
         Body::Text,
     ),

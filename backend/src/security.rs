@@ -3,9 +3,11 @@
 //! A real device never presents a bad credential, so repeated failures are
 //! attacks, and they are detected per subject:
 //!
-//! - **The claimed peripheral id**: every credential failure (a hello that
-//!   does not open, an unknown peripheral, a bad signature, a replay) counts
-//!   against the id it claimed. K failures within T seconds lock the id: an
+//! - **The claimed peripheral id**: a hello that opens but names an unknown
+//!   peripheral or carries a bad signature counts against the id it claimed
+//!   (a replay, an unknown backend key or a seal that does not open names no
+//!   id: they are refused before the id is read). K failures within T
+//!   seconds lock the id: an
 //!   audit entry, an alert, a metric. The lock does **not** refuse the id's
 //!   hellos: anyone can seal any id to the backend, so refusing a locked id
 //!   would let an attacker shut a genuine device out everywhere, and answering

@@ -11,7 +11,7 @@
 //! | 2 | hello decodes, names a key id this instance serves ([`crate::keyring`]: not purged) | decode, memory | `malformed_hello`, `unknown_backend_key` |
 //! | 3 | `e_P` not in the replay cache | one indexed read | `replay` |
 //! | 4 | open the sealed identity | one X25519 | `bad_seal` |
-//! | 3 | claimed id not locked out | memory | `peripheral_locked_out` (answered `Busy`) |
+//! | 3 | claimed id locked out? Not refused (SPEC.md §10.3): its lock is an alert, and a valid signature still gets its vouch | — | — |
 //! | 5 | id registered and active | two indexed reads | `unknown_peripheral`, `peripheral_pending`, `peripheral_suspended`, `peripheral_revoked` |
 //! | 6 | signature | one Ed25519 verification, batched per request | `bad_signature` |
 //! | 7 | policy grants a scope | one read | `policy_denied` |
@@ -26,9 +26,10 @@
 //! the anchor updates of a rotation yet. Each request works on one snapshot
 //! of the key ring.
 //!
-//! Every refusal except a lockout is answered `Refused(Denied)`, identical on
-//! the wire whatever the reason; lockouts are answered `Refused(Busy)`
-//! ("retry later"). The audit log names the exact reason.
+//! Every refusal except a gateway's lockout is answered `Refused(Denied)`,
+//! identical on the wire whatever the reason; a locked-out gateway is
+//! answered `Refused(Busy)` ("retry later"). The audit log names the exact
+//! reason.
 //!
 //! ## Group commit
 //!
@@ -701,8 +702,19 @@ pub(crate) async fn report_sessions(
     }
     let mut tx = state.store.begin_write().await?;
     for (ev, status, vouched) in plan {
+        // Each session is judged on its own record, whatever order its
+        // reports arrive in: a session whose detach came first is over, and
+        // its attach neither makes it live again nor is judged as a clone
+        // (the device may well be live elsewhere by now, legitimately).
+        let finished = match ev.kind {
+            SessionEventKind::Attached if vouched && status == Some(Status::Active) => {
+                tx.session_detached(&ev.peripheral, &gateway.public_key, &ev.session_id)
+                    .await?
+            }
+            _ => false,
+        };
         let others = match ev.kind {
-            SessionEventKind::Attached if vouched => {
+            SessionEventKind::Attached if vouched && !finished => {
                 tx.attached_elsewhere(&ev.peripheral, &gateway.public_key, now)
                     .await?
             }
@@ -712,7 +724,14 @@ pub(crate) async fn report_sessions(
         let sid = hex::encode(ev.session_id);
         let verdict = match ev.kind {
             SessionEventKind::Detached => {
-                tx.detach(&ev.peripheral, &gateway.public_key).await?;
+                tx.detach(
+                    &ev.peripheral,
+                    &gateway.public_key,
+                    &ev.session_id,
+                    now,
+                    now.saturating_add(ttl_ms),
+                )
+                .await?;
                 tx.audit(
                     NewAudit::new("session_detach", "ok", &actor)
                         .peripheral(&pid)
@@ -763,6 +782,8 @@ pub(crate) async fn report_sessions(
                         CloneAction::Refuse => (SessionVerdict::Refused, "clone_refused"),
                         CloneAction::Alert => (SessionVerdict::CloneSuspected, "clone_suspected"),
                     }
+                } else if finished {
+                    (SessionVerdict::Accepted, "already_detached")
                 } else {
                     (SessionVerdict::Accepted, "")
                 };
@@ -770,6 +791,7 @@ pub(crate) async fn report_sessions(
                     tx.attach(
                         &ev.peripheral,
                         &gateway.public_key,
+                        &ev.session_id,
                         now,
                         now.saturating_add(ttl_ms),
                     )

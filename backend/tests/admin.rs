@@ -18,6 +18,7 @@ on_both!(
     bulk_import_is_idempotent_with_per_row_errors,
     audit_chain_detects_tampering,
     bad_input_gets_a_stable_4xx_code,
+    non_canonical_public_keys_are_refused_at_enrollment_and_import,
 );
 
 fn code(v: &Value) -> &str {
@@ -212,6 +213,44 @@ async fn bulk_import_is_idempotent_with_per_row_errors(db: Db) {
         .cloned()
         .expect("row 1");
     assert_eq!(first["attributes"], json!({"fw": "1", "hw": "2"}));
+}
+
+/// SPEC.md §2.1: a key encoded with `y ≥ p` (`f2ff…ff7f`, y = p + 5, a
+/// valid point once reduced) is refused with a clear error, for gateways and
+/// peripherals, one by one and in a bulk import, where it is that row's
+/// error and the other rows are imported (issue 16).
+async fn non_canonical_public_keys_are_refused_at_enrollment_and_import(db: Db) {
+    let b = Backend::new(&db).await;
+    let odd = format!("f2{}7f", "ff".repeat(30));
+    for path in ["/v1/admin/peripherals", "/v1/admin/gateways"] {
+        let (s, v) = b
+            .admin("POST", path, Some(json!({ "public_key": odd })))
+            .await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::BAD_REQUEST, "invalid_public_key"),
+            "{path}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("not canonically encoded"),
+            "{path}: {message}"
+        );
+    }
+    let good = IdentityKey::from_seed(&[9; 32]).public_key();
+    let (s, v) = import(&b, "csv", false, format!("public_key\n{odd}\n{good}\n")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["rows"][0]["error"]["code"], "invalid_public_key", "{v}");
+    assert_eq!(v["summary"]["created"], 1, "{v}");
+    let (_, listed) = b.admin("GET", "/v1/admin/peripherals", None).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["items"][0]["public_key"], good.to_string());
+    let (_, gateways) = b.admin("GET", "/v1/admin/gateways", None).await;
+    assert_eq!(
+        gateways["items"].as_array().map(Vec::len),
+        Some(0),
+        "{gateways}"
+    );
 }
 
 async fn audit_chain_detects_tampering(db: Db) {
@@ -874,6 +913,6 @@ async fn overload_is_shed_with_503_not_queued() {
     drop(held);
     let (s, _) = b.admin("GET", "/v1/admin/peripherals", None).await;
     assert_eq!(s, StatusCode::OK);
-    let (_, _, m) = b.raw(None, "GET", "/metrics", None, vec![]).await;
+    let m = b.metrics().await;
     assert!(String::from_utf8_lossy(&m).contains("vouch_overload_total{kind=\"shed\"} 2"));
 }

@@ -25,6 +25,7 @@ on_both!(
     cli_verbs_work_and_bad_input_is_a_clear_error,
     sigkill_mid_import_loses_nothing_acknowledged,
     keys_rotate_purge_and_export_through_the_cli,
+    an_invalid_utf8_line_is_reported_and_the_rest_imported,
 );
 
 fn cli(dir: &Path, db: &Db, args: &[&str]) -> Output {
@@ -270,6 +271,75 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
 }
 
 /// The exported bundle as the anchors a device is flashed with.
+/// Issue 16: a line of invalid UTF-8 in a bulk import used to abort the
+/// whole file (exit 1, no line number, nothing imported). It is that row's
+/// error now, with its line number; every other row is imported and the
+/// exit status is 2 (some rows refused).
+async fn an_invalid_utf8_line_is_reported_and_the_rest_imported(db: Db) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let dir = dir.as_path();
+    init(dir, &db);
+    let key = |i: u8| IdentityKey::from_seed(&[i; 32]).public_key().to_string();
+    for (name, bytes, bad_line) in [
+        (
+            "rows.ndjson",
+            [
+                format!("{{\"public_key\":\"{}\"}}\n", key(1)).into_bytes(),
+                b"{\"public_key\":\"\xff\"}\n".to_vec(),
+                format!("{{\"public_key\":\"{}\"}}\n", key(2)).into_bytes(),
+            ]
+            .concat(),
+            2,
+        ),
+        (
+            "rows.csv",
+            [
+                format!("public_key,group\n{},a\n", key(3)).into_bytes(),
+                format!("{},b\n{},", key(4), key(5)).into_bytes(),
+                b"\xe9t\xe9\n".to_vec(),
+            ]
+            .concat(),
+            4,
+        ),
+    ] {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, bytes).expect("write");
+        let report = tmp.path().join(format!("{name}.report"));
+        let out = cli(
+            dir,
+            &db,
+            &[
+                "import",
+                file.to_str().expect("utf8"),
+                "--report",
+                report.to_str().expect("utf8"),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary json");
+        assert_eq!(
+            (summary["created"].as_u64(), summary["errors"].as_u64()),
+            (Some(2), Some(1)),
+            "{name}: {summary}"
+        );
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+            .expect("report")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("report line"))
+            .collect();
+        let bad: Vec<&serde_json::Value> = rows.iter().filter(|r| r["result"] == "error").collect();
+        assert_eq!(bad.len(), 1, "{name}: {rows:?}");
+        assert_eq!(bad[0]["line"], bad_line, "{name}");
+        assert_eq!(bad[0]["error"]["code"], "invalid_utf8", "{name}");
+    }
+    let listed = ok(&cli(dir, &db, &["list", "peripheral", "--json"]));
+    for i in 1..=4 {
+        assert!(listed.contains(&key(i)), "key {i} not imported: {listed}");
+    }
+    assert!(!listed.contains(&key(5)));
+}
+
 fn export(dir: &Path, db: &Db) -> AnchorSet {
     let out = ok(&cli(dir, db, &["export-anchor"]));
     let bundle: vouch_proto::anchor::AnchorBundle = serde_json::from_str(&out).expect("bundle");
@@ -723,6 +793,110 @@ async fn serve_stops_gracefully_on_sigterm() {
     assert_eq!(v["message"], "serving", "{v}");
 }
 
+/// Issue 16: `/metrics` counts refusals by cause, so the public listener
+/// serves it only to the admin token; `--ops-listen` serves it without one,
+/// over plain HTTP, and only on a loopback address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_admin_token_or_the_loopback_ops_listener() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let token = init(tmp.path(), &Db::Sqlite);
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .expect("serve");
+    fails_cleanly(&out, "loopback");
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("listening line");
+    let url = line.trim().strip_prefix("listening on ").map(str::to_owned);
+    line.clear();
+    stdout.read_line(&mut line).expect("operations line");
+    let ops = line
+        .trim()
+        .strip_prefix("operations on ")
+        .map(str::to_owned);
+    let server = Server {
+        child,
+        url: url.unwrap_or_else(|| panic!("no listening line")),
+    };
+    let ops = ops.unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    let ca = std::fs::read_to_string(tmp.path().join("ca.pem")).expect("ca");
+    let c = https(&ca, None);
+    let metrics = format!("{}/metrics", server.url);
+    let res = c.get(&metrics).send().await.expect("metrics");
+    assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let res = c
+        .get(&metrics)
+        .bearer_auth("vouch_wrong")
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let res = c
+        .get(&metrics)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert!(res
+        .text()
+        .await
+        .expect("text")
+        .contains("vouch_feed_waiters"));
+    let plain = c.clone();
+    let res = plain
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .expect("ops metrics");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert!(res
+        .text()
+        .await
+        .expect("text")
+        .contains("vouch_feed_waiters"));
+    let res = plain
+        .get(format!("{ops}/readyz"))
+        .send()
+        .await
+        .expect("ops readyz");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    // Only the operations routes: not the admin API.
+    let res = plain
+        .get(format!("{ops}/v1/admin/peripherals"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("ops admin");
+    assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
+    drop(stdout);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serve_processes_on_one_postgres_honour_each_others_revocations() {
     let Some(db) = Db::postgres().await else {
@@ -820,6 +994,7 @@ async fn two_serve_processes_on_one_postgres_honour_each_others_revocations() {
     common::eventually(Duration::from_secs(10), || async {
         let text = admin
             .get(format!("{}/metrics", b.url))
+            .bearer_auth(&token)
             .send()
             .await
             .ok()?

@@ -32,6 +32,8 @@ on_both!(
     feed_delivers_revocations_and_resumes_from_a_cursor,
     one_gateway_over_its_budget_is_told_to_wait_and_others_are_not,
     a_gateway_cannot_frame_a_device_it_holds_no_vouch_for,
+    an_unauthenticated_caller_cannot_tell_an_unknown_id_from_a_known_one,
+    short_sessions_reported_out_of_order_raise_no_false_clone_alert,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -247,7 +249,7 @@ async fn vouch_completes_a_real_handshake_and_refusals_are_uniform(db: Db) {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["result"], "intact", "{v}");
 
-    let (_, _, metrics) = b.raw(None, "GET", "/metrics", None, vec![]).await;
+    let metrics = b.metrics().await;
     let text = String::from_utf8_lossy(&metrics);
     assert!(
         text.contains("vouch_answers_total{outcome=\"vouched\"} 1"),
@@ -341,7 +343,7 @@ async fn lockout_after_k_failures_from_a_gateway_and_for_a_claimed_id(db: Db) {
     assert_eq!(lockouts[0]["gateway"], gw.public_key().to_string());
     let (_, list) = b.admin("GET", "/v1/admin/lockouts", None).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
-    let (_, _, m) = b.raw(None, "GET", "/metrics", None, vec![]).await;
+    let m = b.metrics().await;
     assert!(String::from_utf8_lossy(&m).contains("vouch_lockouts_total{kind=\"gateway\"} 1"));
 
     // Lifting it lets the genuine hello through.
@@ -676,7 +678,7 @@ async fn feed_delivers_revocations_and_resumes_from_a_cursor(db: Db) {
     )
     .await;
     assert_eq!(feed(&b, &gw, 0, 0).await.0, StatusCode::FORBIDDEN);
-    let (_, _, m) = b.raw(None, "GET", "/metrics", None, vec![]).await;
+    let m = b.metrics().await;
     assert!(String::from_utf8_lossy(&m).contains("vouch_revocation_lag_seconds_count"));
 }
 
@@ -882,7 +884,7 @@ async fn one_gateway_over_its_budget_is_told_to_wait_and_others_are_not(db: Db) 
     drop(waiting);
     assert_eq!(feed(&b, &flooder, 0, 0).await.0, StatusCode::OK);
 
-    let metrics = b.raw(None, "GET", "/metrics", None, Vec::new()).await.2;
+    let metrics = b.metrics().await;
     assert!(String::from_utf8_lossy(&metrics)
         .contains("vouch_overload_total{kind=\"gateway_budget\"} 5"));
     b.state.shutdown();
@@ -912,8 +914,7 @@ async fn a_gateway_cannot_frame_a_device_it_holds_no_vouch_for(db: Db) {
     let attaches = b.audit("action=session_attach").await;
     assert_eq!(attaches.len(), 1, "{attaches:?}");
     assert_eq!(attaches[0]["reason"], "not_vouched");
-    let text = String::from_utf8_lossy(&b.raw(None, "GET", "/metrics", None, Vec::new()).await.2)
-        .into_owned();
+    let text = String::from_utf8_lossy(&b.metrics().await).into_owned();
     assert!(
         text.contains("vouch_alerts_total{alert=\"unvouched_session\"} 1"),
         "{text}"
@@ -940,4 +941,215 @@ async fn a_gateway_cannot_frame_a_device_it_holds_no_vouch_for(db: Db) {
         VouchAnswer::Refused(Refusal::Denied)
     );
     b.state.shutdown();
+}
+
+/// Everything an unauthenticated caller can read: every documented route,
+/// with the path parameters filled with `id` (and a gateway key), without a
+/// token or a client certificate. Status, content type and body.
+async fn public_view(
+    b: &Backend,
+    id: &str,
+    gw: &str,
+) -> Vec<(String, StatusCode, String, Vec<u8>)> {
+    let mut view = Vec::new();
+    for &(method, path, ..) in vouch_backend::openapi::ROUTES {
+        let concrete = path
+            .replace("{id}", id)
+            .replace("{key}", gw)
+            .replace("{action}", "suspend")
+            .replace("{subject}", &format!("peripheral:{id}"));
+        for query in ["", "?after=0&wait_ms=0&peripheral=x"] {
+            let uri = format!("{concrete}{query}");
+            let (s, ct, body) = b
+                .raw(None, &method.to_uppercase(), &uri, None, Vec::new())
+                .await;
+            view.push((format!("{method} {uri}"), s, ct, body));
+        }
+    }
+    view
+}
+
+/// Issue 16, SPEC.md §11.11: anyone can seal a hello for a guessed id and
+/// have a gateway forward it; the answer is uniform (§9), and nothing
+/// reachable without a credential may tell the causes apart either. Before
+/// this, `/metrics` was public and counted refusals by cause
+/// (`vouch_refusals_total{reason="unknown_peripheral"}` against
+/// `{reason="bad_signature"}`). Now every public route reads the same
+/// before and after each guess, and the same for a registered id as for an
+/// unknown one; the operations listener, which serves the metrics without a
+/// token, is loopback-only (`ops_app`).
+async fn an_unauthenticated_caller_cannot_tell_an_unknown_id_from_a_known_one(db: Db) {
+    let b = Backend::new(&db).await;
+    let anchors = b.anchors().await;
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&gw, None).await;
+    let known = Device::new(1);
+    b.enroll_peripheral(&known, None).await;
+    b.allow("any", "any", "telemetry").await;
+    let attacker = Device::new(66);
+    let unknown = Device::new(67);
+    let gw_hex = gw.public_key().to_string();
+
+    let before_known = public_view(&b, &known.id.to_string(), &gw_hex).await;
+    let before_unknown = public_view(&b, &unknown.id.to_string(), &gw_hex).await;
+    // The same answers whichever id the path names.
+    for (k, u) in before_known.iter().zip(&before_unknown) {
+        assert_eq!((k.1, &k.2, &k.3), (u.1, &u.2, &u.3), "{} vs {}", k.0, u.0);
+    }
+    // A guess at an unregistered id, then one at the registered id with the
+    // attacker's key.
+    let (_, h) = attacker.hello_as(unknown.id, &anchors, 1);
+    let (a1, _) = vouch(&b, &gw, &gateway_takes(&gw, &h, 2).1).await;
+    let after_unknown = public_view(&b, &known.id.to_string(), &gw_hex).await;
+    let (_, h) = attacker.hello_as(known.id, &anchors, 3);
+    let (a2, _) = vouch(&b, &gw, &gateway_takes(&gw, &h, 4).1).await;
+    let after_known = public_view(&b, &known.id.to_string(), &gw_hex).await;
+    assert_eq!(a1, a2, "the answers to the gateway differ");
+    for ((b0, b1), b2) in before_known.iter().zip(&after_unknown).zip(&after_known) {
+        assert_eq!(b0, b1, "{} changed after a guess at an unknown id", b0.0);
+        assert_eq!(b1, b2, "{} changed after a guess at a known id", b1.0);
+    }
+    // The causes are recorded where only the operator reads them.
+    let reasons: Vec<String> = b
+        .audit("action=vouch")
+        .await
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reasons.contains(&"unknown_peripheral".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&"bad_signature".to_owned()), "{reasons:?}");
+    let text = String::from_utf8_lossy(&b.metrics().await).into_owned();
+    assert!(
+        text.contains("vouch_refusals_total{reason=\"bad_signature\"} 1"),
+        "{text}"
+    );
+    // The operations listener's router serves the same text without a token.
+    let ops = vouch_backend::ops_app(b.state.clone());
+    let res = tower::ServiceExt::oneshot(
+        ops,
+        axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .expect("request"),
+    )
+    .await
+    .expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn report_events(
+    b: &Backend,
+    gw: &IdentityKey,
+    events: Vec<SessionEvent>,
+) -> Vec<SessionVerdict> {
+    let (s, bytes) = b
+        .gateway_post(&gw.public_key(), "/v1/sessions", &SessionReport { events })
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    decode_body::<SessionReportAnswer>(&bytes)
+        .expect("decodes")
+        .items
+}
+
+/// Issue 16, SPEC.md §10.5: the attach and detach reports of one session
+/// may arrive in either order (separate requests, retries). A detach that
+/// came first used to leave the later attach live for `attachment_ttl_s`, so
+/// the device's next move was judged a clone (with `clone_action = "refuse"`
+/// its vouches were refused). 40 short sessions moving between two gateways,
+/// each reported detach-first, attach-first, together or retried: every
+/// vouch is granted and no clone alert is raised. A detach arriving late for
+/// an older session does not end a newer one, and a real clone (live on
+/// one gateway while another reports it) is still caught and refused.
+async fn short_sessions_reported_out_of_order_raise_no_false_clone_alert(db: Db) {
+    let mut config = Config::default();
+    config.security.clone_action = CloneAction::Refuse;
+    let b = Backend::with_config(&db, config).await;
+    let anchors = b.anchors().await;
+    let gws = [
+        IdentityKey::from_seed(&[100; 32]),
+        IdentityKey::from_seed(&[101; 32]),
+    ];
+    for g in &gws {
+        b.enroll_gateway(g, None).await;
+    }
+    b.allow("any", "any", "telemetry").await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+    let event = |kind, n: u64| SessionEvent {
+        peripheral: dev.id,
+        kind,
+        session_id: n.to_le_bytes(),
+    };
+    let (attach, detach) = (SessionEventKind::Attached, SessionEventKind::Detached);
+    for n in 0..40u64 {
+        let gw = &gws[(n % 2) as usize];
+        let (_, h) = dev.hello(&anchors, 1000 + n);
+        let answer = vouch(&b, gw, &gateway_takes(gw, &h, 2000 + n).1).await.1;
+        assert!(
+            matches!(answer, VouchAnswer::Vouched(_)),
+            "session {n}: {answer:?}"
+        );
+        let verdicts = match n % 4 {
+            // Detach first, then attach, in separate requests.
+            0 => [
+                report_events(&b, gw, vec![event(detach, n)]).await,
+                report_events(&b, gw, vec![event(attach, n)]).await,
+            ]
+            .concat(),
+            // Both in one report, detach first.
+            1 => report_events(&b, gw, vec![event(detach, n), event(attach, n)]).await,
+            // In order, then both retried in reverse.
+            2 => [
+                report_events(&b, gw, vec![event(attach, n), event(detach, n)]).await,
+                report_events(&b, gw, vec![event(detach, n), event(attach, n)]).await,
+            ]
+            .concat(),
+            // Attach retried around its detach.
+            _ => [
+                report_events(&b, gw, vec![event(attach, n)]).await,
+                report_events(&b, gw, vec![event(detach, n)]).await,
+                report_events(&b, gw, vec![event(attach, n)]).await,
+            ]
+            .concat(),
+        };
+        assert!(
+            verdicts.iter().all(|v| *v == SessionVerdict::Accepted),
+            "session {n}: {verdicts:?}"
+        );
+    }
+    assert!(
+        b.audit("action=clone_alert").await.is_empty(),
+        "false clone alert"
+    );
+
+    // Session 100 starts on gateway 0; the detach of its older session 98,
+    // retried late, must not end it.
+    let (_, h) = dev.hello(&anchors, 3000);
+    let answer = vouch(&b, &gws[0], &gateway_takes(&gws[0], &h, 3001).1)
+        .await
+        .1;
+    assert!(matches!(answer, VouchAnswer::Vouched(_)));
+    let v = report_events(&b, &gws[0], vec![event(attach, 100), event(detach, 98)]).await;
+    assert_eq!(v, [SessionVerdict::Accepted, SessionVerdict::Accepted]);
+    // A clone: the same identity through gateway 1 while session 100 lives.
+    let (_, h) = dev.hello(&anchors, 3002);
+    let answer = vouch(&b, &gws[1], &gateway_takes(&gws[1], &h, 3003).1)
+        .await
+        .1;
+    assert_eq!(answer, VouchAnswer::Refused(Refusal::Denied));
+    let v = report_events(&b, &gws[1], vec![event(attach, 101)]).await;
+    assert_eq!(v, [SessionVerdict::Refused]);
+    assert!(
+        !b.audit("action=clone_alert").await.is_empty(),
+        "the clone was missed"
+    );
+    // Once session 100 ends, the device is welcome on gateway 1.
+    report_events(&b, &gws[0], vec![event(detach, 100)]).await;
+    let (_, h) = dev.hello(&anchors, 3004);
+    let answer = vouch(&b, &gws[1], &gateway_takes(&gws[1], &h, 3005).1)
+        .await
+        .1;
+    assert!(matches!(answer, VouchAnswer::Vouched(_)), "{answer:?}");
 }

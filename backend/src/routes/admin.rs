@@ -169,12 +169,8 @@ impl EnrollGateway {
     /// Validates into a store enrollment.
     pub fn parse(&self) -> Result<NewGateway, AppError> {
         Ok(NewGateway {
-            public_key: parse_public_key(&self.public_key).ok_or_else(|| {
-                AppError::bad_request(
-                    "invalid_public_key",
-                    "public_key must be 64 hex digits or an Ed25519 SubjectPublicKeyInfo PEM",
-                )
-            })?,
+            public_key: parse_public_key(&self.public_key)
+                .map_err(|e| AppError::bad_request("invalid_public_key", e.to_string()))?,
             name: opt_name(&self.name, "invalid_name")?,
             group: opt_name(&self.group, "invalid_group")?,
             site: opt_name(&self.site, "invalid_site")?,

@@ -8,7 +8,11 @@
 //! | `POST /v1/sessions` | gateway | postcard `SessionReport` → `SessionReportAnswer` |
 //! | `GET /v1/anchor-updates?after=SERIAL` | gateway | → postcard `AnchorUpdateBatch` |
 //! | `/v1/admin/…` | bearer token | JSON; see [`admin`] |
-//! | `GET /healthz`, `/readyz`, `/metrics`, `/v1/openapi.json` | none | |
+//! | `GET /metrics` | bearer token | Prometheus text |
+//! | `GET /healthz`, `/readyz`, `/v1/openapi.json` | none | |
+//!
+//! The operations listener (`ops_listen`, [`ops::ops_router`]) serves
+//! `/healthz`, `/readyz` and `/metrics` without credentials, on loopback only.
 //!
 //! Errors are `{"error": {"code", "message"}}` ([`AppError`]). Gateway and
 //! admin routes sit behind load shedding (503 + `Retry-After` when

@@ -1,6 +1,14 @@
 //! Operations: `/healthz` (the process answers), `/readyz` (the store
 //! answers and the service is not shutting down), `/metrics` (Prometheus text
 //! format), `/v1/openapi.json`.
+//!
+//! The metrics count refusals by cause (`vouch_refusals_total{reason}`), which
+//! the answers on the air never reveal (SPEC.md §9): anyone who can send
+//! sealed hellos through a gateway and read them could tell a registered id
+//! from an unknown one. So on the public listener `/metrics` needs the admin
+//! bearer token; the operations listener (`ops_listen`, loopback only,
+//! [`ops_router`]) serves it without one, for a local Prometheus agent.
+//! `/healthz`, `/readyz` and `/v1/openapi.json` say nothing about the registry.
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -9,15 +17,29 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 
+use super::admin::Admin;
 use crate::error::AppError;
 use crate::AppState;
 
+/// The operations routes of the public listener.
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(admin_metrics))
         .route("/v1/openapi.json", get(openapi))
+}
+
+/// The operations listener's routes: `/healthz`, `/readyz` and `/metrics`,
+/// without credentials. Serve it only where the callers are trusted (the
+/// binary refuses a non-loopback `ops_listen`).
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { AppError::not_found("route") })
+        .with_state(state)
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
@@ -40,6 +62,10 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<serde_json::
         ));
     }
     Ok(axum::Json(json!({ "status": "ready" })))
+}
+
+async fn admin_metrics(_: Admin, state: State<AppState>) -> Response {
+    metrics(state).await
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -751,6 +751,10 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM session_detaches WHERE expires_ms < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(n)
     }
 
@@ -1025,21 +1029,49 @@ impl WriteTx<'_> {
         gateway_keys(&rows)
     }
 
-    /// Records that `peripheral` is attached on `gateway` until `expires_ms`.
+    /// Whether the session `session` of `peripheral` on `gateway` was
+    /// reported detached (its detach may arrive before its attach).
+    pub async fn session_detached(
+        &mut self,
+        peripheral: &PeripheralId,
+        gateway: &PublicKey,
+        session: &[u8; 8],
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM session_detaches WHERE peripheral_id = $1 \
+             AND gateway_key = $2 AND session_id = $3",
+        )
+        .bind(peripheral.to_string())
+        .bind(gateway.to_string())
+        .bind(hex::encode(session))
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records that session `session` of `peripheral` is live on `gateway`
+    /// until `expires_ms`, unless its detach was already reported (then
+    /// nothing changes). Idempotent: a retried attach only renews it.
     pub async fn attach(
         &mut self,
         peripheral: &PeripheralId,
         gateway: &PublicKey,
+        session: &[u8; 8],
         now: i64,
         expires_ms: i64,
     ) -> Result<(), StoreError> {
+        if self.session_detached(peripheral, gateway, session).await? {
+            return Ok(());
+        }
         sqlx::query(
-            "INSERT INTO attachments (peripheral_id, gateway_key, attached_ms, expires_ms) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (peripheral_id, gateway_key) \
-             DO UPDATE SET attached_ms = excluded.attached_ms, expires_ms = excluded.expires_ms",
+            "INSERT INTO attachments (peripheral_id, gateway_key, session_id, attached_ms, \
+             expires_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (peripheral_id, gateway_key, session_id) \
+             DO UPDATE SET expires_ms = excluded.expires_ms",
         )
         .bind(peripheral.to_string())
         .bind(gateway.to_string())
+        .bind(hex::encode(session))
         .bind(now)
         .bind(expires_ms)
         .execute(&mut *self.tx)
@@ -1047,17 +1079,40 @@ impl WriteTx<'_> {
         Ok(())
     }
 
-    /// Records that `peripheral` left `gateway`.
+    /// Records that session `session` of `peripheral` on `gateway` ended:
+    /// removes its attachment (only that session's: a newer session on the
+    /// same gateway stays live) and keeps a marker until `expires_ms`, so
+    /// that the session's attach, if it arrives later, does not revive it.
+    /// Idempotent.
     pub async fn detach(
         &mut self,
         peripheral: &PeripheralId,
         gateway: &PublicKey,
+        session: &[u8; 8],
+        now: i64,
+        expires_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM attachments WHERE peripheral_id = $1 AND gateway_key = $2")
-            .bind(peripheral.to_string())
-            .bind(gateway.to_string())
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM attachments WHERE peripheral_id = $1 AND gateway_key = $2 \
+             AND session_id = $3",
+        )
+        .bind(peripheral.to_string())
+        .bind(gateway.to_string())
+        .bind(hex::encode(session))
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO session_detaches (peripheral_id, gateway_key, session_id, detached_ms, \
+             expires_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (peripheral_id, gateway_key, session_id) DO NOTHING",
+        )
+        .bind(peripheral.to_string())
+        .bind(gateway.to_string())
+        .bind(hex::encode(session))
+        .bind(now)
+        .bind(expires_ms)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 
@@ -1238,8 +1293,8 @@ fn attached_elsewhere_query<'q>(
     now: i64,
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
     sqlx::query(
-        "SELECT gateway_key FROM attachments WHERE peripheral_id = $1 AND gateway_key <> $2 \
-         AND expires_ms > $3 ORDER BY gateway_key",
+        "SELECT DISTINCT gateway_key FROM attachments WHERE peripheral_id = $1 \
+         AND gateway_key <> $2 AND expires_ms > $3 ORDER BY gateway_key",
     )
     .bind(peripheral.to_string())
     .bind(gateway.to_string())

@@ -138,8 +138,9 @@ impl Reader {
         let mut out: HashMap<PeripheralId, Vec<String>> = HashMap::new();
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
-                "SELECT peripheral_id, gateway_key FROM attachments WHERE gateway_key <> $1 \
-                 AND expires_ms > $2 AND peripheral_id IN ({}) ORDER BY gateway_key",
+                "SELECT DISTINCT peripheral_id, gateway_key FROM attachments \
+                 WHERE gateway_key <> $1 AND expires_ms > $2 AND peripheral_id IN ({}) \
+                 ORDER BY gateway_key",
                 placeholders(3, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(gateway.to_string()).bind(now);
@@ -335,9 +336,11 @@ impl Reader {
                 _ => {
                     if let Some(pid) = PeripheralId::from_hex(&t1) {
                         let g: String = row.try_get("t2")?;
+                        // One row per live session: a gateway once.
                         let v = out.attached_elsewhere.entry(pid).or_default();
                         v.push(g);
                         v.sort();
+                        v.dedup();
                     }
                 }
             }

@@ -225,6 +225,23 @@ impl Backend {
         (status, v)
     }
 
+    /// The Prometheus text of `/metrics`, read with the admin token (it counts
+    /// refusals by cause, so it is not public: issue 16).
+    pub async fn metrics(&self) -> Vec<u8> {
+        let req = Request::get("/metrics")
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Body::empty())
+            .expect("request");
+        let res = self.router.clone().oneshot(req).await.expect("infallible");
+        assert_eq!(res.status(), StatusCode::OK);
+        res.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec()
+    }
+
     /// A raw request with an optional gateway identity; returns status,
     /// content type and body bytes.
     pub async fn raw(
