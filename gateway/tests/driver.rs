@@ -7,6 +7,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use common::{drive_peripheral, peripheral_full, run_link_owned, setup, wait_for};
 use vouch_gateway::driver::Outcome;
 use vouch_gateway::transport::memory::pair;
@@ -192,7 +194,7 @@ async fn revocation_feed_closes_the_live_session() {
 }
 
 #[tokio::test]
-async fn garbage_and_oversized_frames_end_the_link_without_harm() {
+async fn garbage_ends_the_handshake_and_an_oversized_announce_costs_only_its_message() {
     let s = setup(Scope::TELEMETRY);
     // Garbage message.
     let (mut p_link, g_link) = pair(247, "p", "g");
@@ -204,19 +206,18 @@ async fn garbage_and_oversized_frames_end_the_link_without_harm() {
         vouch_proto::wire::encode_alert(AlertCode::Unsupported).to_vec()
     );
     assert!(matches!(d.await.unwrap(), Outcome::HandshakeFailed(_)));
-    // A fragment announcing a 60 000-byte message.
+    assert_eq!(s.ctx.table.len(), 0);
+    // A fragment announcing a 60 000-byte message is refused before any
+    // buffering (SPEC.md §8.3) and drops only itself: the handshake that
+    // follows on the same link completes.
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
+    let _d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     p_link
         .send_fragment(&[0x80, 0x60, 0xea, 1, 2, 3])
         .await
         .unwrap();
-    assert!(matches!(
-        d.await.unwrap(),
-        Outcome::HandshakeFailed(vouch_gateway::Error::Link(_))
-    ));
-    // A silent peer times out (paused clock: no real waiting).
-    assert_eq!(s.ctx.table.len(), 0);
+    peripheral_full(&s, &mut p_link, 5).await.unwrap();
+    wait_for("session in table", || s.ctx.table.len() == 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -326,4 +327,52 @@ async fn a_revocation_during_the_handshake_still_closes_the_session() {
         "no ticket is kept for a revoked peripheral"
     );
     assert_eq!(s.ctx.table.len(), 0);
+}
+
+/// SPEC.md §8.3: a bad fragment drops only its partial message. An empty
+/// TCP frame, a frame over 512 bytes, or a fragment out of sequence sent into
+/// an established session must not close the link (and with it the session):
+/// anyone able to inject one frame could otherwise end any session.
+#[tokio::test]
+async fn bad_frames_in_an_established_tcp_session_drop_only_their_message() {
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let (mut p, _driver) = common::tcp_link(&s, 3).await;
+    let mut est = p.handshake(&s, 31).await;
+    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    let mut sub = s.ctx.table.subscribe();
+    let mut rec = [0u8; 1024];
+    // A record in 20-byte fragments, interrupted by an empty frame: lost.
+    let n = est
+        .session
+        .seal_data(Timestamp(0), b"lost", &mut rec)
+        .unwrap();
+    let mut f = vouch_proto::framing::Fragmenter::new(&rec[..n], 23).unwrap();
+    let mut frag = [0u8; 512];
+    let first = f.next_into(&mut frag).unwrap();
+    p.frame(&frag[..first]).await;
+    p.stream.write_all(&[0, 0]).await.unwrap();
+    while let Some(k) = f.next_into(&mut frag) {
+        p.frame(&frag[..k]).await;
+    }
+    // A frame over 512 bytes, then a continuation out of sequence.
+    p.frame(&[0xc0; 600]).await;
+    p.frame(&[0x07, 1, 2, 3]).await;
+    // The session still carries records.
+    let n = est
+        .session
+        .seal_data(Timestamp(0), b"kept", &mut rec)
+        .unwrap();
+    p.send(&rec[..n]).await;
+    let got = common::next_inbound_while_live(&s, &mut sub).await;
+    assert_eq!(got.data, b"kept");
+    let table = s.ctx.table.clone();
+    let id = s.id;
+    let send = tokio::spawn(async move { table.send(id, b"still here".to_vec()).await });
+    let msg = p.recv().await;
+    let mut out = [0u8; 64];
+    assert_eq!(
+        est.session.open(Timestamp(0), &msg, &mut out).unwrap(),
+        Inbound::Data(b"still here")
+    );
+    send.await.unwrap().unwrap();
 }

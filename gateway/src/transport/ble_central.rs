@@ -169,7 +169,9 @@ impl<C: BleConnection> Link for BleLink<C> {
                 return Ok(None);
             };
             let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
-            if let Some(msg) = self.reassembler.push(now, &fragment)? {
+            if let Some(msg) =
+                super::push_fragment(&mut self.reassembler, now, &fragment, &self.device)
+            {
                 return Ok(Some(msg.to_vec()));
             }
         }
