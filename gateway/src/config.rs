@@ -122,6 +122,11 @@ pub struct Limits {
     /// Most resumption tickets kept.
     #[serde(default = "default_max_tickets")]
     pub max_tickets: usize,
+    /// A link that sends no whole message within this many milliseconds of
+    /// coming up is closed, and when the link cap is reached the link that
+    /// waited longest for its first message makes room (SPEC.md §8.4).
+    #[serde(default = "default_first_message_ms")]
+    pub first_message_ms: u64,
 }
 
 /// `[api]`
@@ -204,6 +209,9 @@ fn default_max_links() -> usize {
 fn default_idle_s() -> u64 {
     600
 }
+fn default_first_message_ms() -> u64 {
+    crate::transport::slots::DEFAULT_FIRST_MESSAGE.as_millis() as u64
+}
 fn default_max_tickets() -> usize {
     100_000
 }
@@ -220,6 +228,7 @@ impl Default for Limits {
             max_links: default_max_links(),
             idle_timeout_s: default_idle_s(),
             max_tickets: default_max_tickets(),
+            first_message_ms: default_first_message_ms(),
         }
     }
 }
@@ -291,7 +300,18 @@ impl Config {
         if self.limits.max_links == 0 {
             return Err("limits.max_links must be at least 1".into());
         }
+        if !(100..=10_000).contains(&self.limits.first_message_ms) {
+            return Err(format!(
+                "limits.first_message_ms must be 100..=10000: below the handshake deadline (got {})",
+                self.limits.first_message_ms
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a new link may take to send its first message.
+    pub fn first_message_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.first_message_ms)
     }
 
     /// The idle timeout.

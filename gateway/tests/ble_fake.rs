@@ -324,6 +324,60 @@ async fn bad_fragments_in_an_established_ble_session_drop_only_their_message() {
     b.s.shutdown_tx.send(true).unwrap();
 }
 
+/// Rogue advertisers of the Vouch service that accept the connection and
+/// say nothing, new ones (fresh addresses) every 100 ms, cannot keep an
+/// honest device from being connected: it takes the slot of the rogue
+/// silent the longest at its first advert, long before any rogue's 10 s
+/// handshake deadline would free one (paused clock).
+#[tokio::test(start_paused = true)]
+async fn rogue_silent_advertisers_cannot_keep_an_honest_device_out() {
+    let settings = BleSettings {
+        max_links: 2,
+        ..BleSettings::default()
+    };
+    let mut b = bench(244, settings, &[]);
+    let adverts = b.adverts.clone();
+    tokio::spawn(async move {
+        for i in 0.. {
+            let rogue = format!("rogue-{i}");
+            if adverts.send(advert_at(&rogue, &rogue, true)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Rogue links fill both slots; they are kept open and never speak.
+    let mut rogues = Vec::new();
+    while rogues.len() < 4 {
+        let (device, end) = b.connected.recv().await.unwrap();
+        assert!(device.starts_with("rogue-"));
+        rogues.push(end);
+    }
+    let start = tokio::time::Instant::now();
+    b.adverts
+        .send(advert_at("honest", "honest", true))
+        .await
+        .unwrap();
+    let mut honest = loop {
+        let (device, end) = b.connected.recv().await.unwrap();
+        if device == "honest" {
+            break end;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(9),
+            "the honest device was kept out"
+        );
+        rogues.push(end);
+    };
+    let _ = handshake_on(&b.s, &mut honest, 8).await;
+    // Rogues keep coming; the honest session keeps its slot.
+    while rogues.len() < 40 {
+        rogues.push(b.connected.recv().await.unwrap().1);
+    }
+    assert_eq!(b.s.ctx.table.len(), 1);
+    b.s.shutdown_tx.send(true).unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn adverts_without_the_vouch_service_are_ignored() {
     let mut b = bench(244, BleSettings::default(), &[]);
@@ -462,14 +516,16 @@ async fn the_link_cap_holds() {
     };
     let mut b = bench(244, settings, &[]);
     b.adverts.send(advert("dev-1", true)).await.unwrap();
-    let (_, end1) = b.connected.recv().await.unwrap();
-    // While dev-1 holds the only link, dev-2 is not connected, however often it advertises.
+    let (_, mut end1) = b.connected.recv().await.unwrap();
+    let _ = handshake_on(&b.s, &mut end1, 4).await;
+    // While dev-1's session holds the only link, dev-2 is not connected,
+    // however often it advertises (a link that spoke keeps its slot).
     for _ in 0..10 {
         b.adverts.send(advert("dev-2", true)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(b.radio.attempts.lock().unwrap().len(), 1);
-    // dev-1 goes away (its handshake never completes: the driver times out).
+    // dev-1 goes away.
     drop(end1);
     let adverts = b.adverts.clone();
     let advertiser = tokio::spawn(async move {

@@ -376,3 +376,102 @@ async fn bad_frames_in_an_established_tcp_session_drop_only_their_message() {
     );
     send.await.unwrap().unwrap();
 }
+
+/// SPEC.md §8.4: peers that connect and say nothing cannot keep devices
+/// out. With every slot held by a silent connection, a device that connects
+/// and speaks takes the slot of the one silent the longest; once it has
+/// spoken, a new flood cannot take its slot.
+#[tokio::test]
+async fn idle_tcp_connections_cannot_keep_an_honest_device_out() {
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    const CAP: usize = 4;
+    tokio::spawn(vouch_gateway::server::serve_tcp(
+        listener,
+        s.ctx.clone(),
+        CAP,
+        247,
+        s.shutdown.clone(),
+    ));
+    let flood = |n: usize| async move {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        v
+    };
+    // 60 silent connections, all kept open: every slot is taken.
+    let _flood = flood(60).await;
+    wait_for("the flood fills every slot", || {
+        s.ctx.metrics.render().contains(&format!(
+            "vouch_gateway_link_errors_total{{transport=\"tcp\"}} {}",
+            60 - CAP
+        ))
+    })
+    .await;
+    // A device connects and is served while the flood stays.
+    let mut p = common::RawTcp::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut est = p.handshake(&s, 41).await;
+    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    // A second flood cannot take the slot of a link that spoke.
+    let _flood2 = flood(60).await;
+    let mut sub = s.ctx.table.subscribe();
+    let mut rec = [0u8; 64];
+    let n = est
+        .session
+        .seal_data(Timestamp(0), b"after the flood", &mut rec)
+        .unwrap();
+    p.send(&rec[..n]).await;
+    let got = common::next_inbound_while_live(&s, &mut sub).await;
+    assert_eq!(got.data, b"after the flood");
+}
+
+/// A link that sends nothing is closed at the first-message deadline (3 s),
+/// long before the 10 s handshake deadline.
+#[tokio::test(start_paused = true)]
+async fn a_silent_link_is_closed_at_the_first_message_deadline() {
+    use vouch_gateway::transport::slots::{Gated, LinkSlots, DEFAULT_FIRST_MESSAGE};
+    let s = setup(Scope::TELEMETRY);
+    let slots = LinkSlots::new(1, DEFAULT_FIRST_MESSAGE);
+    let (_p_link, g_link) = pair(247, "p", "g");
+    let mut link = Gated::new(g_link, slots.acquire().unwrap().0);
+    assert_eq!(slots.held(), 1);
+    let started = tokio::time::Instant::now();
+    let outcome = vouch_gateway::driver::run_link(
+        s.ctx.clone(),
+        &mut link,
+        common::seed32(2),
+        s.shutdown.clone(),
+    )
+    .await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::HandshakeFailed(vouch_gateway::Error::Link(
+                vouch_gateway::transport::LinkError::FirstMessageTimeout
+            ))
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(started.elapsed(), DEFAULT_FIRST_MESSAGE);
+    drop(link);
+    assert_eq!(slots.held(), 0);
+    // A link that spoke keeps its slot past that deadline.
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    let link = Gated::new(g_link, slots.acquire().unwrap().0);
+    let ctx = s.ctx.clone();
+    let shutdown = s.shutdown.clone();
+    tokio::spawn(async move {
+        let mut link = link;
+        vouch_gateway::driver::run_link(ctx, &mut link, common::seed32(3), shutdown).await
+    });
+    peripheral_full(&s, &mut p_link, 9).await.unwrap();
+    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    tokio::time::sleep(DEFAULT_FIRST_MESSAGE * 2).await;
+    assert_eq!(s.ctx.table.len(), 1);
+    assert!(
+        slots.acquire().is_none(),
+        "the slot of a link that spoke is not taken"
+    );
+}

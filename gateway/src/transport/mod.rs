@@ -10,6 +10,7 @@
 pub mod ble;
 pub mod ble_central;
 pub mod memory;
+pub mod slots;
 pub mod tcp;
 
 use std::future::Future;
@@ -37,6 +38,14 @@ pub enum LinkError {
     /// An operation did not finish in time.
     #[error("link operation timed out")]
     Timeout,
+    /// The peer sent no whole message within the first-message deadline
+    /// ([`slots`]).
+    #[error("no first message in time")]
+    FirstMessageTimeout,
+    /// All slots were taken and this link, silent the longest, made room
+    /// for a newcomer ([`slots`]).
+    #[error("closed to make room: no first message yet")]
+    Evicted,
 }
 
 /// One connection to one peripheral, carrying whole messages.
