@@ -475,3 +475,162 @@ async fn a_silent_link_is_closed_at_the_first_message_deadline() {
         "the slot of a link that spoke is not taken"
     );
 }
+
+fn copy_ticket(t: &PeripheralTicket) -> PeripheralTicket {
+    postcard::from_bytes(&postcard::to_allocvec(t).unwrap()).unwrap()
+}
+
+/// A ticket of another peripheral, stored directly, expiring at `at_ms`.
+fn other_ticket(n: u8, at_ms: u64) -> vouch_proto::handshake::gateway::GatewayTicket {
+    let key = vouch_proto::keys::IdentityKey::generate(&mut rng(200 + u64::from(n)));
+    vouch_proto::handshake::gateway::GatewayTicket::from_parts(
+        vouch_proto::wire::ResumptionId([n; 16]),
+        [n; 32],
+        vouch_proto::wire::backend::PeripheralInfo {
+            id: vouch_proto::keys::PeripheralId::derive(&key.public_key()),
+            public_key: key.public_key(),
+            group: None,
+            attributes: vec![],
+            scope: Scope::TELEMETRY,
+        },
+        vouch_proto::wire::Lifetimes {
+            session_s: 60,
+            resumption_s: 3600,
+        },
+        Timestamp(at_ms),
+    )
+}
+
+/// SPEC.md §6.1: the gateway keeps one ticket chain per peripheral. One
+/// vouched identity running many full handshakes replaces its own ticket
+/// each time instead of filling the store and evicting everyone else's.
+#[tokio::test]
+async fn many_full_handshakes_of_one_identity_do_not_evict_other_devices_tickets() {
+    let mut s = setup(Scope::TELEMETRY);
+    s.ctx = common::context(
+        &s.backend,
+        s.ctx.config,
+        vouch_gateway::sessions::SessionTable::new(4),
+        vouch_gateway::clock::TokioClock::new(),
+    );
+    // Three other devices' tickets, expiring before any new one would.
+    let others: Vec<_> = (1..=3).map(|n| other_ticket(n, 3_600_000)).collect();
+    let ids: Vec<_> = others.iter().map(|t| t.peripheral.id).collect();
+    for t in others {
+        s.ctx.table.store_ticket(t);
+    }
+    for i in 0..10 {
+        let (mut p_link, g_link) = pair(247, "p", "g");
+        let d = tokio::spawn(run_link_owned(
+            s.ctx.clone(),
+            g_link,
+            50 + i,
+            s.shutdown.clone(),
+        ));
+        peripheral_full(&s, &mut p_link, 60 + i).await.unwrap();
+        wait_for("session", || s.ctx.table.len() == 1).await;
+        drop(p_link);
+        d.await.unwrap();
+    }
+    for id in &ids {
+        assert_eq!(
+            s.ctx.table.forget_tickets_of(id),
+            1,
+            "{id}'s ticket was evicted"
+        );
+    }
+    assert_eq!(
+        s.ctx.table.forget_tickets_of(&s.id),
+        1,
+        "one ticket per peripheral"
+    );
+}
+
+/// Sends `hello` on a new link; returns the gateway's answer and the link,
+/// kept open (a peer that never sends its Finish).
+async fn present(
+    s: &common::Setup,
+    hello: &[u8],
+    seed: u64,
+) -> (Vec<u8>, vouch_gateway::transport::memory::MemoryLink) {
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        seed,
+        s.shutdown.clone(),
+    ));
+    p_link.send(hello).await.unwrap();
+    let answer = p_link.recv().await.unwrap().expect("the gateway answers");
+    (answer, p_link)
+}
+
+/// A resumption of `ticket` that must complete.
+async fn resume_fully(s: &common::Setup, ticket: &PeripheralTicket, seed: u64) {
+    let mut p = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        copy_ticket(ticket),
+        Timestamp(0),
+        &mut rng(seed),
+    )
+    .unwrap();
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        seed,
+        s.shutdown.clone(),
+    ));
+    drive_peripheral(&mut p, &mut p_link)
+        .await
+        .expect("the genuine device resumes");
+    let est = p.into_established().unwrap();
+    assert!(est.resumed);
+    wait_for("resumed session", || {
+        s.ctx.table.list().iter().any(|i| i.resumed)
+    })
+    .await;
+}
+
+/// SPEC.md §6.1: a replayed ResumeHello cannot take a genuine device's
+/// ticket out of the store. Replays of an attempt that reached the gateway
+/// are refused outright; a replay of one an attacker jammed holds no lock:
+/// the device's own next attempt still resumes.
+#[tokio::test]
+async fn a_replayed_resume_hello_leaves_the_genuine_ticket_usable() {
+    let s = setup(Scope::TELEMETRY);
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
+    let ticket = peripheral_full(&s, &mut p_link, 3).await.unwrap().ticket;
+    wait_for("session", || s.ctx.table.len() == 1).await;
+    let hello = |seed: u64| {
+        let mut p = PeripheralHandshake::resume(
+            &PeripheralConfig::default(),
+            copy_ticket(&ticket),
+            Timestamp(0),
+            &mut rng(seed),
+        )
+        .unwrap();
+        let mut buf = [0u8; 128];
+        let n = p.poll_transmit(&mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    // The device's attempt reaches the gateway, then its link drops before
+    // the Finish. An attacker who recorded it replays it, and keeps the link.
+    let recorded = hello(100);
+    let (answer, genuine_link) = present(&s, &recorded, 10).await;
+    assert_eq!(answer[1], 4, "a ResumeResponse");
+    drop(genuine_link);
+    let (answer, _replay) = present(&s, &recorded, 11).await;
+    assert_eq!(
+        answer,
+        vouch_proto::wire::encode_alert(AlertCode::ResumptionRejected).to_vec()
+    );
+    // A second attempt the attacker jammed and replays first: answered (the
+    // gateway cannot tell it from the device), but it holds nothing.
+    let jammed = hello(101);
+    let (answer, _replay2) = present(&s, &jammed, 12).await;
+    assert_eq!(answer[1], 4);
+    // The device resumes with its ticket all the same.
+    resume_fully(&s, &ticket, 102).await;
+}
