@@ -18,6 +18,7 @@ use rand_core::SeedableRng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use vouch_proto::anchor::{AnchorAction, AnchorUpdate};
+use vouch_proto::error::PeerMisbehaved;
 use vouch_proto::handshake::gateway::{
     GatewayConfig, GatewayEstablished, GatewayEvent, GatewayHandshake,
 };
@@ -96,7 +97,17 @@ where
             }
             Err(e) => {
                 ctx.metrics.handshake_failed(&e);
-                info!(link = %link.peer(), error = %e, "handshake failed");
+                if matches!(
+                    e,
+                    Error::Protocol(ProtoError::PeerMisbehaved(PeerMisbehaved::UnknownTicket))
+                ) {
+                    // A normal case, not misbehaviour: a ticket of another
+                    // gateway of the site, one used or expired, or one this
+                    // gateway lost. The peripheral runs a full handshake.
+                    debug!(link = %link.peer(), "resumption ticket not held here: ResumptionRejected");
+                } else {
+                    info!(link = %link.peer(), error = %e, "handshake failed");
+                }
                 Err(e)
             }
         }

@@ -634,3 +634,44 @@ async fn a_replayed_resume_hello_leaves_the_genuine_ticket_usable() {
     // The device resumes with its ticket all the same.
     resume_fully(&s, &ticket, 102).await;
 }
+
+/// A device offering a ticket this gateway does not hold (another gateway's,
+/// at a site with several) is a normal case: answered ResumptionRejected,
+/// logged below `info`, counted apart from failures.
+#[tokio::test]
+async fn a_ticket_of_another_gateway_is_not_logged_as_misbehaviour() {
+    let s = setup(Scope::TELEMETRY);
+    // A ticket from a full handshake with another gateway (own table).
+    let other = common::context(
+        &s.backend,
+        s.ctx.config,
+        vouch_gateway::sessions::SessionTable::new(10),
+        vouch_gateway::clock::TokioClock::new(),
+    );
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    tokio::spawn(run_link_owned(other, g_link, 2, s.shutdown.clone()));
+    let ticket = peripheral_full(&s, &mut p_link, 3).await.unwrap().ticket;
+    let logs = common::Capture::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let mut p = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        ticket,
+        Timestamp(0),
+        &mut rng(4),
+    )
+    .unwrap();
+    let mut buf = [0u8; 128];
+    let n = p.poll_transmit(&mut buf).unwrap();
+    let (answer, _link) = present(&s, &buf[..n], 5).await;
+    assert_eq!(
+        answer,
+        vouch_proto::wire::encode_alert(AlertCode::ResumptionRejected).to_vec()
+    );
+    wait_for("counted", || {
+        s.ctx.metrics.handshakes("ticket_unknown") == 1
+    })
+    .await;
+    assert_eq!(s.ctx.metrics.handshakes("failed"), 0);
+    let text = logs.text();
+    assert!(!text.contains("handshake failed"), "{text}");
+}
