@@ -122,6 +122,11 @@ pub struct Limits {
     /// Most resumption tickets kept.
     #[serde(default = "default_max_tickets")]
     pub max_tickets: usize,
+    /// A link that sends no whole message within this many milliseconds of
+    /// coming up is closed, and when the link cap is reached the link that
+    /// waited longest for its first message makes room (SPEC.md §8.4).
+    #[serde(default = "default_first_message_ms")]
+    pub first_message_ms: u64,
 }
 
 /// `[api]`
@@ -204,6 +209,9 @@ fn default_max_links() -> usize {
 fn default_idle_s() -> u64 {
     600
 }
+fn default_first_message_ms() -> u64 {
+    crate::transport::slots::DEFAULT_FIRST_MESSAGE.as_millis() as u64
+}
 fn default_max_tickets() -> usize {
     100_000
 }
@@ -220,6 +228,7 @@ impl Default for Limits {
             max_links: default_max_links(),
             idle_timeout_s: default_idle_s(),
             max_tickets: default_max_tickets(),
+            first_message_ms: default_first_message_ms(),
         }
     }
 }
@@ -270,14 +279,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !(self.backend.url.starts_with("https://")
-            || self.backend.url.starts_with("http://127.0.0.1"))
-        {
-            return Err(format!(
-                "backend.url must be https:// (got {:?})",
-                self.backend.url
-            ));
-        }
+        check_backend_url(&self.backend.url)?;
         if !(1..=3600).contains(&self.backend.anchor_updates_interval_s) {
             return Err(format!(
                 "backend.anchor_updates_interval_s must be 1..=3600: trust-anchor updates are fetched at least hourly (got {})",
@@ -298,7 +300,18 @@ impl Config {
         if self.limits.max_links == 0 {
             return Err("limits.max_links must be at least 1".into());
         }
+        if !(100..=10_000).contains(&self.limits.first_message_ms) {
+            return Err(format!(
+                "limits.first_message_ms must be 100..=10000: below the handshake deadline (got {})",
+                self.limits.first_message_ms
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a new link may take to send its first message.
+    pub fn first_message_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.first_message_ms)
     }
 
     /// The idle timeout.
@@ -309,6 +322,42 @@ impl Config {
     /// How often trust-anchor updates are fetched.
     pub fn anchor_updates_interval(&self) -> Duration {
         Duration::from_secs(self.backend.anchor_updates_interval_s)
+    }
+}
+
+/// The backend URL must be `https://`, or plain `http://` to a loopback
+/// host (SPEC.md §10.2: plaintext only on loopback, only when asked for).
+/// The URL is parsed, never matched by prefix: `http://127.0.0.1.evil.example`
+/// and `http://127.0.0.1@evil.example` name a remote host. Credentials in the
+/// URL are refused too: the gateway authenticates with its certificate, and
+/// a user part is more likely a disguise than a setting.
+fn check_backend_url(raw: &str) -> Result<(), String> {
+    let url =
+        reqwest::Url::parse(raw).map_err(|e| format!("backend.url is not a URL ({e}): {raw:?}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "backend.url must not carry a user name or password (got {raw:?})"
+        ));
+    }
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if url.host().as_ref().is_some_and(is_loopback) => Ok(()),
+        "http" => Err(format!(
+            "backend.url may be plain http:// only to a loopback host (127.0.0.0/8, [::1], localhost); use https:// (got {raw:?})"
+        )),
+        _ => Err(format!("backend.url must be https:// (got {raw:?})")),
+    }
+}
+
+/// 127.0.0.0/8, `::1` (and `::ffff:127.x.y.z`), or the name `localhost`.
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Ipv4(a) => a.is_loopback(),
+        url::Host::Ipv6(a) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        // The URL parser lower-cases domains.
+        url::Host::Domain(d) => *d == "localhost",
     }
 }
 
@@ -442,6 +491,49 @@ mod tests {
         for bad in ["0", "3601"] {
             let e = Config::parse(EXAMPLE, env(bad)).unwrap_err();
             assert!(e.contains("backend.anchor_updates_interval_s"), "{e}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_accepted_only_to_a_loopback_host() {
+        let with_url = |url: &str| {
+            Config::parse(
+                EXAMPLE,
+                vec![("VOUCH_GATEWAY_BACKEND_URL".to_string(), url.to_string())],
+            )
+        };
+        for hostile in [
+            "http://127.0.0.1.evil.example",
+            "http://127.0.0.1.evil.example:8080",
+            "http://127.0.0.1@evil.example",
+            "http://127.0.0.1:8080@evil.example",
+            "http://127.0.0.1:x@evil.example",
+            "http://localhost.evil.example",
+            "http://evil.example/127.0.0.1",
+            "http://evil.example?http://127.0.0.1",
+            "http://evil.example#127.0.0.1",
+            "http://10.0.0.1",
+            "http://[::2]",
+            "http://0.0.0.0",
+            "http://user@127.0.0.1",
+            "https://user:secret@backend.example",
+            "ftp://127.0.0.1",
+            "127.0.0.1:8080",
+        ] {
+            let e = with_url(hostile).expect_err(hostile);
+            assert!(e.contains("backend.url"), "{hostile}: {e}");
+        }
+        for good in [
+            "https://backend.example:9443",
+            "https://127.0.0.1.evil.example",
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1",
+            "http://127.8.9.10:1/",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+            "http://LOCALHOST:8080",
+        ] {
+            assert!(with_url(good).is_ok(), "{good} refused");
         }
     }
 

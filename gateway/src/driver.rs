@@ -18,6 +18,7 @@ use rand_core::SeedableRng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use vouch_proto::anchor::{AnchorAction, AnchorUpdate, MAX_ANCHOR_UPDATE_LEN};
+use vouch_proto::error::PeerMisbehaved;
 use vouch_proto::handshake::gateway::{
     GatewayConfig, GatewayEstablished, GatewayEvent, GatewayHandshake,
 };
@@ -25,14 +26,14 @@ use vouch_proto::session::{CloseReason, Inbound as ProtoInbound};
 use vouch_proto::wire::backend::{
     SessionEvent, SessionEventKind, SessionReport, SessionVerdict, VouchAnswer,
 };
-use vouch_proto::wire::RECORD_OVERHEAD;
+use vouch_proto::wire::{Message, RECORD_OVERHEAD};
 use vouch_proto::{Error as ProtoError, Timestamp};
 
 use crate::backend_client::{BackendApi, BackendError};
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::sessions::{Command, Inbound, SessionInfo, SessionTable};
+use crate::sessions::{Command, Inbound, SessionInfo, SessionTable, TicketClaim};
 use crate::transport::Link;
 
 /// What every driver shares.
@@ -85,15 +86,28 @@ where
     // when the handshake ends instead of sizing every session's task.
     let live = Box::pin(async {
         let started = std::time::Instant::now();
-        match handshake(&ctx, link, seed, &mut shutdown).await {
-            Ok(est) => {
-                let resumed = est.consumed_ticket.is_some();
-                ctx.metrics.handshake_ok(resumed, started.elapsed());
-                Ok(register(&ctx, est, link.peer(), resumed, started.elapsed()))
+        let done = match handshake(&ctx, link, seed, &mut shutdown).await {
+            Ok((est, claim)) => register(&ctx, est, claim, link.peer(), started.elapsed()),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(live) => {
+                ctx.metrics.handshake_ok(live.resumed, started.elapsed());
+                Ok(live)
             }
             Err(e) => {
                 ctx.metrics.handshake_failed(&e);
-                info!(link = %link.peer(), error = %e, "handshake failed");
+                if matches!(
+                    e,
+                    Error::Protocol(ProtoError::PeerMisbehaved(PeerMisbehaved::UnknownTicket))
+                ) {
+                    // A normal case, not misbehaviour: a ticket of another
+                    // gateway of the site, one used or expired, or one this
+                    // gateway lost. The peripheral runs a full handshake.
+                    debug!(link = %link.peer(), "resumption ticket not held here: ResumptionRejected");
+                } else {
+                    info!(link = %link.peer(), error = %e, "handshake failed");
+                }
                 Err(e)
             }
         }
@@ -117,6 +131,8 @@ struct Live {
     /// Trust-anchor updates still to send; `None` once all went out (or
     /// when none is held). Boxed: a session holds it only while sending.
     delivery: Option<Box<Delivery>>,
+    /// Whether the session is a resumption.
+    resumed: bool,
 }
 
 /// The trust-anchor updates held when the session was established, and the
@@ -126,14 +142,16 @@ struct Delivery {
     next: usize,
 }
 
-/// Stores the ticket, registers the session in the table, reports the attach.
+/// Stores the ticket (for a resumption, in place of the one used, if this
+/// attempt still holds its claim), registers the session in the table,
+/// reports the attach.
 fn register<B: BackendApi, C: Clock>(
     ctx: &Arc<Context<B, C>>,
     est: GatewayEstablished,
+    claim: Option<TicketClaim>,
     peer: String,
-    resumed: bool,
     latency: Duration,
-) -> Live {
+) -> Result<Live, Error> {
     let GatewayEstablished {
         session,
         peripheral,
@@ -141,6 +159,15 @@ fn register<B: BackendApi, C: Clock>(
         ..
     } = est;
     let id = peripheral.id;
+    let resumed = claim.is_some();
+    match claim {
+        Some(claim) => {
+            if !ctx.table.complete_resumption(claim, ticket) {
+                return Err(Error::ResumptionSuperseded);
+            }
+        }
+        None => ctx.table.store_ticket(ticket),
+    }
     info!(
         link = %peer,
         peripheral = %id,
@@ -149,7 +176,6 @@ fn register<B: BackendApi, C: Clock>(
         latency_ms = latency.as_millis() as u64,
         "session established"
     );
-    ctx.table.store_ticket(ticket);
     let mailbox = crate::sessions::Mailbox::new();
     mailbox.touch(ctx.clock.now());
     let info = SessionInfo {
@@ -182,13 +208,14 @@ fn register<B: BackendApi, C: Clock>(
         );
         Box::new(Delivery { updates, next: 0 })
     });
-    Live {
+    Ok(Live {
         session,
         id,
         token,
         mailbox,
         delivery,
-    }
+        resumed,
+    })
 }
 
 async fn handshake<L, B, C>(
@@ -196,7 +223,7 @@ async fn handshake<L, B, C>(
     link: &mut L,
     seed: [u8; 32],
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<GatewayEstablished, Error>
+) -> Result<(GatewayEstablished, Option<TicketClaim>), Error>
 where
     L: Link,
     B: BackendApi,
@@ -205,8 +232,11 @@ where
     let mut rng = ChaCha20Rng::from_seed(seed);
     let rng = &mut rng;
     let mut hs = GatewayHandshake::new(ctx.config, ctx.clock.now());
-    // A resumption ticket taken out of the store while it is being used.
-    let mut held_ticket = None;
+    // For a resumption: the ResumeHello's `e_P'` (what tells a replay), and
+    // the claim on the ticket once its binder verified. The ticket itself
+    // stays in the store until the resumption completes (SPEC.md §6.1).
+    let mut resume_ephemeral: Option<[u8; 32]> = None;
+    let mut claim = None;
     let result = async {
         loop {
             // Deadline of the current wait, in tokio time.
@@ -214,6 +244,9 @@ where
             tokio::select! {
                 msg = link.recv() => {
                     let msg = msg?.ok_or(Error::Disconnected)?;
+                    if let Ok(Message::ResumeHello(h)) = Message::decode(&msg) {
+                        resume_ephemeral = Some(*h.ephemeral.as_bytes());
+                    }
                     if let Err(e) = hs.handle_input(ctx.clock.now(), &msg, rng) {
                         flush(&mut hs, link).await;
                         return Err(e.into());
@@ -265,8 +298,21 @@ where
                             _ = shutdown.changed() => return Err(Error::Disconnected),
                         }
                     }
-                    held_ticket = ctx.table.take_ticket(&id);
-                    let r = hs.handle_ticket(ctx.clock.now(), held_ticket.as_ref(), rng);
+                    let ticket = resume_ephemeral
+                        .as_ref()
+                        .and_then(|e| ctx.table.ticket_for_attempt(&id, e));
+                    let r = hs.handle_ticket(ctx.clock.now(), ticket.as_ref(), rng);
+                    drop(ticket);
+                    if r.is_ok() {
+                        // The binder verified: this attempt, and no earlier
+                        // one, may use the ticket.
+                        claim = resume_ephemeral
+                            .as_ref()
+                            .and_then(|e| ctx.table.claim_ticket(&id, e));
+                        if claim.is_none() {
+                            return Err(Error::ResumptionSuperseded);
+                        }
+                    }
                     flush(&mut hs, link).await;
                     r?;
                 }
@@ -278,18 +324,9 @@ where
         }
     }
     .await;
-    match result {
-        Ok(()) => Ok(hs.into_established()?),
-        Err(e) => {
-            // A ticket whose resumption failed goes back (it was not used).
-            if let Some(t) = held_ticket {
-                if t.expires_at > ctx.clock.now() {
-                    ctx.table.store_ticket(t);
-                }
-            }
-            Err(e)
-        }
-    }
+    // A failed attempt leaves the ticket where it was: nothing to put back.
+    result?;
+    Ok((hs.into_established()?, claim))
 }
 
 async fn flush<L: Link>(hs: &mut GatewayHandshake, link: &mut L) {

@@ -22,6 +22,10 @@ pub enum Error {
     /// A handshake or session deadline passed.
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    /// A resumption reached its end after a later attempt with the same
+    /// ticket had verified: only the latest may use it (SPEC.md §6.1).
+    #[error("resumption superseded by a later attempt with the same ticket")]
+    ResumptionSuperseded,
     /// The gateway is at its session limit.
     #[error("session limit reached")]
     AtCapacity,

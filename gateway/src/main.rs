@@ -281,14 +281,15 @@ async fn run(config: Config) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(tcp.listen)
             .await
             .with_context(|| format!("binding {}", tcp.listen))?;
-        let (ctx, s, max, mtu) = (
-            ctx.clone(),
-            shutdown.clone(),
+        let slots = vouch_gateway::transport::slots::LinkSlots::new(
             config.limits.max_links,
-            tcp.att_mtu,
+            config.first_message_timeout(),
         );
+        let (ctx, s, mtu) = (ctx.clone(), shutdown.clone(), tcp.att_mtu);
         tasks.spawn(async move {
-            if let Err(e) = vouch_gateway::server::serve_tcp(listener, ctx, max, mtu, s).await {
+            if let Err(e) =
+                vouch_gateway::server::serve_tcp_with(listener, ctx, slots, mtu, s).await
+            {
                 error!(error = %e, "TCP transport failed");
             }
         });
@@ -304,6 +305,7 @@ async fn run(config: Config) -> Result<()> {
                 .with_context(|| format!("[transport.ble] adapter {:?}", ble.adapter))?;
             let settings = BleSettings {
                 max_links: ble.max_links,
+                first_message: config.first_message_timeout(),
                 ..BleSettings::default()
             };
             let known = match &state_dir {

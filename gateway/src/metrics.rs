@@ -134,6 +134,9 @@ impl Metrics {
             Error::Protocol(vouch_proto::Error::Refused(_)) => "busy",
             Error::Timeout(_) | Error::Protocol(vouch_proto::Error::Timeout) => "timeout",
             Error::Disconnected => "disconnected",
+            Error::Protocol(vouch_proto::Error::PeerMisbehaved(
+                vouch_proto::error::PeerMisbehaved::UnknownTicket,
+            )) => "ticket_unknown",
             _ => "failed",
         };
         self.handshakes.with_label_values(&[outcome]).inc();

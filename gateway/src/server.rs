@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vouch_proto::framing::ReassemblyLimits;
 
 use crate::backend_client::BackendApi;
 use crate::clock::Clock;
 use crate::driver::{run_link, Context};
+use crate::transport::slots::{Acquired, Gated, LinkSlots};
 use crate::transport::tcp::TcpLink;
 
 /// A fresh per-link RNG seed from the operating system.
@@ -28,22 +29,39 @@ pub fn link_seed() -> [u8; 32] {
 }
 
 /// Serves peripherals over TCP until `shutdown` turns true, then waits for
-/// every driver to close its session.
+/// every driver to close its session. At most `max_links` links, each of
+/// which must send its first message within
+/// [`DEFAULT_FIRST_MESSAGE`](crate::transport::slots::DEFAULT_FIRST_MESSAGE)
+/// ([`serve_tcp_with`] sets it).
 pub async fn serve_tcp<B: BackendApi, C: Clock>(
     listener: TcpListener,
     ctx: Arc<Context<B, C>>,
     max_links: usize,
     att_mtu: usize,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let slots = LinkSlots::new(max_links, crate::transport::slots::DEFAULT_FIRST_MESSAGE);
+    serve_tcp_with(listener, ctx, slots, att_mtu, shutdown).await
+}
+
+/// [`serve_tcp`] with its link slots: a connection beyond the cap takes the
+/// slot of the link that has waited longest for its first message, and is
+/// refused only when every link has spoken (SPEC.md §8.4,
+/// [`crate::transport::slots`]).
+pub async fn serve_tcp_with<B: BackendApi, C: Clock>(
+    listener: TcpListener,
+    ctx: Arc<Context<B, C>>,
+    slots: Arc<LinkSlots>,
+    att_mtu: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(max_links));
     let mut drivers = JoinSet::new();
     tokio::spawn(crate::driver::sweeper(
         ctx.clone(),
         std::time::Duration::from_secs(1),
         shutdown.clone(),
     ));
-    info!(addr = %listener.local_addr()?, max_links, att_mtu, "TCP transport listening");
+    info!(addr = %listener.local_addr()?, att_mtu, "TCP transport listening");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -55,23 +73,31 @@ pub async fn serve_tcp<B: BackendApi, C: Clock>(
                         continue;
                     }
                 };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    warn!(peer = %addr, max_links, "link limit reached: refusing connection");
-                    ctx.metrics.link_error("tcp");
-                    drop(stream);
-                    continue;
+                let slot = match slots.acquire() {
+                    Some((slot, Acquired::Free)) => slot,
+                    Some((slot, Acquired::Evicted)) => {
+                        debug!(peer = %addr, "link limit reached: the link silent the longest makes room");
+                        ctx.metrics.link_error("tcp");
+                        slot
+                    }
+                    None => {
+                        warn!(peer = %addr, "link limit reached and every link has spoken: refusing connection");
+                        ctx.metrics.link_error("tcp");
+                        drop(stream);
+                        continue;
+                    }
                 };
-                let mut link = match TcpLink::new(stream, att_mtu, ReassemblyLimits::default()) {
+                let link = match TcpLink::new(stream, att_mtu, ReassemblyLimits::default()) {
                     Ok(l) => l,
                     Err(e) => {
                         warn!(peer = %addr, error = %e, "could not set up link");
                         continue;
                     }
                 };
+                let mut link = Gated::new(link, slot);
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
                 drivers.spawn(async move {
-                    let _permit = permit;
                     run_link(ctx, &mut link, link_seed(), shutdown).await
                 });
             }

@@ -176,10 +176,59 @@ pub enum SendError {
     Failed(String),
 }
 
+/// Most authenticated ResumeHello ephemerals remembered per ticket: a ticket
+/// is used once, so this counts a genuine device's retries of one ticket
+/// (lost answers), not its resumptions.
+const SEEN_PER_TICKET: usize = 8;
+
+/// A stored ticket and the state of its resumption attempts.
+struct Stored {
+    ticket: GatewayTicket,
+    /// The `e_P'` of every ResumeHello that named this ticket with a valid
+    /// binder: the same message again is a replay.
+    seen: Vec<[u8; 32]>,
+    /// The attempt that may complete a resumption with this ticket (the
+    /// latest whose binder verified); 0: none.
+    claim: u64,
+}
+
+/// The tickets, at most one per peripheral (SPEC.md §6.1): a peripheral's
+/// new ticket replaces its old one, so no identity, however many handshakes
+/// it runs, holds more than one slot of `max_tickets`.
+#[derive(Default)]
+struct Tickets {
+    by_id: HashMap<ResumptionId, Stored>,
+    by_peripheral: HashMap<PeripheralId, ResumptionId>,
+    next_claim: u64,
+}
+
+impl Tickets {
+    fn remove(&mut self, id: &ResumptionId) -> Option<GatewayTicket> {
+        let stored = self.by_id.remove(id)?;
+        let owner = stored.ticket.peripheral.id;
+        if self.by_peripheral.get(&owner) == Some(id) {
+            self.by_peripheral.remove(&owner);
+        }
+        Some(stored.ticket)
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+/// A ticket a resumption attempt verified, to be used by
+/// [`SessionTable::complete_resumption`] (see [`SessionTable::claim_ticket`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TicketClaim {
+    id: ResumptionId,
+    claim: u64,
+}
+
 /// The live sessions and the stored tickets.
 pub struct SessionTable {
     sessions: Mutex<HashMap<PeripheralId, Entry>>,
-    tickets: Mutex<HashMap<ResumptionId, GatewayTicket>>,
+    tickets: Mutex<Tickets>,
     inbound: broadcast::Sender<Inbound>,
     next_token: std::sync::atomic::AtomicU64,
     max_tickets: usize,
@@ -264,11 +313,32 @@ impl SessionTable {
         anchor_updates: AnchorUpdates,
     ) -> Self {
         let (inbound, _) = broadcast::channel(1024);
-        let restored: HashSet<ResumptionId> = tickets.keys().copied().collect();
+        // One ticket per peripheral: of several restored (files written
+        // before this rule), the one expiring last.
+        let mut newest: Vec<GatewayTicket> = tickets.into_values().collect();
+        newest.sort_by_key(|t| t.expires_at);
+        let mut map = Tickets::default();
+        for t in newest {
+            if let Some(old) = map.by_peripheral.insert(t.peripheral.id, t.id) {
+                map.by_id.remove(&old);
+                if let Some(store) = &store {
+                    store.remove(&old);
+                }
+            }
+            map.by_id.insert(
+                t.id,
+                Stored {
+                    ticket: t,
+                    seen: Vec::new(),
+                    claim: 0,
+                },
+            );
+        }
+        let restored: HashSet<ResumptionId> = map.by_id.keys().copied().collect();
         let (feed_ready, _) = watch::channel(restored.is_empty());
         Self {
             sessions: Mutex::new(HashMap::new()),
-            tickets: Mutex::new(tickets),
+            tickets: Mutex::new(map),
             inbound,
             next_token: std::sync::atomic::AtomicU64::new(1),
             max_tickets,
@@ -288,7 +358,7 @@ impl SessionTable {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_tickets(&self) -> std::sync::MutexGuard<'_, HashMap<ResumptionId, GatewayTicket>> {
+    fn lock_tickets(&self) -> std::sync::MutexGuard<'_, Tickets> {
         self.tickets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -423,11 +493,7 @@ impl SessionTable {
     }
 
     /// Removes a ticket from the map (held locked by the caller) and from disk.
-    fn drop_ticket(
-        &self,
-        map: &mut HashMap<ResumptionId, GatewayTicket>,
-        id: &ResumptionId,
-    ) -> Option<GatewayTicket> {
+    fn drop_ticket(&self, map: &mut Tickets, id: &ResumptionId) -> Option<GatewayTicket> {
         let t = map.remove(id)?;
         if let Some(store) = &self.store {
             store.remove(id);
@@ -435,9 +501,11 @@ impl SessionTable {
         Some(t)
     }
 
-    /// Stores a ticket, evicting the one expiring first when full. A revoked
-    /// peripheral's ticket is dropped instead. With a state directory, the
-    /// ticket's file is written (in order, durably) in the background.
+    /// Stores a ticket: it replaces the peripheral's previous ticket, if any
+    /// (one chain per peripheral); when the store is full, the ticket
+    /// expiring first is evicted. A revoked peripheral's ticket is dropped
+    /// instead. With a state directory, the ticket's file is written (in
+    /// order, durably) in the background.
     pub fn store_ticket(&self, ticket: GatewayTicket) {
         let mut map = self.lock_tickets();
         // Checked under the tickets lock: the feed marks a peripheral revoked
@@ -446,8 +514,19 @@ impl SessionTable {
         if self.is_revoked(&ticket.peripheral.id) {
             return;
         }
-        if map.len() >= self.max_tickets && !map.contains_key(&ticket.id) {
-            if let Some(oldest) = map.values().min_by_key(|t| t.expires_at).map(|t| t.id) {
+        if let Some(&old) = map.by_peripheral.get(&ticket.peripheral.id) {
+            if old != ticket.id {
+                self.drop_ticket(&mut map, &old);
+                self.lock_restored().remove(&old);
+            }
+        }
+        if map.len() >= self.max_tickets && !map.by_id.contains_key(&ticket.id) {
+            if let Some(oldest) = map
+                .by_id
+                .values()
+                .min_by_key(|s| s.ticket.expires_at)
+                .map(|s| s.ticket.id)
+            {
                 self.drop_ticket(&mut map, &oldest);
                 self.lock_restored().remove(&oldest);
             }
@@ -455,21 +534,80 @@ impl SessionTable {
         if let Some(store) = &self.store {
             store.write(&ticket);
         }
-        map.insert(ticket.id, ticket);
+        map.by_peripheral.insert(ticket.peripheral.id, ticket.id);
+        map.by_id.insert(
+            ticket.id,
+            Stored {
+                ticket,
+                seen: Vec::new(),
+                claim: 0,
+            },
+        );
     }
 
-    /// Takes a ticket out for a resumption attempt, so no other attempt can use
-    /// it at the same time (SPEC.md §6.1); the driver puts it back if the
-    /// attempt fails. A ticket restored from disk is not given out while the
-    /// revocation feed has not caught up ([`is_held_for_feed`](Self::is_held_for_feed)).
-    pub fn take_ticket(&self, id: &ResumptionId) -> Option<GatewayTicket> {
-        let mut map = self.lock_tickets();
+    /// A copy of the ticket a ResumeHello with ephemeral `e_p` names, for the
+    /// handshake to check its binder (SPEC.md §6.1, §6.2). The ticket stays
+    /// in the store: a forged, replayed or interrupted attempt cannot take
+    /// it out. `None` (answered `ResumptionRejected`) when it is unknown,
+    /// restored and waiting for the revocation feed
+    /// ([`is_held_for_feed`](Self::is_held_for_feed)), its peripheral is
+    /// revoked, or `e_p` was already presented with a valid binder: the
+    /// message is a replay.
+    pub fn ticket_for_attempt(&self, id: &ResumptionId, e_p: &[u8; 32]) -> Option<GatewayTicket> {
+        let map = self.lock_tickets();
         if self.lock_restored().contains(id) {
             return None;
         }
-        let t = self.drop_ticket(&mut map, id)?;
-        drop(map);
-        (!self.is_revoked(&t.peripheral.id)).then_some(t)
+        let stored = map.by_id.get(id)?;
+        if stored.seen.contains(e_p) || self.is_revoked(&stored.ticket.peripheral.id) {
+            return None;
+        }
+        let t = &stored.ticket;
+        Some(GatewayTicket::from_parts(
+            t.id,
+            *t.danger_secret(),
+            t.peripheral.clone(),
+            t.lifetimes,
+            t.expires_at,
+        ))
+    }
+
+    /// The attempt with ephemeral `e_p` verified its binder: it, and no
+    /// earlier attempt, may complete a resumption with ticket `id`, and the
+    /// same ResumeHello is refused from now on. Only the peripheral holding
+    /// the ticket's secret (or a replay, refused here) passes the binder, so
+    /// the latest such attempt is the device's own retry. `None` if the
+    /// ticket is gone or `e_p` was seen (two copies racing).
+    pub fn claim_ticket(&self, id: &ResumptionId, e_p: &[u8; 32]) -> Option<TicketClaim> {
+        let mut map = self.lock_tickets();
+        map.next_claim += 1;
+        let claim = map.next_claim;
+        let stored = map.by_id.get_mut(id)?;
+        if stored.seen.contains(e_p) {
+            return None;
+        }
+        if stored.seen.len() >= SEEN_PER_TICKET {
+            stored.seen.remove(0);
+        }
+        stored.seen.push(*e_p);
+        stored.claim = claim;
+        Some(TicketClaim { id: *id, claim })
+    }
+
+    /// A resumption under `claim` completed: its ticket is used up and
+    /// `next` replaces it. Returns `false`, storing nothing, if the claim
+    /// is no longer the ticket's (a later attempt claimed it, or the ticket
+    /// was revoked, expired or replaced): the session must not start.
+    pub fn complete_resumption(&self, claim: TicketClaim, next: GatewayTicket) -> bool {
+        {
+            let mut map = self.lock_tickets();
+            if map.by_id.get(&claim.id).map(|s| s.claim) != Some(claim.claim) {
+                return false;
+            }
+            self.drop_ticket(&mut map, &claim.id);
+        }
+        self.store_ticket(next);
+        true
     }
 
     /// Whether `id` is a ticket restored from disk that waits for the
@@ -570,9 +708,10 @@ impl SessionTable {
     pub fn forget_tickets_of(&self, peripheral: &PeripheralId) -> usize {
         let mut map = self.lock_tickets();
         let ids: Vec<ResumptionId> = map
+            .by_id
             .values()
-            .filter(|t| &t.peripheral.id == peripheral)
-            .map(|t| t.id)
+            .filter(|s| &s.ticket.peripheral.id == peripheral)
+            .map(|s| s.ticket.id)
             .collect();
         let mut restored = self.lock_restored();
         for id in &ids {
@@ -585,7 +724,7 @@ impl SessionTable {
     /// Drops every ticket.
     pub fn forget_all_tickets(&self) {
         let mut map = self.lock_tickets();
-        let ids: Vec<ResumptionId> = map.keys().copied().collect();
+        let ids: Vec<ResumptionId> = map.by_id.keys().copied().collect();
         for id in &ids {
             self.drop_ticket(&mut map, id);
         }
@@ -617,9 +756,10 @@ impl SessionTable {
     pub fn expire_tickets(&self, now: Timestamp) -> usize {
         let mut map = self.lock_tickets();
         let ids: Vec<ResumptionId> = map
+            .by_id
             .values()
-            .filter(|t| t.expires_at <= now)
-            .map(|t| t.id)
+            .filter(|s| s.ticket.expires_at <= now)
+            .map(|s| s.ticket.id)
             .collect();
         if ids.is_empty() {
             return 0;

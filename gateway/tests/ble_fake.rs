@@ -20,7 +20,9 @@ use vouch_gateway::transport::ble_central::{
 };
 use vouch_gateway::transport::LinkError;
 use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits};
-use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake};
+use vouch_proto::handshake::peripheral::{
+    PeripheralConfig, PeripheralEstablished, PeripheralHandshake,
+};
 use vouch_proto::session::Inbound;
 use vouch_proto::testing::rng;
 use vouch_proto::wire::Scope;
@@ -229,8 +231,9 @@ fn advert_at(device: &str, address: &str, vouch: bool) -> Advert {
     }
 }
 
-/// Runs a full handshake and one record each way on a connected peripheral end.
-async fn handshake_on(s: &Setup, end: &mut PeripheralEnd, seed: u64) {
+/// Runs a full handshake and one record each way on a connected peripheral
+/// end; returns the peripheral's session.
+async fn handshake_on(s: &Setup, end: &mut PeripheralEnd, seed: u64) -> PeripheralEstablished {
     let mut p = PeripheralHandshake::start(
         &PeripheralConfig::default(),
         s.id,
@@ -268,6 +271,7 @@ async fn handshake_on(s: &Setup, end: &mut PeripheralEnd, seed: u64) {
         Inbound::Data(&[1u8; 200][..])
     );
     sender.await.unwrap().unwrap();
+    est
 }
 
 #[tokio::test]
@@ -277,9 +281,101 @@ async fn handshake_and_data_over_ble_at_mtu_23_and_247() {
         b.adverts.send(advert("dev-1", true)).await.unwrap();
         let (device, mut end) = b.connected.recv().await.unwrap();
         assert_eq!(device, "dev-1");
-        handshake_on(&b.s, &mut end, frag_len as u64).await;
+        let _ = handshake_on(&b.s, &mut end, frag_len as u64).await;
         b.s.shutdown_tx.send(true).unwrap();
     }
+}
+
+/// SPEC.md §8.3 on the radio: an empty notification, one over 512 bytes, or
+/// a fragment out of sequence drops only the partial message; the link, and
+/// the session on it, stay up.
+#[tokio::test]
+async fn bad_fragments_in_an_established_ble_session_drop_only_their_message() {
+    let mut b = bench(20, BleSettings::default(), &[]);
+    b.adverts.send(advert("dev-1", true)).await.unwrap();
+    let (_, mut end) = b.connected.recv().await.unwrap();
+    let mut est = handshake_on(&b.s, &mut end, 3).await;
+    let mut sub = b.s.ctx.table.subscribe();
+    let mut rec = [0u8; 1024];
+    // A record in 20-byte fragments, interrupted by an empty notification.
+    let n = est
+        .session
+        .seal_data(Timestamp(0), b"lost", &mut rec)
+        .unwrap();
+    let mut f = Fragmenter::new(&rec[..n], 23).unwrap();
+    let mut frag = [0u8; 512];
+    let first = f.next_into(&mut frag).unwrap();
+    end.to_gateway.send(frag[..first].to_vec()).await.unwrap();
+    end.to_gateway.send(vec![]).await.unwrap();
+    while let Some(k) = f.next_into(&mut frag) {
+        end.to_gateway.send(frag[..k].to_vec()).await.unwrap();
+    }
+    // A notification over 512 bytes, then a continuation out of sequence.
+    end.to_gateway.send(vec![0xc0; 600]).await.unwrap();
+    end.to_gateway.send(vec![0x07, 1, 2, 3]).await.unwrap();
+    let n = est
+        .session
+        .seal_data(Timestamp(0), b"kept", &mut rec)
+        .unwrap();
+    end.send(&rec[..n]).await;
+    let got = common::next_inbound_while_live(&b.s, &mut sub).await;
+    assert_eq!(got.data, b"kept");
+    assert_eq!(b.s.ctx.table.len(), 1);
+    b.s.shutdown_tx.send(true).unwrap();
+}
+
+/// Rogue advertisers of the Vouch service that accept the connection and
+/// say nothing, new ones (fresh addresses) every 100 ms, cannot keep an
+/// honest device from being connected: it takes the slot of the rogue
+/// silent the longest at its first advert, long before any rogue's 10 s
+/// handshake deadline would free one (paused clock).
+#[tokio::test(start_paused = true)]
+async fn rogue_silent_advertisers_cannot_keep_an_honest_device_out() {
+    let settings = BleSettings {
+        max_links: 2,
+        ..BleSettings::default()
+    };
+    let mut b = bench(244, settings, &[]);
+    let adverts = b.adverts.clone();
+    tokio::spawn(async move {
+        for i in 0.. {
+            let rogue = format!("rogue-{i}");
+            if adverts.send(advert_at(&rogue, &rogue, true)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Rogue links fill both slots; they are kept open and never speak.
+    let mut rogues = Vec::new();
+    while rogues.len() < 4 {
+        let (device, end) = b.connected.recv().await.unwrap();
+        assert!(device.starts_with("rogue-"));
+        rogues.push(end);
+    }
+    let start = tokio::time::Instant::now();
+    b.adverts
+        .send(advert_at("honest", "honest", true))
+        .await
+        .unwrap();
+    let mut honest = loop {
+        let (device, end) = b.connected.recv().await.unwrap();
+        if device == "honest" {
+            break end;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(9),
+            "the honest device was kept out"
+        );
+        rogues.push(end);
+    };
+    let _ = handshake_on(&b.s, &mut honest, 8).await;
+    // Rogues keep coming; the honest session keeps its slot.
+    while rogues.len() < 40 {
+        rogues.push(b.connected.recv().await.unwrap().1);
+    }
+    assert_eq!(b.s.ctx.table.len(), 1);
+    b.s.shutdown_tx.send(true).unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -420,14 +516,16 @@ async fn the_link_cap_holds() {
     };
     let mut b = bench(244, settings, &[]);
     b.adverts.send(advert("dev-1", true)).await.unwrap();
-    let (_, end1) = b.connected.recv().await.unwrap();
-    // While dev-1 holds the only link, dev-2 is not connected, however often it advertises.
+    let (_, mut end1) = b.connected.recv().await.unwrap();
+    let _ = handshake_on(&b.s, &mut end1, 4).await;
+    // While dev-1's session holds the only link, dev-2 is not connected,
+    // however often it advertises (a link that spoke keeps its slot).
     for _ in 0..10 {
         b.adverts.send(advert("dev-2", true)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(b.radio.attempts.lock().unwrap().len(), 1);
-    // dev-1 goes away (its handshake never completes: the driver times out).
+    // dev-1 goes away.
     drop(end1);
     let adverts = b.adverts.clone();
     let advertiser = tokio::spawn(async move {

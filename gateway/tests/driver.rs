@@ -7,6 +7,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use common::{drive_peripheral, peripheral_full, run_link_owned, setup, wait_for};
 use vouch_gateway::driver::Outcome;
 use vouch_gateway::transport::memory::pair;
@@ -193,7 +195,7 @@ async fn revocation_feed_closes_the_live_session() {
 }
 
 #[tokio::test]
-async fn garbage_and_oversized_frames_end_the_link_without_harm() {
+async fn garbage_ends_the_handshake_and_an_oversized_announce_costs_only_its_message() {
     let s = setup(Scope::TELEMETRY);
     // Garbage message.
     let (mut p_link, g_link) = pair(247, "p", "g");
@@ -205,19 +207,18 @@ async fn garbage_and_oversized_frames_end_the_link_without_harm() {
         vouch_proto::wire::encode_alert(AlertCode::Unsupported).to_vec()
     );
     assert!(matches!(d.await.unwrap(), Outcome::HandshakeFailed(_)));
-    // A fragment announcing a 60 000-byte message.
+    assert_eq!(s.ctx.table.len(), 0);
+    // A fragment announcing a 60 000-byte message is refused before any
+    // buffering (SPEC.md §8.3) and drops only itself: the handshake that
+    // follows on the same link completes.
     let (mut p_link, g_link) = pair(247, "p", "g");
-    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
+    let _d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     p_link
         .send_fragment(&[0x80, 0x60, 0xea, 1, 2, 3])
         .await
         .unwrap();
-    assert!(matches!(
-        d.await.unwrap(),
-        Outcome::HandshakeFailed(vouch_gateway::Error::Link(_))
-    ));
-    // A silent peer times out (paused clock: no real waiting).
-    assert_eq!(s.ctx.table.len(), 0);
+    peripheral_full(&s, &mut p_link, 5).await.unwrap();
+    wait_for("session in table", || s.ctx.table.len() == 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -327,4 +328,354 @@ async fn a_revocation_during_the_handshake_still_closes_the_session() {
         "no ticket is kept for a revoked peripheral"
     );
     assert_eq!(s.ctx.table.len(), 0);
+}
+
+/// SPEC.md §8.3: a bad fragment drops only its partial message. An empty
+/// TCP frame, a frame over 512 bytes, or a fragment out of sequence sent into
+/// an established session must not close the link (and with it the session):
+/// anyone able to inject one frame could otherwise end any session.
+#[tokio::test]
+async fn bad_frames_in_an_established_tcp_session_drop_only_their_message() {
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let (mut p, _driver) = common::tcp_link(&s, 3).await;
+    let mut est = p.handshake(&s, 31).await;
+    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    let mut sub = s.ctx.table.subscribe();
+    let mut rec = [0u8; 1024];
+    // A record in 20-byte fragments, interrupted by an empty frame: lost.
+    let n = est
+        .session
+        .seal_data(Timestamp(0), b"lost", &mut rec)
+        .unwrap();
+    let mut f = vouch_proto::framing::Fragmenter::new(&rec[..n], 23).unwrap();
+    let mut frag = [0u8; 512];
+    let first = f.next_into(&mut frag).unwrap();
+    p.frame(&frag[..first]).await;
+    p.stream.write_all(&[0, 0]).await.unwrap();
+    while let Some(k) = f.next_into(&mut frag) {
+        p.frame(&frag[..k]).await;
+    }
+    // A frame over 512 bytes, then a continuation out of sequence.
+    p.frame(&[0xc0; 600]).await;
+    p.frame(&[0x07, 1, 2, 3]).await;
+    // The session still carries records.
+    let n = est
+        .session
+        .seal_data(Timestamp(0), b"kept", &mut rec)
+        .unwrap();
+    p.send(&rec[..n]).await;
+    let got = common::next_inbound_while_live(&s, &mut sub).await;
+    assert_eq!(got.data, b"kept");
+    let table = s.ctx.table.clone();
+    let id = s.id;
+    let send = tokio::spawn(async move { table.send(id, b"still here".to_vec()).await });
+    let msg = p.recv().await;
+    let mut out = [0u8; 64];
+    assert_eq!(
+        est.session.open(Timestamp(0), &msg, &mut out).unwrap(),
+        Inbound::Data(b"still here")
+    );
+    send.await.unwrap().unwrap();
+}
+
+/// SPEC.md §8.4: peers that connect and say nothing cannot keep devices
+/// out. With every slot held by a silent connection, a device that connects
+/// and speaks takes the slot of the one silent the longest; once it has
+/// spoken, a new flood cannot take its slot.
+#[tokio::test]
+async fn idle_tcp_connections_cannot_keep_an_honest_device_out() {
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    const CAP: usize = 4;
+    tokio::spawn(vouch_gateway::server::serve_tcp(
+        listener,
+        s.ctx.clone(),
+        CAP,
+        247,
+        s.shutdown.clone(),
+    ));
+    let flood = |n: usize| async move {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        v
+    };
+    // 60 silent connections, all kept open: every slot is taken.
+    let _flood = flood(60).await;
+    wait_for("the flood fills every slot", || {
+        s.ctx.metrics.render().contains(&format!(
+            "vouch_gateway_link_errors_total{{transport=\"tcp\"}} {}",
+            60 - CAP
+        ))
+    })
+    .await;
+    // A device connects and is served while the flood stays.
+    let mut p = common::RawTcp::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut est = p.handshake(&s, 41).await;
+    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    // A second flood cannot take the slot of a link that spoke.
+    let _flood2 = flood(60).await;
+    let mut sub = s.ctx.table.subscribe();
+    let mut rec = [0u8; 64];
+    let n = est
+        .session
+        .seal_data(Timestamp(0), b"after the flood", &mut rec)
+        .unwrap();
+    p.send(&rec[..n]).await;
+    let got = common::next_inbound_while_live(&s, &mut sub).await;
+    assert_eq!(got.data, b"after the flood");
+}
+
+/// A link that sends nothing is closed at the first-message deadline (3 s),
+/// long before the 10 s handshake deadline.
+#[tokio::test(start_paused = true)]
+async fn a_silent_link_is_closed_at_the_first_message_deadline() {
+    use vouch_gateway::transport::slots::{Gated, LinkSlots, DEFAULT_FIRST_MESSAGE};
+    let s = setup(Scope::TELEMETRY);
+    let slots = LinkSlots::new(1, DEFAULT_FIRST_MESSAGE);
+    let (_p_link, g_link) = pair(247, "p", "g");
+    let mut link = Gated::new(g_link, slots.acquire().unwrap().0);
+    assert_eq!(slots.held(), 1);
+    let started = tokio::time::Instant::now();
+    let outcome = vouch_gateway::driver::run_link(
+        s.ctx.clone(),
+        &mut link,
+        common::seed32(2),
+        s.shutdown.clone(),
+    )
+    .await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::HandshakeFailed(vouch_gateway::Error::Link(
+                vouch_gateway::transport::LinkError::FirstMessageTimeout
+            ))
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(started.elapsed(), DEFAULT_FIRST_MESSAGE);
+    drop(link);
+    assert_eq!(slots.held(), 0);
+    // A link that spoke keeps its slot past that deadline.
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    let link = Gated::new(g_link, slots.acquire().unwrap().0);
+    let ctx = s.ctx.clone();
+    let shutdown = s.shutdown.clone();
+    tokio::spawn(async move {
+        let mut link = link;
+        vouch_gateway::driver::run_link(ctx, &mut link, common::seed32(3), shutdown).await
+    });
+    peripheral_full(&s, &mut p_link, 9).await.unwrap();
+    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    tokio::time::sleep(DEFAULT_FIRST_MESSAGE * 2).await;
+    assert_eq!(s.ctx.table.len(), 1);
+    assert!(
+        slots.acquire().is_none(),
+        "the slot of a link that spoke is not taken"
+    );
+}
+
+fn copy_ticket(t: &PeripheralTicket) -> PeripheralTicket {
+    postcard::from_bytes(&postcard::to_allocvec(t).unwrap()).unwrap()
+}
+
+/// A ticket of another peripheral, stored directly, expiring at `at_ms`.
+fn other_ticket(n: u8, at_ms: u64) -> vouch_proto::handshake::gateway::GatewayTicket {
+    let key = vouch_proto::keys::IdentityKey::generate(&mut rng(200 + u64::from(n)));
+    vouch_proto::handshake::gateway::GatewayTicket::from_parts(
+        vouch_proto::wire::ResumptionId([n; 16]),
+        [n; 32],
+        vouch_proto::wire::backend::PeripheralInfo {
+            id: vouch_proto::keys::PeripheralId::derive(&key.public_key()),
+            public_key: key.public_key(),
+            group: None,
+            attributes: vec![],
+            scope: Scope::TELEMETRY,
+        },
+        vouch_proto::wire::Lifetimes {
+            session_s: 60,
+            resumption_s: 3600,
+        },
+        Timestamp(at_ms),
+    )
+}
+
+/// SPEC.md §6.1: the gateway keeps one ticket chain per peripheral. One
+/// vouched identity running many full handshakes replaces its own ticket
+/// each time instead of filling the store and evicting everyone else's.
+#[tokio::test]
+async fn many_full_handshakes_of_one_identity_do_not_evict_other_devices_tickets() {
+    let mut s = setup(Scope::TELEMETRY);
+    s.ctx = common::context(
+        &s.backend,
+        s.ctx.config,
+        vouch_gateway::sessions::SessionTable::new(4),
+        vouch_gateway::clock::TokioClock::new(),
+    );
+    // Three other devices' tickets, expiring before any new one would.
+    let others: Vec<_> = (1..=3).map(|n| other_ticket(n, 3_600_000)).collect();
+    let ids: Vec<_> = others.iter().map(|t| t.peripheral.id).collect();
+    for t in others {
+        s.ctx.table.store_ticket(t);
+    }
+    for i in 0..10 {
+        let (mut p_link, g_link) = pair(247, "p", "g");
+        let d = tokio::spawn(run_link_owned(
+            s.ctx.clone(),
+            g_link,
+            50 + i,
+            s.shutdown.clone(),
+        ));
+        peripheral_full(&s, &mut p_link, 60 + i).await.unwrap();
+        wait_for("session", || s.ctx.table.len() == 1).await;
+        drop(p_link);
+        d.await.unwrap();
+    }
+    for id in &ids {
+        assert_eq!(
+            s.ctx.table.forget_tickets_of(id),
+            1,
+            "{id}'s ticket was evicted"
+        );
+    }
+    assert_eq!(
+        s.ctx.table.forget_tickets_of(&s.id),
+        1,
+        "one ticket per peripheral"
+    );
+}
+
+/// Sends `hello` on a new link; returns the gateway's answer and the link,
+/// kept open (a peer that never sends its Finish).
+async fn present(
+    s: &common::Setup,
+    hello: &[u8],
+    seed: u64,
+) -> (Vec<u8>, vouch_gateway::transport::memory::MemoryLink) {
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        seed,
+        s.shutdown.clone(),
+    ));
+    p_link.send(hello).await.unwrap();
+    let answer = p_link.recv().await.unwrap().expect("the gateway answers");
+    (answer, p_link)
+}
+
+/// A resumption of `ticket` that must complete.
+async fn resume_fully(s: &common::Setup, ticket: &PeripheralTicket, seed: u64) {
+    let mut p = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        copy_ticket(ticket),
+        &s.anchors,
+        Timestamp(0),
+        &mut rng(seed),
+    )
+    .unwrap();
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        seed,
+        s.shutdown.clone(),
+    ));
+    drive_peripheral(&mut p, &mut p_link)
+        .await
+        .expect("the genuine device resumes");
+    let est = p.into_established().unwrap();
+    assert!(est.resumed);
+    wait_for("resumed session", || {
+        s.ctx.table.list().iter().any(|i| i.resumed)
+    })
+    .await;
+}
+
+/// SPEC.md §6.1: a replayed ResumeHello cannot take a genuine device's
+/// ticket out of the store. Replays of an attempt that reached the gateway
+/// are refused outright; a replay of one an attacker jammed holds no lock:
+/// the device's own next attempt still resumes.
+#[tokio::test]
+async fn a_replayed_resume_hello_leaves_the_genuine_ticket_usable() {
+    let s = setup(Scope::TELEMETRY);
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
+    let ticket = peripheral_full(&s, &mut p_link, 3).await.unwrap().ticket;
+    wait_for("session", || s.ctx.table.len() == 1).await;
+    let hello = |seed: u64| {
+        let mut p = PeripheralHandshake::resume(
+            &PeripheralConfig::default(),
+            copy_ticket(&ticket),
+            &s.anchors,
+            Timestamp(0),
+            &mut rng(seed),
+        )
+        .unwrap();
+        let mut buf = [0u8; 128];
+        let n = p.poll_transmit(&mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    // The device's attempt reaches the gateway, then its link drops before
+    // the Finish. An attacker who recorded it replays it, and keeps the link.
+    let recorded = hello(100);
+    let (answer, genuine_link) = present(&s, &recorded, 10).await;
+    assert_eq!(answer[1], 4, "a ResumeResponse");
+    drop(genuine_link);
+    let (answer, _replay) = present(&s, &recorded, 11).await;
+    assert_eq!(
+        answer,
+        vouch_proto::wire::encode_alert(AlertCode::ResumptionRejected).to_vec()
+    );
+    // A second attempt the attacker jammed and replays first: answered (the
+    // gateway cannot tell it from the device), but it holds nothing.
+    let jammed = hello(101);
+    let (answer, _replay2) = present(&s, &jammed, 12).await;
+    assert_eq!(answer[1], 4);
+    // The device resumes with its ticket all the same.
+    resume_fully(&s, &ticket, 102).await;
+}
+
+/// A device offering a ticket this gateway does not hold (another gateway's,
+/// at a site with several) is a normal case: answered ResumptionRejected,
+/// logged below `info`, counted apart from failures.
+#[tokio::test]
+async fn a_ticket_of_another_gateway_is_not_logged_as_misbehaviour() {
+    let s = setup(Scope::TELEMETRY);
+    // A ticket from a full handshake with another gateway (own table).
+    let other = common::context(
+        &s.backend,
+        s.ctx.config,
+        vouch_gateway::sessions::SessionTable::new(10),
+        vouch_gateway::clock::TokioClock::new(),
+    );
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    tokio::spawn(run_link_owned(other, g_link, 2, s.shutdown.clone()));
+    let ticket = peripheral_full(&s, &mut p_link, 3).await.unwrap().ticket;
+    let logs = common::Capture::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let mut p = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        ticket,
+        &s.anchors,
+        Timestamp(0),
+        &mut rng(4),
+    )
+    .unwrap();
+    let mut buf = [0u8; 128];
+    let n = p.poll_transmit(&mut buf).unwrap();
+    let (answer, _link) = present(&s, &buf[..n], 5).await;
+    assert_eq!(
+        answer,
+        vouch_proto::wire::encode_alert(AlertCode::ResumptionRejected).to_vec()
+    );
+    wait_for("counted", || {
+        s.ctx.metrics.handshakes("ticket_unknown") == 1
+    })
+    .await;
+    assert_eq!(s.ctx.metrics.handshakes("failed"), 0);
+    let text = logs.text();
+    assert!(!text.contains("handshake failed"), "{text}");
 }

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT};
 use vouch_proto::Timestamp;
 
+use super::slots::{Acquired, Gated, LinkSlots, Slot};
 use super::{Link, LinkError};
 use crate::backend_client::BackendApi;
 use crate::clock::Clock;
@@ -101,6 +102,10 @@ pub struct BleSettings {
     pub backoff_min: Duration,
     /// Longest backoff.
     pub backoff_max: Duration,
+    /// A link up that sends no whole message within this is closed; when
+    /// the cap is reached, the link that waited longest for its first
+    /// message makes room ([`crate::transport::slots`]).
+    pub first_message: Duration,
 }
 
 impl Default for BleSettings {
@@ -118,6 +123,7 @@ impl Default for BleSettings {
             setup_retries: 2,
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
+            first_message: crate::transport::slots::DEFAULT_FIRST_MESSAGE,
         }
     }
 }
@@ -169,7 +175,9 @@ impl<C: BleConnection> Link for BleLink<C> {
                 return Ok(None);
             };
             let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
-            if let Some(msg) = self.reassembler.push(now, &fragment)? {
+            if let Some(msg) =
+                super::push_fragment(&mut self.reassembler, now, &fragment, &self.device)
+            {
                 return Ok(Some(msg.to_vec()));
             }
         }
@@ -240,7 +248,7 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
     let mut adverts = radio.scan().await?;
-    let permits = Arc::new(Semaphore::new(settings.max_links));
+    let slots = LinkSlots::new(settings.max_links, settings.first_message);
     let connecting = Arc::new(Semaphore::new(settings.concurrent_connects.max(1)));
     let mut table: HashMap<String, DeviceState> = HashMap::new();
     let mut tasks: JoinSet<Done> = JoinSet::new();
@@ -344,16 +352,22 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
             {
                 continue;
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                debug!(device = %advert.device, "link cap reached; not connecting");
-                continue;
+            let slot = match slots.acquire() {
+                Some((slot, Acquired::Free)) => slot,
+                Some((slot, Acquired::Evicted)) => {
+                    debug!(device = %advert.device, "link cap reached: the link silent the longest makes room");
+                    slot
+                }
+                None => {
+                    debug!(device = %advert.device, "link cap reached and every link has spoken; not connecting");
+                    continue;
+                }
             };
             state.busy = true;
             let (radio, ctx, shutdown) = (radio.clone(), ctx.clone(), shutdown.clone());
             let connecting = connecting.clone();
             tasks.spawn(async move {
-                let _permit = permit;
-                connect_and_run(radio, ctx, settings, advert, connecting, shutdown).await
+                connect_and_run(radio, ctx, settings, advert, slot, connecting, shutdown).await
             });
         }
     }
@@ -378,13 +392,22 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
     ctx: Arc<Context<B, C>>,
     settings: BleSettings,
     advert: Advert,
+    mut slot: Slot,
     connecting: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) -> Done {
     let device = advert.device.clone();
     // One connect at a time; the turn is held until the link is set up, which
     // is bounded by the connect and setup timeouts, so waiting for it is too.
-    let Ok(turn) = connecting.acquire_owned().await else {
+    // A device whose slot went to a newer one meanwhile gives up its turn.
+    let turn = tokio::select! {
+        t = connecting.acquire_owned() => t,
+        () = slot.closed() => {
+            debug!(device = %device, "slot taken while waiting to connect");
+            return Done::Failed(device);
+        }
+    };
+    let Ok(turn) = turn else {
         return Done::Failed(device);
     };
     let conn = match tokio::time::timeout(settings.connect_timeout, radio.connect(&device)).await {
@@ -421,11 +444,21 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
         }
     }
     drop(turn);
+    if slot.is_closed() {
+        debug!(device = %device, "slot taken while connecting");
+        conn.disconnect().await;
+        return Done::Failed(device);
+    }
     info!(device = %device, address = %advert.address, "BLE link up");
-    let mut link = BleLink::new(conn, device.clone(), settings.write_timeout);
+    // The first-message deadline runs from here: the peripheral sends its
+    // Hello once subscribed (SPEC.md §8.5).
+    let mut link = Gated::new(
+        BleLink::new(conn, device.clone(), settings.write_timeout),
+        slot,
+    );
     let outcome = run_link(ctx, &mut link, crate::server::link_seed(), shutdown).await;
     debug!(device = %device, ?outcome, "BLE link done");
-    link.into_inner().disconnect().await;
+    link.into_inner().into_inner().disconnect().await;
     match outcome {
         // A device whose handshakes fail is backed off like one that cannot
         // be reached: each attempt may cost the backend a vouch request.

@@ -65,7 +65,9 @@ impl Link for MemoryLink {
             let Some(fragment) = self.rx.recv().await else {
                 return Ok(None);
             };
-            if let Some(msg) = self.reassembler.push(Timestamp(0), &fragment)? {
+            if let Some(msg) =
+                super::push_fragment(&mut self.reassembler, Timestamp(0), &fragment, &self.name)
+            {
                 return Ok(Some(msg.to_vec()));
             }
         }

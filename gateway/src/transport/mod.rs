@@ -10,11 +10,14 @@
 pub mod ble;
 pub mod ble_central;
 pub mod memory;
+pub mod slots;
 pub mod tcp;
 
 use std::future::Future;
 
-use vouch_proto::FramingError;
+use tracing::debug;
+use vouch_proto::framing::{Reassembler, MAX_FRAGMENT};
+use vouch_proto::{FramingError, Timestamp};
 
 /// Why a link failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,14 @@ pub enum LinkError {
     /// An operation did not finish in time.
     #[error("link operation timed out")]
     Timeout,
+    /// The peer sent no whole message within the first-message deadline
+    /// ([`slots`]).
+    #[error("no first message in time")]
+    FirstMessageTimeout,
+    /// All slots were taken and this link, silent the longest, made room
+    /// for a newcomer ([`slots`]).
+    #[error("closed to make room: no first message yet")]
+    Evicted,
 }
 
 /// One connection to one peripheral, carrying whole messages.
@@ -47,4 +58,34 @@ pub trait Link: Send + 'static {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>, LinkError>> + Send;
     /// A description of the peer for logs (an address: never trusted).
     fn peer(&self) -> String;
+}
+
+/// Feeds one received fragment to `reassembler`; returns the message it
+/// completes. A bad fragment (empty, over [`MAX_FRAGMENT`] bytes, out of
+/// sequence, too long, …) drops only the partial message, never the link
+/// (SPEC.md §8.3): ending the link would let anyone who can inject one
+/// fragment end a session (§7.4). A partial message past its reassembly
+/// deadline is dropped first, so the fragment that arrives late is judged on
+/// its own (a new start is accepted) rather than refused with it.
+pub(crate) fn push_fragment<'r>(
+    reassembler: &'r mut Reassembler,
+    now: Timestamp,
+    fragment: &'r [u8],
+    peer: &str,
+) -> Option<&'r [u8]> {
+    if reassembler.handle_timeout(now) {
+        debug!(link = %peer, "reassembly timed out; partial message dropped");
+    }
+    if fragment.len() > MAX_FRAGMENT {
+        reassembler.reset();
+        debug!(link = %peer, len = fragment.len(), "fragment over 512 bytes rejected; partial message dropped");
+        return None;
+    }
+    match reassembler.push(now, fragment) {
+        Ok(msg) => msg,
+        Err(e) => {
+            debug!(link = %peer, error = %e, "fragment rejected; partial message dropped");
+            None
+        }
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tracing::debug;
 use vouch_proto::framing::{
     single_fragment, stream, Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT,
 };
@@ -26,6 +27,9 @@ pub struct TcpLink {
     reassembler: Option<Box<Reassembler>>,
     /// Bytes read but not yet parsed.
     pending: Vec<u8>,
+    /// Bytes of a rejected oversized frame still to be discarded as they
+    /// arrive (never buffered).
+    skip: usize,
     epoch: tokio::time::Instant,
     write_timeout: Duration,
 }
@@ -46,27 +50,57 @@ impl TcpLink {
             limits,
             reassembler: None,
             pending: Vec::new(),
+            skip: 0,
             epoch: tokio::time::Instant::now(),
             write_timeout: Duration::from_secs(10),
         })
     }
 
     /// Parses complete fragments out of `pending`; returns a whole message if
-    /// one completed.
-    fn drain(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+    /// one completed. A bad frame costs only the partial message (SPEC.md
+    /// §8.3, §8.4): an empty frame is skipped, and a frame announcing more
+    /// than 512 bytes is discarded as its bytes arrive, without buffering
+    /// them; ending the link instead would make any injected frame a kill
+    /// switch for the session (§7.4).
+    fn drain(&mut self) -> Option<Vec<u8>> {
         let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
+        let peer = self.peer;
         let mut at = 0;
         let mut out = None;
         while out.is_none() {
-            let Some(len) = stream::parse_prefix(&self.pending[at..])? else {
+            if self.skip > 0 {
+                let n = self.skip.min(self.pending.len() - at);
+                at += n;
+                self.skip -= n;
+                if self.skip > 0 {
+                    break;
+                }
+            }
+            let Some(&[l0, l1]) = self.pending.get(at..at + stream::PREFIX) else {
                 break;
             };
+            let len = usize::from(u16::from_le_bytes([l0, l1]));
+            if len == 0 || len > MAX_FRAGMENT {
+                at += stream::PREFIX;
+                self.skip = len;
+                self.reassembler = None;
+                debug!(link = %peer, len, "frame of a length no fragment has; partial message dropped");
+                continue;
+            }
             let end = at + stream::PREFIX + len;
             if self.pending.len() < end {
                 break;
             }
             let fragment = &self.pending[at + stream::PREFIX..end];
             at = end;
+            if self
+                .reassembler
+                .as_mut()
+                .is_some_and(|r| r.handle_timeout(now))
+            {
+                debug!(link = %peer, "reassembly timed out; partial message dropped");
+                self.reassembler = None;
+            }
             if self.reassembler.is_none() {
                 // The common case, a whole message in one fragment, needs no buffer.
                 match single_fragment(fragment, &self.limits) {
@@ -76,7 +110,7 @@ impl TcpLink {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::debug!(error = %e, "fragment rejected");
+                        debug!(link = %peer, error = %e, "fragment rejected");
                         continue;
                     }
                 }
@@ -85,26 +119,20 @@ impl TcpLink {
             let r = self
                 .reassembler
                 .get_or_insert_with(|| Box::new(Reassembler::new(limits)));
-            match r.push(now, fragment) {
-                Ok(Some(msg)) => {
-                    out = Some(msg.to_vec());
-                    self.reassembler = None;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    // A bad fragment costs only its partial message (SPEC.md
-                    // §8.3): ending the link would make any injected fragment
-                    // a kill switch for the session (§7.4).
-                    tracing::debug!(error = %e, "fragment rejected; partial message dropped");
-                    self.reassembler = None;
-                }
+            let peer = format!("tcp:{peer}");
+            if let Some(msg) = super::push_fragment(r, now, fragment, &peer) {
+                out = Some(msg.to_vec());
+            }
+            if !r.in_progress() {
+                // Completed, or a bad fragment dropped it: no buffer while idle.
+                self.reassembler = None;
             }
         }
         self.pending.drain(..at);
         if self.pending.is_empty() {
             self.pending = Vec::new();
         }
-        Ok(out)
+        out
     }
 }
 
@@ -133,7 +161,7 @@ impl Link for TcpLink {
 
     async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
         loop {
-            if let Some(msg) = self.drain()? {
+            if let Some(msg) = self.drain() {
                 return Ok(Some(msg));
             }
             // Wait without holding a buffer (an idle session's task stays
@@ -211,10 +239,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_hostile_length_prefix_ends_the_link() {
+    async fn empty_and_oversized_frames_cost_only_their_message_not_the_link() {
         let (a, mut b) = pair(247).await;
         let mut raw = a.stream;
-        raw.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
-        assert!(matches!(b.recv().await, Err(LinkError::Framing(_))));
+        let good = |n: u8| [4u8, 0, 0xc0, n, n, n];
+        // The start of a two-fragment message, then an empty frame: the
+        // partial message is dropped, its continuation refused.
+        raw.write_all(&[5, 0, 0x80, 4, 0, 1, 1]).await.unwrap();
+        raw.write_all(&[0, 0]).await.unwrap();
+        raw.write_all(&[3, 0, 0x41, 1, 1]).await.unwrap();
+        raw.write_all(&good(1)).await.unwrap();
+        assert_eq!(b.recv().await.unwrap(), Some(vec![1, 1, 1]));
+        // Frames announcing 513 and 65 535 bytes: their bytes are skipped
+        // (arriving in pieces), and what follows is read.
+        for len in [513usize, 65_535] {
+            raw.write_all(&(len as u16).to_le_bytes()).await.unwrap();
+            let junk = vec![0xc0u8; len];
+            raw.write_all(&junk[..len / 2]).await.unwrap();
+            raw.flush().await.unwrap();
+            raw.write_all(&junk[len / 2..]).await.unwrap();
+            raw.write_all(&good(2)).await.unwrap();
+            assert_eq!(b.recv().await.unwrap(), Some(vec![2, 2, 2]), "len {len}");
+            assert!(b.pending.capacity() == 0 && b.skip == 0);
+        }
+        drop(raw);
+        assert_eq!(b.recv().await.unwrap(), None);
     }
 }

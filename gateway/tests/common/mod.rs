@@ -365,3 +365,106 @@ impl std::io::Write for Capture {
         Ok(())
     }
 }
+
+/// The next inbound message published while the session lasts; panics if
+/// the session leaves the table first (its link was closed) instead of
+/// waiting forever.
+pub async fn next_inbound_while_live(
+    s: &Setup,
+    sub: &mut tokio::sync::broadcast::Receiver<vouch_gateway::sessions::Inbound>,
+) -> vouch_gateway::sessions::Inbound {
+    let table = s.ctx.table.clone();
+    tokio::select! {
+        got = sub.recv() => got.expect("inbound"),
+        () = async {
+            while !table.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } => panic!("the session ended: its link was closed"),
+    }
+}
+
+/// A peripheral's end of a TCP link written by hand, so that it can also
+/// send frames no honest peer would.
+pub struct RawTcp {
+    pub stream: tokio::net::TcpStream,
+    reassembler: vouch_proto::framing::Reassembler,
+}
+
+impl RawTcp {
+    pub fn new(stream: tokio::net::TcpStream) -> Self {
+        Self {
+            stream,
+            reassembler: vouch_proto::framing::Reassembler::new(Default::default()),
+        }
+    }
+
+    /// Sends one message as fragments of ATT MTU `att_mtu`.
+    pub async fn send_at(&mut self, msg: &[u8], att_mtu: usize) {
+        let mut f = vouch_proto::framing::Fragmenter::new(msg, att_mtu).unwrap();
+        let mut buf = [0u8; 512];
+        while let Some(n) = f.next_into(&mut buf) {
+            self.frame(&buf[..n]).await;
+        }
+    }
+
+    pub async fn send(&mut self, msg: &[u8]) {
+        self.send_at(msg, 247).await;
+    }
+
+    /// Sends `fragment` behind its two-byte length.
+    pub async fn frame(&mut self, fragment: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let len = u16::try_from(fragment.len()).unwrap();
+        self.stream.write_all(&len.to_le_bytes()).await.unwrap();
+        self.stream.write_all(fragment).await.unwrap();
+    }
+
+    /// The next whole message.
+    pub async fn recv(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut len = [0u8; 2];
+            self.stream.read_exact(&mut len).await.unwrap();
+            let mut frag = vec![0u8; usize::from(u16::from_le_bytes(len))];
+            self.stream.read_exact(&mut frag).await.unwrap();
+            if let Some(m) = self.reassembler.push(Timestamp(0), &frag).unwrap() {
+                return m.to_vec();
+            }
+        }
+    }
+
+    /// A full handshake as `s`'s device.
+    pub async fn handshake(&mut self, s: &Setup, seed: u64) -> PeripheralEstablished {
+        let mut p = PeripheralHandshake::start(
+            &PeripheralConfig::default(),
+            s.id,
+            &s.backend.device,
+            &s.anchors,
+            Timestamp(0),
+            &mut rng(seed),
+        )
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let n = p.poll_transmit(&mut buf).unwrap();
+        self.send(&buf[..n]).await;
+        let answer = self.recv().await;
+        p.handle_input(Timestamp(0), &answer).unwrap();
+        let n = p.poll_transmit(&mut buf).unwrap();
+        self.send(&buf[..n]).await;
+        p.into_established().unwrap()
+    }
+}
+
+/// A gateway driver on a TCP link accepted from `listener`, and the
+/// peripheral's raw end of it.
+pub async fn tcp_link(s: &Setup, seed: u64) -> (RawTcp, tokio::task::JoinHandle<Outcome>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (p, g) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    let mut g =
+        vouch_gateway::transport::tcp::TcpLink::new(g.unwrap().0, 247, Default::default()).unwrap();
+    let (ctx, shutdown) = (s.ctx.clone(), s.shutdown.clone());
+    let driver = tokio::spawn(async move { run_link(ctx, &mut g, seed32(seed), shutdown).await });
+    (RawTcp::new(p.unwrap()), driver)
+}
