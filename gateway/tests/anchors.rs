@@ -146,7 +146,7 @@ async fn held_updates_are_sent_in_order_after_a_full_handshake_and_after_a_resum
     let driver = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 4, s.shutdown.clone()));
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        ticket,
+        &ticket,
         &s.anchors,
         Timestamp(0),
         &mut rng(5),

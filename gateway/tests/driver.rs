@@ -116,7 +116,7 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
     tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 5, s.shutdown.clone()));
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        ticket,
+        &ticket,
         &s.anchors,
         Timestamp(0),
         &mut rng(6),
@@ -570,7 +570,7 @@ async fn present(
 async fn resume_fully(s: &common::Setup, ticket: &PeripheralTicket, seed: u64) {
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        copy_ticket(ticket),
+        &copy_ticket(ticket),
         &s.anchors,
         Timestamp(0),
         &mut rng(seed),
@@ -608,7 +608,7 @@ async fn a_replayed_resume_hello_leaves_the_genuine_ticket_usable() {
     let hello = |seed: u64| {
         let mut p = PeripheralHandshake::resume(
             &PeripheralConfig::default(),
-            copy_ticket(&ticket),
+            &copy_ticket(&ticket),
             &s.anchors,
             Timestamp(0),
             &mut rng(seed),
@@ -658,7 +658,7 @@ async fn a_ticket_of_another_gateway_is_not_logged_as_misbehaviour() {
     let _guard = tracing::subscriber::set_default(logs.subscriber());
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        ticket,
+        &ticket,
         &s.anchors,
         Timestamp(0),
         &mut rng(4),

@@ -141,7 +141,7 @@ async fn resume(
     ));
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        ticket,
+        &ticket,
         &setup_anchors(),
         Timestamp(0),
         &mut rng(seed),
@@ -223,7 +223,7 @@ async fn a_resumption_after_a_restart_completes_and_replaces_the_ticket_on_disk(
     ));
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        ticket,
+        &ticket,
         &setup_anchors(),
         Timestamp(0),
         &mut rng(5),

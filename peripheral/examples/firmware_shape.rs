@@ -16,7 +16,7 @@
 //! | protocol (handshake, session, framing) | `vouch-proto`, `default-features = false` | same code |
 //! | BLE stack (GATT server, SPEC.md §8.5) | the vendor's (SoftDevice, NimBLE, Zephyr…) | not present: [`Platform::notify`] is its notification call |
 //! | identity key | flash or a secure element, behind `IdentitySigner` | any `IdentitySigner` |
-//! | anchors and ticket storage | flash pages | [`Platform::store_anchors`], [`Platform::store_ticket`] |
+//! | anchors and ticket storage | flash pages | [`Platform::store_anchors`], [`Platform::store_tickets`] |
 //! | randomness | hardware TRNG seeding a `ChaCha20Rng` | the caller's `CryptoRng` |
 //! | clock | a monotonic millisecond tick (no wall clock needed) | the caller's `Timestamp` |
 //!
@@ -34,7 +34,9 @@
 use rand_core::CryptoRng;
 use vouch_proto::anchor::AnchorSet;
 use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT};
-use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
+use vouch_proto::handshake::peripheral::{
+    NextHandshake, PeripheralConfig, PeripheralHandshake, TicketSlot, TicketWallet,
+};
 use vouch_proto::keys::{IdentitySigner, PeripheralId};
 use vouch_proto::session::{CloseReason, Inbound, Session};
 use vouch_proto::wire::{Scope, MAX_HANDSHAKE_MESSAGE, MAX_MESSAGE};
@@ -45,11 +47,10 @@ use vouch_proto::{AlertCode, Error, Timestamp};
 pub trait Platform {
     /// Sends one fragment as a notification on the Outbox characteristic.
     fn notify(&mut self, fragment: &[u8]);
-    /// Persists the resumption ticket (flash). `postcard::to_slice` into a
-    /// 128-byte buffer serializes it; it holds a secret.
-    fn store_ticket(&mut self, ticket: &PeripheralTicket);
-    /// Forgets the ticket (it was rejected).
-    fn clear_ticket(&mut self);
+    /// Persists the resumption tickets (flash) after every change.
+    /// `postcard::to_slice` into a 256-byte buffer serializes them; they
+    /// hold secrets.
+    fn store_tickets(&mut self, tickets: &TicketWallet);
     /// Persists the trust anchors after an update (flash).
     fn store_anchors(&mut self, anchors: &AnchorSet);
     /// Application data from the gateway, with the granted scope (the
@@ -68,7 +69,7 @@ enum State {
     /// Hello or ResumeHello sent; waiting for the answer.
     Handshaking {
         hs: PeripheralHandshake,
-        resuming: bool,
+        resuming: Option<TicketSlot>,
     },
     /// The session is up.
     Established { session: Session },
@@ -79,8 +80,9 @@ enum State {
 pub enum Failure {
     /// The handshake failed; retry after a backoff (SPEC.md §6.4).
     Handshake(Error),
-    /// The gateway rejected the ticket: the ticket is cleared; start again
-    /// at once (a full handshake).
+    /// The gateway rejected the ticket (an unauthenticated alert: the
+    /// ticket is kept); start again at once, with the other ticket or a full
+    /// handshake.
     ResumptionRejected,
 }
 
@@ -89,18 +91,22 @@ pub struct Firmware<S> {
     signer: S,
     id: PeripheralId,
     anchors: AnchorSet,
+    /// Every decision about the tickets is the wallet's (SPEC.md §6.4), as
+    /// in the host driver.
+    tickets: TicketWallet,
     att_mtu: usize,
     state: State,
     reassembler: Reassembler<MAX_MESSAGE>,
 }
 
 impl<S: IdentitySigner> Firmware<S> {
-    /// Built once at boot from flash: identity, id and anchors.
-    pub fn new(signer: S, id: PeripheralId, anchors: AnchorSet) -> Self {
+    /// Built once at boot from flash: identity, id, anchors and tickets.
+    pub fn new(signer: S, id: PeripheralId, anchors: AnchorSet, tickets: TicketWallet) -> Self {
         Self {
             signer,
             id,
             anchors,
+            tickets,
             att_mtu: 23,
             state: State::Idle,
             reassembler: Reassembler::new(ReassemblyLimits::default()),
@@ -113,21 +119,27 @@ impl<S: IdentitySigner> Firmware<S> {
     }
 
     /// The gateway subscribed to Outbox (SPEC.md §8.5): send the Hello, or a
-    /// ResumeHello when a ticket was stored.
+    /// ResumeHello when the wallet holds a usable ticket.
     pub fn on_subscribed<R: CryptoRng + ?Sized>(
         &mut self,
         now: Timestamp,
         att_mtu: usize,
-        ticket: Option<PeripheralTicket>,
         rng: &mut R,
         platform: &mut impl Platform,
     ) -> Result<(), Failure> {
         self.att_mtu = att_mtu;
         self.reassembler.reset();
         let config = PeripheralConfig::default();
-        // A ticket granted under an anchor rotated away from never resumes.
-        let ticket = ticket.filter(|t| t.is_under(&self.anchors));
-        let resuming = ticket.is_some();
+        // Tickets granted under an anchor rotated away from never resume.
+        // (Expiry is the gateway's to judge: `now` restarts at every boot.)
+        if self.tickets.prune(&self.anchors, None) {
+            platform.store_tickets(&self.tickets);
+        }
+        let resuming = match self.tickets.choose() {
+            NextHandshake::Resume(slot) => Some(slot),
+            NextHandshake::Full => None,
+        };
+        let ticket = resuming.and_then(|slot| self.tickets.ticket(slot));
         let hs = match ticket {
             Some(t) => PeripheralHandshake::resume(&config, t, &self.anchors, now, rng),
             None => {
@@ -155,6 +167,7 @@ impl<S: IdentitySigner> Firmware<S> {
             reassembler,
             state,
             anchors,
+            tickets,
             att_mtu,
             ..
         } = self;
@@ -170,22 +183,30 @@ impl<S: IdentitySigner> Firmware<S> {
                 let result = hs.handle_input(now, msg);
                 send_queued(hs, *att_mtu, platform);
                 match result {
-                    Err(Error::Alert(AlertCode::ResumptionRejected)) if *resuming => {
-                        platform.clear_ticket();
-                        *state = State::Idle;
-                        Err(Failure::ResumptionRejected)
-                    }
                     Err(e) => {
+                        // Nothing unauthenticated costs a ticket: the next
+                        // attempt uses the other one, then a full handshake.
+                        if let Some(slot) = *resuming {
+                            tickets.on_failed(slot);
+                        }
+                        let rejected = matches!(e, Error::Alert(AlertCode::ResumptionRejected));
+                        let retry_now = rejected && resuming.is_some();
                         *state = State::Idle;
-                        Err(Failure::Handshake(e))
+                        Err(if retry_now {
+                            Failure::ResumptionRejected
+                        } else {
+                            Failure::Handshake(e)
+                        })
                     }
                     Ok(()) if hs.is_established() => {
-                        let State::Handshaking { hs, .. } = core::mem::replace(state, State::Idle)
+                        let State::Handshaking { hs, resuming } =
+                            core::mem::replace(state, State::Idle)
                         else {
                             return Ok(());
                         };
                         let est = hs.into_established().map_err(Failure::Handshake)?;
-                        platform.store_ticket(&est.ticket);
+                        tickets.on_established(resuming, est.ticket);
+                        platform.store_tickets(tickets);
                         *state = State::Established {
                             session: est.session,
                         };
@@ -196,7 +217,7 @@ impl<S: IdentitySigner> Firmware<S> {
                 }
             }
             State::Established { session } => {
-                if !open_record(session, anchors, now, msg, platform) {
+                if !open_record(session, anchors, tickets, now, msg, platform) {
                     *state = State::Idle;
                     platform.on_session(false);
                 }
@@ -280,13 +301,26 @@ impl<S: IdentitySigner> Firmware<S> {
 fn open_record(
     session: &mut Session,
     anchors: &mut AnchorSet,
+    tickets: &mut TicketWallet,
     now: Timestamp,
     msg: &[u8],
     platform: &mut impl Platform,
 ) -> bool {
     let mut plain = [0u8; MAX_MESSAGE];
-    match session.open(now, msg, &mut plain) {
+    let opened = session.open(now, msg, &mut plain);
+    // The gateway's first authenticated record: it completed the handshake
+    // and holds the new ticket (SPEC.md §6.1).
+    if opened.is_ok() && tickets.on_gateway_record() {
+        platform.store_tickets(tickets);
+    }
+    match opened {
         Ok(Inbound::Data(d)) => platform.on_data(d, session.scope()),
+        Ok(Inbound::Close(CloseReason::REVOKED)) => {
+            // The gateway deleted its side of the ticket (SPEC.md §10.4).
+            tickets.clear();
+            platform.store_tickets(tickets);
+            return false;
+        }
         Ok(Inbound::Close(_)) | Err(Error::SessionExpired) => return false,
         Ok(Inbound::AnchorUpdate(u)) => {
             // Verified against the anchors held; stored only if applied.

@@ -11,10 +11,15 @@
 //!  └──────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! - **Resumption** (SPEC.md §6): with a stored ticket the device sends a
-//!   ResumeHello; on `ResumptionRejected` it forgets the ticket and runs a
-//!   full handshake at once, on a new connection (§6.4). Every completed
-//!   handshake stores the next ticket.
+//! - **Resumption** (SPEC.md §6): every decision about tickets is
+//!   `vouch_proto`'s [`TicketWallet`], the same the firmware makes. With a
+//!   stored ticket the device sends a ResumeHello; a failed attempt
+//!   (`ResumptionRejected`, garbage, a confirmation that does not verify, a
+//!   timeout: all unauthenticated) costs no ticket, and the next attempt, at
+//!   once after `ResumptionRejected`, uses the other ticket, then a full
+//!   handshake (§6.4). A completed handshake's ticket is kept unconfirmed,
+//!   beside the previous one, until the gateway's first authenticated record
+//!   (§6.1), so a lost Finish costs no resumption.
 //! - **Backoff** (§6.4): after a failed connection or handshake, or a session
 //!   that ended early, the device waits with exponential backoff and jitter
 //!   ([`Backoff`]). A session that lasted [`DriverConfig::stable_after`], or
@@ -22,7 +27,7 @@
 //! - **Session** (§7): application data goes out through a [`DeviceHandle`]
 //!   and comes in as [`Event::Data`]; a trust-anchor update (§7.7) is verified
 //!   with [`AnchorSet::apply`] and persisted; a close from the gateway ends the
-//!   session (reason `revoked` also forgets the ticket); the session's
+//!   session (reason `revoked` also forgets the tickets); the session's
 //!   lifetime ends it with a close `expired`; shutdown sends a close
 //!   `shutdown`.
 //!
@@ -39,10 +44,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use vouch_proto::anchor::{AnchorSet, AnchorUpdate};
 use vouch_proto::handshake::peripheral::{
-    PeripheralConfig, PeripheralEstablished, PeripheralHandshake,
+    NextHandshake, PeripheralConfig, PeripheralEstablished, PeripheralHandshake, TicketSlot,
+    TicketWallet,
 };
 use vouch_proto::keys::{KeyId, PublicKey};
-use vouch_proto::session::{CloseReason, Inbound};
+use vouch_proto::session::{CloseReason, Inbound, Session};
 use vouch_proto::wire::{Lifetimes, Scope, MAX_HANDSHAKE_MESSAGE, MAX_MESSAGE};
 use vouch_proto::{AlertCode, Error as ProtoError, PeerMisbehaved, Timestamp};
 
@@ -331,11 +337,17 @@ enum Failure {
     Shutdown,
     /// The device cannot go on (no identity, no anchors).
     Fatal(DriverError),
-    /// This attempt failed; `resuming` says whether it was a resumption.
+    /// This attempt failed; `resuming` names the ticket of a resumption.
     Attempt {
         error: DriverError,
-        resuming: bool,
+        resuming: Option<TicketSlot>,
     },
+}
+
+/// A completed handshake, and the ticket it resumed with.
+struct Handshaken {
+    established: PeripheralEstablished,
+    resumed_with: Option<TicketSlot>,
 }
 
 /// The device: a key store, a connector and the protocol state. See the
@@ -354,9 +366,9 @@ pub struct Device<K, C> {
     /// from before a reboot has an issue time on another clock: only the
     /// gateway can judge its age.
     ticket_on_our_clock: bool,
-    /// The gateway refused the ticket with an (unauthenticated) alert: the
-    /// next attempt is a full handshake, the ticket is kept.
-    skip_resumption_once: bool,
+    /// The resumption tickets and every decision about them (SPEC.md §6.4),
+    /// loaded from the store at the first handshake and saved on each change.
+    tickets: Option<TicketWallet>,
 }
 
 impl<K, C> std::fmt::Debug for Device<K, C> {
@@ -408,7 +420,7 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             events,
             backoff: Backoff::new(config.backoff),
             ticket_on_our_clock: false,
-            skip_resumption_once: false,
+            tickets: None,
         };
         (device, DeviceHandle { tx }, events_rx)
     }
@@ -485,33 +497,16 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                         error,
                         DriverError::Protocol(ProtoError::Alert(AlertCode::ResumptionRejected))
                     );
-                    if resuming {
-                        // The ticket is unknown, expired or does not
-                        // authenticate at this gateway: forget it and run a
-                        // full handshake, at once if the gateway said so
-                        // (SPEC.md §6.4). Any other refusal of the ticket (an
-                        // alert other than Busy, a confirmation that does not
-                        // verify) retires it too, so a bad ticket cannot keep
-                        // the device from authenticating. A resumption that
-                        // timed out, met Busy or lost its link keeps the
-                        // ticket (the gateway put it back).
-                        //
-                        // An alert is unauthenticated (SPEC.md §9): anyone on
-                        // the air can send ResumptionRejected. So the ticket is
-                        // not deleted on an alert; the next attempt is a full
-                        // handshake, and the ticket stays for a later one
-                        // (a full handshake that succeeds replaces it). Only a
-                        // confirmation that fails to verify, which needs the
-                        // real gateway's answer, retires it.
-                        let unusable =
-                            matches!(&error, DriverError::Protocol(ProtoError::PeerMisbehaved(_)));
-                        if unusable {
-                            self.forget_ticket();
-                        } else if matches!(&error, DriverError::Protocol(ProtoError::Alert(code)) if *code != AlertCode::Busy)
-                        {
-                            self.skip_resumption_once = true;
-                        }
+                    if let Some(slot) = resuming {
+                        // Nothing on the air before the session is
+                        // authenticated may cost the device a ticket (an
+                        // alert, garbage, a confirmation that does not
+                        // verify: anyone can send them). The next attempt
+                        // uses the other ticket, then a full handshake; both
+                        // tickets stay (SPEC.md §6.4).
+                        self.wallet().on_failed(slot);
                     }
+                    let resuming = resuming.is_some();
                     warn!(peer = %peer, resuming, error = %error, "handshake failed");
                     self.emit(Event::HandshakeFailed(error));
                     delay = if resuming && rejected {
@@ -522,6 +517,10 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                     continue;
                 }
             };
+            let Handshaken {
+                established: est,
+                resumed_with: resumed_slot,
+            } = est;
             let info = SessionInfo {
                 gateway_key: est.gateway_key,
                 scope: est.scope,
@@ -534,10 +533,11 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             if !est.resumed {
                 self.ticket_on_our_clock = true;
             }
-            if let Err(e) = self.store.save_ticket(&est.ticket) {
-                warn!(error = %e, "could not store the resumption ticket; the next connection runs a full handshake");
-                self.forget_ticket();
-            }
+            let PeripheralEstablished {
+                session, ticket, ..
+            } = est;
+            self.wallet().on_established(resumed_slot, ticket);
+            self.save_tickets();
             info!(
                 peer = %peer,
                 mode = if info.resumed { "resumed" } else { "full" },
@@ -552,7 +552,7 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             self.emit(Event::Established(info));
 
             let established_at = tokio::time::Instant::now();
-            let end = self.session(&mut link, est, &mut shutdown).await;
+            let end = self.session(&mut link, session, &mut shutdown).await;
             info!(peer = %peer, reason = %end, "session closed: {end}");
             let shut_down = shutdown.fired;
             delay = match &end {
@@ -580,8 +580,29 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
     }
 
     fn forget_ticket(&mut self) {
-        if let Err(e) = self.store.clear_ticket() {
-            warn!(error = %e, "could not remove the resumption ticket");
+        self.wallet().clear();
+        self.save_tickets();
+    }
+
+    /// The tickets, loaded from the store on first use (an unreadable file
+    /// is logged, and replaced by an empty wallet).
+    fn wallet(&mut self) -> &mut TicketWallet {
+        let store = &self.store;
+        self.tickets.get_or_insert_with(|| {
+            store.load_tickets().unwrap_or_else(|e| {
+                warn!(error = %e, "discarding unreadable resumption tickets");
+                TicketWallet::new()
+            })
+        })
+    }
+
+    /// Persists the tickets. A failure is logged: the next connection may
+    /// then need a full handshake.
+    fn save_tickets(&mut self) {
+        let empty = TicketWallet::new();
+        let tickets = self.tickets.as_ref().unwrap_or(&empty);
+        if let Err(e) = self.store.save_tickets(tickets) {
+            warn!(error = %e, "could not store the resumption tickets");
         }
     }
 
@@ -591,43 +612,25 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
         &mut self,
         link: &mut C::Link,
         shutdown: &mut Shutdown<'_>,
-    ) -> Result<PeripheralEstablished, Failure> {
+    ) -> Result<Handshaken, Failure> {
         let anchors = self.store.anchors().map_err(|e| Failure::Fatal(e.into()))?;
         let now = self.clock.now();
         let config = PeripheralConfig {
             handshake_timeout_ms: self.config.handshake_timeout.as_millis() as u64,
         };
-        let ticket = match self.store.load_ticket() {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(error = %e, "discarding an unreadable resumption ticket");
-                self.forget_ticket();
-                None
-            }
+        // Tickets granted under a rotated-away anchor, or expired on this
+        // run's clock, go; then the wallet picks the attempt (SPEC.md §6.4).
+        let on_our_clock = self.ticket_on_our_clock.then_some(now);
+        if self.wallet().prune(&anchors, on_our_clock) {
+            debug!("dropped resumption tickets that expired or were granted under a rotated-away anchor");
+            self.save_tickets();
+        }
+        let choice = self.wallet().choose();
+        let resuming = match choice {
+            NextHandshake::Resume(slot) => Some(slot),
+            NextHandshake::Full => None,
         };
-        let ticket = match ticket {
-            Some(t) if self.ticket_on_our_clock && t.expired(now) => {
-                debug!("the resumption ticket expired: full handshake");
-                self.forget_ticket();
-                None
-            }
-            Some(t) if !t.is_under(&anchors) => {
-                debug!(
-                    ticket_anchor = %t.anchor,
-                    "the resumption ticket was granted under a rotated-away anchor: full handshake"
-                );
-                self.forget_ticket();
-                None
-            }
-            t => t,
-        };
-        // After an (unauthenticated) refusal of the ticket, one full handshake.
-        let ticket = if std::mem::take(&mut self.skip_resumption_once) {
-            None
-        } else {
-            ticket
-        };
-        let resuming = ticket.is_some();
+        let ticket = resuming.and_then(|slot| self.tickets.as_ref()?.ticket(slot));
         let hs = match ticket {
             Some(t) => PeripheralHandshake::resume(&config, t, &anchors, now, &mut self.rng),
             None => self.start_full(&config, &anchors, now),
@@ -636,12 +639,17 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             error: e.into(),
             resuming,
         })?;
+        let resuming_slot = resuming;
+        let resuming = resuming.is_some();
         debug!(
             mode = if resuming { "resume" } else { "full" },
             "sending {}",
             if resuming { "ResumeHello" } else { "Hello" }
         );
-        let attempt = |error: DriverError| Failure::Attempt { error, resuming };
+        let attempt = |error: DriverError| Failure::Attempt {
+            error,
+            resuming: resuming_slot,
+        };
         flush(&mut hs, link).await.map_err(attempt)?;
         loop {
             let wait = hs.poll_timeout().map(|t| self.clock.until(t));
@@ -660,7 +668,11 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                     }
                     if hs.is_established() {
                         flush(&mut hs, link).await.map_err(attempt)?;
-                        return hs.into_established().map_err(|e| attempt(e.into()));
+                        let established = hs.into_established().map_err(|e| attempt(e.into()))?;
+                        return Ok(Handshaken {
+                            established,
+                            resumed_with: resuming_slot,
+                        });
                     }
                 }
                 () = sleep_opt(wait) => {
@@ -695,10 +707,10 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
     async fn session(
         &mut self,
         link: &mut C::Link,
-        mut est: PeripheralEstablished,
+        mut session: Session,
         shutdown: &mut Shutdown<'_>,
     ) -> SessionEnd {
-        let session = &mut est.session;
+        let session = &mut session;
         let mut plain = vec![0u8; MAX_MESSAGE];
         let mut record = vec![0u8; MAX_MESSAGE];
         loop {
@@ -710,7 +722,13 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                         Ok(None) => return SessionEnd::Disconnected,
                         Err(e) => return SessionEnd::Link(e),
                     };
-                    match session.open(self.clock.now(), &msg, &mut plain) {
+                    let opened = session.open(self.clock.now(), &msg, &mut plain);
+                    if opened.is_ok() && self.wallet().on_gateway_record() {
+                        // The gateway completed the handshake: it holds the
+                        // new ticket (SPEC.md §6.1).
+                        self.save_tickets();
+                    }
+                    match opened {
                         Ok(Inbound::Data(d)) => self.emit(Event::Data(d.to_vec())),
                         Ok(Inbound::Close(r)) => return SessionEnd::ClosedByGateway(r),
                         Ok(Inbound::AnchorUpdate(u)) => self.apply_anchor_update(&u),

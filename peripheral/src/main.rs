@@ -16,6 +16,7 @@ use vouch_peripheral::reference::{decide, printable, telemetry, Command};
 use vouch_peripheral::transport::Connector;
 use vouch_peripheral::{Device, DeviceHandle, DriverConfig, Event, Events, TcpConnector};
 use vouch_proto::anchor::AnchorBundle;
+use vouch_proto::handshake::peripheral::TicketSlot;
 use vouch_proto::keys::PeripheralId;
 use vouch_proto::wire::Scope;
 
@@ -280,12 +281,26 @@ fn show(dir: &Path) -> Result<()> {
         }
         Err(e) => println!("anchors     unreadable: {e}"),
     }
-    match store.load_ticket() {
-        Ok(Some(t)) => println!(
-            "ticket      stored (gateway {}, scope {:#x}, resumption {} s)",
-            t.gateway_key, t.scope.0, t.lifetimes.resumption_s
-        ),
-        Ok(None) => println!("ticket      none (the next connection runs a full handshake)"),
+    match store.load_tickets() {
+        Ok(w) if w.is_empty() => {
+            println!("ticket      none (the next connection runs a full handshake)")
+        }
+        Ok(w) => {
+            for (slot, what) in [
+                (
+                    TicketSlot::Unconfirmed,
+                    "stored, not yet confirmed by the gateway",
+                ),
+                (TicketSlot::Confirmed, "stored"),
+            ] {
+                if let Some(t) = w.ticket(slot) {
+                    println!(
+                        "ticket      {what} (gateway {}, scope {:#x}, resumption {} s, key id {})",
+                        t.gateway_key, t.scope.0, t.lifetimes.resumption_s, t.anchor
+                    );
+                }
+            }
+        }
         Err(e) => println!("ticket      unreadable ({e}); it will be discarded"),
     }
     Ok(())

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use vouch_gateway::sessions::SessionTable;
 use vouch_peripheral::{Device, DriverError, Event, FileKeyStore, KeyStore, TcpConnector};
 use vouch_proto::handshake::backend::BackendKeys;
+use vouch_proto::handshake::peripheral::TicketSlot;
 use vouch_proto::keys::{IdentityKey, KeyId};
 use vouch_proto::session::CloseReason;
 use vouch_proto::testing::rng;
@@ -43,8 +44,9 @@ async fn first_boot_authenticates_sends_telemetry_and_receives_commands() {
     assert!(
         FileKeyStore::open(tmp.path())
             .unwrap()
-            .load_ticket()
+            .load_tickets()
             .unwrap()
+            .ticket(TicketSlot::Unconfirmed)
             .is_some(),
         "the resumption ticket is on disk"
     );
@@ -119,6 +121,77 @@ async fn reboot_resumes_without_the_backend_and_falls_back_when_the_ticket_is_go
     gw.stop().await;
 }
 
+/// A rogue central during a backend outage (SPEC.md §6.4, issue 15 §2):
+/// it answers the device's attempts with a forged ResumeResponse, garbage
+/// and an unauthenticated ResumptionRejected. None of it costs the device
+/// its ticket, and it then resumes with its genuine gateway, the backend
+/// still down.
+#[tokio::test]
+async fn a_rogue_central_during_a_backend_outage_cannot_cost_the_device_its_ticket() {
+    use vouch_peripheral::{Link, TcpLink};
+    let backend = Backend::new(21);
+    let gw = Gateway::start(&backend).await;
+    let tmp = tempfile::tempdir().unwrap();
+    provisioned(&backend, tmp.path(), FULL);
+    let mut dev = Running::boot(tmp.path(), &gw.url(), 22);
+    assert!(!dev.established().await.resumed);
+    dev.shutdown().await;
+    gw.wait_until("the first session to end", |t| {
+        t.is_empty() && t.ticket_count() == 1
+    })
+    .await;
+    backend
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let rogue = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rogue_url = format!("tcp://{}", rogue.local_addr().unwrap());
+    let mut forged = vec![1u8, 4];
+    forged.extend_from_slice(&[9; 32]);
+    forged.extend_from_slice(&[7; 16]);
+    let answers = [forged, vec![0xde, 0xad], vec![1, 6, 3]];
+    let rogue_task = tokio::spawn(async move {
+        for answer in answers {
+            let (stream, _) = rogue.accept().await.unwrap();
+            let mut link = TcpLink::new(stream, 247).unwrap();
+            let _first = tokio::time::timeout(DEADLINE, link.recv()).await;
+            link.send(&answer).await.unwrap();
+            // Whatever the device sends back (an alert), then hang up.
+            let _ = tokio::time::timeout(Duration::from_millis(200), link.recv()).await;
+        }
+    });
+    let mut dev = Running::boot(tmp.path(), &rogue_url, 23);
+    for _ in 0..3 {
+        dev.handshake_failure().await;
+    }
+    dev.shutdown().await;
+    rogue_task.await.unwrap();
+    assert!(
+        !FileKeyStore::open(tmp.path())
+            .unwrap()
+            .load_tickets()
+            .unwrap()
+            .is_empty(),
+        "the ticket is still on disk"
+    );
+
+    let before = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let mut dev = Running::boot(tmp.path(), &gw.url(), 24);
+    let s = dev.established().await;
+    assert!(
+        s.resumed,
+        "resumed with the genuine gateway: {:?}",
+        dev.seen
+    );
+    assert_eq!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "without the backend"
+    );
+    dev.shutdown().await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn revoked_device_gets_no_session_and_backs_off_until_reinstated() {
     let backend = Backend::new(7);
@@ -161,9 +234,9 @@ async fn revoked_device_gets_no_session_and_backs_off_until_reinstated() {
     assert!(end.contains("ClosedByGateway(CloseReason(1))"), "{end}");
     assert!(FileKeyStore::open(tmp.path())
         .unwrap()
-        .load_ticket()
+        .load_tickets()
         .unwrap()
-        .is_none());
+        .is_empty());
     // ...and is refused at its next handshake.
     let failure = dev.handshake_failure().await;
     assert!(failure.contains("Alert(HandshakeFailed)"), "{failure}");
@@ -190,9 +263,9 @@ async fn rogue_gateway_vouch_is_rejected_by_the_device() {
     assert!(gw.ctx.table.is_empty(), "the gateway got no session");
     assert!(FileKeyStore::open(tmp.path())
         .unwrap()
-        .load_ticket()
+        .load_tickets()
         .unwrap()
-        .is_none());
+        .is_empty());
     let seen = dev.shutdown().await;
     assert!(
         !seen.iter().any(|e| e.starts_with("Established")),

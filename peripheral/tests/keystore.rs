@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use vouch_peripheral::keystore::{FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore};
 use vouch_proto::anchor::{AnchorAction, AnchorBundle, AnchorSet, AnchorUpdate};
 use vouch_proto::handshake::backend::BackendKeys;
+use vouch_proto::handshake::peripheral::{TicketSlot, TicketWallet};
 use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId};
 use vouch_proto::testing::{rng, Pair};
 
@@ -199,38 +200,39 @@ fn anchors_round_trip_as_the_backend_bundle_and_survive_leftover_temporaries() {
 fn ticket_round_trips_at_0600_and_clears() {
     let mut pair = Pair::new(11);
     let (p, _g) = pair.full_handshake().unwrap();
+    let ticket_bytes = postcard::to_allocvec(&p.ticket).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut store = FileKeyStore::generate(tmp.path(), None).unwrap();
-    assert!(store.load_ticket().unwrap().is_none());
-    store.save_ticket(&p.ticket).unwrap();
+    assert!(store.load_tickets().unwrap().is_empty());
+    let mut wallet = TicketWallet::new();
+    wallet.on_established(None, p.ticket);
+    store.save_tickets(&wallet).unwrap();
     assert_eq!(mode(&store.ticket_path()), 0o600);
-    let loaded = store.load_ticket().unwrap().unwrap();
-    assert_eq!(loaded.id, p.ticket.id);
-    assert_eq!(loaded.gateway_key, p.ticket.gateway_key);
-    assert_eq!(loaded.scope, p.ticket.scope);
+    let loaded = store.load_tickets().unwrap();
+    let t = loaded.ticket(TicketSlot::Unconfirmed).unwrap();
+    assert!(loaded.ticket(TicketSlot::Confirmed).is_none());
     // The ticket's secret survived too: bytes are identical.
-    assert_eq!(
-        postcard::to_allocvec(&loaded).unwrap(),
-        postcard::to_allocvec(&p.ticket).unwrap()
-    );
-    // Only the ticket, the key and no temporaries are in the directory.
+    assert_eq!(postcard::to_allocvec(t).unwrap(), ticket_bytes);
+    // Only the tickets, the key and no temporaries are in the directory.
     assert_eq!(names(tmp.path()), vec!["identity.pem", "ticket.bin"]);
 
-    // A ticket others can read is refused; a corrupt one is an error.
+    // A ticket file others can read is refused; a corrupt one is an error.
     fs::set_permissions(store.ticket_path(), fs::Permissions::from_mode(0o644)).unwrap();
     assert!(matches!(
-        store.load_ticket(),
+        store.load_tickets(),
         Err(KeyStoreError::InsecurePermissions { .. })
     ));
     fs::set_permissions(store.ticket_path(), fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(store.ticket_path(), b"\x00\x01").unwrap();
     assert!(matches!(
-        store.load_ticket(),
+        store.load_tickets(),
         Err(KeyStoreError::CorruptTicket { .. })
     ));
-    store.clear_ticket().unwrap();
-    assert!(store.load_ticket().unwrap().is_none());
-    store.clear_ticket().unwrap();
+    // An empty wallet removes the file; again is fine.
+    store.save_tickets(&TicketWallet::new()).unwrap();
+    assert!(store.load_tickets().unwrap().is_empty());
+    assert!(!store.ticket_path().exists());
+    store.save_tickets(&TicketWallet::new()).unwrap();
 }
 
 #[test]
@@ -243,10 +245,14 @@ fn memory_store_shares_state_between_clones() {
     let b = a.clone();
     assert_eq!(b.public_key(), public);
     assert_eq!(b.peripheral_id(), PeripheralId::derive(&public));
-    a.save_ticket(&p.ticket).unwrap();
+    let id = p.ticket.id;
+    let mut wallet = TicketWallet::new();
+    wallet.on_established(None, p.ticket);
+    a.save_tickets(&wallet).unwrap();
     assert!(b.has_ticket());
-    assert_eq!(b.load_ticket().unwrap().unwrap().id, p.ticket.id);
-    a.clear_ticket().unwrap();
+    let loaded = b.load_tickets().unwrap();
+    assert_eq!(loaded.ticket(TicketSlot::Unconfirmed).unwrap().id, id);
+    a.save_tickets(&TicketWallet::new()).unwrap();
     assert!(!b.has_ticket());
     assert_eq!(b.anchors().unwrap(), pair.anchors);
     assert!(!format!("{a:?}").contains("Identity"), "no key in Debug");

@@ -66,7 +66,7 @@ fn record() -> Recorded {
 
     let mut rp = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        p.ticket,
+        &p.ticket,
         &pair.anchors,
         now,
         &mut FixedRng::new(&E_P2),
@@ -162,7 +162,7 @@ fn roles(c: &mut Criterion) {
             |ticket| {
                 let mut p = PeripheralHandshake::resume(
                     &PeripheralConfig::default(),
-                    ticket,
+                    &ticket,
                     &r.pair.anchors,
                     now,
                     &mut FixedRng::new(&E_P2),

@@ -159,7 +159,7 @@ fn main() -> Result<(), vouch_proto::Error> {
     // Resumption, with the backend out of the picture.
     let mut rp = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        p.ticket,
+        &p.ticket,
         &anchors,
         now(),
         &mut rng,

@@ -174,7 +174,7 @@ impl Pair {
     ) -> Result<(PeripheralEstablished, GatewayEstablished), Error> {
         let p = PeripheralHandshake::resume(
             &PeripheralConfig::default(),
-            p_ticket,
+            &p_ticket,
             &self.anchors,
             self.now,
             &mut self.rng,

@@ -169,7 +169,7 @@ fn consumed_ticket_cannot_be_used_again() {
         postcard::from_bytes(&saved).unwrap();
     let mut ph = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        replay,
+        &replay,
         &pair.anchors,
         pair.now,
         &mut pair.rng,

@@ -370,7 +370,7 @@ impl Explorer {
         let mut m = if spec.resume {
             let ticket: PeripheralTicket =
                 postcard::from_bytes(&w.p_ticket).expect("the ticket deserializes");
-            PeripheralHandshake::resume(&cfg, ticket, &w.anchors, NOW, &mut r)
+            PeripheralHandshake::resume(&cfg, &ticket, &w.anchors, NOW, &mut r)
                 .expect("resume starts")
         } else {
             let key = &w.keys[&id].1;

@@ -139,10 +139,11 @@ fn every_corrupted_resumption_message_is_refused() {
     // The same seed gives the same peripheral state (ephemeral) every time.
     let fresh = |base: &mut Pair, seed: u64| {
         base.rng = vouch_proto::testing::rng(seed);
-        let t = postcard::from_bytes(&ticket_bytes).unwrap();
+        let t: vouch_proto::handshake::peripheral::PeripheralTicket =
+            postcard::from_bytes(&ticket_bytes).unwrap();
         PeripheralHandshake::resume(
             &PeripheralConfig::default(),
-            t,
+            &t,
             &base.anchors,
             base.now,
             &mut base.rng,

@@ -337,7 +337,7 @@ fn generate() -> Value {
     // applied to a copy).
     let mut rp = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        p.ticket,
+        &p.ticket,
         &w.anchors,
         i.now,
         &mut FixedRng::new(&i.resume_e_p),

@@ -246,7 +246,7 @@ fn low_order_shares_fail_every_handshake_step() {
         let t: PeripheralTicket = postcard::from_bytes(&ticket).unwrap();
         let mut p = PeripheralHandshake::resume(
             &PeripheralConfig::default(),
-            t,
+            &t,
             &pair.anchors,
             pair.now,
             &mut pair.rng,

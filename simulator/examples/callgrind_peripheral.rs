@@ -61,7 +61,7 @@ fn record() -> Result<Recorded, Error> {
 
     let mut rp = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        p.ticket,
+        &p.ticket,
         &pair.anchors,
         now,
         &mut FixedRng::new(&E_P2),
@@ -109,7 +109,7 @@ fn vouch_peripheral_resume(
     let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
     let mut p = PeripheralHandshake::resume(
         &PeripheralConfig::default(),
-        ticket,
+        &ticket,
         &r.pair.anchors,
         now,
         &mut FixedRng::new(&E_P2),

@@ -302,7 +302,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                             .unwrap_or(v.home);
                         if let Ok(mut hs) = PeripheralHandshake::resume(
                             &PeripheralConfig::default(),
-                            ticket,
+                            &ticket,
                             &env.anchors,
                             Timestamp(0),
                             &mut a.rng,

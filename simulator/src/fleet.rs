@@ -425,7 +425,7 @@ async fn attempt(
     let now = Timestamp(dev.clock_ms);
     let cfg = PeripheralConfig::default();
     let hs = match (resume, dev.ticket.take()) {
-        (true, Some(t)) => PeripheralHandshake::resume(&cfg, t, &env.anchors, now, &mut dev.rng),
+        (true, Some(t)) => PeripheralHandshake::resume(&cfg, &t, &env.anchors, now, &mut dev.rng),
         (_, t) => {
             dev.ticket = t;
             PeripheralHandshake::start(&cfg, dev.id, &dev.key(), &env.anchors, now, &mut dev.rng)

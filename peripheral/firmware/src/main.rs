@@ -381,7 +381,7 @@ fn resume_start(
     rng: &mut FixedRng,
 ) -> Result<(), Error> {
     *slot = None;
-    *slot = Some(PeripheralHandshake::resume(config, ticket, anchors, NOW, rng)?);
+    *slot = Some(PeripheralHandshake::resume(config, &ticket, anchors, NOW, rng)?);
     Ok(())
 }
 

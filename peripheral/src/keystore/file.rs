@@ -5,7 +5,7 @@
 //! | `identity.pem` | Ed25519 identity, PKCS#8 v1 PEM (`openssl pkey -in identity.pem -noout -text` reads it) | 0600 |
 //! | `peripheral-id` | the factory-assigned id, 16 hex digits (only when one was assigned) | 0644 |
 //! | `anchors.json` | the trust anchors as the backend's anchor bundle (`vouch_proto::anchor::AnchorBundle`) | 0644 |
-//! | `ticket.bin` | the resumption ticket, postcard (holds a secret) | 0600 |
+//! | `ticket.bin` | the resumption tickets (`TicketWallet`), postcard (holds secrets) | 0600 |
 //!
 //! Every write goes to a temporary file in the same directory (created with
 //! `O_CREAT|O_EXCL` and its final mode), is fsynced, then renamed over the
@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, warn};
 use vouch_proto::anchor::{AnchorBundle, AnchorSet};
-use vouch_proto::handshake::peripheral::PeripheralTicket;
+use vouch_proto::handshake::peripheral::TicketWallet;
 use vouch_proto::keys::{IdentityKey, PeripheralId};
 use zeroize::Zeroizing;
 
@@ -231,11 +231,11 @@ impl KeyStore for FileKeyStore {
         write_atomic(&self.dir, ANCHORS_FILE, &json, PUBLIC_MODE, Replace::Always)
     }
 
-    fn load_ticket(&self) -> Result<Option<PeripheralTicket>, KeyStoreError> {
+    fn load_tickets(&self) -> Result<TicketWallet, KeyStoreError> {
         let path = self.ticket_path();
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(TicketWallet::new()),
             Err(source) => {
                 return Err(KeyStoreError::Io {
                     action: "reading",
@@ -246,30 +246,29 @@ impl KeyStore for FileKeyStore {
         };
         check_private(&path, &meta)?;
         let bytes = read_limited(&path)?;
-        match postcard::take_from_bytes::<PeripheralTicket>(&bytes) {
-            Ok((ticket, [])) => Ok(Some(ticket)),
+        match postcard::take_from_bytes::<TicketWallet>(&bytes) {
+            Ok((tickets, [])) => Ok(tickets),
             _ => Err(KeyStoreError::CorruptTicket { path }),
         }
     }
 
-    fn save_ticket(&mut self, ticket: &PeripheralTicket) -> Result<(), KeyStoreError> {
+    fn save_tickets(&mut self, tickets: &TicketWallet) -> Result<(), KeyStoreError> {
+        if tickets.is_empty() {
+            let path = self.ticket_path();
+            return match fs::remove_file(&path) {
+                Ok(()) => sync_dir(&self.dir),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(KeyStoreError::Io {
+                    action: "removing",
+                    path,
+                    source,
+                }),
+            };
+        }
         let bytes = Zeroizing::new(
-            postcard::to_allocvec(ticket).map_err(|_| KeyStoreError::Encode("the ticket"))?,
+            postcard::to_allocvec(tickets).map_err(|_| KeyStoreError::Encode("the tickets"))?,
         );
         write_atomic(&self.dir, TICKET_FILE, &bytes, SECRET_MODE, Replace::Always)
-    }
-
-    fn clear_ticket(&mut self) -> Result<(), KeyStoreError> {
-        let path = self.ticket_path();
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(KeyStoreError::Io {
-                action: "removing",
-                path,
-                source,
-            }),
-        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vouch_proto::anchor::AnchorSet;
-use vouch_proto::handshake::peripheral::PeripheralTicket;
+use vouch_proto::handshake::peripheral::TicketWallet;
 use vouch_proto::keys::{IdentityKey, IdentitySigner, PeripheralId, PublicKey, Signature};
 use zeroize::Zeroizing;
 
@@ -83,7 +83,7 @@ impl MemoryKeyStore {
         store
     }
 
-    /// Whether a ticket is stored.
+    /// Whether any resumption ticket is stored.
     pub fn has_ticket(&self) -> bool {
         self.lock().ticket.is_some()
     }
@@ -120,28 +120,23 @@ impl KeyStore for MemoryKeyStore {
         Ok(())
     }
 
-    fn load_ticket(&self) -> Result<Option<PeripheralTicket>, KeyStoreError> {
+    fn load_tickets(&self) -> Result<TicketWallet, KeyStoreError> {
         match &self.lock().ticket {
-            None => Ok(None),
-            Some(bytes) => {
-                postcard::from_bytes(bytes)
-                    .map(Some)
-                    .map_err(|_| KeyStoreError::CorruptTicket {
-                        path: "(memory)".into(),
-                    })
-            }
+            None => Ok(TicketWallet::new()),
+            Some(bytes) => postcard::from_bytes(bytes).map_err(|_| KeyStoreError::CorruptTicket {
+                path: "(memory)".into(),
+            }),
         }
     }
 
-    fn save_ticket(&mut self, ticket: &PeripheralTicket) -> Result<(), KeyStoreError> {
+    fn save_tickets(&mut self, tickets: &TicketWallet) -> Result<(), KeyStoreError> {
+        if tickets.is_empty() {
+            self.lock().ticket = None;
+            return Ok(());
+        }
         let bytes =
-            postcard::to_allocvec(ticket).map_err(|_| KeyStoreError::Encode("the ticket"))?;
+            postcard::to_allocvec(tickets).map_err(|_| KeyStoreError::Encode("the tickets"))?;
         self.lock().ticket = Some(Zeroizing::new(bytes));
-        Ok(())
-    }
-
-    fn clear_ticket(&mut self) -> Result<(), KeyStoreError> {
-        self.lock().ticket = None;
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ mod memory;
 use std::path::PathBuf;
 
 use vouch_proto::anchor::{AnchorSet, BundleError};
-use vouch_proto::handshake::peripheral::PeripheralTicket;
+use vouch_proto::handshake::peripheral::TicketWallet;
 use vouch_proto::keys::{IdentitySigner, PeripheralId, PublicKey};
 
 pub use file::FileKeyStore;
@@ -54,14 +54,13 @@ pub trait KeyStore: Send + 'static {
     /// there.
     fn save_anchors(&mut self, anchors: &AnchorSet) -> Result<(), KeyStoreError>;
 
-    /// The stored resumption ticket, if any (SPEC.md §6.1).
-    fn load_ticket(&self) -> Result<Option<PeripheralTicket>, KeyStoreError>;
+    /// The stored resumption tickets (SPEC.md §6.1): an empty wallet when
+    /// none are stored.
+    fn load_tickets(&self) -> Result<TicketWallet, KeyStoreError>;
 
-    /// Stores the ticket for the next resumption, replacing any other.
-    fn save_ticket(&mut self, ticket: &PeripheralTicket) -> Result<(), KeyStoreError>;
-
-    /// Forgets the ticket (rejected, revoked, or corrupt).
-    fn clear_ticket(&mut self) -> Result<(), KeyStoreError>;
+    /// Stores the tickets, replacing what was stored; an empty wallet
+    /// removes them. Atomic, like every write.
+    fn save_tickets(&mut self, tickets: &TicketWallet) -> Result<(), KeyStoreError>;
 }
 
 /// Errors of the key store layer.

@@ -87,6 +87,20 @@ impl PeripheralTicket {
         self.anchor == anchors.primary().kid
     }
 
+    /// A copy for a resumption attempt (the secret is copied into a value
+    /// that zeroizes it in turn).
+    fn duplicate(&self) -> Self {
+        Self {
+            gateway_key: self.gateway_key,
+            id: self.id,
+            secret: SecretBytes(self.secret.0),
+            scope: self.scope,
+            lifetimes: self.lifetimes,
+            issued_at: self.issued_at,
+            anchor: self.anchor,
+        }
+    }
+
     /// Whether the resumption lifetime has passed on this device's clock.
     pub fn expired(&self, now: Timestamp) -> bool {
         now >= self.issued_at.add_secs(self.lifetimes.resumption_s)
@@ -103,6 +117,163 @@ impl fmt::Debug for PeripheralTicket {
             .field("issued_at", &self.issued_at)
             .field("anchor", &self.anchor)
             .finish_non_exhaustive()
+    }
+}
+
+/// Which of a [`TicketWallet`]'s two tickets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketSlot {
+    /// The ticket the gateway is known to hold.
+    Confirmed,
+    /// The ticket of the last handshake, until the gateway proves it stored it.
+    Unconfirmed,
+}
+
+/// What to do next, per [`TicketWallet::choose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHandshake {
+    /// Resume with the ticket in this slot.
+    Resume(TicketSlot),
+    /// Run a full handshake.
+    Full,
+}
+
+/// The peripheral's resumption tickets and every decision about them
+/// (SPEC.md §6.1, §6.4), made here once so that the host driver and firmware
+/// cannot disagree. No heap; serializable, so a key store persists it whole.
+///
+/// The rules:
+/// - Nothing unauthenticated costs a ticket. A failed resumption attempt
+///   (an alert, garbage, a confirmation that does not verify, a timeout) only
+///   makes the next attempt use the other ticket, then a full handshake;
+///   both tickets stay. Anyone on the air can send those answers, so a rogue
+///   central cannot cut a device off from its gateway during a backend outage.
+/// - The Finish is never acknowledged (SPEC.md §6.1): a new ticket is kept
+///   *unconfirmed*, beside the one it came from, until the gateway's first
+///   authenticated record of that session proves the gateway completed the
+///   handshake and stored the new ticket ([`on_gateway_record`](Self::on_gateway_record)).
+///   A lost Finish thus costs nothing: the previous ticket still resumes.
+/// - A ticket goes when it expires, when its anchor is rotated away from
+///   ([`PeripheralTicket::is_under`]), when an authenticated event shows the
+///   gateway no longer holds it (a completed resumption with the other one,
+///   a confirmed successor), or when the gateway closes the session as
+///   revoked ([`clear`](Self::clear)).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TicketWallet {
+    confirmed: Option<PeripheralTicket>,
+    unconfirmed: Option<PeripheralTicket>,
+    /// Slots whose resumption failed since the last success (bit 0:
+    /// confirmed, bit 1: unconfirmed). Not persisted: after a reboot both are
+    /// tried again.
+    #[serde(skip)]
+    failed: u8,
+}
+
+impl TicketSlot {
+    fn bit(self) -> u8 {
+        match self {
+            TicketSlot::Confirmed => 1,
+            TicketSlot::Unconfirmed => 2,
+        }
+    }
+}
+
+impl TicketWallet {
+    /// A wallet without tickets.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether no ticket is held.
+    pub fn is_empty(&self) -> bool {
+        self.confirmed.is_none() && self.unconfirmed.is_none()
+    }
+
+    /// The ticket in `slot`.
+    pub fn ticket(&self, slot: TicketSlot) -> Option<&PeripheralTicket> {
+        match slot {
+            TicketSlot::Confirmed => self.confirmed.as_ref(),
+            TicketSlot::Unconfirmed => self.unconfirmed.as_ref(),
+        }
+    }
+
+    /// Drops the tickets that can no longer resume: granted under another
+    /// anchor than `anchors` holds, or, when `now` is on the clock the
+    /// tickets' `issued_at` was taken on (the device has not rebooted since),
+    /// expired. Returns whether anything was dropped.
+    pub fn prune(&mut self, anchors: &AnchorSet, now: Option<Timestamp>) -> bool {
+        let mut changed = false;
+        for slot in [&mut self.confirmed, &mut self.unconfirmed] {
+            let dead = slot
+                .as_ref()
+                .is_some_and(|t| !t.is_under(anchors) || now.is_some_and(|n| t.expired(n)));
+            if dead {
+                *slot = None;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The next handshake: the newest ticket not yet failed since the last
+    /// success, then the other, then a full handshake (after which both are
+    /// tried again).
+    pub fn choose(&mut self) -> NextHandshake {
+        for slot in [TicketSlot::Unconfirmed, TicketSlot::Confirmed] {
+            if self.ticket(slot).is_some() && self.failed & slot.bit() == 0 {
+                return NextHandshake::Resume(slot);
+            }
+        }
+        self.failed = 0;
+        NextHandshake::Full
+    }
+
+    /// A resumption attempt with `slot` failed, for whatever reason: the next
+    /// attempt uses the other ticket or a full handshake. No ticket is
+    /// dropped (see the type's documentation).
+    pub fn on_failed(&mut self, slot: TicketSlot) {
+        self.failed |= slot.bit();
+    }
+
+    /// A handshake completed (its Finish sent) and produced `ticket`. After a
+    /// full handshake the previous confirmed ticket stays as the fallback;
+    /// after a resumption with `resumed`, that ticket is the fallback (the
+    /// gateway still holds it if the Finish was lost) and the other one is
+    /// dropped (the gateway holds one ticket per peripheral, and it just
+    /// proved it holds `resumed`).
+    pub fn on_established(&mut self, resumed: Option<TicketSlot>, ticket: PeripheralTicket) {
+        match resumed {
+            None => {
+                if self.confirmed.is_none() {
+                    self.confirmed = self.unconfirmed.take();
+                }
+            }
+            Some(TicketSlot::Unconfirmed) => self.confirmed = self.unconfirmed.take(),
+            Some(TicketSlot::Confirmed) => {}
+        }
+        self.unconfirmed = Some(ticket);
+        self.failed = 0;
+    }
+
+    /// The gateway's first authenticated record of the session arrived: it
+    /// completed the handshake, so it holds the new ticket and no longer the
+    /// one before. Returns whether the wallet changed.
+    pub fn on_gateway_record(&mut self) -> bool {
+        match self.unconfirmed.take() {
+            Some(t) => {
+                self.confirmed = Some(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every ticket (the gateway closed the session as revoked and
+    /// deleted its side, SPEC.md §10.4).
+    pub fn clear(&mut self) {
+        self.confirmed = None;
+        self.unconfirmed = None;
+        self.failed = 0;
     }
 }
 
@@ -231,13 +402,14 @@ impl PeripheralHandshake {
     }
 
     /// Starts a resumption with the gateway that issued `ticket` (SPEC.md §6.2).
-    /// Takes the ticket: it is single-use, and the new one arrives with the
-    /// established session. Fails with [`ApiMisuse::TicketOfOldAnchor`] if
-    /// the ticket's chain began under another anchor than the one `anchors`
-    /// holds (SPEC.md §6.1).
+    /// The caller keeps the ticket: what becomes of it after the attempt is
+    /// [`TicketWallet`]'s decision (SPEC.md §6.4), and the next one arrives
+    /// with the established session. Fails with
+    /// [`ApiMisuse::TicketOfOldAnchor`] if the ticket's chain began under
+    /// another anchor than the one `anchors` holds (SPEC.md §6.1).
     pub fn resume<R: CryptoRng + ?Sized>(
         config: &PeripheralConfig,
-        ticket: PeripheralTicket,
+        ticket: &PeripheralTicket,
         anchors: &AnchorSet,
         now: Timestamp,
         rng: &mut R,
@@ -245,6 +417,7 @@ impl PeripheralHandshake {
         if !ticket.is_under(anchors) {
             return Err(ApiMisuse::TicketOfOldAnchor.into());
         }
+        let ticket = ticket.duplicate();
         let (e, e_pub) = crypto::keygen(rng);
         let suite = Suite::Ed25519X25519ChaCha20Poly1305;
         let prefix = schedule::resume_prefix(suite, &ticket.id, &e_pub);

@@ -170,7 +170,7 @@ fn resume_once(
     let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
 
     let mut p = sw[P].time(|| {
-        PeripheralHandshake::resume(&config, p_ticket, &pair.anchors, now, &mut pair.rng)
+        PeripheralHandshake::resume(&config, &p_ticket, &pair.anchors, now, &mut pair.rng)
     })?;
     let n = sw[P]
         .time(|| p.poll_transmit(&mut buf))
