@@ -24,6 +24,11 @@
 //!   refuse an ephemeral it has vouched for before (replay), and vouch for the
 //!   asking gateway's key and ephemeral. The gateway's ticket store is
 //!   single-use, as in the gateway crate (a lookup removes the ticket).
+//! - **An old backend key.** The backend rotated from key 1 to key 2 (SPEC.md
+//!   §7.7) and every peripheral applied the rotation; the attacker stole key
+//!   1. Its gateway may answer any vouch request with a vouch of its own,
+//!   signed by key 1, for itself, over the very Hello it got (it is granted
+//!   the peripheral's id: an id is no secret). The backend serves key 2.
 //! - **Network and attacker.** Every message any party sent is in the
 //!   attacker's pool forever; any pool message may be delivered to any
 //!   instance waiting for input, any number of times, in any order, or never.
@@ -54,14 +59,14 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use vouch_proto::anchor::AnchorSet;
+use vouch_proto::anchor::{AnchorAction, AnchorSet, AnchorUpdate};
 use vouch_proto::error::Refusal;
 use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
 use vouch_proto::handshake::gateway::GatewayTicket;
 use vouch_proto::handshake::gateway::{GatewayConfig, GatewayEvent, GatewayHandshake};
 use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
 use vouch_proto::keys::DhPublic;
-use vouch_proto::keys::{IdentityKey, PeripheralId, PublicKey};
+use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId, PublicKey};
 use vouch_proto::testing::{rng, Pair};
 use vouch_proto::wire::backend::{PeripheralInfo, VouchAnswer, Vouched};
 use vouch_proto::wire::{Lifetimes, Scope, MAX_HANDSHAKE_MESSAGE};
@@ -78,12 +83,16 @@ struct Bounds {
     rogues: usize,
 }
 
-/// A flaw planted in the backend, to show the checker catches it.
+/// A flaw planted in the world, to show the checker catches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flaw {
     None,
     /// The backend vouches whatever the policy says.
     BackendIgnoresPolicy,
+    /// The peripherals never applied the rotation: the stolen key 1 is
+    /// still their anchor (what the first rotation design amounted to, where
+    /// a device kept trusting every key it had held).
+    StolenKeyStillTrusted,
 }
 
 /// Who a peripheral instance is.
@@ -126,6 +135,8 @@ const PERIPHERALS: [PeripheralSpec; 5] = [
 /// The fixed world: keys, registry, and the ticket pair of an earlier session.
 struct World {
     backend: BackendKeys,
+    /// Key 1, rotated away from, in the attacker's hands.
+    stolen: BackendKeys,
     anchors: AnchorSet,
     keys: HashMap<PeripheralId, (Device, IdentityKey)>,
     ids: [PeripheralId; 3],
@@ -156,6 +167,22 @@ impl World {
         // The earlier session between P and G comes from the same harness the
         // other tests use; its keys become this world's P, G and backend.
         let mut pair = Pair::new(77);
+        // The rotation from key 1 to key 2, applied by every peripheral; the
+        // backend serves key 2, the attacker holds key 1.
+        let unrotated = pair.anchors.clone();
+        let k3 = BackendKeys::generate(KeyId(3), &mut rng(79));
+        let rotate = AnchorUpdate::sign(
+            1,
+            AnchorAction::Rotate {
+                anchor: pair.next_backend.anchor(),
+                next: k3.anchor().digest(),
+            },
+            KeyId(2),
+            pair.next_backend.signing(),
+        );
+        pair.anchors.apply(&rotate).expect("the rotation applies");
+        let key2 = std::mem::replace(&mut pair.next_backend, k3);
+        let stolen = std::mem::replace(&mut pair.backend, key2);
         let (p_est, g_est) = pair
             .full_handshake()
             .expect("the setup handshake completes");
@@ -172,7 +199,12 @@ impl World {
         keys.insert(x_id, (Device::X, x));
         Self {
             backend: pair.backend,
-            anchors: pair.anchors,
+            stolen,
+            anchors: if flaw == Flaw::StolenKeyStillTrusted {
+                unrotated
+            } else {
+                pair.anchors
+            },
             keys,
             ids: [p_id, m_id, x_id],
             gateway: pair.gateway_key,
@@ -243,6 +275,27 @@ impl World {
         (VouchAnswer::Vouched(vouched), Some(e_p))
     }
 
+    /// The attacker's own vouch for its gateway, signed by the stolen key 1,
+    /// over `hello` (it learns the id from the backend's key 2, standing in
+    /// for knowing it otherwise). `None` if the hello is not a device's.
+    fn forged_vouch(&self, hello: &[u8], e_g: DhPublic) -> Option<VouchAnswer> {
+        let opened = open_hello(hello, &self.backend)
+            .or_else(|_| open_hello(hello, &self.stolen))
+            .ok()?;
+        let (_, key) = self.keys.get(&opened.claimed_peripheral())?;
+        let verified = opened.verify(&key.public_key()).ok()?;
+        let grant = VouchGrant {
+            gateway_key: self.rogue.public_key(),
+            gateway_ephemeral: e_g,
+            scope: Scope::TELEMETRY.union(Scope::COMMAND),
+            lifetimes: self.lifetimes,
+        };
+        Some(VouchAnswer::Vouched(Vouched {
+            vouch: verified.vouch(&self.stolen, &grant),
+            peripheral: info(verified.peripheral(), key),
+        }))
+    }
+
     fn gateway_ticket(&self) -> GatewayTicket {
         GatewayTicket::from_parts(
             self.g_ticket_id,
@@ -261,6 +314,9 @@ enum GInput {
     Msg(usize),
     /// The backend vouched (`true`) or refused.
     Vouch(bool),
+    /// The attacker answered its own gateway's vouch request with a vouch
+    /// signed by the stolen key 1.
+    Forged,
     /// The ticket lookup found the ticket (`true`) or not.
     Ticket(bool),
 }
@@ -367,14 +423,23 @@ impl Explorer {
         let mut r = rng(1_000 + i as u64);
         let cfg = PeripheralConfig::default();
         let id = w.id_of(spec.device);
-        let mut m = if spec.resume {
+        let started = if spec.resume {
             let ticket: PeripheralTicket =
                 postcard::from_bytes(&w.p_ticket).expect("the ticket deserializes");
+            // Refused at start when the ticket's anchor is not the one held
+            // (the planted flaw's world): that instance never acts.
             PeripheralHandshake::resume(&cfg, &ticket, &w.anchors, NOW, &mut r)
-                .expect("resume starts")
         } else {
             let key = &w.keys[&id].1;
-            PeripheralHandshake::start(&cfg, id, key, &w.anchors, NOW, &mut r).expect("starts")
+            PeripheralHandshake::start(&cfg, id, key, &w.anchors, NOW, &mut r)
+        };
+        let Ok(mut m) = started else {
+            let e = Eval {
+                status: Status::Failed,
+                sent: Vec::new(),
+            };
+            self.p_memo.insert((i, input), e.clone());
+            return e;
         };
         let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
         let first = m.poll_transmit(&mut buf).map(|n| buf[..n].to_vec());
@@ -437,6 +502,15 @@ impl Explorer {
                         VouchAnswer::Refused(Refusal::Denied)
                     };
                     g.handle_vouch(NOW, answer).is_ok()
+                }
+                GInput::Forged => {
+                    let Status::Vouch(hello, e_g) = &status else {
+                        unreachable!("a forged vouch only follows a vouch request");
+                    };
+                    match self.world.forged_vouch(hello, *e_g) {
+                        Some(answer) => g.handle_vouch(NOW, answer).is_ok(),
+                        None => false,
+                    }
                 }
                 GInput::Ticket(found) => {
                     let ticket = found.then(|| self.world.gateway_ticket());
@@ -568,6 +642,11 @@ impl Explorer {
                         .push(GInput::Vouch(matches!(answer, VouchAnswer::Vouched(_))));
                     t.seen.extend(remembered);
                     next.push(t);
+                    if rogue {
+                        let mut t = s.clone();
+                        t.gateways[j].1.push(GInput::Forged);
+                        next.push(t);
+                    }
                 }
                 Status::Ticket => {
                     // Honest gateways hold the ticket; a lookup takes it.
@@ -828,6 +907,25 @@ fn a_planted_flaw_is_caught() {
     assert!(
         err.0.contains("accepted X"),
         "found something else: {}",
+        err.0
+    );
+}
+
+#[test]
+fn a_planted_old_key_still_trusted_is_caught() {
+    // Devices that kept trusting the stolen key (as the first rotation
+    // design let them): the attacker's own vouch, signed by that key, wins
+    // the honest peripheral. The checker must find it; with the rotation
+    // applied (the test above) no state does.
+    let bounds = Bounds {
+        gateways: 1,
+        rogues: 1,
+    };
+    let mut ex = Explorer::new(Flaw::StolenKeyStillTrusted, bounds);
+    let err = ex.run().expect_err("the planted flaw must be found");
+    assert!(
+        err.0.contains("attacker") || err.0.contains("nobody vouched"),
+        "{}",
         err.0
     );
 }

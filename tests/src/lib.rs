@@ -41,6 +41,7 @@ use vouch_gateway::state::{StateBinding, StateDir};
 use vouch_peripheral::{Device as Driver, DriverConfig, Event, MemoryKeyStore, TcpConnector};
 use vouch_proto::anchor::AnchorBundle;
 use vouch_proto::anchor::AnchorUpdate;
+use vouch_proto::handshake::backend::BackendKeys;
 use vouch_proto::handshake::gateway::GatewayConfig;
 use vouch_proto::keys::{IdentityKey, PeripheralId, PublicKey};
 
@@ -323,6 +324,14 @@ impl Backend {
             .await
             .expect("reload the key ring");
         rotation.update
+    }
+
+    /// Backend key pair `kid` as its files in the data directory hold it:
+    /// what a thief of that host's disk has (attack tests).
+    pub fn danger_steal_key(&self, kid: vouch_proto::keys::KeyId) -> BackendKeys {
+        datadir::load_key_pair(self.dir.path(), kid)
+            .expect("read the key files")
+            .expect("the key pair is in the data directory")
     }
 
     fn state(&self) -> &AppState {
