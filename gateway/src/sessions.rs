@@ -184,12 +184,25 @@ const SEEN_PER_TICKET: usize = 8;
 /// A stored ticket and the state of its resumption attempts.
 struct Stored {
     ticket: GatewayTicket,
-    /// The `e_P'` of every ResumeHello that named this ticket with a valid
-    /// binder: the same message again is a replay.
+    /// Its resumption attempts; boxed and absent until the first one
+    /// verified its binder: most tickets wait unused, and the store holds
+    /// one per peripheral.
+    attempts: Option<Box<Attempts>>,
+}
+
+/// The resumption attempts of one ticket whose binder verified.
+#[derive(Default)]
+struct Attempts {
+    /// Their `e_P'`: the same ResumeHello again is a replay.
     seen: Vec<[u8; 32]>,
-    /// The attempt that may complete a resumption with this ticket (the
-    /// latest whose binder verified); 0: none.
+    /// The attempt that may complete a resumption (the latest).
     claim: u64,
+}
+
+impl Stored {
+    fn was_seen(&self, e_p: &[u8; 32]) -> bool {
+        self.attempts.as_ref().is_some_and(|a| a.seen.contains(e_p))
+    }
 }
 
 /// The tickets, at most one per peripheral (SPEC.md §6.1): a peripheral's
@@ -329,8 +342,7 @@ impl SessionTable {
                 t.id,
                 Stored {
                     ticket: t,
-                    seen: Vec::new(),
-                    claim: 0,
+                    attempts: None,
                 },
             );
         }
@@ -539,8 +551,7 @@ impl SessionTable {
             ticket.id,
             Stored {
                 ticket,
-                seen: Vec::new(),
-                claim: 0,
+                attempts: None,
             },
         );
     }
@@ -559,7 +570,7 @@ impl SessionTable {
             return None;
         }
         let stored = map.by_id.get(id)?;
-        if stored.seen.contains(e_p) || self.is_revoked(&stored.ticket.peripheral.id) {
+        if stored.was_seen(e_p) || self.is_revoked(&stored.ticket.peripheral.id) {
             return None;
         }
         let t = &stored.ticket;
@@ -583,14 +594,15 @@ impl SessionTable {
         map.next_claim += 1;
         let claim = map.next_claim;
         let stored = map.by_id.get_mut(id)?;
-        if stored.seen.contains(e_p) {
+        if stored.was_seen(e_p) {
             return None;
         }
-        if stored.seen.len() >= SEEN_PER_TICKET {
-            stored.seen.remove(0);
+        let attempts = stored.attempts.get_or_insert_with(Default::default);
+        if attempts.seen.len() >= SEEN_PER_TICKET {
+            attempts.seen.remove(0);
         }
-        stored.seen.push(*e_p);
-        stored.claim = claim;
+        attempts.seen.push(*e_p);
+        attempts.claim = claim;
         Some(TicketClaim { id: *id, claim })
     }
 
@@ -601,7 +613,12 @@ impl SessionTable {
     pub fn complete_resumption(&self, claim: TicketClaim, next: GatewayTicket) -> bool {
         {
             let mut map = self.lock_tickets();
-            if map.by_id.get(&claim.id).map(|s| s.claim) != Some(claim.claim) {
+            let current = map
+                .by_id
+                .get(&claim.id)
+                .and_then(|s| s.attempts.as_ref())
+                .map(|a| a.claim);
+            if current != Some(claim.claim) {
                 return false;
             }
             self.drop_ticket(&mut map, &claim.id);

@@ -192,6 +192,10 @@ impl<L: Link> Link for Gated<L> {
         };
         // Each branch is cancel-safe: the inner link keeps what it read, the
         // receiver and the fixed deadline are only polled.
+        // The timer is boxed: it lives only until the first message, and
+        // inline it would grow every session's task for the session's whole
+        // life (the gateway's memory budget is per session, SPEC.md §6).
+        let deadline = Box::pin(tokio::time::sleep_until(self.deadline));
         tokio::select! {
             r = self.inner.recv() => {
                 if matches!(r, Ok(Some(_))) {
@@ -200,7 +204,7 @@ impl<L: Link> Link for Gated<L> {
                 r
             }
             _ = closed => Err(LinkError::Evicted),
-            () = tokio::time::sleep_until(self.deadline) => Err(LinkError::FirstMessageTimeout),
+            () = deadline => Err(LinkError::FirstMessageTimeout),
         }
     }
 
