@@ -9,6 +9,15 @@
 //! cursor (its database was restored) or it refuses the request, the feed
 //! cannot vouch for what happened in between and the restored tickets are
 //! discarded.
+//!
+//! Every answer's time (its `Date`, on the mutually authenticated channel)
+//! is checked against the gateway's wall clock
+//! ([`SessionTable::check_clock`]): restored tickets are used only once the
+//! feed caught up *and* the wall clock agrees with the backend's.
+//!
+//! The feed starts with polls that do not wait even without restored
+//! tickets: the first answer confirms the wall clock at once, and tickets
+//! are saved to the state directory only once it has.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,8 +74,8 @@ pub async fn follow<B: BackendApi>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut after = table.feed_cursor();
-    let mut catching_up = table.awaits_feed();
-    if catching_up {
+    let mut catching_up = true;
+    if table.awaits_feed() {
         info!(
             after,
             "revocation feed: catching up from the saved cursor before restored tickets are used"
@@ -76,15 +85,17 @@ pub async fn follow<B: BackendApi>(
     loop {
         let poll = async {
             if catching_up {
-                backend.feed_now(after).await
+                backend.feed_now_dated(after).await
             } else {
-                backend.feed(after).await
+                backend.feed_dated(after).await
             }
         };
         tokio::select! {
             r = poll => match r {
-                Ok(batch) => {
+                Ok(answer) => {
                     backoff = Duration::from_millis(250);
+                    let batch = answer.batch;
+                    table.check_clock(answer.server_time);
                     for ev in &batch.events {
                         apply(&table, &own_key, ev);
                         metrics.revocation_applied();

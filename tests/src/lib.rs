@@ -33,7 +33,7 @@ use vouch_backend::server::Transport;
 use vouch_backend::store::Store;
 use vouch_backend::{app, pki, AppState};
 use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
-use vouch_gateway::clock::{Clock, SystemClock};
+use vouch_gateway::clock::SystemClock;
 use vouch_gateway::driver::Context;
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
@@ -472,7 +472,7 @@ impl Gateway {
                 gateway_key: self.key,
                 backend_url: self.backend_url.clone(),
             };
-            self.table = SessionTable::open(10_000, &dir, &binding, SystemClock.now())
+            self.table = SessionTable::open(10_000, &dir, &binding, Arc::new(SystemClock))
                 .expect("open the state directory");
         }
         let backend = HttpBackend::new(HttpBackendConfig {
