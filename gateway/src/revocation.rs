@@ -33,6 +33,13 @@ use crate::metrics::Metrics;
 use crate::sessions::SessionTable;
 
 /// Applies one feed event to the table; returns how many sessions it closed.
+///
+/// - `PeripheralRevoked`/`PeripheralSuspended`: that peripheral's session is
+///   closed and its tickets dropped.
+/// - `GatewayRevoked`/`GatewaySuspended` of this gateway: every session and
+///   ticket.
+/// - `PolicyChanged`: every session and ticket too, since the event does not
+///   say whose grant changed ([`SessionTable::policy_changed`]).
 pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> usize {
     match &event.change {
         FeedChange::PeripheralRevoked(id) | FeedChange::PeripheralSuspended(id) => {
@@ -58,6 +65,19 @@ pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> us
         FeedChange::PeripheralReinstated(id) => {
             table.set_revoked(*id, false);
             0
+        }
+        FeedChange::PolicyChanged => {
+            // The event names no rule, peripheral or gateway: any grant held
+            // here may have narrowed or been withdrawn (SPEC.md §10.5).
+            let tickets = table.ticket_count();
+            let n = table.policy_changed();
+            warn!(
+                seq = event.seq,
+                sessions_closed = n,
+                tickets_dropped = tickets,
+                "policy changed: every session closed and every ticket dropped, for the backend to judge each peripheral again"
+            );
+            n
         }
         _ => 0,
     }
@@ -116,6 +136,7 @@ pub async fn follow<B: BackendApi>(
                         table.record_feed_cursor(batch.next);
                     }
                     after = batch.next;
+                    table.set_feed_position(after);
                 }
                 Err(e) => {
                     if catching_up && matches!(e, BackendError::Refused { .. }) {

@@ -262,6 +262,13 @@ pub struct SessionTable {
     /// ticket restore that was in flight when the event arrived must not
     /// bring them back.
     revoked: Mutex<HashSet<PeripheralId>>,
+    /// How many `PolicyChanged` events the feed delivered: a handshake that
+    /// started under another count was judged under a policy that may have
+    /// changed, and must not survive the change (see
+    /// [`policy_changed`](Self::policy_changed)).
+    policy_epoch: AtomicU64,
+    /// The feed cursor up to which every event has been applied in this run.
+    feed_position: AtomicU64,
     /// Where tickets and the feed cursor are kept, with the clock that
     /// converts their expiry to wall time; `None`: memory only.
     store: Option<(TicketStore, Arc<dyn Clock>)>,
@@ -384,6 +391,8 @@ impl SessionTable {
             next_token: std::sync::atomic::AtomicU64::new(1),
             max_tickets,
             revoked: Mutex::new(HashSet::new()),
+            policy_epoch: AtomicU64::new(0),
+            feed_position: AtomicU64::new(feed_start),
             store,
             wall_confirmed: std::sync::atomic::AtomicBool::new(false),
             clock_checked: std::sync::atomic::AtomicBool::new(false),
@@ -521,6 +530,31 @@ impl SessionTable {
         } else {
             set.remove(&peripheral);
         }
+    }
+
+    /// The feed said a policy rule was added or removed (SPEC.md §10.5):
+    /// the event does not say which peripherals or gateways it touches, so
+    /// every grant this gateway holds may have narrowed or been withdrawn.
+    /// Closes every session (reason 1, revoked: the peripheral runs a full
+    /// handshake, which the backend judges under the new policy) and drops
+    /// every ticket (a resumption would keep the old grant). A handshake in
+    /// flight, started before the change, is closed when it registers
+    /// ([`policy_epoch`](Self::policy_epoch)). Returns how many sessions
+    /// were told to close.
+    pub fn policy_changed(&self) -> usize {
+        // First the count, then the drops: a handshake that registers after
+        // this line sees the new count and closes itself; one that
+        // registered before has its session and ticket dropped below.
+        self.policy_epoch.fetch_add(1, Ordering::SeqCst);
+        self.forget_all_tickets();
+        self.close_all(CloseReason::REVOKED)
+    }
+
+    /// How many policy changes the feed delivered so far: a handshake takes
+    /// it when it starts, and its session must not survive if it changed
+    /// by the time the session is registered.
+    pub fn policy_epoch(&self) -> u64 {
+        self.policy_epoch.load(Ordering::SeqCst)
     }
 
     /// Whether the feed said this peripheral is revoked or suspended.
@@ -831,6 +865,20 @@ impl SessionTable {
         };
         self.feed_ready.send_replace(true);
         n
+    }
+
+    /// Every feed event up to `next` has been applied
+    /// ([`revocation::follow`](crate::revocation::follow) calls this after
+    /// each batch).
+    pub fn set_feed_position(&self, next: u64) {
+        self.feed_position.store(next, Ordering::SeqCst);
+    }
+
+    /// The feed cursor up to which every event has been applied: a test, or
+    /// an operator, can tell from it that a change made in the backend has
+    /// reached this gateway.
+    pub fn feed_position(&self) -> u64 {
+        self.feed_position.load(Ordering::SeqCst)
     }
 
     /// Saves the feed cursor (with a state directory): after every ticket

@@ -43,6 +43,10 @@ async fn setup() -> (Backend, Gateway, Gateway, Device) {
     backend
         .allow("group:meters", "site:plant-1", "telemetry,command")
         .await;
+    // The rule reaches the gateways as PolicyChanged, which closes every
+    // session: let it land before any handshake.
+    a.caught_up().await;
+    b.caught_up().await;
     (backend, a, b, device)
 }
 

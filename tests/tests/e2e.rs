@@ -104,6 +104,9 @@ async fn resumption_while_the_backend_is_down() {
         .allow("group:meters", "site:plant-1", "telemetry,command")
         .await;
     let store = device.store();
+    // The rule added above reaches the gateway as PolicyChanged, which
+    // closes every session: let it land before the device connects.
+    gateway.caught_up().await;
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
     assert!(!dev.established().await);
     dev.stop().await;

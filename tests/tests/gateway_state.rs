@@ -59,6 +59,9 @@ async fn a_device_revoked_while_its_gateway_was_down_cannot_resume() {
         .allow("group:meters", "site:plant-1", "telemetry,command")
         .await;
     let store = device.store();
+    // The rule added above reaches the gateway as PolicyChanged, which
+    // closes every session: let it land before the device connects.
+    gateway.caught_up().await;
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
     assert!(!dev.established().await);
     dev.stop().await;

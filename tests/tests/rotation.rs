@@ -70,6 +70,9 @@ async fn rotation(db: Db) {
     let store = device.store();
     let held = || gateway.table.anchor_updates().last_serial();
 
+    // The rule added above reaches the gateway as PolicyChanged, which
+    // closes every session: let it land before the device connects.
+    gateway.caught_up().await;
     // Provisioned with key 1: its first session is vouched by key 1, and the
     // gateway has nothing to deliver.
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
