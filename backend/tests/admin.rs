@@ -19,6 +19,7 @@ on_both!(
     audit_chain_detects_tampering,
     bad_input_gets_a_stable_4xx_code,
     non_canonical_public_keys_are_refused_at_enrollment_and_import,
+    adding_a_rule_sends_no_policy_change_and_removing_one_does,
 );
 
 fn code(v: &Value) -> &str {
@@ -915,4 +916,35 @@ async fn overload_is_shed_with_503_not_queued() {
     assert_eq!(s, StatusCode::OK);
     let m = b.metrics().await;
     assert!(String::from_utf8_lossy(&m).contains("vouch_overload_total{kind=\"shed\"} 2"));
+}
+
+/// Gateways close every session on `policy_changed` (SPEC.md §10.5), so the
+/// backend sends it only when a grant may shrink: when a rule is removed. A
+/// grant is the union of the matching rules, so adding one never does.
+async fn adding_a_rule_sends_no_policy_change_and_removing_one_does(db: Db) {
+    let b = Backend::new(&db).await;
+    let changes = |events: Vec<vouch_backend::store::EventRow>| {
+        events.iter().filter(|e| e.kind == "policy_changed").count()
+    };
+    b.allow("any", "any", "telemetry").await;
+    b.allow("group:meters", "site:plant-1", "telemetry,command")
+        .await;
+    assert_eq!(
+        changes(b.store.events_after(0, 100).await.expect("events")),
+        0
+    );
+    let (s, v) = b.admin("GET", "/v1/admin/policies", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let id = v["items"][0]["id"]
+        .as_i64()
+        .or_else(|| v[0]["id"].as_i64())
+        .expect("a rule id");
+    let (s, _) = b
+        .admin("DELETE", &format!("/v1/admin/policies/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        changes(b.store.events_after(0, 100).await.expect("events")),
+        1
+    );
 }

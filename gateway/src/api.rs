@@ -56,7 +56,8 @@ pub struct SessionView {
     pub scope: u32,
     /// The link's peer (untrusted).
     pub link: String,
-    /// Established at (ms, gateway clock).
+    /// Established at: ms on the gateway's monotonic clock, counted from
+    /// the daemon's start (SPEC.md §1.3), not a wall-clock time.
     pub since_ms: u64,
     /// Whether it was resumed.
     pub resumed: bool,

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::WallTime;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use vouch_proto::wire::backend::{
     decode_body, encode_body, AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer,
@@ -67,6 +68,28 @@ impl BackendError {
     }
 }
 
+/// A revocation-feed answer, with the time the backend sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedAnswer {
+    /// The events.
+    pub batch: FeedBatch,
+    /// The `Date` of the backend's answer, on the mutually authenticated
+    /// channel (SPEC.md §10.2): what confirms the gateway's wall clock before
+    /// it uses restored tickets ([`crate::sessions::SessionTable::check_clock`]).
+    /// `None` when the answer carried none.
+    pub server_time: Option<WallTime>,
+}
+
+impl FeedAnswer {
+    /// An answer without a time.
+    pub fn undated(batch: FeedBatch) -> Self {
+        Self {
+            batch,
+            server_time: None,
+        }
+    }
+}
+
 /// What the gateway needs from the backend.
 pub trait BackendApi: Send + Sync + 'static {
     /// Asks for a vouch (SPEC.md §10.1).
@@ -88,6 +111,25 @@ pub trait BackendApi: Send + Sync + 'static {
     /// timeout when nothing is new.
     fn feed_now(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send {
         self.feed(after)
+    }
+    /// [`feed`](Self::feed), with the time the backend sent its answer. The
+    /// default has none: a gateway on such a backend never confirms its wall
+    /// clock, so it neither saves tickets nor uses restored ones.
+    fn feed_dated(
+        &self,
+        after: u64,
+    ) -> impl Future<Output = Result<FeedAnswer, BackendError>> + Send {
+        let poll = self.feed(after);
+        async move { poll.await.map(FeedAnswer::undated) }
+    }
+    /// [`feed_now`](Self::feed_now), with the time the backend sent its
+    /// answer (see [`feed_dated`](Self::feed_dated)).
+    fn feed_now_dated(
+        &self,
+        after: u64,
+    ) -> impl Future<Output = Result<FeedAnswer, BackendError>> + Send {
+        let poll = self.feed_now(after);
+        async move { poll.await.map(FeedAnswer::undated) }
     }
     /// Fetches the trust-anchor updates with a serial above `after` (SPEC.md
     /// §10.6): at most [`MAX_ANCHOR_UPDATES`](vouch_proto::wire::backend::MAX_ANCHOR_UPDATES)
@@ -122,6 +164,18 @@ impl<T: BackendApi> BackendApi for Arc<T> {
     }
     fn feed_now(&self, after: u64) -> impl Future<Output = Result<FeedBatch, BackendError>> + Send {
         (**self).feed_now(after)
+    }
+    fn feed_dated(
+        &self,
+        after: u64,
+    ) -> impl Future<Output = Result<FeedAnswer, BackendError>> + Send {
+        (**self).feed_dated(after)
+    }
+    fn feed_now_dated(
+        &self,
+        after: u64,
+    ) -> impl Future<Output = Result<FeedAnswer, BackendError>> + Send {
+        (**self).feed_now_dated(after)
     }
     fn anchor_updates(
         &self,
@@ -320,23 +374,40 @@ impl Inner {
         path: &str,
         timeout: Duration,
     ) -> Result<Resp, BackendError> {
+        self.get_dated(path, timeout).await.map(|(r, _)| r)
+    }
+
+    /// A GET, with the answer's `Date`.
+    async fn get_dated<Resp: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(Resp, Option<WallTime>), BackendError> {
         self.breaker.check()?;
         let req = self
             .client
             .get(format!("{}{path}", self.url))
             .timeout(timeout);
-        self.finish(req).await
+        self.finish_dated(req).await
     }
 
     async fn finish<Resp: serde::de::DeserializeOwned + serde::Serialize>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<Resp, BackendError> {
+        self.finish_dated(req).await.map(|(r, _)| r)
+    }
+
+    async fn finish_dated<Resp: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(Resp, Option<WallTime>), BackendError> {
         let result = async {
             let resp = req
                 .send()
                 .await
                 .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            let date = server_date(resp.headers());
             let status = resp.status();
             let bytes = resp
                 .bytes()
@@ -355,13 +426,24 @@ impl Inner {
                     code,
                 });
             }
-            decode_body::<Resp>(&bytes).map_err(|e| BackendError::Malformed(e.to_string()))
+            decode_body::<Resp>(&bytes)
+                .map(|r| (r, date))
+                .map_err(|e| BackendError::Malformed(e.to_string()))
         }
         .await;
         self.breaker
             .record(!matches!(result, Err(BackendError::Unavailable(_))));
         result
     }
+}
+
+/// The time in an answer's `Date` header (RFC 9110 §6.6.1), if it has a
+/// valid one.
+fn server_date(headers: &reqwest::header::HeaderMap) -> Option<WallTime> {
+    let value = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(value)
+        .ok()
+        .map(WallTime::from_system)
 }
 
 /// Gathers vouch requests that arrive within `window` into one batch.
@@ -444,18 +526,30 @@ impl BackendApi for HttpBackend {
     }
 
     async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
-        self.inner
-            .get(&format!("/v1/feed?after={after}"), self.inner.feed_timeout)
-            .await
+        self.feed_dated(after).await.map(|a| a.batch)
     }
 
     async fn feed_now(&self, after: u64) -> Result<FeedBatch, BackendError> {
-        self.inner
-            .get(
+        self.feed_now_dated(after).await.map(|a| a.batch)
+    }
+
+    async fn feed_dated(&self, after: u64) -> Result<FeedAnswer, BackendError> {
+        let (batch, server_time) = self
+            .inner
+            .get_dated(&format!("/v1/feed?after={after}"), self.inner.feed_timeout)
+            .await?;
+        Ok(FeedAnswer { batch, server_time })
+    }
+
+    async fn feed_now_dated(&self, after: u64) -> Result<FeedAnswer, BackendError> {
+        let (batch, server_time) = self
+            .inner
+            .get_dated(
                 &format!("/v1/feed?after={after}&wait_ms=0"),
                 self.inner.request_timeout,
             )
-            .await
+            .await?;
+        Ok(FeedAnswer { batch, server_time })
     }
     async fn anchor_updates(&self, after: u32) -> Result<AnchorUpdateBatch, BackendError> {
         // Fail fast while the circuit is open, before waiting for a slot.
@@ -472,5 +566,26 @@ impl BackendApi for HttpBackend {
                 self.inner.request_timeout,
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_date_header_gives_the_backends_time() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(server_date(&h), None);
+        h.insert(
+            reqwest::header::DATE,
+            reqwest::header::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(server_date(&h), Some(WallTime(784_111_777_000)));
+        h.insert(
+            reqwest::header::DATE,
+            reqwest::header::HeaderValue::from_static("yesterday"),
+        );
+        assert_eq!(server_date(&h), None);
     }
 }

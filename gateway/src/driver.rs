@@ -86,8 +86,10 @@ where
     // when the handshake ends instead of sizing every session's task.
     let live = Box::pin(async {
         let started = std::time::Instant::now();
+        // The policy this handshake is judged under (SPEC.md §10.5).
+        let epoch = ctx.table.policy_epoch();
         let done = match handshake(&ctx, link, seed, &mut shutdown).await {
-            Ok((est, claim)) => register(&ctx, est, claim, link.peer(), started.elapsed()),
+            Ok((est, claim)) => register(&ctx, est, claim, epoch, link.peer(), started.elapsed()),
             Err(e) => Err(e),
         };
         match done {
@@ -144,11 +146,13 @@ struct Delivery {
 
 /// Stores the ticket (for a resumption, in place of the one used, if this
 /// attempt still holds its claim), registers the session in the table,
-/// reports the attach.
+/// reports the attach. `epoch` is the table's policy epoch when the
+/// handshake started.
 fn register<B: BackendApi, C: Clock>(
     ctx: &Arc<Context<B, C>>,
     est: GatewayEstablished,
     claim: Option<TicketClaim>,
+    epoch: u64,
     peer: String,
     latency: Duration,
 ) -> Result<Live, Error> {
@@ -192,6 +196,15 @@ fn register<B: BackendApi, C: Clock>(
     // Revoked while the handshake was in flight: the feed's close could not
     // reach a session that was not yet registered, so close it now.
     if ctx.table.is_revoked(&id) {
+        mailbox.close(CloseReason::REVOKED);
+    }
+    // Likewise a policy change: this handshake was judged (or its ticket
+    // granted) under the policy before it, and the feed's close-all could
+    // not reach it. Checked after the ticket was stored and the session
+    // registered: a change after this check drops both itself.
+    if ctx.table.policy_epoch() != epoch {
+        debug!(peripheral = %id, "the policy changed during the handshake: closing");
+        ctx.table.forget_tickets_of(&id);
         mailbox.close(CloseReason::REVOKED);
     }
     ctx.metrics.sessions_changed(ctx.table.len());

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 use vouch_gateway::api::{self, ApiState};
 use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
-use vouch_gateway::clock::{Clock, SystemClock};
+use vouch_gateway::clock::SystemClock;
 use vouch_gateway::config::{Config, LogFormat};
 use vouch_gateway::driver::Context;
 use vouch_gateway::metrics::Metrics;
@@ -198,7 +198,12 @@ async fn run(config: Config) -> Result<()> {
                 gateway_key,
                 backend_url: config.backend.url.clone(),
             };
-            SessionTable::open(config.limits.max_tickets, dir, &binding, SystemClock.now())?
+            SessionTable::open(
+                config.limits.max_tickets,
+                dir,
+                &binding,
+                Arc::new(SystemClock),
+            )?
         }
         None => SessionTable::new(config.limits.max_tickets),
     };

@@ -9,6 +9,15 @@
 //! cursor (its database was restored) or it refuses the request, the feed
 //! cannot vouch for what happened in between and the restored tickets are
 //! discarded.
+//!
+//! Every answer's time (its `Date`, on the mutually authenticated channel)
+//! is checked against the gateway's wall clock
+//! ([`SessionTable::check_clock`]): restored tickets are used only once the
+//! feed caught up *and* the wall clock agrees with the backend's.
+//!
+//! The feed starts with polls that do not wait even without restored
+//! tickets: the first answer confirms the wall clock at once, and tickets
+//! are saved to the state directory only once it has.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +33,13 @@ use crate::metrics::Metrics;
 use crate::sessions::SessionTable;
 
 /// Applies one feed event to the table; returns how many sessions it closed.
+///
+/// - `PeripheralRevoked`/`PeripheralSuspended`: that peripheral's session is
+///   closed and its tickets dropped.
+/// - `GatewayRevoked`/`GatewaySuspended` of this gateway: every session and
+///   ticket.
+/// - `PolicyChanged`: every session and ticket too, since the event does not
+///   say whose grant changed ([`SessionTable::policy_changed`]).
 pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> usize {
     match &event.change {
         FeedChange::PeripheralRevoked(id) | FeedChange::PeripheralSuspended(id) => {
@@ -50,6 +66,19 @@ pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> us
             table.set_revoked(*id, false);
             0
         }
+        FeedChange::PolicyChanged => {
+            // The event names no rule, peripheral or gateway: any grant held
+            // here may have narrowed or been withdrawn (SPEC.md §10.5).
+            let tickets = table.ticket_count();
+            let n = table.policy_changed();
+            warn!(
+                seq = event.seq,
+                sessions_closed = n,
+                tickets_dropped = tickets,
+                "policy changed: every session closed and every ticket dropped, for the backend to judge each peripheral again"
+            );
+            n
+        }
         _ => 0,
     }
 }
@@ -65,8 +94,8 @@ pub async fn follow<B: BackendApi>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut after = table.feed_cursor();
-    let mut catching_up = table.awaits_feed();
-    if catching_up {
+    let mut catching_up = true;
+    if table.awaits_feed() {
         info!(
             after,
             "revocation feed: catching up from the saved cursor before restored tickets are used"
@@ -76,15 +105,17 @@ pub async fn follow<B: BackendApi>(
     loop {
         let poll = async {
             if catching_up {
-                backend.feed_now(after).await
+                backend.feed_now_dated(after).await
             } else {
-                backend.feed(after).await
+                backend.feed_dated(after).await
             }
         };
         tokio::select! {
             r = poll => match r {
-                Ok(batch) => {
+                Ok(answer) => {
                     backoff = Duration::from_millis(250);
+                    let batch = answer.batch;
+                    table.check_clock(answer.server_time);
                     for ev in &batch.events {
                         apply(&table, &own_key, ev);
                         metrics.revocation_applied();
@@ -105,6 +136,7 @@ pub async fn follow<B: BackendApi>(
                         table.record_feed_cursor(batch.next);
                     }
                     after = batch.next;
+                    table.set_feed_position(after);
                 }
                 Err(e) => {
                     if catching_up && matches!(e, BackendError::Refused { .. }) {

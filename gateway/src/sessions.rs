@@ -5,8 +5,17 @@
 //! Tickets live in memory ([`SessionTable::new`]) or are also kept in the
 //! state directory ([`SessionTable::open`]), so that devices resume after a
 //! gateway restart. Tickets restored from disk are held back until the
-//! revocation feed has caught up from the cursor saved with them: a
-//! peripheral revoked while the gateway was down must not resume.
+//! revocation feed has caught up from the cursor saved with them (a
+//! peripheral revoked while the gateway was down must not resume) and the
+//! wall clock has been confirmed against the backend's authenticated time
+//! ([`SessionTable::check_clock`]): their expiry was saved on the wall clock,
+//! and a gateway that boots with an old time (a Raspberry Pi has no
+//! real-time clock; fake-hwclock restores the last saved time) would
+//! otherwise lengthen their lives.
+//!
+//! Every time in the table (session lifetimes, ticket expiry, activity) is on
+//! the monotonic clock ([`crate::clock`]); only a ticket file holds a wall
+//! time.
 //!
 //! A session is keyed by the authenticated peripheral id, never by a link
 //! address. A second session for a peripheral that already has one replaces
@@ -19,7 +28,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, oneshot, watch, Notify};
-use tracing::info;
+use tracing::{info, warn};
 use vouch_proto::handshake::gateway::GatewayTicket;
 use vouch_proto::keys::PeripheralId;
 use vouch_proto::session::CloseReason;
@@ -27,7 +36,8 @@ use vouch_proto::wire::{ResumptionId, Scope};
 use vouch_proto::Timestamp;
 
 use crate::anchors::AnchorUpdates;
-use crate::state::tickets::{Loaded, TicketStore};
+use crate::clock::{Clock, WallTime};
+use crate::state::tickets::{issued_at, Loaded, TicketStore};
 use crate::state::{RestoreReport, StateBinding, StateDir, StateError};
 
 /// A request from the rest of the gateway to one session's driver.
@@ -132,9 +142,9 @@ pub struct SessionInfo {
     pub scope: Scope,
     /// The link's peer description (untrusted, for operators).
     pub link: String,
-    /// When the session was established (gateway clock).
+    /// When the session was established (gateway monotonic clock).
     pub since: Timestamp,
-    /// When its lifetime ends (gateway clock).
+    /// When its lifetime ends (gateway monotonic clock).
     pub expires_at: Timestamp,
     /// Whether it was a resumption.
     pub resumed: bool,
@@ -230,6 +240,22 @@ impl Tickets {
     }
 }
 
+/// How far the wall clock may be from the backend's `Date` and still count
+/// as confirmed (SPEC.md §6.1): the `Date` has a resolution of a second and
+/// is stamped before the answer crosses the network. A restored ticket may
+/// live this much longer (or shorter) than its lifetime.
+pub const CLOCK_TOLERANCE_MS: u64 = 60_000;
+
+/// Restored tickets waiting to be used, and what they wait for.
+#[derive(Default)]
+struct Held {
+    /// Each restored ticket still held, with its expiry on the wall clock
+    /// as saved.
+    tickets: HashMap<ResumptionId, WallTime>,
+    /// The revocation feed has caught up from the saved cursor.
+    feed: bool,
+}
+
 /// A ticket a resumption attempt verified, to be used by
 /// [`SessionTable::complete_resumption`] (see [`SessionTable::claim_ticket`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,12 +275,28 @@ pub struct SessionTable {
     /// ticket restore that was in flight when the event arrived must not
     /// bring them back.
     revoked: Mutex<HashSet<PeripheralId>>,
-    /// Where tickets and the feed cursor are kept; `None`: memory only.
-    store: Option<TicketStore>,
-    /// Tickets restored from disk that wait for the feed to catch up; empty
-    /// once it has (or when nothing was restored).
-    restored: Mutex<HashSet<ResumptionId>>,
-    /// `true` once no restored ticket waits for the feed.
+    /// How many `PolicyChanged` events the feed delivered: a handshake that
+    /// started under another count was judged under a policy that may have
+    /// changed, and must not survive the change (see
+    /// [`policy_changed`](Self::policy_changed)).
+    policy_epoch: AtomicU64,
+    /// The feed cursor up to which every event has been applied in this run.
+    feed_position: AtomicU64,
+    /// Where tickets and the feed cursor are kept, with the clock that
+    /// converts their expiry to wall time; `None`: memory only.
+    store: Option<(TicketStore, Arc<dyn Clock>)>,
+    /// Whether the wall clock agrees with the backend's last authenticated
+    /// time (within [`CLOCK_TOLERANCE_MS`]). Tickets are written to disk only
+    /// while it does (their wall-clock expiry would be wrong otherwise), and
+    /// restored ones are used only once it has.
+    wall_confirmed: std::sync::atomic::AtomicBool,
+    /// Whether [`check_clock`](Self::check_clock) has compared it once.
+    clock_checked: std::sync::atomic::AtomicBool,
+    /// Tickets restored from disk that wait for the feed to catch up and the
+    /// wall clock to be confirmed; empty once both happened (or when nothing
+    /// was restored).
+    restored: Mutex<Held>,
+    /// `true` once no restored ticket is held.
     feed_ready: watch::Sender<bool>,
     /// The feed cursor the revocation feed starts after.
     feed_start: u64,
@@ -281,17 +323,21 @@ impl SessionTable {
 
     /// A table whose tickets are kept in `state` (SPEC.md §6.1, §10.5): loads
     /// the tickets saved for `binding` and keeps every later change on disk.
+    /// `clock` must be the clock the gateway's drivers run on: it converts
+    /// ticket expiry between its monotonic and wall times.
     ///
     /// - Tickets are restored only with a feed cursor saved for the same
     ///   gateway identity and backend; without one, every ticket file is
     ///   removed (nothing says which revocations they missed), and a cursor
     ///   from the start of the feed is saved.
-    /// - Tickets expired at `now`, tickets issued after `now` (the clock went
-    ///   back), and tickets beyond `max_tickets` are removed; unreadable files
-    ///   are logged and skipped.
+    /// - Tickets expired on the wall clock, tickets issued after it (the clock
+    ///   went back), and tickets beyond `max_tickets` are removed; unreadable
+    ///   files are logged and skipped.
     /// - Restored tickets are not used until the revocation feed reports that
-    ///   it caught up from the cursor ([`feed_caught_up`](Self::feed_caught_up));
-    ///   [`revocation::follow`](crate::revocation::follow) does this.
+    ///   it caught up from the cursor ([`feed_caught_up`](Self::feed_caught_up))
+    ///   and the wall clock is confirmed ([`check_clock`](Self::check_clock));
+    ///   [`revocation::follow`](crate::revocation::follow) does both. Their
+    ///   expiry is then taken again from the confirmed wall clock.
     /// - The trust-anchor updates saved for `binding`'s backend are loaded
     ///   ([`AnchorUpdates::open`]); [`anchors::follow`](crate::anchors::follow)
     ///   fetches newer ones.
@@ -299,17 +345,17 @@ impl SessionTable {
         max_tickets: usize,
         state: &StateDir,
         binding: &StateBinding,
-        now: Timestamp,
+        clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StateError> {
         let Loaded {
             store,
             tickets,
             cursor,
             report,
-        } = TicketStore::open(state, binding, max_tickets, now)?;
+        } = TicketStore::open(state, binding, max_tickets, clock.now(), clock.wall())?;
         Ok(Arc::new(Self::build(
             max_tickets,
-            Some(store),
+            Some((store, clock)),
             tickets,
             cursor,
             Some(report),
@@ -319,8 +365,8 @@ impl SessionTable {
 
     fn build(
         max_tickets: usize,
-        store: Option<TicketStore>,
-        tickets: HashMap<ResumptionId, GatewayTicket>,
+        store: Option<(TicketStore, Arc<dyn Clock>)>,
+        tickets: HashMap<ResumptionId, (GatewayTicket, WallTime)>,
         feed_start: u64,
         restore_report: Option<RestoreReport>,
         anchor_updates: AnchorUpdates,
@@ -328,16 +374,19 @@ impl SessionTable {
         let (inbound, _) = broadcast::channel(1024);
         // One ticket per peripheral: of several restored (files written
         // before this rule), the one expiring last.
-        let mut newest: Vec<GatewayTicket> = tickets.into_values().collect();
-        newest.sort_by_key(|t| t.expires_at);
+        let mut newest: Vec<(GatewayTicket, WallTime)> = tickets.into_values().collect();
+        newest.sort_by_key(|(_, wall)| *wall);
         let mut map = Tickets::default();
-        for t in newest {
+        let mut held = Held::default();
+        for (t, wall) in newest {
             if let Some(old) = map.by_peripheral.insert(t.peripheral.id, t.id) {
                 map.by_id.remove(&old);
-                if let Some(store) = &store {
+                held.tickets.remove(&old);
+                if let Some((store, _)) = &store {
                     store.remove(&old);
                 }
             }
+            held.tickets.insert(t.id, wall);
             map.by_id.insert(
                 t.id,
                 Stored {
@@ -346,8 +395,7 @@ impl SessionTable {
                 },
             );
         }
-        let restored: HashSet<ResumptionId> = map.by_id.keys().copied().collect();
-        let (feed_ready, _) = watch::channel(restored.is_empty());
+        let (feed_ready, _) = watch::channel(held.tickets.is_empty());
         Self {
             sessions: Mutex::new(HashMap::new()),
             tickets: Mutex::new(map),
@@ -355,8 +403,12 @@ impl SessionTable {
             next_token: std::sync::atomic::AtomicU64::new(1),
             max_tickets,
             revoked: Mutex::new(HashSet::new()),
+            policy_epoch: AtomicU64::new(0),
+            feed_position: AtomicU64::new(feed_start),
             store,
-            restored: Mutex::new(restored),
+            wall_confirmed: std::sync::atomic::AtomicBool::new(false),
+            clock_checked: std::sync::atomic::AtomicBool::new(false),
+            restored: Mutex::new(held),
             feed_ready,
             feed_start,
             restore_report,
@@ -492,6 +544,31 @@ impl SessionTable {
         }
     }
 
+    /// The feed said a policy rule was added or removed (SPEC.md §10.5):
+    /// the event does not say which peripherals or gateways it touches, so
+    /// every grant this gateway holds may have narrowed or been withdrawn.
+    /// Closes every session (reason 1, revoked: the peripheral runs a full
+    /// handshake, which the backend judges under the new policy) and drops
+    /// every ticket (a resumption would keep the old grant). A handshake in
+    /// flight, started before the change, is closed when it registers
+    /// ([`policy_epoch`](Self::policy_epoch)). Returns how many sessions
+    /// were told to close.
+    pub fn policy_changed(&self) -> usize {
+        // First the count, then the drops: a handshake that registers after
+        // this line sees the new count and closes itself; one that
+        // registered before has its session and ticket dropped below.
+        self.policy_epoch.fetch_add(1, Ordering::SeqCst);
+        self.forget_all_tickets();
+        self.close_all(CloseReason::REVOKED)
+    }
+
+    /// How many policy changes the feed delivered so far: a handshake takes
+    /// it when it starts, and its session must not survive if it changed
+    /// by the time the session is registered.
+    pub fn policy_epoch(&self) -> u64 {
+        self.policy_epoch.load(Ordering::SeqCst)
+    }
+
     /// Whether the feed said this peripheral is revoked or suspended.
     pub fn is_revoked(&self, peripheral: &PeripheralId) -> bool {
         self.revoked
@@ -500,17 +577,142 @@ impl SessionTable {
             .contains(peripheral)
     }
 
-    fn lock_restored(&self) -> std::sync::MutexGuard<'_, HashSet<ResumptionId>> {
+    fn lock_restored(&self) -> std::sync::MutexGuard<'_, Held> {
         self.restored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Removes a ticket from the map (held locked by the caller) and from disk.
     fn drop_ticket(&self, map: &mut Tickets, id: &ResumptionId) -> Option<GatewayTicket> {
         let t = map.remove(id)?;
-        if let Some(store) = &self.store {
+        if let Some((store, _)) = &self.store {
             store.remove(id);
         }
         Some(t)
+    }
+
+    /// Queues a ticket's file (the map held locked by the caller), its
+    /// monotonic expiry converted to the wall clock; only while the wall
+    /// clock is confirmed: on a wrong one the saved expiry would be wrong.
+    /// A ticket not written now is written if the clock is confirmed later
+    /// in this run ([`check_clock`](Self::check_clock)).
+    fn persist(&self, ticket: &GatewayTicket) {
+        let Some((store, clock)) = &self.store else {
+            return;
+        };
+        if !self.wall_confirmed.load(Ordering::SeqCst) {
+            return;
+        }
+        let remaining = ticket
+            .expires_at
+            .as_millis()
+            .saturating_sub(clock.now().as_millis());
+        store.write(
+            ticket,
+            WallTime(clock.wall().as_millis().saturating_add(remaining)),
+        );
+    }
+
+    /// Checks the wall clock against `server_time`, the time of the
+    /// backend's authenticated answer to the revocation feed (its `Date`;
+    /// `None` when the answer had none, which changes nothing). Within
+    /// [`CLOCK_TOLERANCE_MS`], the wall clock is confirmed: tickets are
+    /// written to disk again (those made while it was not are written now),
+    /// and restored tickets are released once the feed has caught up.
+    /// Otherwise it is not: no ticket is written, and restored tickets stay
+    /// held (a clock that boots far behind would lengthen their lives).
+    /// Returns whether the wall clock is confirmed; `None` for a table
+    /// without a state directory, which keeps no wall time.
+    pub fn check_clock(&self, server_time: Option<WallTime>) -> Option<bool> {
+        let (_, clock) = self.store.as_ref()?;
+        let Some(server) = server_time else {
+            return Some(self.wall_confirmed.load(Ordering::SeqCst));
+        };
+        let wall = clock.wall();
+        let ok = wall.distance(server) <= CLOCK_TOLERANCE_MS;
+        let map = self.lock_tickets();
+        let was = self.wall_confirmed.swap(ok, Ordering::SeqCst);
+        let checked_before = self.clock_checked.swap(true, Ordering::SeqCst);
+        if ok && !was {
+            info!(
+                wall_ms = wall.as_millis(),
+                backend_ms = server.as_millis(),
+                "wall clock confirmed by the backend's time"
+            );
+            let held = self.lock_restored();
+            for stored in map.by_id.values() {
+                if !held.tickets.contains_key(&stored.ticket.id) {
+                    self.persist(&stored.ticket);
+                }
+            }
+        } else if !ok && (was || !checked_before) {
+            warn!(
+                wall_ms = wall.as_millis(),
+                backend_ms = server.as_millis(),
+                tolerance_ms = CLOCK_TOLERANCE_MS,
+                "the wall clock disagrees with the backend's time: restored resumption tickets stay unused and new ones are not saved until it agrees"
+            );
+        }
+        drop(map);
+        if ok {
+            self.release_restored();
+        }
+        Some(ok)
+    }
+
+    /// Whether the wall clock agreed with the backend's time at the last
+    /// check ([`check_clock`](Self::check_clock)).
+    pub fn wall_clock_confirmed(&self) -> bool {
+        self.wall_confirmed.load(Ordering::SeqCst)
+    }
+
+    /// Releases the restored tickets once the feed caught up and the wall
+    /// clock is confirmed: each gets its expiry again from the confirmed
+    /// wall clock; one expired by it, or issued later than it says it is
+    /// (it was written by a clock ahead), is dropped.
+    fn release_restored(&self) {
+        let n = {
+            let mut map = self.lock_tickets();
+            let mut held = self.lock_restored();
+            if !held.feed || !self.wall_confirmed.load(Ordering::SeqCst) {
+                return;
+            }
+            if held.tickets.is_empty() && !self.awaits_feed() {
+                return;
+            }
+            let Some((_, clock)) = &self.store else {
+                return;
+            };
+            let (now, wall) = (clock.now(), clock.wall());
+            let mut dropped = 0;
+            for (id, expires) in std::mem::take(&mut held.tickets) {
+                let Some(stored) = map.by_id.get_mut(&id) else {
+                    continue;
+                };
+                if wall >= expires
+                    || issued_at(&stored.ticket, expires).as_millis()
+                        > wall.as_millis().saturating_add(CLOCK_TOLERANCE_MS)
+                {
+                    self.drop_ticket(&mut map, &id);
+                    dropped += 1;
+                } else {
+                    stored.ticket.expires_at =
+                        Timestamp(now.as_millis().saturating_add(expires.0 - wall.0));
+                }
+            }
+            held.tickets.shrink_to_fit();
+            if dropped > 0 {
+                warn!(
+                    tickets = dropped,
+                    "restored resumption tickets expired or issued in the future by the confirmed clock: dropped"
+                );
+            }
+            map.len()
+        };
+        info!(
+            tickets = n,
+            "revocation feed caught up and wall clock confirmed: restored resumption tickets are usable"
+        );
+        self.feed_ready.send_replace(true);
     }
 
     /// Stores a ticket: it replaces the peripheral's previous ticket, if any
@@ -529,7 +731,7 @@ impl SessionTable {
         if let Some(&old) = map.by_peripheral.get(&ticket.peripheral.id) {
             if old != ticket.id {
                 self.drop_ticket(&mut map, &old);
-                self.lock_restored().remove(&old);
+                self.lock_restored().tickets.remove(&old);
             }
         }
         if map.len() >= self.max_tickets && !map.by_id.contains_key(&ticket.id) {
@@ -540,12 +742,10 @@ impl SessionTable {
                 .map(|s| s.ticket.id)
             {
                 self.drop_ticket(&mut map, &oldest);
-                self.lock_restored().remove(&oldest);
+                self.lock_restored().tickets.remove(&oldest);
             }
         }
-        if let Some(store) = &self.store {
-            store.write(&ticket);
-        }
+        self.persist(&ticket);
         map.by_peripheral.insert(ticket.peripheral.id, ticket.id);
         map.by_id.insert(
             ticket.id,
@@ -566,7 +766,7 @@ impl SessionTable {
     /// message is a replay.
     pub fn ticket_for_attempt(&self, id: &ResumptionId, e_p: &[u8; 32]) -> Option<GatewayTicket> {
         let map = self.lock_tickets();
-        if self.lock_restored().contains(id) {
+        if self.lock_restored().tickets.contains_key(id) {
             return None;
         }
         let stored = map.by_id.get(id)?;
@@ -628,19 +828,20 @@ impl SessionTable {
     }
 
     /// Whether `id` is a ticket restored from disk that waits for the
-    /// revocation feed to catch up.
+    /// revocation feed to catch up or the wall clock to be confirmed.
     pub fn is_held_for_feed(&self, id: &ResumptionId) -> bool {
-        self.lock_restored().contains(id)
+        self.lock_restored().tickets.contains_key(id)
     }
 
-    /// Waits until no restored ticket waits for the feed any more (at once
-    /// for a table that restored none).
+    /// Waits until no restored ticket is held any more (at once for a table
+    /// that restored none).
     pub async fn feed_ready(&self) {
         let mut rx = self.feed_ready.subscribe();
         let _ = rx.wait_for(|ready| *ready).await;
     }
 
-    /// Whether restored tickets wait for the feed to catch up.
+    /// Whether restored tickets wait for the feed to catch up or the wall
+    /// clock to be confirmed.
     pub fn awaits_feed(&self) -> bool {
         !*self.feed_ready.borrow()
     }
@@ -652,22 +853,18 @@ impl SessionTable {
     }
 
     /// The feed has been read from the saved cursor to its end and every
-    /// event applied: the restored tickets that are left may be used.
+    /// event applied: the restored tickets that are left may be used once
+    /// the wall clock is confirmed too ([`check_clock`](Self::check_clock)).
     pub fn feed_caught_up(&self) {
-        let n = {
-            let mut restored = self.lock_restored();
-            let n = restored.len();
-            restored.clear();
-            restored.shrink_to_fit();
-            n
-        };
-        if self.awaits_feed() {
-            info!(
-                tickets = n,
-                "revocation feed caught up: restored resumption tickets are usable"
-            );
+        self.lock_restored().feed = true;
+        if self.store.is_none() {
+            self.feed_ready.send_replace(true);
+            return;
         }
-        self.feed_ready.send_replace(true);
+        if self.awaits_feed() && !self.wall_confirmed.load(Ordering::SeqCst) {
+            info!("revocation feed caught up: restored resumption tickets wait for the wall clock to be confirmed");
+        }
+        self.release_restored();
     }
 
     /// The feed cannot be resumed from the saved cursor (the backend's log is
@@ -677,21 +874,34 @@ impl SessionTable {
         let n = {
             let mut map = self.lock_tickets();
             let mut restored = self.lock_restored();
-            let n = restored.len();
-            for id in restored.drain() {
+            let n = restored.tickets.len();
+            for (id, _) in std::mem::take(&mut restored.tickets) {
                 self.drop_ticket(&mut map, &id);
             }
-            restored.shrink_to_fit();
             n
         };
         self.feed_ready.send_replace(true);
         n
     }
 
+    /// Every feed event up to `next` has been applied
+    /// ([`revocation::follow`](crate::revocation::follow) calls this after
+    /// each batch).
+    pub fn set_feed_position(&self, next: u64) {
+        self.feed_position.store(next, Ordering::SeqCst);
+    }
+
+    /// The feed cursor up to which every event has been applied: a test, or
+    /// an operator, can tell from it that a change made in the backend has
+    /// reached this gateway.
+    pub fn feed_position(&self) -> u64 {
+        self.feed_position.load(Ordering::SeqCst)
+    }
+
     /// Saves the feed cursor (with a state directory): after every ticket
     /// change made before this call is on disk.
     pub fn record_feed_cursor(&self, after: u64) {
-        if let Some(store) = &self.store {
+        if let Some((store, _)) = &self.store {
             store.cursor(after);
         }
     }
@@ -699,7 +909,7 @@ impl SessionTable {
     /// Waits until every ticket and cursor change made so far is on disk (at
     /// once without a state directory). Call before exiting.
     pub async fn flush(&self) {
-        if let Some(store) = &self.store {
+        if let Some((store, _)) = &self.store {
             store.flush().await;
         }
     }
@@ -733,7 +943,7 @@ impl SessionTable {
         let mut restored = self.lock_restored();
         for id in &ids {
             self.drop_ticket(&mut map, id);
-            restored.remove(id);
+            restored.tickets.remove(id);
         }
         ids.len()
     }
@@ -745,7 +955,7 @@ impl SessionTable {
         for id in &ids {
             self.drop_ticket(&mut map, id);
         }
-        self.lock_restored().clear();
+        self.lock_restored().tickets.clear();
     }
 
     /// Closes sessions past their lifetime or idle for `idle_ms`, one timer
@@ -784,7 +994,7 @@ impl SessionTable {
         let mut restored = self.lock_restored();
         for id in &ids {
             self.drop_ticket(&mut map, id);
-            restored.remove(id);
+            restored.tickets.remove(id);
         }
         ids.len()
     }

@@ -205,7 +205,8 @@ async fn fetched_updates_persist_across_a_restart_and_only_newer_ones_are_fetche
     let updates = rotation(&s);
     s.backend.anchor_log.lock().unwrap().push(updates[0]);
 
-    let first = SessionTable::open(100, &dir, &binding(&s, url), Timestamp(0)).unwrap();
+    let first =
+        SessionTable::open(100, &dir, &binding(&s, url), Arc::new(TokioClock::new())).unwrap();
     assert!(first.anchor_updates().is_persistent());
     anchors::fetch(&s.backend, first.anchor_updates())
         .await
@@ -223,7 +224,8 @@ async fn fetched_updates_persist_across_a_restart_and_only_newer_ones_are_fetche
     s.backend
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let second = SessionTable::open(100, &dir, &binding(&s, url), Timestamp(0)).unwrap();
+    let second =
+        SessionTable::open(100, &dir, &binding(&s, url), Arc::new(TokioClock::new())).unwrap();
     assert_eq!(held(&second), [1]);
     assert_eq!(
         second.anchor_updates().snapshot().unwrap()[0],
@@ -258,7 +260,8 @@ async fn fetched_updates_persist_across_a_restart_and_only_newer_ones_are_fetche
     assert_eq!(*s.backend.anchor_requests.lock().unwrap(), [1]);
     assert_eq!(held(&second), [1, 2]);
     drop(second);
-    let third = SessionTable::open(100, &dir, &binding(&s, url), Timestamp(0)).unwrap();
+    let third =
+        SessionTable::open(100, &dir, &binding(&s, url), Arc::new(TokioClock::new())).unwrap();
     assert_eq!(held(&third), [1, 2]);
 
     // Saved for another backend: ignored (its serials count that backend's
@@ -267,7 +270,7 @@ async fn fetched_updates_persist_across_a_restart_and_only_newer_ones_are_fetche
         100,
         &dir,
         &binding(&s, "https://other.test:8443"),
-        Timestamp(0),
+        Arc::new(TokioClock::new()),
     )
     .unwrap();
     assert!(other.anchor_updates().is_empty());
@@ -283,7 +286,8 @@ async fn a_damaged_update_file_is_logged_and_ignored_and_fetched_again() {
     let url = "https://backend.test:8443";
     let dir = StateDir::open(tmp.path()).unwrap();
     s.backend.anchor_log.lock().unwrap().extend(rotation(&s));
-    let first = SessionTable::open(100, &dir, &binding(&s, url), Timestamp(0)).unwrap();
+    let first =
+        SessionTable::open(100, &dir, &binding(&s, url), Arc::new(TokioClock::new())).unwrap();
     anchors::fetch(&s.backend, first.anchor_updates())
         .await
         .unwrap();
@@ -296,7 +300,7 @@ async fn a_damaged_update_file_is_logged_and_ignored_and_fetched_again() {
     std::fs::write(&file, &bytes).unwrap();
     let logs = Capture::default();
     let table = tracing::subscriber::with_default(logs.subscriber(), || {
-        SessionTable::open(100, &dir, &binding(&s, url), Timestamp(0))
+        SessionTable::open(100, &dir, &binding(&s, url), Arc::new(TokioClock::new()))
             .expect("a damaged file is not fatal")
     });
     assert!(table.anchor_updates().is_empty());
@@ -316,7 +320,8 @@ async fn a_damaged_update_file_is_logged_and_ignored_and_fetched_again() {
     assert_eq!(*s.backend.anchor_requests.lock().unwrap(), [0]);
     assert_eq!(held(&table), [1, 2]);
     drop(table);
-    let again = SessionTable::open(100, &dir, &binding(&s, url), Timestamp(0)).unwrap();
+    let again =
+        SessionTable::open(100, &dir, &binding(&s, url), Arc::new(TokioClock::new())).unwrap();
     assert_eq!(held(&again), [1, 2], "the file was written anew");
 }
 
@@ -327,7 +332,8 @@ async fn a_latest_below_what_is_held_drops_the_updates_above_it() {
     let url = "https://backend.test:8443";
     let dir = StateDir::open(tmp.path()).unwrap();
     s.backend.anchor_log.lock().unwrap().extend(numbered(&s, 4));
-    let table = SessionTable::open(100, &dir, &binding(&s, url), Timestamp(0)).unwrap();
+    let table =
+        SessionTable::open(100, &dir, &binding(&s, url), Arc::new(TokioClock::new())).unwrap();
     anchors::fetch(&s.backend, table.anchor_updates())
         .await
         .unwrap();
@@ -342,7 +348,8 @@ async fn a_latest_below_what_is_held_drops_the_updates_above_it() {
         .unwrap();
     assert_eq!((fetched.dropped, fetched.latest, fetched.added), (2, 2, 0));
     assert_eq!(held(&table), [1, 2]);
-    let restarted = SessionTable::open(100, &dir, &binding(&s, url), Timestamp(0)).unwrap();
+    let restarted =
+        SessionTable::open(100, &dir, &binding(&s, url), Arc::new(TokioClock::new())).unwrap();
     assert_eq!(held(&restarted), [1, 2]);
     let ctx = context(&s.backend, s.ctx.config, table.clone(), TokioClock::new());
     let (mut p_link, g_link) = pair(247, "p", "g");

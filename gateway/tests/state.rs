@@ -15,7 +15,7 @@ use common::{Capture, Setup, TempDir};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vouch_gateway::backend_client::BackendError;
-use vouch_gateway::clock::{Clock, TokioClock};
+use vouch_gateway::clock::{Clock, TokioClock, WallTime};
 use vouch_gateway::driver::{Context, Outcome};
 use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::state::{StateBinding, StateDir, StateError, CURSOR_FILE, TICKETS_DIR};
@@ -49,7 +49,8 @@ struct Run {
 impl Run {
     /// Starts the gateway on `dir` with the clock at `clock`.
     fn start(s: &Setup, dir: &StateDir, clock: TokioClock) -> Run {
-        let table = SessionTable::open(100, dir, &binding(s), clock.now()).expect("open the state");
+        let table = SessionTable::open(100, dir, &binding(s), Arc::new(clock.clone()))
+            .expect("open the state");
         Self::start_with(s, table, clock)
     }
 
@@ -73,13 +74,18 @@ impl Run {
     }
 
     /// Stops it like the daemon does: tasks end, the last writes are flushed.
-    /// Returns the clock's time, for the next run's clock to go on from.
-    async fn stop(self) -> Timestamp {
+    /// Returns the wall clock's time, for the next run's clock to go on from.
+    async fn stop(self) -> WallTime {
         let _ = self.stop.send(true);
         let _ = self.feed.await;
         self.table.flush().await;
-        self.ctx.clock.now()
+        self.ctx.clock.wall()
     }
+}
+
+/// A clock whose wall time is `wall`, for a table opened without a run.
+fn clock_at(wall: WallTime) -> Arc<TokioClock> {
+    Arc::new(TokioClock::with_wall(wall))
 }
 
 /// Stores a ticket of another peripheral (number `n`) in `run`'s table.
@@ -184,7 +190,7 @@ async fn a_restarted_gateway_lets_a_device_resume_without_the_backend() {
     let now = first.stop().await;
 
     // A new process on the same directory (the clock goes on, as the wall clock does).
-    let second = Run::start(&s, &dir, TokioClock::starting_at(now));
+    let second = Run::start(&s, &dir, TokioClock::with_wall(now));
     let report = second.table.restore_report().unwrap().clone();
     assert_eq!(report.restored, 1, "{report:?}");
     assert_eq!(report.cursor, Some(0));
@@ -213,7 +219,7 @@ async fn a_resumption_after_a_restart_completes_and_replaces_the_ticket_on_disk(
     assert_eq!(old_files.len(), 1);
     let now = first.stop().await;
 
-    let second = Run::start(&s, &dir, TokioClock::starting_at(now));
+    let second = Run::start(&s, &dir, TokioClock::with_wall(now));
     let (mut p_link, g_link) = pair(247, "p", "g");
     let d = tokio::spawn(run_link_owned(
         second.ctx.clone(),
@@ -268,7 +274,7 @@ async fn a_peripheral_revoked_while_the_gateway_was_down_cannot_resume() {
     // The gateway restarts, and the peripheral presents its ticket before the
     // backend has answered the feed.
     s.backend.feed_now_open.send_replace(false);
-    let second = Run::start(&s, &dir, TokioClock::starting_at(now));
+    let second = Run::start(&s, &dir, TokioClock::with_wall(now));
     assert_eq!(second.table.restore_report().unwrap().restored, 1);
     assert!(second.table.awaits_feed());
     let (mut p, answer, d) = resume(&second, &ticket, 7).await;
@@ -298,7 +304,7 @@ async fn a_peripheral_revoked_while_the_gateway_was_down_cannot_resume() {
 
     // And the cursor moved past the revocation: a third start restores nothing.
     let now = second.stop().await;
-    let third = Run::start(&s, &dir, TokioClock::starting_at(now));
+    let third = Run::start(&s, &dir, TokioClock::with_wall(now));
     let report = third.table.restore_report().unwrap();
     assert_eq!((report.restored, report.cursor), (0, Some(1)));
 }
@@ -315,7 +321,7 @@ async fn a_restored_ticket_presented_during_the_catch_up_waits_for_it() {
     let now = first.stop().await;
 
     s.backend.feed_now_open.send_replace(false);
-    let second = Run::start(&s, &dir, TokioClock::starting_at(now));
+    let second = Run::start(&s, &dir, TokioClock::with_wall(now));
     assert!(second.table.is_held_for_feed(&ticket.id));
     // The feed answers a second after the ResumeHello arrived (virtual time:
     // the paused clock moves on only once every task is idle, so the driver
@@ -359,7 +365,8 @@ async fn a_corrupt_ticket_file_is_skipped_with_a_log_and_the_rest_load() {
 
     let logs = Capture::default();
     let table = tracing::subscriber::with_default(logs.subscriber(), || {
-        SessionTable::open(100, &dir, &binding(&s), now).expect("a damaged file is not fatal")
+        SessionTable::open(100, &dir, &binding(&s), clock_at(now))
+            .expect("a damaged file is not fatal")
     });
     let report = table.restore_report().unwrap();
     assert_eq!(report.restored, 1, "{report:?}");
@@ -453,7 +460,7 @@ async fn tickets_without_a_usable_cursor_are_discarded() {
     full_handshake(&s, &first, 15).await;
     let now = first.stop().await;
     std::fs::remove_file(dir.cursor_path()).unwrap();
-    let table = SessionTable::open(100, &dir, &binding(&s), now).unwrap();
+    let table = SessionTable::open(100, &dir, &binding(&s), clock_at(now)).unwrap();
     let report = table.restore_report().unwrap();
     assert_eq!((report.restored, report.discarded), (0, 1), "{report:?}");
     assert!(report
@@ -468,14 +475,14 @@ async fn tickets_without_a_usable_cursor_are_discarded() {
     drop(table);
 
     // The state was made for another backend.
-    let first = Run::start(&s, &dir, TokioClock::starting_at(now));
+    let first = Run::start(&s, &dir, TokioClock::with_wall(now));
     full_handshake(&s, &first, 16).await;
     let now = first.stop().await;
     let other = StateBinding {
         backend_url: "https://elsewhere.test".into(),
         ..binding(&s)
     };
-    let table = SessionTable::open(100, &dir, &other, now).unwrap();
+    let table = SessionTable::open(100, &dir, &other, clock_at(now)).unwrap();
     assert_eq!(table.ticket_count(), 0);
     assert!(ticket_files(&dir).is_empty());
 }
@@ -511,11 +518,12 @@ async fn restored_tickets_are_discarded_when_the_feed_cannot_resume() {
         })
         .await;
         let now = first.stop().await;
-        let second = SessionTable::open(100, &dir, &binding(&s), now).unwrap();
+        let clock = TokioClock::with_wall(now);
+        let second = SessionTable::open(100, &dir, &binding(&s), Arc::new(clock.clone())).unwrap();
         assert_eq!(second.restore_report().unwrap().cursor, Some(5));
         assert_eq!(second.ticket_count(), 1);
         *s.backend.feed_now_answer.lock().unwrap() = Some(answer);
-        let run = Run::start_with(&s, second, TokioClock::starting_at(now));
+        let run = Run::start_with(&s, second, clock);
         wait_for("the discard", || {
             run.table.ticket_count() == 0 && !run.table.awaits_feed()
         })
@@ -531,24 +539,25 @@ async fn expired_tickets_and_tickets_from_a_clock_that_went_back_are_dropped_at_
     let tmp = TempDir::new("expiry");
     let s = setup(Scope::TELEMETRY);
     let dir = StateDir::open(tmp.path()).unwrap();
-    let start = Timestamp(10_000_000);
-    let first = Run::start(&s, &dir, TokioClock::starting_at(start));
+    let first = Run::start(&s, &dir, TokioClock::new());
     full_handshake(&s, &first, 18).await;
     let now = first.stop().await;
 
     // The clock went back before the ticket was issued (a Pi without a
-    // real-time clock, before NTP): its expiry cannot be trusted.
-    let table = SessionTable::open(100, &dir, &binding(&s), Timestamp(1)).unwrap();
+    // real-time clock, before NTP, fake-hwclock's time from an hour ago):
+    // its expiry cannot be trusted.
+    let behind = WallTime(now.as_millis() - 3_600_000);
+    let table = SessionTable::open(100, &dir, &binding(&s), clock_at(behind)).unwrap();
     assert_eq!(table.restore_report().unwrap().clock_behind, 1);
     assert!(ticket_files(&dir).is_empty());
     drop(table);
 
-    let first = Run::start(&s, &dir, TokioClock::starting_at(now));
+    let first = Run::start(&s, &dir, TokioClock::with_wall(now));
     full_handshake(&s, &first, 19).await;
     let now = first.stop().await;
     // The vouch's resumption lifetime (a day) has passed.
-    let later = Timestamp(now.as_millis() + 86_400_000 + 1);
-    let table = SessionTable::open(100, &dir, &binding(&s), later).unwrap();
+    let later = WallTime(now.as_millis() + 86_400_000 + 1);
+    let table = SessionTable::open(100, &dir, &binding(&s), clock_at(later)).unwrap();
     assert_eq!(table.restore_report().unwrap().expired, 1);
     assert_eq!(table.ticket_count(), 0);
     assert!(ticket_files(&dir).is_empty());
@@ -564,8 +573,114 @@ async fn max_tickets_bounds_what_is_restored() {
     store_other(&first, 21);
     store_other(&first, 22);
     let now = first.stop().await;
-    let table = SessionTable::open(2, &dir, &binding(&s), now).unwrap();
+    let table = SessionTable::open(2, &dir, &binding(&s), clock_at(now)).unwrap();
     assert_eq!(table.ticket_count(), 2);
     assert_eq!(table.restore_report().unwrap().over_limit, 1);
     assert_eq!(ticket_files(&dir).len(), 2);
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// A gateway that boots with an old wall time (a Raspberry Pi has no
+/// real-time clock; fake-hwclock restores the time it last saved) must not
+/// use restored tickets: their expiry was saved on the wall clock, and a
+/// clock behind would lengthen their lives. They wait until the backend's
+/// authenticated time confirms the clock, and then expire by the confirmed
+/// time.
+#[tokio::test(start_paused = true)]
+async fn a_gateway_whose_wall_clock_is_far_behind_the_backend_does_not_resume_restored_tickets() {
+    let tmp = TempDir::new("clock-behind");
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let first = Run::start(&s, &dir, TokioClock::new());
+    let ticket = full_handshake(&s, &first, 30).await;
+    let then = first.stop().await;
+
+    // Ten hours pass with the gateway off; it boots with fake-hwclock's
+    // time, a minute after the ticket was issued.
+    s.backend.clock.step_wall(10 * HOUR_MS as i64);
+    let clock = TokioClock::with_wall(WallTime(then.as_millis() + 60_000));
+    let second = Run::start(&s, &dir, clock.clone());
+    assert_eq!(second.table.restore_report().unwrap().restored, 1);
+    let (mut p, answer, _d) = resume(&second, &ticket, 31).await;
+    assert_eq!(
+        p.handle_input(Timestamp(0), &answer),
+        Err(ProtoError::Alert(AlertCode::ResumptionRejected)),
+        "a restored ticket must not be used on an unconfirmed clock"
+    );
+    assert!(!second.table.wall_clock_confirmed());
+    assert!(second.table.is_held_for_feed(&ticket.id));
+
+    // NTP sets the clock; the next feed answer (any event) confirms it.
+    clock.step_wall(10 * HOUR_MS as i64 - 60_000);
+    let other = vouch_proto::keys::PeripheralId([9; 8]);
+    s.feed_tx
+        .send(FeedEvent {
+            seq: 1,
+            at_ms: 0,
+            change: FeedChange::PeripheralReinstated(other),
+        })
+        .await
+        .unwrap();
+    wait_for("the confirmation", || {
+        !second.table.is_held_for_feed(&ticket.id)
+    })
+    .await;
+    assert!(second.table.wall_clock_confirmed());
+    let (mut p, answer, _d) = resume(&second, &ticket, 32).await;
+    p.handle_input(Timestamp(0), &answer)
+        .expect("resumed once the clock is confirmed");
+
+    // The ticket expires by the confirmed clock: fourteen hours are left of
+    // its day, not the twenty-four the clock at boot made of it.
+    tokio::time::advance(std::time::Duration::from_millis(14 * HOUR_MS - 120_000)).await;
+    assert_eq!(second.table.expire_tickets(second.ctx.clock.now()), 0);
+    tokio::time::advance(std::time::Duration::from_millis(120_000)).await;
+    assert_eq!(second.table.expire_tickets(second.ctx.clock.now()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gateway_whose_wall_clock_is_within_tolerance_of_the_backend_resumes_restored_tickets() {
+    let tmp = TempDir::new("clock-close");
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let first = Run::start(&s, &dir, TokioClock::new());
+    let ticket = full_handshake(&s, &first, 33).await;
+    let then = first.stop().await;
+    // The gateway's clock is 50 s behind the backend's (tolerance: 60 s).
+    s.backend.clock.step_wall(50_000);
+    let second = Run::start(&s, &dir, TokioClock::with_wall(then));
+    let (mut p, answer, _d) = resume(&second, &ticket, 34).await;
+    p.handle_input(Timestamp(0), &answer)
+        .expect("resumed: the clock is within tolerance");
+    assert!(second.table.wall_clock_confirmed());
+}
+
+/// A ticket's expiry is saved on the wall clock; while that clock disagrees
+/// with the backend's, what would be saved is wrong, so nothing is: the
+/// ticket is saved once the clock agrees.
+#[tokio::test(start_paused = true)]
+async fn tickets_are_saved_only_while_the_wall_clock_agrees_with_the_backend() {
+    let tmp = TempDir::new("clock-save");
+    let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
+    let dir = StateDir::open(tmp.path()).unwrap();
+    s.backend.clock.step_wall(-(24 * HOUR_MS as i64));
+    let first = Run::start(&s, &dir, TokioClock::new());
+    full_handshake(&s, &first, 35).await;
+    first.table.flush().await;
+    assert!(!first.table.wall_clock_confirmed());
+    assert!(ticket_files(&dir).is_empty());
+    s.backend.clock.step_wall(24 * HOUR_MS as i64);
+    let other = vouch_proto::keys::PeripheralId([9; 8]);
+    s.feed_tx
+        .send(FeedEvent {
+            seq: 1,
+            at_ms: 0,
+            change: FeedChange::PeripheralReinstated(other),
+        })
+        .await
+        .unwrap();
+    wait_for("the confirmation", || first.table.wall_clock_confirmed()).await;
+    first.table.flush().await;
+    assert_eq!(ticket_files(&dir).len(), 1);
 }

@@ -32,8 +32,8 @@ use vouch_backend::datadir::{self, DataDir, InitOutcome};
 use vouch_backend::server::Transport;
 use vouch_backend::store::Store;
 use vouch_backend::{app, pki, AppState};
-use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
-use vouch_gateway::clock::{Clock, SystemClock};
+use vouch_gateway::backend_client::{BackendApi, HttpBackend, HttpBackendConfig};
+use vouch_gateway::clock::SystemClock;
 use vouch_gateway::driver::Context;
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
@@ -415,6 +415,8 @@ pub struct Gateway {
     /// Its metrics.
     pub metrics: Arc<Metrics>,
     running: Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
+    /// Its backend client while it runs.
+    client: Option<HttpBackend>,
     /// Its state directory (`[state] dir`), for a gateway that keeps its
     /// tickets across restarts.
     state: Option<tempfile::TempDir>,
@@ -454,6 +456,7 @@ impl Gateway {
             table: SessionTable::new(10_000),
             metrics: Arc::new(Metrics::new().expect("metrics")),
             running: None,
+            client: None,
             state: persistent.then(|| tempfile::tempdir().expect("tempdir")),
         };
         g.serve().await;
@@ -468,7 +471,7 @@ impl Gateway {
                 gateway_key: self.key,
                 backend_url: self.backend_url.clone(),
             };
-            self.table = SessionTable::open(10_000, &dir, &binding, SystemClock.now())
+            self.table = SessionTable::open(10_000, &dir, &binding, Arc::new(SystemClock))
                 .expect("open the state directory");
         }
         let backend = HttpBackend::new(HttpBackendConfig {
@@ -483,6 +486,7 @@ impl Gateway {
             breaker_cooldown: Duration::from_millis(500),
         })
         .expect("backend client");
+        self.client = Some(backend.clone());
         let ctx = Arc::new(Context {
             config: GatewayConfig::new(self.key),
             backend: backend.clone(),
@@ -517,6 +521,28 @@ impl Gateway {
             shutdown,
         ));
         self.running = Some((stop, vec![server, feed, anchors]));
+    }
+
+    /// Waits until this gateway has applied every revocation-feed event the
+    /// backend committed so far. A policy rule removed after the gateway
+    /// started closes every session and drops every ticket when the gateway
+    /// hears of it (SPEC.md §10.5); a device started before then would have
+    /// its first session closed.
+    pub async fn caught_up(&self) {
+        let Some(client) = self.client.as_ref().filter(|_| self.running.is_some()) else {
+            return;
+        };
+        let mut head = self.table.feed_position();
+        while let Ok(batch) = client.feed_now(head).await {
+            if batch.next <= head {
+                break;
+            }
+            head = batch.next;
+        }
+        wait_for("the gateway to apply the feed", || {
+            (self.table.feed_position() >= head).then_some(())
+        })
+        .await;
     }
 
     /// `tcp://127.0.0.1:PORT`.
@@ -605,6 +631,7 @@ impl Device {
 
     /// Starts the device's driver against `gateway` (TCP).
     pub async fn run(&self, gateway: &Gateway) -> RunningDevice {
+        gateway.caught_up().await;
         self.run_url(&gateway.url(), self.store()).await
     }
 

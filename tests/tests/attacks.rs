@@ -43,6 +43,10 @@ async fn setup() -> (Backend, Gateway, Gateway, Device) {
     backend
         .allow("group:meters", "site:plant-1", "telemetry,command")
         .await;
+    // Let the gateways apply every feed event committed so far before any
+    // handshake (a PolicyChanged would close every session, SPEC.md §10.5).
+    a.caught_up().await;
+    b.caught_up().await;
     (backend, a, b, device)
 }
 

@@ -104,6 +104,10 @@ async fn resumption_while_the_backend_is_down() {
         .allow("group:meters", "site:plant-1", "telemetry,command")
         .await;
     let store = device.store();
+    // Let the gateway apply every feed event committed so far before the
+    // device connects (a PolicyChanged would close every session, SPEC.md
+    // §10.5).
+    gateway.caught_up().await;
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
     assert!(!dev.established().await);
     dev.stop().await;

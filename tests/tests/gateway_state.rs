@@ -59,6 +59,10 @@ async fn a_device_revoked_while_its_gateway_was_down_cannot_resume() {
         .allow("group:meters", "site:plant-1", "telemetry,command")
         .await;
     let store = device.store();
+    // Let the gateway apply every feed event committed so far before the
+    // device connects (a PolicyChanged would close every session, SPEC.md
+    // §10.5).
+    gateway.caught_up().await;
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;
     assert!(!dev.established().await);
     dev.stop().await;

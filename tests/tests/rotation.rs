@@ -69,6 +69,10 @@ async fn rotation(db: Db) {
     let store = device.store();
     let held = || gateway.table.anchor_updates().last_serial();
 
+    // Let the gateway apply every feed event committed so far before the
+    // device connects (a PolicyChanged would close every session, SPEC.md
+    // §10.5).
+    gateway.caught_up().await;
     // Provisioned with key 1: its first session is vouched by key 1, and the
     // gateway has nothing to deliver.
     let mut dev = device.run_url(&gateway.url(), store.clone()).await;

@@ -678,8 +678,9 @@ impl Store {
             now,
         )
         .await?;
-        // A policy change may withdraw access: tell gateways to re-check.
-        tx.event("policy_changed", &id.to_string(), now).await?;
+        // No feed event: a grant is the union of the matching rules
+        // (`model::grant`), so a new rule never takes anything away, and
+        // gateways close every session on `policy_changed` (SPEC.md §10.5).
         tx.commit().await?;
         Ok(PolicyRule {
             id,
@@ -708,6 +709,8 @@ impl Store {
             now,
         )
         .await?;
+        // A removed rule may take a grant away: gateways close the sessions
+        // and drop the tickets it may have allowed (SPEC.md §10.5).
         tx.event("policy_changed", &id.to_string(), now).await?;
         tx.commit().await?;
         Ok(())

@@ -31,6 +31,8 @@ use vouch_proto::wire::{Lifetimes, ResumptionId, Scope};
 use vouch_proto::Timestamp;
 use zeroize::Zeroizing;
 
+use crate::clock::WallTime;
+
 use super::{
     encode_cursor, frame, read_cursor, read_limited, remove_if_present, sync_dir_of, unframe,
     write_atomic, Kind, StateBinding, StateDir, StateError, Unreadable, CURSOR_FILE,
@@ -62,8 +64,9 @@ fn file_name(id: &ResumptionId) -> String {
     format!("{}.{EXTENSION}", hex::encode(id.0))
 }
 
-/// The bytes of a ticket's file.
-fn encode(ticket: &GatewayTicket) -> Zeroizing<Vec<u8>> {
+/// The bytes of a ticket's file; `expires_at` is the ticket's expiry on the
+/// wall clock (the ticket's own is monotonic).
+fn encode(ticket: &GatewayTicket, expires_at: WallTime) -> Zeroizing<Vec<u8>> {
     let p = &ticket.peripheral;
     let record = TicketRecord {
         id: ticket.id.0,
@@ -74,7 +77,7 @@ fn encode(ticket: &GatewayTicket) -> Zeroizing<Vec<u8>> {
         scope: p.scope.0,
         session_s: ticket.lifetimes.session_s,
         resumption_s: ticket.lifetimes.resumption_s,
-        expires_at_ms: ticket.expires_at.as_millis(),
+        expires_at_ms: expires_at.as_millis(),
     };
     // Serializing plain fields into a Vec cannot fail.
     let body = postcard::to_allocvec(&record).unwrap_or_default();
@@ -82,7 +85,8 @@ fn encode(ticket: &GatewayTicket) -> Zeroizing<Vec<u8>> {
     frame(Kind::Ticket, &[secret.as_slice(), &body])
 }
 
-/// Parses a ticket file's bytes.
+/// Parses a ticket file's bytes; the ticket's `expires_at` is then the wall
+/// time the file holds (the caller converts it).
 fn decode(bytes: &[u8]) -> Result<GatewayTicket, Unreadable> {
     let body = unframe(Kind::Ticket, bytes)?;
     if body.len() < 32 {
@@ -142,8 +146,10 @@ pub struct RestoreReport {
 pub(crate) struct Loaded {
     /// The store, its writer running.
     pub(crate) store: TicketStore,
-    /// The tickets restored, by id.
-    pub(crate) tickets: HashMap<ResumptionId, GatewayTicket>,
+    /// The tickets restored, by id: each with its expiry on the monotonic
+    /// clock as the wall clock at start put it (provisional: the wall clock
+    /// is not trusted yet), and its expiry on the wall clock, as saved.
+    pub(crate) tickets: HashMap<ResumptionId, (GatewayTicket, WallTime)>,
     /// The cursor the revocation feed resumes after.
     pub(crate) cursor: u64,
     /// What was found.
@@ -164,12 +170,14 @@ pub(crate) struct TicketStore {
 }
 
 impl TicketStore {
-    /// Loads the tickets for `binding` and starts the writer.
+    /// Loads the tickets for `binding` and starts the writer. `wall` is the
+    /// wall clock at start, `now` the monotonic one.
     pub(crate) fn open(
         dir: &StateDir,
         binding: &StateBinding,
         max_tickets: usize,
         now: Timestamp,
+        wall: WallTime,
     ) -> Result<Loaded, StateError> {
         let tickets_dir = dir.tickets_dir();
         let io_err = |path: &Path| {
@@ -217,27 +225,30 @@ impl TicketStore {
                             continue;
                         }
                     };
-                    let issued_at = ticket
-                        .expires_at
-                        .as_millis()
-                        .saturating_sub(1000 * u64::from(ticket.lifetimes.resumption_s));
-                    if now >= ticket.expires_at {
+                    // Both checks on a wall clock not confirmed yet, so both
+                    // only ever remove: the tickets kept are checked again
+                    // once it is (SessionTable::check_clock).
+                    let mut ticket = ticket;
+                    let expires = WallTime(ticket.expires_at.as_millis());
+                    if wall >= expires {
                         report.expired += 1;
                         remove.push(path);
-                    } else if now.as_millis() < issued_at {
+                    } else if wall < issued_at(&ticket, expires) {
                         report.clock_behind += 1;
                         remove.push(path);
                     } else {
-                        tickets.insert(ticket.id, ticket);
+                        ticket.expires_at =
+                            Timestamp(now.as_millis().saturating_add(expires.0 - wall.0));
+                        tickets.insert(ticket.id, (ticket, expires));
                     }
                 }
                 if report.clock_behind > 0 {
-                    warn!(tickets = report.clock_behind, now_ms = now.as_millis(),
+                    warn!(tickets = report.clock_behind, wall_ms = wall.as_millis(),
                         "the clock is behind the time some persisted tickets were issued: they were discarded");
                 }
                 if tickets.len() > max_tickets {
                     let mut by_expiry: Vec<_> =
-                        tickets.values().map(|t| (t.expires_at, t.id.0)).collect();
+                        tickets.values().map(|(t, w)| (*w, t.id.0)).collect();
                     by_expiry.sort();
                     let excess = tickets.len() - max_tickets;
                     for (_, id) in by_expiry.into_iter().take(excess) {
@@ -292,9 +303,9 @@ impl TicketStore {
         let _ = self.tx.send(op);
     }
 
-    /// Queues a ticket's file.
-    pub(crate) fn write(&self, ticket: &GatewayTicket) {
-        self.send(Op::Write(ticket.id, encode(ticket)));
+    /// Queues a ticket's file, with its expiry on the wall clock.
+    pub(crate) fn write(&self, ticket: &GatewayTicket, expires_at: WallTime) {
+        self.send(Op::Write(ticket.id, encode(ticket, expires_at)));
     }
 
     /// Queues the removal of a ticket's file.
@@ -313,6 +324,16 @@ impl TicketStore {
         self.send(Op::Flush(tx));
         let _ = rx.await;
     }
+}
+
+/// When a ticket expiring at `expires_at` (wall clock) was issued: its
+/// resumption lifetime earlier (SPEC.md §6.1).
+pub(crate) fn issued_at(ticket: &GatewayTicket, expires_at: WallTime) -> WallTime {
+    WallTime(
+        expires_at
+            .0
+            .saturating_sub(1000 * u64::from(ticket.lifetimes.resumption_s)),
+    )
 }
 
 fn skip(report: &mut RestoreReport, path: PathBuf, why: &Unreadable) {
@@ -452,7 +473,7 @@ mod tests {
     #[test]
     fn a_ticket_file_round_trips_and_holds_the_secret_only_once() {
         let t = ticket(7, 5_000_000);
-        let bytes = encode(&t);
+        let bytes = encode(&t, WallTime(5_000_000));
         assert_eq!(&bytes[..2], &[1, b'T']);
         let back = decode(&bytes).unwrap();
         assert_eq!(back.id, t.id);
@@ -470,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_damaged_or_foreign_ticket_file_does_not_decode() {
-        let bytes = encode(&ticket(9, 5_000_000));
+        let bytes = encode(&ticket(9, 5_000_000), WallTime(5_000_000));
         let mut flipped = bytes.to_vec();
         flipped[40] ^= 1;
         assert!(matches!(decode(&flipped), Err(Unreadable::Checksum)));

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use vouch_gateway::backend_client::{BackendApi, BackendError};
-use vouch_gateway::clock::TokioClock;
+use vouch_gateway::backend_client::{BackendApi, BackendError, FeedAnswer};
+use vouch_gateway::clock::{Clock, TokioClock};
 use vouch_gateway::driver::{run_link, Context, Outcome};
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
@@ -59,6 +59,8 @@ pub struct FakeBackend {
     pub vouches: AtomicUsize,
     /// The feed's log: served by cursor, before anything sent on `feed`.
     pub log: Mutex<Vec<FeedEvent>>,
+    /// While `false`, `vouch` does not answer (a slow backend).
+    pub vouch_open: watch::Sender<bool>,
     /// While `false`, `feed_now` does not answer (a backend not reached yet).
     pub feed_now_open: watch::Sender<bool>,
     /// When set, `feed_now` answers this instead of reading the log.
@@ -70,6 +72,10 @@ pub struct FakeBackend {
     pub anchor_latest: Mutex<Option<u32>>,
     /// The `after` of every anchor-update request, in order.
     pub anchor_requests: Mutex<Vec<u32>>,
+    /// The backend's own clock: its feed answers carry its wall time (the
+    /// `Date` of the real backend's answers). Step it to put a gateway's
+    /// clock behind or ahead.
+    pub clock: TokioClock,
 }
 
 impl FakeBackend {
@@ -93,6 +99,8 @@ impl BackendApi for FakeBackend {
         if self.down.load(Ordering::SeqCst) {
             return Err(BackendError::Unavailable("connection refused".into()));
         }
+        let mut open = self.vouch_open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
         self.vouches.fetch_add(1, Ordering::SeqCst);
         let answer = (|| {
             let verified = open_hello(&req.hello, &self.keys)
@@ -167,6 +175,22 @@ impl BackendApi for FakeBackend {
         Ok(AnchorUpdateBatch { updates, latest })
     }
 
+    async fn feed_dated(&self, after: u64) -> Result<FeedAnswer, BackendError> {
+        let batch = self.feed(after).await?;
+        Ok(FeedAnswer {
+            batch,
+            server_time: Some(self.clock.wall()),
+        })
+    }
+
+    async fn feed_now_dated(&self, after: u64) -> Result<FeedAnswer, BackendError> {
+        let batch = self.feed_now(after).await?;
+        Ok(FeedAnswer {
+            batch,
+            server_time: Some(self.clock.wall()),
+        })
+    }
+
     async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
         if let Some(batch) = self.logged_after(after) {
             return Ok(batch);
@@ -231,11 +255,13 @@ pub fn setup(scope: Scope) -> Setup {
         feed: tokio::sync::Mutex::new(feed_rx),
         vouches: AtomicUsize::new(0),
         log: Mutex::new(vec![]),
+        vouch_open: watch::channel(true).0,
         feed_now_open: watch::channel(true).0,
         feed_now_answer: Mutex::new(None),
         anchor_log: Mutex::new(vec![]),
         anchor_latest: Mutex::new(None),
         anchor_requests: Mutex::new(vec![]),
+        clock: TokioClock::new(),
     });
     let ctx = context(&backend, config, SessionTable::new(100), TokioClock::new());
     let (shutdown_tx, shutdown) = watch::channel(false);

@@ -139,8 +139,10 @@ pub enum FeedChange {
     GatewayRevoked(PublicKey),
     /// A suspended gateway was reinstated (informational).
     GatewayReinstated(PublicKey),
-    /// A policy rule was added or removed: grants of live sessions may have
-    /// changed; they take effect at each peripheral's next full handshake.
+    /// A policy rule was removed: a grant may have shrunk. The event names
+    /// no rule, so a gateway closes every session and drops every ticket,
+    /// and each peripheral's next handshake is judged under the new policy
+    /// (SPEC.md §10.5).
     PolicyChanged,
 }
 
