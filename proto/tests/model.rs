@@ -25,10 +25,11 @@
 //!   asking gateway's key and ephemeral. The gateway's ticket store is
 //!   single-use, as in the gateway crate (a lookup removes the ticket).
 //! - **An old backend key.** The backend rotated from key 1 to key 2 (SPEC.md
-//!   §7.7) and every peripheral applied the rotation; the attacker stole key
-//!   1. Its gateway may answer any vouch request with a vouch of its own,
-//!   signed by key 1, for itself, over the very Hello it got (it is granted
-//!   the peripheral's id: an id is no secret). The backend serves key 2.
+//!   §7.7), every peripheral applied the rotation, and the attacker stole
+//!   key 1: its gateway may answer any vouch request with a vouch of its
+//!   own, signed by key 1, for itself, over the very Hello it got (it is
+//!   granted the peripheral's id: an id is no secret). The backend serves
+//!   key 2.
 //! - **Network and attacker.** Every message any party sent is in the
 //!   attacker's pool forever; any pool message may be delivered to any
 //!   instance waiting for input, any number of times, in any order, or never.
