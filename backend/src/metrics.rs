@@ -13,7 +13,8 @@
 //! | `vouch_store_commit_batch_size` | histogram | — (vouches per group commit) |
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The service's metrics.
@@ -38,6 +39,10 @@ pub struct Metrics {
     pub overload: IntCounterVec,
     /// Group-commit sizes.
     pub commit_batch: HistogramVec,
+    /// Hello signatures verified (SPEC.md §5.3 step 6): one per opened
+    /// hello, also for unknown and inactive ids (against a dummy key), so
+    /// this counts opened hellos whatever the verdict.
+    pub hello_verifications: IntCounter,
 }
 
 impl Default for Metrics {
@@ -103,8 +108,15 @@ impl Metrics {
             &[],
             vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
         );
+        let hello_verifications = IntCounter::new(
+            "vouch_hello_verifications_total",
+            "Hello signatures verified, one per opened hello whatever its id",
+        )
+        .unwrap_or_else(|_| unreachable_metric("vouch_hello_verifications_total"));
+        let _ = registry.register(Box::new(hello_verifications.clone()));
         Self {
             registry,
+            hello_verifications,
             answers,
             refusals,
             duration,

@@ -346,6 +346,10 @@ pub(crate) async fn vouch_batch(
             other => other,
         })
         .collect();
+    state
+        .metrics
+        .hello_verifications
+        .inc_by(to_verify.len() as u64);
     let mut verdicts = vouch_proto::handshake::backend::verify_batch(to_verify).into_iter();
 
     let mut granted_ids = Vec::new();

@@ -34,6 +34,7 @@ on_both!(
     a_gateway_cannot_frame_a_device_it_holds_no_vouch_for,
     an_unauthenticated_caller_cannot_tell_an_unknown_id_from_a_known_one,
     short_sessions_reported_out_of_order_raise_no_false_clone_alert,
+    every_opened_hello_costs_one_verification_whatever_its_id,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -1152,4 +1153,51 @@ async fn short_sessions_reported_out_of_order_raise_no_false_clone_alert(db: Db)
         .await
         .1;
     assert!(matches!(answer, VouchAnswer::Vouched(_)), "{answer:?}");
+}
+
+/// SPEC.md §5.3 step 5, §11.11: every opened hello costs one signature
+/// verification, also when its id is unknown or not active (against a
+/// dummy key), so the time a refusal takes says nothing about the registry.
+async fn every_opened_hello_costs_one_verification_whatever_its_id(db: Db) {
+    let b = Backend::new(&db).await;
+    let anchors = b.anchors().await;
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&gw, None).await;
+    b.allow("any", "any", "telemetry").await;
+    let known = Device::new(1);
+    let suspended = Device::new(2);
+    let unknown = Device::new(3);
+    b.enroll_peripheral(&known, None).await;
+    b.enroll_peripheral(&suspended, None).await;
+    let (s, v) = b
+        .admin(
+            "POST",
+            &format!("/v1/admin/peripherals/{}/suspend", suspended.id),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let verified = || b.state.metrics.hello_verifications.get();
+    for (i, (dev, vouched)) in [(&known, true), (&suspended, false), (&unknown, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let before = verified();
+        let (_, hello) = dev.hello(&anchors, 10 + i as u64);
+        let (_, req) = gateway_takes(&gw, &hello, 20 + i as u64);
+        let (_, answer) = vouch(&b, &gw, &req).await;
+        assert_eq!(matches!(answer, VouchAnswer::Vouched(_)), vouched);
+        assert_eq!(verified(), before + 1, "device {}: one verification", i + 1);
+    }
+    // A hello that does not open (sealed to another key) is refused before
+    // it, and costs none.
+    let other = BackendKeys::generate(KeyId(9), &mut rng(77));
+    let (_, hello) = unknown.hello(
+        &AnchorSet::new(other.anchor(), other.anchor().digest(), 0),
+        30,
+    );
+    let before = verified();
+    let (_, req) = gateway_takes(&gw, &hello, 31);
+    vouch(&b, &gw, &req).await;
+    assert_eq!(verified(), before);
 }

@@ -171,6 +171,9 @@ impl<S: IdentitySigner> Firmware<S> {
             att_mtu,
             ..
         } = self;
+        // A partial message past its deadline is dropped first, so this
+        // fragment is judged on its own (SPEC.md §8.3).
+        reassembler.handle_timeout(now);
         let msg = match reassembler.push(now, fragment) {
             Ok(Some(msg)) => msg,
             Ok(None) => return Ok(()),

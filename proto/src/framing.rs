@@ -343,8 +343,9 @@ pub mod stream {
     }
 
     /// Reads a fragment's length prefix from the start of `input`: `Ok(None)`
-    /// until two bytes are there; an error for a zero or oversized length
-    /// (the stream cannot be resynchronised; close it).
+    /// until two bytes are there; an error for a zero or oversized length,
+    /// which announces no valid fragment (SPEC.md §8.4: its bytes are
+    /// skipped, and the stream goes on).
     pub fn parse_prefix(input: &[u8]) -> Result<Option<usize>, FramingError> {
         let [a, b, ..] = input else { return Ok(None) };
         match u16::from_le_bytes([*a, *b]) as usize {
@@ -355,10 +356,18 @@ pub mod stream {
     }
 
     /// Splits a byte stream into fragments, holding at most one fragment.
+    ///
+    /// A frame whose length announces no valid fragment (0, or above
+    /// [`MAX_FRAGMENT`]) is reported once, and its announced bytes are then
+    /// skipped as they arrive, without buffering them: the stream stays in
+    /// step and the link goes on (SPEC.md §8.4). The caller drops its partial
+    /// message, as for any bad fragment (§8.3).
     #[derive(Debug, Clone)]
     pub struct Decoder {
         buf: [u8; PREFIX + MAX_FRAGMENT],
         len: usize,
+        /// Bytes of a bad frame still to skip.
+        skip: usize,
     }
 
     impl Default for Decoder {
@@ -366,24 +375,29 @@ pub mod stream {
             Self {
                 buf: [0u8; PREFIX + MAX_FRAGMENT],
                 len: 0,
+                skip: 0,
             }
         }
     }
 
     impl Decoder {
-        /// Takes bytes from `input` until one fragment is complete. Returns how
-        /// many bytes it consumed and, when complete, the fragment. Call again
-        /// with the rest of the input. A zero or oversized length prefix is an
-        /// error (the stream cannot be resynchronised; close it).
+        /// Takes bytes from `input` until one fragment is complete, a bad
+        /// frame is found, or the input runs out. Returns how many bytes it
+        /// consumed (at least one of a non-empty input) and what it found: a
+        /// fragment, nothing yet, or the error of a bad frame (reported once;
+        /// its bytes are skipped by the calls that follow). Call again with
+        /// the rest of the input.
         pub fn push<'s>(
             &'s mut self,
             input: &[u8],
-        ) -> Result<(usize, Option<&'s [u8]>), FramingError> {
-            if self.len >= PREFIX {
-                let want = self.expected();
-                if self.len == PREFIX + want {
-                    self.len = 0;
-                }
+        ) -> (usize, Result<Option<&'s [u8]>, FramingError>) {
+            if self.len >= PREFIX && self.len == PREFIX + self.expected() {
+                self.len = 0;
+            }
+            if self.skip > 0 {
+                let n = self.skip.min(input.len());
+                self.skip -= n;
+                return (n, Ok(None));
             }
             let mut used = 0;
             if self.len < PREFIX {
@@ -392,11 +406,12 @@ pub mod stream {
                 self.len += take;
                 used += take;
                 if self.len < PREFIX {
-                    return Ok((used, None));
+                    return (used, Ok(None));
                 }
                 if let Err(e) = parse_prefix(&self.buf[..PREFIX]) {
+                    self.skip = self.expected();
                     self.len = 0;
-                    return Err(e);
+                    return (used, Err(e));
                 }
             }
             let want = self.expected();
@@ -406,9 +421,9 @@ pub mod stream {
             self.len += take;
             used += take;
             if self.len == PREFIX + want {
-                Ok((used, Some(&self.buf[PREFIX..PREFIX + want])))
+                (used, Ok(Some(&self.buf[PREFIX..PREFIX + want])))
             } else {
-                Ok((used, None))
+                (used, Ok(None))
             }
         }
 
@@ -433,7 +448,8 @@ pub mod stream {
                 for part in wire.chunks(chunk) {
                     let mut rest = part;
                     while !rest.is_empty() {
-                        let (used, frag) = d.push(rest).unwrap();
+                        let (used, frag) = d.push(rest);
+                        let frag = frag.unwrap();
                         if let Some(f) = frag {
                             got.push(f.to_vec());
                         }
@@ -449,14 +465,45 @@ pub mod stream {
         }
 
         #[test]
-        fn refuses_zero_and_oversized_lengths() {
-            let mut d = Decoder::default();
-            assert_eq!(d.push(&[0, 0]), Err(FramingError::EmptyFragment));
-            let big = ((MAX_FRAGMENT + 1) as u16).to_le_bytes();
-            assert_eq!(
-                d.push(&big),
-                Err(FramingError::MessageTooLarge { max: MAX_FRAGMENT })
-            );
+        fn reports_zero_and_oversized_lengths_once_and_skips_their_bytes() {
+            let mut wire = alloc::vec::Vec::new();
+            wire.extend_from_slice(&[0, 0]);
+            let big = MAX_FRAGMENT + 1;
+            wire.extend_from_slice(&(big as u16).to_le_bytes());
+            wire.extend(core::iter::repeat_n(0xee, big));
+            let mut ok = [0u8; 8];
+            let n = encode(&[4, 5, 6], &mut ok).unwrap();
+            wire.extend_from_slice(&ok[..n]);
+            for chunk in [1, 7, wire.len()] {
+                let mut d = Decoder::default();
+                let (mut errors, mut fragments) = (alloc::vec::Vec::new(), alloc::vec::Vec::new());
+                for part in wire.chunks(chunk) {
+                    let mut rest = part;
+                    while !rest.is_empty() {
+                        let (used, got) = d.push(rest);
+                        assert!(used >= 1);
+                        match got {
+                            Ok(Some(f)) => fragments.push(f.to_vec()),
+                            Ok(None) => {}
+                            Err(e) => errors.push(e),
+                        }
+                        rest = &rest[used..];
+                    }
+                }
+                assert_eq!(
+                    errors,
+                    [
+                        FramingError::EmptyFragment,
+                        FramingError::MessageTooLarge { max: MAX_FRAGMENT }
+                    ],
+                    "chunk {chunk}"
+                );
+                assert_eq!(
+                    fragments,
+                    [alloc::vec![4, 5, 6]],
+                    "chunk {chunk}: in step after them"
+                );
+            }
         }
     }
 }

@@ -292,6 +292,17 @@ impl fmt::Debug for IdentityKey {
     }
 }
 
+// Both keys zeroize on drop: the dalek types they wrap do (their `zeroize`
+// features), which this checks at compile time; the markers say so to
+// callers, and `proto/tests/secrets.rs` asserts them.
+const _: () = {
+    fn zeroized<T: zeroize::ZeroizeOnDrop>() {}
+    let _ = zeroized::<SigningKey>;
+    let _ = zeroized::<StaticSecret>;
+};
+impl zeroize::ZeroizeOnDrop for IdentityKey {}
+impl zeroize::ZeroizeOnDrop for SealingKey {}
+
 /// The backend's X25519 static key that opens sealed hellos (SPEC.md §5.1).
 /// Zeroized on drop; never printed.
 pub struct SealingKey(StaticSecret);

@@ -158,6 +158,10 @@ pub struct Session {
     closed: bool,
 }
 
+// Its keys are `Secret32`s, which zeroize on drop; nothing else it holds is
+// secret.
+impl zeroize::ZeroizeOnDrop for Session {}
+
 impl core::fmt::Debug for Session {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Session")

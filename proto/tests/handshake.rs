@@ -223,3 +223,109 @@ fn timeouts_fail_stickily() {
         })
     );
 }
+
+/// SPEC.md §6.2, §11.12: the gateway checks a ResumeHello's ticket, its
+/// expiry and its binder before any public-key operation. The gateway is
+/// given no randomness at all (`FixedRng` with no bytes panics when asked):
+/// a forged or expired attempt must be refused without it, so before any
+/// ephemeral key is made or any Diffie–Hellman run.
+#[test]
+fn a_resume_hello_is_refused_before_any_public_key_operation() {
+    use vouch_proto::handshake::gateway::GatewayEvent;
+    use vouch_proto::testing::FixedRng;
+    let mut pair = Pair::new(31);
+    let (p, g) = pair.full_handshake().unwrap();
+    let mut ph = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        &p.ticket,
+        &pair.anchors,
+        pair.now,
+        &mut pair.rng,
+    )
+    .unwrap();
+    let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = ph.poll_transmit(&mut buf).unwrap();
+    let mut forged = buf[..n].to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1; // the binder
+    for (hello, now) in [
+        (forged.clone(), pair.now),
+        // Genuine, but the ticket has expired.
+        (
+            buf[..n].to_vec(),
+            pair.now.add_secs(pair.lifetimes.resumption_s),
+        ),
+    ] {
+        let mut gh = GatewayHandshake::new(pair.gateway_config(), now);
+        let mut no_randomness = FixedRng::new(&[]);
+        gh.handle_input(now, &hello, &mut no_randomness).unwrap();
+        assert!(matches!(gh.poll_event(), Some(GatewayEvent::NeedTicket(_))));
+        assert!(gh
+            .handle_ticket(now, Some(&g.ticket), &mut no_randomness)
+            .is_err());
+        assert_eq!(no_randomness.remaining(), 0);
+    }
+    // An unknown ticket: refused as well, and still without randomness.
+    let mut gh = GatewayHandshake::new(pair.gateway_config(), pair.now);
+    let mut no_randomness = FixedRng::new(&[]);
+    gh.handle_input(pair.now, &forged, &mut no_randomness)
+        .unwrap();
+    assert!(gh.poll_event().is_some());
+    assert!(gh
+        .handle_ticket(pair.now, None, &mut no_randomness)
+        .is_err());
+}
+
+/// SPEC.md §11.14: nothing on the air names either party. A passive
+/// listener sees neither the peripheral's id or public key nor the
+/// gateway's public key, nor the scope and lifetimes of the grant, in any
+/// message of a full handshake, a resumption or a record.
+#[test]
+fn the_air_carries_neither_identity_nor_the_grant_in_the_clear() {
+    let mut pair = Pair::new(32);
+    pair.scope = Scope(0x5a5a_0003);
+    pair.lifetimes = Lifetimes {
+        session_s: 0x0bad_cafe,
+        resumption_s: 0x0dec_0ded,
+    };
+    let (mut p, g) = pair.full_handshake().unwrap();
+    let mut air = vec![
+        pair.transcript.first.clone(),
+        pair.transcript.second.clone(),
+        pair.transcript.finish.clone(),
+    ];
+    let mut rec = [0u8; 128];
+    let n = p.session.seal_data(pair.now, b"21.5 C", &mut rec).unwrap();
+    air.push(rec[..n].to_vec());
+    pair.resume(p.ticket, &g.ticket).unwrap();
+    air.extend([
+        pair.transcript.first.clone(),
+        pair.transcript.second.clone(),
+        pair.transcript.finish.clone(),
+    ]);
+    let secrets: Vec<(&str, Vec<u8>)> = vec![
+        ("peripheral id", pair.peripheral_id.0.to_vec()),
+        (
+            "peripheral key",
+            pair.peripheral_key.public_key().as_bytes().to_vec(),
+        ),
+        (
+            "gateway key",
+            pair.gateway_key.public_key().as_bytes().to_vec(),
+        ),
+        ("scope", pair.scope.0.to_le_bytes().to_vec()),
+        (
+            "scope (varint)",
+            postcard::to_allocvec(&pair.scope.0).unwrap(),
+        ),
+        ("lifetimes", postcard::to_allocvec(&pair.lifetimes).unwrap()),
+    ];
+    for msg in &air {
+        for (what, bytes) in &secrets {
+            assert!(
+                !msg.windows(bytes.len()).any(|w| w == bytes.as_slice()),
+                "the {what} is on the air in the clear"
+            );
+        }
+    }
+}

@@ -294,7 +294,7 @@ impl Link for BleLink {
                 debug!(from = %fragment.from, "dropping an Inbox write from another device");
                 continue;
             }
-            if let Some(msg) = self.reassembly.push(&fragment.data)? {
+            if let Some(msg) = self.reassembly.push(&fragment.data) {
                 return Ok(Some(msg));
             }
         }

@@ -100,9 +100,21 @@ impl Reassembly {
         }
     }
 
-    /// Takes one fragment; returns a whole message when it completes one.
-    pub(crate) fn push(&mut self, fragment: &[u8]) -> Result<Option<Vec<u8>>, FramingError> {
+    /// Takes one fragment; returns a whole message when it completes one. A
+    /// bad fragment drops only its partial message (SPEC.md §8.3), logged,
+    /// and the link goes on; a partial message past its deadline is dropped
+    /// first, and the fragment is judged on its own.
+    pub(crate) fn push(&mut self, fragment: &[u8]) -> Option<Vec<u8>> {
         let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
-        Ok(self.inner.push(now, fragment)?.map(<[u8]>::to_vec))
+        if self.inner.handle_timeout(now) {
+            tracing::debug!("reassembly timed out; partial message dropped");
+        }
+        match self.inner.push(now, fragment) {
+            Ok(msg) => msg.map(<[u8]>::to_vec),
+            Err(e) => {
+                tracing::debug!(error = %e, "fragment rejected; partial message dropped");
+                None
+            }
+        }
     }
 }

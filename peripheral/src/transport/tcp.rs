@@ -113,19 +113,26 @@ impl TcpLink {
     }
 
     /// Feeds pending bytes through the decoder and reassembler; returns a whole
-    /// message if one completed.
-    fn drain(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+    /// message if one completed. A frame of a length no fragment has is
+    /// skipped, and a bad fragment dropped, with its partial message only
+    /// (SPEC.md §8.3, §8.4): the link goes on.
+    fn drain(&mut self) -> Option<Vec<u8>> {
         let mut at = 0;
         let mut out = None;
         while at < self.pending.len() && out.is_none() {
-            let (used, fragment) = self.decoder.push(&self.pending[at..])?;
+            let (used, found) = self.decoder.push(&self.pending[at..]);
             at += used;
-            if let Some(fragment) = fragment {
-                out = self.reassembly.0.push(fragment)?;
+            match found {
+                Ok(Some(fragment)) => out = self.reassembly.0.push(fragment),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "frame of a length no fragment has; partial message dropped");
+                    self.reassembly.0 = Reassembly::new();
+                }
             }
         }
         self.pending.drain(..at);
-        Ok(out)
+        out
     }
 }
 
@@ -145,7 +152,7 @@ impl Link for TcpLink {
 
     async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
         loop {
-            if let Some(msg) = self.drain()? {
+            if let Some(msg) = self.drain() {
                 return Ok(Some(msg));
             }
             let mut buf = [0u8; 2048];
@@ -196,5 +203,49 @@ mod tests {
             TcpConnector::from_url("tcp://h:1", 518),
             Err(LinkError::InvalidMtu(518))
         ));
+    }
+
+    /// SPEC.md §8.3, §8.4: an empty frame, a frame announcing more than 512
+    /// bytes, and a bad fragment each cost only their partial message; the
+    /// link goes on and the next message arrives.
+    #[tokio::test]
+    async fn bad_frames_and_fragments_cost_only_their_partial_message() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let mut link = TcpLink::new(stream, 23).unwrap();
+            let mut got = Vec::new();
+            while let Ok(Some(msg)) = link.recv().await {
+                got.push(msg);
+            }
+            got
+        });
+        let (mut gateway, _) = listener.accept().await.unwrap();
+        let framed = |fragment: &[u8]| {
+            let mut out = [0u8; MAX_FRAGMENT + stream::PREFIX];
+            let n = stream::encode(fragment, &mut out).unwrap();
+            out[..n].to_vec()
+        };
+        let mut wire = Vec::new();
+        // The first fragment of a two-fragment message, then an empty frame:
+        // the partial message is dropped, the link stays.
+        let two = fragments(&[7u8; 30], 23).unwrap();
+        wire.extend(framed(&two[0]));
+        wire.extend([0, 0]);
+        wire.extend(framed(&[0x80 | 0x40, 1])); // a whole message: [1]
+                                                // A frame announcing 600 bytes: its bytes are skipped unbuffered.
+        wire.extend(600u16.to_le_bytes());
+        wire.extend([0xee; 600]);
+        wire.extend(framed(&[0x80 | 0x40, 2]));
+        // A bad fragment (a continuation with nothing in progress).
+        wire.extend(framed(&[0x01, 9, 9]));
+        for f in &two {
+            wire.extend(framed(f));
+        }
+        gateway.write_all(&wire).await.unwrap();
+        drop(gateway);
+        let got = client.await.unwrap();
+        assert_eq!(got, vec![vec![1], vec![2], vec![7u8; 30]]);
     }
 }

@@ -146,7 +146,7 @@ fn resume_peripheral(ticket: &[u8], now: Timestamp) -> (PeripheralHandshake, Vec
     let mut rng = testing::rng(PERIPHERAL_RNG_SEED);
     let anchors = testing::Pair::new(PAIR_SEED).anchors;
     let mut p =
-        PeripheralHandshake::resume(&PeripheralConfig::default(), ticket, &anchors, now, &mut rng)
+        PeripheralHandshake::resume(&PeripheralConfig::default(), &ticket, &anchors, now, &mut rng)
             .expect("the peripheral resumes");
     let hello = poll_peripheral(&mut p).expect("a resume hello is queued");
     (p, hello)
@@ -755,80 +755,73 @@ pub fn anchor_update(data: &[u8]) -> bool {
 // tcp_stream
 // ---------------------------------------------------------------------------
 
-/// The TCP transport's length-prefixed fragments, parsed in one go: the
-/// fragments, then the error that ends the stream, if any.
-fn parse_stream(mut data: &[u8]) -> (Vec<Vec<u8>>, Option<FramingError>) {
+/// The TCP transport's length-prefixed frames, parsed in one go: a fragment
+/// or the error of a bad frame each, in order (SPEC.md §8.4: a frame of a
+/// length no fragment has is reported and its announced bytes skipped).
+fn parse_stream(mut data: &[u8]) -> Vec<Result<Vec<u8>, FramingError>> {
     let mut out = Vec::new();
     while let [a, b, rest @ ..] = data {
         let len = usize::from(u16::from_le_bytes([*a, *b]));
         if len == 0 {
-            return (out, Some(FramingError::EmptyFragment));
+            out.push(Err(FramingError::EmptyFragment));
+            data = rest;
+            continue;
         }
         if len > MAX_FRAGMENT {
-            return (
-                out,
-                Some(FramingError::MessageTooLarge { max: MAX_FRAGMENT }),
-            );
+            out.push(Err(FramingError::MessageTooLarge { max: MAX_FRAGMENT }));
+            data = rest.get(len..).unwrap_or(&[]);
+            continue;
         }
         if rest.len() < len {
             break;
         }
-        out.push(rest[..len].to_vec());
+        out.push(Ok(rest[..len].to_vec()));
         data = &rest[len..];
     }
-    (out, None)
+    out
 }
 
 /// `framing::stream::Decoder` on a byte stream cut into chunks.
 ///
 /// Input: `chunk ‖ stream`: the stream is fed `chunk` bytes at a time (0
 /// means 256). Whatever the chunking, the decoder yields exactly the
-/// fragments (1 to 512 bytes) and the error that a one-pass parse of the whole
-/// stream finds, consumes input on every call, and each fragment re-encodes
-/// (`stream::encode`) to the bytes it came from. Returns whether any fragment
-/// came out.
+/// fragments (1 to 512 bytes) and bad-frame errors, in order, that a
+/// one-pass parse of the whole stream finds, consumes input on every call,
+/// and each fragment re-encodes (`stream::encode`) to its bytes. Returns
+/// whether any fragment came out.
 pub fn tcp_stream(data: &[u8]) -> bool {
     let Some((&chunk, wire)) = data.split_first() else {
         return false;
     };
     let chunk = if chunk == 0 { 256 } else { usize::from(chunk) };
-    let (want, want_err) = parse_stream(wire);
+    let want = parse_stream(wire);
     let mut decoder = stream::Decoder::default();
     let mut got = Vec::new();
-    let mut err = None;
-    'feed: for part in wire.chunks(chunk) {
+    for part in wire.chunks(chunk) {
         let mut rest = part;
         while !rest.is_empty() {
-            match decoder.push(rest) {
-                Ok((used, fragment)) => {
-                    assert!(
-                        used >= 1 && used <= rest.len(),
-                        "used {used} of {}",
-                        rest.len()
-                    );
-                    if let Some(f) = fragment {
-                        assert!(!f.is_empty() && f.len() <= MAX_FRAGMENT);
-                        got.push(f.to_vec());
-                    }
-                    rest = &rest[used..];
+            let (used, found) = decoder.push(rest);
+            assert!(
+                used >= 1 && used <= rest.len(),
+                "used {used} of {}",
+                rest.len()
+            );
+            match found {
+                Ok(Some(f)) => {
+                    assert!(!f.is_empty() && f.len() <= MAX_FRAGMENT);
+                    let mut buf = [0u8; stream::PREFIX + MAX_FRAGMENT];
+                    let n = stream::encode(f, &mut buf).expect("a decoded fragment encodes");
+                    assert_eq!(&buf[stream::PREFIX..n], f);
+                    got.push(Ok(f.to_vec()));
                 }
-                Err(e) => {
-                    err = Some(e);
-                    break 'feed;
-                }
+                Ok(None) => {}
+                Err(e) => got.push(Err(e)),
             }
+            rest = &rest[used..];
         }
     }
-    assert_eq!(err, want_err);
     assert_eq!(got, want);
-    let mut offset = 0;
-    let mut buf = [0u8; stream::PREFIX + MAX_FRAGMENT];
-    for f in &got {
-        let n = stream::encode(f, &mut buf).expect("a decoded fragment encodes");
-        assert_eq!(&buf[..n], &wire[offset..offset + n]);
-        offset += n;
-    }
-    !got.is_empty()
+    got.iter().any(Result::is_ok)
 }
 
 // ---------------------------------------------------------------------------

@@ -30,6 +30,9 @@ pub struct BackendKeys {
     sealing: SealingKey,
 }
 
+// Both its keys zeroize on drop (`IdentityKey`, `SealingKey`).
+impl zeroize::ZeroizeOnDrop for BackendKeys {}
+
 impl fmt::Debug for BackendKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackendKeys")

@@ -68,6 +68,9 @@ pub struct GatewayTicket {
     pub expires_at: Timestamp,
 }
 
+// Its secret is a `Secret32`, which zeroizes on drop; the rest is public.
+impl zeroize::ZeroizeOnDrop for GatewayTicket {}
+
 impl GatewayTicket {
     /// Rebuilds a ticket from storage (a gateway that persists tickets across
     /// restarts). `secret` is the value [`danger_secret`](Self::danger_secret) returned.

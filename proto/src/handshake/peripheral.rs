@@ -79,6 +79,9 @@ pub struct PeripheralTicket {
     pub anchor: KeyId,
 }
 
+// Its secret is a `SecretBytes`, which zeroizes on drop; the rest is public.
+impl zeroize::ZeroizeOnDrop for PeripheralTicket {}
+
 impl PeripheralTicket {
     /// Whether the ticket's chain began under the anchor `anchors` holds. A
     /// ticket granted under a vouch of an anchor rotated away from never
