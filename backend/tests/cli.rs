@@ -607,8 +607,10 @@ async fn sigkill_mid_import_loses_nothing_acknowledged(db: Db) {
             p.id
         );
     }
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem");
+    let key = vouch_backend::store::CheckpointKey::from_ca_cert(&ca).expect("CA key");
     assert!(matches!(
-        store.audit_verify().await.expect("verify"),
+        store.audit_verify(&key).await.expect("verify"),
         vouch_backend::store::AuditVerdict::Intact { .. }
     ));
 
