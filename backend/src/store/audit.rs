@@ -668,45 +668,60 @@ pub enum PruneError {
     },
 }
 
-/// Prunes the entries written before `cutoff_ms` (up to the last such entry
-/// by sequence number), in chunks of [`PRUNE_CHUNK`], each in its own write
-/// transaction: verify the chunk from the checkpoint, move the checkpoint to
-/// its last entry (signed), delete it. The last chunk appends an
-/// `audit_prune` entry that records what was pruned.
+/// Prunes the entries written before `cutoff_ms` (the longest prefix of the
+/// chain written before it). First, without the writer lock, it verifies
+/// every entry it will delete, from the checkpoint: if one does not check
+/// out, nothing is deleted. Then, in chunks of [`PRUNE_CHUNK`], each in its
+/// own write transaction: verify the chunk again (it could have been edited
+/// since), move the checkpoint to its last entry (signed), delete it. The
+/// last chunk appends an `audit_prune` entry that records what was pruned.
 pub(super) async fn prune(
     store: &super::Store,
     cutoff_ms: i64,
     key: &CheckpointKey,
     actor: &str,
 ) -> Result<PruneOutcome, PruneError> {
+    let target = {
+        let mut conn = store.pool.acquire().await?;
+        let cp = load_checkpoint(&mut *conn).await?;
+        let mut cur = start(cp.as_ref(), key)?;
+        // The longest prefix of entries written before the cutoff: an entry
+        // from a skewed clock never takes newer ones with it.
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(seq) FROM audit_log WHERE at_ms >= $1) AS newer, \
+             (SELECT MAX(seq) FROM audit_log) AS last",
+        )
+        .bind(cutoff_ms)
+        .fetch_one(&mut *conn)
+        .await?;
+        let target = match row.try_get::<Option<i64>, _>("newer")? {
+            Some(newer) => newer - 1,
+            None => row.try_get::<Option<i64>, _>("last")?.unwrap_or(0),
+        };
+        if target <= cur.seq {
+            return Ok(PruneOutcome {
+                pruned: 0,
+                checkpoint_seq: cur.seq,
+            });
+        }
+        check_rows(&mut conn, &mut cur, Some(target)).await??;
+        target
+    };
     let mut pruned = 0i64;
     let mut first_pruned = None;
-    let mut target = None;
     loop {
         let mut tx = store.begin_write().await?;
         let cp = load_checkpoint(&mut *tx.tx).await?;
         let mut cur = start(cp.as_ref(), key)?;
-        let target = match target {
-            Some(t) => t,
-            None => {
-                let row = sqlx::query("SELECT MAX(seq) AS m FROM audit_log WHERE at_ms < $1")
-                    .bind(cutoff_ms)
-                    .fetch_one(&mut *tx.tx)
-                    .await?;
-                let t = row.try_get::<Option<i64>, _>("m")?.unwrap_or(0);
-                target = Some(t);
-                t
-            }
-        };
         if target <= cur.seq {
-            // Nothing (more) to prune.
+            // Another prune got there first.
             return Ok(PruneOutcome {
                 pruned,
                 checkpoint_seq: cur.seq,
             });
         }
         let from = cur.seq + 1;
-        first_pruned.get_or_insert(from);
+        let first = *first_pruned.get_or_insert(from);
         let upto = target.min(cur.seq + PRUNE_CHUNK);
         check_rows(&mut tx.tx, &mut cur, Some(upto)).await??;
         let at_ms: i64 = sqlx::query("SELECT at_ms FROM audit_log WHERE seq = $1")
@@ -736,7 +751,6 @@ pub(super) async fn prune(
             .rows_affected();
         pruned += i64::try_from(n).unwrap_or(i64::MAX);
         if upto == target {
-            let first = first_pruned.unwrap_or(from);
             tx.audit(
                 NewAudit::new("audit_prune", "ok", actor).detail(&format!(
                     "pruned entries {first}..={upto} (written before {}); checkpoint at \
