@@ -153,7 +153,10 @@ impl AppState {
     ///
     /// The instance serves the key pairs of `data` that the database
     /// registers and has not purged ([`keyring`]); with nothing registered
-    /// (no rotation yet), the directory's one key pair.
+    /// (no rotation yet), the directory's one key pair. The CA's key signs
+    /// the audit log's checkpoints ([`store::CheckpointKey`]): a CA key that
+    /// is not the Ed25519 key of the CA certificate fails with
+    /// [`StoreError::Corrupt`]`("ca-key.pem")`.
     pub async fn new(store: Store, data: DataDir, config: Config) -> Result<Self, StoreError> {
         install_crypto_provider();
         let DataDir {
