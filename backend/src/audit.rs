@@ -8,15 +8,20 @@
 //! nothing throttles them. Writing a chained entry for each would grow the
 //! database by gigabytes a day. So refusals go through a [`RefusalTally`]:
 //!
-//! - The first refusal of a kind (every field of its entry alike: action,
-//!   outcome, reason, actor, claimed id or subject, gateway, detail) in an
-//!   interval is written at once, as before, so an operator sees it at once.
+//! - The first `audit.first_per_kind` (32) refusals of a kind (every field
+//!   of their entry alike: action, outcome, reason, actor, claimed id or
+//!   subject, gateway, detail) are written at once, one entry each, as
+//!   before, so an operator sees them at once; 32 is more than the lockout
+//!   threshold K (10), so the failures behind a lockout are all readable.
 //! - The rest are counted in memory, with the time of the first and last.
 //! - Every `audit.summary_interval_s` (and at a graceful shutdown,
 //!   [`crate::AppState::flush_audit`]) each kind counted since is written as
 //!   one ordinary chained entry: the same fields, with the detail
-//!   `repeated=N first=T0 last=T1`. A kind that was quiet for a whole
-//!   interval is forgotten, so its next refusal is written at once again.
+//!   `repeated=N first=T0 last=T1`. A kind with no refusal for a whole
+//!   interval is forgotten, so its next refusals are written at once again.
+//!
+//! So a flood of one kind, at any rate, adds `first_per_kind` entries at its
+//! start and one per interval while it lasts.
 //!
 //! Metrics, lockout counting and alerts see every refusal; only the rows are
 //! merged. A crash (not a graceful stop) loses the counts of the current
@@ -55,9 +60,15 @@ pub enum Admit {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tally {
+    /// Refusals counted and not yet in a summary.
     count: u64,
+    /// The time of the first and the last of them.
     first_ms: i64,
     last_ms: i64,
+    /// Refusals of this kind written one by one since it was last quiet.
+    written: u32,
+    /// Whether a refusal of this kind came since the last summary.
+    active: bool,
 }
 
 impl Tally {
@@ -65,9 +76,12 @@ impl Tally {
         count: 0,
         first_ms: 0,
         last_ms: 0,
+        written: 0,
+        active: false,
     };
 
     fn bump(&mut self, now: i64) {
+        self.active = true;
         if self.count == 0 {
             self.first_ms = now;
         }
@@ -79,8 +93,11 @@ impl Tally {
         if other.count == 0 {
             return;
         }
+        self.active = true;
         if self.count == 0 {
-            *self = *other;
+            self.count = other.count;
+            self.first_ms = other.first_ms;
+            self.last_ms = other.last_ms;
             return;
         }
         self.count = self.count.saturating_add(other.count);
@@ -94,14 +111,18 @@ impl Tally {
 pub struct RefusalTally {
     kinds: Mutex<HashMap<NewAudit, Tally>>,
     max_kinds: usize,
+    first_per_kind: u32,
 }
 
 impl RefusalTally {
-    /// A tally that tells at most `max_kinds` kinds apart per interval.
-    pub fn new(max_kinds: usize) -> Self {
+    /// A tally that writes the first `first_per_kind` (at least 1) refusals
+    /// of a kind one by one and tells at most `max_kinds` kinds apart per
+    /// interval.
+    pub fn new(max_kinds: usize, first_per_kind: u32) -> Self {
         Self {
             kinds: Mutex::new(HashMap::new()),
             max_kinds: max_kinds.max(1),
+            first_per_kind: first_per_kind.max(1),
         }
     }
 
@@ -116,11 +137,23 @@ impl RefusalTally {
     pub fn admit(&self, entry: &NewAudit, now: i64) -> Admit {
         let mut kinds = self.lock();
         if let Some(t) = kinds.get_mut(entry) {
+            if t.written < self.first_per_kind {
+                t.written += 1;
+                t.active = true;
+                return Admit::Write;
+            }
             t.bump(now);
             return Admit::Counted;
         }
         if kinds.len() < self.max_kinds {
-            kinds.insert(entry.clone(), Tally::EMPTY);
+            kinds.insert(
+                entry.clone(),
+                Tally {
+                    written: 1,
+                    active: true,
+                    ..Tally::EMPTY
+                },
+            );
             return Admit::Write;
         }
         // Too many kinds in this interval: count it without its subject, and
@@ -132,7 +165,12 @@ impl RefusalTally {
             coarse.gateway = None;
             coarse.actor = "various".to_owned();
         }
-        kinds.entry(coarse).or_insert(Tally::EMPTY).bump(now);
+        // Counted only: these are past the bound by definition.
+        let t = kinds.entry(coarse).or_insert(Tally {
+            written: self.first_per_kind,
+            ..Tally::EMPTY
+        });
+        t.bump(now);
         Admit::Counted
     }
 
@@ -147,11 +185,16 @@ impl RefusalTally {
         let mut kinds = self.lock();
         let mut out = Vec::new();
         kinds.retain(|kind, t| {
-            if t.count == 0 {
+            if !t.active {
                 return false;
             }
-            out.push((kind.clone(), *t));
-            *t = Tally::EMPTY;
+            if t.count > 0 {
+                out.push((kind.clone(), *t));
+            }
+            *t = Tally {
+                written: t.written,
+                ..Tally::EMPTY
+            };
             true
         });
         out
@@ -242,9 +285,13 @@ mod tests {
             .peripheral(id)
     }
 
+    fn counted(t: &Tally) -> (u64, i64, i64) {
+        (t.count, t.first_ms, t.last_ms)
+    }
+
     #[test]
     fn the_first_of_a_kind_is_written_and_the_rest_counted() {
-        let t = RefusalTally::new(100);
+        let t = RefusalTally::new(100, 1);
         assert_eq!(t.admit(&replay("01"), 1), Admit::Write);
         for now in 2..=10 {
             assert_eq!(t.admit(&replay("01"), now), Admit::Counted);
@@ -253,14 +300,7 @@ mod tests {
         assert_eq!(t.pending(), 9);
         let taken = t.take();
         assert_eq!(taken.len(), 1);
-        assert_eq!(
-            taken[0].1,
-            Tally {
-                count: 9,
-                first_ms: 2,
-                last_ms: 10
-            }
-        );
+        assert_eq!(counted(&taken[0].1), (9, 2, 10));
         assert!(summary(&taken[0].0, &taken[0].1)
             .detail
             .starts_with("repeated=9 first="));
@@ -272,8 +312,33 @@ mod tests {
     }
 
     #[test]
+    fn the_first_few_of_a_kind_are_written_once_per_episode() {
+        let t = RefusalTally::new(100, 3);
+        for now in 1..=3 {
+            assert_eq!(t.admit(&replay("01"), now), Admit::Write);
+        }
+        assert_eq!(t.admit(&replay("01"), 4), Admit::Counted);
+        assert_eq!(t.take().len(), 1);
+        // The flood goes on: no new burst of entries in the next interval.
+        assert_eq!(t.admit(&replay("01"), 5), Admit::Counted);
+        assert_eq!(t.take().len(), 1);
+        // A kind written one by one in an interval, with nothing counted, is
+        // still active: not forgotten, and no summary.
+        let t = RefusalTally::new(100, 3);
+        t.admit(&replay("02"), 1);
+        assert!(t.take().is_empty());
+        assert_eq!(t.admit(&replay("02"), 2), Admit::Write);
+        assert_eq!(t.admit(&replay("02"), 3), Admit::Write);
+        assert_eq!(t.admit(&replay("02"), 4), Admit::Counted);
+        // Quiet for a whole interval: forgotten, the next burst is written.
+        t.take();
+        t.take();
+        assert_eq!(t.admit(&replay("02"), 5), Admit::Write);
+    }
+
+    #[test]
     fn kinds_beyond_the_bound_are_counted_without_their_subject() {
-        let t = RefusalTally::new(2);
+        let t = RefusalTally::new(2, 1);
         assert_eq!(t.admit(&replay("01"), 1), Admit::Write);
         assert_eq!(t.admit(&replay("02"), 1), Admit::Write);
         for i in 3..50 {
@@ -291,7 +356,7 @@ mod tests {
 
     #[test]
     fn counts_that_could_not_be_written_are_kept() {
-        let t = RefusalTally::new(10);
+        let t = RefusalTally::new(10, 1);
         t.admit(&replay("01"), 1);
         t.admit(&replay("01"), 2);
         let taken = t.take();

@@ -40,8 +40,8 @@ pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; 
 # attachment_ttl_s = 3600           # an attach report without a detach expires after this
 
 [audit]
-# summary_interval_s = 60           # repeated refusals of one kind: the first is written at once,
-#                                   # the rest counted and written as one summary entry this often
+# first_per_kind = 32               # refusals of one kind written one by one before they are counted
+# summary_interval_s = 60           # ... and the counted ones written as one summary entry this often
 # max_kinds = 4096                  # kinds counted apart per interval; beyond, one per reason and gateway
 # retention_s = 0                   # prune entries older than this (hourly), keeping a signed
 #                                   # checkpoint; 0 keeps everything
@@ -145,9 +145,11 @@ pub struct Security {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Audit {
+    /// How many refusals of one kind are written one by one (at once) before
+    /// the rest are counted into summary entries; at least 1.
+    pub first_per_kind: u32,
     /// How often the counts of repeated refusals are written as summary
-    /// entries, seconds. The first refusal of a kind in an interval is
-    /// written at once.
+    /// entries, seconds.
     pub summary_interval_s: u64,
     /// How many kinds of refusal (action, outcome, reason, actor, subject)
     /// are counted apart in one interval; beyond, new kinds are counted per
@@ -223,6 +225,7 @@ impl Default for Security {
 impl Default for Audit {
     fn default() -> Self {
         Self {
+            first_per_kind: 32,
             summary_interval_s: 60,
             max_kinds: 4096,
             retention_s: 0,

@@ -182,7 +182,10 @@ impl AppState {
             Duration::from_millis(config.webhook.timeout_ms),
         );
         let feed = FeedNotifier::new(store.last_event_seq().await?);
-        let refusals = Arc::new(audit::RefusalTally::new(config.audit.max_kinds));
+        let refusals = Arc::new(audit::RefusalTally::new(
+            config.audit.max_kinds,
+            config.audit.first_per_kind,
+        ));
         let committer = vouch::Committer::spawn(store.clone(), metrics.clone(), refusals.clone());
         let checkpoint_key = CheckpointKey::from_ca(&ca).map_err(|e| {
             tracing::error!(error = %e, "the CA key cannot sign audit checkpoints");

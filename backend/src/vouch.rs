@@ -29,7 +29,9 @@
 //! Every refusal except a gateway's lockout is answered `Refused(Denied)`,
 //! identical on the wire whatever the reason; a locked-out gateway is
 //! answered `Refused(Busy)` ("retry later"). The audit log names the exact
-//! reason.
+//! reason; refusals that repeat one of the same kind (reason, gateway,
+//! claimed id) within an interval are counted into one summary entry
+//! instead of one entry each ([`crate::audit`], SPEC.md §11.12).
 //!
 //! ## Group commit
 //!
@@ -440,8 +442,9 @@ async fn finish(
 ) -> Result<Vec<VouchAnswer>, StoreError> {
     let gw_hex = key.to_string();
     let mut job = Vec::with_capacity(decisions.len());
-    // Per decision: whether its own entry went into the job (a repeated
-    // refusal is only counted, crate::audit), and whether a clone alert did.
+    // Per decision: whether its own entry went into the job (a refusal that
+    // repeats one already written this interval is only counted,
+    // crate::audit).
     let mut written = Vec::with_capacity(decisions.len());
     for d in &decisions {
         let claimed = d.claimed.map(|c| c.to_string());

@@ -202,23 +202,15 @@ async fn suspended_and_revoked_gateways_are_refused_at_once(db: Db) {
         .await;
     let (_, r) = post_vouch(&gateway, &served.url, &attempt()).await;
     assert_eq!(answer(r), VouchAnswer::Refused(Refusal::Denied));
-    // The second refusal is of the same kind as the first, within one
-    // interval: it is counted, and written as a summary entry (SPEC §11.12).
-    assert_eq!(b.state.flush_audit().await.expect("flush"), 1);
-    let entries = b.audit(&format!("gateway={key}&action=vouch")).await;
-    let reasons: Vec<String> = entries
+    let reasons: Vec<String> = b
+        .audit(&format!("gateway={key}&action=vouch"))
+        .await
         .iter()
         .map(|e| e["reason"].as_str().unwrap_or("").to_owned())
         .collect();
     assert_eq!(
         reasons,
         ["", "gateway_not_active", "", "gateway_not_active"]
-    );
-    assert!(
-        entries[3]["detail"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("repeated=1 ")),
-        "{entries:?}"
     );
     served.stop().await;
 }
