@@ -39,6 +39,13 @@ pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; 
 # clone_action = "alert"            # or "refuse": refuse the second gateway
 # attachment_ttl_s = 3600           # an attach report without a detach expires after this
 
+[audit]
+# first_per_kind = 32               # refusals of one kind written one by one before they are counted
+# summary_interval_s = 60           # ... and the counted ones written as one summary entry this often
+# max_kinds = 4096                  # kinds counted apart per interval; beyond, one per reason and gateway
+# retention_s = 0                   # prune entries older than this (hourly), keeping a signed
+#                                   # checkpoint; 0 keeps everything
+
 [feed]
 # poll_ms = 200                     # how often each instance polls the event log
 
@@ -89,6 +96,8 @@ pub struct Config {
     pub limits: Limits,
     /// Lockout, replay and clone settings.
     pub security: Security,
+    /// Audit log: aggregation of repeated refusals, retention.
+    pub audit: Audit,
     /// Revocation feed.
     pub feed: Feed,
     /// Alert webhook.
@@ -132,6 +141,25 @@ pub struct Security {
     pub attachment_ttl_s: u64,
 }
 
+/// Audit log settings (SPEC.md §11.12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Audit {
+    /// How many refusals of one kind are written one by one (at once) before
+    /// the rest are counted into summary entries; at least 1.
+    pub first_per_kind: u32,
+    /// How often the counts of repeated refusals are written as summary
+    /// entries, seconds.
+    pub summary_interval_s: u64,
+    /// How many kinds of refusal (action, outcome, reason, actor, subject)
+    /// are counted apart in one interval; beyond, new kinds are counted per
+    /// action, outcome, reason and gateway.
+    pub max_kinds: usize,
+    /// Entries older than this are pruned, hourly, behind a signed
+    /// checkpoint of the chain; 0 keeps every entry.
+    pub retention_s: u64,
+}
+
 /// Revocation feed settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -161,6 +189,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             limits: Limits::default(),
             security: Security::default(),
+            audit: Audit::default(),
             feed: Feed::default(),
             webhook: Webhook::default(),
         }
@@ -189,6 +218,17 @@ impl Default for Security {
             replay_retention_s: 30 * 86_400,
             clone_action: CloneAction::Alert,
             attachment_ttl_s: 3600,
+        }
+    }
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            first_per_kind: 32,
+            summary_interval_s: 60,
+            max_kinds: 4096,
+            retention_s: 0,
         }
     }
 }
@@ -297,7 +337,7 @@ impl Config {
             let lower = rest.to_ascii_lowercase();
             // Section keys first (`security_lockout_failures`), then top level.
             let mut slot = None;
-            for section in ["limits", "security", "feed", "webhook"] {
+            for section in ["limits", "security", "audit", "feed", "webhook"] {
                 if let Some(key) = lower.strip_prefix(&format!("{section}_")) {
                     slot = Some((Some(section), key.to_owned()));
                 }
@@ -368,6 +408,7 @@ mod tests {
                 ("VOUCH_LISTEN", "127.0.0.1:9"),
                 ("VOUCH_SECURITY_LOCKOUT_WINDOW_S", "5"),
                 ("VOUCH_SECURITY_CLONE_ACTION", "refuse"),
+                ("VOUCH_AUDIT_RETENTION_S", "7776000"),
                 ("VOUCH_WEBHOOK_URL", "http://127.0.0.1:1/h"),
                 ("VOUCH_DATABASE_URL", "postgres://x/y"),
                 ("VOUCH_ADMIN_TOKEN", "ignored"),
@@ -378,6 +419,7 @@ mod tests {
         assert_eq!(c.security.lockout_failures, 3);
         assert_eq!(c.security.lockout_window_s, 5);
         assert_eq!(c.security.clone_action, CloneAction::Refuse);
+        assert_eq!(c.audit.retention_s, 90 * 86_400);
         assert_eq!(c.webhook.url.as_deref(), Some("http://127.0.0.1:1/h"));
         assert_eq!(c.database_url.as_deref(), Some("postgres://x/y"));
     }

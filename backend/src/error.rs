@@ -20,6 +20,11 @@ use serde_json::json;
 
 use crate::store::{Conflict, StoreError};
 
+/// The stable code of an error answer, in the response's extensions, for
+/// the audit of refusals at the HTTP level ([`crate::routes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// An error answer of the HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppError {
@@ -86,6 +91,7 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut res = (self.status, axum::Json(body)).into_response();
+        res.extensions_mut().insert(ErrorCode(self.code));
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
         {

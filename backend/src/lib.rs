@@ -14,6 +14,7 @@
 //! - [`store`]: one storage implementation for SQLite and PostgreSQL.
 //! - [`vouch`]: the order of checks, uniform refusals, group commit.
 //! - [`feed`]: the revocation feed (long-poll). [`security`]: lockouts, alerts.
+//! - [`audit`]: repeated refusals counted into summary entries, retention.
 //! - [`routes`]: gateway API (postcard bodies, mutual TLS), admin API (JSON,
 //!   bearer token), operations (`/healthz`, `/readyz`, `/metrics` with the
 //!   admin token, `/v1/openapi.json`); [`ops_app`] is the loopback
@@ -51,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use vouch_proto::keys::PublicKey;
 
 pub mod anchor;
+pub mod audit;
 pub mod budget;
 pub mod config;
 pub mod datadir;
@@ -74,7 +76,7 @@ use crate::feed::FeedNotifier;
 use crate::metrics::Metrics;
 use crate::pki::CaMaterial;
 use crate::security::{Alerter, Lockouts};
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{now_ms, CheckpointKey, PruneError, PruneOutcome, Store, StoreError};
 
 /// The TLS client identity of a connection: the Ed25519 key in the client
 /// certificate, if one was presented (verified against the backend CA by
@@ -128,6 +130,10 @@ pub struct Inner {
     /// shed with 503.
     pub request_slots: Arc<Semaphore>,
     pub(crate) committer: vouch::Committer,
+    /// Repeated refusals, counted between their summary entries.
+    pub(crate) refusals: Arc<audit::RefusalTally>,
+    /// Signs and checks the audit log's checkpoint: the CA's key.
+    pub checkpoint_key: CheckpointKey,
     /// Cancelled at shutdown: ends long-polls and background tasks.
     pub shutdown: CancellationToken,
 }
@@ -147,7 +153,10 @@ impl AppState {
     ///
     /// The instance serves the key pairs of `data` that the database
     /// registers and has not purged ([`keyring`]); with nothing registered
-    /// (no rotation yet), the directory's one key pair.
+    /// (no rotation yet), the directory's one key pair. The CA's key signs
+    /// the audit log's checkpoints ([`store::CheckpointKey`]): a CA key that
+    /// is not the Ed25519 key of the CA certificate fails with
+    /// [`StoreError::Corrupt`]`("ca-key.pem")`.
     pub async fn new(store: Store, data: DataDir, config: Config) -> Result<Self, StoreError> {
         install_crypto_provider();
         let DataDir {
@@ -187,7 +196,15 @@ impl AppState {
             Duration::from_millis(config.webhook.timeout_ms),
         );
         let feed = FeedNotifier::new(store.last_event_seq().await?);
-        let committer = vouch::Committer::spawn(store.clone(), metrics.clone());
+        let refusals = Arc::new(audit::RefusalTally::new(
+            config.audit.max_kinds,
+            config.audit.first_per_kind,
+        ));
+        let committer = vouch::Committer::spawn(store.clone(), metrics.clone(), refusals.clone());
+        let checkpoint_key = CheckpointKey::from_ca(&ca).map_err(|e| {
+            tracing::error!(error = %e, "the CA key cannot sign audit checkpoints");
+            StoreError::Corrupt("ca-key.pem")
+        })?;
         let state = Self {
             inner: Arc::new(Inner {
                 feed_waiters: Semaphore::new(config.limits.max_feed_waiters),
@@ -209,6 +226,8 @@ impl AppState {
                 alerter,
                 feed,
                 committer,
+                refusals,
+                checkpoint_key,
                 shutdown: CancellationToken::new(),
             }),
         };
@@ -219,6 +238,28 @@ impl AppState {
     /// Stops the background tasks and ends waiting long-polls.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+    }
+
+    /// Writes the summary entries of the refusals counted since the last
+    /// ones ([`audit`]); returns how many entries. The background task does
+    /// this every `audit.summary_interval_s`; call it once more at a
+    /// graceful shutdown, after the last request, so that no count is lost.
+    pub async fn flush_audit(&self) -> Result<usize, StoreError> {
+        self.refusals.flush(&self.store, now_ms()).await
+    }
+
+    /// Prunes the audit entries older than `older_than_s` (but never those a
+    /// live vouch still needs, [`audit::prune_cutoff`]) behind a checkpoint
+    /// signed with the CA's key.
+    pub async fn prune_audit(
+        &self,
+        older_than_s: u64,
+        actor: &str,
+    ) -> Result<PruneOutcome, PruneError> {
+        let (cutoff, _) = audit::prune_cutoff(&self.store, older_than_s, now_ms()).await?;
+        self.store
+            .audit_prune(cutoff, &self.checkpoint_key, actor)
+            .await
     }
 }
 
@@ -246,6 +287,28 @@ async fn background(state: AppState) {
             }
             if let Err(e) = keyring::reload(&state).await {
                 tracing::warn!(error = %e, "key ring reload failed");
+            }
+        }
+        let summary_s = state.config.audit.summary_interval_s.max(1);
+        if n.is_multiple_of(ticks_per_s * summary_s) {
+            match state.flush_audit().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(summaries = n, "repeated refusals summarized"),
+                Err(e) => tracing::warn!(error = %e, "audit summary failed; counts kept"),
+            }
+        }
+        let retention_s = state.config.audit.retention_s;
+        if retention_s > 0 && n.is_multiple_of(ticks_per_s * 3600) {
+            match state.prune_audit(retention_s, "system").await {
+                Ok(o) if o.pruned > 0 => {
+                    tracing::info!(
+                        pruned = o.pruned,
+                        checkpoint = o.checkpoint_seq,
+                        "audit log pruned"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "audit prune failed"),
             }
         }
         if n.is_multiple_of(ticks_per_s * 60) {

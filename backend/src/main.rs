@@ -351,8 +351,20 @@ enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Recompute the hash chain; exit 1 and name the first broken link if it is broken.
+    /// Recompute the hash chain (from the signed checkpoint if entries were
+    /// pruned, checked with ca.pem); exit 1 and name the first broken link if
+    /// it is broken.
     Verify,
+    /// Delete the entries older than an age, keeping a checkpoint of the
+    /// chain signed with the CA key (ca-key.pem), so that `audit verify`
+    /// still proves the rest. Entries a live vouch still needs (the longest
+    /// lifetime a policy grants, plus 120 s) are kept. Refuses if the
+    /// entries to delete do not verify.
+    Prune {
+        /// Age, e.g. `90d`, `12h`, `3600s` (humantime).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -762,16 +774,47 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     }
                     ExitCode::SUCCESS
                 }
-                AuditCmd::Verify => match store.audit_verify().await.map_err(|e| api(e.into()))? {
-                    v @ vouch_backend::store::AuditVerdict::Intact { .. } => {
-                        println!("{}", serde_json::to_string(&v)?);
-                        ExitCode::SUCCESS
+                AuditCmd::Verify => {
+                    // The checkpoint is checked with the CA certificate of the
+                    // data directory, never with anything from the database.
+                    let ca = cli.data_dir.join(datadir::files::CA);
+                    let pem = std::fs::read_to_string(&ca)
+                        .with_context(|| format!("cannot read {}", ca.display()))?;
+                    let key = vouch_backend::store::CheckpointKey::from_ca_cert(&pem)?;
+                    match store.audit_verify(&key).await.map_err(|e| api(e.into()))? {
+                        v @ vouch_backend::store::AuditVerdict::Intact { .. } => {
+                            println!("{}", serde_json::to_string(&v)?);
+                            ExitCode::SUCCESS
+                        }
+                        v => {
+                            println!("{}", serde_json::to_string(&v)?);
+                            ExitCode::FAILURE
+                        }
                     }
-                    v => {
-                        println!("{}", serde_json::to_string(&v)?);
-                        ExitCode::FAILURE
+                }
+                AuditCmd::Prune { older_than } => {
+                    let data = DataDir::load(&cli.data_dir)?;
+                    let key = vouch_backend::store::CheckpointKey::from_ca(&data.ca)?;
+                    let now = vouch_backend::store::now_ms();
+                    let (cutoff, raised) =
+                        vouch_backend::audit::prune_cutoff(&store, older_than.as_secs(), now)
+                            .await
+                            .map_err(|e| api(e.into()))?;
+                    if raised {
+                        eprintln!(
+                            "note: keeping the entries a live vouch may still need (the longest \
+                             lifetime a policy grants, plus 120 s)"
+                        );
                     }
-                },
+                    let o = store.audit_prune(cutoff, &key, CLI_ACTOR).await?;
+                    println!(
+                        "pruned {} entries written before {}; checkpoint at entry {}",
+                        o.pruned,
+                        vouch_backend::store::Rfc3339(cutoff),
+                        o.checkpoint_seq
+                    );
+                    ExitCode::SUCCESS
+                }
             };
             store.close().await;
             Ok(code)
@@ -1158,6 +1201,7 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
         }
     };
     let shutdown_state = state.clone();
+    let final_state = state.clone();
     server::serve(listener, app(state), transport, async move {
         server::shutdown_signal().await;
         tracing::info!("shutting down");
@@ -1170,6 +1214,11 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
             Ok(Err(e)) => tracing::warn!(error = %e, "the operations listener failed"),
             Err(e) => tracing::warn!(error = %e, "the operations listener panicked"),
         }
+    }
+    // Requests have drained: write the counts of repeated refusals.
+    match final_state.flush_audit().await {
+        Ok(n) => tracing::info!(summaries = n, "audit summaries written"),
+        Err(e) => tracing::error!(error = %e, "could not write the audit summaries"),
     }
     store.close().await;
     tracing::info!("stopped");

@@ -174,6 +174,16 @@ pub fn ed25519_key_of(cert: &CertificateDer<'_>) -> Option<PublicKey> {
     PublicKey::from_bytes(bytes)
 }
 
+/// The Ed25519 public key of the CA certificate `ca_pem` (the first
+/// certificate in it).
+pub fn ca_public_key(ca_pem: &str) -> Result<PublicKey, PkiError> {
+    let certs = certs_from_pem(ca_pem, "ca.pem")?;
+    certs
+        .first()
+        .and_then(ed25519_key_of)
+        .ok_or(PkiError::Pem("ca.pem"))
+}
+
 fn certs_from_pem(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()

@@ -29,7 +29,9 @@
 //! Every refusal except a gateway's lockout is answered `Refused(Denied)`,
 //! identical on the wire whatever the reason; a locked-out gateway is
 //! answered `Refused(Busy)` ("retry later"). The audit log names the exact
-//! reason.
+//! reason; refusals that repeat one of the same kind (reason, gateway,
+//! claimed id) within an interval are counted into one summary entry
+//! instead of one entry each ([`crate::audit`], SPEC.md §11.12).
 //!
 //! ## Group commit
 //!
@@ -52,6 +54,7 @@ use vouch_proto::wire::backend::{
 };
 use vouch_proto::wire::{Hello, Lifetimes, Scope};
 
+use crate::audit::{Admit, RefusalTally};
 use crate::config::CloneAction;
 use crate::model::{GatewayRecord, PeripheralRecord, Status};
 use crate::security::{Alert, Subject};
@@ -443,6 +446,10 @@ async fn finish(
 ) -> Result<Vec<VouchAnswer>, StoreError> {
     let gw_hex = key.to_string();
     let mut job = Vec::with_capacity(decisions.len());
+    // Per decision: whether its own entry went into the job (a refusal that
+    // repeats one already written this interval is only counted,
+    // crate::audit).
+    let mut written = Vec::with_capacity(decisions.len());
     for d in &decisions {
         let claimed = d.claimed.map(|c| c.to_string());
         if !d.clone_of.is_empty() {
@@ -467,39 +474,22 @@ async fn finish(
                     .detail(&grant_detail(g.scope, g.lifetimes, g.keys.kid())),
             ),
             Err(reason) => {
-                let outcome = match reason.refusal() {
-                    Refusal::Busy => "busy",
-                    Refusal::Denied => "denied",
-                };
-                let mut a = NewAudit::new("vouch", outcome, actor)
-                    .reason(reason.code())
-                    .gateway(&gw_hex);
-                if let Some(c) = &claimed {
-                    a = a.peripheral(c).detail(
-                        if matches!(
-                            reason,
-                            Reason::BadSignature
-                                | Reason::UnknownPeripheral
-                                | Reason::PeripheralPending
-                                | Reason::PeripheralSuspended
-                                | Reason::PeripheralRevoked
-                        ) {
-                            "claimed id (signature not verified)"
-                        } else {
-                            ""
-                        },
-                    );
+                let a = refusal_entry(actor, &gw_hex, claimed.as_deref(), *reason);
+                if state.refusals.admit(&a, now) == Admit::Counted {
+                    written.push(false);
+                    continue;
                 }
                 (None, a)
             }
         };
+        written.push(true);
         job.push(JobItem { ephemeral, audit });
     }
     let fresh = state.committer.commit(job).await?;
     // `fresh` has one flag per job item; pick out the decisions' own items.
     let mut flags = fresh.into_iter();
     let mut answers = Vec::with_capacity(decisions.len());
-    for d in decisions {
+    for (d, written) in decisions.into_iter().zip(written) {
         if !d.clone_of.is_empty() {
             flags.next();
             state.alerter.raise(Alert {
@@ -510,7 +500,7 @@ async fn finish(
                 at_ms: now,
             });
         }
-        let first_seen = flags.next().unwrap_or(false);
+        let first_seen = written && flags.next().unwrap_or(false);
         let outcome = match d.outcome {
             Ok(g) if first_seen => Ok(g),
             Ok(_) => Err(Reason::Replay),
@@ -563,6 +553,39 @@ async fn finish(
     Ok(answers)
 }
 
+/// The audit entry of a refused vouch.
+pub(crate) fn refusal_entry(
+    actor: &str,
+    gateway: &str,
+    claimed: Option<&str>,
+    reason: Reason,
+) -> NewAudit {
+    let outcome = match reason.refusal() {
+        Refusal::Busy => "busy",
+        Refusal::Denied => "denied",
+    };
+    let mut a = NewAudit::new("vouch", outcome, actor)
+        .reason(reason.code())
+        .gateway(gateway);
+    if let Some(c) = claimed {
+        a = a.peripheral(c).detail(
+            if matches!(
+                reason,
+                Reason::BadSignature
+                    | Reason::UnknownPeripheral
+                    | Reason::PeripheralPending
+                    | Reason::PeripheralSuspended
+                    | Reason::PeripheralRevoked
+            ) {
+                "claimed id (signature not verified)"
+            } else {
+                ""
+            },
+        );
+    }
+    a
+}
+
 /// The audit detail of a vouch: what it granted, and the key id that signed
 /// it (so an operator can see which peripherals still seal to an old key
 /// before purging it). [`granted_lifetimes`] reads it back.
@@ -590,7 +613,7 @@ fn granted_lifetimes(detail: &str) -> Option<Lifetimes> {
 /// the gateway's ticket clock starts after the backend's audit time, the
 /// report waits for the handshake to finish and for a slot to the backend,
 /// and the two clocks may differ.
-const ATTACH_GRACE_MS: i64 = 120_000;
+pub(crate) const ATTACH_GRACE_MS: i64 = 120_000;
 
 /// Whether `gateway` holds a vouch for `peripheral` under which a session
 /// can be starting at `now`: a full handshake's session starts right after
@@ -852,9 +875,13 @@ const MAX_GROUP: usize = 512;
 
 impl Committer {
     /// Starts the writer task; it ends when every handle is dropped.
-    pub(crate) fn spawn(store: Store, metrics: crate::metrics::Metrics) -> Self {
+    pub(crate) fn spawn(
+        store: Store,
+        metrics: crate::metrics::Metrics,
+        refusals: Arc<RefusalTally>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run_committer(store, metrics, rx));
+        tokio::spawn(run_committer(store, metrics, refusals, rx));
         Self { tx }
     }
 
@@ -878,6 +905,7 @@ impl Committer {
 async fn run_committer(
     store: Store,
     metrics: crate::metrics::Metrics,
+    refusals: Arc<RefusalTally>,
     mut rx: mpsc::Receiver<Job>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -897,7 +925,7 @@ async fn run_committer(
             .with_label_values::<&str>(&[])
             .observe(n as f64);
         let started = Instant::now();
-        match write_group(&store, &mut jobs).await {
+        match write_group(&store, &refusals, &mut jobs).await {
             Ok(results) => {
                 for (job, r) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(Ok(r));
@@ -918,7 +946,11 @@ async fn run_committer(
     }
 }
 
-async fn write_group(store: &Store, jobs: &mut [Job]) -> Result<Vec<Vec<bool>>, StoreError> {
+async fn write_group(
+    store: &Store,
+    refusals: &RefusalTally,
+    jobs: &mut [Job],
+) -> Result<Vec<Vec<bool>>, StoreError> {
     let now = now_ms();
     // Each e_P once; a second copy in the same group is a replay of the first.
     let mut unique = Vec::new();
@@ -946,13 +978,18 @@ async fn write_group(store: &Store, jobs: &mut [Job]) -> Result<Vec<Vec<bool>>, 
                 Some(e) => fresh.contains(&e.0) && taken.insert(e.0),
                 None => true,
             };
+            flags.push(stands);
             if !stands {
+                // A replay caught here (the same hello in flight twice) is a
+                // refusal like those caught before: counted if repeated.
                 item.audit.outcome = "denied".into();
                 item.audit.reason = Reason::Replay.code().into();
                 item.audit.detail = String::new();
+                if refusals.admit(&item.audit, now) == Admit::Counted {
+                    continue;
+                }
             }
             entries.push(item.audit.clone());
-            flags.push(stands);
         }
         out.push(flags);
     }

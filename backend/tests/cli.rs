@@ -26,6 +26,7 @@ on_both!(
     sigkill_mid_import_loses_nothing_acknowledged,
     keys_rotate_purge_and_export_through_the_cli,
     an_invalid_utf8_line_is_reported_and_the_rest_imported,
+    refusals_counted_before_a_sigterm_are_written_and_audit_prune_keeps_verify_working,
 );
 
 fn cli(dir: &Path, db: &Db, args: &[&str]) -> Output {
@@ -618,8 +619,10 @@ async fn sigkill_mid_import_loses_nothing_acknowledged(db: Db) {
             p.id
         );
     }
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem");
+    let key = vouch_backend::store::CheckpointKey::from_ca_cert(&ca).expect("CA key");
     assert!(matches!(
-        store.audit_verify().await.expect("verify"),
+        store.audit_verify(&key).await.expect("verify"),
         vouch_backend::store::AuditVerdict::Intact { .. }
     ));
 
@@ -1052,4 +1055,158 @@ async fn two_serve_processes_on_one_postgres_honour_each_others_revocations() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
     db.cleanup().await;
+}
+
+/// Issue 16, item 4: the counts of repeated refusals are written when
+/// `serve` stops gracefully; `audit prune` keeps what a live vouch needs;
+/// `audit verify` proves the chain from a pruned log's signed checkpoint
+/// (checked with ca.pem) and fails when the checkpoint is edited.
+async fn refusals_counted_before_a_sigterm_are_written_and_audit_prune_keeps_verify_working(
+    db: Db,
+) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    init(dir, &db);
+    let dev = Device::new(1);
+    ok(&cli(
+        dir,
+        &db,
+        &[
+            "enroll",
+            "peripheral",
+            "--public-key",
+            &dev.key.public_key().to_string(),
+        ],
+    ));
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    let cert = dir.join("gw.crt");
+    ok(&cli(
+        dir,
+        &db,
+        &[
+            "enroll",
+            "gateway",
+            "--public-key",
+            &gw.public_key().to_string(),
+            "--out",
+            cert.to_str().expect("utf8"),
+        ],
+    ));
+    ok(&cli(
+        dir,
+        &db,
+        &["associate", "--peripheral", "any", "--gateway", "any"],
+    ));
+    let anchor: AnchorSet = serde_json::from_str::<vouch_proto::anchor::AnchorBundle>(&ok(&cli(
+        dir,
+        &db,
+        &["export-anchor"],
+    )))
+    .expect("bundle json")
+    .to_anchor_set()
+    .expect("valid bundle");
+    let server = Server::start(dir, &db);
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+    let key_pem = gw.to_pkcs8_pem().expect("pem");
+    let cert_pem = std::fs::read_to_string(&cert).expect("cert");
+    let gateway = https(&ca, Some((&cert_pem, &key_pem)));
+    let (_, h) = dev.hello(&anchor, 1);
+    let (_, r) = gateway_takes(&gw, &h, 2);
+    assert!(matches!(
+        vouch_via(&gateway, &server.url, &r).await,
+        VouchAnswer::Vouched(_)
+    ));
+    // More of each kind than are written one by one (32 by default).
+    for _ in 0..40 {
+        assert_eq!(
+            vouch_via(&gateway, &server.url, &r).await,
+            VouchAnswer::Refused(Refusal::Denied)
+        );
+    }
+    let admin = https(&ca, None);
+    for _ in 0..35 {
+        let res = admin
+            .get(format!("{}/v1/admin/peripherals", server.url))
+            .bearer_auth("vouch_wrong")
+            .send()
+            .await
+            .expect("admin");
+        assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+    assert!(server.terminate().success());
+
+    let entries = |action: &str| -> Vec<serde_json::Value> {
+        ok(&cli(
+            dir,
+            &db,
+            &["audit", "query", "--action", action, "--json"],
+        ))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+    };
+    let details = |entries: &[serde_json::Value], reason: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e["reason"] == reason)
+            .map(|e| e["detail"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let replays = details(&entries("vouch"), "replay");
+    assert_eq!(replays.len(), 33, "{replays:?}");
+    assert!(replays[..32].iter().all(|d| !d.starts_with("repeated=")));
+    assert!(replays[32].starts_with("repeated=8 "), "{replays:?}");
+    let unauthorized = details(&entries("http_refused"), "unauthorized");
+    assert_eq!(unauthorized.len(), 33, "{unauthorized:?}");
+    assert!(
+        unauthorized[32].starts_with("repeated=3 "),
+        "{unauthorized:?}"
+    );
+
+    // Asked to prune everything: the vouch a session may still start from
+    // is kept (the policy's lifetimes), so nothing goes.
+    let out = cli(dir, &db, &["audit", "prune", "--older-than", "0s"]);
+    assert!(ok(&out).contains("pruned 0 entries"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("live vouch"));
+    let out = cli(dir, &db, &["audit", "prune", "--older-than", "bogus"]);
+    assert!(!out.status.success());
+
+    // Pruned (as time would, through the library), the log verifies from
+    // its checkpoint …
+    let store = Store::open(&db.url_for(dir)).await.expect("open");
+    let data = vouch_backend::datadir::DataDir::load(dir).expect("data dir");
+    let key = vouch_backend::store::CheckpointKey::from_ca(&data.ca).expect("CA key");
+    let o = store
+        .audit_prune(vouch_backend::store::now_ms() + 1, &key, "test")
+        .await
+        .expect("prune");
+    // Enrollments, policy, the vouch, the two refusals and their summaries.
+    assert!(o.pruned >= 8, "{o:?}");
+    assert_eq!(o.pruned, o.checkpoint_seq);
+    let out = ok(&cli(dir, &db, &["audit", "verify"]));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("verdict");
+    assert_eq!(v["result"], "intact", "{v}");
+    assert_eq!(v["pruned_through"], o.checkpoint_seq, "{v}");
+    // … and not once its checkpoint is edited.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&db.url_for(dir))
+            .await
+            .expect("connect");
+        sqlx::query("UPDATE audit_checkpoint SET seq = seq - 1")
+            .execute(&mut conn)
+            .await
+            .expect("edit");
+        conn.close().await.ok();
+    }
+    let out = cli(dir, &db, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("verdict");
+    assert_eq!(v["result"], "broken", "{v}");
+    assert!(
+        v["problem"].as_str().unwrap_or("").contains("checkpoint"),
+        "{v}"
+    );
+    store.close().await;
 }

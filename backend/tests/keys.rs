@@ -137,7 +137,10 @@ async fn last_vouch_audit(b: &Backend) -> serde_json::Value {
 
 async fn audit_intact(b: &Backend) {
     assert!(matches!(
-        b.store.audit_verify().await.expect("verify"),
+        b.store
+            .audit_verify(&b.state.checkpoint_key)
+            .await
+            .expect("verify"),
         AuditVerdict::Intact { .. }
     ));
 }

@@ -662,7 +662,7 @@ async fn audit_verify(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<crate::store::AuditVerdict>, AppError> {
-    Ok(Json(state.store.audit_verify().await?))
+    Ok(Json(state.store.audit_verify(&state.checkpoint_key).await?))
 }
 
 // ----- lockouts, anchor -------------------------------------------------------

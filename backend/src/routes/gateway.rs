@@ -49,25 +49,35 @@ impl<S: Send + Sync> FromRequestParts<S> for GatewayKey {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        if let Some(ClientIdentity(Some(key))) = parts.extensions.get::<ClientIdentity>() {
-            return Ok(GatewayKey(*key));
-        }
-        if parts.extensions.get::<InsecureDevIdentity>().is_some() {
-            if let Some(key) = parts
-                .headers
-                .get(DEV_GATEWAY_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(PublicKey::from_hex)
-            {
-                return Ok(GatewayKey(key));
-            }
-        }
-        Err(AppError::new(
-            StatusCode::UNAUTHORIZED,
-            "client_certificate_required",
-            "the gateway API requires a client certificate issued by this backend",
-        ))
+        gateway_identity(&parts.extensions, &parts.headers)
+            .map(GatewayKey)
+            .ok_or_else(|| {
+                AppError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "client_certificate_required",
+                    "the gateway API requires a client certificate issued by this backend",
+                )
+            })
     }
+}
+
+/// The gateway key a request is authenticated with: its TLS client
+/// certificate's, or on an insecure development server the
+/// [`DEV_GATEWAY_HEADER`].
+pub(crate) fn gateway_identity(
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+) -> Option<PublicKey> {
+    if let Some(ClientIdentity(Some(key))) = extensions.get::<ClientIdentity>() {
+        return Some(*key);
+    }
+    if extensions.get::<InsecureDevIdentity>().is_some() {
+        return headers
+            .get(DEV_GATEWAY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(PublicKey::from_hex);
+    }
+    None
 }
 
 /// Vouch, batch vouch, session reports and anchor updates.

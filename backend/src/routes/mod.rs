@@ -14,6 +14,12 @@
 //! The operations listener (`ops_listen`, [`ops::ops_router`]) serves
 //! `/healthz`, `/readyz` and `/metrics` without credentials, on loopback only.
 //!
+//! Refusals at the HTTP level (400, 401, 403, 413, 415, 429: no client
+//! certificate, an inactive gateway, a body that does not decode or is too
+//! large, a gateway over its budget, a wrong admin token) are audited in
+//! aggregate ([`audit_refusals`], [`crate::audit`]): the first of a kind in
+//! an interval as its own entry `http_refused`, the rest in a summary.
+//!
 //! Errors are `{"error": {"code", "message"}}` ([`AppError`]). Gateway and
 //! admin routes sit behind load shedding (503 + `Retry-After` when
 //! `limits.max_concurrent_requests` are in flight), a deadline
@@ -114,6 +120,10 @@ pub fn router(state: AppState) -> Router {
                 "this method is not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_refusals,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 tracing::error!("a handler panicked");
@@ -126,6 +136,52 @@ pub fn router(state: AppState) -> Router {
             },
         ))
         .with_state(state)
+}
+
+/// Audits the refusals answered at the HTTP level, in aggregate: the entry
+/// `http_refused` with the status as outcome, the error code as reason, the
+/// gateway if the request carries a gateway identity, and the method and
+/// route template (never the raw path, which the caller chooses) as detail.
+/// The first of a kind in an interval is written before the answer leaves;
+/// the rest are counted ([`crate::audit`]).
+pub async fn audit_refusals(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let gateway = gateway::gateway_identity(req.extensions(), req.headers());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("-", |p| p.as_str())
+        .to_owned();
+    let method = req.method().clone();
+    let res = next.run(req).await;
+    let status = res.status();
+    if !matches!(status.as_u16(), 400 | 401 | 403 | 413 | 415 | 429) {
+        return res;
+    }
+    let code = res
+        .extensions()
+        .get::<crate::error::ErrorCode>()
+        .map_or("http_error", |c| c.0);
+    let actor = gateway.map_or_else(|| "anonymous".to_owned(), |g| format!("gateway:{g}"));
+    let mut entry = crate::store::NewAudit::new("http_refused", status.as_str(), &actor)
+        .reason(code)
+        .detail(&format!("{method} {route}"));
+    if let Some(g) = gateway {
+        entry = entry.gateway(&g.to_string());
+    }
+    if state.refusals.admit(&entry, crate::store::now_ms()) == crate::audit::Admit::Write {
+        let item = crate::vouch::JobItem {
+            ephemeral: None,
+            audit: entry,
+        };
+        if let Err(e) = state.committer.commit(vec![item]).await {
+            tracing::warn!(error = %e, "could not audit a refusal");
+        }
+    }
+    res
 }
 
 /// A postcard body (`application/vnd.vouch.v1+postcard`, `version ‖ postcard`).

@@ -15,17 +15,59 @@
 //! that entry (or, for a truncated tail, at the head row, which records the
 //! last sequence number and hash). [`verify`] recomputes everything and names
 //! the first broken link.
+//!
+//! ## Retention: the signed checkpoint
+//!
+//! [`prune`] deletes the oldest entries, up to some entry `s`, and keeps one
+//! row in their place, the checkpoint: `s`, `hash_s`, the time of entry `s`,
+//! the time it was made, and an Ed25519 signature over
+//!
+//! ```text
+//! "vouch/1 audit checkpoint" ‖ 0x00 ‖ u64be(s) ‖ hash_s ‖ i64be(at_ms_s) ‖ i64be(made_ms)
+//! ```
+//!
+//! [`verify`] then starts from the checkpoint instead of from zero: it checks
+//! the signature, and entry `s + 1` must link to `hash_s`. A prune first
+//! verifies the entries it deletes (from the previous checkpoint), so it
+//! never removes the evidence of a tampered entry, and refuses if the chain
+//! is broken there.
+//!
+//! The signing key is the backend CA's Ed25519 key (`ca-key.pem`), and the
+//! checkpoint is checked with the public key in `ca.pem`, never with a key
+//! read from the database. Why that key:
+//!
+//! - The threat is someone who can write the database but not the data
+//!   directory: without a signature, they could delete the oldest entries
+//!   (or any prefix) and write a checkpoint that makes the rest verify.
+//! - The CA key never rotates. The backend signing keys do, and a purged
+//!   key's files are deleted, so a checkpoint signed by one could no longer
+//!   be checked against a trusted copy (the `backend_keys` table is in the
+//!   database, which is what we do not trust here).
+//! - No new secret: an HMAC key would be one more file to create, back up
+//!   and copy to every instance (created on upgrade, it would differ between
+//!   instances), and only its holders could check a checkpoint. `ca.pem` is
+//!   public and on every gateway already, so anyone with a copy of the
+//!   database and `ca.pem` can verify the log.
+//! - No confusion with its other use: the CA signs DER certificates and
+//!   CRLs, which begin with `0x30`; a checkpoint message begins with the
+//!   label `vouch/1 …` (`0x76`), so neither signature can stand for the other.
 
 use sha2::{Digest, Sha256};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use super::StoreError;
 use crate::model::ser_display;
+use crate::pki::CaMaterial;
 
 const LABEL: &[u8] = b"vouch/1 audit\0";
+const CHECKPOINT_LABEL: &[u8] = b"vouch/1 audit checkpoint\0";
+
+/// Entries verified and deleted per transaction of a prune: the writer lock
+/// is held for one chunk at a time.
+const PRUNE_CHUNK: i64 = 5000;
 
 /// An entry to append.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NewAudit {
     /// What was decided or done (`vouch`, `peripheral_revoke`, `lockout`, …).
     pub action: String,
@@ -153,6 +195,10 @@ pub enum AuditVerdict {
         entries: i64,
         /// The head hash (hex).
         head: String,
+        /// The last pruned entry, if entries were pruned: the chain was
+        /// checked from its signed checkpoint.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pruned_through: Option<i64>,
     },
     /// The first broken link.
     Broken {
@@ -325,31 +371,205 @@ pub(super) async fn query(pool: &AnyPool, f: &AuditFilter) -> Result<Vec<AuditEn
     rows.iter().map(from_row).collect()
 }
 
-pub(super) async fn verify(pool: &AnyPool) -> Result<AuditVerdict, StoreError> {
-    let mut prev = [0u8; 32];
-    let mut expect_seq = 1i64;
+/// Errors of the checkpoint key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointKeyError {
+    /// The CA key does not load.
+    #[error("the CA key does not load: {0}")]
+    Key(#[from] rcgen::Error),
+    /// The CA certificate does not hold an Ed25519 key.
+    #[error("the CA certificate does not parse: {0}")]
+    Cert(#[from] crate::pki::PkiError),
+    /// The CA key is not an Ed25519 key.
+    #[error("the CA key is not an Ed25519 key")]
+    NotEd25519,
+    /// This key can only check checkpoints (it was made from `ca.pem`).
+    #[error("no signing key: checkpoints need the CA key (ca-key.pem)")]
+    VerifyOnly,
+}
+
+/// The key that signs and checks audit checkpoints: the backend CA's Ed25519
+/// key (see the module doc for why that one).
+pub struct CheckpointKey {
+    signer: Option<rcgen::KeyPair>,
+    public: ed25519_dalek::VerifyingKey,
+}
+
+impl std::fmt::Debug for CheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointKey")
+            .field("public", &hex::encode(self.public.as_bytes()))
+            .field("can_sign", &self.signer.is_some())
+            .finish()
+    }
+}
+
+impl CheckpointKey {
+    /// Signs and checks with the CA's key, checked against the CA's
+    /// certificate.
+    pub fn from_ca(ca: &CaMaterial) -> Result<Self, CheckpointKeyError> {
+        let signer = rcgen::KeyPair::from_pem(&ca.key_pem)?;
+        if signer.algorithm() != &rcgen::PKCS_ED25519 {
+            return Err(CheckpointKeyError::NotEd25519);
+        }
+        let checker = Self::from_ca_cert(&ca.cert_pem)?;
+        if signer.public_key_raw() != checker.public.as_bytes() {
+            return Err(CheckpointKeyError::NotEd25519);
+        }
+        Ok(Self {
+            signer: Some(signer),
+            public: checker.public,
+        })
+    }
+
+    /// Checks only, with the public key of the CA certificate (`ca.pem`).
+    pub fn from_ca_cert(cert_pem: &str) -> Result<Self, CheckpointKeyError> {
+        let key = crate::pki::ca_public_key(cert_pem)?;
+        let public = ed25519_dalek::VerifyingKey::from_bytes(key.as_bytes())
+            .map_err(|_| CheckpointKeyError::NotEd25519)?;
+        Ok(Self {
+            signer: None,
+            public,
+        })
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<String, CheckpointKeyError> {
+        use rcgen::SigningKey;
+        let signer = self.signer.as_ref().ok_or(CheckpointKeyError::VerifyOnly)?;
+        Ok(hex::encode(signer.sign(msg)?))
+    }
+
+    fn verifies(&self, msg: &[u8], signature_hex: &str) -> bool {
+        let mut sig = [0u8; 64];
+        if hex::decode_to_slice(signature_hex, &mut sig).is_err() {
+            return false;
+        }
+        self.public
+            .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
+            .is_ok()
+    }
+}
+
+/// The signed checkpoint of a pruned chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checkpoint {
+    seq: i64,
+    hash: [u8; 32],
+    at_ms: i64,
+    made_ms: i64,
+    signature: String,
+}
+
+impl Checkpoint {
+    fn message(seq: i64, hash: &[u8; 32], at_ms: i64, made_ms: i64) -> Vec<u8> {
+        let mut m = Vec::with_capacity(CHECKPOINT_LABEL.len() + 8 + 32 + 16);
+        m.extend_from_slice(CHECKPOINT_LABEL);
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(hash);
+        m.extend_from_slice(&at_ms.to_be_bytes());
+        m.extend_from_slice(&made_ms.to_be_bytes());
+        m
+    }
+
+    fn verifies(&self, key: &CheckpointKey) -> bool {
+        key.verifies(
+            &Self::message(self.seq, &self.hash, self.at_ms, self.made_ms),
+            &self.signature,
+        )
+    }
+}
+
+async fn load_checkpoint<'e, E>(conn: E) -> Result<Option<Checkpoint>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
+    let Some(row) = sqlx::query(
+        "SELECT seq, hash, at_ms, made_ms, signature FROM audit_checkpoint WHERE id = 1",
+    )
+    .fetch_optional(conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let hash: String = row.try_get("hash")?;
+    Ok(Some(Checkpoint {
+        seq: row.try_get("seq")?,
+        // An unreadable hash fails the signature check below, like any edit.
+        hash: parse_hash(&hash).unwrap_or([0xff; 32]),
+        at_ms: row.try_get("at_ms")?,
+        made_ms: row.try_get("made_ms")?,
+        signature: row.try_get("signature")?,
+    }))
+}
+
+/// Where the chain is known good up to: the last entry checked and its hash.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// The last entry checked (0 before the first).
+    seq: i64,
+    /// Its hash (zeros before the first).
+    hash: [u8; 32],
+}
+
+/// The start of the chain: the checkpoint if entries were pruned (its
+/// signature checked), else before entry 1.
+fn start(cp: Option<&Checkpoint>, key: &CheckpointKey) -> Result<Cursor, Break> {
+    match cp {
+        None => Ok(Cursor {
+            seq: 0,
+            hash: [0; 32],
+        }),
+        Some(cp) if cp.verifies(key) => Ok(Cursor {
+            seq: cp.seq,
+            hash: cp.hash,
+        }),
+        Some(cp) => Err(Break {
+            seq: cp.seq,
+            problem: "the checkpoint's signature does not verify with the CA key (ca.pem): \
+                      the checkpoint was edited"
+                .into(),
+        }),
+    }
+}
+
+/// Checks the entries after `cur` up to `last` (inclusive; `None`: to the
+/// end of the log) and advances `cur`.
+async fn check_rows(
+    conn: &mut sqlx::AnyConnection,
+    cur: &mut Cursor,
+    last: Option<i64>,
+) -> Result<Result<(), Break>, StoreError> {
     let page = 2000i64;
     loop {
-        let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2");
+        let limit = match last {
+            Some(l) if l - cur.seq < page => l - cur.seq,
+            _ => page,
+        };
+        if limit <= 0 {
+            return Ok(Ok(()));
+        }
+        let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
         let rows = sqlx::query(&sql)
-            .bind(expect_seq)
-            .bind(page)
-            .fetch_all(pool)
+            .bind(cur.seq)
+            .bind(limit)
+            .fetch_all(&mut *conn)
             .await?;
-        let n = rows.len();
+        let n = rows.len() as i64;
         for row in rows {
             let e = from_row(&row)?;
+            let expect_seq = cur.seq + 1;
             if e.seq != expect_seq {
-                return Ok(AuditVerdict::Broken {
+                return Ok(Err(Break {
                     seq: expect_seq,
                     problem: format!("entry {expect_seq} is missing (next is {})", e.seq),
-                });
+                }));
             }
-            if e.prev_hash != hex::encode(prev) {
-                return Ok(AuditVerdict::Broken {
+            if e.prev_hash != hex::encode(cur.hash) {
+                return Ok(Err(Break {
                     seq: e.seq,
                     problem: "prev_hash does not match the previous entry's hash".into(),
-                });
+                }));
             }
             let fields = NewAudit {
                 action: e.action,
@@ -360,27 +580,48 @@ pub(super) async fn verify(pool: &AnyPool) -> Result<AuditVerdict, StoreError> {
                 gateway: e.gateway,
                 detail: e.detail,
             };
-            let h = entry_hash(&prev, e.seq, e.at_ms, &fields);
+            let h = entry_hash(&cur.hash, e.seq, e.at_ms, &fields);
             if hex::encode(h) != e.hash {
-                return Ok(AuditVerdict::Broken {
+                return Ok(Err(Break {
                     seq: e.seq,
                     problem: "hash does not match the entry's contents".into(),
-                });
+                }));
             }
-            prev = h;
-            expect_seq += 1;
+            cur.seq = e.seq;
+            cur.hash = h;
         }
-        if (n as i64) < page {
-            break;
+        if n < limit {
+            return Ok(match last {
+                Some(l) if cur.seq < l => Err(Break {
+                    seq: cur.seq + 1,
+                    problem: format!("entry {} is missing", cur.seq + 1),
+                }),
+                _ => Ok(()),
+            });
         }
     }
+}
+
+pub(super) async fn verify(
+    pool: &AnyPool,
+    key: &CheckpointKey,
+) -> Result<AuditVerdict, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let cp = load_checkpoint(&mut *conn).await?;
+    let mut cur = match start(cp.as_ref(), key) {
+        Ok(c) => c,
+        Err(broken) => return Ok(broken.into()),
+    };
+    if let Err(broken) = check_rows(&mut conn, &mut cur, None).await? {
+        return Ok(broken.into());
+    }
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let head_seq: i64 = head.try_get("seq")?;
     let head_hash: String = head.try_get("hash")?;
-    let last = expect_seq - 1;
-    if head_seq != last || head_hash != hex::encode(prev) {
+    let last = cur.seq;
+    if head_seq != last || head_hash != hex::encode(cur.hash) {
         return Ok(AuditVerdict::Broken {
             seq: last + 1,
             problem: format!(
@@ -389,10 +630,176 @@ pub(super) async fn verify(pool: &AnyPool) -> Result<AuditVerdict, StoreError> {
             ),
         });
     }
+    let from = cp.as_ref().map_or(0, |c| c.seq);
     Ok(AuditVerdict::Intact {
-        entries: last,
+        entries: last - from,
         head: head_hash,
+        pruned_through: cp.map(|c| c.seq),
     })
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PruneOutcome {
+    /// Entries deleted.
+    pub pruned: i64,
+    /// The last pruned entry, now the checkpoint (0 if nothing was ever pruned).
+    pub checkpoint_seq: i64,
+}
+
+/// Why a prune did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PruneError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The checkpoint could not be signed.
+    #[error(transparent)]
+    Key(#[from] CheckpointKeyError),
+    /// The entries to prune do not verify: pruning would destroy the
+    /// evidence. Nothing was deleted from there on.
+    #[error("the audit chain is broken at entry {seq} ({problem}); not pruning past it")]
+    Broken {
+        /// The first broken entry.
+        seq: i64,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Prunes the entries written before `cutoff_ms` (the longest prefix of the
+/// chain written before it). First, without the writer lock, it verifies
+/// every entry it will delete, from the checkpoint: if one does not check
+/// out, nothing is deleted. Then, in chunks of [`PRUNE_CHUNK`], each in its
+/// own write transaction: verify the chunk again (it could have been edited
+/// since), move the checkpoint to its last entry (signed), delete it. The
+/// last chunk appends an `audit_prune` entry that records what was pruned.
+pub(super) async fn prune(
+    store: &super::Store,
+    cutoff_ms: i64,
+    key: &CheckpointKey,
+    actor: &str,
+) -> Result<PruneOutcome, PruneError> {
+    let target = {
+        let mut conn = store.pool.acquire().await?;
+        let cp = load_checkpoint(&mut *conn).await?;
+        let mut cur = start(cp.as_ref(), key)?;
+        // The longest prefix of entries written before the cutoff: an entry
+        // from a skewed clock never takes newer ones with it.
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(seq) FROM audit_log WHERE at_ms >= $1) AS newer, \
+             (SELECT MAX(seq) FROM audit_log) AS last",
+        )
+        .bind(cutoff_ms)
+        .fetch_one(&mut *conn)
+        .await?;
+        let target = match row.try_get::<Option<i64>, _>("newer")? {
+            Some(newer) => newer - 1,
+            None => row.try_get::<Option<i64>, _>("last")?.unwrap_or(0),
+        };
+        if target <= cur.seq {
+            return Ok(PruneOutcome {
+                pruned: 0,
+                checkpoint_seq: cur.seq,
+            });
+        }
+        check_rows(&mut conn, &mut cur, Some(target)).await??;
+        target
+    };
+    let mut pruned = 0i64;
+    let mut first_pruned = None;
+    loop {
+        let mut tx = store.begin_write().await?;
+        let cp = load_checkpoint(&mut *tx.tx).await?;
+        let mut cur = start(cp.as_ref(), key)?;
+        if target <= cur.seq {
+            // Another prune got there first.
+            return Ok(PruneOutcome {
+                pruned,
+                checkpoint_seq: cur.seq,
+            });
+        }
+        let from = cur.seq + 1;
+        let first = *first_pruned.get_or_insert(from);
+        let upto = target.min(cur.seq + PRUNE_CHUNK);
+        check_rows(&mut tx.tx, &mut cur, Some(upto)).await??;
+        let at_ms: i64 = sqlx::query("SELECT at_ms FROM audit_log WHERE seq = $1")
+            .bind(upto)
+            .fetch_one(&mut *tx.tx)
+            .await?
+            .try_get("at_ms")?;
+        let made_ms = super::now_ms();
+        let signature = key.sign(&Checkpoint::message(upto, &cur.hash, at_ms, made_ms))?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoint (id, seq, hash, at_ms, made_ms, signature) \
+             VALUES (1, $1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, \
+             hash = excluded.hash, at_ms = excluded.at_ms, made_ms = excluded.made_ms, \
+             signature = excluded.signature",
+        )
+        .bind(upto)
+        .bind(hex::encode(cur.hash))
+        .bind(at_ms)
+        .bind(made_ms)
+        .bind(signature)
+        .execute(&mut *tx.tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM audit_log WHERE seq <= $1")
+            .bind(upto)
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected();
+        pruned += i64::try_from(n).unwrap_or(i64::MAX);
+        if upto == target {
+            tx.audit(
+                NewAudit::new("audit_prune", "ok", actor).detail(&format!(
+                    "pruned entries {first}..={upto} (written before {}); checkpoint at \
+                     entry {upto}, hash {}",
+                    Rfc3339(cutoff_ms),
+                    hex::encode(cur.hash)
+                )),
+                made_ms,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(PruneOutcome {
+                pruned,
+                checkpoint_seq: upto,
+            });
+        }
+        tx.commit().await?;
+    }
+}
+
+/// The first entry that does not check out.
+#[derive(Debug)]
+struct Break {
+    seq: i64,
+    problem: String,
+}
+
+impl From<Break> for AuditVerdict {
+    fn from(b: Break) -> Self {
+        AuditVerdict::Broken {
+            seq: b.seq,
+            problem: b.problem,
+        }
+    }
+}
+
+impl From<sqlx::Error> for PruneError {
+    fn from(e: sqlx::Error) -> Self {
+        PruneError::Store(StoreError::Database(e))
+    }
+}
+
+impl From<Break> for PruneError {
+    fn from(b: Break) -> Self {
+        PruneError::Broken {
+            seq: b.seq,
+            problem: b.problem,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,10 @@ use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
 use vouch_proto::keys::{DhPublic, PeripheralId, PublicKey};
 use vouch_proto::wire::{Lifetimes, Scope};
 
-pub use audit::{AuditEntry, AuditFilter, AuditVerdict, NewAudit, Rfc3339};
+pub use audit::{
+    AuditEntry, AuditFilter, AuditVerdict, CheckpointKey, CheckpointKeyError, NewAudit, PruneError,
+    PruneOutcome, Rfc3339,
+};
 pub use keys::{KeyRow, UpdateRow};
 pub use read::Reader;
 
@@ -867,9 +870,32 @@ impl Store {
         audit::query(&self.pool, filter).await
     }
 
-    /// Recomputes the whole chain; reports the first broken link.
-    pub async fn audit_verify(&self) -> Result<AuditVerdict, StoreError> {
-        audit::verify(&self.pool).await
+    /// Recomputes the whole chain, from the signed checkpoint if entries
+    /// were pruned (checked with `key`); reports the first broken link.
+    pub async fn audit_verify(&self, key: &CheckpointKey) -> Result<AuditVerdict, StoreError> {
+        audit::verify(&self.pool, key).await
+    }
+
+    /// Deletes the audit entries written before `cutoff_ms`, behind a
+    /// checkpoint signed with `key` (see the doc of the `audit` module).
+    pub async fn audit_prune(
+        &self,
+        cutoff_ms: i64,
+        key: &CheckpointKey,
+        actor: &str,
+    ) -> Result<PruneOutcome, PruneError> {
+        audit::prune(self, cutoff_ms, key, actor).await
+    }
+
+    /// The longest lifetime, `max(session_s, resumption_s)`, any policy rule
+    /// grants, seconds (0 without rules).
+    pub async fn longest_policy_lifetime_s(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT MAX(session_s) AS s, MAX(resumption_s) AS r FROM policies")
+            .fetch_one(&self.pool)
+            .await?;
+        let s = row.try_get::<Option<i64>, _>("s")?.unwrap_or(0);
+        let r = row.try_get::<Option<i64>, _>("r")?.unwrap_or(0);
+        Ok(s.max(r))
     }
 }
 
