@@ -44,7 +44,7 @@ use vouch_proto::keys::{DhPublic, PeripheralId, PublicKey};
 use vouch_proto::wire::{Lifetimes, Scope};
 
 pub use audit::{AuditEntry, AuditFilter, AuditVerdict, NewAudit, Rfc3339};
-pub use keys::{KeyRow, UpdateRow};
+pub use keys::{InstanceRow, KeyRow, UpdateRow};
 pub use read::Reader;
 
 use crate::model::{

@@ -142,6 +142,10 @@ pub enum FeedChange {
     /// A policy rule was added or removed: grants of live sessions may have
     /// changed; they take effect at each peripheral's next full handshake.
     PolicyChanged,
+    /// Every backend instance now hands out the trust-anchor updates up to
+    /// this serial (SPEC.md §10.6): a gateway holding fewer fetches them at
+    /// once instead of at its next periodic fetch.
+    AnchorUpdates(u32),
 }
 
 /// One entry of the revocation feed.
