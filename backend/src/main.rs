@@ -930,6 +930,10 @@ async fn keys_on(cli: &Cli, cmd: &KeysCmd, data: &DataDir, store: &Store) -> Res
                 r.update.serial
             );
             println!(
+                "gateways are handed it, and told on the revocation feed, once every live backend instance \
+                 serves key {kid} (each loads it within a second; `vouch-backend keys list` shows them)"
+            );
+            println!(
                 "the previous key stays served for peripherals that missed the rotation; purge it once the audit \
                  log shows no more vouches by it (`vouch-backend keys purge KID --yes`)"
             );
