@@ -1263,4 +1263,57 @@ mod tests {
             Err(KeyRingError::BadGenesis)
         ));
     }
+
+    #[test]
+    fn updates_are_handed_out_up_to_the_first_rotate_to_a_key_not_served_everywhere() {
+        let k: [BackendKeys; 5] =
+            core::array::from_fn(|i| BackendKeys::generate(KeyId(i as u8 + 1), &mut rng(i as u64)));
+        let log: Vec<UpdateRow> = (1..=3)
+            .map(|n: usize| UpdateRow {
+                at_ms: 0,
+                update: AnchorUpdate::sign(
+                    n as u32,
+                    AnchorAction::Rotate {
+                        anchor: k[n].anchor(),
+                        next: k[n + 1].anchor().digest(),
+                    },
+                    k[n].kid(),
+                    k[n].signing(),
+                ),
+            })
+            .collect();
+        let instance = |serves: &[u8]| InstanceRow {
+            id: String::new(),
+            host: String::new(),
+            started_ms: 0,
+            seen_ms: 0,
+            live_until_ms: 1,
+            serves: serves.iter().copied().collect(),
+            holds: serves.iter().copied().collect(),
+        };
+        let serials = |live: &[InstanceRow], purged: &[u8]| -> Vec<u32> {
+            let purged = purged.iter().copied().collect();
+            handed_out(&log, &purged, |kid| served_by_all(live, kid))
+                .iter()
+                .map(|u| u.update.serial)
+                .collect()
+        };
+        let all = [1, 2, 3, 4];
+        assert_eq!(serials(&[instance(&all), instance(&all)], &[]), [1, 2, 3]);
+        // Update n rotates to key n + 1. One instance lacks key 3: the
+        // Rotate to it (serial 2) and every later one wait.
+        assert_eq!(serials(&[instance(&all), instance(&[1, 2, 4])], &[]), [1]);
+        // Lacking key 2 alone, it holds back everything.
+        assert_eq!(
+            serials(&[instance(&all), instance(&[1, 3, 4])], &[]),
+            [] as [u32; 0]
+        );
+        // A purged key does not hold back the Rotates after it.
+        assert_eq!(
+            serials(&[instance(&all), instance(&[1, 3, 4])], &[1, 2]),
+            [1, 2, 3]
+        );
+        // With no instance recorded, nothing is held back by the records.
+        assert_eq!(serials(&[], &[]), [1, 2, 3]);
+    }
 }
