@@ -96,7 +96,7 @@ async fn run(db: &Db) {
     b.allow("any", "any", "telemetry").await;
     let dev = Device::new(1);
     b.enroll_peripheral(&dev, None).await;
-    let (_, hello) = dev.hello(&b.anchors(), 1);
+    let (_, hello) = dev.hello(&b.anchors().await, 1);
     let (_, req) = gateway_takes(&gw, &hello, 2);
     assert!(matches!(
         vouch(&b, &gw, &req).await,

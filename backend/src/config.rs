@@ -49,6 +49,9 @@ pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; 
 [feed]
 # poll_ms = 200                     # how often each instance polls the event log
 
+[keys]
+# instance_ttl_s = 10               # an instance silent this long is not live: rotations no longer wait for it
+
 [webhook]
 # url = "https://alerts.example/hook"   # POSTed a JSON body on every alert
 # timeout_ms = 3000
@@ -100,6 +103,8 @@ pub struct Config {
     pub audit: Audit,
     /// Revocation feed.
     pub feed: Feed,
+    /// The key ring across instances.
+    pub keys: Keys,
     /// Alert webhook.
     pub webhook: Webhook,
 }
@@ -169,6 +174,16 @@ pub struct Feed {
     pub poll_ms: u64,
 }
 
+/// The key ring across instances (SPEC.md §7.7, "Several instances").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Keys {
+    /// Every instance records the keys it serves each second; one that has
+    /// not for this long is no longer live: a Rotate is no longer held back
+    /// from gateways, nor `keys rotate` refused, because of it. Seconds.
+    pub instance_ttl_s: u64,
+}
+
 /// Alert webhook.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -191,6 +206,7 @@ impl Default for Config {
             security: Security::default(),
             audit: Audit::default(),
             feed: Feed::default(),
+            keys: Keys::default(),
             webhook: Webhook::default(),
         }
     }
@@ -236,6 +252,12 @@ impl Default for Audit {
 impl Default for Feed {
     fn default() -> Self {
         Self { poll_ms: 200 }
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self { instance_ttl_s: 10 }
     }
 }
 
@@ -337,7 +359,7 @@ impl Config {
             let lower = rest.to_ascii_lowercase();
             // Section keys first (`security_lockout_failures`), then top level.
             let mut slot = None;
-            for section in ["limits", "security", "audit", "feed", "webhook"] {
+            for section in ["limits", "security", "audit", "feed", "keys", "webhook"] {
                 if let Some(key) = lower.strip_prefix(&format!("{section}_")) {
                     slot = Some((Some(section), key.to_owned()));
                 }

@@ -94,6 +94,7 @@ pub fn to_wire(row: &EventRow) -> Option<FeedEvent> {
         "gateway_revoked" => FeedChange::GatewayRevoked(gid()?),
         "gateway_reinstated" => FeedChange::GatewayReinstated(gid()?),
         "policy_changed" => FeedChange::PolicyChanged,
+        "anchor_updates" => FeedChange::AnchorUpdates(row.subject.parse().ok()?),
         _ => return None,
     };
     Some(FeedEvent {

@@ -53,12 +53,33 @@
 //!
 //! Each instance reloads its ring from the database and its data directory
 //! every second ([`reload`]): a key registered in the database whose files
-//! are present is served from then on; a purged one is dropped. An instance
-//! hands a gateway only the updates up to, not including, the first rotation
-//! to a key it does not serve ([`updates_for_gateways`]), so it never tells a
-//! peripheral to seal to a key that it cannot open. With several instances,
-//! copy the `next` key's two files to every instance's data directory before
-//! `keys rotate` (backend/README.md, "Key rotation").
+//! are present is served from then on; a purged one is dropped. With the
+//! same reload it records in the database which keys it serves and which it
+//! holds (their private half is in its data directory, the committed next
+//! key included), with a time until which it counts as live
+//! ([`InstanceRow`]; `keys.instance_ttl_s` after its last record). It
+//! records itself before it serves its first request, and deletes its
+//! record when it stops. So the system, not a procedure, keeps a rotated
+//! peripheral from being refused by an instance that lacks its key:
+//!
+//! - a Rotate to key N is handed to gateways only once every live instance
+//!   serves N: every instance hands out the updates up to, not including,
+//!   the first Rotate to a key that it, or any live instance, does not serve
+//!   and that is not purged ([`updates_for_gateways`]);
+//! - the first moment every live instance serves it, the revocation feed
+//!   announces it (event `anchor_updates`, [`FeedChange::AnchorUpdates`]),
+//!   so gateways fetch it at once rather than at their hourly fetch; the
+//!   first instance to see it announces it, once ([`reload`]);
+//! - `keys rotate` refuses while a live instance does not hold the committed
+//!   key's private half (`--force` rotates anyway: the Rotate then waits);
+//! - `keys purge` purges keys only in the order they became current, so the
+//!   keys a peripheral passes through while it catches up are all served
+//!   ([`purge`]).
+//!
+//! An instance that stops without deleting its record (a crash) holds
+//! rotations back until its record expires.
+//!
+//! [`FeedChange::AnchorUpdates`]: vouch_proto::wire::backend::FeedChange::AnchorUpdates
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -72,7 +93,9 @@ use vouch_proto::wire::backend::{AnchorUpdateBatch, MAX_ANCHOR_UPDATES};
 
 use crate::datadir::{self, DataDir, DataDirError};
 use crate::model::ser_display;
-use crate::store::{now_ms, KeyRow, NewAudit, Rfc3339, Store, StoreError, UpdateRow, WriteTx};
+use crate::store::{
+    now_ms, InstanceRow, KeyRow, NewAudit, Rfc3339, Store, StoreError, UpdateRow, WriteTx,
+};
 use crate::AppState;
 
 /// Errors of key-ring operations.
@@ -139,6 +162,36 @@ pub enum KeyRingError {
     /// The backend lives in memory only (`DataDir::ephemeral`).
     #[error("key rotation needs a data directory on disk")]
     NoDirectory,
+    /// A live backend instance does not hold the committed key: peripherals
+    /// rotated to it would be refused there.
+    #[error(
+        "the private key of key {kid}, the committed next key, is not on every live backend \
+         instance: missing on {}. Copy signing-{kid}.pem and sealing-{kid}.pem (mode 0600) into \
+         their data directories (each picks them up within a second; `keys list` shows what \
+         every instance holds), or stop them. `keys rotate --force` rotates anyway: gateways \
+         are then not given the Rotate until every live instance serves key {kid}",
+        .instances.join(", ")
+    )]
+    InstancesLackKey {
+        /// The committed key.
+        kid: KeyId,
+        /// The live instances without it (id, host and data directory).
+        instances: Vec<String>,
+    },
+    /// An older key is still served: purging this one would strand the
+    /// peripherals catching up through it.
+    #[error(
+        "key {older} became current before key {kid} and is still served: a peripheral on key \
+         {older} catches up through key {kid} (its session may end after any update, leaving it \
+         on key {kid}), so keys are purged in the order they became current: purge key {older} \
+         first"
+    )]
+    OlderKeyServed {
+        /// The key asked for.
+        kid: KeyId,
+        /// The oldest key still served.
+        older: KeyId,
+    },
 }
 
 /// Where a key id is in its life (see the module doc).
@@ -219,6 +272,12 @@ pub struct RingStatus {
     /// Whether the database holds the ring. `false` for a data directory no
     /// backend has served yet: its two lowest key pairs are then the ring.
     pub registered: bool,
+    /// The live backend instances, with the keys each serves and holds.
+    pub instances: Vec<InstanceRow>,
+    /// The serial of the last update every live instance hands to
+    /// gateways (below [`serial`](Self::serial) while a Rotate waits for an
+    /// instance to serve its key).
+    pub handed_out: u32,
 }
 
 impl RingStatus {
@@ -263,6 +322,44 @@ fn state_of(row: &KeyRow, fleet: &AnchorSet) -> KeyState {
     } else {
         KeyState::Retired
     }
+}
+
+/// The purged key ids.
+fn purged(rows: &[KeyRow]) -> BTreeSet<u8> {
+    rows.iter()
+        .filter(|r| r.purged_ms.is_some())
+        .map(|r| r.anchor.kid.0)
+        .collect()
+}
+
+/// Whether every instance of `live` serves `kid`.
+fn served_by_all(live: &[InstanceRow], kid: KeyId) -> bool {
+    live.iter().all(|i| i.serves.contains(&kid.0))
+}
+
+/// The updates gateways may be handed: `updates` (in serial order) up to,
+/// not including, the first Rotate to a key that is not purged and that
+/// `served` does not accept. A peripheral that applies a Rotate seals to its
+/// key from its next handshake on, wherever that handshake lands.
+fn handed_out<'a>(
+    updates: &'a [UpdateRow],
+    purged: &BTreeSet<u8>,
+    served: impl Fn(KeyId) -> bool,
+) -> &'a [UpdateRow] {
+    let n = updates
+        .iter()
+        .take_while(|u| match u.update.action {
+            AnchorAction::Rotate { anchor: a, .. } => purged.contains(&a.kid.0) || served(a.kid),
+            // Never issued (SPEC.md §7.7: reserved); a device refuses them.
+            AnchorAction::Add(_) | AnchorAction::Replace(_) | AnchorAction::Retire(_) => true,
+        })
+        .count();
+    &updates[..n]
+}
+
+/// The serial of the last of `updates` (0 if none).
+fn last_serial(updates: &[UpdateRow]) -> u32 {
+    updates.last().map_or(0, |u| u.update.serial)
 }
 
 /// The rows of a data directory no backend registered yet: its lowest key
@@ -369,10 +466,22 @@ pub async fn status(data: &DataDir, store: &Store) -> Result<RingStatus, KeyRing
             .to_vec()
     };
     let fleet = replay(&rows, &updates)?;
+    let now = now_ms();
+    let instances: Vec<InstanceRow> = store
+        .instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.live_at(now))
+        .collect();
+    let handed_out = last_serial(handed_out(&updates, &purged(&rows), |kid| {
+        served_by_all(&instances, kid)
+    }));
     Ok(RingStatus {
         keys: rows.iter().map(|r| info(r, &fleet, data)).collect(),
         fleet,
         registered,
+        instances,
+        handed_out,
     })
 }
 
@@ -465,7 +574,31 @@ pub struct Rotation {
 /// The new key files are written before the database commits, under the
 /// writer lock; if the commit fails they stay behind unregistered, are never
 /// served, and the next rotation skips their key id.
+///
+/// Refuses ([`KeyRingError::InstancesLackKey`]) while a live instance does
+/// not hold the committed key; [`rotate_with`] can force it.
 pub async fn rotate(data: &DataDir, store: &Store, actor: &str) -> Result<Rotation, KeyRingError> {
+    rotate_with(data, store, actor, RotateOptions::default()).await
+}
+
+/// How `keys rotate` goes about it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RotateOptions {
+    /// Rotate even when a live instance does not hold the committed key.
+    /// Safe, since no gateway is given the Rotate until every live instance
+    /// serves the key ([`updates_for_gateways`]), but the rotation then waits
+    /// for that: for a rotation that must be on record at once (a
+    /// compromise) while an instance is being fixed.
+    pub force: bool,
+}
+
+/// [`rotate`], with options.
+pub async fn rotate_with(
+    data: &DataDir,
+    store: &Store,
+    actor: &str,
+    options: RotateOptions,
+) -> Result<Rotation, KeyRingError> {
     if data.path.as_os_str().is_empty() {
         return Err(KeyRingError::NoDirectory);
     }
@@ -488,6 +621,26 @@ pub async fn rotate(data: &DataDir, store: &Store, actor: &str) -> Result<Rotati
     // The committed key signs its own rotation: check it is here before
     // creating anything.
     let signer = private_key(data, &committed)?;
+    // Every live instance must hold it too, or the peripherals rotated
+    // through one instance would be refused by another. The hand-out rule
+    // (`updates_for_gateways`) makes that safe in any case; this makes it
+    // visible while the operator is at the console.
+    // (An instance on this very data directory holds what was just checked,
+    // whether or not it has recorded it since the last rotation.)
+    let here = host_label(&data.path);
+    let lacking: Vec<String> = tx
+        .instances()
+        .await?
+        .iter()
+        .filter(|i| i.live_at(now) && i.host != here && !i.holds.contains(&committed.kid.0))
+        .map(|i| format!("instance {} ({})", i.id, i.host))
+        .collect();
+    if !lacking.is_empty() && !options.force {
+        return Err(KeyRingError::InstancesLackKey {
+            kid: committed.kid,
+            instances: lacking,
+        });
+    }
     let used: BTreeSet<u8> = rows
         .iter()
         .map(|r| r.anchor.kid.0)
@@ -560,6 +713,13 @@ pub struct Purge {
 /// then on. Run it again on every other host whose data directory holds a
 /// copy of the key: a purged key is never served, but its files stay until
 /// removed.
+///
+/// Keys are purged in the order they became current
+/// ([`KeyRingError::OlderKeyServed`]): a peripheral on a retired key `k`
+/// applies the Rotates after `k` one by one, and its session may end after
+/// any of them, leaving it on a key between `k` and the current one. With
+/// the purged keys always the oldest, every key it can be left on is still
+/// served.
 pub async fn purge(
     dir: &Path,
     store: &Store,
@@ -592,6 +752,15 @@ pub async fn purge(
             false
         }
         state @ KeyState::Retired => {
+            let became_current = row.added_serial;
+            if let Some(older) = rows.iter().find(|r| {
+                r.purged_ms.is_none() && r.added_serial.is_some() && r.added_serial < became_current
+            }) {
+                return Err(KeyRingError::OlderKeyServed {
+                    kid,
+                    older: older.anchor.kid,
+                });
+            }
             tx.key_purged(kid, now).await?;
             tx.audit(
                 NewAudit::new("backend_key_purge", "ok", actor).detail(&format!(
@@ -656,6 +825,57 @@ impl KeyRing {
     }
 }
 
+/// Who this running instance is, in the records of [`InstanceRow`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Random, new at every start (16 hex digits).
+    pub id: String,
+    /// Host name and data directory, for the operator.
+    pub host: String,
+    /// When it started.
+    pub started_ms: i64,
+    /// How long its record stays live without a refresh, milliseconds.
+    pub ttl_ms: i64,
+}
+
+impl Instance {
+    /// A new instance serving `data_dir`, live for `ttl` after each record.
+    pub fn new(data_dir: &Path, ttl: std::time::Duration) -> Self {
+        let mut id = [0u8; 8];
+        // Without entropy (never on Linux) the start time still tells the
+        // instances of one host apart.
+        if getrandom::fill(&mut id).is_err() {
+            id = now_ms().to_be_bytes();
+        }
+        Self {
+            id: hex::encode(id),
+            host: host_label(data_dir),
+            started_ms: now_ms(),
+            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
+        }
+    }
+}
+
+/// `host:data directory` (canonical), naming an instance for the operator,
+/// and telling `keys rotate` which instances share its data directory.
+fn host_label(data_dir: &Path) -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown host".to_owned());
+    let dir = if data_dir.as_os_str().is_empty() {
+        "in memory".to_owned()
+    } else {
+        std::fs::canonicalize(data_dir)
+            .unwrap_or_else(|_| data_dir.to_path_buf())
+            .display()
+            .to_string()
+    };
+    format!("{name}:{dir}")
+}
+
 /// The ring an instance serves, replaced as a whole when a key is added or
 /// purged; each request works on one snapshot.
 #[derive(Debug, Default)]
@@ -663,6 +883,9 @@ pub struct ServedKeys {
     ring: RwLock<Arc<KeyRing>>,
     /// Key ids whose files are missing or wrong here, already logged.
     warned: Mutex<BTreeSet<u8>>,
+    /// One [`reload`] at a time: one that read the database before a
+    /// rotation must not replace the ring after one that read it after.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl ServedKeys {
@@ -671,6 +894,7 @@ impl ServedKeys {
         Self {
             ring: RwLock::new(Arc::new(ring)),
             warned: Mutex::default(),
+            reloading: tokio::sync::Mutex::default(),
         }
     }
 
@@ -745,14 +969,18 @@ pub(crate) async fn initial_ring(
 
 /// Brings the instance's ring up to date with the database and its data
 /// directory: registered keys whose files appeared are served, purged ones
-/// are dropped. Runs every second in the background; returns whether the
-/// ring changed.
+/// are dropped. Then records what the instance serves and holds, and
+/// announces on the feed the updates that every live instance now serves
+/// the keys of (see the module doc). Runs every second in the background;
+/// returns whether the ring changed.
 pub async fn reload(state: &AppState) -> Result<bool, StoreError> {
+    let _one_at_a_time = state.keys.reloading.lock().await;
     let rows = state.store.key_rows().await?;
     if rows.is_empty() {
         return Ok(false);
     }
-    let Ok(fleet) = replay(&rows, &state.store.anchor_updates_after(0).await?) else {
+    let updates = state.store.anchor_updates_after(0).await?;
+    let Ok(fleet) = replay(&rows, &updates) else {
         // `serve` checked the log at start; a broken one changes nothing here.
         return Ok(false);
     };
@@ -780,9 +1008,9 @@ pub async fn reload(state: &AppState) -> Result<bool, StoreError> {
             }),
             Ok(None) => state.keys.warn_once(kid, || {
                 tracing::warn!(%kid, dir = %state.data_dir.display(), "a registered backend key \
-                    is not in this instance's data directory: not served here, and its Add is \
-                    not handed to gateways by this instance, until its two key files are copied \
-                    here");
+                    is not in this instance's data directory: not served here, and no instance \
+                    hands gateways the Rotate to it while this one is live, until its two key \
+                    files are copied here");
             }),
             Err(e) => state.keys.warn_once(kid, || {
                 tracing::error!(%kid, error = %e, "cannot load a registered backend key");
@@ -799,47 +1027,151 @@ pub async fn reload(state: &AppState) -> Result<bool, StoreError> {
         }
         state.keys.replace(KeyRing::new(next));
     }
+    record(state, &rows, &fleet).await?;
+    announce(state, &rows, &updates).await?;
     Ok(changed)
+}
+
+/// Records what this instance serves now (its ring, already replaced) and
+/// holds: the served keys and, if its files are here, the committed next
+/// key.
+async fn record(state: &AppState, rows: &[KeyRow], fleet: &AnchorSet) -> Result<(), StoreError> {
+    let serves: BTreeSet<u8> = state.keys.snapshot().kids().map(|k| k.0).collect();
+    let mut holds = serves.clone();
+    let next = rows.iter().find(|r| state_of(r, fleet) == KeyState::Next);
+    if let Some(next) = next {
+        if !state.data_dir.as_os_str().is_empty() {
+            if let Ok(Some(pair)) = datadir::load_key_pair(&state.data_dir, next.anchor.kid) {
+                if pair.anchor() == next.anchor {
+                    holds.insert(next.anchor.kid.0);
+                }
+            }
+        }
+    }
+    let now = now_ms();
+    let me = &state.instance;
+    state
+        .store
+        .record_instance(&InstanceRow {
+            id: me.id.clone(),
+            host: me.host.clone(),
+            started_ms: me.started_ms,
+            seen_ms: now,
+            live_until_ms: now.saturating_add(me.ttl_ms),
+            serves,
+            holds,
+        })
+        .await
+}
+
+/// Announces on the revocation feed the updates every live instance now
+/// hands out and that were not announced yet: one event `anchor_updates`
+/// whose subject is the last one's serial, and an audit entry. Under the
+/// writer lock, so that of several instances seeing it at once only the
+/// first announces.
+async fn announce(
+    state: &AppState,
+    rows: &[KeyRow],
+    updates: &[UpdateRow],
+) -> Result<(), StoreError> {
+    let announced = state.store.last_announced_serial().await?;
+    if last_serial(updates) <= announced {
+        return Ok(());
+    }
+    let now = now_ms();
+    let live: Vec<InstanceRow> = state
+        .store
+        .instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.live_at(now))
+        .collect();
+    let latest = last_serial(handed_out(updates, &purged(rows), |kid| {
+        served_by_all(&live, kid)
+    }));
+    if latest <= announced {
+        return Ok(());
+    }
+    let mut tx = state.store.begin_write().await?;
+    if tx.announce_anchor_updates(latest, now).await? == 0 {
+        // Another instance announced them meanwhile.
+        return Ok(());
+    }
+    tx.event("anchor_updates", &latest.to_string(), now).await?;
+    let ids: Vec<&str> = live.iter().map(|i| i.id.as_str()).collect();
+    tx.audit(
+        NewAudit::new("anchor_updates_announced", "ok", "backend").detail(&format!(
+            "serial={latest}: every live backend instance ({}) serves the keys the updates up \
+             to this serial rotate to; gateways are told on the feed to fetch them",
+            ids.join(", ")
+        )),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    state.feed.advance(state.store.last_event_seq().await?);
+    tracing::info!(
+        serial = latest,
+        "anchor updates announced on the feed: every live instance serves their keys"
+    );
+    Ok(())
+}
+
+/// Records this instance for the first time (before it serves anything).
+pub(crate) async fn record_start(state: &AppState) -> Result<(), StoreError> {
+    let rows = state.store.key_rows().await?;
+    let updates = state.store.anchor_updates_after(0).await?;
+    match replay(&rows, &updates) {
+        Ok(fleet) => record(state, &rows, &fleet).await,
+        // `serve` checked the log before it started.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Deletes this instance's record (it stops), and the records of instances
+/// not seen for a day.
+pub(crate) async fn forget(state: &AppState) -> Result<(), StoreError> {
+    state
+        .store
+        .forget_instances(&state.instance.id, now_ms().saturating_sub(86_400_000))
+        .await
 }
 
 /// The answer to `GET /v1/anchor-updates?after=SERIAL` (SPEC.md §10.6): the
 /// stored updates after `after`, in serial order, at most
-/// [`MAX_ANCHOR_UPDATES`], but only up to (not including) the first one that
-/// adds a key this instance does not serve and that was not purged: a
-/// peripheral must never be told to seal to a key the backend it reaches
-/// cannot open.
+/// [`MAX_ANCHOR_UPDATES`], but only up to (not including) the first Rotate to
+/// a key that was not purged and that this instance, or any live instance,
+/// does not serve: a peripheral must never be told to seal to a key that
+/// the instance its next handshake reaches cannot open.
 pub async fn updates_for_gateways(
     state: &AppState,
     after: u32,
 ) -> Result<AnchorUpdateBatch, StoreError> {
     let ring = state.keys.snapshot();
     let rows = state.store.key_rows().await?;
-    let purged: BTreeSet<u8> = rows
-        .iter()
-        .filter(|r| r.purged_ms.is_some())
-        .map(|r| r.anchor.kid.0)
+    let now = now_ms();
+    let live: Vec<InstanceRow> = state
+        .store
+        .instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.live_at(now))
         .collect();
     // The whole log: a few hundred rows at most (module doc of store::keys).
     let all = state.store.anchor_updates_after(0).await?;
-    let servable = all
+    let servable = handed_out(&all, &purged(&rows), |kid| {
+        ring.get(kid).is_some() && served_by_all(&live, kid)
+    });
+    let updates = servable
         .iter()
-        .map(|u| &u.update)
-        .take_while(|u| match u.action {
-            AnchorAction::Rotate { anchor: a, .. } => {
-                ring.get(a.kid).is_some() || purged.contains(&a.kid.0)
-            }
-            // Never issued (SPEC.md §7.7: reserved); a device refuses them.
-            AnchorAction::Add(_) | AnchorAction::Replace(_) | AnchorAction::Retire(_) => true,
-        });
-    let mut latest = 0;
-    let mut updates = Vec::new();
-    for u in servable {
-        latest = u.serial;
-        if u.serial > after && updates.len() < MAX_ANCHOR_UPDATES {
-            updates.push(*u);
-        }
-    }
-    Ok(AnchorUpdateBatch { updates, latest })
+        .map(|u| u.update)
+        .filter(|u| u.serial > after)
+        .take(MAX_ANCHOR_UPDATES)
+        .collect();
+    Ok(AnchorUpdateBatch {
+        updates,
+        latest: last_serial(servable),
+    })
 }
 
 #[cfg(test)]
@@ -930,5 +1262,58 @@ mod tests {
             replay(&rows[..1], &[]),
             Err(KeyRingError::BadGenesis)
         ));
+    }
+
+    #[test]
+    fn updates_are_handed_out_up_to_the_first_rotate_to_a_key_not_served_everywhere() {
+        let k: [BackendKeys; 5] =
+            core::array::from_fn(|i| BackendKeys::generate(KeyId(i as u8 + 1), &mut rng(i as u64)));
+        let log: Vec<UpdateRow> = (1..=3)
+            .map(|n: usize| UpdateRow {
+                at_ms: 0,
+                update: AnchorUpdate::sign(
+                    n as u32,
+                    AnchorAction::Rotate {
+                        anchor: k[n].anchor(),
+                        next: k[n + 1].anchor().digest(),
+                    },
+                    k[n].kid(),
+                    k[n].signing(),
+                ),
+            })
+            .collect();
+        let instance = |serves: &[u8]| InstanceRow {
+            id: String::new(),
+            host: String::new(),
+            started_ms: 0,
+            seen_ms: 0,
+            live_until_ms: 1,
+            serves: serves.iter().copied().collect(),
+            holds: serves.iter().copied().collect(),
+        };
+        let serials = |live: &[InstanceRow], purged: &[u8]| -> Vec<u32> {
+            let purged = purged.iter().copied().collect();
+            handed_out(&log, &purged, |kid| served_by_all(live, kid))
+                .iter()
+                .map(|u| u.update.serial)
+                .collect()
+        };
+        let all = [1, 2, 3, 4];
+        assert_eq!(serials(&[instance(&all), instance(&all)], &[]), [1, 2, 3]);
+        // Update n rotates to key n + 1. One instance lacks key 3: the
+        // Rotate to it (serial 2) and every later one wait.
+        assert_eq!(serials(&[instance(&all), instance(&[1, 2, 4])], &[]), [1]);
+        // Lacking key 2 alone, it holds back everything.
+        assert_eq!(
+            serials(&[instance(&all), instance(&[1, 3, 4])], &[]),
+            [] as [u32; 0]
+        );
+        // A purged key does not hold back the Rotates after it.
+        assert_eq!(
+            serials(&[instance(&all), instance(&[1, 3, 4])], &[1, 2]),
+            [1, 2, 3]
+        );
+        // With no instance recorded, nothing is held back by the records.
+        assert_eq!(serials(&[], &[]), [1, 2, 3]);
     }
 }

@@ -107,6 +107,9 @@ pub struct Inner {
     /// The data directory the keys are loaded from (empty for an in-memory
     /// backend, whose one key pair never changes).
     pub data_dir: std::path::PathBuf,
+    /// This instance, as it records in the database which keys it serves
+    /// ([`keyring`], "Several instances").
+    pub instance: keyring::Instance,
     /// The CA, for issuing gateway certificates at enrollment.
     pub ca: CaMaterial,
     /// SHA-256 of the admin token.
@@ -217,6 +220,10 @@ impl AppState {
                 )),
                 store,
                 keys: keyring::ServedKeys::new(ring),
+                instance: keyring::Instance::new(
+                    &data_dir,
+                    Duration::from_secs(config.keys.instance_ttl_s),
+                ),
                 data_dir,
                 ca,
                 token_hash,
@@ -231,6 +238,9 @@ impl AppState {
                 shutdown: CancellationToken::new(),
             }),
         };
+        // Recorded before it serves anything, so that no other instance hands
+        // out a rotation to a key this one lacks.
+        keyring::record_start(&state).await?;
         tokio::spawn(background(state.clone()));
         Ok(state)
     }
@@ -272,7 +282,13 @@ async fn background(state: AppState) {
     let ticks_per_s = (1000 / poll.as_millis().max(1)).max(1) as u64;
     loop {
         tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.shutdown.cancelled() => {
+                if let Err(e) = keyring::forget(&state).await {
+                    tracing::warn!(error = %e, "could not delete this instance's record; \
+                        rotations wait for it until it expires");
+                }
+                return;
+            }
             _ = tick.tick() => {}
         }
         n += 1;

@@ -195,7 +195,9 @@ current key cannot move them to a key of its own. `init` creates key 1 (current)
 
 The next key's private files may be kept offline (`keys list` names it) until its rotation; with \
 several backend instances, copy them to every instance's data directory (each instance loads them \
-within a second, no restart) before `keys rotate`. See backend/README.md, \"Key rotation\".";
+within a second, no restart) before `keys rotate`, which refuses until every live instance holds \
+them. A Rotate is handed to gateways only once every live instance serves its key, and keys are \
+purged only in the order they became current. See backend/README.md, \"Key rotation\".";
 
 #[derive(Subcommand, Debug)]
 enum KeysCmd {
@@ -220,14 +222,24 @@ and sealing-N.pem, mode 0600). Gateways fetch the update and deliver it to perip
 peripheral applies it only because its held commitment names that key, seals its next hellos to it \
 and no longer trusts the previous key, which stays served for peripherals that missed the rotation. \
 The next key's private files must be in this data directory (bring them back if they were kept \
-offline) and, with several backend instances, on every instance before this runs."
+offline) and on every live backend instance: it refuses, naming them, while a live instance \
+(one that recorded the keys it serves within `keys.instance_ttl_s`) does not hold them. Whatever \
+happens, no instance hands the Rotate to gateways until every live instance serves the new key, \
+and the revocation feed then tells gateways to fetch it at once."
     )]
-    Rotate,
+    Rotate {
+        /// Rotate even though a live instance does not hold the next key: the Rotate then waits,
+        /// unseen by gateways, until every live instance serves the key (or is stopped).
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop serving a retired key on every instance and delete its private key from this directory.
     #[command(
         long_about = "Stop serving key KID on every backend instance (within a second) and \
 delete signing-KID.pem and sealing-KID.pem from this data directory. Only a retired key (one a \
-rotation replaced) can be purged. Irreversible: hellos sealed to KID are refused \
+rotation replaced) can be purged, and only the oldest one still served: keys are purged in the \
+order they became current, since a peripheral catching up from an older key passes through the \
+newer ones and may be left on any of them when its session ends. Irreversible: hellos sealed to KID are refused \
 (unknown_backend_key) from then on, so a peripheral that still knows only KID (it missed every \
 update) can no longer connect and must be provisioned again with `export-anchor`. Before purging, \
 check the audit log: vouches record the key id that signed them (kid=N). On other hosts holding a \
@@ -885,7 +897,16 @@ async fn keys_on(cli: &Cli, cmd: &KeysCmd, data: &DataDir, store: &Store) -> Res
                         "current": status.current().0,
                         "serial": status.serial(),
                         "registered": status.registered,
+                        "handed_out": status.handed_out,
                         "keys": status.keys,
+                        "instances": status.instances.iter().map(|i| serde_json::json!({
+                            "id": i.id,
+                            "host": i.host,
+                            "started": vouch_backend::store::Rfc3339(i.started_ms).to_string(),
+                            "seen": vouch_backend::store::Rfc3339(i.seen_ms).to_string(),
+                            "serves": i.serves,
+                            "holds": i.holds,
+                        })).collect::<Vec<_>>(),
                     }))?
                 );
                 return Ok(());
@@ -918,9 +939,29 @@ async fn keys_on(cli: &Cli, cmd: &KeysCmd, data: &DataDir, store: &Store) -> Res
                     "not registered yet: the data directory's two lowest keys are current and next"
                 );
             }
+            if status.handed_out < status.serial() {
+                println!(
+                    "gateways are handed the updates up to serial {} only: the next one rotates to a key \
+                     a live instance does not serve yet (see below)",
+                    status.handed_out
+                );
+            }
+            let list = |kids: &std::collections::BTreeSet<u8>| {
+                kids.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+            };
+            for i in &status.instances {
+                println!(
+                    "live instance {} on {}: serves keys {}; holds the private keys of {}",
+                    i.id,
+                    i.host,
+                    list(&i.serves),
+                    list(&i.holds)
+                );
+            }
         }
-        KeysCmd::Rotate => {
-            let r = keyring::rotate(data, store, CLI_ACTOR).await?;
+        KeysCmd::Rotate { force } => {
+            let options = keyring::RotateOptions { force: *force };
+            let r = keyring::rotate_with(data, store, CLI_ACTOR, options).await?;
             let (kid, next) = (r.anchor.kid, r.next.kid);
             let files = format!(
                 "{} and {}",
@@ -930,6 +971,10 @@ async fn keys_on(cli: &Cli, cmd: &KeysCmd, data: &DataDir, store: &Store) -> Res
             println!(
                 "anchor update {} = Rotate(key {kid}), signed by key {kid}: peripherals that apply it seal to key {kid}",
                 r.update.serial
+            );
+            println!(
+                "gateways are handed it, and told on the revocation feed, once every live backend instance \
+                 serves key {kid} (each loads it within a second; `vouch-backend keys list` shows them)"
             );
             println!(
                 "the previous key stays served for peripherals that missed the rotation; purge it once the audit \

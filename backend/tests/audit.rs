@@ -106,7 +106,7 @@ async fn a_replay_flood_adds_a_few_entries_not_one_per_replay(db: Db) {
     let first = u64::from(Config::default().audit.first_per_kind);
     let b = Backend::new(&db).await;
     let (gw, dev) = setup(&b).await;
-    let (_, hello) = dev.hello(&b.anchors(), 1);
+    let (_, hello) = dev.hello(&b.anchors().await, 1);
     let (_, req) = gateway_takes(&gw, &hello, 2);
     assert!(matches!(
         batch(&b, &gw, vec![req.clone()]).await[0],
@@ -166,7 +166,7 @@ async fn a_replay_flood_adds_a_few_entries_not_one_per_replay(db: Db) {
     assert_eq!(entries_after(&b, before).await.len(), seen);
     // Another kind (another claimed id) is written at once.
     let stranger = Device::new(2);
-    let (_, h) = stranger.hello(&b.anchors(), 3);
+    let (_, h) = stranger.hello(&b.anchors().await, 3);
     batch(&b, &gw, vec![gateway_takes(&gw, &h, 4).1]).await;
     let added = entries_after(&b, before).await;
     seen += 1;
@@ -519,7 +519,7 @@ async fn prune_keeps_the_entries_a_live_vouch_needs(db: Db) {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let dev = Device::new(1);
     b.enroll_peripheral(&dev, None).await;
-    let (_, hello) = dev.hello(&b.anchors(), 1);
+    let (_, hello) = dev.hello(&b.anchors().await, 1);
     let (_, req) = gateway_takes(&gw, &hello, 2);
     assert!(matches!(
         batch(&b, &gw, vec![req]).await[0],

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{gateway_takes, Db, Device};
-use vouch_backend::pki;
 use vouch_backend::store::{PeripheralFilter, Store};
+use vouch_backend::{datadir, pki};
 use vouch_proto::anchor::{Anchor, AnchorSet};
 use vouch_proto::keys::{IdentityKey, PeripheralId};
 use vouch_proto::wire::backend::{
@@ -27,6 +27,7 @@ on_both!(
     keys_rotate_purge_and_export_through_the_cli,
     an_invalid_utf8_line_is_reported_and_the_rest_imported,
     refusals_counted_before_a_sigterm_are_written_and_audit_prune_keeps_verify_working,
+    keys_rotate_waits_for_every_live_serve_instance,
 );
 
 fn cli(dir: &Path, db: &Db, args: &[&str]) -> Output {
@@ -529,6 +530,99 @@ async fn keys_rotate_purge_and_export_through_the_cli(db: Db) {
     }
     let help = ok(&cli(dir, &db, &["keys", "purge", "--help"]));
     assert!(help.contains("Irreversible"), "{help}");
+}
+
+/// Issue 16, item 5: a second `serve` instance on the same database, whose
+/// data directory lacks the next key, makes `keys rotate` refuse (naming
+/// it); `--force` issues the Rotate, which no instance hands out until that
+/// instance serves the key, and the feed announcement follows.
+async fn keys_rotate_waits_for_every_live_serve_instance(db: Db) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    init(&a, &db);
+    std::fs::create_dir(&b).expect("mkdir");
+    for f in datadir::files::IDENTITY {
+        std::fs::copy(a.join(f), b.join(f)).expect("copy");
+    }
+    // Both on one database (A's SQLite file, or the PostgreSQL database).
+    let url = match &db {
+        Db::Sqlite => datadir::sqlite_url(&a),
+        Db::Postgres { url, .. } => url.clone(),
+    };
+    let on = |dir: &Path, args: &[&str]| -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--database-url")
+            .arg(&url)
+            .args(args)
+            .env_remove("VOUCH_DATABASE_URL")
+            .output()
+            .expect("run vouch-backend")
+    };
+    ok(&on(&a, &["keys", "list"])); // registers the ring
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&b)
+        .arg("--database-url")
+        .arg(&url)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("VOUCH_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let server = Server {
+        child,
+        url: line.trim().to_owned(),
+    };
+    let b_dir = std::fs::canonicalize(&b).expect("canonical");
+    let b_dir = b_dir.to_str().expect("utf-8 path");
+
+    let table = ok(&on(&a, &["keys", "list"]));
+    assert!(
+        table.contains(&format!(
+            "{b_dir}: serves keys 1; holds the private keys of 1"
+        )),
+        "{table}"
+    );
+    fails_cleanly(&on(&a, &["keys", "rotate"]), b_dir);
+    assert!(!a.join("signing-3.pem").exists(), "nothing created");
+    let out = ok(&on(&a, &["keys", "rotate", "--force"]));
+    assert!(out.contains("anchor update 1 = Rotate(key 2)"), "{out}");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&on(&a, &["keys", "list", "--json"]))).expect("json");
+    assert_eq!(
+        (&list["serial"], &list["handed_out"]),
+        (&1.into(), &0.into())
+    );
+    let table = ok(&on(&a, &["keys", "list"]));
+    assert!(
+        table.contains("gateways are handed the updates up to serial 0 only"),
+        "{table}"
+    );
+    // The key reaches B, which serves it within a second: the Rotate is
+    // handed out and announced.
+    for f in ["signing-2.pem", "sealing-2.pem"] {
+        std::fs::copy(a.join(f), b.join(f)).expect("copy");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(&on(&a, &["keys", "list", "--json"]))).expect("json");
+        if list["handed_out"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never served key 2: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let audit = ok(&on(&a, &["audit", "query", "--json"]));
+    assert!(audit.contains("anchor_updates_announced"), "{audit}");
+    assert!(server.terminate().success());
 }
 
 async fn sigkill_mid_import_loses_nothing_acknowledged(db: Db) {

@@ -12,13 +12,13 @@ use common::{gateway_takes, Backend, Db, Device};
 use vouch_backend::config::Config;
 use vouch_backend::datadir::{self, DataDir};
 use vouch_backend::keyring::{self, KeyRingError, KeyState};
-use vouch_backend::store::{AuditVerdict, Store};
+use vouch_backend::store::{AuditVerdict, InstanceRow, Store};
 use vouch_backend::AppState;
 use vouch_proto::anchor::{AnchorAction, AnchorBundle, AnchorSet, AnchorUpdate};
 use vouch_proto::keys::{IdentityKey, KeyId, PublicKey};
 use vouch_proto::testing::rng;
 use vouch_proto::wire::backend::{
-    decode_body, AnchorUpdateBatch, Refusal, VouchAnswer, MAX_ANCHOR_UPDATES,
+    decode_body, AnchorUpdateBatch, FeedBatch, FeedChange, Refusal, VouchAnswer, MAX_ANCHOR_UPDATES,
 };
 use vouch_proto::wire::{Hello, MAX_HANDSHAKE_MESSAGE};
 use vouch_proto::{Error, PeerMisbehaved, Timestamp};
@@ -31,6 +31,8 @@ on_both!(
     the_anchor_updates_route_is_behind_the_gateway_identity_and_budget,
     a_data_directory_from_before_pre_rotation_gains_a_committed_successor,
     a_thief_of_the_current_key_cannot_choose_the_successor,
+    a_rotate_is_handed_out_and_announced_only_once_every_live_instance_serves_its_key,
+    catch_up_over_three_rotations_with_purges_in_order_strands_no_device,
 );
 
 const NOW: Timestamp = Timestamp(1_000);
@@ -53,6 +55,10 @@ async fn setup_with(db: &Db, config: Config) -> (Backend, IdentityKey, Device, D
 
 fn data(b: &Backend) -> DataDir {
     DataDir::load(b.dir.path()).expect("load the data directory")
+}
+
+fn force() -> keyring::RotateOptions {
+    keyring::RotateOptions { force: true }
 }
 
 async fn rotate(b: &Backend) -> AnchorUpdate {
@@ -405,18 +411,21 @@ async fn updates_are_served_in_order_after_a_serial_in_bounded_pages(db: Db) {
     skipping.apply(&issued[1]).expect("then the second");
 }
 
-async fn an_instance_hands_out_only_updates_for_keys_it_serves(db: Db) {
-    let (a, gw, d1, _) = setup(&db).await;
-    let provisioned = a.anchors().await;
-    // A second instance on the same database with its own copy of the data
-    // directory, taken before the rotation, without the next key's files
-    // (kept offline, or not copied yet).
+/// A second instance on `a`'s database, with its own data directory: a
+/// copy of `a`'s identity files (key 1 among them) and of the key pairs
+/// `kids`.
+async fn second_instance(a: &Backend, kids: &[u8]) -> Backend {
     let dir_b = tempfile::tempdir().expect("tempdir");
     for f in datadir::files::IDENTITY {
         let (from, to) = (a.dir.path().join(f), dir_b.path().join(f));
         std::fs::copy(&from, &to).expect("copy");
     }
-    let store_b = Store::open(&db.url_for(a.dir.path())).await.expect("store");
+    for &kid in kids {
+        copy_key(a, dir_b.path(), KeyId(kid));
+    }
+    let store_b = Store::open(&a.db.url_for(a.dir.path()))
+        .await
+        .expect("store");
     let state_b = AppState::new(
         store_b.clone(),
         DataDir::load(dir_b.path()).expect("load"),
@@ -424,14 +433,31 @@ async fn an_instance_hands_out_only_updates_for_keys_it_serves(db: Db) {
     )
     .await
     .expect("state");
-    let b = Backend {
+    Backend {
         router: vouch_backend::app(state_b.clone()),
         state: state_b,
         store: store_b,
         token: a.token.clone(),
         db: a.db.clone(),
         dir: dir_b,
-    };
+    }
+}
+
+/// The operator copies key `kid`'s two files from `a`'s data directory.
+fn copy_key(a: &Backend, to: &std::path::Path, kid: KeyId) {
+    for f in [datadir::files::signing(kid), datadir::files::sealing(kid)] {
+        std::fs::copy(a.dir.path().join(&f), to.join(&f)).expect("copy");
+        assert_eq!(mode(&to.join(&f)), 0o600);
+    }
+}
+
+async fn an_instance_hands_out_only_updates_for_keys_it_serves(db: Db) {
+    let (a, gw, d1, _) = setup(&db).await;
+    let provisioned = a.anchors().await;
+    // A second instance on the same database with its own copy of the data
+    // directory, taken before the rotation, without the next key's files
+    // (kept offline, or not copied yet).
+    let b = second_instance(&a, &[]).await;
     let status = keyring::status(&data(&a), &a.store).await.expect("status");
     assert_eq!(status.keys[1].state, KeyState::Next);
     assert_eq!(status.current(), KeyId(1));
@@ -458,17 +484,22 @@ async fn an_instance_hands_out_only_updates_for_keys_it_serves(db: Db) {
         [KeyId(1)],
         "no key files created"
     );
-    // A rotates: A hands the update out; B, which cannot open hellos sealed
-    // to key 2, withholds it.
-    let rotate = rotate(&a).await;
+    // A rotates (forced: B lacks the key). B, which cannot open hellos
+    // sealed to key 2, withholds the update, and so does A, since a device
+    // updated through A may next reach B.
+    let rotate = keyring::rotate_with(&data(&a), &a.store, "test", force())
+        .await
+        .expect("forced rotation")
+        .update;
     reload(&a).await;
     reload(&b).await;
     assert_eq!((kids(&a), kids(&b)), (vec![1, 2], vec![1]));
-    assert_eq!(fetch(&a, &gw, 0).await.updates, [rotate]);
-    let withheld = fetch(&b, &gw, 0).await;
-    assert!(withheld.updates.is_empty(), "{withheld:?}");
-    assert_eq!(withheld.latest, 0);
-    // (A device updated through A that reaches B is refused there.)
+    for instance in [&a, &b] {
+        let withheld = fetch(instance, &gw, 0).await;
+        assert!(withheld.updates.is_empty(), "{withheld:?}");
+        assert_eq!(withheld.latest, 0);
+    }
+    // (A device updated anyway, here by hand, is refused by B.)
     let mut updated = provisioned.clone();
     updated.apply(&rotate).expect("apply");
     assert_eq!(handshake(&a, &gw, &d1, &updated, 1).await, Ok(KeyId(2)));
@@ -477,15 +508,14 @@ async fn an_instance_hands_out_only_updates_for_keys_it_serves(db: Db) {
         Err(VouchAnswer::Refused(Refusal::Denied))
     );
 
-    // The operator copies the two files: B serves the key and the update.
+    // The operator copies the two files: B serves the key, and both hand
+    // the update out.
     let kid = KeyId(2);
-    for f in [datadir::files::signing(kid), datadir::files::sealing(kid)] {
-        std::fs::copy(a.dir.path().join(&f), b.dir.path().join(&f)).expect("copy");
-        assert_eq!(mode(&b.dir.path().join(&f)), 0o600);
-    }
+    copy_key(&a, b.dir.path(), kid);
     reload(&b).await;
     assert_eq!(kids(&b), [1, 2]);
     assert_eq!(fetch(&b, &gw, 0).await.updates, [rotate]);
+    assert_eq!(fetch(&a, &gw, 0).await.updates, [rotate]);
     assert_eq!(handshake(&b, &gw, &d1, &updated, 3).await, Ok(kid));
     b.state.shutdown();
 }
@@ -662,4 +692,244 @@ async fn a_thief_of_the_current_key_cannot_choose_the_successor(db: Db) {
     reload(&b).await;
     device.apply(&rotate).expect("the genuine rotation");
     assert_eq!(handshake(&b, &gw, &d1, &device, 1).await, Ok(KeyId(2)));
+}
+
+/// `GET /v1/feed?after=…&wait_ms=…` as gateway `gw`, on a router of its own
+/// (so that a long-poll can wait in a task of its own).
+async fn feed_poll(router: axum::Router, gw: PublicKey, after: u64, wait_ms: u64) -> FeedBatch {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::get(format!("/v1/feed?after={after}&wait_ms={wait_ms}"))
+        .body(axum::body::Body::empty())
+        .expect("request");
+    req.extensions_mut()
+        .insert(vouch_backend::ClientIdentity(Some(gw)));
+    let res = router.oneshot(req).await.expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    decode_body(&bytes).expect("feed batch")
+}
+
+/// The serials the feed batch announces anchor updates up to.
+fn announced(batch: &FeedBatch) -> Vec<u32> {
+    batch
+        .events
+        .iter()
+        .filter_map(|e| match e.change {
+            FeedChange::AnchorUpdates(serial) => Some(serial),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn a_rotate_is_handed_out_and_announced_only_once_every_live_instance_serves_its_key(db: Db) {
+    let (a, gw, d1, d2) = setup(&db).await;
+    let provisioned = a.anchors().await;
+    // Instance B has key 1 but not the committed key 2 (not copied yet).
+    let b = second_instance(&a, &[]).await;
+    let status = keyring::status(&data(&a), &a.store).await.expect("status");
+    let live: Vec<&str> = status.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(live, [&a.state.instance.id, &b.state.instance.id]);
+    assert_eq!(
+        status.instances[1]
+            .holds
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    // An instance that stopped without a word, long ago, counts for nothing.
+    let now = vouch_backend::store::now_ms();
+    a.store
+        .record_instance(&InstanceRow {
+            id: "crashed".into(),
+            host: "gone:/var/lib/vouch".into(),
+            started_ms: now - 100_000,
+            seen_ms: now - 60_000,
+            live_until_ms: now - 50_000,
+            serves: [1].into(),
+            holds: [1].into(),
+        })
+        .await
+        .expect("record");
+
+    // `keys rotate` refuses, naming B, and creates nothing.
+    match keyring::rotate(&data(&a), &a.store, "test").await {
+        Err(KeyRingError::InstancesLackKey { kid, instances }) => {
+            assert_eq!(kid, KeyId(2));
+            assert_eq!(instances.len(), 1, "{instances:?}");
+            assert!(instances[0].contains(&b.state.instance.id), "{instances:?}");
+            assert!(
+                instances[0].contains(&b.state.instance.host),
+                "{instances:?}"
+            );
+        }
+        other => panic!("expected InstancesLackKey, got {other:?}"),
+    }
+    assert_eq!(
+        datadir::key_ids(a.dir.path()).expect("ids"),
+        [KeyId(1), KeyId(2)]
+    );
+    let status = keyring::status(&data(&a), &a.store).await.expect("status");
+    assert_eq!(status.serial(), 0, "nothing issued");
+
+    // Forced, it is issued, and both instances reload (each does so every
+    // second in the background): A serves key 2, B cannot.
+    let cursor = feed_poll(a.router.clone(), gw.public_key(), 0, 0)
+        .await
+        .next;
+    let first = keyring::rotate_with(&data(&a), &a.store, "test", force())
+        .await
+        .expect("forced rotation")
+        .update;
+    reload(&a).await;
+    reload(&b).await;
+    assert_eq!((kids(&a), kids(&b)), (vec![1, 2], vec![1]));
+    // No instance hands it out, and the feed does not announce it.
+    for instance in [&a, &b] {
+        let batch = fetch(instance, &gw, 0).await;
+        assert!(batch.updates.is_empty(), "{batch:?}");
+        assert_eq!(batch.latest, 0);
+    }
+    let status = keyring::status(&data(&a), &a.store).await.expect("status");
+    assert_eq!((status.serial(), status.handed_out), (1, 0));
+    let quiet = feed_poll(a.router.clone(), gw.public_key(), cursor, 0).await;
+    assert_eq!(announced(&quiet), [] as [u32; 0], "{quiet:?}");
+    // Devices keep working on key 1 through either instance meanwhile.
+    assert_eq!(handshake(&a, &gw, &d1, &provisioned, 1).await, Ok(KeyId(1)));
+    assert_eq!(handshake(&b, &gw, &d1, &provisioned, 2).await, Ok(KeyId(1)));
+
+    // A gateway waits on A's feed; the key reaches B; B serves it; the
+    // gateway is told at once.
+    let waiting = tokio::spawn(feed_poll(a.router.clone(), gw.public_key(), cursor, 30_000));
+    copy_key(&a, b.dir.path(), KeyId(2));
+    reload(&b).await;
+    assert_eq!(kids(&b), [1, 2]);
+    let told = waiting.await.expect("feed poll");
+    assert_eq!(announced(&told), [1], "{told:?}");
+    // Announced once, whoever reloads next.
+    reload(&a).await;
+    reload(&b).await;
+    let all = feed_poll(b.router.clone(), gw.public_key(), cursor, 0).await;
+    assert_eq!(announced(&all), [1], "{all:?}");
+    assert_eq!(b.audit("action=anchor_updates_announced").await.len(), 1);
+    // Both hand it out now, and a device that applies it is served by both.
+    for instance in [&a, &b] {
+        let batch = fetch(instance, &gw, 0).await;
+        assert_eq!((batch.updates, batch.latest), (vec![first], 1));
+    }
+    let mut updated = provisioned.clone();
+    updated.apply(&first).expect("apply");
+    assert_eq!(handshake(&b, &gw, &d1, &updated, 3).await, Ok(KeyId(2)));
+    assert_eq!(handshake(&a, &gw, &d1, &updated, 4).await, Ok(KeyId(2)));
+
+    // The next rotation: B already holds the committed key 3, so `keys
+    // rotate` goes ahead unforced, and once both serve it (within a second)
+    // it is handed out and announced.
+    copy_key(&a, b.dir.path(), KeyId(3));
+    reload(&b).await;
+    let second = rotate(&a).await;
+    reload(&a).await;
+    reload(&b).await;
+    for instance in [&a, &b] {
+        assert_eq!(fetch(instance, &gw, 0).await.updates, [first, second]);
+    }
+    let all = feed_poll(a.router.clone(), gw.public_key(), cursor, 0).await;
+    assert_eq!(announced(&all), [1, 2], "{all:?}");
+    updated.apply(&second).expect("apply");
+    assert_eq!(handshake(&b, &gw, &d2, &updated, 5).await, Ok(KeyId(3)));
+    audit_intact(&a).await;
+    b.state.shutdown();
+}
+
+async fn catch_up_over_three_rotations_with_purges_in_order_strands_no_device(db: Db) {
+    let (a, gw, d1, d2) = setup(&db).await;
+    let provisioned = a.anchors().await;
+    let b = second_instance(&a, &[2]).await;
+    // Three rotations, the operator copying each new committed key to B
+    // before the next.
+    let mut issued = Vec::new();
+    for created in 3..=5 {
+        issued.push(rotate(&a).await);
+        copy_key(&a, b.dir.path(), KeyId(created));
+        reload(&a).await;
+        reload(&b).await;
+    }
+    assert_eq!((kids(&a), kids(&b)), (vec![1, 2, 3, 4], vec![1, 2, 3, 4]));
+    for instance in [&a, &b] {
+        assert_eq!(fetch(instance, &gw, 0).await.updates, issued);
+    }
+
+    // Key 2 or 3 cannot be purged while key 1 is served: a device on key 1
+    // catches up through them.
+    for kid in [2, 3] {
+        match keyring::purge(a.dir.path(), &a.store, KeyId(kid), "test").await {
+            Err(KeyRingError::OlderKeyServed { kid: k, older }) => {
+                assert_eq!((k, older), (KeyId(kid), KeyId(1)));
+            }
+            other => panic!("purge {kid}: expected OlderKeyServed, got {other:?}"),
+        }
+        assert!(a
+            .dir
+            .path()
+            .join(datadir::files::signing(KeyId(kid)))
+            .exists());
+    }
+    // Device 1, on key 1, reaches B; its session ends after the first
+    // update: it is left on key 2.
+    assert_eq!(handshake(&b, &gw, &d1, &provisioned, 1).await, Ok(KeyId(1)));
+    let mut d1_anchors = provisioned.clone();
+    d1_anchors.apply(&issued[0]).expect("the first update");
+    assert_eq!(d1_anchors.primary().kid, KeyId(2));
+
+    // The operator purges the oldest key, 1 (device 2 never came back).
+    keyring::purge(a.dir.path(), &a.store, KeyId(1), "test")
+        .await
+        .expect("purge 1");
+    assert!(matches!(
+        keyring::purge(a.dir.path(), &a.store, KeyId(3), "test").await,
+        Err(KeyRingError::OlderKeyServed {
+            kid: KeyId(3),
+            older: KeyId(2)
+        })
+    ));
+    reload(&a).await;
+    reload(&b).await;
+    // B still has key 1's files, but serves it no more.
+    assert!(b
+        .dir
+        .path()
+        .join(datadir::files::signing(KeyId(1)))
+        .exists());
+    assert_eq!((kids(&a), kids(&b)), (vec![2, 3, 4], vec![2, 3, 4]));
+    // Device 1, on key 2, is vouched through A, where it catches up, cut
+    // off once more, then through B to the current key.
+    assert_eq!(handshake(&a, &gw, &d1, &d1_anchors, 2).await, Ok(KeyId(2)));
+    d1_anchors.apply(&issued[1]).expect("the second update");
+    assert_eq!(handshake(&b, &gw, &d1, &d1_anchors, 3).await, Ok(KeyId(3)));
+    d1_anchors.apply(&issued[2]).expect("the third update");
+    assert_eq!(handshake(&a, &gw, &d1, &d1_anchors, 4).await, Ok(KeyId(4)));
+    // Device 2, on the purged key 1, is refused: provisioned again.
+    assert_eq!(
+        handshake(&b, &gw, &d2, &provisioned, 5).await,
+        Err(VouchAnswer::Refused(Refusal::Denied))
+    );
+
+    // In order, 2 and 3 go; the updates are still handed out in full (a
+    // gateway delivers every one; the device refuses the stale ones).
+    for kid in [2, 3] {
+        keyring::purge(a.dir.path(), &a.store, KeyId(kid), "test")
+            .await
+            .expect("purge in order");
+    }
+    reload(&a).await;
+    reload(&b).await;
+    assert_eq!((kids(&a), kids(&b)), (vec![4], vec![4]));
+    for instance in [&a, &b] {
+        assert_eq!(fetch(instance, &gw, 0).await.updates, issued);
+    }
+    assert_eq!(handshake(&b, &gw, &d1, &d1_anchors, 6).await, Ok(KeyId(4)));
+    assert_eq!(a.audit("action=backend_key_purge").await.len(), 3);
+    audit_intact(&a).await;
+    b.state.shutdown();
 }

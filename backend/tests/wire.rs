@@ -51,6 +51,7 @@ fn feed_batch_bytes() {
         FeedChange::GatewayRevoked(gw),
         FeedChange::GatewayReinstated(gw),
         FeedChange::PolicyChanged,
+        FeedChange::AnchorUpdates(3),
     ]
     .into_iter()
     .enumerate()
@@ -65,6 +66,16 @@ fn feed_batch_bytes() {
         });
         assert_eq!(b[4], i as u8);
     }
+    // The serial of AnchorUpdates is a varint after its discriminant.
+    let b = encode_body(&FeedBatch {
+        events: vec![FeedEvent {
+            seq: 4,
+            at_ms: 0,
+            change: FeedChange::AnchorUpdates(300),
+        }],
+        next: 4,
+    });
+    assert_eq!(b, [1, 1, 4, 0, 7, 0xac, 0x02, 4]);
 }
 
 #[test]

@@ -79,6 +79,21 @@ pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> us
             );
             n
         }
+        FeedChange::AnchorUpdates(serial) => {
+            // Every backend instance hands out the updates up to `serial`
+            // now (SPEC.md §10.6): fetch them rather than wait for the
+            // periodic fetch.
+            let updates = table.anchor_updates();
+            if *serial > updates.last_serial() {
+                info!(
+                    serial,
+                    seq = event.seq,
+                    "trust-anchor updates announced on the feed: fetching them"
+                );
+                updates.request_fetch();
+            }
+            0
+        }
         _ => 0,
     }
 }

@@ -26,7 +26,7 @@ use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, 
 use vouch_proto::keys::KeyId;
 use vouch_proto::session::{Inbound, Session};
 use vouch_proto::testing::rng;
-use vouch_proto::wire::backend::{AnchorUpdateBatch, MAX_ANCHOR_UPDATES};
+use vouch_proto::wire::backend::{AnchorUpdateBatch, FeedChange, FeedEvent, MAX_ANCHOR_UPDATES};
 use vouch_proto::wire::{MessageType, Scope, MAX_MESSAGE};
 use vouch_proto::{Error as ProtoError, PeerMisbehaved, Timestamp};
 
@@ -451,6 +451,54 @@ async fn follow_fetches_at_start_and_when_asked() {
     );
     s.shutdown_tx.send(true).unwrap();
     follower.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_anchor_update_announced_on_the_feed_is_fetched_at_once() {
+    let s = setup(Scope::TELEMETRY);
+    let updates = s.ctx.table.anchor_updates().clone();
+    // The periodic fetch is an hour away: only the feed can bring the
+    // update sooner.
+    let fetcher = tokio::spawn(anchors::follow(
+        s.backend.clone(),
+        updates.clone(),
+        anchors::DEFAULT_FETCH_INTERVAL,
+        s.ctx.metrics.clone(),
+        s.shutdown.clone(),
+    ));
+    let feed = tokio::spawn(vouch_gateway::revocation::follow(
+        s.backend.clone(),
+        s.ctx.table.clone(),
+        s.ctx.config.gateway_key,
+        s.ctx.metrics.clone(),
+        s.shutdown.clone(),
+    ));
+    wait_for("the fetch at start", || {
+        *s.backend.anchor_requests.lock().unwrap() == [0]
+    })
+    .await;
+    let [first, second] = rotation(&s);
+    s.backend.anchor_log.lock().unwrap().push(first);
+    let announce = |seq, serial| FeedEvent {
+        seq,
+        at_ms: 0,
+        change: FeedChange::AnchorUpdates(serial),
+    };
+    s.feed_tx.send(announce(1, 1)).await.unwrap();
+    wait_for("the update announced on the feed", || {
+        updates.last_serial() == 1
+    })
+    .await;
+    // An announcement of what the gateway holds costs nothing; the next
+    // one brings the next update.
+    s.feed_tx.send(announce(2, 1)).await.unwrap();
+    s.backend.anchor_log.lock().unwrap().push(second);
+    s.feed_tx.send(announce(3, 2)).await.unwrap();
+    wait_for("the second update", || updates.last_serial() == 2).await;
+    assert_eq!(*s.backend.anchor_requests.lock().unwrap(), [0, 0, 1]);
+    s.shutdown_tx.send(true).unwrap();
+    fetcher.await.unwrap();
+    feed.abort();
 }
 
 #[tokio::test]

@@ -246,6 +246,7 @@ fn feed_change() -> impl Strategy<Value = FeedChange> {
         public_key().prop_map(FeedChange::GatewayRevoked),
         public_key().prop_map(FeedChange::GatewayReinstated),
         Just(FeedChange::PolicyChanged),
+        any::<u32>().prop_map(FeedChange::AnchorUpdates),
     ]
 }
 

@@ -2,10 +2,14 @@
 //! the backend issued (SPEC.md §2.5, §7.7). The private keys are not here:
 //! they stay in the data directory ([`crate::datadir`]). What every backend
 //! instance must agree on is: which key ids exist, their public anchors, their
-//! status, and the signed updates in serial order. [`crate::keyring`] decides;
-//! this module only stores.
+//! status, and the signed updates in serial order. Besides, each running
+//! instance records which of those keys it serves and holds
+//! ([`InstanceRow`]), so that the others can wait for it. [`crate::keyring`]
+//! decides; this module only stores.
 
-use sqlx::Row;
+use std::collections::BTreeSet;
+
+use sqlx::{Any, Executor, Row};
 use vouch_proto::anchor::{Anchor, AnchorAction, AnchorUpdate};
 use vouch_proto::keys::{DhPublic, KeyId, PublicKey};
 
@@ -13,6 +17,69 @@ use super::{Store, StoreError, WriteTx};
 
 const KEYS: &str = "backend_keys";
 const UPDATES: &str = "anchor_updates";
+const INSTANCES: &str = "backend_instances";
+
+/// What one running backend instance last recorded about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    /// Random, new at every start.
+    pub id: String,
+    /// Host name and data directory, for the operator.
+    pub host: String,
+    /// When it started (ms since the Unix epoch).
+    pub started_ms: i64,
+    /// Its last refresh.
+    pub seen_ms: i64,
+    /// Until when it counts as live without another refresh.
+    pub live_until_ms: i64,
+    /// The key ids it serves: hellos sealed to them are opened there.
+    pub serves: BTreeSet<u8>,
+    /// The key ids whose registered private key is in its data directory
+    /// (the served ones and, when present, the committed next key).
+    pub holds: BTreeSet<u8>,
+}
+
+impl InstanceRow {
+    /// Whether it counts as live at `now`.
+    pub fn live_at(&self, now: i64) -> bool {
+        self.live_until_ms > now
+    }
+}
+
+fn kid_list(kids: &BTreeSet<u8>) -> String {
+    kids.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn parse_kid_list(s: &str) -> Result<BTreeSet<u8>, StoreError> {
+    s.split(',')
+        .filter(|k| !k.is_empty())
+        .map(|k| k.parse().map_err(|_| StoreError::Corrupt(INSTANCES)))
+        .collect()
+}
+
+fn instance_from_row(row: &sqlx::any::AnyRow) -> Result<InstanceRow, StoreError> {
+    Ok(InstanceRow {
+        id: row.try_get("instance_id")?,
+        host: row.try_get("host")?,
+        started_ms: row.try_get("started_ms")?,
+        seen_ms: row.try_get("seen_ms")?,
+        live_until_ms: row.try_get("live_until_ms")?,
+        serves: parse_kid_list(&row.try_get::<String, _>("serves")?)?,
+        holds: parse_kid_list(&row.try_get::<String, _>("holds")?)?,
+    })
+}
+
+async fn instances<'e, E: Executor<'e, Database = Any>>(
+    e: E,
+) -> Result<Vec<InstanceRow>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT instance_id, host, started_ms, seen_ms, live_until_ms, serves, holds \
+         FROM {INSTANCES} ORDER BY started_ms, instance_id"
+    ))
+    .fetch_all(e)
+    .await?;
+    rows.iter().map(instance_from_row).collect()
+}
 
 /// One registered backend key pair (public half and status).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +179,86 @@ impl Store {
         .await?;
         rows.iter().map(update_from_row).collect()
     }
+
+    /// The serial of the last update the revocation feed announced (0 if
+    /// none).
+    pub async fn last_announced_serial(&self) -> Result<u32, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT MAX(serial) AS m FROM {UPDATES} WHERE announced_ms IS NOT NULL"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let m: Option<i64> = row.try_get("m")?;
+        u32::try_from(m.unwrap_or(0)).map_err(|_| StoreError::Corrupt(UPDATES))
+    }
+
+    /// Every instance that recorded itself, live or not, oldest first.
+    pub async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+        instances(&self.pool).await
+    }
+
+    /// Records (or refreshes) what instance `row.id` serves and holds. Not
+    /// under the writer lock: each instance writes only its own row.
+    pub async fn record_instance(&self, row: &InstanceRow) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO {INSTANCES} \
+             (instance_id, host, started_ms, seen_ms, live_until_ms, serves, holds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (instance_id) DO UPDATE SET seen_ms = excluded.seen_ms, \
+             live_until_ms = excluded.live_until_ms, serves = excluded.serves, \
+             holds = excluded.holds"
+        ))
+        .bind(row.id.clone())
+        .bind(row.host.clone())
+        .bind(row.started_ms)
+        .bind(row.seen_ms)
+        .bind(row.live_until_ms)
+        .bind(kid_list(&row.serves))
+        .bind(kid_list(&row.holds))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes the record of instance `id` (it stopped), and those of
+    /// instances last seen before `seen_before_ms` (they stopped without
+    /// saying so).
+    pub async fn forget_instances(&self, id: &str, seen_before_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "DELETE FROM {INSTANCES} WHERE instance_id = $1 OR seen_ms < $2"
+        ))
+        .bind(id.to_owned())
+        .bind(seen_before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
 
 impl WriteTx<'_> {
+    /// Every instance that recorded itself, read in the transaction.
+    pub async fn instances(&mut self) -> Result<Vec<InstanceRow>, StoreError> {
+        instances(&mut *self.tx).await
+    }
+
+    /// Marks the updates up to `serial` not announced yet as announced at
+    /// `at_ms`; returns how many it marked (0: another instance did).
+    pub async fn announce_anchor_updates(
+        &mut self,
+        serial: u32,
+        at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(&format!(
+            "UPDATE {UPDATES} SET announced_ms = $1 \
+             WHERE serial <= $2 AND announced_ms IS NULL"
+        ))
+        .bind(at_ms)
+        .bind(i64::from(serial))
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected())
+    }
+
     /// Every registered backend key, read under the writer lock.
     pub async fn key_rows(&mut self) -> Result<Vec<KeyRow>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM {KEYS} ORDER BY kid"))

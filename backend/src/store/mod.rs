@@ -47,7 +47,7 @@ pub use audit::{
     AuditEntry, AuditFilter, AuditVerdict, CheckpointKey, CheckpointKeyError, NewAudit, PruneError,
     PruneOutcome, Rfc3339,
 };
-pub use keys::{KeyRow, UpdateRow};
+pub use keys::{InstanceRow, KeyRow, UpdateRow};
 pub use read::Reader;
 
 use crate::model::{

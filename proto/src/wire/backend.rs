@@ -144,6 +144,10 @@ pub enum FeedChange {
     /// and each peripheral's next handshake is judged under the new policy
     /// (SPEC.md §10.5).
     PolicyChanged,
+    /// Every backend instance now hands out the trust-anchor updates up to
+    /// this serial (SPEC.md §10.6): a gateway holding fewer fetches them at
+    /// once instead of at its next periodic fetch.
+    AnchorUpdates(u32),
 }
 
 /// One entry of the revocation feed.
