@@ -186,7 +186,7 @@ impl World {
                 Select::Online => d.live.is_some(),
                 Select::Offline => d.live.is_none(),
                 Select::Fresh => d.live.is_none() && !d.ever_connected,
-                Select::Returning => d.live.is_none() && d.ticket.is_some(),
+                Select::Returning => d.live.is_none() && d.has_ticket(),
             })
             .map(|d| d.idx)
             .collect();
@@ -270,10 +270,7 @@ impl World {
             mac: d.mac.clone(),
             home: active_home(d.home, self.env.gateways.len(), &self.revoked_gateways),
             att_mtu: d.att_mtu,
-            ticket: d
-                .ticket
-                .as_ref()
-                .and_then(|t| postcard::to_allocvec(t).ok()),
+            ticket: d.ticket_copy(),
         })
     }
 
@@ -308,9 +305,9 @@ impl World {
             if let Ok((i, t0, end)) = r {
                 if let Some(end) = end.filter(|e| e.by_gateway == Some(CloseReason::REVOKED)) {
                     ms.push(end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
-                    // The device forgets its ticket (a close "revoked").
-                    if let Some(d) = self.devices[i].as_mut() {
-                        d.ticket = None;
+                    // The device forgets its tickets (a close "revoked").
+                    if let Some(d) = self.devices[i].as_ref() {
+                        d.forget_tickets();
                     }
                 }
             }
@@ -366,8 +363,8 @@ impl World {
             if let Ok((i, Some(end))) = r {
                 if end.by_gateway == Some(CloseReason::REVOKED) {
                     ms.push(end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
-                    if let Some(d) = self.devices[i].as_mut() {
-                        d.ticket = None;
+                    if let Some(d) = self.devices[i].as_ref() {
+                        d.forget_tickets();
                     }
                 }
             }
@@ -465,7 +462,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
 
     pb.set_message("enrolling peripherals");
     let devices: Vec<SimDevice> = (0..n)
-        .map(|i| SimDevice::new(seed, i, m, &sc.fleet))
+        .map(|i| SimDevice::new(seed, i, m, &sc.fleet, &anchors))
         .collect();
     for chunk in devices.chunks(5000) {
         let mut body = String::new();
