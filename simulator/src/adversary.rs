@@ -20,9 +20,10 @@ use vouch_gateway::transport::Link;
 use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
 use vouch_proto::keys::{DhPublic, IdentityKey, PeripheralId};
 use vouch_proto::wire::{
-    Mac16, Message, ResumeHello, ResumptionId, Suite, MAX_HANDSHAKE_MESSAGE, RECORD_OVERHEAD,
+    Alert, Mac16, Message, ResumeHello, ResumeResponse, ResumptionId, Suite, MAX_HANDSHAKE_MESSAGE,
+    RECORD_OVERHEAD,
 };
-use vouch_proto::Timestamp;
+use vouch_proto::{AlertCode, Timestamp};
 
 use crate::fleet::{seed32, Env, SimGateway, DEADLINE};
 use crate::report::AttackTally;
@@ -179,6 +180,11 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
     let m = gws.len();
     let need = |what: &str| crate::Error::Invalid(format!("attack {}: {what}", class.name()));
     match class {
+        AttackClass::RogueCentral | AttackClass::OldKey | AttackClass::SlotStall => {
+            return Err(need(
+                "run by the orchestrator (it drives the victims' own devices)",
+            ));
+        }
         AttackClass::MacSpoof => {
             for i in 0..a.attempts {
                 let v = victim(&a, i)
@@ -611,6 +617,42 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
         }
     }
     Ok(AttackOutput { tally: t, held })
+}
+
+/// A rogue central impersonating a device's gateway while the backend is
+/// down (SPEC.md §6.4): it takes the device's first message (a ResumeHello,
+/// or a Hello once the device has tried its tickets) and answers what an
+/// attacker without the ticket's secret can send, by `round`: a
+/// ResumeResponse with a forged confirmation, garbage, or the alert
+/// `ResumptionRejected`. Then it waits for the device to hang up.
+pub async fn rogue_central(mut link: MemoryLink, round: u32, mut rng: ChaCha20Rng) -> Outcome {
+    let hung_up = Outcome::HandshakeFailed(vouch_gateway::Error::Disconnected);
+    let Ok(Ok(Some(_first))) = tokio::time::timeout(DEADLINE, link.recv()).await else {
+        return hung_up;
+    };
+    let answer = match round % 3 {
+        0 => Message::ResumeResponse(ResumeResponse {
+            ephemeral: DhPublic(seed32(&mut rng)),
+            confirm: Mac16(rand16(&mut rng)),
+        })
+        .to_vec(),
+        1 => {
+            let len = 1 + (rng.next_u32() as usize) % MAX_HANDSHAKE_MESSAGE;
+            let mut junk = vec![0u8; len];
+            rng.fill_bytes(&mut junk);
+            junk
+        }
+        _ => Message::Alert(Alert {
+            code: AlertCode::ResumptionRejected,
+        })
+        .to_vec(),
+    };
+    if link.send(&answer).await.is_err() {
+        return hung_up;
+    }
+    // The device's alert or Finish, until it hangs up.
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(DEADLINE, link.recv()).await {}
+    hung_up
 }
 
 fn rand16(rng: &mut ChaCha20Rng) -> [u8; 16] {

@@ -23,7 +23,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use vouch_gateway::transport::memory::pair;
 use vouch_proto::anchor::AnchorBundle;
+use vouch_proto::handshake::peripheral::TicketSlot;
 use vouch_proto::keys::IdentityKey;
 use vouch_proto::session::CloseReason;
 use vouch_proto::AlertCode;
@@ -32,7 +34,8 @@ use crate::adversary::{self, Arena, Victim};
 use crate::backend::{BackendMode, SimBackend};
 use crate::error::Error;
 use crate::fleet::{
-    connect, derive_seed, rng_for, wait_until, ConnectResult, Env, SimDevice, SimGateway, Verdict,
+    connect, derive_seed, meet, rng_for, wait_until, ConnectResult, Env, SimDevice, SimGateway,
+    Verdict,
 };
 use crate::link::{unit, LinkModel};
 use crate::report::{
@@ -103,7 +106,9 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, r: &ConnectResult, excuse_all: bool) {
+    /// Counts one honest connection; returns whether it counted as an
+    /// honest device refused.
+    fn add(&mut self, r: &ConnectResult, excuse_all: bool) -> bool {
         self.link.fragments += u64::from(r.air.fragments);
         self.link.packets += u64::from(r.air.packets);
         self.link.retransmissions += u64::from(r.air.retransmissions);
@@ -133,7 +138,7 @@ impl Acc {
                 self.air_full += r.air.air_bytes;
                 self.msg_full += r.message_bytes;
             }
-            return;
+            return false;
         }
         self.h.failed += 1;
         let excused = excuse_all
@@ -144,6 +149,7 @@ impl Acc {
         } else {
             self.honest_rejected += 1;
         }
+        !excused
     }
 }
 
@@ -532,7 +538,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
                 let rs = w.connect_all(&chosen, at_ms, spread_ms, &mut sel_rng).await;
                 acc.connect_wall += t.elapsed();
                 for r in &rs {
-                    acc.add(r, false);
+                    let _ = acc.add(r, false);
                 }
             }
             Action::Disconnect => {
@@ -561,7 +567,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
                         .await;
                     acc.connect_wall += t.elapsed();
                     for r in &rs {
-                        acc.add(r, false);
+                        let _ = acc.add(r, false);
                     }
                     last_s = last_s.max(back_at / 1000.0);
                 }
@@ -729,6 +735,10 @@ async fn attack(
     spread_ms: f64,
     sel_rng: &mut ChaCha20Rng,
 ) -> Result<(AttackTally, Vec<f64>), Error> {
+    if class == AttackClass::RogueCentral {
+        let tally = rogue_central(w, acc, attempts, ev, k, at_ms, spread_ms, sel_rng).await;
+        return Ok((tally, Vec::new()));
+    }
     let mut rng = rng_for(w.seed, "attack", k as u64);
     let m = w.env.gateways.len();
     let none = HashSet::new();
@@ -859,11 +869,116 @@ async fn attack(
     };
     acc.connect_wall += t.elapsed();
     for r in &honest_rs {
-        acc.add(r, false);
+        let _ = acc.add(r, false);
     }
     let mut out = out?;
     for p in out.held.drain(..) {
         out.tally.accepted += u64::from(p.finish().await);
     }
     Ok((out.tally, rev_ms))
+}
+
+/// Rogue centrals during a backend outage (SPEC.md §6.4): each device the
+/// event selects meets one `attempts` times (its own machine and wallet,
+/// the rogue posing as its gateway), then reaches its genuine gateway, which
+/// it must resume with. Like the driver, it tries again after a failed
+/// attempt (a full handshake refused `Busy`, excused as in any outage), up
+/// to three times. Accepted: a session with a rogue, or a ticket the device
+/// no longer holds. Harmed: a device that did not resume.
+#[allow(clippy::too_many_arguments)]
+async fn rogue_central(
+    w: &mut World,
+    acc: &mut Acc,
+    attempts: u32,
+    ev: &Event,
+    k: usize,
+    at_ms: f64,
+    spread_ms: f64,
+    sel_rng: &mut ChaCha20Rng,
+) -> AttackTally {
+    let none = HashSet::new();
+    let chosen = w.select(ev.select, ev.fraction.unwrap_or(1.0), sel_rng, &none);
+    let m = w.env.gateways.len();
+    let mut set = JoinSet::new();
+    for (n, &i) in chosen.iter().enumerate() {
+        let start = (at_ms + unit(sel_rng) * spread_ms) as u64;
+        let Some(mut dev) = w.devices.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        let gw = active_home(dev.home, m, &w.revoked_gateways);
+        dev.home = gw;
+        let env = w.env.clone();
+        let sem = w.sem.clone();
+        let pb = w.pb.clone();
+        let mut rng = rng_for(w.seed, "rogue-central", ((k as u64) << 32) | n as u64);
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            if let Some(live) = dev.live.take() {
+                live.close().await;
+            }
+            dev.clock_ms = dev.clock_ms.max(start);
+            let held = |d: &SimDevice| {
+                let k = d.keep();
+                [TicketSlot::Confirmed, TicketSlot::Unconfirmed]
+                    .map(|s| k.wallet.ticket(s).is_some())
+            };
+            let before = held(&dev);
+            let gw_key = env.gateways[gw].key;
+            let mut tally = AttackTally::default();
+            for round in 0..attempts {
+                let (mine, theirs) = pair(dev.att_mtu, &dev.mac, "rogue-central");
+                let seed = rng.next_u64();
+                let task = tokio::spawn(adversary::rogue_central(
+                    theirs,
+                    round,
+                    rng_for(seed, "rogue-central-round", u64::from(round)),
+                ));
+                let met = meet(&env, &mut dev, gw_key, mine, task).await;
+                tally.attempts += 1;
+                if let Some(s) = met.session {
+                    tally.accepted += 1;
+                    s.close().await;
+                }
+            }
+            let after = held(&dev);
+            tally.accepted += before.iter().zip(after).filter(|(b, a)| **b && !a).count() as u64;
+            let mut results = Vec::new();
+            for _ in 0..3 {
+                let start = dev.clock_ms;
+                let r = connect(&env, &mut dev, gw, start).await;
+                pb.inc(1);
+                let done = r.verdict == Verdict::Established;
+                results.push(r);
+                if done {
+                    break;
+                }
+            }
+            (dev, tally, results)
+        });
+    }
+    let mut tally = AttackTally::default();
+    let mut done = Vec::new();
+    while let Some(j) = set.join_next().await {
+        if let Ok(x) = j {
+            done.push(x);
+        }
+    }
+    done.sort_by_key(|(d, _, _)| d.idx);
+    for (dev, t, results) in done {
+        tally.attempts += t.attempts;
+        tally.accepted += t.accepted;
+        let mut counted = false;
+        for r in &results {
+            counted |= acc.add(r, false);
+        }
+        let resumed = results
+            .last()
+            .is_some_and(|r| r.verdict == Verdict::Established && r.resumed);
+        if !resumed && !counted {
+            acc.honest_rejected += 1;
+        }
+        let i = dev.idx;
+        w.devices[i] = Some(dev);
+    }
+    tally
 }

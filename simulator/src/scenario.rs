@@ -247,11 +247,20 @@ pub enum AttackClass {
     BruteForce,
     /// Handshake and fragment floods, slow peers.
     Flood,
+    /// During a backend outage, rogue centrals answer devices' resumptions
+    /// with forged confirmations, garbage and alerts (SPEC.md §6.4).
+    RogueCentral,
+    /// A thief of a backend key the operator rotated away from runs a
+    /// gateway: vouches and anchor updates signed by the old key (§11.15).
+    OldKey,
+    /// Rogue peers open links and say nothing, to hold every link slot
+    /// (§8.4).
+    SlotStall,
 }
 
 impl AttackClass {
     /// Every class, in report order.
-    pub const ALL: [AttackClass; 12] = [
+    pub const ALL: [AttackClass; 15] = [
         AttackClass::MacSpoof,
         AttackClass::Replay,
         AttackClass::VouchSwap,
@@ -264,6 +273,9 @@ impl AttackClass {
         AttackClass::Downgrade,
         AttackClass::BruteForce,
         AttackClass::Flood,
+        AttackClass::RogueCentral,
+        AttackClass::OldKey,
+        AttackClass::SlotStall,
     ];
 
     /// The name used in scenario files and reports.
@@ -281,6 +293,9 @@ impl AttackClass {
             AttackClass::Downgrade => "downgrade",
             AttackClass::BruteForce => "brute-force",
             AttackClass::Flood => "flood",
+            AttackClass::RogueCentral => "rogue-central",
+            AttackClass::OldKey => "old-key",
+            AttackClass::SlotStall => "slot-stall",
         }
     }
 }
@@ -316,6 +331,10 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("downgrade", include_str!("../scenarios/downgrade.toml")),
     ("brute-force", include_str!("../scenarios/brute-force.toml")),
     ("flood", include_str!("../scenarios/flood.toml")),
+    (
+        "rogue-central",
+        include_str!("../scenarios/rogue-central.toml"),
+    ),
 ];
 
 impl Scenario {

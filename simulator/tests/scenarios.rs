@@ -62,7 +62,7 @@ macro_rules! scenario_tests {
             let tested = [
                 $($name,)*
                 "churn", "backend-outage", "revocation", "revoked-peripheral", "clone",
-                "brute-force",
+                "brute-force", "rogue-central",
             ];
             for (name, _) in BUILTINS {
                 assert!(tested.contains(name), "built-in {name} has no test here");
@@ -129,6 +129,20 @@ async fn clones_are_detected() {
 async fn brute_force_is_detected() {
     let r = check("brute-force").await;
     assert!(r.attacks["brute-force"].detected > 0, "{r:?}");
+}
+
+/// Every device holding a ticket meets a rogue central six times while the
+/// backend is down (forged confirmations, garbage, `ResumptionRejected`),
+/// and then still resumes with its genuine gateway: nothing unauthenticated
+/// cost it a ticket (SPEC.md §6.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_centrals_during_an_outage_cost_no_device_its_ticket() {
+    let r = check("rogue-central").await;
+    let a = &r.attacks["rogue-central"];
+    assert_eq!(a.attempts, 20 * 6, "every device met the rogue: {r:?}");
+    // 20 resumed with their genuine gateway during the outage, besides the
+    // churn's resumptions before it.
+    assert!(r.resumptions.ok >= 20, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
