@@ -180,7 +180,24 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
     let m = gws.len();
     let need = |what: &str| crate::Error::Invalid(format!("attack {}: {what}", class.name()));
     match class {
-        AttackClass::RogueCentral | AttackClass::OldKey | AttackClass::SlotStall => {
+        AttackClass::SlotStall => {
+            // Before any honest device comes: on every gateway, as many
+            // silent links as it has slots, and `attempts` more (each takes
+            // the slot of the silent link that waited longest). Held, silent,
+            // while the honest devices connect.
+            for gw in gws {
+                let Some((_, max)) = &gw.slots else {
+                    return Err(need(
+                        "the scenario caps no link slots ([gateway] spare_links)",
+                    ));
+                };
+                for _ in 0..(*max as u64 + u64::from(a.attempts)) {
+                    held.push(Probe::open(&env, gw, 247, "staller", &mut a.rng));
+                    t.attempts += 1;
+                }
+            }
+        }
+        AttackClass::RogueCentral | AttackClass::OldKey => {
             return Err(need(
                 "run by the orchestrator (it drives the victims' own devices)",
             ));

@@ -26,6 +26,7 @@ use vouch_gateway::driver::{run_link, Context, Outcome};
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::transport::memory::{pair, MemoryLink};
+use vouch_gateway::transport::slots::{Gated, LinkSlots};
 use vouch_gateway::transport::Link;
 use vouch_proto::anchor::AnchorSet;
 use vouch_proto::handshake::gateway::GatewayConfig;
@@ -80,6 +81,10 @@ pub struct SimGateway {
     pub ctx: Arc<Context<Uplink, SystemClock>>,
     /// Its uplink (outage switch).
     pub uplink: Uplink,
+    /// Its link slots and how many there are, when they are capped (SPEC.md
+    /// §8.4): the daemon's own [`LinkSlots`], gating each memory link as
+    /// the daemon gates a TCP connection or a BLE device.
+    pub slots: Option<(Arc<LinkSlots>, usize)>,
 }
 
 impl SimGateway {
@@ -117,7 +122,15 @@ impl SimGateway {
             site: site.to_string(),
             ctx,
             uplink,
+            slots: None,
         })
+    }
+
+    /// Caps its links at `max` slots, each link closed if it has not sent
+    /// its first message within `first_message` (SPEC.md §8.4).
+    pub fn with_slots(mut self, max: usize, first_message: Duration) -> Self {
+        self.slots = Some((LinkSlots::new(max, first_message), max));
+        self
     }
 
     /// Opens a link to this gateway: the peripheral's end, and the gateway's
@@ -131,7 +144,24 @@ impl SimGateway {
     ) -> (MemoryLink, JoinHandle<Outcome>) {
         let (p, mut g) = pair(att_mtu, peer, &format!("gw{}", self.idx));
         let ctx = self.ctx.clone();
-        let task = tokio::spawn(async move { run_link(ctx, &mut g, seed, shutdown).await });
+        // The slot is taken here, when the link comes up, as the daemon
+        // takes it when it accepts a connection.
+        let task = match &self.slots {
+            None => tokio::spawn(async move { run_link(ctx, &mut g, seed, shutdown).await }),
+            Some((slots, _)) => match slots.acquire() {
+                Some((slot, _)) => tokio::spawn(async move {
+                    let mut gated = Gated::new(g, slot);
+                    run_link(ctx, &mut gated, seed, shutdown).await
+                }),
+                // Every slot holds a link that spoke: refused.
+                None => {
+                    drop(g);
+                    tokio::spawn(async {
+                        Outcome::HandshakeFailed(vouch_gateway::Error::AtCapacity)
+                    })
+                }
+            },
+        };
         (p, task)
     }
 }

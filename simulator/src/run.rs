@@ -445,14 +445,14 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
         let key = IdentityKey::from_seed(&derive_seed(seed, "gateway-key", g as u64));
         let cert = backend.enroll_gateway(&key.public_key(), "plant").await?;
         let uplink = backend.uplink(&key, Some(&cert))?;
-        gateways.push(SimGateway::start(
-            g,
-            &key,
-            "plant",
-            uplink,
-            shutdown.clone(),
-            true,
-        )?);
+        let mut gw = SimGateway::start(g, &key, "plant", uplink, shutdown.clone(), true)?;
+        if let Some(spare) = sc.gateway.spare_links {
+            gw = gw.with_slots(
+                n.div_ceil(m) + spare,
+                Duration::from_millis(sc.gateway.first_message_ms),
+            );
+        }
+        gateways.push(gw);
     }
     backend
         .admin_ok(
@@ -872,6 +872,13 @@ async fn attack(
         let _ = acc.add(r, false);
     }
     let mut out = out?;
+    if class == AttackClass::SlotStall {
+        // What the stall is for: honest devices kept out.
+        out.tally.accepted += honest_rs
+            .iter()
+            .filter(|r| r.verdict != Verdict::Established)
+            .count() as u64;
+    }
     for p in out.held.drain(..) {
         out.tally.accepted += u64::from(p.finish().await);
     }

@@ -30,6 +30,9 @@ pub struct Scenario {
     /// Backend settings that differ from the defaults.
     #[serde(default)]
     pub backend: BackendParams,
+    /// Gateway settings that differ from the defaults.
+    #[serde(default)]
+    pub gateway: GatewayParams,
     /// What happens, in order of `at_s`.
     #[serde(default, rename = "event")]
     pub events: Vec<toml::Spanned<Event>>,
@@ -143,6 +146,23 @@ pub struct BackendParams {
     pub clone_action: Option<String>,
     /// Credential failures within the window that lock a subject out.
     pub lockout_failures: Option<u32>,
+}
+
+/// Gateway settings the scenario changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayParams {
+    /// Caps each gateway's links (SPEC.md §8.4): one slot per device homed
+    /// on it, plus this many. Uncapped when absent.
+    pub spare_links: Option<usize>,
+    /// With `spare_links`: how long a link may hold a slot without having
+    /// sent its first message, ms (the daemon's `limits.first_message_ms`).
+    #[serde(default = "default_first_message_ms")]
+    pub first_message_ms: u64,
+}
+
+fn default_first_message_ms() -> u64 {
+    3000
 }
 
 /// One thing that happens on the timeline.
@@ -335,6 +355,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
         "rogue-central",
         include_str!("../scenarios/rogue-central.toml"),
     ),
+    ("slot-stall", include_str!("../scenarios/slot-stall.toml")),
 ];
 
 impl Scenario {

@@ -62,7 +62,7 @@ macro_rules! scenario_tests {
             let tested = [
                 $($name,)*
                 "churn", "backend-outage", "revocation", "revoked-peripheral", "clone",
-                "brute-force", "rogue-central",
+                "brute-force", "rogue-central", "slot-stall",
             ];
             for (name, _) in BUILTINS {
                 assert!(tested.contains(name), "built-in {name} has no test here");
@@ -143,6 +143,19 @@ async fn rogue_centrals_during_an_outage_cost_no_device_its_ticket() {
     // 20 resumed with their genuine gateway during the outage, besides the
     // churn's resumptions before it.
     assert!(r.resumptions.ok >= 20, "{r:?}");
+}
+
+/// Silent links fill every free slot of both gateways (more links than
+/// slots) before the devices come; every device still completes its
+/// handshake, taking the slot of a link that never spoke (SPEC.md §8.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_links_cannot_keep_honest_devices_out() {
+    let r = check("slot-stall").await;
+    // 10 devices per gateway: 10 + 8 spare slots each, and 16 links more.
+    assert_eq!(r.attacks["slot-stall"].attempts, 2 * (18 + 16), "{r:?}");
+    assert_eq!(r.handshakes.failed, 0, "{r:?}");
+    // The 15 devices offline at the attack (fresh and returning) got in.
+    assert_eq!(r.handshakes.ok, 25, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
