@@ -17,12 +17,18 @@ use tokio::task::{JoinHandle, JoinSet};
 use vouch_gateway::driver::Outcome;
 use vouch_gateway::transport::memory::MemoryLink;
 use vouch_gateway::transport::Link;
+use vouch_proto::anchor::{AnchorAction, AnchorUpdate};
+use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
+use vouch_proto::handshake::gateway::{GatewayConfig, GatewayEvent, GatewayHandshake};
 use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
 use vouch_proto::keys::{DhPublic, IdentityKey, PeripheralId};
+use vouch_proto::keys::{KeyId, PublicKey};
+use vouch_proto::wire::backend::{PeripheralInfo, VouchAnswer, Vouched};
 use vouch_proto::wire::{
     Alert, Mac16, Message, ResumeHello, ResumeResponse, ResumptionId, Suite, MAX_HANDSHAKE_MESSAGE,
     RECORD_OVERHEAD,
 };
+use vouch_proto::wire::{Lifetimes, Scope};
 use vouch_proto::{AlertCode, Timestamp};
 
 use crate::fleet::{seed32, Env, SimGateway, DEADLINE};
@@ -671,6 +677,128 @@ pub async fn rogue_central(mut link: MemoryLink, round: u32, mut rng: ChaCha20Rn
     while let Ok(Ok(Some(_))) = tokio::time::timeout(DEADLINE, link.recv()).await {}
     hung_up
 }
+
+/// A gateway run by a thief of backend key `stolen` (SPEC.md §11.15), under
+/// a gateway key of its own, never enrolled. It answers a Hello with a vouch
+/// for itself signed by the stolen key and, if the device accepts it, pushes
+/// in the session the updates the stolen key can sign: a Rotate to a key of
+/// its own, the first design's Replace, both at serial `u32::MAX`, and a
+/// Rotate its own key signs. To build the vouch it must open the Hello:
+/// with the stolen key when the Hello is sealed to it; otherwise `opener`
+/// (the backend's current key) stands in, granting the thief the device's
+/// id, which is no secret: so the run shows what the vouch alone is worth.
+/// Returns how many updates it pushed, inside the task's outcome.
+pub async fn old_key_gateway(
+    mut link: MemoryLink,
+    stolen: Arc<BackendKeys>,
+    opener: Arc<BackendKeys>,
+    device_key: PublicKey,
+    now: Timestamp,
+    mut rng: ChaCha20Rng,
+) -> Outcome {
+    let refused = Outcome::HandshakeFailed(vouch_gateway::Error::Disconnected);
+    let Ok(Ok(Some(first))) = tokio::time::timeout(DEADLINE, link.recv()).await else {
+        return refused;
+    };
+    let alert = |code| Message::Alert(Alert { code }).to_vec();
+    let me = IdentityKey::from_seed(&seed32(&mut rng));
+    let mut g = GatewayHandshake::new(GatewayConfig::new(me.public_key()), now);
+    let req = match g.handle_input(now, &first, &mut rng) {
+        Ok(()) => match g.poll_event() {
+            Some(GatewayEvent::NeedVouch(req)) => req,
+            _ => return refused,
+        },
+        // A ResumeHello: the thief holds no ticket of the device's.
+        Err(_) => {
+            let _ = link.send(&alert(AlertCode::ResumptionRejected)).await;
+            return refused;
+        }
+    };
+    let opened = open_hello(&req.hello, &stolen).or_else(|_| open_hello(&req.hello, &opener));
+    let Ok(verified) = opened.and_then(|o| o.verify(&device_key)) else {
+        let _ = link.send(&alert(AlertCode::HandshakeFailed)).await;
+        return refused;
+    };
+    let grant = VouchGrant {
+        gateway_key: me.public_key(),
+        gateway_ephemeral: req.gateway_ephemeral,
+        scope: Scope::TELEMETRY.union(Scope::COMMAND),
+        lifetimes: Lifetimes {
+            session_s: u32::MAX,
+            resumption_s: u32::MAX,
+        },
+    };
+    let peripheral = PeripheralInfo {
+        id: verified.peripheral(),
+        public_key: device_key,
+        group: None,
+        attributes: Vec::new(),
+        scope: grant.scope,
+    };
+    let vouch = verified.vouch(&stolen, &grant);
+    if g.handle_vouch(now, VouchAnswer::Vouched(Vouched { vouch, peripheral }))
+        .is_err()
+    {
+        return refused;
+    }
+    let Some(response) = g.poll_transmit() else {
+        return refused;
+    };
+    if link.send(&response).await.is_err() {
+        return refused;
+    }
+    // The device checks the vouch: a Finish if it took it, else an alert.
+    let Ok(Ok(Some(finish))) = tokio::time::timeout(DEADLINE, link.recv()).await else {
+        return refused;
+    };
+    if g.handle_input(now, &finish, &mut rng).is_err() {
+        return refused;
+    }
+    let Ok(mut est) = g.into_established() else {
+        return refused;
+    };
+    let own = BackendKeys::generate(KeyId(200), &mut rng);
+    let forged = [
+        AnchorUpdate::sign(
+            u32::MAX,
+            AnchorAction::Rotate {
+                anchor: own.anchor(),
+                next: own.anchor().digest(),
+            },
+            stolen.kid(),
+            stolen.signing(),
+        ),
+        AnchorUpdate::sign(
+            u32::MAX,
+            AnchorAction::Replace(own.anchor()),
+            stolen.kid(),
+            stolen.signing(),
+        ),
+        AnchorUpdate::sign(
+            u32::MAX,
+            AnchorAction::Rotate {
+                anchor: own.anchor(),
+                next: own.anchor().digest(),
+            },
+            own.kid(),
+            own.signing(),
+        ),
+    ];
+    for update in &forged {
+        let mut buf = [0u8; 256];
+        if let Ok(n) = est.session.seal_anchor_update(now, update, &mut buf) {
+            let _ = link.send(&buf[..n]).await;
+        }
+    }
+    // Keep the session until the device goes.
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(DEADLINE, link.recv()).await {}
+    Outcome::SessionEnded {
+        reason: format!("thief pushed {} updates", forged.len()),
+    }
+}
+
+/// How many updates [`old_key_gateway`] pushes in a session.
+pub const OLD_KEY_FORGED_UPDATES: u64 = 3;
 
 fn rand16(rng: &mut ChaCha20Rng) -> [u8; 16] {
     let mut b = [0u8; 16];

@@ -595,6 +595,14 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
                 let g = ev.gateway.unwrap_or(0);
                 revocation.extend(w.revoke_gateway(g).await?);
             }
+            Action::RotateKey => {
+                w.backend.rotate_key().await?;
+                for g in &w.env.gateways {
+                    vouch_gateway::anchors::fetch(&g.uplink, g.ctx.table.anchor_updates())
+                        .await
+                        .map_err(|e| Error::Gateway(format!("fetching the anchor updates: {e}")))?;
+                }
+            }
             Action::Attack => {
                 let class = ev.class.unwrap_or(AttackClass::Replay);
                 let attempts = ev.attempts.unwrap_or(10);
@@ -738,6 +746,9 @@ async fn attack(
     if class == AttackClass::RogueCentral {
         let tally = rogue_central(w, acc, attempts, ev, k, at_ms, spread_ms, sel_rng).await;
         return Ok((tally, Vec::new()));
+    }
+    if class == AttackClass::OldKey {
+        return Ok((old_key(w, ev, k, sel_rng).await?, Vec::new()));
     }
     let mut rng = rng_for(w.seed, "attack", k as u64);
     let m = w.env.gateways.len();
@@ -988,4 +999,108 @@ async fn rogue_central(
         w.devices[i] = Some(dev);
     }
     tally
+}
+
+/// A thief of backend key 1, which the operator rotated away from, runs a
+/// gateway of its own (SPEC.md §11.15): each device the event selects meets
+/// it once, with its own machine, wallet and anchors. A device that applied
+/// the rotation must refuse the handshake (a vouch counts only under the
+/// anchor its Hello was sealed to); one that has not is still on key 1, so
+/// the handshake completes, as SPEC.md §11.15 states, and it must refuse
+/// every update the thief pushes. Accepted: a rotated device's session with
+/// the thief, or a device whose anchors the thief changed.
+async fn old_key(
+    w: &mut World,
+    ev: &Event,
+    k: usize,
+    sel_rng: &mut ChaCha20Rng,
+) -> Result<AttackTally, Error> {
+    use vouch_proto::keys::KeyId;
+    let stolen = Arc::new(w.backend.danger_steal_key(KeyId(1))?);
+    // The key the fleet rotated to: the provisioned anchors, with every
+    // update the backend issued applied.
+    let current = {
+        let updates = w
+            .backend
+            .state()
+            .store
+            .anchor_updates_after(0)
+            .await
+            .map_err(Error::backend)?;
+        let mut fleet = w.env.anchors.clone();
+        for u in &updates {
+            fleet.apply(&u.update).map_err(Error::backend)?;
+        }
+        fleet.primary().kid
+    };
+    if current == KeyId(1) {
+        return Err(Error::Invalid(
+            "attack old-key: rotate the key first (action rotate-key)".into(),
+        ));
+    }
+    let opener = Arc::new(w.backend.danger_steal_key(current)?);
+    let none = HashSet::new();
+    let chosen = w.select(ev.select, ev.fraction.unwrap_or(1.0), sel_rng, &none);
+    let mut set = JoinSet::new();
+    for (n, &i) in chosen.iter().enumerate() {
+        let Some(mut dev) = w.devices.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        let env = w.env.clone();
+        let sem = w.sem.clone();
+        let (stolen, opener) = (stolen.clone(), opener.clone());
+        let seed = rng_for(w.seed, "old-key", ((k as u64) << 32) | n as u64).next_u64();
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            if let Some(live) = dev.live.take() {
+                live.close().await;
+            }
+            let mut tally = AttackTally::default();
+            let before = dev.keep().anchors.clone();
+            let rotated = before.primary().kid != KeyId(1);
+            let (mine, theirs) = pair(dev.att_mtu, &dev.mac, "thief");
+            let mut rng = rng_for(seed, "thief", 0);
+            let thief_key = IdentityKey::from_seed(&crate::fleet::seed32(&mut rng)).public_key();
+            let task = tokio::spawn(adversary::old_key_gateway(
+                theirs,
+                stolen,
+                opener,
+                dev.key().public_key(),
+                vouch_proto::Timestamp(dev.clock_ms),
+                rng,
+            ));
+            let seen = dev.keep().updates_seen;
+            let met = meet(&env, &mut dev, thief_key, mine, task).await;
+            if rotated {
+                tally.attempts += 1;
+                tally.accepted += u64::from(met.session.is_some());
+            }
+            if let Some(s) = met.session {
+                if !rotated {
+                    tally.attempts += adversary::OLD_KEY_FORGED_UPDATES;
+                    // The device has taken every update pushed before it goes.
+                    let keep = dev.keep.clone();
+                    let _ = wait_until(|| {
+                        (keep.lock().unwrap_or_else(|e| e.into_inner()).updates_seen
+                            >= seen + adversary::OLD_KEY_FORGED_UPDATES)
+                            .then_some(())
+                    })
+                    .await;
+                }
+                s.close().await;
+            }
+            tally.accepted += u64::from(dev.keep().anchors != before);
+            (dev, tally)
+        });
+    }
+    let mut tally = AttackTally::default();
+    while let Some(j) = set.join_next().await {
+        if let Ok((dev, t)) = j {
+            tally.attempts += t.attempts;
+            tally.accepted += t.accepted;
+            let i = dev.idx;
+            w.devices[i] = Some(dev);
+        }
+    }
+    Ok(tally)
 }

@@ -218,6 +218,9 @@ pub enum Action {
     Revoke,
     /// The operator revokes one gateway through the admin API.
     RevokeGateway,
+    /// The operator rotates the backend key (`keys rotate`); every gateway
+    /// fetches the signed update and delivers it after each handshake.
+    RotateKey,
     /// An adversary acts.
     Attack,
 }
@@ -356,6 +359,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
         include_str!("../scenarios/rogue-central.toml"),
     ),
     ("slot-stall", include_str!("../scenarios/slot-stall.toml")),
+    ("old-key", include_str!("../scenarios/old-key.toml")),
 ];
 
 impl Scenario {

@@ -62,7 +62,7 @@ macro_rules! scenario_tests {
             let tested = [
                 $($name,)*
                 "churn", "backend-outage", "revocation", "revoked-peripheral", "clone",
-                "brute-force", "rogue-central", "slot-stall",
+                "brute-force", "rogue-central", "slot-stall", "old-key",
             ];
             for (name, _) in BUILTINS {
                 assert!(tested.contains(name), "built-in {name} has no test here");
@@ -156,6 +156,17 @@ async fn silent_links_cannot_keep_honest_devices_out() {
     assert_eq!(r.handshakes.failed, 0, "{r:?}");
     // The 15 devices offline at the attack (fresh and returning) got in.
     assert_eq!(r.handshakes.ok, 25, "{r:?}");
+}
+
+/// After a rotation, a thief of the old key runs a gateway: the 10 devices
+/// that applied the rotation refuse its handshake, the 10 that have not
+/// complete it (key 1 is still their anchor, SPEC.md §11.15) and refuse the
+/// 3 updates it pushes; then every device reaches its genuine gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thief_of_the_rotated_away_key_gains_nothing() {
+    let r = check("old-key").await;
+    assert_eq!(r.attacks["old-key"].attempts, 10 + 10 * 3, "{r:?}");
+    assert_eq!(r.handshakes.failed, 0, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
