@@ -17,12 +17,19 @@ use tokio::task::{JoinHandle, JoinSet};
 use vouch_gateway::driver::Outcome;
 use vouch_gateway::transport::memory::MemoryLink;
 use vouch_gateway::transport::Link;
+use vouch_proto::anchor::{AnchorAction, AnchorUpdate};
+use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
+use vouch_proto::handshake::gateway::{GatewayConfig, GatewayEvent, GatewayHandshake};
 use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
 use vouch_proto::keys::{DhPublic, IdentityKey, PeripheralId};
+use vouch_proto::keys::{KeyId, PublicKey};
+use vouch_proto::wire::backend::{PeripheralInfo, VouchAnswer, Vouched};
 use vouch_proto::wire::{
-    Mac16, Message, ResumeHello, ResumptionId, Suite, MAX_HANDSHAKE_MESSAGE, RECORD_OVERHEAD,
+    Alert, Mac16, Message, ResumeHello, ResumeResponse, ResumptionId, Suite, MAX_HANDSHAKE_MESSAGE,
+    RECORD_OVERHEAD,
 };
-use vouch_proto::Timestamp;
+use vouch_proto::wire::{Lifetimes, Scope};
+use vouch_proto::{AlertCode, Timestamp};
 
 use crate::fleet::{seed32, Env, SimGateway, DEADLINE};
 use crate::report::AttackTally;
@@ -179,6 +186,28 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
     let m = gws.len();
     let need = |what: &str| crate::Error::Invalid(format!("attack {}: {what}", class.name()));
     match class {
+        AttackClass::SlotStall => {
+            // Before any honest device comes: on every gateway, as many
+            // silent links as it has slots, and `attempts` more (each takes
+            // the slot of the silent link that waited longest). Held, silent,
+            // while the honest devices connect.
+            for gw in gws {
+                let Some((_, max)) = &gw.slots else {
+                    return Err(need(
+                        "the scenario caps no link slots ([gateway] spare_links)",
+                    ));
+                };
+                for _ in 0..(*max as u64 + u64::from(a.attempts)) {
+                    held.push(Probe::open(&env, gw, 247, "staller", &mut a.rng));
+                    t.attempts += 1;
+                }
+            }
+        }
+        AttackClass::RogueCentral | AttackClass::OldKey => {
+            return Err(need(
+                "run by the orchestrator (it drives the victims' own devices)",
+            ));
+        }
         AttackClass::MacSpoof => {
             for i in 0..a.attempts {
                 let v = victim(&a, i)
@@ -612,6 +641,164 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
     }
     Ok(AttackOutput { tally: t, held })
 }
+
+/// A rogue central impersonating a device's gateway while the backend is
+/// down (SPEC.md §6.4): it takes the device's first message (a ResumeHello,
+/// or a Hello once the device has tried its tickets) and answers what an
+/// attacker without the ticket's secret can send, by `round`: a
+/// ResumeResponse with a forged confirmation, garbage, or the alert
+/// `ResumptionRejected`. Then it waits for the device to hang up.
+pub async fn rogue_central(mut link: MemoryLink, round: u32, mut rng: ChaCha20Rng) -> Outcome {
+    let hung_up = Outcome::HandshakeFailed(vouch_gateway::Error::Disconnected);
+    let Ok(Ok(Some(_first))) = tokio::time::timeout(DEADLINE, link.recv()).await else {
+        return hung_up;
+    };
+    let answer = match round % 3 {
+        0 => Message::ResumeResponse(ResumeResponse {
+            ephemeral: DhPublic(seed32(&mut rng)),
+            confirm: Mac16(rand16(&mut rng)),
+        })
+        .to_vec(),
+        1 => {
+            let len = 1 + (rng.next_u32() as usize) % MAX_HANDSHAKE_MESSAGE;
+            let mut junk = vec![0u8; len];
+            rng.fill_bytes(&mut junk);
+            junk
+        }
+        _ => Message::Alert(Alert {
+            code: AlertCode::ResumptionRejected,
+        })
+        .to_vec(),
+    };
+    if link.send(&answer).await.is_err() {
+        return hung_up;
+    }
+    // The device's alert or Finish, until it hangs up.
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(DEADLINE, link.recv()).await {}
+    hung_up
+}
+
+/// A gateway run by a thief of backend key `stolen` (SPEC.md §11.15), under
+/// a gateway key of its own, never enrolled. It answers a Hello with a vouch
+/// for itself signed by the stolen key and, if the device accepts it, pushes
+/// in the session the updates the stolen key can sign: a Rotate to a key of
+/// its own, the first design's Replace, both at serial `u32::MAX`, and a
+/// Rotate its own key signs. To build the vouch it must open the Hello:
+/// with the stolen key when the Hello is sealed to it; otherwise `opener`
+/// (the backend's current key) stands in, granting the thief the device's
+/// id, which is no secret: so the run shows what the vouch alone is worth.
+/// Returns how many updates it pushed, inside the task's outcome.
+pub async fn old_key_gateway(
+    mut link: MemoryLink,
+    stolen: Arc<BackendKeys>,
+    opener: Arc<BackendKeys>,
+    device_key: PublicKey,
+    now: Timestamp,
+    mut rng: ChaCha20Rng,
+) -> Outcome {
+    let refused = Outcome::HandshakeFailed(vouch_gateway::Error::Disconnected);
+    let Ok(Ok(Some(first))) = tokio::time::timeout(DEADLINE, link.recv()).await else {
+        return refused;
+    };
+    let alert = |code| Message::Alert(Alert { code }).to_vec();
+    let me = IdentityKey::from_seed(&seed32(&mut rng));
+    let mut g = GatewayHandshake::new(GatewayConfig::new(me.public_key()), now);
+    let req = match g.handle_input(now, &first, &mut rng) {
+        Ok(()) => match g.poll_event() {
+            Some(GatewayEvent::NeedVouch(req)) => req,
+            _ => return refused,
+        },
+        // A ResumeHello: the thief holds no ticket of the device's.
+        Err(_) => {
+            let _ = link.send(&alert(AlertCode::ResumptionRejected)).await;
+            return refused;
+        }
+    };
+    let opened = open_hello(&req.hello, &stolen).or_else(|_| open_hello(&req.hello, &opener));
+    let Ok(verified) = opened.and_then(|o| o.verify(&device_key)) else {
+        let _ = link.send(&alert(AlertCode::HandshakeFailed)).await;
+        return refused;
+    };
+    let grant = VouchGrant {
+        gateway_key: me.public_key(),
+        gateway_ephemeral: req.gateway_ephemeral,
+        scope: Scope::TELEMETRY.union(Scope::COMMAND),
+        lifetimes: Lifetimes {
+            session_s: u32::MAX,
+            resumption_s: u32::MAX,
+        },
+    };
+    let peripheral = PeripheralInfo {
+        id: verified.peripheral(),
+        public_key: device_key,
+        group: None,
+        attributes: Vec::new(),
+        scope: grant.scope,
+    };
+    let vouch = verified.vouch(&stolen, &grant);
+    if g.handle_vouch(now, VouchAnswer::Vouched(Vouched { vouch, peripheral }))
+        .is_err()
+    {
+        return refused;
+    }
+    let Some(response) = g.poll_transmit() else {
+        return refused;
+    };
+    if link.send(&response).await.is_err() {
+        return refused;
+    }
+    // The device checks the vouch: a Finish if it took it, else an alert.
+    let Ok(Ok(Some(finish))) = tokio::time::timeout(DEADLINE, link.recv()).await else {
+        return refused;
+    };
+    if g.handle_input(now, &finish, &mut rng).is_err() {
+        return refused;
+    }
+    let Ok(mut est) = g.into_established() else {
+        return refused;
+    };
+    let own = BackendKeys::generate(KeyId(200), &mut rng);
+    let forged = [
+        AnchorUpdate::sign(
+            u32::MAX,
+            AnchorAction::Rotate {
+                anchor: own.anchor(),
+                next: own.anchor().digest(),
+            },
+            stolen.kid(),
+            stolen.signing(),
+        ),
+        AnchorUpdate::sign(
+            u32::MAX,
+            AnchorAction::Replace(own.anchor()),
+            stolen.kid(),
+            stolen.signing(),
+        ),
+        AnchorUpdate::sign(
+            u32::MAX,
+            AnchorAction::Rotate {
+                anchor: own.anchor(),
+                next: own.anchor().digest(),
+            },
+            own.kid(),
+            own.signing(),
+        ),
+    ];
+    for update in &forged {
+        let mut buf = [0u8; 256];
+        if let Ok(n) = est.session.seal_anchor_update(now, update, &mut buf) {
+            let _ = link.send(&buf[..n]).await;
+        }
+    }
+    // Keep the session until the device goes.
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(DEADLINE, link.recv()).await {}
+    Outcome::SessionEnded {
+        reason: format!("thief pushed {} updates", forged.len()),
+    }
+}
+
+/// How many updates [`old_key_gateway`] pushes in a session.
+pub const OLD_KEY_FORGED_UPDATES: u64 = 3;
 
 fn rand16(rng: &mut ChaCha20Rng) -> [u8; 16] {
     let mut b = [0u8; 16];

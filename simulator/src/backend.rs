@@ -30,8 +30,8 @@ use vouch_gateway::backend_client::{
 };
 use vouch_proto::keys::{IdentityKey, PublicKey};
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
-    VouchRequest, CONTENT_TYPE,
+    decode_body, encode_body, AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer,
+    VouchAnswer, VouchRequest, CONTENT_TYPE,
 };
 
 use crate::error::Error;
@@ -191,6 +191,33 @@ impl SimBackend {
     /// The backend's shared state (metrics, store).
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// The operator rotates the backend key (`keys rotate`): the real
+    /// key ring's rotation in the run's data directory, which reveals the
+    /// committed key, signs the `Rotate` with it and commits to a new one
+    /// (SPEC.md §7.7); then the ring is reloaded so the new key is served at
+    /// once, as every instance does within a second.
+    pub async fn rotate_key(&self) -> Result<vouch_backend::keyring::Rotation, Error> {
+        let data = DataDir::load(&self.state.data_dir).map_err(Error::backend)?;
+        let rotation = vouch_backend::keyring::rotate(&data, &self.state.store, "vouch-sim")
+            .await
+            .map_err(Error::backend)?;
+        vouch_backend::keyring::reload(&self.state)
+            .await
+            .map_err(Error::backend)?;
+        Ok(rotation)
+    }
+
+    /// Backend key pair `kid` as its files in the data directory hold it:
+    /// what a thief of the backend host's disk has (attacks only).
+    pub fn danger_steal_key(
+        &self,
+        kid: vouch_proto::keys::KeyId,
+    ) -> Result<vouch_proto::handshake::backend::BackendKeys, Error> {
+        datadir::load_key_pair(&self.state.data_dir, kid)
+            .map_err(Error::backend)?
+            .ok_or_else(|| Error::Backend(format!("no key pair {kid} in the data directory")))
     }
 
     /// Which database engine it runs on.
@@ -521,6 +548,23 @@ impl BackendApi for Uplink {
                 .await
             }
             Inner::Https(h) => h.feed(after).await,
+        }
+    }
+
+    async fn anchor_updates(&self, after: u32) -> Result<AnchorUpdateBatch, BackendError> {
+        self.check()?;
+        match &*self.inner {
+            Inner::InProc { router, key, .. } => {
+                Inner::call(
+                    router,
+                    key,
+                    Method::GET,
+                    &format!("/v1/anchor-updates?after={after}"),
+                    None,
+                )
+                .await
+            }
+            Inner::Https(h) => h.anchor_updates(after).await,
         }
     }
 }

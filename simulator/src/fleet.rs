@@ -2,9 +2,12 @@
 //! are the real proto state machine with the link model around it.
 //!
 //! A peripheral here is lighter than `vouch-peripheral`'s driver (no key
-//! store, no backoff timers) so that ten thousand of them fit in one process,
-//! but every byte it sends or checks comes from
-//! [`PeripheralHandshake`] and [`Session`]. Each link to a gateway is a
+//! store on disk, no backoff timers) so that ten thousand of them fit in one
+//! process, but every byte it sends or checks comes from
+//! [`PeripheralHandshake`] and [`Session`], and it makes the driver's
+//! decisions with the driver's code: which ticket to resume with and what a
+//! failure costs ([`TicketWallet`]), which trust-anchor updates to apply
+//! ([`AnchorSet::apply`]). Each link to a gateway is a
 //! `vouch_gateway::transport::memory` pair with the gateway's real
 //! [`run_link`] on the other end, so fragmentation, reassembly, the
 //! gateway's handshake, its backend calls, its session table, tickets and
@@ -23,10 +26,14 @@ use vouch_gateway::driver::{run_link, Context, Outcome};
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::transport::memory::{pair, MemoryLink};
+use vouch_gateway::transport::slots::{Gated, LinkSlots};
 use vouch_gateway::transport::Link;
 use vouch_proto::anchor::AnchorSet;
 use vouch_proto::handshake::gateway::GatewayConfig;
-use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
+use vouch_proto::handshake::peripheral::{
+    NextHandshake, PeripheralConfig, PeripheralEstablished, PeripheralHandshake, TicketSlot,
+    TicketWallet,
+};
 use vouch_proto::keys::{IdentityKey, PeripheralId, PublicKey};
 use vouch_proto::session::{CloseReason, Inbound, Session};
 use vouch_proto::wire::{MAX_HANDSHAKE_MESSAGE, RECORD_OVERHEAD};
@@ -74,6 +81,10 @@ pub struct SimGateway {
     pub ctx: Arc<Context<Uplink, SystemClock>>,
     /// Its uplink (outage switch).
     pub uplink: Uplink,
+    /// Its link slots and how many there are, when they are capped (SPEC.md
+    /// §8.4): the daemon's own [`LinkSlots`], gating each memory link as
+    /// the daemon gates a TCP connection or a BLE device.
+    pub slots: Option<(Arc<LinkSlots>, usize)>,
 }
 
 impl SimGateway {
@@ -111,7 +122,15 @@ impl SimGateway {
             site: site.to_string(),
             ctx,
             uplink,
+            slots: None,
         })
+    }
+
+    /// Caps its links at `max` slots, each link closed if it has not sent
+    /// its first message within `first_message` (SPEC.md §8.4).
+    pub fn with_slots(mut self, max: usize, first_message: Duration) -> Self {
+        self.slots = Some((LinkSlots::new(max, first_message), max));
+        self
     }
 
     /// Opens a link to this gateway: the peripheral's end, and the gateway's
@@ -125,7 +144,24 @@ impl SimGateway {
     ) -> (MemoryLink, JoinHandle<Outcome>) {
         let (p, mut g) = pair(att_mtu, peer, &format!("gw{}", self.idx));
         let ctx = self.ctx.clone();
-        let task = tokio::spawn(async move { run_link(ctx, &mut g, seed, shutdown).await });
+        // The slot is taken here, when the link comes up, as the daemon
+        // takes it when it accepts a connection.
+        let task = match &self.slots {
+            None => tokio::spawn(async move { run_link(ctx, &mut g, seed, shutdown).await }),
+            Some((slots, _)) => match slots.acquire() {
+                Some((slot, _)) => tokio::spawn(async move {
+                    let mut gated = Gated::new(g, slot);
+                    run_link(ctx, &mut gated, seed, shutdown).await
+                }),
+                // Every slot holds a link that spoke: refused.
+                None => {
+                    drop(g);
+                    tokio::spawn(async {
+                        Outcome::HandshakeFailed(vouch_gateway::Error::AtCapacity)
+                    })
+                }
+            },
+        };
         (p, task)
     }
 }
@@ -241,8 +277,10 @@ pub struct SimDevice {
     pub home: usize,
     rng: ChaCha20Rng,
     air: ChaCha20Rng,
-    /// Its resumption ticket.
-    pub ticket: Option<PeripheralTicket>,
+    /// What it keeps across sessions: tickets and trust anchors (shared with
+    /// the task that holds its live session, which applies anchor updates
+    /// and confirms tickets).
+    pub keep: Arc<Mutex<Keep>>,
     /// Its live session.
     pub live: Option<LiveSession>,
     /// Whether it ever completed a handshake.
@@ -254,8 +292,8 @@ pub struct SimDevice {
 }
 
 impl SimDevice {
-    /// Device `idx` of a fleet seeded with `seed`.
-    pub fn new(seed: u64, idx: usize, gateways: usize, fleet: &Fleet) -> Self {
+    /// Device `idx` of a fleet seeded with `seed`, provisioned with `anchors`.
+    pub fn new(seed: u64, idx: usize, gateways: usize, fleet: &Fleet, anchors: &AnchorSet) -> Self {
         let key_seed = derive_seed(seed, "device-key", idx as u64);
         let key = IdentityKey::from_seed(&key_seed);
         let id = PeripheralId::derive(&key.public_key());
@@ -281,7 +319,11 @@ impl SimDevice {
             home: idx % gateways,
             rng,
             air: rng_for(seed, "air", idx as u64),
-            ticket: None,
+            keep: Arc::new(Mutex::new(Keep {
+                wallet: TicketWallet::new(),
+                anchors: anchors.clone(),
+                updates_seen: 0,
+            })),
             live: None,
             ever_connected: false,
             revoked: false,
@@ -292,6 +334,56 @@ impl SimDevice {
     /// Its identity key.
     pub fn key(&self) -> IdentityKey {
         IdentityKey::from_seed(&self.key_seed)
+    }
+
+    /// What it keeps, locked.
+    pub fn keep(&self) -> std::sync::MutexGuard<'_, Keep> {
+        self.keep.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether it holds a resumption ticket.
+    pub fn has_ticket(&self) -> bool {
+        !self.keep().wallet.is_empty()
+    }
+
+    /// Its newest ticket, serialized: what a thief of its flash copies.
+    pub fn ticket_copy(&self) -> Option<Vec<u8>> {
+        let k = self.keep();
+        let t = k
+            .wallet
+            .ticket(TicketSlot::Unconfirmed)
+            .or(k.wallet.ticket(TicketSlot::Confirmed))?;
+        postcard::to_allocvec(t).ok()
+    }
+
+    /// The gateway closed its session as revoked: it drops its tickets
+    /// (SPEC.md §10.4), as the driver does.
+    pub fn forget_tickets(&self) {
+        self.keep().wallet.clear();
+    }
+}
+
+/// What a device keeps across sessions: the driver's key store, minus the
+/// identity (in [`SimDevice::key_seed`]).
+#[derive(Debug)]
+pub struct Keep {
+    /// Its resumption tickets and every decision about them.
+    pub wallet: TicketWallet,
+    /// Its trust anchor, commitment and update serial (SPEC.md §7.7).
+    pub anchors: AnchorSet,
+    /// Anchor-update records received in sessions, applied or refused.
+    pub updates_seen: u64,
+}
+
+impl Keep {
+    /// Applies an anchor update received in a session, as the driver does
+    /// (SPEC.md §7.7): on any failure nothing changes.
+    fn anchor_update(&mut self, update: &vouch_proto::anchor::AnchorUpdate) {
+        let mut next = self.anchors.clone();
+        if next.apply(update).is_ok() {
+            self.anchors = next;
+        }
+        self.updates_seen += 1;
     }
 }
 
@@ -341,10 +433,39 @@ enum Attempt {
     Failed,
 }
 
-/// Connects `dev` to gateway `gw` at virtual time `start_ms`: resumes when it
-/// holds a ticket for that gateway, else runs a full handshake; a rejected
-/// ticket falls back to a full handshake at once, a dropped link is retried
-/// after the supervision timeout.
+/// The next handshake of `dev` with the gateway whose key is `gw_key`, as
+/// its wallet decides (SPEC.md §6.4): a ticket slot to resume with, or
+/// `None` for a full handshake. Tickets that expired or were granted under
+/// an anchor the device no longer holds go first. A device knows which
+/// gateway it meets (by its advertisement, which anyone can copy) and does
+/// not offer one gateway another's ticket: such a ticket counts as tried.
+pub fn choose(dev: &SimDevice, gw_key: &PublicKey) -> Option<TicketSlot> {
+    let now = Timestamp(dev.clock_ms);
+    let mut k = dev.keep();
+    let Keep {
+        wallet, anchors, ..
+    } = &mut *k;
+    wallet.prune(anchors, Some(now));
+    loop {
+        match wallet.choose() {
+            NextHandshake::Full => return None,
+            NextHandshake::Resume(slot) => {
+                if wallet
+                    .ticket(slot)
+                    .is_some_and(|t| t.gateway_key == *gw_key)
+                {
+                    return Some(slot);
+                }
+                wallet.on_failed(slot);
+            }
+        }
+    }
+}
+
+/// Connects `dev` to gateway `gw` at virtual time `start_ms`: resumes when its
+/// wallet holds a ticket for that gateway, else runs a full handshake; a
+/// rejected ticket moves on at once to the other ticket, then to a full
+/// handshake; a dropped link is retried after the supervision timeout.
 pub async fn connect(env: &Env, dev: &mut SimDevice, gw: usize, start_ms: u64) -> ConnectResult {
     dev.clock_ms = dev.clock_ms.max(start_ms);
     let mut r = ConnectResult {
@@ -359,22 +480,16 @@ pub async fn connect(env: &Env, dev: &mut SimDevice, gw: usize, start_ms: u64) -
         disconnects: 0,
         uplink_down: !env.gateways[gw].uplink.is_up(),
     };
+    let attempts = env.model.params().attempts;
     let mut tries = 0;
-    while tries < env.model.params().attempts {
-        let gw_key = env.gateways[gw].key;
-        let resume = dev.ticket.as_ref().is_some_and(|t| t.gateway_key == gw_key);
+    // A device holds at most two tickets: two rejections, then a full
+    // handshake. The bound only guards against a loop.
+    let mut rejected = 0;
+    while tries < attempts && rejected <= 2 {
+        let slot = choose(dev, &env.gateways[gw].key);
         let mut air = Transfer::default();
         let mut bytes = 0u64;
-        let a = attempt(
-            env,
-            dev,
-            gw,
-            resume,
-            &mut r.latency_us,
-            &mut air,
-            &mut bytes,
-        )
-        .await;
+        let a = attempt(env, dev, gw, slot, &mut r.latency_us, &mut air, &mut bytes).await;
         r.air = air;
         r.message_bytes = bytes;
         match a {
@@ -386,9 +501,9 @@ pub async fn connect(env: &Env, dev: &mut SimDevice, gw: usize, start_ms: u64) -
                 break;
             }
             Attempt::ResumptionRejected => {
-                // The ticket is gone (SPEC.md §6.4): full handshake at once.
+                // SPEC.md §6.4: at once, with the other ticket or in full.
                 r.resumption_rejected = true;
-                dev.ticket = None;
+                rejected += 1;
             }
             Attempt::Dropped => {
                 r.disconnects += 1;
@@ -410,33 +525,93 @@ pub async fn connect(env: &Env, dev: &mut SimDevice, gw: usize, start_ms: u64) -
     r
 }
 
-async fn attempt(
+/// How one handshake over a link ended, seen from the device.
+enum Exchanged {
+    /// The machine accepted the answer and the wallet took the new ticket.
+    Established {
+        session: Box<Session>,
+        resumed: bool,
+        first: Vec<u8>,
+        finish: Vec<u8>,
+    },
+    ResumptionRejected,
+    Dropped,
+    Refused(AlertCode),
+    Failed,
+}
+
+/// What one handshake cost: modelled latency, air, message bytes.
+struct Cost<'a> {
+    latency: &'a mut f64,
+    air: &'a mut Transfer,
+    bytes: &'a mut u64,
+}
+
+/// Runs one handshake of `dev` over `link` (resuming with `slot`, or in
+/// full) and settles its tickets the way the driver does: an established
+/// handshake's ticket goes into the wallet at once (the Finish is never
+/// acknowledged, SPEC.md §6.1), and a failed resumption, whatever the
+/// failure, only marks its ticket tried (§6.4).
+async fn exchange(
     env: &Env,
     dev: &mut SimDevice,
-    gw: usize,
-    resume: bool,
-    latency: &mut f64,
-    air: &mut Transfer,
-    bytes: &mut u64,
-) -> Attempt {
-    let g = &env.gateways[gw];
-    let seed = seed32(&mut dev.rng);
-    let (mut link, gw_task) = g.open_link(dev.att_mtu, &dev.mac, seed, env.shutdown.clone());
+    link: &mut MemoryLink,
+    slot: Option<TicketSlot>,
+    backend_rtt: bool,
+    cost: Cost<'_>,
+) -> Exchanged {
+    let out = exchange_inner(env, dev, link, slot, backend_rtt, cost).await;
+    let mut k = dev.keep();
+    match out {
+        Ok((est, first, finish)) => {
+            k.wallet.on_established(slot, est.ticket);
+            Exchanged::Established {
+                session: Box::new(est.session),
+                resumed: est.resumed,
+                first,
+                finish,
+            }
+        }
+        Err(failed) => {
+            if let Some(slot) = slot {
+                k.wallet.on_failed(slot);
+            }
+            failed
+        }
+    }
+}
+
+async fn exchange_inner(
+    env: &Env,
+    dev: &mut SimDevice,
+    link: &mut MemoryLink,
+    slot: Option<TicketSlot>,
+    backend_rtt: bool,
+    cost: Cost<'_>,
+) -> Result<(PeripheralEstablished, Vec<u8>, Vec<u8>), Exchanged> {
     let now = Timestamp(dev.clock_ms);
     let cfg = PeripheralConfig::default();
-    let hs = match (resume, dev.ticket.take()) {
-        (true, Some(t)) => PeripheralHandshake::resume(&cfg, &t, &env.anchors, now, &mut dev.rng),
-        (_, t) => {
-            dev.ticket = t;
-            PeripheralHandshake::start(&cfg, dev.id, &dev.key(), &env.anchors, now, &mut dev.rng)
+    let hs = {
+        let k = dev.keep.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.and_then(|s| k.wallet.ticket(s)) {
+            Some(t) => PeripheralHandshake::resume(&cfg, t, &k.anchors, now, &mut dev.rng),
+            None => PeripheralHandshake::start(
+                &cfg,
+                dev.id,
+                &IdentityKey::from_seed(&dev.key_seed),
+                &k.anchors,
+                now,
+                &mut dev.rng,
+            ),
         }
     };
+    let resume = slot.is_some();
     let Ok(mut hs) = hs else {
-        return Attempt::Failed;
+        return Err(Exchanged::Failed);
     };
     let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
     let Some(n) = hs.poll_transmit(&mut buf) else {
-        return Attempt::Failed;
+        return Err(Exchanged::Failed);
     };
     let first = buf[..n].to_vec();
     let f = &env.fleet;
@@ -446,56 +621,92 @@ async fn attempt(
         (f.cpu_hello_ms, f.cpu_response_ms)
     };
     let t = env.model.transfer(n, dev.att_mtu, &mut dev.air);
-    *latency += cpu_a * 1000.0 + t.time_us + env.uplink.gateway_ms * 1000.0;
-    *air += t;
-    *bytes += n as u64;
+    *cost.latency += cpu_a * 1000.0 + t.time_us + env.uplink.gateway_ms * 1000.0;
+    *cost.air += t;
+    *cost.bytes += n as u64;
     if link.send(&first).await.is_err() {
-        return Attempt::Failed;
+        return Err(Exchanged::Failed);
     }
     if unit(&mut dev.air) < env.model.params().disconnect {
         // The connection drops before the answer (supervision timeout).
-        drop(link);
-        let _ = tokio::time::timeout(DEADLINE, gw_task).await;
-        return Attempt::Dropped;
+        return Err(Exchanged::Dropped);
     }
     let Ok(Ok(Some(answer))) = tokio::time::timeout(DEADLINE, link.recv()).await else {
-        return Attempt::Failed;
+        return Err(Exchanged::Failed);
     };
-    if !resume {
-        *latency += env.uplink.backend_rtt_ms * 1000.0;
+    if !resume && backend_rtt {
+        *cost.latency += env.uplink.backend_rtt_ms * 1000.0;
     }
     let t = env.model.transfer(answer.len(), dev.att_mtu, &mut dev.air);
-    *latency += t.time_us;
-    *air += t;
-    *bytes += answer.len() as u64;
+    *cost.latency += t.time_us;
+    *cost.air += t;
+    *cost.bytes += answer.len() as u64;
     match hs.handle_input(Timestamp(dev.clock_ms), &answer) {
         Ok(()) => {}
         Err(ProtoError::Alert(AlertCode::ResumptionRejected)) => {
-            return Attempt::ResumptionRejected
+            return Err(Exchanged::ResumptionRejected)
         }
-        Err(ProtoError::Alert(code)) => return Attempt::Refused(code),
+        Err(ProtoError::Alert(code)) => return Err(Exchanged::Refused(code)),
         Err(_) => {
-            flush(&mut hs, &mut link).await;
-            return Attempt::Failed;
+            flush(&mut hs, link).await;
+            return Err(Exchanged::Failed);
         }
     }
     let Some(n) = hs.poll_transmit(&mut buf) else {
-        return Attempt::Failed;
+        return Err(Exchanged::Failed);
     };
     let finish = buf[..n].to_vec();
     let t = env.model.transfer(n, dev.att_mtu, &mut dev.air);
-    *latency += cpu_b * 1000.0 + t.time_us + env.uplink.gateway_ms * 1000.0;
-    *air += t;
-    *bytes += n as u64;
+    *cost.latency += cpu_b * 1000.0 + t.time_us + env.uplink.gateway_ms * 1000.0;
+    *cost.air += t;
+    *cost.bytes += n as u64;
     if link.send(&finish).await.is_err() {
-        return Attempt::Failed;
+        return Err(Exchanged::Failed);
     }
-    let Ok(est) = hs.into_established() else {
-        return Attempt::Failed;
+    match hs.into_established() {
+        Ok(est) => Ok((est, first, finish)),
+        Err(_) => Err(Exchanged::Failed),
+    }
+}
+
+async fn attempt(
+    env: &Env,
+    dev: &mut SimDevice,
+    gw: usize,
+    slot: Option<TicketSlot>,
+    latency: &mut f64,
+    air: &mut Transfer,
+    bytes: &mut u64,
+) -> Attempt {
+    let g = &env.gateways[gw];
+    let seed = seed32(&mut dev.rng);
+    let (mut link, gw_task) = g.open_link(dev.att_mtu, &dev.mac, seed, env.shutdown.clone());
+    let cost = Cost {
+        latency,
+        air,
+        bytes,
     };
+    let resume = slot.is_some();
+    let (session, resumed, first, finish) =
+        match exchange(env, dev, &mut link, slot, true, cost).await {
+            Exchanged::Established {
+                session,
+                resumed,
+                first,
+                finish,
+            } => (session, resumed, first, finish),
+            Exchanged::ResumptionRejected => return Attempt::ResumptionRejected,
+            Exchanged::Dropped => {
+                drop(link);
+                let _ = tokio::time::timeout(DEADLINE, gw_task).await;
+                return Attempt::Dropped;
+            }
+            Exchanged::Refused(code) => return Attempt::Refused(code),
+            Exchanged::Failed => return Attempt::Failed,
+        };
     env.capture(gw, resume, &first, &finish);
     // Established on the peripheral; the gateway registers it after the Finish.
-    let sid = est.session.id();
+    let sid = session.id();
     let table = g.ctx.table.clone();
     let registered = wait_until(|| {
         if table.get(&dev.id).is_some_and(|s| s.session_id == sid) {
@@ -510,21 +721,97 @@ async fn attempt(
     if registered != Some(true) {
         return Attempt::Failed;
     }
-    dev.ticket = Some(est.ticket);
-    let (stop, stopped) = oneshot::channel();
-    let (data, data_rx) = tokio::sync::mpsc::channel(4);
-    let clock = dev.clock_ms;
-    let task = tokio::spawn(hold(link, est.session, clock, stopped, data_rx));
-    Attempt::Established(
+    let updates = g.ctx.table.anchor_updates().len() as u64;
+    let before = dev.keep().updates_seen;
+    let live = LiveSession::hold(dev, gw, link, *session, gw_task);
+    // The gateway sends every trust-anchor update it holds after the
+    // handshake: the device takes them all before it goes on, so which
+    // devices rotated depends on the timeline only.
+    if updates > 0 {
+        let keep = dev.keep.clone();
+        let _ = wait_until(|| {
+            (keep.lock().unwrap_or_else(|e| e.into_inner()).updates_seen >= before + updates)
+                .then_some(())
+        })
+        .await;
+    }
+    Attempt::Established(live, resumed)
+}
+
+/// How [`meet`] ended.
+pub struct Met {
+    /// The session, if the device's machine accepted the answer (it then
+    /// holds it, applying anchor updates, until closed).
+    pub session: Option<LiveSession>,
+    /// The ticket it offered, if it tried to resume.
+    pub offered: Option<TicketSlot>,
+}
+
+/// One handshake of `dev` over `link`, whose other end (`peer_task`)
+/// claims to be the gateway with key `gw_key`: an impostor, in attacks. The
+/// device chooses its ticket and settles the outcome exactly as with its
+/// genuine gateway ([`connect`]).
+pub async fn meet(
+    env: &Env,
+    dev: &mut SimDevice,
+    gw_key: PublicKey,
+    mut link: MemoryLink,
+    peer_task: JoinHandle<Outcome>,
+) -> Met {
+    let slot = choose(dev, &gw_key);
+    let (mut latency, mut air, mut bytes) = (0.0, Transfer::default(), 0u64);
+    let cost = Cost {
+        latency: &mut latency,
+        air: &mut air,
+        bytes: &mut bytes,
+    };
+    let session = match exchange(env, dev, &mut link, slot, false, cost).await {
+        Exchanged::Established { session, .. } => Some(LiveSession::hold(
+            dev,
+            usize::MAX,
+            link,
+            *session,
+            peer_task,
+        )),
+        _ => {
+            drop(link);
+            let _ = tokio::time::timeout(DEADLINE, peer_task).await;
+            None
+        }
+    };
+    Met {
+        session,
+        offered: slot,
+    }
+}
+
+impl LiveSession {
+    /// Starts the device's side of an established session on `link`.
+    fn hold(
+        dev: &SimDevice,
+        gateway: usize,
+        link: MemoryLink,
+        session: Session,
+        gw_task: JoinHandle<Outcome>,
+    ) -> Self {
+        let (stop, stopped) = oneshot::channel();
+        let (data, data_rx) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(hold(
+            link,
+            session,
+            dev.clock_ms,
+            dev.keep.clone(),
+            stopped,
+            data_rx,
+        ));
         LiveSession {
-            gateway: gw,
+            gateway,
             stop,
             task,
             gw_task,
             data,
-        },
-        est.resumed,
-    )
+        }
+    }
 }
 
 async fn flush(hs: &mut PeripheralHandshake, link: &mut MemoryLink) {
@@ -555,11 +842,15 @@ pub async fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
 }
 
 /// The peripheral's side of a live session: reads records until the gateway
-/// closes it or the device is told to stop (then it sends a close).
+/// closes it or the device is told to stop (then it sends a close). As the
+/// driver does, the gateway's first authenticated record confirms the
+/// session's ticket, and anchor updates are applied or refused (SPEC.md
+/// §6.1, §7.7).
 async fn hold(
     mut link: MemoryLink,
     mut session: Session,
     clock_ms: u64,
+    keep: Arc<Mutex<Keep>>,
     mut stop: oneshot::Receiver<()>,
     mut data: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> SessionEnd {
@@ -571,8 +862,17 @@ async fn hold(
                     return SessionEnd { by_gateway: None, at: Instant::now() };
                 };
                 let mut plain = vec![0u8; msg.len()];
-                if let Ok(Inbound::Close(r)) = session.open(now, &msg, &mut plain) {
-                    return SessionEnd { by_gateway: Some(r), at: Instant::now() };
+                let opened = session.open(now, &msg, &mut plain);
+                let mut k = keep.lock().unwrap_or_else(|e| e.into_inner());
+                if opened.is_ok() {
+                    k.wallet.on_gateway_record();
+                }
+                match opened {
+                    Ok(Inbound::Close(r)) => {
+                        return SessionEnd { by_gateway: Some(r), at: Instant::now() };
+                    }
+                    Ok(Inbound::AnchorUpdate(u)) => k.anchor_update(&u),
+                    _ => {}
                 }
             }
             Some(d) = data.recv() => {

@@ -23,7 +23,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use vouch_gateway::transport::memory::pair;
 use vouch_proto::anchor::AnchorBundle;
+use vouch_proto::handshake::peripheral::TicketSlot;
 use vouch_proto::keys::IdentityKey;
 use vouch_proto::session::CloseReason;
 use vouch_proto::AlertCode;
@@ -32,7 +34,8 @@ use crate::adversary::{self, Arena, Victim};
 use crate::backend::{BackendMode, SimBackend};
 use crate::error::Error;
 use crate::fleet::{
-    connect, derive_seed, rng_for, wait_until, ConnectResult, Env, SimDevice, SimGateway, Verdict,
+    connect, derive_seed, meet, rng_for, wait_until, ConnectResult, Env, SimDevice, SimGateway,
+    Verdict,
 };
 use crate::link::{unit, LinkModel};
 use crate::report::{
@@ -103,7 +106,9 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, r: &ConnectResult, excuse_all: bool) {
+    /// Counts one honest connection; returns whether it counted as an
+    /// honest device refused.
+    fn add(&mut self, r: &ConnectResult, excuse_all: bool) -> bool {
         self.link.fragments += u64::from(r.air.fragments);
         self.link.packets += u64::from(r.air.packets);
         self.link.retransmissions += u64::from(r.air.retransmissions);
@@ -133,7 +138,7 @@ impl Acc {
                 self.air_full += r.air.air_bytes;
                 self.msg_full += r.message_bytes;
             }
-            return;
+            return false;
         }
         self.h.failed += 1;
         let excused = excuse_all
@@ -144,6 +149,7 @@ impl Acc {
         } else {
             self.honest_rejected += 1;
         }
+        !excused
     }
 }
 
@@ -186,7 +192,7 @@ impl World {
                 Select::Online => d.live.is_some(),
                 Select::Offline => d.live.is_none(),
                 Select::Fresh => d.live.is_none() && !d.ever_connected,
-                Select::Returning => d.live.is_none() && d.ticket.is_some(),
+                Select::Returning => d.live.is_none() && d.has_ticket(),
             })
             .map(|d| d.idx)
             .collect();
@@ -270,10 +276,7 @@ impl World {
             mac: d.mac.clone(),
             home: active_home(d.home, self.env.gateways.len(), &self.revoked_gateways),
             att_mtu: d.att_mtu,
-            ticket: d
-                .ticket
-                .as_ref()
-                .and_then(|t| postcard::to_allocvec(t).ok()),
+            ticket: d.ticket_copy(),
         })
     }
 
@@ -308,9 +311,9 @@ impl World {
             if let Ok((i, t0, end)) = r {
                 if let Some(end) = end.filter(|e| e.by_gateway == Some(CloseReason::REVOKED)) {
                     ms.push(end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
-                    // The device forgets its ticket (a close "revoked").
-                    if let Some(d) = self.devices[i].as_mut() {
-                        d.ticket = None;
+                    // The device forgets its tickets (a close "revoked").
+                    if let Some(d) = self.devices[i].as_ref() {
+                        d.forget_tickets();
                     }
                 }
             }
@@ -366,8 +369,8 @@ impl World {
             if let Ok((i, Some(end))) = r {
                 if end.by_gateway == Some(CloseReason::REVOKED) {
                     ms.push(end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
-                    if let Some(d) = self.devices[i].as_mut() {
-                        d.ticket = None;
+                    if let Some(d) = self.devices[i].as_ref() {
+                        d.forget_tickets();
                     }
                 }
             }
@@ -442,14 +445,14 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
         let key = IdentityKey::from_seed(&derive_seed(seed, "gateway-key", g as u64));
         let cert = backend.enroll_gateway(&key.public_key(), "plant").await?;
         let uplink = backend.uplink(&key, Some(&cert))?;
-        gateways.push(SimGateway::start(
-            g,
-            &key,
-            "plant",
-            uplink,
-            shutdown.clone(),
-            true,
-        )?);
+        let mut gw = SimGateway::start(g, &key, "plant", uplink, shutdown.clone(), true)?;
+        if let Some(spare) = sc.gateway.spare_links {
+            gw = gw.with_slots(
+                n.div_ceil(m) + spare,
+                Duration::from_millis(sc.gateway.first_message_ms),
+            );
+        }
+        gateways.push(gw);
     }
     backend
         .admin_ok(
@@ -465,7 +468,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
 
     pb.set_message("enrolling peripherals");
     let devices: Vec<SimDevice> = (0..n)
-        .map(|i| SimDevice::new(seed, i, m, &sc.fleet))
+        .map(|i| SimDevice::new(seed, i, m, &sc.fleet, &anchors))
         .collect();
     for chunk in devices.chunks(5000) {
         let mut body = String::new();
@@ -535,7 +538,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
                 let rs = w.connect_all(&chosen, at_ms, spread_ms, &mut sel_rng).await;
                 acc.connect_wall += t.elapsed();
                 for r in &rs {
-                    acc.add(r, false);
+                    let _ = acc.add(r, false);
                 }
             }
             Action::Disconnect => {
@@ -564,7 +567,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
                         .await;
                     acc.connect_wall += t.elapsed();
                     for r in &rs {
-                        acc.add(r, false);
+                        let _ = acc.add(r, false);
                     }
                     last_s = last_s.max(back_at / 1000.0);
                 }
@@ -591,6 +594,14 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
                 revocation_exercised = true;
                 let g = ev.gateway.unwrap_or(0);
                 revocation.extend(w.revoke_gateway(g).await?);
+            }
+            Action::RotateKey => {
+                w.backend.rotate_key().await?;
+                for g in &w.env.gateways {
+                    vouch_gateway::anchors::fetch(&g.uplink, g.ctx.table.anchor_updates())
+                        .await
+                        .map_err(|e| Error::Gateway(format!("fetching the anchor updates: {e}")))?;
+                }
             }
             Action::Attack => {
                 let class = ev.class.unwrap_or(AttackClass::Replay);
@@ -732,6 +743,13 @@ async fn attack(
     spread_ms: f64,
     sel_rng: &mut ChaCha20Rng,
 ) -> Result<(AttackTally, Vec<f64>), Error> {
+    if class == AttackClass::RogueCentral {
+        let tally = rogue_central(w, acc, attempts, ev, k, at_ms, spread_ms, sel_rng).await;
+        return Ok((tally, Vec::new()));
+    }
+    if class == AttackClass::OldKey {
+        return Ok((old_key(w, ev, k, sel_rng).await?, Vec::new()));
+    }
     let mut rng = rng_for(w.seed, "attack", k as u64);
     let m = w.env.gateways.len();
     let none = HashSet::new();
@@ -862,11 +880,227 @@ async fn attack(
     };
     acc.connect_wall += t.elapsed();
     for r in &honest_rs {
-        acc.add(r, false);
+        let _ = acc.add(r, false);
     }
     let mut out = out?;
+    if class == AttackClass::SlotStall {
+        // What the stall is for: honest devices kept out.
+        out.tally.accepted += honest_rs
+            .iter()
+            .filter(|r| r.verdict != Verdict::Established)
+            .count() as u64;
+    }
     for p in out.held.drain(..) {
         out.tally.accepted += u64::from(p.finish().await);
     }
     Ok((out.tally, rev_ms))
+}
+
+/// Rogue centrals during a backend outage (SPEC.md §6.4): each device the
+/// event selects meets one `attempts` times (its own machine and wallet,
+/// the rogue posing as its gateway), then reaches its genuine gateway, which
+/// it must resume with. Like the driver, it tries again after a failed
+/// attempt (a full handshake refused `Busy`, excused as in any outage), up
+/// to three times. Accepted: a session with a rogue, or a ticket the device
+/// no longer holds. Harmed: a device that did not resume.
+#[allow(clippy::too_many_arguments)]
+async fn rogue_central(
+    w: &mut World,
+    acc: &mut Acc,
+    attempts: u32,
+    ev: &Event,
+    k: usize,
+    at_ms: f64,
+    spread_ms: f64,
+    sel_rng: &mut ChaCha20Rng,
+) -> AttackTally {
+    let none = HashSet::new();
+    let chosen = w.select(ev.select, ev.fraction.unwrap_or(1.0), sel_rng, &none);
+    let m = w.env.gateways.len();
+    let mut set = JoinSet::new();
+    for (n, &i) in chosen.iter().enumerate() {
+        let start = (at_ms + unit(sel_rng) * spread_ms) as u64;
+        let Some(mut dev) = w.devices.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        let gw = active_home(dev.home, m, &w.revoked_gateways);
+        dev.home = gw;
+        let env = w.env.clone();
+        let sem = w.sem.clone();
+        let pb = w.pb.clone();
+        let mut rng = rng_for(w.seed, "rogue-central", ((k as u64) << 32) | n as u64);
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            if let Some(live) = dev.live.take() {
+                live.close().await;
+            }
+            dev.clock_ms = dev.clock_ms.max(start);
+            let held = |d: &SimDevice| {
+                let k = d.keep();
+                [TicketSlot::Confirmed, TicketSlot::Unconfirmed]
+                    .map(|s| k.wallet.ticket(s).is_some())
+            };
+            let before = held(&dev);
+            let gw_key = env.gateways[gw].key;
+            let mut tally = AttackTally::default();
+            for round in 0..attempts {
+                let (mine, theirs) = pair(dev.att_mtu, &dev.mac, "rogue-central");
+                let seed = rng.next_u64();
+                let task = tokio::spawn(adversary::rogue_central(
+                    theirs,
+                    round,
+                    rng_for(seed, "rogue-central-round", u64::from(round)),
+                ));
+                let met = meet(&env, &mut dev, gw_key, mine, task).await;
+                tally.attempts += 1;
+                if let Some(s) = met.session {
+                    tally.accepted += 1;
+                    s.close().await;
+                }
+            }
+            let after = held(&dev);
+            tally.accepted += before.iter().zip(after).filter(|(b, a)| **b && !a).count() as u64;
+            let mut results = Vec::new();
+            for _ in 0..3 {
+                let start = dev.clock_ms;
+                let r = connect(&env, &mut dev, gw, start).await;
+                pb.inc(1);
+                let done = r.verdict == Verdict::Established;
+                results.push(r);
+                if done {
+                    break;
+                }
+            }
+            (dev, tally, results)
+        });
+    }
+    let mut tally = AttackTally::default();
+    let mut done = Vec::new();
+    while let Some(j) = set.join_next().await {
+        if let Ok(x) = j {
+            done.push(x);
+        }
+    }
+    done.sort_by_key(|(d, _, _)| d.idx);
+    for (dev, t, results) in done {
+        tally.attempts += t.attempts;
+        tally.accepted += t.accepted;
+        let mut counted = false;
+        for r in &results {
+            counted |= acc.add(r, false);
+        }
+        let resumed = results
+            .last()
+            .is_some_and(|r| r.verdict == Verdict::Established && r.resumed);
+        if !resumed && !counted {
+            acc.honest_rejected += 1;
+        }
+        let i = dev.idx;
+        w.devices[i] = Some(dev);
+    }
+    tally
+}
+
+/// A thief of backend key 1, which the operator rotated away from, runs a
+/// gateway of its own (SPEC.md §11.15): each device the event selects meets
+/// it once, with its own machine, wallet and anchors. A device that applied
+/// the rotation must refuse the handshake (a vouch counts only under the
+/// anchor its Hello was sealed to); one that has not is still on key 1, so
+/// the handshake completes, as SPEC.md §11.15 states, and it must refuse
+/// every update the thief pushes. Accepted: a rotated device's session with
+/// the thief, or a device whose anchors the thief changed.
+async fn old_key(
+    w: &mut World,
+    ev: &Event,
+    k: usize,
+    sel_rng: &mut ChaCha20Rng,
+) -> Result<AttackTally, Error> {
+    use vouch_proto::keys::KeyId;
+    let stolen = Arc::new(w.backend.danger_steal_key(KeyId(1))?);
+    // The key the fleet rotated to: the provisioned anchors, with every
+    // update the backend issued applied.
+    let current = {
+        let updates = w
+            .backend
+            .state()
+            .store
+            .anchor_updates_after(0)
+            .await
+            .map_err(Error::backend)?;
+        let mut fleet = w.env.anchors.clone();
+        for u in &updates {
+            fleet.apply(&u.update).map_err(Error::backend)?;
+        }
+        fleet.primary().kid
+    };
+    if current == KeyId(1) {
+        return Err(Error::Invalid(
+            "attack old-key: rotate the key first (action rotate-key)".into(),
+        ));
+    }
+    let opener = Arc::new(w.backend.danger_steal_key(current)?);
+    let none = HashSet::new();
+    let chosen = w.select(ev.select, ev.fraction.unwrap_or(1.0), sel_rng, &none);
+    let mut set = JoinSet::new();
+    for (n, &i) in chosen.iter().enumerate() {
+        let Some(mut dev) = w.devices.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        let env = w.env.clone();
+        let sem = w.sem.clone();
+        let (stolen, opener) = (stolen.clone(), opener.clone());
+        let seed = rng_for(w.seed, "old-key", ((k as u64) << 32) | n as u64).next_u64();
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            if let Some(live) = dev.live.take() {
+                live.close().await;
+            }
+            let mut tally = AttackTally::default();
+            let before = dev.keep().anchors.clone();
+            let rotated = before.primary().kid != KeyId(1);
+            let (mine, theirs) = pair(dev.att_mtu, &dev.mac, "thief");
+            let mut rng = rng_for(seed, "thief", 0);
+            let thief_key = IdentityKey::from_seed(&crate::fleet::seed32(&mut rng)).public_key();
+            let task = tokio::spawn(adversary::old_key_gateway(
+                theirs,
+                stolen,
+                opener,
+                dev.key().public_key(),
+                vouch_proto::Timestamp(dev.clock_ms),
+                rng,
+            ));
+            let seen = dev.keep().updates_seen;
+            let met = meet(&env, &mut dev, thief_key, mine, task).await;
+            if rotated {
+                tally.attempts += 1;
+                tally.accepted += u64::from(met.session.is_some());
+            }
+            if let Some(s) = met.session {
+                if !rotated {
+                    tally.attempts += adversary::OLD_KEY_FORGED_UPDATES;
+                    // The device has taken every update pushed before it goes.
+                    let keep = dev.keep.clone();
+                    let _ = wait_until(|| {
+                        (keep.lock().unwrap_or_else(|e| e.into_inner()).updates_seen
+                            >= seen + adversary::OLD_KEY_FORGED_UPDATES)
+                            .then_some(())
+                    })
+                    .await;
+                }
+                s.close().await;
+            }
+            tally.accepted += u64::from(dev.keep().anchors != before);
+            (dev, tally)
+        });
+    }
+    let mut tally = AttackTally::default();
+    while let Some(j) = set.join_next().await {
+        if let Ok((dev, t)) = j {
+            tally.attempts += t.attempts;
+            tally.accepted += t.accepted;
+            let i = dev.idx;
+            w.devices[i] = Some(dev);
+        }
+    }
+    Ok(tally)
 }

@@ -30,6 +30,9 @@ pub struct Scenario {
     /// Backend settings that differ from the defaults.
     #[serde(default)]
     pub backend: BackendParams,
+    /// Gateway settings that differ from the defaults.
+    #[serde(default)]
+    pub gateway: GatewayParams,
     /// What happens, in order of `at_s`.
     #[serde(default, rename = "event")]
     pub events: Vec<toml::Spanned<Event>>,
@@ -145,6 +148,23 @@ pub struct BackendParams {
     pub lockout_failures: Option<u32>,
 }
 
+/// Gateway settings the scenario changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayParams {
+    /// Caps each gateway's links (SPEC.md §8.4): one slot per device homed
+    /// on it, plus this many. Uncapped when absent.
+    pub spare_links: Option<usize>,
+    /// With `spare_links`: how long a link may hold a slot without having
+    /// sent its first message, ms (the daemon's `limits.first_message_ms`).
+    #[serde(default = "default_first_message_ms")]
+    pub first_message_ms: u64,
+}
+
+fn default_first_message_ms() -> u64 {
+    3000
+}
+
 /// One thing that happens on the timeline.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +218,9 @@ pub enum Action {
     Revoke,
     /// The operator revokes one gateway through the admin API.
     RevokeGateway,
+    /// The operator rotates the backend key (`keys rotate`); every gateway
+    /// fetches the signed update and delivers it after each handshake.
+    RotateKey,
     /// An adversary acts.
     Attack,
 }
@@ -247,11 +270,20 @@ pub enum AttackClass {
     BruteForce,
     /// Handshake and fragment floods, slow peers.
     Flood,
+    /// During a backend outage, rogue centrals answer devices' resumptions
+    /// with forged confirmations, garbage and alerts (SPEC.md §6.4).
+    RogueCentral,
+    /// A thief of a backend key the operator rotated away from runs a
+    /// gateway: vouches and anchor updates signed by the old key (§11.15).
+    OldKey,
+    /// Rogue peers open links and say nothing, to hold every link slot
+    /// (§8.4).
+    SlotStall,
 }
 
 impl AttackClass {
     /// Every class, in report order.
-    pub const ALL: [AttackClass; 12] = [
+    pub const ALL: [AttackClass; 15] = [
         AttackClass::MacSpoof,
         AttackClass::Replay,
         AttackClass::VouchSwap,
@@ -264,6 +296,9 @@ impl AttackClass {
         AttackClass::Downgrade,
         AttackClass::BruteForce,
         AttackClass::Flood,
+        AttackClass::RogueCentral,
+        AttackClass::OldKey,
+        AttackClass::SlotStall,
     ];
 
     /// The name used in scenario files and reports.
@@ -281,6 +316,9 @@ impl AttackClass {
             AttackClass::Downgrade => "downgrade",
             AttackClass::BruteForce => "brute-force",
             AttackClass::Flood => "flood",
+            AttackClass::RogueCentral => "rogue-central",
+            AttackClass::OldKey => "old-key",
+            AttackClass::SlotStall => "slot-stall",
         }
     }
 }
@@ -316,6 +354,12 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("downgrade", include_str!("../scenarios/downgrade.toml")),
     ("brute-force", include_str!("../scenarios/brute-force.toml")),
     ("flood", include_str!("../scenarios/flood.toml")),
+    (
+        "rogue-central",
+        include_str!("../scenarios/rogue-central.toml"),
+    ),
+    ("slot-stall", include_str!("../scenarios/slot-stall.toml")),
+    ("old-key", include_str!("../scenarios/old-key.toml")),
 ];
 
 impl Scenario {

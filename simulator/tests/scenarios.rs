@@ -62,7 +62,7 @@ macro_rules! scenario_tests {
             let tested = [
                 $($name,)*
                 "churn", "backend-outage", "revocation", "revoked-peripheral", "clone",
-                "brute-force",
+                "brute-force", "rogue-central", "slot-stall", "old-key",
             ];
             for (name, _) in BUILTINS {
                 assert!(tested.contains(name), "built-in {name} has no test here");
@@ -129,6 +129,44 @@ async fn clones_are_detected() {
 async fn brute_force_is_detected() {
     let r = check("brute-force").await;
     assert!(r.attacks["brute-force"].detected > 0, "{r:?}");
+}
+
+/// Every device holding a ticket meets a rogue central six times while the
+/// backend is down (forged confirmations, garbage, `ResumptionRejected`),
+/// and then still resumes with its genuine gateway: nothing unauthenticated
+/// cost it a ticket (SPEC.md §6.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_centrals_during_an_outage_cost_no_device_its_ticket() {
+    let r = check("rogue-central").await;
+    let a = &r.attacks["rogue-central"];
+    assert_eq!(a.attempts, 20 * 6, "every device met the rogue: {r:?}");
+    // 20 resumed with their genuine gateway during the outage, besides the
+    // churn's resumptions before it.
+    assert!(r.resumptions.ok >= 20, "{r:?}");
+}
+
+/// Silent links fill every free slot of both gateways (more links than
+/// slots) before the devices come; every device still completes its
+/// handshake, taking the slot of a link that never spoke (SPEC.md §8.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_links_cannot_keep_honest_devices_out() {
+    let r = check("slot-stall").await;
+    // 10 devices per gateway: 10 + 8 spare slots each, and 16 links more.
+    assert_eq!(r.attacks["slot-stall"].attempts, 2 * (18 + 16), "{r:?}");
+    assert_eq!(r.handshakes.failed, 0, "{r:?}");
+    // The 15 devices offline at the attack (fresh and returning) got in.
+    assert_eq!(r.handshakes.ok, 25, "{r:?}");
+}
+
+/// After a rotation, a thief of the old key runs a gateway: the 10 devices
+/// that applied the rotation refuse its handshake, the 10 that have not
+/// complete it (key 1 is still their anchor, SPEC.md §11.15) and refuse the
+/// 3 updates it pushes; then every device reaches its genuine gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thief_of_the_rotated_away_key_gains_nothing() {
+    let r = check("old-key").await;
+    assert_eq!(r.attacks["old-key"].attempts, 10 + 10 * 3, "{r:?}");
+    assert_eq!(r.handshakes.failed, 0, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
