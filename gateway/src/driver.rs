@@ -311,6 +311,12 @@ where
                             _ = shutdown.changed() => return Err(Error::Disconnected),
                         }
                     }
+                    if ctx.table.resumption_suspended() {
+                        // SPEC.md §11.5: no revocation can reach this
+                        // gateway; the ticket is refused below.
+                        ctx.metrics.set_resumption_suspended(true);
+                        debug!("resumption refused: the revocation feed has been silent too long");
+                    }
                     let ticket = resume_ephemeral
                         .as_ref()
                         .and_then(|e| ctx.table.ticket_for_attempt(&id, e));

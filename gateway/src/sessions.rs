@@ -264,6 +264,28 @@ pub struct TicketClaim {
     claim: u64,
 }
 
+/// The default of `limits.feed_silence_s` (SPEC.md §11.5): four hours
+/// without an answer from the revocation feed, after which the gateway
+/// stops resuming.
+pub const DEFAULT_FEED_SILENCE: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
+/// Whether the revocation feed answers often enough for resumption to go on
+/// (SPEC.md §11.5): a gateway that has heard nothing from the feed for the
+/// limit cannot know of revocations made since, and stops resuming until
+/// it hears again. Times are on tokio's clock: the monotonic clock
+/// (`CLOCK_MONOTONIC`) in production, the paused clock in tests, as for
+/// [`crate::clock::TokioClock`] and every timer of the gateway.
+struct FeedSilence {
+    /// The limit in ms; 0: never stop resuming.
+    limit_ms: AtomicU64,
+    /// When the feed last answered up to its end; `None` until the feed is
+    /// followed ([`SessionTable::feed_followed`]): a table nobody feeds
+    /// (tests, tools) never stops resuming.
+    last_heard: Mutex<Option<tokio::time::Instant>>,
+    /// Whether resumption is refused now (for the log: once each way).
+    refusing: std::sync::atomic::AtomicBool,
+}
+
 /// The live sessions and the stored tickets.
 pub struct SessionTable {
     sessions: Mutex<HashMap<PeripheralId, Entry>>,
@@ -304,6 +326,8 @@ pub struct SessionTable {
     restore_report: Option<RestoreReport>,
     /// The trust-anchor updates delivered after every handshake.
     anchor_updates: AnchorUpdates,
+    /// How long the revocation feed may stay silent before resumption stops.
+    feed_silence: FeedSilence,
 }
 
 impl SessionTable {
@@ -413,6 +437,11 @@ impl SessionTable {
             feed_start,
             restore_report,
             anchor_updates,
+            feed_silence: FeedSilence {
+                limit_ms: AtomicU64::new(DEFAULT_FEED_SILENCE.as_millis() as u64),
+                last_heard: Mutex::new(None),
+                refusing: std::sync::atomic::AtomicBool::new(false),
+            },
         }
     }
 
@@ -762,9 +791,13 @@ impl SessionTable {
     /// it out. `None` (answered `ResumptionRejected`) when it is unknown,
     /// restored and waiting for the revocation feed
     /// ([`is_held_for_feed`](Self::is_held_for_feed)), its peripheral is
-    /// revoked, or `e_p` was already presented with a valid binder: the
-    /// message is a replay.
+    /// revoked, `e_p` was already presented with a valid binder (the
+    /// message is a replay), or the revocation feed has been silent for
+    /// longer than its limit ([`resumption_suspended`](Self::resumption_suspended)).
     pub fn ticket_for_attempt(&self, id: &ResumptionId, e_p: &[u8; 32]) -> Option<GatewayTicket> {
+        if self.resumption_suspended() {
+            return None;
+        }
         let map = self.lock_tickets();
         if self.lock_restored().tickets.contains_key(id) {
             return None;
@@ -1002,5 +1035,78 @@ impl SessionTable {
     /// How many tickets are stored.
     pub fn ticket_count(&self) -> usize {
         self.lock_tickets().len()
+    }
+
+    /// Sets how long the revocation feed may go without an answer before
+    /// resumption stops (`limits.feed_silence_s`, SPEC.md §11.5); `None`:
+    /// never (the tickets' `resumption_s` alone bounds resumption).
+    pub fn set_feed_silence_limit(&self, limit: Option<std::time::Duration>) {
+        let ms = limit.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.feed_silence.limit_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The revocation feed is followed from now on
+    /// ([`revocation::follow`](crate::revocation::follow) calls this when it
+    /// starts): its silence counts from here until its first answer.
+    pub fn feed_followed(&self) {
+        let mut last = self.lock_heard();
+        if last.is_none() {
+            *last = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// The revocation feed answered and every event it had up to the
+    /// answer is applied: the gateway knows of every revocation made until
+    /// then, and resumes again if it had stopped.
+    pub fn feed_heard(&self) {
+        *self.lock_heard() = Some(tokio::time::Instant::now());
+        if self.feed_silence.refusing.swap(false, Ordering::SeqCst) {
+            info!("revocation feed answered again: resumption resumes");
+        }
+    }
+
+    /// Whether resumption is refused because the revocation feed has not
+    /// answered for `limits.feed_silence_s` (SPEC.md §11.5): a revocation
+    /// made meanwhile cannot reach this gateway, and a ticket of the revoked
+    /// peripheral would otherwise go on resuming until its `resumption_s`
+    /// ran out. Logs once when it starts refusing (and
+    /// [`feed_heard`](Self::feed_heard) once when it stops).
+    pub fn resumption_suspended(&self) -> bool {
+        let limit = self.feed_silence.limit_ms.load(Ordering::SeqCst);
+        let Some(last) = *self.lock_heard() else {
+            return false;
+        };
+        let silent_ms = u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let suspended = limit != 0 && silent_ms >= limit;
+        if suspended && !self.feed_silence.refusing.swap(true, Ordering::SeqCst) {
+            warn!(
+                silent_s = silent_ms / 1000,
+                limit_s = limit / 1000,
+                "the revocation feed has not answered for longer than limits.feed_silence_s: resumption refused until it answers (peripherals run full handshakes, which need the backend)"
+            );
+        }
+        suspended
+    }
+
+    /// The limit set by [`set_feed_silence_limit`](Self::set_feed_silence_limit).
+    pub fn feed_silence_limit(&self) -> Option<std::time::Duration> {
+        match self.feed_silence.limit_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// How long since the revocation feed last answered, if it is followed.
+    pub fn feed_silent_for(&self) -> Option<std::time::Duration> {
+        self.lock_heard().map(|t| t.elapsed())
+    }
+
+    fn lock_heard(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.feed_silence
+            .last_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -679,3 +679,111 @@ async fn a_ticket_of_another_gateway_is_not_logged_as_misbehaviour() {
     let text = logs.text();
     assert!(!text.contains("handshake failed"), "{text}");
 }
+
+/// One resumption attempt with `ticket` on a new link; the link is then
+/// dropped. The peripheral's new ticket if it completed, else its error.
+async fn try_resume(
+    s: &common::Setup,
+    ticket: &PeripheralTicket,
+    seed: u64,
+) -> Result<PeripheralTicket, ProtoError> {
+    let mut p = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        &copy_ticket(ticket),
+        &s.anchors,
+        Timestamp(0),
+        &mut rng(seed),
+    )
+    .unwrap();
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    let d = tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        seed,
+        s.shutdown.clone(),
+    ));
+    let r = drive_peripheral(&mut p, &mut p_link).await;
+    drop(p_link);
+    d.await.unwrap();
+    r?;
+    Ok(p.into_established()?.ticket)
+}
+
+/// SPEC.md §11.5: a gateway that has heard nothing from the revocation feed
+/// for `limits.feed_silence_s` (default 4 h) cannot know of a revocation
+/// made meanwhile, and stops resuming; once the feed answers it resumes
+/// again. Each change is logged once.
+#[tokio::test(start_paused = true)]
+async fn a_gateway_cut_off_from_the_revocation_feed_stops_resuming_until_the_feed_answers() {
+    let s = setup(Scope::TELEMETRY);
+    let logs = common::Capture::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let follower = tokio::spawn(vouch_gateway::revocation::follow(
+        s.backend.clone(),
+        s.ctx.table.clone(),
+        s.ctx.config.gateway_key,
+        s.ctx.metrics.clone(),
+        s.shutdown.clone(),
+    ));
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 1, s.shutdown.clone()));
+    let ticket = peripheral_full(&s, &mut p_link, 2).await.unwrap().ticket;
+    wait_for("session", || s.ctx.table.len() == 1).await;
+    drop(p_link);
+    d.await.unwrap();
+
+    // The uplink is cut: the feed fails from now on, retried with backoff.
+    s.backend.feed_down.send_replace(true);
+    // A minute before the limit, a kept ticket still resumes.
+    tokio::time::advance(Duration::from_secs(4 * 3600 - 60)).await;
+    let ticket = try_resume(&s, &ticket, 10)
+        .await
+        .expect("resumes before the limit");
+    // After it, the gateway refuses: a revocation could not have reached it.
+    tokio::time::advance(Duration::from_secs(120)).await;
+    assert_eq!(
+        try_resume(&s, &ticket, 11).await.unwrap_err(),
+        ProtoError::Alert(AlertCode::ResumptionRejected),
+        "no resumption once the feed has been silent for the limit"
+    );
+    assert!(s.ctx.table.resumption_suspended());
+    assert!(s.ctx.metrics.resumption_is_suspended());
+    assert_eq!(s.ctx.table.ticket_count(), 1, "the ticket is kept, unused");
+
+    // The feed answers again (an event for another peripheral): the same
+    // ticket resumes.
+    s.backend.feed_down.send_replace(false);
+    let other = vouch_proto::keys::PeripheralId::derive(
+        &vouch_proto::keys::IdentityKey::generate(&mut rng(77)).public_key(),
+    );
+    s.feed_tx
+        .send(FeedEvent {
+            seq: 1,
+            at_ms: 0,
+            change: FeedChange::PeripheralReinstated(other),
+        })
+        .await
+        .unwrap();
+    // Past the feed's longest retry delay (10 s and its jitter).
+    tokio::time::advance(Duration::from_secs(16)).await;
+    wait_for("the feed answered", || s.ctx.table.feed_position() == 1).await;
+    assert!(!s.ctx.table.resumption_suspended());
+    assert!(!s.ctx.metrics.resumption_is_suspended());
+    try_resume(&s, &ticket, 12)
+        .await
+        .expect("resumes once the feed answered");
+
+    let text = logs.text();
+    assert_eq!(
+        text.matches("resumption refused until it answers").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("revocation feed answered again").count(),
+        1,
+        "{text}"
+    );
+    s.shutdown_tx.send(true).unwrap();
+    follower.await.unwrap();
+}
