@@ -18,17 +18,23 @@
 //! time.
 //!
 //! A session is keyed by the authenticated peripheral id, never by a link
-//! address. A second session for a peripheral that already has one replaces
-//! it (the old link is closed): a device that reconnects must not be locked
-//! out by its own stale link, and a clone is the backend's to detect (it sees
-//! both attaches).
+//! address. A second session for a peripheral that already has one becomes
+//! its session at once (commands go to it): a device that reconnects before
+//! the gateway noticed its old link died (BLE supervision timeout) must not
+//! be locked out by its own stale link. The older session is *superseded*,
+//! not closed: it stays open until its link ends (the genuine case), and if
+//! it delivers an authenticated record meanwhile, two holders of the key
+//! are live at once, a suspected clone that the driver reports to the
+//! backend (SPEC.md §11.6). At most one superseded session is kept per
+//! peripheral; revocation, policy changes, shutdown and the sweep reach it
+//! like any other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, oneshot, watch, Notify};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vouch_proto::handshake::gateway::GatewayTicket;
 use vouch_proto::keys::PeripheralId;
 use vouch_proto::session::CloseReason;
@@ -286,9 +292,22 @@ struct FeedSilence {
     refusing: std::sync::atomic::AtomicBool,
 }
 
+/// An older session of a peripheral that a newer one replaced, kept open
+/// until its link ends (see the module docs).
+struct Superseded {
+    entry: Entry,
+    /// The newer session's id (for the log).
+    newer: [u8; 8],
+    /// Whether it already spoke (reported once).
+    spoke: bool,
+}
+
 /// The live sessions and the stored tickets.
 pub struct SessionTable {
     sessions: Mutex<HashMap<PeripheralId, Entry>>,
+    /// Superseded sessions, at most one per peripheral; locked after
+    /// `sessions` when both are.
+    superseded: Mutex<HashMap<PeripheralId, Superseded>>,
     tickets: Mutex<Tickets>,
     inbound: broadcast::Sender<Inbound>,
     next_token: std::sync::atomic::AtomicU64,
@@ -422,6 +441,7 @@ impl SessionTable {
         let (feed_ready, _) = watch::channel(held.tickets.is_empty());
         Self {
             sessions: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
             tickets: Mutex::new(map),
             inbound,
             next_token: std::sync::atomic::AtomicU64::new(1),
@@ -455,14 +475,22 @@ impl SessionTable {
         self.tickets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_superseded(&self) -> std::sync::MutexGuard<'_, HashMap<PeripheralId, Superseded>> {
+        self.superseded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Registers a session; returns a token for [`remove`](Self::remove). A
-    /// previous session of the same peripheral is told to close.
+    /// previous session of the same peripheral is superseded: it stays open
+    /// until its link ends, and [`spoke`](Self::spoke) tells whether it
+    /// speaks meanwhile. A session superseded before is closed (reason 0).
     pub fn insert(&self, info: SessionInfo, mailbox: Arc<Mailbox>) -> u64 {
         let token = self
             .next_token
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let old = self.lock_sessions().insert(
-            info.peripheral,
+        let (peripheral, newer) = (info.peripheral, info.session_id);
+        let mut map = self.lock_sessions();
+        let old = map.insert(
+            peripheral,
             Entry {
                 info,
                 mailbox,
@@ -470,17 +498,101 @@ impl SessionTable {
             },
         );
         if let Some(old) = old {
-            old.mailbox.close(CloseReason::NORMAL);
+            debug!(peripheral = %peripheral, "a newer session of this peripheral: the older one is kept open until its link ends");
+            let replaced = self.lock_superseded().insert(
+                peripheral,
+                Superseded {
+                    entry: old,
+                    newer,
+                    spoke: false,
+                },
+            );
+            if let Some(s) = replaced {
+                s.entry.mailbox.close(CloseReason::NORMAL);
+            }
         }
         token
     }
 
-    /// Unregisters a session, if it is still the one with `token`.
+    /// Unregisters a session, if it is still the one with `token` (live or
+    /// superseded). When the live one ends, a superseded one still open is
+    /// the peripheral's session again.
     pub fn remove(&self, peripheral: &PeripheralId, token: u64) {
         let mut map = self.lock_sessions();
+        let mut sup = self.lock_superseded();
         if map.get(peripheral).is_some_and(|e| e.token == token) {
             map.remove(peripheral);
+            if let Some(s) = sup.remove(peripheral) {
+                map.insert(*peripheral, s.entry);
+            }
+        } else if sup.get(peripheral).is_some_and(|s| s.entry.token == token) {
+            sup.remove(peripheral);
         }
+    }
+
+    /// The session with `token` delivered an authenticated record. If it is
+    /// superseded and had not spoken before, returns the newer session's id:
+    /// two sessions of one identity are live at once (SPEC.md §11.6).
+    pub fn spoke(&self, peripheral: &PeripheralId, token: u64) -> Option<[u8; 8]> {
+        let mut sup = self.lock_superseded();
+        let s = sup.get_mut(peripheral)?;
+        if s.entry.token != token || s.spoke {
+            return None;
+        }
+        s.spoke = true;
+        Some(s.newer)
+    }
+
+    /// Closes the session `session_id` of `peripheral`, live or superseded,
+    /// and drops the peripheral's tickets; returns whether it was open.
+    pub fn close_session(
+        &self,
+        peripheral: &PeripheralId,
+        session_id: &[u8; 8],
+        reason: CloseReason,
+    ) -> bool {
+        self.forget_tickets_of(peripheral);
+        let map = self.lock_sessions();
+        let sup = self.lock_superseded();
+        let entry = map
+            .get(peripheral)
+            .filter(|e| &e.info.session_id == session_id)
+            .or_else(|| {
+                sup.get(peripheral)
+                    .map(|s| &s.entry)
+                    .filter(|e| &e.info.session_id == session_id)
+            });
+        match entry {
+            Some(e) => {
+                e.mailbox.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the live session of `peripheral` if it is not `session_id`
+    /// (the newer of two live at once), and drops the peripheral's
+    /// tickets; returns whether one was closed.
+    pub fn close_newer_than(
+        &self,
+        peripheral: &PeripheralId,
+        session_id: &[u8; 8],
+        reason: CloseReason,
+    ) -> bool {
+        self.forget_tickets_of(peripheral);
+        match self.lock_sessions().get(peripheral) {
+            Some(e) if &e.info.session_id != session_id => {
+                e.mailbox.close(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many superseded sessions are still open.
+    pub fn superseded_count(&self) -> usize {
+        self.lock_superseded().len()
     }
 
     /// The live sessions.
@@ -534,7 +646,11 @@ impl SessionTable {
     /// Closes a peripheral's session (revocation); returns whether one was live.
     pub fn close(&self, peripheral: &PeripheralId, reason: CloseReason) -> bool {
         self.forget_tickets_of(peripheral);
-        match self.lock_sessions().get(peripheral) {
+        let map = self.lock_sessions();
+        if let Some(s) = self.lock_superseded().get(peripheral) {
+            s.entry.mailbox.close(reason);
+        }
+        match map.get(peripheral) {
             Some(e) => {
                 e.mailbox.close(reason);
                 true
@@ -543,11 +659,15 @@ impl SessionTable {
         }
     }
 
-    /// Closes every session (gateway revoked, or shutdown).
+    /// Closes every session, superseded ones too (gateway revoked, or
+    /// shutdown); returns how many live ones.
     pub fn close_all(&self, reason: CloseReason) -> usize {
         let map = self.lock_sessions();
         for e in map.values() {
             e.mailbox.close(reason);
+        }
+        for s in self.lock_superseded().values() {
+            s.entry.mailbox.close(reason);
         }
         map.len()
     }
@@ -995,8 +1115,9 @@ impl SessionTable {
     /// for all sessions instead of one per task; returns how many it closed.
     pub fn sweep(&self, now: Timestamp, idle_ms: u64) -> usize {
         let map = self.lock_sessions();
+        let sup = self.lock_superseded();
         let mut n = 0;
-        for e in map.values() {
+        for e in map.values().chain(sup.values().map(|s| &s.entry)) {
             if now >= e.info.expires_at {
                 e.mailbox.close(CloseReason::EXPIRED);
                 n += 1;

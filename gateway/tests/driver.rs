@@ -12,11 +12,12 @@ use tokio::io::AsyncWriteExt;
 use common::{drive_peripheral, peripheral_full, run_link_owned, setup, wait_for};
 use vouch_gateway::driver::Outcome;
 use vouch_gateway::transport::memory::pair;
+use vouch_gateway::transport::memory::MemoryLink;
 use vouch_gateway::transport::Link;
 use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
 use vouch_proto::session::{CloseReason, Inbound};
 use vouch_proto::testing::rng;
-use vouch_proto::wire::backend::{FeedChange, FeedEvent};
+use vouch_proto::wire::backend::{FeedChange, FeedEvent, SessionEventKind, SessionVerdict};
 use vouch_proto::wire::Scope;
 use vouch_proto::{AlertCode, Error as ProtoError, Timestamp};
 
@@ -786,4 +787,112 @@ async fn a_gateway_cut_off_from_the_revocation_feed_stops_resuming_until_the_fee
     );
     s.shutdown_tx.send(true).unwrap();
     follower.await.unwrap();
+}
+
+/// Whether `s`'s backend got a session event of `kind` for `session`.
+fn reported(s: &common::Setup, kind: SessionEventKind, session: [u8; 8]) -> bool {
+    s.backend
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .any(|e| e.kind == kind && e.session_id == session)
+}
+
+/// Sends one authenticated data record on a peripheral's session.
+async fn say(session: &mut vouch_proto::session::Session, link: &mut MemoryLink, data: &[u8]) {
+    let mut buf = [0u8; 128];
+    let n = session.seal_data(Timestamp(0), data, &mut buf).unwrap();
+    link.send(&buf[..n]).await.unwrap();
+}
+
+/// SPEC.md §11.6: a genuine device that reconnects before the gateway
+/// noticed its old link died gets the new session at once, and its silent
+/// old link ends with no clone report. A second device with the same
+/// identity, live beside it on the same gateway, gives itself away when
+/// the older session speaks after the newer one started: reported to the
+/// backend as `Concurrent`, and with the backend refusing clones the newer
+/// session is closed while the older, live first, stays.
+#[tokio::test]
+async fn a_quick_reconnect_raises_no_clone_report_and_a_second_live_device_on_one_gateway_is_reported_and_refused(
+) {
+    let s = setup(Scope::TELEMETRY);
+    *s.backend.concurrent_verdict.lock().unwrap() = SessionVerdict::Refused;
+    let mut inbound = s.ctx.table.subscribe();
+    // The genuine device's first session; its link then dies silently.
+    let (mut a_link, g) = pair(247, "p", "g");
+    let da = tokio::spawn(run_link_owned(s.ctx.clone(), g, 1, s.shutdown.clone()));
+    let a = peripheral_full(&s, &mut a_link, 2).await.unwrap();
+    wait_for("first session", || s.ctx.table.len() == 1).await;
+    // It reconnects before the gateway noticed: the new session is its session.
+    let (mut b_link, g) = pair(247, "p", "g");
+    let db = tokio::spawn(run_link_owned(s.ctx.clone(), g, 3, s.shutdown.clone()));
+    let mut b = peripheral_full(&s, &mut b_link, 4).await.unwrap();
+    wait_for("the old session superseded", || {
+        s.ctx.table.superseded_count() == 1
+            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(b.session.id())
+    })
+    .await;
+    say(&mut b.session, &mut b_link, b"after the reconnect").await;
+    assert_eq!(inbound.recv().await.unwrap().data, b"after the reconnect");
+    // The old link ends (BLE supervision timeout): quietly.
+    drop(a_link);
+    assert!(matches!(da.await.unwrap(), Outcome::SessionEnded { .. }));
+    wait_for("the old session gone", || {
+        s.ctx.table.superseded_count() == 0
+    })
+    .await;
+    wait_for("the old session's detach", || {
+        reported(&s, SessionEventKind::Detached, a.session.id())
+    })
+    .await;
+    assert_eq!(s.ctx.metrics.clones_suspected(), 0);
+    assert!(!s
+        .backend
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .any(|e| e.kind == SessionEventKind::Concurrent));
+
+    // A clone connects with the same identity while the device is live.
+    let (mut c_link, g) = pair(247, "p", "g");
+    let dc = tokio::spawn(run_link_owned(s.ctx.clone(), g, 5, s.shutdown.clone()));
+    let mut c = peripheral_full(&s, &mut c_link, 6).await.unwrap();
+    wait_for("the device's session superseded", || {
+        s.ctx.table.superseded_count() == 1
+            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(c.session.id())
+    })
+    .await;
+    // The device speaks on its session: two holders of the key are live.
+    say(&mut b.session, &mut b_link, b"still here").await;
+    wait_for("the Concurrent report", || {
+        reported(&s, SessionEventKind::Concurrent, b.session.id())
+    })
+    .await;
+    assert_eq!(s.ctx.metrics.clones_suspected(), 1);
+    // Refused: the newer session is closed, the older one stays.
+    let msg = c_link.recv().await.unwrap().unwrap();
+    let mut out = [0u8; 64];
+    assert_eq!(
+        c.session.open(Timestamp(0), &msg, &mut out).unwrap(),
+        Inbound::Close(CloseReason::REVOKED)
+    );
+    assert!(matches!(dc.await.unwrap(), Outcome::SessionEnded { .. }));
+    wait_for("the older session is the peripheral's again", || {
+        s.ctx.table.superseded_count() == 0
+            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(b.session.id())
+    })
+    .await;
+    say(&mut b.session, &mut b_link, b"served").await;
+    loop {
+        if inbound.recv().await.unwrap().data == b"served" {
+            break;
+        }
+    }
+    assert_eq!(s.ctx.metrics.clones_suspected(), 1, "reported once");
+    drop(b_link);
+    db.await.unwrap();
 }

@@ -24,8 +24,8 @@ use vouch_proto::handshake::peripheral::{
 use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId};
 use vouch_proto::testing::rng;
 use vouch_proto::wire::backend::{
-    AnchorUpdateBatch, FeedBatch, FeedEvent, PeripheralInfo, SessionReport, SessionReportAnswer,
-    SessionVerdict, VouchAnswer, VouchRequest, Vouched, MAX_ANCHOR_UPDATES,
+    AnchorUpdateBatch, FeedBatch, FeedEvent, PeripheralInfo, SessionEventKind, SessionReport,
+    SessionReportAnswer, SessionVerdict, VouchAnswer, VouchRequest, Vouched, MAX_ANCHOR_UPDATES,
 };
 use vouch_proto::wire::{Lifetimes, Scope};
 use vouch_proto::{Error as ProtoError, Timestamp};
@@ -66,6 +66,8 @@ pub struct FakeBackend {
     /// While `true`, the revocation feed fails (`feed`, `feed_now`), and a
     /// long poll already waiting fails when it turns `true`: an uplink cut.
     pub feed_down: watch::Sender<bool>,
+    /// The verdict on a `Concurrent` session event (others are accepted).
+    pub concurrent_verdict: Mutex<SessionVerdict>,
     /// When set, `feed_now` answers this instead of reading the log.
     pub feed_now_answer: Mutex<Option<Result<FeedBatch, BackendError>>>,
     /// The trust-anchor updates the backend issued, in serial order.
@@ -138,11 +140,17 @@ impl BackendApi for FakeBackend {
         if self.down.load(Ordering::SeqCst) {
             return Err(BackendError::Unavailable("connection refused".into()));
         }
-        let n = report.events.len();
+        let concurrent = *self.concurrent_verdict.lock().unwrap();
+        let items = report
+            .events
+            .iter()
+            .map(|e| match e.kind {
+                SessionEventKind::Concurrent => concurrent,
+                _ => SessionVerdict::Accepted,
+            })
+            .collect();
         self.reports.lock().unwrap().push(report);
-        Ok(SessionReportAnswer {
-            items: vec![SessionVerdict::Accepted; n],
-        })
+        Ok(SessionReportAnswer { items })
     }
 
     async fn feed_now(&self, after: u64) -> Result<FeedBatch, BackendError> {
@@ -272,6 +280,7 @@ pub fn setup(scope: Scope) -> Setup {
         vouch_open: watch::channel(true).0,
         feed_now_open: watch::channel(true).0,
         feed_down: watch::channel(false).0,
+        concurrent_verdict: Mutex::new(SessionVerdict::CloneSuspected),
         feed_now_answer: Mutex::new(None),
         anchor_log: Mutex::new(vec![]),
         anchor_latest: Mutex::new(None),
