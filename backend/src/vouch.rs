@@ -690,8 +690,9 @@ async fn count_failure(state: &AppState, subject: Subject, now: i64) {
 
 /// Records the session events a gateway reports and judges each: a
 /// peripheral that is not active must not have a session (`Refused`); one
-/// that is live on another gateway is a suspected clone (alert, and
-/// `Refused` if the policy says so, else `CloneSuspected`).
+/// that is live on another gateway, or that the gateway saw live twice at
+/// once (`Concurrent`), is a suspected clone (alert, and `Refused` if the
+/// policy says so, else `CloneSuspected`).
 pub(crate) async fn report_sessions(
     state: &AppState,
     gateway: &GatewayRecord,
@@ -720,7 +721,7 @@ pub(crate) async fn report_sessions(
         // gateway could report any identity attached and frame a genuine
         // device as a clone elsewhere.
         let vouched = match (ev.kind, status) {
-            (SessionEventKind::Attached, Some(Status::Active)) => {
+            (SessionEventKind::Attached | SessionEventKind::Concurrent, Some(Status::Active)) => {
                 holds_live_vouch(state, &ev.peripheral, &gateway.public_key, now).await?
             }
             _ => true,
@@ -745,7 +746,9 @@ pub(crate) async fn report_sessions(
                 tx.attached_elsewhere(&ev.peripheral, &gateway.public_key, now)
                     .await?
             }
-            SessionEventKind::Attached | SessionEventKind::Detached => Vec::new(),
+            SessionEventKind::Attached
+            | SessionEventKind::Detached
+            | SessionEventKind::Concurrent => Vec::new(),
         };
         let pid = ev.peripheral.to_string();
         let sid = hex::encode(ev.session_id);
@@ -768,6 +771,67 @@ pub(crate) async fn report_sessions(
                 )
                 .await?;
                 SessionVerdict::Accepted
+            }
+            // The gateway saw an older session of this peripheral speak
+            // after a newer one started on it: two holders of the key live
+            // at once on one gateway. Judged as a clone across gateways is,
+            // with no attachment recorded (each session's own attach and
+            // detach keep those).
+            SessionEventKind::Concurrent => {
+                let (verdict, reason) = if status != Some(Status::Active) {
+                    (SessionVerdict::Refused, "peripheral_not_active")
+                } else if !vouched {
+                    alerts.push(Alert {
+                        alert: "unvouched_session",
+                        peripheral: Some(pid.clone()),
+                        gateway: Some(gw_hex.clone()),
+                        detail: "session reported without a live vouch for this gateway".to_owned(),
+                        at_ms: now,
+                    });
+                    (SessionVerdict::Refused, "not_vouched")
+                } else {
+                    let detail = format!(
+                        "two sessions live at once on this gateway: session {sid} spoke after a newer one started"
+                    );
+                    alerts.push(Alert {
+                        alert: "clone_suspected",
+                        peripheral: Some(pid.clone()),
+                        gateway: Some(gw_hex.clone()),
+                        detail: detail.clone(),
+                        at_ms: now,
+                    });
+                    tx.audit(
+                        NewAudit::new("clone_alert", "alert", &actor)
+                            .reason("clone_suspected")
+                            .peripheral(&pid)
+                            .gateway(&gw_hex)
+                            .detail(&detail),
+                        now,
+                    )
+                    .await?;
+                    match state.config.security.clone_action {
+                        CloneAction::Refuse => (SessionVerdict::Refused, "clone_refused"),
+                        CloneAction::Alert => (SessionVerdict::CloneSuspected, "clone_suspected"),
+                    }
+                };
+                tx.audit(
+                    NewAudit::new(
+                        "session_concurrent",
+                        if verdict == SessionVerdict::Refused {
+                            "refused"
+                        } else {
+                            "ok"
+                        },
+                        &actor,
+                    )
+                    .reason(reason)
+                    .peripheral(&pid)
+                    .gateway(&gw_hex)
+                    .detail(&format!("session {sid}")),
+                    now,
+                )
+                .await?;
+                verdict
             }
             SessionEventKind::Attached => {
                 let (verdict, reason) = if status != Some(Status::Active) {

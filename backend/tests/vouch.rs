@@ -35,6 +35,9 @@ on_both!(
     an_unauthenticated_caller_cannot_tell_an_unknown_id_from_a_known_one,
     short_sessions_reported_out_of_order_raise_no_false_clone_alert,
     every_opened_hello_costs_one_verification_whatever_its_id,
+    a_quick_reconnect_on_one_gateway_raises_no_clone_alert,
+    two_sessions_live_at_once_on_one_gateway_alert_and_allow,
+    two_sessions_live_at_once_on_one_gateway_alert_and_refuse,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -1200,4 +1203,103 @@ async fn every_opened_hello_costs_one_verification_whatever_its_id(db: Db) {
     let (_, req) = gateway_takes(&gw, &hello, 31);
     vouch(&b, &gw, &req).await;
     assert_eq!(verified(), before);
+}
+
+/// SPEC.md §11.6: a genuine device that reconnects to the same gateway
+/// before the gateway noticed its old link died has two sessions attached
+/// there for a moment (the old one's detach follows the new one's attach).
+/// That is no clone: no alert, every report accepted.
+async fn a_quick_reconnect_on_one_gateway_raises_no_clone_alert(db: Db) {
+    let mut config = Config::default();
+    config.security.clone_action = CloneAction::Refuse;
+    let b = Backend::with_config(&db, config).await;
+    let anchors = b.anchors().await;
+    let g = IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&g, None).await;
+    b.allow("any", "any", "telemetry").await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+    let event = |kind, n: u64| SessionEvent {
+        peripheral: dev.id,
+        kind,
+        session_id: n.to_le_bytes(),
+    };
+    for n in 0..2u64 {
+        let (_, h) = dev.hello(&anchors, 10 + n);
+        let answer = vouch(&b, &g, &gateway_takes(&g, &h, 20 + n).1).await.1;
+        assert!(matches!(answer, VouchAnswer::Vouched(_)), "{answer:?}");
+        assert_eq!(
+            report_events(&b, &g, vec![event(SessionEventKind::Attached, n)]).await,
+            vec![SessionVerdict::Accepted]
+        );
+    }
+    assert_eq!(
+        report_events(&b, &g, vec![event(SessionEventKind::Detached, 0)]).await,
+        vec![SessionVerdict::Accepted]
+    );
+    assert!(b.audit("action=clone_alert").await.is_empty());
+}
+
+async fn two_sessions_live_at_once_on_one_gateway_alert_and_allow(db: Db) {
+    concurrent_case(db, CloneAction::Alert).await;
+}
+
+async fn two_sessions_live_at_once_on_one_gateway_alert_and_refuse(db: Db) {
+    concurrent_case(db, CloneAction::Refuse).await;
+}
+
+/// SPEC.md §10.5, §11.6: a gateway reports that an older session of one
+/// identity spoke after a newer one started there (`Concurrent`): a clone on
+/// one gateway, judged as one across gateways: an alert, and `Refused` or
+/// `CloneSuspected` as `clone_action` says. A gateway holding no vouch for
+/// the peripheral cannot raise it.
+async fn concurrent_case(db: Db, action: CloneAction) {
+    let mut config = Config::default();
+    config.security.clone_action = action;
+    let b = Backend::with_config(&db, config).await;
+    let anchors = b.anchors().await;
+    let g = IdentityKey::from_seed(&[100; 32]);
+    let stranger = IdentityKey::from_seed(&[102; 32]);
+    b.enroll_gateway(&g, None).await;
+    b.enroll_gateway(&stranger, None).await;
+    b.allow("any", "any", "telemetry").await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+    let event = |kind, n: u64| SessionEvent {
+        peripheral: dev.id,
+        kind,
+        session_id: n.to_le_bytes(),
+    };
+    // A gateway that never vouched for the device cannot frame it.
+    assert_eq!(
+        report_events(&b, &stranger, vec![event(SessionEventKind::Concurrent, 9)]).await,
+        vec![SessionVerdict::Refused]
+    );
+    assert!(b.audit("action=clone_alert").await.is_empty());
+    for n in 0..2u64 {
+        let (_, h) = dev.hello(&anchors, 10 + n);
+        let answer = vouch(&b, &g, &gateway_takes(&g, &h, 20 + n).1).await.1;
+        assert!(matches!(answer, VouchAnswer::Vouched(_)), "{answer:?}");
+        assert_eq!(
+            report_events(&b, &g, vec![event(SessionEventKind::Attached, n)]).await,
+            vec![SessionVerdict::Accepted]
+        );
+    }
+    let verdict = report_events(&b, &g, vec![event(SessionEventKind::Concurrent, 0)]).await;
+    let expected = match action {
+        CloneAction::Alert => SessionVerdict::CloneSuspected,
+        CloneAction::Refuse => SessionVerdict::Refused,
+    };
+    assert_eq!(verdict, vec![expected]);
+    let alerts = b.audit("action=clone_alert").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let concurrent = b.audit("action=session_concurrent").await;
+    assert!(
+        concurrent.iter().any(|a| a["reason"]
+            == match action {
+                CloneAction::Alert => "clone_suspected",
+                CloneAction::Refuse => "clone_refused",
+            }),
+        "{concurrent:?}"
+    );
 }

@@ -116,6 +116,12 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
         "gateway_key": s.gateway_key,
         "sessions": views(&s.table),
         "tickets": s.table.ticket_count(),
+        "resumption": {
+            "suspended": s.table.resumption_suspended(),
+            "feed_silent_s": s.table.feed_silent_for().map(|d| d.as_secs()),
+            "feed_silence_limit_s": s.table.feed_silence_limit().map(|d| d.as_secs()),
+        },
+        "clones_suspected": s.metrics.clones_suspected(),
         "anchor_updates": {
             "held": s.table.anchor_updates().len(),
             "last_serial": s.table.anchor_updates().last_serial(),

@@ -127,6 +127,12 @@ pub struct Limits {
     /// waited longest for its first message makes room (SPEC.md §8.4).
     #[serde(default = "default_first_message_ms")]
     pub first_message_ms: u64,
+    /// Resumption stops when the revocation feed has not answered for this
+    /// many seconds, and starts again when it answers (SPEC.md §11.5): a
+    /// peripheral revoked meanwhile would otherwise resume until its
+    /// ticket's `resumption_s` ran out. 0: never stop. Default 14400 (4 h).
+    #[serde(default = "default_feed_silence_s")]
+    pub feed_silence_s: u64,
 }
 
 /// `[api]`
@@ -212,6 +218,9 @@ fn default_idle_s() -> u64 {
 fn default_first_message_ms() -> u64 {
     crate::transport::slots::DEFAULT_FIRST_MESSAGE.as_millis() as u64
 }
+fn default_feed_silence_s() -> u64 {
+    crate::sessions::DEFAULT_FEED_SILENCE.as_secs()
+}
 fn default_max_tickets() -> usize {
     100_000
 }
@@ -229,6 +238,7 @@ impl Default for Limits {
             idle_timeout_s: default_idle_s(),
             max_tickets: default_max_tickets(),
             first_message_ms: default_first_message_ms(),
+            feed_silence_s: default_feed_silence_s(),
         }
     }
 }
@@ -306,7 +316,19 @@ impl Config {
                 self.limits.first_message_ms
             ));
         }
+        if self.limits.feed_silence_s != 0 && self.limits.feed_silence_s < 60 {
+            return Err(format!(
+                "limits.feed_silence_s must be 0 (never stop resuming) or at least 60: the feed's long poll and its retries take tens of seconds (got {})",
+                self.limits.feed_silence_s
+            ));
+        }
         Ok(())
+    }
+
+    /// How long the revocation feed may stay silent before resumption
+    /// stops; `None`: never.
+    pub fn feed_silence_limit(&self) -> Option<Duration> {
+        (self.limits.feed_silence_s != 0).then(|| Duration::from_secs(self.limits.feed_silence_s))
     }
 
     /// How long a new link may take to send its first message.
@@ -465,6 +487,34 @@ mod tests {
         assert_eq!(c.state.dir(), Some(Path::new("/srv/vg")));
         let c = Config::parse(EXAMPLE, env("")).unwrap();
         assert_eq!(c.state.dir(), None, "empty: memory only");
+    }
+
+    #[test]
+    fn the_feed_silence_limit_defaults_to_four_hours_can_be_overridden_and_is_bounded() {
+        let c = Config::parse(EXAMPLE, Vec::new()).unwrap();
+        assert_eq!(c.feed_silence_limit(), Some(Duration::from_secs(4 * 3600)));
+        let without: String = EXAMPLE
+            .lines()
+            .filter(|l| !l.starts_with("feed_silence_s"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&without, Vec::new()).unwrap();
+        assert_eq!(
+            c.feed_silence_limit(),
+            Some(crate::sessions::DEFAULT_FEED_SILENCE)
+        );
+        let env = |v: &str| {
+            vec![(
+                "VOUCH_GATEWAY_LIMITS_FEED_SILENCE_S".to_string(),
+                v.to_string(),
+            )]
+        };
+        let c = Config::parse(EXAMPLE, env("600")).unwrap();
+        assert_eq!(c.feed_silence_limit(), Some(Duration::from_secs(600)));
+        let c = Config::parse(EXAMPLE, env("0")).unwrap();
+        assert_eq!(c.feed_silence_limit(), None, "0: never stop resuming");
+        let e = Config::parse(EXAMPLE, env("59")).unwrap_err();
+        assert!(e.contains("feed_silence_s"), "{e}");
     }
 
     #[test]

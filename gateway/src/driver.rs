@@ -311,6 +311,12 @@ where
                             _ = shutdown.changed() => return Err(Error::Disconnected),
                         }
                     }
+                    if ctx.table.resumption_suspended() {
+                        // SPEC.md §11.5: no revocation can reach this
+                        // gateway; the ticket is refused below.
+                        ctx.metrics.set_resumption_suspended(true);
+                        debug!("resumption refused: the revocation feed has been silent too long");
+                    }
                     let ticket = resume_ephemeral
                         .as_ref()
                         .and_then(|e| ctx.table.ticket_for_attempt(&id, e));
@@ -418,6 +424,14 @@ where
                             at: ctx.clock.now(),
                             data: d.to_vec(),
                         });
+                        if let Some(newer) = ctx.table.spoke(&id, live.token) {
+                            // A genuine device never speaks on the link it
+                            // reconnected away from (SPEC.md §11.6).
+                            ctx.metrics.clone_suspected();
+                            warn!(peripheral = %id, session = %hex(&session_id), newer = %hex(&newer),
+                                "two sessions of one identity live at once on this gateway: the older spoke after the newer started (suspected clone)");
+                            spawn_report(ctx, id, SessionEventKind::Concurrent, session_id);
+                        }
                     }
                     Ok(ProtoInbound::Close(r)) => {
                         break format!("peripheral closed (reason {})", r.0)
@@ -600,14 +614,24 @@ async fn report<B: BackendApi, C>(
         }],
     };
     match ctx.backend.report(report).await {
-        Ok(answer) => {
-            if answer.items.first() == Some(&SessionVerdict::Refused)
-                && kind == SessionEventKind::Attached
-            {
-                warn!(peripheral = %peripheral, "backend refused the session (clone policy or status): closing");
-                ctx.table.close(&peripheral, CloseReason::REVOKED);
+        Ok(answer) => match (answer.items.first(), kind) {
+            (Some(SessionVerdict::Refused), SessionEventKind::Attached) => {
+                warn!(peripheral = %peripheral, session = %hex(&session_id),
+                    "backend refused the session (clone policy or status): closing");
+                ctx.table
+                    .close_session(&peripheral, &session_id, CloseReason::REVOKED);
             }
-        }
+            // Two live at once here, and the policy refuses clones: as
+            // across gateways, the session that was live first stays and
+            // the newer one is closed (SPEC.md §11.6).
+            (Some(SessionVerdict::Refused), SessionEventKind::Concurrent) => {
+                warn!(peripheral = %peripheral, session = %hex(&session_id),
+                    "backend refused the suspected clone: closing the newer session, the older stays");
+                ctx.table
+                    .close_newer_than(&peripheral, &session_id, CloseReason::REVOKED);
+            }
+            _ => {}
+        },
         Err(e) => debug!(peripheral = %peripheral, error = %e, "session event not reported"),
     }
 }

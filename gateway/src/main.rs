@@ -207,6 +207,7 @@ async fn run(config: Config) -> Result<()> {
         }
         None => SessionTable::new(config.limits.max_tickets),
     };
+    table.set_feed_silence_limit(config.feed_silence_limit());
     let ctx = Arc::new(Context {
         config: GatewayConfig::new(gateway_key),
         backend: backend.clone(),
@@ -403,6 +404,19 @@ async fn status(config: &Config, json: bool) -> Result<()> {
         v["tickets"]
     );
     println!("handshakes: {}", v["handshakes"]);
+    let resumption = &v["resumption"];
+    if resumption["suspended"].as_bool() == Some(true) {
+        println!(
+            "resumption REFUSED: no answer from the revocation feed for {} s (limits.feed_silence_s = {})",
+            resumption["feed_silent_s"], resumption["feed_silence_limit_s"]
+        );
+    }
+    if v["clones_suspected"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "suspected clones (two live sessions of one identity here): {}",
+            v["clones_suspected"]
+        );
+    }
     let anchors = &v["anchor_updates"];
     println!(
         "trust-anchor updates: {} held (last serial {}), {} sent",

@@ -26,6 +26,8 @@ pub struct Metrics {
     anchor_updates_held: IntGauge,
     anchor_update_serial: IntGauge,
     anchor_update_fetch_failures: IntCounter,
+    resumption_suspended: IntGauge,
+    clones_suspected: IntCounter,
 }
 
 impl Metrics {
@@ -79,6 +81,14 @@ impl Metrics {
             "anchor_update_fetch_failures_total",
             "Fetches of trust-anchor updates from the backend that failed",
         )?;
+        let resumption_suspended = IntGauge::new(
+            "resumption_suspended",
+            "1 while resumption is refused because the revocation feed has not answered for limits.feed_silence_s",
+        )?;
+        let clones_suspected = IntCounter::new(
+            "clones_suspected_total",
+            "Sessions of one identity live at once on this gateway: an older session spoke after a newer one started",
+        )?;
         for c in [
             Box::new(handshakes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(handshake_seconds.clone()),
@@ -94,6 +104,8 @@ impl Metrics {
             Box::new(anchor_updates_held.clone()),
             Box::new(anchor_update_serial.clone()),
             Box::new(anchor_update_fetch_failures.clone()),
+            Box::new(resumption_suspended.clone()),
+            Box::new(clones_suspected.clone()),
         ] {
             registry.register(c)?;
         }
@@ -113,6 +125,8 @@ impl Metrics {
             anchor_updates_held,
             anchor_update_serial,
             anchor_update_fetch_failures,
+            resumption_suspended,
+            clones_suspected,
         })
     }
 
@@ -193,6 +207,28 @@ impl Metrics {
     /// A fetch of trust-anchor updates failed.
     pub fn anchor_update_fetch_failed(&self) {
         self.anchor_update_fetch_failures.inc();
+    }
+
+    /// Whether resumption is refused for want of the revocation feed
+    /// (SPEC.md §11.5).
+    pub fn set_resumption_suspended(&self, suspended: bool) {
+        self.resumption_suspended.set(i64::from(suspended));
+    }
+
+    /// Whether the last update said resumption is refused.
+    pub fn resumption_is_suspended(&self) -> bool {
+        self.resumption_suspended.get() != 0
+    }
+
+    /// Two sessions of one identity were live at once on this gateway
+    /// (SPEC.md §11.6).
+    pub fn clone_suspected(&self) {
+        self.clones_suspected.inc();
+    }
+
+    /// Suspected clones counted so far.
+    pub fn clones_suspected(&self) -> u64 {
+        self.clones_suspected.get()
     }
 
     /// Handshakes counted with this outcome label (for tests and `status`).

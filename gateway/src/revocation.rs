@@ -18,6 +18,12 @@
 //! The feed starts with polls that do not wait even without restored
 //! tickets: the first answer confirms the wall clock at once, and tickets
 //! are saved to the state directory only once it has.
+//!
+//! A gateway that hears nothing from the feed for `limits.feed_silence_s`
+//! stops resuming until the feed answers again
+//! ([`SessionTable::resumption_suspended`], SPEC.md §11.5): it cannot know
+//! of the revocations made meanwhile. An answer counts once every event up
+//! to it is applied (a batch of fewer than [`MAX_FEED_EVENTS`] events).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +32,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use vouch_proto::keys::PublicKey;
 use vouch_proto::session::CloseReason;
-use vouch_proto::wire::backend::{FeedChange, FeedEvent};
+use vouch_proto::wire::backend::{FeedChange, FeedEvent, MAX_FEED_EVENTS};
 
 use crate::backend_client::{BackendApi, BackendError};
 use crate::metrics::Metrics;
@@ -110,6 +116,7 @@ pub async fn follow<B: BackendApi>(
 ) {
     let mut after = table.feed_cursor();
     let mut catching_up = true;
+    table.feed_followed();
     if table.awaits_feed() {
         info!(
             after,
@@ -152,6 +159,13 @@ pub async fn follow<B: BackendApi>(
                     }
                     after = batch.next;
                     table.set_feed_position(after);
+                    // Every event up to this answer is applied (a full batch
+                    // may have more behind it): revocations made until now
+                    // have reached this gateway.
+                    if batch.events.len() < MAX_FEED_EVENTS {
+                        table.feed_heard();
+                    }
+                    metrics.set_resumption_suspended(table.resumption_suspended());
                 }
                 Err(e) => {
                     if catching_up && matches!(e, BackendError::Refused { .. }) {
@@ -161,6 +175,7 @@ pub async fn follow<B: BackendApi>(
                         catching_up = false;
                     }
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "revocation feed unavailable");
+                    metrics.set_resumption_suspended(table.resumption_suspended());
                     let jitter = Duration::from_millis(u64::from(rand_jitter()) % (backoff.as_millis() as u64 / 2 + 1));
                     tokio::select! {
                         () = tokio::time::sleep(backoff + jitter) => {}

@@ -18,17 +18,23 @@
 //! time.
 //!
 //! A session is keyed by the authenticated peripheral id, never by a link
-//! address. A second session for a peripheral that already has one replaces
-//! it (the old link is closed): a device that reconnects must not be locked
-//! out by its own stale link, and a clone is the backend's to detect (it sees
-//! both attaches).
+//! address. A second session for a peripheral that already has one becomes
+//! its session at once (commands go to it): a device that reconnects before
+//! the gateway noticed its old link died (BLE supervision timeout) must not
+//! be locked out by its own stale link. The older session is *superseded*,
+//! not closed: it stays open until its link ends (the genuine case), and if
+//! it delivers an authenticated record meanwhile, two holders of the key
+//! are live at once, a suspected clone that the driver reports to the
+//! backend (SPEC.md §11.6). At most one superseded session is kept per
+//! peripheral; revocation, policy changes, shutdown and the sweep reach it
+//! like any other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, oneshot, watch, Notify};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vouch_proto::handshake::gateway::GatewayTicket;
 use vouch_proto::keys::PeripheralId;
 use vouch_proto::session::CloseReason;
@@ -264,9 +270,44 @@ pub struct TicketClaim {
     claim: u64,
 }
 
+/// The default of `limits.feed_silence_s` (SPEC.md §11.5): four hours
+/// without an answer from the revocation feed, after which the gateway
+/// stops resuming.
+pub const DEFAULT_FEED_SILENCE: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
+/// Whether the revocation feed answers often enough for resumption to go on
+/// (SPEC.md §11.5): a gateway that has heard nothing from the feed for the
+/// limit cannot know of revocations made since, and stops resuming until
+/// it hears again. Times are on tokio's clock: the monotonic clock
+/// (`CLOCK_MONOTONIC`) in production, the paused clock in tests, as for
+/// [`crate::clock::TokioClock`] and every timer of the gateway.
+struct FeedSilence {
+    /// The limit in ms; 0: never stop resuming.
+    limit_ms: AtomicU64,
+    /// When the feed last answered up to its end; `None` until the feed is
+    /// followed ([`SessionTable::feed_followed`]): a table nobody feeds
+    /// (tests, tools) never stops resuming.
+    last_heard: Mutex<Option<tokio::time::Instant>>,
+    /// Whether resumption is refused now (for the log: once each way).
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+/// An older session of a peripheral that a newer one replaced, kept open
+/// until its link ends (see the module docs).
+struct Superseded {
+    entry: Entry,
+    /// The newer session's id (for the log).
+    newer: [u8; 8],
+    /// Whether it already spoke (reported once).
+    spoke: bool,
+}
+
 /// The live sessions and the stored tickets.
 pub struct SessionTable {
     sessions: Mutex<HashMap<PeripheralId, Entry>>,
+    /// Superseded sessions, at most one per peripheral; locked after
+    /// `sessions` when both are.
+    superseded: Mutex<HashMap<PeripheralId, Superseded>>,
     tickets: Mutex<Tickets>,
     inbound: broadcast::Sender<Inbound>,
     next_token: std::sync::atomic::AtomicU64,
@@ -304,6 +345,8 @@ pub struct SessionTable {
     restore_report: Option<RestoreReport>,
     /// The trust-anchor updates delivered after every handshake.
     anchor_updates: AnchorUpdates,
+    /// How long the revocation feed may stay silent before resumption stops.
+    feed_silence: FeedSilence,
 }
 
 impl SessionTable {
@@ -398,6 +441,7 @@ impl SessionTable {
         let (feed_ready, _) = watch::channel(held.tickets.is_empty());
         Self {
             sessions: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
             tickets: Mutex::new(map),
             inbound,
             next_token: std::sync::atomic::AtomicU64::new(1),
@@ -413,6 +457,11 @@ impl SessionTable {
             feed_start,
             restore_report,
             anchor_updates,
+            feed_silence: FeedSilence {
+                limit_ms: AtomicU64::new(DEFAULT_FEED_SILENCE.as_millis() as u64),
+                last_heard: Mutex::new(None),
+                refusing: std::sync::atomic::AtomicBool::new(false),
+            },
         }
     }
 
@@ -426,14 +475,22 @@ impl SessionTable {
         self.tickets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_superseded(&self) -> std::sync::MutexGuard<'_, HashMap<PeripheralId, Superseded>> {
+        self.superseded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Registers a session; returns a token for [`remove`](Self::remove). A
-    /// previous session of the same peripheral is told to close.
+    /// previous session of the same peripheral is superseded: it stays open
+    /// until its link ends, and [`spoke`](Self::spoke) tells whether it
+    /// speaks meanwhile. A session superseded before is closed (reason 0).
     pub fn insert(&self, info: SessionInfo, mailbox: Arc<Mailbox>) -> u64 {
         let token = self
             .next_token
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let old = self.lock_sessions().insert(
-            info.peripheral,
+        let (peripheral, newer) = (info.peripheral, info.session_id);
+        let mut map = self.lock_sessions();
+        let old = map.insert(
+            peripheral,
             Entry {
                 info,
                 mailbox,
@@ -441,17 +498,101 @@ impl SessionTable {
             },
         );
         if let Some(old) = old {
-            old.mailbox.close(CloseReason::NORMAL);
+            debug!(peripheral = %peripheral, "a newer session of this peripheral: the older one is kept open until its link ends");
+            let replaced = self.lock_superseded().insert(
+                peripheral,
+                Superseded {
+                    entry: old,
+                    newer,
+                    spoke: false,
+                },
+            );
+            if let Some(s) = replaced {
+                s.entry.mailbox.close(CloseReason::NORMAL);
+            }
         }
         token
     }
 
-    /// Unregisters a session, if it is still the one with `token`.
+    /// Unregisters a session, if it is still the one with `token` (live or
+    /// superseded). When the live one ends, a superseded one still open is
+    /// the peripheral's session again.
     pub fn remove(&self, peripheral: &PeripheralId, token: u64) {
         let mut map = self.lock_sessions();
+        let mut sup = self.lock_superseded();
         if map.get(peripheral).is_some_and(|e| e.token == token) {
             map.remove(peripheral);
+            if let Some(s) = sup.remove(peripheral) {
+                map.insert(*peripheral, s.entry);
+            }
+        } else if sup.get(peripheral).is_some_and(|s| s.entry.token == token) {
+            sup.remove(peripheral);
         }
+    }
+
+    /// The session with `token` delivered an authenticated record. If it is
+    /// superseded and had not spoken before, returns the newer session's id:
+    /// two sessions of one identity are live at once (SPEC.md §11.6).
+    pub fn spoke(&self, peripheral: &PeripheralId, token: u64) -> Option<[u8; 8]> {
+        let mut sup = self.lock_superseded();
+        let s = sup.get_mut(peripheral)?;
+        if s.entry.token != token || s.spoke {
+            return None;
+        }
+        s.spoke = true;
+        Some(s.newer)
+    }
+
+    /// Closes the session `session_id` of `peripheral`, live or superseded,
+    /// and drops the peripheral's tickets; returns whether it was open.
+    pub fn close_session(
+        &self,
+        peripheral: &PeripheralId,
+        session_id: &[u8; 8],
+        reason: CloseReason,
+    ) -> bool {
+        self.forget_tickets_of(peripheral);
+        let map = self.lock_sessions();
+        let sup = self.lock_superseded();
+        let entry = map
+            .get(peripheral)
+            .filter(|e| &e.info.session_id == session_id)
+            .or_else(|| {
+                sup.get(peripheral)
+                    .map(|s| &s.entry)
+                    .filter(|e| &e.info.session_id == session_id)
+            });
+        match entry {
+            Some(e) => {
+                e.mailbox.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the live session of `peripheral` if it is not `session_id`
+    /// (the newer of two live at once), and drops the peripheral's
+    /// tickets; returns whether one was closed.
+    pub fn close_newer_than(
+        &self,
+        peripheral: &PeripheralId,
+        session_id: &[u8; 8],
+        reason: CloseReason,
+    ) -> bool {
+        self.forget_tickets_of(peripheral);
+        match self.lock_sessions().get(peripheral) {
+            Some(e) if &e.info.session_id != session_id => {
+                e.mailbox.close(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many superseded sessions are still open.
+    pub fn superseded_count(&self) -> usize {
+        self.lock_superseded().len()
     }
 
     /// The live sessions.
@@ -505,7 +646,11 @@ impl SessionTable {
     /// Closes a peripheral's session (revocation); returns whether one was live.
     pub fn close(&self, peripheral: &PeripheralId, reason: CloseReason) -> bool {
         self.forget_tickets_of(peripheral);
-        match self.lock_sessions().get(peripheral) {
+        let map = self.lock_sessions();
+        if let Some(s) = self.lock_superseded().get(peripheral) {
+            s.entry.mailbox.close(reason);
+        }
+        match map.get(peripheral) {
             Some(e) => {
                 e.mailbox.close(reason);
                 true
@@ -514,11 +659,15 @@ impl SessionTable {
         }
     }
 
-    /// Closes every session (gateway revoked, or shutdown).
+    /// Closes every session, superseded ones too (gateway revoked, or
+    /// shutdown); returns how many live ones.
     pub fn close_all(&self, reason: CloseReason) -> usize {
         let map = self.lock_sessions();
         for e in map.values() {
             e.mailbox.close(reason);
+        }
+        for s in self.lock_superseded().values() {
+            s.entry.mailbox.close(reason);
         }
         map.len()
     }
@@ -762,9 +911,13 @@ impl SessionTable {
     /// it out. `None` (answered `ResumptionRejected`) when it is unknown,
     /// restored and waiting for the revocation feed
     /// ([`is_held_for_feed`](Self::is_held_for_feed)), its peripheral is
-    /// revoked, or `e_p` was already presented with a valid binder: the
-    /// message is a replay.
+    /// revoked, `e_p` was already presented with a valid binder (the
+    /// message is a replay), or the revocation feed has been silent for
+    /// longer than its limit ([`resumption_suspended`](Self::resumption_suspended)).
     pub fn ticket_for_attempt(&self, id: &ResumptionId, e_p: &[u8; 32]) -> Option<GatewayTicket> {
+        if self.resumption_suspended() {
+            return None;
+        }
         let map = self.lock_tickets();
         if self.lock_restored().tickets.contains_key(id) {
             return None;
@@ -962,8 +1115,9 @@ impl SessionTable {
     /// for all sessions instead of one per task; returns how many it closed.
     pub fn sweep(&self, now: Timestamp, idle_ms: u64) -> usize {
         let map = self.lock_sessions();
+        let sup = self.lock_superseded();
         let mut n = 0;
-        for e in map.values() {
+        for e in map.values().chain(sup.values().map(|s| &s.entry)) {
             if now >= e.info.expires_at {
                 e.mailbox.close(CloseReason::EXPIRED);
                 n += 1;
@@ -1002,5 +1156,78 @@ impl SessionTable {
     /// How many tickets are stored.
     pub fn ticket_count(&self) -> usize {
         self.lock_tickets().len()
+    }
+
+    /// Sets how long the revocation feed may go without an answer before
+    /// resumption stops (`limits.feed_silence_s`, SPEC.md §11.5); `None`:
+    /// never (the tickets' `resumption_s` alone bounds resumption).
+    pub fn set_feed_silence_limit(&self, limit: Option<std::time::Duration>) {
+        let ms = limit.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.feed_silence.limit_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The revocation feed is followed from now on
+    /// ([`revocation::follow`](crate::revocation::follow) calls this when it
+    /// starts): its silence counts from here until its first answer.
+    pub fn feed_followed(&self) {
+        let mut last = self.lock_heard();
+        if last.is_none() {
+            *last = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// The revocation feed answered and every event it had up to the
+    /// answer is applied: the gateway knows of every revocation made until
+    /// then, and resumes again if it had stopped.
+    pub fn feed_heard(&self) {
+        *self.lock_heard() = Some(tokio::time::Instant::now());
+        if self.feed_silence.refusing.swap(false, Ordering::SeqCst) {
+            info!("revocation feed answered again: resumption resumes");
+        }
+    }
+
+    /// Whether resumption is refused because the revocation feed has not
+    /// answered for `limits.feed_silence_s` (SPEC.md §11.5): a revocation
+    /// made meanwhile cannot reach this gateway, and a ticket of the revoked
+    /// peripheral would otherwise go on resuming until its `resumption_s`
+    /// ran out. Logs once when it starts refusing (and
+    /// [`feed_heard`](Self::feed_heard) once when it stops).
+    pub fn resumption_suspended(&self) -> bool {
+        let limit = self.feed_silence.limit_ms.load(Ordering::SeqCst);
+        let Some(last) = *self.lock_heard() else {
+            return false;
+        };
+        let silent_ms = u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let suspended = limit != 0 && silent_ms >= limit;
+        if suspended && !self.feed_silence.refusing.swap(true, Ordering::SeqCst) {
+            warn!(
+                silent_s = silent_ms / 1000,
+                limit_s = limit / 1000,
+                "the revocation feed has not answered for longer than limits.feed_silence_s: resumption refused until it answers (peripherals run full handshakes, which need the backend)"
+            );
+        }
+        suspended
+    }
+
+    /// The limit set by [`set_feed_silence_limit`](Self::set_feed_silence_limit).
+    pub fn feed_silence_limit(&self) -> Option<std::time::Duration> {
+        match self.feed_silence.limit_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
+
+    /// How long since the revocation feed last answered, if it is followed.
+    pub fn feed_silent_for(&self) -> Option<std::time::Duration> {
+        self.lock_heard().map(|t| t.elapsed())
+    }
+
+    fn lock_heard(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.feed_silence
+            .last_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }

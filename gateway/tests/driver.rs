@@ -12,11 +12,12 @@ use tokio::io::AsyncWriteExt;
 use common::{drive_peripheral, peripheral_full, run_link_owned, setup, wait_for};
 use vouch_gateway::driver::Outcome;
 use vouch_gateway::transport::memory::pair;
+use vouch_gateway::transport::memory::MemoryLink;
 use vouch_gateway::transport::Link;
 use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
 use vouch_proto::session::{CloseReason, Inbound};
 use vouch_proto::testing::rng;
-use vouch_proto::wire::backend::{FeedChange, FeedEvent};
+use vouch_proto::wire::backend::{FeedChange, FeedEvent, SessionEventKind, SessionVerdict};
 use vouch_proto::wire::Scope;
 use vouch_proto::{AlertCode, Error as ProtoError, Timestamp};
 
@@ -678,4 +679,220 @@ async fn a_ticket_of_another_gateway_is_not_logged_as_misbehaviour() {
     assert_eq!(s.ctx.metrics.handshakes("failed"), 0);
     let text = logs.text();
     assert!(!text.contains("handshake failed"), "{text}");
+}
+
+/// One resumption attempt with `ticket` on a new link; the link is then
+/// dropped. The peripheral's new ticket if it completed, else its error.
+async fn try_resume(
+    s: &common::Setup,
+    ticket: &PeripheralTicket,
+    seed: u64,
+) -> Result<PeripheralTicket, ProtoError> {
+    let mut p = PeripheralHandshake::resume(
+        &PeripheralConfig::default(),
+        &copy_ticket(ticket),
+        &s.anchors,
+        Timestamp(0),
+        &mut rng(seed),
+    )
+    .unwrap();
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    let d = tokio::spawn(run_link_owned(
+        s.ctx.clone(),
+        g_link,
+        seed,
+        s.shutdown.clone(),
+    ));
+    let r = drive_peripheral(&mut p, &mut p_link).await;
+    drop(p_link);
+    d.await.unwrap();
+    r?;
+    Ok(p.into_established()?.ticket)
+}
+
+/// SPEC.md §11.5: a gateway that has heard nothing from the revocation feed
+/// for `limits.feed_silence_s` (default 4 h) cannot know of a revocation
+/// made meanwhile, and stops resuming; once the feed answers it resumes
+/// again. Each change is logged once.
+#[tokio::test(start_paused = true)]
+async fn a_gateway_cut_off_from_the_revocation_feed_stops_resuming_until_the_feed_answers() {
+    let s = setup(Scope::TELEMETRY);
+    let logs = common::Capture::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let follower = tokio::spawn(vouch_gateway::revocation::follow(
+        s.backend.clone(),
+        s.ctx.table.clone(),
+        s.ctx.config.gateway_key,
+        s.ctx.metrics.clone(),
+        s.shutdown.clone(),
+    ));
+    let (mut p_link, g_link) = pair(247, "p", "g");
+    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 1, s.shutdown.clone()));
+    let ticket = peripheral_full(&s, &mut p_link, 2).await.unwrap().ticket;
+    wait_for("session", || s.ctx.table.len() == 1).await;
+    drop(p_link);
+    d.await.unwrap();
+
+    // The uplink is cut: the feed fails from now on, retried with backoff.
+    s.backend.feed_down.send_replace(true);
+    // A minute before the limit, a kept ticket still resumes.
+    tokio::time::advance(Duration::from_secs(4 * 3600 - 60)).await;
+    let ticket = try_resume(&s, &ticket, 10)
+        .await
+        .expect("resumes before the limit");
+    // After it, the gateway refuses: a revocation could not have reached it.
+    tokio::time::advance(Duration::from_secs(120)).await;
+    assert_eq!(
+        try_resume(&s, &ticket, 11).await.unwrap_err(),
+        ProtoError::Alert(AlertCode::ResumptionRejected),
+        "no resumption once the feed has been silent for the limit"
+    );
+    assert!(s.ctx.table.resumption_suspended());
+    assert!(s.ctx.metrics.resumption_is_suspended());
+    assert_eq!(s.ctx.table.ticket_count(), 1, "the ticket is kept, unused");
+
+    // The feed answers again (an event for another peripheral): the same
+    // ticket resumes.
+    s.backend.feed_down.send_replace(false);
+    let other = vouch_proto::keys::PeripheralId::derive(
+        &vouch_proto::keys::IdentityKey::generate(&mut rng(77)).public_key(),
+    );
+    s.feed_tx
+        .send(FeedEvent {
+            seq: 1,
+            at_ms: 0,
+            change: FeedChange::PeripheralReinstated(other),
+        })
+        .await
+        .unwrap();
+    // Past the feed's longest retry delay (10 s and its jitter).
+    tokio::time::advance(Duration::from_secs(16)).await;
+    wait_for("the feed answered", || s.ctx.table.feed_position() == 1).await;
+    assert!(!s.ctx.table.resumption_suspended());
+    assert!(!s.ctx.metrics.resumption_is_suspended());
+    try_resume(&s, &ticket, 12)
+        .await
+        .expect("resumes once the feed answered");
+
+    let text = logs.text();
+    assert_eq!(
+        text.matches("resumption refused until it answers").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("revocation feed answered again").count(),
+        1,
+        "{text}"
+    );
+    s.shutdown_tx.send(true).unwrap();
+    follower.await.unwrap();
+}
+
+/// Whether `s`'s backend got a session event of `kind` for `session`.
+fn reported(s: &common::Setup, kind: SessionEventKind, session: [u8; 8]) -> bool {
+    s.backend
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .any(|e| e.kind == kind && e.session_id == session)
+}
+
+/// Sends one authenticated data record on a peripheral's session.
+async fn say(session: &mut vouch_proto::session::Session, link: &mut MemoryLink, data: &[u8]) {
+    let mut buf = [0u8; 128];
+    let n = session.seal_data(Timestamp(0), data, &mut buf).unwrap();
+    link.send(&buf[..n]).await.unwrap();
+}
+
+/// SPEC.md §11.6: a genuine device that reconnects before the gateway
+/// noticed its old link died gets the new session at once, and its silent
+/// old link ends with no clone report. A second device with the same
+/// identity, live beside it on the same gateway, gives itself away when
+/// the older session speaks after the newer one started: reported to the
+/// backend as `Concurrent`, and with the backend refusing clones the newer
+/// session is closed while the older, live first, stays.
+#[tokio::test]
+async fn a_quick_reconnect_raises_no_clone_report_and_a_second_live_device_on_one_gateway_is_reported_and_refused(
+) {
+    let s = setup(Scope::TELEMETRY);
+    *s.backend.concurrent_verdict.lock().unwrap() = SessionVerdict::Refused;
+    let mut inbound = s.ctx.table.subscribe();
+    // The genuine device's first session; its link then dies silently.
+    let (mut a_link, g) = pair(247, "p", "g");
+    let da = tokio::spawn(run_link_owned(s.ctx.clone(), g, 1, s.shutdown.clone()));
+    let a = peripheral_full(&s, &mut a_link, 2).await.unwrap();
+    wait_for("first session", || s.ctx.table.len() == 1).await;
+    // It reconnects before the gateway noticed: the new session is its session.
+    let (mut b_link, g) = pair(247, "p", "g");
+    let db = tokio::spawn(run_link_owned(s.ctx.clone(), g, 3, s.shutdown.clone()));
+    let mut b = peripheral_full(&s, &mut b_link, 4).await.unwrap();
+    wait_for("the old session superseded", || {
+        s.ctx.table.superseded_count() == 1
+            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(b.session.id())
+    })
+    .await;
+    say(&mut b.session, &mut b_link, b"after the reconnect").await;
+    assert_eq!(inbound.recv().await.unwrap().data, b"after the reconnect");
+    // The old link ends (BLE supervision timeout): quietly.
+    drop(a_link);
+    assert!(matches!(da.await.unwrap(), Outcome::SessionEnded { .. }));
+    wait_for("the old session gone", || {
+        s.ctx.table.superseded_count() == 0
+    })
+    .await;
+    wait_for("the old session's detach", || {
+        reported(&s, SessionEventKind::Detached, a.session.id())
+    })
+    .await;
+    assert_eq!(s.ctx.metrics.clones_suspected(), 0);
+    assert!(!s
+        .backend
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .any(|e| e.kind == SessionEventKind::Concurrent));
+
+    // A clone connects with the same identity while the device is live.
+    let (mut c_link, g) = pair(247, "p", "g");
+    let dc = tokio::spawn(run_link_owned(s.ctx.clone(), g, 5, s.shutdown.clone()));
+    let mut c = peripheral_full(&s, &mut c_link, 6).await.unwrap();
+    wait_for("the device's session superseded", || {
+        s.ctx.table.superseded_count() == 1
+            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(c.session.id())
+    })
+    .await;
+    // The device speaks on its session: two holders of the key are live.
+    say(&mut b.session, &mut b_link, b"still here").await;
+    wait_for("the Concurrent report", || {
+        reported(&s, SessionEventKind::Concurrent, b.session.id())
+    })
+    .await;
+    assert_eq!(s.ctx.metrics.clones_suspected(), 1);
+    // Refused: the newer session is closed, the older one stays.
+    let msg = c_link.recv().await.unwrap().unwrap();
+    let mut out = [0u8; 64];
+    assert_eq!(
+        c.session.open(Timestamp(0), &msg, &mut out).unwrap(),
+        Inbound::Close(CloseReason::REVOKED)
+    );
+    assert!(matches!(dc.await.unwrap(), Outcome::SessionEnded { .. }));
+    wait_for("the older session is the peripheral's again", || {
+        s.ctx.table.superseded_count() == 0
+            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(b.session.id())
+    })
+    .await;
+    say(&mut b.session, &mut b_link, b"served").await;
+    loop {
+        if inbound.recv().await.unwrap().data == b"served" {
+            break;
+        }
+    }
+    assert_eq!(s.ctx.metrics.clones_suspected(), 1, "reported once");
+    drop(b_link);
+    db.await.unwrap();
 }

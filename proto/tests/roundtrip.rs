@@ -265,7 +265,8 @@ fn feed_batch() -> impl Strategy<Value = FeedBatch> {
 fn session_report() -> impl Strategy<Value = SessionReport> {
     let kind = prop_oneof![
         Just(SessionEventKind::Attached),
-        Just(SessionEventKind::Detached)
+        Just(SessionEventKind::Detached),
+        Just(SessionEventKind::Concurrent)
     ];
     vec(
         (any::<[u8; 8]>(), kind, any::<[u8; 8]>()).prop_map(|(id, kind, session_id)| {

@@ -24,8 +24,8 @@ use vouch_proto::handshake::peripheral::{
 use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId};
 use vouch_proto::testing::rng;
 use vouch_proto::wire::backend::{
-    AnchorUpdateBatch, FeedBatch, FeedEvent, PeripheralInfo, SessionReport, SessionReportAnswer,
-    SessionVerdict, VouchAnswer, VouchRequest, Vouched, MAX_ANCHOR_UPDATES,
+    AnchorUpdateBatch, FeedBatch, FeedEvent, PeripheralInfo, SessionEventKind, SessionReport,
+    SessionReportAnswer, SessionVerdict, VouchAnswer, VouchRequest, Vouched, MAX_ANCHOR_UPDATES,
 };
 use vouch_proto::wire::{Lifetimes, Scope};
 use vouch_proto::{Error as ProtoError, Timestamp};
@@ -63,6 +63,11 @@ pub struct FakeBackend {
     pub vouch_open: watch::Sender<bool>,
     /// While `false`, `feed_now` does not answer (a backend not reached yet).
     pub feed_now_open: watch::Sender<bool>,
+    /// While `true`, the revocation feed fails (`feed`, `feed_now`), and a
+    /// long poll already waiting fails when it turns `true`: an uplink cut.
+    pub feed_down: watch::Sender<bool>,
+    /// The verdict on a `Concurrent` session event (others are accepted).
+    pub concurrent_verdict: Mutex<SessionVerdict>,
     /// When set, `feed_now` answers this instead of reading the log.
     pub feed_now_answer: Mutex<Option<Result<FeedBatch, BackendError>>>,
     /// The trust-anchor updates the backend issued, in serial order.
@@ -135,14 +140,23 @@ impl BackendApi for FakeBackend {
         if self.down.load(Ordering::SeqCst) {
             return Err(BackendError::Unavailable("connection refused".into()));
         }
-        let n = report.events.len();
+        let concurrent = *self.concurrent_verdict.lock().unwrap();
+        let items = report
+            .events
+            .iter()
+            .map(|e| match e.kind {
+                SessionEventKind::Concurrent => concurrent,
+                _ => SessionVerdict::Accepted,
+            })
+            .collect();
         self.reports.lock().unwrap().push(report);
-        Ok(SessionReportAnswer {
-            items: vec![SessionVerdict::Accepted; n],
-        })
+        Ok(SessionReportAnswer { items })
     }
 
     async fn feed_now(&self, after: u64) -> Result<FeedBatch, BackendError> {
+        if *self.feed_down.borrow() {
+            return Err(BackendError::Unavailable("feed down".into()));
+        }
         let mut open = self.feed_now_open.subscribe();
         let _ = open.wait_for(|o| *o).await;
         if let Some(answer) = self.feed_now_answer.lock().unwrap().clone() {
@@ -192,11 +206,19 @@ impl BackendApi for FakeBackend {
     }
 
     async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
+        let mut down = self.feed_down.subscribe();
+        if *down.borrow_and_update() {
+            return Err(BackendError::Unavailable("feed down".into()));
+        }
         if let Some(batch) = self.logged_after(after) {
             return Ok(batch);
         }
         let mut rx = self.feed.lock().await;
-        match rx.recv().await {
+        let next = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = down.wait_for(|d| *d) => return Err(BackendError::Unavailable("feed down".into())),
+        };
+        match next {
             Some(ev) => Ok(FeedBatch {
                 next: ev.seq,
                 events: vec![ev],
@@ -257,6 +279,8 @@ pub fn setup(scope: Scope) -> Setup {
         log: Mutex::new(vec![]),
         vouch_open: watch::channel(true).0,
         feed_now_open: watch::channel(true).0,
+        feed_down: watch::channel(false).0,
+        concurrent_verdict: Mutex::new(SessionVerdict::CloneSuspected),
         feed_now_answer: Mutex::new(None),
         anchor_log: Mutex::new(vec![]),
         anchor_latest: Mutex::new(None),

@@ -187,6 +187,12 @@ pub enum SessionEventKind {
     Attached,
     /// The session ended (closed, expired, link lost).
     Detached,
+    /// This session (`session_id`) was superseded by a newer session of the
+    /// same peripheral on the same gateway and then delivered an
+    /// authenticated record: two holders of the key were live at once, a
+    /// suspected clone (SPEC.md §10.5, §11.6). A genuine device that
+    /// reconnected never speaks on its old, dead link.
+    Concurrent,
 }
 
 /// A gateway reports one session change (SPEC.md §11.6).
