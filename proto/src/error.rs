@@ -192,8 +192,10 @@ pub enum PeerMisbehaved {
     /// The peer sent data the vouch's scope does not allow.
     #[error("data outside the granted scope")]
     OutOfScope,
-    /// A trust-anchor update did not verify.
-    #[error("anchor update signature invalid")]
+    /// A trust-anchor update is not a rotation to the key the held anchor
+    /// committed to, signed by that key (SPEC.md §7.7): a reserved action,
+    /// another key, or a signature that does not verify.
+    #[error("anchor update refused: not a rotation to the committed key, signed by it")]
     BadAnchorUpdate,
     /// A trust-anchor update is not newer than what the peripheral holds.
     #[error("anchor update is stale")]
