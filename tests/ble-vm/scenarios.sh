@@ -329,21 +329,20 @@ scenario_7() {
     expect "rogue p2 linked and subscribed, holding its link silent" 120 has "$OUT/s7rogue-p2.log" "danger-silent: holding the link" &&
     expect "rogue p3 linked and subscribed, holding its link silent" 120 has "$OUT/s7rogue-p3.log" "danger-silent: holding the link" &&
     expect "the gateway linked both rogues" 10 sh -c "[ \$(grep -c 'BLE link up' '$GWLOG') -ge 2 ]"
-    t0=$(now)
+    t0=$(now) t1=
     [ -n "$FAILS" ] || start_periph 1 s7
-    expect "honest p1 handshake ok while the rogues attack" 90 has "$OUT/s7-p1.log" "handshake ok" &&
-    t1=$(now) &&
+    # Wait longer than the bound, to measure how long it took when it is late.
+    if [ -z "$FAILS" ] && wait_for 240 has "$OUT/s7-p1.log" "handshake ok"; then t1=$(now); fi
+    p1dev=dev_00_AA_01_01_00_01     # p1's address on hci1, as the gateway's BlueZ names it
+    measure "s7 honest p1 handshake $([ -n "$t1" ] && awk "BEGIN {print $t1 - $t0}" || echo 'none within 240') s after it started, both slots held by silent rogues ($(latency "$OUT/s7-p1.log"), peripheral's measure); gateway: $(count "$GWLOG" 'no first message in time') first-message timeouts, $(count "$GWLOG" 'silent the longest makes room') evictions, $(count "$GWLOG" 'BLE link up') links up; p1: $(grep "$p1dev" "$GWLOG" | grep -c 'slot taken while') times evicted before its link was up, $(grep "$p1dev" "$GWLOG" | grep -c 'no first message in time') first-message timeouts, $(count "$OUT/s7-p1.log" 'handshake failed') failed handshakes"
+    expect "honest p1 handshake ok within 90 s while the rogues attack" 1 sh -c "[ -n '$t1' ] && awk 'BEGIN {exit !($t1 - $t0 <= 90)}'" &&
     expect "gateway session established for p1" 30 sh -c "curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID1" &&
-    expect "the rogues were cut at the first-message deadline (gateway log)" 1 sh -c "[ \$(grep -c 'no first message in time' '$GWLOG') -ge 2 ]" &&
+    expect "the rogues were cut at the first-message deadline or evicted (gateway log)" 1 sh -c "[ \$(grep -c 'no first message in time\\|closed to make room' '$GWLOG') -ge 2 ]" &&
     expect "the rogues never got a session" 1 sh -c "! curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q '$ID2\\|$ID3'" &&
     expect "p1 keeps sending telemetry while the rogues go on (3 sent)" 60 sh -c "[ \$(grep -c '^sent' '$OUT/s7-p1.out') -ge 3 ]" &&
     expect "p1's session was never closed" 1 sh -c "! grep -q 'session closed' '$OUT/s7-p1.log' && curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID1" &&
-    expect "the rogues still came back meanwhile" 1 sh -c "[ \$(grep -c 'danger-silent: holding the link' '$OUT/s7rogue-p2.log' '$OUT/s7rogue-p3.log' | awk -F: '{n += \$2} END {print n}') -ge 3 ]"
-    if [ -n "${t1:-}" ]; then
-        measure "s7 honest p1 handshake $(awk "BEGIN {print $t1 - $t0}") s after it started, with both slots held by silent rogues ($(latency "$OUT/s7-p1.log"), peripheral's measure); gateway: $(count "$GWLOG" 'no first message in time') first-message timeouts, $(count "$GWLOG" 'silent the longest makes room') evictions, $(count "$GWLOG" 'closed to make room') evicted links, $(count "$GWLOG" 'BLE link up') links up"
-    fi
+    expect "the rogues still came back meanwhile" 1 sh -c "[ \$(cat '$OUT/s7rogue-p2.log' '$OUT/s7rogue-p3.log' | grep -c 'danger-silent: holding the link') -ge 3 ]"
     stop $PP1 15; stop $PP2 15; stop $PP3 15
-    t1=
     verdict "$name"
 }
 
