@@ -69,6 +69,14 @@ pub struct DriverConfig {
     pub stable_after: Duration,
     /// How long a close record may take to send at shutdown.
     pub close_timeout: Duration,
+    /// **Dangerous, for tests only: makes the device an attacker.** After
+    /// each connect the device says nothing: no Hello, no ResumeHello. It
+    /// holds the link, discarding anything it receives, until the gateway
+    /// closes it, then connects again at once (with backoff only when the
+    /// link closed within a second). This emulates a rogue device that
+    /// occupies a gateway's link slots (SPEC.md §8.4); a real device never
+    /// sets it. Default `false`.
+    pub danger_silent: bool,
 }
 
 impl Default for DriverConfig {
@@ -80,6 +88,7 @@ impl Default for DriverConfig {
             backoff: BackoffConfig::default(),
             stable_after: Duration::from_secs(30),
             close_timeout: Duration::from_secs(2),
+            danger_silent: false,
         }
     }
 }
@@ -487,6 +496,26 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             info!(peer = %peer, "connected");
             self.emit(Event::Connected { peer: peer.clone() });
 
+            if self.config.danger_silent {
+                warn!(peer = %peer, "danger-silent: holding the link without sending a first message (attacker emulation, tests only)");
+                let held_since = tokio::time::Instant::now();
+                let held =
+                    outside_session(hold_silent(&mut link), &mut self.requests, &mut shutdown)
+                        .await;
+                if held.is_none() {
+                    return Ok(());
+                }
+                let held_for = held_since.elapsed();
+                info!(peer = %peer, held_ms = held_for.as_millis() as u64, "danger-silent: the gateway closed the silent link");
+                delay = if held_for >= Duration::from_secs(1) {
+                    self.backoff.reset();
+                    Duration::ZERO
+                } else {
+                    self.backoff.next_delay(&mut self.rng)
+                };
+                continue;
+            }
+
             let started = tokio::time::Instant::now();
             let est = match self.handshake(&mut link, &mut shutdown).await {
                 Ok(est) => est,
@@ -802,6 +831,14 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                 self.emit(Event::AnchorUpdateRejected(e));
             }
         }
+    }
+}
+
+/// Holds a link without sending anything, dropping what arrives, until it
+/// closes ([`DriverConfig::danger_silent`]).
+async fn hold_silent<L: Link>(link: &mut L) {
+    while let Ok(Some(msg)) = link.recv().await {
+        debug!(len = msg.len(), "danger-silent: ignoring a message");
     }
 }
 

@@ -130,6 +130,12 @@ struct RunArgs {
     /// Seconds: the longest wait between attempts.
     #[arg(long, default_value_t = 60.0)]
     backoff_max: f64,
+    /// DANGEROUS, tests only: emulates an attacker. After each connect the
+    /// device sends nothing (no hello) and holds the link until the gateway
+    /// closes it, then connects again: a rogue device occupying a link slot
+    /// (SPEC.md §8.4). Never set on a real device.
+    #[arg(long, hide = true)]
+    danger_silent: bool,
 }
 
 fn main() -> ExitCode {
@@ -321,8 +327,12 @@ async fn run(args: RunArgs) -> Result<()> {
             initial: secs("backoff-initial", args.backoff_initial)?,
             max: secs("backoff-max", args.backoff_max)?,
         },
+        danger_silent: args.danger_silent,
         ..DriverConfig::default()
     };
+    if args.danger_silent {
+        warn!("--danger-silent: this device emulates an attacker (it never says hello); for tests only");
+    }
     if args.count == Some(0) {
         bail!("--count must be at least 1");
     }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::{fast_config, next_matching, provisioned, Backend, Gateway, Mode, Running, DEADLINE};
 use tokio::sync::oneshot;
 use vouch_gateway::sessions::SessionTable;
-use vouch_peripheral::{Device, DriverError, Event, FileKeyStore, KeyStore, TcpConnector};
+use vouch_peripheral::{
+    Device, DriverConfig, DriverError, Event, FileKeyStore, KeyStore, TcpConnector,
+};
 use vouch_proto::handshake::backend::BackendKeys;
 use vouch_proto::handshake::peripheral::TicketSlot;
 use vouch_proto::keys::{IdentityKey, KeyId};
@@ -436,4 +438,100 @@ async fn an_unprovisioned_device_refuses_to_start() {
     );
     let err = device.run(std::future::pending()).await.unwrap_err();
     assert!(err.to_string().contains("no trust anchors"), "{err}");
+}
+
+/// Boots a device with `danger_silent` (an attacker, tests only) against `url`.
+fn boot_silent(
+    dir: &std::path::Path,
+    url: &str,
+    seed: u64,
+) -> (
+    vouch_peripheral::Events,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), DriverError>>,
+) {
+    let config = DriverConfig {
+        danger_silent: true,
+        ..fast_config()
+    };
+    let store = FileKeyStore::open(dir).unwrap();
+    let connector = TcpConnector::from_url(url, 247).unwrap();
+    let (device, _handle, events) = Device::with_rng(store, connector, config, rng(seed));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(device.run(async move {
+        let _ = stopped.await;
+    }));
+    (events, stop, task)
+}
+
+/// The next `Connected`; any handshake on the way fails the test.
+async fn next_silent_connect(events: &mut vouch_peripheral::Events, seen: &mut Vec<String>) {
+    next_matching(events, seen, "a connect", |e| match e {
+        Event::Connected { .. } => Some(()),
+        Event::Established(_) | Event::HandshakeFailed(_) => {
+            panic!("a danger-silent device made a handshake: {e:?}")
+        }
+        _ => None,
+    })
+    .await;
+}
+
+/// `DriverConfig::danger_silent` (`vouch-peripheral run --danger-silent`,
+/// an attacker for tests): the device connects, sends not one byte, holds
+/// the link until the other side closes it, and connects again. Against
+/// the real gateway it is closed at the first-message deadline (SPEC.md
+/// §8.4) and never costs a backend request.
+#[tokio::test]
+async fn a_danger_silent_device_sends_nothing_and_holds_the_link_until_closed() {
+    use tokio::io::AsyncReadExt;
+    let backend = Backend::new(23);
+    let tmp = tempfile::tempdir().unwrap();
+    provisioned(&backend, tmp.path(), FULL);
+
+    // A bare listener: not one byte arrives, and the device does not hang up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    let (mut events, stop, task) = boot_silent(tmp.path(), &url, 24);
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        let (mut conn, _) = tokio::time::timeout(DEADLINE, listener.accept())
+            .await
+            .expect("the silent device connects (again)")
+            .unwrap();
+        next_silent_connect(&mut events, &mut seen).await;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_millis(1500), conn.read(&mut buf)).await;
+        assert!(
+            read.is_err(),
+            "round {round}: the silent device sent something or hung up: {read:?}"
+        );
+        // Closing the link makes the device connect again.
+        drop(conn);
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("the driver stops")
+        .unwrap()
+        .unwrap();
+
+    // The real gateway closes it at the first-message deadline; it comes back.
+    let gw = Gateway::start(&backend).await;
+    let (mut events, stop, task) = boot_silent(tmp.path(), &gw.url(), 25);
+    for _ in 0..2 {
+        next_silent_connect(&mut events, &mut seen).await;
+    }
+    assert_eq!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a silent device costs the backend nothing"
+    );
+    assert_eq!(gw.ctx.table.len(), 0);
+    stop.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("the driver stops")
+        .unwrap()
+        .unwrap();
+    gw.stop().await;
 }

@@ -129,11 +129,13 @@ start_gateway $W/gw/gateway.toml "$GWLOG" || setup_fail "gateway BLE central or 
 log "backend and gateway up; devices ${ID1} ${ID2} ${ID3}; unenrolled ${ID4}"
 
 # ---- helpers for scenarios --------------------------------------------------
-# start_periph N TAG: run device N on hci$N; its logs are $OUT/TAG-pN.{log,out}
+# start_periph N TAG [ARGS...]: run device N on hci$N, with ARGS; its logs are
+# $OUT/TAG-pN.{log,out}
 start_periph() {
-    VOUCH_LOG=info $P run --dir $W/p$1 --connect ble:hci$1 --interval 2 \
-        > "$OUT/$2-p$1.out" 2> "$OUT/$2-p$1.log" &
-    eval "PP$1=$!"
+    _n=$1 _tag=$2; shift 2
+    VOUCH_LOG=info $P run --dir $W/p$_n --connect ble:hci$_n --interval 2 "$@" \
+        > "$OUT/$_tag-p$_n.out" 2> "$OUT/$_tag-p$_n.log" &
+    eval "PP$_n=$!"
     PIDS="$PIDS $!"
 }
 send_cmd() { # send_cmd ID BODY -> HTTP status on stdout
@@ -298,6 +300,49 @@ scenario_6() {
     expect "p5 received the long command whole" 30 has "$OUT/s6-p5.out" "recv led=on-0000000000"
     measure "s6 handshake with 20-byte fragments $(latency "$OUT/s6-p5.log") (peripheral's measure)"
     stop $PP5 15
+    verdict "$name"
+}
+
+# ---- scenario 7: link slots under attack --------------------------------------
+# The gateway restarts with [transport.ble] max_links = 2 and the default
+# first-message deadline (limits.first_message_ms, 3 s; SPEC.md §8.4). Two
+# rogue devices on p2's and p3's controllers run with --danger-silent: they
+# advertise the Vouch service, let the gateway connect and subscribe, and never
+# send a hello; each reconnects as soon as the gateway drops it. Once the
+# gateway has linked both (every slot taken by a silent link), the honest p1
+# starts: it must get a slot (a rogue timed out at the deadline, or the one
+# silent the longest makes room), authenticate, and keep its session while
+# the rogues go on.
+scenario_7() {
+    name="7 link slots under attack: two silent rogues fill max_links = 2, an honest device gets through"
+    log "scenario $name"
+    stop $GW 15; stop $MSGS 5
+    sed 's/^max_links = 8$/max_links = 2/' $W/gw/gateway.toml > $W/gw/gateway-slots2.toml
+    cp $W/gw/gateway-slots2.toml "$OUT/gateway-slots2.toml"
+    GWLOG=$OUT/gateway-slots2.log
+    grep -q '^max_links = 2$' $W/gw/gateway-slots2.toml || FAILS="could not set [transport.ble] max_links = 2"
+    [ -n "$FAILS" ] || start_gateway $W/gw/gateway-slots2.toml "$GWLOG" ||
+        FAILS="gateway did not restart with max_links = 2"
+    expect "the gateway runs with two BLE slots" 1 has "$GWLOG" "max_links=2"
+    start_periph 2 s7rogue --danger-silent
+    start_periph 3 s7rogue --danger-silent
+    expect "rogue p2 linked and subscribed, holding its link silent" 120 has "$OUT/s7rogue-p2.log" "danger-silent: holding the link" &&
+    expect "rogue p3 linked and subscribed, holding its link silent" 120 has "$OUT/s7rogue-p3.log" "danger-silent: holding the link" &&
+    expect "the gateway linked both rogues" 10 sh -c "[ \$(grep -c 'BLE link up' '$GWLOG') -ge 2 ]"
+    t0=$(now) t1=
+    [ -n "$FAILS" ] || start_periph 1 s7
+    # Wait longer than the bound, to measure how long it took when it is late.
+    if [ -z "$FAILS" ] && wait_for 240 has "$OUT/s7-p1.log" "handshake ok"; then t1=$(now); fi
+    p1dev=dev_00_AA_01_01_00_01     # p1's address on hci1, as the gateway's BlueZ names it
+    measure "s7 honest p1 handshake $([ -n "$t1" ] && awk "BEGIN {print $t1 - $t0}" || echo 'none within 240') s after it started, both slots held by silent rogues ($(latency "$OUT/s7-p1.log"), peripheral's measure); gateway: $(count "$GWLOG" 'no first message in time') first-message timeouts, $(count "$GWLOG" 'silent the longest makes room') evictions, $(count "$GWLOG" 'BLE link up') links up; p1: $(grep "$p1dev" "$GWLOG" | grep -c 'slot taken while') times evicted before its link was up, $(grep "$p1dev" "$GWLOG" | grep -c 'no first message in time') first-message timeouts, $(count "$OUT/s7-p1.log" 'handshake failed') failed handshakes"
+    expect "honest p1 handshake ok within 90 s while the rogues attack" 1 sh -c "[ -n '$t1' ] && awk 'BEGIN {exit !($t1 - $t0 <= 90)}'" &&
+    expect "gateway session established for p1" 30 sh -c "curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID1" &&
+    expect "the rogues were cut at the first-message deadline or evicted (gateway log)" 1 sh -c "[ \$(grep -c 'no first message in time\\|closed to make room' '$GWLOG') -ge 2 ]" &&
+    expect "the rogues never got a session" 1 sh -c "! curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q '$ID2\\|$ID3'" &&
+    expect "p1 keeps sending telemetry while the rogues go on (3 sent)" 60 sh -c "[ \$(grep -c '^sent' '$OUT/s7-p1.out') -ge 3 ]" &&
+    expect "p1's session was never closed" 1 sh -c "! grep -q 'session closed' '$OUT/s7-p1.log' && curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID1" &&
+    expect "the rogues still came back meanwhile" 1 sh -c "[ \$(cat '$OUT/s7rogue-p2.log' '$OUT/s7rogue-p3.log' | grep -c 'danger-silent: holding the link') -ge 3 ]"
+    stop $PP1 15; stop $PP2 15; stop $PP3 15
     verdict "$name"
 }
 

@@ -335,6 +335,7 @@ pub fn fast_config() -> DriverConfig {
         },
         stable_after: Duration::from_secs(30),
         close_timeout: Duration::from_secs(1),
+        danger_silent: false,
     }
 }
 
