@@ -512,13 +512,7 @@ pub async fn register(
         if data.path.as_os_str().is_empty() {
             return Err(KeyRingError::NoDirectory);
         }
-        let max = datadir::key_ids(&data.path)?
-            .into_iter()
-            .chain(data.key_pairs().map(BackendKeys::kid))
-            .map(|k| k.0)
-            .max()
-            .unwrap_or(0);
-        let kid = KeyId(max.checked_add(1).ok_or(KeyRingError::KeyIdsExhausted)?);
+        let kid = next_key_id(data.key_pairs().map(BackendKeys::kid), &data.path)?;
         let successor = BackendKeys::generate(kid, &mut datadir::os_rng());
         datadir::write_key_pair(&data.path, &successor)?;
         tracing::info!(%kid, dir = %data.path.display(), "created the committed successor of \
@@ -527,14 +521,37 @@ pub async fn register(
         data.more_keys.push(successor);
     }
     let genesis = genesis_rows(data.key_pairs(), &data.path).ok_or(KeyRingError::BadGenesis)?;
+    register_genesis_once(store, &genesis, actor).await
+}
+
+/// Registers `genesis` in its own transaction unless a ring is registered
+/// already (another instance may have done it meanwhile). Returns whether
+/// it wrote.
+async fn register_genesis_once(
+    store: &Store,
+    genesis: &[KeyRow; 2],
+    actor: &str,
+) -> Result<bool, KeyRingError> {
     let mut tx = store.begin_write().await?;
-    // Another instance may have registered it meanwhile.
     if !tx.key_rows().await?.is_empty() {
         return Ok(false);
     }
-    register_genesis(&mut tx, &genesis, actor, now_ms()).await?;
+    register_genesis(&mut tx, genesis, actor, now_ms()).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The key id for a new key pair: one above every id registered (`kids`) or
+/// with files in `dir` (an interrupted rotation's leftovers), never reused.
+fn next_key_id(kids: impl Iterator<Item = KeyId>, dir: &Path) -> Result<KeyId, KeyRingError> {
+    let max = kids
+        .chain(datadir::key_ids(dir)?)
+        .map(|k| k.0)
+        .max()
+        .unwrap_or(0);
+    Ok(KeyId(
+        max.checked_add(1).ok_or(KeyRingError::KeyIdsExhausted)?,
+    ))
 }
 
 /// Checks that `data` belongs to the key ring in `store`: every key file
@@ -641,16 +658,8 @@ pub async fn rotate_with(
             instances: lacking,
         });
     }
-    let used: BTreeSet<u8> = rows
-        .iter()
-        .map(|r| r.anchor.kid.0)
-        .chain(datadir::key_ids(&data.path)?.into_iter().map(|k| k.0))
-        .collect();
-    let kid = match used.last() {
-        Some(&max) => max.checked_add(1).ok_or(KeyRingError::KeyIdsExhausted)?,
-        None => 1,
-    };
-    let successor = BackendKeys::generate(KeyId(kid), &mut datadir::os_rng());
+    let kid = next_key_id(rows.iter().map(|r| r.anchor.kid), &data.path)?;
+    let successor = BackendKeys::generate(kid, &mut datadir::os_rng());
     datadir::write_key_pair(&data.path, &successor)?;
     tx.insert_key(&KeyRow {
         anchor: successor.anchor(),
@@ -936,12 +945,7 @@ pub(crate) async fn initial_ring(
 ) -> Result<KeyRing, KeyRingError> {
     if store.key_rows().await?.is_empty() {
         let genesis = genesis_rows(pairs.iter(), dir).ok_or(KeyRingError::BadGenesis)?;
-        let mut tx = store.begin_write().await?;
-        // Another instance may have registered it meanwhile.
-        if tx.key_rows().await?.is_empty() {
-            register_genesis(&mut tx, &genesis, "backend", now_ms()).await?;
-            tx.commit().await?;
-        }
+        register_genesis_once(store, &genesis, "backend").await?;
     }
     let rows = store.key_rows().await?;
     let fleet = replay(&rows, &store.anchor_updates_after(0).await?)?;
