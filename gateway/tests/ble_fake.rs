@@ -105,6 +105,8 @@ struct FakeRadio {
     cancelled: Mutex<Vec<String>>,
     connected: mpsc::Sender<(String, PeripheralEnd)>,
     frag_len: usize,
+    /// How long every connect takes (BlueZ: about 10 s with discovery).
+    connect_delay: Mutex<Duration>,
 }
 
 impl BleRadio for FakeRadio {
@@ -128,6 +130,8 @@ impl BleRadio for FakeRadio {
             .get_mut(device)
             .and_then(|p| p.pop_front())
             .unwrap_or(Plan::Ok { setup_failures: 0 });
+        let delay = *self.connect_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         match plan {
             Plan::Fail => Err(LinkError::Ble("le-connection-abort-by-local".into())),
             Plan::Hang => std::future::pending().await,
@@ -190,6 +194,7 @@ fn bench_with(
         cancelled: Mutex::new(vec![]),
         connected: connected_tx,
         frag_len,
+        connect_delay: Mutex::new(Duration::ZERO),
     });
     let central = match known {
         None => tokio::spawn(serve_ble(
@@ -374,6 +379,75 @@ async fn rogue_silent_advertisers_cannot_keep_an_honest_device_out() {
     while rogues.len() < 40 {
         rogues.push(b.connected.recv().await.unwrap().1);
     }
+    assert_eq!(b.s.ctx.table.len(), 1);
+    b.s.shutdown_tx.send(true).unwrap();
+}
+
+/// Found in the BLE VM (scenario 7): a connect takes about 10 s under BlueZ,
+/// and a link was evictable from the moment the central decided to connect
+/// it, so each retry of a silent rogue threw away the connect in progress,
+/// the honest device's included. Two rogues that accept every connection and
+/// never speak, advertising all the time, against two slots: the honest
+/// device is connected once, at its first turn, and authenticates (paused
+/// clock: connects one at a time, 10 s each).
+#[tokio::test(start_paused = true)]
+async fn an_honest_connect_is_not_thrown_away_while_rogues_hold_the_slots() {
+    let settings = BleSettings {
+        max_links: 2,
+        ..BleSettings::default()
+    };
+    let mut b = bench(244, settings, &[]);
+    *b.radio.connect_delay.lock().unwrap() = Duration::from_secs(10);
+    let adverts = b.adverts.clone();
+    tokio::spawn(async move {
+        loop {
+            for rogue in ["rogue-1", "rogue-2"] {
+                if adverts.send(advert_at(rogue, rogue, true)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    // The rogues are connected first and hold both slots.
+    let mut rogues = Vec::new();
+    while rogues.len() < 2 {
+        let (device, end) = b.connected.recv().await.unwrap();
+        assert!(device.starts_with("rogue-"));
+        rogues.push(end);
+    }
+    let start = tokio::time::Instant::now();
+    let adverts = b.adverts.clone();
+    tokio::spawn(async move {
+        while adverts
+            .send(advert_at("honest", "honest", true))
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut honest = loop {
+        let (device, end) = b.connected.recv().await.unwrap();
+        if device == "honest" {
+            break end;
+        }
+        rogues.push(end);
+        assert!(rogues.len() < 20, "the honest device was kept out");
+    };
+    let _ = handshake_on(&b.s, &mut honest, 12).await;
+    let waited = start.elapsed();
+    let honest_connects = b
+        .radio
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(d, _)| d == "honest")
+        .count();
+    assert_eq!(honest_connects, 1, "no connect of the honest device was thrown away");
+    // Behind at most the connects already queued (one per rogue), and its own.
+    assert!(waited <= Duration::from_secs(35), "{waited:?}");
     assert_eq!(b.s.ctx.table.len(), 1);
     b.s.shutdown_tx.send(true).unwrap();
 }

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT};
 use vouch_proto::Timestamp;
 
-use super::slots::{Acquired, Gated, LinkSlots, Slot};
+use super::slots::{Acquired, Gated, LinkSlots};
 use super::{Link, LinkError};
 use crate::backend_client::BackendApi;
 use crate::clock::Clock;
@@ -106,6 +106,9 @@ pub struct BleSettings {
     /// the cap is reached, the link that waited longest for its first
     /// message makes room ([`crate::transport::slots`]).
     pub first_message: Duration,
+    /// A link that just came up is not evicted before it had this long to
+    /// send its first message; a link being connected never is.
+    pub evict_grace: Duration,
 }
 
 impl Default for BleSettings {
@@ -124,6 +127,7 @@ impl Default for BleSettings {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             first_message: crate::transport::slots::DEFAULT_FIRST_MESSAGE,
+            evict_grace: Duration::from_secs(1),
         }
     }
 }
@@ -205,6 +209,9 @@ struct DeviceState {
     /// later reports may lack the service: they are still this device's.
     /// (Across restarts the same is remembered by address: [`KnownDevices`].)
     vouch: bool,
+    /// Its last turn found no slot: try again from the last advert, without
+    /// counting a stale attempt (the device did nothing wrong).
+    no_slot: bool,
 }
 
 /// Connects made from a remembered advertisement before the device must be
@@ -219,6 +226,9 @@ enum Done {
     Ran(String),
     /// Connecting, discovery or the handshake failed: back off.
     Failed(String),
+    /// Every slot was held by a link that could not make room: try again
+    /// soon, without counting it against the device.
+    NoSlot(String),
 }
 
 /// Runs the central until `shutdown`: scans, connects to Vouch peripherals
@@ -248,7 +258,12 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
     let mut adverts = radio.scan().await?;
-    let slots = LinkSlots::new(settings.max_links, settings.first_message);
+    // The grace is a part of the first-message time, never all of it.
+    let slots = LinkSlots::with_grace(
+        settings.max_links,
+        settings.first_message,
+        settings.evict_grace.min(settings.first_message / 2),
+    );
     let connecting = Arc::new(Semaphore::new(settings.concurrent_connects.max(1)));
     let mut table: HashMap<String, DeviceState> = HashMap::new();
     let mut tasks: JoinSet<Done> = JoinSet::new();
@@ -298,9 +313,16 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
                 let now = tokio::time::Instant::now();
                 let mut due = Vec::new();
                 for s in table.values_mut() {
-                    let waiting = s.failures > 0 || s.rejoin;
+                    let waiting = s.failures > 0 || s.rejoin || s.no_slot;
                     if s.busy || !waiting || s.retry_at.is_none_or(|t| t > now) {
                         continue;
+                    }
+                    if s.no_slot {
+                        if let Some(a) = s.last_advert.clone() {
+                            s.no_slot = false;
+                            due.push(a);
+                            continue;
+                        }
                     }
                     if s.stale_attempts >= STALE_ATTEMPTS {
                         if let Some(a) = s.last_advert.take() {
@@ -338,6 +360,12 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
                         ctx.metrics.link_error("ble");
                         info!(device = %device, failures = s.failures, retry_in_ms = wait.as_millis() as u64, "BLE link failed; backing off");
                     }
+                    Done::NoSlot(device) => {
+                        let s = table.entry(device).or_default();
+                        s.busy = false;
+                        s.no_slot = true;
+                        s.retry_at = Some(tokio::time::Instant::now() + settings.rejoin_after);
+                    }
                 }
                 continue;
             }
@@ -352,22 +380,12 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
             {
                 continue;
             }
-            let slot = match slots.acquire() {
-                Some((slot, Acquired::Free)) => slot,
-                Some((slot, Acquired::Evicted)) => {
-                    debug!(device = %advert.device, "link cap reached: the link silent the longest makes room");
-                    slot
-                }
-                None => {
-                    debug!(device = %advert.device, "link cap reached and every link has spoken; not connecting");
-                    continue;
-                }
-            };
             state.busy = true;
+            state.no_slot = false;
             let (radio, ctx, shutdown) = (radio.clone(), ctx.clone(), shutdown.clone());
-            let connecting = connecting.clone();
+            let (slots, connecting) = (slots.clone(), connecting.clone());
             tasks.spawn(async move {
-                connect_and_run(radio, ctx, settings, advert, slot, connecting, shutdown).await
+                connect_and_run(radio, ctx, settings, advert, &slots, connecting, shutdown).await
             });
         }
     }
@@ -392,23 +410,35 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
     ctx: Arc<Context<B, C>>,
     settings: BleSettings,
     advert: Advert,
-    mut slot: Slot,
+    slots: &Arc<LinkSlots>,
     connecting: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) -> Done {
     let device = advert.device.clone();
     // One connect at a time; the turn is held until the link is set up, which
     // is bounded by the connect and setup timeouts, so waiting for it is too.
-    // A device whose slot went to a newer one meanwhile gives up its turn.
-    let turn = tokio::select! {
-        t = connecting.acquire_owned() => t,
-        () = slot.closed() => {
-            debug!(device = %device, "slot taken while waiting to connect");
-            return Done::Failed(device);
-        }
-    };
-    let Ok(turn) = turn else {
+    let Ok(turn) = connecting.acquire_owned().await else {
         return Done::Failed(device);
+    };
+    // The slot is taken with the turn, not before: a device waiting for its
+    // turn holds no slot, and a link being connected cannot be evicted
+    // (slots.rs), so it must not take one until it is about to connect.
+    let slot = loop {
+        match slots.acquire() {
+            Some((slot, Acquired::Free)) => break slot,
+            Some((slot, Acquired::Evicted)) => {
+                debug!(device = %device, "link cap reached: the link silent the longest makes room");
+                break slot;
+            }
+            None => match slots.evictable_at() {
+                // A link that just came up has its grace to speak first.
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => {
+                    debug!(device = %device, "link cap reached and no link can make room; not connecting");
+                    return Done::NoSlot(device);
+                }
+            },
+        }
     };
     let conn = match tokio::time::timeout(settings.connect_timeout, radio.connect(&device)).await {
         Ok(Ok(c)) => c,
@@ -444,11 +474,6 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
         }
     }
     drop(turn);
-    if slot.is_closed() {
-        debug!(device = %device, "slot taken while connecting");
-        conn.disconnect().await;
-        return Done::Failed(device);
-    }
     info!(device = %device, address = %advert.address, "BLE link up");
     // The first-message deadline runs from here: the peripheral sends its
     // Hello once subscribed (SPEC.md §8.5).

@@ -1,16 +1,27 @@
 //! Link slots: a cap on one transport's concurrent links that peers who
 //! connect and say nothing cannot hold (SPEC.md §8.4, §11.12).
 //!
-//! A link is *waiting* from the moment it takes a slot until its first whole
-//! message arrives. Two rules bound what a silent peer costs:
+//! A slot is taken when a link is about to exist: on TCP when a connection
+//! is accepted, on BLE when the central starts to connect a device. A link
+//! is *waiting* from the moment it is up ([`Gated::new`]) until its first
+//! whole message arrives. Three rules bound what a silent peer costs:
 //!
 //! - a waiting link that has not delivered its first message within
 //!   `first_message` (default 3 s, well below the 10 s handshake deadline)
 //!   is closed;
 //! - when every slot is taken, a newcomer takes the slot of the link that
 //!   has waited longest for its first message, which is closed. Only when no
-//!   link is waiting (every slot holds a handshake in progress or a session)
-//!   is the newcomer refused. A link never loses its slot once it spoke.
+//!   link is waiting (every slot holds a link being connected, a handshake
+//!   in progress or a session) is the newcomer refused. A link never loses
+//!   its slot once it spoke;
+//! - a link is not waiting, and so cannot be evicted, before it is up: a BLE
+//!   connect and GATT discovery take seconds (about 10 s under BlueZ), and
+//!   a newcomer that could take the slot of a link still connecting would
+//!   throw that connect away, the honest device's as readily as a rogue's.
+//!   With a `grace` ([`LinkSlots::with_grace`]), a link that just came up
+//!   is not evicted either until it had that long to speak (the BLE central
+//!   uses 1 s: one connection event carries a Hello fragment, and the next
+//!   connect begins the moment this one is up).
 //!
 //! An honest device sends its first message as soon as the link is up, so it
 //! waits for one message time. An attacker who wants to push it out must
@@ -37,6 +48,7 @@ pub const DEFAULT_FIRST_MESSAGE: Duration = Duration::from_secs(3);
 pub struct LinkSlots {
     max: usize,
     first_message: Duration,
+    grace: Duration,
     inner: Mutex<Inner>,
 }
 
@@ -45,9 +57,18 @@ struct Inner {
     next: u64,
     /// Links holding a slot.
     held: HashSet<u64>,
-    /// Links waiting for their first message, oldest first, with the
-    /// sender that closes them.
-    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+    /// Links up and waiting for their first message, in the order they came
+    /// up (a sequence number), with the link's id, when it came up and the
+    /// sender that closes it.
+    waiting: BTreeMap<u64, Waiting>,
+    next_up: u64,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    id: u64,
+    since: Instant,
+    close: oneshot::Sender<()>,
 }
 
 /// How [`LinkSlots::acquire`] found a slot.
@@ -62,11 +83,19 @@ pub enum Acquired {
 
 impl LinkSlots {
     /// At most `max` links; a link must deliver its first message within
-    /// `first_message` of being [gated](Gated::new).
+    /// `first_message` of being [gated](Gated::new), and may be evicted from
+    /// the moment it is gated.
     pub fn new(max: usize, first_message: Duration) -> Arc<Self> {
+        Self::with_grace(max, first_message, Duration::ZERO)
+    }
+
+    /// [`LinkSlots::new`], where a link that came up is not evicted until
+    /// it has had `grace` to deliver its first message.
+    pub fn with_grace(max: usize, first_message: Duration, grace: Duration) -> Arc<Self> {
         Arc::new(Self {
             max,
             first_message,
+            grace,
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -77,30 +106,45 @@ impl LinkSlots {
     }
 
     /// A slot for a new link, or `None` when every slot is held by a link
-    /// that has spoken.
+    /// that is not evictable now (it spoke, it is still being connected, or
+    /// it came up less than the grace ago).
     pub fn acquire(self: &Arc<Self>) -> Option<(Slot, Acquired)> {
         let mut inner = self.lock();
         let how = if inner.held.len() < self.max {
             Acquired::Free
         } else {
-            let (victim, close) = inner.waiting.pop_first()?;
-            inner.held.remove(&victim);
-            let _ = close.send(());
+            let (&key, oldest) = inner.waiting.first_key_value()?;
+            if oldest.since + self.grace > Instant::now() {
+                return None;
+            }
+            let victim = inner.waiting.remove(&key)?;
+            inner.held.remove(&victim.id);
+            let _ = victim.close.send(());
             Acquired::Evicted
         };
         let id = inner.next;
         inner.next += 1;
-        let (close, closed) = oneshot::channel();
         inner.held.insert(id);
-        inner.waiting.insert(id, close);
         Some((
             Slot {
                 slots: self.clone(),
                 id,
-                closed: Some(closed),
+                state: SlotState::Connecting,
             },
             how,
         ))
+    }
+
+    /// When a link that is waiting now becomes evictable, if every slot is
+    /// held and some link is waiting (so [`LinkSlots::acquire`] may succeed
+    /// then). `None` when a slot is free, or when no held link is waiting.
+    pub fn evictable_at(&self) -> Option<Instant> {
+        let inner = self.lock();
+        if inner.held.len() < self.max {
+            return None;
+        }
+        let (_, oldest) = inner.waiting.first_key_value()?;
+        Some(oldest.since + self.grace)
     }
 
     /// Links holding a slot.
@@ -108,10 +152,22 @@ impl LinkSlots {
         self.lock().held.len()
     }
 
-    /// Links holding a slot that have not delivered a first message.
+    /// Links holding a slot that are up and have not delivered a first
+    /// message.
     pub fn waiting(&self) -> usize {
         self.lock().waiting.len()
     }
+}
+
+#[derive(Debug)]
+enum SlotState {
+    /// Taken, the link not up yet: not evictable.
+    Connecting,
+    /// Up and waiting for its first message, under this key of `waiting`;
+    /// fires when another link took the slot.
+    Waiting(u64, oneshot::Receiver<()>),
+    /// The link spoke (or was evicted and its receiver consumed).
+    Spoke,
 }
 
 /// One link's slot; released when dropped.
@@ -119,32 +175,56 @@ impl LinkSlots {
 pub struct Slot {
     slots: Arc<LinkSlots>,
     id: u64,
-    /// Fires when another link took this slot; `None` once the link spoke.
-    closed: Option<oneshot::Receiver<()>>,
+    state: SlotState,
 }
 
 impl Slot {
-    /// Waits until another link took this slot (never, once the link spoke).
+    /// The link is up: from now on it waits for its first message and can be
+    /// evicted (after the grace).
+    fn up(&mut self) {
+        if !matches!(self.state, SlotState::Connecting) {
+            return;
+        }
+        let (close, closed) = oneshot::channel();
+        let mut inner = self.slots.lock();
+        let key = inner.next_up;
+        inner.next_up += 1;
+        inner.waiting.insert(
+            key,
+            Waiting {
+                id: self.id,
+                since: Instant::now(),
+                close,
+            },
+        );
+        self.state = SlotState::Waiting(key, closed);
+    }
+
+    /// Waits until another link took this slot (never, unless the link is up
+    /// and has not spoken).
     pub async fn closed(&mut self) {
-        match &mut self.closed {
-            Some(rx) => {
+        match &mut self.state {
+            SlotState::Waiting(_, rx) => {
                 let _ = rx.await;
             }
-            None => std::future::pending().await,
+            _ => std::future::pending().await,
         }
     }
 
     /// Whether another link took this slot.
     pub fn is_closed(&mut self) -> bool {
-        self.closed
-            .as_mut()
-            .is_some_and(|rx| !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)))
+        match &mut self.state {
+            SlotState::Waiting(_, rx) => {
+                !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            }
+            _ => false,
+        }
     }
 
     /// The link spoke: it keeps its slot from now on.
     fn spoke(&mut self) {
-        if self.closed.take().is_some() {
-            self.slots.lock().waiting.remove(&self.id);
+        if let SlotState::Waiting(key, _) = std::mem::replace(&mut self.state, SlotState::Spoke) {
+            self.slots.lock().waiting.remove(&key);
         }
     }
 }
@@ -152,7 +232,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut inner = self.slots.lock();
-        inner.waiting.remove(&self.id);
+        if let SlotState::Waiting(key, _) = &self.state {
+            inner.waiting.remove(key);
+        }
         inner.held.remove(&self.id);
     }
 }
@@ -165,8 +247,10 @@ pub struct Gated<L> {
 }
 
 impl<L: Link> Gated<L> {
-    /// Gates `inner` with `slot`: the first-message deadline starts now.
-    pub fn new(inner: L, slot: Slot) -> Self {
+    /// Gates `inner`, which is up, with `slot`: the link waits for its first
+    /// message from now on, and the first-message deadline starts now.
+    pub fn new(inner: L, mut slot: Slot) -> Self {
+        slot.up();
         let deadline = Instant::now() + slot.slots.first_message;
         Self {
             inner,
@@ -187,7 +271,7 @@ impl<L: Link> Link for Gated<L> {
     }
 
     async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        let Some(closed) = &mut self.slot.closed else {
+        let SlotState::Waiting(_, closed) = &mut self.slot.state else {
             return self.inner.recv().await;
         };
         // Each branch is cancel-safe: the inner link keeps what it read, the
@@ -222,21 +306,61 @@ mod tests {
         let slots = LinkSlots::new(2, DEFAULT_FIRST_MESSAGE);
         let (mut a, how) = slots.acquire().unwrap();
         assert_eq!(how, Acquired::Free);
-        let (b, _) = slots.acquire().unwrap();
+        a.up();
+        let (mut b, _) = slots.acquire().unwrap();
+        b.up();
         // Full: the newcomer takes the oldest waiting link's slot.
-        let (c, how) = slots.acquire().unwrap();
+        let (mut c, how) = slots.acquire().unwrap();
         assert_eq!(how, Acquired::Evicted);
-        assert!(a.closed.as_mut().unwrap().try_recv().is_ok());
+        assert!(a.is_closed());
         assert_eq!(slots.held(), 2);
         drop(a);
         assert_eq!(slots.held(), 2, "an evicted slot is not released twice");
         // b and c spoke: nobody can take their slots.
-        let (mut b, mut c) = (b, c);
+        c.up();
         b.spoke();
         c.spoke();
         assert!(slots.acquire().is_none());
         drop(b);
         assert_eq!(slots.held(), 1);
         assert_eq!(slots.acquire().unwrap().1, Acquired::Free);
+    }
+
+    /// Found in the BLE VM (scenario 7): a link still being connected lost
+    /// its slot to every retry of a rogue, so no connect ever completed.
+    #[test]
+    fn a_link_being_connected_is_never_evicted() {
+        let slots = LinkSlots::new(2, DEFAULT_FIRST_MESSAGE);
+        let (mut connecting, _) = slots.acquire().unwrap();
+        let (mut up, _) = slots.acquire().unwrap();
+        up.up();
+        // The link that is up and silent makes room, never the one
+        // connecting.
+        let (_newcomer, how) = slots.acquire().unwrap();
+        assert_eq!(how, Acquired::Evicted);
+        assert!(up.is_closed());
+        assert!(!connecting.is_closed());
+        // Now one slot is connecting and one held by a link not up yet:
+        // nobody makes room.
+        assert!(slots.acquire().is_none());
+        assert_eq!(slots.evictable_at(), None);
+        connecting.up();
+        assert!(slots.evictable_at().is_some());
+        assert_eq!(slots.acquire().unwrap().1, Acquired::Evicted);
+        assert!(connecting.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_that_just_came_up_has_its_grace_to_speak() {
+        let grace = Duration::from_secs(1);
+        let slots = LinkSlots::with_grace(1, DEFAULT_FIRST_MESSAGE, grace);
+        let (mut a, _) = slots.acquire().unwrap();
+        a.up();
+        let up_at = Instant::now();
+        assert!(slots.acquire().is_none(), "within its grace");
+        assert_eq!(slots.evictable_at(), Some(up_at + grace));
+        tokio::time::sleep(grace).await;
+        assert_eq!(slots.acquire().unwrap().1, Acquired::Evicted);
+        assert!(a.is_closed());
     }
 }

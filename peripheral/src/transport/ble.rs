@@ -35,7 +35,8 @@ use bluer::gatt::local::{
     CharacteristicRead, CharacteristicWrite, CharacteristicWriteMethod, ReqError, Service,
 };
 use bluer::gatt::CharacteristicWriter;
-use bluer::{Address, Uuid};
+use bluer::{Address, DeviceEvent, DeviceProperty, Uuid};
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info};
@@ -91,6 +92,7 @@ type Inbox = Arc<Mutex<mpsc::Receiver<Fragment>>>;
 /// The GATT server: advertises the Vouch service and hands out one link per
 /// gateway subscription.
 pub struct BleConnector {
+    adapter: bluer::Adapter,
     adapter_name: String,
     max_att_mtu: usize,
     outbox: CharacteristicControl,
@@ -197,12 +199,40 @@ impl BleConnector {
         info!(adapter = adapter.name(), name = %config.local_name, "advertising the Vouch GATT service");
         Ok(Self {
             adapter_name: adapter.name().to_string(),
+            adapter,
             max_att_mtu: config.max_att_mtu.clamp(23, 517),
             outbox,
             inbox: Arc::new(Mutex::new(inbox_rx)),
             _app: app,
             _adv: adv,
             _session: session,
+        })
+    }
+}
+
+impl BleConnector {
+    /// BlueZ's events for `peer`, reduced to the one the link needs: the
+    /// device disconnected. BlueZ does not always close the notification
+    /// socket when a central disconnects (seen in the BLE VM: the device then
+    /// waited out its handshake timeout and missed the gateway's next
+    /// connection), so the link also ends on this. `None` if BlueZ cannot
+    /// give the events; the link then ends only when the socket closes.
+    async fn disconnected(&self, peer: Address) -> Option<BoxStream<'static, ()>> {
+        let device = self.adapter.device(peer).ok()?;
+        let events = device.events().await.ok()?;
+        // It may have gone before the subscription to its events.
+        let gone = !device.is_connected().await.unwrap_or(true);
+        let ended = events.filter_map(|event| async move {
+            matches!(
+                event,
+                DeviceEvent::PropertyChanged(DeviceProperty::Connected(false))
+            )
+            .then_some(())
+        });
+        Some(if gone {
+            futures_util::stream::once(async {}).boxed()
+        } else {
+            ended.boxed()
         })
     }
 }
@@ -222,12 +252,14 @@ impl Connector for BleConnector {
                     let peer = writer.device_address();
                     let att_mtu = writer.mtu().min(self.max_att_mtu);
                     info!(peer = %peer, mtu = writer.mtu(), att_mtu, "gateway subscribed to Outbox");
+                    let disconnected = self.disconnected(peer).await;
                     return Ok(BleLink {
                         att_mtu,
                         writer,
                         peer,
                         inbox: self.inbox.clone(),
                         reassembly: Reassembly::new(),
+                        disconnected,
                     });
                 }
                 Some(CharacteristicControlEvent::Write(req)) => {
@@ -257,6 +289,8 @@ pub struct BleLink {
     peer: Address,
     inbox: Inbox,
     reassembly: Reassembly,
+    /// Yields when BlueZ reports the gateway disconnected.
+    disconnected: Option<BoxStream<'static, ()>>,
 }
 
 impl std::fmt::Debug for BleLink {
@@ -280,11 +314,26 @@ impl Link for BleLink {
         loop {
             let fragment = {
                 let mut inbox = self.inbox.lock().await;
+                let disconnected = async {
+                    match &mut self.disconnected {
+                        Some(events) => {
+                            if events.next().await.is_none() {
+                                // BlueZ stopped reporting: rely on the socket.
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     f = inbox.recv() => f,
                     // BlueZ closes the notification socket when the gateway
-                    // unsubscribes or disconnects.
+                    // unsubscribes or disconnects; not always (above).
                     _ = self.writer.closed() => None,
+                    () = disconnected => {
+                        debug!(peer = %self.peer, "BlueZ reports the gateway disconnected");
+                        None
+                    }
                 }
             };
             let Some(fragment) = fragment else {
