@@ -13,8 +13,7 @@
 # Environment:
 #   LAB            scratch directory (default /tmp/vouch-ble-vm); kernel cached here
 #   BIN            directory with the three binaries (default: build them, release)
-#   SCENARIOS      which scenarios to run (default "1 2 3 4 5 6", in that order;
-#                  7, slots under attack, is not in the default yet: NOTES.md)
+#   SCENARIOS      which scenarios to run (default "1 2 3 4 5 6 7", in that order)
 #   PROFILE        cargo profile for the binaries (default release; CI uses debug,
 #                  whose dependencies the test build has already compiled)
 #   VM_TIMEOUT     seconds for the whole VM run (default 900)
@@ -105,7 +104,7 @@ cat > "$LAB/guest.env" <<ENV
 BIN=$BIN
 BTVIRT=$BTVIRT
 BTVIRT_DEBUG='${BTVIRT_DEBUG:-}'
-SCENARIOS='${SCENARIOS:-1 2 3 4 5 6}'
+SCENARIOS='${SCENARIOS:-1 2 3 4 5 6 7}'
 ENV
 set +e
 timeout "${VM_TIMEOUT:-900}" qemu-system-x86_64 ${QEMU_ACCEL:--accel tcg,thread=multi} -cpu "${QEMU_CPU:-max}" \
