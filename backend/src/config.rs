@@ -36,8 +36,9 @@ pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; 
 # lockout_window_s = 60             # ... within T seconds → lockout
 # lockout_duration_s = 900
 # replay_retention_s = 2592000      # 30 days of handshake ephemerals
-# clone_action = "alert"            # or "refuse": refuse the second gateway
+# clone_action = "alert"            # or "refuse": one live session at a time, clones refused
 # attachment_ttl_s = 3600           # an attach report without a detach expires after this
+# clone_tolerance_ms = 2000         # reported times this close count as the same moment
 
 [audit]
 # first_per_kind = 32               # refusals of one kind written one by one before they are counted
@@ -68,14 +69,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// What to do when one peripheral is live on two gateways at once.
+/// What to do about a peripheral on two gateways at once (SPEC.md §10.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CloneAction {
-    /// Alert (log, audit, metric, webhook) and allow.
+    /// Alert (log, audit, metric, webhook) when two sessions heard the
+    /// device at once, and allow.
     #[default]
     Alert,
-    /// Alert and refuse the second gateway's vouch or attach.
+    /// Alert likewise, and keep one live session at a time: refuse a vouch
+    /// or attach while an earlier session is open on another gateway, and
+    /// an attach found to be a clone at once.
     Refuse,
 }
 
@@ -144,6 +148,11 @@ pub struct Security {
     pub clone_action: CloneAction,
     /// How long an attachment without a detach counts as live, seconds.
     pub attachment_ttl_s: u64,
+    /// Two sessions of one peripheral on different gateways are a clone
+    /// when the earlier heard the device more than this after the later
+    /// began (SPEC.md §10.5): the slack for a report's transit, which its
+    /// ages do not cover. Milliseconds.
+    pub clone_tolerance_ms: u32,
 }
 
 /// Audit log settings (SPEC.md §11.12).
@@ -234,6 +243,7 @@ impl Default for Security {
             replay_retention_s: 30 * 86_400,
             clone_action: CloneAction::Alert,
             attachment_ttl_s: 3600,
+            clone_tolerance_ms: 2_000,
         }
     }
 }

@@ -49,8 +49,8 @@ use tokio::sync::{mpsc, oneshot};
 use vouch_proto::handshake::backend::{open_hello, BackendKeys, VerifiedHello, VouchGrant};
 use vouch_proto::keys::{DhPublic, KeyId, PeripheralId, PublicKey};
 use vouch_proto::wire::backend::{
-    PeripheralInfo, Refusal, SessionEvent, SessionEventKind, SessionVerdict, VouchAnswer,
-    VouchRequest, Vouched,
+    EventTimes, PeripheralInfo, Refusal, SessionEvent, SessionEventKind, SessionVerdict,
+    VouchAnswer, VouchRequest, Vouched,
 };
 use vouch_proto::wire::{Hello, Lifetimes, Scope};
 
@@ -58,6 +58,7 @@ use crate::audit::{Admit, RefusalTally};
 use crate::config::CloneAction;
 use crate::model::{GatewayRecord, PeripheralRecord, Status};
 use crate::security::{Alert, Subject};
+use crate::store::SessionState;
 use crate::store::{now_ms, NewAudit, Store, StoreError};
 use crate::AppState;
 
@@ -175,8 +176,13 @@ struct Decision {
     gateway_ephemeral: DhPublic,
     claimed: Option<PeripheralId>,
     outcome: Result<Granted, Reason>,
-    /// Other gateways the peripheral is live on (clone suspected).
+    /// Other gateways the peripheral has an open session on: each is a
+    /// clone suspicion, judged when that session ends (SPEC.md §10.5).
     clone_of: Vec<String>,
+    /// Refused because of them (`clone_action = "refuse"`). The outcome
+    /// stays the grant until the commit, which records its `e_P` like a
+    /// vouch's: only a fresh hello is evidence that the device was here.
+    refuse_clone: bool,
 }
 
 /// The gateway key of a request, authenticated by TLS, and its registry entry.
@@ -240,6 +246,7 @@ pub(crate) async fn vouch_batch(
         claimed,
         outcome: Err(reason),
         clone_of: Vec::new(),
+        refuse_clone: false,
     };
     let ring = state.keys.snapshot();
     let mut reader = state.store.reader().await?;
@@ -413,6 +420,7 @@ pub(crate) async fn vouch_batch(
                 lifetimes,
             }),
             clone_of: Vec::new(),
+            refuse_clone: false,
         });
     }
 
@@ -426,9 +434,7 @@ pub(crate) async fn vouch_batch(
             };
             if d.outcome.is_ok() {
                 d.clone_of = others.clone();
-                if refuse_clones {
-                    d.outcome = Err(Reason::CloneRefused);
-                }
+                d.refuse_clone = refuse_clones;
             }
         }
     }
@@ -452,20 +458,15 @@ async fn finish(
     let mut written = Vec::with_capacity(decisions.len());
     for d in &decisions {
         let claimed = d.claimed.map(|c| c.to_string());
-        if !d.clone_of.is_empty() {
-            let mut a = NewAudit::new("clone_alert", "alert", actor)
-                .reason("clone_suspected")
-                .gateway(&gw_hex)
-                .detail(&format!("also live on {}", d.clone_of.join(", ")));
-            if let Some(c) = &claimed {
-                a = a.peripheral(c);
-            }
-            job.push(JobItem {
-                ephemeral: None,
-                audit: a,
-            });
-        }
         let (ephemeral, audit) = match &d.outcome {
+            Ok(g) if d.refuse_clone => {
+                let a = refusal_entry(actor, &gw_hex, claimed.as_deref(), Reason::CloneRefused);
+                if state.refusals.admit(&a, now) == Admit::Counted {
+                    written.push(false);
+                    continue;
+                }
+                (Some(g.verified.ephemeral()), a)
+            }
             Ok(g) => (
                 Some(g.verified.ephemeral()),
                 NewAudit::new("vouch", "vouched", actor)
@@ -490,18 +491,23 @@ async fn finish(
     let mut flags = fresh.into_iter();
     let mut answers = Vec::with_capacity(decisions.len());
     for (d, written) in decisions.into_iter().zip(written) {
-        if !d.clone_of.is_empty() {
-            flags.next();
-            state.alerter.raise(Alert {
-                alert: "clone_suspected",
-                peripheral: d.claimed.map(|c| c.to_string()),
-                gateway: Some(gw_hex.clone()),
-                detail: format!("vouch requested while live on {}", d.clone_of.join(", ")),
-                at_ms: now,
-            });
-        }
         let first_seen = written && flags.next().unwrap_or(false);
+        // Open elsewhere: not yet a clone (that gateway may not have seen
+        // the device's link die), but judged when that session ends; also
+        // if this vouch is refused for it. Only for a fresh hello: a
+        // replayed one says nothing about where the device is.
+        if let (true, false, Some(p)) = (first_seen, d.clone_of.is_empty(), d.claimed) {
+            let ttl_ms = attachment_ttl_ms(state);
+            if let Err(e) = state
+                .store
+                .suspect_open_elsewhere(&p, key, now, now.saturating_add(ttl_ms))
+                .await
+            {
+                tracing::warn!(peripheral = %p, error = %e, "could not record a clone suspicion");
+            }
+        }
         let outcome = match d.outcome {
+            Ok(_) if d.refuse_clone => Err(Reason::CloneRefused),
             Ok(g) if first_seen => Ok(g),
             Ok(_) => Err(Reason::Replay),
             Err(r) => Err(r),
@@ -689,28 +695,32 @@ async fn count_failure(state: &AppState, subject: Subject, now: i64) {
 }
 
 /// Records the session events a gateway reports and judges each: a
-/// peripheral that is not active must not have a session (`Refused`); one
-/// that is live on another gateway, or that the gateway saw live twice at
-/// once (`Concurrent`), is a suspected clone (alert, and `Refused` if the
-/// policy says so, else `CloneSuspected`).
+/// peripheral that is not active must not have a session (`Refused`); two
+/// sessions of one peripheral on different gateways are a suspected clone
+/// when the earlier one heard the device after the later one began, and a
+/// gateway that saw one live twice at once reports it (`Concurrent`):
+/// alert, and `Refused` if the policy says so, else `CloneSuspected`
+/// (SPEC.md §10.5). `times` holds one entry per event, or none (a gateway
+/// that predates them: every event then happened at arrival).
 pub(crate) async fn report_sessions(
     state: &AppState,
     gateway: &GatewayRecord,
     events: &[SessionEvent],
+    times: &[EventTimes],
 ) -> Result<Vec<SessionVerdict>, StoreError> {
     let now = now_ms();
     let gw_hex = gateway.public_key.to_string();
     let actor = format!("gateway:{gw_hex}");
-    let ttl_ms = i64::try_from(state.config.security.attachment_ttl_s)
-        .unwrap_or(i64::MAX / 2)
-        .saturating_mul(1000);
+    let ttl_ms = attachment_ttl_ms(state);
+    let refuse_clones = state.config.security.clone_action == CloneAction::Refuse;
+    let tolerance = i64::from(state.config.security.clone_tolerance_ms);
     let mut verdicts = Vec::with_capacity(events.len());
     let mut alerts = Vec::new();
     // Statuses first; then one write transaction for the whole report, which
-    // reads the attachments under the writer lock: two gateways reporting a
-    // clone at the same moment must not both find the other absent.
+    // reads the other sessions under the writer lock: two gateways reporting
+    // a clone at the same moment must not both find the other absent.
     let mut plan = Vec::with_capacity(events.len());
-    for ev in events {
+    for (i, ev) in events.iter().enumerate() {
         let status = match state.store.peripheral(&ev.peripheral).await {
             Ok(r) => Some(r.status),
             Err(StoreError::NotFound) => None,
@@ -726,30 +736,16 @@ pub(crate) async fn report_sessions(
             }
             _ => true,
         };
-        plan.push((ev, status, vouched));
+        // Ages, on this backend's clock; never before the attachment could
+        // have been recorded.
+        let at = |age_ms: u32| now - i64::from(age_ms).min(ttl_ms);
+        let (started_ms, heard_ms) = times
+            .get(i)
+            .map_or((now, now), |t| (at(t.started_ms_ago), at(t.heard_ms_ago)));
+        plan.push((ev, status, vouched, started_ms, heard_ms.max(started_ms)));
     }
     let mut tx = state.store.begin_write().await?;
-    for (ev, status, vouched) in plan {
-        // Each session is judged on its own record, whatever order its
-        // reports arrive in: a session whose detach came first is over, and
-        // its attach neither makes it live again nor is judged as a clone
-        // (the device may well be live elsewhere by now, legitimately).
-        let finished = match ev.kind {
-            SessionEventKind::Attached if vouched && status == Some(Status::Active) => {
-                tx.session_detached(&ev.peripheral, &gateway.public_key, &ev.session_id)
-                    .await?
-            }
-            _ => false,
-        };
-        let others = match ev.kind {
-            SessionEventKind::Attached if vouched && !finished => {
-                tx.attached_elsewhere(&ev.peripheral, &gateway.public_key, now)
-                    .await?
-            }
-            SessionEventKind::Attached
-            | SessionEventKind::Detached
-            | SessionEventKind::Concurrent => Vec::new(),
-        };
+    for (ev, status, vouched, started_ms, heard_ms) in plan {
         let pid = ev.peripheral.to_string();
         let sid = hex::encode(ev.session_id);
         let verdict = match ev.kind {
@@ -758,10 +754,26 @@ pub(crate) async fn report_sessions(
                     &ev.peripheral,
                     &gateway.public_key,
                     &ev.session_id,
-                    now,
+                    started_ms,
+                    heard_ms,
                     now.saturating_add(ttl_ms),
                 )
                 .await?;
+                // The sessions that began elsewhere while this one was open
+                // are judged now that it says when it last heard the device.
+                for (other, since_ms) in tx
+                    .take_suspicions(&ev.peripheral, &gateway.public_key, &ev.session_id)
+                    .await?
+                {
+                    if heard_ms > since_ms.saturating_add(tolerance) {
+                        let detail = format!(
+                            "heard here {} ms after its session on {other} began",
+                            heard_ms - since_ms
+                        );
+                        clone_alert(&mut tx, &mut alerts, &actor, &pid, &gw_hex, detail, now)
+                            .await?;
+                    }
+                }
                 tx.audit(
                     NewAudit::new("session_detach", "ok", &actor)
                         .peripheral(&pid)
@@ -781,59 +793,96 @@ pub(crate) async fn report_sessions(
                 let (verdict, reason) = if status != Some(Status::Active) {
                     (SessionVerdict::Refused, "peripheral_not_active")
                 } else if !vouched {
-                    alerts.push(Alert {
-                        alert: "unvouched_session",
-                        peripheral: Some(pid.clone()),
-                        gateway: Some(gw_hex.clone()),
-                        detail: "session reported without a live vouch for this gateway".to_owned(),
-                        at_ms: now,
-                    });
+                    alerts.push(unvouched_alert(&pid, &gw_hex, now));
                     (SessionVerdict::Refused, "not_vouched")
                 } else {
                     let detail = format!(
                         "two sessions live at once on this gateway: session {sid} spoke after a newer one started"
                     );
-                    alerts.push(Alert {
-                        alert: "clone_suspected",
-                        peripheral: Some(pid.clone()),
-                        gateway: Some(gw_hex.clone()),
-                        detail: detail.clone(),
-                        at_ms: now,
-                    });
-                    tx.audit(
-                        NewAudit::new("clone_alert", "alert", &actor)
-                            .reason("clone_suspected")
-                            .peripheral(&pid)
-                            .gateway(&gw_hex)
-                            .detail(&detail),
-                        now,
-                    )
-                    .await?;
-                    match state.config.security.clone_action {
-                        CloneAction::Refuse => (SessionVerdict::Refused, "clone_refused"),
-                        CloneAction::Alert => (SessionVerdict::CloneSuspected, "clone_suspected"),
+                    clone_alert(&mut tx, &mut alerts, &actor, &pid, &gw_hex, detail, now).await?;
+                    if refuse_clones {
+                        (SessionVerdict::Refused, "clone_refused")
+                    } else {
+                        (SessionVerdict::CloneSuspected, "clone_suspected")
                     }
                 };
                 tx.audit(
-                    NewAudit::new(
-                        "session_concurrent",
-                        if verdict == SessionVerdict::Refused {
-                            "refused"
-                        } else {
-                            "ok"
-                        },
-                        &actor,
-                    )
-                    .reason(reason)
-                    .peripheral(&pid)
-                    .gateway(&gw_hex)
-                    .detail(&format!("session {sid}")),
+                    NewAudit::new("session_concurrent", outcome_of(verdict), &actor)
+                        .reason(reason)
+                        .peripheral(&pid)
+                        .gateway(&gw_hex)
+                        .detail(&format!("session {sid}")),
                     now,
                 )
                 .await?;
                 verdict
             }
             SessionEventKind::Attached => {
+                let state_now = tx
+                    .session_state(&ev.peripheral, &gateway.public_key, &ev.session_id)
+                    .await?;
+                // This session: when it started, and, if its detach came
+                // first, when it last heard the device.
+                let (this_start, this_heard, first) = match state_now {
+                    SessionState::Unknown => (started_ms, None, true),
+                    SessionState::Open { started_ms } => (started_ms, None, false),
+                    SessionState::Finished {
+                        started_ms,
+                        heard_ms,
+                        attach_seen,
+                    } => (started_ms, Some(heard_ms), !attach_seen),
+                };
+                let judged = status == Some(Status::Active) && vouched && first;
+                let mut clone_of = Vec::new();
+                let mut open_elsewhere = false;
+                if judged {
+                    for other in tx
+                        .sessions_elsewhere(&ev.peripheral, &gateway.public_key, now)
+                        .await?
+                    {
+                        // Earlier and later by start; the pair is a clone if
+                        // the earlier heard the device after the later began.
+                        let this_is_later = other.started_ms <= this_start;
+                        // An open session that began first keeps its place.
+                        open_elsewhere |= this_is_later && other.heard_ms.is_none();
+                        let (earlier_heard, later_start) = if this_is_later {
+                            (other.heard_ms, this_start)
+                        } else {
+                            (this_heard, other.started_ms)
+                        };
+                        match earlier_heard {
+                            Some(h) if h > later_start.saturating_add(tolerance) => {
+                                clone_of.push(other.gateway)
+                            }
+                            Some(_) => {}
+                            // The earlier is still open: judged at its detach.
+                            None if this_is_later => {
+                                tx.suspect(
+                                    &ev.peripheral,
+                                    &gw_hex,
+                                    &sid,
+                                    this_start,
+                                    &other.gateway,
+                                    &other.session,
+                                    now.saturating_add(ttl_ms),
+                                )
+                                .await?
+                            }
+                            None => {
+                                tx.suspect(
+                                    &ev.peripheral,
+                                    &other.gateway,
+                                    &other.session,
+                                    other.started_ms,
+                                    &gw_hex,
+                                    &sid,
+                                    now.saturating_add(ttl_ms),
+                                )
+                                .await?
+                            }
+                        }
+                    }
+                }
                 let (verdict, reason) = if status != Some(Status::Active) {
                     (
                         SessionVerdict::Refused,
@@ -844,36 +893,25 @@ pub(crate) async fn report_sessions(
                         }),
                     )
                 } else if !vouched {
-                    alerts.push(Alert {
-                        alert: "unvouched_session",
-                        peripheral: Some(pid.clone()),
-                        gateway: Some(gw_hex.clone()),
-                        detail: "session reported without a live vouch for this gateway".to_owned(),
-                        at_ms: now,
-                    });
+                    alerts.push(unvouched_alert(&pid, &gw_hex, now));
                     (SessionVerdict::Refused, "not_vouched")
-                } else if !others.is_empty() {
-                    alerts.push(Alert {
-                        alert: "clone_suspected",
-                        peripheral: Some(pid.clone()),
-                        gateway: Some(gw_hex.clone()),
-                        detail: format!("attached while live on {}", others.join(", ")),
-                        at_ms: now,
-                    });
-                    tx.audit(
-                        NewAudit::new("clone_alert", "alert", &actor)
-                            .reason("clone_suspected")
-                            .peripheral(&pid)
-                            .gateway(&gw_hex)
-                            .detail(&format!("also live on {}", others.join(", "))),
-                        now,
-                    )
-                    .await?;
-                    match state.config.security.clone_action {
-                        CloneAction::Refuse => (SessionVerdict::Refused, "clone_refused"),
-                        CloneAction::Alert => (SessionVerdict::CloneSuspected, "clone_suspected"),
+                } else if !clone_of.is_empty() {
+                    let detail = format!(
+                        "heard on {} after this session began, or the other way round",
+                        clone_of.join(", ")
+                    );
+                    clone_alert(&mut tx, &mut alerts, &actor, &pid, &gw_hex, detail, now).await?;
+                    if refuse_clones {
+                        (SessionVerdict::Refused, "clone_refused")
+                    } else {
+                        (SessionVerdict::CloneSuspected, "clone_suspected")
                     }
-                } else if finished {
+                } else if refuse_clones && open_elsewhere && this_heard.is_none() {
+                    // Not judged yet (the other session may be a link its
+                    // gateway has not yet seen die), but the policy allows
+                    // one live session at a time: the one that began first.
+                    (SessionVerdict::Refused, "live_elsewhere")
+                } else if this_heard.is_some() {
                     (SessionVerdict::Accepted, "already_detached")
                 } else {
                     (SessionVerdict::Accepted, "")
@@ -883,18 +921,13 @@ pub(crate) async fn report_sessions(
                         &ev.peripheral,
                         &gateway.public_key,
                         &ev.session_id,
-                        now,
+                        this_start,
                         now.saturating_add(ttl_ms),
                     )
                     .await?;
                 }
-                let outcome = if verdict == SessionVerdict::Refused {
-                    "refused"
-                } else {
-                    "ok"
-                };
                 tx.audit(
-                    NewAudit::new("session_attach", outcome, &actor)
+                    NewAudit::new("session_attach", outcome_of(verdict), &actor)
                         .reason(reason)
                         .peripheral(&pid)
                         .gateway(&gw_hex)
@@ -912,6 +945,63 @@ pub(crate) async fn report_sessions(
         state.alerter.raise(a);
     }
     Ok(verdicts)
+}
+
+/// How long an attachment without a detach counts as live, milliseconds.
+fn attachment_ttl_ms(state: &AppState) -> i64 {
+    i64::try_from(state.config.security.attachment_ttl_s)
+        .unwrap_or(i64::MAX / 2)
+        .saturating_mul(1000)
+}
+
+/// The audit outcome of a verdict.
+fn outcome_of(verdict: SessionVerdict) -> &'static str {
+    if verdict == SessionVerdict::Refused {
+        "refused"
+    } else {
+        "ok"
+    }
+}
+
+/// The alert for a session reported without a live vouch.
+fn unvouched_alert(pid: &str, gw_hex: &str, now: i64) -> Alert {
+    Alert {
+        alert: "unvouched_session",
+        peripheral: Some(pid.to_owned()),
+        gateway: Some(gw_hex.to_owned()),
+        detail: "session reported without a live vouch for this gateway".to_owned(),
+        at_ms: now,
+    }
+}
+
+/// Audits a suspected clone (`clone_alert`) in `tx` and queues its alert,
+/// raised once the transaction commits.
+async fn clone_alert(
+    tx: &mut crate::store::WriteTx<'_>,
+    alerts: &mut Vec<Alert>,
+    actor: &str,
+    pid: &str,
+    gw_hex: &str,
+    detail: String,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.audit(
+        NewAudit::new("clone_alert", "alert", actor)
+            .reason("clone_suspected")
+            .peripheral(pid)
+            .gateway(gw_hex)
+            .detail(&detail),
+        now,
+    )
+    .await?;
+    alerts.push(Alert {
+        alert: "clone_suspected",
+        peripheral: Some(pid.to_owned()),
+        gateway: Some(gw_hex.to_owned()),
+        detail,
+        at_ms: now,
+    });
+    Ok(())
 }
 
 /// One decision to make durable.

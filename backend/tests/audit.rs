@@ -553,6 +553,7 @@ async fn prune_keeps_the_entries_a_live_vouch_needs(db: Db) {
             kind: SessionEventKind::Attached,
             session_id: [1; 8],
         }],
+        times: Vec::new(),
     };
     let (s, bytes) = b
         .gateway_post(&gw.public_key(), "/v1/sessions", &report)

@@ -4,8 +4,8 @@
 
 use vouch_proto::keys::{IdentityKey, PeripheralId};
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, FeedBatch, FeedChange, FeedEvent, SessionEvent, SessionEventKind,
-    SessionReport, SessionReportAnswer, SessionVerdict,
+    decode_body, encode_body, EventTimes, FeedBatch, FeedChange, FeedEvent, SessionEvent,
+    SessionEventKind, SessionReport, SessionReportAnswer, SessionVerdict,
 };
 
 #[test]
@@ -94,6 +94,16 @@ fn session_report_bytes() {
                 session_id: [2; 8],
             },
         ],
+        times: vec![
+            EventTimes {
+                started_ms_ago: 300,
+                heard_ms_ago: 300,
+            },
+            EventTimes {
+                started_ms_ago: 70_000,
+                heard_ms_ago: 1_200,
+            },
+        ],
     };
     let mut want = vec![1u8, 2];
     want.extend([8; 8]);
@@ -102,7 +112,23 @@ fn session_report_bytes() {
     want.extend([8; 8]);
     want.push(1);
     want.extend([2; 8]);
+    // Without the times: what a gateway that predates them sends.
+    let old = want.clone();
+    // Two times entries, each two varints: 300, 300; 70000, 1200.
+    want.push(2);
+    want.extend([0xac, 0x02, 0xac, 0x02]);
+    want.extend([0xf0, 0xa2, 0x04, 0xb0, 0x09]);
     assert_eq!(encode_body(&report), want);
+    assert_eq!(SessionReport::decode(&want), Ok(report.clone()));
+    let events_only = SessionReport {
+        times: Vec::new(),
+        ..report
+    };
+    assert_eq!(SessionReport::decode(&old), Ok(events_only));
+    assert!(
+        decode_body::<SessionReport>(&old).is_err(),
+        "the plain decoder wants the times"
+    );
     let answer = SessionReportAnswer {
         items: vec![
             SessionVerdict::Accepted,

@@ -24,7 +24,7 @@ use vouch_proto::handshake::gateway::{
 };
 use vouch_proto::session::{CloseReason, Inbound as ProtoInbound};
 use vouch_proto::wire::backend::{
-    SessionEvent, SessionEventKind, SessionReport, SessionVerdict, VouchAnswer,
+    EventTimes, SessionEvent, SessionEventKind, SessionReport, SessionVerdict, VouchAnswer,
 };
 use vouch_proto::wire::{Message, RECORD_OVERHEAD};
 use vouch_proto::{Error as ProtoError, Timestamp};
@@ -135,6 +135,52 @@ struct Live {
     delivery: Option<Box<Delivery>>,
     /// Whether the session is a resumption.
     resumed: bool,
+    /// When the session was established, and when it last heard the
+    /// peripheral (an authenticated record): what its session reports say
+    /// (SPEC.md §10.5).
+    times: Heard,
+}
+
+/// When a session started and last heard its peripheral: the gateway's
+/// monotonic clock in milliseconds, kept to its low 32 bits and compared
+/// by wrapping subtraction (exact for ages under 49 days, and a session and
+/// its reports are far shorter), so that a live session carries 8 bytes for
+/// them: the per-session memory budget (DESIGN.md §6) has little room.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    started: u32,
+    heard: u32,
+}
+
+impl Heard {
+    /// `now`, as kept here.
+    fn stamp(now: Timestamp) -> u32 {
+        // Truncation intended: only differences are used.
+        now.as_millis() as u32
+    }
+
+    /// A session established at `now`.
+    fn started(now: Timestamp) -> Self {
+        let t = Self::stamp(now);
+        Self {
+            started: t,
+            heard: t,
+        }
+    }
+
+    /// The peripheral was heard at `now`.
+    fn heard(&mut self, now: Timestamp) {
+        self.heard = Self::stamp(now);
+    }
+
+    /// The ages a report sent at `now` carries.
+    fn ages(self, now: Timestamp) -> EventTimes {
+        let now = Self::stamp(now);
+        EventTimes {
+            started_ms_ago: now.wrapping_sub(self.started),
+            heard_ms_ago: now.wrapping_sub(self.heard),
+        }
+    }
 }
 
 /// The trust-anchor updates held when the session was established, and the
@@ -210,7 +256,8 @@ fn register<B: BackendApi, C: Clock>(
     ctx.metrics.sessions_changed(ctx.table.len());
     // Reports go out in the background: a slow or absent backend must not hold
     // up the session.
-    spawn_report(ctx, id, SessionEventKind::Attached, session.id());
+    let times = Heard::started(ctx.clock.now());
+    spawn_report(ctx, id, SessionEventKind::Attached, session.id(), times);
     let delivery = ctx.table.anchor_updates().snapshot().map(|updates| {
         debug!(
             peripheral = %id,
@@ -228,6 +275,7 @@ fn register<B: BackendApi, C: Clock>(
         mailbox,
         delivery,
         resumed,
+        times,
     })
 }
 
@@ -418,6 +466,7 @@ where
                     Ok(ProtoInbound::Data(d)) => {
                         // Only authenticated traffic keeps a session from idling out.
                         live.mailbox.touch(ctx.clock.now());
+                        live.times.heard(ctx.clock.now());
                         ctx.metrics.record_in(d.len());
                         ctx.table.publish(Inbound {
                             peripheral: id,
@@ -430,11 +479,18 @@ where
                             ctx.metrics.clone_suspected();
                             warn!(peripheral = %id, session = %hex(&session_id), newer = %hex(&newer),
                                 "two sessions of one identity live at once on this gateway: the older spoke after the newer started (suspected clone)");
-                            spawn_report(ctx, id, SessionEventKind::Concurrent, session_id);
+                            spawn_report(
+                                ctx,
+                                id,
+                                SessionEventKind::Concurrent,
+                                session_id,
+                                live.times,
+                            );
                         }
                     }
                     Ok(ProtoInbound::Close(r)) => {
-                        break format!("peripheral closed (reason {})", r.0)
+                        live.times.heard(ctx.clock.now());
+                        break format!("peripheral closed (reason {})", r.0);
                     }
                     Ok(ProtoInbound::AnchorUpdate(_)) => {}
                     Err(ProtoError::SessionExpired) => break "session expired".into(),
@@ -477,7 +533,7 @@ where
     ctx.table.remove(&id, live.token);
     ctx.metrics.sessions_changed(ctx.table.len());
     info!(peripheral = %id, session = %hex(&session_id), reason = %reason, "session ended");
-    spawn_report(ctx, id, SessionEventKind::Detached, session_id);
+    spawn_report(ctx, id, SessionEventKind::Detached, session_id, live.times);
     reason
 }
 
@@ -582,9 +638,10 @@ fn spawn_report<B: BackendApi, C: Clock>(
     peripheral: vouch_proto::keys::PeripheralId,
     kind: SessionEventKind,
     session_id: [u8; 8],
+    times: Heard,
 ) {
     let ctx = ctx.clone();
-    tokio::spawn(async move { report(&ctx, peripheral, kind, session_id).await });
+    tokio::spawn(async move { report(&ctx, peripheral, kind, session_id, times).await });
 }
 
 async fn close<L: Link, B, C: Clock>(
@@ -600,39 +657,73 @@ async fn close<L: Link, B, C: Clock>(
     }
 }
 
-async fn report<B: BackendApi, C>(
+/// How long a session event is retried while the backend is unavailable:
+/// a lost detach would leave the session live at the backend until its
+/// attachment expires, and the device judged against it (SPEC.md §10.5).
+const REPORT_RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Reports one session event, retrying with backoff (0.5 s doubling to 30 s,
+/// for [`REPORT_RETRY_FOR`]) while the backend is unavailable. The times go
+/// as ages measured when each attempt is sent, so a late report still says
+/// when things happened.
+async fn report<B: BackendApi, C: Clock>(
     ctx: &Context<B, C>,
     peripheral: vouch_proto::keys::PeripheralId,
     kind: SessionEventKind,
     session_id: [u8; 8],
+    times: Heard,
 ) {
-    let report = SessionReport {
-        events: vec![SessionEvent {
-            peripheral,
-            kind,
-            session_id,
-        }],
+    let first = ctx.clock.now();
+    let mut backoff = Duration::from_millis(500);
+    let answer = loop {
+        let report = SessionReport {
+            events: vec![SessionEvent {
+                peripheral,
+                kind,
+                session_id,
+            }],
+            times: vec![times.ages(ctx.clock.now())],
+        };
+        match ctx.backend.report(report).await {
+            Ok(answer) => break answer,
+            Err(e)
+                if e.is_unavailable()
+                    && ctx
+                        .clock
+                        .now()
+                        .as_millis()
+                        .saturating_sub(first.as_millis())
+                        < REPORT_RETRY_FOR.as_millis() as u64 =>
+            {
+                debug!(peripheral = %peripheral, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "session event not reported yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                warn!(peripheral = %peripheral, session = %hex(&session_id), kind = ?kind, error = %e,
+                    "session event not reported");
+                return;
+            }
+        }
     };
-    match ctx.backend.report(report).await {
-        Ok(answer) => match (answer.items.first(), kind) {
-            (Some(SessionVerdict::Refused), SessionEventKind::Attached) => {
-                warn!(peripheral = %peripheral, session = %hex(&session_id),
-                    "backend refused the session (clone policy or status): closing");
-                ctx.table
-                    .close_session(&peripheral, &session_id, CloseReason::REVOKED);
-            }
-            // Two live at once here, and the policy refuses clones: as
-            // across gateways, the session that was live first stays and
-            // the newer one is closed (SPEC.md §11.6).
-            (Some(SessionVerdict::Refused), SessionEventKind::Concurrent) => {
-                warn!(peripheral = %peripheral, session = %hex(&session_id),
-                    "backend refused the suspected clone: closing the newer session, the older stays");
-                ctx.table
-                    .close_newer_than(&peripheral, &session_id, CloseReason::REVOKED);
-            }
-            _ => {}
-        },
-        Err(e) => debug!(peripheral = %peripheral, error = %e, "session event not reported"),
+    match (answer.items.first(), kind) {
+        (Some(SessionVerdict::Refused), SessionEventKind::Attached) => {
+            warn!(peripheral = %peripheral, session = %hex(&session_id),
+                "backend refused the session (clone policy or status): closing");
+            ctx.table
+                .close_session(&peripheral, &session_id, CloseReason::REVOKED);
+        }
+        // Two live at once here, and the policy refuses clones: as
+        // across gateways, the session that was live first stays and
+        // the newer one is closed (SPEC.md §11.6).
+        (Some(SessionVerdict::Refused), SessionEventKind::Concurrent) => {
+            warn!(peripheral = %peripheral, session = %hex(&session_id),
+                "backend refused the suspected clone: closing the newer session, the older stays");
+            ctx.table
+                .close_newer_than(&peripheral, &session_id, CloseReason::REVOKED);
+        }
+        _ => {}
     }
 }
 

@@ -445,7 +445,10 @@ async fn an_honest_connect_is_not_thrown_away_while_rogues_hold_the_slots() {
         .iter()
         .filter(|(d, _)| d == "honest")
         .count();
-    assert_eq!(honest_connects, 1, "no connect of the honest device was thrown away");
+    assert_eq!(
+        honest_connects, 1,
+        "no connect of the honest device was thrown away"
+    );
     // Behind at most the connects already queued (one per rogue), and its own.
     assert!(waited <= Duration::from_secs(35), "{waited:?}");
     assert_eq!(b.s.ctx.table.len(), 1);

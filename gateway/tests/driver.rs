@@ -896,3 +896,68 @@ async fn a_quick_reconnect_raises_no_clone_report_and_a_second_live_device_on_on
     drop(b_link);
     db.await.unwrap();
 }
+
+/// SPEC.md §10.5: a session's reports say when it started and when it last
+/// heard its device, as ages measured when each attempt is sent, and a
+/// report the backend could not take is retried until it can. The device
+/// speaks 5 s into its session, goes silent, and its link dies 20 s later
+/// while the backend is down; the detach goes out once the backend is back,
+/// 40 s after that, and says the device was last heard 5 s after the start
+/// and over a minute ago (so the backend judges it by when it happened, not
+/// by when it arrived).
+#[tokio::test(start_paused = true)]
+async fn session_reports_say_when_the_device_was_last_heard_and_are_retried_while_the_backend_is_down(
+) {
+    let s = setup(Scope::TELEMETRY);
+    let mut inbound = s.ctx.table.subscribe();
+    let (mut link, g) = pair(247, "p", "g");
+    let d = tokio::spawn(run_link_owned(s.ctx.clone(), g, 1, s.shutdown.clone()));
+    let mut p = peripheral_full(&s, &mut link, 2).await.unwrap();
+    let id = p.session.id();
+    wait_for("the attach", || {
+        reported(&s, SessionEventKind::Attached, id)
+    })
+    .await;
+    let times_of = |kind| {
+        s.backend
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.events.iter().zip(r.times.iter()))
+            .find(|(e, _)| e.kind == kind && e.session_id == id)
+            .map(|(_, t)| *t)
+    };
+    let attach = times_of(SessionEventKind::Attached).expect("the attach carries its times");
+    assert!(
+        attach.started_ms_ago < 100 && attach.heard_ms_ago < 100,
+        "{attach:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    say(&mut p.session, &mut link, b"reading").await;
+    assert_eq!(inbound.recv().await.unwrap().data, b"reading");
+    s.backend.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    drop(link);
+    assert!(matches!(d.await.unwrap(), Outcome::SessionEnded { .. }));
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(
+        !reported(&s, SessionEventKind::Detached, id),
+        "the backend was down"
+    );
+    s.backend.down.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !reported(&s, SessionEventKind::Detached, id) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the detach, retried, once the backend is back");
+    let detach = times_of(SessionEventKind::Detached).expect("the detach carries its times");
+    let heard_after_start = detach.started_ms_ago - detach.heard_ms_ago;
+    assert!(
+        (5_000..5_100).contains(&heard_after_start),
+        "last heard {heard_after_start} ms after the start: {detach:?}"
+    );
+    assert!(detach.heard_ms_ago >= 60_000, "{detach:?}");
+}

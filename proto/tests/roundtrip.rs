@@ -28,9 +28,10 @@ use vouch_proto::keys::{DhPublic, IdentityKey, KeyId, PeripheralId, PublicKey, S
 use vouch_proto::session::{Inbound, Session};
 use vouch_proto::testing::Pair;
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, AnchorUpdateBatch, FeedBatch, FeedChange, FeedEvent, PeripheralInfo,
-    SessionEvent, SessionEventKind, SessionReport, SessionReportAnswer, SessionVerdict,
-    VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest, Vouched, MAX_BODY,
+    decode_body, encode_body, AnchorUpdateBatch, EventTimes, FeedBatch, FeedChange, FeedEvent,
+    PeripheralInfo, SessionEvent, SessionEventKind, SessionReport, SessionReportAnswer,
+    SessionVerdict, VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest, Vouched,
+    MAX_BODY,
 };
 use vouch_proto::wire::{
     Alert, Finish, Hello, Lifetimes, Mac16, Message, MessageType, Record, Response, ResumeHello,
@@ -278,7 +279,19 @@ fn session_report() -> impl Strategy<Value = SessionReport> {
         }),
         0..6,
     )
-    .prop_map(|events| SessionReport { events })
+    .prop_flat_map(|events| {
+        // Times for every event, or none (a gateway that predates them).
+        let n = events.len();
+        let times = vec(
+            (any::<u32>(), any::<u32>()).prop_map(|(started_ms_ago, heard_ms_ago)| EventTimes {
+                started_ms_ago,
+                heard_ms_ago,
+            }),
+            n..=n,
+        );
+        (Just(events), prop_oneof![Just(Vec::new()), times])
+    })
+    .prop_map(|(events, times)| SessionReport { events, times })
 }
 
 fn session_report_answer() -> impl Strategy<Value = SessionReportAnswer> {
@@ -603,6 +616,14 @@ proptest! {
     ) {
         check_body(&report, extra)?;
         check_body(&answer, extra)?;
+        prop_assert_eq!(SessionReport::decode(&encode_body(&report)).ok(), Some(report.clone()));
+        // A gateway that predates the times sent the events alone: the same
+        // bytes without the trailing (empty) list of times.
+        if report.times.is_empty() {
+            let mut old = encode_body(&report);
+            prop_assert_eq!(old.pop(), Some(0));
+            prop_assert_eq!(SessionReport::decode(&old).ok(), Some(report));
+        }
     }
 
     /// Arbitrary bytes never panic a body decoder; what decodes re-encodes to

@@ -141,6 +141,9 @@ impl SimBackend {
         if let Some(k) = params.lockout_failures {
             config.security.lockout_failures = k;
         }
+        if let Some(t) = params.clone_tolerance_ms {
+            config.security.clone_tolerance_ms = t;
+        }
         let (server_tls, server_key) = data.server_tls().map_err(Error::backend)?;
         let store = Store::open(&url).await.map_err(Error::backend)?;
         let state = AppState::new(store, data, config)

@@ -893,6 +893,28 @@ async fn attack(
     for p in out.held.drain(..) {
         out.tally.accepted += u64::from(p.finish().await);
     }
+    if class == AttackClass::Clone {
+        // A clone is two devices heard at once (SPEC.md §10.5): each
+        // original goes on talking after its copy's attempt (a record, then
+        // its close), and its gateway's detach report says when it last
+        // heard it. The alert comes with that report.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let before = w.alerts();
+        let mut spoke = 0u64;
+        for v in victims.iter().take(attempts as usize) {
+            let live = w
+                .devices
+                .get_mut(v.idx)
+                .and_then(Option::as_mut)
+                .and_then(|d| d.live.take());
+            if let Some(live) = live {
+                let _ = live.data.send(b"still here".to_vec()).await;
+                live.close().await;
+                spoke += 1;
+            }
+        }
+        let _ = crate::fleet::wait_until(|| (w.alerts() >= before + spoke).then_some(())).await;
+    }
     Ok((out.tally, rev_ms))
 }
 

@@ -146,6 +146,9 @@ pub struct BackendParams {
     pub clone_action: Option<String>,
     /// Credential failures within the window that lock a subject out.
     pub lockout_failures: Option<u32>,
+    /// How far apart reported times may be and count as one moment, ms
+    /// (`security.clone_tolerance_ms`, SPEC.md §10.5).
+    pub clone_tolerance_ms: Option<u32>,
 }
 
 /// Gateway settings the scenario changes.

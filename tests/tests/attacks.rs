@@ -168,6 +168,11 @@ async fn brute_force_against_one_identity_is_detected_without_locking_the_genuin
         .expect("the genuine device is vouched");
 }
 
+/// Two devices holding one key, live on two gateways at once: the first
+/// goes on talking after the second's session began (here, its close 3 s
+/// later, past the backend's 2 s tolerance), and gateway A's detach report
+/// says when it last heard it, so the backend alerts (SPEC.md §10.5). Being
+/// open on A alone is no evidence: a device that moved on leaves that too.
 #[tokio::test]
 async fn a_clone_live_on_two_gateways_is_detected() {
     let (backend, a, b, device) = setup().await;
@@ -177,6 +182,11 @@ async fn a_clone_live_on_two_gateways_is_detected() {
     // The same identity, copied to a second device, attaches elsewhere.
     let mut on_b = device.run(&b).await;
     on_b.established().await;
+    wait_for("session on B", || b.has_session(&device.id).then_some(())).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The first device speaks (its authenticated close) after the second's
+    // session began.
+    on_a.stop().await;
     let found = tokio::time::timeout(vouch_tests::DEADLINE, async {
         loop {
             let (_, v) = backend
@@ -194,7 +204,6 @@ async fn a_clone_live_on_two_gateways_is_detected() {
         found.to_string().contains(&device.id.to_string()),
         "{found}"
     );
-    on_a.stop().await;
     on_b.stop().await;
 }
 

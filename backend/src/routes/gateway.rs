@@ -25,7 +25,7 @@ use vouch_proto::wire::backend::{
     VouchBatchAnswer, VouchBatchRequest, VouchRequest, MAX_BATCH, MAX_FEED_EVENTS,
 };
 
-use super::{Postcard, Query};
+use super::{decode_error, Postcard, PostcardBytes, Query};
 use crate::budget::{BudgetGuard, Kind};
 use crate::error::AppError;
 use crate::model::GatewayRecord;
@@ -199,16 +199,28 @@ async fn active_gateway(state: &AppState, key: &PublicKey) -> Result<GatewayReco
 async fn sessions(
     State(state): State<AppState>,
     GatewayKey(key): GatewayKey,
-    Postcard(report): Postcard<SessionReport>,
+    PostcardBytes(body): PostcardBytes,
 ) -> Result<Postcard<SessionReportAnswer>, AppError> {
+    // With the events' times, or without (a gateway that predates them).
+    let report = SessionReport::decode(&body).map_err(decode_error)?;
     if report.events.len() > MAX_FEED_EVENTS {
         return Err(AppError::bad_request(
             "batch_too_large",
             format!("a report holds at most {MAX_FEED_EVENTS} events"),
         ));
     }
+    if !report.times.is_empty() && report.times.len() != report.events.len() {
+        return Err(AppError::bad_request(
+            "malformed_body",
+            format!(
+                "a report carries one times entry per event, or none ({} events, {} times)",
+                report.events.len(),
+                report.times.len()
+            ),
+        ));
+    }
     let gateway = active_gateway(&state, &key).await?;
-    let items = vouch::report_sessions(&state, &gateway, &report.events).await?;
+    let items = vouch::report_sessions(&state, &gateway, &report.events, &report.times).await?;
     Ok(Postcard(SessionReportAnswer { items }))
 }
 

@@ -211,6 +211,20 @@ impl<S: Send + Sync, T: DeserializeOwned + Serialize> FromRequest<S> for Postcar
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let PostcardBytes(bytes) = PostcardBytes::from_request(req, state).await?;
+        decode_body::<T>(&bytes).map(Postcard).map_err(decode_error)
+    }
+}
+
+/// A postcard body's bytes, its content type checked, not yet decoded: for
+/// a body that decodes in more than one form (`SessionReport::decode`).
+#[derive(Debug, Clone)]
+pub struct PostcardBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for PostcardBytes {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
         if !content_type_is(req.headers().get(header::CONTENT_TYPE), CONTENT_TYPE) {
             return Err(AppError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -218,19 +232,23 @@ impl<S: Send + Sync, T: DeserializeOwned + Serialize> FromRequest<S> for Postcar
                 format!("the body must be {CONTENT_TYPE}"),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
-        match decode_body::<T>(&bytes) {
-            Ok(v) => Ok(Postcard(v)),
-            Err(vouch_proto::DecodeError::TooLarge { .. }) => Err(AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the request body exceeds the limit",
-            )),
-            Err(e) => Err(AppError::bad_request(
-                "malformed_body",
-                format!("the body does not decode: {e}"),
-            )),
-        }
+        Bytes::from_request(req, state)
+            .await
+            .map(PostcardBytes)
+            .map_err(body_error)
+    }
+}
+
+/// The answer to a postcard body that does not decode: 413 if it is over
+/// the limit, else 400 `malformed_body`.
+pub fn decode_error(e: vouch_proto::DecodeError) -> AppError {
+    match e {
+        vouch_proto::DecodeError::TooLarge { .. } => AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body exceeds the limit",
+        ),
+        e => AppError::bad_request("malformed_body", format!("the body does not decode: {e}")),
     }
 }
 

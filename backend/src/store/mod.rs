@@ -761,6 +761,10 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM clone_suspicions WHERE expires_ms < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(n)
     }
 
@@ -810,6 +814,34 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         gateway_keys(&rows)
+    }
+
+    /// Records, for a vouch given (or refused) to `gateway` at `since_ms`,
+    /// one clone suspicion per session of `peripheral` open on another
+    /// gateway, each judged when that session ends (SPEC.md §10.5).
+    pub async fn suspect_open_elsewhere(
+        &self,
+        peripheral: &PeripheralId,
+        gateway: &PublicKey,
+        since_ms: i64,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO clone_suspicions (peripheral_id, gateway_key, session_id, since_ms, \
+             earlier_gateway, earlier_session, expires_ms) \
+             SELECT peripheral_id, $2, '', $3, gateway_key, session_id, $4 FROM attachments \
+             WHERE peripheral_id = $1 AND gateway_key <> $2 AND expires_ms > $3 \
+             ON CONFLICT (peripheral_id, gateway_key, earlier_gateway, earlier_session) \
+             DO UPDATE SET since_ms = CASE WHEN excluded.since_ms < clone_suspicions.since_ms \
+             THEN excluded.since_ms ELSE clone_suspicions.since_ms END",
+        )
+        .bind(peripheral.to_string())
+        .bind(gateway.to_string())
+        .bind(since_ms)
+        .bind(expires_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// When the latest vouch for `peripheral` was given to `gateway`, and its
@@ -897,6 +929,41 @@ impl Store {
         let r = row.try_get::<Option<i64>, _>("r")?.unwrap_or(0);
         Ok(s.max(r))
     }
+}
+
+/// What the store holds of one session for clone detection (SPEC.md §10.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Neither its attach nor its detach was reported.
+    Unknown,
+    /// Attached, not yet detached.
+    Open {
+        /// When it started (backend time, from the report's age).
+        started_ms: i64,
+    },
+    /// Its detach was reported.
+    Finished {
+        /// When it started.
+        started_ms: i64,
+        /// When it last heard the peripheral.
+        heard_ms: i64,
+        /// Whether its attach was reported too.
+        attach_seen: bool,
+    },
+}
+
+/// A session of a peripheral on another gateway, as clone detection judges
+/// a new one against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherSession {
+    /// The other gateway's key.
+    pub gateway: String,
+    /// Its session id, hex.
+    pub session: String,
+    /// When it started (backend time).
+    pub started_ms: i64,
+    /// When it last heard the peripheral; `None` while it is open.
+    pub heard_ms: Option<i64>,
 }
 
 /// A write transaction holding the global writer lock. Dropping it without
@@ -1058,38 +1125,141 @@ impl WriteTx<'_> {
         gateway_keys(&rows)
     }
 
-    /// Whether the session `session` of `peripheral` on `gateway` was
-    /// reported detached (its detach may arrive before its attach).
-    pub async fn session_detached(
+    /// What the store holds of session `session` of `peripheral` on
+    /// `gateway`: nothing, an open attachment, or its detach (its attach
+    /// may come later, SPEC.md §10.5).
+    pub async fn session_state(
         &mut self,
         peripheral: &PeripheralId,
         gateway: &PublicKey,
         session: &[u8; 8],
-    ) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT 1 AS one FROM session_detaches WHERE peripheral_id = $1 \
-             AND gateway_key = $2 AND session_id = $3",
+    ) -> Result<SessionState, StoreError> {
+        let (p, g, s) = (
+            peripheral.to_string(),
+            gateway.to_string(),
+            hex::encode(session),
+        );
+        let open = sqlx::query(
+            "SELECT attached_ms FROM attachments WHERE peripheral_id = $1 AND gateway_key = $2 \
+             AND session_id = $3",
         )
-        .bind(peripheral.to_string())
-        .bind(gateway.to_string())
-        .bind(hex::encode(session))
+        .bind(p.clone())
+        .bind(g.clone())
+        .bind(s.clone())
         .fetch_optional(&mut *self.tx)
         .await?;
-        Ok(row.is_some())
+        if let Some(row) = open {
+            return Ok(SessionState::Open {
+                started_ms: row.try_get("attached_ms")?,
+            });
+        }
+        let done = sqlx::query(
+            "SELECT detached_ms, started_ms, attach_seen FROM session_detaches \
+             WHERE peripheral_id = $1 AND gateway_key = $2 AND session_id = $3",
+        )
+        .bind(p)
+        .bind(g)
+        .bind(s)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(match done {
+            None => SessionState::Unknown,
+            Some(row) => {
+                let heard_ms: i64 = row.try_get("detached_ms")?;
+                let started_ms: Option<i64> = row.try_get("started_ms")?;
+                let attach_seen: i32 = row.try_get("attach_seen")?;
+                SessionState::Finished {
+                    started_ms: started_ms.unwrap_or(heard_ms),
+                    heard_ms,
+                    attach_seen: attach_seen != 0,
+                }
+            }
+        })
     }
 
-    /// Records that session `session` of `peripheral` is live on `gateway`
-    /// until `expires_ms`, unless its detach was already reported (then
-    /// nothing changes). Idempotent: a retried attach only renews it.
+    /// The sessions of `peripheral` on gateways other than `gateway` that
+    /// clone detection judges a new attach against (SPEC.md §10.5): the
+    /// open ones, and the finished ones whose attach was reported (a pair is
+    /// judged at the second of its two attaches), none expired at `now`.
+    pub async fn sessions_elsewhere(
+        &mut self,
+        peripheral: &PeripheralId,
+        gateway: &PublicKey,
+        now: i64,
+    ) -> Result<Vec<OtherSession>, StoreError> {
+        let (p, g) = (peripheral.to_string(), gateway.to_string());
+        let open = sqlx::query(
+            "SELECT gateway_key, session_id, attached_ms FROM attachments \
+             WHERE peripheral_id = $1 AND gateway_key <> $2 AND expires_ms > $3",
+        )
+        .bind(p.clone())
+        .bind(g.clone())
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let done = sqlx::query(
+            "SELECT gateway_key, session_id, started_ms, detached_ms FROM session_detaches \
+             WHERE peripheral_id = $1 AND gateway_key <> $2 AND expires_ms > $3 \
+             AND attach_seen = 1",
+        )
+        .bind(p)
+        .bind(g)
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = Vec::with_capacity(open.len() + done.len());
+        for row in open {
+            out.push(OtherSession {
+                gateway: row.try_get("gateway_key")?,
+                session: row.try_get("session_id")?,
+                started_ms: row.try_get("attached_ms")?,
+                heard_ms: None,
+            });
+        }
+        for row in done {
+            let heard_ms: i64 = row.try_get("detached_ms")?;
+            let started_ms: Option<i64> = row.try_get("started_ms")?;
+            out.push(OtherSession {
+                gateway: row.try_get("gateway_key")?,
+                session: row.try_get("session_id")?,
+                started_ms: started_ms.unwrap_or(heard_ms),
+                heard_ms: Some(heard_ms),
+            });
+        }
+        out.sort_by(|a, b| (&a.gateway, &a.session).cmp(&(&b.gateway, &b.session)));
+        Ok(out)
+    }
+
+    /// Records the first attach report of session `session` of `peripheral`
+    /// on `gateway`, which started at `started_ms`: open until its detach or
+    /// `expires_ms`; if its detach came first, only marks its attach seen.
+    /// Idempotent: a retried attach of an open session renews it.
     pub async fn attach(
         &mut self,
         peripheral: &PeripheralId,
         gateway: &PublicKey,
         session: &[u8; 8],
-        now: i64,
+        started_ms: i64,
         expires_ms: i64,
     ) -> Result<(), StoreError> {
-        if self.session_detached(peripheral, gateway, session).await? {
+        let (p, g, s) = (
+            peripheral.to_string(),
+            gateway.to_string(),
+            hex::encode(session),
+        );
+        let finished = sqlx::query(
+            "UPDATE session_detaches SET attach_seen = 1, \
+             started_ms = COALESCE(started_ms, $4) \
+             WHERE peripheral_id = $1 AND gateway_key = $2 AND session_id = $3",
+        )
+        .bind(p.clone())
+        .bind(g.clone())
+        .bind(s.clone())
+        .bind(started_ms)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        if finished > 0 {
             return Ok(());
         }
         sqlx::query(
@@ -1098,51 +1268,123 @@ impl WriteTx<'_> {
              ON CONFLICT (peripheral_id, gateway_key, session_id) \
              DO UPDATE SET expires_ms = excluded.expires_ms",
         )
-        .bind(peripheral.to_string())
-        .bind(gateway.to_string())
-        .bind(hex::encode(session))
-        .bind(now)
+        .bind(p)
+        .bind(g)
+        .bind(s)
+        .bind(started_ms)
         .bind(expires_ms)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
     }
 
-    /// Records that session `session` of `peripheral` on `gateway` ended:
-    /// removes its attachment (only that session's: a newer session on the
-    /// same gateway stays live) and keeps a marker until `expires_ms`, so
-    /// that the session's attach, if it arrives later, does not revive it.
-    /// Idempotent.
+    /// Records that session `session` of `peripheral` on `gateway` ended,
+    /// having started at `started_ms` and last heard the peripheral at
+    /// `heard_ms`: removes its attachment (only that session's) and keeps
+    /// its times until `expires_ms`, so that its attach, if it arrives
+    /// later, neither revives it nor escapes judgment. Idempotent.
     pub async fn detach(
         &mut self,
         peripheral: &PeripheralId,
         gateway: &PublicKey,
         session: &[u8; 8],
-        now: i64,
+        started_ms: i64,
+        heard_ms: i64,
         expires_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let (p, g, s) = (
+            peripheral.to_string(),
+            gateway.to_string(),
+            hex::encode(session),
+        );
+        // The start its attach recorded, if it came first (a report without
+        // times says only when it arrived).
+        let attached: Option<i64> = sqlx::query(
             "DELETE FROM attachments WHERE peripheral_id = $1 AND gateway_key = $2 \
-             AND session_id = $3",
+             AND session_id = $3 RETURNING attached_ms",
         )
-        .bind(peripheral.to_string())
-        .bind(gateway.to_string())
-        .bind(hex::encode(session))
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(p.clone())
+        .bind(g.clone())
+        .bind(s.clone())
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .map(|row| row.try_get("attached_ms"))
+        .transpose()?;
         sqlx::query(
             "INSERT INTO session_detaches (peripheral_id, gateway_key, session_id, detached_ms, \
-             expires_ms) VALUES ($1, $2, $3, $4, $5) \
+             started_ms, attach_seen, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (peripheral_id, gateway_key, session_id) DO NOTHING",
         )
-        .bind(peripheral.to_string())
-        .bind(gateway.to_string())
-        .bind(hex::encode(session))
-        .bind(now)
+        .bind(p)
+        .bind(g)
+        .bind(s)
+        .bind(heard_ms)
+        .bind(attached.unwrap_or(started_ms))
+        .bind(i32::from(attached.is_some()))
         .bind(expires_ms)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    /// Records that session `later` of `peripheral` on `gateway` began at
+    /// `since_ms` while the earlier session `earlier_session` on
+    /// `earlier_gateway` was open: judged when that one's detach says when
+    /// it last heard the device ([`take_suspicions`](Self::take_suspicions)).
+    /// One record per pair of gateway and earlier session, which keeps the
+    /// earliest evidence of the device at `gateway` (a vouch, a session's
+    /// start).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn suspect(
+        &mut self,
+        peripheral: &PeripheralId,
+        gateway: &str,
+        later: &str,
+        since_ms: i64,
+        earlier_gateway: &str,
+        earlier_session: &str,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO clone_suspicions (peripheral_id, gateway_key, session_id, since_ms, \
+             earlier_gateway, earlier_session, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (peripheral_id, gateway_key, earlier_gateway, earlier_session) \
+             DO UPDATE SET since_ms = CASE WHEN excluded.since_ms < clone_suspicions.since_ms \
+             THEN excluded.since_ms ELSE clone_suspicions.since_ms END",
+        )
+        .bind(peripheral.to_string())
+        .bind(gateway.to_owned())
+        .bind(later.to_owned())
+        .bind(since_ms)
+        .bind(earlier_gateway.to_owned())
+        .bind(earlier_session.to_owned())
+        .bind(expires_ms)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes and returns the suspicions waiting for the end of session
+    /// `session` of `peripheral` on `gateway`: (the later session's
+    /// gateway, when it began).
+    pub async fn take_suspicions(
+        &mut self,
+        peripheral: &PeripheralId,
+        gateway: &PublicKey,
+        session: &[u8; 8],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "DELETE FROM clone_suspicions WHERE peripheral_id = $1 AND earlier_gateway = $2 \
+             AND earlier_session = $3 RETURNING gateway_key, since_ms",
+        )
+        .bind(peripheral.to_string())
+        .bind(gateway.to_string())
+        .bind(hex::encode(session))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("gateway_key")?, r.try_get("since_ms")?)))
+            .collect()
     }
 
     /// Enrolls one peripheral inside this transaction (idempotent: the same

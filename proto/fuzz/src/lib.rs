@@ -29,7 +29,7 @@ use vouch_proto::session::{CloseReason, Inbound, Session};
 use vouch_proto::testing::{self, Pair};
 use vouch_proto::wire::backend::{
     decode_body, encode_body, AnchorUpdateBatch, FeedBatch, FeedChange, FeedEvent, PeripheralInfo,
-    SessionEvent, SessionEventKind, SessionReport, SessionReportAnswer, SessionVerdict,
+    EventTimes, SessionEvent, SessionEventKind, SessionReport, SessionReportAnswer, SessionVerdict,
     VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest,
 };
 use vouch_proto::wire::{encode_alert, Message, Scope, MAX_HANDSHAKE_MESSAGE, MAX_MESSAGE};
@@ -988,6 +988,16 @@ pub fn seeds() -> Vec<Seed> {
                     peripheral,
                     kind: SessionEventKind::Detached,
                     session_id: [1, 2, 3, 4, 5, 6, 7, 8],
+                },
+            ],
+            times: vec![
+                EventTimes {
+                    started_ms_ago: 5_000,
+                    heard_ms_ago: 5_000,
+                },
+                EventTimes {
+                    started_ms_ago: 5_000,
+                    heard_ms_ago: 1_200,
                 },
             ],
         }),

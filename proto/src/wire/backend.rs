@@ -212,6 +212,49 @@ pub struct SessionEvent {
 pub struct SessionReport {
     /// The events, oldest first.
     pub events: Vec<SessionEvent>,
+    /// Appended (SPEC.md §10.5): when each event's session started and last
+    /// heard its peripheral, as ages at the moment the report is sent, one
+    /// per event in the same order. Empty in a report from a gateway that
+    /// predates it (decoded by [`SessionReport::decode`]).
+    pub times: Vec<EventTimes>,
+}
+
+/// When a reported session started and when it last heard its peripheral,
+/// as milliseconds before the report was sent, measured on the gateway's
+/// monotonic clock (SPEC.md §10.5). Ages rather than times: the backend
+/// subtracts them from its own clock at arrival, so no clock is compared
+/// with another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventTimes {
+    /// Since the session was established.
+    pub started_ms_ago: u32,
+    /// Since the session's last authenticated message from the peripheral
+    /// (its establishment if none came after).
+    pub heard_ms_ago: u32,
+}
+
+/// [`SessionReport`] as gateways sent it before [`SessionReport::times`].
+#[derive(Serialize, Deserialize)]
+struct SessionReportWithoutTimes {
+    events: Vec<SessionEvent>,
+}
+
+impl SessionReport {
+    /// Decodes a `POST /v1/sessions` body of either form: with
+    /// [`times`](Self::times), or without (a gateway that predates it; the
+    /// times are then empty). Otherwise as [`decode_body`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match decode_body::<SessionReport>(bytes) {
+            Ok(report) => Ok(report),
+            Err(e @ (DecodeError::TooLarge { .. } | DecodeError::UnsupportedVersion(_))) => Err(e),
+            Err(e) => decode_body::<SessionReportWithoutTimes>(bytes)
+                .map(|old| SessionReport {
+                    events: old.events,
+                    times: Vec::new(),
+                })
+                .map_err(|_| e),
+        }
+    }
 }
 
 /// The backend's verdict on one reported session event.
