@@ -390,7 +390,6 @@ proptest! {
     }
 }
 
-
 /// The forged signatures are what they claim: each meets the equation its
 /// variant says, and ed25519-dalek's `verify_strict` (the cofactorless
 /// strict rule, which every other signature of the protocol is verified
@@ -433,9 +432,9 @@ fn forgeries_meet_the_equations_they_claim() {
             }
         }
     }
-    for k in 0..SMALL_ORDER_R.len() {
+    for (k, r) in SMALL_ORDER_R.iter().enumerate() {
         let made = fleet.forged(0, 7, Forgery::SmallOrderR(k));
-        assert!(!strict(&made), "R = {:02x?}", SMALL_ORDER_R[k]);
+        assert!(!strict(&made), "R = {r:02x?}");
     }
     // With R the canonical identity the cofactorless equation holds
     // exactly: a lenient verifier accepts the signature.
@@ -580,11 +579,14 @@ fn the_hello_rule_is_zip215_with_the_strict_encoding_checks() {
                 .unwrap()
                 .verify(&made.key)
                 .is_ok();
-            assert_eq!(ours, expected, "device {device}, {f:?}: ZIP-215 says {zip215}");
+            assert_eq!(
+                ours, expected,
+                "device {device}, {f:?}: ZIP-215 says {zip215}"
+            );
             assert_eq!(ours, f.accepted(), "device {device}, {f:?}");
             zip215_only += usize::from(zip215 && !expected);
-            let strict = ed25519_dalek::VerifyingKey::from_bytes(made.key.as_bytes())
-                .is_ok_and(|vk| {
+            let strict =
+                ed25519_dalek::VerifyingKey::from_bytes(made.key.as_bytes()).is_ok_and(|vk| {
                     vk.verify_strict(
                         &made.statement,
                         &ed25519_dalek::Signature::from_bytes(&made.signature),

@@ -510,7 +510,7 @@ fn generate() -> Value {
             "torsion_point": hex(torsion_point().compress().as_bytes()),
             "torsioned_r_hello": hex(&w.torsioned_r_hello(&hello)),
         },
-        "negative": negative_vectors(&hello, &resp, &finish, &record_p2g, &resume_hello, &rotate, &w.forged_rotations(), &w.small_order_r_hello(&hello)),
+        "negative": negative_vectors(&hello, &resp, &finish, &record_p2g, &resume_hello, &rotate, &w),
     })
 }
 
@@ -522,9 +522,10 @@ fn negative_vectors(
     record: &[u8],
     resume_hello: &[u8],
     rotate: &[u8],
-    forged: &[(&'static str, Vec<u8>)],
-    small_order_r_hello: &[u8],
+    w: &World,
 ) -> Value {
+    let forged = w.forged_rotations();
+    let small_order_r_hello = w.small_order_r_hello(hello);
     let flip = |m: &[u8], at: usize| {
         let mut m = m.to_vec();
         m[at] ^= 0x01;
@@ -562,11 +563,7 @@ fn negative_vectors(
         ("hello_ephemeral_flipped", "backend_open", flip(hello, 10)),
         // The peripheral's own key signs with R = the torsion point and
         // S = k·a: the cofactored equation holds, rule 3 refuses it.
-        (
-            "hello_small_order_r",
-            "backend_open",
-            small_order_r_hello.to_vec(),
-        ),
+        ("hello_small_order_r", "backend_open", small_order_r_hello),
         (
             "response_vouch_signature_flipped",
             "peripheral_response",
@@ -886,10 +883,10 @@ fn the_torsioned_r_hello_vector_is_accepted_and_the_strict_rule_refuses_it() {
         .compress()
         .to_bytes();
     let sig = w.hello_signature_with_r(&vector, r, big_r);
-    assert!(!w
-        .peripheral
-        .public_key()
-        .verify_strict(&w.hello_statement(&vector), &vouch_proto::keys::Signature(sig)));
+    assert!(!w.peripheral.public_key().verify_strict(
+        &w.hello_statement(&vector),
+        &vouch_proto::keys::Signature(sig)
+    ));
     let torsion = unhex(&v["hello_signature"]["torsion_point"]);
     assert_eq!(torsion, torsion_point().compress().as_bytes());
     assert!(!torsion_point().is_identity() && torsion_point().mul_by_cofactor().is_identity());

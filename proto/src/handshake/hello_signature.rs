@@ -319,7 +319,10 @@ mod tests {
         // A non-canonical R of large order (y = p + 5): refused before any
         // arithmetic.
         let y5 = hex32("f2ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
-        assert!(!CompressedEdwardsY(y5).decompress().unwrap().is_small_order());
+        assert!(!CompressedEdwardsY(y5)
+            .decompress()
+            .unwrap()
+            .is_small_order());
         assert!(!canonical_y(&y5));
         let mut sig = honest;
         sig[..32].copy_from_slice(&y5);
