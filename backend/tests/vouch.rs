@@ -1517,3 +1517,143 @@ async fn concurrent_case(db: Db, action: CloneAction) {
         "{concurrent:?}"
     );
 }
+
+/// SPEC.md §12 `hello_signature.torsioned_r_hello`: the vector peripheral's
+/// hello signed with `R = [r]B + T` (`T` of order 8), which the hello rule
+/// of §3.4 accepts and the cofactorless rule refuses. Through the real
+/// route, on a backend holding the vector keys: vouched alone, and vouched
+/// in a batch of honest hellos (which the backend verifies with one batch
+/// equation), the honest ones with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_torsioned_r_hello_vector_is_accepted_by_the_backend() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use vouch_proto::keys::{PublicKey, SealingKey};
+
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../proto/tests/vectors/v1.json"
+        ))
+        .expect("the vectors"),
+    )
+    .expect("JSON");
+    let bytes32 = |s: &serde_json::Value| -> [u8; 32] {
+        hex::decode(s.as_str().expect("hex"))
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes")
+    };
+    let inputs = &v["inputs"];
+    let gateway = IdentityKey::from_seed(&bytes32(&inputs["gateway_seed"]));
+    let peripheral =
+        PublicKey::from_bytes(bytes32(&v["derived"]["peripheral_public"])).expect("key");
+    let hello = hex::decode(
+        v["hello_signature"]["torsioned_r_hello"]
+            .as_str()
+            .expect("hex"),
+    )
+    .expect("hex");
+    let honest: Vec<Device> = (1..4).map(Device::new).collect();
+
+    // A fresh backend holding the vector key pair (key id 1), with the
+    // vector peripheral, three honest devices and the vector gateway.
+    let backend = || async {
+        let keys = BackendKeys::from_parts(
+            KeyId(1),
+            IdentityKey::from_seed(&bytes32(&inputs["backend_signing_seed"])),
+            SealingKey::from_bytes(bytes32(&inputs["backend_sealing_secret"])),
+        );
+        let anchors = AnchorSet::new(keys.anchor(), keys.anchor().digest(), 0);
+        let (data, token) = vouch_backend::datadir::DataDir::ephemeral(keys).expect("ephemeral");
+        let store = vouch_backend::store::Store::open_in_memory()
+            .await
+            .expect("store");
+        let state = vouch_backend::AppState::new(store, data, Config::default())
+            .await
+            .expect("state");
+        let router = vouch_backend::app(state);
+        let mut enroll = vec![
+            (
+                "/v1/admin/gateways",
+                json!({"public_key": gateway.public_key().to_string()}),
+            ),
+            (
+                "/v1/admin/peripherals",
+                json!({"public_key": peripheral.to_string()}),
+            ),
+            (
+                "/v1/admin/policies",
+                json!({"peripheral": "any", "gateway": "any", "scope": "telemetry,command"}),
+            ),
+        ];
+        for d in &honest {
+            enroll.push((
+                "/v1/admin/peripherals",
+                json!({"public_key": d.key.public_key().to_string()}),
+            ));
+        }
+        for (path, body) in enroll {
+            let req = axum::http::Request::post(path)
+                .header("authorization", format!("Bearer {}", token.as_str()))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("req");
+            let res = router.clone().oneshot(req).await.expect("infallible");
+            assert_eq!(res.status(), StatusCode::CREATED, "{path}");
+        }
+        (router, anchors)
+    };
+    let post = |router: axum::Router, path: &'static str, body: Vec<u8>| {
+        let gateway_key = gateway.public_key();
+        async move {
+            let mut r = axum::http::Request::post(path)
+                .header("content-type", vouch_proto::wire::backend::CONTENT_TYPE)
+                .body(Body::from(body))
+                .expect("req");
+            r.extensions_mut()
+                .insert(vouch_backend::ClientIdentity(Some(gateway_key)));
+            let res = router.oneshot(r).await.expect("infallible");
+            assert_eq!(res.status(), StatusCode::OK);
+            res.into_body().collect().await.expect("body").to_bytes()
+        }
+    };
+    let vector_id = hex::decode(v["derived"]["peripheral_id"].as_str().expect("hex")).expect("hex");
+
+    // Alone.
+    let (router, _) = backend().await;
+    let (_, req) = gateway_takes(&gateway, &hello, 2);
+    let answer: VouchAnswer =
+        decode_body(&post(router, "/v1/vouch", encode_body(&req)).await).expect("decodes");
+    let VouchAnswer::Vouched(vouched) = answer else {
+        panic!("the torsioned-R hello alone: {answer:?}")
+    };
+    assert_eq!(vouched.peripheral.id.0.to_vec(), vector_id);
+
+    // In a batch of honest hellos.
+    let (router, anchors) = backend().await;
+    let mut items: Vec<VouchRequest> = honest
+        .iter()
+        .enumerate()
+        .map(|(i, d)| gateway_takes(&gateway, &d.hello(&anchors, 10 + i as u64).1, 20 + i as u64).1)
+        .collect();
+    items.insert(1, gateway_takes(&gateway, &hello, 2).1);
+    let answers = decode_body::<VouchBatchAnswer>(
+        &post(
+            router,
+            "/v1/vouch/batch",
+            encode_body(&VouchBatchRequest { items }),
+        )
+        .await,
+    )
+    .expect("decodes")
+    .items;
+    assert_eq!(answers.len(), 4);
+    for (i, a) in answers.iter().enumerate() {
+        assert!(
+            matches!(a, VouchAnswer::Vouched(_)),
+            "item {i} of the batch: {a:?}"
+        );
+    }
+}

@@ -94,19 +94,14 @@ impl PublicKey {
     }
 
     /// Verifies a signature with the strict rules of SPEC.md §3.4: canonical
-    /// `S`, no small-order `R` or `A` (ed25519-dalek `verify_strict`).
+    /// `S`, no small-order `R` or `A` (ed25519-dalek `verify_strict`). Hello
+    /// signatures have their own rule (`handshake::hello_signature`).
     pub fn verify_strict(&self, msg: &[u8], sig: &Signature) -> bool {
         let Ok(vk) = VerifyingKey::from_bytes(&self.0) else {
             return false;
         };
         vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
             .is_ok()
-    }
-
-    /// The decompressed key for batch verification.
-    #[cfg(feature = "batch")]
-    pub(crate) fn verifying_key(&self) -> Option<VerifyingKey> {
-        VerifyingKey::from_bytes(&self.0).ok()
     }
 
     /// SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`), as openssl writes it.

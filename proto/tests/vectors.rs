@@ -7,7 +7,12 @@
 
 use std::path::PathBuf;
 
+use curve25519_dalek::constants::EIGHT_TORSION;
+use curve25519_dalek::edwards::EdwardsPoint;
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::IsIdentity;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha512};
 use vouch_proto::anchor::{AnchorAction, AnchorSet, AnchorUpdate};
 use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
 use vouch_proto::handshake::gateway::{
@@ -195,6 +200,71 @@ impl World {
         ]
     }
 
+    /// The vector Hello with its sealed signature replaced by `signature`
+    /// (the same `e_P`, so the same `k_seal`: the keystream is the sealed
+    /// bytes XOR the honest plaintext).
+    fn hello_with_signature(&self, hello: &[u8], signature: &[u8; 64]) -> Vec<u8> {
+        let honest = self.peripheral.sign(&self.hello_statement(hello)).0;
+        let mut out = hello.to_vec();
+        for (k, b) in out[36 + 8..].iter_mut().enumerate() {
+            *b ^= honest[k] ^ signature[k];
+        }
+        out
+    }
+
+    /// The statement a Hello's signature covers (SPEC.md §5.1 step 3).
+    fn hello_statement(&self, hello: &[u8]) -> Vec<u8> {
+        let mut statement = b"vouch/1 hello signature".to_vec();
+        statement.extend_from_slice(&hello[..36]);
+        statement.extend_from_slice(self.backend.anchor().sealing.as_bytes());
+        statement.extend_from_slice(&self.id.0);
+        statement
+    }
+
+    /// The peripheral's signature over the vector Hello's statement made
+    /// with RFC 8032's nonce `r` but `R` given: `R ‖ (r + k·a mod L)` with
+    /// `k = SHA-512(R ‖ A ‖ M) mod L` (SPEC.md §12).
+    fn hello_signature_with_r(&self, hello: &[u8], r: Scalar, big_r: [u8; 32]) -> [u8; 64] {
+        let m = self.hello_statement(hello);
+        let h: [u8; 64] = Sha512::digest(self.i.peripheral_seed).into();
+        let mut a = [0u8; 32];
+        a.copy_from_slice(&h[..32]);
+        a[0] &= 248;
+        a[31] &= 127;
+        a[31] |= 64;
+        let a = Scalar::from_bytes_mod_order(a);
+        let k = wide(&[&big_r, self.peripheral.public_key().as_bytes(), &m]);
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&big_r);
+        sig[32..].copy_from_slice((r + k * a).as_bytes());
+        sig
+    }
+
+    /// RFC 8032's nonce for the vector Hello's signature.
+    fn hello_nonce(&self, hello: &[u8]) -> Scalar {
+        let h: [u8; 64] = Sha512::digest(self.i.peripheral_seed).into();
+        wide(&[&h[32..], &self.hello_statement(hello)])
+    }
+
+    /// SPEC.md §12 `hello_signature.torsioned_r_hello`: the vector Hello
+    /// signed with `R = [r]B + T`, `T` the torsion point.
+    fn torsioned_r_hello(&self, hello: &[u8]) -> Vec<u8> {
+        let r = self.hello_nonce(hello);
+        let big_r = (EdwardsPoint::mul_base(&r) + torsion_point())
+            .compress()
+            .to_bytes();
+        self.hello_with_signature(hello, &self.hello_signature_with_r(hello, r, big_r))
+    }
+
+    /// SPEC.md §12 negative `hello_small_order_r`: `R = T`, `S = k·a`.
+    fn small_order_r_hello(&self, hello: &[u8]) -> Vec<u8> {
+        let big_r = torsion_point().compress().to_bytes();
+        self.hello_with_signature(
+            hello,
+            &self.hello_signature_with_r(hello, Scalar::ZERO, big_r),
+        )
+    }
+
     fn info(&self) -> PeripheralInfo {
         PeripheralInfo {
             id: self.id,
@@ -278,6 +348,20 @@ impl World {
             g.into_established().unwrap(),
         )
     }
+}
+
+/// The torsion point of the vectors: a point of order 8 (SPEC.md §12).
+fn torsion_point() -> EdwardsPoint {
+    EIGHT_TORSION[1]
+}
+
+/// SHA-512 of the parts, reduced mod L.
+fn wide(parts: &[&[u8]]) -> Scalar {
+    let mut h = Sha512::new();
+    for p in parts {
+        h.update(p);
+    }
+    Scalar::from_bytes_mod_order_wide(&h.finalize().into())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -422,7 +506,11 @@ fn generate() -> Value {
             "rotate": hex(&rotate),
             "record_g2p_counter_1": hex(&record_anchor_update),
         },
-        "negative": negative_vectors(&hello, &resp, &finish, &record_p2g, &resume_hello, &rotate, &w.forged_rotations()),
+        "hello_signature": {
+            "torsion_point": hex(torsion_point().compress().as_bytes()),
+            "torsioned_r_hello": hex(&w.torsioned_r_hello(&hello)),
+        },
+        "negative": negative_vectors(&hello, &resp, &finish, &record_p2g, &resume_hello, &rotate, &w),
     })
 }
 
@@ -434,8 +522,10 @@ fn negative_vectors(
     record: &[u8],
     resume_hello: &[u8],
     rotate: &[u8],
-    forged: &[(&'static str, Vec<u8>)],
+    w: &World,
 ) -> Value {
+    let forged = w.forged_rotations();
+    let small_order_r_hello = w.small_order_r_hello(hello);
     let flip = |m: &[u8], at: usize| {
         let mut m = m.to_vec();
         m[at] ^= 0x01;
@@ -471,6 +561,9 @@ fn negative_vectors(
             flip(hello, hello.len() - 1),
         ),
         ("hello_ephemeral_flipped", "backend_open", flip(hello, 10)),
+        // The peripheral's own key signs with R = the torsion point and
+        // S = k·a: the cofactored equation holds, rule 3 refuses it.
+        ("hello_small_order_r", "backend_open", small_order_r_hello),
         (
             "response_vouch_signature_flipped",
             "peripheral_response",
@@ -640,7 +733,14 @@ fn reject(state: &str, input: &[u8]) -> Error {
 fn spec_section(v: &Value) -> String {
     let mut s = String::new();
     s.push_str("```text\n");
-    for group in ["inputs", "derived", "full", "resumption", "anchor_update"] {
+    for group in [
+        "inputs",
+        "derived",
+        "full",
+        "resumption",
+        "anchor_update",
+        "hello_signature",
+    ] {
         let Value::Object(map) = &v[group] else {
             panic!()
         };
@@ -761,4 +861,35 @@ fn negative_vectors_are_rejected() {
         let err = reject(n["state"].as_str().unwrap(), &unhex(&n["input"]));
         println!("{:<36} rejected: {err}", n["name"].as_str().unwrap());
     }
+}
+
+/// `hello_signature.torsioned_r_hello` (SPEC.md §12): the backend accepts
+/// it, by the hello rule of §3.4, and opens the vector id; the cofactorless
+/// strict rule, which every other signature is verified with, refuses it.
+#[test]
+fn the_torsioned_r_hello_vector_is_accepted_and_the_strict_rule_refuses_it() {
+    let (json_path, _) = paths();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+    let w = World::new();
+    let hello = unhex(&v["hello_signature"]["torsioned_r_hello"]);
+    assert_eq!(hello, w.torsioned_r_hello(&unhex(&v["full"]["hello"])));
+    let opened = open_hello(&hello, &w.backend).unwrap();
+    assert_eq!(opened.claimed_peripheral(), w.id);
+    assert!(opened.verify(&w.peripheral.public_key()).is_ok());
+    // Its signature, opened, fails verify_strict: R is not [S]B − [k]A.
+    let vector = unhex(&v["full"]["hello"]);
+    let r = w.hello_nonce(&vector);
+    let big_r = (EdwardsPoint::mul_base(&r) + torsion_point())
+        .compress()
+        .to_bytes();
+    let sig = w.hello_signature_with_r(&vector, r, big_r);
+    assert!(!w.peripheral.public_key().verify_strict(
+        &w.hello_statement(&vector),
+        &vouch_proto::keys::Signature(sig)
+    ));
+    let torsion = unhex(&v["hello_signature"]["torsion_point"]);
+    assert_eq!(torsion, torsion_point().compress().as_bytes());
+    assert!(!torsion_point().is_identity() && torsion_point().mul_by_cofactor().is_identity());
+    let t = torsion_point();
+    assert!(!(t + t + t + t).is_identity(), "order 8");
 }

@@ -224,6 +224,30 @@ def _point_add(p, q):
     return (x3, y3)
 
 
+def _point_neg(p):
+    return ((-p[0]) % _P, p[1])
+
+
+def _scalar_mul(k, p):
+    """[k]P by double-and-add (not constant time: public values only)."""
+    q = (0, 1)
+    while k:
+        if k & 1:
+            q = _point_add(q, p)
+        p = _point_add(p, p)
+        k >>= 1
+    return q
+
+
+def _encode_point(p):
+    """RFC 8032 §5.1.2: y, with the low bit of x as the top bit."""
+    x, y = p
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+
+_BASE = _decode_point((4 * pow(5, _P - 2, _P) % _P).to_bytes(32, "little"))
+
+
 def _is_small_order(point):
     """[8]P is the identity (0, 1)."""
     for _ in range(3):
@@ -246,6 +270,30 @@ def ed25519_verify_strict(public, msg, sig):
         Ed25519PublicKey.from_public_bytes(public).verify(sig, msg)
     except InvalidSignature:
         raise Reject("signature", "§3.4 signature does not verify") from None
+
+
+def ed25519_verify_hello(public, msg, sig):
+    """§3.4, the rule for hello signatures: rules 1 to 3 as above (S < L; A
+    and R canonical encodings, not of small order), then the cofactored
+    equation [8][S]B = [8]R + [8][k]A. Written here from the equation, since
+    OpenSSL has only the cofactorless check."""
+    if len(public) != 32 or len(sig) != 64:
+        raise Reject("signature", "§3.4 bad length")
+    s = int.from_bytes(sig[32:], "little")
+    if s >= _L:
+        raise Reject("signature", "§3.4 S is not canonical")
+    # _decode_point refuses y >= p and x = 0 with the sign bit set: the
+    # canonical encodings only
+    a_point, r_point = _decode_point(public), _decode_point(sig[:32])
+    if a_point is None or r_point is None:
+        raise Reject("signature", "§3.4 A or R is not a canonical encoding of a point")
+    if _is_small_order(a_point) or _is_small_order(r_point):
+        raise Reject("small_order", "§3.4 A or R has small order")
+    k = int.from_bytes(hashlib.sha512(sig[:32] + public + msg).digest(), "little") % _L
+    # [S]B - [k]A - R, times 8
+    diff = _point_add(_scalar_mul(s, _BASE), _point_neg(_point_add(_scalar_mul(k, a_point), r_point)))
+    if not _is_small_order(diff):
+        raise Reject("signature", "§3.4 the hello signature does not verify")
 
 
 # ---------------------------------------------------------------------------
@@ -548,8 +596,8 @@ class Backend:
         # 5. id registered
         if id_p not in self.registry:
             raise Reject("id_unknown", "§5.3 step 5 id_P is not registered")
-        # 6. sig_P over the statement of §5.1 step 3
-        ed25519_verify_strict(self.registry[id_p], L_HELLO_SIG + prefix + B_x + id_p, sig_p)
+        # 6. sig_P over the statement of §5.1 step 3, by the hello rule (§3.4)
+        ed25519_verify_hello(self.registry[id_p], L_HELLO_SIG + prefix + B_x + id_p, sig_p)
         # 7. policy
         if (id_p, gateway_key) not in self.policy:
             raise Reject("policy", "§5.3 step 7 policy refuses")
@@ -1118,6 +1166,46 @@ def check_anchor_updates(V, res):
                  "refusal by ticket_anchor", e)
 
 
+def check_hello_signature(V, res):
+    """§3.4 and §12 `hello_signature`: the torsion point is of order 8; the
+    vector Hello re-signed with R = [r]B + T (r the RFC 8032 nonce) is
+    recomputed from the inputs, and the backend vouches for it, although the
+    cofactorless rule (every other signature's) refuses it."""
+    w, H_ = World(V["inputs"]), V["hello_signature"]
+    t_bytes = unhex(H_["torsion_point"])
+    t = _decode_point(t_bytes)
+    res.true("hello_signature.torsion_point_has_order_8",
+             t is not None and _is_small_order(t)
+             and _scalar_mul(4, t) != (0, 1),
+             "a canonical point of order 8", H_["torsion_point"])
+    p = w.peripheral()
+    hello = p.hello(w.e_p)
+    prefix, id_p = hello[:36], w.id_p
+    statement = L_HELLO_SIG + prefix + w.B_x + id_p
+    # RFC 8032 §5.1.6 with R changed: r from the key's prefix, a the
+    # clamped scalar
+    h = hashlib.sha512(w.p_seed).digest()
+    a = int.from_bytes(h[:32], "little")
+    a &= (1 << 254) - 8
+    a |= 1 << 254
+    r = int.from_bytes(hashlib.sha512(h[32:] + statement).digest(), "little") % _L
+    r_bytes = _encode_point(_point_add(_scalar_mul(r, _BASE), t))
+    k = int.from_bytes(hashlib.sha512(r_bytes + w.P_pub + statement).digest(), "little") % _L
+    sig = r_bytes + ((r + k * a) % _L).to_bytes(32, "little")
+    # §5.1 steps 4 to 6 with this signature (the same e_P, so the same k_seal)
+    k_seal = hkdf(H(prefix + w.B_x), x25519(w.e_p, w.B_x), L_SEAL)
+    torsioned = prefix + chacha20(k_seal, id_p + sig)
+    res.equal("hello_signature.torsioned_r_hello", H_["torsioned_r_hello"], torsioned)
+    try:
+        _, opened = w.backend().vouch(w.G, unhex(H_["torsioned_r_hello"]), x25519_public(w.e_g))
+        res.equal("hello_signature.torsioned_r_hello.vouched", w.id_p.hex(), opened)
+    except Reject as e:
+        res.fail("hello_signature.torsioned_r_hello.vouched", "a vouch", e)
+    res.true("hello_signature.torsioned_r_hello.cofactorless_rule_refuses",
+             refused(ed25519_verify_strict, w.P_pub, statement, sig),
+             "refused by the cofactorless strict rule", "accepted")
+
+
 # For each negative vector: the rejection codes that count as "rejected for
 # the reason the vector is about" (any other rejection is reported as FAIL).
 EXPECTED_REJECTION = {
@@ -1130,6 +1218,9 @@ EXPECTED_REJECTION = {
     # if it happened to be, the signature over it fails (step 6)
     "hello_sealed_identity_flipped": {"id_unknown", "signature"},
     "hello_signature_flipped": {"signature"},
+    # R = the torsion point, S = k·a: the cofactored equation holds, only the
+    # small-order check (§3.4 rule 3) refuses it
+    "hello_small_order_r": {"small_order"},
     # another e_P: another ss_B and k_seal, the opened id is garbage
     "hello_ephemeral_flipped": {"dh_zero", "id_unknown", "signature"},
     "response_vouch_signature_flipped": {"signature"},
@@ -1255,7 +1346,7 @@ def main(argv):
         res.fail("load_vectors", f"a JSON file at {path}", repr(e))
         print(f"{res.passed} passed, {res.failed} failed")
         return 1
-    for part in (check_positive, check_anchor_updates, check_negative):
+    for part in (check_positive, check_anchor_updates, check_hello_signature, check_negative):
         try:
             part(V, res)
         except Exception as e:  # keep going; report the crash as a failure

@@ -7,7 +7,7 @@
 //! ```text
 //! Hello::peek (decode, version, suite)        → caller: key id known? e_P replayed? gateway locked out?
 //! open_hello (one X25519, ChaCha20)           → caller: registry lookup of the id, status, policy
-//! OpenedHello::verify (one Ed25519 verify)    → caller: record e_P in the replay cache
+//! OpenedHello::verify (one hello signature)   → caller: record e_P in the replay cache
 //! VerifiedHello::vouch (one Ed25519 sign)
 //! ```
 
@@ -15,7 +15,7 @@ use core::fmt;
 
 use rand_core::CryptoRng;
 
-use super::schedule;
+use super::{hello_signature, schedule};
 use crate::anchor::Anchor;
 use crate::crypto;
 use crate::error::{Error, PeerMisbehaved};
@@ -146,10 +146,10 @@ impl OpenedHello {
         self.ephemeral
     }
 
-    /// Verifies the signature with the registered key of the claimed id
-    /// (strict Ed25519, SPEC.md §3.4).
+    /// Verifies the signature with the registered key of the claimed id,
+    /// by the hello rule of SPEC.md §3.4 ([`hello_signature`]).
     pub fn verify(self, registered: &PublicKey) -> Result<VerifiedHello, Error> {
-        if !registered.verify_strict(&self.statement, &self.signature) {
+        if !hello_signature::verify(registered, &self.statement, &self.signature) {
             return Err(PeerMisbehaved::BadHelloSignature.into());
         }
         Ok(self.verified())
@@ -168,94 +168,36 @@ impl OpenedHello {
 /// key the caller looked up for it; the answers come back in the order of
 /// `items`, exactly as [`OpenedHello::verify`] would give them one by one.
 ///
-/// One Ed25519 batch verification covers them all (SPEC.md §5.3), about
-/// twice as fast per signature as single verification at 32 hellos. If the
-/// batch fails, every signature in it is verified singly with the strict
-/// rules, so one bad signature costs its batch a second pass but never
-/// changes another item's answer, and a failure takes the same time whatever
-/// caused it (an unknown id's dummy key or a wrong signature).
-///
-/// The batch equation is cofactorless and compares points, not encodings, so
-/// on its own it accepts signatures the strict rules refuse: a small-order
-/// `R` (for example the identity with `S = k·a`, which meets the equation
-/// exactly), a non-canonical encoding of `R` or of the key, or a
-/// non-canonical `S` (which makes the whole batch fail). Each item is
-/// therefore checked first for what SPEC.md §3.4 refuses by looking at the
-/// encodings alone (rules 1 to 3 and the canonical `R` of rule 4: about a
-/// fifth of a verification), and an item that fails a check is answered by
-/// single strict verification, which refuses it, and kept out of the batch.
-/// What remains is what the strict equation and the batch equation judge
-/// alike, except when `R` or the key is a point of large order plus one of
-/// small order (finding that takes a scalar multiplication per item, which
-/// would cost what batching saves): such a signature, which only the holder
-/// of the private key can make, passes a batch with probability at most
-/// 1/2 where the strict rules refuse it.
+/// One batch verification covers them all (SPEC.md §5.3 step 6,
+/// [`hello_signature::verify_batch`]): the hello rule's equation is the
+/// cofactored one, so the batch judges each signature as it is judged alone
+/// (but for a chance of 2^-128 per batch), small-order components of `R` or
+/// of a key included, and the encoding checks run on each item before it.
+/// If the batch fails, every signature in it is verified alone, so one bad
+/// signature costs its batch a second pass but never changes another item's
+/// answer, and a failure takes the same time whatever caused it (an unknown
+/// id's dummy key or a wrong signature).
 #[cfg(feature = "batch")]
 pub fn verify_batch(
     items: alloc::vec::Vec<(OpenedHello, &PublicKey)>,
 ) -> alloc::vec::Vec<Result<VerifiedHello, Error>> {
     use alloc::vec::Vec;
-    let batchable: Vec<Option<ed25519_dalek::VerifyingKey>> = items
+    let signatures: Vec<(&PublicKey, &[u8], &Signature)> = items
         .iter()
-        .map(|(opened, key)| batchable(&opened.signature, key))
+        .map(|(opened, key)| (*key, &opened.statement[..], &opened.signature))
         .collect();
-    let in_batch = batchable.iter().filter(|k| k.is_some()).count();
-    let batch_holds = in_batch > 1 && {
-        let mut keys = Vec::with_capacity(in_batch);
-        let mut messages: Vec<&[u8]> = Vec::with_capacity(in_batch);
-        let mut signatures = Vec::with_capacity(in_batch);
-        for ((opened, _), key) in items.iter().zip(&batchable) {
-            if let Some(key) = key {
-                keys.push(*key);
-                messages.push(&opened.statement[..]);
-                signatures.push(ed25519_dalek::Signature::from_bytes(&opened.signature.0));
-            }
-        }
-        ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
-    };
+    let answers = hello_signature::verify_batch(&signatures);
     items
         .into_iter()
-        .zip(batchable)
-        .map(|((opened, key), in_batch)| {
-            if batch_holds && in_batch.is_some() {
+        .zip(answers)
+        .map(|((opened, _), valid)| {
+            if valid {
                 Ok(opened.verified())
             } else {
-                opened.verify(key)
+                Err(PeerMisbehaved::BadHelloSignature.into())
             }
         })
         .collect()
-}
-
-/// The key, decompressed, if a signature under it may go into a batch: it
-/// passes every check of SPEC.md §3.4 that looks at the encodings alone, so
-/// that the batch equation and the strict equation judge it alike. `None`
-/// sends the item to single strict verification.
-#[cfg(feature = "batch")]
-fn batchable(signature: &Signature, key: &PublicKey) -> Option<ed25519_dalek::VerifyingKey> {
-    // Rule 1: S < L. The group order L, little-endian.
-    const L: [u8; 32] = [
-        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
-        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-    ];
-    let s = &signature.0[32..];
-    if !s.iter().rev().lt(L.iter().rev()) {
-        return None;
-    }
-    // Rule 2: the key decodes, canonically, and is not of small order.
-    let key = strict_point(key.verifying_key()?)?;
-    // Rule 3 and the canonical R of rule 4.
-    let mut r = [0u8; 32];
-    r.copy_from_slice(&signature.0[..32]);
-    strict_point(ed25519_dalek::VerifyingKey::from_bytes(&r).ok()?)?;
-    Some(key)
-}
-
-/// The point, if its bytes are its canonical encoding (`y < p`, and no sign
-/// bit on `x = 0`) and it is not of small order.
-#[cfg(feature = "batch")]
-fn strict_point(point: ed25519_dalek::VerifyingKey) -> Option<ed25519_dalek::VerifyingKey> {
-    let canonical = point.to_edwards().compress().to_bytes() == point.to_bytes();
-    (canonical && !point.is_weak()).then_some(point)
 }
 
 /// A hello the backend has authenticated.

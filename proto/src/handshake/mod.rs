@@ -6,6 +6,8 @@
 //!   caller's ticket store for a resumption), then answers and checks Finish.
 //! - [`backend`]: opens a sealed hello, verifies it against the registry entry
 //!   the caller looked up, and issues the vouch. No heap.
+//! - [`hello_signature`]: the rule the backend verifies hello signatures
+//!   with, alone and in batches (SPEC.md §3.4, §5.3 step 6).
 //!
 //! Machines are enums of per-state structs consumed by value inside, with one
 //! typestate step at the edge (`into_established`). Errors are sticky: after a
@@ -14,6 +16,7 @@
 pub mod backend;
 #[cfg(feature = "alloc")]
 pub mod gateway;
+pub mod hello_signature;
 pub mod peripheral;
 pub(crate) mod schedule;
 
