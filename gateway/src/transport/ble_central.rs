@@ -424,7 +424,7 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
     // turn holds no slot, and a link being connected cannot be evicted
     // (slots.rs), so it must not take one until it is about to connect.
     let slot = loop {
-        match slots.acquire() {
+        match slots.acquire_connecting() {
             Some((slot, Acquired::Free)) => break slot,
             Some((slot, Acquired::Evicted)) => {
                 debug!(device = %device, "link cap reached: the link silent the longest makes room");

@@ -105,10 +105,21 @@ impl LinkSlots {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A slot for a new link, or `None` when every slot is held by a link
-    /// that is not evictable now (it spoke, it is still being connected, or
-    /// it came up less than the grace ago).
+    /// A slot for a new link that is up already (an accepted TCP
+    /// connection): it waits for its first message, and can be evicted,
+    /// from now on. `None` when every slot is held by a link that is not
+    /// evictable now (it spoke, it is still being connected, or it came up
+    /// less than the grace ago).
     pub fn acquire(self: &Arc<Self>) -> Option<(Slot, Acquired)> {
+        let (mut slot, how) = self.acquire_connecting()?;
+        slot.up();
+        Some((slot, how))
+    }
+
+    /// [`LinkSlots::acquire`] for a link that is not up yet (a BLE connect,
+    /// which takes seconds): it cannot be evicted until [`Gated::new`]
+    /// says it is up.
+    pub fn acquire_connecting(self: &Arc<Self>) -> Option<(Slot, Acquired)> {
         let mut inner = self.lock();
         let how = if inner.held.len() < self.max {
             Acquired::Free
@@ -306,18 +317,16 @@ mod tests {
         let slots = LinkSlots::new(2, DEFAULT_FIRST_MESSAGE);
         let (mut a, how) = slots.acquire().unwrap();
         assert_eq!(how, Acquired::Free);
-        a.up();
-        let (mut b, _) = slots.acquire().unwrap();
-        b.up();
+        let (b, _) = slots.acquire().unwrap();
         // Full: the newcomer takes the oldest waiting link's slot.
-        let (mut c, how) = slots.acquire().unwrap();
+        let (c, how) = slots.acquire().unwrap();
         assert_eq!(how, Acquired::Evicted);
         assert!(a.is_closed());
         assert_eq!(slots.held(), 2);
         drop(a);
         assert_eq!(slots.held(), 2, "an evicted slot is not released twice");
         // b and c spoke: nobody can take their slots.
-        c.up();
+        let (mut b, mut c) = (b, c);
         b.spoke();
         c.spoke();
         assert!(slots.acquire().is_none());
@@ -331,12 +340,11 @@ mod tests {
     #[test]
     fn a_link_being_connected_is_never_evicted() {
         let slots = LinkSlots::new(2, DEFAULT_FIRST_MESSAGE);
-        let (mut connecting, _) = slots.acquire().unwrap();
+        let (mut connecting, _) = slots.acquire_connecting().unwrap();
         let (mut up, _) = slots.acquire().unwrap();
-        up.up();
         // The link that is up and silent makes room, never the one
         // connecting.
-        let (_newcomer, how) = slots.acquire().unwrap();
+        let (_newcomer, how) = slots.acquire_connecting().unwrap();
         assert_eq!(how, Acquired::Evicted);
         assert!(up.is_closed());
         assert!(!connecting.is_closed());
@@ -355,7 +363,6 @@ mod tests {
         let grace = Duration::from_secs(1);
         let slots = LinkSlots::with_grace(1, DEFAULT_FIRST_MESSAGE, grace);
         let (mut a, _) = slots.acquire().unwrap();
-        a.up();
         let up_at = Instant::now();
         assert!(slots.acquire().is_none(), "within its grace");
         assert_eq!(slots.evictable_at(), Some(up_at + grace));

@@ -212,7 +212,7 @@ pub struct Lifetimes {
 /// peripheral, with this scope and these lifetimes.
 ///
 /// The signed fields that every party already knows (hello hash, peripheral id,
-/// gateway ephemeral) are not carried; see [`crate::vouch`].
+/// gateway ephemeral) are not carried; they enter the signed statement (SPEC.md §5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vouch {
     /// The gateway's Ed25519 identity, as authenticated by the backend's TLS.
