@@ -148,10 +148,9 @@ pub struct Security {
     pub clone_action: CloneAction,
     /// How long an attachment without a detach counts as live, seconds.
     pub attachment_ttl_s: u64,
-    /// Two sessions of one peripheral on different gateways are a clone
-    /// when the earlier heard the device more than this after the later
-    /// began (SPEC.md §10.5): the slack for a report's transit, which its
-    /// ages do not cover. Milliseconds.
+    /// Reported times this close count as one moment in clone detection
+    /// (SPEC.md §10.5): the slack for a report's transit, which its ages do
+    /// not cover, and for the clocks of several instances. Milliseconds.
     pub clone_tolerance_ms: u32,
 }
 

@@ -496,13 +496,17 @@ async fn finish(
         // the device's link die), but judged when that session ends; also
         // if this vouch is refused for it. Only for a fresh hello: a
         // replayed one says nothing about where the device is.
+        // Written under the write lock, like every judgment of a pair.
         if let (true, false, Some(p)) = (first_seen, d.clone_of.is_empty(), d.claimed) {
             let ttl_ms = attachment_ttl_ms(state);
-            if let Err(e) = state
-                .store
-                .suspect_open_elsewhere(&p, key, now, now.saturating_add(ttl_ms))
-                .await
-            {
+            let tolerance = i64::from(state.config.security.clone_tolerance_ms);
+            let write = async {
+                let mut tx = state.store.begin_write().await?;
+                tx.suspect_open_elsewhere(&p, key, now, tolerance, now.saturating_add(ttl_ms))
+                    .await?;
+                tx.commit().await
+            };
+            if let Err(e) = write.await {
                 tracing::warn!(peripheral = %p, error = %e, "could not record a clone suspicion");
             }
         }
@@ -621,27 +625,28 @@ fn granted_lifetimes(detail: &str) -> Option<Lifetimes> {
 /// and the two clocks may differ.
 pub(crate) const ATTACH_GRACE_MS: i64 = 120_000;
 
-/// Whether `gateway` holds a vouch for `peripheral` under which a session
-/// can be starting at `now`: a full handshake's session starts right after
-/// its vouch, and every session resumed from it within `resumption_s` of it
-/// (the longer of the two lifetimes is allowed, plus [`ATTACH_GRACE_MS`]).
-async fn holds_live_vouch(
+/// When the vouch for `peripheral` was given under which `gateway` can be
+/// starting a session at `now`, if it holds one: a full handshake's session
+/// starts right after its vouch, and every session resumed from it within
+/// `resumption_s` of it (the longer of the two lifetimes is allowed, plus
+/// [`ATTACH_GRACE_MS`]). No session of it started before that time.
+async fn live_vouch_at(
     state: &AppState,
     peripheral: &PeripheralId,
     gateway: &PublicKey,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Option<i64>, StoreError> {
     let Some((at_ms, detail)) = state.store.last_vouch(peripheral, gateway).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     let Some(l) = granted_lifetimes(&detail) else {
         tracing::error!(%peripheral, %gateway, detail, "a vouch's audit detail does not parse");
-        return Ok(false);
+        return Ok(None);
     };
     let span_ms = i64::from(l.session_s.max(l.resumption_s))
         .saturating_mul(1000)
         .saturating_add(ATTACH_GRACE_MS);
-    Ok(now <= at_ms.saturating_add(span_ms))
+    Ok((now <= at_ms.saturating_add(span_ms)).then_some(at_ms))
 }
 
 /// Counts a credential failure; on reaching the threshold, writes the lockout
@@ -730,18 +735,29 @@ pub(crate) async fn report_sessions(
         // peripheral recently enough for the session to be real: otherwise a
         // gateway could report any identity attached and frame a genuine
         // device as a clone elsewhere.
-        let vouched = match (ev.kind, status) {
-            (SessionEventKind::Attached | SessionEventKind::Concurrent, Some(Status::Active)) => {
-                holds_live_vouch(state, &ev.peripheral, &gateway.public_key, now).await?
+        // Detaches too: their times are dated against the vouch as well.
+        let vouch_at = match status {
+            Some(Status::Active) => {
+                live_vouch_at(state, &ev.peripheral, &gateway.public_key, now).await?
             }
-            _ => true,
+            _ => None,
         };
-        // Ages, on this backend's clock; never before the attachment could
-        // have been recorded.
+        let vouched = vouch_at.is_some()
+            || !matches!(
+                (ev.kind, status),
+                (
+                    SessionEventKind::Attached | SessionEventKind::Concurrent,
+                    Some(Status::Active)
+                )
+            );
+        // Ages, on this backend's clock. A session starts after its vouch:
+        // a gateway cannot date one earlier (to be judged the earlier of a
+        // pair), nor before the attachment could have been recorded.
         let at = |age_ms: u32| now - i64::from(age_ms).min(ttl_ms);
         let (started_ms, heard_ms) = times
             .get(i)
             .map_or((now, now), |t| (at(t.started_ms_ago), at(t.heard_ms_ago)));
+        let started_ms = vouch_at.map_or(started_ms, |v| started_ms.max(v));
         plan.push((ev, status, vouched, started_ms, heard_ms.max(started_ms)));
     }
     let mut tx = state.store.begin_write().await?;
@@ -759,19 +775,58 @@ pub(crate) async fn report_sessions(
                     now.saturating_add(ttl_ms),
                 )
                 .await?;
-                // The sessions that began elsewhere while this one was open
-                // are judged now that it says when it last heard the device.
-                for (other, since_ms) in tx
+                // The pairs waiting for this session's end are judged now
+                // that it says when it last heard the device.
+                for w in tx
                     .take_suspicions(&ev.peripheral, &gateway.public_key, &ev.session_id)
                     .await?
                 {
-                    if heard_ms > since_ms.saturating_add(tolerance) {
+                    if heard_ms <= w.since_ms.saturating_add(tolerance) {
+                        continue;
+                    }
+                    let clone = if !w.both_sides {
+                        true
+                    } else {
+                        // The partner must have heard it after `since` too.
+                        match tx
+                            .session_state(&ev.peripheral, &w.partner_gateway, &w.partner_session)
+                            .await?
+                        {
+                            SessionState::Finished { heard_ms: h, .. } => {
+                                h > w.since_ms.saturating_add(tolerance)
+                            }
+                            SessionState::Open { .. } => {
+                                tx.suspect(
+                                    &ev.peripheral,
+                                    (&w.partner_gateway, &w.partner_session),
+                                    (&gw_hex, &sid),
+                                    w.since_ms,
+                                    false,
+                                    now.saturating_add(ttl_ms),
+                                )
+                                .await?;
+                                false
+                            }
+                            SessionState::Unknown => false,
+                        }
+                    };
+                    if clone {
                         let detail = format!(
-                            "heard here {} ms after its session on {other} began",
-                            heard_ms - since_ms
+                            "heard here and on {} at once, {} ms after the later session began",
+                            w.partner_gateway,
+                            heard_ms - w.since_ms
                         );
-                        clone_alert(&mut tx, &mut alerts, &actor, &pid, &gw_hex, detail, now)
-                            .await?;
+                        let pair = Some(w.partner_gateway.as_str());
+                        clone_alert(
+                            &mut tx,
+                            &mut alerts,
+                            (&actor, &pid, &gw_hex),
+                            pair,
+                            detail,
+                            now,
+                            ttl_ms,
+                        )
+                        .await?;
                     }
                 }
                 tx.audit(
@@ -799,7 +854,16 @@ pub(crate) async fn report_sessions(
                     let detail = format!(
                         "two sessions live at once on this gateway: session {sid} spoke after a newer one started"
                     );
-                    clone_alert(&mut tx, &mut alerts, &actor, &pid, &gw_hex, detail, now).await?;
+                    clone_alert(
+                        &mut tx,
+                        &mut alerts,
+                        (&actor, &pid, &gw_hex),
+                        None,
+                        detail,
+                        now,
+                        ttl_ms,
+                    )
+                    .await?;
                     if refuse_clones {
                         (SessionVerdict::Refused, "clone_refused")
                     } else {
@@ -818,19 +882,17 @@ pub(crate) async fn report_sessions(
                 verdict
             }
             SessionEventKind::Attached => {
-                let state_now = tx
-                    .session_state(&ev.peripheral, &gateway.public_key, &ev.session_id)
-                    .await?;
+                let state_now = tx.session_state(&ev.peripheral, &gw_hex, &sid).await?;
                 // This session: when it started, and, if its detach came
                 // first, when it last heard the device.
-                let (this_start, this_heard, first) = match state_now {
-                    SessionState::Unknown => (started_ms, None, true),
-                    SessionState::Open { started_ms } => (started_ms, None, false),
+                let (this, first) = match state_now {
+                    SessionState::Unknown => (Span::open(started_ms), true),
+                    SessionState::Open { started_ms } => (Span::open(started_ms), false),
                     SessionState::Finished {
                         started_ms,
                         heard_ms,
                         attach_seen,
-                    } => (started_ms, Some(heard_ms), !attach_seen),
+                    } => (Span::ended(started_ms, heard_ms), !attach_seen),
                 };
                 let judged = status == Some(Status::Active) && vouched && first;
                 let mut clone_of = Vec::new();
@@ -840,45 +902,41 @@ pub(crate) async fn report_sessions(
                         .sessions_elsewhere(&ev.peripheral, &gateway.public_key, now)
                         .await?
                     {
-                        // Earlier and later by start; the pair is a clone if
-                        // the earlier heard the device after the later began.
-                        let this_is_later = other.started_ms <= this_start;
-                        // An open session that began first keeps its place.
-                        open_elsewhere |= this_is_later && other.heard_ms.is_none();
-                        let (earlier_heard, later_start) = if this_is_later {
-                            (other.heard_ms, this_start)
-                        } else {
-                            (this_heard, other.started_ms)
+                        let o = Span {
+                            start: other.started_ms,
+                            heard: other.heard_ms,
                         };
-                        match earlier_heard {
-                            Some(h) if h > later_start.saturating_add(tolerance) => {
-                                clone_of.push(other.gateway)
-                            }
-                            Some(_) => {}
-                            // The earlier is still open: judged at its detach.
-                            None if this_is_later => {
+                        // An open session that began first keeps its place
+                        // (under `refuse`).
+                        open_elsewhere |= o.heard.is_none() && o.start <= this.start;
+                        match judge_pair(this, o, tolerance) {
+                            PairJudgment::Clone => clone_of.push(other.gateway),
+                            PairJudgment::Clear => {}
+                            PairJudgment::Wait {
+                                on_this,
+                                since,
+                                both,
+                            } => {
+                                let (waiting, partner) = if on_this {
+                                    (
+                                        (gw_hex.as_str(), sid.as_str()),
+                                        (other.gateway.as_str(), other.session.as_str()),
+                                    )
+                                } else {
+                                    (
+                                        (other.gateway.as_str(), other.session.as_str()),
+                                        (gw_hex.as_str(), sid.as_str()),
+                                    )
+                                };
                                 tx.suspect(
                                     &ev.peripheral,
-                                    &gw_hex,
-                                    &sid,
-                                    this_start,
-                                    &other.gateway,
-                                    &other.session,
+                                    waiting,
+                                    partner,
+                                    since,
+                                    both,
                                     now.saturating_add(ttl_ms),
                                 )
-                                .await?
-                            }
-                            None => {
-                                tx.suspect(
-                                    &ev.peripheral,
-                                    &other.gateway,
-                                    &other.session,
-                                    other.started_ms,
-                                    &gw_hex,
-                                    &sid,
-                                    now.saturating_add(ttl_ms),
-                                )
-                                .await?
+                                .await?;
                             }
                         }
                     }
@@ -896,22 +954,31 @@ pub(crate) async fn report_sessions(
                     alerts.push(unvouched_alert(&pid, &gw_hex, now));
                     (SessionVerdict::Refused, "not_vouched")
                 } else if !clone_of.is_empty() {
-                    let detail = format!(
-                        "heard on {} after this session began, or the other way round",
-                        clone_of.join(", ")
-                    );
-                    clone_alert(&mut tx, &mut alerts, &actor, &pid, &gw_hex, detail, now).await?;
+                    for other in &clone_of {
+                        let detail = format!("heard here and on {other} at once");
+                        let pair = Some(other.as_str());
+                        clone_alert(
+                            &mut tx,
+                            &mut alerts,
+                            (&actor, &pid, &gw_hex),
+                            pair,
+                            detail,
+                            now,
+                            ttl_ms,
+                        )
+                        .await?;
+                    }
                     if refuse_clones {
                         (SessionVerdict::Refused, "clone_refused")
                     } else {
                         (SessionVerdict::CloneSuspected, "clone_suspected")
                     }
-                } else if refuse_clones && open_elsewhere && this_heard.is_none() {
+                } else if refuse_clones && open_elsewhere && this.heard.is_none() {
                     // Not judged yet (the other session may be a link its
                     // gateway has not yet seen die), but the policy allows
                     // one live session at a time: the one that began first.
                     (SessionVerdict::Refused, "live_elsewhere")
-                } else if this_heard.is_some() {
+                } else if this.heard.is_some() {
                     (SessionVerdict::Accepted, "already_detached")
                 } else {
                     (SessionVerdict::Accepted, "")
@@ -921,7 +988,7 @@ pub(crate) async fn report_sessions(
                         &ev.peripheral,
                         &gateway.public_key,
                         &ev.session_id,
-                        this_start,
+                        this.start,
                         now.saturating_add(ttl_ms),
                     )
                     .await?;
@@ -975,16 +1042,31 @@ fn unvouched_alert(pid: &str, gw_hex: &str, now: i64) -> Alert {
 }
 
 /// Audits a suspected clone (`clone_alert`) in `tx` and queues its alert,
-/// raised once the transaction commits.
+/// raised once the transaction commits. `who` is (actor, peripheral, this
+/// gateway); across gateways, `other` names the other gateway, and at most
+/// one alert per peripheral and pair of gateways is raised per
+/// `ttl_ms` (a pair judged again, or reported again, is the same clone).
+#[allow(clippy::too_many_arguments)]
 async fn clone_alert(
     tx: &mut crate::store::WriteTx<'_>,
     alerts: &mut Vec<Alert>,
-    actor: &str,
-    pid: &str,
-    gw_hex: &str,
+    (actor, pid, gw_hex): (&str, &str, &str),
+    other: Option<&str>,
     detail: String,
     now: i64,
+    ttl_ms: i64,
 ) -> Result<(), StoreError> {
+    if let Some(other) = other {
+        let Some(p) = PeripheralId::from_hex(pid) else {
+            return Ok(());
+        };
+        if !tx
+            .first_clone_alert(&p, (gw_hex, other), now, now.saturating_add(ttl_ms))
+            .await?
+        {
+            return Ok(());
+        }
+    }
     tx.audit(
         NewAudit::new("clone_alert", "alert", actor)
             .reason("clone_suspected")
@@ -1002,6 +1084,92 @@ async fn clone_alert(
         at_ms: now,
     });
     Ok(())
+}
+
+/// What clone detection knows of one session: when it started and, once it
+/// ended, when it last heard the device (backend time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: i64,
+    heard: Option<i64>,
+}
+
+impl Span {
+    fn open(start: i64) -> Self {
+        Self { start, heard: None }
+    }
+    fn ended(start: i64, heard: i64) -> Self {
+        Self {
+            start,
+            heard: Some(heard),
+        }
+    }
+}
+
+/// The judgment of a pair of sessions of one peripheral on two gateways,
+/// as far as what is known allows (SPEC.md §10.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PairJudgment {
+    /// Two devices were heard at once.
+    Clone,
+    /// One device could have made both.
+    Clear,
+    /// Judged at the detach of this session (`on_this`) or of the other:
+    /// a clone if it heard the device after `since`, and with `both`, the
+    /// other one too.
+    Wait {
+        on_this: bool,
+        since: i64,
+        both: bool,
+    },
+}
+
+/// Judges `this` against `other`. When one clearly started first (more
+/// than `tolerance` before), it is a clone if that one heard the device
+/// after the other began more than `tolerance` later: a genuine device
+/// never speaks on a session it left. When their starts are closer than
+/// that, the reported times cannot order them, and it is a clone only if
+/// both heard the device more than `tolerance` after the later start.
+fn judge_pair(this: Span, other: Span, tolerance: i64) -> PairJudgment {
+    let after = |h: i64, since: i64| h > since.saturating_add(tolerance);
+    let one_sided = |earlier: Span, on_this: bool, since: i64| match earlier.heard {
+        Some(h) if after(h, since) => PairJudgment::Clone,
+        Some(_) => PairJudgment::Clear,
+        None => PairJudgment::Wait {
+            on_this,
+            since,
+            both: false,
+        },
+    };
+    if other.start.saturating_add(tolerance) < this.start {
+        one_sided(other, false, this.start)
+    } else if this.start.saturating_add(tolerance) < other.start {
+        one_sided(this, true, other.start)
+    } else {
+        let since = this.start.max(other.start);
+        match (
+            this.heard.map(|h| after(h, since)),
+            other.heard.map(|h| after(h, since)),
+        ) {
+            (Some(false), _) | (_, Some(false)) => PairJudgment::Clear,
+            (Some(true), Some(true)) => PairJudgment::Clone,
+            (Some(true), None) => PairJudgment::Wait {
+                on_this: false,
+                since,
+                both: false,
+            },
+            (None, Some(true)) => PairJudgment::Wait {
+                on_this: true,
+                since,
+                both: false,
+            },
+            (None, None) => PairJudgment::Wait {
+                on_this: false,
+                since,
+                both: true,
+            },
+        }
+    }
 }
 
 /// One decision to make durable.

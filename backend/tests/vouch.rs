@@ -36,6 +36,7 @@ on_both!(
     short_sessions_reported_out_of_order_raise_no_false_clone_alert,
     a_device_that_moved_before_its_old_gateway_reported_raises_no_clone_alert,
     attaches_reported_out_of_order_across_gateways_are_judged_by_their_times,
+    reported_times_cannot_flip_frame_or_double_count_a_clone,
     every_opened_hello_costs_one_verification_whatever_its_id,
     a_quick_reconnect_on_one_gateway_raises_no_clone_alert,
     two_sessions_live_at_once_on_one_gateway_alert_and_allow,
@@ -1227,20 +1228,22 @@ async fn report_timed(
         .items[0]
 }
 
-/// Issue 16, SPEC.md §10.5: a device that moves to another gateway before
-/// its old gateway noticed (a BLE link is declared dead only at its
-/// supervision timeout, and a report may be retried) has its new session
-/// attached while the old one is still open, and the old one's detach
-/// arrives after the new attach. That used to raise `clone_suspected` (and,
-/// with `refuse`, refuse the device for good measure). 30 moves between two
-/// gateways, each old detach arriving after the next attach and saying the
-/// old session last heard the device 3 s before the new one began: no
-/// alert, every vouch and attach accepted. Then a real clone (the old
-/// session heard the device after the new one began) is alerted, once,
-/// whether its attach or the other's detach comes first. Times are ages on
-/// a timeline ten minutes long, 10 s per session.
-async fn a_device_that_moved_before_its_old_gateway_reported_raises_no_clone_alert(db: Db) {
-    let b = Backend::new(&db).await;
+/// Milliseconds since `t`, as a report's age.
+fn ago(t: std::time::Instant) -> u32 {
+    u32::try_from(t.elapsed().as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Two gateways and one device on a backend judging clones with a
+/// tolerance of `tolerance_ms`.
+async fn two_gateways(
+    db: &Db,
+    action: CloneAction,
+    tolerance_ms: u32,
+) -> (Backend, AnchorSet, [IdentityKey; 2]) {
+    let mut config = Config::default();
+    config.security.clone_action = action;
+    config.security.clone_tolerance_ms = tolerance_ms;
+    let b = Backend::with_config(db, config).await;
     let anchors = b.anchors().await;
     let gws = [
         IdentityKey::from_seed(&[100; 32]),
@@ -1250,125 +1253,237 @@ async fn a_device_that_moved_before_its_old_gateway_reported_raises_no_clone_ale
         b.enroll_gateway(g, None).await;
     }
     b.allow("any", "any", "telemetry").await;
+    (b, anchors, gws)
+}
+
+/// A fresh vouch for `dev` through `gw`.
+async fn vouched(
+    b: &Backend,
+    anchors: &AnchorSet,
+    gw: &IdentityKey,
+    dev: &Device,
+    seed: u64,
+) -> VouchAnswer {
+    let (_, h) = dev.hello(anchors, seed);
+    vouch(b, gw, &gateway_takes(gw, &h, seed + 100_000).1)
+        .await
+        .1
+}
+
+/// Issue 16, SPEC.md §10.5: a device that moves to another gateway before
+/// its old gateway noticed (a BLE link is declared dead only at its
+/// supervision timeout, and a report may be retried) has its new session
+/// attached while the old one is still open, and the old one's detach
+/// arrives after the new attach. That used to raise `clone_suspected`. Ten
+/// moves between two gateways in real time (tolerance 100 ms): the device
+/// last speaks on its old session, 150 ms later is vouched and attached at
+/// the other gateway, and the old detach comes 150 ms after that: no alert,
+/// every vouch and attach accepted. Then a real clone (the old session
+/// heard the device 300 ms after the new one began) is alerted, once.
+async fn a_device_that_moved_before_its_old_gateway_reported_raises_no_clone_alert(db: Db) {
+    let (b, anchors, gws) = two_gateways(&db, CloneAction::Alert, 100).await;
     let dev = Device::new(1);
     b.enroll_peripheral(&dev, None).await;
     let (attach, detach) = (SessionEventKind::Attached, SessionEventKind::Detached);
-    // Session k starts 600 - 10k s ago and hears its device for 7 s.
-    let start = |k: u64| 600_000 - 10_000 * k as u32;
-    let heard = |k: u64| start(k) - 7_000;
-    for k in 0..30u64 {
+    let pause = || tokio::time::sleep(Duration::from_millis(150));
+    // (start, last heard) of the previous session.
+    let mut prev: Option<(std::time::Instant, std::time::Instant)> = None;
+    for k in 0..10u64 {
         let gw = &gws[(k % 2) as usize];
-        let (_, h) = dev.hello(&anchors, 1000 + k);
-        let answer = vouch(&b, gw, &gateway_takes(gw, &h, 2000 + k).1).await.1;
+        if prev.is_some() {
+            pause().await;
+        }
+        let answer = vouched(&b, &anchors, gw, &dev, 1000 + k).await;
         assert!(
             matches!(answer, VouchAnswer::Vouched(_)),
             "move {k}: {answer:?}"
         );
-        let v = report_timed(&b, gw, &dev, attach, k, start(k), start(k)).await;
+        let started = std::time::Instant::now();
+        let v = report_timed(&b, gw, &dev, attach, k, 0, 0).await;
         assert_eq!(v, SessionVerdict::Accepted, "move {k}");
-        // The previous gateway's detach, late.
-        if k > 0 {
+        if let Some((s, h)) = prev {
+            pause().await;
             let old = &gws[((k - 1) % 2) as usize];
-            let v = report_timed(&b, old, &dev, detach, k - 1, start(k - 1), heard(k - 1)).await;
+            let v = report_timed(&b, old, &dev, detach, k - 1, ago(s), ago(h)).await;
             assert_eq!(v, SessionVerdict::Accepted, "move {k}");
         }
+        // The device speaks on this session, then leaves it.
+        pause().await;
+        prev = Some((started, std::time::Instant::now()));
     }
     assert!(
         b.audit("action=clone_alert").await.is_empty(),
         "a device that moved was judged a clone"
     );
 
-    // Session 29 (gateway 1) is live; the same identity starts session 30 on
-    // gateway 0 100 s ago, and session 29 heard its device 5 s ago: two
-    // devices. Alerted when session 29's detach says so.
-    let (_, h) = dev.hello(&anchors, 3000);
-    let answer = vouch(&b, &gws[0], &gateway_takes(&gws[0], &h, 3001).1)
-        .await
-        .1;
+    // Session 9 (gateway 1) is open; a copy of the device starts session 10
+    // on gateway 0; session 9 hears its device 300 ms later: two devices.
+    let (s9, _) = prev.expect("ten moves");
+    let answer = vouched(&b, &anchors, &gws[0], &dev, 3000).await;
     assert!(matches!(answer, VouchAnswer::Vouched(_)));
-    let v = report_timed(&b, &gws[0], &dev, attach, 30, 100_000, 100_000).await;
-    assert_eq!(v, SessionVerdict::Accepted, "not judged while 29 is open");
+    let v = report_timed(&b, &gws[0], &dev, attach, 10, 0, 0).await;
+    assert_eq!(v, SessionVerdict::Accepted, "not judged while 9 is open");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(b.audit("action=clone_alert").await.is_empty());
-    report_timed(&b, &gws[1], &dev, detach, 29, start(29), 5_000).await;
+    report_timed(&b, &gws[1], &dev, detach, 9, ago(s9), 0).await;
     assert_eq!(
         b.audit("action=clone_alert").await.len(),
         1,
         "the clone was missed"
     );
-
-    // The other order: session 31 on gateway 1 started 50 s ago and ended
-    // (heard 2 s ago), its detach first; session 30's is still open. The
-    // pair is judged when 31's attach arrives, at once.
-    report_timed(&b, &gws[1], &dev, detach, 31, 50_000, 2_000).await;
-    let v = report_timed(&b, &gws[1], &dev, attach, 31, 50_000, 50_000).await;
-    assert_eq!(
-        v,
-        SessionVerdict::Accepted,
-        "31 is over; 30 is open, judged at its end"
-    );
-    report_timed(&b, &gws[0], &dev, detach, 30, 100_000, 1_000).await;
-    assert_eq!(b.audit("action=clone_alert").await.len(), 2);
     b.state.shutdown();
 }
 
 /// Issue 16, SPEC.md §10.5: the attach of the earlier session may reach the
 /// backend after the later one's (a retry). Two devices each start a
-/// session on gateway 0 (40 s ago) and on gateway 1 (20 s ago); gateway 1
-/// reports first. The genuine device's gateway-0 session last heard it 30 s
-/// ago, before it moved: no alert. The clone's heard it 1 s ago: alerted,
-/// once. With `refuse`, a device open elsewhere is refused until that
-/// session ends, and a genuine one is welcome right after.
+/// session on gateway 0, and 300 ms later one on gateway 1 (tolerance
+/// 100 ms); gateway 1 reports first. The genuine device's gateway-0 session
+/// last heard it at its start, before it moved: no alert. The clone's heard
+/// it 300 ms after the gateway-1 session began: alerted, once. With
+/// `refuse`, a device open elsewhere is refused until that session ends,
+/// and a genuine one is welcome right after.
 async fn attaches_reported_out_of_order_across_gateways_are_judged_by_their_times(db: Db) {
-    let mut config = Config::default();
-    config.security.clone_action = CloneAction::Refuse;
-    let b = Backend::with_config(&db, config).await;
-    let anchors = b.anchors().await;
-    let gws = [
-        IdentityKey::from_seed(&[100; 32]),
-        IdentityKey::from_seed(&[101; 32]),
-    ];
-    for g in &gws {
-        b.enroll_gateway(g, None).await;
-    }
-    b.allow("any", "any", "telemetry").await;
+    let (b, anchors, gws) = two_gateways(&db, CloneAction::Refuse, 100).await;
     let genuine = Device::new(1);
     let cloned = Device::new(2);
     let (attach, detach) = (SessionEventKind::Attached, SessionEventKind::Detached);
+    let mut starts = Vec::new();
     for (n, dev) in [&genuine, &cloned].into_iter().enumerate() {
         b.enroll_peripheral(dev, None).await;
         for (i, gw) in gws.iter().enumerate() {
-            let seed = 10 * n as u64 + i as u64;
-            let (_, h) = dev.hello(&anchors, seed);
-            let answer = vouch(&b, gw, &gateway_takes(gw, &h, 100 + seed).1).await.1;
+            let answer = vouched(&b, &anchors, gw, dev, 10 * n as u64 + i as u64).await;
             assert!(matches!(answer, VouchAnswer::Vouched(_)), "{answer:?}");
         }
-        let v = report_timed(&b, &gws[1], dev, attach, 2, 20_000, 20_000).await;
+    }
+    for _ in 0..2 {
+        let s1 = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        starts.push((s1, std::time::Instant::now()));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (dev, (s1, s2)) in [&genuine, &cloned].into_iter().zip(&starts) {
+        let v = report_timed(&b, &gws[1], dev, attach, 2, ago(*s2), ago(*s2)).await;
         assert_eq!(v, SessionVerdict::Accepted);
-        // Its own session is open on gateway 1, which started later: this
-        // one is judged at its end, not refused.
-        let v = report_timed(&b, &gws[0], dev, attach, 1, 40_000, 40_000).await;
+        // Its session on gateway 1 started later: this one is judged at
+        // its end, not refused.
+        let v = report_timed(&b, &gws[0], dev, attach, 1, ago(*s1), ago(*s1)).await;
         assert_eq!(v, SessionVerdict::Accepted);
     }
-    report_timed(&b, &gws[0], &genuine, detach, 1, 40_000, 30_000).await;
-    report_timed(&b, &gws[0], &cloned, detach, 1, 40_000, 1_000).await;
+    let (g1, _) = starts[0];
+    report_timed(&b, &gws[0], &genuine, detach, 1, ago(g1), ago(g1)).await;
+    let (c1, _) = starts[1];
+    report_timed(&b, &gws[0], &cloned, detach, 1, ago(c1), 0).await;
     let alerts = b.audit("action=clone_alert").await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["peripheral"], cloned.id.to_string());
     // The genuine device is open on gateway 1: refused on gateway 0 while
     // it is, with no alert (it may be a link gateway 1 has not seen die),
     // and welcome once gateway 1 reports it gone.
-    let (_, h) = genuine.hello(&anchors, 50);
-    let answer = vouch(&b, &gws[0], &gateway_takes(&gws[0], &h, 51).1)
-        .await
-        .1;
+    let answer = vouched(&b, &anchors, &gws[0], &genuine, 50).await;
     assert_eq!(answer, VouchAnswer::Refused(Refusal::Denied));
-    report_timed(&b, &gws[1], &genuine, detach, 2, 20_000, 10_000).await;
-    let (_, h) = genuine.hello(&anchors, 52);
-    let answer = vouch(&b, &gws[0], &gateway_takes(&gws[0], &h, 53).1)
-        .await
-        .1;
+    let (_, g2) = starts[0];
+    report_timed(&b, &gws[1], &genuine, detach, 2, ago(g2), ago(g2)).await;
+    let answer = vouched(&b, &anchors, &gws[0], &genuine, 52).await;
     assert!(matches!(answer, VouchAnswer::Vouched(_)), "{answer:?}");
     assert_eq!(b.audit("action=clone_alert").await.len(), 1);
+    b.state.shutdown();
+}
+
+/// Found in review (SPEC.md §10.5): reported times err by a report's
+/// transit, so (1) two starts closer than the tolerance cannot be ordered:
+/// a genuine device's short session on A (100 ms), then B 50 ms later,
+/// with A's reports 180 ms late (tolerance 200 ms), used to flip the order
+/// and accuse it; (2) a gateway holding a live vouch could date a session
+/// before its vouch and be judged the earlier of a pair, framing a device
+/// whose session elsewhere ended before it ever came; (3) one clone judged
+/// through a vouch and again through the late attach of the same session
+/// alerted twice.
+async fn reported_times_cannot_flip_frame_or_double_count_a_clone(db: Db) {
+    let (attach, detach) = (SessionEventKind::Attached, SessionEventKind::Detached);
+    let ms = Duration::from_millis;
+    let (b, anchors, gws) = two_gateways(&db, CloneAction::Alert, 200).await;
+    let alerts_for = |dev: &Device| {
+        let id = dev.id.to_string();
+        let b = &b;
+        async move {
+            b.audit("action=clone_alert")
+                .await
+                .into_iter()
+                .filter(|a| a["peripheral"] == id)
+                .count()
+        }
+    };
+
+    // (1) A short session on gateway 0, then gateway 1 50 ms later;
+    // gateway 0's reports are 180 ms late.
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+    for (i, gw) in gws.iter().enumerate() {
+        assert!(matches!(
+            vouched(&b, &anchors, gw, &dev, i as u64).await,
+            VouchAnswer::Vouched(_)
+        ));
+    }
+    let a0 = std::time::Instant::now();
+    tokio::time::sleep(ms(100)).await;
+    let a_heard = std::time::Instant::now();
+    tokio::time::sleep(ms(50)).await;
+    let b0 = std::time::Instant::now();
+    tokio::time::sleep(ms(300)).await;
+    let late = |t| ago(t).saturating_sub(180);
+    report_timed(&b, &gws[1], &dev, attach, 2, ago(b0), ago(b0)).await;
+    report_timed(&b, &gws[0], &dev, attach, 1, late(a0), late(a0)).await;
+    report_timed(&b, &gws[0], &dev, detach, 1, late(a0), late(a_heard)).await;
+    tokio::time::sleep(ms(300)).await;
+    report_timed(&b, &gws[1], &dev, detach, 2, ago(b0), 0).await;
+    assert_eq!(alerts_for(&dev).await, 0, "(1) a genuine device accused");
+
+    // (2) A session on gateway 0 ends; the device then visits gateway 1,
+    // which lies: a session since long before its vouch, heard until now.
+    let dev = Device::new(2);
+    b.enroll_peripheral(&dev, None).await;
+    assert!(matches!(
+        vouched(&b, &anchors, &gws[0], &dev, 10).await,
+        VouchAnswer::Vouched(_)
+    ));
+    let a0 = std::time::Instant::now();
+    report_timed(&b, &gws[0], &dev, attach, 1, 0, 0).await;
+    tokio::time::sleep(ms(300)).await;
+    report_timed(&b, &gws[0], &dev, detach, 1, ago(a0), 0).await;
+    tokio::time::sleep(ms(300)).await;
+    assert!(matches!(
+        vouched(&b, &anchors, &gws[1], &dev, 11).await,
+        VouchAnswer::Vouched(_)
+    ));
+    report_timed(&b, &gws[1], &dev, detach, 9, u32::MAX, 0).await;
+    let v = report_timed(&b, &gws[1], &dev, attach, 9, u32::MAX, 0).await;
+    assert_eq!(v, SessionVerdict::Accepted, "(2) framed");
+    assert_eq!(alerts_for(&dev).await, 0, "(2) framed");
+
+    // (3) A copy's fresh hello at gateway 1 while session 1 is open on
+    // gateway 0, which hears its device 400 ms later; the copy's attach
+    // comes after that.
+    let dev = Device::new(3);
+    b.enroll_peripheral(&dev, None).await;
+    assert!(matches!(
+        vouched(&b, &anchors, &gws[0], &dev, 20).await,
+        VouchAnswer::Vouched(_)
+    ));
+    let a0 = std::time::Instant::now();
+    report_timed(&b, &gws[0], &dev, attach, 1, 0, 0).await;
+    tokio::time::sleep(ms(300)).await;
+    assert!(matches!(
+        vouched(&b, &anchors, &gws[1], &dev, 21).await,
+        VouchAnswer::Vouched(_)
+    ));
+    let c0 = std::time::Instant::now();
+    tokio::time::sleep(ms(400)).await;
+    report_timed(&b, &gws[0], &dev, detach, 1, ago(a0), 0).await;
+    assert_eq!(alerts_for(&dev).await, 1, "(3) the clone was missed");
+    let v = report_timed(&b, &gws[1], &dev, attach, 2, ago(c0), ago(c0)).await;
+    // Judged a clone again (so `refuse` would refuse it), but alerted once.
+    assert_eq!(v, SessionVerdict::CloneSuspected);
+    assert_eq!(alerts_for(&dev).await, 1, "(3) one clone, one alert");
     b.state.shutdown();
 }
 

@@ -515,13 +515,21 @@ impl BackendApi for HttpBackend {
             .map_err(|_| BackendError::Unavailable("client stopped".into()))?
     }
 
-    async fn report(&self, report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
+    async fn report(&self, mut report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
+        let asked = std::time::Instant::now();
         let _permit = self
             .inner
             .slots
             .acquire()
             .await
             .map_err(|_| BackendError::Unavailable("client stopped".into()))?;
+        // The ages were measured when the report was made: add the wait for
+        // a slot, so that they hold when it is sent (SPEC.md §10.5).
+        let waited = u32::try_from(asked.elapsed().as_millis()).unwrap_or(u32::MAX);
+        for t in &mut report.times {
+            t.started_ms_ago = t.started_ms_ago.saturating_add(waited);
+            t.heard_ms_ago = t.heard_ms_ago.saturating_add(waited);
+        }
         self.inner.post("/v1/sessions", &report, None).await
     }
 

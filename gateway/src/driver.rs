@@ -663,7 +663,8 @@ async fn close<L: Link, B, C: Clock>(
 const REPORT_RETRY_FOR: Duration = Duration::from_secs(600);
 
 /// Reports one session event, retrying with backoff (0.5 s doubling to 30 s,
-/// for [`REPORT_RETRY_FOR`]) while the backend is unavailable. The times go
+/// plus up to half again of jitter, for [`REPORT_RETRY_FOR`]) while the
+/// backend is unavailable. The times go
 /// as ages measured when each attempt is sent, so a late report still says
 /// when things happened.
 async fn report<B: BackendApi, C: Clock>(
@@ -697,7 +698,11 @@ async fn report<B: BackendApi, C: Clock>(
             {
                 debug!(peripheral = %peripheral, error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "session event not reported yet; retrying");
-                tokio::time::sleep(backoff).await;
+                // Spread by up to half again, from the session id (random
+                // per session), so the reports a backend outage held back
+                // do not all come back at the same instants.
+                let jitter = backoff * u32::from(session_id[0]) / 512;
+                tokio::time::sleep(backoff + jitter).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => {

@@ -168,17 +168,20 @@ async fn brute_force_against_one_identity_is_detected_without_locking_the_genuin
         .expect("the genuine device is vouched");
 }
 
-/// Two devices holding one key, live on two gateways at once: the first
-/// goes on talking after the second's session began (here, its close 3 s
-/// later, past the backend's 2 s tolerance), and gateway A's detach report
-/// says when it last heard it, so the backend alerts (SPEC.md §10.5). Being
-/// open on A alone is no evidence: a device that moved on leaves that too.
+/// Two devices holding one key, live on two gateways at once: the second
+/// starts its session 2.5 s after the first (so the backend, allowing 2 s
+/// for a report's transit, can tell which came first), and the first goes
+/// on talking after that (here, its close 3 s later); gateway A's detach
+/// report says when it last heard it, so the backend alerts (SPEC.md
+/// §10.5). Being open on A alone is no evidence: a device that moved on
+/// leaves that too.
 #[tokio::test]
 async fn a_clone_live_on_two_gateways_is_detected() {
     let (backend, a, b, device) = setup().await;
     let mut on_a = device.run(&a).await;
     on_a.established().await;
     wait_for("session on A", || a.has_session(&device.id).then_some(())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     // The same identity, copied to a second device, attaches elsewhere.
     let mut on_b = device.run(&b).await;
     on_b.established().await;
