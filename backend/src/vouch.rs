@@ -758,10 +758,17 @@ pub(crate) async fn report_sessions(
             .get(i)
             .map_or((now, now), |t| (at(t.started_ms_ago), at(t.heard_ms_ago)));
         let started_ms = vouch_at.map_or(started_ms, |v| started_ms.max(v));
-        plan.push((ev, status, vouched, started_ms, heard_ms.max(started_ms)));
+        plan.push((
+            ev,
+            status,
+            vouched,
+            vouch_at,
+            started_ms,
+            heard_ms.max(started_ms),
+        ));
     }
     let mut tx = state.store.begin_write().await?;
-    for (ev, status, vouched, started_ms, heard_ms) in plan {
+    for (ev, status, vouched, vouch_at, started_ms, heard_ms) in plan {
         let pid = ev.peripheral.to_string();
         let sid = hex::encode(ev.session_id);
         let verdict = match ev.kind {
@@ -888,11 +895,16 @@ pub(crate) async fn report_sessions(
                 let (this, first) = match state_now {
                     SessionState::Unknown => (Span::open(started_ms), true),
                     SessionState::Open { started_ms } => (Span::open(started_ms), false),
+                    // Its detach may have come without a live vouch, its
+                    // start unchecked: dated against this vouch now.
                     SessionState::Finished {
                         started_ms,
                         heard_ms,
                         attach_seen,
-                    } => (Span::ended(started_ms, heard_ms), !attach_seen),
+                    } => {
+                        let start = vouch_at.map_or(started_ms, |v| started_ms.max(v));
+                        (Span::ended(start, heard_ms.max(start)), !attach_seen)
+                    }
                 };
                 let judged = status == Some(Status::Active) && vouched && first;
                 let mut clone_of = Vec::new();

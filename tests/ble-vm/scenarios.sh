@@ -340,8 +340,11 @@ scenario_7() {
     expect "the rogues were cut at the first-message deadline or evicted (gateway log)" 1 sh -c "[ \$(grep -c 'no first message in time\\|closed to make room' '$GWLOG') -ge 2 ]" &&
     expect "the rogues never got a session" 1 sh -c "! curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q '$ID2\\|$ID3'" &&
     expect "p1 keeps sending telemetry while the rogues go on (3 sent)" 60 sh -c "[ \$(grep -c '^sent' '$OUT/s7-p1.out') -ge 3 ]" &&
-    expect "p1's session was never closed" 1 sh -c "! grep -q 'session closed' '$OUT/s7-p1.log' && curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID1" &&
-    expect "the rogues still came back meanwhile" 1 sh -c "[ \$(cat '$OUT/s7rogue-p2.log' '$OUT/s7rogue-p3.log' | grep -c 'danger-silent: holding the link') -ge 3 ]"
+    # A resuming p1 gets in within seconds, before a rogue's next connect
+    # (about 10 s through BlueZ) completes: wait for the rogues to come back,
+    # then check p1 kept its session through it.
+    expect "the rogues came back while p1 is in" 90 sh -c "[ \$(cat '$OUT/s7rogue-p2.log' '$OUT/s7rogue-p3.log' | grep -c 'danger-silent: holding the link') -ge 3 ]" &&
+    expect "p1's session was never closed" 1 sh -c "! grep -q 'session closed' '$OUT/s7-p1.log' && curl -s --max-time 10 --unix-socket $SOCK http://gw/v1/sessions | grep -q $ID1"
     stop $PP1 15; stop $PP2 15; stop $PP3 15
     verdict "$name"
 }
