@@ -310,6 +310,14 @@ impl Config {
         if self.limits.max_links == 0 {
             return Err("limits.max_links must be at least 1".into());
         }
+        if let Some(ble) = &self.transport.ble {
+            if ble.max_links == 0 {
+                return Err(
+                    "transport.ble.max_links must be at least 1: with none, no device is ever connected"
+                        .into(),
+                );
+            }
+        }
         if !(100..=10_000).contains(&self.limits.first_message_ms) {
             return Err(format!(
                 "limits.first_message_ms must be 100..=10000: below the handshake deadline (got {})",
@@ -444,6 +452,18 @@ fn parse_like(current: &toml::Value, raw: &str) -> Result<toml::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ble_transport_with_no_links_is_refused() {
+        let text = format!("{EXAMPLE}\n[transport.ble]\nadapter = \"hci0\"\nmax_links = 0\n");
+        let err = Config::parse(&text, Vec::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("transport.ble.max_links must be at least 1"),
+            "{err}"
+        );
+        let text = format!("{EXAMPLE}\n[transport.ble]\nadapter = \"hci0\"\nmax_links = 1\n");
+        assert!(Config::parse(&text, Vec::new()).is_ok());
+    }
 
     #[test]
     fn example_parses_and_env_overrides_apply() {

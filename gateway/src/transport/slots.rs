@@ -90,12 +90,13 @@ impl LinkSlots {
     }
 
     /// [`LinkSlots::new`], where a link that came up is not evicted until
-    /// it has had `grace` to deliver its first message.
+    /// it has had `grace` to deliver its first message (at most
+    /// `first_message`: past it, the link is closed anyway).
     pub fn with_grace(max: usize, first_message: Duration, grace: Duration) -> Arc<Self> {
         Arc::new(Self {
             max,
             first_message,
-            grace,
+            grace: grace.min(first_message),
             inner: Mutex::new(Inner::default()),
         })
     }
