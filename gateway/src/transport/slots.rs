@@ -178,8 +178,10 @@ enum SlotState {
     /// Up and waiting for its first message, under this key of `waiting`;
     /// fires when another link took the slot.
     Waiting(u64, oneshot::Receiver<()>),
-    /// The link spoke (or was evicted and its receiver consumed).
+    /// The link spoke: it keeps the slot.
     Spoke,
+    /// Another link took the slot.
+    Evicted,
 }
 
 /// One link's slot; released when dropped.
@@ -218,8 +220,10 @@ impl Slot {
         match &mut self.state {
             SlotState::Waiting(_, rx) => {
                 let _ = rx.await;
+                self.state = SlotState::Evicted;
             }
-            _ => std::future::pending().await,
+            SlotState::Evicted => {}
+            SlotState::Connecting | SlotState::Spoke => std::future::pending().await,
         }
     }
 
@@ -229,14 +233,29 @@ impl Slot {
             SlotState::Waiting(_, rx) => {
                 !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
             }
-            _ => false,
+            SlotState::Evicted => true,
+            SlotState::Connecting | SlotState::Spoke => false,
         }
     }
 
     /// The link spoke: it keeps its slot from now on.
-    fn spoke(&mut self) {
-        if let SlotState::Waiting(key, _) = std::mem::replace(&mut self.state, SlotState::Spoke) {
-            self.slots.lock().waiting.remove(&key);
+    /// Returns whether it keeps the slot: not if another link took it
+    /// first (the link must then close, or the links would exceed the cap
+    /// by one). Whichever gets the lock first decides.
+    fn spoke(&mut self) -> bool {
+        match std::mem::replace(&mut self.state, SlotState::Spoke) {
+            SlotState::Waiting(key, _) => {
+                let kept = self.slots.lock().waiting.remove(&key).is_some();
+                if !kept {
+                    self.state = SlotState::Evicted;
+                }
+                kept
+            }
+            SlotState::Evicted => {
+                self.state = SlotState::Evicted;
+                false
+            }
+            SlotState::Connecting | SlotState::Spoke => true,
         }
     }
 }
@@ -292,15 +311,31 @@ impl<L: Link> Link for Gated<L> {
         // inline it would grow every session's task for the session's whole
         // life (the gateway's memory budget is per session, SPEC.md §6).
         let deadline = Box::pin(tokio::time::sleep_until(self.deadline));
-        tokio::select! {
-            r = self.inner.recv() => {
-                if matches!(r, Ok(Some(_))) {
-                    self.slot.spoke();
+        enum Woke {
+            Message(Result<Option<Vec<u8>>, LinkError>),
+            Evicted,
+            Deadline,
+        }
+        // A message first when both are ready; whether it keeps the slot is
+        // then decided under the slots' lock (`Slot::spoke`).
+        let woke = tokio::select! {
+            biased;
+            r = self.inner.recv() => Woke::Message(r),
+            _ = closed => Woke::Evicted,
+            () = deadline => Woke::Deadline,
+        };
+        match woke {
+            Woke::Message(r) => {
+                if matches!(r, Ok(Some(_))) && !self.slot.spoke() {
+                    return Err(LinkError::Evicted);
                 }
                 r
             }
-            _ = closed => Err(LinkError::Evicted),
-            () = deadline => Err(LinkError::FirstMessageTimeout),
+            Woke::Evicted => {
+                self.slot.state = SlotState::Evicted;
+                Err(LinkError::Evicted)
+            }
+            Woke::Deadline => Err(LinkError::FirstMessageTimeout),
         }
     }
 
@@ -328,8 +363,8 @@ mod tests {
         assert_eq!(slots.held(), 2, "an evicted slot is not released twice");
         // b and c spoke: nobody can take their slots.
         let (mut b, mut c) = (b, c);
-        b.spoke();
-        c.spoke();
+        assert!(b.spoke());
+        assert!(c.spoke());
         assert!(slots.acquire().is_none());
         drop(b);
         assert_eq!(slots.held(), 1);
@@ -357,6 +392,23 @@ mod tests {
         assert!(slots.evictable_at().is_some());
         assert_eq!(slots.acquire().unwrap().1, Acquired::Evicted);
         assert!(connecting.is_closed());
+    }
+
+    /// Found in review: a first message and an eviction arriving together
+    /// were picked at random; the link that lost its slot could go on as if
+    /// it had spoken, one link over the cap.
+    #[test]
+    fn a_link_that_speaks_after_losing_its_slot_does_not_keep_it() {
+        let slots = LinkSlots::new(1, DEFAULT_FIRST_MESSAGE);
+        let (mut a, _) = slots.acquire().unwrap();
+        let (mut b, how) = slots.acquire().unwrap();
+        assert_eq!(how, Acquired::Evicted);
+        assert!(!a.spoke(), "its slot went to b");
+        assert!(a.is_closed());
+        assert!(b.spoke(), "b keeps the slot it took");
+        drop(a);
+        assert_eq!(slots.held(), 1);
+        assert!(slots.acquire().is_none(), "b spoke: nobody takes its slot");
     }
 
     #[tokio::test(start_paused = true)]
