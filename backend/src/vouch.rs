@@ -827,7 +827,7 @@ pub(crate) async fn report_sessions(
                         clone_alert(
                             &mut tx,
                             &mut alerts,
-                            (&actor, &pid, &gw_hex),
+                            (&actor, &ev.peripheral, &gw_hex),
                             pair,
                             detail,
                             now,
@@ -864,7 +864,7 @@ pub(crate) async fn report_sessions(
                     clone_alert(
                         &mut tx,
                         &mut alerts,
-                        (&actor, &pid, &gw_hex),
+                        (&actor, &ev.peripheral, &gw_hex),
                         None,
                         detail,
                         now,
@@ -972,7 +972,7 @@ pub(crate) async fn report_sessions(
                         clone_alert(
                             &mut tx,
                             &mut alerts,
-                            (&actor, &pid, &gw_hex),
+                            (&actor, &ev.peripheral, &gw_hex),
                             pair,
                             detail,
                             now,
@@ -1062,27 +1062,25 @@ fn unvouched_alert(pid: &str, gw_hex: &str, now: i64) -> Alert {
 async fn clone_alert(
     tx: &mut crate::store::WriteTx<'_>,
     alerts: &mut Vec<Alert>,
-    (actor, pid, gw_hex): (&str, &str, &str),
+    (actor, peripheral, gw_hex): (&str, &PeripheralId, &str),
     other: Option<&str>,
     detail: String,
     now: i64,
     ttl_ms: i64,
 ) -> Result<(), StoreError> {
     if let Some(other) = other {
-        let Some(p) = PeripheralId::from_hex(pid) else {
-            return Ok(());
-        };
         if !tx
-            .first_clone_alert(&p, (gw_hex, other), now, now.saturating_add(ttl_ms))
+            .first_clone_alert(peripheral, (gw_hex, other), now, now.saturating_add(ttl_ms))
             .await?
         {
             return Ok(());
         }
     }
+    let pid = peripheral.to_string();
     tx.audit(
         NewAudit::new("clone_alert", "alert", actor)
             .reason("clone_suspected")
-            .peripheral(pid)
+            .peripheral(&pid)
             .gateway(gw_hex)
             .detail(&detail),
         now,
@@ -1090,7 +1088,7 @@ async fn clone_alert(
     .await?;
     alerts.push(Alert {
         alert: "clone_suspected",
-        peripheral: Some(pid.to_owned()),
+        peripheral: Some(pid),
         gateway: Some(gw_hex.to_owned()),
         detail,
         at_ms: now,

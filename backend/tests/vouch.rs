@@ -37,6 +37,7 @@ on_both!(
     a_device_that_moved_before_its_old_gateway_reported_raises_no_clone_alert,
     attaches_reported_out_of_order_across_gateways_are_judged_by_their_times,
     reported_times_cannot_flip_frame_or_double_count_a_clone,
+    a_session_report_whose_times_do_not_match_its_events_is_refused,
     every_opened_hello_costs_one_verification_whatever_its_id,
     a_quick_reconnect_on_one_gateway_raises_no_clone_alert,
     two_sessions_live_at_once_on_one_gateway_alert_and_allow,
@@ -1226,6 +1227,62 @@ async fn report_timed(
     decode_body::<SessionReportAnswer>(&bytes)
         .expect("decodes")
         .items[0]
+}
+
+/// SPEC.md §10.5: `times` holds one entry per event or none; anything else
+/// is a malformed body (400), and the report is not recorded.
+async fn a_session_report_whose_times_do_not_match_its_events_is_refused(db: Db) {
+    let (b, anchors, gws) = two_gateways(&db, CloneAction::Alert, 2_000).await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+    assert!(matches!(
+        vouched(&b, &anchors, &gws[0], &dev, 1).await,
+        VouchAnswer::Vouched(_)
+    ));
+    let event = SessionEvent {
+        peripheral: dev.id,
+        kind: SessionEventKind::Attached,
+        session_id: [1; 8],
+    };
+    let times = EventTimes {
+        started_ms_ago: 0,
+        heard_ms_ago: 0,
+    };
+    let (s, bytes) = b
+        .gateway_post(
+            &gws[0].public_key(),
+            "/v1/sessions",
+            &SessionReport {
+                events: vec![event.clone()],
+                times: vec![times, times],
+            },
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let body = String::from_utf8_lossy(&bytes);
+    assert!(
+        body.contains("malformed_body") && body.contains("one times entry per event"),
+        "{body}"
+    );
+    assert!(
+        b.audit("action=session_attach").await.is_empty(),
+        "nothing recorded"
+    );
+    // One per event, or none, is fine.
+    for times in [vec![times], Vec::new()] {
+        let (s, bytes) = b
+            .gateway_post(
+                &gws[0].public_key(),
+                "/v1/sessions",
+                &SessionReport {
+                    events: vec![event.clone()],
+                    times,
+                },
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    }
+    b.state.shutdown();
 }
 
 /// Milliseconds since `t`, as a report's age.
