@@ -216,7 +216,7 @@ fn default_idle_s() -> u64 {
     600
 }
 fn default_first_message_ms() -> u64 {
-    crate::transport::slots::DEFAULT_FIRST_MESSAGE.as_millis() as u64
+    crate::serve::slots::DEFAULT_FIRST_MESSAGE.as_millis() as u64
 }
 fn default_feed_silence_s() -> u64 {
     crate::sessions::DEFAULT_FEED_SILENCE.as_secs()

@@ -6,28 +6,53 @@
 //! trusts a link address: sessions are keyed by the identity the backend
 //! vouched for.
 //!
-//! The library is the daemon without its `main`: the simulator and the tests
-//! run the same drivers with an in-memory link and an in-process backend.
+//! The library is the daemon without its `main`: the daemon, the system
+//! tests and the simulator all start a gateway through one endpoint,
+//! [`endpoint::Gateway`], and feed it links from an accept loop of
+//! [`serve`] (or, in the simulator, in-memory links).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use std::sync::Arc;
-//! use vouch_gateway::{clock::SystemClock, driver::Context, metrics::Metrics, sessions::SessionTable};
+//! use vouch_gateway::endpoint::{Gateway, Parts, Settings};
+//! use vouch_gateway::{clock::SystemClock, metrics::Metrics};
 //! # let backend: vouch_gateway::backend_client::HttpBackend = unimplemented!();
-//! # let config: vouch_proto::handshake::gateway::GatewayConfig = unimplemented!();
-//! let ctx = Arc::new(Context {
-//!     config,
-//!     backend,
-//!     clock: SystemClock,
-//!     table: SessionTable::new(10_000),
-//!     metrics: Arc::new(Metrics::new()?),
-//!     idle_timeout: std::time::Duration::from_secs(600),
-//! });
-//! let (_stop, shutdown) = tokio::sync::watch::channel(false);
+//! # let key: vouch_proto::keys::PublicKey = unimplemented!();
+//! let (stop, shutdown) = tokio::sync::watch::channel(false);
+//! let gateway = Gateway::start(
+//!     Parts {
+//!         key,
+//!         backend,
+//!         clock: SystemClock,
+//!         metrics: Arc::new(Metrics::new()?),
+//!         state: None,
+//!         settings: Settings::default(),
+//!     },
+//!     shutdown,
+//! )?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7800").await?;
-//! vouch_gateway::server::serve_tcp(listener, ctx, 1000, 247, shutdown).await?;
+//! tokio::spawn(vouch_gateway::serve::tcp::serve_tcp(gateway.clone(), listener, 1000, 247));
+//! // … until it is time to stop:
+//! stop.send(true)?;
+//! gateway.closed().await;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Modules, from the top down
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`endpoint`] | the [`Gateway`](endpoint::Gateway): its state, its sweeper and followers, and the links it runs |
+//! | [`serve`] | accept loops (TCP, the BLE central) and the link slots that admit links |
+//! | [`api`] | the local API on a Unix socket, and the metrics endpoint |
+//! | [`driver`] | one task per link: handshake, session, reports to the backend |
+//! | [`revocation`] | the revocation feed follower (SPEC.md §10.5) |
+//! | [`anchors`] | trust-anchor updates: fetch, hold, deliver (SPEC.md §7.7) |
+//! | [`sessions`] | live sessions, tickets and the feed's state |
+//! | [`state`] | what the gateway keeps on disk across restarts |
+//! | [`backend_client`] | the backend behind a trait (HTTPS with mutual TLS) |
+//! | [`transport`] | links: the [`Link`](transport::Link) trait, TCP, memory, BLE |
+//! | [`config`], [`metrics`], [`clock`], [`error`] | configuration, counters, time, errors |
 
 pub mod anchors;
 pub mod api;
@@ -35,10 +60,11 @@ pub mod backend_client;
 pub mod clock;
 pub mod config;
 pub mod driver;
+pub mod endpoint;
 pub mod error;
 pub mod metrics;
 pub mod revocation;
-pub mod server;
+pub mod serve;
 pub mod sessions;
 pub mod state;
 pub mod transport;

@@ -9,17 +9,18 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{error, info};
 use vouch_gateway::api::{self, ApiState};
 use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
 use vouch_gateway::clock::SystemClock;
 use vouch_gateway::config::{Config, LogFormat};
-use vouch_gateway::driver::Context;
+use vouch_gateway::endpoint::{Gateway, Parts, Settings};
 use vouch_gateway::metrics::Metrics;
-use vouch_gateway::sessions::SessionTable;
+use vouch_gateway::serve::slots::LinkSlots;
+use vouch_gateway::serve::tcp::serve_tcp_with;
 use vouch_gateway::state::{StateBinding, StateDir};
-use vouch_proto::handshake::gateway::GatewayConfig;
-use vouch_proto::keys::IdentityKey;
+use vouch_proto::keys::{IdentityKey, PublicKey};
 
 /// The Vouch gateway: authenticates nearby peripherals through the backend
 /// and carries their encrypted traffic.
@@ -154,37 +155,18 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 async fn run(config: Config) -> Result<()> {
-    let key_pem = zeroize::Zeroizing::new(read(&config.identity.key)?);
-    let key = IdentityKey::from_pkcs8_pem(std::str::from_utf8(&key_pem).unwrap_or(""))
-        .with_context(|| {
-            format!(
-                "{}: not a PKCS#8 Ed25519 key (run `vouch-gateway init`)",
-                config.identity.key.display()
-            )
-        })?;
-    let mode = std::fs::metadata(&config.identity.key)?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is readable by others (mode {:o}); chmod 600 it",
-            config.identity.key.display(),
-            mode & 0o777
-        );
-    }
-    let gateway_key = key.public_key();
+    let (key_pem, gateway_key) = load_identity(&config.identity.key)?;
     let backend = HttpBackend::new(HttpBackendConfig {
         url: config.backend.url.clone(),
         ca_pem: read(&config.backend.ca)?,
         cert_pem: read(&config.backend.certificate)?,
-        key_pem: key_pem.clone(),
+        key_pem,
         request_timeout: Duration::from_millis(config.backend.request_timeout_ms),
         feed_timeout: Duration::from_secs(60),
         batch_window: Duration::from_millis(config.backend.batch_window_ms),
         breaker_threshold: 3,
         breaker_cooldown: Duration::from_secs(5),
     })?;
-    let metrics = Arc::new(Metrics::new()?);
     let state_dir = match config.state.dir() {
         Some(dir) => Some(StateDir::open(dir)?),
         None => {
@@ -192,40 +174,92 @@ async fn run(config: Config) -> Result<()> {
             None
         }
     };
-    let table = match &state_dir {
-        Some(dir) => {
-            let binding = StateBinding {
-                gateway_key,
-                backend_url: config.backend.url.clone(),
-            };
-            SessionTable::open(
-                config.limits.max_tickets,
-                dir,
-                &binding,
-                Arc::new(SystemClock),
-            )?
-        }
-        None => SessionTable::new(config.limits.max_tickets),
-    };
-    table.set_feed_silence_limit(config.feed_silence_limit());
-    let ctx = Arc::new(Context {
-        config: GatewayConfig::new(gateway_key),
-        backend: backend.clone(),
-        clock: SystemClock,
-        table: table.clone(),
-        metrics: metrics.clone(),
-        idle_timeout: config.idle_timeout(),
-    });
     let (stop_tx, shutdown) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
+    let gateway = Gateway::start(
+        Parts {
+            key: gateway_key,
+            backend,
+            clock: SystemClock,
+            metrics: Arc::new(Metrics::new()?),
+            state: state_dir.as_ref().map(|dir| {
+                let binding = StateBinding {
+                    gateway_key,
+                    backend_url: config.backend.url.clone(),
+                };
+                (dir, binding)
+            }),
+            settings: Settings {
+                max_tickets: config.limits.max_tickets,
+                idle_timeout: config.idle_timeout(),
+                feed_silence_limit: config.feed_silence_limit(),
+                anchor_updates_every: Some(config.anchor_updates_interval()),
+                ..Settings::default()
+            },
+        },
+        shutdown,
+    )?;
     info!(gateway_key = %gateway_key, backend = %config.backend.url, "vouch-gateway starting");
+    let mut tasks = JoinSet::new();
+    serve_api(&config, &gateway, &mut tasks).await?;
+    serve_transports(&config, &gateway, state_dir.as_ref(), &mut tasks).await?;
 
-    // Local API on a Unix socket.
+    wait_for_signal().await;
+    info!("signal received: closing sessions and shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while tasks.join_next().await.is_some() {}
+        gateway.closed().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        error!("shutdown took longer than 10 s; exiting anyway");
+    }
+    // Tickets and the feed cursor are written as they change; wait for the
+    // last writes to reach the disk.
+    if tokio::time::timeout(Duration::from_secs(5), gateway.table().flush())
+        .await
+        .is_err()
+    {
+        error!("the state directory did not take the last writes within 5 s");
+    }
+    let _ = std::fs::remove_file(&config.api.socket);
+    info!("stopped");
+    Ok(())
+}
+
+/// Reads the identity key, refusing one that others can read.
+fn load_identity(path: &Path) -> Result<(zeroize::Zeroizing<Vec<u8>>, PublicKey)> {
+    let key_pem = zeroize::Zeroizing::new(read(path)?);
+    let key = IdentityKey::from_pkcs8_pem(std::str::from_utf8(&key_pem).unwrap_or(""))
+        .with_context(|| {
+            format!(
+                "{}: not a PKCS#8 Ed25519 key (run `vouch-gateway init`)",
+                path.display()
+            )
+        })?;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    Ok((key_pem, key.public_key()))
+}
+
+type Daemon = Gateway<HttpBackend, SystemClock>;
+
+/// The local API on its Unix socket, and the metrics endpoint when one is
+/// configured; both stop at shutdown.
+async fn serve_api(config: &Config, gateway: &Arc<Daemon>, tasks: &mut JoinSet<()>) -> Result<()> {
     let state = ApiState {
-        table: table.clone(),
-        metrics: metrics.clone(),
-        gateway_key: gateway_key.to_string(),
-        shutdown: shutdown.clone(),
+        table: gateway.table().clone(),
+        metrics: gateway.metrics().clone(),
+        gateway_key: gateway.key().to_string(),
+        shutdown: gateway.shutdown(),
     };
     let socket = config.api.socket.clone();
     if let Some(dir) = socket.parent() {
@@ -236,7 +270,7 @@ async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
     info!(socket = %socket.display(), "local API listening");
-    let mut s = shutdown.clone();
+    let mut s = gateway.shutdown();
     let app = api::router(state.clone());
     tasks.spawn(async move {
         let r = axum::serve(listener, app)
@@ -252,7 +286,7 @@ async fn run(config: Config) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        let mut s = shutdown.clone();
+        let mut s = gateway.shutdown();
         let app = api::metrics_router(state);
         tasks.spawn(async move {
             let _ = axum::serve(listener, app)
@@ -262,40 +296,24 @@ async fn run(config: Config) -> Result<()> {
                 .await;
         });
     }
+    Ok(())
+}
 
-    // Revocation feed.
-    tasks.spawn(vouch_gateway::revocation::follow(
-        backend.clone(),
-        table.clone(),
-        gateway_key,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-
-    // Trust-anchor updates: fetched at start and at least hourly, delivered
-    // by the drivers after every handshake.
-    tasks.spawn(vouch_gateway::anchors::follow(
-        backend,
-        table.anchor_updates().clone(),
-        config.anchor_updates_interval(),
-        metrics,
-        shutdown.clone(),
-    ));
-
-    // Transports.
+/// The configured transports' accept loops.
+async fn serve_transports(
+    config: &Config,
+    gateway: &Arc<Daemon>,
+    state_dir: Option<&StateDir>,
+    tasks: &mut JoinSet<()>,
+) -> Result<()> {
     if let Some(tcp) = &config.transport.tcp {
         let listener = tokio::net::TcpListener::bind(tcp.listen)
             .await
             .with_context(|| format!("binding {}", tcp.listen))?;
-        let slots = vouch_gateway::transport::slots::LinkSlots::new(
-            config.limits.max_links,
-            config.first_message_timeout(),
-        );
-        let (ctx, s, mtu) = (ctx.clone(), shutdown.clone(), tcp.att_mtu);
+        let slots = LinkSlots::new(config.limits.max_links, config.first_message_timeout());
+        let (gateway, mtu) = (gateway.clone(), tcp.att_mtu);
         tasks.spawn(async move {
-            if let Err(e) =
-                vouch_gateway::server::serve_tcp_with(listener, ctx, slots, mtu, s).await
-            {
+            if let Err(e) = serve_tcp_with(gateway, listener, slots, mtu).await {
                 error!(error = %e, "TCP transport failed");
             }
         });
@@ -303,9 +321,9 @@ async fn run(config: Config) -> Result<()> {
     if let Some(ble) = &config.transport.ble {
         #[cfg(feature = "ble")]
         {
+            use vouch_gateway::serve::ble::{serve_ble_with_memory, BleSettings};
             use vouch_gateway::state::KnownDevices;
-            use vouch_gateway::transport::ble::BtleplugRadio;
-            use vouch_gateway::transport::ble_central::{serve_ble_with_memory, BleSettings};
+            use vouch_gateway::transport::btleplug::BtleplugRadio;
             let radio = BtleplugRadio::open(&ble.adapter, ble.att_mtu)
                 .await
                 .with_context(|| format!("[transport.ble] adapter {:?}", ble.adapter))?;
@@ -314,14 +332,14 @@ async fn run(config: Config) -> Result<()> {
                 first_message: config.first_message_timeout(),
                 ..BleSettings::default()
             };
-            let known = match &state_dir {
+            let known = match state_dir {
                 Some(dir) => KnownDevices::open(dir),
                 None => KnownDevices::in_memory(),
             };
-            let (ctx, s) = (ctx.clone(), shutdown.clone());
+            let gateway = gateway.clone();
             tasks.spawn(async move {
-                let result =
-                    serve_ble_with_memory(Arc::new(radio), ctx, settings, known, s.clone()).await;
+                let s = gateway.shutdown();
+                let result = serve_ble_with_memory(gateway, Arc::new(radio), settings, known).await;
                 if !*s.borrow() {
                     // BlueZ went away (bluetoothd restarted, adapter removed): exit
                     // non-zero so that systemd (Restart=on-failure) starts us again.
@@ -331,32 +349,14 @@ async fn run(config: Config) -> Result<()> {
             });
         }
         #[cfg(not(feature = "ble"))]
-        bail!(
-            "[transport.ble] adapter {:?}: this binary was built without the `ble` feature",
-            ble.adapter
-        );
+        {
+            let _ = (gateway, state_dir, tasks);
+            bail!(
+                "[transport.ble] adapter {:?}: this binary was built without the `ble` feature",
+                ble.adapter
+            );
+        }
     }
-
-    wait_for_signal().await;
-    info!("signal received: closing sessions and shutting down");
-    let _ = stop_tx.send(true);
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        error!("shutdown took longer than 10 s; exiting anyway");
-    }
-    // Tickets and the feed cursor are written as they change; wait for the
-    // last writes to reach the disk.
-    if tokio::time::timeout(Duration::from_secs(5), table.flush())
-        .await
-        .is_err()
-    {
-        error!("the state directory did not take the last writes within 5 s");
-    }
-    let _ = std::fs::remove_file(&socket);
-    info!("stopped");
     Ok(())
 }
 

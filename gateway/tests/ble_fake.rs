@@ -14,10 +14,10 @@ use std::time::Duration;
 use common::{setup, wait_for, Setup, TempDir};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use vouch_gateway::endpoint::{Gateway, SWEEP_EVERY};
+use vouch_gateway::serve::ble::{serve_ble, serve_ble_with_memory, BleSettings};
 use vouch_gateway::state::{KnownDevices, StateDir};
-use vouch_gateway::transport::ble_central::{
-    serve_ble, serve_ble_with_memory, Advert, BleConnection, BleRadio, BleSettings, SERVICE_UUID,
-};
+use vouch_gateway::transport::ble::{Advert, BleConnection, BleRadio, SERVICE_UUID};
 use vouch_gateway::transport::LinkError;
 use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits};
 use vouch_proto::handshake::peripheral::{
@@ -196,19 +196,14 @@ fn bench_with(
         frag_len,
         connect_delay: Mutex::new(Duration::ZERO),
     });
+    let gateway = Gateway::with_context(s.ctx.clone(), SWEEP_EVERY, s.shutdown.clone());
     let central = match known {
-        None => tokio::spawn(serve_ble(
-            radio.clone(),
-            s.ctx.clone(),
-            settings,
-            s.shutdown.clone(),
-        )),
+        None => tokio::spawn(serve_ble(gateway, radio.clone(), settings)),
         Some(known) => tokio::spawn(serve_ble_with_memory(
+            gateway,
             radio.clone(),
-            s.ctx.clone(),
             settings,
             known,
-            s.shutdown.clone(),
         )),
     };
     Bench {
@@ -663,7 +658,7 @@ async fn a_device_that_rebooted_is_reconnected_without_a_new_advert() {
 /// take the whole connect timeout, and connects are made one at a time).
 #[tokio::test(start_paused = true)]
 async fn a_device_gone_for_good_costs_a_bounded_number_of_connects() {
-    use vouch_gateway::transport::ble_central::STALE_ATTEMPTS;
+    use vouch_gateway::serve::ble::STALE_ATTEMPTS;
     let settings = BleSettings {
         backoff_min: Duration::from_secs(1),
         ..Default::default()
@@ -691,7 +686,7 @@ async fn a_device_gone_for_good_costs_a_bounded_number_of_connects() {
 /// advertised the service before is still recognised.
 #[tokio::test(start_paused = true)]
 async fn a_device_reported_later_without_the_service_is_still_recognised() {
-    use vouch_gateway::transport::ble_central::STALE_ATTEMPTS;
+    use vouch_gateway::serve::ble::STALE_ATTEMPTS;
     let settings = BleSettings {
         backoff_min: Duration::from_secs(1),
         ..Default::default()

@@ -11,6 +11,8 @@ use tokio::io::AsyncWriteExt;
 
 use common::{drive_peripheral, peripheral_full, run_link_owned, setup, wait_for};
 use vouch_gateway::driver::Outcome;
+use vouch_gateway::endpoint::{Gateway, SWEEP_EVERY};
+use vouch_gateway::serve::tcp::serve_tcp;
 use vouch_gateway::transport::memory::pair;
 use vouch_gateway::transport::memory::MemoryLink;
 use vouch_gateway::transport::Link;
@@ -239,12 +241,11 @@ async fn connection_floods_are_capped_and_the_gateway_keeps_serving() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     const CAP: usize = 4;
-    tokio::spawn(vouch_gateway::server::serve_tcp(
+    tokio::spawn(serve_tcp(
+        Gateway::with_context(s.ctx.clone(), SWEEP_EVERY, s.shutdown.clone()),
         listener,
-        s.ctx.clone(),
         CAP,
         247,
-        s.shutdown.clone(),
     ));
     // An attacker opens 60 connections and says nothing (slow peers).
     let mut flood = Vec::new();
@@ -389,12 +390,11 @@ async fn idle_tcp_connections_cannot_keep_an_honest_device_out() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     const CAP: usize = 4;
-    tokio::spawn(vouch_gateway::server::serve_tcp(
+    tokio::spawn(serve_tcp(
+        Gateway::with_context(s.ctx.clone(), SWEEP_EVERY, s.shutdown.clone()),
         listener,
-        s.ctx.clone(),
         CAP,
         247,
-        s.shutdown.clone(),
     ));
     let flood = |n: usize| async move {
         let mut v = Vec::new();
@@ -433,7 +433,7 @@ async fn idle_tcp_connections_cannot_keep_an_honest_device_out() {
 /// long before the 10 s handshake deadline.
 #[tokio::test(start_paused = true)]
 async fn a_silent_link_is_closed_at_the_first_message_deadline() {
-    use vouch_gateway::transport::slots::{Gated, LinkSlots, DEFAULT_FIRST_MESSAGE};
+    use vouch_gateway::serve::slots::{Gated, LinkSlots, DEFAULT_FIRST_MESSAGE};
     let s = setup(Scope::TELEMETRY);
     let slots = LinkSlots::new(1, DEFAULT_FIRST_MESSAGE);
     let (_p_link, g_link) = pair(247, "p", "g");

@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use vouch_gateway::backend_client::{BackendApi, BackendError};
 use vouch_gateway::clock::TokioClock;
 use vouch_gateway::driver::Context;
+use vouch_gateway::endpoint::{Gateway, SWEEP_EVERY};
 use vouch_gateway::metrics::Metrics;
+use vouch_gateway::serve::tcp::serve_tcp;
 use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::transport::tcp::TcpLink;
 use vouch_gateway::transport::Link;
@@ -198,7 +200,8 @@ fn memory_per_established_session() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (stop, shutdown) = watch::channel(false);
-        let server = tokio::spawn(vouch_gateway::server::serve_tcp(listener, ctx.clone(), SESSIONS + 10, 247, shutdown));
+        let gateway = Gateway::with_context(ctx.clone(), SWEEP_EVERY, shutdown);
+        let server = tokio::spawn(serve_tcp(gateway.clone(), listener, SESSIONS + 10, 247));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let baseline = ALLOC.allocated();
 
@@ -266,5 +269,6 @@ fn memory_per_established_session() {
         assert!(per_ticket <= 700, "a stored ticket costs {per_ticket} bytes");
         let _ = stop.send(true);
         let _ = server.await;
+        gateway.closed().await;
     });
 }

@@ -63,8 +63,8 @@ pub struct Probe {
 
 impl Probe {
     /// Opens a link to `gw`.
-    pub fn open(env: &Env, gw: &SimGateway, mtu: usize, peer: &str, rng: &mut ChaCha20Rng) -> Self {
-        let (link, gw_task) = gw.open_link(mtu, peer, seed32(rng), env.shutdown.clone());
+    pub fn open(gw: &SimGateway, mtu: usize, peer: &str, rng: &mut ChaCha20Rng) -> Self {
+        let (link, gw_task) = gw.open_link(mtu, peer, seed32(rng));
         Self { link, gw_task }
     }
 
@@ -198,7 +198,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                     ));
                 };
                 for _ in 0..(*max as u64 + u64::from(a.attempts)) {
-                    held.push(Probe::open(&env, gw, 247, "staller", &mut a.rng));
+                    held.push(Probe::open(gw, 247, "staller", &mut a.rng));
                     t.attempts += 1;
                 }
             }
@@ -223,7 +223,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 let Some((mut hs, h)) = hello(&env, claimed, &spoof, &mut a.rng) else {
                     continue;
                 };
-                let mut p = Probe::open(&env, &gws[v.home], v.att_mtu, &v.mac, &mut a.rng);
+                let mut p = Probe::open(&gws[v.home], v.att_mtu, &v.mac, &mut a.rng);
                 let ok = as_peripheral(&mut p, &mut hs, &h).await;
                 t.attempts += 1;
                 t.accepted += u64::from(p.finish().await || ok);
@@ -244,7 +244,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 let (g0, first, finish) = &all[i as usize % all.len()];
                 // To the gateway that heard it, and to its neighbour.
                 let g = if i % 2 == 0 { *g0 } else { (g0 + 1) % m };
-                let mut p = Probe::open(&env, &gws[g], 247, "replayer", &mut a.rng);
+                let mut p = Probe::open(&gws[g], 247, "replayer", &mut a.rng);
                 if let Some(ans) = p.exchange(first).await {
                     if ans.len() > 3 {
                         let _ = p.send(finish).await;
@@ -273,8 +273,8 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                     ) else {
                         continue;
                     };
-                    let mut pa = Probe::open(&env, &gws[va.home], 247, &va.mac, &mut a.rng);
-                    let mut pb = Probe::open(&env, &gws[vb.home], 247, &vb.mac, &mut a.rng);
+                    let mut pa = Probe::open(&gws[va.home], 247, &va.mac, &mut a.rng);
+                    let mut pb = Probe::open(&gws[vb.home], 247, &vb.mac, &mut a.rng);
                     let ra = pa.exchange(&hello_a).await;
                     let rb = pb.exchange(&hello_b).await;
                     if let (Some(ra), Some(rb)) = (ra, rb) {
@@ -288,7 +288,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                     let Some((mut h1, hello1)) = hello(&env, va.id, &ka, &mut a.rng) else {
                         continue;
                     };
-                    let mut p1 = Probe::open(&env, &gws[va.home], 247, &va.mac, &mut a.rng);
+                    let mut p1 = Probe::open(&gws[va.home], 247, &va.mac, &mut a.rng);
                     let Some(r1) = p1.exchange(&hello1).await else {
                         continue;
                     };
@@ -313,7 +313,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 let Some((mut hs, h)) = hello(&env, v.id, &k, &mut a.rng) else {
                     continue;
                 };
-                let mut p = Probe::open(&env, rogue, v.att_mtu, &v.mac, &mut a.rng);
+                let mut p = Probe::open(rogue, v.att_mtu, &v.mac, &mut a.rng);
                 let ok = as_peripheral(&mut p, &mut hs, &h).await;
                 t.attempts += 1;
                 t.accepted += u64::from(p.finish().await || ok);
@@ -338,8 +338,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                         ) {
                             let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
                             if let Some(n) = hs.poll_transmit(&mut buf) {
-                                let mut p =
-                                    Probe::open(&env, &gws[g], v.att_mtu, &v.mac, &mut a.rng);
+                                let mut p = Probe::open(&gws[g], v.att_mtu, &v.mac, &mut a.rng);
                                 let ok = as_peripheral(&mut p, &mut hs, &buf[..n]).await;
                                 t.attempts += 1;
                                 t.accepted += u64::from(p.finish().await || ok);
@@ -349,7 +348,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 }
                 // Then a full handshake.
                 if let Some((mut hs, h)) = hello(&env, v.id, &k, &mut a.rng) {
-                    let mut p = Probe::open(&env, &gws[v.home], v.att_mtu, &v.mac, &mut a.rng);
+                    let mut p = Probe::open(&gws[v.home], v.att_mtu, &v.mac, &mut a.rng);
                     let ok = as_peripheral(&mut p, &mut hs, &h).await;
                     t.attempts += 1;
                     t.accepted += u64::from(p.finish().await || ok);
@@ -364,7 +363,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 let Some((mut hs, h)) = hello(&env, v.id, &k, &mut a.rng) else {
                     continue;
                 };
-                let mut p = Probe::open(&env, &gws[g], v.att_mtu, &v.mac, &mut a.rng);
+                let mut p = Probe::open(&gws[g], v.att_mtu, &v.mac, &mut a.rng);
                 let ok = as_peripheral(&mut p, &mut hs, &h).await;
                 t.attempts += 1;
                 t.accepted += u64::from(p.finish().await || ok);
@@ -381,7 +380,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                     continue;
                 };
                 let g = (v.home + 1) % m;
-                let mut p = Probe::open(&env, &gws[g], v.att_mtu, "clone", &mut a.rng);
+                let mut p = Probe::open(&gws[g], v.att_mtu, "clone", &mut a.rng);
                 let ok = as_peripheral(&mut p, &mut hs, &h).await;
                 t.attempts += 1;
                 t.accepted += u64::from(p.finish().await || ok);
@@ -397,7 +396,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 };
                 if i % 2 == 0 {
                     // To a distant site the policy does not cover.
-                    let mut p = Probe::open(&env, far, v.att_mtu, &v.mac, &mut a.rng);
+                    let mut p = Probe::open(far, v.att_mtu, &v.mac, &mut a.rng);
                     let ok = as_peripheral(&mut p, &mut hs, &h).await;
                     t.attempts += 1;
                     t.accepted += u64::from(p.finish().await || ok);
@@ -406,8 +405,8 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 // To another authorized gateway: a session with *that*
                 // gateway (SPEC.md §11.7); the relay then replays a record.
                 let g = &gws[(v.home + 1) % m];
-                let mut inbound = g.ctx.table.subscribe();
-                let mut p = Probe::open(&env, g, v.att_mtu, &v.mac, &mut a.rng);
+                let mut inbound = g.table().subscribe();
+                let mut p = Probe::open(g, v.att_mtu, &v.mac, &mut a.rng);
                 if !as_peripheral(&mut p, &mut hs, &h).await {
                     let _ = p.finish().await;
                     continue;
@@ -452,7 +451,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 let Some((mut hs, mut h)) = hello(&env, v.id, &k, &mut a.rng) else {
                     continue;
                 };
-                let mut p = Probe::open(&env, &gws[v.home], v.att_mtu, &v.mac, &mut a.rng);
+                let mut p = Probe::open(&gws[v.home], v.att_mtu, &v.mac, &mut a.rng);
                 t.attempts += 1;
                 let mut peripheral_ok = false;
                 match i % 6 {
@@ -532,7 +531,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                         }
                     }
                 }
-                let mut p = Probe::open(&env, &gws[v.home], v.att_mtu, &v.mac, &mut a.rng);
+                let mut p = Probe::open(&gws[v.home], v.att_mtu, &v.mac, &mut a.rng);
                 let ok = as_peripheral(&mut p, &mut hs, &h).await;
                 t.attempts += 1;
                 t.accepted += u64::from(p.finish().await || ok);
@@ -547,7 +546,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
             for i in 0..a.attempts {
                 let guess = IdentityKey::from_seed(&seed32(&mut a.rng));
                 let g = &gws[target.home];
-                let mut p = Probe::open(&env, g, 247, "guesser", &mut a.rng);
+                let mut p = Probe::open(g, 247, "guesser", &mut a.rng);
                 let ok = match i % 4 {
                     // Guessed keys for a known id (the lockout's target).
                     0 | 1 => match hello(&env, target.id, &guess, &mut a.rng) {
@@ -595,7 +594,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                             // A handshake from an identity nobody enrolled.
                             let key = IdentityKey::from_seed(&seed32(&mut rng));
                             let id = PeripheralId::derive(&key.public_key());
-                            let mut p = Probe::open(&env2, gw, 247, "flood", &mut rng);
+                            let mut p = Probe::open(gw, 247, "flood", &mut rng);
                             let ok = match hello(&env2, id, &key, &mut rng) {
                                 Some((mut hs, h)) => as_peripheral(&mut p, &mut hs, &h).await,
                                 None => false,
@@ -604,7 +603,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                         }
                         1 => {
                             // Garbage of any length.
-                            let mut p = Probe::open(&env2, gw, 247, "flood", &mut rng);
+                            let mut p = Probe::open(gw, 247, "flood", &mut rng);
                             let len = 1 + (rng.next_u32() as usize) % MAX_HANDSHAKE_MESSAGE;
                             let mut junk = vec![0u8; len];
                             rng.fill_bytes(&mut junk);
@@ -614,7 +613,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                         2 => {
                             // A fragment flood: a start announcing the most a
                             // message may hold, then continuations, then it stalls.
-                            let mut p = Probe::open(&env2, gw, 23, "flood", &mut rng);
+                            let mut p = Probe::open(gw, 23, "flood", &mut rng);
                             let _ = p.link.send_fragment(&[0x80, 0x00, 0x04, 0, 0]).await;
                             for s in 1..64u8 {
                                 let _ = p.link.send_fragment(&[s & 0x3f, 0, 0, 0, 0]).await;
@@ -623,7 +622,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                         }
                         _ => {
                             // A slow peer: the first fragment of a hello, then nothing.
-                            let mut p = Probe::open(&env2, gw, 23, "slow", &mut rng);
+                            let mut p = Probe::open(gw, 23, "slow", &mut rng);
                             let _ = p.link.send_fragment(&[0x80, 108, 0, 1, 0, 0]).await;
                             (false, Some(p))
                         }

@@ -22,14 +22,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use vouch_gateway::clock::SystemClock;
-use vouch_gateway::driver::{run_link, Context, Outcome};
+use vouch_gateway::driver::Outcome;
+use vouch_gateway::endpoint::{Gateway, Parts, Settings};
 use vouch_gateway::metrics::Metrics;
+use vouch_gateway::serve::slots::{Gated, LinkSlots};
 use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::transport::memory::{pair, MemoryLink};
-use vouch_gateway::transport::slots::{Gated, LinkSlots};
 use vouch_gateway::transport::Link;
 use vouch_proto::anchor::AnchorSet;
-use vouch_proto::handshake::gateway::GatewayConfig;
 use vouch_proto::handshake::peripheral::{
     NextHandshake, PeripheralConfig, PeripheralEstablished, PeripheralHandshake, TicketSlot,
     TicketWallet,
@@ -69,7 +69,7 @@ pub fn seed32(rng: &mut ChaCha20Rng) -> [u8; 32] {
     s
 }
 
-/// One gateway: the daemon's driver context with its uplink.
+/// One gateway: the daemon's endpoint with its uplink.
 pub struct SimGateway {
     /// Position in the fleet.
     pub idx: usize,
@@ -77,8 +77,8 @@ pub struct SimGateway {
     pub key: PublicKey,
     /// Its site (policy).
     pub site: String,
-    /// What every driver on it shares.
-    pub ctx: Arc<Context<Uplink, SystemClock>>,
+    /// The gateway itself, started as the daemon starts it.
+    pub gateway: Arc<Gateway<Uplink, SystemClock>>,
     /// Its uplink (outage switch).
     pub uplink: Uplink,
     /// Its link slots and how many there are, when they are capped (SPEC.md
@@ -88,8 +88,9 @@ pub struct SimGateway {
 }
 
 impl SimGateway {
-    /// A gateway with identity `key` using `uplink`; starts its revocation
-    /// feed until `shutdown`.
+    /// A gateway with identity `key` using `uplink`, running until
+    /// `shutdown`; with `follow_feed`, it follows the revocation feed.
+    /// Trust-anchor updates are fetched by the scenarios that rotate keys.
     pub fn start(
         idx: usize,
         key: &IdentityKey,
@@ -99,31 +100,37 @@ impl SimGateway {
         follow_feed: bool,
     ) -> Result<Self, crate::Error> {
         let metrics = Arc::new(Metrics::new().map_err(|e| crate::Error::Gateway(e.to_string()))?);
-        let ctx = Arc::new(Context {
-            config: GatewayConfig::new(key.public_key()),
-            backend: uplink.clone(),
-            clock: SystemClock,
-            table: SessionTable::new(1_000_000),
-            metrics: metrics.clone(),
-            idle_timeout: Duration::from_secs(24 * 3600),
-        });
-        if follow_feed {
-            tokio::spawn(vouch_gateway::revocation::follow(
-                uplink.clone(),
-                ctx.table.clone(),
-                key.public_key(),
+        let gateway = Gateway::start(
+            Parts {
+                key: key.public_key(),
+                backend: uplink.clone(),
+                clock: SystemClock,
                 metrics,
-                shutdown,
-            ));
-        }
+                state: None,
+                settings: Settings {
+                    max_tickets: 1_000_000,
+                    idle_timeout: Duration::from_secs(24 * 3600),
+                    follow_feed,
+                    anchor_updates_every: None,
+                    ..Settings::default()
+                },
+            },
+            shutdown,
+        )
+        .map_err(|e| crate::Error::Gateway(e.to_string()))?;
         Ok(Self {
             idx,
             key: key.public_key(),
             site: site.to_string(),
-            ctx,
+            gateway,
             uplink,
             slots: None,
         })
+    }
+
+    /// Its session table.
+    pub fn table(&self) -> &Arc<SessionTable> {
+        self.gateway.table()
     }
 
     /// Caps its links at `max` slots, each link closed if it has not sent
@@ -134,25 +141,20 @@ impl SimGateway {
     }
 
     /// Opens a link to this gateway: the peripheral's end, and the gateway's
-    /// driver running on the other.
+    /// driver running on the other. (The gateway's shutdown ends it.)
     pub fn open_link(
         &self,
         att_mtu: usize,
         peer: &str,
         seed: [u8; 32],
-        shutdown: watch::Receiver<bool>,
     ) -> (MemoryLink, JoinHandle<Outcome>) {
-        let (p, mut g) = pair(att_mtu, peer, &format!("gw{}", self.idx));
-        let ctx = self.ctx.clone();
+        let (p, g) = pair(att_mtu, peer, &format!("gw{}", self.idx));
         // The slot is taken here, when the link comes up, as the daemon
         // takes it when it accepts a connection.
         let task = match &self.slots {
-            None => tokio::spawn(async move { run_link(ctx, &mut g, seed, shutdown).await }),
+            None => self.gateway.accept_seeded(g, seed),
             Some((slots, _)) => match slots.acquire() {
-                Some((slot, _)) => tokio::spawn(async move {
-                    let mut gated = Gated::new(g, slot);
-                    run_link(ctx, &mut gated, seed, shutdown).await
-                }),
+                Some((slot, _)) => self.gateway.accept_seeded(Gated::new(g, slot), seed),
                 // Every slot holds a link that spoke: refused.
                 None => {
                     drop(g);
@@ -680,7 +682,7 @@ async fn attempt(
 ) -> Attempt {
     let g = &env.gateways[gw];
     let seed = seed32(&mut dev.rng);
-    let (mut link, gw_task) = g.open_link(dev.att_mtu, &dev.mac, seed, env.shutdown.clone());
+    let (mut link, gw_task) = g.open_link(dev.att_mtu, &dev.mac, seed);
     let cost = Cost {
         latency,
         air,
@@ -707,7 +709,7 @@ async fn attempt(
     env.capture(gw, resume, &first, &finish);
     // Established on the peripheral; the gateway registers it after the Finish.
     let sid = session.id();
-    let table = g.ctx.table.clone();
+    let table = g.table().clone();
     let registered = wait_until(|| {
         if table.get(&dev.id).is_some_and(|s| s.session_id == sid) {
             Some(true)
@@ -721,7 +723,7 @@ async fn attempt(
     if registered != Some(true) {
         return Attempt::Failed;
     }
-    let updates = g.ctx.table.anchor_updates().len() as u64;
+    let updates = g.table().anchor_updates().len() as u64;
     let before = dev.keep().updates_seen;
     let live = LiveSession::hold(dev, gw, link, *session, gw_task);
     // The gateway sends every trust-anchor update it holds after the

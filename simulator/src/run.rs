@@ -264,7 +264,7 @@ impl World {
     }
 
     fn sessions(&self) -> usize {
-        self.env.gateways.iter().map(|g| g.ctx.table.len()).sum()
+        self.env.gateways.iter().map(|g| g.table().len()).sum()
     }
 
     fn victim(&self, i: usize) -> Option<Victim> {
@@ -327,7 +327,7 @@ impl World {
         wait_until(|| {
             env.gateways
                 .iter()
-                .all(|g| ids.iter().all(|id| g.ctx.table.is_revoked(id)))
+                .all(|g| ids.iter().all(|id| g.table().is_revoked(id)))
                 .then_some(())
         })
         .await
@@ -598,7 +598,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
             Action::RotateKey => {
                 w.backend.rotate_key().await?;
                 for g in &w.env.gateways {
-                    vouch_gateway::anchors::fetch(&g.uplink, g.ctx.table.anchor_updates())
+                    vouch_gateway::anchors::fetch(&g.uplink, g.table().anchor_updates())
                         .await
                         .map_err(|e| Error::Gateway(format!("fetching the anchor updates: {e}")))?;
                 }

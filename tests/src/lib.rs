@@ -34,7 +34,7 @@ use vouch_backend::store::Store;
 use vouch_backend::{app, pki, AppState};
 use vouch_gateway::backend_client::{BackendApi, HttpBackend, HttpBackendConfig};
 use vouch_gateway::clock::SystemClock;
-use vouch_gateway::driver::Context;
+use vouch_gateway::endpoint::{Parts, Settings};
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::state::{StateBinding, StateDir};
@@ -42,7 +42,6 @@ use vouch_peripheral::{Device as Driver, DriverConfig, Event, MemoryKeyStore, Tc
 use vouch_proto::anchor::AnchorBundle;
 use vouch_proto::anchor::AnchorUpdate;
 use vouch_proto::handshake::backend::BackendKeys;
-use vouch_proto::handshake::gateway::GatewayConfig;
 use vouch_proto::keys::{IdentityKey, PeripheralId, PublicKey};
 
 /// How long any wait in these tests may take before it fails.
@@ -398,6 +397,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The gateway endpoint as the daemon runs it.
+type TestGateway = vouch_gateway::endpoint::Gateway<HttpBackend, SystemClock>;
+
 /// A real gateway: the TCP server, the HTTPS backend client, the revocation
 /// feed, the trust-anchor updates (fetched at start and at
 /// [`AnchorUpdates::request_fetch`](vouch_gateway::anchors::AnchorUpdates::request_fetch),
@@ -414,7 +416,7 @@ pub struct Gateway {
     pub table: Arc<SessionTable>,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
-    running: Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
+    running: Option<(watch::Sender<bool>, Arc<TestGateway>, JoinHandle<()>)>,
     /// Its backend client while it runs.
     client: Option<HttpBackend>,
     /// Its state directory (`[state] dir`), for a gateway that keeps its
@@ -464,16 +466,11 @@ impl Gateway {
     }
 
     async fn serve(&mut self) {
-        if let Some(dir) = &self.state {
-            // A new process on the same directory.
-            let dir = StateDir::open(dir.path()).expect("state directory");
-            let binding = StateBinding {
-                gateway_key: self.key,
-                backend_url: self.backend_url.clone(),
-            };
-            self.table = SessionTable::open(10_000, &dir, &binding, Arc::new(SystemClock))
-                .expect("open the state directory");
-        }
+        // A new process on the same directory, when there is one.
+        let dir = self
+            .state
+            .as_ref()
+            .map(|dir| StateDir::open(dir.path()).expect("state directory"));
         let backend = HttpBackend::new(HttpBackendConfig {
             url: self.backend_url.clone(),
             ca_pem: self.ca_pem.as_bytes().to_vec(),
@@ -487,40 +484,41 @@ impl Gateway {
         })
         .expect("backend client");
         self.client = Some(backend.clone());
-        let ctx = Arc::new(Context {
-            config: GatewayConfig::new(self.key),
-            backend: backend.clone(),
-            clock: SystemClock,
-            table: self.table.clone(),
-            metrics: self.metrics.clone(),
-            idle_timeout: Duration::from_secs(600),
-        });
+        let (stop, shutdown) = watch::channel(false);
+        let gateway = vouch_gateway::endpoint::Gateway::start(
+            Parts {
+                key: self.key,
+                backend,
+                clock: SystemClock,
+                metrics: self.metrics.clone(),
+                state: dir.as_ref().map(|dir| {
+                    let binding = StateBinding {
+                        gateway_key: self.key,
+                        backend_url: self.backend_url.clone(),
+                    };
+                    (dir, binding)
+                }),
+                settings: Settings {
+                    max_tickets: 10_000,
+                    idle_timeout: Duration::from_secs(600),
+                    ..Settings::default()
+                },
+            },
+            shutdown,
+        )
+        .expect("open the state directory");
+        self.table = gateway.table().clone();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("bind gateway");
         self.port = listener.local_addr().expect("addr").port();
-        let (stop, shutdown) = watch::channel(false);
         let server = tokio::spawn({
-            let s = shutdown.clone();
+            let gateway = gateway.clone();
             async move {
-                let _ = vouch_gateway::server::serve_tcp(listener, ctx, 1000, 247, s).await;
+                let _ = vouch_gateway::serve::tcp::serve_tcp(gateway, listener, 1000, 247).await;
             }
         });
-        let feed = tokio::spawn(vouch_gateway::revocation::follow(
-            backend.clone(),
-            self.table.clone(),
-            self.key,
-            self.metrics.clone(),
-            shutdown.clone(),
-        ));
-        let anchors = tokio::spawn(vouch_gateway::anchors::follow(
-            backend,
-            self.table.anchor_updates().clone(),
-            vouch_gateway::anchors::DEFAULT_FETCH_INTERVAL,
-            self.metrics.clone(),
-            shutdown,
-        ));
-        self.running = Some((stop, vec![server, feed, anchors]));
+        self.running = Some((stop, gateway, server));
     }
 
     /// Waits until this gateway has applied every revocation-feed event the
@@ -555,11 +553,10 @@ impl Gateway {
     /// ([`start_with_state`](Self::start_with_state)), where the last writes
     /// are flushed first.
     pub async fn stop(&mut self) {
-        if let Some((stop, tasks)) = self.running.take() {
+        if let Some((stop, gateway, server)) = self.running.take() {
             let _ = stop.send(true);
-            for t in tasks {
-                let _ = t.await;
-            }
+            let _ = server.await;
+            gateway.closed().await;
         }
         self.table.flush().await;
         self.table = SessionTable::new(10_000);
@@ -586,11 +583,10 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Some((stop, tasks)) = self.running.take() {
+        if let Some((stop, _gateway, server)) = self.running.take() {
+            // The gateway's own tasks end with the shutdown signal.
             let _ = stop.send(true);
-            for t in tasks {
-                t.abort();
-            }
+            server.abort();
         }
     }
 }

@@ -3,14 +3,15 @@
 //! A [`Link`] carries whole Vouch messages; each transport fragments and
 //! reassembles with `vouch_proto::framing` (SPEC.md §8), so the driver never
 //! sees fragments. Implementations: [`tcp`] (development, simulator, CI),
-//! [`memory`] (tests, simulator) and `ble` (btleplug; the only file that
-//! imports it).
+//! [`memory`] (tests, simulator) and [`ble`] (a GATT connection behind the
+//! [`ble::BleRadio`] trait; `btleplug` implements it with btleplug, the only
+//! file that imports that crate). Which links to open and admit is the
+//! business of [`crate::serve`].
 
-#[cfg(feature = "ble")]
 pub mod ble;
-pub mod ble_central;
+#[cfg(feature = "ble")]
+pub mod btleplug;
 pub mod memory;
-pub mod slots;
 pub mod tcp;
 
 use std::future::Future;
@@ -39,11 +40,11 @@ pub enum LinkError {
     #[error("link operation timed out")]
     Timeout,
     /// The peer sent no whole message within the first-message deadline
-    /// ([`slots`]).
+    /// ([`crate::serve::slots`]).
     #[error("no first message in time")]
     FirstMessageTimeout,
     /// All slots were taken and this link, silent the longest, made room
-    /// for a newcomer ([`slots`]).
+    /// for a newcomer ([`crate::serve::slots`]).
     #[error("closed to make room: no first message yet")]
     Evicted,
 }

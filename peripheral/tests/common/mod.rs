@@ -246,6 +246,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    endpoint: Arc<vouch_gateway::endpoint::Gateway<Api, TokioClock>>,
 }
 
 impl Gateway {
@@ -277,18 +278,23 @@ impl Gateway {
             idle_timeout: Duration::from_secs(600),
         });
         let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(vouch_gateway::server::serve_tcp(
-            listener,
+        let endpoint = vouch_gateway::endpoint::Gateway::with_context(
             ctx.clone(),
+            vouch_gateway::endpoint::SWEEP_EVERY,
+            shutdown,
+        );
+        let task = tokio::spawn(vouch_gateway::serve::tcp::serve_tcp(
+            endpoint.clone(),
+            listener,
             16,
             247,
-            shutdown,
         ));
         Self {
             ctx,
             addr,
             stop,
             task,
+            endpoint,
         }
     }
 
@@ -304,6 +310,9 @@ impl Gateway {
             .expect("gateway stops")
             .unwrap()
             .unwrap();
+        tokio::time::timeout(DEADLINE, self.endpoint.closed())
+            .await
+            .expect("sessions close");
         self.ctx.table.clone()
     }
 

@@ -2,8 +2,9 @@
 //! device table, filtering advertisements for the Vouch service in our code,
 //! a cap on concurrent links, timeouts on every radio operation, and retries
 //! with backoff for connection aborts and first-discovery failures
-//! (SPEC.md §8.5). `ble.rs` implements [`BleRadio`] with btleplug; tests use
-//! a fake of the same trait.
+//! (SPEC.md §8.5). It speaks to the radio through [`BleRadio`]
+//! ([`crate::transport::ble`]; btleplug implements it, tests use a fake) and
+//! hands every link that comes up to the [`Gateway`].
 //!
 //! A device is identified here only by the opaque id the stack gives it. It is
 //! a handle for reconnecting, never an identity: who is on the other end is
@@ -11,72 +12,21 @@
 //! handshake it cannot complete.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
-use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT};
-use vouch_proto::Timestamp;
 
 use super::slots::{Acquired, Gated, LinkSlots};
-use super::{Link, LinkError};
 use crate::backend_client::BackendApi;
 use crate::clock::Clock;
-use crate::driver::{run_link, Context, Outcome};
+use crate::driver::Outcome;
+use crate::endpoint::Gateway;
 use crate::state::KnownDevices;
-
-/// The Vouch GATT service (SPEC.md §8.5).
-pub const SERVICE_UUID: u128 = 0x5b3f0001_8e4a_4c6e_9d2a_7f1c0b6e4a10;
-/// Inbox: the gateway writes fragments here.
-pub const INBOX_UUID: u128 = 0x5b3f0002_8e4a_4c6e_9d2a_7f1c0b6e4a10;
-/// Outbox: the peripheral notifies fragments here.
-pub const OUTBOX_UUID: u128 = 0x5b3f0003_8e4a_4c6e_9d2a_7f1c0b6e4a10;
-/// Info: `version ‖ suite`.
-pub const INFO_UUID: u128 = 0x5b3f0004_8e4a_4c6e_9d2a_7f1c0b6e4a10;
-
-/// An advertisement report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Advert {
-    /// The stack's handle for the device (not an identity).
-    pub device: String,
-    /// The address it advertised from (for logs; spoofable).
-    pub address: String,
-    /// Advertised service UUIDs.
-    pub services: Vec<u128>,
-}
-
-/// A Bluetooth stack, as narrow as the central needs.
-pub trait BleRadio: Send + Sync + 'static {
-    /// A connection to one device.
-    type Conn: BleConnection;
-    /// Starts scanning; advertisement reports arrive on the receiver.
-    fn scan(&self) -> impl Future<Output = Result<mpsc::Receiver<Advert>, LinkError>> + Send;
-    /// Connects to a device seen in an advertisement.
-    fn connect(&self, device: &str) -> impl Future<Output = Result<Self::Conn, LinkError>> + Send;
-    /// Tears down whatever connection to `device` the stack still holds or is
-    /// still making, after a connect that timed out: BlueZ completes an LE
-    /// connection even when the caller stopped waiting, and a device with a
-    /// stale connection cannot be connected again.
-    fn cancel(&self, device: &str) -> impl Future<Output = ()> + Send;
-}
-
-/// One GATT connection to a Vouch peripheral.
-pub trait BleConnection: Send + 'static {
-    /// Discovers the Vouch service, checks Info (`01 01`) and subscribes to
-    /// Outbox. Fails if the device does not offer the service.
-    fn setup(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;
-    /// The fragment size to write: ATT MTU − 3.
-    fn fragment_len(&self) -> usize;
-    /// Writes one fragment to Inbox (write with response).
-    fn write(&mut self, fragment: &[u8]) -> impl Future<Output = Result<(), LinkError>> + Send;
-    /// The next Outbox notification; `None` once disconnected. Cancel-safe.
-    fn notification(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>, LinkError>> + Send;
-    /// Disconnects.
-    fn disconnect(&mut self) -> impl Future<Output = ()> + Send;
-}
+use crate::transport::ble::{Advert, BleConnection, BleLink, BleRadio, SERVICE_UUID};
+use crate::transport::LinkError;
 
 /// Timeouts and limits of the central.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +54,7 @@ pub struct BleSettings {
     pub backoff_max: Duration,
     /// A link up that sends no whole message within this is closed; when
     /// the cap is reached, the link that waited longest for its first
-    /// message makes room ([`crate::transport::slots`]).
+    /// message makes room ([`super::slots`]).
     pub first_message: Duration,
     /// A link that just came up is not evicted before it had this long to
     /// send its first message; a link being connected never is.
@@ -126,69 +76,9 @@ impl Default for BleSettings {
             setup_retries: 2,
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
-            first_message: crate::transport::slots::DEFAULT_FIRST_MESSAGE,
+            first_message: super::slots::DEFAULT_FIRST_MESSAGE,
             evict_grace: Duration::from_secs(1),
         }
-    }
-}
-
-/// A [`Link`] over a GATT connection.
-pub struct BleLink<C: BleConnection> {
-    conn: C,
-    device: String,
-    reassembler: Reassembler,
-    write_timeout: Duration,
-    epoch: tokio::time::Instant,
-}
-
-impl<C: BleConnection> BleLink<C> {
-    /// Wraps a set-up connection.
-    pub fn new(conn: C, device: String, write_timeout: Duration) -> Self {
-        Self {
-            conn,
-            device,
-            reassembler: Reassembler::new(ReassemblyLimits::default()),
-            write_timeout,
-            epoch: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Gives the connection back (to disconnect it).
-    pub fn into_inner(self) -> C {
-        self.conn
-    }
-}
-
-impl<C: BleConnection> Link for BleLink<C> {
-    async fn send(&mut self, msg: &[u8]) -> Result<(), LinkError> {
-        let frag_len = self.conn.fragment_len();
-        // Fragmenter takes an ATT MTU; fragment length = MTU − 3.
-        let mut f = Fragmenter::new(msg, frag_len + 3)?;
-        let mut buf = [0u8; MAX_FRAGMENT];
-        while let Some(n) = f.next_into(&mut buf) {
-            tokio::time::timeout(self.write_timeout, self.conn.write(&buf[..n]))
-                .await
-                .map_err(|_| LinkError::Timeout)??;
-        }
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        loop {
-            let Some(fragment) = self.conn.notification().await? else {
-                return Ok(None);
-            };
-            let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
-            if let Some(msg) =
-                super::push_fragment(&mut self.reassembler, now, &fragment, &self.device)
-            {
-                return Ok(Some(msg.to_vec()));
-            }
-        }
-    }
-
-    fn peer(&self) -> String {
-        format!("ble:{}", self.device)
     }
 }
 
@@ -236,12 +126,11 @@ enum Done {
 /// Vouch service is remembered for as long as the process runs; see
 /// [`serve_ble_with_memory`] to keep it across restarts.
 pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
+    gateway: Arc<Gateway<B, C>>,
     radio: Arc<R>,
-    ctx: Arc<Context<B, C>>,
     settings: BleSettings,
-    shutdown: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
-    serve_ble_with_memory(radio, ctx, settings, KnownDevices::in_memory(), shutdown).await
+    serve_ble_with_memory(gateway, radio, settings, KnownDevices::in_memory()).await
 }
 
 /// [`serve_ble`], with the addresses of devices that advertised the Vouch
@@ -251,12 +140,12 @@ pub async fn serve_ble<R: BleRadio, B: BackendApi, C: Clock>(
 /// advertised, as it does for a device it already knew when the gateway
 /// (re)started.
 pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
+    gateway: Arc<Gateway<B, C>>,
     radio: Arc<R>,
-    ctx: Arc<Context<B, C>>,
     settings: BleSettings,
     known: KnownDevices,
-    mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
+    let mut shutdown = gateway.shutdown();
     let mut adverts = radio.scan().await?;
     // The grace is a part of the first-message time, never all of it.
     let slots = LinkSlots::with_grace(
@@ -265,13 +154,12 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
         settings.evict_grace.min(settings.first_message / 2),
     );
     let connecting = Arc::new(Semaphore::new(settings.concurrent_connects.max(1)));
-    let mut table: HashMap<String, DeviceState> = HashMap::new();
+    let mut devices = Devices {
+        table: HashMap::new(),
+        known,
+        settings,
+    };
     let mut tasks: JoinSet<Done> = JoinSet::new();
-    tokio::spawn(crate::driver::sweeper(
-        ctx.clone(),
-        Duration::from_secs(1),
-        shutdown.clone(),
-    ));
     info!(
         max_links = settings.max_links,
         "BLE central scanning for the Vouch service"
@@ -289,82 +177,13 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
                     warn!("BLE scan ended");
                     break;
                 };
-                // Filter in our own code: only the Vouch service, or a device
-                // that advertised it before (in this process, or at this
-                // address before a restart).
-                let advertises = advert.services.contains(&SERVICE_UUID);
-                let seen_before = table.get(&advert.device).is_some_and(|s| s.vouch)
-                    || known.contains(&advert.address);
-                if !advertises && !seen_before {
-                    debug!(device = %advert.device, services = ?advert.services, "advert without the Vouch service");
-                    continue;
-                }
-                if advertises && known.remember(&advert.address) {
-                    debug!(device = %advert.device, address = %advert.address, "Vouch device remembered");
-                }
-                debug!(device = %advert.device, "advert");
-                let s = table.entry(advert.device.clone()).or_default();
-                s.vouch = true;
-                s.last_advert = Some(advert.clone());
-                s.stale_attempts = 0;
-                vec![advert]
+                devices.advertised(advert).into_iter().collect()
             }
-            _ = tick.tick() => {
-                let now = tokio::time::Instant::now();
-                let mut due = Vec::new();
-                for s in table.values_mut() {
-                    let waiting = s.failures > 0 || s.rejoin || s.no_slot;
-                    if s.busy || !waiting || s.retry_at.is_none_or(|t| t > now) {
-                        continue;
-                    }
-                    if s.no_slot {
-                        if let Some(a) = s.last_advert.clone() {
-                            s.no_slot = false;
-                            due.push(a);
-                            continue;
-                        }
-                    }
-                    if s.stale_attempts >= STALE_ATTEMPTS {
-                        if let Some(a) = s.last_advert.take() {
-                            debug!(device = %a.device, "not reported again; waiting for an advertisement");
-                        }
-                        continue;
-                    }
-                    if let Some(a) = s.last_advert.clone() {
-                        s.stale_attempts += 1;
-                        s.rejoin = false;
-                        due.push(a);
-                    }
-                }
-                due
-            }
+            _ = tick.tick() => devices.due(tokio::time::Instant::now()),
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                let Ok(done) = done else { continue };
-                match done {
-                    Done::Ran(device) => {
-                        let s = table.entry(device).or_default();
-                        s.busy = false;
-                        s.failures = 0;
-                        // BlueZ may not report a device that rebooted on the
-                        // same address until its cached entry expires (30 s
-                        // or more): try it again from the last advert.
-                        s.rejoin = true;
-                        s.retry_at = Some(tokio::time::Instant::now() + settings.rejoin_after);
-                    }
-                    Done::Failed(device) => {
-                        let s = table.entry(device.clone()).or_default();
-                        s.busy = false;
-                        s.failures += 1;
-                        let wait = backoff(settings, s.failures);
-                        s.retry_at = Some(tokio::time::Instant::now() + wait);
-                        ctx.metrics.link_error("ble");
-                        info!(device = %device, failures = s.failures, retry_in_ms = wait.as_millis() as u64, "BLE link failed; backing off");
-                    }
-                    Done::NoSlot(device) => {
-                        let s = table.entry(device).or_default();
-                        s.busy = false;
-                        s.no_slot = true;
-                        s.retry_at = Some(tokio::time::Instant::now() + settings.rejoin_after);
+                if let Ok(done) = done {
+                    if devices.finished(done) {
+                        gateway.metrics().link_error("ble");
                     }
                 }
                 continue;
@@ -372,25 +191,131 @@ pub async fn serve_ble_with_memory<R: BleRadio, B: BackendApi, C: Clock>(
             _ = shutdown.changed() => break,
         };
         for advert in candidates {
-            let state = table.entry(advert.device.clone()).or_default();
-            if state.busy
-                || state
-                    .retry_at
-                    .is_some_and(|t| t > tokio::time::Instant::now())
-            {
+            if !devices.take_turn(&advert.device, tokio::time::Instant::now()) {
                 continue;
             }
-            state.busy = true;
-            state.no_slot = false;
-            let (radio, ctx, shutdown) = (radio.clone(), ctx.clone(), shutdown.clone());
+            let (radio, gateway) = (radio.clone(), gateway.clone());
             let (slots, connecting) = (slots.clone(), connecting.clone());
             tasks.spawn(async move {
-                connect_and_run(radio, ctx, settings, advert, &slots, connecting, shutdown).await
+                connect_and_run(&gateway, radio, settings, advert, &slots, connecting).await
             });
         }
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The central's device table: what it knows of every device that
+/// advertised the Vouch service, and when to try each again.
+struct Devices {
+    table: HashMap<String, DeviceState>,
+    known: KnownDevices,
+    settings: BleSettings,
+}
+
+impl Devices {
+    /// An advertisement report: the advert to connect from, if it is a Vouch
+    /// device's. Filtered in our own code: only the Vouch service, or a
+    /// device that advertised it before (in this process, or at this address
+    /// before a restart).
+    fn advertised(&mut self, advert: Advert) -> Option<Advert> {
+        let advertises = advert.services.contains(&SERVICE_UUID);
+        let seen_before = self.table.get(&advert.device).is_some_and(|s| s.vouch)
+            || self.known.contains(&advert.address);
+        if !advertises && !seen_before {
+            debug!(device = %advert.device, services = ?advert.services, "advert without the Vouch service");
+            return None;
+        }
+        if advertises && self.known.remember(&advert.address) {
+            debug!(device = %advert.device, address = %advert.address, "Vouch device remembered");
+        }
+        debug!(device = %advert.device, "advert");
+        let s = self.table.entry(advert.device.clone()).or_default();
+        s.vouch = true;
+        s.last_advert = Some(advert.clone());
+        s.stale_attempts = 0;
+        Some(advert)
+    }
+
+    /// The devices to try again now from their last advertisement: those
+    /// whose backoff ran out after a failure, whose session ended, or whose
+    /// last turn found no slot. A device tried [`STALE_ATTEMPTS`] times
+    /// without being reported again waits for an advertisement.
+    fn due(&mut self, now: tokio::time::Instant) -> Vec<Advert> {
+        let mut due = Vec::new();
+        for s in self.table.values_mut() {
+            let waiting = s.failures > 0 || s.rejoin || s.no_slot;
+            if s.busy || !waiting || s.retry_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            if s.no_slot {
+                if let Some(a) = s.last_advert.clone() {
+                    s.no_slot = false;
+                    due.push(a);
+                    continue;
+                }
+            }
+            if s.stale_attempts >= STALE_ATTEMPTS {
+                if let Some(a) = s.last_advert.take() {
+                    debug!(device = %a.device, "not reported again; waiting for an advertisement");
+                }
+                continue;
+            }
+            if let Some(a) = s.last_advert.clone() {
+                s.stale_attempts += 1;
+                s.rejoin = false;
+                due.push(a);
+            }
+        }
+        due
+    }
+
+    /// A connection task finished; returns whether it counts as a link
+    /// failure.
+    fn finished(&mut self, done: Done) -> bool {
+        let now = tokio::time::Instant::now();
+        match done {
+            Done::Ran(device) => {
+                let s = self.table.entry(device).or_default();
+                s.busy = false;
+                s.failures = 0;
+                // BlueZ may not report a device that rebooted on the same
+                // address until its cached entry expires (30 s or more): try
+                // it again from the last advert.
+                s.rejoin = true;
+                s.retry_at = Some(now + self.settings.rejoin_after);
+                false
+            }
+            Done::Failed(device) => {
+                let s = self.table.entry(device.clone()).or_default();
+                s.busy = false;
+                s.failures += 1;
+                let wait = backoff(self.settings, s.failures);
+                s.retry_at = Some(now + wait);
+                info!(device = %device, failures = s.failures, retry_in_ms = wait.as_millis() as u64, "BLE link failed; backing off");
+                true
+            }
+            Done::NoSlot(device) => {
+                let s = self.table.entry(device).or_default();
+                s.busy = false;
+                s.no_slot = true;
+                s.retry_at = Some(now + self.settings.rejoin_after);
+                false
+            }
+        }
+    }
+
+    /// Whether `device` may be connected now (it is not connected and not
+    /// backing off); if so, it is marked busy until its task finishes.
+    fn take_turn(&mut self, device: &str, now: tokio::time::Instant) -> bool {
+        let state = self.table.entry(device.to_string()).or_default();
+        if state.busy || state.retry_at.is_some_and(|t| t > now) {
+            return false;
+        }
+        state.busy = true;
+        state.no_slot = false;
+        true
+    }
 }
 
 /// Exponential backoff with ±25 % jitter.
@@ -406,13 +331,12 @@ pub fn backoff(settings: BleSettings, failures: u32) -> Duration {
 }
 
 async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
+    gateway: &Gateway<B, C>,
     radio: Arc<R>,
-    ctx: Arc<Context<B, C>>,
     settings: BleSettings,
     advert: Advert,
     slots: &Arc<LinkSlots>,
     connecting: Arc<Semaphore>,
-    shutdown: watch::Receiver<bool>,
 ) -> Done {
     let device = advert.device.clone();
     // One connect at a time; the turn is held until the link is set up, which
@@ -481,7 +405,7 @@ async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
         BleLink::new(conn, device.clone(), settings.write_timeout),
         slot,
     );
-    let outcome = run_link(ctx, &mut link, crate::server::link_seed(), shutdown).await;
+    let outcome = gateway.run_link(&mut link).await;
     debug!(device = %device, ?outcome, "BLE link done");
     link.into_inner().into_inner().disconnect().await;
     match outcome {

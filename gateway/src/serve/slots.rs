@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Link, LinkError};
+use crate::transport::{Link, LinkError};
 
 /// Default of [`LinkSlots::new`]'s `first_message`.
 pub const DEFAULT_FIRST_MESSAGE: Duration = Duration::from_secs(3);
