@@ -38,10 +38,7 @@ use crate::metrics::Metrics;
 use crate::state::anchors::{in_serial_order, load, save, Saved};
 use crate::state::StateDir;
 
-/// The most anchor updates a gateway keeps. A backend issues a few hundred
-/// at most in its life (SPEC.md §10.6); beyond this bound newer updates are
-/// refused (and logged as an error) rather than grow without limit.
-pub const MAX_HELD_ANCHOR_UPDATES: usize = 1024;
+pub use crate::state::anchors::MAX_HELD_ANCHOR_UPDATES;
 
 /// How often [`follow`] fetches when nothing asks sooner: SPEC.md §10.6 says
 /// at least once an hour.

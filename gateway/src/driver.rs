@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::sessions::{Command, Inbound, SessionInfo, SessionTable, TicketClaim};
-use crate::transport::Link;
+use crate::transport::{Link, LinkError};
 
 /// What every driver shares.
 pub struct Context<B, C> {
@@ -60,12 +60,43 @@ pub enum Outcome {
     /// A session ran and ended.
     SessionEnded {
         /// Why it ended.
-        reason: String,
+        reason: SessionEnd,
     },
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Why an established session ended (logged by its display).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionEnd {
+    /// The peripheral's link went away.
+    #[error("peer disconnected")]
+    PeerDisconnected,
+    /// The link failed.
+    #[error("link error: {0}")]
+    Link(#[source] LinkError),
+    /// The peripheral sent a Close record.
+    #[error("peripheral closed (reason {})", .0.0)]
+    ClosedByPeripheral(CloseReason),
+    /// A record arrived after the session's lifetime ran out.
+    #[error("session expired")]
+    Expired,
+    /// The gateway closed it: the session's lifetime ended
+    /// ([`CloseReason::EXPIRED`]), it went idle or another session of the
+    /// peripheral replaced it ([`CloseReason::NORMAL`]), or a revocation or
+    /// policy change ended it.
+    #[error("{}", closed_by_gateway(*.0))]
+    ClosedByGateway(CloseReason),
+    /// The gateway is shutting down.
+    #[error("gateway shutting down")]
+    Shutdown,
+}
+
+fn closed_by_gateway(reason: CloseReason) -> String {
+    match reason {
+        CloseReason::EXPIRED => "session lifetime ended".into(),
+        CloseReason::NORMAL => "closed: idle or replaced".into(),
+        r => format!("closed by gateway (reason {})", r.0),
+    }
 }
 
 /// Runs one link: the handshake, then the session, until either side ends it
@@ -221,7 +252,7 @@ fn register<B: BackendApi, C: Clock>(
     info!(
         link = %peer,
         peripheral = %id,
-        session = %hex(&session.id()),
+        session = %hex::encode(session.id()),
         resumed,
         latency_ms = latency.as_millis() as u64,
         "session established"
@@ -419,7 +450,7 @@ async fn session<L, B, C>(
     link: &mut L,
     live: &mut Live,
     shutdown: &mut watch::Receiver<bool>,
-) -> String
+) -> SessionEnd
 where
     L: Link,
     B: BackendApi,
@@ -427,7 +458,7 @@ where
 {
     // By reference, fields used in place: the task holds one copy of the session.
     let (id, session_id) = (live.id, live.session.id());
-    let reason: String = loop {
+    let reason = loop {
         // The select only waits, with no timer of its own (the session
         // table's sweep closes idle and expired sessions through the
         // mailbox); everything that awaits while handling the wake-up is
@@ -457,8 +488,8 @@ where
             Wake::Message(msg) => {
                 let msg = match msg {
                     Ok(Some(m)) => m,
-                    Ok(None) => break "peer disconnected".into(),
-                    Err(e) => break format!("link error: {e}"),
+                    Ok(None) => break SessionEnd::PeerDisconnected,
+                    Err(e) => break SessionEnd::Link(e),
                 };
                 // Buffers live only while a message is handled: an idle session holds none.
                 let mut plain = vec![0u8; msg.len()];
@@ -477,7 +508,7 @@ where
                             // A genuine device never speaks on the link it
                             // reconnected away from (SPEC.md §11.6).
                             ctx.metrics.clone_suspected();
-                            warn!(peripheral = %id, session = %hex(&session_id), newer = %hex(&newer),
+                            warn!(peripheral = %id, session = %hex::encode(session_id), newer = %hex::encode(newer),
                                 "two sessions of one identity live at once on this gateway: the older spoke after the newer started (suspected clone)");
                             spawn_report(
                                 ctx,
@@ -490,10 +521,10 @@ where
                     }
                     Ok(ProtoInbound::Close(r)) => {
                         live.times.heard(ctx.clock.now());
-                        break format!("peripheral closed (reason {})", r.0);
+                        break SessionEnd::ClosedByPeripheral(r);
                     }
                     Ok(ProtoInbound::AnchorUpdate(_)) => {}
-                    Err(ProtoError::SessionExpired) => break "session expired".into(),
+                    Err(ProtoError::SessionExpired) => break SessionEnd::Expired,
                     Err(e) => {
                         // Rejected record: counted, session unchanged (SPEC.md §7.4).
                         ctx.metrics.record_rejected();
@@ -517,22 +548,18 @@ where
             }
             Wake::Command(Command::Close(reason)) => {
                 Box::pin(close(&mut live.session, link, ctx, reason)).await;
-                break match reason {
-                    CloseReason::EXPIRED => "session lifetime ended".into(),
-                    CloseReason::NORMAL => "closed: idle or replaced".into(),
-                    r => format!("closed by gateway (reason {})", r.0),
-                };
+                break SessionEnd::ClosedByGateway(reason);
             }
             Wake::Shutdown => {
                 Box::pin(close(&mut live.session, link, ctx, CloseReason::SHUTDOWN)).await;
-                break "gateway shutting down".into();
+                break SessionEnd::Shutdown;
             }
             Wake::DeliverUpdate => Box::pin(deliver_next_update(ctx, link, live)).await,
         }
     };
     ctx.table.remove(&id, live.token);
     ctx.metrics.sessions_changed(ctx.table.len());
-    info!(peripheral = %id, session = %hex(&session_id), reason = %reason, "session ended");
+    info!(peripheral = %id, session = %hex::encode(session_id), reason = %reason, "session ended");
     spawn_report(ctx, id, SessionEventKind::Detached, session_id, live.times);
     reason
 }
@@ -706,7 +733,7 @@ async fn report<B: BackendApi, C: Clock>(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
-                warn!(peripheral = %peripheral, session = %hex(&session_id), kind = ?kind, error = %e,
+                warn!(peripheral = %peripheral, session = %hex::encode(session_id), kind = ?kind, error = %e,
                     "session event not reported");
                 return;
             }
@@ -714,7 +741,7 @@ async fn report<B: BackendApi, C: Clock>(
     };
     match (answer.items.first(), kind) {
         (Some(SessionVerdict::Refused), SessionEventKind::Attached) => {
-            warn!(peripheral = %peripheral, session = %hex(&session_id),
+            warn!(peripheral = %peripheral, session = %hex::encode(session_id),
                 "backend refused the session (clone policy or status): closing");
             ctx.table
                 .close_session(&peripheral, &session_id, CloseReason::REVOKED);
@@ -723,7 +750,7 @@ async fn report<B: BackendApi, C: Clock>(
         // across gateways, the session that was live first stays and
         // the newer one is closed (SPEC.md §11.6).
         (Some(SessionVerdict::Refused), SessionEventKind::Concurrent) => {
-            warn!(peripheral = %peripheral, session = %hex(&session_id),
+            warn!(peripheral = %peripheral, session = %hex::encode(session_id),
                 "backend refused the suspected clone: closing the newer session, the older stays");
             ctx.table
                 .close_newer_than(&peripheral, &session_id, CloseReason::REVOKED);

@@ -18,7 +18,7 @@ use vouch_gateway::endpoint::{Gateway, SWEEP_EVERY};
 use vouch_gateway::serve::ble::{serve_ble, serve_ble_with_memory, BleSettings};
 use vouch_gateway::state::{KnownDevices, StateDir};
 use vouch_gateway::transport::ble::{Advert, BleConnection, BleRadio, SERVICE_UUID};
-use vouch_gateway::transport::LinkError;
+use vouch_gateway::transport::{BleError, LinkError};
 use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits};
 use vouch_proto::handshake::peripheral::{
     PeripheralConfig, PeripheralEstablished, PeripheralHandshake,
@@ -79,7 +79,9 @@ impl BleConnection for FakeConn {
     async fn setup(&mut self) -> Result<(), LinkError> {
         if self.setup_failures > 0 {
             self.setup_failures -= 1;
-            return Err(LinkError::Ble("service discovery incomplete".into()));
+            return Err(LinkError::Ble(BleError::Stack(
+                "service discovery incomplete".into(),
+            )));
         }
         Ok(())
     }
@@ -90,7 +92,7 @@ impl BleConnection for FakeConn {
         self.to_periph
             .send(fragment.to_vec())
             .await
-            .map_err(|_| LinkError::Ble("disconnected".into()))
+            .map_err(|_| LinkError::Ble(BleError::Stack("disconnected".into())))
     }
     async fn notification(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
         Ok(self.from_periph.recv().await)
@@ -116,7 +118,9 @@ impl BleRadio for FakeRadio {
             .lock()
             .unwrap()
             .take()
-            .ok_or(LinkError::Ble("scan already running".into()))
+            .ok_or(LinkError::Ble(BleError::Stack(
+                "scan already running".into(),
+            )))
     }
     async fn connect(&self, device: &str) -> Result<FakeConn, LinkError> {
         self.attempts
@@ -133,7 +137,9 @@ impl BleRadio for FakeRadio {
         let delay = *self.connect_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
         match plan {
-            Plan::Fail => Err(LinkError::Ble("le-connection-abort-by-local".into())),
+            Plan::Fail => Err(LinkError::Ble(BleError::Stack(
+                "le-connection-abort-by-local".into(),
+            ))),
             Plan::Hang => std::future::pending().await,
             Plan::Ok { setup_failures } => {
                 let (to_periph, from_gateway) = mpsc::channel(64);

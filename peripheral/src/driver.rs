@@ -337,10 +337,6 @@ async fn outside_session<F: Future>(
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// How a handshake attempt failed.
 enum Failure {
     Shutdown,
@@ -572,7 +568,7 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
                 mode = if info.resumed { "resumed" } else { "full" },
                 latency_ms = info.latency.as_millis() as u64,
                 gateway = %info.gateway_key,
-                session = %hex(&info.session_id),
+                session = %hex::encode(info.session_id),
                 scope = format_args!("{:#x}", info.scope.0),
                 "handshake ok ({}, {} ms)",
                 if info.resumed { "resumed" } else { "full" },

@@ -14,7 +14,7 @@ use std::time::Duration;
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use tokio::task::{JoinHandle, JoinSet};
-use vouch_gateway::driver::Outcome;
+use vouch_gateway::driver::{Outcome, SessionEnd};
 use vouch_gateway::transport::memory::MemoryLink;
 use vouch_gateway::transport::Link;
 use vouch_proto::anchor::{AnchorAction, AnchorUpdate};
@@ -791,8 +791,9 @@ pub async fn old_key_gateway(
     }
     // Keep the session until the device goes.
     while let Ok(Ok(Some(_))) = tokio::time::timeout(DEADLINE, link.recv()).await {}
+    debug_assert_eq!(forged.len() as u64, OLD_KEY_FORGED_UPDATES);
     Outcome::SessionEnded {
-        reason: format!("thief pushed {} updates", forged.len()),
+        reason: SessionEnd::PeerDisconnected,
     }
 }
 

@@ -23,7 +23,11 @@ use serde::{Deserialize, Serialize};
 use vouch_proto::anchor::AnchorUpdate;
 
 use super::{frame, read_limited, unframe, write_atomic, Kind, StateDir, Unreadable, ANCHORS_FILE};
-use crate::anchors::MAX_HELD_ANCHOR_UPDATES;
+
+/// The most anchor updates a gateway keeps. A backend issues a few hundred
+/// at most in its life (SPEC.md §10.6); beyond this bound newer updates are
+/// refused (and logged as an error) rather than grow without limit.
+pub const MAX_HELD_ANCHOR_UPDATES: usize = 1024;
 
 /// Largest encoded update: serial varint (5) ‖ action (1 + 65) ‖ signer (1)
 /// ‖ signature (64).

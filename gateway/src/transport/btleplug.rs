@@ -26,10 +26,10 @@ use uuid::Uuid;
 use super::ble::{
     Advert, BleConnection, BleRadio, INBOX_UUID, INFO_UUID, OUTBOX_UUID, SERVICE_UUID,
 };
-use super::LinkError;
+use super::{BleError, LinkError};
 
 fn ble_err(e: btleplug::Error) -> LinkError {
-    LinkError::Ble(e.to_string())
+    LinkError::Ble(BleError::Stack(e.to_string()))
 }
 
 /// One BlueZ adapter, chosen by name.
@@ -56,9 +56,11 @@ impl BtleplugRadio {
             }
             names.push(info);
         }
-        Err(LinkError::Ble(format!(
-            "adapter {adapter_name:?} not found (have: {names:?})"
-        )))
+        Err(BleError::AdapterNotFound {
+            name: adapter_name.to_string(),
+            available: names,
+        }
+        .into())
     }
 
     fn remember(&self, id: &PeripheralId) -> String {
@@ -144,7 +146,7 @@ impl BleRadio for BtleplugRadio {
                 let p = all
                     .into_iter()
                     .find(|p| format!("{:?}", p.id()) == device)
-                    .ok_or_else(|| LinkError::Ble(format!("device {device} vanished")))?;
+                    .ok_or_else(|| BleError::DeviceVanished(device.to_string()))?;
                 self.remember(&p.id());
                 p
             }
@@ -215,19 +217,15 @@ impl BleConnection for BtleplugConn {
                 .find(|c| c.uuid == Uuid::from_u128(uuid) && c.service_uuid == service)
                 .cloned()
         };
-        let inbox = find(INBOX_UUID)
-            .ok_or_else(|| LinkError::Ble("no Vouch inbox characteristic".into()))?;
-        let outbox = find(OUTBOX_UUID)
-            .ok_or_else(|| LinkError::Ble("no Vouch outbox characteristic".into()))?;
+        let inbox = find(INBOX_UUID).ok_or(BleError::MissingCharacteristic("inbox"))?;
+        let outbox = find(OUTBOX_UUID).ok_or(BleError::MissingCharacteristic("outbox"))?;
         if !outbox.properties.contains(CharPropFlags::NOTIFY) {
-            return Err(LinkError::Ble("Vouch outbox does not notify".into()));
+            return Err(BleError::OutboxDoesNotNotify.into());
         }
         if let Some(info) = find(INFO_UUID) {
             let v = self.peripheral.read(&info).await.map_err(ble_err)?;
             if v.first() != Some(&vouch_proto::wire::PROTOCOL_VERSION) {
-                return Err(LinkError::Ble(format!(
-                    "peripheral speaks protocol {v:02x?}"
-                )));
+                return Err(BleError::UnsupportedProtocol(v).into());
             }
         }
         let stream = self.peripheral.notifications().await.map_err(ble_err)?;
@@ -244,10 +242,7 @@ impl BleConnection for BtleplugConn {
     }
 
     async fn write(&mut self, fragment: &[u8]) -> Result<(), LinkError> {
-        let inbox = self
-            .inbox
-            .as_ref()
-            .ok_or_else(|| LinkError::Ble("write before setup".into()))?;
+        let inbox = self.inbox.as_ref().ok_or(BleError::NotSetUp("write"))?;
         self.peripheral
             .write(inbox, fragment, WriteType::WithResponse)
             .await
@@ -256,7 +251,7 @@ impl BleConnection for BtleplugConn {
 
     async fn notification(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
         let Some(stream) = self.notifications.as_mut() else {
-            return Err(LinkError::Ble("read before setup".into()));
+            return Err(BleError::NotSetUp("read").into());
         };
         let outbox = Uuid::from_u128(OUTBOX_UUID);
         while let Some(n) = stream.next().await {

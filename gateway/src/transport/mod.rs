@@ -33,9 +33,9 @@ pub enum LinkError {
     /// The message is larger than the protocol allows.
     #[error("message of {0} bytes is too large to send")]
     TooLarge(usize),
-    /// The BLE stack reported an error (mapped from the backend's own type).
+    /// The BLE stack or the device failed ([`BleError`]).
     #[error("BLE: {0}")]
-    Ble(String),
+    Ble(#[from] BleError),
     /// An operation did not finish in time.
     #[error("link operation timed out")]
     Timeout,
@@ -47,6 +47,38 @@ pub enum LinkError {
     /// for a newcomer ([`crate::serve::slots`]).
     #[error("closed to make room: no first message yet")]
     Evicted,
+}
+
+/// What failed on a BLE link.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BleError {
+    /// No adapter of that name.
+    #[error("adapter {name:?} not found (have: {available:?})")]
+    AdapterNotFound {
+        /// The configured name (`hci0`).
+        name: String,
+        /// The adapters the stack reported.
+        available: Vec<String>,
+    },
+    /// The stack no longer knows the device.
+    #[error("device {0} vanished")]
+    DeviceVanished(String),
+    /// The device lacks a characteristic of the Vouch service (SPEC.md §8.5).
+    #[error("no Vouch {0} characteristic")]
+    MissingCharacteristic(&'static str),
+    /// The Vouch outbox does not support notifications.
+    #[error("Vouch outbox does not notify")]
+    OutboxDoesNotNotify,
+    /// The device's Info characteristic names another protocol version.
+    #[error("peripheral speaks protocol {0:02x?}")]
+    UnsupportedProtocol(Vec<u8>),
+    /// A connection was used before its service was set up.
+    #[error("{0} before setup")]
+    NotSetUp(&'static str),
+    /// The Bluetooth stack failed (its own error, as its text).
+    #[error("{0}")]
+    Stack(String),
 }
 
 /// One connection to one peripheral, carrying whole messages.
