@@ -86,6 +86,7 @@ pub fn metrics_router(state: ApiState) -> Router {
 
 fn views(table: &SessionTable) -> Vec<SessionView> {
     table
+        .sessions()
         .list()
         .into_iter()
         .map(|s| SessionView {
@@ -115,11 +116,11 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "gateway_key": s.gateway_key,
         "sessions": views(&s.table),
-        "tickets": s.table.ticket_count(),
+        "tickets": s.table.tickets().len(),
         "resumption": {
-            "suspended": s.table.resumption_suspended(),
-            "feed_silent_s": s.table.feed_silent_for().map(|d| d.as_secs()),
-            "feed_silence_limit_s": s.table.feed_silence_limit().map(|d| d.as_secs()),
+            "suspended": s.table.feed().resumption_suspended(),
+            "feed_silent_s": s.table.feed().silent_for().map(|d| d.as_secs()),
+            "feed_silence_limit_s": s.table.feed().silence_limit().map(|d| d.as_secs()),
         },
         "clones_suspected": s.metrics.clones_suspected(),
         "anchor_updates": {
@@ -140,7 +141,7 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
 
 async fn messages(State(s): State<ApiState>) -> Response {
     let mut shutdown = s.shutdown.clone();
-    let stream = BroadcastStream::new(s.table.subscribe()).filter_map(|m| {
+    let stream = BroadcastStream::new(s.table.sessions().subscribe()).filter_map(|m| {
         // A subscriber that lags loses messages; it is told in-band.
         let line = match m {
             Ok(m) => serde_json::json!({
@@ -174,7 +175,7 @@ async fn send(State(s): State<ApiState>, Path(id): Path<String>, body: Bytes) ->
             "peripheral id must be 16 hex digits",
         );
     };
-    match s.table.send(id, body.to_vec()).await {
+    match s.table.sessions().send(id, body.to_vec()).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e @ SendError::NoSession(_)) => {
             error(StatusCode::NOT_FOUND, "no_session", &e.to_string())

@@ -75,7 +75,7 @@ pub struct FeedAnswer {
     pub batch: FeedBatch,
     /// The `Date` of the backend's answer, on the mutually authenticated
     /// channel (SPEC.md §10.2): what confirms the gateway's wall clock before
-    /// it uses restored tickets ([`crate::sessions::SessionTable::check_clock`]).
+    /// it uses restored tickets ([`crate::sessions::TicketBook::check_clock`]).
     /// `None` when the answer carried none.
     pub server_time: Option<WallTime>,
 }

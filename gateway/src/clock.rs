@@ -11,7 +11,7 @@
 //!   restart (a ticket's expiry in the state directory, converted when the
 //!   file is written and when it is read back) and checked against the
 //!   backend's authenticated `Date` before restored tickets are used
-//!   ([`crate::sessions::SessionTable::check_clock`]).
+//!   ([`crate::sessions::TicketBook::check_clock`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};

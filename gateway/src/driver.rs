@@ -118,7 +118,7 @@ where
     let live = Box::pin(async {
         let started = std::time::Instant::now();
         // The policy this handshake is judged under (SPEC.md §10.5).
-        let epoch = ctx.table.policy_epoch();
+        let epoch = ctx.table.feed().policy_epoch();
         let done = match handshake(&ctx, link, seed, &mut shutdown).await {
             Ok((est, claim)) => register(&ctx, est, claim, epoch, link.peer(), started.elapsed()),
             Err(e) => Err(e),
@@ -269,22 +269,22 @@ fn register<B: BackendApi, C: Clock>(
         resumed,
         group: peripheral.group,
     };
-    let token = ctx.table.insert(info, mailbox.clone());
+    let token = ctx.table.sessions().insert(info, mailbox.clone());
     // Revoked while the handshake was in flight: the feed's close could not
     // reach a session that was not yet registered, so close it now.
-    if ctx.table.is_revoked(&id) {
+    if ctx.table.feed().is_revoked(&id) {
         mailbox.close(CloseReason::REVOKED);
     }
     // Likewise a policy change: this handshake was judged (or its ticket
     // granted) under the policy before it, and the feed's close-all could
     // not reach it. Checked after the ticket was stored and the session
     // registered: a change after this check drops both itself.
-    if ctx.table.policy_epoch() != epoch {
+    if ctx.table.feed().policy_epoch() != epoch {
         debug!(peripheral = %id, "the policy changed during the handshake: closing");
-        ctx.table.forget_tickets_of(&id);
+        ctx.table.tickets().forget_peripheral(&id);
         mailbox.close(CloseReason::REVOKED);
     }
-    ctx.metrics.sessions_changed(ctx.table.len());
+    ctx.metrics.sessions_changed(ctx.table.sessions().len());
     // Reports go out in the background: a slow or absent backend must not hold
     // up the session.
     let times = Heard::started(ctx.clock.now());
@@ -381,16 +381,16 @@ where
                     // handshake's deadline, the ticket is refused
                     // (ResumptionRejected) and the peripheral, which keeps its
                     // ticket, runs a full handshake.
-                    if ctx.table.is_held_for_feed(&id) {
+                    if ctx.table.tickets().is_held_for_feed(&id) {
                         tokio::select! {
-                            () = ctx.table.feed_ready() => {}
+                            () = ctx.table.tickets().feed_ready() => {}
                             () = sleep_for(deadline_after(&ctx.clock, hs.poll_timeout())) => {
                                 debug!("a restored ticket was presented before the revocation feed caught up: refused");
                             }
                             _ = shutdown.changed() => return Err(Error::Disconnected),
                         }
                     }
-                    if ctx.table.resumption_suspended() {
+                    if ctx.table.feed().resumption_suspended() {
                         // SPEC.md §11.5: no revocation can reach this
                         // gateway; the ticket is refused below.
                         ctx.metrics.set_resumption_suspended(true);
@@ -406,7 +406,7 @@ where
                         // one, may use the ticket.
                         claim = resume_ephemeral
                             .as_ref()
-                            .and_then(|e| ctx.table.claim_ticket(&id, e));
+                            .and_then(|e| ctx.table.tickets().claim(&id, e));
                         if claim.is_none() {
                             return Err(Error::ResumptionSuperseded);
                         }
@@ -499,12 +499,12 @@ where
                         live.mailbox.touch(ctx.clock.now());
                         live.times.heard(ctx.clock.now());
                         ctx.metrics.record_in(d.len());
-                        ctx.table.publish(Inbound {
+                        ctx.table.sessions().publish(Inbound {
                             peripheral: id,
                             at: ctx.clock.now(),
                             data: d.to_vec(),
                         });
-                        if let Some(newer) = ctx.table.spoke(&id, live.token) {
+                        if let Some(newer) = ctx.table.sessions().spoke(&id, live.token) {
                             // A genuine device never speaks on the link it
                             // reconnected away from (SPEC.md §11.6).
                             ctx.metrics.clone_suspected();
@@ -557,8 +557,8 @@ where
             Wake::DeliverUpdate => Box::pin(deliver_next_update(ctx, link, live)).await,
         }
     };
-    ctx.table.remove(&id, live.token);
-    ctx.metrics.sessions_changed(ctx.table.len());
+    ctx.table.sessions().remove(&id, live.token);
+    ctx.metrics.sessions_changed(ctx.table.sessions().len());
     info!(peripheral = %id, session = %hex::encode(session_id), reason = %reason, "session ended");
     spawn_report(ctx, id, SessionEventKind::Detached, session_id, live.times);
     reason
@@ -652,8 +652,8 @@ pub async fn sweeper<B: BackendApi, C: Clock>(
         tokio::select! {
             () = tokio::time::sleep(period) => {
                 let now = ctx.clock.now();
-                ctx.table.sweep(now, ctx.idle_timeout.as_millis() as u64);
-                ctx.table.expire_tickets(now);
+                ctx.table.sessions().sweep(now, ctx.idle_timeout.as_millis() as u64);
+                ctx.table.tickets().expire(now);
             }
             _ = shutdown.changed() => return,
         }

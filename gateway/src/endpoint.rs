@@ -117,7 +117,7 @@ impl<B: BackendApi + Clone, C: Clock + Clone> Gateway<B, C> {
             }
             None => SessionTable::new(settings.max_tickets),
         };
-        table.set_feed_silence_limit(settings.feed_silence_limit);
+        table.feed().set_silence_limit(settings.feed_silence_limit);
         let ctx = Arc::new(Context {
             config: GatewayConfig::new(key),
             backend: backend.clone(),

@@ -218,7 +218,7 @@ async fn run(config: Config) -> Result<()> {
     }
     // Tickets and the feed cursor are written as they change; wait for the
     // last writes to reach the disk.
-    if tokio::time::timeout(Duration::from_secs(5), gateway.table().flush())
+    if tokio::time::timeout(Duration::from_secs(5), gateway.table().tickets().flush())
         .await
         .is_err()
     {

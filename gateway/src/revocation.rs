@@ -12,7 +12,7 @@
 //!
 //! Every answer's time (its `Date`, on the mutually authenticated channel)
 //! is checked against the gateway's wall clock
-//! ([`SessionTable::check_clock`]): restored tickets are used only once the
+//! ([`TicketBook::check_clock`](crate::sessions::TicketBook::check_clock)): restored tickets are used only once the
 //! feed caught up *and* the wall clock agrees with the backend's.
 //!
 //! The feed starts with polls that do not wait even without restored
@@ -21,7 +21,7 @@
 //!
 //! A gateway that hears nothing from the feed for `limits.feed_silence_s`
 //! stops resuming until the feed answers again
-//! ([`SessionTable::resumption_suspended`], SPEC.md §11.5): it cannot know
+//! ([`FeedState::resumption_suspended`](crate::sessions::FeedState::resumption_suspended), SPEC.md §11.5): it cannot know
 //! of the revocations made meanwhile. An answer counts once every event up
 //! to it is applied (a batch of fewer than [`MAX_FEED_EVENTS`] events).
 
@@ -49,8 +49,8 @@ use crate::sessions::SessionTable;
 pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> usize {
     match &event.change {
         FeedChange::PeripheralRevoked(id) | FeedChange::PeripheralSuspended(id) => {
-            table.set_revoked(*id, true);
-            let dropped = table.forget_tickets_of(id);
+            table.feed().set_revoked(*id, true);
+            let dropped = table.tickets().forget_peripheral(id);
             let closed = usize::from(table.close(id, CloseReason::REVOKED));
             if closed > 0 || dropped > 0 {
                 info!(peripheral = %id, seq = event.seq, sessions_closed = closed, tickets_dropped = dropped,
@@ -59,8 +59,8 @@ pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> us
             closed
         }
         FeedChange::GatewayRevoked(key) | FeedChange::GatewaySuspended(key) if key == own_key => {
-            table.forget_all_tickets();
-            let n = table.close_all(CloseReason::REVOKED);
+            table.tickets().forget_all();
+            let n = table.sessions().close_all(CloseReason::REVOKED);
             warn!(
                 seq = event.seq,
                 sessions_closed = n,
@@ -69,13 +69,13 @@ pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> us
             n
         }
         FeedChange::PeripheralReinstated(id) => {
-            table.set_revoked(*id, false);
+            table.feed().set_revoked(*id, false);
             0
         }
         FeedChange::PolicyChanged => {
             // The event names no rule, peripheral or gateway: any grant held
             // here may have narrowed or been withdrawn (SPEC.md §10.5).
-            let tickets = table.ticket_count();
+            let tickets = table.tickets().len();
             let n = table.policy_changed();
             warn!(
                 seq = event.seq,
@@ -105,7 +105,7 @@ pub fn apply(table: &SessionTable, own_key: &PublicKey, event: &FeedEvent) -> us
 }
 
 /// Follows the feed until `shutdown`; reconnects with jittered backoff.
-/// Starts after the table's saved cursor ([`SessionTable::feed_cursor`]) and
+/// Starts after the table's saved cursor ([`TicketBook::feed_cursor`](crate::sessions::TicketBook::feed_cursor)) and
 /// catches up first if the table restored tickets (see the module docs).
 pub async fn follow<B: BackendApi>(
     backend: B,
@@ -114,10 +114,10 @@ pub async fn follow<B: BackendApi>(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut after = table.feed_cursor();
+    let mut after = table.tickets().feed_cursor();
     let mut catching_up = true;
-    table.feed_followed();
-    if table.awaits_feed() {
+    table.feed().followed();
+    if table.tickets().awaits_feed() {
         info!(
             after,
             "revocation feed: catching up from the saved cursor before restored tickets are used"
@@ -137,45 +137,45 @@ pub async fn follow<B: BackendApi>(
                 Ok(answer) => {
                     backoff = Duration::from_millis(250);
                     let batch = answer.batch;
-                    table.check_clock(answer.server_time);
+                    table.tickets().check_clock(answer.server_time);
                     for ev in &batch.events {
                         apply(&table, &own_key, ev);
                         metrics.revocation_applied();
                     }
                     if catching_up && batch.next < after {
-                        let n = table.discard_restored_tickets();
+                        let n = table.tickets().discard_restored();
                         warn!(cursor = after, backend_next = batch.next, tickets_discarded = n,
                             "the backend's revocation feed is behind the saved cursor (its log was restored): restored tickets discarded");
                         catching_up = false;
                     } else if catching_up && batch.events.is_empty() && batch.next == after {
-                        table.feed_caught_up();
+                        table.tickets().feed_caught_up();
                         catching_up = false;
                     }
                     // The backend's cursor is authoritative: it is below ours
                     // only when its log was restored, and then we must adopt it
                     // or miss every revocation until it catches up.
                     if batch.next != after {
-                        table.record_feed_cursor(batch.next);
+                        table.tickets().record_feed_cursor(batch.next);
                     }
                     after = batch.next;
-                    table.set_feed_position(after);
+                    table.feed().set_position(after);
                     // Every event up to this answer is applied (a full batch
                     // may have more behind it): revocations made until now
                     // have reached this gateway.
                     if batch.events.len() < MAX_FEED_EVENTS {
-                        table.feed_heard();
+                        table.feed().heard();
                     }
-                    metrics.set_resumption_suspended(table.resumption_suspended());
+                    metrics.set_resumption_suspended(table.feed().resumption_suspended());
                 }
                 Err(e) => {
                     if catching_up && matches!(e, BackendError::Refused { .. }) {
-                        let n = table.discard_restored_tickets();
+                        let n = table.tickets().discard_restored();
                         warn!(error = %e, cursor = after, tickets_discarded = n,
                             "the backend refused to resume the revocation feed: restored tickets discarded");
                         catching_up = false;
                     }
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "revocation feed unavailable");
-                    metrics.set_resumption_suspended(table.resumption_suspended());
+                    metrics.set_resumption_suspended(table.feed().resumption_suspended());
                     let jitter = Duration::from_millis(u64::from(rand_jitter()) % (backoff.as_millis() as u64 / 2 + 1));
                     tokio::select! {
                         () = tokio::time::sleep(backoff + jitter) => {}

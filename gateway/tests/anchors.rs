@@ -126,7 +126,7 @@ async fn held_updates_are_sent_in_order_after_a_full_handshake_and_after_a_resum
         .render()
         .contains("vouch_gateway_anchor_updates_sent_total 2"));
     // And nothing more: the session's own traffic goes on.
-    let mut sub = s.ctx.table.subscribe();
+    let mut sub = s.ctx.table.sessions().subscribe();
     let mut rec = [0u8; 256];
     let n = est
         .session
@@ -181,11 +181,11 @@ async fn a_gateway_holding_no_update_sends_none() {
     let (mut p_link, g_link) = pair(247, "p", "g");
     tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     let mut est = peripheral_full(&s, &mut p_link, 3).await.unwrap();
-    wait_for("session", || s.ctx.table.len() == 1).await;
+    wait_for("session", || s.ctx.table.sessions().len() == 1).await;
     // The first record the peripheral gets is the command sent now.
     let table = s.ctx.table.clone();
     let id = s.id;
-    let send = tokio::spawn(async move { table.send(id, b"led=on".to_vec()).await });
+    let send = tokio::spawn(async move { table.sessions().send(id, b"led=on".to_vec()).await });
     let msg = p_link.recv().await.unwrap().unwrap();
     let mut out = [0u8; 256];
     assert_eq!(

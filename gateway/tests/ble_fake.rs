@@ -257,8 +257,8 @@ async fn handshake_on(s: &Setup, end: &mut PeripheralEnd, seed: u64) -> Peripher
     let n = p.poll_transmit(&mut buf).unwrap();
     end.send(&buf[..n]).await;
     let mut est = p.into_established().unwrap();
-    wait_for("session", || s.ctx.table.len() == 1).await;
-    let mut sub = s.ctx.table.subscribe();
+    wait_for("session", || s.ctx.table.sessions().len() == 1).await;
+    let mut sub = s.ctx.table.sessions().subscribe();
     let mut rec = [0u8; 1024];
     let payload = [0x5a; 300];
     let n = est
@@ -269,7 +269,7 @@ async fn handshake_on(s: &Setup, end: &mut PeripheralEnd, seed: u64) -> Peripher
     assert_eq!(sub.recv().await.unwrap().data, payload.to_vec());
     let table = s.ctx.table.clone();
     let id = s.id;
-    let sender = tokio::spawn(async move { table.send(id, vec![1u8; 200]).await });
+    let sender = tokio::spawn(async move { table.sessions().send(id, vec![1u8; 200]).await });
     let msg = end.recv().await;
     let mut out = [0u8; 1024];
     assert_eq!(
@@ -301,7 +301,7 @@ async fn bad_fragments_in_an_established_ble_session_drop_only_their_message() {
     b.adverts.send(advert("dev-1", true)).await.unwrap();
     let (_, mut end) = b.connected.recv().await.unwrap();
     let mut est = handshake_on(&b.s, &mut end, 3).await;
-    let mut sub = b.s.ctx.table.subscribe();
+    let mut sub = b.s.ctx.table.sessions().subscribe();
     let mut rec = [0u8; 1024];
     // A record in 20-byte fragments, interrupted by an empty notification.
     let n = est
@@ -326,7 +326,7 @@ async fn bad_fragments_in_an_established_ble_session_drop_only_their_message() {
     end.send(&rec[..n]).await;
     let got = common::next_inbound_while_live(&b.s, &mut sub).await;
     assert_eq!(got.data, b"kept");
-    assert_eq!(b.s.ctx.table.len(), 1);
+    assert_eq!(b.s.ctx.table.sessions().len(), 1);
     b.s.shutdown_tx.send(true).unwrap();
 }
 
@@ -380,7 +380,7 @@ async fn rogue_silent_advertisers_cannot_keep_an_honest_device_out() {
     while rogues.len() < 40 {
         rogues.push(b.connected.recv().await.unwrap().1);
     }
-    assert_eq!(b.s.ctx.table.len(), 1);
+    assert_eq!(b.s.ctx.table.sessions().len(), 1);
     b.s.shutdown_tx.send(true).unwrap();
 }
 
@@ -452,7 +452,7 @@ async fn an_honest_connect_is_not_thrown_away_while_rogues_hold_the_slots() {
     );
     // Behind at most the connects already queued (one per rogue), and its own.
     assert!(waited <= Duration::from_secs(35), "{waited:?}");
-    assert_eq!(b.s.ctx.table.len(), 1);
+    assert_eq!(b.s.ctx.table.sessions().len(), 1);
     b.s.shutdown_tx.send(true).unwrap();
 }
 

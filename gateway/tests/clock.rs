@@ -46,8 +46,8 @@ async fn a_wall_clock_step_neither_ends_a_live_session_early_nor_extends_it() {
     let (mut p_link, g_link) = pair(247, "p", "g");
     let d = tokio::spawn(run_link_owned(ctx.clone(), g_link, 1, s.shutdown.clone()));
     let mut est = peripheral_full(&s, &mut p_link, 2).await.unwrap();
-    wait_for("the session", || ctx.table.len() == 1).await;
-    let info = ctx.table.list().remove(0);
+    wait_for("the session", || ctx.table.sessions().len() == 1).await;
+    let info = ctx.table.sessions().list().remove(0);
     // The fake backend grants session_s = 3600.
     assert_eq!(
         info.expires_at.as_millis() - info.since.as_millis(),
@@ -59,14 +59,18 @@ async fn a_wall_clock_step_neither_ends_a_live_session_early_nor_extends_it() {
     clock.step_wall(2 * HOUR_MS);
     tokio::time::advance(Duration::from_secs(5)).await;
     settle().await;
-    assert_eq!(ctx.table.len(), 1, "a forward step ended the session early");
+    assert_eq!(
+        ctx.table.sessions().len(),
+        1,
+        "a forward step ended the session early"
+    );
 
     // Then four hours back: the session still ends on time, not later.
     clock.step_wall(-4 * HOUR_MS);
     let left = info.expires_at.as_millis() - clock_now(&ctx);
     tokio::time::advance(Duration::from_millis(left - 2_000)).await;
     settle().await;
-    assert_eq!(ctx.table.len(), 1, "ended before its lifetime");
+    assert_eq!(ctx.table.sessions().len(), 1, "ended before its lifetime");
     tokio::time::advance(Duration::from_secs(3)).await;
     let msg = tokio::time::timeout(Duration::from_secs(1), p_link.recv())
         .await
@@ -79,7 +83,7 @@ async fn a_wall_clock_step_neither_ends_a_live_session_early_nor_extends_it() {
         Inbound::Close(CloseReason::EXPIRED)
     );
     d.await.unwrap();
-    assert_eq!(ctx.table.len(), 0);
+    assert_eq!(ctx.table.sessions().len(), 0);
 }
 
 fn clock_now<B, C: vouch_gateway::clock::Clock>(ctx: &Context<B, C>) -> u64 {

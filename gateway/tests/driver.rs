@@ -32,13 +32,13 @@ async fn handshake_data_both_ways_and_close() {
         let mut est = peripheral_full(&s, &mut p_link, 10 + mtu as u64)
             .await
             .unwrap();
-        wait_for("session in table", || s.ctx.table.len() == 1).await;
-        let listed = s.ctx.table.list();
+        wait_for("session in table", || s.ctx.table.sessions().len() == 1).await;
+        let listed = s.ctx.table.sessions().list();
         assert_eq!(listed[0].peripheral, s.id);
         assert_eq!(listed[0].group.as_deref(), Some("lab"));
 
         // Peripheral → gateway application data reaches subscribers.
-        let mut sub = s.ctx.table.subscribe();
+        let mut sub = s.ctx.table.sessions().subscribe();
         let mut rec = [0u8; 1024];
         let payload = vec![7u8; 600]; // several fragments at MTU 23
         let n = est
@@ -55,7 +55,7 @@ async fn handshake_data_both_ways_and_close() {
         // Gateway → peripheral through the table.
         let table = s.ctx.table.clone();
         let id = s.id;
-        let send = tokio::spawn(async move { table.send(id, b"led=on".to_vec()).await });
+        let send = tokio::spawn(async move { table.sessions().send(id, b"led=on".to_vec()).await });
         let msg = p_link.recv().await.unwrap().unwrap();
         let mut out = [0u8; 1024];
         assert_eq!(
@@ -75,7 +75,7 @@ async fn handshake_data_both_ways_and_close() {
             driver.await.unwrap(),
             Outcome::SessionEnded { .. }
         ));
-        assert_eq!(s.ctx.table.len(), 0);
+        assert_eq!(s.ctx.table.sessions().len(), 0);
     }
     // Attach and detach were reported for both sessions (in the background).
     wait_for("four session reports", || {
@@ -90,10 +90,11 @@ async fn commands_outside_scope_are_refused_locally() {
     let (mut p_link, g_link) = pair(247, "p", "g");
     tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     let _est = peripheral_full(&s, &mut p_link, 3).await.unwrap();
-    wait_for("session", || s.ctx.table.len() == 1).await;
+    wait_for("session", || s.ctx.table.sessions().len() == 1).await;
     let err = s
         .ctx
         .table
+        .sessions()
         .send(s.id, b"unlock".to_vec())
         .await
         .unwrap_err();
@@ -106,10 +107,10 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
     let (mut p_link, g_link) = pair(247, "p", "g");
     let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     let est = peripheral_full(&s, &mut p_link, 4).await.unwrap();
-    wait_for("session", || s.ctx.table.len() == 1).await;
+    wait_for("session", || s.ctx.table.sessions().len() == 1).await;
     drop(p_link);
     d.await.unwrap();
-    assert_eq!(s.ctx.table.ticket_count(), 1);
+    assert_eq!(s.ctx.table.tickets().len(), 1);
 
     s.backend.down.store(true, Ordering::SeqCst);
     // A resumption needs no backend.
@@ -128,7 +129,7 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
     drive_peripheral(&mut p, &mut p_link).await.unwrap();
     let resumed = p.into_established().unwrap();
     assert!(resumed.resumed);
-    wait_for("resumed session", || s.ctx.table.len() == 1).await;
+    wait_for("resumed session", || s.ctx.table.sessions().len() == 1).await;
     assert_eq!(s.ctx.metrics.handshakes("resumed"), 1);
 
     // A full handshake is answered Busy, quickly.
@@ -168,7 +169,7 @@ async fn revocation_feed_closes_the_live_session() {
     let (mut p_link, g_link) = pair(247, "p", "g");
     let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     let mut est = peripheral_full(&s, &mut p_link, 9).await.unwrap();
-    wait_for("session", || s.ctx.table.len() == 1).await;
+    wait_for("session", || s.ctx.table.sessions().len() == 1).await;
     s.feed_tx
         .send(FeedEvent {
             seq: 1,
@@ -189,7 +190,7 @@ async fn revocation_feed_closes_the_live_session() {
     );
     d.await.unwrap();
     assert_eq!(
-        s.ctx.table.ticket_count(),
+        s.ctx.table.tickets().len(),
         0,
         "the revoked peripheral's ticket is gone"
     );
@@ -210,7 +211,7 @@ async fn garbage_ends_the_handshake_and_an_oversized_announce_costs_only_its_mes
         vouch_proto::wire::encode_alert(AlertCode::Unsupported).to_vec()
     );
     assert!(matches!(d.await.unwrap(), Outcome::HandshakeFailed(_)));
-    assert_eq!(s.ctx.table.len(), 0);
+    assert_eq!(s.ctx.table.sessions().len(), 0);
     // A fragment announcing a 60 000-byte message is refused before any
     // buffering (SPEC.md §8.3) and drops only itself: the handshake that
     // follows on the same link completes.
@@ -221,7 +222,7 @@ async fn garbage_ends_the_handshake_and_an_oversized_announce_costs_only_its_mes
         .await
         .unwrap();
     peripheral_full(&s, &mut p_link, 5).await.unwrap();
-    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    wait_for("session in table", || s.ctx.table.sessions().len() == 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -325,11 +326,11 @@ async fn a_revocation_during_the_handshake_still_closes_the_session() {
     );
     d.await.unwrap();
     assert_eq!(
-        s.ctx.table.ticket_count(),
+        s.ctx.table.tickets().len(),
         0,
         "no ticket is kept for a revoked peripheral"
     );
-    assert_eq!(s.ctx.table.len(), 0);
+    assert_eq!(s.ctx.table.sessions().len(), 0);
 }
 
 /// SPEC.md §8.3: a bad fragment drops only its partial message. An empty
@@ -341,8 +342,8 @@ async fn bad_frames_in_an_established_tcp_session_drop_only_their_message() {
     let s = setup(Scope::TELEMETRY.union(Scope::COMMAND));
     let (mut p, _driver) = common::tcp_link(&s, 3).await;
     let mut est = p.handshake(&s, 31).await;
-    wait_for("session in table", || s.ctx.table.len() == 1).await;
-    let mut sub = s.ctx.table.subscribe();
+    wait_for("session in table", || s.ctx.table.sessions().len() == 1).await;
+    let mut sub = s.ctx.table.sessions().subscribe();
     let mut rec = [0u8; 1024];
     // A record in 20-byte fragments, interrupted by an empty frame: lost.
     let n = est
@@ -370,7 +371,7 @@ async fn bad_frames_in_an_established_tcp_session_drop_only_their_message() {
     assert_eq!(got.data, b"kept");
     let table = s.ctx.table.clone();
     let id = s.id;
-    let send = tokio::spawn(async move { table.send(id, b"still here".to_vec()).await });
+    let send = tokio::spawn(async move { table.sessions().send(id, b"still here".to_vec()).await });
     let msg = p.recv().await;
     let mut out = [0u8; 64];
     assert_eq!(
@@ -415,10 +416,10 @@ async fn idle_tcp_connections_cannot_keep_an_honest_device_out() {
     // A device connects and is served while the flood stays.
     let mut p = common::RawTcp::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     let mut est = p.handshake(&s, 41).await;
-    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    wait_for("session in table", || s.ctx.table.sessions().len() == 1).await;
     // A second flood cannot take the slot of a link that spoke.
     let _flood2 = flood(60).await;
-    let mut sub = s.ctx.table.subscribe();
+    let mut sub = s.ctx.table.sessions().subscribe();
     let mut rec = [0u8; 64];
     let n = est
         .session
@@ -469,9 +470,9 @@ async fn a_silent_link_is_closed_at_the_first_message_deadline() {
         vouch_gateway::driver::run_link(ctx, &mut link, common::seed32(3), shutdown).await
     });
     peripheral_full(&s, &mut p_link, 9).await.unwrap();
-    wait_for("session in table", || s.ctx.table.len() == 1).await;
+    wait_for("session in table", || s.ctx.table.sessions().len() == 1).await;
     tokio::time::sleep(DEFAULT_FIRST_MESSAGE * 2).await;
-    assert_eq!(s.ctx.table.len(), 1);
+    assert_eq!(s.ctx.table.sessions().len(), 1);
     assert!(
         slots.acquire().is_none(),
         "the slot of a link that spoke is not taken"
@@ -530,19 +531,19 @@ async fn many_full_handshakes_of_one_identity_do_not_evict_other_devices_tickets
             s.shutdown.clone(),
         ));
         peripheral_full(&s, &mut p_link, 60 + i).await.unwrap();
-        wait_for("session", || s.ctx.table.len() == 1).await;
+        wait_for("session", || s.ctx.table.sessions().len() == 1).await;
         drop(p_link);
         d.await.unwrap();
     }
     for id in &ids {
         assert_eq!(
-            s.ctx.table.forget_tickets_of(id),
+            s.ctx.table.tickets().forget_peripheral(id),
             1,
             "{id}'s ticket was evicted"
         );
     }
     assert_eq!(
-        s.ctx.table.forget_tickets_of(&s.id),
+        s.ctx.table.tickets().forget_peripheral(&s.id),
         1,
         "one ticket per peripheral"
     );
@@ -590,7 +591,7 @@ async fn resume_fully(s: &common::Setup, ticket: &PeripheralTicket, seed: u64) {
     let est = p.into_established().unwrap();
     assert!(est.resumed);
     wait_for("resumed session", || {
-        s.ctx.table.list().iter().any(|i| i.resumed)
+        s.ctx.table.sessions().list().iter().any(|i| i.resumed)
     })
     .await;
 }
@@ -605,7 +606,7 @@ async fn a_replayed_resume_hello_leaves_the_genuine_ticket_usable() {
     let (mut p_link, g_link) = pair(247, "p", "g");
     tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 2, s.shutdown.clone()));
     let ticket = peripheral_full(&s, &mut p_link, 3).await.unwrap().ticket;
-    wait_for("session", || s.ctx.table.len() == 1).await;
+    wait_for("session", || s.ctx.table.sessions().len() == 1).await;
     let hello = |seed: u64| {
         let mut p = PeripheralHandshake::resume(
             &PeripheralConfig::default(),
@@ -729,7 +730,7 @@ async fn a_gateway_cut_off_from_the_revocation_feed_stops_resuming_until_the_fee
     let (mut p_link, g_link) = pair(247, "p", "g");
     let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 1, s.shutdown.clone()));
     let ticket = peripheral_full(&s, &mut p_link, 2).await.unwrap().ticket;
-    wait_for("session", || s.ctx.table.len() == 1).await;
+    wait_for("session", || s.ctx.table.sessions().len() == 1).await;
     drop(p_link);
     d.await.unwrap();
 
@@ -747,9 +748,9 @@ async fn a_gateway_cut_off_from_the_revocation_feed_stops_resuming_until_the_fee
         ProtoError::Alert(AlertCode::ResumptionRejected),
         "no resumption once the feed has been silent for the limit"
     );
-    assert!(s.ctx.table.resumption_suspended());
+    assert!(s.ctx.table.feed().resumption_suspended());
     assert!(s.ctx.metrics.resumption_is_suspended());
-    assert_eq!(s.ctx.table.ticket_count(), 1, "the ticket is kept, unused");
+    assert_eq!(s.ctx.table.tickets().len(), 1, "the ticket is kept, unused");
 
     // The feed answers again (an event for another peripheral): the same
     // ticket resumes.
@@ -767,8 +768,8 @@ async fn a_gateway_cut_off_from_the_revocation_feed_stops_resuming_until_the_fee
         .unwrap();
     // Past the feed's longest retry delay (10 s and its jitter).
     tokio::time::advance(Duration::from_secs(16)).await;
-    wait_for("the feed answered", || s.ctx.table.feed_position() == 1).await;
-    assert!(!s.ctx.table.resumption_suspended());
+    wait_for("the feed answered", || s.ctx.table.feed().position() == 1).await;
+    assert!(!s.ctx.table.feed().resumption_suspended());
     assert!(!s.ctx.metrics.resumption_is_suspended());
     try_resume(&s, &ticket, 12)
         .await
@@ -819,19 +820,19 @@ async fn a_quick_reconnect_raises_no_clone_report_and_a_second_live_device_on_on
 ) {
     let s = setup(Scope::TELEMETRY);
     *s.backend.concurrent_verdict.lock().unwrap() = SessionVerdict::Refused;
-    let mut inbound = s.ctx.table.subscribe();
+    let mut inbound = s.ctx.table.sessions().subscribe();
     // The genuine device's first session; its link then dies silently.
     let (mut a_link, g) = pair(247, "p", "g");
     let da = tokio::spawn(run_link_owned(s.ctx.clone(), g, 1, s.shutdown.clone()));
     let a = peripheral_full(&s, &mut a_link, 2).await.unwrap();
-    wait_for("first session", || s.ctx.table.len() == 1).await;
+    wait_for("first session", || s.ctx.table.sessions().len() == 1).await;
     // It reconnects before the gateway noticed: the new session is its session.
     let (mut b_link, g) = pair(247, "p", "g");
     let db = tokio::spawn(run_link_owned(s.ctx.clone(), g, 3, s.shutdown.clone()));
     let mut b = peripheral_full(&s, &mut b_link, 4).await.unwrap();
     wait_for("the old session superseded", || {
-        s.ctx.table.superseded_count() == 1
-            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(b.session.id())
+        s.ctx.table.sessions().superseded_count() == 1
+            && s.ctx.table.sessions().get(&s.id).map(|i| i.session_id) == Some(b.session.id())
     })
     .await;
     say(&mut b.session, &mut b_link, b"after the reconnect").await;
@@ -840,7 +841,7 @@ async fn a_quick_reconnect_raises_no_clone_report_and_a_second_live_device_on_on
     drop(a_link);
     assert!(matches!(da.await.unwrap(), Outcome::SessionEnded { .. }));
     wait_for("the old session gone", || {
-        s.ctx.table.superseded_count() == 0
+        s.ctx.table.sessions().superseded_count() == 0
     })
     .await;
     wait_for("the old session's detach", || {
@@ -862,8 +863,8 @@ async fn a_quick_reconnect_raises_no_clone_report_and_a_second_live_device_on_on
     let dc = tokio::spawn(run_link_owned(s.ctx.clone(), g, 5, s.shutdown.clone()));
     let mut c = peripheral_full(&s, &mut c_link, 6).await.unwrap();
     wait_for("the device's session superseded", || {
-        s.ctx.table.superseded_count() == 1
-            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(c.session.id())
+        s.ctx.table.sessions().superseded_count() == 1
+            && s.ctx.table.sessions().get(&s.id).map(|i| i.session_id) == Some(c.session.id())
     })
     .await;
     // The device speaks on its session: two holders of the key are live.
@@ -882,8 +883,8 @@ async fn a_quick_reconnect_raises_no_clone_report_and_a_second_live_device_on_on
     );
     assert!(matches!(dc.await.unwrap(), Outcome::SessionEnded { .. }));
     wait_for("the older session is the peripheral's again", || {
-        s.ctx.table.superseded_count() == 0
-            && s.ctx.table.get(&s.id).map(|i| i.session_id) == Some(b.session.id())
+        s.ctx.table.sessions().superseded_count() == 0
+            && s.ctx.table.sessions().get(&s.id).map(|i| i.session_id) == Some(b.session.id())
     })
     .await;
     say(&mut b.session, &mut b_link, b"served").await;
@@ -909,7 +910,7 @@ async fn a_quick_reconnect_raises_no_clone_report_and_a_second_live_device_on_on
 async fn session_reports_say_when_the_device_was_last_heard_and_are_retried_while_the_backend_is_down(
 ) {
     let s = setup(Scope::TELEMETRY);
-    let mut inbound = s.ctx.table.subscribe();
+    let mut inbound = s.ctx.table.sessions().subscribe();
     let (mut link, g) = pair(247, "p", "g");
     let d = tokio::spawn(run_link_owned(s.ctx.clone(), g, 1, s.shutdown.clone()));
     let mut p = peripheral_full(&s, &mut link, 2).await.unwrap();

@@ -233,7 +233,7 @@ fn memory_per_established_session() {
         assert!(ok, "child peripherals failed; gateway metrics:\n{}", ctx.metrics.render());
         // Every session is in the table and its attach report went out.
         tokio::time::timeout(Duration::from_secs(60), async {
-            while backend.reports.load(Ordering::SeqCst) < SESSIONS || ctx.table.ticket_count() < SESSIONS {
+            while backend.reports.load(Ordering::SeqCst) < SESSIONS || ctx.table.tickets().len() < SESSIONS {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -244,7 +244,7 @@ fn memory_per_established_session() {
         println!(
             "gateway heap: {} bytes for {SESSIONS} established sessions = {per_session} bytes per session (budget {BUDGET_PER_SESSION}); {} tickets",
             live - baseline,
-            ctx.table.ticket_count()
+            ctx.table.tickets().len()
         );
 
         // Closing everything gives the memory back (tickets stay, by design).

@@ -86,15 +86,15 @@ async fn a_policy_change_closes_every_live_session_and_drops_every_ticket() {
     let (mut p_link, g_link) = pair(247, "p", "g");
     let d = tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 1, s.shutdown.clone()));
     let mut est = peripheral_full(&s, &mut p_link, 2).await.unwrap();
-    wait_for("the session", || s.ctx.table.len() == 1).await;
+    wait_for("the session", || s.ctx.table.sessions().len() == 1).await;
     s.ctx.table.store_ticket(other_ticket(7));
-    assert_eq!(s.ctx.table.ticket_count(), 2);
+    assert_eq!(s.ctx.table.tickets().len(), 2);
 
     policy_changed(&s, 1).await;
     expect_close(&mut est.session, &mut p_link, CloseReason::REVOKED).await;
     assert!(matches!(d.await.unwrap(), Outcome::SessionEnded { .. }));
-    assert_eq!(s.ctx.table.len(), 0);
-    assert_eq!(s.ctx.table.ticket_count(), 0, "every ticket is dropped");
+    assert_eq!(s.ctx.table.sessions().len(), 0);
+    assert_eq!(s.ctx.table.tickets().len(), 0, "every ticket is dropped");
 
     // The device's ticket is refused: it must go back to the backend.
     let (mut p_link, g_link) = pair(247, "p", "g");
@@ -146,7 +146,10 @@ async fn a_handshake_in_flight_when_the_policy_changes_does_not_survive_it() {
     // The gateway waits for the backend's vouch; the policy changes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     policy_changed(&s, 1).await;
-    wait_for("the policy change", || s.ctx.table.policy_epoch() == 1).await;
+    wait_for("the policy change", || {
+        s.ctx.table.feed().policy_epoch() == 1
+    })
+    .await;
     s.backend.vouch_open.send_replace(true);
 
     let answer = p_link.recv().await.unwrap().expect("the gateway answers");
@@ -156,9 +159,9 @@ async fn a_handshake_in_flight_when_the_policy_changes_does_not_survive_it() {
     let mut est = p.into_established().unwrap();
     expect_close(&mut est.session, &mut p_link, CloseReason::REVOKED).await;
     assert!(matches!(d.await.unwrap(), Outcome::SessionEnded { .. }));
-    assert_eq!(s.ctx.table.len(), 0);
+    assert_eq!(s.ctx.table.sessions().len(), 0);
     assert_eq!(
-        s.ctx.table.ticket_count(),
+        s.ctx.table.tickets().len(),
         0,
         "no ticket from the old policy"
     );

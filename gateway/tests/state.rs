@@ -78,7 +78,7 @@ impl Run {
     async fn stop(self) -> WallTime {
         let _ = self.stop.send(true);
         let _ = self.feed.await;
-        self.table.flush().await;
+        self.table.tickets().flush().await;
         self.ctx.clock.wall()
     }
 }
@@ -113,7 +113,7 @@ fn store_other(run: &Run, n: u8) {
 /// A full handshake through `run`'s gateway; returns the peripheral's ticket
 /// once the session has ended again.
 async fn full_handshake(s: &Setup, run: &Run, seed: u64) -> PeripheralTicket {
-    let before = run.table.ticket_count();
+    let before = run.table.tickets().len();
     let (mut p_link, g_link) = pair(247, "p", "g");
     let d = tokio::spawn(run_link_owned(
         run.ctx.clone(),
@@ -122,7 +122,7 @@ async fn full_handshake(s: &Setup, run: &Run, seed: u64) -> PeripheralTicket {
         run.shutdown.clone(),
     ));
     let est = peripheral_full(s, &mut p_link, seed + 1000).await.unwrap();
-    wait_for("the ticket", || run.table.ticket_count() == before + 1).await;
+    wait_for("the ticket", || run.table.tickets().len() == before + 1).await;
     drop(p_link);
     assert!(matches!(d.await.unwrap(), Outcome::SessionEnded { .. }));
     // The peripheral keeps its ticket (its flash survives reboots).
@@ -191,7 +191,7 @@ async fn a_restarted_gateway_lets_a_device_resume_without_the_backend() {
 
     // A new process on the same directory (the clock goes on, as the wall clock does).
     let second = Run::start(&s, &dir, TokioClock::with_wall(now));
-    let report = second.table.restore_report().unwrap().clone();
+    let report = second.table.tickets().restore_report().unwrap().clone();
     assert_eq!(report.restored, 1, "{report:?}");
     assert_eq!(report.cursor, Some(0));
 
@@ -215,6 +215,8 @@ async fn a_resumption_after_a_restart_completes_and_replaces_the_ticket_on_disk(
     let dir = StateDir::open(tmp.path()).unwrap();
     let first = Run::start(&s, &dir, TokioClock::new());
     let ticket = full_handshake(&s, &first, 3).await;
+    // The ticket's file is written in the background: wait for it.
+    first.table.tickets().flush().await;
     let old_files = ticket_files(&dir);
     assert_eq!(old_files.len(), 1);
     let now = first.stop().await;
@@ -237,12 +239,12 @@ async fn a_resumption_after_a_restart_completes_and_replaces_the_ticket_on_disk(
     .unwrap();
     drive_peripheral(&mut p, &mut p_link).await.unwrap();
     assert!(p.into_established().unwrap().resumed);
-    wait_for("the resumed session", || second.table.len() == 1).await;
+    wait_for("the resumed session", || second.table.sessions().len() == 1).await;
     assert_eq!(second.ctx.metrics.handshakes("resumed"), 1);
     assert_eq!(s.backend.vouches.load(Ordering::SeqCst), 1);
     drop(p_link);
     d.await.unwrap();
-    second.table.flush().await;
+    second.table.tickets().flush().await;
     let new_files = ticket_files(&dir);
     assert_eq!(
         new_files.len(),
@@ -275,8 +277,8 @@ async fn a_peripheral_revoked_while_the_gateway_was_down_cannot_resume() {
     // backend has answered the feed.
     s.backend.feed_now_open.send_replace(false);
     let second = Run::start(&s, &dir, TokioClock::with_wall(now));
-    assert_eq!(second.table.restore_report().unwrap().restored, 1);
-    assert!(second.table.awaits_feed());
+    assert_eq!(second.table.tickets().restore_report().unwrap().restored, 1);
+    assert!(second.table.tickets().awaits_feed());
     let (mut p, answer, d) = resume(&second, &ticket, 7).await;
     assert_eq!(
         p.handle_input(Timestamp(0), &answer),
@@ -288,11 +290,11 @@ async fn a_peripheral_revoked_while_the_gateway_was_down_cannot_resume() {
     // The feed answers: the revocation is applied and the ticket is gone, on disk too.
     s.backend.feed_now_open.send_replace(true);
     wait_for("the revocation", || {
-        second.table.ticket_count() == 0 && !second.table.awaits_feed()
+        second.table.tickets().is_empty() && !second.table.tickets().awaits_feed()
     })
     .await;
-    assert!(second.table.is_revoked(&s.id));
-    second.table.flush().await;
+    assert!(second.table.feed().is_revoked(&s.id));
+    second.table.tickets().flush().await;
     assert!(ticket_files(&dir).is_empty());
     // Asked again now, it is refused as an unknown ticket.
     let (mut p, answer, _d) = resume(&second, &ticket, 8).await;
@@ -305,7 +307,7 @@ async fn a_peripheral_revoked_while_the_gateway_was_down_cannot_resume() {
     // And the cursor moved past the revocation: a third start restores nothing.
     let now = second.stop().await;
     let third = Run::start(&s, &dir, TokioClock::with_wall(now));
-    let report = third.table.restore_report().unwrap();
+    let report = third.table.tickets().restore_report().unwrap();
     assert_eq!((report.restored, report.cursor), (0, Some(1)));
 }
 
@@ -322,7 +324,7 @@ async fn a_restored_ticket_presented_during_the_catch_up_waits_for_it() {
 
     s.backend.feed_now_open.send_replace(false);
     let second = Run::start(&s, &dir, TokioClock::with_wall(now));
-    assert!(second.table.is_held_for_feed(&ticket.id));
+    assert!(second.table.tickets().is_held_for_feed(&ticket.id));
     // The feed answers a second after the ResumeHello arrived (virtual time:
     // the paused clock moves on only once every task is idle, so the driver
     // is waiting by then); the handshake's deadline is 10 s.
@@ -334,7 +336,7 @@ async fn a_restored_ticket_presented_during_the_catch_up_waits_for_it() {
     let (mut p, answer, _d) = resume(&second, &ticket, 10).await;
     p.handle_input(Timestamp(0), &answer)
         .expect("resumed once the feed caught up");
-    assert!(!second.table.is_held_for_feed(&ticket.id));
+    assert!(!second.table.tickets().is_held_for_feed(&ticket.id));
 }
 
 #[tokio::test]
@@ -368,9 +370,9 @@ async fn a_corrupt_ticket_file_is_skipped_with_a_log_and_the_rest_load() {
         SessionTable::open(100, &dir, &binding(&s), clock_at(now))
             .expect("a damaged file is not fatal")
     });
-    let report = table.restore_report().unwrap();
+    let report = table.tickets().restore_report().unwrap();
     assert_eq!(report.restored, 1, "{report:?}");
-    assert_eq!(table.ticket_count(), 1);
+    assert_eq!(table.tickets().len(), 1);
     let skipped: Vec<_> = report.unreadable.iter().map(|(p, _)| p.clone()).collect();
     assert_eq!(
         skipped,
@@ -461,7 +463,7 @@ async fn tickets_without_a_usable_cursor_are_discarded() {
     let now = first.stop().await;
     std::fs::remove_file(dir.cursor_path()).unwrap();
     let table = SessionTable::open(100, &dir, &binding(&s), clock_at(now)).unwrap();
-    let report = table.restore_report().unwrap();
+    let report = table.tickets().restore_report().unwrap();
     assert_eq!((report.restored, report.discarded), (0, 1), "{report:?}");
     assert!(report
         .discarded_because
@@ -483,7 +485,7 @@ async fn tickets_without_a_usable_cursor_are_discarded() {
         ..binding(&s)
     };
     let table = SessionTable::open(100, &dir, &other, clock_at(now)).unwrap();
-    assert_eq!(table.ticket_count(), 0);
+    assert_eq!(table.tickets().len(), 0);
     assert!(ticket_files(&dir).is_empty());
 }
 
@@ -520,12 +522,12 @@ async fn restored_tickets_are_discarded_when_the_feed_cannot_resume() {
         let now = first.stop().await;
         let clock = TokioClock::with_wall(now);
         let second = SessionTable::open(100, &dir, &binding(&s), Arc::new(clock.clone())).unwrap();
-        assert_eq!(second.restore_report().unwrap().cursor, Some(5));
-        assert_eq!(second.ticket_count(), 1);
+        assert_eq!(second.tickets().restore_report().unwrap().cursor, Some(5));
+        assert_eq!(second.tickets().len(), 1);
         *s.backend.feed_now_answer.lock().unwrap() = Some(answer);
         let run = Run::start_with(&s, second, clock);
         wait_for("the discard", || {
-            run.table.ticket_count() == 0 && !run.table.awaits_feed()
+            run.table.tickets().is_empty() && !run.table.tickets().awaits_feed()
         })
         .await;
         run.stop().await;
@@ -548,7 +550,7 @@ async fn expired_tickets_and_tickets_from_a_clock_that_went_back_are_dropped_at_
     // its expiry cannot be trusted.
     let behind = WallTime(now.as_millis() - 3_600_000);
     let table = SessionTable::open(100, &dir, &binding(&s), clock_at(behind)).unwrap();
-    assert_eq!(table.restore_report().unwrap().clock_behind, 1);
+    assert_eq!(table.tickets().restore_report().unwrap().clock_behind, 1);
     assert!(ticket_files(&dir).is_empty());
     drop(table);
 
@@ -558,8 +560,8 @@ async fn expired_tickets_and_tickets_from_a_clock_that_went_back_are_dropped_at_
     // The vouch's resumption lifetime (a day) has passed.
     let later = WallTime(now.as_millis() + 86_400_000 + 1);
     let table = SessionTable::open(100, &dir, &binding(&s), clock_at(later)).unwrap();
-    assert_eq!(table.restore_report().unwrap().expired, 1);
-    assert_eq!(table.ticket_count(), 0);
+    assert_eq!(table.tickets().restore_report().unwrap().expired, 1);
+    assert_eq!(table.tickets().len(), 0);
     assert!(ticket_files(&dir).is_empty());
 }
 
@@ -574,8 +576,8 @@ async fn max_tickets_bounds_what_is_restored() {
     store_other(&first, 22);
     let now = first.stop().await;
     let table = SessionTable::open(2, &dir, &binding(&s), clock_at(now)).unwrap();
-    assert_eq!(table.ticket_count(), 2);
-    assert_eq!(table.restore_report().unwrap().over_limit, 1);
+    assert_eq!(table.tickets().len(), 2);
+    assert_eq!(table.tickets().restore_report().unwrap().over_limit, 1);
     assert_eq!(ticket_files(&dir).len(), 2);
 }
 
@@ -601,15 +603,15 @@ async fn a_gateway_whose_wall_clock_is_far_behind_the_backend_does_not_resume_re
     s.backend.clock.step_wall(10 * HOUR_MS as i64);
     let clock = TokioClock::with_wall(WallTime(then.as_millis() + 60_000));
     let second = Run::start(&s, &dir, clock.clone());
-    assert_eq!(second.table.restore_report().unwrap().restored, 1);
+    assert_eq!(second.table.tickets().restore_report().unwrap().restored, 1);
     let (mut p, answer, _d) = resume(&second, &ticket, 31).await;
     assert_eq!(
         p.handle_input(Timestamp(0), &answer),
         Err(ProtoError::Alert(AlertCode::ResumptionRejected)),
         "a restored ticket must not be used on an unconfirmed clock"
     );
-    assert!(!second.table.wall_clock_confirmed());
-    assert!(second.table.is_held_for_feed(&ticket.id));
+    assert!(!second.table.tickets().wall_clock_confirmed());
+    assert!(second.table.tickets().is_held_for_feed(&ticket.id));
 
     // NTP sets the clock; the next feed answer (any event) confirms it.
     clock.step_wall(10 * HOUR_MS as i64 - 60_000);
@@ -623,10 +625,10 @@ async fn a_gateway_whose_wall_clock_is_far_behind_the_backend_does_not_resume_re
         .await
         .unwrap();
     wait_for("the confirmation", || {
-        !second.table.is_held_for_feed(&ticket.id)
+        !second.table.tickets().is_held_for_feed(&ticket.id)
     })
     .await;
-    assert!(second.table.wall_clock_confirmed());
+    assert!(second.table.tickets().wall_clock_confirmed());
     let (mut p, answer, _d) = resume(&second, &ticket, 32).await;
     p.handle_input(Timestamp(0), &answer)
         .expect("resumed once the clock is confirmed");
@@ -634,9 +636,9 @@ async fn a_gateway_whose_wall_clock_is_far_behind_the_backend_does_not_resume_re
     // The ticket expires by the confirmed clock: fourteen hours are left of
     // its day, not the twenty-four the clock at boot made of it.
     tokio::time::advance(std::time::Duration::from_millis(14 * HOUR_MS - 120_000)).await;
-    assert_eq!(second.table.expire_tickets(second.ctx.clock.now()), 0);
+    assert_eq!(second.table.tickets().expire(second.ctx.clock.now()), 0);
     tokio::time::advance(std::time::Duration::from_millis(120_000)).await;
-    assert_eq!(second.table.expire_tickets(second.ctx.clock.now()), 1);
+    assert_eq!(second.table.tickets().expire(second.ctx.clock.now()), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -653,7 +655,7 @@ async fn a_gateway_whose_wall_clock_is_within_tolerance_of_the_backend_resumes_r
     let (mut p, answer, _d) = resume(&second, &ticket, 34).await;
     p.handle_input(Timestamp(0), &answer)
         .expect("resumed: the clock is within tolerance");
-    assert!(second.table.wall_clock_confirmed());
+    assert!(second.table.tickets().wall_clock_confirmed());
 }
 
 /// A ticket's expiry is saved on the wall clock; while that clock disagrees
@@ -667,8 +669,8 @@ async fn tickets_are_saved_only_while_the_wall_clock_agrees_with_the_backend() {
     s.backend.clock.step_wall(-(24 * HOUR_MS as i64));
     let first = Run::start(&s, &dir, TokioClock::new());
     full_handshake(&s, &first, 35).await;
-    first.table.flush().await;
-    assert!(!first.table.wall_clock_confirmed());
+    first.table.tickets().flush().await;
+    assert!(!first.table.tickets().wall_clock_confirmed());
     assert!(ticket_files(&dir).is_empty());
     s.backend.clock.step_wall(24 * HOUR_MS as i64);
     let other = vouch_proto::keys::PeripheralId([9; 8]);
@@ -680,7 +682,10 @@ async fn tickets_are_saved_only_while_the_wall_clock_agrees_with_the_backend() {
         })
         .await
         .unwrap();
-    wait_for("the confirmation", || first.table.wall_clock_confirmed()).await;
-    first.table.flush().await;
+    wait_for("the confirmation", || {
+        first.table.tickets().wall_clock_confirmed()
+    })
+    .await;
+    first.table.tickets().flush().await;
     assert_eq!(ticket_files(&dir).len(), 1);
 }

@@ -416,7 +416,7 @@ async fn run_sends_telemetry_obeys_scoped_commands_and_stops_on_sigterm() {
     // The policy grants actuation (app8) but not configuration (app9).
     let scope = Scope::TELEMETRY.union(Scope::COMMAND).union(ACTUATE);
     let id = setup_device(&backend, &dir, scope);
-    let mut inbound = gw.ctx.table.subscribe();
+    let mut inbound = gw.ctx.table.sessions().subscribe();
     let mut dev = Device::spawn(&dir, &gw.url(), &["--interval", "0.2"]);
 
     // Telemetry arrives at the gateway as this device's JSON lines.
@@ -430,7 +430,12 @@ async fn run_sends_telemetry_obeys_scoped_commands_and_stops_on_sigterm() {
     serde_json::from_slice::<serde_json::Value>(&got).unwrap();
 
     // A command within the scope is carried out and acknowledged.
-    gw.ctx.table.send(id, b"led=on".to_vec()).await.unwrap();
+    gw.ctx
+        .table
+        .sessions()
+        .send(id, b"led=on".to_vec())
+        .await
+        .unwrap();
     assert_eq!(dev.line("recv ").await, "led=on");
     assert_eq!(
         recv_from(&mut inbound, id, |d| !d.starts_with(b"{")).await,
@@ -443,6 +448,7 @@ async fn run_sends_telemetry_obeys_scoped_commands_and_stops_on_sigterm() {
     for cmd in ["interval=5", "reboot"] {
         gw.ctx
             .table
+            .sessions()
             .send(id, cmd.as_bytes().to_vec())
             .await
             .unwrap();
@@ -452,6 +458,7 @@ async fn run_sends_telemetry_obeys_scoped_commands_and_stops_on_sigterm() {
     }
     gw.ctx
         .table
+        .sessions()
         .send(id, b"self-destruct".to_vec())
         .await
         .unwrap();
@@ -466,7 +473,8 @@ async fn run_sends_telemetry_obeys_scoped_commands_and_stops_on_sigterm() {
     );
     assert!(log.contains("handshake ok (full"), "{log}");
     assert!(log.contains("session closed"), "{log}");
-    gw.wait_until("the session to end", |t| t.is_empty()).await;
+    gw.wait_until("the session to end", |t| t.sessions().is_empty())
+        .await;
     gw.stop().await;
 }
 
@@ -481,7 +489,7 @@ async fn reboot_command_resumes_and_count_exits_zero_with_json_logs() {
         .union(ACTUATE)
         .union(CONFIGURE);
     let id = setup_device(&backend, &dir, scope);
-    let mut inbound = gw.ctx.table.subscribe();
+    let mut inbound = gw.ctx.table.sessions().subscribe();
     let mut dev = Device::spawn(
         &dir,
         &gw.url(),
@@ -498,13 +506,19 @@ async fn reboot_command_resumes_and_count_exits_zero_with_json_logs() {
     );
     // The first telemetry goes out as soon as the session is up.
     dev.line("sent ").await;
-    gw.wait_until("the first session", |t| t.len() == 1).await;
-    assert!(!gw.ctx.table.list()[0].resumed);
+    gw.wait_until("the first session", |t| t.sessions().len() == 1)
+        .await;
+    assert!(!gw.ctx.table.sessions().list()[0].resumed);
 
     // `reboot` (needs app9): the device restarts from its directory and
     // resumes with the stored ticket, no backend round trip.
     let vouches = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
-    gw.ctx.table.send(id, b"reboot".to_vec()).await.unwrap();
+    gw.ctx
+        .table
+        .sessions()
+        .send(id, b"reboot".to_vec())
+        .await
+        .unwrap();
     assert_eq!(dev.line("recv ").await, "reboot");
     assert_eq!(
         recv_from(&mut inbound, id, |d| !d.starts_with(b"{")).await,
@@ -512,7 +526,7 @@ async fn reboot_command_resumes_and_count_exits_zero_with_json_logs() {
     );
     dev.line("sent ").await;
     gw.wait_until("the resumed session", |t| {
-        t.list().first().is_some_and(|s| s.resumed)
+        t.sessions().list().first().is_some_and(|s| s.resumed)
     })
     .await;
     assert_eq!(
@@ -523,6 +537,7 @@ async fn reboot_command_resumes_and_count_exits_zero_with_json_logs() {
     // `interval=0.1` speeds telemetry up; the third message ends the run.
     gw.ctx
         .table
+        .sessions()
         .send(id, b"interval=0.1".to_vec())
         .await
         .unwrap();
@@ -553,7 +568,8 @@ async fn reboot_command_resumes_and_count_exits_zero_with_json_logs() {
         "{messages:#?}"
     );
     assert!(messages.contains(&"rebooting"), "{messages:#?}");
-    gw.wait_until("the session to end", |t| t.is_empty()).await;
+    gw.wait_until("the session to end", |t| t.sessions().is_empty())
+        .await;
     gw.stop().await;
 }
 
@@ -584,7 +600,8 @@ async fn run_waits_for_a_gateway_that_is_not_there_yet() {
     )
     .await;
     dev.line("sent ").await;
-    gw.wait_until("the session", |t| t.len() == 1).await;
+    gw.wait_until("the session", |t| t.sessions().len() == 1)
+        .await;
     dev.terminate().await;
     gw.stop().await;
 }

@@ -29,7 +29,7 @@ async fn first_boot_authenticates_sends_telemetry_and_receives_commands() {
     let gw = Gateway::start(&backend).await;
     let tmp = tempfile::tempdir().unwrap();
     let id = provisioned(&backend, tmp.path(), FULL);
-    let mut inbound = gw.ctx.table.subscribe();
+    let mut inbound = gw.ctx.table.sessions().subscribe();
 
     let mut dev = Running::boot(tmp.path(), &gw.url(), 2);
     let s = dev.established().await;
@@ -40,9 +40,11 @@ async fn first_boot_authenticates_sends_telemetry_and_receives_commands() {
         backend.requests.load(std::sync::atomic::Ordering::SeqCst),
         1
     );
-    gw.wait_until("the session in the gateway table", |t| t.len() == 1)
-        .await;
-    assert_eq!(gw.ctx.table.list()[0].peripheral, id);
+    gw.wait_until("the session in the gateway table", |t| {
+        t.sessions().len() == 1
+    })
+    .await;
+    assert_eq!(gw.ctx.table.sessions().list()[0].peripheral, id);
     assert!(
         FileKeyStore::open(tmp.path())
             .unwrap()
@@ -64,12 +66,18 @@ async fn first_boot_authenticates_sends_telemetry_and_receives_commands() {
         assert_eq!((got.peripheral, got.data), (id, msg.into_bytes()));
     }
     // A command from the gateway arrives at the device.
-    gw.ctx.table.send(id, b"led=on".to_vec()).await.unwrap();
+    gw.ctx
+        .table
+        .sessions()
+        .send(id, b"led=on".to_vec())
+        .await
+        .unwrap();
     assert_eq!(dev.data().await, b"led=on");
 
     // An orderly shutdown closes the session at the gateway.
     dev.shutdown().await;
-    gw.wait_until("the session to end", |t| t.is_empty()).await;
+    gw.wait_until("the session to end", |t| t.sessions().is_empty())
+        .await;
     gw.stop().await;
 }
 
@@ -84,7 +92,7 @@ async fn reboot_resumes_without_the_backend_and_falls_back_when_the_ticket_is_go
     assert!(!dev.established().await.resumed);
     dev.shutdown().await;
     gw.wait_until("the first session to end", |t| {
-        t.is_empty() && t.ticket_count() == 1
+        t.sessions().is_empty() && t.tickets().len() == 1
     })
     .await;
 
@@ -103,12 +111,12 @@ async fn reboot_resumes_without_the_backend_and_falls_back_when_the_ticket_is_go
     );
     dev.handle.send(b"after reboot".to_vec()).await.unwrap();
     dev.shutdown().await;
-    gw.wait_until("the resumed session to end", |t| t.is_empty())
+    gw.wait_until("the resumed session to end", |t| t.sessions().is_empty())
         .await;
 
     // The gateway lost its tickets (as a restarted gateway daemon does): the
     // device's ResumeHello is rejected and it runs a full handshake at once.
-    gw.ctx.table.forget_all_tickets();
+    gw.ctx.table.tickets().forget_all();
     backend
         .down
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -139,7 +147,7 @@ async fn a_rogue_central_during_a_backend_outage_cannot_cost_the_device_its_tick
     assert!(!dev.established().await.resumed);
     dev.shutdown().await;
     gw.wait_until("the first session to end", |t| {
-        t.is_empty() && t.ticket_count() == 1
+        t.sessions().is_empty() && t.tickets().len() == 1
     })
     .await;
     backend
@@ -217,7 +225,10 @@ async fn revoked_device_gets_no_session_and_backs_off_until_reinstated() {
             "backoff {n}: {delay:?} not in [{:?}, {ceiling:?}]",
             ceiling / 2
         );
-        assert!(gw.ctx.table.is_empty(), "no session for a revoked device");
+        assert!(
+            gw.ctx.table.sessions().is_empty(),
+            "no session for a revoked device"
+        );
     }
     assert!(backend.refusals.load(std::sync::atomic::Ordering::SeqCst) >= 4);
 
@@ -228,8 +239,10 @@ async fn revoked_device_gets_no_session_and_backs_off_until_reinstated() {
 
     // Revoked again while live: the gateway closes the session (reason
     // revoked) and the device forgets its ticket.
-    gw.wait_until("the session in the gateway table", |t| t.len() == 1)
-        .await;
+    gw.wait_until("the session in the gateway table", |t| {
+        t.sessions().len() == 1
+    })
+    .await;
     backend.revoke(id);
     assert!(gw.ctx.table.close(&id, CloseReason::REVOKED));
     let end = dev.session_end().await;
@@ -262,7 +275,10 @@ async fn rogue_gateway_vouch_is_rejected_by_the_device() {
         assert!(failure.contains("BadVouchSignature"), "{failure}");
         dev.retry().await;
     }
-    assert!(gw.ctx.table.is_empty(), "the gateway got no session");
+    assert!(
+        gw.ctx.table.sessions().is_empty(),
+        "the gateway got no session"
+    );
     assert!(FileKeyStore::open(tmp.path())
         .unwrap()
         .load_tickets()
@@ -290,7 +306,7 @@ async fn gateway_presenting_another_peripherals_vouch_is_rejected() {
     let failure = dev.handshake_failure().await;
     assert!(failure.contains("BadVouchSignature"), "{failure}");
     dev.retry().await;
-    assert!(gw.ctx.table.is_empty());
+    assert!(gw.ctx.table.sessions().is_empty());
     dev.shutdown().await;
     gw.stop().await;
 }
@@ -348,8 +364,10 @@ async fn gateway_restarts_are_survived_with_and_without_its_tickets() {
     let id = provisioned(&backend, tmp.path(), FULL);
     let mut dev = Running::boot(tmp.path(), &url, 18);
     assert!(!dev.established().await.resumed);
-    gw.wait_until("the session in the gateway table", |t| t.len() == 1)
-        .await;
+    gw.wait_until("the session in the gateway table", |t| {
+        t.sessions().len() == 1
+    })
+    .await;
 
     // Restart 1: the gateway stops (closing the session: reason shutdown),
     // stays down for a while, and comes back with its ticket store.
@@ -371,8 +389,9 @@ async fn gateway_restarts_are_survived_with_and_without_its_tickets() {
         "resumed with the restarted gateway: {:#?}",
         dev.seen
     );
-    gw.wait_until("the resumed session", |t| t.len() == 1).await;
-    let mut inbound = gw.ctx.table.subscribe();
+    gw.wait_until("the resumed session", |t| t.sessions().len() == 1)
+        .await;
+    let mut inbound = gw.ctx.table.sessions().subscribe();
     dev.handle.send(b"still here".to_vec()).await.unwrap();
     let got = tokio::time::timeout(DEADLINE, inbound.recv())
         .await
@@ -392,7 +411,8 @@ async fn gateway_restarts_are_survived_with_and_without_its_tickets() {
     assert!(failure.contains("ResumptionRejected"), "{failure}");
     let s = dev.established().await;
     assert!(!s.resumed);
-    gw.wait_until("the new session", |t| t.len() == 1).await;
+    gw.wait_until("the new session", |t| t.sessions().len() == 1)
+        .await;
     dev.shutdown().await;
     gw.stop().await;
 }
@@ -526,7 +546,7 @@ async fn a_danger_silent_device_sends_nothing_and_holds_the_link_until_closed() 
         0,
         "a silent device costs the backend nothing"
     );
-    assert_eq!(gw.ctx.table.len(), 0);
+    assert_eq!(gw.ctx.table.sessions().len(), 0);
     stop.send(()).unwrap();
     tokio::time::timeout(DEADLINE, task)
         .await

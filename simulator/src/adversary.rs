@@ -405,7 +405,7 @@ pub async fn run(class: AttackClass, mut a: Arena<'_>) -> Result<AttackOutput, c
                 // To another authorized gateway: a session with *that*
                 // gateway (SPEC.md §11.7); the relay then replays a record.
                 let g = &gws[(v.home + 1) % m];
-                let mut inbound = g.table().subscribe();
+                let mut inbound = g.table().sessions().subscribe();
                 let mut p = Probe::open(g, v.att_mtu, &v.mac, &mut a.rng);
                 if !as_peripheral(&mut p, &mut hs, &h).await {
                     let _ = p.finish().await;

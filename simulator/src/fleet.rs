@@ -711,7 +711,11 @@ async fn attempt(
     let sid = session.id();
     let table = g.table().clone();
     let registered = wait_until(|| {
-        if table.get(&dev.id).is_some_and(|s| s.session_id == sid) {
+        if table
+            .sessions()
+            .get(&dev.id)
+            .is_some_and(|s| s.session_id == sid)
+        {
             Some(true)
         } else if gw_task.is_finished() {
             Some(false)

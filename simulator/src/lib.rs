@@ -84,7 +84,7 @@ pub async fn demo(devices: usize) -> anyhow::Result<()> {
         .await;
     step(&format!("{devices} peripherals: keys made on the device, enrolled, provisioned with the anchor; policy meters → plant-1"));
 
-    let mut inbound = gateway.table.subscribe();
+    let mut inbound = gateway.table.sessions().subscribe();
     let mut running = Vec::new();
     // Each device's flash: the same store across its runs keeps its ticket.
     let stores: Vec<_> = fleet.iter().map(|d| d.store()).collect();
@@ -108,7 +108,11 @@ pub async fn demo(devices: usize) -> anyhow::Result<()> {
             String::from_utf8_lossy(&m.data)
         ));
     }
-    gateway.table.send(fleet[0].id, b"led=on".to_vec()).await?;
+    gateway
+        .table
+        .sessions()
+        .send(fleet[0].id, b"led=on".to_vec())
+        .await?;
     let ev = running[0]
         .next_matching("the command", |e| matches!(e, Event::Data(_)))
         .await;

@@ -264,7 +264,11 @@ impl World {
     }
 
     fn sessions(&self) -> usize {
-        self.env.gateways.iter().map(|g| g.table().len()).sum()
+        self.env
+            .gateways
+            .iter()
+            .map(|g| g.table().sessions().len())
+            .sum()
     }
 
     fn victim(&self, i: usize) -> Option<Victim> {
@@ -327,7 +331,7 @@ impl World {
         wait_until(|| {
             env.gateways
                 .iter()
-                .all(|g| ids.iter().all(|id| g.table().is_revoked(id)))
+                .all(|g| ids.iter().all(|id| g.table().feed().is_revoked(id)))
                 .then_some(())
         })
         .await

@@ -530,7 +530,7 @@ impl Gateway {
         let Some(client) = self.client.as_ref().filter(|_| self.running.is_some()) else {
             return;
         };
-        let mut head = self.table.feed_position();
+        let mut head = self.table.feed().position();
         while let Ok(batch) = client.feed_now(head).await {
             if batch.next <= head {
                 break;
@@ -538,7 +538,7 @@ impl Gateway {
             head = batch.next;
         }
         wait_for("the gateway to apply the feed", || {
-            (self.table.feed_position() >= head).then_some(())
+            (self.table.feed().position() >= head).then_some(())
         })
         .await;
     }
@@ -558,7 +558,7 @@ impl Gateway {
             let _ = server.await;
             gateway.closed().await;
         }
-        self.table.flush().await;
+        self.table.tickets().flush().await;
         self.table = SessionTable::new(10_000);
     }
 
@@ -577,7 +577,11 @@ impl Gateway {
 
     /// Live sessions with `id`.
     pub fn has_session(&self, id: &PeripheralId) -> bool {
-        self.table.list().iter().any(|s| &s.peripheral == id)
+        self.table
+            .sessions()
+            .list()
+            .iter()
+            .any(|s| &s.peripheral == id)
     }
 }
 

@@ -354,6 +354,7 @@ async fn a_spoofed_address_gains_nothing() {
     // The victim's session is untouched and still its own: a command reaches it.
     assert!(a.has_session(&victim.id));
     a.table
+        .sessions()
         .send(victim.id, b"led=on".to_vec())
         .await
         .expect("the victim's session still carries commands");
@@ -451,7 +452,7 @@ async fn a_relay_learns_nothing_and_the_device_knows_which_gateway_answered() {
             });
         }
     });
-    let mut inbound = b.table.subscribe();
+    let mut inbound = b.table.sessions().subscribe();
     let mut live = device.run_url(&relay_url, device.store()).await;
     let vouch_peripheral::Event::Established(info) = live
         .next_matching("a session through the relay", |e| {
@@ -474,6 +475,7 @@ async fn a_relay_learns_nothing_and_the_device_knows_which_gateway_answered() {
     assert_eq!(got.peripheral, device.id);
     assert_eq!(got.data, secret_up);
     b.table
+        .sessions()
         .send(device.id, secret_down.clone())
         .await
         .expect("command");
@@ -602,7 +604,7 @@ async fn floods_of_hellos_and_fragments_are_bounded_and_honest_devices_get_throu
         assert!(refused_or_closed(&got), "flood link {i} got {got:02x?}");
     }
     // Nothing was accepted; the only session is the honest device's.
-    let sessions = a.table.list();
+    let sessions = a.table.sessions().list();
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].peripheral, device.id);
     // The backend saw and audited the hellos it was asked about.
@@ -648,6 +650,6 @@ async fn slow_peers_are_dropped_without_holding_the_gateway() {
         let got = until_closed(s, &format!("slow peer {i}")).await;
         assert!(refused_or_closed(&got), "{got:02x?}");
     }
-    assert_eq!(a.table.list().len(), 1);
+    assert_eq!(a.table.sessions().list().len(), 1);
     live.stop().await;
 }

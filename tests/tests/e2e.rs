@@ -17,7 +17,7 @@ async fn first_session_and_data(db: Db) {
         .allow("group:meters", "site:plant-1", "telemetry,command")
         .await;
 
-    let mut inbound = gateway.table.subscribe();
+    let mut inbound = gateway.table.sessions().subscribe();
     let mut dev = device.run(&gateway).await;
     assert!(
         !dev.established().await,
@@ -45,6 +45,7 @@ async fn first_session_and_data(db: Db) {
     // Gateway → device.
     gateway
         .table
+        .sessions()
         .send(device.id, b"led=on".to_vec())
         .await
         .expect("command sent");
@@ -89,7 +90,11 @@ async fn commands_outside_the_granted_scope_are_refused() {
     dev.established().await;
     wait_for("session", || gateway.has_session(&device.id).then_some(())).await;
     assert_eq!(
-        gateway.table.send(device.id, b"unlock".to_vec()).await,
+        gateway
+            .table
+            .sessions()
+            .send(device.id, b"unlock".to_vec())
+            .await,
         Err(SendError::OutOfScope(device.id))
     );
     dev.stop().await;
@@ -256,6 +261,7 @@ async fn gateway_restart_is_survived() {
     .await;
     gateway
         .table
+        .sessions()
         .send(device.id, b"hello again".to_vec())
         .await
         .expect("command after restart");
@@ -323,7 +329,7 @@ async fn a_rekeying_device_is_followed_through_every_epoch() {
     let (response, mut link) = vouch_tests::exchange(&gateway.url(), &buf[..n]).await;
     p.handle_input(Timestamp(0), &response).expect("vouched");
     let n = p.poll_transmit(&mut buf).expect("finish");
-    let mut inbound = gateway.table.subscribe();
+    let mut inbound = gateway.table.sessions().subscribe();
     link.send(&buf[..n]).await.expect("finish");
     let mut est = p.into_established().expect("established");
     wait_for("the session", || {
@@ -355,6 +361,7 @@ async fn a_rekeying_device_is_followed_through_every_epoch() {
     );
     gateway
         .table
+        .sessions()
         .send(device.id, b"led=on".to_vec())
         .await
         .expect("command");

@@ -20,7 +20,7 @@ async fn a_restarted_gateway_resumes_its_devices_without_asking_the_backend() {
         "the first session is a full handshake"
     );
     wait_for("the ticket", || {
-        (gateway.table.ticket_count() == 1).then_some(())
+        (gateway.table.tickets().len() == 1).then_some(())
     })
     .await;
     assert_eq!(backend.vouch_audit_of_gateway(&gateway.key).await.len(), 1);
@@ -39,6 +39,7 @@ async fn a_restarted_gateway_resumes_its_devices_without_asking_the_backend() {
     .await;
     gateway
         .table
+        .sessions()
         .send(device.id, b"after the restart".to_vec())
         .await
         .expect("command after the restart");
@@ -67,7 +68,7 @@ async fn a_device_revoked_while_its_gateway_was_down_cannot_resume() {
     assert!(!dev.established().await);
     dev.stop().await;
     wait_for("the ticket", || {
-        (gateway.table.ticket_count() == 1).then_some(())
+        (gateway.table.tickets().len() == 1).then_some(())
     })
     .await;
 
@@ -76,7 +77,7 @@ async fn a_device_revoked_while_its_gateway_was_down_cannot_resume() {
     backend.peripheral_action(&device.id, "revoke").await;
     gateway.start_again().await;
     assert_eq!(
-        gateway.table.restore_report().map(|r| r.restored),
+        gateway.table.tickets().restore_report().map(|r| r.restored),
         Some(1),
         "the ticket was saved"
     );
@@ -115,6 +116,6 @@ async fn a_device_revoked_while_its_gateway_was_down_cannot_resume() {
         dev.seen
     );
     assert!(!gateway.has_session(&device.id));
-    assert_eq!(gateway.table.ticket_count(), 0, "the ticket was deleted");
+    assert_eq!(gateway.table.tickets().len(), 0, "the ticket was deleted");
     dev.stop().await;
 }

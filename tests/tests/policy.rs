@@ -25,7 +25,7 @@ async fn removing_the_policy_rule_closes_the_live_session_and_the_device_is_refu
     })
     .await;
     wait_for("the ticket", || {
-        (gateway.table.ticket_count() == 1).then_some(())
+        (gateway.table.tickets().len() == 1).then_some(())
     })
     .await;
 
@@ -55,7 +55,7 @@ async fn removing_the_policy_rule_closes_the_live_session_and_the_device_is_refu
         ),
         "{ev:?}"
     );
-    assert_eq!(gateway.table.ticket_count(), 0, "its ticket is dropped");
+    assert_eq!(gateway.table.tickets().len(), 0, "its ticket is dropped");
     // The backend judges it again, under the policy without the rule.
     dev.next_matching("a refused handshake", |e| {
         matches!(e, Event::HandshakeFailed(_))

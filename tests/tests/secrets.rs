@@ -57,13 +57,14 @@ async fn nothing_secret_is_logged_at_any_level() {
         .allow("group:meters", "site:plant-1", "telemetry,command")
         .await;
     let store = device.store();
-    let mut inbound = gateway.table.subscribe();
+    let mut inbound = gateway.table.sessions().subscribe();
     let mut live = device.run_url(&gateway.url(), store.clone()).await;
     assert!(!live.established().await);
     live.handle.send(b"t=21.5".to_vec()).await.expect("send");
     inbound.recv().await.expect("telemetry");
     gateway
         .table
+        .sessions()
         .send(device.id, b"led=on".to_vec())
         .await
         .expect("command");

@@ -227,7 +227,7 @@ impl TicketStore {
                     };
                     // Both checks on a wall clock not confirmed yet, so both
                     // only ever remove: the tickets kept are checked again
-                    // once it is (SessionTable::check_clock).
+                    // once it is (TicketBook::check_clock).
                     let mut ticket = ticket;
                     let expires = WallTime(ticket.expires_at.as_millis());
                     if wall >= expires {

@@ -427,7 +427,7 @@ pub async fn next_inbound_while_live(
     tokio::select! {
         got = sub.recv() => got.expect("inbound"),
         () = async {
-            while !table.is_empty() {
+            while !table.sessions().is_empty() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         } => panic!("the session ended: its link was closed"),
