@@ -26,8 +26,8 @@
 //! loaded, whichever key id it holds.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use vouch_host::fs::{AtomicWrite, FsError};
+
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -244,32 +244,25 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirErr
     Ok(InitOutcome::Created { admin_token: token })
 }
 
-/// Writes `data` to `path` atomically with `mode`; never replaces an existing file.
+/// Writes `data` to `path` atomically and durably with `mode`; never
+/// replaces an existing file, not even one another process creates
+/// meanwhile ([`AtomicWrite::never_replace`]).
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), DataDirError> {
-    if path.exists() {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Err(DataDirError::Io {
             path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "refusing to overwrite"),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
         });
-    }
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    AtomicWrite::new(mode)
+        .never_replace()
+        .write(dir, name, data)
+        .map_err(DataDirError::from)
 }
 
 /// Writes the key files of `keys` (`sealing-N.pem`, then `signing-N.pem`,
@@ -394,15 +387,24 @@ impl std::fmt::Debug for DataDir {
 }
 
 fn read_secret(path: &Path) -> Result<Zeroizing<String>, DataDirError> {
-    let meta = fs::metadata(path).map_err(io(path))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(DataDirError::Permissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
+    vouch_host::fs::check_private(path)?;
     Ok(Zeroizing::new(fs::read_to_string(path).map_err(io(path))?))
+}
+
+impl From<FsError> for DataDirError {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Io { path, source, .. } => Self::Io { path, source },
+            FsError::Exists { path } => Self::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "refusing to overwrite",
+                ),
+            },
+            FsError::NotPrivate { path, mode } => Self::Permissions { path, mode },
+        }
+    }
 }
 
 impl DataDir {
@@ -562,6 +564,8 @@ fn base64_encode(data: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

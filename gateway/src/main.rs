@@ -1,12 +1,11 @@
 //! `vouch-gateway`: the gateway daemon and its setup commands.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -125,14 +124,12 @@ fn init(path: &Path) -> Result<()> {
     getrandom::fill(seed.as_mut()).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
     let key = IdentityKey::from_seed(&seed);
     let pem = key.to_pkcs8_pem()?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(pem.as_bytes())?;
-    file.sync_all()?;
+    // Written whole or not at all, and never over a key another `init`
+    // put there meanwhile.
+    let (dir, name) = split_path(path)?;
+    vouch_host::fs::AtomicWrite::new(0o600)
+        .never_replace()
+        .write(dir, name, pem.as_bytes())?;
     let public = key.public_key();
     println!(
         "Gateway identity written to {} (mode 0600).",
@@ -148,6 +145,19 @@ fn init(path: &Path) -> Result<()> {
         "then install client.pem and the backend CA where [backend] certificate and ca point."
     );
     Ok(())
+}
+
+/// A file's directory (`.` for a bare name) and its name.
+fn split_path(path: &Path) -> Result<(&Path, &str)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((dir, name))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -239,14 +249,7 @@ fn load_identity(path: &Path) -> Result<(zeroize::Zeroizing<Vec<u8>>, PublicKey)
                 path.display()
             )
         })?;
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is readable by others (mode {:o}); chmod 600 it",
-            path.display(),
-            mode & 0o777
-        );
-    }
+    vouch_host::fs::check_private(path)?;
     Ok((key_pem, key.public_key()))
 }
 
@@ -351,7 +354,7 @@ async fn serve_transports(
         #[cfg(not(feature = "ble"))]
         {
             let _ = (gateway, state_dir, tasks);
-            bail!(
+            anyhow::bail!(
                 "[transport.ble] adapter {:?}: this binary was built without the `ble` feature",
                 ble.adapter
             );

@@ -9,8 +9,9 @@
 //!   anchor-updates        0600: the trust-anchor updates fetched (SPEC.md §10.6)
 //! ```
 //!
-//! Every file is written to `NAME.tmp` (mode 0600), fsynced, renamed over
-//! `NAME`, and the directory is fsynced: a crash leaves the old file or the
+//! Every file is written to a temporary file of its own (mode 0600),
+//! fsynced, renamed over its name, and the directory is fsynced
+//! ([`vouch_host::fs::AtomicWrite`]): a crash leaves the old file or the
 //! new one, never a torn one. Every file has the same framing:
 //!
 //! ```text
@@ -38,6 +39,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vouch_host::fs::{AtomicWrite, FsError};
 use vouch_proto::keys::PublicKey;
 use zeroize::Zeroizing;
 
@@ -196,48 +198,37 @@ fn probe(dir: &Path) -> Result<(), StateError> {
     })
 }
 
+/// Removes the temporary files a crash left behind: the gateway is the
+/// directory's only writer, and nothing is being written when it opens it.
 fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "tmp") {
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove a temporary state file");
-            }
-        }
-    }
+    vouch_host::fs::remove_temporaries(dir, std::time::Duration::ZERO);
 }
 
-/// Writes `bytes` to `dir/name` atomically and durably: a temporary file
-/// (mode 0600) is written and fsynced, then renamed over `name`; the directory
-/// is fsynced when `sync_dir` (a caller writing several files syncs it once).
+/// Writes `bytes` to `dir/name` atomically and durably, mode 0600
+/// ([`vouch_host::fs::AtomicWrite`]); the directory is fsynced when
+/// `sync_dir` (a caller writing several files syncs it once).
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8], sync_dir: bool) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(name))?;
-    if sync_dir {
-        sync_dir_of(dir)?;
-    }
-    Ok(())
+    let write = AtomicWrite::new(0o600);
+    let write = if sync_dir {
+        write
+    } else {
+        write.defer_dir_sync()
+    };
+    write.write(dir, name, bytes).map_err(into_io)
 }
 
 /// Fsyncs a directory, making renames and removals in it durable.
 pub(crate) fn sync_dir_of(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    vouch_host::fs::sync_dir(dir).map_err(into_io)
+}
+
+/// The operating system's error of a host file operation (the callers name
+/// the path themselves).
+fn into_io(e: FsError) -> io::Error {
+    match e {
+        FsError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
 }
 
 /// Removes a file; a file that is already gone is not an error.

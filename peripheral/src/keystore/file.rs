@@ -15,18 +15,18 @@
 //! crash left behind (`.NAME.tmp-…`) are ignored when loading and removed once
 //! stale.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tracing::{debug, warn};
 use vouch_proto::anchor::{AnchorBundle, AnchorSet};
 use vouch_proto::handshake::peripheral::TicketWallet;
 use vouch_proto::keys::{IdentityKey, PeripheralId};
 use zeroize::Zeroizing;
+
+use vouch_host::fs::{AtomicWrite, Replace};
 
 use super::{KeyStore, KeyStoreError};
 
@@ -274,14 +274,7 @@ impl KeyStore for FileKeyStore {
 
 /// Refuses a secret file that group or others may read or write.
 fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), KeyStoreError> {
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyStoreError::InsecurePermissions {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
+    Ok(vouch_host::fs::check_private_meta(path, meta)?)
 }
 
 /// Reads a whole file of at most [`MAX_FILE`] bytes into a buffer that is
@@ -304,27 +297,9 @@ fn read_limited(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
     Ok(buf)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Replace {
-    /// Replace the target atomically (rename).
-    Always,
-    /// Fail if the target exists (hard link: atomic and never clobbers).
-    Never,
-}
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn tmp_name(name: &str) -> String {
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(".{name}.tmp-{}-{n}-{nanos}", std::process::id())
-}
-
-/// Writes `bytes` to `dir/name` atomically: temporary file with `mode`, fsync,
-/// rename (or link), fsync of the directory.
+/// Writes `bytes` to `dir/name` atomically and durably with `mode`
+/// ([`AtomicWrite`]: a temporary file, fsync, rename or link, fsync of the
+/// directory).
 fn write_atomic(
     dir: &Path,
     name: &str,
@@ -332,93 +307,22 @@ fn write_atomic(
     mode: u32,
     replace: Replace,
 ) -> Result<(), KeyStoreError> {
-    let target = dir.join(name);
-    let tmp = dir.join(tmp_name(name));
-    let result = (|| {
-        let io = |action| {
-            let tmp = tmp.clone();
-            move |source| KeyStoreError::Io {
-                action,
-                path: tmp,
-                source,
-            }
-        };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io("creating"))?;
-        f.write_all(bytes).map_err(io("writing"))?;
-        f.sync_all().map_err(io("syncing"))?;
-        drop(f);
-        match replace {
-            Replace::Always => fs::rename(&tmp, &target).map_err(|source| KeyStoreError::Io {
-                action: "renaming into",
-                path: target.clone(),
-                source,
-            }),
-            Replace::Never => match fs::hard_link(&tmp, &target) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    Err(KeyStoreError::IdentityExists {
-                        path: target.clone(),
-                    })
-                }
-                Err(source) => Err(KeyStoreError::Io {
-                    action: "linking into",
-                    path: target.clone(),
-                    source,
-                }),
-            },
-        }
-    })();
-    // After a link (or any failure) the temporary name goes; after a rename it
-    // is already gone.
-    if result.is_err() || replace == Replace::Never {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(dir)
+    let write = AtomicWrite::new(mode);
+    let write = match replace {
+        Replace::Always => write,
+        Replace::Never => write.never_replace(),
+    };
+    Ok(write.write(dir, name, bytes)?)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), KeyStoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| KeyStoreError::Io {
-            action: "syncing directory",
-            path: dir.to_path_buf(),
-            source,
-        })
+    Ok(vouch_host::fs::sync_dir(dir)?)
 }
 
 /// Removes temporary files a crash left behind, once they are old enough that
 /// no writer can still be using them. Best effort.
 fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !(name.starts_with('.') && name.contains(".tmp-")) {
-            continue;
-        }
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_TMP);
-        if stale {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => debug!(file = %entry.path().display(), "removed a stale temporary file"),
-                Err(e) => {
-                    warn!(file = %entry.path().display(), error = %e, "could not remove a stale temporary file")
-                }
-            }
-        }
-    }
+    vouch_host::fs::remove_temporaries(dir, STALE_TMP);
 }
 
 #[cfg(test)]

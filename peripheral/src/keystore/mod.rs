@@ -63,6 +63,25 @@ pub trait KeyStore: Send + 'static {
     fn save_tickets(&mut self, tickets: &TicketWallet) -> Result<(), KeyStoreError>;
 }
 
+impl From<vouch_host::fs::FsError> for KeyStoreError {
+    fn from(e: vouch_host::fs::FsError) -> Self {
+        use vouch_host::fs::FsError;
+        match e {
+            FsError::Exists { path } => Self::IdentityExists { path },
+            FsError::NotPrivate { path, mode } => Self::InsecurePermissions { path, mode },
+            FsError::Io {
+                action,
+                path,
+                source,
+            } => Self::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
+}
+
 /// Errors of the key store layer.
 ///
 /// Messages name the file and say what to do; none contains key material.
