@@ -33,10 +33,11 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use vouch_proto::keys::{PeripheralId, PublicKey};
+use vouch_proto::wire::backend::route;
 use vouch_proto::wire::Lifetimes;
 
 use super::{Json, Query};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::import::{self, Format, RawRow};
 use crate::model::{
     parse_gateway_selector, parse_peripheral_selector, parse_public_key, parse_scope, valid_name,
@@ -74,31 +75,25 @@ impl FromRequestParts<AppState> for Admin {
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route(
-            "/v1/admin/peripherals",
+            route::admin::PERIPHERALS,
             get(list_peripherals).post(enroll_peripheral),
         )
-        .route("/v1/admin/peripherals/import", post(import_peripherals))
-        .route("/v1/admin/peripherals/{id}", get(show_peripheral))
+        .route(route::admin::PERIPHERALS_IMPORT, post(import_peripherals))
+        .route(route::admin::PERIPHERAL, get(show_peripheral))
+        .route(route::admin::PERIPHERAL_ACTION, post(transition_peripheral))
         .route(
-            "/v1/admin/peripherals/{id}/{action}",
-            post(transition_peripheral),
-        )
-        .route(
-            "/v1/admin/gateways",
+            route::admin::GATEWAYS,
             get(list_gateways).post(enroll_gateway),
         )
-        .route("/v1/admin/gateways/{key}", get(show_gateway))
-        .route(
-            "/v1/admin/gateways/{key}/{action}",
-            post(transition_gateway),
-        )
-        .route("/v1/admin/policies", get(list_policies).post(add_policy))
-        .route("/v1/admin/policies/{id}", delete(remove_policy))
-        .route("/v1/admin/audit", get(audit))
-        .route("/v1/admin/audit/verify", get(audit_verify))
-        .route("/v1/admin/lockouts", get(list_lockouts))
-        .route("/v1/admin/lockouts/{subject}", delete(clear_lockout))
-        .route("/v1/admin/anchor", get(anchor))
+        .route(route::admin::GATEWAY, get(show_gateway))
+        .route(route::admin::GATEWAY_ACTION, post(transition_gateway))
+        .route(route::admin::POLICIES, get(list_policies).post(add_policy))
+        .route(route::admin::POLICY, delete(remove_policy))
+        .route(route::admin::AUDIT, get(audit))
+        .route(route::admin::AUDIT_VERIFY, get(audit_verify))
+        .route(route::admin::LOCKOUTS, get(list_lockouts))
+        .route(route::admin::LOCKOUT, delete(clear_lockout))
+        .route(route::admin::ANCHOR, get(anchor))
 }
 
 // ----- inputs, shared with the CLI ------------------------------------------
@@ -154,7 +149,7 @@ pub struct EnrollGateway {
     pub site: Option<String>,
 }
 
-fn opt_name(v: &Option<String>, what: &'static str) -> Result<Option<String>, AppError> {
+fn opt_name(v: &Option<String>, what: ErrorCode) -> Result<Option<String>, AppError> {
     match v.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) if valid_name(s) => Ok(Some(s.to_owned())),
@@ -170,10 +165,10 @@ impl EnrollGateway {
     pub fn parse(&self) -> Result<NewGateway, AppError> {
         Ok(NewGateway {
             public_key: parse_public_key(&self.public_key)
-                .map_err(|e| AppError::bad_request("invalid_public_key", e.to_string()))?,
-            name: opt_name(&self.name, "invalid_name")?,
-            group: opt_name(&self.group, "invalid_group")?,
-            site: opt_name(&self.site, "invalid_site")?,
+                .map_err(|e| AppError::bad_request(ErrorCode::InvalidPublicKey, e.to_string()))?,
+            name: opt_name(&self.name, ErrorCode::InvalidName)?,
+            group: opt_name(&self.group, ErrorCode::InvalidGroup)?,
+            site: opt_name(&self.site, ErrorCode::InvalidSite)?,
         })
     }
 }
@@ -217,25 +212,25 @@ impl NewPolicy {
     pub fn parse(&self) -> Result<ParsedPolicy, AppError> {
         let p = parse_peripheral_selector(self.peripheral.trim()).ok_or_else(|| {
             AppError::bad_request(
-                "invalid_selector",
+                ErrorCode::InvalidSelector,
                 "peripheral must be peripheral:ID, group:NAME or any",
             )
         })?;
         let g = parse_gateway_selector(self.gateway.trim()).ok_or_else(|| {
             AppError::bad_request(
-                "invalid_selector",
+                ErrorCode::InvalidSelector,
                 "gateway must be gateway:KEY, group:NAME, site:NAME or any",
             )
         })?;
         let scope = parse_scope(&self.scope).ok_or_else(|| {
             AppError::bad_request(
-                "invalid_scope",
+                ErrorCode::InvalidScope,
                 "scope: telemetry, command, app8..app31 or numbers, comma-separated; bits 2-7 are reserved",
             )
         })?;
         if self.session_s == 0 {
             return Err(AppError::bad_request(
-                "invalid_lifetime",
+                ErrorCode::InvalidLifetime,
                 "session_s must be positive",
             ));
         }
@@ -267,14 +262,15 @@ pub fn parse_transition(s: &str) -> Result<Transition, AppError> {
 }
 
 fn parse_id(s: &str) -> Result<PeripheralId, AppError> {
-    PeripheralId::from_hex(s)
-        .ok_or_else(|| AppError::bad_request("invalid_id", "a peripheral id is 16 hex digits"))
+    PeripheralId::from_hex(s).ok_or_else(|| {
+        AppError::bad_request(ErrorCode::InvalidId, "a peripheral id is 16 hex digits")
+    })
 }
 
 fn parse_gateway_key(s: &str) -> Result<PublicKey, AppError> {
     PublicKey::from_hex(s).ok_or_else(|| {
         AppError::bad_request(
-            "invalid_public_key",
+            ErrorCode::InvalidPublicKey,
             "a gateway key is 64 hex digits (a valid Ed25519 key)",
         )
     })
@@ -285,7 +281,7 @@ fn parse_status(s: &Option<String>) -> Result<Option<Status>, AppError> {
         .map(|v| {
             Status::parse(v).ok_or_else(|| {
                 AppError::bad_request(
-                    "invalid_status",
+                    ErrorCode::InvalidStatus,
                     "status: pending, active, suspended, revoked",
                 )
             })
@@ -395,10 +391,13 @@ async fn import_peripherals(
     body: Bytes,
 ) -> Result<Json<ImportAnswer>, AppError> {
     let format = q.format.ok_or_else(|| {
-        AppError::bad_request("invalid_query", "format=csv or format=ndjson is required")
+        AppError::bad_request(
+            ErrorCode::InvalidQuery,
+            "format=csv or format=ndjson is required",
+        )
     })?;
     let rows = import::read_rows(body.as_ref(), format)
-        .map_err(|_| AppError::bad_request("bad_body", "the body is not readable text"))?;
+        .map_err(|_| AppError::bad_request(ErrorCode::BadBody, "the body is not readable text"))?;
     let mut reports = Vec::with_capacity(rows.len());
     let summary = import::run(&state.store, rows, q.dry_run, 500, ACTOR, |r| {
         reports.extend_from_slice(r)
@@ -570,7 +569,7 @@ async fn remove_policy(
 ) -> Result<StatusCode, AppError> {
     let id: i64 = id
         .parse()
-        .map_err(|_| AppError::bad_request("invalid_id", "a policy id is a number"))?;
+        .map_err(|_| AppError::bad_request(ErrorCode::InvalidId, "a policy id is a number"))?;
     match state.store.remove_policy(id, ACTOR).await {
         Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("policy")),
         other => {
@@ -609,7 +608,7 @@ pub fn audit_filter(
         s.map(|v| {
             parse_time(v).ok_or_else(|| {
                 AppError::bad_request(
-                    "invalid_time",
+                    ErrorCode::InvalidTime,
                     "times are RFC 3339 (2026-01-31T12:00:00Z) or milliseconds since the epoch",
                 )
             })

@@ -21,13 +21,13 @@ use axum::Router;
 use serde::Deserialize;
 use vouch_proto::keys::PublicKey;
 use vouch_proto::wire::backend::{
-    AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
+    route, AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
     VouchBatchAnswer, VouchBatchRequest, VouchRequest, MAX_BATCH, MAX_FEED_EVENTS,
 };
 
 use super::{decode_error, Postcard, PostcardBytes, Query};
 use crate::budget::{BudgetGuard, Kind};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::model::GatewayRecord;
 use crate::vouch::{self, GatewayCheck};
 use crate::{AppState, ClientIdentity};
@@ -54,7 +54,7 @@ impl<S: Send + Sync> FromRequestParts<S> for GatewayKey {
             .ok_or_else(|| {
                 AppError::new(
                     StatusCode::UNAUTHORIZED,
-                    "client_certificate_required",
+                    ErrorCode::ClientCertificateRequired,
                     "the gateway API requires a client certificate issued by this backend",
                 )
             })
@@ -83,15 +83,15 @@ pub(crate) fn gateway_identity(
 /// Vouch, batch vouch, session reports and anchor updates.
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/vouch", post(vouch_one))
-        .route("/v1/vouch/batch", post(vouch_batch))
-        .route("/v1/sessions", post(sessions))
-        .route("/v1/anchor-updates", get(anchor_updates))
+        .route(route::VOUCH, post(vouch_one))
+        .route(route::VOUCH_BATCH, post(vouch_batch))
+        .route(route::SESSIONS, post(sessions))
+        .route(route::ANCHOR_UPDATES, get(anchor_updates))
 }
 
 /// The revocation feed (outside the request deadline).
 pub(super) fn feed_router() -> Router<AppState> {
-    Router::new().route("/v1/feed", get(feed))
+    Router::new().route(route::FEED, get(feed))
 }
 
 /// The per-gateway budget of requests in flight ([`crate::budget`]), taken
@@ -141,7 +141,7 @@ fn take_budget(state: &AppState, key: &PublicKey, kind: Kind) -> Result<BudgetGu
             "a gateway exceeded its budget of requests in flight: answered 429");
         AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "gateway_busy",
+            ErrorCode::GatewayBusy,
             "this gateway has too many requests in flight; retry later",
         )
     })
@@ -170,7 +170,7 @@ async fn vouch_batch(
 ) -> Result<Postcard<VouchBatchAnswer>, AppError> {
     if req.items.len() > MAX_BATCH {
         return Err(AppError::bad_request(
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!("a batch holds at most {MAX_BATCH} requests"),
         ));
     }
@@ -188,9 +188,13 @@ async fn vouch_batch(
 async fn active_gateway(state: &AppState, key: &PublicKey) -> Result<GatewayRecord, AppError> {
     match vouch::check_gateway(&state.store, key).await? {
         GatewayCheck::Active(g) => Ok(g),
+        // Step 1 refuses only these two (`vouch::check_gateway`).
         GatewayCheck::Refused(r) => Err(AppError::new(
             StatusCode::FORBIDDEN,
-            r.code(),
+            match r {
+                vouch::Reason::GatewayUnknown => ErrorCode::GatewayUnknown,
+                _ => ErrorCode::GatewayNotActive,
+            },
             "this gateway is not enrolled and active",
         )),
     }
@@ -205,13 +209,13 @@ async fn sessions(
     let report = SessionReport::decode(&body).map_err(decode_error)?;
     if report.events.len() > MAX_FEED_EVENTS {
         return Err(AppError::bad_request(
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!("a report holds at most {MAX_FEED_EVENTS} events"),
         ));
     }
     if !report.times.is_empty() && report.times.len() != report.events.len() {
         return Err(AppError::bad_request(
-            "malformed_body",
+            ErrorCode::MalformedBody,
             format!(
                 "a report carries one times entry per event, or none ({} events, {} times)",
                 report.events.len(),
@@ -266,7 +270,7 @@ async fn feed(
         state.metrics.overload.with_label_values(&["shed"]).inc();
         return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ErrorCode::Overloaded,
             "too many feed subscribers; retry later",
         ));
     };
