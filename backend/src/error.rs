@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 pub use vouch_proto::wire::backend::ErrorCode;
 
+use crate::registry::RegistryError;
 use crate::store::{Conflict, StoreError};
 
 /// Serializes an [`ErrorCode`] as its stable string (for serde's
@@ -107,6 +108,20 @@ impl IntoResponse for AppError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         res
+    }
+}
+
+impl From<RegistryError> for AppError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid { code, message } => AppError::bad_request(code, message),
+            RegistryError::NotFound(what) => AppError::not_found(what),
+            RegistryError::Store(e) => e.into(),
+            e @ RegistryError::Certificate(_) => {
+                tracing::error!(error = %e, "gateway certificate issuing failed");
+                AppError::unavailable()
+            }
+        }
     }
 }
 

@@ -64,6 +64,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod pki;
+pub mod registry;
 pub mod routes;
 pub mod security;
 pub mod server;
