@@ -29,7 +29,7 @@ use super::{decode_error, Postcard, PostcardBytes, Query};
 use crate::budget::{BudgetGuard, Kind};
 use crate::error::{AppError, ErrorCode};
 use crate::model::GatewayRecord;
-use crate::vouch::{self, GatewayCheck};
+use crate::vouch::{self, CloneRules, GatewayCheck, Issuer};
 use crate::{AppState, ClientIdentity};
 
 /// Header that names the gateway key on plain-HTTP development servers
@@ -153,7 +153,7 @@ async fn vouch_one(
     Postcard(req): Postcard<VouchRequest>,
 ) -> Result<Postcard<VouchAnswer>, AppError> {
     let started = Instant::now();
-    let mut answers = vouch::vouch_batch(&state, &key, std::slice::from_ref(&req)).await?;
+    let mut answers = vouch::vouch_batch(issuer(&state), &key, std::slice::from_ref(&req)).await?;
     state
         .metrics
         .duration
@@ -175,13 +175,27 @@ async fn vouch_batch(
         ));
     }
     let started = Instant::now();
-    let items = vouch::vouch_batch(&state, &key, &req.items).await?;
+    let items = vouch::vouch_batch(issuer(&state), &key, &req.items).await?;
     state
         .metrics
         .duration
         .with_label_values(&["batch"])
         .observe(started.elapsed().as_secs_f64());
     Ok(Postcard(VouchBatchAnswer { items }))
+}
+
+/// The parts of the state vouch issuing uses.
+fn issuer(state: &AppState) -> Issuer<'_> {
+    Issuer {
+        store: &state.store,
+        keys: &state.keys,
+        security: &state.config.security,
+        lockouts: &state.lockouts,
+        metrics: &state.metrics,
+        alerter: &state.alerter,
+        refusals: &state.refusals,
+        committer: &state.committer,
+    }
 }
 
 /// An active gateway, or 403.
@@ -224,7 +238,15 @@ async fn sessions(
         ));
     }
     let gateway = active_gateway(&state, &key).await?;
-    let items = vouch::report_sessions(&state, &gateway, &report.events, &report.times).await?;
+    let items = vouch::report_sessions(
+        &state.store,
+        &state.alerter,
+        CloneRules::new(&state.config.security),
+        &gateway,
+        &report.events,
+        &report.times,
+    )
+    .await?;
     Ok(Postcard(SessionReportAnswer { items }))
 }
 
@@ -245,7 +267,7 @@ async fn anchor_updates(
     Query(q): Query<AnchorUpdatesQuery>,
 ) -> Result<Postcard<AnchorUpdateBatch>, AppError> {
     active_gateway(&state, &key).await?;
-    let batch = crate::keyring::updates_for_gateways(&state, q.after).await?;
+    let batch = crate::keyring::updates_for_gateways(&state.store, &state.keys, q.after).await?;
     Ok(Postcard(batch))
 }
 

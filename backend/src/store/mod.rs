@@ -81,7 +81,7 @@ pub use events::EventRow;
 pub use gateways::{GatewayFilter, NewGateway};
 pub use keys::{InstanceRow, KeyRow, UpdateRow};
 pub use peripherals::{EnrollOutcome, NewPeripheral, PeripheralFilter};
-pub use read::Reader;
+pub use read::{AfterOpen, BeforeCrypto, Reader};
 pub use sessions::{OtherSession, SessionState};
 
 use crate::model::{Status, Transition};
