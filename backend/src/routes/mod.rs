@@ -176,6 +176,7 @@ pub async fn audit_refusals(
         let item = crate::vouch::JobItem {
             ephemeral: None,
             audit: entry,
+            grant: None,
         };
         if let Err(e) = state.committer.commit(vec![item]).await {
             tracing::warn!(error = %e, "could not audit a refusal");

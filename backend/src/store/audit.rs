@@ -749,6 +749,12 @@ pub(super) async fn prune(
             .execute(&mut *tx.tx)
             .await?
             .rows_affected();
+        // A grant goes with its vouch's entry: an attach is judged against
+        // the vouches the log still holds, as before grants were stored.
+        sqlx::query("DELETE FROM vouch_grants WHERE audit_seq <= $1")
+            .bind(upto)
+            .execute(&mut *tx.tx)
+            .await?;
         pruned += i64::try_from(n).unwrap_or(i64::MAX);
         if upto == target {
             tx.audit(

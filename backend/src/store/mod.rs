@@ -79,6 +79,7 @@ pub use audit::{
 pub use clones::Suspicion;
 pub use events::EventRow;
 pub use gateways::{GatewayFilter, NewGateway};
+pub use grants::{Grant, StoredGrant};
 pub use keys::{InstanceRow, KeyRow, UpdateRow};
 pub use peripherals::{EnrollOutcome, NewPeripheral, PeripheralFilter};
 pub use read::{AfterOpen, BeforeCrypto, Reader};

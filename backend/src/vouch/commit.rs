@@ -9,7 +9,7 @@ use vouch_proto::keys::DhPublic;
 
 use super::Reason;
 use crate::audit::{Admit, RefusalTally};
-use crate::store::{now_ms, NewAudit, Store, StoreError};
+use crate::store::{now_ms, Grant, NewAudit, Store, StoreError};
 
 /// One decision to make durable.
 pub(crate) struct JobItem {
@@ -18,6 +18,8 @@ pub(crate) struct JobItem {
     pub(crate) ephemeral: Option<DhPublic>,
     /// The audit entry.
     pub(crate) audit: NewAudit,
+    /// What a vouch granted, recorded with its entry if the decision stands.
+    pub(crate) grant: Option<Grant>,
 }
 
 struct Job {
@@ -132,6 +134,8 @@ async fn write_group(
     let mut taken = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(jobs.len());
     let mut entries = Vec::new();
+    // The grants of the vouches that stand, by the index of their entry.
+    let mut grants = Vec::new();
     for job in jobs.iter_mut() {
         let mut flags = Vec::with_capacity(job.items.len());
         for item in job.items.iter_mut() {
@@ -150,11 +154,21 @@ async fn write_group(
                     continue;
                 }
             }
+            if let (true, Some(g)) = (stands, item.grant) {
+                grants.push((entries.len(), g));
+            }
             entries.push(item.audit.clone());
         }
         out.push(flags);
     }
-    tx.audit_many(&entries, now).await?;
+    // The entries take consecutive sequence numbers, the last one `last`.
+    let last = tx.audit_many(&entries, now).await?;
+    let first = last - (entries.len() as i64 - 1);
+    let grants: Vec<(i64, Grant)> = grants
+        .into_iter()
+        .map(|(i, g)| (first + i as i64, g))
+        .collect();
+    tx.record_grants(&grants, now).await?;
     tx.commit().await?;
     Ok(out)
 }

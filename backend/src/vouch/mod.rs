@@ -62,7 +62,7 @@ use crate::keyring::{KeyRing, ServedKeys};
 use crate::metrics::Metrics;
 use crate::model::{GatewayRecord, PeripheralRecord, Status};
 use crate::security::{Alert, Alerter, Lockouts, Subject};
-use crate::store::{now_ms, AfterOpen, NewAudit, Store, StoreError};
+use crate::store::{now_ms, AfterOpen, Grant, NewAudit, Store, StoreError};
 
 /// The batch signature verification's verdicts, one per opened hello.
 type Verdicts = std::vec::IntoIter<Result<VerifiedHello, vouch_proto::Error>>;
@@ -558,14 +558,14 @@ fn audit_job(
     let mut written = Vec::with_capacity(decisions.len());
     for d in decisions {
         let claimed = d.claimed.map(|c| c.to_string());
-        let (ephemeral, audit) = match &d.outcome {
+        let (ephemeral, audit, grant) = match &d.outcome {
             Ok(g) if d.refuse_clone => {
                 let a = refusal_entry(actor, &gw_hex, claimed.as_deref(), Reason::CloneRefused);
                 if refusals.admit(&a, now) == Admit::Counted {
                     written.push(false);
                     continue;
                 }
-                (Some(g.verified.ephemeral()), a)
+                (Some(g.verified.ephemeral()), a, None)
             }
             Ok(g) => (
                 Some(g.verified.ephemeral()),
@@ -573,6 +573,11 @@ fn audit_job(
                     .gateway(&gw_hex)
                     .peripheral(&g.record.id.to_string())
                     .detail(&grant_detail(g.scope, g.lifetimes, g.keys.kid())),
+                Some(Grant {
+                    peripheral: g.record.id,
+                    gateway: *key,
+                    lifetimes: g.lifetimes,
+                }),
             ),
             Err(reason) => {
                 let a = refusal_entry(actor, &gw_hex, claimed.as_deref(), *reason);
@@ -580,11 +585,15 @@ fn audit_job(
                     written.push(false);
                     continue;
                 }
-                (None, a)
+                (None, a, None)
             }
         };
         written.push(true);
-        job.push(JobItem { ephemeral, audit });
+        job.push(JobItem {
+            ephemeral,
+            audit,
+            grant,
+        });
     }
     (job, written)
 }
@@ -705,7 +714,8 @@ pub(crate) fn refusal_entry(
 
 /// The audit detail of a vouch: what it granted, and the key id that signed
 /// it (so an operator can see which peripherals still seal to an old key
-/// before purging it). [`granted_lifetimes`] reads it back.
+/// before purging it). Written for people: attach reports are authorized
+/// from the grant stored with it ([`crate::store::Grant`]).
 fn grant_detail(scope: Scope, lifetimes: Lifetimes, kid: KeyId) -> String {
     format!(
         "scope={} session_s={} resumption_s={} kid={}",

@@ -5,25 +5,13 @@
 
 use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::backend::{EventTimes, SessionEvent, SessionEventKind, SessionVerdict};
-use vouch_proto::wire::Lifetimes;
 
 use crate::config::{CloneAction, Security};
 use crate::model::{GatewayRecord, Status};
 use crate::security::{Alert, Alerter};
-use crate::store::{now_ms, NewAudit, SessionState, Store, StoreError, Suspicion, WriteTx};
-
-/// The lifetimes a vouch's audit detail records ([`grant_detail`]).
-fn granted_lifetimes(detail: &str) -> Option<Lifetimes> {
-    let field = |name: &str| {
-        detail
-            .split(' ')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-    };
-    Some(Lifetimes {
-        session_s: field("session_s")?,
-        resumption_s: field("resumption_s")?,
-    })
-}
+use crate::store::{
+    now_ms, NewAudit, SessionState, Store, StoreError, StoredGrant, Suspicion, WriteTx,
+};
 
 /// How much later than the vouch's lifetimes an attach report still counts:
 /// the gateway's ticket clock starts after the backend's audit time, the
@@ -42,11 +30,11 @@ async fn live_vouch_at(
     gateway: &PublicKey,
     now: i64,
 ) -> Result<Option<i64>, StoreError> {
-    let Some((at_ms, detail)) = store.last_vouch(peripheral, gateway).await? else {
-        return Ok(None);
-    };
-    let Some(l) = granted_lifetimes(&detail) else {
-        tracing::error!(%peripheral, %gateway, detail, "a vouch's audit detail does not parse");
+    let Some(StoredGrant {
+        at_ms,
+        lifetimes: l,
+    }) = store.last_grant(peripheral, gateway).await?
+    else {
         return Ok(None);
     };
     let span_ms = i64::from(l.session_s.max(l.resumption_s))
