@@ -487,7 +487,7 @@ pub async fn status(data: &DataDir, store: &Store) -> Result<RingStatus, KeyRing
 
 /// What a fully updated peripheral holds (the admin API's provisioning
 /// bundle). A serving backend registered its ring when it started
-/// ([`initial_ring`]).
+/// (`initial_ring`).
 pub async fn fleet(store: &Store) -> Result<AnchorSet, KeyRingError> {
     let rows = store.key_rows().await?;
     replay(&rows, &store.anchor_updates_after(0).await?)

@@ -4,15 +4,15 @@
 //! | method, path | does |
 //! |---|---|
 //! | `GET /v1/admin/peripherals?status=&group=&after=&limit=` | list (cursor: `next_cursor`) |
-//! | `POST /v1/admin/peripherals` | enroll one ([`EnrollPeripheral`](registry::EnrollPeripheral)) |
+//! | `POST /v1/admin/peripherals` | enroll one ([`EnrollPeripheral`]) |
 //! | `POST /v1/admin/peripherals/import?format=csv\|ndjson&dry_run=` | bulk enroll (body: the file) |
 //! | `GET /v1/admin/peripherals/{id}` | show |
 //! | `POST /v1/admin/peripherals/{id}/{activate\|suspend\|reinstate\|revoke}` | lifecycle |
 //! | `GET /v1/admin/gateways?status=&group=&site=&after=&limit=` | list |
-//! | `POST /v1/admin/gateways` | enroll ([`EnrollGateway`](registry::EnrollGateway)); returns the client certificate |
+//! | `POST /v1/admin/gateways` | enroll ([`EnrollGateway`]); returns the client certificate |
 //! | `GET /v1/admin/gateways/{key}` | show |
 //! | `POST /v1/admin/gateways/{key}/{activate\|suspend\|reinstate\|revoke}` | lifecycle |
-//! | `GET /v1/admin/policies`, `POST /v1/admin/policies`, `DELETE /v1/admin/policies/{id}` | policy ([`NewPolicy`](registry::NewPolicy)) |
+//! | `GET /v1/admin/policies`, `POST /v1/admin/policies`, `DELETE /v1/admin/policies/{id}` | policy ([`NewPolicy`]) |
 //! | `GET /v1/admin/audit?peripheral=&gateway=&action=&since=&until=&after=&limit=` | audit query |
 //! | `GET /v1/admin/audit/verify` | recompute the hash chain |
 //! | `GET /v1/admin/lockouts`, `DELETE /v1/admin/lockouts/{subject}` | lockouts |

@@ -80,6 +80,24 @@ struct Report<'a> {
     alerts: Vec<Alert>,
 }
 
+impl Report<'_> {
+    /// The audit entry of a reported event: `action` with the verdict's
+    /// outcome and `reason`, naming the session.
+    fn entry(
+        &self,
+        action: &str,
+        verdict: SessionVerdict,
+        reason: &str,
+        ev: &SessionEvent,
+    ) -> NewAudit {
+        NewAudit::new(action, outcome_of(verdict), &self.actor)
+            .reason(reason)
+            .peripheral(&ev.peripheral.to_string())
+            .gateway(&self.gw_hex)
+            .detail(&format!("session {}", hex::encode(ev.session_id)))
+    }
+}
+
 /// One reported event with what was read before the write transaction.
 struct Planned<'e> {
     ev: &'e SessionEvent,
@@ -220,15 +238,10 @@ async fn detached(
     {
         judge_waiting(tx, r, ev, &sid, p.heard_ms, w).await?;
     }
-    tx.audit(
-        NewAudit::new("session_detach", "ok", &r.actor)
-            .peripheral(&ev.peripheral.to_string())
-            .gateway(&r.gw_hex)
-            .detail(&format!("session {sid}")),
-        r.now,
-    )
-    .await?;
-    Ok(SessionVerdict::Accepted)
+    let verdict = SessionVerdict::Accepted;
+    tx.audit(r.entry("session_detach", verdict, "", ev), r.now)
+        .await?;
+    Ok(verdict)
 }
 
 /// A pair that waited for this session's end (`heard_ms`): a clone if this
@@ -308,15 +321,8 @@ async fn concurrent(
             (SessionVerdict::CloneSuspected, "clone_suspected")
         }
     };
-    tx.audit(
-        NewAudit::new("session_concurrent", outcome_of(verdict), &r.actor)
-            .reason(reason)
-            .peripheral(&pid)
-            .gateway(&r.gw_hex)
-            .detail(&format!("session {sid}")),
-        r.now,
-    )
-    .await?;
+    tx.audit(r.entry("session_concurrent", verdict, reason, p.ev), r.now)
+        .await?;
     Ok(verdict)
 }
 
@@ -348,15 +354,8 @@ async fn attached(
         )
         .await?;
     }
-    tx.audit(
-        NewAudit::new("session_attach", outcome_of(verdict), &r.actor)
-            .reason(reason)
-            .peripheral(&ev.peripheral.to_string())
-            .gateway(&r.gw_hex)
-            .detail(&format!("session {sid}")),
-        r.now,
-    )
-    .await?;
+    tx.audit(r.entry("session_attach", verdict, reason, ev), r.now)
+        .await?;
     Ok(verdict)
 }
 
