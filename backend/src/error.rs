@@ -17,28 +17,33 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+pub use vouch_proto::wire::backend::ErrorCode;
 
+use crate::registry::RegistryError;
 use crate::store::{Conflict, StoreError};
 
-/// The stable code of an error answer, in the response's extensions, for
-/// the audit of refusals at the HTTP level ([`crate::routes`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorCode(pub &'static str);
+/// Serializes an [`ErrorCode`] as its stable string (for serde's
+/// `serialize_with`).
+pub fn serialize_code<S: serde::Serializer>(code: &ErrorCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(code.as_str())
+}
 
 /// An error answer of the HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppError {
     /// HTTP status.
     pub status: StatusCode,
-    /// Stable, machine-readable code.
-    pub code: &'static str,
+    /// Stable, machine-readable code. An error answer also carries it in
+    /// the response's extensions, for the audit of refusals at the HTTP
+    /// level ([`crate::routes`]).
+    pub code: ErrorCode,
     /// Human-readable message, safe to show to the caller.
     pub message: String,
 }
 
 impl AppError {
     /// An error with a status, a stable code and a message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -47,7 +52,7 @@ impl AppError {
     }
 
     /// 400 with a code.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -55,7 +60,7 @@ impl AppError {
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("{what} not found"),
         )
     }
@@ -64,7 +69,7 @@ impl AppError {
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid admin bearer token is required",
         )
     }
@@ -73,7 +78,7 @@ impl AppError {
     pub fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             "the service cannot answer right now; retry later",
         )
     }
@@ -89,9 +94,9 @@ impl std::error::Error for AppError {}
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
         let mut res = (self.status, axum::Json(body)).into_response();
-        res.extensions_mut().insert(ErrorCode(self.code));
+        res.extensions_mut().insert(self.code);
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
         {
@@ -106,22 +111,38 @@ impl IntoResponse for AppError {
     }
 }
 
+impl From<RegistryError> for AppError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid { code, message } => AppError::bad_request(code, message),
+            RegistryError::NotFound(what) => AppError::not_found(what),
+            RegistryError::Store(e) => e.into(),
+            e @ RegistryError::Certificate(_) => {
+                tracing::error!(error = %e, "gateway certificate issuing failed");
+                AppError::unavailable()
+            }
+        }
+    }
+}
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => AppError::not_found("record"),
             StoreError::Conflict(c) => {
                 let code = match c {
-                    Conflict::PeripheralId => "peripheral_exists",
-                    Conflict::PeripheralKey => "public_key_in_use",
-                    Conflict::Gateway => "gateway_exists",
-                    Conflict::Policy => "policy_exists",
+                    Conflict::PeripheralId => ErrorCode::PeripheralExists,
+                    Conflict::PeripheralKey => ErrorCode::PublicKeyInUse,
+                    Conflict::Gateway => ErrorCode::GatewayExists,
+                    Conflict::Policy => ErrorCode::PolicyExists,
                 };
                 AppError::new(StatusCode::CONFLICT, code, c.to_string())
             }
-            e @ StoreError::InvalidTransition { .. } => {
-                AppError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
-            }
+            e @ StoreError::InvalidTransition { .. } => AppError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::InvalidTransition,
+                e.to_string(),
+            ),
             other => {
                 tracing::error!(error = %other, "store failure");
                 AppError::unavailable()

@@ -27,6 +27,7 @@ use std::io::{BufRead, Read};
 
 use serde::{Deserialize, Serialize};
 use vouch_proto::keys::PeripheralId;
+use vouch_proto::wire::backend::ErrorCode;
 
 use crate::model::{parse_public_key, valid_name, valid_value, Status};
 use crate::store::{Conflict, EnrollOutcome, NewPeripheral, Store, StoreError};
@@ -75,13 +76,14 @@ pub struct RawRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RowError {
     /// Stable code (`invalid_public_key`, `peripheral_exists`, …).
-    pub code: &'static str,
+    #[serde(serialize_with = "crate::error::serialize_code")]
+    pub code: ErrorCode,
     /// Human-readable.
     pub message: String,
 }
 
 impl RowError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -92,10 +94,10 @@ impl RowError {
 /// Validates a raw row into an enrollment (parse, don't validate).
 pub fn parse_row(raw: &RawRow) -> Result<NewPeripheral, RowError> {
     let public_key = parse_public_key(&raw.public_key)
-        .map_err(|e| RowError::new("invalid_public_key", e.to_string()))?;
+        .map_err(|e| RowError::new(ErrorCode::InvalidPublicKey, e.to_string()))?;
     let id = match raw.id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(s) => PeripheralId::from_hex(s)
-            .ok_or_else(|| RowError::new("invalid_id", "id must be 16 hex digits"))?,
+            .ok_or_else(|| RowError::new(ErrorCode::InvalidId, "id must be 16 hex digits"))?,
         None => PeripheralId::derive(&public_key),
     };
     let group = match raw
@@ -107,7 +109,7 @@ pub fn parse_row(raw: &RawRow) -> Result<NewPeripheral, RowError> {
         Some(g) if valid_name(g) => Some(g.to_owned()),
         Some(_) => {
             return Err(RowError::new(
-                "invalid_group",
+                ErrorCode::InvalidGroup,
                 "group must be 1-128 printable characters",
             ))
         }
@@ -116,20 +118,23 @@ pub fn parse_row(raw: &RawRow) -> Result<NewPeripheral, RowError> {
     for (k, v) in &raw.attributes {
         if !valid_name(k) || !valid_value(v) {
             return Err(RowError::new(
-                "invalid_attribute",
+                ErrorCode::InvalidAttribute,
                 "attribute names are 1-128 and values at most 1024 printable characters",
             ));
         }
     }
     if raw.attributes.len() > 64 {
-        return Err(RowError::new("invalid_attribute", "at most 64 attributes"));
+        return Err(RowError::new(
+            ErrorCode::InvalidAttribute,
+            "at most 64 attributes",
+        ));
     }
     let status = match raw.status.as_deref().map(str::trim) {
         None | Some("") | Some("active") => Status::Active,
         Some("pending") => Status::Pending,
         Some(_) => {
             return Err(RowError::new(
-                "invalid_status",
+                ErrorCode::InvalidStatus,
                 "status must be active or pending",
             ))
         }
@@ -177,7 +182,10 @@ pub fn read_rows(input: impl Read, format: Format) -> Result<Rows, std::io::Erro
                     continue;
                 }
                 let row = serde_json::from_str::<RawRow>(line).map_err(|e| {
-                    RowError::new("invalid_row", format!("not a valid row object: {e}"))
+                    RowError::new(
+                        ErrorCode::InvalidRow,
+                        format!("not a valid row object: {e}"),
+                    )
                 });
                 out.push((number, row));
             }
@@ -193,7 +201,10 @@ pub fn read_rows(input: impl Read, format: Format) -> Result<Rows, std::io::Erro
                 Err(e) => {
                     return Ok(vec![(
                         1,
-                        Err(RowError::new("invalid_csv", format!("bad header row: {e}"))),
+                        Err(RowError::new(
+                            ErrorCode::InvalidCsv,
+                            format!("bad header row: {e}"),
+                        )),
                     )])
                 }
             };
@@ -209,7 +220,10 @@ pub fn read_rows(input: impl Read, format: Format) -> Result<Rows, std::io::Erro
                     Err(e) => {
                         let line = e.position().map_or(next_line, |p| p.line() as usize);
                         next_line = line + 1;
-                        out.push((line, Err(RowError::new("invalid_csv", e.to_string()))));
+                        out.push((
+                            line,
+                            Err(RowError::new(ErrorCode::InvalidCsv, e.to_string())),
+                        ));
                         continue;
                     }
                 };
@@ -235,7 +249,7 @@ pub fn read_rows(input: impl Read, format: Format) -> Result<Rows, std::io::Erro
 
 fn invalid_utf8(where_: String) -> RowError {
     RowError::new(
-        "invalid_utf8",
+        ErrorCode::InvalidUtf8,
         format!("the row is not valid UTF-8 ({where_}); the other rows are read on"),
     )
 }
@@ -256,7 +270,7 @@ fn csv_row(headers: &csv::StringRecord, rec: &csv::StringRecord) -> Result<RawRo
                 for pair in v.split(';').filter(|p| !p.trim().is_empty()) {
                     let (k, val) = pair.split_once('=').ok_or_else(|| {
                         RowError::new(
-                            "invalid_attribute",
+                            ErrorCode::InvalidAttribute,
                             "attributes must be name=value;name=value",
                         )
                     })?;
@@ -271,7 +285,7 @@ fn csv_row(headers: &csv::StringRecord, rec: &csv::StringRecord) -> Result<RawRo
                 Some(_) => {}
                 None => {
                     return Err(RowError::new(
-                        "invalid_csv",
+                        ErrorCode::InvalidCsv,
                         format!("unknown column {other:?}"),
                     ))
                 }
@@ -279,7 +293,10 @@ fn csv_row(headers: &csv::StringRecord, rec: &csv::StringRecord) -> Result<RawRo
         }
     }
     if !have_key {
-        return Err(RowError::new("invalid_csv", "missing public_key column"));
+        return Err(RowError::new(
+            ErrorCode::InvalidCsv,
+            "missing public_key column",
+        ));
     }
     Ok(raw)
 }
@@ -316,14 +333,14 @@ pub struct Summary {
 fn conflict_error(c: Conflict) -> RowError {
     match c {
         Conflict::PeripheralId => RowError::new(
-            "peripheral_exists",
+            ErrorCode::PeripheralExists,
             "this id is enrolled with a different key, group or attributes",
         ),
         Conflict::PeripheralKey => RowError::new(
-            "public_key_in_use",
+            ErrorCode::PublicKeyInUse,
             "this public key is enrolled under another id",
         ),
-        other => RowError::new("conflict", other.to_string()),
+        other => RowError::new(ErrorCode::Conflict, other.to_string()),
     }
 }
 

@@ -487,7 +487,7 @@ pub async fn status(data: &DataDir, store: &Store) -> Result<RingStatus, KeyRing
 
 /// What a fully updated peripheral holds (the admin API's provisioning
 /// bundle). A serving backend registered its ring when it started
-/// ([`initial_ring`]).
+/// (`initial_ring`).
 pub async fn fleet(store: &Store) -> Result<AnchorSet, KeyRingError> {
     let rows = store.key_rows().await?;
     replay(&rows, &store.anchor_updates_after(0).await?)
@@ -1148,21 +1148,21 @@ pub(crate) async fn forget(state: &AppState) -> Result<(), StoreError> {
 /// does not serve: a peripheral must never be told to seal to a key that
 /// the instance its next handshake reaches cannot open.
 pub async fn updates_for_gateways(
-    state: &AppState,
+    store: &Store,
+    keys: &ServedKeys,
     after: u32,
 ) -> Result<AnchorUpdateBatch, StoreError> {
-    let ring = state.keys.snapshot();
-    let rows = state.store.key_rows().await?;
+    let ring = keys.snapshot();
+    let rows = store.key_rows().await?;
     let now = now_ms();
-    let live: Vec<InstanceRow> = state
-        .store
+    let live: Vec<InstanceRow> = store
         .instances()
         .await?
         .into_iter()
         .filter(|i| i.live_at(now))
         .collect();
     // The whole log: a few hundred rows at most (module doc of store::keys).
-    let all = state.store.anchor_updates_after(0).await?;
+    let all = store.anchor_updates_after(0).await?;
     let servable = handed_out(&all, &purged(&rows), |kid| {
         ring.get(kid).is_some() && served_by_all(&live, kid)
     });

@@ -8,20 +8,28 @@
 //!
 //! ## Layout
 //!
+//! From the HTTP edge down:
+//!
 //! - [`app`] builds the whole HTTP service as an axum [`Router`] over an
 //!   [`AppState`]; tests drive it with `oneshot`, the binary serves it over
-//!   TLS with [`server::serve`].
-//! - [`store`]: one storage implementation for SQLite and PostgreSQL.
-//! - [`vouch`]: the order of checks, uniform refusals, group commit.
-//! - [`feed`]: the revocation feed (long-poll). [`security`]: lockouts, alerts.
-//! - [`audit`]: repeated refusals counted into summary entries, retention.
-//! - [`routes`]: gateway API (postcard bodies, mutual TLS), admin API (JSON,
-//!   bearer token), operations (`/healthz`, `/readyz`, `/metrics` with the
-//!   admin token, `/v1/openapi.json`); [`ops_app`] is the loopback
-//!   operations listener (`/metrics` without a token).
-//! - [`keyring`]: the backend's key pairs, their rotation and the signed
-//!   trust-anchor updates served to gateways (SPEC.md §7.7).
-//! - [`datadir`], [`pki`], [`config`], [`import`], [`anchor`]: the operator's side.
+//!   TLS with [`server::serve`]. [`ops_app`] is the loopback operations
+//!   listener (`/metrics` without a token).
+//! - [`routes`]: the HTTP layer. Gateway API (postcard bodies, mutual TLS),
+//!   admin API (JSON, bearer token), operations (`/healthz`, `/readyz`,
+//!   `/metrics` with the admin token, `/v1/openapi.json`, [`openapi`]). Every
+//!   path is a constant of `vouch_proto::wire::backend::route`, every error
+//!   an [`error::AppError`] with a stable `ErrorCode` from the same module.
+//! - Services, each taking the parts of the state it uses: [`registry`]
+//!   (the registry operations the admin API and the CLI share), [`vouch`]
+//!   (the order of checks, uniform refusals, group commit; session reports
+//!   and clone detection), [`feed`] (the revocation feed's long-poll),
+//!   [`keyring`] (the backend's key pairs, their rotation and the signed
+//!   trust-anchor updates, SPEC.md §7.7), [`security`] (lockouts, alerts),
+//!   [`audit`] (repeated refusals counted into summary entries, retention).
+//! - [`store`]: one storage implementation for SQLite and PostgreSQL, one
+//!   file per aggregate.
+//! - [`datadir`], [`pki`], [`config`], [`import`], [`anchor`]: the
+//!   operator's side. The CLI itself is in the binary (`src/cli/`).
 //!
 //! ## Example
 //!
@@ -37,6 +45,17 @@
 //! let router = app(state.clone());
 //! // Serve `router` with `vouch_backend::server::serve`, or call it directly:
 //! // router.oneshot(request).await
+//!
+//! // The registry operations the admin API answers, without HTTP:
+//! use vouch_backend::registry::{self, NewPolicy};
+//! let rule = NewPolicy {
+//!     peripheral: "group:meters".into(),
+//!     gateway: "site:plant-1".into(),
+//!     scope: "telemetry".into(),
+//!     session_s: 3600,
+//!     resumption_s: 86_400,
+//! };
+//! registry::add_policy(&state.store, &rule, "operator").await?;
 //! # let _ = router; Ok(()) }
 //! ```
 
@@ -64,6 +83,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod pki;
+pub mod registry;
 pub mod routes;
 pub mod security;
 pub mod server;

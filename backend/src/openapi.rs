@@ -5,13 +5,14 @@
 //! something other than the router's "no such route".
 
 use serde_json::{json, Map, Value};
+use vouch_proto::wire::backend::route;
 
 /// Every route: (method, OpenAPI path, summary, auth, request body type,
 /// response body type).
 pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     (
         "post",
-        "/v1/vouch",
+        route::VOUCH,
         "Vouch for one peripheral hello (SPEC.md §5.3)",
         Auth::Gateway,
         Body::Postcard("VouchRequest"),
@@ -19,7 +20,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "post",
-        "/v1/vouch/batch",
+        route::VOUCH_BATCH,
         "Vouch for up to 64 hellos",
         Auth::Gateway,
         Body::Postcard("VouchBatchRequest"),
@@ -27,7 +28,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/feed",
+        route::FEED,
         "Revocation feed long-poll (query: after, wait_ms)",
         Auth::Gateway,
         Body::None,
@@ -35,7 +36,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "post",
-        "/v1/sessions",
+        route::SESSIONS,
         "Report session attach/detach events",
         Auth::Gateway,
         Body::Postcard("SessionReport"),
@@ -43,7 +44,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/anchor-updates",
+        route::ANCHOR_UPDATES,
         "Signed trust-anchor updates after a serial, for peripherals in session (query: after; SPEC.md §10.6)",
         Auth::Gateway,
         Body::None,
@@ -51,7 +52,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/peripherals",
+        route::admin::PERIPHERALS,
         "List peripherals (query: status, group, after, limit)",
         Auth::Admin,
         Body::None,
@@ -59,7 +60,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "post",
-        "/v1/admin/peripherals",
+        route::admin::PERIPHERALS,
         "Enroll a peripheral",
         Auth::Admin,
         Body::Json("EnrollPeripheral"),
@@ -67,7 +68,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "post",
-        "/v1/admin/peripherals/import",
+        route::admin::PERIPHERALS_IMPORT,
         "Bulk enroll (query: format=csv|ndjson, dry_run)",
         Auth::Admin,
         Body::Text,
@@ -75,7 +76,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/peripherals/{id}",
+        route::admin::PERIPHERAL,
         "Show a peripheral",
         Auth::Admin,
         Body::None,
@@ -83,7 +84,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "post",
-        "/v1/admin/peripherals/{id}/{action}",
+        route::admin::PERIPHERAL_ACTION,
         "activate, suspend, reinstate or revoke a peripheral",
         Auth::Admin,
         Body::None,
@@ -91,7 +92,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/gateways",
+        route::admin::GATEWAYS,
         "List gateways (query: status, group, site, after, limit)",
         Auth::Admin,
         Body::None,
@@ -99,7 +100,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "post",
-        "/v1/admin/gateways",
+        route::admin::GATEWAYS,
         "Enroll a gateway; returns its TLS client certificate",
         Auth::Admin,
         Body::Json("EnrollGateway"),
@@ -107,7 +108,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/gateways/{key}",
+        route::admin::GATEWAY,
         "Show a gateway",
         Auth::Admin,
         Body::None,
@@ -115,7 +116,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "post",
-        "/v1/admin/gateways/{key}/{action}",
+        route::admin::GATEWAY_ACTION,
         "activate, suspend, reinstate or revoke a gateway",
         Auth::Admin,
         Body::None,
@@ -123,7 +124,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/policies",
+        route::admin::POLICIES,
         "List policy rules",
         Auth::Admin,
         Body::None,
@@ -131,7 +132,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "post",
-        "/v1/admin/policies",
+        route::admin::POLICIES,
         "Add a policy rule",
         Auth::Admin,
         Body::Json("NewPolicy"),
@@ -139,7 +140,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "delete",
-        "/v1/admin/policies/{id}",
+        route::admin::POLICY,
         "Remove a policy rule",
         Auth::Admin,
         Body::None,
@@ -147,7 +148,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/audit",
+        route::admin::AUDIT,
         "Query the audit log (query: peripheral, gateway, action, since, until, after, limit)",
         Auth::Admin,
         Body::None,
@@ -155,7 +156,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/audit/verify",
+        route::admin::AUDIT_VERIFY,
         "Recompute the audit hash chain",
         Auth::Admin,
         Body::None,
@@ -163,7 +164,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/lockouts",
+        route::admin::LOCKOUTS,
         "Lockouts in force",
         Auth::Admin,
         Body::None,
@@ -171,7 +172,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "delete",
-        "/v1/admin/lockouts/{subject}",
+        route::admin::LOCKOUT,
         "Lift a lockout",
         Auth::Admin,
         Body::None,
@@ -179,7 +180,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/admin/anchor",
+        route::admin::ANCHOR,
         "The peripheral provisioning bundle: the current anchors and the last update serial",
         Auth::Admin,
         Body::None,
@@ -187,7 +188,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/healthz",
+        route::HEALTHZ,
         "Liveness",
         Auth::None,
         Body::None,
@@ -195,7 +196,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/readyz",
+        route::READYZ,
         "Readiness (database reachable)",
         Auth::None,
         Body::None,
@@ -203,7 +204,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/metrics",
+        route::METRICS,
         "Prometheus metrics (refusals by cause: admin token; without one on the loopback `ops_listen` only)",
         Auth::Admin,
         Body::None,
@@ -211,7 +212,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
     ),
     (
         "get",
-        "/v1/openapi.json",
+        route::OPENAPI,
         "This document",
         Auth::None,
         Body::None,

@@ -22,8 +22,6 @@
 //! keys into the data directory of the host it runs on, so it is a CLI verb
 //! on that host ([`crate::keyring`]).
 
-use std::collections::BTreeMap;
-
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -32,19 +30,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use vouch_proto::keys::{PeripheralId, PublicKey};
-use vouch_proto::wire::Lifetimes;
+use vouch_proto::wire::backend::route;
 
 use super::{Json, Query};
-use crate::error::AppError;
-use crate::import::{self, Format, RawRow};
-use crate::model::{
-    parse_gateway_selector, parse_peripheral_selector, parse_public_key, parse_scope, valid_name,
-    GatewayRecord, PeripheralRecord, PolicyRule, Status, Transition,
+use crate::error::{AppError, ErrorCode};
+use crate::import::{self, Format};
+use crate::model::{GatewayRecord, PeripheralRecord, PolicyRule};
+use crate::registry::{
+    self, audit_filter, parse_gateway_key, parse_id, parse_status, parse_transition, EnrollGateway,
+    EnrollPeripheral, NewPolicy,
 };
-use crate::store::{
-    AuditEntry, AuditFilter, EnrollOutcome, GatewayFilter, NewGateway, PeripheralFilter,
-};
+use crate::store::{AuditEntry, EnrollOutcome, GatewayFilter, PeripheralFilter};
 use crate::AppState;
 
 /// The actor recorded in the audit log for admin API calls.
@@ -74,233 +70,25 @@ impl FromRequestParts<AppState> for Admin {
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route(
-            "/v1/admin/peripherals",
+            route::admin::PERIPHERALS,
             get(list_peripherals).post(enroll_peripheral),
         )
-        .route("/v1/admin/peripherals/import", post(import_peripherals))
-        .route("/v1/admin/peripherals/{id}", get(show_peripheral))
+        .route(route::admin::PERIPHERALS_IMPORT, post(import_peripherals))
+        .route(route::admin::PERIPHERAL, get(show_peripheral))
+        .route(route::admin::PERIPHERAL_ACTION, post(transition_peripheral))
         .route(
-            "/v1/admin/peripherals/{id}/{action}",
-            post(transition_peripheral),
-        )
-        .route(
-            "/v1/admin/gateways",
+            route::admin::GATEWAYS,
             get(list_gateways).post(enroll_gateway),
         )
-        .route("/v1/admin/gateways/{key}", get(show_gateway))
-        .route(
-            "/v1/admin/gateways/{key}/{action}",
-            post(transition_gateway),
-        )
-        .route("/v1/admin/policies", get(list_policies).post(add_policy))
-        .route("/v1/admin/policies/{id}", delete(remove_policy))
-        .route("/v1/admin/audit", get(audit))
-        .route("/v1/admin/audit/verify", get(audit_verify))
-        .route("/v1/admin/lockouts", get(list_lockouts))
-        .route("/v1/admin/lockouts/{subject}", delete(clear_lockout))
-        .route("/v1/admin/anchor", get(anchor))
-}
-
-// ----- inputs, shared with the CLI ------------------------------------------
-
-/// Enroll one peripheral.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollPeripheral {
-    /// 16 hex digits; default derived from the key.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// 64 hex digits or SPKI PEM.
-    pub public_key: String,
-    /// Group.
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Attributes.
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-    /// `active` (default) or `pending`.
-    #[serde(default)]
-    pub status: Option<String>,
-}
-
-impl EnrollPeripheral {
-    /// Validates into a store enrollment.
-    pub fn parse(&self) -> Result<crate::store::NewPeripheral, AppError> {
-        import::parse_row(&RawRow {
-            id: self.id.clone(),
-            public_key: self.public_key.clone(),
-            group: self.group.clone(),
-            attributes: self.attributes.clone(),
-            status: self.status.clone(),
-        })
-        .map_err(|e| AppError::bad_request(e.code, e.message))
-    }
-}
-
-/// Enroll one gateway.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollGateway {
-    /// The gateway's Ed25519 identity key: 64 hex digits or SPKI PEM.
-    pub public_key: String,
-    /// Human name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Group.
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Site.
-    #[serde(default)]
-    pub site: Option<String>,
-}
-
-fn opt_name(v: &Option<String>, what: &'static str) -> Result<Option<String>, AppError> {
-    match v.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(None),
-        Some(s) if valid_name(s) => Ok(Some(s.to_owned())),
-        Some(_) => Err(AppError::bad_request(
-            what,
-            "names are 1-128 printable characters",
-        )),
-    }
-}
-
-impl EnrollGateway {
-    /// Validates into a store enrollment.
-    pub fn parse(&self) -> Result<NewGateway, AppError> {
-        Ok(NewGateway {
-            public_key: parse_public_key(&self.public_key)
-                .map_err(|e| AppError::bad_request("invalid_public_key", e.to_string()))?,
-            name: opt_name(&self.name, "invalid_name")?,
-            group: opt_name(&self.group, "invalid_group")?,
-            site: opt_name(&self.site, "invalid_site")?,
-        })
-    }
-}
-
-/// A new policy rule.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewPolicy {
-    /// `peripheral:ID`, `group:NAME` or `any`.
-    pub peripheral: String,
-    /// `gateway:KEY`, `group:NAME`, `site:NAME` or `any`.
-    pub gateway: String,
-    /// `telemetry`, `command`, `appN` (N in 8..31), numbers or `0x…`, joined by `,`.
-    pub scope: String,
-    /// Session lifetime, seconds (default 3600).
-    #[serde(default = "default_session")]
-    pub session_s: u32,
-    /// Resumption lifetime, seconds (default 86400).
-    #[serde(default = "default_resumption")]
-    pub resumption_s: u32,
-}
-
-fn default_session() -> u32 {
-    3600
-}
-
-fn default_resumption() -> u32 {
-    86_400
-}
-
-/// A parsed policy rule.
-pub type ParsedPolicy = (
-    crate::model::PeripheralSelector,
-    crate::model::GatewaySelector,
-    vouch_proto::wire::Scope,
-    Lifetimes,
-);
-
-impl NewPolicy {
-    /// Validates.
-    pub fn parse(&self) -> Result<ParsedPolicy, AppError> {
-        let p = parse_peripheral_selector(self.peripheral.trim()).ok_or_else(|| {
-            AppError::bad_request(
-                "invalid_selector",
-                "peripheral must be peripheral:ID, group:NAME or any",
-            )
-        })?;
-        let g = parse_gateway_selector(self.gateway.trim()).ok_or_else(|| {
-            AppError::bad_request(
-                "invalid_selector",
-                "gateway must be gateway:KEY, group:NAME, site:NAME or any",
-            )
-        })?;
-        let scope = parse_scope(&self.scope).ok_or_else(|| {
-            AppError::bad_request(
-                "invalid_scope",
-                "scope: telemetry, command, app8..app31 or numbers, comma-separated; bits 2-7 are reserved",
-            )
-        })?;
-        if self.session_s == 0 {
-            return Err(AppError::bad_request(
-                "invalid_lifetime",
-                "session_s must be positive",
-            ));
-        }
-        Ok((
-            p,
-            g,
-            scope,
-            Lifetimes {
-                session_s: self.session_s,
-                resumption_s: self.resumption_s,
-            },
-        ))
-    }
-}
-
-/// Parses a lifecycle verb.
-pub fn parse_transition(s: &str) -> Result<Transition, AppError> {
-    Ok(match s {
-        "activate" => Transition::Activate,
-        "suspend" => Transition::Suspend,
-        "reinstate" => Transition::Reinstate,
-        "revoke" => Transition::Revoke,
-        _ => {
-            return Err(AppError::not_found(
-                "action (activate, suspend, reinstate, revoke)",
-            ));
-        }
-    })
-}
-
-fn parse_id(s: &str) -> Result<PeripheralId, AppError> {
-    PeripheralId::from_hex(s)
-        .ok_or_else(|| AppError::bad_request("invalid_id", "a peripheral id is 16 hex digits"))
-}
-
-fn parse_gateway_key(s: &str) -> Result<PublicKey, AppError> {
-    PublicKey::from_hex(s).ok_or_else(|| {
-        AppError::bad_request(
-            "invalid_public_key",
-            "a gateway key is 64 hex digits (a valid Ed25519 key)",
-        )
-    })
-}
-
-fn parse_status(s: &Option<String>) -> Result<Option<Status>, AppError> {
-    s.as_deref()
-        .map(|v| {
-            Status::parse(v).ok_or_else(|| {
-                AppError::bad_request(
-                    "invalid_status",
-                    "status: pending, active, suspended, revoked",
-                )
-            })
-        })
-        .transpose()
-}
-
-/// Parses a time bound: milliseconds since the Unix epoch or RFC 3339.
-pub fn parse_time(s: &str) -> Option<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    let t = humantime::parse_rfc3339_weak(s).ok()?;
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(d.as_millis()).ok()
+        .route(route::admin::GATEWAY, get(show_gateway))
+        .route(route::admin::GATEWAY_ACTION, post(transition_gateway))
+        .route(route::admin::POLICIES, get(list_policies).post(add_policy))
+        .route(route::admin::POLICY, delete(remove_policy))
+        .route(route::admin::AUDIT, get(audit))
+        .route(route::admin::AUDIT_VERIFY, get(audit_verify))
+        .route(route::admin::LOCKOUTS, get(list_lockouts))
+        .route(route::admin::LOCKOUT, delete(clear_lockout))
+        .route(route::admin::ANCHOR, get(anchor))
 }
 
 /// A page of results.
@@ -368,9 +156,8 @@ async fn enroll_peripheral(
     State(state): State<AppState>,
     Json(body): Json<EnrollPeripheral>,
 ) -> Result<Response, AppError> {
-    let new = body.parse()?;
-    let outcome = state.store.enroll_peripheral(&new, ACTOR).await?;
-    let record = state.store.peripheral(&new.id).await?;
+    let (id, outcome) = registry::enroll_peripheral(&state.store, &body, ACTOR).await?;
+    let record = state.store.peripheral(&id).await?;
     Ok((created_or_ok(outcome), Json(Enrolled { outcome, record })).into_response())
 }
 
@@ -395,10 +182,13 @@ async fn import_peripherals(
     body: Bytes,
 ) -> Result<Json<ImportAnswer>, AppError> {
     let format = q.format.ok_or_else(|| {
-        AppError::bad_request("invalid_query", "format=csv or format=ndjson is required")
+        AppError::bad_request(
+            ErrorCode::InvalidQuery,
+            "format=csv or format=ndjson is required",
+        )
     })?;
     let rows = import::read_rows(body.as_ref(), format)
-        .map_err(|_| AppError::bad_request("bad_body", "the body is not readable text"))?;
+        .map_err(|_| AppError::bad_request(ErrorCode::BadBody, "the body is not readable text"))?;
     let mut reports = Vec::with_capacity(rows.len());
     let summary = import::run(&state.store, rows, q.dry_run, 500, ACTOR, |r| {
         reports.extend_from_slice(r)
@@ -464,50 +254,12 @@ async fn list_gateways(
     Ok(Json(Page { items, next_cursor }))
 }
 
-/// The answer to a gateway enrollment: the record, its TLS client
-/// certificate (PEM, for the gateway's own key) and the CA to pin.
-#[derive(Debug, Serialize)]
-pub struct GatewayEnrolled {
-    /// Created or unchanged.
-    pub outcome: EnrollOutcome,
-    /// The registry record.
-    pub gateway: GatewayRecord,
-    /// The client certificate (PEM), signed by the backend CA. A fresh one on
-    /// every call, so a gateway that lost its certificate can be re-enrolled.
-    pub certificate_pem: String,
-    /// The backend CA certificate (PEM): the gateway pins it.
-    pub ca_pem: String,
-}
-
-/// Enrolls a gateway and issues its certificate (shared with the CLI).
-pub async fn enroll_gateway_with_cert(
-    store: &crate::store::Store,
-    ca: &crate::pki::CaMaterial,
-    body: &EnrollGateway,
-    actor: &str,
-) -> Result<GatewayEnrolled, AppError> {
-    let new = body.parse()?;
-    let outcome = store.enroll_gateway(&new, actor).await?;
-    let gateway = store.gateway(&new.public_key).await?;
-    let certificate_pem = crate::pki::issue_gateway_cert(ca, &new.public_key, new.name.as_deref())
-        .map_err(|e| {
-            tracing::error!(error = %e, "gateway certificate issuing failed");
-            AppError::unavailable()
-        })?;
-    Ok(GatewayEnrolled {
-        outcome,
-        gateway,
-        certificate_pem,
-        ca_pem: ca.cert_pem.clone(),
-    })
-}
-
 async fn enroll_gateway(
     _: Admin,
     State(state): State<AppState>,
     Json(body): Json<EnrollGateway>,
 ) -> Result<Response, AppError> {
-    let answer = enroll_gateway_with_cert(&state.store, &state.ca, &body, ACTOR).await?;
+    let answer = registry::enroll_gateway(&state.store, &state.ca, &body, ACTOR).await?;
     Ok((created_or_ok(answer.outcome), Json(answer)).into_response())
 }
 
@@ -554,11 +306,7 @@ async fn add_policy(
     State(state): State<AppState>,
     Json(body): Json<NewPolicy>,
 ) -> Result<Response, AppError> {
-    let (p, g, scope, lifetimes) = body.parse()?;
-    let rule = state
-        .store
-        .add_policy(&p, &g, scope, lifetimes, ACTOR)
-        .await?;
+    let rule = registry::add_policy(&state.store, &body, ACTOR).await?;
     state.feed.advance(state.store.last_event_seq().await?);
     Ok((StatusCode::CREATED, Json(rule)).into_response())
 }
@@ -570,7 +318,7 @@ async fn remove_policy(
 ) -> Result<StatusCode, AppError> {
     let id: i64 = id
         .parse()
-        .map_err(|_| AppError::bad_request("invalid_id", "a policy id is a number"))?;
+        .map_err(|_| AppError::bad_request(ErrorCode::InvalidId, "a policy id is a number"))?;
     match state.store.remove_policy(id, ACTOR).await {
         Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("policy")),
         other => {
@@ -593,44 +341,6 @@ struct AuditQuery {
     until: Option<String>,
     after: Option<i64>,
     limit: Option<u32>,
-}
-
-/// Builds an audit filter from query strings (shared with the CLI).
-pub fn audit_filter(
-    peripheral: Option<String>,
-    gateway: Option<String>,
-    action: Option<String>,
-    since: Option<&str>,
-    until: Option<&str>,
-    after: Option<i64>,
-    limit: u32,
-) -> Result<AuditFilter, AppError> {
-    let time = |s: Option<&str>| {
-        s.map(|v| {
-            parse_time(v).ok_or_else(|| {
-                AppError::bad_request(
-                    "invalid_time",
-                    "times are RFC 3339 (2026-01-31T12:00:00Z) or milliseconds since the epoch",
-                )
-            })
-        })
-        .transpose()
-    };
-    if let Some(p) = &peripheral {
-        parse_id(p)?;
-    }
-    if let Some(g) = &gateway {
-        parse_gateway_key(g)?;
-    }
-    Ok(AuditFilter {
-        peripheral,
-        gateway,
-        action,
-        since_ms: time(since)?,
-        until_ms: time(until)?,
-        after_seq: after,
-        limit: limit.clamp(1, crate::store::MAX_PAGE),
-    })
 }
 
 async fn audit(

@@ -21,15 +21,15 @@ use axum::Router;
 use serde::Deserialize;
 use vouch_proto::keys::PublicKey;
 use vouch_proto::wire::backend::{
-    AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
+    route, AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
     VouchBatchAnswer, VouchBatchRequest, VouchRequest, MAX_BATCH, MAX_FEED_EVENTS,
 };
 
 use super::{decode_error, Postcard, PostcardBytes, Query};
 use crate::budget::{BudgetGuard, Kind};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::model::GatewayRecord;
-use crate::vouch::{self, GatewayCheck};
+use crate::vouch::{self, CloneRules, GatewayCheck, Issuer};
 use crate::{AppState, ClientIdentity};
 
 /// Header that names the gateway key on plain-HTTP development servers
@@ -54,7 +54,7 @@ impl<S: Send + Sync> FromRequestParts<S> for GatewayKey {
             .ok_or_else(|| {
                 AppError::new(
                     StatusCode::UNAUTHORIZED,
-                    "client_certificate_required",
+                    ErrorCode::ClientCertificateRequired,
                     "the gateway API requires a client certificate issued by this backend",
                 )
             })
@@ -83,15 +83,15 @@ pub(crate) fn gateway_identity(
 /// Vouch, batch vouch, session reports and anchor updates.
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/vouch", post(vouch_one))
-        .route("/v1/vouch/batch", post(vouch_batch))
-        .route("/v1/sessions", post(sessions))
-        .route("/v1/anchor-updates", get(anchor_updates))
+        .route(route::VOUCH, post(vouch_one))
+        .route(route::VOUCH_BATCH, post(vouch_batch))
+        .route(route::SESSIONS, post(sessions))
+        .route(route::ANCHOR_UPDATES, get(anchor_updates))
 }
 
 /// The revocation feed (outside the request deadline).
 pub(super) fn feed_router() -> Router<AppState> {
-    Router::new().route("/v1/feed", get(feed))
+    Router::new().route(route::FEED, get(feed))
 }
 
 /// The per-gateway budget of requests in flight ([`crate::budget`]), taken
@@ -141,7 +141,7 @@ fn take_budget(state: &AppState, key: &PublicKey, kind: Kind) -> Result<BudgetGu
             "a gateway exceeded its budget of requests in flight: answered 429");
         AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "gateway_busy",
+            ErrorCode::GatewayBusy,
             "this gateway has too many requests in flight; retry later",
         )
     })
@@ -153,7 +153,7 @@ async fn vouch_one(
     Postcard(req): Postcard<VouchRequest>,
 ) -> Result<Postcard<VouchAnswer>, AppError> {
     let started = Instant::now();
-    let mut answers = vouch::vouch_batch(&state, &key, std::slice::from_ref(&req)).await?;
+    let mut answers = vouch::vouch_batch(issuer(&state), &key, std::slice::from_ref(&req)).await?;
     state
         .metrics
         .duration
@@ -170,12 +170,12 @@ async fn vouch_batch(
 ) -> Result<Postcard<VouchBatchAnswer>, AppError> {
     if req.items.len() > MAX_BATCH {
         return Err(AppError::bad_request(
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!("a batch holds at most {MAX_BATCH} requests"),
         ));
     }
     let started = Instant::now();
-    let items = vouch::vouch_batch(&state, &key, &req.items).await?;
+    let items = vouch::vouch_batch(issuer(&state), &key, &req.items).await?;
     state
         .metrics
         .duration
@@ -184,13 +184,31 @@ async fn vouch_batch(
     Ok(Postcard(VouchBatchAnswer { items }))
 }
 
+/// The parts of the state vouch issuing uses.
+fn issuer(state: &AppState) -> Issuer<'_> {
+    Issuer {
+        store: &state.store,
+        keys: &state.keys,
+        security: &state.config.security,
+        lockouts: &state.lockouts,
+        metrics: &state.metrics,
+        alerter: &state.alerter,
+        refusals: &state.refusals,
+        committer: &state.committer,
+    }
+}
+
 /// An active gateway, or 403.
 async fn active_gateway(state: &AppState, key: &PublicKey) -> Result<GatewayRecord, AppError> {
     match vouch::check_gateway(&state.store, key).await? {
         GatewayCheck::Active(g) => Ok(g),
+        // Step 1 refuses only these two (`vouch::check_gateway`).
         GatewayCheck::Refused(r) => Err(AppError::new(
             StatusCode::FORBIDDEN,
-            r.code(),
+            match r {
+                vouch::Reason::GatewayUnknown => ErrorCode::GatewayUnknown,
+                _ => ErrorCode::GatewayNotActive,
+            },
             "this gateway is not enrolled and active",
         )),
     }
@@ -205,13 +223,13 @@ async fn sessions(
     let report = SessionReport::decode(&body).map_err(decode_error)?;
     if report.events.len() > MAX_FEED_EVENTS {
         return Err(AppError::bad_request(
-            "batch_too_large",
+            ErrorCode::BatchTooLarge,
             format!("a report holds at most {MAX_FEED_EVENTS} events"),
         ));
     }
     if !report.times.is_empty() && report.times.len() != report.events.len() {
         return Err(AppError::bad_request(
-            "malformed_body",
+            ErrorCode::MalformedBody,
             format!(
                 "a report carries one times entry per event, or none ({} events, {} times)",
                 report.events.len(),
@@ -220,7 +238,15 @@ async fn sessions(
         ));
     }
     let gateway = active_gateway(&state, &key).await?;
-    let items = vouch::report_sessions(&state, &gateway, &report.events, &report.times).await?;
+    let items = vouch::report_sessions(
+        &state.store,
+        &state.alerter,
+        CloneRules::new(&state.config.security),
+        &gateway,
+        &report.events,
+        &report.times,
+    )
+    .await?;
     Ok(Postcard(SessionReportAnswer { items }))
 }
 
@@ -241,7 +267,7 @@ async fn anchor_updates(
     Query(q): Query<AnchorUpdatesQuery>,
 ) -> Result<Postcard<AnchorUpdateBatch>, AppError> {
     active_gateway(&state, &key).await?;
-    let batch = crate::keyring::updates_for_gateways(&state, q.after).await?;
+    let batch = crate::keyring::updates_for_gateways(&state.store, &state.keys, q.after).await?;
     Ok(Postcard(batch))
 }
 
@@ -266,7 +292,7 @@ async fn feed(
         state.metrics.overload.with_label_values(&["shed"]).inc();
         return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ErrorCode::Overloaded,
             "too many feed subscribers; retry later",
         ));
     };

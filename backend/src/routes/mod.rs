@@ -45,7 +45,7 @@ use serde::Serialize;
 use tower::ServiceBuilder;
 use vouch_proto::wire::backend::{decode_body, encode_body, CONTENT_TYPE, MAX_BODY};
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::AppState;
 
 /// Largest admin request body (bulk imports).
@@ -63,14 +63,14 @@ pub fn router(state: AppState) -> Router {
                     metrics.overload.with_label_values(&["timeout"]).inc();
                     AppError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "timeout",
+                        ErrorCode::Timeout,
                         "the request took too long; retry later",
                     )
                 } else {
                     metrics.overload.with_label_values(&["shed"]).inc();
                     AppError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
+                        ErrorCode::Overloaded,
                         "too many requests in flight; retry later",
                     )
                 }
@@ -116,7 +116,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             AppError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this method is not allowed on this route",
             )
         })
@@ -129,7 +129,7 @@ pub fn router(state: AppState) -> Router {
                 tracing::error!("a handler panicked");
                 AppError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "internal error",
                 )
                 .into_response()
@@ -163,8 +163,8 @@ pub async fn audit_refusals(
     }
     let code = res
         .extensions()
-        .get::<crate::error::ErrorCode>()
-        .map_or("http_error", |c| c.0);
+        .get::<ErrorCode>()
+        .map_or("http_error", |c| c.as_str());
     let actor = gateway.map_or_else(|| "anonymous".to_owned(), |g| format!("gateway:{g}"));
     let mut entry = crate::store::NewAudit::new("http_refused", status.as_str(), &actor)
         .reason(code)
@@ -176,6 +176,7 @@ pub async fn audit_refusals(
         let item = crate::vouch::JobItem {
             ephemeral: None,
             audit: entry,
+            grant: None,
         };
         if let Err(e) = state.committer.commit(vec![item]).await {
             tracing::warn!(error = %e, "could not audit a refusal");
@@ -192,11 +193,11 @@ fn body_error(e: BytesRejection) -> AppError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             "the request body exceeds the limit",
         )
     } else {
-        AppError::bad_request("bad_body", "the request body could not be read")
+        AppError::bad_request(ErrorCode::BadBody, "the request body could not be read")
     }
 }
 
@@ -228,7 +229,7 @@ impl<S: Send + Sync> FromRequest<S> for PostcardBytes {
         if !content_type_is(req.headers().get(header::CONTENT_TYPE), CONTENT_TYPE) {
             return Err(AppError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!("the body must be {CONTENT_TYPE}"),
             ));
         }
@@ -245,10 +246,13 @@ pub fn decode_error(e: vouch_proto::DecodeError) -> AppError {
     match e {
         vouch_proto::DecodeError::TooLarge { .. } => AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             "the request body exceeds the limit",
         ),
-        e => AppError::bad_request("malformed_body", format!("the body does not decode: {e}")),
+        e => AppError::bad_request(
+            ErrorCode::MalformedBody,
+            format!("the body does not decode: {e}"),
+        ),
     }
 }
 
@@ -274,19 +278,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(AppError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "the body must be application/json",
             )),
             Err(JsonRejection::BytesRejection(e)) => Err(body_error(e)),
             Err(JsonRejection::JsonDataError(e)) => Err(AppError::bad_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!(
                     "the JSON does not match the expected shape: {}",
                     e.body_text()
                 ),
             )),
             Err(_) => Err(AppError::bad_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 "the body is not valid JSON",
             )),
         }
@@ -310,11 +314,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(AppError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 format!("invalid query parameters: {}", e.body_text()),
             )),
             Err(_) => Err(AppError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "invalid query parameters",
             )),
         }

@@ -16,18 +16,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
+use vouch_proto::wire::backend::route;
 
 use super::admin::Admin;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::AppState;
 
 /// The operations routes of the public listener.
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(admin_metrics))
-        .route("/v1/openapi.json", get(openapi))
+        .route(route::HEALTHZ, get(healthz))
+        .route(route::READYZ, get(readyz))
+        .route(route::METRICS, get(admin_metrics))
+        .route(route::OPENAPI, get(openapi))
 }
 
 /// The operations listener's routes: `/healthz`, `/readyz` and `/metrics`,
@@ -35,9 +36,9 @@ pub(super) fn router() -> Router<AppState> {
 /// binary refuses a non-loopback `ops_listen`).
 pub fn ops_router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(route::HEALTHZ, get(healthz))
+        .route(route::READYZ, get(readyz))
+        .route(route::METRICS, get(metrics))
         .fallback(|| async { AppError::not_found("route") })
         .with_state(state)
 }
@@ -50,14 +51,14 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<serde_json::
     if state.shutdown.is_cancelled() {
         return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
+            ErrorCode::ShuttingDown,
             "the service is shutting down",
         ));
     }
     if state.store.ping().await.is_err() {
         return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
+            ErrorCode::StoreUnavailable,
             "the database does not answer",
         ));
     }

@@ -55,7 +55,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
-use super::StoreError;
+use super::{Store, StoreError, WriteTx};
 use crate::model::ser_display;
 use crate::pki::CaMaterial;
 
@@ -749,6 +749,12 @@ pub(super) async fn prune(
             .execute(&mut *tx.tx)
             .await?
             .rows_affected();
+        // A grant goes with its vouch's entry: an attach is judged against
+        // the vouches the log still holds, as before grants were stored.
+        sqlx::query("DELETE FROM vouch_grants WHERE audit_seq <= $1")
+            .bind(upto)
+            .execute(&mut *tx.tx)
+            .await?;
         pruned += i64::try_from(n).unwrap_or(i64::MAX);
         if upto == target {
             tx.audit(
@@ -799,6 +805,67 @@ impl From<Break> for PruneError {
             seq: b.seq,
             problem: b.problem,
         }
+    }
+}
+
+impl Store {
+    /// Audit entries matching `filter`, by sequence number.
+    pub async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        query(&self.pool, filter).await
+    }
+
+    /// Recomputes the whole chain, from the signed checkpoint if entries
+    /// were pruned (checked with `key`); reports the first broken link.
+    pub async fn audit_verify(&self, key: &CheckpointKey) -> Result<AuditVerdict, StoreError> {
+        verify(&self.pool, key).await
+    }
+
+    /// Deletes the audit entries written before `cutoff_ms`, behind a
+    /// checkpoint signed with `key` (see the doc of the `audit` module).
+    pub async fn audit_prune(
+        &self,
+        cutoff_ms: i64,
+        key: &CheckpointKey,
+        actor: &str,
+    ) -> Result<PruneOutcome, PruneError> {
+        prune(self, cutoff_ms, key, actor).await
+    }
+}
+
+impl WriteTx<'_> {
+    /// Appends an entry to the audit chain; returns its sequence number.
+    pub async fn audit(&mut self, entry: NewAudit, at_ms: i64) -> Result<i64, StoreError> {
+        let seq = self.head_seq + 1;
+        let hash = entry_hash(&self.head_hash, seq, at_ms, &entry);
+        insert(&mut self.tx, seq, at_ms, &entry, &self.head_hash, &hash).await?;
+        self.head_seq = seq;
+        self.head_hash = hash;
+        Ok(seq)
+    }
+
+    /// Appends several entries with one statement per 100 entries; returns
+    /// the last sequence number.
+    pub async fn audit_many(
+        &mut self,
+        entries: &[NewAudit],
+        at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        // Small statements: sqlx binds SQLite's `$N` parameters by looking up
+        // each one's name, a scan of the statement's parameter list, so a
+        // statement's binding costs the square of its parameters (ten per
+        // row). 24 rows keep that below the cost of a round trip.
+        for chunk in entries.chunks(24) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let seq = self.head_seq + 1;
+                let hash = entry_hash(&self.head_hash, seq, at_ms, e);
+                rows.push((seq, e, self.head_hash, hash));
+                self.head_seq = seq;
+                self.head_hash = hash;
+            }
+            insert_many(&mut self.tx, at_ms, &rows).await?;
+        }
+        Ok(self.head_seq)
     }
 }
 

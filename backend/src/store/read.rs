@@ -9,7 +9,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
 use vouch_proto::keys::{DhPublic, PeripheralId, PublicKey};
 
-use super::{gateway_from_row, peripheral_from_row, policy_from_row, StoreError};
+use super::gateways::gateway_from_row;
+use super::peripherals::peripheral_from_row;
+use super::policies::policy_from_row;
+use super::StoreError;
 use crate::model::{GatewayRecord, PeripheralRecord, PolicyRule};
 
 /// Rows per `IN (…)` list: far below every engine's parameter limit.

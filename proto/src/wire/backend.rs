@@ -13,6 +13,261 @@ use super::{DhPublic, Scope, Vouch, PROTOCOL_VERSION};
 use crate::error::DecodeError;
 use crate::keys::{PeripheralId, PublicKey};
 
+/// The paths of the backend's HTTP routes, defined once for the backend's
+/// router and the gateway's client. Path parameters are written `{name}`
+/// (the router's and OpenAPI's syntax).
+pub mod route {
+    /// `POST`: one [`VouchRequest`](super::VouchRequest) → [`VouchAnswer`](super::VouchAnswer).
+    pub const VOUCH: &str = "/v1/vouch";
+    /// `POST`: a [`VouchBatchRequest`](super::VouchBatchRequest) → [`VouchBatchAnswer`](super::VouchBatchAnswer).
+    pub const VOUCH_BATCH: &str = "/v1/vouch/batch";
+    /// `GET ?after=SEQ&wait_ms=MS`: the revocation feed's long-poll → [`FeedBatch`](super::FeedBatch).
+    pub const FEED: &str = "/v1/feed";
+    /// `POST`: a [`SessionReport`](super::SessionReport) → [`SessionReportAnswer`](super::SessionReportAnswer).
+    pub const SESSIONS: &str = "/v1/sessions";
+    /// `GET ?after=SERIAL`: the signed trust-anchor updates → [`AnchorUpdateBatch`](super::AnchorUpdateBatch).
+    pub const ANCHOR_UPDATES: &str = "/v1/anchor-updates";
+    /// `GET`: the OpenAPI document.
+    pub const OPENAPI: &str = "/v1/openapi.json";
+    /// `GET`: the process answers.
+    pub const HEALTHZ: &str = "/healthz";
+    /// `GET`: the store answers and the service is not shutting down.
+    pub const READYZ: &str = "/readyz";
+    /// `GET`: Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+
+    /// The admin API (JSON, bearer token).
+    pub mod admin {
+        /// `GET` list, `POST` enroll.
+        pub const PERIPHERALS: &str = "/v1/admin/peripherals";
+        /// `POST ?format=csv|ndjson&dry_run=`: bulk enroll.
+        pub const PERIPHERALS_IMPORT: &str = "/v1/admin/peripherals/import";
+        /// `GET`: one peripheral.
+        pub const PERIPHERAL: &str = "/v1/admin/peripherals/{id}";
+        /// `POST`: activate, suspend, reinstate or revoke a peripheral.
+        pub const PERIPHERAL_ACTION: &str = "/v1/admin/peripherals/{id}/{action}";
+        /// `GET` list, `POST` enroll.
+        pub const GATEWAYS: &str = "/v1/admin/gateways";
+        /// `GET`: one gateway.
+        pub const GATEWAY: &str = "/v1/admin/gateways/{key}";
+        /// `POST`: activate, suspend, reinstate or revoke a gateway.
+        pub const GATEWAY_ACTION: &str = "/v1/admin/gateways/{key}/{action}";
+        /// `GET` list, `POST` add.
+        pub const POLICIES: &str = "/v1/admin/policies";
+        /// `DELETE`: remove one rule.
+        pub const POLICY: &str = "/v1/admin/policies/{id}";
+        /// `GET`: audit query.
+        pub const AUDIT: &str = "/v1/admin/audit";
+        /// `GET`: recompute the audit hash chain.
+        pub const AUDIT_VERIFY: &str = "/v1/admin/audit/verify";
+        /// `GET`: lockouts in force.
+        pub const LOCKOUTS: &str = "/v1/admin/lockouts";
+        /// `DELETE`: lift one lockout.
+        pub const LOCKOUT: &str = "/v1/admin/lockouts/{subject}";
+        /// `GET`: the provisioning bundle.
+        pub const ANCHOR: &str = "/v1/admin/anchor";
+    }
+}
+
+/// Every stable error code the backend answers with, in its JSON error form
+/// `{"error": {"code": "…", "message": "…"}}` (and, for the last four, in an
+/// import's per-row report). The strings are API: a code is never renamed or
+/// reused for another meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `bad_body`: The request body could not be read (400).
+    BadBody,
+    /// `body_too_large`: The request body exceeds the route's limit (413).
+    BodyTooLarge,
+    /// `malformed_body`: A postcard body does not decode, or its parts do not match (400).
+    MalformedBody,
+    /// `unsupported_media_type`: The body's content type is not the route's (415).
+    UnsupportedMediaType,
+    /// `invalid_json`: A JSON body is not valid JSON or not of the expected shape (400).
+    InvalidJson,
+    /// `invalid_query`: The query parameters are invalid or missing (400).
+    InvalidQuery,
+    /// `not_found`: No such route, record or action (404).
+    NotFound,
+    /// `method_not_allowed`: The route does not take this method (405).
+    MethodNotAllowed,
+    /// `unauthorized`: The admin bearer token is missing or wrong (401).
+    Unauthorized,
+    /// `client_certificate_required`: A gateway route was called without a gateway client certificate (401).
+    ClientCertificateRequired,
+    /// `gateway_unknown`: The client certificate's key is not an enrolled gateway (403).
+    GatewayUnknown,
+    /// `gateway_not_active`: The gateway is pending, suspended or revoked (403).
+    GatewayNotActive,
+    /// `gateway_busy`: The gateway has too many requests in flight (429, `Retry-After`).
+    GatewayBusy,
+    /// `batch_too_large`: A batch or report holds more items than allowed (400).
+    BatchTooLarge,
+    /// `overloaded`: Too many requests or feed subscribers in flight (503, `Retry-After`).
+    Overloaded,
+    /// `timeout`: The request exceeded its deadline (503, `Retry-After`).
+    Timeout,
+    /// `unavailable`: The store or another dependency failed (503, `Retry-After`).
+    Unavailable,
+    /// `shutting_down`: The service is shutting down (`/readyz`, 503).
+    ShuttingDown,
+    /// `store_unavailable`: The database does not answer (`/readyz`, 503).
+    StoreUnavailable,
+    /// `internal`: A handler failed unexpectedly (500).
+    Internal,
+    /// `invalid_id`: A peripheral id is not 16 hex digits, or a policy id not a number (400).
+    InvalidId,
+    /// `invalid_public_key`: A public key is not a valid Ed25519 key in hex or SPKI PEM (400).
+    InvalidPublicKey,
+    /// `invalid_name`: A gateway name is not 1-128 printable characters (400).
+    InvalidName,
+    /// `invalid_group`: A group name is not 1-128 printable characters (400).
+    InvalidGroup,
+    /// `invalid_site`: A site name is not 1-128 printable characters (400).
+    InvalidSite,
+    /// `invalid_attribute`: An attribute name or value is too long or not printable, or there are too many (400).
+    InvalidAttribute,
+    /// `invalid_status`: A status is not one of the allowed ones (400).
+    InvalidStatus,
+    /// `invalid_selector`: A policy selector is not of the form `kind:VALUE` or `any` (400).
+    InvalidSelector,
+    /// `invalid_scope`: A scope names an unknown or reserved bit (400).
+    InvalidScope,
+    /// `invalid_lifetime`: A policy lifetime is out of range (400).
+    InvalidLifetime,
+    /// `invalid_time`: A time bound is neither RFC 3339 nor milliseconds since the epoch (400).
+    InvalidTime,
+    /// `peripheral_exists`: The peripheral id is enrolled with other data (409).
+    PeripheralExists,
+    /// `public_key_in_use`: The public key is enrolled under another id (409).
+    PublicKeyInUse,
+    /// `gateway_exists`: The gateway key is enrolled with other data (409).
+    GatewayExists,
+    /// `policy_exists`: The same policy rule exists already (409).
+    PolicyExists,
+    /// `invalid_transition`: The lifecycle transition is not allowed from the record's status (409).
+    InvalidTransition,
+    /// `invalid_row`: An import row is not a valid row object (import reports only).
+    InvalidRow,
+    /// `invalid_csv`: An import's CSV is malformed (import reports only).
+    InvalidCsv,
+    /// `conflict`: An import row conflicts with the registry otherwise (import reports only).
+    Conflict,
+    /// `invalid_utf8`: An import row is not valid UTF-8 (import reports only).
+    InvalidUtf8,
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadBody,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::MalformedBody,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidQuery,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Unauthorized,
+        ErrorCode::ClientCertificateRequired,
+        ErrorCode::GatewayUnknown,
+        ErrorCode::GatewayNotActive,
+        ErrorCode::GatewayBusy,
+        ErrorCode::BatchTooLarge,
+        ErrorCode::Overloaded,
+        ErrorCode::Timeout,
+        ErrorCode::Unavailable,
+        ErrorCode::ShuttingDown,
+        ErrorCode::StoreUnavailable,
+        ErrorCode::Internal,
+        ErrorCode::InvalidId,
+        ErrorCode::InvalidPublicKey,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidGroup,
+        ErrorCode::InvalidSite,
+        ErrorCode::InvalidAttribute,
+        ErrorCode::InvalidStatus,
+        ErrorCode::InvalidSelector,
+        ErrorCode::InvalidScope,
+        ErrorCode::InvalidLifetime,
+        ErrorCode::InvalidTime,
+        ErrorCode::PeripheralExists,
+        ErrorCode::PublicKeyInUse,
+        ErrorCode::GatewayExists,
+        ErrorCode::PolicyExists,
+        ErrorCode::InvalidTransition,
+        ErrorCode::InvalidRow,
+        ErrorCode::InvalidCsv,
+        ErrorCode::Conflict,
+        ErrorCode::InvalidUtf8,
+    ];
+
+    /// The stable string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadBody => "bad_body",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::MalformedBody => "malformed_body",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ClientCertificateRequired => "client_certificate_required",
+            ErrorCode::GatewayUnknown => "gateway_unknown",
+            ErrorCode::GatewayNotActive => "gateway_not_active",
+            ErrorCode::GatewayBusy => "gateway_busy",
+            ErrorCode::BatchTooLarge => "batch_too_large",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::InvalidPublicKey => "invalid_public_key",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::InvalidGroup => "invalid_group",
+            ErrorCode::InvalidSite => "invalid_site",
+            ErrorCode::InvalidAttribute => "invalid_attribute",
+            ErrorCode::InvalidStatus => "invalid_status",
+            ErrorCode::InvalidSelector => "invalid_selector",
+            ErrorCode::InvalidScope => "invalid_scope",
+            ErrorCode::InvalidLifetime => "invalid_lifetime",
+            ErrorCode::InvalidTime => "invalid_time",
+            ErrorCode::PeripheralExists => "peripheral_exists",
+            ErrorCode::PublicKeyInUse => "public_key_in_use",
+            ErrorCode::GatewayExists => "gateway_exists",
+            ErrorCode::PolicyExists => "policy_exists",
+            ErrorCode::InvalidTransition => "invalid_transition",
+            ErrorCode::InvalidRow => "invalid_row",
+            ErrorCode::InvalidCsv => "invalid_csv",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::InvalidUtf8 => "invalid_utf8",
+        }
+    }
+
+    /// The code with this stable string, if there is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+}
+
+impl core::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with the stable string (`code == "invalid_id"`).
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// The most requests one batch may carry.
 pub const MAX_BATCH: usize = 64;
 
@@ -303,4 +558,38 @@ pub struct AnchorUpdateBatch {
     /// If it is above the serial of the last update in `updates`, more
     /// follow: ask again with `after` = that serial.
     pub latest: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_parses_back_and_is_unique() {
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(*c));
+            assert!(ErrorCode::ALL[..i].iter().all(|o| o.as_str() != c.as_str()));
+            assert!(c
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+        }
+        assert_eq!(ErrorCode::parse("no_such_code"), None);
+    }
+
+    #[test]
+    fn routes_are_absolute_and_versioned() {
+        for r in [
+            route::VOUCH,
+            route::VOUCH_BATCH,
+            route::FEED,
+            route::SESSIONS,
+            route::ANCHOR_UPDATES,
+            route::OPENAPI,
+            route::admin::PERIPHERALS,
+            route::admin::ANCHOR,
+        ] {
+            assert!(r.starts_with("/v1/"), "{r}");
+        }
+    }
 }

@@ -1,0 +1,107 @@
+//! `import`: enroll peripherals in bulk from CSV or NDJSON.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use vouch_backend::import::{self, Format};
+
+use super::{api, open_store, Cli, CLI_ACTOR};
+
+// The flags of `import`.
+#[derive(Args, Debug)]
+pub(super) struct ImportArgs {
+    /// The file (`-` for standard input).
+    file: PathBuf,
+    /// Input format (default: from the file extension, .csv or NDJSON).
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// Check every row against the registry; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 200)]
+    batch_size: usize,
+    /// Append a per-row report (NDJSON) to this file, each batch right after it committed.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub(super) enum FormatArg {
+    Csv,
+    Ndjson,
+}
+
+/// Enrolls peripherals in bulk; exit 2 if some rows were refused.
+pub(super) async fn import(cli: &Cli, args: &ImportArgs) -> Result<ExitCode> {
+    let (file, dry_run, batch_size) = (args.file.as_path(), args.dry_run, args.batch_size);
+    let report = args.report.as_deref();
+    let format = match args.format {
+        Some(FormatArg::Csv) => Format::Csv,
+        Some(FormatArg::Ndjson) => Format::Ndjson,
+        None => Format::from_path(file),
+    };
+    let rows = if file == Path::new("-") {
+        import::read_rows(std::io::stdin().lock(), format)
+    } else {
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        import::read_rows(f, format)
+    }
+    .context("cannot read the input")?;
+    let store = open_store(cli).await?;
+    let mut report_file = match report {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let bar = indicatif::ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut write_error = None;
+    let summary = import::run(&store, rows, dry_run, batch_size, CLI_ACTOR, |reports| {
+        bar.inc(reports.len() as u64);
+        for r in reports {
+            if let Some(e) = &r.error {
+                bar.suspend(|| eprintln!("line {}: {} ({})", r.line, e.message, e.code));
+            }
+        }
+        if let Some(f) = report_file.as_mut() {
+            let mut buf = String::new();
+            for r in reports {
+                if let Ok(line) = serde_json::to_string(r) {
+                    buf.push_str(&line);
+                    buf.push('\n');
+                }
+            }
+            if let Err(e) = f.write_all(buf.as_bytes()).and_then(|()| f.sync_data()) {
+                write_error = Some(e);
+            }
+        }
+    })
+    .await
+    .map_err(api)?;
+    bar.finish_and_clear();
+    store.close().await;
+    if let Some(e) = write_error {
+        bail!("cannot write the report: {e}");
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(if summary.errors > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

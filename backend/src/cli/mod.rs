@@ -1,0 +1,165 @@
+//! The operator CLI: one file per group of verbs. Each verb works on the
+//! store directly (the SQLite file in the data directory, or
+//! `--database-url`) through the same library functions the admin API calls
+//! ([`vouch_backend::registry`]); see backend/README.md for why.
+//!
+//! | file | verbs |
+//! |---|---|
+//! | `init.rs` | `init` |
+//! | `serve.rs` | `serve` |
+//! | `registry.rs` | `enroll`, `list`, `show`, `activate`, `suspend`, `reinstate`, `revoke`, `associate`, `policy` |
+//! | `import.rs` | `import` |
+//! | `audit.rs` | `audit query`, `audit verify`, `audit prune` |
+//! | `lockouts.rs` | `lockouts list`, `lockouts clear` |
+//! | `keys.rs` | `keys list`, `keys rotate`, `keys purge`, `export-anchor` |
+
+mod audit;
+mod import;
+mod init;
+mod keys;
+mod lockouts;
+mod registry;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use vouch_backend::datadir;
+use vouch_backend::error::AppError;
+use vouch_backend::store::Store;
+
+/// The actor recorded in the audit log for CLI commands.
+const CLI_ACTOR: &str = "cli";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vouch-backend",
+    version,
+    about = "The Vouch backend: registry, vouch issuing, admin API and operator CLI",
+    long_about = "The Vouch backend: registry of peripherals and gateways, vouch issuing over mutual TLS, \
+revocation feed, audit log.\n\nStart with `vouch-backend init --data-dir DIR`, then `vouch-backend serve --data-dir DIR`. \
+Every other command works on the registry directly (SQLite in DIR, or --database-url) and is recorded in the audit log."
+)]
+pub(crate) struct Cli {
+    /// The data directory (keys, CA, admin token hash, SQLite database).
+    #[arg(
+        long,
+        global = true,
+        env = "VOUCH_DATA_DIR",
+        default_value = "./vouch-data"
+    )]
+    data_dir: PathBuf,
+    /// Use this database instead of the SQLite file in the data directory
+    /// (postgres://user:pass@host/db).
+    #[arg(long, global = true, env = "VOUCH_DATABASE_URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the backend's keys, CA, server certificate, admin token and database (idempotent).
+    Init {
+        /// Extra DNS names or IP addresses for the server certificate (besides localhost, 127.0.0.1, ::1).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+    /// Run the HTTPS service.
+    Serve(serve::ServeArgs),
+    /// Enroll one peripheral or gateway.
+    #[command(subcommand)]
+    Enroll(registry::Enroll),
+    /// Enroll peripherals in bulk from CSV or NDJSON (id, public_key, group, attributes).
+    Import(import::ImportArgs),
+    /// List peripherals or gateways (cursor pagination).
+    List(registry::ListArgs),
+    /// Show one peripheral (by id) or gateway (by key).
+    Show(registry::ShowArgs),
+    /// pending → active.
+    Activate(registry::Target),
+    /// active → suspended.
+    Suspend(registry::Target),
+    /// suspended → active.
+    Reinstate(registry::Target),
+    /// Revoke for good (final).
+    Revoke(registry::Target),
+    /// Allow peripherals to attach to gateways: add a policy rule.
+    Associate(registry::AssociateArgs),
+    /// List or remove policy rules.
+    #[command(subcommand)]
+    Policy(registry::PolicyCmd),
+    /// Query or verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// List or lift lockouts.
+    #[command(subcommand)]
+    Lockouts(lockouts::LockoutCmd),
+    /// Print the provisioning bundle for peripherals: the current anchors and the last anchor-update serial (JSON).
+    #[command(
+        long_about = "Print the provisioning bundle new peripherals are flashed with \
+(`vouch-peripheral provision --anchor FILE`): the anchors a peripheral holds once it applied every \
+anchor update this backend issued (the current key last, as the primary), and the serial of the last \
+update. A device flashed with it starts current; export it again after every `keys rotate` and \
+`keys retire`."
+    )]
+    ExportAnchor(keys::ExportAnchorArgs),
+    /// Manage the backend's key pairs: list, rotate, retire, purge (SPEC.md §7.7).
+    #[command(subcommand, long_about = keys::KEYS_HELP)]
+    Keys(keys::KeysCmd),
+}
+
+/// Runs one command.
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init { sans } => init::init(&cli, sans).await,
+        Command::Serve(args) => serve::serve(&cli, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Enroll(e) => registry::enroll(&cli, e).await,
+        Command::Import(args) => import::import(&cli, args).await,
+        Command::List(args) => registry::list(&cli, args).await,
+        Command::Show(args) => registry::show(&cli, args).await,
+        Command::Activate(t) => registry::transition(&cli, t, "activate").await,
+        Command::Suspend(t) => registry::transition(&cli, t, "suspend").await,
+        Command::Reinstate(t) => registry::transition(&cli, t, "reinstate").await,
+        Command::Revoke(t) => registry::transition(&cli, t, "revoke").await,
+        Command::Associate(args) => registry::associate(&cli, args).await,
+        Command::Policy(cmd) => registry::policy(&cli, cmd).await,
+        Command::Audit(cmd) => audit::audit(&cli, cmd).await,
+        Command::Lockouts(cmd) => lockouts::lockouts(&cli, cmd).await,
+        Command::ExportAnchor(args) => keys::export_anchor(&cli, args).await,
+        Command::Keys(cmd) => keys::keys(&cli, cmd).await,
+    }
+}
+
+async fn open_store(cli: &Cli) -> Result<Store> {
+    let url = match &cli.database_url {
+        Some(u) => u.clone(),
+        None => {
+            if !datadir::is_initialized(&cli.data_dir) {
+                bail!(
+                    "{} is not initialized: run `vouch-backend init --data-dir {}`",
+                    cli.data_dir.display(),
+                    cli.data_dir.display()
+                );
+            }
+            datadir::sqlite_url(&cli.data_dir)
+        }
+    };
+    Store::open(&url).await.context("cannot open the database")
+}
+
+/// An error of the library as the CLI prints it: its message and stable
+/// code, as the admin API would answer it.
+fn api(e: impl Into<AppError>) -> anyhow::Error {
+    let e = e.into();
+    anyhow::anyhow!("{} ({})", e.message, e.code)
+}
+
+fn read_key_arg(s: &str) -> Result<String> {
+    match s.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}")),
+        None => Ok(s.to_owned()),
+    }
+}

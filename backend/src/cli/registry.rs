@@ -1,0 +1,401 @@
+//! The registry verbs: `enroll`, `list`, `show`, the lifecycle
+//! (`activate`, `suspend`, `reinstate`, `revoke`), `associate`, `policy`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use vouch_backend::datadir::{self, DataDir};
+use vouch_backend::model::{PeripheralRecord, Status};
+use vouch_backend::registry::{self, EnrollGateway, EnrollPeripheral, NewPolicy};
+use vouch_backend::store::{GatewayFilter, PeripheralFilter, Store};
+use vouch_proto::keys::{PeripheralId, PublicKey};
+
+use super::{api, open_store, read_key_arg, Cli, CLI_ACTOR};
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Enroll {
+    /// Enroll a peripheral.
+    Peripheral {
+        /// Its Ed25519 public key: 64 hex digits, a PEM string, or @FILE.
+        #[arg(long)]
+        public_key: String,
+        /// Registry id (default: derived from the key).
+        #[arg(long)]
+        id: Option<String>,
+        /// Group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Attribute NAME=VALUE (repeatable).
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        /// Enroll as pending (activate later).
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Enroll a gateway; writes its TLS client certificate.
+    Gateway {
+        /// Its Ed25519 identity key: 64 hex digits, a PEM string, or @FILE.
+        #[arg(long)]
+        public_key: String,
+        /// Human name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Write the certificate here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Peripheral,
+    Gateway,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct Target {
+    /// Peripheral or gateway.
+    #[arg(value_enum)]
+    what: Kind,
+    /// Peripheral id (16 hex) or gateway key (64 hex).
+    id: String,
+}
+
+// The flags of `list`.
+#[derive(Args, Debug)]
+pub(super) struct ListArgs {
+    /// What to list.
+    #[arg(value_enum)]
+    what: Kind,
+    /// Only this status.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Only this site (gateways).
+    #[arg(long)]
+    site: Option<String>,
+    /// Start after this cursor (printed at the end of the previous page).
+    #[arg(long)]
+    after: Option<String>,
+    /// Page size.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+// The flags of `show`.
+#[derive(Args, Debug)]
+pub(super) struct ShowArgs {
+    /// Peripheral or gateway.
+    #[arg(value_enum)]
+    what: Kind,
+    /// Peripheral id (16 hex) or gateway key (64 hex).
+    id: String,
+}
+
+// The flags of `associate`.
+#[derive(Args, Debug)]
+pub(super) struct AssociateArgs {
+    /// `peripheral:ID`, `group:NAME` or `any`.
+    #[arg(long)]
+    peripheral: String,
+    /// `gateway:KEY`, `group:NAME`, `site:NAME` or `any`.
+    #[arg(long)]
+    gateway: String,
+    /// Scope: telemetry, command, app8..app31, comma-separated.
+    #[arg(long, default_value = "telemetry")]
+    scope: String,
+    /// Session lifetime, seconds.
+    #[arg(long, default_value_t = 3600)]
+    session_s: u32,
+    /// Resumption lifetime, seconds.
+    #[arg(long, default_value_t = 86_400)]
+    resumption_s: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum PolicyCmd {
+    /// List the rules.
+    List,
+    /// Remove a rule by id.
+    Remove {
+        /// Rule id.
+        id: i64,
+    },
+}
+
+/// Enrolls one peripheral or gateway.
+pub(super) async fn enroll(cli: &Cli, e: &Enroll) -> Result<ExitCode> {
+    let store = open_store(cli).await?;
+    match e {
+        Enroll::Peripheral {
+            public_key,
+            id,
+            group,
+            attrs,
+            pending,
+        } => {
+            let mut attributes = BTreeMap::new();
+            for a in attrs {
+                let (k, v) = a
+                    .split_once('=')
+                    .context("attributes are --attr NAME=VALUE")?;
+                attributes.insert(k.to_owned(), v.to_owned());
+            }
+            let req = EnrollPeripheral {
+                id: id.clone(),
+                public_key: read_key_arg(public_key)?,
+                group: group.clone(),
+                attributes,
+                status: pending.then(|| "pending".to_owned()),
+            };
+            let (id, outcome) = registry::enroll_peripheral(&store, &req, CLI_ACTOR)
+                .await
+                .map_err(api)?;
+            println!("{id} {outcome:?}");
+        }
+        Enroll::Gateway {
+            public_key,
+            name,
+            group,
+            site,
+            out,
+        } => {
+            let data = DataDir::load(&cli.data_dir)?;
+            let req = EnrollGateway {
+                public_key: read_key_arg(public_key)?,
+                name: name.clone(),
+                group: group.clone(),
+                site: site.clone(),
+            };
+            enroll_gateway(cli, &store, &data, &req, out.as_ref()).await?;
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Enrolls a gateway and writes or prints its certificate.
+async fn enroll_gateway(
+    cli: &Cli,
+    store: &Store,
+    data: &DataDir,
+    req: &EnrollGateway,
+    out: Option<&PathBuf>,
+) -> Result<()> {
+    let answer = registry::enroll_gateway(store, &data.ca, req, CLI_ACTOR)
+        .await
+        .map_err(api)?;
+    eprintln!("gateway {} {:?}", answer.gateway.public_key, answer.outcome);
+    match out {
+        Some(p) => {
+            std::fs::write(p, &answer.certificate_pem)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            eprintln!(
+                "certificate written to {}; pin {}",
+                p.display(),
+                cli.data_dir.join(datadir::files::CA).display()
+            );
+        }
+        None => print!("{}", answer.certificate_pem),
+    }
+    Ok(())
+}
+
+/// Lists peripherals or gateways, a page at a time.
+pub(super) async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
+    let store = open_store(cli).await?;
+    let status = args
+        .status
+        .as_deref()
+        .map(|s| Status::parse(s).context("status: pending, active, suspended, revoked"))
+        .transpose()?;
+    match args.what {
+        Kind::Peripheral => list_peripherals(&store, args, status).await?,
+        Kind::Gateway => list_gateways(&store, args, status).await?,
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_peripherals(store: &Store, args: &ListArgs, status: Option<Status>) -> Result<()> {
+    let f = PeripheralFilter {
+        status,
+        group: args.group.clone(),
+        after: args
+            .after
+            .as_deref()
+            .map(|a| PeripheralId::from_hex(a).context("the cursor is a peripheral id"))
+            .transpose()?,
+        limit: args.limit,
+    };
+    let items = store.list_peripherals(&f).await.map_err(api)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        for p in &items {
+            print_peripheral_line(p);
+        }
+    }
+    if items.len() == args.limit as usize {
+        if let Some(last) = items.last() {
+            eprintln!("next page: --after {}", last.id);
+        }
+    }
+    Ok(())
+}
+
+async fn list_gateways(store: &Store, args: &ListArgs, status: Option<Status>) -> Result<()> {
+    let f = GatewayFilter {
+        status,
+        group: args.group.clone(),
+        site: args.site.clone(),
+        after: args
+            .after
+            .as_deref()
+            .map(|a| PublicKey::from_hex(a).context("the cursor is a gateway key"))
+            .transpose()?,
+        limit: args.limit,
+    };
+    let items = store.list_gateways(&f).await.map_err(api)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        for g in &items {
+            println!(
+                "{}  {:<9}  name={}  group={}  site={}",
+                g.public_key,
+                g.status,
+                g.name.as_deref().unwrap_or("-"),
+                g.group.as_deref().unwrap_or("-"),
+                g.site.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if items.len() == args.limit as usize {
+        if let Some(last) = items.last() {
+            eprintln!("next page: --after {}", last.public_key);
+        }
+    }
+    Ok(())
+}
+
+fn print_peripheral_line(p: &PeripheralRecord) {
+    let attrs: Vec<String> = p
+        .attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "{}  {:<9}  group={}  {}",
+        p.id,
+        p.status,
+        p.group.as_deref().unwrap_or("-"),
+        attrs.join(";")
+    );
+}
+
+/// Shows one peripheral or gateway as JSON.
+pub(super) async fn show(cli: &Cli, args: &ShowArgs) -> Result<ExitCode> {
+    let store = open_store(cli).await?;
+    let id = &args.id;
+    let json = match args.what {
+        Kind::Peripheral => {
+            let id = PeripheralId::from_hex(id).context("a peripheral id is 16 hex digits")?;
+            serde_json::to_string_pretty(&store.peripheral(&id).await.map_err(api)?)?
+        }
+        Kind::Gateway => {
+            let key = PublicKey::from_hex(id).context("a gateway key is 64 hex digits")?;
+            serde_json::to_string_pretty(&store.gateway(&key).await.map_err(api)?)?
+        }
+    };
+    println!("{json}");
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A lifecycle transition (`verb`: activate, suspend, reinstate, revoke).
+pub(super) async fn transition(cli: &Cli, t: &Target, verb: &str) -> Result<ExitCode> {
+    let store = open_store(cli).await?;
+    let tr = registry::parse_transition(verb).map_err(api)?;
+    let json = match t.what {
+        Kind::Peripheral => {
+            let id = PeripheralId::from_hex(&t.id).context("a peripheral id is 16 hex digits")?;
+            serde_json::to_string(
+                &store
+                    .transition_peripheral(&id, tr, CLI_ACTOR)
+                    .await
+                    .map_err(api)?,
+            )?
+        }
+        Kind::Gateway => {
+            let key = PublicKey::from_hex(&t.id).context("a gateway key is 64 hex digits")?;
+            serde_json::to_string(
+                &store
+                    .transition_gateway(&key, tr, CLI_ACTOR)
+                    .await
+                    .map_err(api)?,
+            )?
+        }
+    };
+    println!("{json}");
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Adds a policy rule.
+pub(super) async fn associate(cli: &Cli, args: &AssociateArgs) -> Result<ExitCode> {
+    let store = open_store(cli).await?;
+    let rule = NewPolicy {
+        peripheral: args.peripheral.clone(),
+        gateway: args.gateway.clone(),
+        scope: args.scope.clone(),
+        session_s: args.session_s,
+        resumption_s: args.resumption_s,
+    };
+    let rule = registry::add_policy(&store, &rule, CLI_ACTOR)
+        .await
+        .map_err(api)?;
+    println!("{}", serde_json::to_string_pretty(&rule)?);
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lists or removes policy rules.
+pub(super) async fn policy(cli: &Cli, cmd: &PolicyCmd) -> Result<ExitCode> {
+    let store = open_store(cli).await?;
+    match cmd {
+        PolicyCmd::List => {
+            for r in store.list_policies().await.map_err(api)? {
+                println!(
+                    "{:>5}  {}  ->  {}  scope={} session_s={} resumption_s={}",
+                    r.id,
+                    r.peripheral,
+                    r.gateway,
+                    r.scope.0,
+                    r.lifetimes.session_s,
+                    r.lifetimes.resumption_s
+                );
+            }
+        }
+        PolicyCmd::Remove { id } => {
+            store.remove_policy(*id, CLI_ACTOR).await.map_err(api)?;
+            println!("removed rule {id}");
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

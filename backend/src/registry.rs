@@ -1,0 +1,357 @@
+//! The registry's operations, below the HTTP layer: what the admin API
+//! ([`crate::routes::admin`]) and the operator CLI (`vouch-backend`) both
+//! call, so that the two cannot diverge (backend/README.md, "The CLI opens
+//! the store directly").
+//!
+//! The inputs are the admin API's JSON bodies ([`EnrollPeripheral`],
+//! [`EnrollGateway`], [`NewPolicy`]), which the CLI builds from its flags;
+//! each parses into what the store enrolls ("parse, don't validate"). The
+//! errors are [`RegistryError`]s with a stable [`ErrorCode`]; the admin API
+//! answers them as [`crate::error::AppError`]s, and the CLI prints the same
+//! code and message.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use vouch_proto::keys::{PeripheralId, PublicKey};
+use vouch_proto::wire::backend::ErrorCode;
+use vouch_proto::wire::Lifetimes;
+
+use crate::import::{self, RawRow};
+use crate::model::{
+    parse_gateway_selector, parse_peripheral_selector, parse_public_key, parse_scope, valid_name,
+    GatewayRecord, PolicyRule, Status, Transition,
+};
+use crate::pki::{CaMaterial, PkiError};
+use crate::store::{AuditFilter, EnrollOutcome, NewGateway, NewPeripheral, Store, StoreError};
+
+/// Errors of the registry's operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The input is invalid (400 on the admin API).
+    #[error("{message} ({code})")]
+    Invalid {
+        /// The stable code.
+        code: ErrorCode,
+        /// What is wrong, safe to show to the caller.
+        message: String,
+    },
+    /// No such thing, such as an unknown lifecycle action (404).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The store failed or refused the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gateway's certificate could not be issued.
+    #[error("gateway certificate issuing failed: {0}")]
+    Certificate(#[source] PkiError),
+}
+
+impl RegistryError {
+    /// An invalid input with a stable code.
+    pub fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Enrolls one peripheral; returns its id and whether it was created.
+pub async fn enroll_peripheral(
+    store: &Store,
+    body: &EnrollPeripheral,
+    actor: &str,
+) -> Result<(PeripheralId, EnrollOutcome), RegistryError> {
+    let new = body.parse()?;
+    let outcome = store.enroll_peripheral(&new, actor).await?;
+    Ok((new.id, outcome))
+}
+
+/// Adds a policy rule.
+pub async fn add_policy(
+    store: &Store,
+    body: &NewPolicy,
+    actor: &str,
+) -> Result<PolicyRule, RegistryError> {
+    let (p, g, scope, lifetimes) = body.parse()?;
+    Ok(store.add_policy(&p, &g, scope, lifetimes, actor).await?)
+}
+
+/// Enroll one peripheral.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollPeripheral {
+    /// 16 hex digits; default derived from the key.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// 64 hex digits or SPKI PEM.
+    pub public_key: String,
+    /// Group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Attributes.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// `active` (default) or `pending`.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+impl EnrollPeripheral {
+    /// Validates into a store enrollment.
+    pub fn parse(&self) -> Result<NewPeripheral, RegistryError> {
+        import::parse_row(&RawRow {
+            id: self.id.clone(),
+            public_key: self.public_key.clone(),
+            group: self.group.clone(),
+            attributes: self.attributes.clone(),
+            status: self.status.clone(),
+        })
+        .map_err(|e| RegistryError::invalid(e.code, e.message))
+    }
+}
+
+/// Enroll one gateway.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollGateway {
+    /// The gateway's Ed25519 identity key: 64 hex digits or SPKI PEM.
+    pub public_key: String,
+    /// Human name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Site.
+    #[serde(default)]
+    pub site: Option<String>,
+}
+
+fn opt_name(v: &Option<String>, what: ErrorCode) -> Result<Option<String>, RegistryError> {
+    match v.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) if valid_name(s) => Ok(Some(s.to_owned())),
+        Some(_) => Err(RegistryError::invalid(
+            what,
+            "names are 1-128 printable characters",
+        )),
+    }
+}
+
+impl EnrollGateway {
+    /// Validates into a store enrollment.
+    pub fn parse(&self) -> Result<NewGateway, RegistryError> {
+        Ok(NewGateway {
+            public_key: parse_public_key(&self.public_key)
+                .map_err(|e| RegistryError::invalid(ErrorCode::InvalidPublicKey, e.to_string()))?,
+            name: opt_name(&self.name, ErrorCode::InvalidName)?,
+            group: opt_name(&self.group, ErrorCode::InvalidGroup)?,
+            site: opt_name(&self.site, ErrorCode::InvalidSite)?,
+        })
+    }
+}
+
+/// A new policy rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPolicy {
+    /// `peripheral:ID`, `group:NAME` or `any`.
+    pub peripheral: String,
+    /// `gateway:KEY`, `group:NAME`, `site:NAME` or `any`.
+    pub gateway: String,
+    /// `telemetry`, `command`, `appN` (N in 8..31), numbers or `0x…`, joined by `,`.
+    pub scope: String,
+    /// Session lifetime, seconds (default 3600).
+    #[serde(default = "default_session")]
+    pub session_s: u32,
+    /// Resumption lifetime, seconds (default 86400).
+    #[serde(default = "default_resumption")]
+    pub resumption_s: u32,
+}
+
+fn default_session() -> u32 {
+    3600
+}
+
+fn default_resumption() -> u32 {
+    86_400
+}
+
+/// A parsed policy rule.
+pub type ParsedPolicy = (
+    crate::model::PeripheralSelector,
+    crate::model::GatewaySelector,
+    vouch_proto::wire::Scope,
+    Lifetimes,
+);
+
+impl NewPolicy {
+    /// Validates.
+    pub fn parse(&self) -> Result<ParsedPolicy, RegistryError> {
+        let p = parse_peripheral_selector(self.peripheral.trim()).ok_or_else(|| {
+            RegistryError::invalid(
+                ErrorCode::InvalidSelector,
+                "peripheral must be peripheral:ID, group:NAME or any",
+            )
+        })?;
+        let g = parse_gateway_selector(self.gateway.trim()).ok_or_else(|| {
+            RegistryError::invalid(
+                ErrorCode::InvalidSelector,
+                "gateway must be gateway:KEY, group:NAME, site:NAME or any",
+            )
+        })?;
+        let scope = parse_scope(&self.scope).ok_or_else(|| {
+            RegistryError::invalid(
+                ErrorCode::InvalidScope,
+                "scope: telemetry, command, app8..app31 or numbers, comma-separated; bits 2-7 are reserved",
+            )
+        })?;
+        if self.session_s == 0 {
+            return Err(RegistryError::invalid(
+                ErrorCode::InvalidLifetime,
+                "session_s must be positive",
+            ));
+        }
+        Ok((
+            p,
+            g,
+            scope,
+            Lifetimes {
+                session_s: self.session_s,
+                resumption_s: self.resumption_s,
+            },
+        ))
+    }
+}
+
+/// Parses a lifecycle verb.
+pub fn parse_transition(s: &str) -> Result<Transition, RegistryError> {
+    Ok(match s {
+        "activate" => Transition::Activate,
+        "suspend" => Transition::Suspend,
+        "reinstate" => Transition::Reinstate,
+        "revoke" => Transition::Revoke,
+        _ => {
+            return Err(RegistryError::NotFound(
+                "action (activate, suspend, reinstate, revoke)",
+            ));
+        }
+    })
+}
+
+/// Parses an admin API path or query parameter.
+pub fn parse_id(s: &str) -> Result<PeripheralId, RegistryError> {
+    PeripheralId::from_hex(s).ok_or_else(|| {
+        RegistryError::invalid(ErrorCode::InvalidId, "a peripheral id is 16 hex digits")
+    })
+}
+
+/// Parses an admin API path or query parameter.
+pub fn parse_gateway_key(s: &str) -> Result<PublicKey, RegistryError> {
+    PublicKey::from_hex(s).ok_or_else(|| {
+        RegistryError::invalid(
+            ErrorCode::InvalidPublicKey,
+            "a gateway key is 64 hex digits (a valid Ed25519 key)",
+        )
+    })
+}
+
+/// Parses an admin API path or query parameter.
+pub fn parse_status(s: &Option<String>) -> Result<Option<Status>, RegistryError> {
+    s.as_deref()
+        .map(|v| {
+            Status::parse(v).ok_or_else(|| {
+                RegistryError::invalid(
+                    ErrorCode::InvalidStatus,
+                    "status: pending, active, suspended, revoked",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Parses a time bound: milliseconds since the Unix epoch or RFC 3339.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+/// The answer to a gateway enrollment: the record, its TLS client
+/// certificate (PEM, for the gateway's own key) and the CA to pin.
+#[derive(Debug, Serialize)]
+pub struct GatewayEnrolled {
+    /// Created or unchanged.
+    pub outcome: EnrollOutcome,
+    /// The registry record.
+    pub gateway: GatewayRecord,
+    /// The client certificate (PEM), signed by the backend CA. A fresh one on
+    /// every call, so a gateway that lost its certificate can be re-enrolled.
+    pub certificate_pem: String,
+    /// The backend CA certificate (PEM): the gateway pins it.
+    pub ca_pem: String,
+}
+
+/// Enrolls a gateway and issues its certificate.
+pub async fn enroll_gateway(
+    store: &Store,
+    ca: &CaMaterial,
+    body: &EnrollGateway,
+    actor: &str,
+) -> Result<GatewayEnrolled, RegistryError> {
+    let new = body.parse()?;
+    let outcome = store.enroll_gateway(&new, actor).await?;
+    let gateway = store.gateway(&new.public_key).await?;
+    let certificate_pem = crate::pki::issue_gateway_cert(ca, &new.public_key, new.name.as_deref())
+        .map_err(RegistryError::Certificate)?;
+    Ok(GatewayEnrolled {
+        outcome,
+        gateway,
+        certificate_pem,
+        ca_pem: ca.cert_pem.clone(),
+    })
+}
+
+/// Builds an audit filter from query strings.
+pub fn audit_filter(
+    peripheral: Option<String>,
+    gateway: Option<String>,
+    action: Option<String>,
+    since: Option<&str>,
+    until: Option<&str>,
+    after: Option<i64>,
+    limit: u32,
+) -> Result<AuditFilter, RegistryError> {
+    let time = |s: Option<&str>| {
+        s.map(|v| {
+            parse_time(v).ok_or_else(|| {
+                RegistryError::invalid(
+                    ErrorCode::InvalidTime,
+                    "times are RFC 3339 (2026-01-31T12:00:00Z) or milliseconds since the epoch",
+                )
+            })
+        })
+        .transpose()
+    };
+    if let Some(p) = &peripheral {
+        parse_id(p)?;
+    }
+    if let Some(g) = &gateway {
+        parse_gateway_key(g)?;
+    }
+    Ok(AuditFilter {
+        peripheral,
+        gateway,
+        action,
+        since_ms: time(since)?,
+        until_ms: time(until)?,
+        after_seq: after,
+        limit: limit.clamp(1, crate::store::MAX_PAGE),
+    })
+}

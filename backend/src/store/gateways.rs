@@ -1,0 +1,179 @@
+//! Gateways: enrollment, lookups, listing, lifecycle transitions.
+
+use sqlx::Row;
+use vouch_proto::keys::PublicKey;
+
+use super::events::event_kind;
+use super::{now_ms, Conflict, EnrollOutcome, NewAudit, Store, StoreError, MAX_PAGE};
+use crate::model::{GatewayRecord, Status, Transition};
+
+/// A gateway to enroll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGateway {
+    /// Identity key.
+    pub public_key: PublicKey,
+    /// Human name.
+    pub name: Option<String>,
+    /// Group.
+    pub group: Option<String>,
+    /// Site.
+    pub site: Option<String>,
+}
+
+/// Filters and cursor of a gateway listing.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayFilter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this group.
+    pub group: Option<String>,
+    /// Only this site.
+    pub site: Option<String>,
+    /// Start after this key.
+    pub after: Option<PublicKey>,
+    /// Page size (capped at [`MAX_PAGE`]).
+    pub limit: u32,
+}
+
+pub(super) fn gateway_from_row(row: &sqlx::any::AnyRow) -> Result<GatewayRecord, StoreError> {
+    const T: &str = "gateways";
+    let key: String = row.try_get("public_key")?;
+    let status: String = row.try_get("status")?;
+    Ok(GatewayRecord {
+        public_key: PublicKey::from_hex(&key).ok_or(StoreError::Corrupt(T))?,
+        name: row.try_get("name")?,
+        group: row.try_get("grp")?,
+        site: row.try_get("site")?,
+        status: Status::parse(&status).ok_or(StoreError::Corrupt(T))?,
+        created_ms: row.try_get("created_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
+}
+
+impl Store {
+    /// One gateway.
+    pub async fn gateway(&self, key: &PublicKey) -> Result<GatewayRecord, StoreError> {
+        let row = sqlx::query(
+            "SELECT public_key, name, grp, site, status, created_ms, updated_ms \
+             FROM gateways WHERE public_key = $1",
+        )
+        .bind(key.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        gateway_from_row(&row)
+    }
+
+    /// A page of gateways ordered by key.
+    pub async fn list_gateways(&self, f: &GatewayFilter) -> Result<Vec<GatewayRecord>, StoreError> {
+        let limit = i64::from(f.limit.clamp(1, MAX_PAGE));
+        let rows = sqlx::query(
+            "SELECT public_key, name, grp, site, status, created_ms, updated_ms FROM gateways \
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR grp = $2) \
+             AND ($3 IS NULL OR site = $3) AND ($4 IS NULL OR public_key > $4) \
+             ORDER BY public_key LIMIT $5",
+        )
+        .bind(f.status.map(|s| s.as_str().to_owned()))
+        .bind(f.group.clone())
+        .bind(f.site.clone())
+        .bind(f.after.map(|a| a.to_string()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(gateway_from_row).collect()
+    }
+
+    /// Enrolls a gateway (idempotent: the same data again is a no-op). Gateways
+    /// start `active`: an operator enrolls one when it is installed.
+    pub async fn enroll_gateway(
+        &self,
+        new: &NewGateway,
+        actor: &str,
+    ) -> Result<EnrollOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let key = new.public_key.to_string();
+        let existing = sqlx::query("SELECT name, grp, site FROM gateways WHERE public_key = $1")
+            .bind(key.clone())
+            .fetch_optional(&mut *tx.tx)
+            .await?;
+        if let Some(row) = existing {
+            let same = row.try_get::<Option<String>, _>("name")? == new.name
+                && row.try_get::<Option<String>, _>("grp")? == new.group
+                && row.try_get::<Option<String>, _>("site")? == new.site;
+            return if same {
+                Ok(EnrollOutcome::Unchanged)
+            } else {
+                Err(StoreError::Conflict(Conflict::Gateway))
+            };
+        }
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO gateways (public_key, name, grp, site, status, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(key.clone())
+        .bind(new.name.clone())
+        .bind(new.group.clone())
+        .bind(new.site.clone())
+        .bind(Status::Active.as_str())
+        .bind(now)
+        .execute(&mut *tx.tx)
+        .await?;
+        tx.audit(
+            NewAudit::new("gateway_enroll", "ok", actor).gateway(&key),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(EnrollOutcome::Created)
+    }
+
+    /// Applies a lifecycle transition to a gateway.
+    pub async fn transition_gateway(
+        &self,
+        key: &PublicKey,
+        t: Transition,
+        actor: &str,
+    ) -> Result<GatewayRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let k = key.to_string();
+        let row = sqlx::query(
+            "SELECT public_key, name, grp, site, status, created_ms, updated_ms \
+             FROM gateways WHERE public_key = $1",
+        )
+        .bind(k.clone())
+        .fetch_optional(&mut *tx.tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let current = gateway_from_row(&row)?;
+        if !t.applies_to(current.status) {
+            return Err(StoreError::InvalidTransition {
+                from: current.status,
+                transition: t,
+            });
+        }
+        let now = now_ms();
+        sqlx::query("UPDATE gateways SET status = $1, updated_ms = $2 WHERE public_key = $3")
+            .bind(t.target().as_str())
+            .bind(now)
+            .bind(k.clone())
+            .execute(&mut *tx.tx)
+            .await?;
+        if let Some(kind) = event_kind("gateway", t) {
+            tx.event(&kind, &k, now).await?;
+        }
+        tx.audit(
+            NewAudit::new(&format!("gateway_{}", t.as_str()), "ok", actor)
+                .gateway(&k)
+                .detail(&format!("{} -> {}", current.status, t.target())),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(GatewayRecord {
+            status: t.target(),
+            updated_ms: now,
+            ..current
+        })
+    }
+}

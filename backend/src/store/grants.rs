@@ -1,0 +1,122 @@
+//! What each vouch granted, read back to authorize attach reports
+//! (SPEC.md §10.5): the latest grant of each pair of peripheral and
+//! gateway, written with the vouch's audit entry (migration 0008 explains
+//! why a table and how rows from before it were backfilled).
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+use vouch_proto::keys::{PeripheralId, PublicKey};
+use vouch_proto::wire::Lifetimes;
+
+use super::policies::to_u32;
+use super::{Store, StoreError, WriteTx};
+
+/// What one vouch granted, to record with its audit entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The peripheral vouched for.
+    pub peripheral: PeripheralId,
+    /// The gateway it was vouched to.
+    pub gateway: PublicKey,
+    /// The lifetimes the vouch granted.
+    pub lifetimes: Lifetimes,
+}
+
+/// The latest grant of a pair, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredGrant {
+    /// When it was given: its audit entry's time.
+    pub at_ms: i64,
+    /// The lifetimes it granted.
+    pub lifetimes: Lifetimes,
+}
+
+/// Rows per statement (six parameters each; see `audit_many` on why small).
+const CHUNK: usize = 24;
+
+impl WriteTx<'_> {
+    /// Records `grants`, each with the sequence number of its audit entry,
+    /// written at `at_ms`. Each pair keeps only its latest grant (the one
+    /// with the highest sequence number).
+    pub async fn record_grants(
+        &mut self,
+        grants: &[(i64, Grant)],
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        // One row per pair in a statement: an upsert may not touch a row twice.
+        let mut latest: BTreeMap<(String, String), (i64, Lifetimes)> = BTreeMap::new();
+        for (seq, g) in grants {
+            let key = (g.peripheral.to_string(), g.gateway.to_string());
+            let newer = latest.get(&key).is_none_or(|(s, _)| s < seq);
+            if newer {
+                latest.insert(key, (*seq, g.lifetimes));
+            }
+        }
+        let rows: Vec<_> = latest.into_iter().collect();
+        for chunk in rows.chunks(CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = 2 + i * 5;
+                    format!(
+                        "(${}, ${}, ${}, $1, ${}, ${})",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO vouch_grants (peripheral_id, gateway_key, audit_seq, at_ms, \
+                 session_s, resumption_s) VALUES {} ON CONFLICT (peripheral_id, gateway_key) \
+                 DO UPDATE SET audit_seq = excluded.audit_seq, at_ms = excluded.at_ms, \
+                 session_s = excluded.session_s, resumption_s = excluded.resumption_s \
+                 WHERE vouch_grants.audit_seq < excluded.audit_seq",
+                values.join(",")
+            );
+            let mut q = sqlx::query(&sql).bind(at_ms);
+            for ((peripheral, gateway), (seq, l)) in chunk {
+                q = q
+                    .bind(peripheral.clone())
+                    .bind(gateway.clone())
+                    .bind(*seq)
+                    .bind(i64::from(l.session_s))
+                    .bind(i64::from(l.resumption_s));
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// The latest grant of `peripheral` at `gateway`; `None` if it was never
+    /// vouched there (or that vouch's audit entry was pruned).
+    pub async fn last_grant(
+        &self,
+        peripheral: &PeripheralId,
+        gateway: &PublicKey,
+    ) -> Result<Option<StoredGrant>, StoreError> {
+        const T: &str = "vouch_grants";
+        let row = sqlx::query(
+            "SELECT at_ms, session_s, resumption_s FROM vouch_grants \
+             WHERE peripheral_id = $1 AND gateway_key = $2",
+        )
+        .bind(peripheral.to_string())
+        .bind(gateway.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StoredGrant {
+                at_ms: r.try_get("at_ms")?,
+                lifetimes: Lifetimes {
+                    session_s: to_u32(r.try_get("session_s")?, T)?,
+                    resumption_s: to_u32(r.try_get("resumption_s")?, T)?,
+                },
+            })
+        })
+        .transpose()
+    }
+}
