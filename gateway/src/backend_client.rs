@@ -17,8 +17,9 @@ use std::time::Duration;
 use crate::clock::WallTime;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer,
-    VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
+    decode_body, encode_body, route, AnchorUpdateBatch, ErrorCode, FeedBatch, SessionReport,
+    SessionReportAnswer, VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest,
+    CONTENT_TYPE, MAX_BATCH,
 };
 
 /// Vouch batches, session reports and anchor-update fetches one gateway
@@ -39,12 +40,13 @@ pub enum BackendError {
     #[error("backend unavailable (failing fast after repeated errors)")]
     CircuitOpen,
     /// The backend refused the request itself (4xx), with its error code.
-    #[error("backend refused the request: HTTP {status} {code}")]
+    #[error("backend refused the request: HTTP {status} {}", code.map_or("(no known code)", ErrorCode::as_str))]
     Refused {
         /// HTTP status.
         status: u16,
-        /// The backend's stable error code.
-        code: String,
+        /// The backend's stable error code; `None` if the answer had none
+        /// this gateway knows.
+        code: Option<ErrorCode>,
     },
     /// The answer was not a valid body.
     #[error("backend answer malformed: {0}")]
@@ -417,14 +419,7 @@ impl Inner {
                 return Err(BackendError::Unavailable(format!("HTTP {status}")));
             }
             if !status.is_success() {
-                let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                return Err(BackendError::Refused {
-                    status: status.as_u16(),
-                    code,
-                });
+                return Err(refused(status.as_u16(), &bytes));
             }
             decode_body::<Resp>(&bytes)
                 .map(|r| (r, date))
@@ -435,6 +430,15 @@ impl Inner {
             .record(!matches!(result, Err(BackendError::Unavailable(_))));
         result
     }
+}
+
+/// The backend's refusal of a request (a 4xx answer): its status, and the
+/// stable code of its JSON error body (`{"error": {"code": …}}`).
+pub fn refused(status: u16, body: &[u8]) -> BackendError {
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().and_then(ErrorCode::parse));
+    BackendError::Refused { status, code }
 }
 
 /// The time in an answer's `Date` header (RFC 9110 §6.6.1), if it has a
@@ -469,13 +473,13 @@ async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>, window: Dur
                 let Some((req, reply)) = batch.pop() else {
                     return;
                 };
-                let _ = reply.send(inner.post("/v1/vouch", &req, None).await);
+                let _ = reply.send(inner.post(route::VOUCH, &req, None).await);
                 return;
             }
             let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let n = reqs.len();
             let result: Result<VouchBatchAnswer, _> = inner
-                .post("/v1/vouch/batch", &VouchBatchRequest { items: reqs }, None)
+                .post(route::VOUCH_BATCH, &VouchBatchRequest { items: reqs }, None)
                 .await;
             match result {
                 Ok(answer) if answer.items.len() == n => {
@@ -530,7 +534,7 @@ impl BackendApi for HttpBackend {
             t.started_ms_ago = t.started_ms_ago.saturating_add(waited);
             t.heard_ms_ago = t.heard_ms_ago.saturating_add(waited);
         }
-        self.inner.post("/v1/sessions", &report, None).await
+        self.inner.post(route::SESSIONS, &report, None).await
     }
 
     async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
@@ -544,7 +548,10 @@ impl BackendApi for HttpBackend {
     async fn feed_dated(&self, after: u64) -> Result<FeedAnswer, BackendError> {
         let (batch, server_time) = self
             .inner
-            .get_dated(&format!("/v1/feed?after={after}"), self.inner.feed_timeout)
+            .get_dated(
+                &format!("{}?after={after}", route::FEED),
+                self.inner.feed_timeout,
+            )
             .await?;
         Ok(FeedAnswer { batch, server_time })
     }
@@ -553,7 +560,7 @@ impl BackendApi for HttpBackend {
         let (batch, server_time) = self
             .inner
             .get_dated(
-                &format!("/v1/feed?after={after}&wait_ms=0"),
+                &format!("{}?after={after}&wait_ms=0", route::FEED),
                 self.inner.request_timeout,
             )
             .await?;
@@ -570,7 +577,7 @@ impl BackendApi for HttpBackend {
             .map_err(|_| BackendError::Unavailable("client stopped".into()))?;
         self.inner
             .get(
-                &format!("/v1/anchor-updates?after={after}"),
+                &format!("{}?after={after}", route::ANCHOR_UPDATES),
                 self.inner.request_timeout,
             )
             .await

@@ -23,7 +23,7 @@ use vouch_gateway::transport::memory::pair;
 use vouch_gateway::transport::Link;
 use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake, PeripheralTicket};
 use vouch_proto::testing::rng;
-use vouch_proto::wire::backend::{FeedBatch, FeedChange, FeedEvent};
+use vouch_proto::wire::backend::{ErrorCode, FeedBatch, FeedChange, FeedEvent};
 use vouch_proto::wire::Scope;
 use vouch_proto::{AlertCode, Error as ProtoError, Timestamp};
 
@@ -510,7 +510,7 @@ async fn restored_tickets_are_discarded_when_the_feed_cannot_resume() {
         }),
         Err(BackendError::Refused {
             status: 403,
-            code: "gateway_suspended".into(),
+            code: Some(ErrorCode::GatewayNotActive),
         }),
     ] {
         let first = Run::start(&s, &dir, TokioClock::new());

@@ -26,12 +26,12 @@ use vouch_backend::server::Transport;
 use vouch_backend::store::Store;
 use vouch_backend::{app, pki, AppState, ClientIdentity};
 use vouch_gateway::backend_client::{
-    BackendApi, BackendError, HttpBackend, HttpBackendConfig, MAX_IN_FLIGHT,
+    refused, BackendApi, BackendError, HttpBackend, HttpBackendConfig, MAX_IN_FLIGHT,
 };
 use vouch_proto::keys::{IdentityKey, PublicKey};
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer,
-    VouchAnswer, VouchRequest, CONTENT_TYPE,
+    decode_body, encode_body, route, AnchorUpdateBatch, FeedBatch, SessionReport,
+    SessionReportAnswer, VouchAnswer, VouchRequest, CONTENT_TYPE,
 };
 
 use crate::error::Error;
@@ -299,7 +299,7 @@ impl SimBackend {
         let v = self
             .admin_ok(
                 Method::POST,
-                "/v1/admin/gateways",
+                route::admin::GATEWAYS,
                 Some(serde_json::json!({"public_key": key.to_string(), "site": site})),
                 "enroll gateway",
             )
@@ -479,14 +479,7 @@ impl Inner {
             return Err(BackendError::Unavailable(format!("HTTP {status}")));
         }
         if !status.is_success() {
-            let code = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            return Err(BackendError::Refused {
-                status: status.as_u16(),
-                code,
-            });
+            return Err(refused(status.as_u16(), &bytes));
         }
         decode_body::<R>(&bytes).map_err(|e| BackendError::Malformed(e.to_string()))
     }
@@ -505,7 +498,7 @@ impl BackendApi for Uplink {
                     router,
                     key,
                     Method::POST,
-                    "/v1/vouch",
+                    route::VOUCH,
                     Some(encode_body(&req)),
                 )
                 .await
@@ -526,7 +519,7 @@ impl BackendApi for Uplink {
                     router,
                     key,
                     Method::POST,
-                    "/v1/sessions",
+                    route::SESSIONS,
                     Some(encode_body(&report)),
                 )
                 .await
@@ -545,7 +538,7 @@ impl BackendApi for Uplink {
                     router,
                     key,
                     Method::GET,
-                    &format!("/v1/feed?after={after}"),
+                    &format!("{}?after={after}", route::FEED),
                     None,
                 )
                 .await
@@ -562,7 +555,7 @@ impl BackendApi for Uplink {
                     router,
                     key,
                     Method::GET,
-                    &format!("/v1/anchor-updates?after={after}"),
+                    &format!("{}?after={after}", route::ANCHOR_UPDATES),
                     None,
                 )
                 .await

@@ -28,6 +28,7 @@ use vouch_proto::anchor::AnchorBundle;
 use vouch_proto::handshake::peripheral::TicketSlot;
 use vouch_proto::keys::IdentityKey;
 use vouch_proto::session::CloseReason;
+use vouch_proto::wire::backend::route;
 use vouch_proto::AlertCode;
 
 use crate::adversary::{self, Arena, Victim};
@@ -299,7 +300,9 @@ impl World {
             self.backend
                 .admin_ok(
                     Method::POST,
-                    &format!("/v1/admin/peripherals/{id}/revoke"),
+                    &route::admin::PERIPHERAL_ACTION
+                        .replace("{id}", &id.to_string())
+                        .replace("{action}", "revoke"),
                     None,
                     "revoke peripheral",
                 )
@@ -358,7 +361,9 @@ impl World {
         self.backend
             .admin_ok(
                 Method::POST,
-                &format!("/v1/admin/gateways/{key}/revoke"),
+                &route::admin::GATEWAY_ACTION
+                    .replace("{key}", &key.to_string())
+                    .replace("{action}", "revoke"),
                 None,
                 "revoke gateway",
             )
@@ -436,7 +441,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
         SimBackend::start(opts.backend, opts.database_url.as_deref(), &sc.backend).await?;
     let bundle: AnchorBundle = serde_json::from_value(
         backend
-            .admin_ok(Method::GET, "/v1/admin/anchor", None, "anchor")
+            .admin_ok(Method::GET, route::admin::ANCHOR, None, "anchor")
             .await?,
     )
     .map_err(Error::backend)?;
@@ -461,7 +466,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
     backend
         .admin_ok(
             Method::POST,
-            "/v1/admin/policies",
+            route::admin::POLICIES,
             Some(
                 serde_json::json!({"peripheral": "group:fleet", "gateway": "site:plant",
                 "scope": "telemetry,command"}),
@@ -486,7 +491,7 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
         let (s, v) = backend
             .admin_raw(
                 Method::POST,
-                "/v1/admin/peripherals/import?format=ndjson",
+                &format!("{}?format=ndjson", route::admin::PERIPHERALS_IMPORT),
                 "application/x-ndjson",
                 Some(body.into_bytes()),
             )
