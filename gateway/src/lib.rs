@@ -57,7 +57,8 @@
 pub mod anchors;
 pub mod api;
 pub mod backend_client;
-pub mod clock;
+/// The gateway's clocks (shared with the reference peripheral).
+pub use vouch_host::clock;
 pub mod config;
 pub mod driver;
 pub mod endpoint;

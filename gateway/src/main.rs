@@ -184,6 +184,7 @@ async fn run(config: Config) -> Result<()> {
             None
         }
     };
+    let api = bind_api(&config).await?;
     let (stop_tx, shutdown) = watch::channel(false);
     let gateway = Gateway::start(
         Parts {
@@ -210,7 +211,7 @@ async fn run(config: Config) -> Result<()> {
     )?;
     info!(gateway_key = %gateway_key, backend = %config.backend.url, "vouch-gateway starting");
     let mut tasks = JoinSet::new();
-    serve_api(&config, &gateway, &mut tasks).await?;
+    serve_api(api, &gateway, &mut tasks);
     serve_transports(&config, &gateway, state_dir.as_ref(), &mut tasks).await?;
 
     wait_for_signal().await;
@@ -255,28 +256,51 @@ fn load_identity(path: &Path) -> Result<(zeroize::Zeroizing<Vec<u8>>, PublicKey)
 
 type Daemon = Gateway<HttpBackend, SystemClock>;
 
-/// The local API on its Unix socket, and the metrics endpoint when one is
-/// configured; both stop at shutdown.
-async fn serve_api(config: &Config, gateway: &Arc<Daemon>, tasks: &mut JoinSet<()>) -> Result<()> {
+/// The local API's Unix socket and the metrics endpoint's listener, bound
+/// before the gateway starts: a daemon that cannot serve them exits before
+/// its followers touch the state directory.
+struct ApiListeners {
+    socket: tokio::net::UnixListener,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+async fn bind_api(config: &Config) -> Result<ApiListeners> {
+    let socket = &config.api.socket;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    info!(socket = %socket.display(), "local API listening");
+    let metrics = match config.api.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok(ApiListeners {
+        socket: listener,
+        metrics,
+    })
+}
+
+/// Serves the local API, and the metrics endpoint when one is configured;
+/// both stop at shutdown.
+fn serve_api(listeners: ApiListeners, gateway: &Arc<Daemon>, tasks: &mut JoinSet<()>) {
     let state = ApiState {
         table: gateway.table().clone(),
         metrics: gateway.metrics().clone(),
         gateway_key: gateway.key().to_string(),
         shutdown: gateway.shutdown(),
     };
-    let socket = config.api.socket.clone();
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
-    info!(socket = %socket.display(), "local API listening");
     let mut s = gateway.shutdown();
     let app = api::router(state.clone());
     tasks.spawn(async move {
-        let r = axum::serve(listener, app)
+        let r = axum::serve(listeners.socket, app)
             .with_graceful_shutdown(async move {
                 let _ = s.changed().await;
             })
@@ -285,10 +309,7 @@ async fn serve_api(config: &Config, gateway: &Arc<Daemon>, tasks: &mut JoinSet<(
             error!(error = %e, "local API failed");
         }
     });
-    if let Some(addr) = config.api.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+    if let Some(listener) = listeners.metrics {
         let mut s = gateway.shutdown();
         let app = api::metrics_router(state);
         tasks.spawn(async move {
@@ -299,7 +320,6 @@ async fn serve_api(config: &Config, gateway: &Arc<Daemon>, tasks: &mut JoinSet<(
                 .await;
         });
     }
-    Ok(())
 }
 
 /// The configured transports' accept loops.

@@ -198,10 +198,27 @@ fn probe(dir: &Path) -> Result<(), StateError> {
     })
 }
 
-/// Removes the temporary files a crash left behind: the gateway is the
-/// directory's only writer, and nothing is being written when it opens it.
+/// How old a temporary file must be before it is taken for one a crash left
+/// behind: `vouch-gateway init` may be writing the identity key into the same
+/// directory (the default key path is in the default state directory).
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the temporary files a crash left behind: those of
+/// [`vouch_host::fs::AtomicWrite`] once stale, and the `NAME.tmp` files of
+/// gateways before it (the gateway was their only writer).
 fn remove_stale_temporaries(dir: &Path) {
-    vouch_host::fs::remove_temporaries(dir, std::time::Duration::ZERO);
+    vouch_host::fs::remove_temporaries(dir, STALE_TEMPORARY);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a temporary state file");
+            }
+        }
+    }
 }
 
 /// Writes `bytes` to `dir/name` atomically and durably, mode 0600

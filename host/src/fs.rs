@@ -161,10 +161,10 @@ fn temporary_name(name: &str) -> String {
     format!(".{name}.tmp-{}-{n}-{nanos}", std::process::id())
 }
 
-/// Whether `name` is one of [`AtomicWrite`]'s temporary files, or a
-/// temporary file of an older version (`NAME.tmp`).
+/// Whether `name` is one of [`AtomicWrite`]'s temporary files
+/// (`.NAME.tmp-…`).
 pub fn is_temporary(name: &str) -> bool {
-    (name.starts_with('.') && name.contains(".tmp-")) || name.ends_with(".tmp")
+    name.starts_with('.') && name.contains(".tmp-")
 }
 
 /// Fsyncs a directory: the renames, links and removals in it become durable.
@@ -175,9 +175,9 @@ pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
 }
 
 /// Removes the temporary files ([`is_temporary`]) in `dir` last modified at
-/// least `older_than` ago: a writer still using one is younger. A directory
-/// with a single owner removes them all at start (`Duration::ZERO`). Best
-/// effort: what cannot be removed is logged; returns how many were removed.
+/// least `older_than` ago: a writer still using one (another process
+/// writing into the same directory) is younger. Best effort: what cannot be
+/// removed is logged; returns how many were removed.
 pub fn remove_temporaries(dir: &Path, older_than: Duration) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
@@ -316,13 +316,13 @@ mod tests {
     }
 
     #[test]
-    fn temporaries_of_this_and_older_versions_are_removed_once_old_enough() {
+    fn only_its_own_temporaries_are_removed_and_only_once_old_enough() {
         let dir = tempfile::tempdir().unwrap();
         for name in [".a.tmp-1-2-3", "b.tmp", "keep"] {
             fs::write(dir.path().join(name), b"x").unwrap();
         }
         assert_eq!(remove_temporaries(dir.path(), Duration::from_secs(3600)), 0);
-        assert_eq!(remove_temporaries(dir.path(), Duration::ZERO), 2);
-        assert_eq!(names(dir.path()), vec!["keep"]);
+        assert_eq!(remove_temporaries(dir.path(), Duration::ZERO), 1);
+        assert_eq!(names(dir.path()), vec!["b.tmp", "keep"]);
     }
 }

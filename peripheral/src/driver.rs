@@ -42,6 +42,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
+use vouch_host::clock::{Clock, TokioClock};
 use vouch_proto::anchor::{AnchorSet, AnchorUpdate};
 use vouch_proto::handshake::peripheral::{
     NextHandshake, PeripheralConfig, PeripheralEstablished, PeripheralHandshake, TicketSlot,
@@ -261,23 +262,6 @@ impl DeviceHandle {
 /// them at the pace of its gateway and its own connection attempts).
 pub type Events = mpsc::UnboundedReceiver<Event>;
 
-/// Milliseconds since the driver started, on tokio's clock (which tests can
-/// pause). The device has no wall clock (SPEC.md §1.3).
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.start.elapsed().as_millis() as u64)
-    }
-
-    fn until(&self, t: Timestamp) -> Duration {
-        Duration::from_millis(t.as_millis().saturating_sub(self.now().as_millis()))
-    }
-}
-
 /// A shutdown future that can be waited on repeatedly.
 struct Shutdown<'a> {
     fut: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
@@ -362,7 +346,10 @@ pub struct Device<K, C> {
     connector: C,
     config: DriverConfig,
     rng: ChaCha20Rng,
-    clock: Clock,
+    /// Milliseconds since the driver started, on tokio's clock (which
+    /// tests can pause). The device has no wall clock (SPEC.md §1.3): the
+    /// driver never calls `wall`.
+    clock: TokioClock,
     requests: Requests,
     events: mpsc::UnboundedSender<Event>,
     backoff: Backoff,
@@ -418,9 +405,7 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             connector,
             config,
             rng,
-            clock: Clock {
-                start: tokio::time::Instant::now(),
-            },
+            clock: TokioClock::new(),
             requests: Requests { rx, open: true },
             events,
             backoff: Backoff::new(config.backoff),

@@ -163,7 +163,7 @@ async fn a_rogue_central_during_a_backend_outage_cannot_cost_the_device_its_tick
     let rogue_task = tokio::spawn(async move {
         for answer in answers {
             let (stream, _) = rogue.accept().await.unwrap();
-            let mut link = TcpLink::new(stream, 247).unwrap();
+            let mut link = TcpLink::new(stream, 247, Default::default()).unwrap();
             let _first = tokio::time::timeout(DEADLINE, link.recv()).await;
             link.send(&answer).await.unwrap();
             // Whatever the device sends back (an alert), then hang up.

@@ -47,7 +47,7 @@ impl ProtoGateway {
                 .await
                 .expect("the device connects")
                 .unwrap();
-            let mut link = TcpLink::new(stream, 247).unwrap();
+            let mut link = TcpLink::new(stream, 247, Default::default()).unwrap();
             let Some(first) = Self::recv(&mut link).await else {
                 continue;
             };

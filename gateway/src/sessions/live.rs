@@ -319,7 +319,7 @@ impl LiveSessions {
 
     /// Closes a peripheral's sessions, live and superseded; returns whether
     /// one was live.
-    pub fn close(&self, peripheral: &PeripheralId, reason: CloseReason) -> bool {
+    pub(super) fn close(&self, peripheral: &PeripheralId, reason: CloseReason) -> bool {
         let map = self.lock_sessions();
         if let Some(s) = self.lock_superseded().get(peripheral) {
             s.entry.mailbox.close(reason);
@@ -335,7 +335,7 @@ impl LiveSessions {
 
     /// Closes the session `session_id` of `peripheral`, live or superseded;
     /// returns whether it was open.
-    pub fn close_session(
+    pub(super) fn close_session(
         &self,
         peripheral: &PeripheralId,
         session_id: &[u8; 8],
@@ -362,7 +362,7 @@ impl LiveSessions {
 
     /// Closes the live session of `peripheral` if it is not `session_id`
     /// (the newer of two live at once); returns whether one was closed.
-    pub fn close_newer_than(
+    pub(super) fn close_newer_than(
         &self,
         peripheral: &PeripheralId,
         session_id: &[u8; 8],

@@ -316,7 +316,7 @@ impl TicketBook {
     /// expiring first is evicted. A ticket of a peripheral `revoked` says is
     /// revoked is dropped instead. With a state directory, the ticket's file is written (in
     /// order, durably) in the background.
-    pub fn store(&self, ticket: GatewayTicket, revoked: impl Fn(&PeripheralId) -> bool) {
+    pub(super) fn store(&self, ticket: GatewayTicket, revoked: impl Fn(&PeripheralId) -> bool) {
         let mut map = self.lock();
         // Checked under the tickets lock: the feed marks a peripheral revoked
         // before it takes the lock to drop its tickets, so a ticket is either
@@ -360,7 +360,7 @@ impl TicketBook {
     /// ([`is_held_for_feed`](Self::is_held_for_feed)), its peripheral is
     /// revoked (by `revoked`), or `e_p` was already presented with a valid
     /// binder (the message is a replay).
-    pub fn for_attempt(
+    pub(super) fn for_attempt(
         &self,
         id: &ResumptionId,
         e_p: &[u8; 32],
@@ -411,7 +411,7 @@ impl TicketBook {
     /// `next` replaces it. Returns `false`, storing nothing, if the claim
     /// is no longer the ticket's (a later attempt claimed it, or the ticket
     /// was revoked, expired or replaced): the session must not start.
-    pub fn complete(
+    pub(super) fn complete(
         &self,
         claim: TicketClaim,
         next: GatewayTicket,

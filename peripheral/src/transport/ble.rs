@@ -43,7 +43,13 @@ use tracing::{debug, info};
 use vouch_proto::framing::MAX_FRAGMENT;
 use vouch_proto::wire::{Suite, PROTOCOL_VERSION};
 
-use super::{fragments, Connector, Link, LinkError, Reassembly};
+use super::{fragments, BleError, Connector, Link, LinkError, Reassembly};
+
+/// A BlueZ error, as the link layer reports it (its text: only this file
+/// may name bluer's types).
+fn ble_err(e: bluer::Error) -> LinkError {
+    LinkError::Ble(BleError::Stack(e.to_string()))
+}
 
 /// The Vouch service (SPEC.md §8.5).
 pub const SERVICE_UUID: Uuid = Uuid::from_u128(0x5b3f0001_8e4a_4c6e_9d2a_7f1c0b6e4a10);
@@ -114,12 +120,12 @@ impl std::fmt::Debug for BleConnector {
 impl BleConnector {
     /// Powers the adapter on, registers the GATT application and advertises.
     pub async fn start(config: BleConfig) -> Result<Self, LinkError> {
-        let session = bluer::Session::new().await?;
+        let session = bluer::Session::new().await.map_err(ble_err)?;
         let adapter = match &config.adapter {
-            Some(name) => session.adapter(name)?,
-            None => session.default_adapter().await?,
+            Some(name) => session.adapter(name).map_err(ble_err)?,
+            None => session.default_adapter().await.map_err(ble_err)?,
         };
-        adapter.set_powered(true).await?;
+        adapter.set_powered(true).await.map_err(ble_err)?;
 
         let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_queue.max(1));
         let (outbox, outbox_handle) = characteristic_control();
@@ -187,7 +193,7 @@ impl BleConnector {
             }],
             ..Default::default()
         };
-        let app = adapter.serve_gatt_application(app).await?;
+        let app = adapter.serve_gatt_application(app).await.map_err(ble_err)?;
         let adv = adapter
             .advertise(Advertisement {
                 service_uuids: [SERVICE_UUID].into_iter().collect(),
@@ -195,7 +201,8 @@ impl BleConnector {
                 local_name: Some(config.local_name.clone()),
                 ..Default::default()
             })
-            .await?;
+            .await
+            .map_err(ble_err)?;
         info!(adapter = adapter.name(), name = %config.local_name, "advertising the Vouch GATT service");
         Ok(Self {
             adapter_name: adapter.name().to_string(),

@@ -14,45 +14,7 @@ pub mod tcp;
 
 use std::future::Future;
 
-use vouch_proto::framing::{Fragmenter, Reassembler, ReassemblyLimits, MAX_FRAGMENT};
-use vouch_proto::{FramingError, Timestamp};
-
-/// Why a link failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LinkError {
-    /// The socket or radio failed.
-    #[error("link I/O: {0}")]
-    Io(#[from] std::io::Error),
-    /// The peer broke the framing rules (SPEC.md §8); the link is closed.
-    #[error("framing: {0}")]
-    Framing(#[from] FramingError),
-    /// The gateway address is not usable.
-    #[error("invalid gateway address {0:?} (expected tcp://HOST:PORT)")]
-    InvalidAddress(String),
-    /// The ATT MTU is outside 23..=517.
-    #[error("ATT MTU {0} is outside 23..=517")]
-    InvalidMtu(usize),
-    /// Connecting or sending took too long.
-    #[error("link operation timed out")]
-    Timeout,
-    /// The BlueZ stack failed (feature `ble`).
-    #[cfg(feature = "ble")]
-    #[error("BlueZ: {0}")]
-    Ble(#[from] bluer::Error),
-}
-
-/// One connection to one gateway, carrying whole messages.
-///
-/// `recv` must be cancel-safe: the driver calls it inside `select!`.
-pub trait Link: Send {
-    /// Sends one whole message.
-    fn send(&mut self, msg: &[u8]) -> impl Future<Output = Result<(), LinkError>> + Send;
-    /// The next whole message; `None` when the gateway disconnected.
-    fn recv(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>, LinkError>> + Send;
-    /// A description of the peer for logs (an address: never trusted).
-    fn peer(&self) -> String;
-}
+pub use vouch_host::link::{BleError, Link, LinkError};
 
 /// Produces links to a gateway, one per connection.
 pub trait Connector: Send + 'static {
@@ -75,7 +37,9 @@ pub fn check_att_mtu(att_mtu: usize) -> Result<usize, LinkError> {
 }
 
 /// Splits a message into the fragments of SPEC.md §8.1 for `att_mtu`.
+#[cfg(any(feature = "ble", test))]
 pub(crate) fn fragments(msg: &[u8], att_mtu: usize) -> Result<Vec<Vec<u8>>, LinkError> {
+    use vouch_proto::framing::{Fragmenter, MAX_FRAGMENT};
     let mut f = Fragmenter::new(msg, att_mtu)?;
     let mut out = Vec::with_capacity(Fragmenter::count(msg.len(), att_mtu)?);
     let mut buf = [0u8; MAX_FRAGMENT];
@@ -87,15 +51,19 @@ pub(crate) fn fragments(msg: &[u8], att_mtu: usize) -> Result<Vec<Vec<u8>>, Link
 
 /// Reassembly of one link's fragments within the limits of SPEC.md §8.3, on
 /// the link's own clock.
+#[cfg(feature = "ble")]
 pub(crate) struct Reassembly {
-    inner: Box<Reassembler>,
+    inner: Box<vouch_proto::framing::Reassembler>,
     epoch: tokio::time::Instant,
 }
 
+#[cfg(feature = "ble")]
 impl Reassembly {
     pub(crate) fn new() -> Self {
         Self {
-            inner: Box::new(Reassembler::new(ReassemblyLimits::default())),
+            inner: Box::new(vouch_proto::framing::Reassembler::new(
+                vouch_proto::framing::ReassemblyLimits::default(),
+            )),
             epoch: tokio::time::Instant::now(),
         }
     }
@@ -105,16 +73,8 @@ impl Reassembly {
     /// and the link goes on; a partial message past its deadline is dropped
     /// first, and the fragment is judged on its own.
     pub(crate) fn push(&mut self, fragment: &[u8]) -> Option<Vec<u8>> {
-        let now = Timestamp(self.epoch.elapsed().as_millis() as u64);
-        if self.inner.handle_timeout(now) {
-            tracing::debug!("reassembly timed out; partial message dropped");
-        }
-        match self.inner.push(now, fragment) {
-            Ok(msg) => msg.map(<[u8]>::to_vec),
-            Err(e) => {
-                tracing::debug!(error = %e, "fragment rejected; partial message dropped");
-                None
-            }
-        }
+        let now = vouch_proto::Timestamp(self.epoch.elapsed().as_millis() as u64);
+        vouch_host::link::push_fragment(&mut self.inner, now, fragment, "gateway")
+            .map(<[u8]>::to_vec)
     }
 }

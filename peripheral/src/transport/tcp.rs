@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vouch_proto::framing::{stream, MAX_FRAGMENT};
+use vouch_proto::framing::ReassemblyLimits;
 
-use super::{check_att_mtu, fragments, Connector, Link, LinkError, Reassembly};
+use super::{check_att_mtu, Connector, LinkError};
 
 /// The ATT MTU the TCP transport uses unless told otherwise (SPEC.md §8.4).
 pub const DEFAULT_ATT_MTU: usize = 247;
@@ -66,7 +65,11 @@ impl Connector for TcpConnector {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
             .await
             .map_err(|_| LinkError::Timeout)??;
-        TcpLink::new(stream, self.att_mtu)
+        Ok(TcpLink::new(
+            stream,
+            self.att_mtu,
+            ReassemblyLimits::default(),
+        )?)
     }
 
     fn describe(&self) -> String {
@@ -74,105 +77,16 @@ impl Connector for TcpConnector {
     }
 }
 
-/// A TCP connection to a gateway carrying Vouch messages.
-#[derive(Debug)]
-pub struct TcpLink {
-    stream: TcpStream,
-    peer: String,
-    att_mtu: usize,
-    decoder: stream::Decoder,
-    reassembly: ReassemblyDebug,
-    /// Bytes read but not yet given to the decoder.
-    pending: Vec<u8>,
-    write_timeout: Duration,
-}
-
-/// [`Reassembly`] has a large buffer; keep it out of `Debug` output.
-struct ReassemblyDebug(Reassembly);
-
-impl std::fmt::Debug for ReassemblyDebug {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Reassembly")
-    }
-}
-
-impl TcpLink {
-    /// Wraps a connected stream; `att_mtu` sets the fragment size.
-    pub fn new(stream: TcpStream, att_mtu: usize) -> Result<Self, LinkError> {
-        let peer = stream.peer_addr()?.to_string();
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
-            peer,
-            att_mtu: check_att_mtu(att_mtu)?,
-            decoder: stream::Decoder::default(),
-            reassembly: ReassemblyDebug(Reassembly::new()),
-            pending: Vec::new(),
-            write_timeout: Duration::from_secs(10),
-        })
-    }
-
-    /// Feeds pending bytes through the decoder and reassembler; returns a whole
-    /// message if one completed. A frame of a length no fragment has is
-    /// skipped, and a bad fragment dropped, with its partial message only
-    /// (SPEC.md §8.3, §8.4): the link goes on.
-    fn drain(&mut self) -> Option<Vec<u8>> {
-        let mut at = 0;
-        let mut out = None;
-        while at < self.pending.len() && out.is_none() {
-            let (used, found) = self.decoder.push(&self.pending[at..]);
-            at += used;
-            match found {
-                Ok(Some(fragment)) => out = self.reassembly.0.push(fragment),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "frame of a length no fragment has; partial message dropped");
-                    self.reassembly.0 = Reassembly::new();
-                }
-            }
-        }
-        self.pending.drain(..at);
-        out
-    }
-}
-
-impl Link for TcpLink {
-    async fn send(&mut self, msg: &[u8]) -> Result<(), LinkError> {
-        let mut wire = Vec::with_capacity(msg.len() + msg.len() / 8 + 8);
-        let mut framed = [0u8; MAX_FRAGMENT + stream::PREFIX];
-        for fragment in fragments(msg, self.att_mtu)? {
-            let n = stream::encode(&fragment, &mut framed)?;
-            wire.extend_from_slice(&framed[..n]);
-        }
-        tokio::time::timeout(self.write_timeout, self.stream.write_all(&wire))
-            .await
-            .map_err(|_| LinkError::Timeout)??;
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
-        loop {
-            if let Some(msg) = self.drain() {
-                return Ok(Some(msg));
-            }
-            let mut buf = [0u8; 2048];
-            // `read` is cancel-safe, and every byte read is kept in `pending`
-            // before the next await, so cancelling `recv` loses nothing.
-            let n = self.stream.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(None);
-            }
-            self.pending.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    fn peer(&self) -> String {
-        format!("tcp:{}", self.peer)
-    }
-}
+/// A TCP connection to a gateway carrying Vouch messages: the same link the
+/// gateway's end uses.
+pub use vouch_host::tcp::TcpLink;
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+    use vouch_proto::framing::{stream, MAX_FRAGMENT};
+
+    use super::super::{fragments, Link};
     use super::*;
 
     #[test]
@@ -214,7 +128,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await.unwrap();
-            let mut link = TcpLink::new(stream, 23).unwrap();
+            let mut link = TcpLink::new(stream, 23, ReassemblyLimits::default()).unwrap();
             let mut got = Vec::new();
             while let Ok(Some(msg)) = link.recv().await {
                 got.push(msg);

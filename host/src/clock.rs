@@ -1,4 +1,5 @@
-//! Where the gateway's time comes from (SPEC.md §1.3).
+//! Where the host side's time comes from (SPEC.md §1.3). A peripheral has
+//! the monotonic clock only; the gateway has both.
 //!
 //! Two clocks, never mixed:
 //!
@@ -10,8 +11,8 @@
 //! - [`Clock::wall`] is the wall clock: used only for what must survive a
 //!   restart (a ticket's expiry in the state directory, converted when the
 //!   file is written and when it is read back) and checked against the
-//!   backend's authenticated `Date` before restored tickets are used
-//!   ([`crate::sessions::TicketBook::check_clock`]).
+//!   backend's authenticated `Date` before restored tickets are used (the
+//!   gateway's `TicketBook::check_clock`).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -45,13 +46,17 @@ impl WallTime {
     }
 }
 
-/// The gateway's two clocks (see the module docs).
+/// The two clocks (see the module docs).
 pub trait Clock: Send + Sync + 'static {
     /// Monotonic milliseconds: deadlines and durations. Never goes back and
     /// does not move when the wall clock is stepped.
     fn now(&self) -> Timestamp;
     /// The wall clock: only for what is kept across restarts.
     fn wall(&self) -> WallTime;
+    /// How long from now until `t` on the monotonic clock (zero if past).
+    fn until(&self, t: Timestamp) -> std::time::Duration {
+        std::time::Duration::from_millis(t.as_millis().saturating_sub(self.now().as_millis()))
+    }
 }
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {

@@ -15,7 +15,7 @@ use vouch_proto::framing::{
 };
 use vouch_proto::Timestamp;
 
-use super::{Link, LinkError};
+use crate::link::{push_fragment, Link, LinkError};
 
 /// A TCP connection carrying Vouch messages.
 pub struct TcpLink {
@@ -120,7 +120,7 @@ impl TcpLink {
                 .reassembler
                 .get_or_insert_with(|| Box::new(Reassembler::new(limits)));
             let peer = format!("tcp:{peer}");
-            if let Some(msg) = super::push_fragment(r, now, fragment, &peer) {
+            if let Some(msg) = push_fragment(r, now, fragment, &peer) {
                 out = Some(msg.to_vec());
             }
             if !r.in_progress() {
