@@ -321,6 +321,14 @@ async fn outside_session<F: Future>(
     }
 }
 
+/// What the driver does after a connection.
+enum Next {
+    /// Connect again after this delay.
+    Retry(Duration),
+    /// Stop: shutdown (`Ok`), or the device cannot work at all.
+    Stop(Result<(), DriverError>),
+}
+
 /// How a handshake attempt failed.
 enum Failure {
     Shutdown,
@@ -440,23 +448,8 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
         self.store.anchors()?;
         let mut delay = Duration::ZERO;
         loop {
-            if !delay.is_zero() {
-                info!(
-                    delay_ms = delay.as_millis() as u64,
-                    failures = self.backoff.failures(),
-                    "retrying in {} ms",
-                    delay.as_millis()
-                );
-                self.emit(Event::Retrying {
-                    delay,
-                    failures: self.backoff.failures(),
-                });
-                let slept =
-                    outside_session(tokio::time::sleep(delay), &mut self.requests, &mut shutdown)
-                        .await;
-                if slept.is_none() {
-                    return Ok(());
-                }
+            if !delay.is_zero() && !self.wait_to_retry(delay, &mut shutdown).await {
+                return Ok(());
             }
             let target = self.connector.describe();
             let Some(connected) =
@@ -476,117 +469,172 @@ impl<K: KeyStore, C: Connector> Device<K, C> {
             let peer = link.peer();
             info!(peer = %peer, "connected");
             self.emit(Event::Connected { peer: peer.clone() });
-
-            if self.config.danger_silent {
-                warn!(peer = %peer, "danger-silent: holding the link without sending a first message (attacker emulation, tests only)");
-                let held_since = tokio::time::Instant::now();
-                let held =
-                    outside_session(hold_silent(&mut link), &mut self.requests, &mut shutdown)
-                        .await;
-                if held.is_none() {
-                    return Ok(());
-                }
-                let held_for = held_since.elapsed();
-                info!(peer = %peer, held_ms = held_for.as_millis() as u64, "danger-silent: the gateway closed the silent link");
-                delay = if held_for >= Duration::from_secs(1) {
-                    self.backoff.reset();
-                    Duration::ZERO
-                } else {
-                    self.backoff.next_delay(&mut self.rng)
-                };
-                continue;
-            }
-
-            let started = tokio::time::Instant::now();
-            let est = match self.handshake(&mut link, &mut shutdown).await {
-                Ok(est) => est,
-                Err(Failure::Shutdown) => return Ok(()),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Attempt { error, resuming }) => {
-                    let rejected = matches!(
-                        error,
-                        DriverError::Protocol(ProtoError::Alert(AlertCode::ResumptionRejected))
-                    );
-                    if let Some(slot) = resuming {
-                        // Nothing on the air before the session is
-                        // authenticated may cost the device a ticket (an
-                        // alert, garbage, a confirmation that does not
-                        // verify: anyone can send them). The next attempt
-                        // uses the other ticket, then a full handshake; both
-                        // tickets stay (SPEC.md §6.4).
-                        self.wallet().on_failed(slot);
-                    }
-                    let resuming = resuming.is_some();
-                    warn!(peer = %peer, resuming, error = %error, "handshake failed");
-                    self.emit(Event::HandshakeFailed(error));
-                    delay = if resuming && rejected {
-                        Duration::ZERO
-                    } else {
-                        self.backoff.next_delay(&mut self.rng)
-                    };
-                    continue;
-                }
+            let next = if self.config.danger_silent {
+                self.hold_silently(&mut link, &peer, &mut shutdown).await
+            } else {
+                self.connection(&mut link, &peer, &mut shutdown).await
             };
-            let Handshaken {
-                established: est,
-                resumed_with: resumed_slot,
-            } = est;
-            let info = SessionInfo {
-                gateway_key: est.gateway_key,
-                scope: est.scope,
-                lifetimes: est.lifetimes,
-                resumed: est.resumed,
-                session_id: est.session.id(),
-                latency: started.elapsed(),
-                peer: peer.clone(),
-            };
-            if !est.resumed {
-                self.ticket_on_our_clock = true;
-            }
-            let PeripheralEstablished {
-                session, ticket, ..
-            } = est;
-            self.wallet().on_established(resumed_slot, ticket);
-            self.save_tickets();
-            info!(
-                peer = %peer,
-                mode = if info.resumed { "resumed" } else { "full" },
-                latency_ms = info.latency.as_millis() as u64,
-                gateway = %info.gateway_key,
-                session = %hex::encode(info.session_id),
-                scope = format_args!("{:#x}", info.scope.0),
-                "handshake ok ({}, {} ms)",
-                if info.resumed { "resumed" } else { "full" },
-                info.latency.as_millis()
-            );
-            self.emit(Event::Established(info));
-
-            let established_at = tokio::time::Instant::now();
-            let end = self.session(&mut link, session, &mut shutdown).await;
-            info!(peer = %peer, reason = %end, "session closed: {end}");
-            let shut_down = shutdown.fired;
-            delay = match &end {
-                _ if shut_down => Duration::ZERO,
-                SessionEnd::ClosedByDevice(CloseReason::EXPIRED)
-                | SessionEnd::ClosedByGateway(CloseReason::EXPIRED) => {
-                    self.backoff.reset();
-                    Duration::ZERO
-                }
-                _ if established_at.elapsed() >= self.config.stable_after => {
-                    self.backoff.reset();
-                    Duration::ZERO
-                }
-                _ => self.backoff.next_delay(&mut self.rng),
-            };
-            if let SessionEnd::ClosedByGateway(CloseReason::REVOKED) = end {
-                // The gateway deleted its side of the ticket (SPEC.md §10.4).
-                self.forget_ticket();
-            }
-            self.emit(Event::SessionEnded(end));
-            if shut_down {
-                return Ok(());
+            match next {
+                Next::Retry(d) => delay = d,
+                Next::Stop(result) => return result,
             }
         }
+    }
+
+    /// Waits `delay` before the next attempt, answering the application
+    /// meanwhile; `false` if shutdown came first.
+    async fn wait_to_retry(&mut self, delay: Duration, shutdown: &mut Shutdown<'_>) -> bool {
+        info!(
+            delay_ms = delay.as_millis() as u64,
+            failures = self.backoff.failures(),
+            "retrying in {} ms",
+            delay.as_millis()
+        );
+        self.emit(Event::Retrying {
+            delay,
+            failures: self.backoff.failures(),
+        });
+        outside_session(tokio::time::sleep(delay), &mut self.requests, shutdown)
+            .await
+            .is_some()
+    }
+
+    /// `danger_silent`: holds the link without a word until the gateway
+    /// closes it (attacker emulation, tests only).
+    async fn hold_silently(
+        &mut self,
+        link: &mut C::Link,
+        peer: &str,
+        shutdown: &mut Shutdown<'_>,
+    ) -> Next {
+        warn!(peer = %peer, "danger-silent: holding the link without sending a first message (attacker emulation, tests only)");
+        let held_since = tokio::time::Instant::now();
+        let held = outside_session(hold_silent(link), &mut self.requests, shutdown).await;
+        if held.is_none() {
+            return Next::Stop(Ok(()));
+        }
+        let held_for = held_since.elapsed();
+        info!(peer = %peer, held_ms = held_for.as_millis() as u64, "danger-silent: the gateway closed the silent link");
+        Next::Retry(if held_for >= Duration::from_secs(1) {
+            self.backoff.reset();
+            Duration::ZERO
+        } else {
+            self.backoff.next_delay(&mut self.rng)
+        })
+    }
+
+    /// One connection: the handshake, then the session until it ends.
+    async fn connection(
+        &mut self,
+        link: &mut C::Link,
+        peer: &str,
+        shutdown: &mut Shutdown<'_>,
+    ) -> Next {
+        let started = tokio::time::Instant::now();
+        let handshaken = match self.handshake(link, shutdown).await {
+            Ok(h) => h,
+            Err(Failure::Shutdown) => return Next::Stop(Ok(())),
+            Err(Failure::Fatal(e)) => return Next::Stop(Err(e)),
+            Err(Failure::Attempt { error, resuming }) => {
+                return Next::Retry(self.handshake_failed(error, resuming, peer));
+            }
+        };
+        let session = self.established(handshaken, started.elapsed(), peer);
+        let established_at = tokio::time::Instant::now();
+        let end = self.session(link, session, shutdown).await;
+        info!(peer = %peer, reason = %end, "session closed: {end}");
+        let shut_down = shutdown.fired;
+        let delay = match &end {
+            _ if shut_down => Duration::ZERO,
+            SessionEnd::ClosedByDevice(CloseReason::EXPIRED)
+            | SessionEnd::ClosedByGateway(CloseReason::EXPIRED) => {
+                self.backoff.reset();
+                Duration::ZERO
+            }
+            _ if established_at.elapsed() >= self.config.stable_after => {
+                self.backoff.reset();
+                Duration::ZERO
+            }
+            _ => self.backoff.next_delay(&mut self.rng),
+        };
+        if let SessionEnd::ClosedByGateway(CloseReason::REVOKED) = end {
+            // The gateway deleted its side of the ticket (SPEC.md §10.4).
+            self.forget_ticket();
+        }
+        self.emit(Event::SessionEnded(end));
+        if shut_down {
+            Next::Stop(Ok(()))
+        } else {
+            Next::Retry(delay)
+        }
+    }
+
+    /// A failed handshake attempt: reported, and the delay before the next.
+    fn handshake_failed(
+        &mut self,
+        error: DriverError,
+        resuming: Option<TicketSlot>,
+        peer: &str,
+    ) -> Duration {
+        let rejected = matches!(
+            error,
+            DriverError::Protocol(ProtoError::Alert(AlertCode::ResumptionRejected))
+        );
+        if let Some(slot) = resuming {
+            // Nothing on the air before the session is authenticated may
+            // cost the device a ticket (an alert, garbage, a confirmation
+            // that does not verify: anyone can send them). The next attempt
+            // uses the other ticket, then a full handshake; both tickets
+            // stay (SPEC.md §6.4).
+            self.wallet().on_failed(slot);
+        }
+        let resuming = resuming.is_some();
+        warn!(peer = %peer, resuming, error = %error, "handshake failed");
+        self.emit(Event::HandshakeFailed(error));
+        if resuming && rejected {
+            Duration::ZERO
+        } else {
+            self.backoff.next_delay(&mut self.rng)
+        }
+    }
+
+    /// A handshake completed: the ticket is stored, the session reported;
+    /// returns the session.
+    fn established(&mut self, handshaken: Handshaken, latency: Duration, peer: &str) -> Session {
+        let Handshaken {
+            established: est,
+            resumed_with: resumed_slot,
+        } = handshaken;
+        let info = SessionInfo {
+            gateway_key: est.gateway_key,
+            scope: est.scope,
+            lifetimes: est.lifetimes,
+            resumed: est.resumed,
+            session_id: est.session.id(),
+            latency,
+            peer: peer.to_string(),
+        };
+        if !est.resumed {
+            self.ticket_on_our_clock = true;
+        }
+        let PeripheralEstablished {
+            session, ticket, ..
+        } = est;
+        self.wallet().on_established(resumed_slot, ticket);
+        self.save_tickets();
+        info!(
+            peer = %peer,
+            mode = if info.resumed { "resumed" } else { "full" },
+            latency_ms = info.latency.as_millis() as u64,
+            gateway = %info.gateway_key,
+            session = %hex::encode(info.session_id),
+            scope = format_args!("{:#x}", info.scope.0),
+            "handshake ok ({}, {} ms)",
+            if info.resumed { "resumed" } else { "full" },
+            info.latency.as_millis()
+        );
+        self.emit(Event::Established(info));
+        session
     }
 
     fn forget_ticket(&mut self) {

@@ -164,6 +164,86 @@ enum Op {
     Flush(oneshot::Sender<()>),
 }
 
+/// The tickets restored from `files` (their cursor was found): each is read
+/// (an unreadable one is skipped and reported), dropped if the wall clock
+/// says it expired or was issued in its future, and its expiry moved to the
+/// monotonic clock; beyond `max_tickets`, those expiring first are dropped.
+/// Returns the tickets kept and the files to remove.
+fn restore(
+    files: Vec<PathBuf>,
+    tickets_dir: &Path,
+    max_tickets: usize,
+    now: Timestamp,
+    wall: WallTime,
+    report: &mut RestoreReport,
+) -> (
+    HashMap<ResumptionId, (GatewayTicket, WallTime)>,
+    Vec<PathBuf>,
+) {
+    let mut tickets = HashMap::new();
+    let mut remove = Vec::new();
+    for path in files {
+        let Some(mut ticket) = read_ticket(&path, report) else {
+            continue;
+        };
+        // Both checks on a wall clock not confirmed yet, so both only ever
+        // remove: the tickets kept are checked again once it is
+        // (TicketBook::check_clock).
+        let expires = WallTime(ticket.expires_at.as_millis());
+        if wall >= expires {
+            report.expired += 1;
+            remove.push(path);
+        } else if wall < issued_at(&ticket, expires) {
+            report.clock_behind += 1;
+            remove.push(path);
+        } else {
+            ticket.expires_at = Timestamp(now.as_millis().saturating_add(expires.0 - wall.0));
+            tickets.insert(ticket.id, (ticket, expires));
+        }
+    }
+    if report.clock_behind > 0 {
+        warn!(
+            tickets = report.clock_behind,
+            wall_ms = wall.as_millis(),
+            "the clock is behind the time some persisted tickets were issued: they were discarded"
+        );
+    }
+    if tickets.len() > max_tickets {
+        let mut by_expiry: Vec<_> = tickets.values().map(|(t, w)| (*w, t.id.0)).collect();
+        by_expiry.sort();
+        let excess = tickets.len() - max_tickets;
+        for (_, id) in by_expiry.into_iter().take(excess) {
+            let id = ResumptionId(id);
+            tickets.remove(&id);
+            remove.push(tickets_dir.join(file_name(&id)));
+        }
+        report.over_limit = excess;
+    }
+    (tickets, remove)
+}
+
+/// One ticket file, if it reads, decodes and is named after its ticket;
+/// otherwise it is skipped (and reported).
+fn read_ticket(path: &Path, report: &mut RestoreReport) -> Option<GatewayTicket> {
+    match read_limited(path, MAX_TICKET_FILE).and_then(|bytes| decode(&bytes)) {
+        Ok(t) if path.file_name().and_then(|n| n.to_str()) == Some(file_name(&t.id).as_str()) => {
+            Some(t)
+        }
+        Ok(_) => {
+            skip(
+                report,
+                path.to_path_buf(),
+                &Unreadable::Invalid("the file name is not its ticket id"),
+            );
+            None
+        }
+        Err(e) => {
+            skip(report, path.to_path_buf(), &e);
+            None
+        }
+    }
+}
+
 /// The ticket files and the feed cursor, written in order by one thread.
 pub(crate) struct TicketStore {
     tx: mpsc::Sender<Op>,
@@ -187,7 +267,7 @@ impl TicketStore {
         let mut report = RestoreReport::default();
         let files = ticket_files(&tickets_dir).map_err(io_err(&tickets_dir))?;
         let mut tickets = HashMap::new();
-        let mut remove = Vec::new();
+        let remove: Vec<PathBuf>;
         match read_cursor(dir, binding) {
             Err(why) => {
                 // Without a cursor for this gateway and backend, nothing says
@@ -202,62 +282,8 @@ impl TicketStore {
             }
             Ok(after) => {
                 report.cursor = Some(after);
-                for path in files {
-                    let ticket = match read_limited(&path, MAX_TICKET_FILE)
-                        .and_then(|bytes| decode(&bytes))
-                    {
-                        Ok(t)
-                            if path.file_name().and_then(|n| n.to_str())
-                                == Some(file_name(&t.id).as_str()) =>
-                        {
-                            t
-                        }
-                        Ok(_) => {
-                            skip(
-                                &mut report,
-                                path,
-                                &Unreadable::Invalid("the file name is not its ticket id"),
-                            );
-                            continue;
-                        }
-                        Err(e) => {
-                            skip(&mut report, path, &e);
-                            continue;
-                        }
-                    };
-                    // Both checks on a wall clock not confirmed yet, so both
-                    // only ever remove: the tickets kept are checked again
-                    // once it is (TicketBook::check_clock).
-                    let mut ticket = ticket;
-                    let expires = WallTime(ticket.expires_at.as_millis());
-                    if wall >= expires {
-                        report.expired += 1;
-                        remove.push(path);
-                    } else if wall < issued_at(&ticket, expires) {
-                        report.clock_behind += 1;
-                        remove.push(path);
-                    } else {
-                        ticket.expires_at =
-                            Timestamp(now.as_millis().saturating_add(expires.0 - wall.0));
-                        tickets.insert(ticket.id, (ticket, expires));
-                    }
-                }
-                if report.clock_behind > 0 {
-                    warn!(tickets = report.clock_behind, wall_ms = wall.as_millis(),
-                        "the clock is behind the time some persisted tickets were issued: they were discarded");
-                }
-                if tickets.len() > max_tickets {
-                    let mut by_expiry: Vec<_> =
-                        tickets.values().map(|(t, w)| (*w, t.id.0)).collect();
-                    by_expiry.sort();
-                    let excess = tickets.len() - max_tickets;
-                    for (_, id) in by_expiry.into_iter().take(excess) {
-                        let id = ResumptionId(id);
-                        tickets.remove(&id);
-                        remove.push(tickets_dir.join(file_name(&id)));
-                    }
-                    report.over_limit = excess;
-                }
+                (tickets, remove) =
+                    restore(files, &tickets_dir, max_tickets, now, wall, &mut report);
             }
         }
         for path in &remove {
