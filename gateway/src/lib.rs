@@ -53,6 +53,7 @@
 //! | [`backend_client`] | the backend behind a trait (HTTPS with mutual TLS) |
 //! | [`transport`] | links: the [`Link`](transport::Link) trait, TCP, memory, BLE |
 //! | [`config`], [`metrics`], [`clock`], [`error`] | configuration, counters, time, errors |
+//! | `testing` | (feature `test-utils`) a fake backend for tests |
 
 pub mod anchors;
 pub mod api;
@@ -68,6 +69,8 @@ pub mod revocation;
 pub mod serve;
 pub mod sessions;
 pub mod state;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod transport;
 
 pub use error::Error;

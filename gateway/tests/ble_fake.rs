@@ -243,7 +243,7 @@ async fn handshake_on(s: &Setup, end: &mut PeripheralEnd, seed: u64) -> Peripher
     let mut p = PeripheralHandshake::start(
         &PeripheralConfig::default(),
         s.id,
-        &s.backend.device,
+        &s.device,
         &s.anchors,
         Timestamp(0),
         &mut rng(seed),

@@ -138,7 +138,7 @@ async fn resumption_works_while_the_backend_is_down_and_new_peripherals_get_busy
     let mut p = PeripheralHandshake::start(
         &PeripheralConfig::default(),
         s.id,
-        &s.backend.device,
+        &s.device,
         &s.anchors,
         Timestamp(0),
         &mut rng(8),
@@ -272,7 +272,7 @@ async fn connection_floods_are_capped_and_the_gateway_keeps_serving() {
             let mut p = PeripheralHandshake::start(
                 &PeripheralConfig::default(),
                 s.id,
-                &s.backend.device,
+                &s.device,
                 &s.anchors,
                 Timestamp(0),
                 &mut rng(77),

@@ -112,11 +112,11 @@ async fn a_policy_change_closes_every_live_session_and_drops_every_ticket() {
         Err(ProtoError::Alert(AlertCode::ResumptionRejected))
     );
     assert!(matches!(d.await.unwrap(), Outcome::HandshakeFailed(_)));
-    let vouches = s.backend.vouches.load(Ordering::SeqCst);
+    let vouches = s.backend.requests.load(Ordering::SeqCst);
     let (mut p_link, g_link) = pair(247, "p", "g");
     tokio::spawn(run_link_owned(s.ctx.clone(), g_link, 5, s.shutdown.clone()));
     peripheral_full(&s, &mut p_link, 6).await.unwrap();
-    assert_eq!(s.backend.vouches.load(Ordering::SeqCst), vouches + 1);
+    assert_eq!(s.backend.requests.load(Ordering::SeqCst), vouches + 1);
     s.shutdown_tx.send(true).unwrap();
     follower.await.unwrap();
 }
@@ -134,7 +134,7 @@ async fn a_handshake_in_flight_when_the_policy_changes_does_not_survive_it() {
     let mut p = PeripheralHandshake::start(
         &PeripheralConfig::default(),
         s.id,
-        &s.backend.device,
+        &s.device,
         &s.anchors,
         Timestamp(0),
         &mut rng(2),

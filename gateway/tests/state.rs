@@ -186,7 +186,7 @@ async fn a_restarted_gateway_lets_a_device_resume_without_the_backend() {
 
     let first = Run::start(&s, &dir, TokioClock::new());
     let ticket = full_handshake(&s, &first, 1).await;
-    assert_eq!(s.backend.vouches.load(Ordering::SeqCst), 1);
+    assert_eq!(s.backend.requests.load(Ordering::SeqCst), 1);
     let now = first.stop().await;
 
     // A new process on the same directory (the clock goes on, as the wall clock does).
@@ -200,7 +200,7 @@ async fn a_restarted_gateway_lets_a_device_resume_without_the_backend() {
         .expect("a resume response, not an alert");
     assert!(p.into_established().unwrap().resumed);
     assert_eq!(
-        s.backend.vouches.load(Ordering::SeqCst),
+        s.backend.requests.load(Ordering::SeqCst),
         1,
         "no backend round trip for the resumption"
     );
@@ -241,7 +241,7 @@ async fn a_resumption_after_a_restart_completes_and_replaces_the_ticket_on_disk(
     assert!(p.into_established().unwrap().resumed);
     wait_for("the resumed session", || second.table.sessions().len() == 1).await;
     assert_eq!(second.ctx.metrics.handshakes("resumed"), 1);
-    assert_eq!(s.backend.vouches.load(Ordering::SeqCst), 1);
+    assert_eq!(s.backend.requests.load(Ordering::SeqCst), 1);
     drop(p_link);
     d.await.unwrap();
     second.table.tickets().flush().await;
@@ -302,7 +302,7 @@ async fn a_peripheral_revoked_while_the_gateway_was_down_cannot_resume() {
         p.handle_input(Timestamp(0), &answer),
         Err(ProtoError::Alert(AlertCode::ResumptionRejected))
     );
-    assert_eq!(s.backend.vouches.load(Ordering::SeqCst), 1);
+    assert_eq!(s.backend.requests.load(Ordering::SeqCst), 1);
 
     // And the cursor moved past the revocation: a third start restores nothing.
     let now = second.stop().await;

@@ -3,31 +3,27 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use vouch_gateway::backend_client::{BackendApi, BackendError, FeedAnswer};
-use vouch_gateway::clock::{Clock, TokioClock};
+use vouch_gateway::clock::TokioClock;
 use vouch_gateway::driver::{run_link, Context, Outcome};
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
 use vouch_gateway::transport::memory::MemoryLink;
 use vouch_gateway::transport::Link;
-use vouch_proto::anchor::{AnchorSet, AnchorUpdate};
-use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
+use vouch_proto::anchor::AnchorSet;
+use vouch_proto::handshake::backend::BackendKeys;
 use vouch_proto::handshake::gateway::GatewayConfig;
 use vouch_proto::handshake::peripheral::{
     PeripheralConfig, PeripheralEstablished, PeripheralHandshake,
 };
 use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId};
 use vouch_proto::testing::rng;
-use vouch_proto::wire::backend::{
-    AnchorUpdateBatch, FeedBatch, FeedEvent, PeripheralInfo, SessionEventKind, SessionReport,
-    SessionReportAnswer, SessionVerdict, VouchAnswer, VouchRequest, Vouched, MAX_ANCHOR_UPDATES,
-};
-use vouch_proto::wire::{Lifetimes, Scope};
+use vouch_proto::wire::backend::FeedEvent;
+use vouch_proto::wire::Scope;
 use vouch_proto::{Error as ProtoError, Timestamp};
 
 /// Runs a driver on a link it owns (the tests hand the link over).
@@ -47,197 +43,13 @@ pub async fn run_link_owned(
     run_link(ctx, &mut link, seed32(seed), shutdown).await
 }
 
-pub struct FakeBackend {
-    pub keys: BackendKeys,
-    pub device: IdentityKey,
-    pub gateway: IdentityKey,
-    pub scope: Scope,
-    pub down: AtomicBool,
-    pub reports: Mutex<Vec<SessionReport>>,
-    pub feed: tokio::sync::Mutex<mpsc::Receiver<FeedEvent>>,
-    /// Vouch requests answered (the backend round trips a resumption saves).
-    pub vouches: AtomicUsize,
-    /// The feed's log: served by cursor, before anything sent on `feed`.
-    pub log: Mutex<Vec<FeedEvent>>,
-    /// While `false`, `vouch` does not answer (a slow backend).
-    pub vouch_open: watch::Sender<bool>,
-    /// While `false`, `feed_now` does not answer (a backend not reached yet).
-    pub feed_now_open: watch::Sender<bool>,
-    /// While `true`, the revocation feed fails (`feed`, `feed_now`), and a
-    /// long poll already waiting fails when it turns `true`: an uplink cut.
-    pub feed_down: watch::Sender<bool>,
-    /// The verdict on a `Concurrent` session event (others are accepted).
-    pub concurrent_verdict: Mutex<SessionVerdict>,
-    /// When set, `feed_now` answers this instead of reading the log.
-    pub feed_now_answer: Mutex<Option<Result<FeedBatch, BackendError>>>,
-    /// The trust-anchor updates the backend issued, in serial order.
-    pub anchor_log: Mutex<Vec<AnchorUpdate>>,
-    /// When set, the last serial handed out (an instance that does not
-    /// serve the newest key yet); otherwise the log's last.
-    pub anchor_latest: Mutex<Option<u32>>,
-    /// The `after` of every anchor-update request, in order.
-    pub anchor_requests: Mutex<Vec<u32>>,
-    /// The backend's own clock: its feed answers carry its wall time (the
-    /// `Date` of the real backend's answers). Step it to put a gateway's
-    /// clock behind or ahead.
-    pub clock: TokioClock,
-}
-
-impl FakeBackend {
-    /// The log's events after `after` (`next` = the last one's seq, or `after`).
-    fn logged_after(&self, after: u64) -> Option<FeedBatch> {
-        let events: Vec<FeedEvent> = self
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.seq > after)
-            .cloned()
-            .collect();
-        let next = events.last()?.seq;
-        Some(FeedBatch { events, next })
-    }
-}
-
-impl BackendApi for FakeBackend {
-    async fn vouch(&self, req: VouchRequest) -> Result<VouchAnswer, BackendError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(BackendError::Unavailable("connection refused".into()));
-        }
-        let mut open = self.vouch_open.subscribe();
-        let _ = open.wait_for(|o| *o).await;
-        self.vouches.fetch_add(1, Ordering::SeqCst);
-        let answer = (|| {
-            let verified = open_hello(&req.hello, &self.keys)
-                .ok()?
-                .verify(&self.device.public_key())
-                .ok()?;
-            let grant = VouchGrant {
-                gateway_key: self.gateway.public_key(),
-                gateway_ephemeral: req.gateway_ephemeral,
-                scope: self.scope,
-                lifetimes: Lifetimes {
-                    session_s: 3600,
-                    resumption_s: 86_400,
-                },
-            };
-            let info = PeripheralInfo {
-                id: verified.peripheral(),
-                public_key: self.device.public_key(),
-                group: Some("lab".into()),
-                attributes: vec![],
-                scope: self.scope,
-            };
-            Some(VouchAnswer::Vouched(Vouched {
-                vouch: verified.vouch(&self.keys, &grant),
-                peripheral: info,
-            }))
-        })();
-        Ok(answer.unwrap_or(VouchAnswer::Refused(vouch_proto::error::Refusal::Denied)))
-    }
-
-    async fn report(&self, report: SessionReport) -> Result<SessionReportAnswer, BackendError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(BackendError::Unavailable("connection refused".into()));
-        }
-        let concurrent = *self.concurrent_verdict.lock().unwrap();
-        let items = report
-            .events
-            .iter()
-            .map(|e| match e.kind {
-                SessionEventKind::Concurrent => concurrent,
-                _ => SessionVerdict::Accepted,
-            })
-            .collect();
-        self.reports.lock().unwrap().push(report);
-        Ok(SessionReportAnswer { items })
-    }
-
-    async fn feed_now(&self, after: u64) -> Result<FeedBatch, BackendError> {
-        if *self.feed_down.borrow() {
-            return Err(BackendError::Unavailable("feed down".into()));
-        }
-        let mut open = self.feed_now_open.subscribe();
-        let _ = open.wait_for(|o| *o).await;
-        if let Some(answer) = self.feed_now_answer.lock().unwrap().clone() {
-            return answer;
-        }
-        Ok(self.logged_after(after).unwrap_or(FeedBatch {
-            events: vec![],
-            next: after,
-        }))
-    }
-
-    /// As the backend's `GET /v1/anchor-updates` (SPEC.md §10.6).
-    async fn anchor_updates(&self, after: u32) -> Result<AnchorUpdateBatch, BackendError> {
-        self.anchor_requests.lock().unwrap().push(after);
-        if self.down.load(Ordering::SeqCst) {
-            return Err(BackendError::Unavailable("connection refused".into()));
-        }
-        let log = self.anchor_log.lock().unwrap();
-        let latest = self
-            .anchor_latest
-            .lock()
-            .unwrap()
-            .unwrap_or_else(|| log.last().map_or(0, |u| u.serial));
-        let updates = log
-            .iter()
-            .filter(|u| u.serial > after && u.serial <= latest)
-            .take(MAX_ANCHOR_UPDATES)
-            .copied()
-            .collect();
-        Ok(AnchorUpdateBatch { updates, latest })
-    }
-
-    async fn feed_dated(&self, after: u64) -> Result<FeedAnswer, BackendError> {
-        let batch = self.feed(after).await?;
-        Ok(FeedAnswer {
-            batch,
-            server_time: Some(self.clock.wall()),
-        })
-    }
-
-    async fn feed_now_dated(&self, after: u64) -> Result<FeedAnswer, BackendError> {
-        let batch = self.feed_now(after).await?;
-        Ok(FeedAnswer {
-            batch,
-            server_time: Some(self.clock.wall()),
-        })
-    }
-
-    async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
-        let mut down = self.feed_down.subscribe();
-        if *down.borrow_and_update() {
-            return Err(BackendError::Unavailable("feed down".into()));
-        }
-        if let Some(batch) = self.logged_after(after) {
-            return Ok(batch);
-        }
-        let mut rx = self.feed.lock().await;
-        let next = tokio::select! {
-            ev = rx.recv() => ev,
-            _ = down.wait_for(|d| *d) => return Err(BackendError::Unavailable("feed down".into())),
-        };
-        match next {
-            Some(ev) => Ok(FeedBatch {
-                next: ev.seq,
-                events: vec![ev],
-            }),
-            None => {
-                drop(rx);
-                std::future::pending::<()>().await;
-                Ok(FeedBatch {
-                    events: vec![],
-                    next: after,
-                })
-            }
-        }
-    }
-}
+pub use vouch_gateway::testing::FakeBackend;
 
 pub struct Setup {
     pub ctx: Arc<Context<Arc<FakeBackend>, TokioClock>>,
     pub backend: Arc<FakeBackend>,
+    /// The one peripheral enrolled, with the setup's scope.
+    pub device: IdentityKey,
     pub anchors: AnchorSet,
     pub id: PeripheralId,
     pub feed_tx: mpsc::Sender<FeedEvent>,
@@ -266,32 +78,15 @@ pub fn setup(scope: Scope) -> Setup {
     let id = PeripheralId::derive(&device.public_key());
     let anchors = setup_anchors();
     let config = GatewayConfig::new(gateway.public_key());
-    let (feed_tx, feed_rx) = mpsc::channel(16);
-    let backend = Arc::new(FakeBackend {
-        keys,
-        device,
-        gateway,
-        scope,
-        down: AtomicBool::new(false),
-        reports: Mutex::new(vec![]),
-        feed: tokio::sync::Mutex::new(feed_rx),
-        vouches: AtomicUsize::new(0),
-        log: Mutex::new(vec![]),
-        vouch_open: watch::channel(true).0,
-        feed_now_open: watch::channel(true).0,
-        feed_down: watch::channel(false).0,
-        concurrent_verdict: Mutex::new(SessionVerdict::CloneSuspected),
-        feed_now_answer: Mutex::new(None),
-        anchor_log: Mutex::new(vec![]),
-        anchor_latest: Mutex::new(None),
-        anchor_requests: Mutex::new(vec![]),
-        clock: TokioClock::new(),
-    });
+    let backend = FakeBackend::from_parts(keys, gateway, future_keys);
+    backend.enroll(device.public_key(), scope);
+    let feed_tx = backend.feed_sender();
     let ctx = context(&backend, config, SessionTable::new(100), TokioClock::new());
     let (shutdown_tx, shutdown) = watch::channel(false);
     Setup {
         ctx,
         backend,
+        device,
         anchors,
         id,
         feed_tx,
@@ -356,7 +151,7 @@ pub async fn peripheral_full(
     let mut p = PeripheralHandshake::start(
         &PeripheralConfig::default(),
         s.id,
-        &s.backend.device,
+        &s.device,
         &s.anchors,
         now,
         &mut rng(seed),
@@ -489,7 +284,7 @@ impl RawTcp {
         let mut p = PeripheralHandshake::start(
             &PeripheralConfig::default(),
             s.id,
-            &s.backend.device,
+            &s.device,
             &s.anchors,
             Timestamp(0),
             &mut rng(seed),
