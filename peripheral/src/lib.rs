@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`driver`] | [`Device`]: connect, full handshake or resumption, session, anchor updates, reconnect with backoff (SPEC.md §5–§7) |
 //! | [`keystore`] | [`KeyStore`] (sign without exporting the key), [`FileKeyStore`], [`MemoryKeyStore`] |
-//! | [`transport`] | [`Connector`]/[`Link`]; TCP (SPEC.md §8.4); BLE GATT server with feature `ble` (§8.5) |
+//! | [`transport`] | [`Connector`]; the [`Link`] and TCP link (SPEC.md §8.4) shared with the gateway through `vouch-host`; BLE GATT server with feature `ble` (§8.5) |
 //! | [`provision`] | the backend import row a factory line collects |
 //! | [`reference`](mod@reference) | the reference device's commands and scope bits |
 //! | [`backoff`] | exponential backoff with jitter (SPEC.md §6.4) |
