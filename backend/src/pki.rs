@@ -73,9 +73,22 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
     Ok(SerialNumber::from_slice(&b))
 }
 
+/// A fresh Ed25519 key for a certificate, and its PEM: PKCS#8 v1 (RFC 8410
+/// §7), which OpenSSL 3 reads; rcgen (through ring) would write the v2 form
+/// with the public key appended, which it refuses.
+fn new_key() -> Result<(KeyPair, zeroize::Zeroizing<String>), PkiError> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut()).map_err(|_| PkiError::Random)?;
+    let pem = vouch_proto::keys::IdentityKey::from_seed(&seed)
+        .to_pkcs8_pem()
+        .map_err(|_| PkiError::Pem("a new key"))?;
+    let key = KeyPair::from_pem(&pem)?;
+    Ok((key, pem))
+}
+
 /// Creates a fresh Ed25519 CA.
 pub fn generate_ca() -> Result<CaMaterial, PkiError> {
-    let key = KeyPair::generate_for(&PKCS_ED25519)?;
+    let (key, key_pem) = new_key()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -92,7 +105,7 @@ pub fn generate_ca() -> Result<CaMaterial, PkiError> {
     let cert = params.self_signed(&key)?;
     Ok(CaMaterial {
         cert_pem: cert.pem(),
-        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+        key_pem,
     })
 }
 
@@ -107,7 +120,7 @@ pub fn issue_server_cert(
     ca: &CaMaterial,
     sans: &[String],
 ) -> Result<(String, zeroize::Zeroizing<String>), PkiError> {
-    let key = KeyPair::generate_for(&PKCS_ED25519)?;
+    let (key, key_pem) = new_key()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -126,7 +139,7 @@ pub fn issue_server_cert(
     params.serial_number = Some(random_serial()?);
     validity(&mut params, 10);
     let cert = params.signed_by(&key, &issuer(ca)?)?;
-    Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+    Ok((cert.pem(), key_pem))
 }
 
 /// A gateway's Ed25519 public key, for rcgen.

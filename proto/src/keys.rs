@@ -252,14 +252,21 @@ impl IdentityKey {
         Signature(self.0.sign(msg).to_bytes())
     }
 
-    /// PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`, RFC 8410), readable by
-    /// `openssl pkey`. The returned string is zeroized on drop.
+    /// PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`, RFC 8410 §7: the
+    /// 32-byte seed, no public key), which `openssl pkey` (OpenSSL 3) and
+    /// Python's `cryptography` read; they refuse the v2 form with the public
+    /// key appended. The returned string is zeroized on drop.
     #[cfg(feature = "alloc")]
     pub fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<alloc::string::String>, KeyError> {
-        use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey};
-        self.0
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|_| KeyError::Encode)
+        use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, KeypairBytes};
+        use zeroize::Zeroize;
+        let mut v1 = KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        };
+        let pem = v1.to_pkcs8_pem(LineEnding::LF);
+        v1.secret_key.zeroize();
+        pem.map_err(|_| KeyError::Encode)
     }
 
     /// Parses PKCS#8 PEM (v1 or v2, as openssl writes Ed25519 keys).
@@ -407,6 +414,25 @@ mod tests {
         assert_eq!(s.len(), 16);
         assert_eq!(PeripheralId::from_hex(&s), Some(id));
         assert_eq!(PeripheralId::from_hex("zz"), None);
+    }
+
+    /// RFC 8410 §7, the form OpenSSL 3 reads: `SEQUENCE { INTEGER 0,
+    /// SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }`
+    /// (48 bytes), with no `[1]` public key (version 1, which OpenSSL 3
+    /// refuses as "unsupported").
+    #[test]
+    fn pkcs8_pem_is_version_1_without_the_public_key() {
+        use ed25519_dalek::pkcs8::spki::der::pem;
+        let key = IdentityKey::from_seed(&[3u8; 32]);
+        let pem_text = key.to_pkcs8_pem().unwrap();
+        let (label, der) = pem::decode_vec(pem_text.as_bytes()).unwrap();
+        assert_eq!(label, "PRIVATE KEY");
+        let mut expected = alloc::vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        expected.extend_from_slice(&[3u8; 32]);
+        assert_eq!(der, expected);
     }
 
     #[test]

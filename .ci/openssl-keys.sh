@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The key files Vouch writes are the PKCS#8 OpenSSL reads, and Vouch reads the
+# ones OpenSSL writes (RFC 8410): the gateway's and the device's identity,
+# the backend's signing and sealing keys. Needs the debug binaries built.
+set -euo pipefail
+BIN="${CARGO_TARGET_DIR:-/var/cache/vouch-target}/debug"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The raw 32-byte public key of a PKCS#8 key, in hex, as OpenSSL computes it.
+openssl_public_hex() {
+    openssl pkey -in "$1" -pubout -outform DER | tail -c 32 | od -An -tx1 | tr -d ' \n'
+}
+
+# Vouch writes, OpenSSL reads.
+gw=$("$BIN/vouch-gateway" init --key "$work/gateway.pem" | awk '/^public key:/ { print $3 }')
+[ "$(openssl_public_hex "$work/gateway.pem")" = "$gw" ] || { echo "FAIL: openssl reads another public key from vouch-gateway init's key"; exit 1; }
+echo "vouch-gateway init: openssl pkey reads it, same public key"
+
+dev=$("$BIN/vouch-peripheral" keygen --dir "$work/device" 2>/dev/null | python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["public_key"])')
+[ "$(openssl_public_hex "$work/device/identity.pem")" = "$dev" ] || { echo "FAIL: openssl reads another public key from vouch-peripheral keygen's key"; exit 1; }
+echo "vouch-peripheral keygen: openssl pkey reads it, same public key"
+
+"$BIN/vouch-backend" init --data-dir "$work/backend" > /dev/null
+for f in signing-1.pem sealing-1.pem ca-key.pem server-key.pem; do
+    openssl pkey -in "$work/backend/$f" -noout || { echo "FAIL: openssl cannot read the backend's $f"; exit 1; }
+done
+echo "vouch-backend init: openssl pkey reads signing-1, sealing-1, the CA and server keys"
+
+# OpenSSL writes, Vouch reads.
+openssl genpkey -algorithm ed25519 -out "$work/openssl.pem"
+chmod 600 "$work/openssl.pem"
+read_back=$("$BIN/vouch-gateway" init --key "$work/openssl.pem" | awk '/^public key:/ { print $3 }')
+[ "$read_back" = "$(openssl_public_hex "$work/openssl.pem")" ] || { echo "FAIL: vouch-gateway reads another public key from openssl's key"; exit 1; }
+echo "openssl genpkey ed25519: vouch-gateway reads it, same public key"
