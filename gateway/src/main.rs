@@ -115,6 +115,8 @@ fn init(path: &Path) -> Result<()> {
             .with_context(|| format!("{} is not a valid identity key", path.display()))?;
         println!("{} already exists; not overwriting it.", path.display());
         println!("public key: {}", key.public_key());
+        let public = write_public_key(path, &key.public_key())?;
+        println!("public key file: {}", public.display());
         return Ok(());
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -131,20 +133,49 @@ fn init(path: &Path) -> Result<()> {
         .never_replace()
         .write(dir, name, pem.as_bytes())?;
     let public = key.public_key();
+    let public_file = write_public_key(path, &public)?;
     println!(
         "Gateway identity written to {} (mode 0600).",
         path.display()
     );
     println!("public key: {public}");
+    println!(
+        "public key file: {} (SPKI PEM, for the operator)",
+        public_file.display()
+    );
     println!();
     println!("Enroll it with the backend (operator, on the backend host):");
     println!(
-        "  vouch-backend --data-dir DIR enroll gateway --public-key {public} --out client.pem"
+        "  vouch-backend --data-dir DIR enroll gateway --public-key @{} --out client.pem",
+        public_file
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     );
     println!(
         "then install client.pem and the backend CA where [backend] certificate and ca point."
     );
     Ok(())
+}
+
+/// Where `init` puts the public key of the identity key at `key`: the same
+/// name with `.pub.pem` for its extension (`identity.pem` →
+/// `identity.pub.pem`).
+fn public_key_path(key: &Path) -> PathBuf {
+    key.with_extension("pub.pem")
+}
+
+/// Writes the identity's public key (SPKI PEM, mode 0644) beside the key
+/// file, for the operator's `enroll gateway --public-key @FILE`; returns its
+/// path. Derived from the key, so an existing one is replaced.
+fn write_public_key(key: &Path, public: &PublicKey) -> Result<PathBuf> {
+    let path = public_key_path(key);
+    let (dir, name) = split_path(&path)?;
+    vouch_host::fs::AtomicWrite::new(0o644).write(
+        dir,
+        name,
+        public.to_public_key_pem().as_bytes(),
+    )?;
+    Ok(path)
 }
 
 /// A file's directory (`.` for a bare name) and its name.
