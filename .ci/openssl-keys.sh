@@ -27,6 +27,16 @@ for f in signing-1.pem sealing-1.pem ca-key.pem server-key.pem; do
 done
 echo "vouch-backend init: openssl pkey reads signing-1, sealing-1, the CA and server keys"
 
+# Python's cryptography, which refused the v2 form too ("extra data").
+python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
+python3 - "$work/gateway.pem" "$work/device/identity.pem" "$work/backend/signing-1.pem" <<'PY'
+import sys
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+for path in sys.argv[1:]:
+    load_pem_private_key(open(path, "rb").read(), None)
+print("Python cryptography reads the gateway's, the device's and the backend's signing key")
+PY
+
 # OpenSSL writes, Vouch reads.
 openssl genpkey -algorithm ed25519 -out "$work/openssl.pem"
 chmod 600 "$work/openssl.pem"
