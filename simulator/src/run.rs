@@ -12,6 +12,15 @@
 //! uplink, not from the wall clock: the same seed gives the same handshakes,
 //! the same failures and the same latencies. Wall-clock figures (`wall_s`,
 //! rates, `revocation_ms`, memory) are measured and vary between runs.
+//!
+//! ## Phases
+//!
+//! [`run`] starts the world (`World::start`: the backend, its anchors, the
+//! enrolled gateways, the policy, the imported fleet), plays the timeline
+//! (`Timeline::play`, one method per event action; an attack goes through
+//! `attack`: victims, the stage, honest devices beside it, the tally),
+//! closes (`World::close`: the backend's counters, draining, shutting
+//! down) and builds the report (`Timeline::finish`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -24,14 +33,14 @@ use rand_core::Rng;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use vouch_gateway::transport::memory::pair;
-use vouch_proto::anchor::AnchorBundle;
+use vouch_proto::anchor::{AnchorBundle, AnchorSet};
 use vouch_proto::handshake::peripheral::TicketSlot;
 use vouch_proto::keys::IdentityKey;
 use vouch_proto::session::CloseReason;
 use vouch_proto::wire::backend::route;
 use vouch_proto::AlertCode;
 
-use crate::adversary::{self, Arena, Victim};
+use crate::adversary::{self, Arena, AttackOutput, Victim};
 use crate::backend::{BackendMode, SimBackend};
 use crate::error::Error;
 use crate::fleet::{
@@ -107,6 +116,15 @@ struct Acc {
 }
 
 impl Acc {
+    /// Counts a connect phase that started at `t`: its wall time, then
+    /// each honest connection.
+    fn add_phase(&mut self, t: Instant, rs: &[ConnectResult]) {
+        self.connect_wall += t.elapsed();
+        for r in rs {
+            let _ = self.add(r, false);
+        }
+    }
+
     /// Counts one honest connection; returns whether it counted as an
     /// honest device refused.
     fn add(&mut self, r: &ConnectResult, excuse_all: bool) -> bool {
@@ -424,31 +442,178 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
             "--peripherals and --gateways must be at least 1".into(),
         ));
     }
-    let seed = opts.seed;
-    let pb = if opts.progress {
-        let pb = ProgressBar::new_spinner();
-        pb.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} handshakes  {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        pb.enable_steady_tick(Duration::from_millis(100));
-        pb
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_message("starting the backend");
-    let backend =
-        SimBackend::start(opts.backend, opts.database_url.as_deref(), &sc.backend).await?;
+    let pb = progress_bar(opts.progress);
+    let (stop, shutdown) = watch::channel(false);
+    let mut w = World::start(&opts, n, m, shutdown, &pb).await?;
+    let mut timeline = Timeline::new(opts.seed);
+    for (k, ev) in sc.events.iter().enumerate() {
+        timeline.play(&mut w, k, ev.get_ref()).await?;
+    }
+    pb.set_message("closing");
+    let closing = w.close(&stop).await;
+    pb.finish_and_clear();
+    Ok(timeline.finish(&opts, n, m, closing, wall))
+}
+
+/// A spinner counting handshakes on stderr when `show`, else a hidden bar.
+fn progress_bar(show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} handshakes  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(100));
+    pb
+}
+
+/// The backend's figures, read at the end of the timeline.
+struct Closing {
+    vouches: u64,
+    refusals: BTreeMap<String, u64>,
+    alerts: BTreeMap<String, u64>,
+    database: String,
+}
+
+impl World {
+    /// Starts the backend, enrolls `m` gateways and `n` peripherals under
+    /// one policy, and starts the gateways, each device provisioned with
+    /// the backend's anchors. `shutdown` turns true at the end of the run.
+    async fn start(
+        opts: &RunOptions,
+        n: usize,
+        m: usize,
+        shutdown: watch::Receiver<bool>,
+        pb: &ProgressBar,
+    ) -> Result<Self, Error> {
+        let sc = &opts.scenario;
+        pb.set_message("starting the backend");
+        let backend =
+            SimBackend::start(opts.backend, opts.database_url.as_deref(), &sc.backend).await?;
+        let anchors = anchors(&backend).await?;
+
+        pb.set_message("enrolling gateways");
+        let gateways = enroll_gateways(&backend, sc, opts.seed, n, m, &shutdown).await?;
+        allow_fleet(&backend).await?;
+
+        pb.set_message("enrolling peripherals");
+        let devices: Vec<SimDevice> = (0..n)
+            .map(|i| SimDevice::new(opts.seed, i, m, &sc.fleet, &anchors))
+            .collect();
+        import_peripherals(&backend, &devices).await?;
+
+        let env = Arc::new(Env {
+            gateways,
+            model: LinkModel::new(sc.link),
+            fleet: sc.fleet.clone(),
+            uplink: sc.uplink,
+            anchors,
+            shutdown,
+            capture: Default::default(),
+        });
+        Ok(World {
+            backend,
+            env,
+            devices: devices.into_iter().map(Some).collect(),
+            revoked_gateways: HashSet::new(),
+            sem: Arc::new(Semaphore::new(sc.fleet.max_inflight)),
+            pb: pb.clone(),
+            seed: opts.seed,
+        })
+    }
+
+    /// Reads the backend's counters, lets its queued session reports
+    /// finish, then takes the uplinks down, stops the gateways (`stop`),
+    /// closes the live sessions and shuts the backend down.
+    async fn close(mut self, stop: &watch::Sender<bool>) -> Closing {
+        let state = self.backend.state().clone();
+        let vouches = state.metrics.answers.with_label_values(&["vouched"]).get();
+        let mut refusals = BTreeMap::new();
+        for r in REFUSAL_REASONS {
+            let c = state.metrics.refusals.with_label_values(&[r]).get();
+            if c > 0 {
+                refusals.insert(r.to_string(), c);
+            }
+        }
+        let mut alerts = BTreeMap::new();
+        for a in ["lockout", "clone_suspected"] {
+            let c = state.metrics.alerts.with_label_values(&[a]).get();
+            if c > 0 {
+                alerts.insert(a.to_string(), c);
+            }
+        }
+        // Session reports still queued in the backend finish first.
+        let slots = state.request_slots.clone();
+        let _ = wait_until(|| {
+            (slots.available_permits() >= crate::backend::MAX_REQUESTS).then_some(())
+        })
+        .await;
+        // The uplinks go first, so that the detach reports of the closing
+        // sessions fail fast instead of reaching a store that is shutting down.
+        self.set_uplinks(None, false);
+        let _ = stop.send(true);
+        for d in self.devices.iter_mut().flatten() {
+            if let Some(l) = d.live.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), l.close()).await;
+            }
+        }
+        let database = self.backend.database().to_string();
+        self.backend.shutdown().await;
+        Closing {
+            vouches,
+            refusals,
+            alerts,
+            database,
+        }
+    }
+
+    /// Turns the uplink of `gateway`, or of every gateway when `None`, up
+    /// or down.
+    fn set_uplinks(&self, gateway: Option<usize>, up: bool) {
+        for g in &self.env.gateways {
+            if gateway.is_none_or(|x| x == g.idx) {
+                g.uplink.set_up(up);
+            }
+        }
+    }
+
+    /// The operator rotates the backend key; every gateway fetches the
+    /// anchor update.
+    async fn rotate_key(&self) -> Result<(), Error> {
+        self.backend.rotate_key().await?;
+        for g in &self.env.gateways {
+            vouch_gateway::anchors::fetch(&g.uplink, g.table().anchor_updates())
+                .await
+                .map_err(|e| Error::Gateway(format!("fetching the anchor updates: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The backend's trust anchors, as devices are provisioned with them.
+async fn anchors(backend: &SimBackend) -> Result<AnchorSet, Error> {
     let bundle: AnchorBundle = serde_json::from_value(
         backend
             .admin_ok(Method::GET, route::admin::ANCHOR, None, "anchor")
             .await?,
     )
     .map_err(Error::backend)?;
-    let anchors = bundle.to_anchor_set().map_err(Error::backend)?;
-    let (stop, shutdown) = watch::channel(false);
+    bundle.to_anchor_set().map_err(Error::backend)
+}
 
-    pb.set_message("enrolling gateways");
+/// Enrolls `m` gateways at site `plant` and starts them, each capped to
+/// its share of the `n` devices plus the spare links when the scenario
+/// asks.
+async fn enroll_gateways(
+    backend: &SimBackend,
+    sc: &Scenario,
+    seed: u64,
+    n: usize,
+    m: usize,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<SimGateway>, Error> {
     let mut gateways = Vec::with_capacity(m);
     for g in 0..m {
         let key = IdentityKey::from_seed(&derive_seed(seed, "gateway-key", g as u64));
@@ -463,6 +628,11 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
         }
         gateways.push(gw);
     }
+    Ok(gateways)
+}
+
+/// The one policy: the fleet's group may talk to the plant's gateways.
+async fn allow_fleet(backend: &SimBackend) -> Result<(), Error> {
     backend
         .admin_ok(
             Method::POST,
@@ -474,11 +644,12 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
             "policy",
         )
         .await?;
+    Ok(())
+}
 
-    pb.set_message("enrolling peripherals");
-    let devices: Vec<SimDevice> = (0..n)
-        .map(|i| SimDevice::new(seed, i, m, &sc.fleet, &anchors))
-        .collect();
+/// Enrolls the devices in group `fleet` through the bulk NDJSON import,
+/// 5,000 a request.
+async fn import_peripherals(backend: &SimBackend, devices: &[SimDevice]) -> Result<(), Error> {
     for chunk in devices.chunks(5000) {
         let mut body = String::new();
         for d in chunk {
@@ -500,247 +671,229 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
             return Err(Error::Backend(format!("import: HTTP {s} {}", v["summary"])));
         }
     }
+    Ok(())
+}
 
-    let env = Arc::new(Env {
-        gateways,
-        model: LinkModel::new(sc.link),
-        fleet: sc.fleet.clone(),
-        uplink: sc.uplink,
-        anchors,
-        shutdown: shutdown.clone(),
-        capture: Default::default(),
-    });
-    let mut w = World {
-        backend,
-        env,
-        devices: devices.into_iter().map(Some).collect(),
-        revoked_gateways: HashSet::new(),
-        sem: Arc::new(Semaphore::new(sc.fleet.max_inflight)),
-        pb: pb.clone(),
-        seed,
-    };
-    let mut acc = Acc::default();
-    let mut attacks: BTreeMap<String, AttackTally> = BTreeMap::new();
-    let mut revocation: Vec<f64> = Vec::new();
-    let mut revocation_exercised = false;
-    let mut marks = Vec::new();
-    let mut peak = 0usize;
-    let mut sel_rng = rng_for(seed, "timeline", 0);
-    let mut last_s: f64 = 0.0;
+/// The timeline as it plays: what it has counted so far, and the
+/// randomness every selection draws from, in event order.
+struct Timeline {
+    acc: Acc,
+    attacks: BTreeMap<String, AttackTally>,
+    revocation: Vec<f64>,
+    revocation_exercised: bool,
+    marks: Vec<(f64, String)>,
+    peak: usize,
+    sel_rng: ChaCha20Rng,
+    last_s: f64,
+}
 
-    for (k, ev) in sc.events.iter().enumerate() {
-        let ev: &Event = ev.get_ref();
-        last_s = last_s.max(ev.at_s);
-        let at_ms = ev.at_s * 1000.0;
-        let spread_ms = ev.spread_s * 1000.0;
+impl Timeline {
+    fn new(seed: u64) -> Self {
+        Timeline {
+            acc: Acc::default(),
+            attacks: BTreeMap::new(),
+            revocation: Vec::new(),
+            revocation_exercised: false,
+            marks: Vec::new(),
+            peak: 0,
+            sel_rng: rng_for(seed, "timeline", 0),
+            last_s: 0.0,
+        }
+    }
+
+    /// Plays event `k`: marks it, runs its action, then notes the live
+    /// sessions.
+    async fn play(&mut self, w: &mut World, k: usize, ev: &Event) -> Result<(), Error> {
+        self.last_s = self.last_s.max(ev.at_s);
         let label = match ev.class {
             Some(c) => format!("attack {}", c.name()),
             None => format!("{:?}", ev.action).to_lowercase(),
         };
-        pb.set_message(format!("{label} at {:.1} s", ev.at_s));
-        marks.push((ev.at_s, label));
-        let none = HashSet::new();
+        w.pb.set_message(format!("{label} at {:.1} s", ev.at_s));
+        self.marks.push((ev.at_s, label));
         match ev.action {
-            Action::Connect => {
-                let chosen = w.select(ev.select, ev.fraction.unwrap_or(1.0), &mut sel_rng, &none);
-                let t = Instant::now();
-                let rs = w.connect_all(&chosen, at_ms, spread_ms, &mut sel_rng).await;
-                acc.connect_wall += t.elapsed();
-                for r in &rs {
-                    let _ = acc.add(r, false);
-                }
-            }
-            Action::Disconnect => {
-                let sel = if ev.select == Select::All {
-                    Select::Online
-                } else {
-                    ev.select
-                };
-                let chosen = w.select(sel, ev.fraction.unwrap_or(1.0), &mut sel_rng, &none);
-                w.disconnect(&chosen).await;
-            }
-            Action::Churn => {
-                for c in 0..ev.cycles.unwrap_or(1) {
-                    let chosen = w.select(
-                        Select::Online,
-                        ev.fraction.unwrap_or(0.2),
-                        &mut sel_rng,
-                        &none,
-                    );
-                    w.disconnect(&chosen).await;
-                    peak = peak.max(w.sessions());
-                    let t = Instant::now();
-                    let back_at = at_ms + (f64::from(c) + 0.5) * spread_ms.max(1000.0);
-                    let rs = w
-                        .connect_all(&chosen, back_at, spread_ms * 0.5, &mut sel_rng)
-                        .await;
-                    acc.connect_wall += t.elapsed();
-                    for r in &rs {
-                        let _ = acc.add(r, false);
-                    }
-                    last_s = last_s.max(back_at / 1000.0);
-                }
-            }
+            Action::Connect => self.connect(w, ev).await,
+            Action::Disconnect => self.disconnect(w, ev).await,
+            Action::Churn => self.churn(w, ev).await,
             Action::OutageStart | Action::OutageEnd => {
-                let up = ev.action == Action::OutageEnd;
-                for g in &w.env.gateways {
-                    if ev.gateway.is_none_or(|x| x == g.idx) {
-                        g.uplink.set_up(up);
-                    }
-                }
+                w.set_uplinks(ev.gateway, ev.action == Action::OutageEnd);
             }
-            Action::Revoke => {
-                let sel = if ev.select == Select::All {
-                    Select::Online
-                } else {
-                    ev.select
-                };
-                let chosen = w.select(sel, ev.fraction.unwrap_or(0.1), &mut sel_rng, &none);
-                revocation_exercised = true;
-                revocation.extend(w.revoke(&chosen).await?);
-            }
-            Action::RevokeGateway => {
-                revocation_exercised = true;
-                let g = ev.gateway.unwrap_or(0);
-                revocation.extend(w.revoke_gateway(g).await?);
-            }
-            Action::RotateKey => {
-                w.backend.rotate_key().await?;
-                for g in &w.env.gateways {
-                    vouch_gateway::anchors::fetch(&g.uplink, g.table().anchor_updates())
-                        .await
-                        .map_err(|e| Error::Gateway(format!("fetching the anchor updates: {e}")))?;
-                }
-            }
-            Action::Attack => {
-                let class = ev.class.unwrap_or(AttackClass::Replay);
-                let attempts = ev.attempts.unwrap_or(10);
-                let before = w.alerts();
-                let (tally, rev) = attack(
-                    &mut w,
-                    &mut acc,
-                    class,
-                    attempts,
-                    ev,
-                    k,
-                    at_ms,
-                    spread_ms,
-                    &mut sel_rng,
-                )
-                .await?;
-                revocation.extend(rev.iter().copied());
-                if !rev.is_empty()
-                    || matches!(
-                        class,
-                        AttackClass::RevokedPeripheral | AttackClass::RevokedGateway
-                    )
-                {
-                    revocation_exercised = true;
-                }
-                let mut tally = tally;
-                tally.detected = w.alerts().saturating_sub(before);
-                let e = attacks.entry(class.name().to_string()).or_default();
-                e.attempts += tally.attempts;
-                e.accepted += tally.accepted;
-                e.detected += tally.detected;
-            }
+            Action::Revoke => self.revoke(w, ev).await?,
+            Action::RevokeGateway => self.revoke_gateway(w, ev).await?,
+            Action::RotateKey => w.rotate_key().await?,
+            Action::Attack => self.attack(w, ev, k).await?,
         }
-        peak = peak.max(w.sessions());
+        self.peak = self.peak.max(w.sessions());
+        Ok(())
     }
 
-    pb.set_message("closing");
-    let state = w.backend.state().clone();
-    let vouches = state.metrics.answers.with_label_values(&["vouched"]).get();
-    let mut refusals = BTreeMap::new();
-    for r in REFUSAL_REASONS {
-        let c = state.metrics.refusals.with_label_values(&[r]).get();
-        if c > 0 {
-            refusals.insert(r.to_string(), c);
-        }
-    }
-    let mut alerts = BTreeMap::new();
-    for a in ["lockout", "clone_suspected"] {
-        let c = state.metrics.alerts.with_label_values(&[a]).get();
-        if c > 0 {
-            alerts.insert(a.to_string(), c);
-        }
-    }
-    // Session reports still queued in the backend finish first.
-    let slots = state.request_slots.clone();
-    let _ =
-        wait_until(|| (slots.available_permits() >= crate::backend::MAX_REQUESTS).then_some(()))
+    async fn connect(&mut self, w: &mut World, ev: &Event) {
+        let none = HashSet::new();
+        let fraction = ev.fraction.unwrap_or(1.0);
+        let chosen = w.select(ev.select, fraction, &mut self.sel_rng, &none);
+        let t = Instant::now();
+        let (at_ms, spread_ms) = (ev.at_s * 1000.0, ev.spread_s * 1000.0);
+        let rs = w
+            .connect_all(&chosen, at_ms, spread_ms, &mut self.sel_rng)
             .await;
-    // The uplinks go first, so that the detach reports of the closing
-    // sessions fail fast instead of reaching a store that is shutting down.
-    for g in &w.env.gateways {
-        g.uplink.set_up(false);
+        self.acc.add_phase(t, &rs);
     }
-    let _ = stop.send(true);
-    for d in w.devices.iter_mut().flatten() {
-        if let Some(l) = d.live.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), l.close()).await;
-        }
-    }
-    let database = w.backend.database().to_string();
-    w.backend.shutdown().await;
-    pb.finish_and_clear();
 
-    let connect_s = acc.connect_wall.as_secs_f64().max(1e-9);
-    let per = |sum: u64, k: u64| {
-        if k == 0 {
-            0.0
-        } else {
-            round2(sum as f64 / k as f64)
+    async fn disconnect(&mut self, w: &mut World, ev: &Event) {
+        let none = HashSet::new();
+        let fraction = ev.fraction.unwrap_or(1.0);
+        let chosen = w.select(
+            online_for_all(ev.select),
+            fraction,
+            &mut self.sel_rng,
+            &none,
+        );
+        w.disconnect(&chosen).await;
+    }
+
+    /// `cycles` rounds of "a fraction of the online leave, then come back".
+    async fn churn(&mut self, w: &mut World, ev: &Event) {
+        let none = HashSet::new();
+        let (at_ms, spread_ms) = (ev.at_s * 1000.0, ev.spread_s * 1000.0);
+        for c in 0..ev.cycles.unwrap_or(1) {
+            let fraction = ev.fraction.unwrap_or(0.2);
+            let chosen = w.select(Select::Online, fraction, &mut self.sel_rng, &none);
+            w.disconnect(&chosen).await;
+            self.peak = self.peak.max(w.sessions());
+            let t = Instant::now();
+            let back_at = at_ms + (f64::from(c) + 0.5) * spread_ms.max(1000.0);
+            let rs = w
+                .connect_all(&chosen, back_at, spread_ms * 0.5, &mut self.sel_rng)
+                .await;
+            self.acc.add_phase(t, &rs);
+            self.last_s = self.last_s.max(back_at / 1000.0);
         }
-    };
-    let report = Report {
-        scenario: sc.name.clone(),
-        seed,
-        peripherals: n,
-        gateways: m,
-        backend_mode: match opts.backend {
-            BackendMode::InProc => "inproc".into(),
-            BackendMode::Https => "https".into(),
-        },
-        database,
-        latency_ms: Percentiles::of(&mut acc.lat_full),
-        resumption_latency_ms: Percentiles::of(&mut acc.lat_res),
-        bytes_on_air: BytesOnAir {
-            per_handshake: per(acc.air_full, acc.h.full_ok),
-            per_resumption: per(acc.air_res, acc.r.ok),
-            message_bytes_per_handshake: per(acc.msg_full, acc.h.full_ok),
-            total: acc.air_total,
-        },
-        link: acc.link.clone(),
-        backend: BackendFigures {
-            vouches,
-            vouches_per_s: round2(vouches as f64 / connect_s),
-            refusals,
-            alerts,
-        },
-        attacks,
-        revocation_ms: revocation_exercised.then(|| Percentiles::of(&mut revocation)),
-        honest_rejected: acc.honest_rejected,
-        sessions_peak: peak,
-        virtual_s: round2(last_s.max(acc.end_ms / 1000.0)),
-        wall_s: round2(wall.elapsed().as_secs_f64()),
-        handshakes_per_s: round2(acc.h.ok as f64 / connect_s),
-        peak_rss_mib: peak_rss_mib(),
-        handshakes: acc.h.clone(),
-        resumptions: acc.r.clone(),
-    };
-    let _ = w.seed;
-    Ok(RunOutput {
-        report,
-        samples: acc.samples,
-        marks,
-    })
+    }
+
+    async fn revoke(&mut self, w: &mut World, ev: &Event) -> Result<(), Error> {
+        let none = HashSet::new();
+        let fraction = ev.fraction.unwrap_or(0.1);
+        let chosen = w.select(
+            online_for_all(ev.select),
+            fraction,
+            &mut self.sel_rng,
+            &none,
+        );
+        self.revocation_exercised = true;
+        self.revocation.extend(w.revoke(&chosen).await?);
+        Ok(())
+    }
+
+    async fn revoke_gateway(&mut self, w: &mut World, ev: &Event) -> Result<(), Error> {
+        self.revocation_exercised = true;
+        let g = ev.gateway.unwrap_or(0);
+        self.revocation.extend(w.revoke_gateway(g).await?);
+        Ok(())
+    }
+
+    /// Runs the attack and adds its tally, with the backend alerts raised
+    /// meanwhile as its detections, to its class.
+    async fn attack(&mut self, w: &mut World, ev: &Event, k: usize) -> Result<(), Error> {
+        let class = ev.class.unwrap_or(AttackClass::Replay);
+        let attempts = ev.attempts.unwrap_or(10);
+        let before = w.alerts();
+        let (mut tally, rev) =
+            attack(w, &mut self.acc, class, attempts, ev, k, &mut self.sel_rng).await?;
+        self.revocation.extend(rev.iter().copied());
+        if !rev.is_empty()
+            || matches!(
+                class,
+                AttackClass::RevokedPeripheral | AttackClass::RevokedGateway
+            )
+        {
+            self.revocation_exercised = true;
+        }
+        tally.detected = w.alerts().saturating_sub(before);
+        let e = self.attacks.entry(class.name().to_string()).or_default();
+        e.attempts += tally.attempts;
+        e.accepted += tally.accepted;
+        e.detected += tally.detected;
+        Ok(())
+    }
+
+    /// The report of a run of `n` peripherals and `m` gateways started at
+    /// `wall`, and the samples and marks behind the plots.
+    fn finish(
+        mut self,
+        opts: &RunOptions,
+        n: usize,
+        m: usize,
+        closing: Closing,
+        wall: Instant,
+    ) -> RunOutput {
+        let acc = &mut self.acc;
+        let connect_s = acc.connect_wall.as_secs_f64().max(1e-9);
+        let per = |sum: u64, k: u64| {
+            if k == 0 {
+                0.0
+            } else {
+                round2(sum as f64 / k as f64)
+            }
+        };
+        let report = Report {
+            scenario: opts.scenario.name.clone(),
+            seed: opts.seed,
+            peripherals: n,
+            gateways: m,
+            backend_mode: match opts.backend {
+                BackendMode::InProc => "inproc".into(),
+                BackendMode::Https => "https".into(),
+            },
+            database: closing.database,
+            latency_ms: Percentiles::of(&mut acc.lat_full),
+            resumption_latency_ms: Percentiles::of(&mut acc.lat_res),
+            bytes_on_air: BytesOnAir {
+                per_handshake: per(acc.air_full, acc.h.full_ok),
+                per_resumption: per(acc.air_res, acc.r.ok),
+                message_bytes_per_handshake: per(acc.msg_full, acc.h.full_ok),
+                total: acc.air_total,
+            },
+            link: acc.link.clone(),
+            backend: BackendFigures {
+                vouches: closing.vouches,
+                vouches_per_s: round2(closing.vouches as f64 / connect_s),
+                refusals: closing.refusals,
+                alerts: closing.alerts,
+            },
+            attacks: self.attacks,
+            revocation_ms: self
+                .revocation_exercised
+                .then(|| Percentiles::of(&mut self.revocation)),
+            honest_rejected: acc.honest_rejected,
+            sessions_peak: self.peak,
+            virtual_s: round2(self.last_s.max(acc.end_ms / 1000.0)),
+            wall_s: round2(wall.elapsed().as_secs_f64()),
+            handshakes_per_s: round2(acc.h.ok as f64 / connect_s),
+            peak_rss_mib: peak_rss_mib(),
+            handshakes: acc.h.clone(),
+            resumptions: acc.r.clone(),
+        };
+        RunOutput {
+            report,
+            samples: std::mem::take(&mut acc.samples),
+            marks: self.marks,
+        }
+    }
+}
+
+/// The selection of an event where `all` means every device online
+/// (disconnect, revoke).
+fn online_for_all(select: Select) -> Select {
+    if select == Select::All {
+        Select::Online
+    } else {
+        select
+    }
 }
 
 /// One attack event: picks victims, starts the adversary's own gateways,
 /// runs honest devices beside it (the event's `select`/`fraction`), and
 /// returns the tally and any revocation delays it caused.
-#[allow(clippy::too_many_arguments)]
 async fn attack(
     w: &mut World,
     acc: &mut Acc,
@@ -748,10 +901,9 @@ async fn attack(
     attempts: u32,
     ev: &Event,
     k: usize,
-    at_ms: f64,
-    spread_ms: f64,
     sel_rng: &mut ChaCha20Rng,
 ) -> Result<(AttackTally, Vec<f64>), Error> {
+    let (at_ms, spread_ms) = (ev.at_s * 1000.0, ev.spread_s * 1000.0);
     if class == AttackClass::RogueCentral {
         let tally = rogue_central(w, acc, attempts, ev, k, at_ms, spread_ms, sel_rng).await;
         return Ok((tally, Vec::new()));
@@ -760,12 +912,38 @@ async fn attack(
         return Ok((old_key(w, ev, k, sel_rng).await?, Vec::new()));
     }
     let mut rng = rng_for(w.seed, "attack", k as u64);
-    let m = w.env.gateways.len();
+    let victims_idx = choose_victims(w, class, attempts, sel_rng);
+    let stage = set_stage(w, class, ev, &victims_idx).await?;
+    let honest = honest_beside(w, class, ev, &stage.victims, sel_rng);
+    let env = w.env.clone();
+    let arena = Arena {
+        env: &env,
+        extra: &stage.extra,
+        victims: &stage.victims,
+        rng: rng_for(rng.next_u64(), class.name(), 0),
+        attempts,
+        gateway: stage.gateway,
+    };
+    let t = Instant::now();
+    let (out, honest_rs) = {
+        let attack_fut = adversary::run(class, arena);
+        let honest_fut = w.connect_all(&honest, at_ms, spread_ms, sel_rng);
+        tokio::join!(attack_fut, honest_fut)
+    };
+    acc.add_phase(t, &honest_rs);
+    let tally = final_tally(w, class, attempts, out?, &honest_rs, &stage.victims).await;
+    Ok((tally, stage.rev_ms))
+}
+
+/// Victims: whom the adversary needs, chosen like every other selection.
+fn choose_victims(
+    w: &World,
+    class: AttackClass,
+    attempts: u32,
+    sel_rng: &mut ChaCha20Rng,
+) -> Vec<usize> {
     let none = HashSet::new();
-    let mut rev_ms = Vec::new();
-    let mut gateway = None;
-    // Victims: whom the adversary needs, chosen like every other selection.
-    let victims_idx: Vec<usize> = match class {
+    match class {
         // The adversary takes over handshakes of these: they must not hold a
         // session (it would be replaced) nor have held one (attachments).
         AttackClass::VouchSwap | AttackClass::Tamper | AttackClass::Relay => {
@@ -789,18 +967,44 @@ async fn attack(
             .into_iter()
             .take(64)
             .collect(),
+    }
+}
+
+/// What an attack starts from once its victims are chosen.
+struct Stage {
+    /// The victims as the adversary knows them.
+    victims: Vec<Victim>,
+    /// Gateways of the adversary's own (rogue, distant), started.
+    extra: Vec<SimGateway>,
+    /// The gateway the attack is about (revoked gateway).
+    gateway: Option<usize>,
+    /// Revocation delays the operator's action before the attack caused.
+    rev_ms: Vec<f64>,
+}
+
+/// Sets the attack up: what the adversary learns of its victims, what the
+/// operator does first (revocations), and the adversary's own gateways.
+async fn set_stage(
+    w: &mut World,
+    class: AttackClass,
+    ev: &Event,
+    victims_idx: &[usize],
+) -> Result<Stage, Error> {
+    let mut stage = Stage {
+        victims: victims_idx.iter().filter_map(|&i| w.victim(i)).collect(),
+        extra: Vec::new(),
+        gateway: None,
+        rev_ms: Vec::new(),
     };
-    let mut victims: Vec<Victim> = victims_idx.iter().filter_map(|&i| w.victim(i)).collect();
-    let mut extra = Vec::new();
     match class {
         AttackClass::RevokedPeripheral => {
             // The adversary saved each device's ticket before the operator acted.
-            rev_ms = w.revoke(&victims_idx).await?;
+            stage.rev_ms = w.revoke(victims_idx).await?;
         }
         AttackClass::RevokedGateway => {
             let g = ev.gateway.unwrap_or(0);
-            rev_ms = w.revoke_gateway(g).await?;
-            gateway = Some(g);
+            stage.rev_ms = w.revoke_gateway(g).await?;
+            stage.gateway = Some(g);
             // The devices it served are the ones it tries to keep.
             let served: Vec<usize> = w
                 .devices
@@ -809,56 +1013,80 @@ async fn attack(
                 .filter(|d| d.home == g)
                 .map(|d| d.idx)
                 .collect();
-            victims = served.iter().filter_map(|&i| w.victim(i)).collect();
+            stage.victims = served.iter().filter_map(|&i| w.victim(i)).collect();
         }
-        AttackClass::Clone => {
-            // The backend must know where the originals are attached.
-            for v in &victims {
-                let other = w.env.gateways[(v.home + 1) % m].key;
-                let store = w.backend.state().store.clone();
-                let start = Instant::now();
-                loop {
-                    let now = vouch_backend::store::now_ms();
-                    let seen = store
-                        .attached_elsewhere(&v.id, &other, now)
-                        .await
-                        .map_err(Error::backend)?;
-                    if !seen.is_empty() {
-                        break;
-                    }
-                    if start.elapsed() > crate::fleet::DEADLINE {
-                        return Err(Error::Timeout("the backend to record an attach".into()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-        }
+        AttackClass::Clone => await_attachments(w, &stage.victims).await?,
         AttackClass::RogueGateway | AttackClass::Relay => {
-            // Not enrolled at all; enrolled at a site no policy covers.
-            let k1 = IdentityKey::from_seed(&derive_seed(w.seed, "rogue-key", 0));
-            let k2 = IdentityKey::from_seed(&derive_seed(w.seed, "rogue-key", 1));
-            let cert = w
-                .backend
-                .enroll_gateway(&k2.public_key(), "far-away")
-                .await?;
-            let u2 = w.backend.uplink(&k2, Some(&cert))?;
-            let g2 = SimGateway::start(m + 1, &k2, "far-away", u2, w.env.shutdown.clone(), false)?;
-            if class == AttackClass::RogueGateway {
-                let u1 = w.backend.uplink(&k1, None)?;
-                extra.push(SimGateway::start(
-                    m,
-                    &k1,
-                    "nowhere",
-                    u1,
-                    w.env.shutdown.clone(),
-                    false,
-                )?);
-            }
-            extra.push(g2);
+            stage.extra = adversary_gateways(w, class).await?;
         }
         _ => {}
     }
-    // Honest devices keep working beside the attack.
+    Ok(stage)
+}
+
+/// Waits until the backend knows where each original of a clone is
+/// attached (as seen from another gateway).
+async fn await_attachments(w: &World, victims: &[Victim]) -> Result<(), Error> {
+    let m = w.env.gateways.len();
+    for v in victims {
+        let other = w.env.gateways[(v.home + 1) % m].key;
+        let store = w.backend.state().store.clone();
+        let start = Instant::now();
+        loop {
+            let now = vouch_backend::store::now_ms();
+            let seen = store
+                .attached_elsewhere(&v.id, &other, now)
+                .await
+                .map_err(Error::backend)?;
+            if !seen.is_empty() {
+                break;
+            }
+            if start.elapsed() > crate::fleet::DEADLINE {
+                return Err(Error::Timeout("the backend to record an attach".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The adversary's gateways: one not enrolled at all (rogue gateway only),
+/// one enrolled at a site no policy covers.
+async fn adversary_gateways(w: &World, class: AttackClass) -> Result<Vec<SimGateway>, Error> {
+    let m = w.env.gateways.len();
+    let k1 = IdentityKey::from_seed(&derive_seed(w.seed, "rogue-key", 0));
+    let k2 = IdentityKey::from_seed(&derive_seed(w.seed, "rogue-key", 1));
+    let cert = w
+        .backend
+        .enroll_gateway(&k2.public_key(), "far-away")
+        .await?;
+    let u2 = w.backend.uplink(&k2, Some(&cert))?;
+    let g2 = SimGateway::start(m + 1, &k2, "far-away", u2, w.env.shutdown.clone(), false)?;
+    let mut extra = Vec::new();
+    if class == AttackClass::RogueGateway {
+        let u1 = w.backend.uplink(&k1, None)?;
+        extra.push(SimGateway::start(
+            m,
+            &k1,
+            "nowhere",
+            u1,
+            w.env.shutdown.clone(),
+            false,
+        )?);
+    }
+    extra.push(g2);
+    Ok(extra)
+}
+
+/// Honest devices keep working beside the attack: the event's
+/// `select`/`fraction`.
+fn honest_beside(
+    w: &World,
+    class: AttackClass,
+    ev: &Event,
+    victims: &[Victim],
+    sel_rng: &mut ChaCha20Rng,
+) -> Vec<usize> {
     // Devices whose identity the adversary runs complete handshakes with
     // stay out of the honest traffic (their sessions would replace each
     // other); the others only lend an address or an id to failed attempts.
@@ -868,30 +1096,24 @@ async fn attack(
         }
         _ => HashSet::new(),
     };
-    let honest = match ev.fraction {
+    match ev.fraction {
         Some(f) if f > 0.0 => w.select(ev.select, f, sel_rng, &exclude),
         _ => Vec::new(),
-    };
-    let env = w.env.clone();
-    let arena = Arena {
-        env: &env,
-        extra: &extra,
-        victims: &victims,
-        rng: rng_for(rng.next_u64(), class.name(), 0),
-        attempts,
-        gateway,
-    };
-    let t = Instant::now();
-    let (out, honest_rs) = {
-        let attack_fut = adversary::run(class, arena);
-        let honest_fut = w.connect_all(&honest, at_ms, spread_ms, sel_rng);
-        tokio::join!(attack_fut, honest_fut)
-    };
-    acc.connect_wall += t.elapsed();
-    for r in &honest_rs {
-        let _ = acc.add(r, false);
     }
-    let mut out = out?;
+}
+
+/// The attack's tally once the adversary and the honest devices are done:
+/// the adversary's own count, plus the honest devices a slot stall kept
+/// out and the held links that got a session; for a clone, the originals
+/// then speak so that the backend can raise its alerts.
+async fn final_tally(
+    w: &mut World,
+    class: AttackClass,
+    attempts: u32,
+    mut out: AttackOutput,
+    honest_rs: &[ConnectResult],
+    victims: &[Victim],
+) -> AttackTally {
     if class == AttackClass::SlotStall {
         // What the stall is for: honest devices kept out.
         out.tally.accepted += honest_rs
@@ -903,28 +1125,32 @@ async fn attack(
         out.tally.accepted += u64::from(p.finish().await);
     }
     if class == AttackClass::Clone {
-        // A clone is two devices heard at once (SPEC.md §10.5): each
-        // original goes on talking after its copy's attempt (a record, then
-        // its close), and its gateway's detach report says when it last
-        // heard it. The alert comes with that report.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let before = w.alerts();
-        let mut spoke = 0u64;
-        for v in victims.iter().take(attempts as usize) {
-            let live = w
-                .devices
-                .get_mut(v.idx)
-                .and_then(Option::as_mut)
-                .and_then(|d| d.live.take());
-            if let Some(live) = live {
-                let _ = live.data.send(b"still here".to_vec()).await;
-                live.close().await;
-                spoke += 1;
-            }
-        }
-        let _ = crate::fleet::wait_until(|| (w.alerts() >= before + spoke).then_some(())).await;
+        originals_speak(w, victims, attempts).await;
     }
-    Ok((out.tally, rev_ms))
+    out.tally
+}
+
+/// A clone is two devices heard at once (SPEC.md §10.5): each original
+/// goes on talking after its copy's attempt (a record, then its close), and
+/// its gateway's detach report says when it last heard it. The alert comes
+/// with that report; this waits for one per original that spoke.
+async fn originals_speak(w: &mut World, victims: &[Victim], attempts: u32) {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let before = w.alerts();
+    let mut spoke = 0u64;
+    for v in victims.iter().take(attempts as usize) {
+        let live = w
+            .devices
+            .get_mut(v.idx)
+            .and_then(Option::as_mut)
+            .and_then(|d| d.live.take());
+        if let Some(live) = live {
+            let _ = live.data.send(b"still here".to_vec()).await;
+            live.close().await;
+            spoke += 1;
+        }
+    }
+    let _ = crate::fleet::wait_until(|| (w.alerts() >= before + spoke).then_some(())).await;
 }
 
 /// Rogue centrals during a backend outage (SPEC.md §6.4): each device the

@@ -8,9 +8,12 @@
 //! threads (runtime workers and SQLite workers) from
 //! `/proc/self/task/*/schedstat`; the client's CPU is not counted.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use vouch_backend::config::Config;
 use vouch_backend::datadir::{self, DataDir};
 use vouch_backend::model::{GatewaySelector, PeripheralSelector, Status};
@@ -28,6 +31,7 @@ use vouch_proto::wire::backend::{
 };
 use vouch_proto::wire::{Lifetimes, Scope, MAX_HANDSHAKE_MESSAGE};
 use vouch_proto::Timestamp;
+use zeroize::Zeroizing;
 
 use super::{this_thread_cpu_s, thread_cpu_s, BenchError};
 
@@ -161,32 +165,11 @@ pub(super) fn measure(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = tempfile::tempdir()?;
     datadir::init(dir.path(), &[]).map_err(step("init the data directory"))?;
-    let srv = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name("vouch-srv")
-        .enable_all()
-        .build()?;
-    let cli = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name("vouch-cli")
-        .enable_all()
-        .build()?;
+    let srv = runtime(cores, "vouch-srv")?;
+    let cli = runtime(cores, "vouch-cli")?;
 
     let gateway = IdentityKey::from_seed(&[200; 32]);
-    let data = DataDir::load(dir.path()).map_err(step("load the data directory"))?;
-    // The commitment plays no part in a Hello.
-    let fleet = Fleet::new(AnchorSet::new(
-        data.keys.anchor(),
-        data.keys.anchor().digest(),
-        0,
-    ));
-    let bound_keys = DataDir::load(dir.path())
-        .map_err(step("load the data directory"))?
-        .keys;
-    let ca_pem = data.ca.cert_pem.clone();
-    let cert_pem = pki::issue_gateway_cert(&data.ca, &gateway.public_key(), None)
-        .map_err(step("issue the gateway certificate"))?;
-    let (server_cert, server_key) = data.server_tls().map_err(step("server TLS files"))?;
+    let m = Material::load(dir.path(), &gateway)?;
     let postgres = match database_url {
         Some(admin) => Some((
             admin,
@@ -201,107 +184,27 @@ pub(super) fn measure(
     };
 
     let (state, addr, stop) = srv.block_on(async {
-        let store = Store::open(&url).await.map_err(step("open the store"))?;
-        let mut tx = store.begin_write().await.map_err(step("enroll"))?;
-        for (k, id) in &fleet.devices {
-            tx.enroll_peripheral(
-                &NewPeripheral {
-                    id: *id,
-                    public_key: k.public_key(),
-                    group: Some("bench".into()),
-                    attributes: [("model".to_owned(), "b1".to_owned())].into(),
-                    status: Status::Active,
-                },
-                "bench",
-            )
-            .await
-            .map_err(step("enroll a peripheral"))?;
-        }
-        tx.commit().await.map_err(step("enroll"))?;
-        store
-            .enroll_gateway(
-                &NewGateway {
-                    public_key: gateway.public_key(),
-                    name: Some("bench".into()),
-                    group: None,
-                    site: None,
-                },
-                "bench",
-            )
-            .await
-            .map_err(step("enroll the gateway"))?;
-        store
-            .add_policy(
-                &PeripheralSelector::Any,
-                &GatewaySelector::Any,
-                Scope::TELEMETRY,
-                LIFETIMES,
-                "bench",
-            )
-            .await
-            .map_err(step("add the policy"))?;
-        let mut config = Config::default();
-        config.limits.max_concurrent_requests = 4096;
-        config.security.lockout_failures = u32::MAX;
-        let state = AppState::new(store, data, config)
-            .await
-            .map_err(step("start the service"))?;
-        let tls = pki::server_config(&ca_pem, &server_cert, &server_key)
-            .map_err(step("server TLS configuration"))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server::serve(
-            listener,
-            app(state.clone()),
-            Transport::Tls(Arc::new(tls)),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        Ok::<_, BenchError>((state, addr, stop))
+        let store = registry(&url, &m.fleet, gateway.public_key()).await?;
+        serve(store, m.data, &m.ca_pem, &m.server_tls).await
     })?;
 
-    let bound_us = crypto_bound(&fleet, &bound_keys, gateway.public_key(), bound_n.max(1))?;
+    let bound_us = crypto_bound(
+        &m.fleet,
+        &m.bound_keys,
+        gateway.public_key(),
+        bound_n.max(1),
+    )?;
 
-    let key_pem = gateway
-        .to_pkcs8_pem()
-        .map_err(step("the gateway key as PEM"))?;
-    let tls = pki::client_config(&ca_pem, Some((&cert_pem, &key_pem)))
-        .map_err(step("client TLS configuration"))?;
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .pool_max_idle_per_host(CONCURRENCY)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(step("HTTP client"))?;
+    let client = client(&m.ca_pem, &m.cert_pem, &gateway)?;
     let base = format!("https://127.0.0.1:{}", addr.port());
-
     let mut rates = Vec::new();
     for (per_request, seed) in [(1usize, 2u64), (BATCH, 3)] {
-        let hellos = fleet.hellos(n, seed)?;
+        let hellos = m.fleet.hellos(n, seed)?;
         let requests: Vec<Vec<VouchRequest>> =
             hellos.chunks(per_request).map(<[_]>::to_vec).collect();
-        // Open the keep-alive connections before the clock starts.
-        cli.block_on(async {
-            let mut warm = Vec::new();
-            for _ in 0..CONCURRENCY {
-                warm.push(client.get(format!("{base}/healthz")).send());
-            }
-            for w in warm {
-                let _ = w.await;
-            }
-        });
-        let cpu0 = thread_cpu_s(SERVER_THREADS);
-        let t = Instant::now();
-        let vouched = cli.block_on(drive(&client, &base, requests))?;
-        let wall = t.elapsed().as_secs_f64();
-        let cpu = thread_cpu_s(SERVER_THREADS) - cpu0;
-        if vouched != n {
-            return Err(BenchError::Invariant("the backend refused a vouch"));
-        }
-        rates.push((n as f64 / cpu.max(1e-9), n as f64 / wall));
+        rates.push(rate(&cli, &client, &base, requests, n)?);
     }
+
     state.shutdown();
     let _ = stop.send(());
     if let Some((admin, (_, name))) = &postgres {
@@ -327,6 +230,182 @@ pub(super) fn measure(
             "SQLite"
         },
     })
+}
+
+/// What a fresh data directory gives the benchmark: the service's own
+/// material, the fleet provisioned with its anchor, the backend keys again
+/// for the raw bound, and the TLS material of both ends.
+struct Material {
+    data: DataDir,
+    fleet: Fleet,
+    bound_keys: BackendKeys,
+    ca_pem: String,
+    /// The gateway's client certificate.
+    cert_pem: String,
+    /// The server's certificate and key.
+    server_tls: (String, Zeroizing<String>),
+}
+
+impl Material {
+    fn load(dir: &Path, gateway: &IdentityKey) -> Result<Self, BenchError> {
+        let data = DataDir::load(dir).map_err(step("load the data directory"))?;
+        // The commitment plays no part in a Hello.
+        let fleet = Fleet::new(AnchorSet::new(
+            data.keys.anchor(),
+            data.keys.anchor().digest(),
+            0,
+        ));
+        let bound_keys = DataDir::load(dir)
+            .map_err(step("load the data directory"))?
+            .keys;
+        let ca_pem = data.ca.cert_pem.clone();
+        let cert_pem = pki::issue_gateway_cert(&data.ca, &gateway.public_key(), None)
+            .map_err(step("issue the gateway certificate"))?;
+        let server_tls = data.server_tls().map_err(step("server TLS files"))?;
+        Ok(Material {
+            data,
+            fleet,
+            bound_keys,
+            ca_pem,
+            cert_pem,
+            server_tls,
+        })
+    }
+}
+
+/// A multi-threaded runtime of `cores` workers named `name`.
+fn runtime(cores: usize, name: &str) -> Result<tokio::runtime::Runtime, BenchError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}
+
+/// The store at `url` with the fleet's devices, the gateway and one policy
+/// letting any peripheral talk to any gateway.
+async fn registry(url: &str, fleet: &Fleet, gateway: PublicKey) -> Result<Store, BenchError> {
+    let store = Store::open(url).await.map_err(step("open the store"))?;
+    let mut tx = store.begin_write().await.map_err(step("enroll"))?;
+    for (k, id) in &fleet.devices {
+        tx.enroll_peripheral(
+            &NewPeripheral {
+                id: *id,
+                public_key: k.public_key(),
+                group: Some("bench".into()),
+                attributes: [("model".to_owned(), "b1".to_owned())].into(),
+                status: Status::Active,
+            },
+            "bench",
+        )
+        .await
+        .map_err(step("enroll a peripheral"))?;
+    }
+    tx.commit().await.map_err(step("enroll"))?;
+    store
+        .enroll_gateway(
+            &NewGateway {
+                public_key: gateway,
+                name: Some("bench".into()),
+                group: None,
+                site: None,
+            },
+            "bench",
+        )
+        .await
+        .map_err(step("enroll the gateway"))?;
+    store
+        .add_policy(
+            &PeripheralSelector::Any,
+            &GatewaySelector::Any,
+            Scope::TELEMETRY,
+            LIFETIMES,
+            "bench",
+        )
+        .await
+        .map_err(step("add the policy"))?;
+    Ok(store)
+}
+
+/// Starts the service on `store` (no request limit that matters, no
+/// lockout) over TLS on a loopback port; returns its state, its address
+/// and the sender that stops it. Runs on the server's runtime.
+async fn serve(
+    store: Store,
+    data: DataDir,
+    ca_pem: &str,
+    (server_cert, server_key): &(String, Zeroizing<String>),
+) -> Result<(AppState, SocketAddr, oneshot::Sender<()>), BenchError> {
+    let mut config = Config::default();
+    config.limits.max_concurrent_requests = 4096;
+    config.security.lockout_failures = u32::MAX;
+    let state = AppState::new(store, data, config)
+        .await
+        .map_err(step("start the service"))?;
+    let tls = pki::server_config(ca_pem, server_cert, server_key)
+        .map_err(step("server TLS configuration"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server::serve(
+        listener,
+        app(state.clone()),
+        Transport::Tls(Arc::new(tls)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Ok((state, addr, stop))
+}
+
+/// The gateway's HTTPS client: its certificate for mutual TLS, keep-alive
+/// connections for every request in flight.
+fn client(
+    ca_pem: &str,
+    cert_pem: &str,
+    gateway: &IdentityKey,
+) -> Result<reqwest::Client, BenchError> {
+    let key_pem = gateway
+        .to_pkcs8_pem()
+        .map_err(step("the gateway key as PEM"))?;
+    let tls = pki::client_config(ca_pem, Some((cert_pem, &key_pem)))
+        .map_err(step("client TLS configuration"))?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .pool_max_idle_per_host(CONCURRENCY)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(step("HTTP client"))
+}
+
+/// Sends `requests` (`n` vouches in all) on the client's runtime; returns
+/// vouches per second of the server's CPU and per wall-clock second.
+fn rate(
+    cli: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    base: &str,
+    requests: Vec<Vec<VouchRequest>>,
+    n: usize,
+) -> Result<(f64, f64), BenchError> {
+    // Open the keep-alive connections before the clock starts.
+    cli.block_on(async {
+        let mut warm = Vec::new();
+        for _ in 0..CONCURRENCY {
+            warm.push(client.get(format!("{base}/healthz")).send());
+        }
+        for w in warm {
+            let _ = w.await;
+        }
+    });
+    let cpu0 = thread_cpu_s(SERVER_THREADS);
+    let t = Instant::now();
+    let vouched = cli.block_on(drive(client, base, requests))?;
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = thread_cpu_s(SERVER_THREADS) - cpu0;
+    if vouched != n {
+        return Err(BenchError::Invariant("the backend refused a vouch"));
+    }
+    Ok((n as f64 / cpu.max(1e-9), n as f64 / wall))
 }
 
 /// Sends every request with `CONCURRENCY` in flight; returns how many
