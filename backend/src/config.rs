@@ -48,7 +48,8 @@ pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; 
 #                                   # checkpoint; 0 keeps everything
 
 [feed]
-# poll_ms = 200                     # how often each instance polls the event log
+# poll_ms = 200                     # how often each instance reads the event log's head
+#                                   # (PostgreSQL: LISTEN/NOTIFY wakes it sooner)
 
 [keys]
 # instance_ttl_s = 10               # an instance silent this long is not live: rotations no longer wait for it
@@ -177,8 +178,10 @@ pub struct Audit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Feed {
-    /// How often each instance polls the event log (for writes by other
-    /// instances and the CLI), milliseconds.
+    /// How often each instance reads the event log's head (for writes by
+    /// other instances and the CLI), milliseconds. On PostgreSQL a
+    /// LISTEN/NOTIFY wakes it at once; the poll covers notifications lost
+    /// while the listening connection reconnects.
     pub poll_ms: u64,
 }
 

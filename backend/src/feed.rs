@@ -24,12 +24,15 @@
 //!
 //! Sequence numbers are allocated inside the serialized write transaction
 //! (see [`crate::store`]), so they appear in commit order on every instance.
-//! A write on this instance wakes its waiting polls immediately; writes by
-//! other instances or by the CLI are picked up by a poll of the event log
-//! every `feed.poll_ms` (200 ms by default). A revocation therefore reaches
-//! every subscriber within the poll interval plus one round trip, well under
-//! the 1 s budget of DESIGN.md §6, on SQLite and on PostgreSQL alike, without
-//! an engine-specific mechanism such as LISTEN/NOTIFY.
+//! A write on this instance wakes its waiting polls immediately. On
+//! PostgreSQL, a transaction that appends events also NOTIFYs
+//! [`FEED_CHANNEL`](crate::store::FEED_CHANNEL) on commit, and every
+//! instance LISTENs: writes by other instances or by the CLI wake its polls
+//! within one notification's delivery (a few milliseconds). The event log
+//! stays the truth: each instance also reads the log's head every
+//! `feed.poll_ms` (200 ms by default), so a notification lost while a
+//! listening connection reconnects costs at most that, never an event. On
+//! SQLite the poll alone covers the CLI's writes.
 
 use std::time::Duration;
 

@@ -262,6 +262,7 @@ impl AppState {
         // out a rotation to a key this one lacks.
         keyring::record_start(&state).await?;
         tokio::spawn(background(state.clone()));
+        tokio::spawn(listen_for_feed(state.clone()));
         Ok(state)
     }
 
@@ -290,6 +291,64 @@ impl AppState {
         self.store
             .audit_prune(cutoff, &self.checkpoint_key, actor)
             .await
+    }
+}
+
+/// PostgreSQL: wakes this instance's waiting feed polls as soon as any
+/// instance (or the CLI) commits a revocation-feed event, through LISTEN /
+/// NOTIFY ([`store::FEED_CHANNEL`]). The event log stays the truth, and the
+/// poll of it in [`background`] stays too: a notification lost while this
+/// connection is down costs at most one `feed.poll_ms`, never an event.
+/// Returns at once on SQLite.
+async fn listen_for_feed(state: AppState) {
+    const RETRY_MAX: Duration = Duration::from_secs(30);
+    let mut retry = Duration::from_millis(500);
+    loop {
+        let listener = tokio::select! {
+            l = state.store.feed_listener() => l,
+            _ = state.shutdown.cancelled() => return,
+        };
+        let mut listener = match listener {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = retry.as_millis() as u64,
+                    "cannot LISTEN for revocation-feed notifications; the poll of the event log (feed.poll_ms) still sees every event");
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    _ = state.shutdown.cancelled() => return,
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
+            }
+        };
+        retry = Duration::from_millis(500);
+        tracing::info!(
+            channel = store::FEED_CHANNEL,
+            "listening for revocation-feed notifications"
+        );
+        // Whatever was committed while this connection was being made.
+        feed_head(&state).await;
+        loop {
+            tokio::select! {
+                n = listener.next() => match n {
+                    Ok(()) => feed_head(&state).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the revocation-feed LISTEN connection failed; reconnecting");
+                        break;
+                    }
+                },
+                _ = state.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Reads the event log's head and wakes the polls waiting before it.
+async fn feed_head(state: &AppState) {
+    match state.store.last_event_seq().await {
+        Ok(seq) => state.feed.advance(seq),
+        Err(e) => tracing::warn!(error = %e, "event-log read failed"),
     }
 }
 

@@ -59,6 +59,50 @@ impl Store {
     }
 }
 
+/// The PostgreSQL channel a write transaction that appended revocation-feed
+/// events notifies on commit, so that every instance wakes its waiting polls
+/// at once instead of at its next poll of the log ([`crate::feed`]).
+pub const FEED_CHANNEL: &str = "vouch_feed";
+
+/// The notification: no payload (the listener reads the log's head, which
+/// stays the truth).
+pub(super) const NOTIFY_FEED: &str = "SELECT pg_notify('vouch_feed', '')";
+
+/// A PostgreSQL connection LISTENing on [`FEED_CHANNEL`].
+pub struct FeedListener {
+    inner: sqlx::postgres::PgListener,
+}
+
+impl std::fmt::Debug for FeedListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedListener").finish_non_exhaustive()
+    }
+}
+
+impl FeedListener {
+    /// Waits for the next notification. A lost connection is reconnected
+    /// here (notifications sent meanwhile are lost: the caller's poll of the
+    /// log covers them); an error means it could not be.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        self.inner.recv().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// PostgreSQL: a connection listening for the feed's notifications;
+    /// `None` on SQLite, where every writer is in this process or is the CLI
+    /// (whose writes the poll of the log picks up).
+    pub async fn feed_listener(&self) -> Result<Option<FeedListener>, StoreError> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let mut inner = sqlx::postgres::PgListener::connect(&url.0).await?;
+        inner.listen(FEED_CHANNEL).await?;
+        Ok(Some(FeedListener { inner }))
+    }
+}
+
 impl WriteTx<'_> {
     /// Appends a revocation-feed event.
     pub async fn event(&mut self, kind: &str, subject: &str, at_ms: i64) -> Result<(), StoreError> {

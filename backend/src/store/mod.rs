@@ -77,7 +77,7 @@ pub use audit::{
     PruneOutcome, Rfc3339,
 };
 pub use clones::Suspicion;
-pub use events::EventRow;
+pub use events::{EventRow, FeedListener, FEED_CHANNEL};
 pub use gateways::{GatewayFilter, NewGateway};
 pub use grants::{Grant, StoredGrant};
 pub use keys::{InstanceRow, KeyRow, UpdateRow};
@@ -156,6 +156,19 @@ pub enum Engine {
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// PostgreSQL: the URL, for the connection that LISTENs for the
+    /// revocation feed's NOTIFY ([`Store::feed_listener`]).
+    url: Option<DatabaseUrl>,
+}
+
+/// A database URL, which may hold a password: never printed.
+#[derive(Clone)]
+struct DatabaseUrl(std::sync::Arc<str>);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
 }
 
 /// Milliseconds since the Unix epoch, on this machine's clock.
@@ -220,7 +233,8 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool, engine })
+        let url = (engine == Engine::Postgres).then(|| DatabaseUrl(url.into()));
+        Ok(Self { pool, engine, url })
     }
 
     /// The engine behind this store.
@@ -261,6 +275,7 @@ impl Store {
         Ok(Self {
             pool,
             engine: Engine::Sqlite,
+            url: None,
         })
     }
 
@@ -295,6 +310,7 @@ impl Store {
             head_seq: seq,
             head_hash: hash,
             wrote_events: false,
+            engine: self.engine,
         })
     }
 
@@ -337,6 +353,7 @@ pub struct WriteTx<'c> {
     head_seq: i64,
     head_hash: [u8; 32],
     wrote_events: bool,
+    engine: Engine,
 }
 
 impl std::fmt::Debug for WriteTx<'_> {
@@ -364,6 +381,13 @@ impl WriteTx<'_> {
             .bind(hex::encode(self.head_hash))
             .execute(&mut *self.tx)
             .await?;
+        if self.wrote_events && self.engine == Engine::Postgres {
+            // Delivered to every listening instance when (and only if) the
+            // transaction commits (events::FEED_CHANNEL).
+            sqlx::query(events::NOTIFY_FEED)
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.tx.commit().await?;
         Ok(Committed {
             wrote_events: self.wrote_events,
