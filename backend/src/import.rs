@@ -52,22 +52,23 @@ impl Format {
     }
 }
 
-/// One input row, as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// One peripheral to enroll, as written: a bulk import's row, or the admin
+/// API's body for one (`registry::EnrollPeripheral`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRow {
-    /// Optional id.
+    /// 16 hex digits; default derived from the key.
     #[serde(default)]
     pub id: Option<String>,
-    /// Public key.
+    /// 64 hex digits or SPKI PEM.
     pub public_key: String,
-    /// Optional group.
+    /// Group.
     #[serde(default)]
     pub group: Option<String>,
     /// Attributes.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-    /// `active` or `pending`.
+    /// `active` (default) or `pending`.
     #[serde(default)]
     pub status: Option<String>,
 }

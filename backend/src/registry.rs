@@ -10,20 +10,18 @@
 //! answers them as [`crate::error::AppError`]s, and the CLI prints the same
 //! code and message.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::backend::ErrorCode;
 use vouch_proto::wire::Lifetimes;
 
-use crate::import::{self, RawRow};
+use crate::import;
 use crate::model::{
     parse_gateway_selector, parse_peripheral_selector, parse_public_key, parse_scope, valid_name,
     GatewayRecord, PolicyRule, Status, Transition,
 };
 use crate::pki::{CaMaterial, PkiError};
-use crate::store::{AuditFilter, EnrollOutcome, NewGateway, NewPeripheral, Store, StoreError};
+use crate::store::{AuditFilter, EnrollOutcome, NewGateway, Store, StoreError};
 
 /// Errors of the registry's operations.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +62,7 @@ pub async fn enroll_peripheral(
     body: &EnrollPeripheral,
     actor: &str,
 ) -> Result<(PeripheralId, EnrollOutcome), RegistryError> {
-    let new = body.parse()?;
+    let new = import::parse_row(body).map_err(|e| RegistryError::invalid(e.code, e.message))?;
     let outcome = store.enroll_peripheral(&new, actor).await?;
     Ok((new.id, outcome))
 }
@@ -79,39 +77,9 @@ pub async fn add_policy(
     Ok(store.add_policy(&p, &g, scope, lifetimes, actor).await?)
 }
 
-/// Enroll one peripheral.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollPeripheral {
-    /// 16 hex digits; default derived from the key.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// 64 hex digits or SPKI PEM.
-    pub public_key: String,
-    /// Group.
-    #[serde(default)]
-    pub group: Option<String>,
-    /// Attributes.
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-    /// `active` (default) or `pending`.
-    #[serde(default)]
-    pub status: Option<String>,
-}
-
-impl EnrollPeripheral {
-    /// Validates into a store enrollment.
-    pub fn parse(&self) -> Result<NewPeripheral, RegistryError> {
-        import::parse_row(&RawRow {
-            id: self.id.clone(),
-            public_key: self.public_key.clone(),
-            group: self.group.clone(),
-            attributes: self.attributes.clone(),
-            status: self.status.clone(),
-        })
-        .map_err(|e| RegistryError::invalid(e.code, e.message))
-    }
-}
+/// Enroll one peripheral: the admin API's body, the same fields as a bulk
+/// import's row ([`import::RawRow`]), validated the same way.
+pub use crate::import::RawRow as EnrollPeripheral;
 
 /// Enroll one gateway.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
