@@ -79,6 +79,15 @@ pub struct SimBackend {
     https: Option<HttpsServer>,
     postgres: Option<(String, String)>,
     mode: BackendMode,
+    /// The database the instances share.
+    url: String,
+    /// Every instance's settings.
+    config: Config,
+    /// Further instances on the same database and data directory, as more
+    /// `serve` processes behind one fleet's gateways ([`add_instances`]).
+    ///
+    /// [`add_instances`]: Self::add_instances
+    others: Vec<(AppState, Router)>,
 }
 
 impl std::fmt::Debug for SimBackend {
@@ -146,7 +155,7 @@ impl SimBackend {
         }
         let (server_tls, server_key) = data.server_tls().map_err(Error::backend)?;
         let store = Store::open(&url).await.map_err(Error::backend)?;
-        let state = AppState::new(store, data, config)
+        let state = AppState::new(store, data, config.clone())
             .await
             .map_err(Error::backend)?;
         let router = app(state.clone());
@@ -188,6 +197,62 @@ impl SimBackend {
             https,
             postgres,
             mode,
+            url,
+            config,
+            others: Vec::new(),
+        })
+    }
+
+    /// Starts `n` more instances of the backend on the same database and
+    /// data directory (in-process routers). Several instances agree through
+    /// the database: on PostgreSQL a revocation written by one wakes the
+    /// others' feeds by LISTEN/NOTIFY; on SQLite, by their poll of the log.
+    pub async fn add_instances(&mut self, n: usize) -> Result<(), Error> {
+        if n > 0 && self.mode == BackendMode::Https {
+            return Err(Error::Invalid(
+                "several backend instances are simulated in-process: use --backend inproc".into(),
+            ));
+        }
+        for _ in 0..n {
+            let store = Store::open(&self.url).await.map_err(Error::backend)?;
+            let data = DataDir::load(self._dir.path()).map_err(Error::backend)?;
+            let state = AppState::new(store, data, self.config.clone())
+                .await
+                .map_err(Error::backend)?;
+            let router = app(state.clone());
+            self.others.push((state, router));
+        }
+        Ok(())
+    }
+
+    /// How many instances serve (1 + [`add_instances`](Self::add_instances)).
+    pub fn instances(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// [`uplink`](Self::uplink) to instance `i` (0: the first; the others
+    /// in-process only).
+    pub fn uplink_to(
+        &self,
+        i: usize,
+        key: &IdentityKey,
+        cert_pem: Option<&str>,
+    ) -> Result<Uplink, Error> {
+        let Some(i) = i.checked_sub(1) else {
+            return self.uplink(key, cert_pem);
+        };
+        let (_, router) = self
+            .others
+            .get(i)
+            .ok_or_else(|| Error::Invalid(format!("no backend instance {}", i + 1)))?;
+        let (up, _) = watch::channel(true);
+        Ok(Uplink {
+            inner: Arc::new(Inner::InProc {
+                router: router.clone(),
+                key: key.public_key(),
+                slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            }),
+            up: Arc::new(up),
         })
     }
 
@@ -350,6 +415,10 @@ impl SimBackend {
     /// Stops serving, stops the background tasks, drops a PostgreSQL
     /// database created for the run.
     pub async fn shutdown(self) {
+        for (state, _) in &self.others {
+            state.shutdown();
+            state.store.close().await;
+        }
         self.state.shutdown();
         if let Some(h) = self.https {
             let _ = h.stop.send(());

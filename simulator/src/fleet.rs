@@ -8,10 +8,11 @@
 //! decisions with the driver's code: which ticket to resume with and what a
 //! failure costs ([`TicketWallet`]), which trust-anchor updates to apply
 //! ([`AnchorSet::apply`]). Each link to a gateway is a
-//! `vouch_gateway::transport::memory` pair with the gateway's real
-//! [`run_link`] on the other end, so fragmentation, reassembly, the
-//! gateway's handshake, its backend calls, its session table, tickets and
-//! the revocation feed are the daemon's own code.
+//! `vouch_gateway::transport::memory` pair whose gateway end the gateway's
+//! real endpoint ([`Gateway`], started as the daemon starts it) runs a
+//! driver for, so fragmentation, reassembly, the gateway's handshake, its
+//! backend calls, its session table, tickets, its sweeper and the
+//! revocation feed are the daemon's own code.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

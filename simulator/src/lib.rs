@@ -10,10 +10,10 @@
 //! - [`link`]: the BLE link model (connection interval, ATT MTU, data
 //!   length, loss, drops) in virtual time.
 //! - [`backend`]: the real backend in-process or over HTTPS on loopback.
-//! - [`fleet`]: gateways (the daemon's drivers on memory links) and
+//! - [`fleet`]: gateways (the daemon's endpoint, fed memory links) and
 //!   peripherals (the proto state machine).
 //! - [`adversary`]: one attacker per class of DESIGN.md §4.
-//! - [`run`]: the timeline; [`report`] and [`plot`]: the results.
+//! - [`run`](mod@run): the timeline; [`report`] and [`plot`]: the results.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), vouch_simulator::Error> {
@@ -25,6 +25,7 @@
 //!     seed: 1,
 //!     backend: BackendMode::InProc,
 //!     database_url: None,
+//!     backend_instances: 1,
 //!     progress: false,
 //! })
 //! .await?;

@@ -128,6 +128,11 @@ struct RunArgs {
     /// dropped after); SQLite in a temporary directory when absent.
     #[arg(long, env = "VOUCH_SIM_DATABASE_URL")]
     database_url: Option<String>,
+    /// Backend instances on the one database (in-process): gateway g talks
+    /// to instance g mod N, and revocations are made on instance 0, so the
+    /// report's revocation reach is measured across instances.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    backend_instances: u16,
     /// Logs as JSON lines on stderr (level from RUST_LOG, default warn).
     #[arg(long)]
     json_logs: bool,
@@ -160,6 +165,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         seed: args.seed,
         backend: args.backend.parse()?,
         database_url: args.database_url,
+        backend_instances: usize::from(args.backend_instances),
         progress: !args.quiet,
     })
     .await?;

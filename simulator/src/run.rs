@@ -70,6 +70,10 @@ pub struct RunOptions {
     /// A PostgreSQL server (a database is created for the run); SQLite in a
     /// temporary directory when `None`.
     pub database_url: Option<String>,
+    /// How many backend instances serve the fleet (in-process, on the one
+    /// database); gateway `g` talks to instance `g mod n`, and the operator's
+    /// revocations go to instance 0.
+    pub backend_instances: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -490,8 +494,11 @@ impl World {
     ) -> Result<Self, Error> {
         let sc = &opts.scenario;
         pb.set_message("starting the backend");
-        let backend =
+        let mut backend =
             SimBackend::start(opts.backend, opts.database_url.as_deref(), &sc.backend).await?;
+        backend
+            .add_instances(opts.backend_instances.saturating_sub(1))
+            .await?;
         let anchors = anchors(&backend).await?;
 
         pb.set_message("enrolling gateways");
@@ -618,7 +625,7 @@ async fn enroll_gateways(
     for g in 0..m {
         let key = IdentityKey::from_seed(&derive_seed(seed, "gateway-key", g as u64));
         let cert = backend.enroll_gateway(&key.public_key(), "plant").await?;
-        let uplink = backend.uplink(&key, Some(&cert))?;
+        let uplink = backend.uplink_to(g % backend.instances(), &key, Some(&cert))?;
         let mut gw = SimGateway::start(g, &key, "plant", uplink, shutdown.clone(), true)?;
         if let Some(spare) = sc.gateway.spare_links {
             gw = gw.with_slots(

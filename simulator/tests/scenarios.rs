@@ -14,6 +14,7 @@ async fn small(name: &str, seed: u64) -> Report {
         seed,
         backend: BackendMode::InProc,
         database_url: None,
+        backend_instances: 1,
         progress: false,
     })
     .await
@@ -108,6 +109,32 @@ async fn revocation_reaches_live_sessions() {
     assert!(rev.count > 0, "{r:?}");
     let a = &r.attacks["revoked-peripheral"];
     assert!(a.attempts > 0 && a.accepted == 0, "{r:?}");
+}
+
+/// Two backend instances on one database, gateways alternating between
+/// them: a revocation made on the first reaches the gateways of the second
+/// too (the run fails if the feed does not reach every gateway in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_the_gateways_of_another_backend_instance() {
+    let scenario = Scenario::load("revocation").expect("the revocation scenario");
+    let out = run(RunOptions {
+        scenario,
+        peripherals: Some(20),
+        gateways: Some(2),
+        seed: 7,
+        backend: BackendMode::InProc,
+        database_url: None,
+        backend_instances: 2,
+        progress: false,
+    })
+    .await
+    .expect("a run across two backend instances");
+    let r = out.report;
+    assert_eq!(r.honest_rejected, 0, "{r:?}");
+    assert!(
+        r.revocation_ms.as_ref().is_some_and(|p| p.count > 0),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,16 +144,22 @@ impl SessionTable {
         &self.anchor_updates
     }
 
-    /// Stores a ticket ([`TicketBook::store`]) unless the feed said its
-    /// peripheral is revoked.
+    /// Stores a ticket unless the feed said its peripheral is revoked
+    /// (checked under the tickets' lock): it replaces the peripheral's
+    /// previous ticket, and when the store is full the ticket expiring first
+    /// is evicted; with a state directory its file is written in the
+    /// background.
     pub fn store_ticket(&self, ticket: GatewayTicket) {
         self.tickets.store(ticket, |p| self.feed.is_revoked(p));
     }
 
-    /// The ticket a ResumeHello names, for the handshake to check its binder
-    /// ([`TicketBook::for_attempt`]); `None` (answered `ResumptionRejected`)
-    /// also when the feed said its peripheral is revoked, or has been silent
-    /// for longer than its limit ([`FeedState::resumption_suspended`]).
+    /// A copy of the ticket a ResumeHello with ephemeral `e_p` names, for the
+    /// handshake to check its binder (SPEC.md §6.1, §6.2); the ticket stays
+    /// in the store. `None` (answered `ResumptionRejected`) when it is
+    /// unknown, restored and waiting for the feed, `e_p` was already
+    /// presented with a valid binder (a replay), the feed said its
+    /// peripheral is revoked, or the feed has been silent for longer than
+    /// its limit ([`FeedState::resumption_suspended`]).
     pub fn ticket_for_attempt(&self, id: &ResumptionId, e_p: &[u8; 32]) -> Option<GatewayTicket> {
         if self.feed.resumption_suspended() {
             return None;
@@ -162,9 +168,11 @@ impl SessionTable {
             .for_attempt(id, e_p, |p| self.feed.is_revoked(p))
     }
 
-    /// A resumption under `claim` completed ([`TicketBook::complete`]):
-    /// `next` replaces the used ticket unless the feed revoked the peripheral
-    /// meanwhile. Returns `false` if the session must not start.
+    /// A resumption under `claim` ([`TicketBook::claim`]) completed: its
+    /// ticket is used up and `next` replaces it (unless the feed revoked the
+    /// peripheral meanwhile). Returns `false`, storing nothing, if the claim
+    /// is no longer the ticket's (a later attempt claimed it, or the ticket
+    /// was revoked, expired or replaced): the session must not start.
     pub fn complete_resumption(&self, claim: TicketClaim, next: GatewayTicket) -> bool {
         self.tickets
             .complete(claim, next, |p| self.feed.is_revoked(p))

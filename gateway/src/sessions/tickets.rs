@@ -88,8 +88,8 @@ struct Held {
     feed: bool,
 }
 
-/// A ticket a resumption attempt verified, to be used by
-/// [`TicketBook::complete`] (see [`TicketBook::claim`]).
+/// A ticket a resumption attempt verified ([`TicketBook::claim`]), to be
+/// used by [`SessionTable::complete_resumption`](super::SessionTable::complete_resumption).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TicketClaim {
     id: ResumptionId,

@@ -3,7 +3,7 @@
 //! [`BleConnection`] traits a Bluetooth stack implements (`btleplug.rs` with
 //! btleplug; the tests with a fake), and [`BleLink`], a [`Link`] over one
 //! GATT connection. Which devices to connect and when is the central's
-//! business ([`crate::serve::ble`]).
+//! business (the BLE central, `serve/ble.rs`).
 
 use std::future::Future;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! [`memory`] (tests, simulator) and [`ble`] (a GATT connection behind the
 //! [`ble::BleRadio`] trait; `btleplug` implements it with btleplug, the only
 //! file that imports that crate). Which links to open and admit is the
-//! business of [`crate::serve`].
+//! business of the accept loops above (`serve/`).
 
 pub mod ble;
 #[cfg(feature = "ble")]
