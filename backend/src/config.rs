@@ -54,6 +54,10 @@ pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; 
 [keys]
 # instance_ttl_s = 10               # an instance silent this long is not live: rotations no longer wait for it
 
+[certificates]
+# gateway_lifetime_days = 90        # lifetime of a gateway client certificate, at enrollment and renewal;
+#                                   # gateways renew theirs when a third of it is left
+
 [webhook]
 # url = "https://alerts.example/hook"   # POSTed a JSON body on every alert
 # timeout_ms = 3000
@@ -110,6 +114,8 @@ pub struct Config {
     pub feed: Feed,
     /// The key ring across instances.
     pub keys: Keys,
+    /// Gateway client certificates.
+    pub certificates: Certificates,
     /// Alert webhook.
     pub webhook: Webhook,
 }
@@ -195,6 +201,31 @@ pub struct Keys {
     pub instance_ttl_s: u64,
 }
 
+/// Gateway client certificates (issue 19).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Certificates {
+    /// How long a gateway client certificate issued at enrollment or
+    /// renewal is valid, in days (1 to 3650). Gateways renew theirs over
+    /// mutual TLS when a third of it is left (`POST /v1/certificate`).
+    pub gateway_lifetime_days: u32,
+}
+
+impl Certificates {
+    /// The lifetime as a duration.
+    pub fn gateway_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.gateway_lifetime_days) * 86_400)
+    }
+}
+
+impl Default for Certificates {
+    fn default() -> Self {
+        Self {
+            gateway_lifetime_days: 90,
+        }
+    }
+}
+
 /// Alert webhook.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -218,6 +249,7 @@ impl Default for Config {
             audit: Audit::default(),
             feed: Feed::default(),
             keys: Keys::default(),
+            certificates: Certificates::default(),
             webhook: Webhook::default(),
         }
     }
@@ -302,6 +334,14 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A setting is out of its range.
+    #[error("{setting}: {message}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// An environment variable names no setting or holds a bad value.
     #[error("environment variable {name}: {message}")]
     Env {
@@ -343,6 +383,18 @@ impl Config {
         })
     }
 
+    /// Checks the settings whose range the type does not bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let days = self.certificates.gateway_lifetime_days;
+        if !(1..=3650).contains(&days) {
+            return Err(ConfigError::Invalid {
+                setting: "certificates.gateway_lifetime_days",
+                message: format!("must be 1..=3650 (got {days})"),
+            });
+        }
+        Ok(())
+    }
+
     /// Applies `VOUCH_*` overrides from `vars` (normally `std::env::vars()`).
     pub fn apply_env(
         self,
@@ -371,7 +423,15 @@ impl Config {
             let lower = rest.to_ascii_lowercase();
             // Section keys first (`security_lockout_failures`), then top level.
             let mut slot = None;
-            for section in ["limits", "security", "audit", "feed", "keys", "webhook"] {
+            for section in [
+                "limits",
+                "security",
+                "audit",
+                "feed",
+                "keys",
+                "certificates",
+                "webhook",
+            ] {
                 if let Some(key) = lower.strip_prefix(&format!("{section}_")) {
                     slot = Some((Some(section), key.to_owned()));
                 }

@@ -209,17 +209,8 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirErr
     // commitment to it, and only it can rotate them.
     let next = BackendKeys::generate(KeyId(KEY_ID.0 + 1), &mut rng);
     let ca = pki::generate_ca()?;
-    let mut sans = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    for s in extra_sans {
-        if !sans.contains(s) {
-            sans.push(s.clone());
-        }
-    }
-    let (server_pem, server_key) = pki::issue_server_cert(&ca, &sans)?;
+    let (server_pem, server_key) =
+        pki::issue_server_cert(&ca, &server_sans(extra_sans), pki::DEFAULT_SERVER_LIFETIME)?;
     let mut token_bytes = Zeroizing::new([0u8; 32]);
     getrandom::fill(token_bytes.as_mut()).map_err(|_| DataDirError::Random)?;
     let token = Zeroizing::new(format!("vouch_{}", hex::encode(token_bytes.as_ref())));
@@ -242,6 +233,67 @@ pub fn init(dir: &Path, extra_sans: &[String]) -> Result<InitOutcome, DataDirErr
         )?;
     }
     Ok(InitOutcome::Created { admin_token: token })
+}
+
+/// The server certificate's names: `localhost`, `127.0.0.1`, `::1`, then
+/// `extra` (each once).
+fn server_sans(extra: &[String]) -> Vec<String> {
+    let mut sans = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    for s in extra {
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    sans
+}
+
+/// A server certificate [`reissue_server_cert`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerCertReissued {
+    /// Its names (DNS names and IP addresses).
+    pub sans: Vec<String>,
+    /// Its `notAfter`, milliseconds since the Unix epoch.
+    pub not_after_ms: i64,
+}
+
+/// Replaces the server certificate of the initialized directory `dir` with
+/// one for a fresh key, signed by the same CA (`ca.pem` and `ca-key.pem`
+/// are read, never written, so gateways pinning the CA keep trusting the
+/// backend), valid for `lifetime`, for `localhost`, `127.0.0.1`, `::1` and
+/// `extra_sans`, or, when `extra_sans` is `None`, for the names of the
+/// current certificate. `server-key.pem` (0600) and then `server.pem` are
+/// each replaced atomically; a crash between the two leaves a key that
+/// does not match the certificate, which `serve` refuses to start with
+/// (rustls checks the pair) until this is run again. Running `serve`
+/// processes keep the old certificate until they restart.
+pub fn reissue_server_cert(
+    dir: &Path,
+    extra_sans: Option<&[String]>,
+    lifetime: std::time::Duration,
+) -> Result<ServerCertReissued, DataDirError> {
+    let data = DataDir::load(dir)?;
+    let sans = match extra_sans {
+        Some(extra) => server_sans(extra),
+        None => {
+            let (current, _) = data.server_tls()?;
+            pki::server_cert_sans(&current)?
+        }
+    };
+    let (cert_pem, key_pem) = pki::issue_server_cert(&data.ca, &sans, lifetime)?;
+    let not_after_ms = pki::not_after_ms(&cert_pem)?;
+    for (name, bytes, mode) in [
+        (files::SERVER_KEY, key_pem.as_bytes(), 0o600),
+        (files::SERVER, cert_pem.as_bytes(), 0o644),
+    ] {
+        AtomicWrite::new(mode)
+            .write(dir, name, bytes)
+            .map_err(DataDirError::from)?;
+    }
+    Ok(ServerCertReissued { sans, not_after_ms })
 }
 
 /// Writes `data` to `path` atomically and durably with `mode`; never

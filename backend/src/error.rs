@@ -138,6 +138,11 @@ impl From<StoreError> for AppError {
                 };
                 AppError::new(StatusCode::CONFLICT, code, c.to_string())
             }
+            e @ StoreError::NotActive(_) => AppError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::GatewayNotActive,
+                e.to_string(),
+            ),
             e @ StoreError::InvalidTransition { .. } => AppError::new(
                 StatusCode::CONFLICT,
                 ErrorCode::InvalidTransition,

@@ -11,6 +11,8 @@
 //! | `vouch_feed_waiters` | gauge | — |
 //! | `vouch_overload_total` | counter | `kind` = shed, timeout, gateway_budget |
 //! | `vouch_store_commit_batch_size` | histogram | — (vouches per group commit) |
+//! | `vouch_client_certificates_rejected_total` | counter | `reason` = expired, not_yet_valid, unknown_ca, key_mismatch, wrong_purpose, invalid ([`crate::pki::RejectReason`]) |
+//! | `vouch_gateway_certificates_issued_total` | counter | `kind` = enrollment, renewal |
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -43,6 +45,10 @@ pub struct Metrics {
     /// hello, also for unknown and inactive ids (against a dummy key), so
     /// this counts opened hellos whatever the verdict.
     pub hello_verifications: IntCounter,
+    /// Client certificates the TLS layer refused, by reason.
+    pub client_certificates_rejected: IntCounterVec,
+    /// Gateway client certificates issued, by kind.
+    pub gateway_certificates_issued: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -114,7 +120,19 @@ impl Metrics {
         )
         .unwrap_or_else(|_| unreachable_metric("vouch_hello_verifications_total"));
         let _ = registry.register(Box::new(hello_verifications.clone()));
+        let client_certificates_rejected = counter(
+            "vouch_client_certificates_rejected_total",
+            "Client certificates refused in the TLS handshake, by reason",
+            "reason",
+        );
+        let gateway_certificates_issued = counter(
+            "vouch_gateway_certificates_issued_total",
+            "Gateway client certificates issued, at enrollment or renewal",
+            "kind",
+        );
         Self {
+            client_certificates_rejected,
+            gateway_certificates_issued,
             registry,
             hello_verifications,
             answers,
@@ -127,6 +145,12 @@ impl Metrics {
             overload,
             commit_batch,
         }
+    }
+
+    /// What the TLS server counts refused client certificates with
+    /// ([`crate::pki::server_config`]).
+    pub fn client_cert_rejections(&self) -> crate::pki::ClientCertRejections {
+        crate::pki::ClientCertRejections::new(self.client_certificates_rejected.clone())
     }
 
     /// The text exposition.
@@ -157,6 +181,12 @@ mod tests {
         m.revocation_lag.with_label_values::<&str>(&[]).observe(0.1);
         m.overload.with_label_values(&["shed"]).inc();
         m.commit_batch.with_label_values::<&str>(&[]).observe(3.0);
+        m.client_certificates_rejected
+            .with_label_values(&["expired"])
+            .inc();
+        m.gateway_certificates_issued
+            .with_label_values(&["renewal"])
+            .inc();
         let text = m.render();
         for name in [
             "vouch_answers_total",
@@ -168,6 +198,8 @@ mod tests {
             "vouch_feed_waiters",
             "vouch_overload_total",
             "vouch_store_commit_batch_size",
+            "vouch_client_certificates_rejected_total",
+            "vouch_gateway_certificates_issued_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

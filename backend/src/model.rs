@@ -161,6 +161,10 @@ pub struct GatewayRecord {
     pub created_ms: i64,
     /// Last change (ms since the Unix epoch).
     pub updated_ms: i64,
+    /// When the last client certificate issued to it (at enrollment or
+    /// renewal) expires, ms since the Unix epoch; `None` if none was issued
+    /// since the backend started recording it.
+    pub certificate_expires_ms: Option<i64>,
 }
 
 /// Which peripherals a policy rule covers.
@@ -534,6 +538,7 @@ mod tests {
             status: Status::Active,
             created_ms: 0,
             updated_ms: 0,
+            certificate_expires_ms: None,
         };
         let rule = |id, ps, gs, scope, s| PolicyRule {
             id,

@@ -51,6 +51,14 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         Body::Postcard("AnchorUpdateBatch"),
     ),
     (
+        "post",
+        route::CERTIFICATE,
+        "Renew the calling gateway's client certificate: same key, same CA, a fresh validity (SPEC.md §10.8)",
+        Auth::Gateway,
+        Body::Postcard("CertificateRenewal"),
+        Body::Postcard("CertificateIssued"),
+    ),
+    (
         "get",
         route::admin::PERIPHERALS,
         "List peripherals (query: status, group, after, limit)",

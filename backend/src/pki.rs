@@ -8,14 +8,18 @@
 //! gateway's identity, so the TLS layer authenticates exactly the key the
 //! vouch binds.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm, PKCS_ED25519,
 };
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use vouch_proto::keys::PublicKey;
@@ -60,10 +64,27 @@ impl std::fmt::Debug for CaMaterial {
     }
 }
 
-fn validity(params: &mut CertificateParams, years: i64) {
+/// The default lifetime of a gateway client certificate
+/// (`certificates.gateway_lifetime_days`): the gateway renews it itself,
+/// long before it ends.
+pub const DEFAULT_GATEWAY_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(90 * 86_400);
+
+/// The default lifetime of the server certificate, at `init` and
+/// `server-cert reissue`.
+pub const DEFAULT_SERVER_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(10 * 365 * 86_400);
+
+/// How far back a certificate's `notBefore` is set, for clocks a little
+/// behind the backend's.
+const BACKDATE: time::Duration = time::Duration::hours(1);
+
+/// Sets the validity to `[now - BACKDATE, now + lifetime]`.
+fn validity(params: &mut CertificateParams, lifetime: std::time::Duration) {
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::days(1);
-    params.not_after = now + time::Duration::days(365 * years);
+    let lifetime = time::Duration::try_from(lifetime).unwrap_or(time::Duration::MAX);
+    params.not_before = now - BACKDATE;
+    params.not_after = now.saturating_add(lifetime);
 }
 
 fn random_serial() -> Result<SerialNumber, PkiError> {
@@ -101,7 +122,10 @@ pub fn generate_ca() -> Result<CaMaterial, PkiError> {
         KeyUsagePurpose::DigitalSignature,
     ];
     params.serial_number = Some(random_serial()?);
-    validity(&mut params, 30);
+    validity(
+        &mut params,
+        std::time::Duration::from_secs(30 * 365 * 86_400),
+    );
     let cert = params.self_signed(&key)?;
     Ok(CaMaterial {
         cert_pem: cert.pem(),
@@ -115,10 +139,12 @@ fn issuer(ca: &CaMaterial) -> Result<Issuer<'static, KeyPair>, PkiError> {
 }
 
 /// Issues the server certificate: a fresh Ed25519 key, the given DNS names and
-/// IP addresses as SANs. Returns (certificate PEM, key PEM).
+/// IP addresses as SANs, valid for `lifetime`. Returns (certificate PEM, key
+/// PEM).
 pub fn issue_server_cert(
     ca: &CaMaterial,
     sans: &[String],
+    lifetime: std::time::Duration,
 ) -> Result<(String, zeroize::Zeroizing<String>), PkiError> {
     let (key, key_pem) = new_key()?;
     let mut params = CertificateParams::default();
@@ -137,7 +163,7 @@ pub fn issue_server_cert(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
-    validity(&mut params, 10);
+    validity(&mut params, lifetime);
     let cert = params.signed_by(&key, &issuer(ca)?)?;
     Ok((cert.pem(), key_pem))
 }
@@ -154,12 +180,42 @@ impl PublicKeyData for GatewaySpki {
     }
 }
 
-/// Issues a gateway's TLS client certificate for its Ed25519 identity key.
+/// A gateway client certificate just issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayCert {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Its `notAfter`, milliseconds since the Unix epoch.
+    pub not_after_ms: i64,
+}
+
+/// Issues a gateway's TLS client certificate for its Ed25519 identity key,
+/// valid from an hour ago for `lifetime`.
 pub fn issue_gateway_cert(
     ca: &CaMaterial,
     gateway: &PublicKey,
     name: Option<&str>,
-) -> Result<String, PkiError> {
+    lifetime: std::time::Duration,
+) -> Result<GatewayCert, PkiError> {
+    let now = std::time::SystemTime::now();
+    issue_gateway_cert_between(
+        ca,
+        gateway,
+        name,
+        now - BACKDATE.unsigned_abs(),
+        now + lifetime,
+    )
+}
+
+/// [`issue_gateway_cert`] with an explicit validity period (whole seconds):
+/// for tests of certificates that expired or are not valid yet.
+pub fn issue_gateway_cert_between(
+    ca: &CaMaterial,
+    gateway: &PublicKey,
+    name: Option<&str>,
+    not_before: std::time::SystemTime,
+    not_after: std::time::SystemTime,
+) -> Result<GatewayCert, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let hex = gateway.to_string();
@@ -171,9 +227,14 @@ pub fn issue_gateway_cert(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
-    validity(&mut params, 10);
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    let not_after_ms = params.not_after.unix_timestamp().saturating_mul(1000);
     let cert = params.signed_by(&GatewaySpki(*gateway.as_bytes()), &issuer(ca)?)?;
-    Ok(cert.pem())
+    Ok(GatewayCert {
+        pem: cert.pem(),
+        not_after_ms,
+    })
 }
 
 /// The Ed25519 key in a certificate's SubjectPublicKeyInfo, if it has one.
@@ -185,6 +246,47 @@ pub fn ed25519_key_of(cert: &CertificateDer<'_>) -> Option<PublicKey> {
     }
     let bytes: [u8; 32] = spki.subject_public_key.data.as_ref().try_into().ok()?;
     PublicKey::from_bytes(bytes)
+}
+
+/// The names (DNS names and IP addresses) in the first certificate of
+/// `cert_pem`'s subjectAltName.
+pub fn server_cert_sans(cert_pem: &str) -> Result<Vec<String>, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let certs = certs_from_pem(cert_pem, "server.pem")?;
+    let der = certs.first().ok_or(PkiError::Pem("server.pem"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| PkiError::Pem("server.pem"))?;
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// The `notAfter` of the first certificate in `cert_pem`, milliseconds
+/// since the Unix epoch.
+pub fn not_after_ms(cert_pem: &str) -> Result<i64, PkiError> {
+    let certs = certs_from_pem(cert_pem, "certificate")?;
+    let der = certs.first().ok_or(PkiError::Pem("certificate"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| PkiError::Pem("certificate"))?;
+    Ok(parsed.validity().not_after.timestamp().saturating_mul(1000))
 }
 
 /// The Ed25519 public key of the CA certificate `ca_pem` (the first
@@ -218,17 +320,20 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
 /// The server's TLS configuration: TLS 1.3 only, ring, ALPN h2 and
 /// http/1.1, client certificates from our CA verified when presented and
 /// optional at the TLS layer (admin and operations routes do not need one; the
-/// gateway routes refuse requests without one).
+/// gateway routes refuse requests without one). Every client certificate
+/// the TLS layer refuses is counted and logged by `rejections`.
 pub fn server_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    rejections: ClientCertRejections,
 ) -> Result<ServerConfig, PkiError> {
     let provider = provider();
-    let verifier =
+    let inner =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
             .allow_unauthenticated()
             .build()?;
+    let verifier = Arc::new(CountingVerifier { inner, rejections });
     let mut chain = certs_from_pem(cert_pem, "server.pem")?;
     chain.extend(certs_from_pem(ca_pem, "ca.pem")?);
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
@@ -239,6 +344,185 @@ pub fn server_config(
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Why the TLS layer refused a client certificate: the `reason` label of
+/// `vouch_client_certificates_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Past its `notAfter`: the gateway did not renew it in time.
+    Expired,
+    /// Before its `notBefore`: the gateway's or the backend's clock is off.
+    NotYetValid,
+    /// Not issued by this backend's CA: an unknown issuer, or a signature
+    /// that does not verify with the CA's key (another backend's CA, whose
+    /// name is the same, or a forgery).
+    UnknownCa,
+    /// The client's handshake signature does not verify with its
+    /// certificate's key: the client's key is not the certificate's.
+    KeyMismatch,
+    /// Not for client authentication (wrong key usage or purpose).
+    WrongPurpose,
+    /// Malformed, or refused for another reason.
+    Invalid,
+}
+
+impl RejectReason {
+    /// The metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Expired => "expired",
+            RejectReason::NotYetValid => "not_yet_valid",
+            RejectReason::UnknownCa => "unknown_ca",
+            RejectReason::KeyMismatch => "key_mismatch",
+            RejectReason::WrongPurpose => "wrong_purpose",
+            RejectReason::Invalid => "invalid",
+        }
+    }
+
+    /// What an operator reads in the log.
+    fn describe(self) -> &'static str {
+        match self {
+            RejectReason::Expired => "the client certificate has expired (the gateway did not renew it: look at its log)",
+            RejectReason::NotYetValid => "the client certificate is not valid yet (a clock is wrong)",
+            RejectReason::UnknownCa => "the client certificate was not issued by this backend's CA (another backend's, or forged)",
+            RejectReason::KeyMismatch => "the client's key does not match its certificate",
+            RejectReason::WrongPurpose => "the certificate is not for client authentication",
+            RejectReason::Invalid => "the client certificate is malformed or unacceptable",
+        }
+    }
+
+    /// The reason of an error of the certificate's verification (not of the
+    /// handshake signature: that is [`RejectReason::KeyMismatch`]).
+    pub fn of(e: &rustls::Error) -> Self {
+        use rustls::CertificateError as C;
+        match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                C::Expired | C::ExpiredContext { .. } => RejectReason::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => RejectReason::NotYetValid,
+                #[allow(deprecated)]
+                C::UnknownIssuer | C::BadSignature => RejectReason::UnknownCa,
+                C::InvalidPurpose | C::InvalidPurposeContext { .. } => RejectReason::WrongPurpose,
+                _ => RejectReason::Invalid,
+            },
+            _ => RejectReason::Invalid,
+        }
+    }
+}
+
+/// How often at most one line per [`RejectReason`] is logged.
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts the client certificates the TLS layer refuses by
+/// [`RejectReason`] (every one), and logs them at WARN, at most one line
+/// per reason every 10 s with how many were not logged since. Before this,
+/// a gateway with an expired certificate left no trace on the backend.
+/// Cheap to clone; clones share the counts.
+#[derive(Clone, Debug)]
+pub struct ClientCertRejections {
+    counter: prometheus::IntCounterVec,
+    last_logged: Arc<Mutex<HashMap<RejectReason, (Instant, u64)>>>,
+}
+
+impl ClientCertRejections {
+    /// Counting into `counter` (label `reason`).
+    pub fn new(counter: prometheus::IntCounterVec) -> Self {
+        Self {
+            counter,
+            last_logged: Arc::default(),
+        }
+    }
+
+    /// Counts and (rate-limited) logs one refused certificate.
+    pub fn record(&self, reason: RejectReason, cert: &CertificateDer<'_>) {
+        self.counter.with_label_values(&[reason.as_str()]).inc();
+        let now = Instant::now();
+        let suppressed = {
+            let mut map = self
+                .last_logged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match map.get_mut(&reason) {
+                None => {
+                    map.insert(reason, (now, 0));
+                    0
+                }
+                Some((last, suppressed)) if now.duration_since(*last) < REJECTION_LOG_EVERY => {
+                    *suppressed += 1;
+                    return;
+                }
+                Some(entry) => std::mem::replace(entry, (now, 0)).1,
+            }
+        };
+        let key = ed25519_key_of(cert).map(|k| k.to_string());
+        tracing::warn!(
+            reason = reason.as_str(),
+            gateway_key = key.as_deref().unwrap_or("-"),
+            suppressed,
+            "rejected a client certificate: {}",
+            reason.describe()
+        );
+    }
+}
+
+/// The client-certificate verifier with every refusal recorded in
+/// [`ClientCertRejections`]; the decisions are the inner verifier's.
+#[derive(Debug)]
+struct CountingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    rejections: ClientCertRejections,
+}
+
+impl ClientCertVerifier for CountingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|e| self.rejections.record(RejectReason::of(e), end_entity))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls12_signature(message, cert, dss)
+            .inspect_err(|_| self.rejections.record(RejectReason::KeyMismatch, cert))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .inspect_err(|_| self.rejections.record(RejectReason::KeyMismatch, cert))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// A client configuration that trusts only the backend CA (the pinned CA of
@@ -273,14 +557,28 @@ mod tests {
     fn gateway_certificate_carries_the_gateway_key() {
         let ca = generate_ca().unwrap();
         let gw = IdentityKey::from_seed(&[5; 32]);
-        let pem = issue_gateway_cert(&ca, &gw.public_key(), Some("gw-1")).unwrap();
+        let lifetime = std::time::Duration::from_secs(90 * 86_400);
+        let issued = issue_gateway_cert(&ca, &gw.public_key(), Some("gw-1"), lifetime).unwrap();
+        let pem = issued.pem;
         let der = certs_from_pem(&pem, "t").unwrap().remove(0);
+        // The lifetime is honoured: notAfter is 90 days from now.
+        assert_eq!(not_after_ms(&pem).unwrap(), issued.not_after_ms);
+        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        let days = (issued.not_after_ms - now_ms) as f64 / 86_400_000.0;
+        assert!((89.99..=90.01).contains(&days), "{days} days");
         assert_eq!(ed25519_key_of(&der), Some(gw.public_key()));
         // And the client side accepts the pair (key parsed by rustls/ring).
         let key_pem = gw.to_pkcs8_pem().unwrap();
         client_config(&ca.cert_pem, Some((&pem, &key_pem))).unwrap();
         let (spem, skey) =
-            issue_server_cert(&ca, &["localhost".into(), "127.0.0.1".into()]).unwrap();
-        server_config(&ca.cert_pem, &spem, &skey).unwrap();
+            issue_server_cert(&ca, &["localhost".into(), "127.0.0.1".into()], lifetime).unwrap();
+        assert_eq!(server_cert_sans(&spem).unwrap(), ["localhost", "127.0.0.1"]);
+        server_config(
+            &ca.cert_pem,
+            &spem,
+            &skey,
+            crate::metrics::Metrics::new().client_cert_rejections(),
+        )
+        .unwrap();
     }
 }

@@ -10,6 +10,8 @@
 //! answers them as [`crate::error::AppError`]s, and the CLI prints the same
 //! code and message.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::backend::ErrorCode;
@@ -21,7 +23,7 @@ use crate::model::{
     GatewayRecord, PolicyRule, Status, Transition,
 };
 use crate::pki::{CaMaterial, PkiError};
-use crate::store::{AuditFilter, EnrollOutcome, NewGateway, Store, StoreError};
+use crate::store::{AuditFilter, CertificateIssue, EnrollOutcome, NewGateway, Store, StoreError};
 
 /// Errors of the registry's operations.
 #[derive(Debug, thiserror::Error)]
@@ -266,24 +268,62 @@ pub struct GatewayEnrolled {
     pub ca_pem: String,
 }
 
-/// Enrolls a gateway and issues its certificate.
+/// Enrolls a gateway and issues its certificate, valid for `lifetime`
+/// (`certificates.gateway_lifetime_days`); its expiry is recorded.
 pub async fn enroll_gateway(
     store: &Store,
     ca: &CaMaterial,
+    lifetime: Duration,
     body: &EnrollGateway,
     actor: &str,
 ) -> Result<GatewayEnrolled, RegistryError> {
     let new = body.parse()?;
     let outcome = store.enroll_gateway(&new, actor).await?;
-    let gateway = store.gateway(&new.public_key).await?;
-    let certificate_pem = crate::pki::issue_gateway_cert(ca, &new.public_key, new.name.as_deref())
+    let cert = crate::pki::issue_gateway_cert(ca, &new.public_key, new.name.as_deref(), lifetime)
         .map_err(RegistryError::Certificate)?;
+    store
+        .record_gateway_certificate(
+            &new.public_key,
+            cert.not_after_ms,
+            CertificateIssue::Enrollment,
+            actor,
+        )
+        .await?;
+    let gateway = store.gateway(&new.public_key).await?;
     Ok(GatewayEnrolled {
         outcome,
         gateway,
-        certificate_pem,
+        certificate_pem: cert.pem,
         ca_pem: ca.cert_pem.clone(),
     })
+}
+
+/// Issues a fresh client certificate to an enrolled, active gateway for its
+/// own key (the one it authenticated with), valid for `lifetime`, and
+/// records it (expiry, audit entry `gateway_certificate_renew`). A gateway
+/// that is not active gets [`StoreError::NotActive`], an unknown one
+/// [`StoreError::NotFound`], and no certificate.
+pub async fn renew_gateway_certificate(
+    store: &Store,
+    ca: &CaMaterial,
+    lifetime: Duration,
+    gateway: &GatewayRecord,
+    actor: &str,
+) -> Result<crate::pki::GatewayCert, RegistryError> {
+    let cert =
+        crate::pki::issue_gateway_cert(ca, &gateway.public_key, gateway.name.as_deref(), lifetime)
+            .map_err(RegistryError::Certificate)?;
+    // Handed out only once recorded: the status is checked again there, in
+    // the write transaction.
+    store
+        .record_gateway_certificate(
+            &gateway.public_key,
+            cert.not_after_ms,
+            CertificateIssue::Renewal,
+            actor,
+        )
+        .await?;
+    Ok(cert)
 }
 
 /// Builds an audit filter from query strings.

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use common::{gateway_takes, Backend, Db, Device};
 use reqwest::StatusCode;
+use rustls::pki_types::pem::PemObject;
 use vouch_backend::server::{self, Transport};
 use vouch_backend::{app, pki};
 use vouch_proto::keys::IdentityKey;
 use vouch_proto::testing::rng;
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, FeedBatch, FeedChange, Refusal, VouchAnswer, VouchRequest,
-    CONTENT_TYPE,
+    decode_body, encode_body, route, CertificateIssued, CertificateRenewal, FeedBatch, FeedChange,
+    Refusal, VouchAnswer, VouchRequest, CONTENT_TYPE,
 };
 use vouch_proto::wire::MAX_HANDSHAKE_MESSAGE;
 use vouch_proto::Timestamp;
@@ -24,7 +25,55 @@ on_both!(
     gateway_vouches_over_mutual_tls_and_the_peripheral_establishes,
     suspended_and_revoked_gateways_are_refused_at_once,
     feed_over_https_delivers_a_revocation_within_a_second,
+    a_gateway_renews_its_certificate_for_the_configured_lifetime_and_the_new_one_works,
+    suspended_revoked_and_unknown_gateways_cannot_renew,
+    rejected_client_certificates_are_counted_by_reason,
+    a_reissued_server_certificate_keeps_gateways_that_pin_the_ca_working,
 );
+
+const LIFETIME: Duration = pki::DEFAULT_GATEWAY_LIFETIME;
+const DAY_MS: i64 = 86_400_000;
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+/// `POST /v1/certificate` with `client`: the status and the body.
+async fn post_renewal(c: &reqwest::Client, url: &str) -> (StatusCode, Vec<u8>) {
+    let res = c
+        .post(format!("{url}{}", route::CERTIFICATE))
+        .header("content-type", CONTENT_TYPE)
+        .body(encode_body(&CertificateRenewal))
+        .send()
+        .await
+        .expect("request");
+    let s = res.status();
+    (s, res.bytes().await.expect("body").to_vec())
+}
+
+/// The stable error code of a JSON error body.
+fn error_code(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("JSON error");
+    v["error"]["code"].as_str().expect("code").to_owned()
+}
+
+/// The gateway's record as the admin API lists it.
+async fn listed(b: &Backend, gw: &IdentityKey) -> serde_json::Value {
+    let (_, v) = b.admin("GET", "/v1/admin/gateways", None).await;
+    v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|g| g["public_key"] == gw.public_key().to_string())
+        .cloned()
+        .expect("listed")
+}
 
 struct Served {
     url: String,
@@ -47,7 +96,13 @@ impl Served {
 async fn serve(b: &Backend) -> Served {
     let data = vouch_backend::datadir::DataDir::load(b.dir.path()).expect("load");
     let (cert, key) = data.server_tls().expect("server tls");
-    let cfg = pki::server_config(&data.ca.cert_pem, &cert, &key).expect("tls config");
+    let cfg = pki::server_config(
+        &data.ca.cert_pem,
+        &cert,
+        &key,
+        b.state.metrics.client_cert_rejections(),
+    )
+    .expect("tls config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -144,7 +199,9 @@ async fn gateway_vouches_over_mutual_tls_and_the_peripheral_establishes(db: Db) 
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // A certificate from another CA does not even complete TLS.
     let other_ca = pki::generate_ca().expect("ca");
-    let rogue_cert = pki::issue_gateway_cert(&other_ca, &gw.public_key(), None).expect("cert");
+    let rogue_cert = pki::issue_gateway_cert(&other_ca, &gw.public_key(), None, LIFETIME)
+        .expect("cert")
+        .pem;
     let rogue = client(&ca, Some((&rogue_cert, &key_pem)));
     let r = rogue
         .post(format!("{}/v1/vouch", served.url))
@@ -269,4 +326,228 @@ async fn feed_over_https_delivers_a_revocation_within_a_second(db: Db) {
         FeedChange::PeripheralRevoked(dev.id)
     );
     served.stop().await;
+}
+
+async fn a_gateway_renews_its_certificate_for_the_configured_lifetime_and_the_new_one_works(
+    db: Db,
+) {
+    let mut config = vouch_backend::config::Config::default();
+    config.certificates.gateway_lifetime_days = 30;
+    let b = Backend::with_config(&db, config).await;
+    let gw = IdentityKey::from_seed(&[101; 32]);
+    let before = now_ms();
+    let cert = b.enroll_gateway(&gw, None).await;
+    // Enrollment honours the lifetime, and the list shows the expiry.
+    let expires = pki::not_after_ms(&cert).expect("notAfter");
+    assert!(
+        (before + 30 * DAY_MS - 60_000..=now_ms() + 30 * DAY_MS).contains(&expires),
+        "expires {expires}, enrolled at {before}"
+    );
+    assert_eq!(listed(&b, &gw).await["certificate_expires_ms"], expires);
+
+    b.allow("any", "any", "telemetry").await;
+    let dev = Device::new(7);
+    b.enroll_peripheral(&dev, None).await;
+    let served = serve(&b).await;
+    let key_pem = gw.to_pkcs8_pem().expect("pem");
+    let old = client(&ca_pem(&b), Some((&cert, &key_pem)));
+    // A second apart, so that the new notAfter differs (whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, body) = post_renewal(&old, &served.url).await;
+    assert_eq!(s, StatusCode::OK);
+    let issued: CertificateIssued = decode_body(&body).expect("answer");
+    // The same key, the same CA, a fresh validity, recorded and audited.
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes())
+        .expect("PEM");
+    assert_eq!(pki::ed25519_key_of(&der), Some(gw.public_key()));
+    let renewed = pki::not_after_ms(&issued.certificate_pem).expect("notAfter");
+    assert_eq!(u64::try_from(renewed).ok(), Some(issued.not_after_ms));
+    assert!(renewed > expires);
+    assert_eq!(listed(&b, &gw).await["certificate_expires_ms"], renewed);
+    let audit = b
+        .audit(&format!(
+            "gateway={}&action=gateway_certificate_renew",
+            gw.public_key()
+        ))
+        .await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["actor"], "gateway");
+
+    // The new certificate authenticates the gateway.
+    let new = client(&ca_pem(&b), Some((&issued.certificate_pem, &key_pem)));
+    let (_, hello) = dev.hello(&b.anchors().await, 1);
+    let (_, req) = gateway_takes(&gw, &hello, 11);
+    let (s, bytes) = post_vouch(&new, &served.url, &req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(matches!(
+        decode_body::<VouchAnswer>(&bytes).expect("answer"),
+        VouchAnswer::Vouched(_)
+    ));
+    served.stop().await;
+}
+
+async fn suspended_revoked_and_unknown_gateways_cannot_renew(db: Db) {
+    let b = Backend::new(&db).await;
+    let gw = IdentityKey::from_seed(&[102; 32]);
+    let cert = b.enroll_gateway(&gw, None).await;
+    let expires = listed(&b, &gw).await["certificate_expires_ms"].clone();
+    let served = serve(&b).await;
+    let key_pem = gw.to_pkcs8_pem().expect("pem");
+    let c = client(&ca_pem(&b), Some((&cert, &key_pem)));
+    let key = gw.public_key();
+    let renewals = || async {
+        b.audit(&format!("gateway={key}&action=gateway_certificate_renew"))
+            .await
+            .len()
+    };
+
+    b.admin("POST", &format!("/v1/admin/gateways/{key}/suspend"), None)
+        .await;
+    let (s, body) = post_renewal(&c, &served.url).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(&body), "gateway_not_active");
+    assert_eq!(listed(&b, &gw).await["certificate_expires_ms"], expires);
+    assert_eq!(renewals().await, 0);
+
+    b.admin("POST", &format!("/v1/admin/gateways/{key}/reinstate"), None)
+        .await;
+    let (s, _) = post_renewal(&c, &served.url).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(renewals().await, 1);
+
+    b.admin("POST", &format!("/v1/admin/gateways/{key}/revoke"), None)
+        .await;
+    let (s, body) = post_renewal(&c, &served.url).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(&body), "gateway_not_active");
+    assert_eq!(renewals().await, 1);
+
+    // A key this CA certified but the registry does not know.
+    let stranger = IdentityKey::from_seed(&[103; 32]);
+    let stranger_cert =
+        pki::issue_gateway_cert(&b.state.ca, &stranger.public_key(), None, LIFETIME)
+            .expect("cert")
+            .pem;
+    let c = client(
+        &ca_pem(&b),
+        Some((&stranger_cert, &stranger.to_pkcs8_pem().expect("pem"))),
+    );
+    let (s, body) = post_renewal(&c, &served.url).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(error_code(&body), "gateway_unknown");
+    served.stop().await;
+}
+
+/// The count of `vouch_client_certificates_rejected_total{reason}`.
+async fn rejected(b: &Backend, reason: &str) -> u64 {
+    let text = String::from_utf8(b.metrics().await).expect("UTF-8");
+    let prefix = format!("vouch_client_certificates_rejected_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+async fn rejected_client_certificates_are_counted_by_reason(db: Db) {
+    let b = Backend::new(&db).await;
+    let gw = IdentityKey::from_seed(&[104; 32]);
+    b.enroll_gateway(&gw, None).await;
+    let served = serve(&b).await;
+    let key_pem = gw.to_pkcs8_pem().expect("pem");
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let try_with = |cert: String| {
+        let c = client(&ca_pem(&b), Some((&cert, &key_pem)));
+        let url = served.url.clone();
+        async move {
+            c.post(format!("{url}{}", route::CERTIFICATE))
+                .header("content-type", CONTENT_TYPE)
+                .body(encode_body(&CertificateRenewal))
+                .send()
+                .await
+        }
+    };
+    let expired = pki::issue_gateway_cert_between(
+        &b.state.ca,
+        &gw.public_key(),
+        None,
+        now - 2 * day,
+        now - day,
+    )
+    .expect("cert")
+    .pem;
+    assert!(try_with(expired).await.is_err());
+    let early = pki::issue_gateway_cert_between(
+        &b.state.ca,
+        &gw.public_key(),
+        None,
+        now + day,
+        now + 2 * day,
+    )
+    .expect("cert")
+    .pem;
+    assert!(try_with(early).await.is_err());
+    let foreign = pki::issue_gateway_cert(
+        &pki::generate_ca().expect("ca"),
+        &gw.public_key(),
+        None,
+        LIFETIME,
+    )
+    .expect("cert")
+    .pem;
+    assert!(try_with(foreign.clone()).await.is_err());
+    assert!(try_with(foreign).await.is_err());
+    assert_eq!(rejected(&b, "expired").await, 1);
+    assert_eq!(rejected(&b, "not_yet_valid").await, 1);
+    assert_eq!(rejected(&b, "unknown_ca").await, 2);
+    assert_eq!(rejected(&b, "key_mismatch").await, 0);
+    served.stop().await;
+}
+
+async fn a_reissued_server_certificate_keeps_gateways_that_pin_the_ca_working(db: Db) {
+    let b = Backend::new(&db).await;
+    let gw = IdentityKey::from_seed(&[105; 32]);
+    let cert = b.enroll_gateway(&gw, None).await;
+    let dir = b.dir.path();
+    let pinned = ca_pem(&b);
+    let old_server = std::fs::read(dir.join("server.pem")).expect("server.pem");
+    let done = vouch_backend::datadir::reissue_server_cert(
+        dir,
+        Some(&["backend.example.net".to_owned()]),
+        Duration::from_secs(30 * 86_400),
+    )
+    .expect("reissue");
+    assert_eq!(
+        done.sans,
+        ["localhost", "127.0.0.1", "::1", "backend.example.net"]
+    );
+    // The CA is untouched; the certificate and its key are new.
+    assert_eq!(ca_pem(&b), pinned);
+    assert_ne!(
+        std::fs::read(dir.join("server.pem")).expect("server.pem"),
+        old_server
+    );
+    let served = serve(&b).await;
+    let key_pem = gw.to_pkcs8_pem().expect("pem");
+    let port = served.url.rsplit(':').next().expect("port").to_owned();
+    // The gateway, which pinned the CA before the reissue, still trusts the
+    // backend, by address and by the new name.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let cfg = pki::client_config(&pinned, Some((&cert, &key_pem))).expect("client tls");
+    let by_name = reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .resolve("backend.example.net", addr)
+        .build()
+        .expect("client");
+    for (c, url) in [
+        (client(&pinned, Some((&cert, &key_pem))), served.url.clone()),
+        (by_name, format!("https://backend.example.net:{port}")),
+    ] {
+        let (s, _) = post_renewal(&c, &url).await;
+        assert_eq!(s, StatusCode::OK, "{url}");
+    }
+    served.stop().await;
+    // Reissued again without names: the current names are kept.
+    let again = vouch_backend::datadir::reissue_server_cert(dir, None, LIFETIME).expect("reissue");
+    assert_eq!(again.sans, done.sans);
+    assert_eq!(ca_pem(&b), pinned);
 }

@@ -162,8 +162,13 @@ impl SimBackend {
         let https = match mode {
             BackendMode::InProc => None,
             BackendMode::Https => {
-                let tls = pki::server_config(&ca_pem, &server_tls, &server_key)
-                    .map_err(Error::backend)?;
+                let tls = pki::server_config(
+                    &ca_pem,
+                    &server_tls,
+                    &server_key,
+                    state.metrics.client_cert_rejections(),
+                )
+                .map_err(Error::backend)?;
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
                     .await
                     .map_err(Error::backend)?;

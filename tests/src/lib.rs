@@ -172,7 +172,7 @@ impl Backend {
     async fn serve(&mut self) {
         let data = DataDir::load(self.dir.path()).expect("load data dir");
         let (cert, key) = data.server_tls().expect("server TLS");
-        let tls = pki::server_config(&data.ca.cert_pem, &cert, &key).expect("server config");
+        let ca_pem = data.ca.cert_pem.clone();
         let url = match &self.db {
             Db::Sqlite => data.sqlite_url(),
             Db::Postgres(u) => u.clone(),
@@ -181,6 +181,8 @@ impl Backend {
         let state = AppState::new(store, data, Config::default())
             .await
             .expect("state");
+        let tls = pki::server_config(&ca_pem, &cert, &key, state.metrics.client_cert_rejections())
+            .expect("server config");
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("bind backend");

@@ -12,6 +12,7 @@
 //! | `audit.rs` | `audit query`, `audit verify`, `audit prune` |
 //! | `lockouts.rs` | `lockouts list`, `lockouts clear` |
 //! | `keys.rs` | `keys list`, `keys rotate`, `keys purge`, `export-anchor` |
+//! | `server_cert.rs` | `server-cert reissue` |
 
 mod audit;
 mod import;
@@ -20,12 +21,14 @@ mod keys;
 mod lockouts;
 mod registry;
 mod serve;
+mod server_cert;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use vouch_backend::config::Config;
 use vouch_backend::datadir;
 use vouch_backend::error::AppError;
 use vouch_backend::store::Store;
@@ -109,6 +112,9 @@ update. A device flashed with it starts current; export it again after every `ke
     /// Manage the backend's key pairs: list, rotate, retire, purge (SPEC.md §7.7).
     #[command(subcommand, long_about = keys::KEYS_HELP)]
     Keys(keys::KeysCmd),
+    /// Reissue the server certificate (new names, fresh validity) from the same CA.
+    #[command(subcommand)]
+    ServerCert(server_cert::ServerCertCmd),
 }
 
 /// Runs one command.
@@ -130,7 +136,24 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lockouts(cmd) => lockouts::lockouts(&cli, cmd).await,
         Command::ExportAnchor(args) => keys::export_anchor(&cli, args).await,
         Command::Keys(cmd) => keys::keys(&cli, cmd).await,
+        Command::ServerCert(cmd) => server_cert::server_cert(&cli, cmd),
     }
+}
+
+/// The settings of the commands other than `serve` (which also takes
+/// `--config` and flags): `DATA_DIR/config.toml`, then the environment.
+fn settings(cli: &Cli) -> Result<Config> {
+    let config = Config::load(&cli.data_dir.join(datadir::files::CONFIG), false)?
+        .apply_env(std::env::vars())?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// A time in ms since the Unix epoch as RFC 3339 (UTC, seconds).
+fn format_ms(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 async fn open_store(cli: &Cli) -> Result<Store> {

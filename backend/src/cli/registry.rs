@@ -13,7 +13,7 @@ use vouch_backend::registry::{self, EnrollGateway, EnrollPeripheral, NewPolicy};
 use vouch_backend::store::{GatewayFilter, PeripheralFilter, Store};
 use vouch_proto::keys::{PeripheralId, PublicKey};
 
-use super::{api, open_store, read_key_arg, Cli, CLI_ACTOR};
+use super::{api, format_ms, open_store, read_key_arg, settings, Cli, CLI_ACTOR};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum Enroll {
@@ -196,10 +196,17 @@ async fn enroll_gateway(
     req: &EnrollGateway,
     out: Option<&PathBuf>,
 ) -> Result<()> {
-    let answer = registry::enroll_gateway(store, &data.ca, req, CLI_ACTOR)
+    let lifetime = settings(cli)?.certificates.gateway_lifetime();
+    let answer = registry::enroll_gateway(store, &data.ca, lifetime, req, CLI_ACTOR)
         .await
         .map_err(api)?;
     eprintln!("gateway {} {:?}", answer.gateway.public_key, answer.outcome);
+    if let Some(ms) = answer.gateway.certificate_expires_ms {
+        eprintln!(
+            "certificate valid until {} (the gateway renews it itself)",
+            format_ms(ms)
+        );
+    }
     match out {
         Some(p) => {
             std::fs::write(p, &answer.certificate_pem)
@@ -276,12 +283,14 @@ async fn list_gateways(store: &Store, args: &ListArgs, status: Option<Status>) -
     } else {
         for g in &items {
             println!(
-                "{}  {:<9}  name={}  group={}  site={}",
+                "{}  {:<9}  name={}  group={}  site={}  certificate_expires={}",
                 g.public_key,
                 g.status,
                 g.name.as_deref().unwrap_or("-"),
                 g.group.as_deref().unwrap_or("-"),
-                g.site.as_deref().unwrap_or("-")
+                g.site.as_deref().unwrap_or("-"),
+                g.certificate_expires_ms
+                    .map_or_else(|| "-".to_owned(), format_ms)
             );
         }
     }

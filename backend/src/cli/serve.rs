@@ -138,6 +138,7 @@ fn settings(cli: &Cli, args: &ServeArgs) -> Result<Config> {
     if let Some(u) = &cli.database_url {
         config.database_url = Some(u.clone());
     }
+    config.validate()?;
     Ok(config)
 }
 
@@ -174,15 +175,11 @@ fn addresses(config: &Config) -> Result<Addresses> {
 /// background tasks).
 async fn start(cli: &Cli, config: &Config) -> Result<(AppState, Store, Transport)> {
     let mut data = DataDir::load(&cli.data_dir)?;
-    let transport = if config.insecure_http {
-        Transport::InsecureLoopback
+    let ca_pem = data.ca.cert_pem.clone();
+    let tls = if config.insecure_http {
+        None
     } else {
-        let (cert, key) = data.server_tls()?;
-        Transport::Tls(Arc::new(pki::server_config(
-            &data.ca.cert_pem,
-            &cert,
-            &key,
-        )?))
+        Some(data.server_tls()?)
     };
     let url = config
         .database_url
@@ -198,6 +195,15 @@ async fn start(cli: &Cli, config: &Config) -> Result<(AppState, Store, Transport
         .await
         .context("the data directory's keys do not match the database")?;
     let state = AppState::new(store.clone(), data, config.clone()).await?;
+    let transport = match tls {
+        None => Transport::InsecureLoopback,
+        Some((cert, key)) => Transport::Tls(Arc::new(pki::server_config(
+            &ca_pem,
+            &cert,
+            &key,
+            state.metrics.client_cert_rejections(),
+        )?)),
+    };
     Ok((state, store, transport))
 }
 

@@ -259,7 +259,19 @@ async fn enroll_gateway(
     State(state): State<AppState>,
     Json(body): Json<EnrollGateway>,
 ) -> Result<Response, AppError> {
-    let answer = registry::enroll_gateway(&state.store, &state.ca, &body, ACTOR).await?;
+    let answer = registry::enroll_gateway(
+        &state.store,
+        &state.ca,
+        state.config.certificates.gateway_lifetime(),
+        &body,
+        ACTOR,
+    )
+    .await?;
+    state
+        .metrics
+        .gateway_certificates_issued
+        .with_label_values(&["enrollment"])
+        .inc();
     Ok((created_or_ok(answer.outcome), Json(answer)).into_response())
 }
 

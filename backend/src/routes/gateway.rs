@@ -6,8 +6,8 @@
 //! the vouch endpoints a gateway that is not enrolled and active gets
 //! `Refused(Denied)` for every item, like every other refusal (SPEC.md §5.3
 //! step 1), with the reason in the audit log; the feed, the session reports
-//! and the anchor updates answer it 403 `gateway_not_active` /
-//! `gateway_unknown`.
+//! the anchor updates and the certificate renewal answer it 403
+//! `gateway_not_active` / `gateway_unknown`.
 
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,9 @@ use axum::Router;
 use serde::Deserialize;
 use vouch_proto::keys::PublicKey;
 use vouch_proto::wire::backend::{
-    route, AnchorUpdateBatch, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
-    VouchBatchAnswer, VouchBatchRequest, VouchRequest, MAX_BATCH, MAX_FEED_EVENTS,
+    route, AnchorUpdateBatch, CertificateIssued, CertificateRenewal, FeedBatch, SessionReport,
+    SessionReportAnswer, VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest, MAX_BATCH,
+    MAX_FEED_EVENTS,
 };
 
 use super::{decode_error, Postcard, PostcardBytes, Query};
@@ -80,13 +81,15 @@ pub(crate) fn gateway_identity(
     None
 }
 
-/// Vouch, batch vouch, session reports and anchor updates.
+/// Vouch, batch vouch, session reports, anchor updates and certificate
+/// renewal.
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route(route::VOUCH, post(vouch_one))
         .route(route::VOUCH_BATCH, post(vouch_batch))
         .route(route::SESSIONS, post(sessions))
         .route(route::ANCHOR_UPDATES, get(anchor_updates))
+        .route(route::CERTIFICATE, post(renew_certificate))
 }
 
 /// The revocation feed (outside the request deadline).
@@ -269,6 +272,39 @@ async fn anchor_updates(
     active_gateway(&state, &key).await?;
     let batch = crate::keyring::updates_for_gateways(&state.store, &state.keys, q.after).await?;
     Ok(Postcard(batch))
+}
+
+/// A fresh client certificate for the calling gateway (SPEC.md §10.8): for
+/// the key of the certificate the request came with (a gateway can renew
+/// only its own), from the same CA, valid for
+/// `certificates.gateway_lifetime_days`. Only an enrolled, active gateway
+/// gets one (403 `gateway_unknown` / `gateway_not_active` otherwise, checked
+/// again in the transaction that records it); every renewal is in the
+/// audit log (`gateway_certificate_renew`, with the new expiry).
+async fn renew_certificate(
+    State(state): State<AppState>,
+    GatewayKey(key): GatewayKey,
+    Postcard(CertificateRenewal): Postcard<CertificateRenewal>,
+) -> Result<Postcard<CertificateIssued>, AppError> {
+    let gateway = active_gateway(&state, &key).await?;
+    let cert = crate::registry::renew_gateway_certificate(
+        &state.store,
+        &state.ca,
+        state.config.certificates.gateway_lifetime(),
+        &gateway,
+        "gateway",
+    )
+    .await?;
+    state
+        .metrics
+        .gateway_certificates_issued
+        .with_label_values(&["renewal"])
+        .inc();
+    tracing::info!(gateway = %key, not_after_ms = cert.not_after_ms, "gateway certificate renewed");
+    Ok(Postcard(CertificateIssued {
+        certificate_pem: cert.pem,
+        not_after_ms: u64::try_from(cert.not_after_ms).unwrap_or(0),
+    }))
 }
 
 /// Feed query.

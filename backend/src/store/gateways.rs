@@ -35,6 +35,26 @@ pub struct GatewayFilter {
     pub limit: u32,
 }
 
+/// Why a gateway client certificate was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateIssue {
+    /// At enrollment, by an operator (whatever the gateway's status: an
+    /// operator re-enrolls a gateway that lost its certificate).
+    Enrollment,
+    /// The gateway renewed its own over mutual TLS (active gateways only).
+    Renewal,
+}
+
+impl CertificateIssue {
+    /// The audit action of the issue.
+    pub fn action(self) -> &'static str {
+        match self {
+            CertificateIssue::Enrollment => "gateway_certificate_issue",
+            CertificateIssue::Renewal => "gateway_certificate_renew",
+        }
+    }
+}
+
 pub(super) fn gateway_from_row(row: &sqlx::any::AnyRow) -> Result<GatewayRecord, StoreError> {
     const T: &str = "gateways";
     let key: String = row.try_get("public_key")?;
@@ -47,6 +67,7 @@ pub(super) fn gateway_from_row(row: &sqlx::any::AnyRow) -> Result<GatewayRecord,
         status: Status::parse(&status).ok_or(StoreError::Corrupt(T))?,
         created_ms: row.try_get("created_ms")?,
         updated_ms: row.try_get("updated_ms")?,
+        certificate_expires_ms: row.try_get("cert_not_after_ms")?,
     })
 }
 
@@ -54,8 +75,8 @@ impl Store {
     /// One gateway.
     pub async fn gateway(&self, key: &PublicKey) -> Result<GatewayRecord, StoreError> {
         let row = sqlx::query(
-            "SELECT public_key, name, grp, site, status, created_ms, updated_ms \
-             FROM gateways WHERE public_key = $1",
+            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, \
+             cert_not_after_ms FROM gateways WHERE public_key = $1",
         )
         .bind(key.to_string())
         .fetch_optional(&self.pool)
@@ -68,7 +89,8 @@ impl Store {
     pub async fn list_gateways(&self, f: &GatewayFilter) -> Result<Vec<GatewayRecord>, StoreError> {
         let limit = i64::from(f.limit.clamp(1, MAX_PAGE));
         let rows = sqlx::query(
-            "SELECT public_key, name, grp, site, status, created_ms, updated_ms FROM gateways \
+            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, cert_not_after_ms \
+             FROM gateways \
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR grp = $2) \
              AND ($3 IS NULL OR site = $3) AND ($4 IS NULL OR public_key > $4) \
              ORDER BY public_key LIMIT $5",
@@ -128,6 +150,49 @@ impl Store {
         Ok(EnrollOutcome::Created)
     }
 
+    /// Records a client certificate issued to a gateway, with its expiry,
+    /// and its audit entry ([`CertificateIssue::action`]). A renewal is only
+    /// for an active gateway: otherwise nothing is written and the answer is
+    /// [`StoreError::NotActive`] with the gateway's status, checked in the
+    /// same transaction as the write, so a suspension or revocation that
+    /// commits first is never overtaken. [`StoreError::NotFound`] if the
+    /// gateway is not enrolled.
+    pub async fn record_gateway_certificate(
+        &self,
+        key: &PublicKey,
+        not_after_ms: i64,
+        issue: CertificateIssue,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let k = key.to_string();
+        let status: String = sqlx::query("SELECT status FROM gateways WHERE public_key = $1")
+            .bind(k.clone())
+            .fetch_optional(&mut *tx.tx)
+            .await?
+            .ok_or(StoreError::NotFound)?
+            .try_get("status")?;
+        let status = Status::parse(&status).ok_or(StoreError::Corrupt("gateways"))?;
+        if issue == CertificateIssue::Renewal && status != Status::Active {
+            return Err(StoreError::NotActive(status));
+        }
+        let now = now_ms();
+        sqlx::query("UPDATE gateways SET cert_not_after_ms = $1 WHERE public_key = $2")
+            .bind(not_after_ms)
+            .bind(k.clone())
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.audit(
+            NewAudit::new(issue.action(), "ok", actor)
+                .gateway(&k)
+                .detail(&format!("not_after_ms={not_after_ms}")),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Applies a lifecycle transition to a gateway.
     pub async fn transition_gateway(
         &self,
@@ -138,8 +203,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let k = key.to_string();
         let row = sqlx::query(
-            "SELECT public_key, name, grp, site, status, created_ms, updated_ms \
-             FROM gateways WHERE public_key = $1",
+            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, \
+             cert_not_after_ms FROM gateways WHERE public_key = $1",
         )
         .bind(k.clone())
         .fetch_optional(&mut *tx.tx)

@@ -78,7 +78,7 @@ pub use audit::{
 };
 pub use clones::Suspicion;
 pub use events::{EventRow, FeedListener, FEED_CHANNEL};
-pub use gateways::{GatewayFilter, NewGateway};
+pub use gateways::{CertificateIssue, GatewayFilter, NewGateway};
 pub use grants::{Grant, StoredGrant};
 pub use keys::{InstanceRow, KeyRow, UpdateRow};
 pub use peripherals::{EnrollOutcome, NewPeripheral, PeripheralFilter};
@@ -111,6 +111,10 @@ pub enum StoreError {
         /// The requested change.
         transition: Transition,
     },
+    /// The subject is not active (pending, suspended or revoked), and the
+    /// operation is only for active ones.
+    #[error("the subject is {0}, not active")]
+    NotActive(Status),
     /// The database URL names an engine this build does not support.
     #[error("unsupported database URL (use sqlite://PATH or postgres://…)")]
     UnsupportedUrl,

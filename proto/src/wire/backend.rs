@@ -27,6 +27,9 @@ pub mod route {
     pub const SESSIONS: &str = "/v1/sessions";
     /// `GET ?after=SERIAL`: the signed trust-anchor updates → [`AnchorUpdateBatch`](super::AnchorUpdateBatch).
     pub const ANCHOR_UPDATES: &str = "/v1/anchor-updates";
+    /// `POST`: a [`CertificateRenewal`](super::CertificateRenewal) → [`CertificateIssued`](super::CertificateIssued):
+    /// a fresh client certificate for the calling gateway's own key.
+    pub const CERTIFICATE: &str = "/v1/certificate";
     /// `GET`: the OpenAPI document.
     pub const OPENAPI: &str = "/v1/openapi.json";
     /// `GET`: the process answers.
@@ -560,6 +563,27 @@ pub struct AnchorUpdateBatch {
     pub latest: u32,
 }
 
+// ---------------------------------------------------------------------------
+// Client-certificate renewal (SPEC.md §10.8). Same encoding as above.
+// ---------------------------------------------------------------------------
+
+/// A gateway asks for a fresh client certificate (`POST /v1/certificate`,
+/// SPEC.md §10.8). It names nothing: the certificate is for the key of the
+/// client certificate the request is authenticated with, so a gateway can
+/// only ever renew its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRenewal;
+
+/// The backend's answer to a [`CertificateRenewal`]: the new certificate,
+/// for the same Ed25519 identity key, signed by the same CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateIssued {
+    /// The certificate, PEM.
+    pub certificate_pem: String,
+    /// Its `notAfter`, milliseconds since the Unix epoch.
+    pub not_after_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +609,7 @@ mod tests {
             route::FEED,
             route::SESSIONS,
             route::ANCHOR_UPDATES,
+            route::CERTIFICATE,
             route::OPENAPI,
             route::admin::PERIPHERALS,
             route::admin::ANCHOR,

@@ -259,8 +259,14 @@ impl Material {
             .map_err(step("load the data directory"))?
             .keys;
         let ca_pem = data.ca.cert_pem.clone();
-        let cert_pem = pki::issue_gateway_cert(&data.ca, &gateway.public_key(), None)
-            .map_err(step("issue the gateway certificate"))?;
+        let cert_pem = pki::issue_gateway_cert(
+            &data.ca,
+            &gateway.public_key(),
+            None,
+            pki::DEFAULT_GATEWAY_LIFETIME,
+        )
+        .map_err(step("issue the gateway certificate"))?
+        .pem;
         let server_tls = data.server_tls().map_err(step("server TLS files"))?;
         Ok(Material {
             data,
@@ -342,8 +348,13 @@ async fn serve(
     let state = AppState::new(store, data, config)
         .await
         .map_err(step("start the service"))?;
-    let tls = pki::server_config(ca_pem, server_cert, server_key)
-        .map_err(step("server TLS configuration"))?;
+    let tls = pki::server_config(
+        ca_pem,
+        server_cert,
+        server_key,
+        state.metrics.client_cert_rejections(),
+    )
+    .map_err(step("server TLS configuration"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
