@@ -11,7 +11,7 @@
 //! | `GET /v1/sessions` | JSON list of live sessions |
 //! | `GET /v1/messages` | a stream of authenticated application messages, one JSON object per line: `{"peripheral","at_ms","data_b64"}` |
 //! | `POST /v1/peripherals/{id}/send` | body: raw bytes to send; 204, or 404 no session, 403 outside the granted scope, 503 busy |
-//! | `GET /v1/status` | sessions, tickets, trust-anchor updates held, counters (what `vouch-gateway status` prints) |
+//! | `GET /v1/status` | sessions, tickets, trust-anchor updates held, the client certificate's validity and renewals, counters (what `vouch-gateway status` prints) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /healthz` | `ok` |
 
@@ -28,6 +28,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 use vouch_proto::keys::PeripheralId;
 
+use crate::certificate::CertificateWatch;
+use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
 use crate::sessions::{SendError, SessionTable};
 
@@ -43,6 +45,9 @@ pub struct ApiState {
     /// Becomes `true` when the daemon shuts down: ends the `/v1/messages` streams,
     /// which would otherwise hold the graceful shutdown for its whole timeout.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The client certificate and its renewals, for `status`; `None`: none
+    /// watched.
+    pub certificate: Option<Arc<CertificateWatch>>,
 }
 
 /// One live session as the API shows it.
@@ -123,6 +128,7 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
             "feed_silence_limit_s": s.table.feed().silence_limit().map(|d| d.as_secs()),
         },
         "clones_suspected": s.metrics.clones_suspected(),
+        "certificate": s.certificate.as_ref().map(|c| c.status(SystemClock.wall())),
         "anchor_updates": {
             "held": s.table.anchor_updates().len(),
             "last_serial": s.table.anchor_updates().last_serial(),
@@ -239,6 +245,7 @@ mod router_tests {
             metrics: Arc::new(Metrics::new().unwrap()),
             gateway_key: "k".into(),
             shutdown: tokio::sync::watch::channel(false).1,
+            certificate: None,
         })
     }
 

@@ -7,19 +7,27 @@
 //! HTTP/2 with keep-alive. Concurrent vouch requests are coalesced into batches;
 //! at most [`MAX_IN_FLIGHT`] requests are in flight at once (what waits meanwhile
 //! goes into the next, larger batch); a circuit breaker makes new handshakes
-//! fail fast while the backend is down, and closes again on its own.
+//! fail fast while the backend is down, and closes again on its own. The
+//! client certificate can be replaced while the client runs
+//! ([`BackendApi::use_certificate`]: the renewal of
+//! [`crate::certificate`]). A request that fails says why, from the
+//! innermost cause: a TLS failure is a [`TlsFailure`] that names it (an
+//! expired client certificate, a backend certificate not from the pinned
+//! CA, …), a refused connection is
+//! [`BackendError::ConnectionRefused`].
 
+use std::error::Error as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::clock::WallTime;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use vouch_proto::wire::backend::{
-    decode_body, encode_body, route, AnchorUpdateBatch, ErrorCode, FeedBatch, SessionReport,
-    SessionReportAnswer, VouchAnswer, VouchBatchAnswer, VouchBatchRequest, VouchRequest,
-    CONTENT_TYPE, MAX_BATCH,
+    decode_body, encode_body, route, AnchorUpdateBatch, CertificateIssued, CertificateRenewal,
+    ErrorCode, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer, VouchBatchAnswer,
+    VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
 };
 
 /// Vouch batches, session reports and anchor-update fetches one gateway
@@ -36,6 +44,14 @@ pub enum BackendError {
     /// The backend could not be reached, timed out, or failed (5xx).
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// TLS with the backend failed, for the reason given.
+    #[error("{0}")]
+    Tls(TlsFailure),
+    /// Nothing listens at the backend's address.
+    #[error(
+        "the backend at {0} refused the connection: is vouch-backend running there, on that port?"
+    )]
+    ConnectionRefused(String),
     /// The circuit breaker is open after repeated failures: failing fast.
     #[error("backend unavailable (failing fast after repeated errors)")]
     CircuitOpen,
@@ -65,9 +81,112 @@ impl BackendError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            BackendError::Unavailable(_) | BackendError::CircuitOpen
+            BackendError::Unavailable(_)
+                | BackendError::CircuitOpen
+                | BackendError::Tls(_)
+                | BackendError::ConnectionRefused(_)
         )
     }
+}
+
+/// Why TLS with the backend failed, said so that an installer or operator
+/// knows what to fix. The first four are the backend's refusal of this
+/// gateway's client certificate (a TLS alert it sent); the next three are
+/// this gateway's refusal of the backend's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// Alert `certificate_expired`.
+    #[error("the backend refused this gateway's client certificate as expired or not yet valid (TLS alert certificate_expired): `vouch-gateway status` shows its validity; an expired one cannot be renewed, ask the operator for a new one (vouch-backend enroll gateway)")]
+    ClientCertificateExpired,
+    /// Alert `unknown_ca`.
+    #[error("the backend does not know the CA of this gateway's client certificate (TLS alert unknown_ca): the certificate was issued by another backend")]
+    ClientCertificateUnknownCa,
+    /// Alert `decrypt_error`.
+    #[error("the backend could not verify this gateway's client certificate (TLS alert decrypt_error): it was issued by another backend's CA, or it does not match this gateway's identity key")]
+    ClientCertificateNotVerified,
+    /// Another alert about the certificate.
+    #[error("the backend refused this gateway's client certificate (TLS alert {0})")]
+    ClientCertificateRejected(String),
+    /// The backend's certificate does not chain to the pinned CA.
+    #[error("the backend's certificate was not issued by the pinned CA ([backend] ca): the wrong CA file, or not this backend at [backend] url")]
+    BackendNotFromPinnedCa,
+    /// The backend's certificate expired or is not valid yet.
+    #[error("the backend's certificate has expired or is not valid yet: the operator reissues it (vouch-backend server-cert reissue), or a clock is wrong")]
+    BackendCertificateExpired,
+    /// The backend's certificate is not for the host in the URL.
+    #[error("the backend's certificate is not valid for the host in [backend] url: the operator reissues it with that name (vouch-backend server-cert reissue --san HOST)")]
+    BackendNameMismatch,
+    /// Anything else TLS refused.
+    #[error("TLS with the backend failed: {0}")]
+    Other(String),
+}
+
+impl TlsFailure {
+    /// The failure a rustls error says.
+    pub fn of(e: &rustls::Error) -> Self {
+        use rustls::{AlertDescription as A, CertificateError as C};
+        match e {
+            rustls::Error::AlertReceived(A::CertificateExpired) => Self::ClientCertificateExpired,
+            rustls::Error::AlertReceived(A::UnknownCA) => Self::ClientCertificateUnknownCa,
+            rustls::Error::AlertReceived(A::DecryptError) => Self::ClientCertificateNotVerified,
+            rustls::Error::AlertReceived(
+                a @ (A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateUnknown
+                | A::CertificateRequired
+                | A::AccessDenied),
+            ) => Self::ClientCertificateRejected(format!("{a:?}")),
+            rustls::Error::InvalidCertificate(c) => match c {
+                #[allow(deprecated)]
+                C::UnknownIssuer | C::BadSignature => Self::BackendNotFromPinnedCa,
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => Self::BackendCertificateExpired,
+                C::NotValidForName | C::NotValidForNameContext { .. } => Self::BackendNameMismatch,
+                other => Self::Other(other.to_string()),
+            },
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+/// What a failed request's error says happened, from the innermost cause:
+/// reqwest's own message is "error sending request" whatever the cause. The
+/// chain is walked for the [`rustls::Error`] (which an I/O error carries
+/// inside; its `source` skips it, and an HTTP/2 connection error hides the
+/// I/O error) and for a refused connection.
+pub fn classify(e: &reqwest::Error, url: &str) -> BackendError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return BackendError::Tls(TlsFailure::of(tls));
+        }
+        // An HTTP/2 connection error keeps its I/O error to itself.
+        let io = err
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| err.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        if let Some(io) = io {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return BackendError::Tls(TlsFailure::of(tls));
+            }
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return BackendError::ConnectionRefused(url.to_owned());
+            }
+        }
+        cause = err.source();
+    }
+    // Not one of those: the whole chain, not just its first line.
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    BackendError::Unavailable(text)
 }
 
 /// A revocation-feed answer, with the time the backend sent it.
@@ -146,6 +265,21 @@ pub trait BackendApi: Send + Sync + 'static {
         let _ = after;
         std::future::ready(Err(BackendError::Unsupported("anchor updates")))
     }
+    /// Asks for a fresh client certificate for this gateway's key (SPEC.md
+    /// §10.8). The default answers [`BackendError::Unsupported`], for test
+    /// and simulated backends that issue none.
+    fn renew_certificate(
+        &self,
+    ) -> impl Future<Output = Result<CertificateIssued, BackendError>> + Send {
+        std::future::ready(Err(BackendError::Unsupported("certificate renewal")))
+    }
+    /// Authenticates with `cert_pem` from now on: new connections use it,
+    /// requests in flight finish on the connections they have. The default
+    /// does nothing (a backend reached without TLS).
+    fn use_certificate(&self, cert_pem: &[u8]) -> Result<(), BackendError> {
+        let _ = cert_pem;
+        Ok(())
+    }
 }
 
 impl<T: BackendApi> BackendApi for Arc<T> {
@@ -184,6 +318,14 @@ impl<T: BackendApi> BackendApi for Arc<T> {
         after: u32,
     ) -> impl Future<Output = Result<AnchorUpdateBatch, BackendError>> + Send {
         (**self).anchor_updates(after)
+    }
+    fn renew_certificate(
+        &self,
+    ) -> impl Future<Output = Result<CertificateIssued, BackendError>> + Send {
+        (**self).renew_certificate()
+    }
+    fn use_certificate(&self, cert_pem: &[u8]) -> Result<(), BackendError> {
+        (**self).use_certificate(cert_pem)
     }
 }
 
@@ -270,8 +412,20 @@ pub struct HttpBackend {
     batch_tx: mpsc::Sender<Pending>,
 }
 
+/// A reqwest client and the TLS configuration it was built with.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+}
+
 struct Inner {
-    client: reqwest::Client,
+    /// Replaced whole when the certificate is renewed; each request clones
+    /// the one current when it starts.
+    client: RwLock<Client>,
+    /// The pinned CA and the identity key, to build the next client with.
+    ca_pem: Vec<u8>,
+    key_pem: zeroize::Zeroizing<Vec<u8>>,
     url: String,
     breaker: Breaker,
     feed_timeout: Duration,
@@ -285,18 +439,16 @@ struct Inner {
 impl HttpBackend {
     /// Builds the client and starts its batching task (needs a tokio runtime).
     pub fn new(cfg: HttpBackendConfig) -> Result<Self, BackendError> {
-        let tls = tls_config(&cfg)?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .http2_keep_alive_while_idle(true)
-            .build()
-            .map_err(|e| BackendError::Config(e.to_string()))?;
+        let client = build_client(
+            &cfg.ca_pem,
+            &cfg.cert_pem,
+            &cfg.key_pem,
+            cfg.request_timeout,
+        )?;
         let inner = Arc::new(Inner {
-            client,
+            client: RwLock::new(client),
+            ca_pem: cfg.ca_pem,
+            key_pem: cfg.key_pem,
             url: cfg.url.trim_end_matches('/').to_string(),
             breaker: Breaker {
                 failures: AtomicU32::new(0),
@@ -315,12 +467,36 @@ impl HttpBackend {
     }
 }
 
-fn tls_config(cfg: &HttpBackendConfig) -> Result<rustls::ClientConfig, BackendError> {
+/// The reqwest client for a certificate: HTTP/2 keep-alive over TLS 1.3.
+fn build_client(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    request_timeout: Duration,
+) -> Result<Client, BackendError> {
+    let tls = Arc::new(tls_config(ca_pem, cert_pem, key_pem)?);
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .timeout(request_timeout)
+        .connect_timeout(request_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .http2_keep_alive_while_idle(true)
+        .build()
+        .map_err(|e| BackendError::Config(e.to_string()))?;
+    Ok(Client { http, tls })
+}
+
+fn tls_config(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<rustls::ClientConfig, BackendError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |what: &str, e: &dyn std::fmt::Display| BackendError::Config(format!("{what}: {e}"));
     let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&cfg.ca_pem) {
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
         roots
             .add(ca.map_err(|e| bad("backend CA", &e))?)
             .map_err(|e| bad("backend CA", &e))?;
@@ -330,7 +506,7 @@ fn tls_config(cfg: &HttpBackendConfig) -> Result<rustls::ClientConfig, BackendEr
             "backend CA: no certificate in the PEM".into(),
         ));
     }
-    let certs = CertificateDer::pem_slice_iter(&cfg.cert_pem)
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad("client certificate", &e))?;
     if certs.is_empty() {
@@ -338,14 +514,21 @@ fn tls_config(cfg: &HttpBackendConfig) -> Result<rustls::ClientConfig, BackendEr
             "client certificate: no certificate in the PEM".into(),
         ));
     }
-    let key = PrivateKeyDer::from_pem_slice(&cfg.key_pem).map_err(|e| bad("identity key", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("identity key", &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| bad("TLS", &e))?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
-        .map_err(|e| bad("client certificate", &e))
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                BackendError::Config(
+                    "the client certificate is not for this gateway's identity key".into(),
+                )
+            }
+            e => bad("client certificate", &e),
+        })
         .map(|mut c| {
             c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             c
@@ -353,6 +536,30 @@ fn tls_config(cfg: &HttpBackendConfig) -> Result<rustls::ClientConfig, BackendEr
 }
 
 impl Inner {
+    /// The client current now.
+    fn client(&self) -> Client {
+        self.client
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Why a request failed ([`classify`]). A connection that died on the
+    /// backend's TLS alert often tells its requests only that it closed
+    /// (HTTP/2 ends them with "connection closed", without the cause):
+    /// then one TLS connection of our own, with the same configuration,
+    /// asks the backend's TLS layer, and its answer is the failure.
+    async fn failure(&self, e: &reqwest::Error, tls: Arc<rustls::ClientConfig>) -> BackendError {
+        let found = classify(e, &self.url);
+        if !matches!(found, BackendError::Unavailable(_)) || e.is_timeout() {
+            return found;
+        }
+        match tokio::time::timeout(self.request_timeout, probe(&self.url, tls)).await {
+            Ok(Some(failure)) => failure,
+            _ => found,
+        }
+    }
+
     async fn post<Req: serde::Serialize, Resp: serde::de::DeserializeOwned + serde::Serialize>(
         &self,
         path: &str,
@@ -360,15 +567,16 @@ impl Inner {
         timeout: Option<Duration>,
     ) -> Result<Resp, BackendError> {
         self.breaker.check()?;
-        let mut req = self
-            .client
+        let client = self.client();
+        let mut req = client
+            .http
             .post(format!("{}{path}", self.url))
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .body(encode_body(body));
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        self.finish(req).await
+        self.finish_dated(req, client.tls).await.map(|(r, _)| r)
     }
 
     async fn get<Resp: serde::de::DeserializeOwned + serde::Serialize>(
@@ -386,35 +594,31 @@ impl Inner {
         timeout: Duration,
     ) -> Result<(Resp, Option<WallTime>), BackendError> {
         self.breaker.check()?;
-        let req = self
-            .client
+        let client = self.client();
+        let req = client
+            .http
             .get(format!("{}{path}", self.url))
             .timeout(timeout);
-        self.finish_dated(req).await
+        self.finish_dated(req, client.tls).await
     }
 
-    async fn finish<Resp: serde::de::DeserializeOwned + serde::Serialize>(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> Result<Resp, BackendError> {
-        self.finish_dated(req).await.map(|(r, _)| r)
-    }
-
+    /// Sends `req` (built on the client whose TLS configuration is `tls`).
     async fn finish_dated<Resp: serde::de::DeserializeOwned + serde::Serialize>(
         &self,
         req: reqwest::RequestBuilder,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Result<(Resp, Option<WallTime>), BackendError> {
         let result = async {
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            let resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(e) => return Err(self.failure(&e, tls).await),
+            };
             let date = server_date(resp.headers());
             let status = resp.status();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            let bytes = match resp.bytes().await {
+                Ok(bytes) => bytes,
+                Err(e) => return Err(self.failure(&e, tls).await),
+            };
             if status.is_server_error() || status.as_u16() == 429 {
                 return Err(BackendError::Unavailable(format!("HTTP {status}")));
             }
@@ -427,8 +631,58 @@ impl Inner {
         }
         .await;
         self.breaker
-            .record(!matches!(result, Err(BackendError::Unavailable(_))));
+            .record(!result.as_ref().is_err_and(BackendError::is_unavailable));
         result
+    }
+}
+
+/// Opens one TLS connection to the backend at `url` with `tls` (HTTP/1.1
+/// only), asks `GET /healthz`, and says how TLS failed, if it did: a
+/// refused connection, this gateway's refusal of the backend's
+/// certificate, or the backend's alert about this gateway's certificate
+/// (which TLS 1.3 delivers after the handshake, on the first read).
+/// `None`: TLS worked (or the URL is not one to probe).
+async fn probe(url: &str, tls: Arc<rustls::ClientConfig>) -> Option<BackendError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() != "https" {
+        return None;
+    }
+    let host = parsed
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = parsed.port_or_known_default()?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+    let tcp = match tokio::net::TcpStream::connect((host, port)).await {
+        Ok(tcp) => tcp,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Some(BackendError::ConnectionRefused(url.to_owned()));
+        }
+        Err(_) => return None,
+    };
+    let mut config = (*tls).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls_failure = |e: std::io::Error| {
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .map(|r| BackendError::Tls(TlsFailure::of(r)))
+    };
+    let mut stream = match tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return tls_failure(e),
+    };
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return tls_failure(e);
+    }
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte).await {
+        Ok(_) => None,
+        Err(e) => tls_failure(e),
     }
 }
 
@@ -582,11 +836,90 @@ impl BackendApi for HttpBackend {
             )
             .await
     }
+
+    async fn renew_certificate(&self) -> Result<CertificateIssued, BackendError> {
+        self.inner.breaker.check()?;
+        let _permit = self
+            .inner
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Unavailable("client stopped".into()))?;
+        self.inner
+            .post(route::CERTIFICATE, &CertificateRenewal, None)
+            .await
+    }
+
+    fn use_certificate(&self, cert_pem: &[u8]) -> Result<(), BackendError> {
+        let client = build_client(
+            &self.inner.ca_pem,
+            cert_pem,
+            &self.inner.key_pem,
+            self.inner.request_timeout,
+        )?;
+        *self
+            .inner
+            .client
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_errors_name_what_happened() {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let cases = [
+            (
+                E::AlertReceived(A::CertificateExpired),
+                TlsFailure::ClientCertificateExpired,
+            ),
+            (
+                E::AlertReceived(A::UnknownCA),
+                TlsFailure::ClientCertificateUnknownCa,
+            ),
+            (
+                E::AlertReceived(A::DecryptError),
+                TlsFailure::ClientCertificateNotVerified,
+            ),
+            (
+                E::AlertReceived(A::BadCertificate),
+                TlsFailure::ClientCertificateRejected("BadCertificate".into()),
+            ),
+            (
+                E::InvalidCertificate(C::UnknownIssuer),
+                TlsFailure::BackendNotFromPinnedCa,
+            ),
+            (
+                E::InvalidCertificate(C::Expired),
+                TlsFailure::BackendCertificateExpired,
+            ),
+            (
+                E::InvalidCertificate(C::NotValidYet),
+                TlsFailure::BackendCertificateExpired,
+            ),
+            (
+                E::InvalidCertificate(C::NotValidForName),
+                TlsFailure::BackendNameMismatch,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(TlsFailure::of(&e), want, "{e:?}");
+            let text = BackendError::Tls(want).to_string();
+            assert!(!text.contains("error sending request"), "{text}");
+            assert!(BackendError::Tls(TlsFailure::of(&e)).is_unavailable());
+        }
+        assert!(TlsFailure::ClientCertificateUnknownCa
+            .to_string()
+            .contains("issued by another backend"));
+        assert!(TlsFailure::BackendNameMismatch
+            .to_string()
+            .contains("--san"));
+    }
 
     #[test]
     fn the_date_header_gives_the_backends_time() {

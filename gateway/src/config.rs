@@ -71,6 +71,10 @@ pub struct BackendConfig {
     /// seconds: 1 to 3600 (SPEC.md §10.6: at least once an hour).
     #[serde(default = "default_anchor_updates_interval_s")]
     pub anchor_updates_interval_s: u64,
+    /// Renew the client certificate once less than this share of its
+    /// lifetime is left (0.05 to 0.9).
+    #[serde(default = "default_certificate_renew_when_left")]
+    pub certificate_renew_when_left: f64,
 }
 
 /// `[transport]`
@@ -203,6 +207,9 @@ fn default_batch_window_ms() -> u64 {
 fn default_anchor_updates_interval_s() -> u64 {
     crate::anchors::DEFAULT_FETCH_INTERVAL.as_secs()
 }
+fn default_certificate_renew_when_left() -> f64 {
+    crate::certificate::DEFAULT_RENEW_WHEN_LEFT
+}
 fn default_att_mtu() -> usize {
     247
 }
@@ -296,6 +303,12 @@ impl Config {
                 self.backend.anchor_updates_interval_s
             ));
         }
+        if !(0.05..=0.9).contains(&self.backend.certificate_renew_when_left) {
+            return Err(format!(
+                "backend.certificate_renew_when_left must be 0.05..=0.9: the share of the certificate's lifetime left when it is renewed (got {})",
+                self.backend.certificate_renew_when_left
+            ));
+        }
         if let Some(tcp) = &self.transport.tcp {
             if !(23..=517).contains(&tcp.att_mtu) {
                 return Err(format!(
@@ -347,6 +360,14 @@ impl Config {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.idle_timeout_s)
+    }
+
+    /// When and how the client certificate is renewed.
+    pub fn renewal_policy(&self) -> crate::certificate::RenewalPolicy {
+        crate::certificate::RenewalPolicy {
+            renew_when_left: self.backend.certificate_renew_when_left,
+            ..crate::certificate::RenewalPolicy::default()
+        }
     }
 
     /// How often trust-anchor updates are fetched.

@@ -3,7 +3,8 @@
 //!
 //! [`Gateway::start`] opens the session table (from the state directory when
 //! there is one), spawns the one session sweeper, the revocation-feed
-//! follower and the trust-anchor-update follower, and then accepts links:
+//! follower, the trust-anchor-update follower and the client-certificate
+//! renewal, and then accepts links:
 //! the accept loops of [`crate::serve`] hand it every link they admit
 //! ([`Gateway::accept`], or [`Gateway::run_link`] on the caller's own task
 //! when the caller must know how the link ended, as the BLE central does).
@@ -24,6 +25,7 @@ use vouch_proto::handshake::gateway::GatewayConfig;
 use vouch_proto::keys::PublicKey;
 
 use crate::backend_client::BackendApi;
+use crate::certificate::Renewal;
 use crate::clock::Clock;
 use crate::driver::{self, Context, Outcome};
 use crate::metrics::Metrics;
@@ -84,6 +86,10 @@ pub struct Parts<'a, B, C> {
     pub state: Option<(&'a StateDir, StateBinding)>,
     /// Its limits and followers.
     pub settings: Settings,
+    /// Its client certificate, to renew before it expires
+    /// ([`crate::certificate::follow`]); `None`: not renewed (a backend
+    /// reached without TLS, a simulation).
+    pub certificate: Option<Renewal>,
 }
 
 /// A running gateway: the shared context of its drivers and the tasks it
@@ -110,6 +116,7 @@ impl<B: BackendApi + Clone, C: Clock + Clone> Gateway<B, C> {
             metrics,
             state,
             settings,
+            certificate,
         } = parts;
         let table = match state {
             Some((dir, binding)) => {
@@ -132,6 +139,15 @@ impl<B: BackendApi + Clone, C: Clock + Clone> Gateway<B, C> {
                 backend.clone(),
                 table.clone(),
                 key,
+                metrics.clone(),
+                gateway.shutdown(),
+            ));
+        }
+        if let Some(renewal) = certificate {
+            gateway.tasks.spawn(crate::certificate::follow(
+                backend.clone(),
+                renewal,
+                gateway.ctx.clock.clone(),
                 metrics.clone(),
                 gateway.shutdown(),
             ));

@@ -27,6 +27,7 @@
 //!         metrics: Arc::new(Metrics::new()?),
 //!         state: None,
 //!         settings: Settings::default(),
+//!         certificate: None,
 //!     },
 //!     shutdown,
 //! )?;
@@ -50,7 +51,8 @@
 //! | [`anchors`] | trust-anchor updates: fetch, hold, deliver (SPEC.md §7.7) |
 //! | [`sessions`] | live sessions, tickets and the feed's state |
 //! | [`state`] | what the gateway keeps on disk across restarts |
-//! | [`backend_client`] | the backend behind a trait (HTTPS with mutual TLS) |
+//! | [`backend_client`] | the backend behind a trait (HTTPS with mutual TLS), and why a request failed |
+//! | [`certificate`] | the client certificate: its check at start, its renewal before it expires |
 //! | [`transport`] | links: the [`Link`](transport::Link) trait, TCP, memory, BLE |
 //! | [`config`], [`metrics`], [`clock`], [`error`] | configuration, counters, time, errors |
 //! | `testing` | (feature `test-utils`) a fake backend for tests |
@@ -58,6 +60,7 @@
 pub mod anchors;
 pub mod api;
 pub mod backend_client;
+pub mod certificate;
 /// The gateway's clocks (shared with the reference peripheral).
 pub use vouch_host::clock;
 pub mod config;

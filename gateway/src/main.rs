@@ -12,7 +12,10 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 use vouch_gateway::api::{self, ApiState};
 use vouch_gateway::backend_client::{HttpBackend, HttpBackendConfig};
-use vouch_gateway::clock::SystemClock;
+use vouch_gateway::certificate::{
+    self, CertificateError, CertificateInfo, CertificateWatch, Renewal,
+};
+use vouch_gateway::clock::{Clock, SystemClock};
 use vouch_gateway::config::{Config, LogFormat};
 use vouch_gateway::endpoint::{Gateway, Parts, Settings};
 use vouch_gateway::metrics::Metrics;
@@ -128,10 +131,9 @@ fn init(path: &Path) -> Result<()> {
     let pem = key.to_pkcs8_pem()?;
     // Written whole or not at all, and never over a key another `init`
     // put there meanwhile.
-    let (dir, name) = split_path(path)?;
     vouch_host::fs::AtomicWrite::new(0o600)
         .never_replace()
-        .write(dir, name, pem.as_bytes())?;
+        .write_file(path, pem.as_bytes())?;
     let public = key.public_key();
     let public_file = write_public_key(path, &public)?;
     println!(
@@ -169,26 +171,9 @@ fn public_key_path(key: &Path) -> PathBuf {
 /// path. Derived from the key, so an existing one is replaced.
 fn write_public_key(key: &Path, public: &PublicKey) -> Result<PathBuf> {
     let path = public_key_path(key);
-    let (dir, name) = split_path(&path)?;
-    vouch_host::fs::AtomicWrite::new(0o644).write(
-        dir,
-        name,
-        public.to_public_key_pem().as_bytes(),
-    )?;
+    vouch_host::fs::AtomicWrite::new(0o644)
+        .write_file(&path, public.to_public_key_pem().as_bytes())?;
     Ok(path)
-}
-
-/// A file's directory (`.` for a bare name) and its name.
-fn split_path(path: &Path) -> Result<(&Path, &str)> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{}: not a file name", path.display()))?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Ok((dir, name))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -197,10 +182,13 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 
 async fn run(config: Config) -> Result<()> {
     let (key_pem, gateway_key) = load_identity(&config.identity.key)?;
+    let ca_pem = read(&config.backend.ca)?;
+    let cert_pem = read(&config.backend.certificate)?;
+    let certificate = check_certificate(&config, &cert_pem, &ca_pem, &gateway_key)?;
     let backend = HttpBackend::new(HttpBackendConfig {
         url: config.backend.url.clone(),
-        ca_pem: read(&config.backend.ca)?,
-        cert_pem: read(&config.backend.certificate)?,
+        ca_pem: ca_pem.clone(),
+        cert_pem,
         key_pem,
         request_timeout: Duration::from_millis(config.backend.request_timeout_ms),
         feed_timeout: Duration::from_secs(60),
@@ -237,12 +225,19 @@ async fn run(config: Config) -> Result<()> {
                 anchor_updates_every: Some(config.anchor_updates_interval()),
                 ..Settings::default()
             },
+            certificate: Some(Renewal {
+                watch: certificate.clone(),
+                file: Some(config.backend.certificate.clone()),
+                ca_pem,
+                identity: gateway_key,
+                policy: config.renewal_policy(),
+            }),
         },
         shutdown,
     )?;
     info!(gateway_key = %gateway_key, backend = %config.backend.url, "vouch-gateway starting");
     let mut tasks = JoinSet::new();
-    serve_api(api, &gateway, &mut tasks);
+    serve_api(api, &gateway, certificate, &mut tasks);
     serve_transports(&config, &gateway, state_dir.as_ref(), &mut tasks).await?;
 
     wait_for_signal().await;
@@ -269,6 +264,38 @@ async fn run(config: Config) -> Result<()> {
     let _ = std::fs::remove_file(&config.api.socket);
     info!("stopped");
     Ok(())
+}
+
+/// Checks the client certificate at start and says exactly what is wrong
+/// with it. One that is not for this gateway's key, or not a certificate,
+/// stops the daemon (the TLS client cannot even be built); an expired one,
+/// one not valid yet, or one from another CA is logged as an error and the
+/// daemon runs on: the backend refuses it, but devices holding a ticket
+/// keep resuming, and a clock that catches up cures "not valid yet".
+fn check_certificate(
+    config: &Config,
+    cert_pem: &[u8],
+    ca_pem: &[u8],
+    gateway_key: &PublicKey,
+) -> Result<Arc<CertificateWatch>> {
+    let path = config.backend.certificate.display();
+    let info = match certificate::check(cert_pem, ca_pem, gateway_key, SystemClock.wall()) {
+        Ok(info) => {
+            info!(file = %path, not_after = %certificate::format_wall(info.not_after),
+                "client certificate valid");
+            info
+        }
+        Err(
+            e @ (CertificateError::Expired { .. }
+            | CertificateError::NotYetValid { .. }
+            | CertificateError::ForeignCa),
+        ) => {
+            error!(file = %path, "{e}");
+            CertificateInfo::parse(cert_pem)?
+        }
+        Err(e) => anyhow::bail!("{path}: {e}"),
+    };
+    Ok(CertificateWatch::new(info))
 }
 
 /// Reads the identity key, refusing one that others can read.
@@ -321,12 +348,18 @@ async fn bind_api(config: &Config) -> Result<ApiListeners> {
 
 /// Serves the local API, and the metrics endpoint when one is configured;
 /// both stop at shutdown.
-fn serve_api(listeners: ApiListeners, gateway: &Arc<Daemon>, tasks: &mut JoinSet<()>) {
+fn serve_api(
+    listeners: ApiListeners,
+    gateway: &Arc<Daemon>,
+    certificate: Arc<CertificateWatch>,
+    tasks: &mut JoinSet<()>,
+) {
     let state = ApiState {
         table: gateway.table().clone(),
         metrics: gateway.metrics().clone(),
         gateway_key: gateway.key().to_string(),
         shutdown: gateway.shutdown(),
+        certificate: Some(certificate),
     };
     let mut s = gateway.shutdown();
     let app = api::router(state.clone());
@@ -470,6 +503,22 @@ async fn status(config: &Config, json: bool) -> Result<()> {
             "suspected clones (two live sessions of one identity here): {}",
             v["clones_suspected"]
         );
+    }
+    let cert = &v["certificate"];
+    if let Some(not_after) = cert["not_after"].as_str() {
+        let days = cert["expires_in_s"].as_u64().unwrap_or(0) / 86_400;
+        if cert["expired"].as_bool() == Some(true) {
+            println!("client certificate EXPIRED at {not_after}: the backend refuses this gateway; ask the operator for a new one");
+        } else {
+            println!(
+                "client certificate valid until {not_after} ({days} days); renewal from {}, {} renewals",
+                cert["renewal_from"].as_str().unwrap_or("-"),
+                cert["renewals"]
+            );
+        }
+        if let Some(e) = cert["last_renewal_error"].as_str() {
+            println!("  last renewal failed: {e}");
+        }
     }
     let anchors = &v["anchor_updates"];
     println!(

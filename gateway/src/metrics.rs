@@ -28,6 +28,8 @@ pub struct Metrics {
     anchor_update_fetch_failures: IntCounter,
     resumption_suspended: IntGauge,
     clones_suspected: IntCounter,
+    certificate_expiry: IntGauge,
+    certificate_renewals: IntCounterVec,
 }
 
 impl Metrics {
@@ -89,6 +91,17 @@ impl Metrics {
             "clones_suspected_total",
             "Sessions of one identity live at once on this gateway: an older session spoke after a newer one started",
         )?;
+        let certificate_expiry = IntGauge::new(
+            "certificate_expiry_timestamp_seconds",
+            "When the client certificate in use expires (Unix time, seconds)",
+        )?;
+        let certificate_renewals = IntCounterVec::new(
+            Opts::new(
+                "certificate_renewals_total",
+                "Client certificate renewals by outcome (ok, failed)",
+            ),
+            &["outcome"],
+        )?;
         for c in [
             Box::new(handshakes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(handshake_seconds.clone()),
@@ -106,6 +119,8 @@ impl Metrics {
             Box::new(anchor_update_fetch_failures.clone()),
             Box::new(resumption_suspended.clone()),
             Box::new(clones_suspected.clone()),
+            Box::new(certificate_expiry.clone()),
+            Box::new(certificate_renewals.clone()),
         ] {
             registry.register(c)?;
         }
@@ -127,6 +142,8 @@ impl Metrics {
             anchor_update_fetch_failures,
             resumption_suspended,
             clones_suspected,
+            certificate_expiry,
+            certificate_renewals,
         })
     }
 
@@ -229,6 +246,26 @@ impl Metrics {
     /// Suspected clones counted so far.
     pub fn clones_suspected(&self) -> u64 {
         self.clones_suspected.get()
+    }
+
+    /// The client certificate in use expires at `not_after`.
+    pub fn set_certificate_expiry(&self, not_after: crate::clock::WallTime) {
+        self.certificate_expiry
+            .set(i64::try_from(not_after.0 / 1000).unwrap_or(i64::MAX));
+    }
+
+    /// A renewal of the client certificate succeeded or failed.
+    pub fn certificate_renewed(&self, ok: bool) {
+        self.certificate_renewals
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// Renewals of the client certificate counted with this outcome.
+    pub fn certificate_renewals(&self, outcome: &str) -> u64 {
+        self.certificate_renewals
+            .with_label_values(&[outcome])
+            .get()
     }
 
     /// Handshakes counted with this outcome label (for tests and `status`).

@@ -119,6 +119,23 @@ impl AtomicWrite {
         Ok(())
     }
 
+    /// Writes `bytes` to the file at `path` (in its directory, `.` for a
+    /// bare name).
+    pub fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Err(FsError::Io {
+                action: "writing",
+                path: path.to_path_buf(),
+                source: io::Error::new(ErrorKind::InvalidInput, "not a file name"),
+            });
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        self.write(dir, name, bytes)
+    }
+
     fn write_and_place(&self, tmp: &Path, target: &Path, bytes: &[u8]) -> Result<(), FsError> {
         let mut f = OpenOptions::new()
             .write(true)

@@ -115,6 +115,7 @@ impl SimGateway {
                     anchor_updates_every: None,
                     ..Settings::default()
                 },
+                certificate: None,
             },
             shutdown,
         )

@@ -33,7 +33,8 @@ use vouch_backend::server::Transport;
 use vouch_backend::store::Store;
 use vouch_backend::{app, pki, AppState};
 use vouch_gateway::backend_client::{BackendApi, HttpBackend, HttpBackendConfig};
-use vouch_gateway::clock::SystemClock;
+use vouch_gateway::certificate::{self, CertificateInfo, CertificateWatch, Renewal};
+use vouch_gateway::clock::{Clock, SystemClock};
 use vouch_gateway::endpoint::{Parts, Settings};
 use vouch_gateway::metrics::Metrics;
 use vouch_gateway::sessions::SessionTable;
@@ -335,6 +336,15 @@ impl Backend {
             .expect("the key pair is in the data directory")
     }
 
+    /// The backend CA with its private key, as the data directory holds it:
+    /// to issue certificates the backend would not (expired ones, for the
+    /// tests of what a gateway says about them).
+    pub fn danger_ca(&self) -> pki::CaMaterial {
+        DataDir::load(self.dir.path())
+            .expect("load the data directory")
+            .ca
+    }
+
     fn state(&self) -> &AppState {
         let (_, _, state) = self.running.as_ref().expect("the backend is running");
         state
@@ -421,6 +431,10 @@ pub struct Gateway {
     running: Option<(watch::Sender<bool>, Arc<TestGateway>, JoinHandle<()>)>,
     /// Its backend client while it runs.
     client: Option<HttpBackend>,
+    /// Its client certificate, renewed as the daemon renews it (not before
+    /// two thirds of its lifetime: in a test, only when asked to,
+    /// [`renew_certificate`](Self::renew_certificate)).
+    renewal: Option<Renewal>,
     /// Its state directory (`[state] dir`), for a gateway that keeps its
     /// tickets across restarts.
     state: Option<tempfile::TempDir>,
@@ -461,6 +475,7 @@ impl Gateway {
             metrics: Arc::new(Metrics::new().expect("metrics")),
             running: None,
             client: None,
+            renewal: None,
             state: persistent.then(|| tempfile::tempdir().expect("tempdir")),
         };
         g.serve().await;
@@ -486,6 +501,21 @@ impl Gateway {
         })
         .expect("backend client");
         self.client = Some(backend.clone());
+        let info = certificate::check(
+            self.cert_pem.as_bytes(),
+            self.ca_pem.as_bytes(),
+            &self.key,
+            SystemClock.wall(),
+        )
+        .expect("the enrolled certificate");
+        let renewal = Renewal {
+            watch: CertificateWatch::new(info),
+            file: None,
+            ca_pem: self.ca_pem.as_bytes().to_vec(),
+            identity: self.key,
+            policy: certificate::RenewalPolicy::default(),
+        };
+        self.renewal = Some(renewal.clone());
         let (stop, shutdown) = watch::channel(false);
         let gateway = vouch_gateway::endpoint::Gateway::start(
             Parts {
@@ -505,6 +535,7 @@ impl Gateway {
                     idle_timeout: Duration::from_secs(600),
                     ..Settings::default()
                 },
+                certificate: Some(renewal),
             },
             shutdown,
         )
@@ -575,6 +606,25 @@ impl Gateway {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.serve().await;
+    }
+
+    /// Renews the client certificate now, as the daemon does when its
+    /// threshold is reached ([`certificate::renew`]): over mutual TLS, then
+    /// the running gateway's backend client uses it for new connections.
+    pub async fn renew_certificate(&self) -> Result<CertificateInfo, certificate::RenewalError> {
+        let (Some(client), Some(renewal)) = (self.client.as_ref(), self.renewal.as_ref()) else {
+            panic!("the gateway is not running");
+        };
+        let info = certificate::renew(client, renewal, SystemClock.wall()).await?;
+        Ok(info)
+    }
+
+    /// The client certificate in use (what `vouch-gateway status` shows).
+    pub fn certificate(&self) -> CertificateInfo {
+        self.renewal
+            .as_ref()
+            .map(|r| r.watch.info())
+            .expect("the gateway has run")
     }
 
     /// Live sessions with `id`.
