@@ -447,6 +447,54 @@ async fn rejected(b: &Backend, reason: &str) -> u64 {
         .map_or(0, |n| n.parse().expect("a count"))
 }
 
+/// Presents a certificate with a key that is not its own.
+#[derive(Debug)]
+struct WrongKey(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for WrongKey {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client that trusts `ca` and presents `cert` signing with `key_pem`,
+/// whether or not they match.
+fn wrong_key_client(ca: &str, cert: &str, key_pem: &str) -> reqwest::Client {
+    let provider = pki::provider();
+    let key = provider
+        .key_provider
+        .load_private_key(
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key"),
+        )
+        .expect("signing key");
+    let chain =
+        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")];
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).expect("ca"))
+        .expect("root");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(WrongKey(Arc::new(
+            rustls::sign::CertifiedKey::new(chain, key),
+        ))));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .build()
+        .expect("client")
+}
+
 async fn rejected_client_certificates_are_counted_by_reason(db: Db) {
     let b = Backend::new(&db).await;
     let gw = IdentityKey::from_seed(&[104; 32]);
@@ -496,10 +544,25 @@ async fn rejected_client_certificates_are_counted_by_reason(db: Db) {
     .pem;
     assert!(try_with(foreign.clone()).await.is_err());
     assert!(try_with(foreign).await.is_err());
+    // The gateway's own certificate, presented with another key (rustls
+    // refuses to build such a client, so the pair is forced in).
+    let own = pki::issue_gateway_cert(&b.state.ca, &gw.public_key(), None, LIFETIME)
+        .expect("cert")
+        .pem;
+    let other_key = IdentityKey::from_seed(&[106; 32])
+        .to_pkcs8_pem()
+        .expect("pem");
+    assert!(wrong_key_client(&ca_pem(&b), &own, &other_key)
+        .post(format!("{}{}", served.url, route::CERTIFICATE))
+        .header("content-type", CONTENT_TYPE)
+        .body(encode_body(&CertificateRenewal))
+        .send()
+        .await
+        .is_err());
     assert_eq!(rejected(&b, "expired").await, 1);
     assert_eq!(rejected(&b, "not_yet_valid").await, 1);
     assert_eq!(rejected(&b, "unknown_ca").await, 2);
-    assert_eq!(rejected(&b, "key_mismatch").await, 0);
+    assert_eq!(rejected(&b, "key_mismatch").await, 1);
     served.stop().await;
 }
 
