@@ -25,7 +25,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use vouch_proto::keys::{PublicKey, Signature};
 use vouch_proto::wire::backend::CertificateIssued;
 
@@ -409,14 +409,21 @@ pub async fn follow<B: BackendApi, C: Clock>(
             && warned_at.is_none_or(|w| now.0.saturating_sub(w.0) >= WARN_EVERY_MS)
         {
             warned_at = Some(now);
-            warn!(
-                expires = %format_wall(info.not_after),
-                days_left = left.as_secs() / 86_400,
-                renewal_from = %format_wall(renew_at),
-                last_renewal_error = renewal.watch.last_error().as_deref().unwrap_or("-"),
-                "the gateway's client certificate expires in {} days; without it the backend refuses this gateway",
-                left.as_secs() / 86_400
-            );
+            let last_error = renewal.watch.last_error();
+            let last_error = last_error.as_deref().unwrap_or("-");
+            if left.is_zero() {
+                error!(expired = %format_wall(info.not_after), last_renewal_error = last_error,
+                    "the gateway's client certificate has expired: the backend refuses this gateway until the operator enrolls it again");
+            } else {
+                warn!(
+                    expires = %format_wall(info.not_after),
+                    days_left = left.as_secs() / 86_400,
+                    renewal_from = %format_wall(renew_at),
+                    last_renewal_error = last_error,
+                    "the gateway's client certificate expires in {} days; without it the backend refuses this gateway",
+                    left.as_secs() / 86_400
+                );
+            }
         }
         let wait = if renewing && now >= renew_at {
             let result = tokio::select! {
