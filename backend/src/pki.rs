@@ -437,23 +437,8 @@ impl ClientCertRejections {
     /// Counts and (rate-limited) logs one refused certificate.
     pub fn record(&self, reason: RejectReason, cert: &CertificateDer<'_>) {
         self.counter.with_label_values(&[reason.as_str()]).inc();
-        let now = Instant::now();
-        let suppressed = {
-            let mut map = self
-                .last_logged
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match map.get_mut(&reason) {
-                None => {
-                    map.insert(reason, (now, 0));
-                    0
-                }
-                Some((last, suppressed)) if now.duration_since(*last) < REJECTION_LOG_EVERY => {
-                    *suppressed += 1;
-                    return;
-                }
-                Some(entry) => std::mem::replace(entry, (now, 0)).1,
-            }
+        let Some(suppressed) = self.log_now(reason, Instant::now()) else {
+            return;
         };
         let key = ed25519_key_of(cert).map(|k| k.to_string());
         tracing::warn!(
@@ -463,6 +448,29 @@ impl ClientCertRejections {
             "rejected a client certificate: {}",
             reason.describe()
         );
+    }
+}
+
+impl ClientCertRejections {
+    /// Whether a refusal for `reason` at `now` is logged, and if so how many
+    /// were not since the last line: the first of a reason is, then none
+    /// until [`REJECTION_LOG_EVERY`] after the last line.
+    fn log_now(&self, reason: RejectReason, now: Instant) -> Option<u64> {
+        let mut map = self
+            .last_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get_mut(&reason) {
+            None => {
+                map.insert(reason, (now, 0));
+                Some(0)
+            }
+            Some((last, suppressed)) if now.duration_since(*last) < REJECTION_LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some(entry) => Some(std::mem::replace(entry, (now, 0)).1),
+        }
     }
 }
 
@@ -552,6 +560,33 @@ pub fn client_config(
 mod tests {
     use super::*;
     use vouch_proto::keys::IdentityKey;
+
+    #[test]
+    fn rejections_are_all_counted_and_logged_once_per_reason_every_ten_seconds() {
+        let metrics = crate::metrics::Metrics::new();
+        let r = metrics.client_cert_rejections();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(r.log_now(RejectReason::Expired, at(0)), Some(0));
+        assert_eq!(r.log_now(RejectReason::Expired, at(1)), None);
+        assert_eq!(r.log_now(RejectReason::Expired, at(9)), None);
+        // Another reason has its own line.
+        assert_eq!(r.log_now(RejectReason::UnknownCa, at(9)), Some(0));
+        // Ten seconds after the last line: one line, with the two not logged.
+        assert_eq!(r.log_now(RejectReason::Expired, at(10)), Some(2));
+        assert_eq!(r.log_now(RejectReason::Expired, at(11)), None);
+        let der = CertificateDer::from(vec![0u8; 4]);
+        for _ in 0..3 {
+            r.record(RejectReason::KeyMismatch, &der);
+        }
+        assert_eq!(
+            metrics
+                .client_certificates_rejected
+                .with_label_values(&["key_mismatch"])
+                .get(),
+            3
+        );
+    }
 
     #[test]
     fn gateway_certificate_carries_the_gateway_key() {

@@ -890,6 +890,72 @@ async fn serve_stops_gracefully_on_sigterm() {
     assert_eq!(v["message"], "serving", "{v}");
 }
 
+/// Issue 19: `server-cert reissue` replaces the server certificate and key,
+/// signed by the same CA, which it does not touch; `serve` then presents
+/// the new certificate, and a client pinning the CA trusts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_cert_reissue_keeps_the_ca_and_serve_presents_the_new_certificate() {
+    use rustls::pki_types::pem::PemObject;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    init(dir, &Db::Sqlite);
+    let read = |name: &str| std::fs::read(dir.join(name)).expect(name);
+    let (ca, server, server_key) = (read("ca.pem"), read("server.pem"), read("server-key.pem"));
+    let out = ok(&cli(
+        dir,
+        &Db::Sqlite,
+        &["server-cert", "reissue", "--san", "backend.example.net"],
+    ));
+    assert!(
+        out.contains("names: localhost, 127.0.0.1, ::1, backend.example.net"),
+        "{out}"
+    );
+    assert_eq!(read("ca.pem"), ca);
+    assert_ne!(read("server.pem"), server);
+    assert_ne!(read("server-key.pem"), server_key);
+    let mode = std::fs::metadata(dir.join("server-key.pem"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Without --san the names are kept.
+    let out = ok(&cli(
+        dir,
+        &Db::Sqlite,
+        &["server-cert", "reissue", "--days", "30"],
+    ));
+    assert!(out.contains("backend.example.net"), "{out}");
+    fails_cleanly(
+        &cli(dir, &Db::Sqlite, &["server-cert", "reissue", "--days", "0"]),
+        "--days must be 1..=3650",
+    );
+
+    let served = String::from_utf8(read("server.pem")).expect("PEM");
+    let server = Server::start(dir, &Db::Sqlite);
+    let ca_pem = String::from_utf8(ca).expect("PEM");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(pki::client_config(&ca_pem, None).expect("tls"))
+        .tls_info(true)
+        .build()
+        .expect("client");
+    let res = client
+        .get(format!("{}/readyz", server.url))
+        .send()
+        .await
+        .expect("the pinned CA trusts the reissued certificate");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let presented = res
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))
+        .expect("the server's certificate");
+    let reissued =
+        rustls::pki_types::CertificateDer::from_pem_slice(served.as_bytes()).expect("server.pem");
+    assert_eq!(presented, reissued.as_ref());
+    assert!(server.terminate().success());
+}
+
 /// Issue 16: `/metrics` counts refusals by cause, so the public listener
 /// serves it only to the admin token; `--ops-listen` serves it without one,
 /// over plain HTTP, and only on a loopback address.
