@@ -30,8 +30,8 @@ use vouch_proto::wire::backend::{
     VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
 };
 
-/// Vouch batches, session reports and anchor-update fetches one gateway
-/// keeps in flight to the backend. Well below the backend's default budget
+/// Vouch batches, session reports, anchor-update fetches and certificate
+/// renewals one gateway keeps in flight to the backend. Well below the backend's default budget
 /// per gateway (32, SPEC.md §10.2), so an honest gateway is never told
 /// `gateway_busy`; under a storm the requests that wait form larger batches
 /// instead.
@@ -431,8 +431,8 @@ struct Inner {
     feed_timeout: Duration,
     /// Timeout of a request that does not long-poll.
     request_timeout: Duration,
-    /// [`MAX_IN_FLIGHT`] permits for vouch batches, session reports and
-    /// anchor-update fetches.
+    /// [`MAX_IN_FLIGHT`] permits for vouch batches, session reports,
+    /// anchor-update fetches and certificate renewals.
     slots: Arc<Semaphore>,
 }
 
