@@ -1,8 +1,11 @@
 //! `vouch-gateway init` as an installer runs it: the key (0600) and its
-//! public key beside it, for the operator's `enroll gateway --public-key @FILE`.
+//! public key beside it, for the operator's `enroll gateway --public-key @FILE`;
+//! `vouch-gateway run` saying what is wrong with its client certificate.
 
+use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use vouch_proto::keys::{IdentityKey, PublicKey};
 
@@ -63,4 +66,92 @@ fn init_writes_the_key_and_its_public_key_file_and_never_replaces_the_key() {
     assert_eq!(printed_public_key(&again), printed);
     assert_eq!(std::fs::read_to_string(&key_path).unwrap(), pem);
     assert_eq!(std::fs::read_to_string(&pub_path).unwrap(), spki);
+}
+
+/// A self-signed certificate for `key_pem` (PKCS#8), valid from
+/// `not_before` to `not_after` days from now: its own CA.
+fn self_signed(key_pem: &str, not_before: i64, not_after: i64) -> String {
+    let key = rcgen::KeyPair::from_pem(key_pem).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::days(not_before);
+    params.not_after = now + time::Duration::days(not_after);
+    params.self_signed(&key).expect("certificate").pem()
+}
+
+/// A configuration in `dir` with this certificate and CA, for a backend
+/// that is not there.
+fn config(dir: &Path, cert: &str, ca: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("client.pem"), cert).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
+    let d = dir.display();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[identity]\nkey = \"{d}/identity.pem\"\n\
+             [backend]\nurl = \"https://127.0.0.1:1\"\nca = \"{d}/ca.pem\"\ncertificate = \"{d}/client.pem\"\n\
+             [transport.tcp]\nlisten = \"127.0.0.1:0\"\n\
+             [api]\nsocket = \"{d}/api.sock\"\n\
+             [state]\ndir = \"\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn run_says_at_start_what_is_wrong_with_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    init(&dir.path().join("identity.pem"));
+    let identity = std::fs::read_to_string(dir.path().join("identity.pem")).unwrap();
+
+    // Another key's certificate: the daemon cannot authenticate, and stops.
+    let other = IdentityKey::from_seed(&[7; 32]).to_pkcs8_pem().unwrap();
+    let cert = self_signed(&other, -1, 90);
+    let out = Command::new(env!("CARGO_BIN_EXE_vouch-gateway"))
+        .arg("run")
+        .arg("--config")
+        .arg(config(dir.path(), &cert, &cert))
+        .output()
+        .expect("run vouch-gateway");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("client.pem: the client certificate is for key")
+            && stderr.contains("but this gateway's identity key is"),
+        "{stderr}"
+    );
+
+    // Its own certificate, expired: said at once, and the daemon runs on
+    // (devices holding a ticket keep resuming).
+    let cert = self_signed(&identity, -30, -1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vouch-gateway"))
+        .arg("run")
+        .arg("--config")
+        .arg(config(dir.path(), &cert, &cert))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vouch-gateway");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let found = line.contains("the client certificate expired at");
+        seen.push(line);
+        if found {
+            break;
+        }
+    }
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.last()
+            .is_some_and(|l| l.contains("ERROR") && l.contains("client.pem")),
+        "{seen:#?}"
+    );
+    assert!(running, "the daemon stopped: {seen:#?}");
 }
