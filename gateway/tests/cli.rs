@@ -139,9 +139,11 @@ fn run_says_at_start_what_is_wrong_with_the_client_certificate() {
     let mut seen = Vec::new();
     for line in stderr.lines() {
         let line = line.unwrap();
-        let found = line.contains("the client certificate expired at");
+        // The check comes before the daemon says it is starting.
+        let done = line.contains("the client certificate expired at")
+            || line.contains("vouch-gateway starting");
         seen.push(line);
-        if found {
+        if done {
             break;
         }
     }
