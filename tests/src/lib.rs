@@ -107,7 +107,10 @@ impl Db {
 
 /// The real backend, serving HTTPS on 127.0.0.1.
 pub struct Backend {
-    dir: tempfile::TempDir,
+    /// Removed with the backend.
+    _dir: tempfile::TempDir,
+    /// The data directory: the temporary directory, or a directory in it.
+    data: std::path::PathBuf,
     db: Db,
     port: u16,
     token: String,
@@ -139,7 +142,8 @@ impl Backend {
             .build()
             .expect("admin client");
         let mut b = Backend {
-            dir,
+            data: dir.path().to_owned(),
+            _dir: dir,
             db,
             port: 0,
             token: admin_token.to_string(),
@@ -155,9 +159,10 @@ impl Backend {
     /// `serve` processes on one PostgreSQL).
     pub async fn second_instance(&self) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(self.dir.path(), dir.path());
+        copy_dir(&self.data, dir.path());
         let mut b = Backend {
-            dir,
+            data: dir.path().to_owned(),
+            _dir: dir,
             db: self.db.clone(),
             port: 0,
             token: self.token.clone(),
@@ -169,8 +174,51 @@ impl Backend {
         b
     }
 
+    /// `vouch-backend backup --to dest` while this backend serves.
+    pub async fn backup(&self, dest: &Path) -> vouch_backend::backup::Backup {
+        let (_, _, state) = self.running.as_ref().expect("the backend is running");
+        vouch_backend::backup::backup(&self.data, &state.store, dest)
+            .await
+            .expect("backup")
+    }
+
+    /// `vouch-backend restore --from backup` into a new data directory on
+    /// `db` (for PostgreSQL, a database `pg_restore` filled), then serves
+    /// it. Panics if the restore fails, its audit chain included.
+    pub async fn restored(&self, backup: &Path, db: Db) -> (Self, vouch_backend::backup::Restored) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let url = match &db {
+            Db::Sqlite => None,
+            Db::Postgres(u) => Some(u.as_str()),
+        };
+        let restored = vouch_backend::backup::restore(backup, &data, url)
+            .await
+            .expect("restore");
+        let mut b = Backend {
+            data,
+            _dir: dir,
+            db,
+            port: 0,
+            token: self.token.clone(),
+            ca_pem: self.ca_pem.clone(),
+            admin: self.admin.clone(),
+            running: None,
+        };
+        b.serve().await;
+        (b, restored)
+    }
+
+    /// The database URL of this backend.
+    pub fn database_url(&self) -> String {
+        match &self.db {
+            Db::Sqlite => datadir::sqlite_url(&self.data),
+            Db::Postgres(u) => u.clone(),
+        }
+    }
+
     async fn serve(&mut self) {
-        let data = DataDir::load(self.dir.path()).expect("load data dir");
+        let data = DataDir::load(&self.data).expect("load data dir");
         let (cert, key) = data.server_tls().expect("server TLS");
         let tls = pki::server_config(&data.ca.cert_pem, &cert, &key).expect("server config");
         let url = match &self.db {
@@ -315,7 +363,7 @@ impl Backend {
     /// gateways at once.
     pub async fn rotate_key(&self) -> AnchorUpdate {
         let state = self.state();
-        let data = DataDir::load(self.dir.path()).expect("load data dir");
+        let data = DataDir::load(&self.data).expect("load data dir");
         let rotation = vouch_backend::keyring::rotate(&data, &state.store, "test")
             .await
             .expect("rotate");
@@ -328,7 +376,7 @@ impl Backend {
     /// Backend key pair `kid` as its files in the data directory hold it:
     /// what a thief of that host's disk has (attack tests).
     pub fn danger_steal_key(&self, kid: vouch_proto::keys::KeyId) -> BackendKeys {
-        datadir::load_key_pair(self.dir.path(), kid)
+        datadir::load_key_pair(&self.data, kid)
             .expect("read the key files")
             .expect("the key pair is in the data directory")
     }
@@ -572,6 +620,16 @@ impl Gateway {
     /// Stops and starts again on the same port (a process restart).
     pub async fn restart(&mut self) {
         self.stop().await;
+        self.serve().await;
+    }
+
+    /// Stops and starts again on the same port, talking to `backend` (a
+    /// backend restored from a backup, on the same CA) with the same
+    /// identity and client certificate.
+    pub async fn move_to(&mut self, backend: &Backend) {
+        self.stop().await;
+        self.backend_url = backend.url();
+        self.ca_pem = backend.ca_pem().to_string();
         self.serve().await;
     }
 

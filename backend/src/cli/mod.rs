@@ -12,8 +12,10 @@
 //! | `audit.rs` | `audit query`, `audit verify`, `audit prune` |
 //! | `lockouts.rs` | `lockouts list`, `lockouts clear` |
 //! | `keys.rs` | `keys list`, `keys rotate`, `keys purge`, `export-anchor` |
+//! | `backup.rs` | `backup`, `restore` |
 
 mod audit;
+mod backup;
 mod import;
 mod init;
 mod keys;
@@ -109,6 +111,12 @@ update. A device flashed with it starts current; export it again after every `ke
     /// Manage the backend's key pairs: list, rotate, retire, purge (SPEC.md §7.7).
     #[command(subcommand, long_about = keys::KEYS_HELP)]
     Keys(keys::KeysCmd),
+    /// Back the data directory up while the backend serves (SQLite registry included).
+    #[command(long_about = backup::BACKUP_HELP)]
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory and verify its audit chain.
+    #[command(long_about = backup::RESTORE_HELP)]
+    Restore(backup::RestoreArgs),
 }
 
 /// Runs one command.
@@ -130,6 +138,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lockouts(cmd) => lockouts::lockouts(&cli, cmd).await,
         Command::ExportAnchor(args) => keys::export_anchor(&cli, args).await,
         Command::Keys(cmd) => keys::keys(&cli, cmd).await,
+        Command::Backup(args) => backup::backup(&cli, args).await,
+        Command::Restore(args) => backup::restore(&cli, args).await,
     }
 }
 
