@@ -53,6 +53,14 @@ pub enum BackupError {
     /// anything.
     #[error("{} already exists; a backup or restore never overwrites: choose a new path, or move it away", .0.display())]
     Exists(PathBuf),
+    /// The destination is inside the directory being backed up.
+    #[error("{} is inside the data directory {}; put backups elsewhere (the package makes /var/backups/vouch-backend)", dest.display(), data_dir.display())]
+    Inside {
+        /// The destination.
+        dest: PathBuf,
+        /// The data directory.
+        data_dir: PathBuf,
+    },
     /// The source holds something a data directory does not (a directory, a
     /// socket, a symlink): refusing to leave it out silently.
     #[error("{} is not a regular file; a data directory holds only files: move it out of the directory", .0.display())]
@@ -155,6 +163,7 @@ pub async fn backup(data_dir: &Path, store: &Store, dest: &Path) -> Result<Backu
         return Err(BackupError::NotInitialized(data_dir.to_owned()));
     }
     refuse_existing(dest)?;
+    refuse_inside(data_dir, dest)?;
     let staging = staging_dir(dest)?;
     let result = fill_backup(data_dir, store, &staging).await;
     let result = match result {
@@ -262,6 +271,21 @@ fn refuse_existing(path: &Path) -> Result<(), BackupError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io("checking", path)(e)),
     }
+}
+
+/// Refuses a destination inside the data directory: the backup would
+/// copy itself, and the directory would hold what it must not.
+fn refuse_inside(data_dir: &Path, dest: &Path) -> Result<(), BackupError> {
+    let data = fs::canonicalize(data_dir).map_err(io("resolving", data_dir))?;
+    let parent = parent_of(dest);
+    let parent = fs::canonicalize(parent).map_err(io("resolving", parent))?;
+    if parent.starts_with(&data) {
+        return Err(BackupError::Inside {
+            dest: dest.to_owned(),
+            data_dir: data_dir.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// A private directory beside `dest` to fill before it takes `dest`'s name.

@@ -11,53 +11,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// The file `init` writes into a new data directory: every setting with its
-/// default, commented out.
-pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; shown are the defaults.
-# Each setting can also be set by environment: VOUCH_<SECTION>_<KEY>, e.g.
-# VOUCH_LISTEN, VOUCH_SECURITY_LOCKOUT_FAILURES, VOUCH_WEBHOOK_URL.
-
-# listen = "127.0.0.1:8443"
-# ops_listen = "127.0.0.1:9464"      # plain HTTP /metrics, /healthz, /readyz without a token; loopback only
-# database_url = "postgres://vouch@db.internal/vouch"   # default: SQLite in the data dir
-# insecure_http = false                                   # plain HTTP, loopback only, for development
-# log_format = "text"                                      # or "json"
-
-[limits]
-# max_concurrent_requests = 512     # gateway API requests in flight; beyond: 503 + Retry-After
-# request_timeout_ms = 10000        # per gateway/admin request; beyond: 503
-# feed_wait_max_ms = 30000          # longest revocation-feed long-poll
-# max_feed_waiters = 10000          # concurrent long-polls; beyond: 503
-# max_requests_per_gateway = 32     # one gateway's requests in flight; beyond: 429 gateway_busy
-# max_feed_waiters_per_gateway = 4  # one gateway's long-polls; beyond: 429 gateway_busy
-
-[security]
-# lockout_failures = 10             # K credential failures ...
-# lockout_window_s = 60             # ... within T seconds → lockout
-# lockout_duration_s = 900
-# replay_retention_s = 2592000      # 30 days of handshake ephemerals
-# clone_action = "alert"            # or "refuse": one live session at a time, clones refused
-# attachment_ttl_s = 3600           # an attach report without a detach expires after this
-# clone_tolerance_ms = 2000         # reported times this close count as the same moment
-
-[audit]
-# first_per_kind = 32               # refusals of one kind written one by one before they are counted
-# summary_interval_s = 60           # ... and the counted ones written as one summary entry this often
-# max_kinds = 4096                  # kinds counted apart per interval; beyond, one per reason and gateway
-# retention_s = 0                   # prune entries older than this (hourly), keeping a signed
-#                                   # checkpoint; 0 keeps everything
-
-[feed]
-# poll_ms = 200                     # how often each instance reads the event log's head
-#                                   # (PostgreSQL: LISTEN/NOTIFY wakes it sooner)
-
-[keys]
-# instance_ttl_s = 10               # an instance silent this long is not live: rotations no longer wait for it
-
-[webhook]
-# url = "https://alerts.example/hook"   # POSTed a JSON body on every alert
-# timeout_ms = 3000
-"#;
+/// The file `init` writes into a new data directory, and the Debian package
+/// installs as `/etc/vouch/backend.toml`: every setting with its default,
+/// commented out.
+pub const TEMPLATE: &str = include_str!("../dist/backend.toml");
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

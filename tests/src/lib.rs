@@ -186,6 +186,16 @@ impl Backend {
     /// `db` (for PostgreSQL, a database `pg_restore` filled), then serves
     /// it. Panics if the restore fails, its audit chain included.
     pub async fn restored(&self, backup: &Path, db: Db) -> (Self, vouch_backend::backup::Restored) {
+        Self::from_backup(backup, db, &self.token).await
+    }
+
+    /// Like [`restored`](Self::restored), from any data directory or backup
+    /// (one an earlier version wrote, say), whose admin token is `token`.
+    pub async fn from_backup(
+        backup: &Path,
+        db: Db,
+        token: &str,
+    ) -> (Self, vouch_backend::backup::Restored) {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let url = match &db {
@@ -195,14 +205,22 @@ impl Backend {
         let restored = vouch_backend::backup::restore(backup, &data, url)
             .await
             .expect("restore");
+        let ca_pem = DataDir::load(&data).expect("load data dir").ca.cert_pem;
+        vouch_backend::install_crypto_provider();
+        let tls = pki::client_config(&ca_pem, None).expect("client config");
+        let admin = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("admin client");
         let mut b = Backend {
             data,
             _dir: dir,
             db,
             port: 0,
-            token: self.token.clone(),
-            ca_pem: self.ca_pem.clone(),
-            admin: self.admin.clone(),
+            token: token.to_owned(),
+            ca_pem,
+            admin,
             running: None,
         };
         b.serve().await;
@@ -493,9 +511,26 @@ impl Gateway {
         Self::start_inner(backend, site, &url, true).await
     }
 
+    /// A gateway enrolled before (an earlier version's, say): its identity
+    /// key and client certificate (PEM), talking to `backend`.
+    pub async fn start_with_identity(backend: &Backend, key_pem: &str, cert_pem: &str) -> Self {
+        let key = IdentityKey::from_pkcs8_pem(key_pem).expect("identity key PEM");
+        Self::build(backend, key, cert_pem.to_owned(), &backend.url(), false).await
+    }
+
     async fn start_inner(backend: &Backend, site: &str, url: &str, persistent: bool) -> Self {
         let key = fresh_key();
         let cert_pem = backend.enroll_gateway(&key.public_key(), site).await;
+        Self::build(backend, key, cert_pem, url, persistent).await
+    }
+
+    async fn build(
+        backend: &Backend,
+        key: IdentityKey,
+        cert_pem: String,
+        url: &str,
+        persistent: bool,
+    ) -> Self {
         let mut g = Gateway {
             key: key.public_key(),
             key_pem: key.to_pkcs8_pem().expect("pem"),
@@ -704,24 +739,34 @@ impl Device {
 
     /// Starts the driver with a given key store (to keep tickets across runs).
     pub async fn run_url(&self, url: &str, store: MemoryKeyStore) -> RunningDevice {
-        let connector = TcpConnector::from_url(url, 247).expect("connector");
-        let config = DriverConfig::default();
-        let (driver, handle, events) = Driver::new(store, connector, config).expect("device");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = driver
-                .run(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        RunningDevice {
-            handle,
-            events,
-            stop: Some(stop),
-            task: Some(task),
-            seen: Vec::new(),
-        }
+        run_device(url, store).await
+    }
+}
+
+/// Starts a device driver with any key store (a [`FileKeyStore`]
+/// (vouch_peripheral::FileKeyStore) a device left on disk, say) against the
+/// gateway at `url`.
+pub async fn run_device<K>(url: &str, store: K) -> RunningDevice
+where
+    K: vouch_peripheral::KeyStore + Send + 'static,
+{
+    let connector = TcpConnector::from_url(url, 247).expect("connector");
+    let config = DriverConfig::default();
+    let (driver, handle, events) = Driver::new(store, connector, config).expect("device");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = driver
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    RunningDevice {
+        handle,
+        events,
+        stop: Some(stop),
+        task: Some(task),
+        seen: Vec::new(),
     }
 }
 
