@@ -32,7 +32,7 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DIST=$ROOT/gateway/dist
-export CARGO_TERM_COLOR=never NO_COLOR=1 RUST_LOG=${RUST_LOG:-info}
+export CARGO_TERM_COLOR=never NO_COLOR=1 VOUCH_LOG=${VOUCH_LOG:-info}
 HOST_TDIR=${CARGO_TARGET_DIR:-/var/cache/vouch-target}
 export VOUCH_AARCH64_TARGET_DIR=${VOUCH_AARCH64_TARGET_DIR:-/var/cache/vouch-target-aarch64}
 A64=$VOUCH_AARCH64_TARGET_DIR/aarch64-unknown-linux-gnu/release
