@@ -30,9 +30,6 @@ pub(super) struct BackupArgs {
     /// The new backup directory (must not exist).
     #[arg(long)]
     to: PathBuf,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// `restore`.
@@ -41,9 +38,6 @@ pub(super) struct RestoreArgs {
     /// The backup directory (`vouch-backend backup --to`).
     #[arg(long)]
     from: PathBuf,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Backs the data directory up while `serve` may be running.
@@ -52,7 +46,7 @@ pub(super) async fn backup(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
     let result = backup::backup(&cli.data_dir, &store, &args.to).await;
     store.close().await;
     let b = result?;
-    if args.json {
+    if cli.json {
         println!("{}", serde_json::to_string(&b)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -82,7 +76,7 @@ pub(super) async fn backup(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
 /// Restores a backup into a new data directory and verifies it.
 pub(super) async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     match backup::restore(&args.from, &cli.data_dir, cli.database_url.as_deref()).await {
-        Ok(r) if args.json => println!("{}", serde_json::to_string(&r)?),
+        Ok(r) if cli.json => println!("{}", serde_json::to_string(&r)?),
         Ok(r) => println!(
             "restored {} into {}: {} files; audit chain intact ({} entries, head {})",
             args.from.display(),

@@ -20,6 +20,7 @@ mod import;
 mod init;
 mod keys;
 mod lockouts;
+mod output;
 mod registry;
 mod serve;
 
@@ -57,6 +58,11 @@ pub(crate) struct Cli {
     /// (postgres://user:pass@host/db).
     #[arg(long, global = true, env = "VOUCH_DATABASE_URL")]
     database_url: Option<String>,
+    /// Print the result as one JSON document (lists: `{"items": [...],
+    /// "next_cursor": ...}`, as the admin API answers) instead of a table or
+    /// `field: value` lines.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
