@@ -251,22 +251,10 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for these settings.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// An environment variable names no setting or holds a bad value.
-    #[error("environment variable {name}: {message}")]
-    Env {
-        /// The variable.
-        name: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The file (at a line and column) or an environment variable does not
+    /// hold these settings.
+    #[error(transparent)]
+    Settings(#[from] vouch_host::config::ConfigError),
 }
 
 /// Environment variables with the prefix that are not settings (they belong
@@ -294,82 +282,27 @@ impl Config {
                 })
             }
         };
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.message().to_owned(),
-        })
+        Ok(vouch_host::config::parse(
+            &path.display().to_string(),
+            &text,
+        )?)
     }
 
-    /// Applies `VOUCH_*` overrides from `vars` (normally `std::env::vars()`).
+    /// Applies `VOUCH_*` overrides from `vars` (normally `std::env::vars()`);
+    /// the variables of the CLI (`VOUCH_DATA_DIR`, `VOUCH_LOG`, …) and of the other
+    /// programs (`VOUCH_GATEWAY_*`, `VOUCH_PERIPHERAL_*`, sharing one
+    /// machine's environment) are not backend settings.
     pub fn apply_env(
         self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(&self) else {
-            return Ok(self);
-        };
-        let mut changed = false;
-        for (name, value) in vars {
-            let Some(rest) = name.strip_prefix("VOUCH_") else {
-                continue;
-            };
-            if NOT_SETTINGS.contains(&name.as_str())
+        let others = |name: &str| {
+            NOT_SETTINGS.contains(&name)
                 || name.starts_with("VOUCH_GATEWAY_")
                 || name.starts_with("VOUCH_PERIPHERAL_")
-            {
-                // Settings of the other programs (a shared environment on one
-                // machine), not unknown backend settings.
-                continue;
-            }
-            let env_err = |message: String| ConfigError::Env {
-                name: name.clone(),
-                message,
-            };
-            let lower = rest.to_ascii_lowercase();
-            // Section keys first (`security_lockout_failures`), then top level.
-            let mut slot = None;
-            for section in ["limits", "security", "audit", "feed", "keys", "webhook"] {
-                if let Some(key) = lower.strip_prefix(&format!("{section}_")) {
-                    slot = Some((Some(section), key.to_owned()));
-                }
-            }
-            let (section, key) = slot.unwrap_or((None, lower.clone()));
-            let target = match section {
-                Some(s) => match table.get_mut(s) {
-                    Some(toml::Value::Table(t)) => t,
-                    _ => return Err(env_err("no such setting".into())),
-                },
-                None => &mut table,
-            };
-            let parsed = match (target.get(&key), key.as_str()) {
-                (Some(toml::Value::Integer(_)), _) => toml::Value::Integer(
-                    value
-                        .parse()
-                        .map_err(|_| env_err(format!("{value:?} is not an integer")))?,
-                ),
-                (Some(toml::Value::Boolean(_)), _) => toml::Value::Boolean(match value.as_str() {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    _ => return Err(env_err(format!("{value:?} is not a boolean"))),
-                }),
-                (Some(toml::Value::String(_)), _)
-                | (None, "database_url" | "url" | "ops_listen") => {
-                    toml::Value::String(value.clone())
-                }
-                _ => return Err(env_err("no such setting".into())),
-            };
-            target.insert(key, parsed);
-            changed = true;
-        }
-        if !changed {
-            return Ok(self);
-        }
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Env {
-                name: "VOUCH_*".into(),
-                message: e.message().to_owned(),
-            })
+        };
+        let which = vouch_host::config::Overlay::new("VOUCH_").ignoring(&others);
+        Ok(vouch_host::config::overlay(self, vars, &which)?)
     }
 }
 
@@ -382,6 +315,20 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_bad_file_is_named_with_its_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backend.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:8443\"\n\n[security]\nlockout_failures = \"ten\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path, true).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:4:20: ", path.display())), "{e}");
+        assert!(e.contains("lockout_failures"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`config`] | [`parse`](config::parse) a settings file (errors at file:line:column), [`overlay`](config::overlay) the environment's overrides |
 //! | [`fs`] | [`AtomicWrite`](fs::AtomicWrite), [`check_private`](fs::check_private), [`sync_dir`](fs::sync_dir), [`remove_temporaries`](fs::remove_temporaries) |
 //! | [`clock`] | [`Clock`](clock::Clock): monotonic time for deadlines, wall time for what survives a restart |
 //! | [`link`] | [`Link`](link::Link), [`LinkError`](link::LinkError), [`push_fragment`](link::push_fragment) |
@@ -29,6 +30,7 @@
 //! | [`tcp`] | [`TcpLink`](tcp::TcpLink): the BLE fragments over TCP, each with a two-byte length |
 
 pub mod clock;
+pub mod config;
 pub mod fs;
 pub mod link;
 pub mod logging;
