@@ -11,57 +11,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// The file `init` writes into a new data directory: every setting with its
-/// default, commented out.
-pub const TEMPLATE: &str = r#"# vouch-backend settings. Every line is optional; shown are the defaults.
-# Each setting can also be set by environment: VOUCH_<SECTION>_<KEY>, e.g.
-# VOUCH_LISTEN, VOUCH_SECURITY_LOCKOUT_FAILURES, VOUCH_WEBHOOK_URL.
-
-# listen = "127.0.0.1:8443"
-# ops_listen = "127.0.0.1:9464"      # plain HTTP /metrics, /healthz, /readyz without a token; loopback only
-# database_url = "postgres://vouch@db.internal/vouch"   # default: SQLite in the data dir
-# insecure_http = false                                   # plain HTTP, loopback only, for development
-# log_format = "text"                                      # or "json"
-
-[limits]
-# max_concurrent_requests = 512     # gateway API requests in flight; beyond: 503 + Retry-After
-# request_timeout_ms = 10000        # per gateway/admin request; beyond: 503
-# feed_wait_max_ms = 30000          # longest revocation-feed long-poll
-# max_feed_waiters = 10000          # concurrent long-polls; beyond: 503
-# max_requests_per_gateway = 32     # one gateway's requests in flight; beyond: 429 gateway_busy
-# max_feed_waiters_per_gateway = 4  # one gateway's long-polls; beyond: 429 gateway_busy
-
-[security]
-# lockout_failures = 10             # K credential failures ...
-# lockout_window_s = 60             # ... within T seconds → lockout
-# lockout_duration_s = 900
-# replay_retention_s = 2592000      # 30 days of handshake ephemerals
-# clone_action = "alert"            # or "refuse": one live session at a time, clones refused
-# attachment_ttl_s = 3600           # an attach report without a detach expires after this
-# clone_tolerance_ms = 2000         # reported times this close count as the same moment
-
-[audit]
-# first_per_kind = 32               # refusals of one kind written one by one before they are counted
-# summary_interval_s = 60           # ... and the counted ones written as one summary entry this often
-# max_kinds = 4096                  # kinds counted apart per interval; beyond, one per reason and gateway
-# retention_s = 0                   # prune entries older than this (hourly), keeping a signed
-#                                   # checkpoint; 0 keeps everything
-
-[feed]
-# poll_ms = 200                     # how often each instance reads the event log's head
-#                                   # (PostgreSQL: LISTEN/NOTIFY wakes it sooner)
-
-[keys]
-# instance_ttl_s = 10               # an instance silent this long is not live: rotations no longer wait for it
-
-[certificates]
-# gateway_lifetime_days = 90        # lifetime of a gateway client certificate, at enrollment and renewal;
-#                                   # gateways renew theirs when a third of it is left
-
-[webhook]
-# url = "https://alerts.example/hook"   # POSTed a JSON body on every alert
-# timeout_ms = 3000
-"#;
+/// The file `init` writes into a new data directory, and the Debian package
+/// installs as `/etc/vouch/backend.toml`: every setting with its default,
+/// commented out.
+pub const TEMPLATE: &str = include_str!("../dist/backend.toml");
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -326,14 +279,6 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for these settings.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
     /// A setting is out of its range.
     #[error("{setting}: {message}")]
     Invalid {
@@ -342,14 +287,10 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// An environment variable names no setting or holds a bad value.
-    #[error("environment variable {name}: {message}")]
-    Env {
-        /// The variable.
-        name: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The file (at a line and column) or an environment variable does not
+    /// hold these settings.
+    #[error(transparent)]
+    Settings(#[from] vouch_host::config::ConfigError),
 }
 
 /// Environment variables with the prefix that are not settings (they belong
@@ -377,10 +318,10 @@ impl Config {
                 })
             }
         };
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.message().to_owned(),
-        })
+        Ok(vouch_host::config::parse(
+            &path.display().to_string(),
+            &text,
+        )?)
     }
 
     /// Checks the settings whose range the type does not bound.
@@ -395,84 +336,21 @@ impl Config {
         Ok(())
     }
 
-    /// Applies `VOUCH_*` overrides from `vars` (normally `std::env::vars()`).
+    /// Applies `VOUCH_*` overrides from `vars` (normally `std::env::vars()`);
+    /// the variables of the CLI (`VOUCH_DATA_DIR`, `VOUCH_LOG`, …) and of the other
+    /// programs (`VOUCH_GATEWAY_*`, `VOUCH_PERIPHERAL_*`, sharing one
+    /// machine's environment) are not backend settings.
     pub fn apply_env(
         self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(&self) else {
-            return Ok(self);
-        };
-        let mut changed = false;
-        for (name, value) in vars {
-            let Some(rest) = name.strip_prefix("VOUCH_") else {
-                continue;
-            };
-            if NOT_SETTINGS.contains(&name.as_str())
+        let others = |name: &str| {
+            NOT_SETTINGS.contains(&name)
                 || name.starts_with("VOUCH_GATEWAY_")
                 || name.starts_with("VOUCH_PERIPHERAL_")
-            {
-                // Settings of the other programs (a shared environment on one
-                // machine), not unknown backend settings.
-                continue;
-            }
-            let env_err = |message: String| ConfigError::Env {
-                name: name.clone(),
-                message,
-            };
-            let lower = rest.to_ascii_lowercase();
-            // Section keys first (`security_lockout_failures`), then top level.
-            let mut slot = None;
-            for section in [
-                "limits",
-                "security",
-                "audit",
-                "feed",
-                "keys",
-                "certificates",
-                "webhook",
-            ] {
-                if let Some(key) = lower.strip_prefix(&format!("{section}_")) {
-                    slot = Some((Some(section), key.to_owned()));
-                }
-            }
-            let (section, key) = slot.unwrap_or((None, lower.clone()));
-            let target = match section {
-                Some(s) => match table.get_mut(s) {
-                    Some(toml::Value::Table(t)) => t,
-                    _ => return Err(env_err("no such setting".into())),
-                },
-                None => &mut table,
-            };
-            let parsed = match (target.get(&key), key.as_str()) {
-                (Some(toml::Value::Integer(_)), _) => toml::Value::Integer(
-                    value
-                        .parse()
-                        .map_err(|_| env_err(format!("{value:?} is not an integer")))?,
-                ),
-                (Some(toml::Value::Boolean(_)), _) => toml::Value::Boolean(match value.as_str() {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    _ => return Err(env_err(format!("{value:?} is not a boolean"))),
-                }),
-                (Some(toml::Value::String(_)), _)
-                | (None, "database_url" | "url" | "ops_listen") => {
-                    toml::Value::String(value.clone())
-                }
-                _ => return Err(env_err("no such setting".into())),
-            };
-            target.insert(key, parsed);
-            changed = true;
-        }
-        if !changed {
-            return Ok(self);
-        }
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Env {
-                name: "VOUCH_*".into(),
-                message: e.message().to_owned(),
-            })
+        };
+        let which = vouch_host::config::Overlay::new("VOUCH_").ignoring(&others);
+        Ok(vouch_host::config::overlay(self, vars, &which)?)
     }
 }
 
@@ -485,6 +363,20 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_bad_file_is_named_with_its_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backend.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:8443\"\n\n[security]\nlockout_failures = \"ten\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path, true).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:4:20: ", path.display())), "{e}");
+        assert!(e.contains("lockout_failures"), "{e}");
     }
 
     #[test]

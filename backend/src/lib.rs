@@ -28,8 +28,8 @@
 //!   [`audit`] (repeated refusals counted into summary entries, retention).
 //! - [`store`]: one storage implementation for SQLite and PostgreSQL, one
 //!   file per aggregate.
-//! - [`datadir`], [`pki`], [`config`], [`import`], [`anchor`]: the
-//!   operator's side. The CLI itself is in the binary (`src/cli/`).
+//! - [`datadir`], [`pki`], [`config`], [`import`], [`anchor`], [`backup`]:
+//!   the operator's side. The CLI itself is in the binary (`src/cli/`).
 //!
 //! ## Example
 //!
@@ -72,6 +72,7 @@ use vouch_proto::keys::PublicKey;
 
 pub mod anchor;
 pub mod audit;
+pub mod backup;
 pub mod budget;
 pub mod config;
 pub mod datadir;

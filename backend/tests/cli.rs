@@ -53,6 +53,24 @@ fn ok(out: &Output) -> String {
     stdout
 }
 
+/// Whether `out` has the line `NAME: VALUE` (a result printed as text).
+fn has_field(out: &str, name: &str, value: &str) -> bool {
+    out.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, v)| k == name && v.trim() == value)
+    })
+}
+
+/// The cells of row `n` of a table (0: the header).
+fn row(out: &str, n: usize) -> Vec<String> {
+    out.lines()
+        .nth(n)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn fails_cleanly(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -103,8 +121,9 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
             "fw=1.0",
         ],
     ));
+    // One form for a result: `field: value` lines.
     assert!(
-        out.contains(&dev.id.to_string()) && out.contains("Created"),
+        has_field(&out, "id", &dev.id.to_string()) && has_field(&out, "outcome", "created"),
         "{out}"
     );
     let out = ok(&cli(
@@ -121,7 +140,7 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
             "fw=1.0",
         ],
     ));
-    assert!(out.contains("Unchanged"), "{out}");
+    assert!(has_field(&out, "outcome", "unchanged"), "{out}");
     // A gateway key as a PEM file.
     let gw = IdentityKey::from_seed(&[100; 32]);
     let gw_pem = tmp.path().join("gw.pub.pem");
@@ -158,21 +177,43 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
             "telemetry,command",
         ],
     ));
+    // Lists are tables with a header row.
     let out = ok(&cli(dir, &db, &["policy", "list"]));
-    assert!(
-        out.contains("group:meters") && out.contains("site:plant") && out.contains("scope=3"),
+    assert_eq!(
+        row(&out, 0),
+        [
+            "ID",
+            "PERIPHERAL",
+            "GATEWAY",
+            "SCOPE",
+            "SESSION_S",
+            "RESUMPTION_S"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        row(&out, 1)[1..6],
+        ["group:meters", "site:plant", "3", "3600", "86400"],
         "{out}"
     );
     let out = ok(&cli(dir, &db, &["list", "peripheral"]));
-    assert!(
-        out.contains(&dev.id.to_string()) && out.contains("fw=1.0"),
+    assert_eq!(
+        row(&out, 0),
+        ["ID", "STATUS", "GROUP", "ATTRIBUTES"],
         "{out}"
     );
+    assert_eq!(
+        row(&out, 1),
+        [dev.id.to_string().as_str(), "active", "meters", "fw=1.0"],
+        "{out}"
+    );
+    // --json: one document, in the admin API's shape.
     let out = ok(&cli(dir, &db, &["list", "gateway", "--json"]));
     let gws: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(gws[0]["site"], "plant");
+    assert_eq!(gws["items"][0]["site"], "plant");
+    assert_eq!(gws["next_cursor"], serde_json::Value::Null);
     let out = ok(&cli(dir, &db, &["show", "peripheral", &dev.id.to_string()]));
-    assert!(out.contains("\"status\": \"active\""), "{out}");
+    assert!(has_field(&out, "status", "active"), "{out}");
     for verb in ["suspend", "reinstate", "revoke"] {
         ok(&cli(dir, &db, &[verb, "peripheral", &dev.id.to_string()]));
     }
@@ -340,6 +381,39 @@ async fn an_invalid_utf8_line_is_reported_and_the_rest_imported(db: Db) {
         assert!(listed.contains(&key(i)), "key {i} not imported: {listed}");
     }
     assert!(!listed.contains(&key(5)));
+
+    // Paging never truncates silently: a limit below the count says where
+    // the rest starts (standard error; `next_cursor` in JSON), a limit that
+    // reaches the end says nothing.
+    let first = cli(dir, &db, &["list", "peripheral", "--limit", "2"]);
+    assert_eq!(ok(&first).lines().count(), 3, "a header and two rows");
+    let hint = String::from_utf8_lossy(&first.stderr).into_owned();
+    let cursor = hint
+        .trim()
+        .strip_prefix("more: next page with --after ")
+        .unwrap_or_else(|| panic!("no next-page hint: {hint}"))
+        .to_owned();
+    let doc: serde_json::Value = serde_json::from_str(&ok(&cli(
+        dir,
+        &db,
+        &["list", "peripheral", "--limit", "2", "--json"],
+    )))
+    .expect("json");
+    assert_eq!(doc["next_cursor"], cursor.as_str());
+    let rest = cli(
+        dir,
+        &db,
+        &["list", "peripheral", "--after", &cursor, "--limit", "2"],
+    );
+    assert_eq!(ok(&rest).lines().count(), 3, "the other two");
+    assert!(
+        rest.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&rest.stderr)
+    );
+    let all = cli(dir, &db, &["list", "peripheral", "--limit", "4"]);
+    assert_eq!(ok(&all).lines().count(), 5);
+    assert!(all.stderr.is_empty(), "no hint when nothing is left");
 }
 
 fn export(dir: &Path, db: &Db) -> AnchorSet {
@@ -1296,14 +1370,13 @@ async fn refusals_counted_before_a_sigterm_are_written_and_audit_prune_keeps_ver
     assert!(server.terminate().success());
 
     let entries = |action: &str| -> Vec<serde_json::Value> {
-        ok(&cli(
+        let doc: serde_json::Value = serde_json::from_str(&ok(&cli(
             dir,
             &db,
             &["audit", "query", "--action", action, "--json"],
-        ))
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
+        )))
+        .expect("one JSON document");
+        doc["items"].as_array().cloned().unwrap_or_default()
     };
     let details = |entries: &[serde_json::Value], reason: &str| -> Vec<String> {
         entries

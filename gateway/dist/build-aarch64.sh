@@ -141,15 +141,15 @@ mkdir -p "$TDIR"
 cd "$ROOT"
 t0=$(date +%s)
 "$CARGO" build --release --locked --target "$TARGET" --target-dir "$TDIR" \
-    -p vouch-gateway -p vouch-peripheral --features vouch-gateway/ble \
-    --bin vouch-gateway --bin vouch-peripheral
+    -p vouch-gateway -p vouch-peripheral -p vouch-backend --features vouch-gateway/ble \
+    --bin vouch-gateway --bin vouch-peripheral --bin vouch-backend
 t1=$(date +%s)
 build_s=$((t1 - t0))
 echo "cross build: ${build_s} s"
 
 # ------------------------------------------------------------------------------ checks
 OUT="$TDIR/$TARGET/release"
-for bin in vouch-gateway vouch-peripheral; do
+for bin in vouch-gateway vouch-peripheral vouch-backend; do
     exe="$OUT/$bin"
     [ -x "$exe" ] || die "$exe was not built"
     file -b "$exe" | grep -q 'ARM aarch64' || die "$exe is not an aarch64 executable: $(file -b "$exe")"

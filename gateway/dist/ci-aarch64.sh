@@ -32,7 +32,7 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DIST=$ROOT/gateway/dist
-export CARGO_TERM_COLOR=never NO_COLOR=1 RUST_LOG=${RUST_LOG:-info}
+export CARGO_TERM_COLOR=never NO_COLOR=1 VOUCH_LOG=${VOUCH_LOG:-info}
 HOST_TDIR=${CARGO_TARGET_DIR:-/var/cache/vouch-target}
 export VOUCH_AARCH64_TARGET_DIR=${VOUCH_AARCH64_TARGET_DIR:-/var/cache/vouch-target-aarch64}
 A64=$VOUCH_AARCH64_TARGET_DIR/aarch64-unknown-linux-gnu/release
@@ -322,9 +322,9 @@ e2e() {
 
     # -- the backend's side: it vouched for this device to this gateway
     "${BACKEND[@]}" --data-dir "$B" audit query --peripheral "$PID_HEX" --action vouch --json \
-        >"$WORK/audit.ndjson" 2>&1
+        >"$WORK/audit.json" 2>&1
     check "backend audit: vouched for $PID_HEX to the aarch64 gateway" \
-        eval "jq -e --arg g '$GWKEY' 'select(.outcome == \"vouched\" and .gateway == \$g)' '$WORK/audit.ndjson' >/dev/null"
+        eval "jq -e --arg g '$GWKEY' '.items[] | select(.outcome == \"vouched\" and .gateway == \$g)' '$WORK/audit.json' >/dev/null"
 
     echo "---- gateway log (aarch64, under qemu)"; sed 's/^/    /' "$WORK/gateway.log"
     echo "---- peripheral log"; sed 's/^/    /' "$WORK/device.log"

@@ -266,31 +266,34 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text, std::env::vars())
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        Self::parse_from(&path.display().to_string(), &text, std::env::vars()).map_err(|e| {
+            // A file error names the file, line and column itself.
+            let e = e.to_string();
+            let origin = path.display().to_string();
+            Error::Config(if e.starts_with(&origin) {
+                e
+            } else {
+                format!("{origin}: {e}")
+            })
+        })
     }
 
-    /// Parses TOML text and applies `env` overrides.
+    /// Parses TOML text and applies `env` overrides (`VOUCH_GATEWAY_*`).
     pub fn parse(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, String> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
-        // Fill defaults first, so every setting has a typed leaf to override.
-        let parsed: Config = value
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
-        let full = toml::Value::try_from(&parsed).map_err(|e| e.to_string())?;
-        merge_missing(&mut value, &full);
-        for (name, raw) in env {
-            if let Some(path) = name.strip_prefix("VOUCH_GATEWAY_") {
-                apply_env(&mut value, path, &raw).map_err(|e| format!("{name}: {e}"))?;
-            }
-        }
-        let config: Config = value
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
+        Self::parse_from("configuration", text, env).map_err(|e| e.to_string())
+    }
+
+    fn parse_from(
+        origin: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let parsed: Config = vouch_host::config::parse(origin, text)?;
+        let which = vouch_host::config::Overlay::new("VOUCH_GATEWAY_");
+        let config = vouch_host::config::overlay(parsed, env, &which)?;
         config.validate()?;
         Ok(config)
     }
@@ -410,64 +413,6 @@ fn is_loopback(host: &url::Host<&str>) -> bool {
         // The URL parser lower-cases domains.
         url::Host::Domain(d) => *d == "localhost",
     }
-}
-
-fn merge_missing(into: &mut toml::Value, defaults: &toml::Value) {
-    if let (toml::Value::Table(a), toml::Value::Table(b)) = (into, defaults) {
-        for (k, v) in b {
-            match a.get_mut(k) {
-                Some(existing) => merge_missing(existing, v),
-                None => {
-                    a.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-}
-
-/// Sets the leaf named by `path` (`SECTION_KEY`, nested sections joined by `_`)
-/// to `raw`, parsed as the leaf's current type.
-fn apply_env(value: &mut toml::Value, path: &str, raw: &str) -> Result<(), String> {
-    let lower = path.to_ascii_lowercase();
-    let toml::Value::Table(table) = value else {
-        return Err("not a table".into());
-    };
-    // Find the longest key that prefixes the remaining path.
-    let mut keys: Vec<String> = table.keys().cloned().collect();
-    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
-    for key in keys {
-        if lower == key {
-            let leaf = table.get_mut(&key).ok_or("missing")?;
-            *leaf = parse_like(leaf, raw)?;
-            return Ok(());
-        }
-        if let Some(rest) = lower.strip_prefix(&format!("{key}_")) {
-            if let Some(sub @ toml::Value::Table(_)) = table.get_mut(&key) {
-                let upper_rest = &path[path.len() - rest.len()..];
-                return apply_env(sub, upper_rest, raw);
-            }
-        }
-    }
-    Err("no such setting".into())
-}
-
-fn parse_like(current: &toml::Value, raw: &str) -> Result<toml::Value, String> {
-    Ok(match current {
-        toml::Value::Integer(_) => toml::Value::Integer(
-            raw.parse()
-                .map_err(|_| format!("{raw:?} is not an integer"))?,
-        ),
-        toml::Value::Boolean(_) => toml::Value::Boolean(
-            raw.parse()
-                .map_err(|_| format!("{raw:?} is not true/false"))?,
-        ),
-        toml::Value::Float(_) => toml::Value::Float(
-            raw.parse()
-                .map_err(|_| format!("{raw:?} is not a number"))?,
-        ),
-        toml::Value::Table(_) | toml::Value::Array(_) => return Err("not a single setting".into()),
-        _ => toml::Value::String(raw.to_string()),
-    })
 }
 
 #[cfg(test)]

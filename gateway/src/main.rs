@@ -76,11 +76,22 @@ fn main() -> Result<()> {
         }
         Command::Run { config } => {
             let config = Config::load(&config)?;
-            init_tracing(config.log.format);
-            tokio::runtime::Builder::new_multi_thread()
+            let json = config.log.format == LogFormat::Json;
+            init_tracing(config.log.format)?;
+            let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .build()?
-                .block_on(run(config))
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(run(config)));
+            match result {
+                // In JSON mode nothing goes to standard error outside the log
+                // format, the reason the daemon stopped included.
+                Err(e) if json => {
+                    tracing::error!(error = format!("{e:#}"), "stopped on an error");
+                    std::process::exit(1)
+                }
+                other => other,
+            }
         }
         Command::Status { config, json } => {
             let config = Config::load(&config)?;
@@ -96,18 +107,12 @@ fn main() -> Result<()> {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: journald and log files get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+fn init_tracing(format: LogFormat) -> Result<()> {
+    let format = match format {
+        LogFormat::Json => vouch_host::logging::Format::Json,
+        LogFormat::Text => vouch_host::logging::Format::Text,
+    };
+    Ok(vouch_host::logging::init(format, "info")?)
 }
 
 fn init(path: &Path) -> Result<()> {

@@ -157,3 +157,68 @@ fn run_says_at_start_what_is_wrong_with_the_client_certificate() {
     );
     assert!(running, "the daemon stopped: {seen:#?}");
 }
+
+/// The packaged example configuration with every path in `dir` and the
+/// given `[log] format`.
+fn config_in(dir: &std::path::Path, format: &str) -> std::path::PathBuf {
+    let example = Command::new(env!("CARGO_BIN_EXE_vouch-gateway"))
+        .arg("example-config")
+        .output()
+        .expect("example-config");
+    let d = dir.display().to_string();
+    let text = String::from_utf8(example.stdout)
+        .expect("utf-8")
+        .replace("/var/lib/vouch-gateway", &d)
+        .replace("/etc/vouch", &d)
+        .replace("/run/vouch-gateway", &d)
+        .replace("format = \"text\"", &format!("format = \"{format}\""));
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Issue 19: in JSON mode every line on standard error is a JSON log
+/// object of the one shape all Vouch binaries write (the message at the top
+/// level), the error that stops the daemon included; `VOUCH_LOG` is the
+/// filter, and a malformed one is an error naming it.
+#[test]
+fn json_logs_have_one_shape_and_vouch_log_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), "json");
+    // No identity key in the directory: the daemon stops at once.
+    let out = Command::new(env!("CARGO_BIN_EXE_vouch-gateway"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("VOUCH_LOG", "debug")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).expect("utf-8");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a log line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert_eq!(last["message"], "stopped on an error", "{stderr}");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("identity.pem")),
+        "{stderr}"
+    );
+    assert!(lines.iter().all(|v| v.get("fields").is_none()), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vouch-gateway"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("VOUCH_LOG", "vouch_gateway=loud")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VOUCH_LOG=\"vouch_gateway=loud\""),
+        "{stderr}"
+    );
+}

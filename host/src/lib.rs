@@ -3,7 +3,8 @@
 //! What the host-side crates of Vouch (the gateway, the reference
 //! peripheral, the backend) share and must not each write again: files
 //! written atomically and durably with the strictest semantics any of them
-//! needs, the check that a file holding a secret is private, the two clocks
+//! needs, the check that a file holding a secret is private, one way to
+//! log, the two clocks
 //! (monotonic and wall), the [`Link`](link::Link) trait every transport
 //! implements and the TCP link (SPEC.md §8.4). The protocol core
 //! (`vouch-proto`) stays free of it: it does no I/O.
@@ -21,12 +22,16 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`config`] | [`parse`](config::parse) a settings file (errors at file:line:column), [`overlay`](config::overlay) the environment's overrides |
 //! | [`fs`] | [`AtomicWrite`](fs::AtomicWrite), [`check_private`](fs::check_private), [`sync_dir`](fs::sync_dir), [`remove_temporaries`](fs::remove_temporaries) |
 //! | [`clock`] | [`Clock`](clock::Clock): monotonic time for deadlines, wall time for what survives a restart |
 //! | [`link`] | [`Link`](link::Link), [`LinkError`](link::LinkError), [`push_fragment`](link::push_fragment) |
+//! | [`logging`] | [`init`](logging::init): `tracing` to standard error, filtered by `VOUCH_LOG`, text or one JSON shape |
 //! | [`tcp`] | [`TcpLink`](tcp::TcpLink): the BLE fragments over TCP, each with a two-byte length |
 
 pub mod clock;
+pub mod config;
 pub mod fs;
 pub mod link;
+pub mod logging;
 pub mod tcp;

@@ -140,7 +140,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if let Err(e) = init_logging(cli.log_format) {
+        eprintln!("error: {}", describe(&e));
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Cmd::Keygen {
             dir,
@@ -181,18 +184,12 @@ fn describe(e: &anyhow::Error) -> String {
     msg
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("VOUCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+fn init_logging(format: LogFormat) -> Result<()> {
+    let format = match format {
+        LogFormat::Json => vouch_host::logging::Format::Json,
+        LogFormat::Text => vouch_host::logging::Format::Text,
+    };
+    Ok(vouch_host::logging::init(format, "info")?)
 }
 
 fn keygen(dir: &Path, id: Option<&str>, group: Option<&str>, attrs: &[String]) -> Result<()> {

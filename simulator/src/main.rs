@@ -133,7 +133,7 @@ struct RunArgs {
     /// report's revocation reach is measured across instances.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     backend_instances: u16,
-    /// Logs as JSON lines on stderr (level from RUST_LOG, default warn).
+    /// Logs as JSON lines on stderr (filter from VOUCH_LOG, default error).
     #[arg(long)]
     json_logs: bool,
     /// No progress bar.
@@ -143,20 +143,13 @@ struct RunArgs {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    if args.json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+    // Quiet by default: the run prints its own progress and summary.
+    let format = if args.json_logs {
+        vouch_host::logging::Format::Json
     } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+        vouch_host::logging::Format::Text
+    };
+    vouch_host::logging::init(format, "error")?;
     let scenario = vouch_simulator::Scenario::load(&args.scenario)?;
     let out = vouch_simulator::run(vouch_simulator::RunOptions {
         scenario,

@@ -385,7 +385,7 @@ impl Scenario {
     /// Parses and checks a scenario; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
         let at = |offset: usize, message: String| {
-            let (line, column) = line_col(text, offset);
+            let (line, column) = vouch_host::config::line_col(text, offset);
             Error::Scenario {
                 origin: origin.to_string(),
                 line,
@@ -480,14 +480,6 @@ impl Event {
     }
 }
 
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,11 +490,5 @@ mod tests {
             let s = Scenario::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(&s.name, name);
         }
-    }
-
-    #[test]
-    fn line_and_column_are_one_based() {
-        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
-        assert_eq!(line_col("abc", 0), (1, 1));
     }
 }

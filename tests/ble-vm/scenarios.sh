@@ -117,7 +117,7 @@ exec 2>&3 3>&-
 # (every authenticated message, one JSON object per line, appended to
 # $OUT/messages.ndjson)
 start_gateway() {
-    RUST_LOG=${RUST_LOG:-info,vouch_gateway::transport=debug} $G run --config "$1" > "$2" 2>&1 &
+    VOUCH_LOG=${VOUCH_LOG:-info,vouch_gateway::transport=debug} $G run --config "$1" > "$2" 2>&1 &
     GW=$!; PIDS="$PIDS $GW"
     wait_for 60 has "$2" "BLE central scanning" || return 1
     wait_for 30 test -S $SOCK || return 1

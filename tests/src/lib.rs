@@ -108,7 +108,10 @@ impl Db {
 
 /// The real backend, serving HTTPS on 127.0.0.1.
 pub struct Backend {
-    dir: tempfile::TempDir,
+    /// Removed with the backend.
+    _dir: tempfile::TempDir,
+    /// The data directory: the temporary directory, or a directory in it.
+    data: std::path::PathBuf,
     db: Db,
     port: u16,
     token: String,
@@ -140,7 +143,8 @@ impl Backend {
             .build()
             .expect("admin client");
         let mut b = Backend {
-            dir,
+            data: dir.path().to_owned(),
+            _dir: dir,
             db,
             port: 0,
             token: admin_token.to_string(),
@@ -156,9 +160,10 @@ impl Backend {
     /// `serve` processes on one PostgreSQL).
     pub async fn second_instance(&self) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(self.dir.path(), dir.path());
+        copy_dir(&self.data, dir.path());
         let mut b = Backend {
-            dir,
+            data: dir.path().to_owned(),
+            _dir: dir,
             db: self.db.clone(),
             port: 0,
             token: self.token.clone(),
@@ -170,8 +175,69 @@ impl Backend {
         b
     }
 
+    /// `vouch-backend backup --to dest` while this backend serves.
+    pub async fn backup(&self, dest: &Path) -> vouch_backend::backup::Backup {
+        let (_, _, state) = self.running.as_ref().expect("the backend is running");
+        vouch_backend::backup::backup(&self.data, &state.store, dest)
+            .await
+            .expect("backup")
+    }
+
+    /// `vouch-backend restore --from backup` into a new data directory on
+    /// `db` (for PostgreSQL, a database `pg_restore` filled), then serves
+    /// it. Panics if the restore fails, its audit chain included.
+    pub async fn restored(&self, backup: &Path, db: Db) -> (Self, vouch_backend::backup::Restored) {
+        Self::from_backup(backup, db, &self.token).await
+    }
+
+    /// Like [`restored`](Self::restored), from any data directory or backup
+    /// (one an earlier version wrote, say), whose admin token is `token`.
+    pub async fn from_backup(
+        backup: &Path,
+        db: Db,
+        token: &str,
+    ) -> (Self, vouch_backend::backup::Restored) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let url = match &db {
+            Db::Sqlite => None,
+            Db::Postgres(u) => Some(u.as_str()),
+        };
+        let restored = vouch_backend::backup::restore(backup, &data, url)
+            .await
+            .expect("restore");
+        let ca_pem = DataDir::load(&data).expect("load data dir").ca.cert_pem;
+        vouch_backend::install_crypto_provider();
+        let tls = pki::client_config(&ca_pem, None).expect("client config");
+        let admin = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("admin client");
+        let mut b = Backend {
+            data,
+            _dir: dir,
+            db,
+            port: 0,
+            token: token.to_owned(),
+            ca_pem,
+            admin,
+            running: None,
+        };
+        b.serve().await;
+        (b, restored)
+    }
+
+    /// The database URL of this backend.
+    pub fn database_url(&self) -> String {
+        match &self.db {
+            Db::Sqlite => datadir::sqlite_url(&self.data),
+            Db::Postgres(u) => u.clone(),
+        }
+    }
+
     async fn serve(&mut self) {
-        let data = DataDir::load(self.dir.path()).expect("load data dir");
+        let data = DataDir::load(&self.data).expect("load data dir");
         let (cert, key) = data.server_tls().expect("server TLS");
         let ca_pem = data.ca.cert_pem.clone();
         let url = match &self.db {
@@ -318,7 +384,7 @@ impl Backend {
     /// gateways at once.
     pub async fn rotate_key(&self) -> AnchorUpdate {
         let state = self.state();
-        let data = DataDir::load(self.dir.path()).expect("load data dir");
+        let data = DataDir::load(&self.data).expect("load data dir");
         let rotation = vouch_backend::keyring::rotate(&data, &state.store, "test")
             .await
             .expect("rotate");
@@ -331,7 +397,7 @@ impl Backend {
     /// Backend key pair `kid` as its files in the data directory hold it:
     /// what a thief of that host's disk has (attack tests).
     pub fn danger_steal_key(&self, kid: vouch_proto::keys::KeyId) -> BackendKeys {
-        datadir::load_key_pair(self.dir.path(), kid)
+        datadir::load_key_pair(&self.data, kid)
             .expect("read the key files")
             .expect("the key pair is in the data directory")
     }
@@ -340,7 +406,7 @@ impl Backend {
     /// to issue certificates the backend would not (expired ones, for the
     /// tests of what a gateway says about them).
     pub fn danger_ca(&self) -> pki::CaMaterial {
-        DataDir::load(self.dir.path())
+        DataDir::load(&self.data)
             .expect("load the data directory")
             .ca
     }
@@ -461,9 +527,26 @@ impl Gateway {
         Self::start_inner(backend, site, &url, true).await
     }
 
+    /// A gateway enrolled before (an earlier version's, say): its identity
+    /// key and client certificate (PEM), talking to `backend`.
+    pub async fn start_with_identity(backend: &Backend, key_pem: &str, cert_pem: &str) -> Self {
+        let key = IdentityKey::from_pkcs8_pem(key_pem).expect("identity key PEM");
+        Self::build(backend, key, cert_pem.to_owned(), &backend.url(), false).await
+    }
+
     async fn start_inner(backend: &Backend, site: &str, url: &str, persistent: bool) -> Self {
         let key = fresh_key();
         let cert_pem = backend.enroll_gateway(&key.public_key(), site).await;
+        Self::build(backend, key, cert_pem, url, persistent).await
+    }
+
+    async fn build(
+        backend: &Backend,
+        key: IdentityKey,
+        cert_pem: String,
+        url: &str,
+        persistent: bool,
+    ) -> Self {
         let mut g = Gateway {
             key: key.public_key(),
             key_pem: key.to_pkcs8_pem().expect("pem"),
@@ -627,6 +710,16 @@ impl Gateway {
             .expect("the gateway has run")
     }
 
+    /// Stops and starts again on the same port, talking to `backend` (a
+    /// backend restored from a backup, on the same CA) with the same
+    /// identity and client certificate.
+    pub async fn move_to(&mut self, backend: &Backend) {
+        self.stop().await;
+        self.backend_url = backend.url();
+        self.ca_pem = backend.ca_pem().to_string();
+        self.serve().await;
+    }
+
     /// Live sessions with `id`.
     pub fn has_session(&self, id: &PeripheralId) -> bool {
         self.table
@@ -698,24 +791,34 @@ impl Device {
 
     /// Starts the driver with a given key store (to keep tickets across runs).
     pub async fn run_url(&self, url: &str, store: MemoryKeyStore) -> RunningDevice {
-        let connector = TcpConnector::from_url(url, 247).expect("connector");
-        let config = DriverConfig::default();
-        let (driver, handle, events) = Driver::new(store, connector, config).expect("device");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = driver
-                .run(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        RunningDevice {
-            handle,
-            events,
-            stop: Some(stop),
-            task: Some(task),
-            seen: Vec::new(),
-        }
+        run_device(url, store).await
+    }
+}
+
+/// Starts a device driver with any key store (a [`FileKeyStore`]
+/// (vouch_peripheral::FileKeyStore) a device left on disk, say) against the
+/// gateway at `url`.
+pub async fn run_device<K>(url: &str, store: K) -> RunningDevice
+where
+    K: vouch_peripheral::KeyStore + Send + 'static,
+{
+    let connector = TcpConnector::from_url(url, 247).expect("connector");
+    let config = DriverConfig::default();
+    let (driver, handle, events) = Driver::new(store, connector, config).expect("device");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = driver
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    RunningDevice {
+        handle,
+        events,
+        stop: Some(stop),
+        task: Some(task),
+        seen: Vec::new(),
     }
 }
 

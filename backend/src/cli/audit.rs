@@ -6,9 +6,11 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use vouch_backend::datadir::{self, DataDir};
 use vouch_backend::registry::audit_filter;
-use vouch_backend::store::{now_ms, AuditEntry, AuditVerdict, CheckpointKey, Rfc3339, Store};
+use vouch_backend::store::{
+    now_ms, AuditEntry, AuditVerdict, CheckpointKey, Rfc3339, Store, MAX_PAGE,
+};
 
-use super::{api, open_store, Cli, CLI_ACTOR};
+use super::{api, open_store, output, Cli, CLI_ACTOR};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum AuditCmd {
@@ -32,12 +34,11 @@ pub(super) enum AuditCmd {
         /// After this sequence number (cursor).
         #[arg(long)]
         after: Option<i64>,
-        /// Page size.
+        /// Most entries to print (read page after page; when more remain,
+        /// the cursor of the next page is printed on standard error, and
+        /// with --json as `next_cursor`).
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Recompute the hash chain (from the signed checkpoint if entries were
     /// pruned, checked with ca.pem); exit 1 and name the first broken link if
@@ -67,31 +68,50 @@ pub(super) async fn audit(cli: &Cli, cmd: &AuditCmd) -> Result<ExitCode> {
             until,
             after,
             limit,
-            json,
         } => {
-            let f = audit_filter(
-                peripheral.clone(),
-                gateway.clone(),
-                action.clone(),
-                since.as_deref(),
-                until.as_deref(),
-                *after,
+            let filter = |after: Option<i64>, limit: u32| {
+                audit_filter(
+                    peripheral.clone(),
+                    gateway.clone(),
+                    action.clone(),
+                    since.as_deref(),
+                    until.as_deref(),
+                    after,
+                    limit,
+                )
+                .map_err(api)
+            };
+            // Bad filters are refused before anything is read.
+            filter(*after, 1)?;
+            let (items, next) = output::collect(
                 *limit,
+                MAX_PAGE,
+                *after,
+                |e: &AuditEntry| e.seq,
+                |after, limit| {
+                    let f = filter(after, limit);
+                    let store = &store;
+                    async move { store.audit_query(&f?).await.map_err(api) }
+                },
             )
-            .map_err(api)?;
-            let items = store.audit_query(&f).await.map_err(api)?;
-            for e in &items {
-                if *json {
-                    println!("{}", serde_json::to_string(e)?);
-                } else {
-                    print_entry(e);
-                }
-            }
-            if items.len() == *limit as usize {
-                if let Some(last) = items.last() {
-                    eprintln!("next page: --after {}", last.seq);
-                }
-            }
+            .await?;
+            output::page(
+                cli.json,
+                &items,
+                next.map(|c| c.to_string()),
+                &[
+                    "seq",
+                    "time",
+                    "action",
+                    "outcome",
+                    "reason",
+                    "actor",
+                    "peripheral",
+                    "gateway",
+                    "detail",
+                ],
+                entry_row,
+            )?;
             ExitCode::SUCCESS
         }
         AuditCmd::Verify => verify(cli, &store).await?,
@@ -105,22 +125,24 @@ pub(super) async fn audit(cli: &Cli, cmd: &AuditCmd) -> Result<ExitCode> {
 }
 
 /// One entry as a line of text.
-fn print_entry(e: &AuditEntry) {
-    println!(
-        "{:>8}  {}  {:<18} {:<8} {:<22} {:<26} peripheral={} gateway={} {}",
-        e.seq,
-        e.at,
-        e.action,
-        e.outcome,
-        e.reason,
-        e.actor.chars().take(26).collect::<String>(),
-        e.peripheral.as_deref().unwrap_or("-"),
-        e.gateway
-            .as_deref()
-            .map(|g| &g[..g.len().min(16)])
-            .unwrap_or("-"),
-        e.detail
-    );
+/// One entry as a table row (the gateway key shortened to 16 digits).
+fn entry_row(e: &AuditEntry) -> Vec<String> {
+    vec![
+        e.seq.to_string(),
+        e.at.to_string(),
+        e.action.clone(),
+        e.outcome.clone(),
+        output::cell(Some(&e.reason)),
+        e.actor.clone(),
+        output::cell(e.peripheral.as_deref()),
+        output::cell(
+            e.gateway
+                .as_ref()
+                .map(|g| g.chars().take(16).collect::<String>())
+                .as_deref(),
+        ),
+        e.detail.clone(),
+    ]
 }
 
 /// Recomputes the chain; exit 1 if it is broken.

@@ -50,11 +50,7 @@ successor devices hold a commitment to; current; retired: replaced by a rotation
 purged), when it was created, the serials of the rotations that made it current and replaced it, \
 whether its private key is in this data directory, and its public keys. Never prints a private key."
     )]
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Rotate to the committed next key (signed `Rotate`), and create the key it commits to.
     #[command(
         long_about = "Reveal the committed next key (see `keys list`) to peripherals with the anchor \
@@ -136,9 +132,9 @@ pub(super) async fn keys(cli: &Cli, cmd: &KeysCmd) -> Result<ExitCode> {
 
 async fn keys_on(cli: &Cli, cmd: &KeysCmd, data: &DataDir, store: &Store) -> Result<()> {
     match cmd {
-        KeysCmd::List { json } => {
+        KeysCmd::List => {
             let status = keyring::status(data, store).await?;
-            if *json {
+            if cli.json {
                 print_status_json(&status)
             } else {
                 print_status(&status);

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use vouch_backend::store::{now_ms, Rfc3339};
 
-use super::{api, open_store, Cli, CLI_ACTOR};
+use super::{api, open_store, output, Cli, CLI_ACTOR};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum LockoutCmd {
@@ -24,13 +24,25 @@ pub(super) async fn lockouts(cli: &Cli, cmd: &LockoutCmd) -> Result<ExitCode> {
     let store = open_store(cli).await?;
     match cmd {
         LockoutCmd::List => {
-            for (s, until) in store.active_lockouts(now_ms()).await.map_err(api)? {
-                println!("{s}  until {}", Rfc3339(until));
-            }
+            let items: Vec<serde_json::Value> = store
+                .active_lockouts(now_ms())
+                .await
+                .map_err(api)?
+                .into_iter()
+                .map(|(subject, until)| {
+                    serde_json::json!({ "subject": subject, "until": Rfc3339(until).to_string() })
+                })
+                .collect();
+            output::page(cli.json, &items, None, &["subject", "until"], |v| {
+                vec![
+                    v["subject"].as_str().unwrap_or("-").to_owned(),
+                    v["until"].as_str().unwrap_or("-").to_owned(),
+                ]
+            })?;
         }
         LockoutCmd::Clear { subject } => {
             store.clear_lockout(subject, CLI_ACTOR).await.map_err(api)?;
-            println!("cleared {subject}");
+            output::record(cli.json, &serde_json::json!({ "cleared": subject }))?;
         }
     }
     store.close().await;

@@ -13,12 +13,15 @@
 //! | `lockouts.rs` | `lockouts list`, `lockouts clear` |
 //! | `keys.rs` | `keys list`, `keys rotate`, `keys purge`, `export-anchor` |
 //! | `server_cert.rs` | `server-cert reissue` |
+//! | `backup.rs` | `backup`, `restore` |
 
 mod audit;
+mod backup;
 mod import;
 mod init;
 mod keys;
 mod lockouts;
+mod output;
 mod registry;
 mod serve;
 mod server_cert;
@@ -58,6 +61,11 @@ pub(crate) struct Cli {
     /// (postgres://user:pass@host/db).
     #[arg(long, global = true, env = "VOUCH_DATABASE_URL")]
     database_url: Option<String>,
+    /// Print the result as one JSON document (lists: `{"items": [...],
+    /// "next_cursor": ...}`, as the admin API answers) instead of a table or
+    /// `field: value` lines.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,6 +123,12 @@ update. A device flashed with it starts current; export it again after every `ke
     /// Reissue the server certificate (new names, fresh validity) from the same CA.
     #[command(subcommand)]
     ServerCert(server_cert::ServerCertCmd),
+    /// Back the data directory up while the backend serves (SQLite registry included).
+    #[command(long_about = backup::BACKUP_HELP)]
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory and verify its audit chain.
+    #[command(long_about = backup::RESTORE_HELP)]
+    Restore(backup::RestoreArgs),
 }
 
 /// Runs one command.
@@ -137,6 +151,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ExportAnchor(args) => keys::export_anchor(&cli, args).await,
         Command::Keys(cmd) => keys::keys(&cli, cmd).await,
         Command::ServerCert(cmd) => server_cert::server_cert(&cli, cmd),
+        Command::Backup(args) => backup::backup(&cli, args).await,
+        Command::Restore(args) => backup::restore(&cli, args).await,
     }
 }
 

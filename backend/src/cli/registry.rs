@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use vouch_backend::datadir::{self, DataDir};
-use vouch_backend::model::{PeripheralRecord, Status};
+use vouch_backend::model::{GatewayRecord, PeripheralRecord, Status};
 use vouch_backend::registry::{self, EnrollGateway, EnrollPeripheral, NewPolicy};
-use vouch_backend::store::{GatewayFilter, PeripheralFilter, Store};
+use vouch_backend::store::{EnrollOutcome, GatewayFilter, PeripheralFilter, Store, MAX_PAGE};
 use vouch_proto::keys::{PeripheralId, PublicKey};
 
-use super::{api, format_ms, open_store, read_key_arg, settings, Cli, CLI_ACTOR};
+use super::{api, format_ms, open_store, output, read_key_arg, settings, Cli, CLI_ACTOR};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum Enroll {
@@ -88,12 +88,11 @@ pub(super) struct ListArgs {
     /// Start after this cursor (printed at the end of the previous page).
     #[arg(long)]
     after: Option<String>,
-    /// Page size.
+    /// Most rows to print (read page after page; when more remain, the
+    /// cursor of the next page is printed on standard error, and with
+    /// --json as `next_cursor`).
     #[arg(long, default_value_t = 100)]
     limit: u32,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 // The flags of `show`.
@@ -165,7 +164,10 @@ pub(super) async fn enroll(cli: &Cli, e: &Enroll) -> Result<ExitCode> {
             let (id, outcome) = registry::enroll_peripheral(&store, &req, CLI_ACTOR)
                 .await
                 .map_err(api)?;
-            println!("{id} {outcome:?}");
+            output::record(
+                cli.json,
+                &serde_json::json!({ "id": id.to_string(), "outcome": outcome_name(outcome) }),
+            )?;
         }
         Enroll::Gateway {
             public_key,
@@ -200,26 +202,38 @@ async fn enroll_gateway(
     let answer = registry::enroll_gateway(store, &data.ca, lifetime, req, CLI_ACTOR)
         .await
         .map_err(api)?;
-    eprintln!("gateway {} {:?}", answer.gateway.public_key, answer.outcome);
-    if let Some(ms) = answer.gateway.certificate_expires_ms {
-        eprintln!(
-            "certificate valid until {} (the gateway renews it itself)",
-            format_ms(ms)
-        );
-    }
+    let ca = cli.data_dir.join(datadir::files::CA);
+    let mut result = serde_json::json!({
+        "gateway": answer.gateway.public_key.to_string(),
+        "outcome": outcome_name(answer.outcome),
+        "pin": ca.display().to_string(),
+        // The gateway renews it itself, well before.
+        "certificate_expires": answer.gateway.certificate_expires_ms.map(format_ms),
+    });
     match out {
         Some(p) => {
             std::fs::write(p, &answer.certificate_pem)
                 .with_context(|| format!("cannot write {}", p.display()))?;
-            eprintln!(
-                "certificate written to {}; pin {}",
-                p.display(),
-                cli.data_dir.join(datadir::files::CA).display()
-            );
+            result["certificate_file"] = p.display().to_string().into();
+            output::record(cli.json, &result)
         }
-        None => print!("{}", answer.certificate_pem),
+        // The certificate is the output (to redirect into a file); the rest
+        // is said on standard error, unless JSON holds it all.
+        None if cli.json => {
+            result["certificate_pem"] = answer.certificate_pem.clone().into();
+            output::record(true, &result)
+        }
+        None => {
+            eprintln!(
+                "gateway {} {}; pin {}",
+                answer.gateway.public_key,
+                outcome_name(answer.outcome),
+                ca.display()
+            );
+            print!("{}", answer.certificate_pem);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// Lists peripherals or gateways, a page at a time.
@@ -231,107 +245,137 @@ pub(super) async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
         .map(|s| Status::parse(s).context("status: pending, active, suspended, revoked"))
         .transpose()?;
     match args.what {
-        Kind::Peripheral => list_peripherals(&store, args, status).await?,
-        Kind::Gateway => list_gateways(&store, args, status).await?,
+        Kind::Peripheral => list_peripherals(&store, args, status, cli.json).await?,
+        Kind::Gateway => list_gateways(&store, args, status, cli.json).await?,
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list_peripherals(store: &Store, args: &ListArgs, status: Option<Status>) -> Result<()> {
-    let f = PeripheralFilter {
-        status,
-        group: args.group.clone(),
-        after: args
-            .after
-            .as_deref()
-            .map(|a| PeripheralId::from_hex(a).context("the cursor is a peripheral id"))
-            .transpose()?,
-        limit: args.limit,
-    };
-    let items = store.list_peripherals(&f).await.map_err(api)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
-    } else {
-        for p in &items {
-            print_peripheral_line(p);
-        }
-    }
-    if items.len() == args.limit as usize {
-        if let Some(last) = items.last() {
-            eprintln!("next page: --after {}", last.id);
-        }
-    }
-    Ok(())
+async fn list_peripherals(
+    store: &Store,
+    args: &ListArgs,
+    status: Option<Status>,
+    json: bool,
+) -> Result<()> {
+    let after = args
+        .after
+        .as_deref()
+        .map(|a| PeripheralId::from_hex(a).context("the cursor is a peripheral id"))
+        .transpose()?;
+    let (items, next) = output::collect(
+        args.limit,
+        MAX_PAGE,
+        after,
+        |p: &PeripheralRecord| p.id,
+        |after, limit| {
+            let f = PeripheralFilter {
+                status,
+                group: args.group.clone(),
+                after,
+                limit,
+            };
+            async move { store.list_peripherals(&f).await.map_err(api) }
+        },
+    )
+    .await?;
+    output::page(
+        json,
+        &items,
+        next.map(|c| c.to_string()),
+        &["id", "status", "group", "attributes"],
+        |p| {
+            let attrs: Vec<String> = p
+                .attributes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            vec![
+                p.id.to_string(),
+                p.status.to_string(),
+                output::cell(p.group.as_deref()),
+                output::cell(Some(&attrs.join(";"))),
+            ]
+        },
+    )
 }
 
-async fn list_gateways(store: &Store, args: &ListArgs, status: Option<Status>) -> Result<()> {
-    let f = GatewayFilter {
-        status,
-        group: args.group.clone(),
-        site: args.site.clone(),
-        after: args
-            .after
-            .as_deref()
-            .map(|a| PublicKey::from_hex(a).context("the cursor is a gateway key"))
-            .transpose()?,
-        limit: args.limit,
-    };
-    let items = store.list_gateways(&f).await.map_err(api)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
-    } else {
-        for g in &items {
-            println!(
-                "{}  {:<9}  name={}  group={}  site={}  certificate_expires={}",
-                g.public_key,
-                g.status,
-                g.name.as_deref().unwrap_or("-"),
-                g.group.as_deref().unwrap_or("-"),
-                g.site.as_deref().unwrap_or("-"),
+async fn list_gateways(
+    store: &Store,
+    args: &ListArgs,
+    status: Option<Status>,
+    json: bool,
+) -> Result<()> {
+    let after = args
+        .after
+        .as_deref()
+        .map(|a| PublicKey::from_hex(a).context("the cursor is a gateway key"))
+        .transpose()?;
+    let (items, next) = output::collect(
+        args.limit,
+        MAX_PAGE,
+        after,
+        |g: &GatewayRecord| g.public_key,
+        |after, limit| {
+            let f = GatewayFilter {
+                status,
+                group: args.group.clone(),
+                site: args.site.clone(),
+                after,
+                limit,
+            };
+            async move { store.list_gateways(&f).await.map_err(api) }
+        },
+    )
+    .await?;
+    output::page(
+        json,
+        &items,
+        next.map(|c| c.to_string()),
+        &[
+            "public_key",
+            "status",
+            "name",
+            "group",
+            "site",
+            "certificate_expires",
+        ],
+        |g| {
+            vec![
+                g.public_key.to_string(),
+                g.status.to_string(),
+                output::cell(g.name.as_deref()),
+                output::cell(g.group.as_deref()),
+                output::cell(g.site.as_deref()),
                 g.certificate_expires_ms
-                    .map_or_else(|| "-".to_owned(), format_ms)
-            );
-        }
-    }
-    if items.len() == args.limit as usize {
-        if let Some(last) = items.last() {
-            eprintln!("next page: --after {}", last.public_key);
-        }
-    }
-    Ok(())
+                    .map_or_else(|| "-".to_owned(), format_ms),
+            ]
+        },
+    )
 }
 
-fn print_peripheral_line(p: &PeripheralRecord) {
-    let attrs: Vec<String> = p
-        .attributes
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    println!(
-        "{}  {:<9}  group={}  {}",
-        p.id,
-        p.status,
-        p.group.as_deref().unwrap_or("-"),
-        attrs.join(";")
-    );
+/// The name of an enrollment's outcome, as the admin API writes it.
+fn outcome_name(o: EnrollOutcome) -> &'static str {
+    match o {
+        EnrollOutcome::Created => "created",
+        EnrollOutcome::Unchanged => "unchanged",
+    }
 }
 
-/// Shows one peripheral or gateway as JSON.
+/// Shows one peripheral or gateway.
 pub(super) async fn show(cli: &Cli, args: &ShowArgs) -> Result<ExitCode> {
     let store = open_store(cli).await?;
     let id = &args.id;
-    let json = match args.what {
+    match args.what {
         Kind::Peripheral => {
             let id = PeripheralId::from_hex(id).context("a peripheral id is 16 hex digits")?;
-            serde_json::to_string_pretty(&store.peripheral(&id).await.map_err(api)?)?
+            output::record(cli.json, &store.peripheral(&id).await.map_err(api)?)?;
         }
         Kind::Gateway => {
             let key = PublicKey::from_hex(id).context("a gateway key is 64 hex digits")?;
-            serde_json::to_string_pretty(&store.gateway(&key).await.map_err(api)?)?
+            output::record(cli.json, &store.gateway(&key).await.map_err(api)?)?;
         }
-    };
-    println!("{json}");
+    }
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -340,27 +384,24 @@ pub(super) async fn show(cli: &Cli, args: &ShowArgs) -> Result<ExitCode> {
 pub(super) async fn transition(cli: &Cli, t: &Target, verb: &str) -> Result<ExitCode> {
     let store = open_store(cli).await?;
     let tr = registry::parse_transition(verb).map_err(api)?;
-    let json = match t.what {
+    match t.what {
         Kind::Peripheral => {
             let id = PeripheralId::from_hex(&t.id).context("a peripheral id is 16 hex digits")?;
-            serde_json::to_string(
-                &store
-                    .transition_peripheral(&id, tr, CLI_ACTOR)
-                    .await
-                    .map_err(api)?,
-            )?
+            let r = store
+                .transition_peripheral(&id, tr, CLI_ACTOR)
+                .await
+                .map_err(api)?;
+            output::record(cli.json, &r)?;
         }
         Kind::Gateway => {
             let key = PublicKey::from_hex(&t.id).context("a gateway key is 64 hex digits")?;
-            serde_json::to_string(
-                &store
-                    .transition_gateway(&key, tr, CLI_ACTOR)
-                    .await
-                    .map_err(api)?,
-            )?
+            let r = store
+                .transition_gateway(&key, tr, CLI_ACTOR)
+                .await
+                .map_err(api)?;
+            output::record(cli.json, &r)?;
         }
-    };
-    println!("{json}");
+    }
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -378,7 +419,7 @@ pub(super) async fn associate(cli: &Cli, args: &AssociateArgs) -> Result<ExitCod
     let rule = registry::add_policy(&store, &rule, CLI_ACTOR)
         .await
         .map_err(api)?;
-    println!("{}", serde_json::to_string_pretty(&rule)?);
+    output::record(cli.json, &rule)?;
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -388,21 +429,34 @@ pub(super) async fn policy(cli: &Cli, cmd: &PolicyCmd) -> Result<ExitCode> {
     let store = open_store(cli).await?;
     match cmd {
         PolicyCmd::List => {
-            for r in store.list_policies().await.map_err(api)? {
-                println!(
-                    "{:>5}  {}  ->  {}  scope={} session_s={} resumption_s={}",
-                    r.id,
-                    r.peripheral,
-                    r.gateway,
-                    r.scope.0,
-                    r.lifetimes.session_s,
-                    r.lifetimes.resumption_s
-                );
-            }
+            let rules = store.list_policies().await.map_err(api)?;
+            output::page(
+                cli.json,
+                &rules,
+                None,
+                &[
+                    "id",
+                    "peripheral",
+                    "gateway",
+                    "scope",
+                    "session_s",
+                    "resumption_s",
+                ],
+                |r| {
+                    vec![
+                        r.id.to_string(),
+                        r.peripheral.to_string(),
+                        r.gateway.to_string(),
+                        r.scope.0.to_string(),
+                        r.lifetimes.session_s.to_string(),
+                        r.lifetimes.resumption_s.to_string(),
+                    ]
+                },
+            )?;
         }
         PolicyCmd::Remove { id } => {
             store.remove_policy(*id, CLI_ACTOR).await.map_err(api)?;
-            println!("removed rule {id}");
+            output::record(cli.json, &serde_json::json!({ "removed_rule": id }))?;
         }
     }
     store.close().await;

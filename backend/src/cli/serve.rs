@@ -42,18 +42,12 @@ pub(super) enum LogFormatArg {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VOUCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: journald and log files get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+fn init_logging(format: LogFormat) -> Result<()> {
+    let format = match format {
+        LogFormat::Json => vouch_host::logging::Format::Json,
+        LogFormat::Text => vouch_host::logging::Format::Text,
+    };
+    Ok(vouch_host::logging::init(format, "info")?)
 }
 
 /// The listeners' addresses, checked: the main one, and the operations
@@ -67,7 +61,7 @@ struct Addresses {
 /// audit summaries and closes the store.
 pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
     let config = settings(cli, args)?;
-    init_logging(config.log_format);
+    init_logging(config.log_format)?;
     let addrs = addresses(&config)?;
     let (state, store, transport) = start(cli, &config).await?;
     let listener = tokio::net::TcpListener::bind(addrs.listen)

@@ -127,6 +127,12 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The operation exists only for SQLite (a file copy of the database).
+    #[error("only an SQLite registry can be copied this way; back PostgreSQL up with pg_dump")]
+    NotSqlite,
+    /// A file name SQLite cannot be given (it is not UTF-8).
+    #[error("{0:?} is not a UTF-8 path")]
+    NonUtf8Path(std::path::PathBuf),
 }
 
 /// What an enrollment or a policy conflicts with.
@@ -316,6 +322,24 @@ impl Store {
             wrote_events: false,
             engine: self.engine,
         })
+    }
+
+    /// SQLite: writes a consistent copy of the whole database to the new
+    /// file `path` (`VACUUM INTO`: one read transaction, so every row is
+    /// from the same instant, while writers carry on). PostgreSQL has no
+    /// such statement: [`StoreError::NotSqlite`] (its copy is `pg_dump`'s).
+    pub async fn snapshot_into(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        if self.engine != Engine::Sqlite {
+            return Err(StoreError::NotSqlite);
+        }
+        let path = path
+            .to_str()
+            .ok_or_else(|| StoreError::NonUtf8Path(path.to_owned()))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(path)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Deletes replay entries, lockouts and attachments that have expired.
