@@ -43,3 +43,14 @@ chmod 600 "$work/openssl.pem"
 read_back=$("$BIN/vouch-gateway" init --key "$work/openssl.pem" | awk '/^public key:/ { print $3 }')
 [ "$read_back" = "$(openssl_public_hex "$work/openssl.pem")" ] || { echo "FAIL: vouch-gateway reads another public key from openssl's key"; exit 1; }
 echo "openssl genpkey ed25519: vouch-gateway reads it, same public key"
+
+# An X25519 sealing key OpenSSL made, read by the backend: `keys list` shows
+# the public value OpenSSL computes for it.
+cp -r "$work/backend" "$work/backend-x"
+openssl genpkey -algorithm x25519 -out "$work/backend-x/sealing-1.pem"
+chmod 600 "$work/backend-x/sealing-1.pem"
+want=$(openssl_public_hex "$work/backend-x/sealing-1.pem")
+got=$("$BIN/vouch-backend" --data-dir "$work/backend-x" keys list --json \
+      | python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' | grep -o "$want" | head -1 || true)
+[ "$got" = "$want" ] || { echo "FAIL: vouch-backend does not read openssl's X25519 key (sealing public $want not listed)"; exit 1; }
+echo "openssl genpkey x25519: vouch-backend reads it as its sealing key, same public value"

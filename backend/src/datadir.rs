@@ -325,7 +325,10 @@ pub fn write_key_pair(dir: &Path, keys: &BackendKeys) -> Result<(), DataDirError
         .signing()
         .to_pkcs8_pem()
         .map_err(|_| DataDirError::BadKey(signing_path.clone()))?;
-    let sealing_pem = x25519_to_pem(&keys.sealing().danger_to_bytes());
+    let sealing_pem = keys
+        .sealing()
+        .to_pkcs8_pem()
+        .map_err(|_| DataDirError::BadKey(dir.join(files::sealing(keys.kid()))))?;
     // The signing file marks a key pair as present (see `key_ids`), so it
     // comes last: a crash in between leaves a lone sealing file, which is
     // never loaded.
@@ -366,8 +369,8 @@ pub fn load_key_pair(dir: &Path, kid: KeyId) -> Result<Option<BackendKeys>, Data
     }
     let signing = IdentityKey::from_pkcs8_pem(&read_secret(&signing_path)?)
         .map_err(|_| DataDirError::BadKey(signing_path.clone()))?;
-    let sealing = x25519_from_pem(&read_secret(&sealing_path)?)
-        .ok_or_else(|| DataDirError::BadKey(sealing_path.clone()))?;
+    let sealing = SealingKey::from_pkcs8_pem(&read_secret(&sealing_path)?)
+        .map_err(|_| DataDirError::BadKey(sealing_path.clone()))?;
     Ok(Some(BackendKeys::from_parts(kid, signing, sealing)))
 }
 
@@ -566,54 +569,6 @@ pub(crate) fn os_rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
     rand_core::UnwrapErr(getrandom::SysRng)
 }
 
-/// DER prefix of a PKCS#8 v1 X25519 private key (RFC 8410).
-const X25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
-];
-
-fn x25519_to_pem(secret: &[u8; 32]) -> Zeroizing<String> {
-    let mut der = Zeroizing::new(Vec::with_capacity(48));
-    der.extend_from_slice(&X25519_PKCS8_PREFIX);
-    der.extend_from_slice(secret);
-    let b64 = Zeroizing::new(base64_encode(&der));
-    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END PRIVATE KEY-----\n");
-    Zeroizing::new(out)
-}
-
-fn x25519_from_pem(pem: &str) -> Option<SealingKey> {
-    use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).ok()?;
-    let der = der.secret_pkcs8_der();
-    if der.len() != 48 || der[..16] != X25519_PKCS8_PREFIX {
-        return None;
-    }
-    let mut b = Zeroizing::new([0u8; 32]);
-    b.copy_from_slice(&der[16..]);
-    Some(SealingKey::from_bytes(*b))
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -663,9 +618,9 @@ mod tests {
             assert!(!s.contains(admin_token.as_str()));
         }
         // The sealing key round-trips.
-        let pem = x25519_to_pem(&dd.keys.sealing().danger_to_bytes());
+        let pem = dd.keys.sealing().to_pkcs8_pem().unwrap();
         assert_eq!(
-            x25519_from_pem(&pem).unwrap().public(),
+            SealingKey::from_pkcs8_pem(&pem).unwrap().public(),
             dd.keys.sealing().public()
         );
     }
@@ -773,14 +728,5 @@ mod tests {
             assert_eq!(files::key_id_of(bad), None, "{bad}");
         }
         assert_eq!(files::key_id_of(&files::signing(KeyId(7))), Some(KeyId(7)));
-    }
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
     }
 }

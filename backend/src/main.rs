@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", vouch_host::report::one_line(&*e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -231,7 +231,7 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
         assert!(out.contains(action), "{action} missing from {out}");
     }
     let out = ok(&cli(dir, &db, &["audit", "verify"]));
-    assert!(out.contains("\"intact\""), "{out}");
+    assert!(has_field(&out, "result", "intact"), "{out}");
     let out = ok(&cli(dir, &db, &["export-anchor"]));
     let bundle: vouch_proto::anchor::AnchorBundle =
         serde_json::from_str(&out).expect("bundle json");
@@ -585,7 +585,7 @@ async fn keys_rotate_purge_and_export_through_the_cli(db: Db) {
         assert!(audit.contains(action), "{action} missing from {audit}");
     }
     let out = ok(&cli(dir, &db, &["audit", "verify"]));
-    assert!(out.contains("\"intact\""), "{out}");
+    assert!(has_field(&out, "result", "intact"), "{out}");
 
     // The help explains the procedure.
     let help = ok(&cli(dir, &db, &["keys", "--help"]));
@@ -1416,7 +1416,7 @@ async fn refusals_counted_before_a_sigterm_are_written_and_audit_prune_keeps_ver
     // Enrollments, policy, the vouch, the two refusals and their summaries.
     assert!(o.pruned >= 8, "{o:?}");
     assert_eq!(o.pruned, o.checkpoint_seq);
-    let out = ok(&cli(dir, &db, &["audit", "verify"]));
+    let out = ok(&cli(dir, &db, &["audit", "verify", "--json"]));
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("verdict");
     assert_eq!(v["result"], "intact", "{v}");
     assert_eq!(v["pruned_through"], o.checkpoint_seq, "{v}");
@@ -1432,7 +1432,7 @@ async fn refusals_counted_before_a_sigterm_are_written_and_audit_prune_keeps_ver
             .expect("edit");
         conn.close().await.ok();
     }
-    let out = cli(dir, &db, &["audit", "verify"]);
+    let out = cli(dir, &db, &["audit", "verify", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("verdict");

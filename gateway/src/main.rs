@@ -64,8 +64,17 @@ enum Command {
     ExampleConfig,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match command(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", vouch_host::report::one_line(&*e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn command(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { config, key } => {
             let key = match config {
@@ -87,7 +96,8 @@ fn main() -> Result<()> {
                 // In JSON mode nothing goes to standard error outside the log
                 // format, the reason the daemon stopped included.
                 Err(e) if json => {
-                    tracing::error!(error = format!("{e:#}"), "stopped on an error");
+                    let error = vouch_host::report::one_line(&*e);
+                    tracing::error!(error, "stopped on an error");
                     std::process::exit(1)
                 }
                 other => other,

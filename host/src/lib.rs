@@ -27,6 +27,7 @@
 //! | [`clock`] | [`Clock`](clock::Clock): monotonic time for deadlines, wall time for what survives a restart |
 //! | [`link`] | [`Link`](link::Link), [`LinkError`](link::LinkError), [`push_fragment`](link::push_fragment) |
 //! | [`logging`] | [`init`](logging::init): `tracing` to standard error, filtered by `VOUCH_LOG`, text or one JSON shape |
+//! | [`report`] | [`one_line`](report::one_line): an error and its causes as a binary prints them, each said once |
 //! | [`tcp`] | [`TcpLink`](tcp::TcpLink): the BLE fragments over TCP, each with a two-byte length |
 
 pub mod clock;
@@ -34,4 +35,5 @@ pub mod config;
 pub mod fs;
 pub mod link;
 pub mod logging;
+pub mod report;
 pub mod tcp;

@@ -168,20 +168,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, each said once (library errors
-/// already include their source in their message).
+/// The error and its causes on one line, each said once.
 fn describe(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !msg.contains(&s) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&s);
-        }
-    }
-    msg
+    vouch_host::report::one_line(&**e)
 }
 
 fn init_logging(format: LogFormat) -> Result<()> {

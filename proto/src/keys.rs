@@ -305,6 +305,11 @@ const _: () = {
 impl zeroize::ZeroizeOnDrop for IdentityKey {}
 impl zeroize::ZeroizeOnDrop for SealingKey {}
 
+/// id-X25519 (RFC 8410).
+#[cfg(feature = "alloc")]
+const X25519_OID: ed25519_dalek::pkcs8::ObjectIdentifier =
+    ed25519_dalek::pkcs8::ObjectIdentifier::new_unwrap("1.3.101.110");
+
 /// The backend's X25519 static key that opens sealed hellos (SPEC.md §5.1).
 /// Zeroized on drop; never printed.
 pub struct SealingKey(StaticSecret);
@@ -330,6 +335,53 @@ impl SealingKey {
         DhPublic(x25519_dalek::PublicKey::from(&self.0).to_bytes())
     }
 
+    /// PKCS#8 v1 PEM of the key (RFC 8410: algorithm id-X25519,
+    /// 1.3.101.110, the 32 secret bytes as a CurvePrivateKey), as `openssl
+    /// pkey` writes and reads X25519 keys. Zeroized on drop.
+    #[cfg(feature = "alloc")]
+    pub fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<alloc::string::String>, KeyError> {
+        use ed25519_dalek::pkcs8::spki::der::{pem::LineEnding, Encode};
+        use ed25519_dalek::pkcs8::spki::AlgorithmIdentifierRef;
+        use ed25519_dalek::pkcs8::{OctetStringRef, PrivateKeyInfoRef, SecretDocument};
+        let secret = self.danger_to_bytes();
+        let curve_key = OctetStringRef::new(&secret[..]).map_err(|_| KeyError::Encode)?;
+        let inner = zeroize::Zeroizing::new(curve_key.to_der().map_err(|_| KeyError::Encode)?);
+        let info = PrivateKeyInfoRef::new(
+            AlgorithmIdentifierRef {
+                oid: X25519_OID,
+                parameters: None,
+            },
+            OctetStringRef::new(&inner).map_err(|_| KeyError::Encode)?,
+        );
+        SecretDocument::encode_msg(&info)
+            .and_then(|doc| doc.to_pem("PRIVATE KEY", LineEnding::LF))
+            .map_err(|_| KeyError::Encode)
+    }
+
+    /// Parses a PKCS#8 PEM X25519 key (v1, or v2 with the public key), as
+    /// [`to_pkcs8_pem`](Self::to_pkcs8_pem) and `openssl genpkey -algorithm
+    /// x25519` write it; anything else is [`KeyError::InvalidPem`].
+    #[cfg(feature = "alloc")]
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
+        use ed25519_dalek::pkcs8::spki::der::Decode;
+        use ed25519_dalek::pkcs8::{OctetStringRef, PrivateKeyInfoRef, SecretDocument};
+        let (label, doc) = SecretDocument::from_pem(pem).map_err(|_| KeyError::InvalidPem)?;
+        if label != "PRIVATE KEY" {
+            return Err(KeyError::InvalidPem);
+        }
+        let info: PrivateKeyInfoRef<'_> = doc.decode_msg().map_err(|_| KeyError::InvalidPem)?;
+        if info.algorithm.oid != X25519_OID || info.algorithm.parameters.is_some() {
+            return Err(KeyError::InvalidPem);
+        }
+        let curve_key = <&OctetStringRef>::from_der(info.private_key.as_bytes())
+            .map_err(|_| KeyError::InvalidPem)?;
+        let bytes: [u8; 32] = curve_key
+            .as_bytes()
+            .try_into()
+            .map_err(|_| KeyError::InvalidPem)?;
+        Ok(Self::from_bytes(bytes))
+    }
+
     pub(crate) fn dh(&self, peer: &DhPublic) -> x25519_dalek::SharedSecret {
         self.0
             .diffie_hellman(&x25519_dalek::PublicKey::from(peer.0))
@@ -346,8 +398,9 @@ impl fmt::Debug for SealingKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
-    /// The PEM is not a PKCS#8 / SPKI Ed25519 key.
-    #[error("not a valid Ed25519 PKCS#8 or SPKI PEM key")]
+    /// The PEM is not a PKCS#8 / SPKI key of the expected algorithm
+    /// (Ed25519 for identities, X25519 for sealing keys).
+    #[error("not a valid PKCS#8 or SPKI PEM key of the expected algorithm")]
     InvalidPem,
     /// The key could not be encoded.
     #[error("key encoding failed")]
@@ -433,6 +486,36 @@ mod tests {
         ];
         expected.extend_from_slice(&[3u8; 32]);
         assert_eq!(der, expected);
+    }
+
+    /// The X25519 form of RFC 8410 §7 (OID 1.3.101.110), what `openssl
+    /// genpkey -algorithm x25519` writes; an Ed25519 key is not one.
+    #[test]
+    fn sealing_key_pkcs8_pem_is_rfc_8410_and_round_trips() {
+        use ed25519_dalek::pkcs8::spki::der::pem;
+        let key = SealingKey::from_bytes([5u8; 32]);
+        let pem_text = key.to_pkcs8_pem().unwrap();
+        let (label, der) = pem::decode_vec(pem_text.as_bytes()).unwrap();
+        assert_eq!(label, "PRIVATE KEY");
+        let mut expected = alloc::vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        expected.extend_from_slice(&[5u8; 32]);
+        assert_eq!(der, expected);
+        assert_eq!(
+            SealingKey::from_pkcs8_pem(&pem_text).unwrap().public(),
+            key.public()
+        );
+        let ed = IdentityKey::from_seed(&[5u8; 32]).to_pkcs8_pem().unwrap();
+        assert!(matches!(
+            SealingKey::from_pkcs8_pem(&ed),
+            Err(KeyError::InvalidPem)
+        ));
+        assert!(SealingKey::from_pkcs8_pem(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        )
+        .is_err());
     }
 
     #[test]

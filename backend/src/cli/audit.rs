@@ -154,7 +154,7 @@ async fn verify(cli: &Cli, store: &Store) -> Result<ExitCode> {
         std::fs::read_to_string(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
     let key = CheckpointKey::from_ca_cert(&pem)?;
     let verdict = store.audit_verify(&key).await.map_err(api)?;
-    println!("{}", serde_json::to_string(&verdict)?);
+    output::record(cli.json, &verdict)?;
     Ok(match verdict {
         AuditVerdict::Intact { .. } => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
