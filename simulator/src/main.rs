@@ -30,7 +30,10 @@ enum Command {
     /// Vouch against mutual TLS (rustls), EDHOC (lakers) and Noise (snow),
     /// measured side by side in one run: CPU per party, bytes on air, round
     /// trips, and the backend's vouches per second over HTTPS against the
-    /// raw crypto bound. Prints Markdown tables; build with --release.
+    /// raw crypto bound. rustls runs in every configuration (ring and
+    /// aws-lc-rs; Ed25519 and P-256; X25519 and X25519MLKEM768), in memory
+    /// and over loopback TCP, and every ratio against it takes the best one.
+    /// Prints Markdown tables; build with --release.
     Bench {
         /// Also write the full report as JSON to this file.
         #[arg(long)]
