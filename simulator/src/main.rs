@@ -120,7 +120,8 @@ struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
-    /// Write an SVG plot (latency CDF and timeline) here.
+    /// Write an SVG plot here: latency CDF and timeline, and revocation
+    /// reach where the scenario revokes live sessions.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
     /// How gateways reach the backend: `inproc` (its router, in-process) or
@@ -180,7 +181,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("report written to {}", path.display());
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, vouch_simulator::plot::svg(&out))
+        std::fs::write(path, vouch_simulator::plot::svg(&out)?)
             .with_context(|| format!("writing the plot to {}", path.display()))?;
         println!("plot written to {}", path.display());
     }
