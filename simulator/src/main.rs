@@ -30,7 +30,10 @@ enum Command {
     /// Vouch against mutual TLS (rustls), EDHOC (lakers) and Noise (snow),
     /// measured side by side in one run: CPU per party, bytes on air, round
     /// trips, and the backend's vouches per second over HTTPS against the
-    /// raw crypto bound. Prints Markdown tables; build with --release.
+    /// raw crypto bound. rustls runs in every configuration (ring and
+    /// aws-lc-rs; Ed25519 and P-256; X25519 and X25519MLKEM768), in memory
+    /// and over loopback TCP, and every ratio against it takes the best one.
+    /// Prints Markdown tables; build with --release.
     Bench {
         /// Also write the full report as JSON to this file.
         #[arg(long)]
@@ -117,7 +120,8 @@ struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
-    /// Write an SVG plot (latency CDF and timeline) here.
+    /// Write an SVG plot here: latency CDF and timeline, and revocation
+    /// reach where the scenario revokes live sessions.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
     /// How gateways reach the backend: `inproc` (its router, in-process) or
@@ -170,7 +174,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("report written to {}", path.display());
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, vouch_simulator::plot::svg(&out))
+        std::fs::write(path, vouch_simulator::plot::svg(&out)?)
             .with_context(|| format!("writing the plot to {}", path.display()))?;
         println!("plot written to {}", path.display());
     }

@@ -100,6 +100,10 @@ pub struct RunOutput {
     pub samples: Vec<Sample>,
     /// The timeline's events: virtual time and a label.
     pub marks: Vec<(f64, String)>,
+    /// Every revocation's reach (admin call → the live session's close at
+    /// the peripheral, wall clock, ms), sorted; empty where revocation is
+    /// not exercised. The report's `revocation_ms` summarises these.
+    pub revocations_ms: Vec<f64>,
 }
 
 #[derive(Default)]
@@ -884,6 +888,7 @@ impl Timeline {
             report,
             samples: std::mem::take(&mut acc.samples),
             marks: self.marks,
+            revocations_ms: self.revocation,
         }
     }
 }

@@ -72,10 +72,11 @@ pub(super) fn measure(iterations: usize, warmup: usize) -> Result<PeerReport, Be
     }
     let bytes = bytes.ok_or(BenchError::Invariant("no EDHOC handshake ran"))?;
     Ok(PeerReport {
-        name: "lakers EDHOC",
+        name: "lakers EDHOC".to_owned(),
         what: "lakers 0.8 (RustCrypto backend), EDHOC method 3 (static DH both sides), \
                cipher suite 2 (P-256, SHA-256, AES-CCM), credentials by reference, \
-               3 messages, OSCORE secret exported",
+               3 messages, OSCORE secret exported"
+            .to_owned(),
         full: PeerHandshake {
             cpu_us: PeerCpu {
                 initiator: samples.median_of(I),
@@ -84,6 +85,7 @@ pub(super) fn measure(iterations: usize, warmup: usize) -> Result<PeerReport, Be
             },
             round_trips: bytes.round_trips(),
             bytes_on_air: bytes,
+            tcp: None,
         },
         resumed: None,
         provides: PROVIDES,

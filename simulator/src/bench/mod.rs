@@ -24,9 +24,18 @@
 //!   The raw crypto bound is one vouch's primitives in a tight loop on one
 //!   thread, timed by that thread's CPU time.
 //! - **Peers**, each as its authors ship it, release build, defaults: rustls
-//!   0.23 (ring) TLS 1.3 with client certificates, lakers 0.8 EDHOC (method
-//!   3, the only one it implements, cipher suite 2), snow 0.10 Noise IK and
-//!   XX (25519, ChaChaPoly, BLAKE2s).
+//!   0.23 TLS 1.3 with client certificates in every configuration an
+//!   operator could pick (ring and aws-lc-rs, rustls's default provider;
+//!   Ed25519 and P-256 certificates; X25519 and X25519MLKEM768, rustls's
+//!   default key exchange, which ring lacks), full and resumed, in memory
+//!   and over loopback TCP; lakers 0.8 EDHOC (method 3, the only one it
+//!   implements, cipher suite 2), snow 0.10 Noise IK and XX (25519,
+//!   ChaChaPoly, BLAKE2s).
+//! - **Against rustls**, every ratio (device CPU, all parties' CPU, bytes,
+//!   the backend per core against a rustls server in memory and over TCP)
+//!   takes the best rustls configuration measured for that figure, and the
+//!   report names it (DESIGN.md §6: compare with every peer's best
+//!   configuration, never a weaker one).
 //!
 //! This is a benchmark, not a test: CI only checks that `--quick` still runs
 //! and writes its JSON.
@@ -44,6 +53,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use table::{render, render_backend};
+pub use tls::TcpHandshake;
 
 /// How much to measure.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +82,15 @@ impl BenchOptions {
 
     fn warmup(&self) -> usize {
         (self.iterations() / 10).clamp(1, 100)
+    }
+
+    /// Handshakes over loopback TCP per rustls configuration and kind.
+    fn tcp_handshakes(&self) -> usize {
+        if self.quick {
+            64
+        } else {
+            3000
+        }
     }
 
     fn vouches(&self) -> usize {
@@ -142,6 +161,9 @@ pub struct BenchReport {
     pub backend: BackendReport,
     /// The handshakes Vouch is compared with.
     pub peers: Peers,
+    /// The rustls configurations: measured, not measured, and the best for
+    /// each figure.
+    pub rustls: RustlsSummary,
     /// Vouch ÷ each peer (below 1: Vouch needs less).
     pub ratios: Ratios,
 }
@@ -292,6 +314,9 @@ pub struct PeerHandshake {
     pub bytes_on_air: Bytes,
     /// Round trips until both sides hold keys.
     pub round_trips: f64,
+    /// The same handshake over loopback TCP (rustls only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHandshake>,
 }
 
 /// One peer: its full handshake (the top-level fields) and, where it has
@@ -299,9 +324,9 @@ pub struct PeerHandshake {
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerReport {
     /// Short name for tables.
-    pub name: &'static str,
+    pub name: String,
     /// What exactly runs.
-    pub what: &'static str,
+    pub what: String,
     /// The full handshake.
     #[serde(flatten)]
     pub full: PeerHandshake,
@@ -312,13 +337,15 @@ pub struct PeerReport {
     pub provides: Provides,
 }
 
-/// The peers, by their report keys.
-#[derive(Debug, Clone, Serialize)]
+/// The peers. In JSON one map by report key: each rustls configuration
+/// measured (`rustls_<provider>_<certificates>_<key exchange>`, for example
+/// `rustls_aws_lc_rs_ed25519_x25519`), then `lakers_edhoc`, `snow_ik` and
+/// `snow_xx`.
+#[derive(Debug, Clone)]
 pub struct Peers {
-    /// rustls TLS 1.3, Ed25519 certificates both ways.
-    pub rustls_mtls_ed25519: PeerReport,
-    /// rustls TLS 1.3, ECDSA P-256 certificates both ways.
-    pub rustls_mtls_p256: PeerReport,
+    /// rustls TLS 1.3 with client certificates: (report key, report) per
+    /// configuration measured, in table order.
+    pub rustls: Vec<(String, PeerReport)>,
     /// lakers EDHOC.
     pub lakers_edhoc: PeerReport,
     /// snow Noise IK.
@@ -329,14 +356,179 @@ pub struct Peers {
 
 impl Peers {
     /// The peers with their report keys, in table order.
-    pub fn iter(&self) -> [(&'static str, &PeerReport); 5] {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &PeerReport)> {
+        self.rustls.iter().map(|(k, p)| (k.as_str(), p)).chain([
+            ("lakers_edhoc", &self.lakers_edhoc),
+            ("snow_ik", &self.snow_ik),
+            ("snow_xx", &self.snow_xx),
+        ])
+    }
+
+    /// The peers other than rustls, with their report keys.
+    pub fn others(&self) -> [(&'static str, &PeerReport); 3] {
         [
-            ("rustls_mtls_ed25519", &self.rustls_mtls_ed25519),
-            ("rustls_mtls_p256", &self.rustls_mtls_p256),
             ("lakers_edhoc", &self.lakers_edhoc),
             ("snow_ik", &self.snow_ik),
             ("snow_xx", &self.snow_xx),
         ]
+    }
+}
+
+impl Serialize for Peers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+/// The best value of one figure among the rustls configurations measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Best {
+    /// The configuration's report key.
+    pub config: String,
+    /// Its name in tables.
+    pub name: String,
+    /// The figure (µs, bytes, or per second).
+    pub value: f64,
+}
+
+impl Best {
+    /// The smallest (`lowest`) or largest value among `candidates`
+    /// (report key, name, value); `None` when there are none.
+    fn of<'a>(
+        candidates: impl IntoIterator<Item = (&'a str, &'a str, f64)>,
+        lowest: bool,
+    ) -> Option<Best> {
+        candidates
+            .into_iter()
+            .filter(|(_, _, v)| v.is_finite())
+            .min_by(|a, b| {
+                if lowest {
+                    a.2.total_cmp(&b.2)
+                } else {
+                    b.2.total_cmp(&a.2)
+                }
+            })
+            .map(|(config, name, value)| Best {
+                config: config.to_owned(),
+                name: name.to_owned(),
+                value,
+            })
+    }
+}
+
+/// The best rustls configuration for each figure of one kind of handshake.
+#[derive(Debug, Clone, Serialize)]
+pub struct BestOf {
+    /// The least client (device) CPU, µs.
+    pub client_cpu_us: Best,
+    /// The least server CPU, µs.
+    pub server_cpu_us: Best,
+    /// The least CPU of both sides, µs.
+    pub total_cpu_us: Best,
+    /// The fewest bytes on air.
+    pub bytes_on_air: Best,
+}
+
+impl BestOf {
+    /// The best of `rows` (report key, name, handshake figures).
+    fn of(rows: &[(&str, &str, Figures)]) -> Option<Self> {
+        let pick = |f: fn(&Figures) -> f64| {
+            Best::of(rows.iter().map(|(k, n, fig)| (*k, *n, f(fig))), true)
+        };
+        Some(Self {
+            client_cpu_us: pick(|f| f.client)?,
+            server_cpu_us: pick(|f| f.server)?,
+            total_cpu_us: pick(|f| f.total)?,
+            bytes_on_air: pick(|f| f.bytes)?,
+        })
+    }
+}
+
+/// The figures of one handshake that [`BestOf`] chooses from.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    client: f64,
+    server: f64,
+    total: f64,
+    bytes: f64,
+}
+
+impl Figures {
+    fn in_memory(h: &PeerHandshake) -> Self {
+        Self {
+            client: h.cpu_us.initiator,
+            server: h.cpu_us.responder,
+            total: h.cpu_us.total,
+            bytes: h.bytes_on_air.total as f64,
+        }
+    }
+
+    fn tcp(h: &PeerHandshake) -> Option<Self> {
+        h.tcp.map(|t| Self {
+            client: t.client_cpu_us,
+            server: t.server_cpu_us,
+            total: t.client_cpu_us + t.server_cpu_us,
+            bytes: t.bytes_on_air,
+        })
+    }
+}
+
+/// A rustls configuration that could not be measured, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotMeasured {
+    /// What its report key would be.
+    pub config: String,
+    /// Its name in tables.
+    pub name: String,
+    /// Why it cannot run.
+    pub why: &'static str,
+}
+
+/// The rustls configurations of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RustlsSummary {
+    /// Report keys of the configurations measured (in `peers`).
+    pub measured: Vec<String>,
+    /// The combinations that do not exist.
+    pub not_measured: Vec<NotMeasured>,
+    /// The best configuration per figure, full handshakes in memory.
+    pub best_full: BestOf,
+    /// The same, resumed handshakes in memory.
+    pub best_resumed: BestOf,
+    /// The same, full handshakes over loopback TCP.
+    pub best_full_tcp: BestOf,
+    /// The same, resumed handshakes over loopback TCP.
+    pub best_resumed_tcp: BestOf,
+}
+
+impl RustlsSummary {
+    fn of(rustls: &[(String, PeerReport)]) -> Result<Self, BenchError> {
+        let rows = |pick: fn(&PeerReport) -> Option<Figures>| {
+            rustls
+                .iter()
+                .filter_map(|(k, p)| Some((k.as_str(), p.name.as_str(), pick(p)?)))
+                .collect::<Vec<_>>()
+        };
+        let none = || BenchError::Invariant("no rustls configuration measured");
+        Ok(Self {
+            measured: rustls.iter().map(|(k, _)| k.clone()).collect(),
+            not_measured: tls::TlsConfig::matrix()
+                .into_iter()
+                .filter_map(|c| {
+                    Some(NotMeasured {
+                        config: c.key(),
+                        name: format!("rustls mTLS {c}"),
+                        why: c.unavailable()?,
+                    })
+                })
+                .collect(),
+            best_full: BestOf::of(&rows(|p| Some(Figures::in_memory(&p.full)))).ok_or_else(none)?,
+            best_resumed: BestOf::of(&rows(|p| p.resumed.as_ref().map(Figures::in_memory)))
+                .ok_or_else(none)?,
+            best_full_tcp: BestOf::of(&rows(|p| Figures::tcp(&p.full))).ok_or_else(none)?,
+            best_resumed_tcp: BestOf::of(&rows(|p| p.resumed.as_ref().and_then(Figures::tcp)))
+                .ok_or_else(none)?,
+        })
     }
 }
 
@@ -373,13 +565,62 @@ pub struct PeerRatios {
     pub resumed: Option<Ratio>,
 }
 
+/// Vouch ÷ the best rustls configuration for one figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct RatioVs {
+    /// Vouch's figure ÷ the configuration's.
+    pub ratio: f64,
+    /// The configuration's report key.
+    pub against: String,
+    /// Its name in tables.
+    pub against_name: String,
+}
+
+impl RatioVs {
+    fn of(vouch: f64, best: &Best) -> Self {
+        Self {
+            ratio: vouch / best.value,
+            against: best.config.clone(),
+            against_name: best.name.clone(),
+        }
+    }
+}
+
+/// Vouch ÷ rustls, each figure against the rustls configuration best at it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RatiosVsBest {
+    /// Vouch peripheral CPU ÷ the least rustls client CPU.
+    pub device_cpu: RatioVs,
+    /// Vouch CPU of all three roles ÷ the least rustls CPU of both sides.
+    pub total_cpu: RatioVs,
+    /// Vouch bytes on air ÷ the fewest rustls bytes.
+    pub bytes_on_air: RatioVs,
+}
+
+impl RatiosVsBest {
+    fn of(vouch: &VouchHandshake, best: &BestOf) -> Self {
+        Self {
+            device_cpu: RatioVs::of(vouch.cpu_us.peripheral, &best.client_cpu_us),
+            total_cpu: RatioVs::of(vouch.cpu_us.total, &best.total_cpu_us),
+            bytes_on_air: RatioVs::of(vouch.bytes_on_air.total as f64, &best.bytes_on_air),
+        }
+    }
+}
+
+/// Vouch ÷ the best rustls configurations, in memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct RustlsRatios {
+    /// Full handshake against the best full handshakes.
+    pub full: RatiosVsBest,
+    /// Resumption against the best resumed handshakes.
+    pub resumed: RatiosVsBest,
+}
+
 /// Vouch ÷ each peer.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
-    /// Against rustls mTLS with Ed25519.
-    pub rustls_mtls_ed25519: PeerRatios,
-    /// Against rustls mTLS with P-256.
-    pub rustls_mtls_p256: PeerRatios,
+    /// Against rustls: each figure against its best configuration (named).
+    pub rustls: RustlsRatios,
     /// Against lakers EDHOC.
     pub lakers_edhoc: PeerRatios,
     /// Against snow Noise IK.
@@ -389,7 +630,7 @@ pub struct Ratios {
 }
 
 impl Ratios {
-    fn of(vouch: &VouchReport, peers: &Peers) -> Self {
+    fn of(vouch: &VouchReport, peers: &Peers, rustls: &RustlsSummary) -> Self {
         let r = |p: &PeerReport| PeerRatios {
             full: Ratio::of(&vouch.full, &p.full),
             resumed: p
@@ -398,19 +639,20 @@ impl Ratios {
                 .map(|res| Ratio::of(&vouch.resumption, res)),
         };
         Self {
-            rustls_mtls_ed25519: r(&peers.rustls_mtls_ed25519),
-            rustls_mtls_p256: r(&peers.rustls_mtls_p256),
+            rustls: RustlsRatios {
+                full: RatiosVsBest::of(&vouch.full, &rustls.best_full),
+                resumed: RatiosVsBest::of(&vouch.resumption, &rustls.best_resumed),
+            },
             lakers_edhoc: r(&peers.lakers_edhoc),
             snow_ik: r(&peers.snow_ik),
             snow_xx: r(&peers.snow_xx),
         }
     }
 
-    /// The ratios with their peers' report keys, in table order.
-    pub fn iter(&self) -> [(&'static str, &PeerRatios); 5] {
+    /// The ratios against the peers other than rustls, with their report
+    /// keys, in table order.
+    pub fn others(&self) -> [(&'static str, &PeerRatios); 3] {
         [
-            ("rustls_mtls_ed25519", &self.rustls_mtls_ed25519),
-            ("rustls_mtls_p256", &self.rustls_mtls_p256),
             ("lakers_edhoc", &self.lakers_edhoc),
             ("snow_ik", &self.snow_ik),
             ("snow_xx", &self.snow_xx),
@@ -437,29 +679,32 @@ pub struct BackendReport {
     pub ratio_to_bound: f64,
     /// `vouches_per_s_batched / crypto_bound_per_s` (target ≥ 0.6).
     pub ratio_to_bound_batched: f64,
-    /// Full mutual-TLS handshakes per second per core of a rustls server: the
-    /// faster of the Ed25519 and P-256 configurations (the stricter target).
+    /// Full mutual-TLS handshakes per second per core of a rustls server in
+    /// memory (one thread, the server side's CPU): the fastest configuration
+    /// measured (the stricter target).
     pub rustls_server_handshakes_per_s: f64,
-    /// The same with Ed25519 certificates.
-    pub rustls_server_handshakes_per_s_ed25519: f64,
-    /// The same with ECDSA P-256 certificates.
-    pub rustls_server_handshakes_per_s_p256: f64,
+    /// That configuration's report key.
+    pub rustls_server_config: String,
+    /// Its name in tables.
+    pub rustls_server_config_name: String,
     /// `vouches_per_s / rustls_server_handshakes_per_s` (target ≥ 1.5).
     pub vs_rustls_server: f64,
     /// `vouches_per_s_batched / rustls_server_handshakes_per_s` (target ≥ 1.5).
     pub vs_rustls_server_batched: f64,
     /// Full mutual-TLS handshakes per second per server core of a
     /// tokio-rustls server over loopback TCP (accept, handshake, tickets,
-    /// close; server threads' CPU only): the faster of Ed25519 and P-256.
+    /// close; server threads' CPU only): the fastest configuration measured.
     pub rustls_server_tcp_handshakes_per_s: f64,
-    /// The same with Ed25519 certificates.
-    pub rustls_server_tcp_handshakes_per_s_ed25519: f64,
-    /// The same with ECDSA P-256 certificates.
-    pub rustls_server_tcp_handshakes_per_s_p256: f64,
+    /// That configuration's report key.
+    pub rustls_server_tcp_config: String,
+    /// Its name in tables.
+    pub rustls_server_tcp_config_name: String,
     /// `vouches_per_s / rustls_server_tcp_handshakes_per_s`.
     pub vs_rustls_server_tcp: f64,
     /// `vouches_per_s_batched / rustls_server_tcp_handshakes_per_s`.
     pub vs_rustls_server_tcp_batched: f64,
+    /// Every rustls configuration's server rate, in memory and over TCP.
+    pub rustls_servers: Vec<ServerRate>,
     /// Vouches per mode.
     pub vouches: usize,
     /// Requests in flight.
@@ -472,6 +717,20 @@ pub struct BackendReport {
     pub database: &'static str,
     /// How the rustls server figure was taken.
     pub rustls_server_method: &'static str,
+}
+
+/// Full mutual-TLS handshakes per second per core of a rustls server in one
+/// configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerRate {
+    /// The configuration's report key.
+    pub config: String,
+    /// Its name in tables.
+    pub name: String,
+    /// In memory: `1e6 /` the server side's median CPU per full handshake.
+    pub in_memory_per_s: f64,
+    /// Over loopback TCP, per CPU second of the server's threads.
+    pub tcp_per_s: f64,
 }
 
 /// Accumulates the time of one party's calls within one handshake.
@@ -612,31 +871,56 @@ pub fn run_blocking(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
 
     progress(&format!("vouch: {n} full handshakes and {n} resumptions"));
     let vouch = vouch::measure(n, warmup)?;
-    progress("rustls: mutual TLS 1.3 with Ed25519 certificates, full and resumed");
-    let rustls_ed25519 = tls::measure(tls::Certs::Ed25519, n, warmup)?;
-    progress("rustls: mutual TLS 1.3 with ECDSA P-256 certificates, full and resumed");
-    let rustls_p256 = tls::measure(tls::Certs::P256, n, warmup)?;
+    let tcp_n = opts.tcp_handshakes();
+    let mut rustls = Vec::new();
+    for config in tls::TlsConfig::matrix() {
+        if config.unavailable().is_some() {
+            continue;
+        }
+        progress(&format!(
+            "rustls ({config}): mutual TLS 1.3, {n} full and {n} resumed in memory, \
+             {tcp_n} of each over loopback TCP"
+        ));
+        let mut peer = tls::measure(config, n, warmup)?;
+        peer.full.tcp = Some(tls::measure_tcp(
+            config,
+            rustls::HandshakeKind::Full,
+            tcp_n,
+        )?);
+        if let Some(resumed) = &mut peer.resumed {
+            resumed.tcp = Some(tls::measure_tcp(
+                config,
+                rustls::HandshakeKind::Resumed,
+                tcp_n,
+            )?);
+        }
+        rustls.push((config.key(), peer));
+    }
     progress("lakers: EDHOC");
     let lakers_edhoc = edhoc::measure(n, warmup)?;
     progress("snow: Noise IK and XX");
     let snow_ik = noise::measure(noise::Pattern::Ik, n, warmup)?;
     let snow_xx = noise::measure(noise::Pattern::Xx, n, warmup)?;
     let peers = Peers {
-        rustls_mtls_ed25519: rustls_ed25519,
-        rustls_mtls_p256: rustls_p256,
+        rustls,
         lakers_edhoc,
         snow_ik,
         snow_xx,
     };
+    let summary = RustlsSummary::of(&peers.rustls)?;
+    let servers = peers
+        .rustls
+        .iter()
+        .map(|(key, p)| ServerRate {
+            config: key.clone(),
+            name: p.name.clone(),
+            in_memory_per_s: 1e6 / p.full.cpu_us.responder,
+            tcp_per_s: p.full.tcp.map_or(f64::NAN, |t| t.server_handshakes_per_s),
+        })
+        .collect();
+    let backend = measure_backend(opts, &progress, servers)?;
 
-    let backend = measure_backend(
-        opts,
-        &progress,
-        1e6 / peers.rustls_mtls_ed25519.full.cpu_us.responder,
-        1e6 / peers.rustls_mtls_p256.full.cpu_us.responder,
-    )?;
-
-    let ratios = Ratios::of(&vouch, &peers);
+    let ratios = Ratios::of(&vouch, &peers, &summary);
     let command = command_line();
     let report = BenchReport {
         machine: machine(command, t0.elapsed().as_secs_f64()),
@@ -647,11 +931,14 @@ pub fn run_blocking(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                   (std::time::Instant), all parties in one thread in memory; median over \
                   the iterations",
             bytes: "Vouch, EDHOC, Noise: encoded messages; TLS: every record both ways, \
-                    including the session tickets rustls sends after the handshake",
+                    including the session tickets rustls sends after the handshake (over \
+                    TCP also the server's close_notify), counted per flight in memory and \
+                    on the client's socket over TCP",
         },
         vouch,
         backend,
         peers,
+        rustls: summary,
         ratios,
     };
     if let Some(path) = &opts.report {
@@ -692,6 +979,43 @@ mod tests {
     }
 
     #[test]
+    fn the_rustls_matrix_is_every_provider_certificate_and_key_exchange() {
+        let all = tls::TlsConfig::matrix();
+        assert_eq!(all.len(), 8);
+        let keys: std::collections::BTreeSet<String> = all.iter().map(|c| c.key()).collect();
+        assert_eq!(keys.len(), 8, "report keys are unique");
+        // ring has no ML-KEM; every other combination runs.
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|c| c.unavailable().is_some())
+            .map(|c| c.key())
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "rustls_ring_ed25519_x25519mlkem768",
+                "rustls_ring_p256_x25519mlkem768"
+            ]
+        );
+        assert!(keys.contains("rustls_aws_lc_rs_ed25519_x25519mlkem768"));
+    }
+
+    #[test]
+    fn best_takes_the_lowest_or_highest_and_the_first_of_equals() {
+        let rows = [
+            ("a", "A", 3.0),
+            ("b", "B", 1.0),
+            ("c", "C", 1.0),
+            ("d", "D", f64::NAN),
+        ];
+        let low = Best::of(rows, true).map(|b| (b.config, b.value));
+        assert_eq!(low, Some(("b".to_owned(), 1.0)));
+        let high = Best::of(rows, false).map(|b| (b.config, b.value));
+        assert_eq!(high, Some(("a".to_owned(), 3.0)));
+        assert!(Best::of([], true).is_none());
+    }
+
+    #[test]
     fn median_of_odd_and_even_counts() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
@@ -699,14 +1023,12 @@ mod tests {
     }
 }
 
-/// The backend over HTTPS against the raw crypto bound and a rustls server
-/// whose in-memory full-handshake rates (server side, per second) are
-/// `server_ed` and `server_p256`; measures the rustls server over TCP too.
+/// The backend over HTTPS against the raw crypto bound and the fastest of
+/// the rustls `servers` measured, in memory and over TCP.
 fn measure_backend(
     opts: &BenchOptions,
     progress: &dyn Fn(&str),
-    server_ed: f64,
-    server_p256: f64,
+    servers: Vec<ServerRate>,
 ) -> Result<BackendReport, BenchError> {
     let vouches = opts.vouches();
     progress(&format!(
@@ -717,14 +1039,17 @@ fn measure_backend(
         if opts.quick { 50 } else { 2000 },
         opts.database_url.as_deref(),
     )?;
-    let rustls_server = server_ed.max(server_p256);
-    let tls_n = if opts.quick { 64 } else { 3000 };
-    progress(&format!(
-        "rustls server over loopback TCP: {tls_n} full mTLS handshakes per certificate type"
-    ));
-    let tcp_ed = tls::tcp_server_rate(tls::Certs::Ed25519, tls_n)?;
-    let tcp_p256 = tls::tcp_server_rate(tls::Certs::P256, tls_n)?;
-    let rustls_tcp = tcp_ed.max(tcp_p256);
+    let fastest = |rate: fn(&ServerRate) -> f64| {
+        Best::of(
+            servers
+                .iter()
+                .map(|s| (s.config.as_str(), s.name.as_str(), rate(s))),
+            false,
+        )
+        .ok_or(BenchError::Invariant("no rustls server rate measured"))
+    };
+    let mem = fastest(|s| s.in_memory_per_s)?;
+    let tcp = fastest(|s| s.tcp_per_s)?;
     Ok(BackendReport {
         vouches_per_s: throughput.single_per_core,
         vouches_per_s_batched: throughput.batched_per_core,
@@ -734,24 +1059,26 @@ fn measure_backend(
         crypto_bound_us: throughput.bound_us,
         ratio_to_bound: throughput.single_per_core * throughput.bound_us / 1e6,
         ratio_to_bound_batched: throughput.batched_per_core * throughput.bound_us / 1e6,
-        rustls_server_handshakes_per_s: rustls_server,
-        rustls_server_handshakes_per_s_ed25519: server_ed,
-        rustls_server_handshakes_per_s_p256: server_p256,
-        vs_rustls_server: throughput.single_per_core / rustls_server,
-        vs_rustls_server_batched: throughput.batched_per_core / rustls_server,
-        rustls_server_tcp_handshakes_per_s: rustls_tcp,
-        rustls_server_tcp_handshakes_per_s_ed25519: tcp_ed,
-        rustls_server_tcp_handshakes_per_s_p256: tcp_p256,
-        vs_rustls_server_tcp: throughput.single_per_core / rustls_tcp,
-        vs_rustls_server_tcp_batched: throughput.batched_per_core / rustls_tcp,
+        rustls_server_handshakes_per_s: mem.value,
+        vs_rustls_server: throughput.single_per_core / mem.value,
+        vs_rustls_server_batched: throughput.batched_per_core / mem.value,
+        rustls_server_config: mem.config,
+        rustls_server_config_name: mem.name,
+        rustls_server_tcp_handshakes_per_s: tcp.value,
+        vs_rustls_server_tcp: throughput.single_per_core / tcp.value,
+        vs_rustls_server_tcp_batched: throughput.batched_per_core / tcp.value,
+        rustls_server_tcp_config: tcp.config,
+        rustls_server_tcp_config_name: tcp.name,
+        rustls_servers: servers,
         vouches,
         concurrency: throughput.concurrency,
         batch: throughput.batch,
         server_threads: throughput.server_threads,
         database: throughput.database,
-        rustls_server_method: "one thread, the server side's CPU per full handshake \
-             (ServerConnection::new, read_tls, process_new_packets, write_tls), median; \
-             no TCP, no HTTP",
+        rustls_server_method: "in memory: one thread, the server side's CPU per full handshake \
+             (ServerConnection::new, read_tls, process_new_packets, write_tls), median; no \
+             TCP, no HTTP. Over TCP: a tokio-rustls server accepting fresh connections on \
+             loopback (handshake, its tickets, close), per CPU second of its own threads",
     })
 }
 
@@ -766,8 +1093,8 @@ pub struct BackendOnlyReport {
 }
 
 /// Only the backend: the raw crypto bound, single and batched vouches over
-/// HTTPS, and the rustls server they are compared with (its in-memory figure
-/// from `iterations` handshakes per certificate type). Runs on a thread of
+/// HTTPS, and the rustls servers they are compared with (every
+/// configuration, full handshakes: `iterations` in memory, and over TCP). Runs on a thread of
 /// its own, like [`run`]; writes the JSON report if asked.
 pub async fn run_backend(opts: BenchOptions) -> Result<BackendOnlyReport, BenchError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -778,15 +1105,26 @@ pub async fn run_backend(opts: BenchOptions) -> Result<BackendOnlyReport, BenchE
             let progress = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
             let result = (|| {
                 let (n, warmup) = (opts.iterations(), opts.warmup());
-                progress("rustls: the server side of full mTLS handshakes in memory");
-                let ed = tls::measure(tls::Certs::Ed25519, n, warmup)?;
-                let p256 = tls::measure(tls::Certs::P256, n, warmup)?;
-                let backend = measure_backend(
-                    &opts,
-                    &progress,
-                    1e6 / ed.full.cpu_us.responder,
-                    1e6 / p256.full.cpu_us.responder,
-                )?;
+                let tcp_n = opts.tcp_handshakes();
+                let mut servers = Vec::new();
+                for config in tls::TlsConfig::matrix() {
+                    if config.unavailable().is_some() {
+                        continue;
+                    }
+                    progress(&format!(
+                        "rustls server ({config}): full mTLS handshakes, {n} in memory, \
+                         {tcp_n} over loopback TCP"
+                    ));
+                    let peer = tls::measure(config, n, warmup)?;
+                    let tcp = tls::measure_tcp(config, rustls::HandshakeKind::Full, tcp_n)?;
+                    servers.push(ServerRate {
+                        config: config.key(),
+                        name: peer.name,
+                        in_memory_per_s: 1e6 / peer.full.cpu_us.responder,
+                        tcp_per_s: tcp.server_handshakes_per_s,
+                    });
+                }
+                let backend = measure_backend(&opts, &progress, servers)?;
                 let report = BackendOnlyReport {
                     machine: machine(command_line(), t0.elapsed().as_secs_f64()),
                     backend,

@@ -77,8 +77,8 @@ pub(super) fn measure(
         ),
     };
     Ok(PeerReport {
-        name,
-        what,
+        name: name.to_owned(),
+        what: what.to_owned(),
         full: PeerHandshake {
             cpu_us: PeerCpu {
                 initiator: samples.median_of(I),
@@ -87,6 +87,7 @@ pub(super) fn measure(
             },
             round_trips: bytes.round_trips(),
             bytes_on_air: bytes,
+            tcp: None,
         },
         resumed: None,
         provides,

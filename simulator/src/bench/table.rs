@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use super::{BackendReport, BenchReport, Bytes, Machine, PeerHandshake, Ratio};
+use super::{
+    BackendReport, BenchReport, Best, BestOf, Bytes, Machine, PeerHandshake, Ratio, RatioVs,
+    RatiosVsBest,
+};
 
 fn us(v: f64) -> String {
     if v >= 100.0 {
@@ -40,6 +43,35 @@ fn flights(b: &Bytes) -> String {
 
 fn ratio(r: f64) -> String {
     format!("{r:.2}")
+}
+
+/// A configuration's name without the `rustls mTLS ` every one starts with.
+fn short(name: &str) -> &str {
+    name.strip_prefix("rustls mTLS ").unwrap_or(name)
+}
+
+fn ratio_vs(r: &RatioVs) -> String {
+    format!("{} (vs {})", ratio(r.ratio), short(&r.against_name))
+}
+
+fn ratios_vs_best(r: &RatiosVsBest) -> String {
+    format!(
+        "{} | {} | {}",
+        ratio_vs(&r.device_cpu),
+        ratio_vs(&r.total_cpu),
+        ratio_vs(&r.bytes_on_air)
+    )
+}
+
+fn best_cells(b: &BestOf) -> String {
+    let cell = |x: &Best, v: String| format!("{v} ({})", short(&x.name));
+    format!(
+        "{} | {} | {} | {}",
+        cell(&b.client_cpu_us, us(b.client_cpu_us.value)),
+        cell(&b.server_cpu_us, us(b.server_cpu_us.value)),
+        cell(&b.total_cpu_us, us(b.total_cpu_us.value)),
+        cell(&b.bytes_on_air, format!("{:.0}", b.bytes_on_air.value)),
+    )
 }
 
 fn peer_row(out: &mut String, name: &str, h: &PeerHandshake) {
@@ -111,8 +143,11 @@ pub fn render(r: &BenchReport) -> String {
             peer_row(&mut o, &format!("{}, full", p.name), &p.full);
             peer_row(&mut o, &format!("{}, resumed", p.name), res);
         } else {
-            peer_row(&mut o, p.name, &p.full);
+            peer_row(&mut o, &p.name, &p.full);
         }
+    }
+    for n in &r.rustls.not_measured {
+        let _ = writeln!(o, "| {} | not measured: {} | | | | | |", n.name, n.why);
     }
     let _ = writeln!(
         o,
@@ -120,8 +155,71 @@ pub fn render(r: &BenchReport) -> String {
          Vouch's backend figure is the protocol work of one vouch (open, verify, sign); \
          the registry, HTTPS and storage are in the backend table. TLS bytes are every \
          record both ways, including the two session tickets rustls sends by default \
-         after the handshake.\n"
+         after the handshake. rustls runs in {} configurations, each with its own \
+         CryptoProvider: provider (ring; aws-lc-rs, rustls's default), certificates \
+         (Ed25519; ECDSA P-256) and key exchange (X25519; X25519MLKEM768, rustls's \
+         default, aws-lc-rs only).\n",
+        r.rustls.measured.len()
     );
+
+    let tcp_rows: Vec<_> = r
+        .peers
+        .rustls
+        .iter()
+        .filter_map(|(_, p)| Some((p, p.full.tcp?, p.resumed.as_ref()?.tcp?)))
+        .collect();
+    if let Some((_, first, _)) = tcp_rows.first() {
+        let _ = writeln!(
+            o,
+            "rustls over loopback TCP (tokio-rustls, {} connections in flight, {} per row, \
+             a fresh connection each: handshake, tickets, close; CPU of each side's threads \
+             per handshake, socket and runtime included; bytes counted on the client's \
+             socket):\n",
+            first.concurrency, first.handshakes
+        );
+        let _ = writeln!(
+            o,
+            "| configuration | full: client CPU | server CPU | bytes | resumed: client CPU \
+             | server CPU | bytes | server full handshakes/s per core |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (p, full, res) in &tcp_rows {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {} |",
+                p.name,
+                us(full.client_cpu_us),
+                us(full.server_cpu_us),
+                full.bytes_on_air,
+                us(res.client_cpu_us),
+                us(res.server_cpu_us),
+                res.bytes_on_air,
+                per_s(full.server_handshakes_per_s),
+            );
+        }
+        let _ = writeln!(o);
+    }
+
+    let b = &r.rustls;
+    let _ = writeln!(
+        o,
+        "The best rustls configuration for each figure (what every ratio against rustls \
+         compares with):\n"
+    );
+    let _ = writeln!(
+        o,
+        "| rustls, best per figure | client CPU | server CPU | both sides | bytes on air |"
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|");
+    for (name, best) in [
+        ("full, in memory", &b.best_full),
+        ("resumed, in memory", &b.best_resumed),
+        ("full, over loopback TCP", &b.best_full_tcp),
+        ("resumed, over loopback TCP", &b.best_resumed_tcp),
+    ] {
+        let _ = writeln!(o, "| {name} | {} |", best_cells(best));
+    }
+    let _ = writeln!(o);
 
     let _ = writeln!(
         o,
@@ -132,7 +230,19 @@ pub fn render(r: &BenchReport) -> String {
         "| against | device CPU | all parties' CPU | bytes on air |"
     );
     let _ = writeln!(o, "|---|---:|---:|---:|");
-    for ((_, p), (_, ratios)) in r.peers.iter().into_iter().zip(r.ratios.iter()) {
+    let _ = writeln!(
+        o,
+        "| rustls mTLS, full: each figure against the best of {n} configurations | {} |",
+        ratios_vs_best(&r.ratios.rustls.full),
+        n = r.rustls.measured.len()
+    );
+    let _ = writeln!(
+        o,
+        "| rustls mTLS, resumed: each figure against the best of {n} configurations | {} |",
+        ratios_vs_best(&r.ratios.rustls.resumed),
+        n = r.rustls.measured.len()
+    );
+    for ((_, p), (_, ratios)) in r.peers.others().into_iter().zip(r.ratios.others()) {
         if let Some(res) = &ratios.resumed {
             let _ = writeln!(o, "| {}, full | {} |", p.name, ratio_cells(&ratios.full));
             let _ = writeln!(o, "| {}, resumed | {} |", p.name, ratio_cells(res));
@@ -154,11 +264,18 @@ pub fn render(r: &BenchReport) -> String {
         "| **Vouch** | {} | {} | {} |",
         v.provides.mutual_auth, v.provides.third_party, v.provides.identity_hiding
     );
-    for (_, p) in r.peers.iter() {
+    let rustls_rows = r.peers.rustls.first().map(|(_, p)| {
+        (
+            format!("rustls mTLS (all {} configurations)", r.peers.rustls.len()),
+            p,
+        )
+    });
+    let others = r.peers.others().map(|(_, p)| (p.name.clone(), p));
+    for (name, p) in rustls_rows.into_iter().chain(others) {
         let _ = writeln!(
             o,
             "| {} | {} | {} | {} |",
-            p.name, p.provides.mutual_auth, p.provides.third_party, p.provides.identity_hiding
+            name, p.provides.mutual_auth, p.provides.third_party, p.provides.identity_hiding
         );
     }
     let _ = writeln!(o);
@@ -222,27 +339,39 @@ fn render_backend_into(o: &mut String, b: &BackendReport) {
             per_s(wall)
         );
     }
+    let n = b.rustls_servers.len();
     let _ = writeln!(
         o,
-        "| rustls server, full mTLS handshakes in memory (Ed25519 {}, P-256 {}; the faster \
-         counts) | {} | | 1.00 | | |",
-        per_s(b.rustls_server_handshakes_per_s_ed25519),
-        per_s(b.rustls_server_handshakes_per_s_p256),
+        "| rustls server, full mTLS handshakes in memory: the fastest of {n} configurations, \
+         {} | {} | | 1.00 | | |",
+        short(&b.rustls_server_config_name),
         per_s(b.rustls_server_handshakes_per_s),
     );
     let _ = writeln!(
         o,
-        "| rustls server, full mTLS handshakes over loopback TCP (Ed25519 {}, P-256 {}; the \
-         faster counts) | {} | | | 1.00 | |",
-        per_s(b.rustls_server_tcp_handshakes_per_s_ed25519),
-        per_s(b.rustls_server_tcp_handshakes_per_s_p256),
+        "| rustls server, full mTLS handshakes over loopback TCP: the fastest of {n} \
+         configurations, {} | {} | | | 1.00 | |",
+        short(&b.rustls_server_tcp_config_name),
         per_s(b.rustls_server_tcp_handshakes_per_s),
     );
     let _ = writeln!(
         o,
-        "\nIn memory: {}. Over TCP: a tokio-rustls server accepting fresh connections on \
-         loopback (handshake, its tickets, close), per CPU second of its own threads, like \
-         the backend's figure.{}\n",
+        "\n| rustls server configuration | full handshakes/s per core, in memory | over \
+         loopback TCP |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|");
+    for s in &b.rustls_servers {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} |",
+            short(&s.name),
+            per_s(s.in_memory_per_s),
+            per_s(s.tcp_per_s)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nrustls server: {}; like the backend's figure.{}\n",
         b.rustls_server_method,
         if b.database == "SQLite" {
             ""

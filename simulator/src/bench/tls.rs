@@ -1,10 +1,18 @@
-//! rustls TLS 1.3 with client certificates, in memory: a `ClientConnection`
-//! (the device) and a `ServerConnection`, each timed on its own calls, every
-//! record counted both ways. rustls 0.23 with the ring provider and its
-//! defaults (key exchange X25519 first, 2 session tickets after each
-//! handshake, in-memory session caches on both sides); certificates from
-//! rcgen, one CA, the leaf alone sent by each side.
+//! rustls TLS 1.3 with client certificates, in memory and over loopback
+//! TCP, in every configuration an operator could pick (issue 21): rustls's
+//! two providers, ring and aws-lc-rs (its default), × Ed25519 or ECDSA P-256
+//! certificates × key exchange X25519 or X25519MLKEM768 (rustls's default
+//! with its default features; aws-lc-rs only, ring implements no ML-KEM).
+//! Each configuration gets its own explicit [`CryptoProvider`] (no process
+//! default). In memory: a `ClientConnection` (the device) and a
+//! `ServerConnection`, each timed on its own calls, every record counted
+//! both ways. rustls 0.23's other defaults: 2 session tickets after each
+//! handshake, in-memory session caches on both sides; certificates from
+//! rcgen, one CA, the leaf alone sent by each side. Every handshake is
+//! checked to have negotiated TLS 1.3, the configuration's key exchange
+//! group and the kind (full or resumed) being measured.
 
+use std::fmt;
 use std::sync::Arc;
 
 use rcgen::{
@@ -12,12 +20,14 @@ use rcgen::{
     KeyUsagePurpose, SignatureAlgorithm,
 };
 use rustls::client::Resumption;
+use rustls::crypto::{aws_lc_rs, ring, CryptoProvider, SupportedKxGroup};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    ClientConfig, ClientConnection, Connection, HandshakeKind, ProtocolVersion, RootCertStore,
-    ServerConfig, ServerConnection,
+    ClientConfig, ClientConnection, CommonState, Connection, HandshakeKind, NamedGroup,
+    ProtocolVersion, RootCertStore, ServerConfig, ServerConnection,
 };
+use serde::Serialize;
 
 use super::{
     BenchError, Bytes, Flight, PeerCpu, PeerHandshake, PeerReport, Provides, Samples, Stopwatch,
@@ -26,13 +36,184 @@ use super::{
 const I: usize = 0;
 const R: usize = 1;
 
+/// rustls's crypto provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Provider {
+    /// `rustls::crypto::ring`.
+    Ring,
+    /// `rustls::crypto::aws_lc_rs`, rustls's default provider.
+    AwsLcRs,
+}
+
 /// The certificate and signature algorithm of both sides and the CA.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Certs {
     /// Ed25519 everywhere.
     Ed25519,
     /// ECDSA P-256 with SHA-256 everywhere.
     P256,
+}
+
+/// The key exchange group both sides prefer (and must negotiate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeyExchange {
+    /// Classical X25519 (then P-256 and P-384 offered, as ring's defaults).
+    X25519,
+    /// The hybrid X25519MLKEM768 first, then X25519, P-256 and P-384: the
+    /// order of rustls's default provider with its default features
+    /// (`prefer-post-quantum`); the client sends an X25519MLKEM768 and an
+    /// X25519 key share, as rustls does by default.
+    X25519Mlkem768,
+}
+
+/// One rustls configuration: provider × certificates × key exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TlsConfig {
+    /// The crypto provider.
+    pub(super) provider: Provider,
+    /// The certificates of both sides.
+    pub(super) certs: Certs,
+    /// The key exchange.
+    pub(super) kx: KeyExchange,
+}
+
+impl TlsConfig {
+    /// Every combination, measured or not, in table order.
+    pub(super) fn matrix() -> Vec<TlsConfig> {
+        let mut all = Vec::new();
+        for provider in [Provider::Ring, Provider::AwsLcRs] {
+            for certs in [Certs::Ed25519, Certs::P256] {
+                for kx in [KeyExchange::X25519, KeyExchange::X25519Mlkem768] {
+                    all.push(TlsConfig {
+                        provider,
+                        certs,
+                        kx,
+                    });
+                }
+            }
+        }
+        all
+    }
+
+    /// Why this combination cannot be measured, if it cannot.
+    pub(super) fn unavailable(self) -> Option<&'static str> {
+        match (self.provider, self.kx) {
+            (Provider::Ring, KeyExchange::X25519Mlkem768) => {
+                Some("ring implements no ML-KEM: rustls offers X25519MLKEM768 with aws-lc-rs only")
+            }
+            _ => None,
+        }
+    }
+
+    /// The key of this configuration in the JSON report, for example
+    /// `rustls_aws_lc_rs_ed25519_x25519`.
+    pub(super) fn key(self) -> String {
+        format!(
+            "rustls_{}_{}_{}",
+            match self.provider {
+                Provider::Ring => "ring",
+                Provider::AwsLcRs => "aws_lc_rs",
+            },
+            match self.certs {
+                Certs::Ed25519 => "ed25519",
+                Certs::P256 => "p256",
+            },
+            match self.kx {
+                KeyExchange::X25519 => "x25519",
+                KeyExchange::X25519Mlkem768 => "x25519mlkem768",
+            }
+        )
+    }
+
+    fn group(self) -> NamedGroup {
+        match self.kx {
+            KeyExchange::X25519 => NamedGroup::X25519,
+            KeyExchange::X25519Mlkem768 => NamedGroup::X25519MLKEM768,
+        }
+    }
+
+    /// The configuration's own provider: the provider's defaults with the
+    /// key exchange groups of `self.kx`.
+    fn crypto_provider(self) -> CryptoProvider {
+        match self.provider {
+            Provider::Ring => {
+                use ring::kx_group::{SECP256R1, SECP384R1, X25519};
+                CryptoProvider {
+                    kx_groups: vec![X25519, SECP256R1, SECP384R1],
+                    ..ring::default_provider()
+                }
+            }
+            Provider::AwsLcRs => {
+                use aws_lc_rs::kx_group::{SECP256R1, SECP384R1, X25519, X25519MLKEM768};
+                let kx_groups: Vec<&'static dyn SupportedKxGroup> = match self.kx {
+                    KeyExchange::X25519 => vec![X25519, SECP256R1, SECP384R1],
+                    KeyExchange::X25519Mlkem768 => {
+                        vec![X25519MLKEM768, X25519, SECP256R1, SECP384R1]
+                    }
+                };
+                CryptoProvider {
+                    kx_groups,
+                    ..aws_lc_rs::default_provider()
+                }
+            }
+        }
+    }
+
+    /// Checks that a finished connection negotiated TLS 1.3 and this
+    /// configuration's group.
+    fn check(self, conn: &CommonState) -> Result<(), BenchError> {
+        if conn.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+            return Err(BenchError::Invariant("rustls did not negotiate TLS 1.3"));
+        }
+        if conn.negotiated_key_exchange_group().map(|g| g.name()) != Some(self.group()) {
+            return Err(BenchError::Invariant(
+                "rustls did not negotiate the configuration's key exchange group",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Short and human: `aws-lc-rs, Ed25519, X25519MLKEM768`.
+impl fmt::Display for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, {}, {}",
+            match self.provider {
+                Provider::Ring => "ring",
+                Provider::AwsLcRs => "aws-lc-rs",
+            },
+            match self.certs {
+                Certs::Ed25519 => "Ed25519",
+                Certs::P256 => "P-256",
+            },
+            match self.kx {
+                KeyExchange::X25519 => "X25519",
+                KeyExchange::X25519Mlkem768 => "X25519MLKEM768",
+            }
+        )
+    }
+}
+
+/// What a handshake of one configuration costs over loopback TCP.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TcpHandshake {
+    /// CPU of the client's threads per handshake, µs (connect, handshake,
+    /// reading the tickets and the close; tokio and the socket included).
+    pub client_cpu_us: f64,
+    /// CPU of the server's threads per handshake, µs (accept, handshake,
+    /// tickets, close).
+    pub server_cpu_us: f64,
+    /// `1e6 / server_cpu_us`: handshakes per second per server core.
+    pub server_handshakes_per_s: f64,
+    /// TLS bytes both ways per connection, mean: every record, the tickets
+    /// and the server's close_notify included.
+    pub bytes_on_air: f64,
+    /// Connections measured.
+    pub handshakes: usize,
+    /// Connections in flight.
+    pub concurrency: usize,
 }
 
 const PROVIDES: Provides = Provides {
@@ -53,14 +234,16 @@ struct Configs {
     client_resume: Arc<ClientConfig>,
 }
 
-/// Measures `iterations` full and `iterations` resumed handshakes.
+/// Measures `iterations` full and `iterations` resumed handshakes of
+/// `config` in memory.
 pub(super) fn measure(
-    certs: Certs,
+    config: TlsConfig,
     iterations: usize,
     warmup: usize,
 ) -> Result<PeerReport, BenchError> {
-    let configs = configs(certs)?;
-    let full = run(
+    let configs = configs(config)?;
+    let (full, suite) = run(
+        config,
         &configs,
         &configs.client_full,
         HandshakeKind::Full,
@@ -68,46 +251,57 @@ pub(super) fn measure(
         warmup,
     )?;
     // The first handshake with the resuming client fills its cache.
-    handshake(&configs.client_resume, &configs.server)?;
-    let resumed = run(
+    handshake(config, &configs.client_resume, &configs.server)?;
+    let (resumed, _) = run(
+        config,
         &configs,
         &configs.client_resume,
         HandshakeKind::Resumed,
         iterations,
         warmup,
     )?;
-    let (name, what) = match certs {
-        Certs::Ed25519 => (
-            "rustls mTLS Ed25519",
-            "rustls 0.23 (ring), TLS 1.3, X25519, Ed25519 certificates both ways (one CA, \
-             leaf only); resumed: PSK with (EC)DHE from the defaults' session ticket",
-        ),
-        Certs::P256 => (
-            "rustls mTLS P-256",
-            "rustls 0.23 (ring), TLS 1.3, X25519, ECDSA P-256 certificates both ways (one CA, \
-             leaf only); resumed: PSK with (EC)DHE from the defaults' session ticket",
-        ),
+    let provider = match config.provider {
+        Provider::Ring => "ring",
+        Provider::AwsLcRs => "aws-lc-rs, rustls's default provider",
+    };
+    let certs = match config.certs {
+        Certs::Ed25519 => "Ed25519",
+        Certs::P256 => "ECDSA P-256",
+    };
+    let kx = match config.kx {
+        KeyExchange::X25519 => "key exchange X25519 (P-256, P-384 offered after it)",
+        KeyExchange::X25519Mlkem768 => {
+            "key exchange X25519MLKEM768 (rustls's default; X25519, P-256, P-384 offered \
+             after it, an X25519 key share sent beside the hybrid one)"
+        }
     };
     Ok(PeerReport {
-        name,
-        what,
+        name: format!("rustls mTLS {config}"),
+        what: format!(
+            "rustls 0.23 ({provider}), TLS 1.3, {suite}, {kx}, {certs} certificates both \
+             ways (one CA, leaf only); resumed: PSK with (EC)DHE from the defaults' session \
+             ticket"
+        ),
         full,
         resumed: Some(resumed),
         provides: PROVIDES,
     })
 }
 
+/// Runs `warmup + iterations` handshakes of `kind`; returns the medians of
+/// the last `iterations` and the negotiated cipher suite.
 fn run(
+    config: TlsConfig,
     configs: &Configs,
     client: &Arc<ClientConfig>,
     kind: HandshakeKind,
     iterations: usize,
     warmup: usize,
-) -> Result<PeerHandshake, BenchError> {
+) -> Result<(PeerHandshake, String), BenchError> {
     let mut samples = Samples::with_capacity(iterations);
-    let mut bytes = None;
+    let mut last = None;
     for i in 0..warmup + iterations {
-        let out = handshake(client, &configs.server)?;
+        let out = handshake(config, client, &configs.server)?;
         if out.kind != Some(kind) {
             return Err(BenchError::Invariant(
                 "rustls did not do the kind of handshake being measured",
@@ -116,23 +310,32 @@ fn run(
         if i >= warmup {
             samples.push(out.times);
         }
-        bytes = Some(out.bytes);
+        last = Some(out);
     }
-    let bytes = bytes.ok_or(BenchError::Invariant("no TLS handshake ran"))?;
-    Ok(PeerHandshake {
-        cpu_us: PeerCpu {
-            initiator: samples.median_of(I),
-            responder: samples.median_of(R),
-            total: samples.median_total(),
+    let out = last.ok_or(BenchError::Invariant("no TLS handshake ran"))?;
+    Ok((
+        PeerHandshake {
+            cpu_us: PeerCpu {
+                initiator: samples.median_of(I),
+                responder: samples.median_of(R),
+                total: samples.median_total(),
+            },
+            round_trips: out.bytes.round_trips(),
+            bytes_on_air: out.bytes,
+            tcp: None,
         },
-        round_trips: bytes.round_trips(),
-        bytes_on_air: bytes,
-    })
+        out.suite,
+    ))
 }
 
-fn configs(certs: Certs) -> Result<Configs, BenchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let alg: &'static SignatureAlgorithm = match certs {
+fn configs(config: TlsConfig) -> Result<Configs, BenchError> {
+    if config.unavailable().is_some() {
+        return Err(BenchError::Invariant(
+            "a rustls configuration its provider cannot run",
+        ));
+    }
+    let provider = Arc::new(config.crypto_provider());
+    let alg: &'static SignatureAlgorithm = match config.certs {
         Certs::Ed25519 => &rcgen::PKCS_ED25519,
         Certs::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
     };
@@ -201,11 +404,13 @@ struct Outcome {
     times: [Stopwatch; 2],
     bytes: Bytes,
     kind: Option<HandshakeKind>,
+    suite: String,
 }
 
 /// One handshake, flights moved in memory until neither side has anything
 /// to send; each side's calls timed on its own stopwatch.
 fn handshake(
+    config: TlsConfig,
     client: &Arc<ClientConfig>,
     server: &Arc<ServerConfig>,
 ) -> Result<Outcome, BenchError> {
@@ -250,13 +455,18 @@ fn handshake(
     if conns.iter().any(|c| c.is_handshaking()) {
         return Err(BenchError::Invariant("a TLS handshake did not complete"));
     }
-    if conns[I].protocol_version() != Some(ProtocolVersion::TLSv1_3) {
-        return Err(BenchError::Invariant("rustls did not negotiate TLS 1.3"));
+    for c in &conns {
+        config.check(c)?;
     }
+    let suite = conns[I]
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .ok_or(BenchError::Invariant("no TLS cipher suite"))?;
     Ok(Outcome {
         times: sw,
         bytes: Bytes::new(flights),
         kind: conns[I].handshake_kind(),
+        suite,
     })
 }
 
@@ -278,20 +488,30 @@ fn feed(conn: &mut Connection, mut bytes: &[u8]) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Full mutual-TLS handshakes per second per server core over loopback TCP:
-/// a tokio-rustls server (threads `rustls-srv`, one worker per CPU) accepts
-/// connections from `CONCURRENCY` clients in flight (threads `rustls-cli`,
-/// resumption off), completes the handshake, sends its tickets and closes.
-/// Per core = handshakes ÷ the server threads' CPU time; the clients' CPU is
-/// not counted. Must not run inside a Tokio runtime.
-pub(super) fn tcp_server_rate(certs: Certs, n: usize) -> Result<f64, BenchError> {
+/// Connections in flight over TCP.
+const TCP_CONCURRENCY: usize = 32;
+
+/// `n` mutual-TLS handshakes of `kind` over loopback TCP: a tokio-rustls
+/// server (threads `rustls-srv`, one worker per CPU) accepts connections from
+/// `TCP_CONCURRENCY` clients in flight (threads `rustls-cli`), completes the
+/// handshake, sends its tickets and closes; each client reads until the
+/// close. Both ends set `TCP_NODELAY`, as the backend's server and reqwest
+/// do. Resumed: each client task has a session cache of its own, primed
+/// by one full handshake before the clock starts, so that every measured
+/// connection resumes. CPU per handshake is each side's threads' CPU time
+/// over `n`; bytes are counted on the client's socket. Must not run inside a
+/// Tokio runtime.
+pub(super) fn measure_tcp(
+    config: TlsConfig,
+    kind: HandshakeKind,
+    n: usize,
+) -> Result<TcpHandshake, BenchError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-    const CONCURRENCY: usize = 32;
-    let configs = configs(certs)?;
+    let configs = configs(config)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = |name: &str| {
         tokio::runtime::Builder::new_multi_thread()
@@ -307,6 +527,8 @@ pub(super) fn tcp_server_rate(certs: Certs, n: usize) -> Result<f64, BenchError>
     let acceptor = TlsAcceptor::from(configs.server.clone());
     let server = srv.spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            // As the backend's server does (and reqwest, its client).
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 if let Ok(mut tls) = acceptor.accept(tcp).await {
@@ -315,44 +537,137 @@ pub(super) fn tcp_server_rate(certs: Certs, n: usize) -> Result<f64, BenchError>
             });
         }
     });
-    let connector = TlsConnector::from(configs.client_full.clone());
+    // One connection: its bytes both ways and the kind of handshake it did.
     let connect = move |connector: TlsConnector| async move {
         let name = ServerName::try_from("backend.example.net")
             .map_err(|_| BenchError::Invariant("bad server name"))?;
         let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let mut tls = connector.connect(name, tcp).await?;
+        tcp.set_nodelay(true)?;
+        let mut tls = connector.connect(name, Counted::new(tcp)).await?;
         let mut buf = [0u8; 512];
         while tls.read(&mut buf).await? > 0 {}
-        Ok::<(), BenchError>(())
+        let (io, conn) = tls.get_ref();
+        config.check(conn)?;
+        Ok::<_, BenchError>((io.bytes, conn.handshake_kind()))
     };
-    // Warm up, then measure.
-    cli.block_on(connect(connector.clone()))?;
-    let left = std::sync::Arc::new(AtomicUsize::new(n));
-    let cpu0 = super::thread_cpu_s(&["rustls-srv"]);
+    // One connector per client task: resumption needs a session cache of
+    // its own (rustls keeps a few tickets per server name).
+    let connectors: Vec<TlsConnector> = (0..TCP_CONCURRENCY)
+        .map(|_| match kind {
+            HandshakeKind::Resumed => {
+                let mut c = (*configs.client_resume).clone();
+                c.resumption = Resumption::default();
+                TlsConnector::from(Arc::new(c))
+            }
+            _ => TlsConnector::from(configs.client_full.clone()),
+        })
+        .collect();
+    // Warm up (and prime each cache), then measure.
     cli.block_on(async {
+        for c in &connectors {
+            connect(c.clone()).await?;
+        }
+        Ok::<(), BenchError>(())
+    })?;
+    let left = Arc::new(AtomicUsize::new(n));
+    let cpu0 = (
+        super::thread_cpu_s(&["rustls-srv"]),
+        super::thread_cpu_s(&["rustls-cli"]),
+    );
+    let bytes = cli.block_on(async {
         let mut tasks = Vec::new();
-        for _ in 0..CONCURRENCY {
+        for connector in connectors {
             let left = left.clone();
-            let connector = connector.clone();
             tasks.push(tokio::spawn(async move {
+                let mut bytes = 0;
                 while left
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
                     .is_ok()
                 {
-                    connect(connector.clone()).await?;
+                    let (b, did) = connect(connector.clone()).await?;
+                    if did != Some(kind) {
+                        return Err(BenchError::Invariant(
+                            "rustls over TCP did not do the kind of handshake being measured",
+                        ));
+                    }
+                    bytes += b;
                 }
-                Ok::<(), BenchError>(())
+                Ok::<usize, BenchError>(bytes)
             }));
         }
+        let mut bytes = 0;
         for t in tasks {
-            t.await
+            bytes += t
+                .await
                 .map_err(|_| BenchError::Invariant("a TLS client task panicked"))??;
         }
-        Ok::<(), BenchError>(())
+        Ok::<usize, BenchError>(bytes)
     })?;
-    let cpu = super::thread_cpu_s(&["rustls-srv"]) - cpu0;
+    let server_cpu = super::thread_cpu_s(&["rustls-srv"]) - cpu0.0;
+    let client_cpu = super::thread_cpu_s(&["rustls-cli"]) - cpu0.1;
     server.abort();
     drop(cli);
     drop(srv);
-    Ok(n as f64 / cpu.max(1e-9))
+    let per = |cpu: f64| cpu * 1e6 / n.max(1) as f64;
+    Ok(TcpHandshake {
+        client_cpu_us: per(client_cpu),
+        server_cpu_us: per(server_cpu),
+        server_handshakes_per_s: n as f64 / server_cpu.max(1e-9),
+        bytes_on_air: bytes as f64 / n.max(1) as f64,
+        handshakes: n,
+        concurrency: TCP_CONCURRENCY,
+    })
+}
+
+/// A TCP stream that counts the bytes read and written through it.
+struct Counted {
+    tcp: tokio::net::TcpStream,
+    bytes: usize,
+}
+
+impl Counted {
+    fn new(tcp: tokio::net::TcpStream) -> Self {
+        Self { tcp, bytes: 0 }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf);
+        self.bytes += buf.filled().len() - before;
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.bytes += n;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }
