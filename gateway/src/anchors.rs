@@ -365,7 +365,7 @@ pub async fn follow<B: BackendApi>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let interval = interval.max(Duration::from_secs(1));
-    let mut backoff = FIRST_RETRY;
+    let mut retry = crate::retry::Retry::new(FIRST_RETRY, MAX_RETRY);
     metrics.anchor_updates_held(updates.len(), updates.last_serial());
     loop {
         let result = tokio::select! {
@@ -375,7 +375,12 @@ pub async fn follow<B: BackendApi>(
         metrics.anchor_updates_held(updates.len(), updates.last_serial());
         let wait = match result {
             Ok(_) => {
-                backoff = FIRST_RETRY;
+                if retry.succeeded() > 0 {
+                    info!(
+                        held = updates.len(),
+                        "trust-anchor updates: the backend answers again"
+                    );
+                }
                 interval
             }
             Err(FetchError::Backend(BackendError::Unsupported(what))) => {
@@ -384,10 +389,9 @@ pub async fn follow<B: BackendApi>(
             }
             Err(e) => {
                 metrics.anchor_update_fetch_failed();
-                let wait = backoff.min(interval);
-                warn!(error = %e, retry_in_s = wait.as_secs(), held = updates.len(),
+                let wait = retry.next_delay().min(interval);
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, held = updates.len(),
                     "trust-anchor updates could not be fetched; those held are still delivered");
-                backoff = (backoff * 2).min(MAX_RETRY);
                 wait
             }
         };

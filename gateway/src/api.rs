@@ -127,6 +127,7 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
             "feed_silent_s": s.table.feed().silent_for().map(|d| d.as_secs()),
             "feed_silence_limit_s": s.table.feed().silence_limit().map(|d| d.as_secs()),
         },
+        "backend": backend_view(&s.table),
         "clones_suspected": s.metrics.clones_suspected(),
         "certificate": s.certificate.as_ref().map(|c| c.status(SystemClock.wall())),
         "anchor_updates": {
@@ -143,6 +144,20 @@ async fn status(State(s): State<ApiState>) -> Json<serde_json::Value> {
             "failed": s.metrics.handshakes("failed"),
         },
     }))
+}
+
+/// The backend as the revocation feed sees it: answering or not (since
+/// when, why), and how far the feed is applied.
+fn backend_view(table: &SessionTable) -> serde_json::Value {
+    let feed = table.feed();
+    let down = feed.backend_down();
+    serde_json::json!({
+        "reachable": down.is_none(),
+        "unreachable_for_s": down.as_ref().map(|(d, _)| d.as_secs()),
+        "error": down.map(|(_, e)| e),
+        "feed_cursor": feed.position(),
+        "feed_caught_up_s_ago": feed.silent_for().map(|d| d.as_secs()),
+    })
 }
 
 async fn messages(State(s): State<ApiState>) -> Response {

@@ -395,7 +395,7 @@ pub async fn follow<B: BackendApi, C: Clock>(
 ) {
     let policy = renewal.policy;
     let mut spread = jitter();
-    let mut retry = FIRST_RETRY;
+    let mut retry = crate::retry::Retry::new(FIRST_RETRY, MAX_RETRY);
     let mut warned_at: Option<WallTime> = None;
     let mut renewing = true;
     loop {
@@ -439,7 +439,7 @@ pub async fn follow<B: BackendApi, C: Clock>(
                         "client certificate renewed; new connections use it"
                     );
                     spread = jitter();
-                    retry = FIRST_RETRY;
+                    retry.succeeded();
                     warned_at = None;
                     continue;
                 }
@@ -450,12 +450,11 @@ pub async fn follow<B: BackendApi, C: Clock>(
                 }
                 Err(e) => {
                     metrics.certificate_renewed(false);
-                    let wait = retry;
+                    let wait = retry.next_delay();
                     warn!(error = %e, retry_in_s = wait.as_secs(),
                         expires = %format_wall(info.not_after),
                         "client certificate renewal failed; retrying");
                     renewal.watch.lock().last_error = Some(e.to_string());
-                    retry = (retry * 2).min(MAX_RETRY);
                     wait
                 }
             }

@@ -75,7 +75,7 @@ pub enum SessionEnd {
     #[error("link error: {0}")]
     Link(#[source] LinkError),
     /// The peripheral sent a Close record.
-    #[error("peripheral closed (reason {})", .0.0)]
+    #[error("peripheral closed ({0})")]
     ClosedByPeripheral(CloseReason),
     /// A record arrived after the session's lifetime ran out.
     #[error("session expired")]
@@ -95,7 +95,7 @@ fn closed_by_gateway(reason: CloseReason) -> String {
     match reason {
         CloseReason::EXPIRED => "session lifetime ended".into(),
         CloseReason::NORMAL => "closed: idle or replaced".into(),
-        r => format!("closed by gateway (reason {})", r.0),
+        r => format!("closed by gateway ({r})"),
     }
 }
 
@@ -702,7 +702,7 @@ async fn report<B: BackendApi, C: Clock>(
     times: Heard,
 ) {
     let first = ctx.clock.now();
-    let mut backoff = Duration::from_millis(500);
+    let mut retry = crate::retry::Retry::new(Duration::from_millis(500), Duration::from_secs(30));
     let answer = loop {
         let report = SessionReport {
             events: vec![SessionEvent {
@@ -723,14 +723,12 @@ async fn report<B: BackendApi, C: Clock>(
                         .saturating_sub(first.as_millis())
                         < REPORT_RETRY_FOR.as_millis() as u64 =>
             {
-                debug!(peripheral = %peripheral, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                // Jittered, so the reports a backend outage held back do not
+                // all come back at the same instants.
+                let wait = retry.next_delay();
+                debug!(peripheral = %peripheral, error = %e, retry_in_ms = wait.as_millis() as u64,
                     "session event not reported yet; retrying");
-                // Spread by up to half again, from the session id (random
-                // per session), so the reports a backend outage held back
-                // do not all come back at the same instants.
-                let jitter = backoff * u32::from(session_id[0]) / 512;
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 warn!(peripheral = %peripheral, session = %hex::encode(session_id), kind = ?kind, error = %e,

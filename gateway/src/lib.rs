@@ -53,6 +53,7 @@
 //! | [`state`] | what the gateway keeps on disk across restarts |
 //! | [`backend_client`] | the backend behind a trait (HTTPS with mutual TLS), and why a request failed |
 //! | [`certificate`] | the client certificate: its check at start, its renewal before it expires |
+//! | [`retry`] | the delays between attempts against the backend: exponential, capped, jittered |
 //! | [`transport`] | links: the [`Link`](transport::Link) trait, TCP, memory, BLE |
 //! | [`config`], [`metrics`], [`clock`], [`error`] | configuration, counters, time, errors |
 //! | `testing` | (feature `test-utils`) a fake backend for tests |
@@ -68,6 +69,7 @@ pub mod driver;
 pub mod endpoint;
 pub mod error;
 pub mod metrics;
+pub mod retry;
 pub mod revocation;
 pub mod serve;
 pub mod sessions;

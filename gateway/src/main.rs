@@ -474,10 +474,11 @@ async fn wait_for_signal() {
     }
 }
 
-async fn status(config: &Config, json: bool) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = &config.api.socket;
-    let mut stream = tokio::net::UnixStream::connect(socket)
+/// `GET path` on the daemon's local API (HTTP/1.1 over its Unix socket),
+/// as JSON.
+async fn local_api(socket: &Path, path: &str) -> Result<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| {
             format!(
@@ -485,15 +486,25 @@ async fn status(config: &Config, json: bool) -> Result<()> {
                 socket.display()
             )
         })?;
-    stream
-        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let v: serde_json::Value =
-        serde_json::from_str(body).context("the daemon's answer is not JSON")?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "gateway")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    driver.abort();
+    anyhow::ensure!(
+        status.is_success(),
+        "the daemon answered {status} to {path}"
+    );
+    serde_json::from_slice(&body).context("the daemon's answer is not JSON")
+}
+
+async fn status(config: &Config, json: bool) -> Result<()> {
+    let v = local_api(&config.api.socket, "/v1/status").await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -506,6 +517,22 @@ async fn status(config: &Config, json: bool) -> Result<()> {
         v["tickets"]
     );
     println!("handshakes: {}", v["handshakes"]);
+    let backend = &v["backend"];
+    if backend["reachable"].as_bool() == Some(false) {
+        println!(
+            "backend UNREACHABLE for {} s: {}",
+            backend["unreachable_for_s"],
+            backend["error"].as_str().unwrap_or("-")
+        );
+    } else {
+        println!(
+            "backend reachable; revocation feed at cursor {}, caught up {} s ago",
+            backend["feed_cursor"],
+            backend["feed_caught_up_s_ago"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |s| s.to_string())
+        );
+    }
     let resumption = &v["resumption"];
     if resumption["suspended"].as_bool() == Some(true) {
         println!(

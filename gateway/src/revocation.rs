@@ -36,6 +36,7 @@ use vouch_proto::wire::backend::{FeedChange, FeedEvent, MAX_FEED_EVENTS};
 
 use crate::backend_client::{BackendApi, BackendError};
 use crate::metrics::Metrics;
+use crate::retry::Retry;
 use crate::sessions::SessionTable;
 
 /// Applies one feed event to the table; returns how many sessions it closed.
@@ -123,10 +124,14 @@ pub async fn follow<B: BackendApi>(
             "revocation feed: catching up from the saved cursor before restored tickets are used"
         );
     }
-    let mut backoff = Duration::from_millis(250);
+    let mut retry = Retry::new(Duration::from_millis(250), Duration::from_secs(10));
     loop {
+        // After a failure the first poll answers at once (no long-poll): the
+        // gateway learns without waiting that the backend is back, and what
+        // it missed meanwhile.
+        let recovering = retry.failures() > 0;
         let poll = async {
-            if catching_up {
+            if catching_up || recovering {
                 backend.feed_now_dated(after).await
             } else {
                 backend.feed_dated(after).await
@@ -135,7 +140,12 @@ pub async fn follow<B: BackendApi>(
         tokio::select! {
             r = poll => match r {
                 Ok(answer) => {
-                    backoff = Duration::from_millis(250);
+                    table.feed().backend_answered();
+                    let failed = retry.succeeded();
+                    if failed > 0 {
+                        info!(failed_attempts = failed, cursor = after,
+                            "revocation feed: the backend answers again");
+                    }
                     let batch = answer.batch;
                     table.tickets().check_clock(answer.server_time);
                     for ev in &batch.events {
@@ -174,24 +184,17 @@ pub async fn follow<B: BackendApi>(
                             "the backend refused to resume the revocation feed: restored tickets discarded");
                         catching_up = false;
                     }
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "revocation feed unavailable");
+                    let wait = retry.next_delay();
+                    table.feed().backend_failed(e.to_string());
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "revocation feed unavailable");
                     metrics.set_resumption_suspended(table.feed().resumption_suspended());
-                    let jitter = Duration::from_millis(u64::from(rand_jitter()) % (backoff.as_millis() as u64 / 2 + 1));
                     tokio::select! {
-                        () = tokio::time::sleep(backoff + jitter) => {}
+                        () = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             },
             _ = shutdown.changed() => return,
         }
     }
-}
-
-fn rand_jitter() -> u32 {
-    let mut b = [0u8; 4];
-    // Jitter only spreads reconnects; without OS randomness it is simply zero.
-    let _ = getrandom::fill(&mut b);
-    u32::from_le_bytes(b)
 }

@@ -43,6 +43,31 @@ impl CloseReason {
     pub const SHUTDOWN: CloseReason = CloseReason(3);
     /// The sender saw a protocol error.
     pub const PROTOCOL_ERROR: CloseReason = CloseReason(4);
+
+    /// The reason's name as SPEC.md §7.6 gives it (`normal`, `revoked`,
+    /// `expired`, `shutdown`, `protocol_error`), or `None` for a value the
+    /// application defines.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::NORMAL => "normal",
+            Self::REVOKED => "revoked",
+            Self::EXPIRED => "expired",
+            Self::SHUTDOWN => "shutdown",
+            Self::PROTOCOL_ERROR => "protocol_error",
+            _ => return None,
+        })
+    }
+}
+
+/// `normal`, …, or `application reason N` for the values SPEC.md leaves to
+/// applications.
+impl core::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "application reason {}", self.0),
+        }
+    }
 }
 
 /// Content types inside a record (SPEC.md §7.3).

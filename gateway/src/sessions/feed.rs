@@ -47,6 +47,9 @@ pub struct FeedState {
     position: AtomicU64,
     /// How long the revocation feed may stay silent before resumption stops.
     silence: FeedSilence,
+    /// Since when, and why, the feed's requests to the backend fail; `None`
+    /// while the backend answers (`vouch-gateway status`).
+    backend_down: Mutex<Option<(tokio::time::Instant, String)>>,
 }
 
 impl FeedState {
@@ -61,7 +64,33 @@ impl FeedState {
                 last_heard: Mutex::new(None),
                 refusing: AtomicBool::new(false),
             },
+            backend_down: Mutex::new(None),
         }
+    }
+
+    /// A request of the feed to the backend failed with `error` (the first
+    /// failure of a run of them dates the outage).
+    pub fn backend_failed(&self, error: String) {
+        let mut down = self.backend_down.lock().unwrap_or_else(|e| e.into_inner());
+        let since = down
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |d| d.0);
+        *down = Some((since, error));
+    }
+
+    /// The backend answered the feed.
+    pub fn backend_answered(&self) {
+        *self.backend_down.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// For how long, and why, the backend has not been answering the feed;
+    /// `None` while it answers.
+    pub fn backend_down(&self) -> Option<(std::time::Duration, String)> {
+        self.backend_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(since, e)| (since.elapsed(), e.clone()))
     }
 
     /// Counts a policy change; returns the new count.
