@@ -948,3 +948,63 @@ async fn adding_a_rule_sends_no_policy_change_and_removing_one_does(db: Db) {
         1
     );
 }
+
+/// Captured log output.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Issue 19: an admin action that changed something is logged at INFO
+/// (method, path, status); reads and refused requests are not actions.
+#[tokio::test]
+async fn admin_actions_are_logged_at_info() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let b = Backend::new(&Db::Sqlite).await;
+    let d = Device::new(9);
+    b.enroll_peripheral(&d, None).await;
+    let suspend = format!("/v1/admin/peripherals/{}/suspend", d.id);
+    assert_eq!(b.admin("POST", &suspend, None).await.0, StatusCode::OK);
+    assert_eq!(
+        b.admin("GET", "/v1/admin/peripherals", None).await.0,
+        StatusCode::OK
+    );
+    let (refused, _) = b.admin("POST", &suspend, None).await;
+    assert!(refused.is_client_error(), "suspending twice is refused");
+    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8");
+    let actions: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("admin action"))
+        .collect();
+    assert_eq!(actions.len(), 2, "{text}");
+    assert!(actions.iter().all(|l| l.contains(" INFO ")), "{actions:?}");
+    assert!(
+        actions[0].contains("path=/v1/admin/peripherals"),
+        "{actions:?}"
+    );
+    assert!(
+        actions[1].contains(&format!("path={suspend}")),
+        "{actions:?}"
+    );
+}

@@ -91,6 +91,25 @@ pub(super) fn router() -> Router<AppState> {
         .route(route::admin::ANCHOR, get(anchor))
 }
 
+/// Logs every admin action that changed something (a request other than
+/// `GET` that succeeded) at INFO: who acted is in the audit log, what was
+/// done is here too, for the operator reading the service's log.
+pub(super) async fn log_actions(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let res = next.run(req).await;
+    if method != axum::http::Method::GET
+        && method != axum::http::Method::HEAD
+        && res.status().is_success()
+    {
+        tracing::info!(%method, %path, status = res.status().as_u16(), "admin action");
+    }
+    res
+}
+
 /// A page of results.
 #[derive(Debug, Serialize)]
 pub struct Page<T> {

@@ -99,7 +99,8 @@ pub fn router(state: AppState) -> Router {
         ));
     let admin_api = admin::router()
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
-        .layer(guarded);
+        .layer(guarded)
+        .layer(axum::middleware::from_fn(admin::log_actions));
     // The feed long-poll is bounded by its own semaphore and wait limit, not
     // by the request deadline.
     Router::new()
