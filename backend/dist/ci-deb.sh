@@ -59,11 +59,17 @@ contents() {
     local f
     for f in ./usr/bin/vouch-backend ./usr/lib/systemd/system/vouch-backend.service \
              ./etc/vouch/backend.toml ./usr/share/doc/vouch-backend/copyright \
-             ./usr/share/doc/vouch-backend/README.md; do
+             ./usr/share/doc/vouch-backend/README.md ./usr/share/man/man1/vouch-backend.1.gz \
+             ./usr/share/bash-completion/completions/vouch-backend; do
         check "$arch: contains $f" grep -qE " $f\$" "$WORK/contents-$arch.txt"
     done
     check "$arch: nothing else is installed" \
-        test "$(grep -vc '/$' "$WORK/contents-$arch.txt")" = 5
+        test "$(grep -vc '/$' "$WORK/contents-$arch.txt")" = 7
+    check "$arch: the manual page is the binary's (man reads it)" \
+        eval "zcat '$X/usr/share/man/man1/vouch-backend.1.gz' | grep -q '^.TH vouch-backend 1' \
+              && zcat '$X/usr/share/man/man1/vouch-backend.1.gz' | grep -q 'restore'"
+    check "$arch: the bash completion knows the verbs" \
+        grep -q 'backup' "$X/usr/share/bash-completion/completions/vouch-backend"
     check "$arch: /usr/bin/vouch-backend is root-owned 0755" \
         grep -qE '^-rwxr-xr-x root/root .* \./usr/bin/vouch-backend$' "$WORK/contents-$arch.txt"
     check "$arch: /etc/vouch/backend.toml is the only conffile" \

@@ -62,6 +62,8 @@ enum Command {
     },
     /// Print the example configuration.
     ExampleConfig,
+    #[command(flatten)]
+    Docs(vouch_host::cli::Docs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -114,6 +116,7 @@ fn command(cli: Cli) -> Result<()> {
             print!("{}", vouch_gateway::config::EXAMPLE);
             Ok(())
         }
+        Command::Docs(docs) => Ok(docs.print(<Cli as clap::CommandFactory>::command())?),
     }
 }
 

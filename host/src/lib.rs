@@ -24,12 +24,14 @@
 //! |---|---|
 //! | [`config`] | [`parse`](config::parse) a settings file (errors at file:line:column), [`overlay`](config::overlay) the environment's overrides |
 //! | [`fs`] | [`AtomicWrite`](fs::AtomicWrite), [`check_private`](fs::check_private), [`sync_dir`](fs::sync_dir), [`remove_temporaries`](fs::remove_temporaries) |
+//! | [`cli`] | [`Docs`](cli::Docs): `completions SHELL` and `man`, generated from a binary's clap definition |
 //! | [`clock`] | [`Clock`](clock::Clock): monotonic time for deadlines, wall time for what survives a restart |
 //! | [`link`] | [`Link`](link::Link), [`LinkError`](link::LinkError), [`push_fragment`](link::push_fragment) |
 //! | [`logging`] | [`init`](logging::init): `tracing` to standard error, filtered by `VOUCH_LOG`, text or one JSON shape |
 //! | [`report`] | [`one_line`](report::one_line): an error and its causes as a binary prints them, each said once |
 //! | [`tcp`] | [`TcpLink`](tcp::TcpLink): the BLE fragments over TCP, each with a two-byte length |
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod fs;

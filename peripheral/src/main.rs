@@ -100,6 +100,8 @@ enum Cmd {
     /// Reconnects with backoff and resumes after gateway restarts; SIGINT or
     /// SIGTERM closes the session (reason shutdown) and exits 0.
     Run(RunArgs),
+    #[command(flatten)]
+    Docs(vouch_host::cli::Docs),
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +155,9 @@ fn main() -> ExitCode {
         } => keygen(&dir, id.as_deref(), group.as_deref(), &attrs),
         Cmd::Provision { dir, anchor } => provision(&dir, &anchor),
         Cmd::Show { dir } => show(&dir),
+        Cmd::Docs(docs) => docs
+            .print(<Cli as clap::CommandFactory>::command())
+            .context("writing to standard output"),
         Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

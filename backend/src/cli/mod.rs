@@ -129,6 +129,8 @@ update. A device flashed with it starts current; export it again after every `ke
     /// Restore a backup into a new data directory and verify its audit chain.
     #[command(long_about = backup::RESTORE_HELP)]
     Restore(backup::RestoreArgs),
+    #[command(flatten)]
+    Docs(vouch_host::cli::Docs),
 }
 
 /// Runs one command.
@@ -153,6 +155,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ServerCert(cmd) => server_cert::server_cert(&cli, cmd),
         Command::Backup(args) => backup::backup(&cli, args).await,
         Command::Restore(args) => backup::restore(&cli, args).await,
+        Command::Docs(docs) => {
+            docs.print(<Cli as clap::CommandFactory>::command())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
