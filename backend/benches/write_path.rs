@@ -9,8 +9,8 @@
 //! PostgreSQL database), W concurrent writers (as W backend instances'
 //! committers would be) each loop: begin_write (lock the head row), append
 //! E audit entries chained to the head, commit. Printed: transactions per
-//! second and entries per second, measured over a fixed number of
-//! transactions after a warm-up. backend/README.md ("The write path's
+//! second and entries per second, measured over three seconds after a
+//! warm-up. backend/README.md ("The write path's
 //! ceiling") has the figures and the arithmetic.
 //!
 //! `cargo bench -p vouch-backend --bench write_path` (a measurement, not a
@@ -30,8 +30,8 @@ const WRITERS: [usize; 3] = [1, 4, 16];
 /// Audit entries per transaction: one, a busy group commit, the largest
 /// group commit (`MAX_GROUP` in `vouch/commit.rs`).
 const ENTRIES: [usize; 3] = [1, 64, 512];
-/// Entries written per measurement (spread over its transactions).
-const BUDGET: usize = 40_000;
+/// How long each configuration is measured.
+const MEASURE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -58,9 +58,8 @@ async fn run(name: &str, url: &str) {
     for entries in ENTRIES {
         for writers in WRITERS {
             // Warm-up: the pool's connections, the statements.
-            measure(&store, writers, entries, (writers * 4).max(8)).await;
-            let txs = (BUDGET / entries).max(writers * 20);
-            let (elapsed, done) = measure(&store, writers, entries, txs).await;
+            measure(&store, writers, entries, std::time::Duration::from_millis(300)).await;
+            let (elapsed, done) = measure(&store, writers, entries, MEASURE).await;
             let secs = elapsed.as_secs_f64();
             println!(
                 "| {writers} | {entries} | {:.0} | {:.0} | {:.2} ms |",
@@ -73,13 +72,13 @@ async fn run(name: &str, url: &str) {
     store.close().await;
 }
 
-/// `txs` transactions of `entries` entries each, by `writers` concurrent
-/// writers; the time they took and how many committed.
+/// Transactions of `entries` entries each, by `writers` concurrent writers,
+/// for `time`; the time they took and how many committed.
 async fn measure(
     store: &Store,
     writers: usize,
     entries: usize,
-    txs: usize,
+    time: std::time::Duration,
 ) -> (std::time::Duration, usize) {
     let batch: Arc<Vec<NewAudit>> = Arc::new(
         (0..entries)
@@ -92,18 +91,20 @@ async fn measure(
             .collect(),
     );
     let start = Instant::now();
+    let deadline = start + time;
     let mut tasks = Vec::new();
-    for w in 0..writers {
+    for _ in 0..writers {
         let store = store.clone();
         let batch = batch.clone();
-        let mine = txs / writers + usize::from(w < txs % writers);
         tasks.push(tokio::spawn(async move {
-            for _ in 0..mine {
+            let mut done = 0;
+            while Instant::now() < deadline {
                 let mut tx = store.begin_write().await.expect("begin");
                 tx.audit_many(&batch, now_ms()).await.expect("append");
                 tx.commit().await.expect("commit");
+                done += 1;
             }
-            mine
+            done
         }));
     }
     let mut done = 0;

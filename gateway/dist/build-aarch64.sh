@@ -4,6 +4,7 @@
 #
 #   vouch-gateway     with --features ble (btleplug central: BlueZ over D-Bus, libdbus-1-3)
 #   vouch-peripheral  the reference device (TCP transport)
+#   vouch-backend     the backend, for its arm64 .deb (backend/dist/build-deb.sh arm64)
 #
 # The toolchain is Debian's own rustc-web/cargo-web, with the arm64 standard library from
 # multiarch (libstd-rust-web-dev:arm64), aarch64-linux-gnu-gcc as the linker and C compiler
@@ -169,5 +170,5 @@ done
 if ! aarch64-linux-gnu-readelf -d "$OUT/vouch-gateway" | grep -q 'libdbus-1.so.3'; then
     die "vouch-gateway does not link libdbus-1: was it built without --features ble?"
 fi
-echo "binaries: $OUT/vouch-gateway $OUT/vouch-peripheral"
+echo "binaries: $OUT/vouch-gateway $OUT/vouch-peripheral $OUT/vouch-backend"
 echo "aarch64 build: OK in ${build_s} s"
