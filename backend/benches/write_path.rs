@@ -58,7 +58,13 @@ async fn run(name: &str, url: &str) {
     for entries in ENTRIES {
         for writers in WRITERS {
             // Warm-up: the pool's connections, the statements.
-            measure(&store, writers, entries, std::time::Duration::from_millis(300)).await;
+            measure(
+                &store,
+                writers,
+                entries,
+                std::time::Duration::from_millis(300),
+            )
+            .await;
             let (elapsed, done) = measure(&store, writers, entries, MEASURE).await;
             let secs = elapsed.as_secs_f64();
             println!(

@@ -163,6 +163,7 @@ install_test() {
     check "purge (twice): no user, no unit links, no conffile; the data and the backups are kept and said so" \
         eval "! getent passwd vouch-backend && test -s $data/ca-key.pem \
               && test -s /var/backups/vouch-backend/b1/vouch.db \
+              && test \"\$(stat -c %U:%G $data/ca-key.pem)\" = root:root \
               && grep -q 'kept $data' '$WORK/dpkg-4.log' && test ! -e /etc/vouch/backend.toml \
               && test ! -e /etc/systemd/system/multi-user.target.wants/vouch-backend.service" \
         || show_log "$WORK/dpkg-4.log"

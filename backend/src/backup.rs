@@ -88,11 +88,24 @@ pub enum BackupError {
     /// The CA certificate does not give the audit checkpoint key.
     #[error("the CA certificate: {0}")]
     CheckpointKey(#[from] CheckpointKeyError),
+    /// The backup holds no registry and no database was named: its
+    /// registry is in PostgreSQL.
+    #[error("{} holds no registry (vouch.db): it is the backup of a PostgreSQL deployment; restore the database with pg_restore and pass --database-url", .0.display())]
+    NoRegistry(PathBuf),
+    /// The source looks like a live data directory: its SQLite write-ahead
+    /// log holds commits the database file alone does not.
+    #[error("{} has a non-empty write-ahead log (vouch.db-wal): it is a live data directory, not a backup; take one with `vouch-backend backup` and restore that", .0.display())]
+    LiveDirectory(PathBuf),
+    /// The database named for the restore holds no audit entry: it is not
+    /// this backup's registry (a served one has at least the key ring's
+    /// genesis).
+    #[error("the database named for the restore of {} is empty: it is not this backup's registry (wrong --database-url, or pg_restore not run?)", .0.display())]
+    EmptyRegistry(PathBuf),
     /// The key files kept changing during the backup.
     #[error("the key files changed during the backup {ATTEMPTS} times in a row (a key rotation running?); run it again")]
     Unstable,
     /// The restored audit chain does not verify.
-    #[error("the restored audit chain is broken at entry {seq}: {problem}; the restored directory is kept at {} for inspection", dir.display())]
+    #[error("the restored audit chain is broken at entry {seq}: {problem} (checked in {}, removed: nothing was restored)", dir.display())]
     AuditBroken {
         /// The restored directory.
         dir: PathBuf,
@@ -217,8 +230,10 @@ async fn fill_backup(
 /// Restores the backup `from` into the new data directory `to`, then opens
 /// its registry (the SQLite copy in it, or `database_url` where `pg_restore`
 /// put the PostgreSQL dump), which applies this version's migrations, and
-/// verifies the audit chain. A chain that does not verify is an error; the
-/// restored directory stays for inspection.
+/// verifies the audit chain, all in a staging directory: only a restore
+/// that verified takes the name `to`. A broken chain, an empty registry, a
+/// backup without its registry, or a live data directory (a non-empty
+/// write-ahead log) is an error, and nothing is left behind.
 pub async fn restore(
     from: &Path,
     to: &Path,
@@ -230,35 +245,62 @@ pub async fn restore(
     refuse_existing(to)?;
     let mut snapshot = read_files(from)?;
     let db = from.join(files::DB);
-    if database_url.is_none() && db.exists() {
-        let bytes = Zeroizing::new(fs::read(&db).map_err(io("reading", &db))?);
-        snapshot.push(Snapshot {
-            name: files::DB.to_owned(),
-            mode: 0o600,
-            bytes,
-        });
+    let wal = from.join(format!("{}-wal", files::DB));
+    if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return Err(BackupError::LiveDirectory(from.to_owned()));
     }
+    match (database_url, db.exists()) {
+        (None, false) => return Err(BackupError::NoRegistry(from.to_owned())),
+        (None, true) => {
+            let bytes = Zeroizing::new(fs::read(&db).map_err(io("reading", &db))?);
+            snapshot.push(Snapshot {
+                name: files::DB.to_owned(),
+                mode: 0o600,
+                bytes,
+            });
+        }
+        (Some(_), _) => {}
+    }
+    // Everything is checked in the staging directory; only a restore that
+    // verified takes the name `to`.
     let staging = staging_dir(to)?;
-    let placed = write_files(&staging, &snapshot).and_then(|()| place(&staging, to));
-    if placed.is_err() {
-        let _ = fs::remove_dir_all(&staging);
-    }
-    placed?;
-    let data = DataDir::load(to)?;
+    let result = match write_files(&staging, &snapshot) {
+        Ok(()) => verify(&staging, database_url).await,
+        Err(e) => Err(e),
+    };
+    let (entries, head) = match result.and_then(|v| place(&staging, to).map(|()| v)) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    Ok(Restored {
+        path: to.to_owned(),
+        files: snapshot.into_iter().map(|s| s.name).collect(),
+        audit_entries: entries,
+        audit_head: head,
+    })
+}
+
+/// Opens the registry of the data directory `dir` (migrating it) and
+/// verifies its audit chain; returns the entries and the head.
+async fn verify(dir: &Path, database_url: Option<&str>) -> Result<(i64, String), BackupError> {
+    let data = DataDir::load(dir)?;
     let url = database_url.map_or_else(|| data.sqlite_url(), str::to_owned);
     let store = Store::open(&url).await?;
     let key = CheckpointKey::from_ca_cert(&data.ca.cert_pem)?;
     let verdict = store.audit_verify(&key).await;
     store.close().await;
     match verdict? {
-        AuditVerdict::Intact { entries, head, .. } => Ok(Restored {
-            path: to.to_owned(),
-            files: snapshot.into_iter().map(|s| s.name).collect(),
-            audit_entries: entries,
-            audit_head: head,
-        }),
+        // The backup's own SQLite file may be empty (taken before the first
+        // `serve`); a database named apart from it is another matter.
+        AuditVerdict::Intact { entries, .. } if entries == 0 && database_url.is_some() => {
+            Err(BackupError::EmptyRegistry(dir.to_owned()))
+        }
+        AuditVerdict::Intact { entries, head, .. } => Ok((entries, head)),
         AuditVerdict::Broken { seq, problem } => Err(BackupError::AuditBroken {
-            dir: to.to_owned(),
+            dir: dir.to_owned(),
             seq,
             problem,
         }),
@@ -433,5 +475,32 @@ mod tests {
         let dir_mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700);
         store.close().await;
+
+        // A backup restores; the restore leaves nothing behind when it refuses.
+        let restored = dir.path().join("r1");
+        restore(&dest, &restored, None).await.unwrap();
+        assert!(restored.join(files::CA_KEY).exists());
+        let pg_style = dir.path().join("pg-style");
+        fs::create_dir(&pg_style).unwrap();
+        for f in files::FIXED.iter().chain(&[files::SIGNING, files::SEALING]) {
+            fs::copy(dest.join(f), pg_style.join(f)).unwrap();
+        }
+        let to = dir.path().join("r2");
+        assert!(matches!(
+            restore(&pg_style, &to, None).await,
+            Err(BackupError::NoRegistry(_))
+        ));
+        fs::write(data.join("vouch.db-wal"), b"not empty").unwrap();
+        assert!(matches!(
+            restore(&data, &to, None).await,
+            Err(BackupError::LiveDirectory(_))
+        ));
+        assert!(!to.exists());
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

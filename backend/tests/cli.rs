@@ -1443,3 +1443,66 @@ async fn refusals_counted_before_a_sigterm_are_written_and_audit_prune_keeps_ver
     );
     store.close().await;
 }
+
+/// Issue 19: every verb opens the registry the settings name (as `serve`
+/// does), so that with the Debian package's /etc/vouch/backend.toml naming
+/// a database, `list`, `enroll` and `backup` do not quietly use another.
+#[test]
+fn every_verb_opens_the_registry_the_settings_file_names() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    init(&dir, &Db::Sqlite);
+    let other = tmp.path().join("other.db");
+    let config = tmp.path().join("backend.toml");
+    std::fs::write(
+        &config,
+        format!("database_url = \"sqlite://{}?mode=rwc\"\n", other.display()),
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8");
+    let dev = IdentityKey::from_seed(&[77; 32]);
+    let pk = dev.public_key().to_string();
+    ok(&cli(
+        &dir,
+        &Db::Sqlite,
+        &[
+            "--config",
+            config,
+            "enroll",
+            "peripheral",
+            "--public-key",
+            &pk,
+        ],
+    ));
+    let id = vouch_proto::keys::PeripheralId::derive(&dev.public_key()).to_string();
+    let with = ok(&cli(
+        &dir,
+        &Db::Sqlite,
+        &["--config", config, "list", "peripheral"],
+    ));
+    assert!(with.contains(&id), "{with}");
+    assert!(other.exists(), "the registry the settings name was used");
+    let without = ok(&cli(&dir, &Db::Sqlite, &["list", "peripheral"]));
+    assert!(!without.contains(&id), "{without}");
+    // The backup of that registry is that registry.
+    let dest = tmp.path().join("b");
+    ok(&cli(
+        &dir,
+        &Db::Sqlite,
+        &[
+            "--config",
+            config,
+            "backup",
+            "--to",
+            dest.to_str().expect("utf-8"),
+        ],
+    ));
+    let restored = tmp.path().join("r");
+    ok(&cli(
+        &restored,
+        &Db::Sqlite,
+        &["restore", "--from", dest.to_str().expect("utf-8")],
+    ));
+    let listed = ok(&cli(&restored, &Db::Sqlite, &["list", "peripheral"]));
+    assert!(listed.contains(&id), "{listed}");
+}

@@ -398,6 +398,10 @@ pub async fn follow<B: BackendApi, C: Clock>(
     let mut retry = crate::retry::Retry::new(FIRST_RETRY, MAX_RETRY);
     let mut warned_at: Option<WallTime> = None;
     let mut renewing = true;
+    // A certificate due for renewal right after it was renewed (a backend
+    // whose clock or lifetime is off) is renewed again only after a
+    // growing wait, never in a tight loop.
+    let mut just_renewed = false;
     loop {
         let now = clock.wall();
         let info = renewal.watch.info();
@@ -425,7 +429,14 @@ pub async fn follow<B: BackendApi, C: Clock>(
                 );
             }
         }
-        let wait = if renewing && now >= renew_at {
+        let due = renewing && now >= renew_at;
+        let wait = if due && just_renewed {
+            just_renewed = false;
+            let wait = retry.next_delay();
+            warn!(not_after = %format_wall(info.not_after), retry_in_s = wait.as_secs(),
+                "the renewed client certificate is due for renewal already: the backend's clock or its certificates.gateway_lifetime_days is off");
+            wait
+        } else if due {
             let result = tokio::select! {
                 r = renew(&backend, &renewal, now) => r,
                 _ = shutdown.changed() => return,
@@ -439,8 +450,8 @@ pub async fn follow<B: BackendApi, C: Clock>(
                         "client certificate renewed; new connections use it"
                     );
                     spread = jitter();
-                    retry.succeeded();
                     warned_at = None;
+                    just_renewed = true;
                     continue;
                 }
                 Err(RenewalError::Backend(BackendError::Unsupported(what))) => {
@@ -459,6 +470,10 @@ pub async fn follow<B: BackendApi, C: Clock>(
                 }
             }
         } else if renewing {
+            if std::mem::take(&mut just_renewed) {
+                // The renewal held: the next failure starts from the first step.
+                retry.succeeded();
+            }
             policy
                 .check_every
                 .min(Duration::from_millis(renew_at.0.saturating_sub(now.0)))

@@ -20,8 +20,8 @@ On PostgreSQL the registry is not in the backup: take it with `pg_dump --format=
 /// Long help of `restore`.
 pub(super) const RESTORE_HELP: &str = "Copy the backup FROM into the new data directory \
 --data-dir, open its registry (applying this version's migrations, as `serve` would), and verify \
-the audit chain against the restored CA. Exit 1 if the chain is broken (the restored directory \
-stays for inspection). With --database-url, the registry is the PostgreSQL database `pg_restore` \
+the audit chain against the restored CA, all before the directory takes its name. Exit 1 if the \
+chain is broken or the registry is empty (nothing is left behind). With --database-url, the registry is the PostgreSQL database `pg_restore` \
 filled, and only the files are copied.";
 
 /// `backup`.
@@ -85,7 +85,9 @@ pub(super) async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
             r.audit_entries,
             r.audit_head
         ),
-        Err(e @ backup::BackupError::AuditBroken { .. }) => {
+        Err(
+            e @ (backup::BackupError::AuditBroken { .. } | backup::BackupError::EmptyRegistry(_)),
+        ) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::FAILURE);
         }

@@ -61,6 +61,11 @@ pub(crate) struct Cli {
     /// (postgres://user:pass@host/db).
     #[arg(long, global = true, env = "VOUCH_DATABASE_URL")]
     database_url: Option<String>,
+    /// The settings file, for every verb (default: DATA_DIR/config.toml if
+    /// present; the Debian package's is /etc/vouch/backend.toml). Its
+    /// `database_url` is the registry unless --database-url says otherwise.
+    #[arg(long, global = true, env = "VOUCH_CONFIG")]
+    config: Option<PathBuf>,
     /// Print the result as one JSON document (lists: `{"items": [...],
     /// "next_cursor": ...}`, as the admin API answers) instead of a table or
     /// `field: value` lines.
@@ -165,8 +170,11 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
 /// The settings of the commands other than `serve` (which also takes
 /// `--config` and flags): `DATA_DIR/config.toml`, then the environment.
 fn settings(cli: &Cli) -> Result<Config> {
-    let config = Config::load(&cli.data_dir.join(datadir::files::CONFIG), false)?
-        .apply_env(std::env::vars())?;
+    let config = match &cli.config {
+        Some(path) => Config::load(path, true)?,
+        None => Config::load(&cli.data_dir.join(datadir::files::CONFIG), false)?,
+    }
+    .apply_env(std::env::vars())?;
     config.validate()?;
     Ok(config)
 }
@@ -179,8 +187,10 @@ fn format_ms(ms: i64) -> String {
 }
 
 async fn open_store(cli: &Cli) -> Result<Store> {
-    let url = match &cli.database_url {
-        Some(u) => u.clone(),
+    // --database-url (or its variable), else the settings file's: a verb
+    // must open the registry `serve` uses.
+    let url = match cli.database_url.clone().or(settings(cli)?.database_url) {
+        Some(u) => u,
         None => {
             if !datadir::is_initialized(&cli.data_dir) {
                 bail!(

@@ -2,14 +2,13 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use tokio::task::JoinHandle;
 use vouch_backend::config::{Config, LogFormat};
-use vouch_backend::datadir::{self, DataDir};
+use vouch_backend::datadir::DataDir;
 use vouch_backend::server::{self, Transport};
 use vouch_backend::store::Store;
 use vouch_backend::{app, keyring, pki, AppState};
@@ -28,9 +27,6 @@ pub(super) struct ServeArgs {
     /// Serve plain HTTP instead of HTTPS; refused unless the address is loopback.
     #[arg(long)]
     insecure_http: bool,
-    /// Settings file (default: DATA_DIR/config.toml if present).
-    #[arg(long, env = "VOUCH_CONFIG")]
-    config: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
@@ -108,12 +104,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
 
 /// The settings: the file, then the environment, then the flags.
 fn settings(cli: &Cli, args: &ServeArgs) -> Result<Config> {
-    let config_path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| cli.data_dir.join(datadir::files::CONFIG));
-    let mut config =
-        Config::load(&config_path, args.config.is_some())?.apply_env(std::env::vars())?;
+    let mut config = super::settings(cli)?;
     if let Some(l) = &args.listen {
         config.listen = l.clone();
     }
