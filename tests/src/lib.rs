@@ -795,9 +795,9 @@ impl Device {
     }
 }
 
-/// Starts a device driver with any key store (a [`FileKeyStore`]
-/// (vouch_peripheral::FileKeyStore) a device left on disk, say) against the
-/// gateway at `url`.
+/// Starts a device driver with any key store (a
+/// [`FileKeyStore`](vouch_peripheral::FileKeyStore) a device left on disk,
+/// say) against the gateway at `url`.
 pub async fn run_device<K>(url: &str, store: K) -> RunningDevice
 where
     K: vouch_peripheral::KeyStore + Send + 'static,
