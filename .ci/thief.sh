@@ -39,12 +39,12 @@ wait_until() { # seconds, command...: 0 once the command succeeds, 1 at the dead
 wait_for() { wait_until 20 "${@:2}" || fail "timed out waiting for $1"; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 count() { grep -c "$1" "$2" 2>/dev/null || true; }
-# Audit entries of a backend (NDJSON): action outcome reason detail, one a line.
+# Audit entries of a backend (one JSON document, its items): action outcome reason detail, one a line.
 audit() { # data dir, action
     $B --data-dir "$W/$1" audit query --action "$2" --limit 1000 --json |
         python3 -c 'import json, sys
-for l in sys.stdin:
-    e = json.loads(l); print(e["action"], e["outcome"], e["reason"] or "-", e["detail"])'
+for e in json.load(sys.stdin)["items"]:
+    print(e["action"], e["outcome"], e["reason"] or "-", e["detail"])'
 }
 # A number from a gateway's status (`vouch-gateway status --json`), by path.
 gw_status() { # gateway dir, dotted path
