@@ -19,10 +19,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let json = cli.json();
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
+        // With --json the error is a JSON document too (`{"error": "..."}`
+        // on standard error), unless `serve` installed JSON logs: then it is
+        // their last line.
+        Err(e) if json && vouch_host::logging::installed().is_none() => {
+            let error = serde_json::json!({ "error": vouch_host::report::one_line(&*e) });
+            eprintln!("{error}");
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
-            eprintln!("error: {}", vouch_host::report::one_line(&*e));
+            vouch_host::report::fatal(&*e);
             std::process::ExitCode::FAILURE
         }
     }

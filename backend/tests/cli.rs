@@ -296,9 +296,51 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
         &cli(dir, &db, &["import", "/does/not/exist.csv"]),
         "cannot open",
     );
+    // With --json, a failure is a JSON document on standard error too.
+    let failed = cli(dir, &db, &["--json", "import", "/does/not/exist.csv"]);
+    assert!(!failed.status.success());
+    let error: serde_json::Value =
+        serde_json::from_slice(&failed.stderr).expect("--json error is JSON");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot open") && e.contains("exist.csv")),
+        "{error}"
+    );
+    // init says what it did in the same two forms; nothing is created again.
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(&cli(dir, &db, &["--json", "init"]))).expect("init --json");
+    assert_eq!(
+        (&again["created"], &again["admin_token"]),
+        (&serde_json::json!(false), &serde_json::Value::Null),
+        "{again}"
+    );
+    // An import's summary is a result like any other: `field: value`.
+    let rows = tmp.path().join("one.ndjson");
+    let row_dev = Device::new(77);
+    std::fs::write(
+        &rows,
+        format!(
+            "{{\"public_key\":\"{}\",\"group\":\"g\"}}\n",
+            row_dev.key.public_key()
+        ),
+    )
+    .expect("write rows");
+    let out = ok(&cli(dir, &db, &["import", rows.to_str().expect("utf8")]));
+    assert!(
+        has_field(&out, "rows", "1")
+            && has_field(&out, "created", "1")
+            && has_field(&out, "errors", "0"),
+        "{out}"
+    );
     fails_cleanly(
         &cli(dir, &db, &["list", "peripheral", "--status", "sideways"]),
         "status",
+    );
+    // A limit of nothing would print an empty page and no cursor.
+    fails_cleanly(
+        &cli(dir, &db, &["list", "peripheral", "--limit", "0"]),
+        "--limit",
     );
     let fresh = tmp.path().join("nothing");
     fails_cleanly(
@@ -353,6 +395,7 @@ async fn an_invalid_utf8_line_is_reported_and_the_rest_imported(db: Db) {
             dir,
             &db,
             &[
+                "--json",
                 "import",
                 file.to_str().expect("utf8"),
                 "--report",
@@ -540,9 +583,15 @@ async fn keys_rotate_purge_and_export_through_the_cli(db: Db) {
     for f in ["signing-3.pem", "sealing-3.pem"] {
         std::fs::rename(offline.join(f), dir.join(f)).expect("bring back");
     }
-    let out = ok(&cli(dir, &db, &["keys", "rotate"]));
-    assert!(
-        out.contains("anchor update 2 = Rotate(key 3), signed by key 3"),
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(&cli(dir, &db, &["--json", "keys", "rotate"]))).expect("json");
+    assert_eq!(
+        (&out["update_serial"], &out["current"], &out["next"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(3),
+            &serde_json::json!(4)
+        ),
         "{out}"
     );
     // A device flashed before the rotations catches up with the updates
@@ -561,6 +610,16 @@ async fn keys_rotate_purge_and_export_through_the_cli(db: Db) {
     assert!(dir.join("signing-1.pem").exists());
     let out = ok(&cli(dir, &db, &["keys", "purge", "1", "--yes"]));
     assert!(out.contains("key 1 purged"), "{out}");
+    let again: serde_json::Value = serde_json::from_str(&ok(&cli(
+        dir,
+        &db,
+        &["--json", "keys", "purge", "1", "--yes"],
+    )))
+    .expect("purge --json");
+    assert_eq!(
+        again,
+        serde_json::json!({"kid": 1, "newly_purged": false, "files_removed": false})
+    );
     assert!(!dir.join("signing-1.pem").exists() && !dir.join("sealing-1.pem").exists());
     assert_eq!(
         states(&key_list(dir, &db)),
@@ -795,7 +854,9 @@ async fn sigkill_mid_import_loses_nothing_acknowledged(db: Db) {
     ));
 
     // Running the same import again completes it.
-    let out = run(&["--batch-size", "500"]).output().expect("re-run");
+    let out = run(&["--batch-size", "500", "--json"])
+        .output()
+        .expect("re-run");
     let summary: serde_json::Value = serde_json::from_str(
         String::from_utf8_lossy(&out.stdout)
             .lines()

@@ -70,7 +70,7 @@ fn main() -> std::process::ExitCode {
     match command(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", vouch_host::report::one_line(&*e));
+            vouch_host::report::fatal(&*e);
             std::process::ExitCode::FAILURE
         }
     }
@@ -87,23 +87,14 @@ fn command(cli: Cli) -> Result<()> {
         }
         Command::Run { config } => {
             let config = Config::load(&config)?;
-            let json = config.log.format == LogFormat::Json;
             init_tracing(config.log.format)?;
-            let result = tokio::runtime::Builder::new_multi_thread()
+            // In JSON mode, an error it stops on is logged in the log
+            // format too (`report::fatal`, in `main`).
+            tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run(config)));
-            match result {
-                // In JSON mode nothing goes to standard error outside the log
-                // format, the reason the daemon stopped included.
-                Err(e) if json => {
-                    let error = vouch_host::report::one_line(&*e);
-                    tracing::error!(error, "stopped on an error");
-                    std::process::exit(1)
-                }
-                other => other,
-            }
+                .and_then(|rt| rt.block_on(run(config)))
         }
         Command::Status { config, json } => {
             let config = Config::load(&config)?;

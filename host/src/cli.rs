@@ -42,9 +42,12 @@ impl Docs {
     pub fn write(&self, mut cmd: clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
         match self {
             Docs::Completions { shell } => {
+                // clap_complete panics when its writer fails (a closed pipe,
+                // a full disk): generate in memory, write with errors.
                 let name = cmd.get_name().to_owned();
-                clap_complete::generate(*shell, &mut cmd, name, out);
-                Ok(())
+                let mut script = Vec::new();
+                clap_complete::generate(*shell, &mut cmd, name, &mut script);
+                out.write_all(&script)
             }
             Docs::Man => clap_mangen::Man::new(cmd).render(out),
         }

@@ -30,12 +30,19 @@
 //! | [`logging`] | [`init`](logging::init): `tracing` to standard error, filtered by `VOUCH_LOG`, text or one JSON shape |
 //! | [`report`] | [`one_line`](report::one_line): an error and its causes as a binary prints them, each said once |
 //! | [`tcp`] | [`TcpLink`](tcp::TcpLink): the BLE fragments over TCP, each with a two-byte length |
+//!
+//! `config`, `logging`, `cli` and `report::fatal` are for binaries: the
+//! default feature `bin` has them (and clap, toml, tracing-subscriber);
+//! a library can leave it out.
 
+#[cfg(feature = "bin")]
 pub mod cli;
 pub mod clock;
+#[cfg(feature = "bin")]
 pub mod config;
 pub mod fs;
 pub mod link;
+#[cfg(feature = "bin")]
 pub mod logging;
 pub mod report;
 pub mod tcp;

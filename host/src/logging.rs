@@ -13,6 +13,7 @@
 //! ```
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
@@ -57,8 +58,19 @@ pub fn init(format: Format, default: &str) -> Result<(), LogError> {
         Format::Json => builder.json().flatten_event(true).try_init(),
         Format::Text => builder.try_init(),
     };
-    result.map_err(|_| LogError::AlreadyInitialized)
+    result.map_err(|_| LogError::AlreadyInitialized)?;
+    // Only the first successful `init` gets here: the subscriber is global.
+    let _ = INSTALLED.set(format);
+    Ok(())
 }
+
+/// The format [`init`] installed, if it ran: the one
+/// [`report::fatal`](crate::report::fatal) writes a binary's last words in.
+pub fn installed() -> Option<Format> {
+    INSTALLED.get().copied()
+}
+
+static INSTALLED: OnceLock<Format> = OnceLock::new();
 
 /// The filter for a value of [`VAR`] (`None`: unset).
 fn filter(value: Option<&str>, default: &str) -> Result<EnvFilter, LogError> {

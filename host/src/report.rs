@@ -18,6 +18,9 @@
 
 use std::error::Error;
 
+#[cfg(feature = "bin")]
+use crate::logging::{self, Format};
+
 /// `e` and its sources joined by `: `, leaving out a cause whose text the
 /// line already holds.
 pub fn one_line(e: &(dyn Error + 'static)) -> String {
@@ -32,6 +35,21 @@ pub fn one_line(e: &(dyn Error + 'static)) -> String {
         cause = c.source();
     }
     line
+}
+
+/// How a binary says that it stopped on an error: with JSON logs
+/// installed ([`logging::init`]), one `ERROR` event `stopped on an error`
+/// with the line as its `error` field, so that nothing reaches standard
+/// error outside the log format; otherwise `error: <the line>` on standard
+/// error.
+#[cfg(feature = "bin")]
+pub fn fatal(e: &(dyn Error + 'static)) {
+    let line = one_line(e);
+    if logging::installed() == Some(Format::Json) {
+        tracing::error!(error = %line, "stopped on an error");
+    } else {
+        eprintln!("error: {line}");
+    }
 }
 
 #[cfg(test)]

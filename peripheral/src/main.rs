@@ -143,7 +143,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format) {
-        eprintln!("error: {}", describe(&e));
+        vouch_host::report::fatal(&*e);
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
@@ -167,15 +167,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            vouch_host::report::fatal(&*e);
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, each said once.
-fn describe(e: &anyhow::Error) -> String {
-    vouch_host::report::one_line(&**e)
 }
 
 fn init_logging(format: LogFormat) -> Result<()> {

@@ -358,9 +358,10 @@ impl SealingKey {
             .map_err(|_| KeyError::Encode)
     }
 
-    /// Parses a PKCS#8 PEM X25519 key (v1, or v2 with the public key), as
-    /// [`to_pkcs8_pem`](Self::to_pkcs8_pem) and `openssl genpkey -algorithm
-    /// x25519` write it; anything else is [`KeyError::InvalidPem`].
+    /// Parses a PKCS#8 PEM X25519 key (v1, or v2 with the public key, which
+    /// must be this key's), as [`to_pkcs8_pem`](Self::to_pkcs8_pem) and
+    /// `openssl genpkey -algorithm x25519` write it; anything else is
+    /// [`KeyError::InvalidPem`].
     #[cfg(feature = "alloc")]
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
         use ed25519_dalek::pkcs8::spki::der::Decode;
@@ -379,7 +380,15 @@ impl SealingKey {
             .as_bytes()
             .try_into()
             .map_err(|_| KeyError::InvalidPem)?;
-        Ok(Self::from_bytes(bytes))
+        let key = Self::from_bytes(bytes);
+        // A v2 file also holds the public key: it must be this key's (a file
+        // that disagrees with itself is damaged or forged, never guessed at).
+        if let Some(public) = &info.public_key {
+            if public.as_bytes() != Some(key.public().as_bytes().as_slice()) {
+                return Err(KeyError::InvalidPem);
+            }
+        }
+        Ok(key)
     }
 
     pub(crate) fn dh(&self, peer: &DhPublic) -> x25519_dalek::SharedSecret {
@@ -516,6 +525,50 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
         )
         .is_err());
+    }
+
+    /// A version 2 file (RFC 5958, the public key in `[1]`) is read when
+    /// its public key is the private key's, and refused when it is not, for
+    /// both key types.
+    #[test]
+    fn a_version_2_file_whose_public_key_is_another_keys_is_refused() {
+        use ed25519_dalek::pkcs8::spki::der::pem::{self, LineEnding};
+        fn v2(oid_last: u8, seed: &[u8; 32], public: &[u8; 32]) -> alloc::string::String {
+            let mut der = alloc::vec![
+                0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, oid_last, 0x04,
+                0x22, 0x04, 0x20,
+            ];
+            der.extend_from_slice(seed);
+            der.extend_from_slice(&[0x81, 0x21, 0x00]);
+            der.extend_from_slice(public);
+            pem::encode_string("PRIVATE KEY", LineEnding::LF, &der).unwrap()
+        }
+        let seed = [7u8; 32];
+        let other = [8u8; 32];
+
+        let sealing = SealingKey::from_bytes(seed);
+        let good = v2(0x6e, &seed, sealing.public().as_bytes());
+        assert_eq!(
+            SealingKey::from_pkcs8_pem(&good).unwrap().public(),
+            sealing.public()
+        );
+        let wrong = SealingKey::from_bytes(other).public();
+        assert!(matches!(
+            SealingKey::from_pkcs8_pem(&v2(0x6e, &seed, wrong.as_bytes())),
+            Err(KeyError::InvalidPem)
+        ));
+
+        let identity = IdentityKey::from_seed(&seed);
+        let good = v2(0x70, &seed, identity.public_key().as_bytes());
+        assert_eq!(
+            IdentityKey::from_pkcs8_pem(&good).unwrap().public_key(),
+            identity.public_key()
+        );
+        let wrong = IdentityKey::from_seed(&other).public_key();
+        assert!(matches!(
+            IdentityKey::from_pkcs8_pem(&v2(0x70, &seed, wrong.as_bytes())),
+            Err(KeyError::InvalidPem)
+        ));
     }
 
     #[test]

@@ -60,8 +60,18 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> std::process::ExitCode {
+    match command(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            vouch_host::report::fatal(&*e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn command(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Demo { devices } => vouch_simulator::demo(devices).await,
         Command::Run(args) => run(args).await,
         Command::List => {

@@ -98,7 +98,7 @@ pub(super) async fn import(cli: &Cli, args: &ImportArgs) -> Result<ExitCode> {
     if let Some(e) = write_error {
         bail!("cannot write the report: {e}");
     }
-    println!("{}", serde_json::to_string(&summary)?);
+    super::output::record(cli.json, &summary)?;
     Ok(if summary.errors > 0 {
         ExitCode::from(2)
     } else {

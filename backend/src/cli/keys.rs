@@ -11,7 +11,7 @@ use vouch_backend::datadir::{self, DataDir};
 use vouch_backend::keyring::{self, RingStatus};
 use vouch_backend::store::{Rfc3339, Store};
 
-use super::{open_store, Cli, CLI_ACTOR};
+use super::{open_store, output, Cli, CLI_ACTOR};
 
 pub(super) const KEYS_HELP: &str =
     "Manage the backend's key pairs (the key ring) and the signed trust-anchor \
@@ -169,26 +169,32 @@ fn print_status_json(status: &RingStatus) -> Result<()> {
     Ok(())
 }
 
-/// `keys list`: the keys, then the live instances.
+/// `keys list`: the keys (a table), then the live instances.
 fn print_status(status: &RingStatus) {
-    println!(
-        "{:>3}  {:<8}  {:<24}  {:>5}  {:>7}  {:<7}  {:<64}  sealing",
-        "kid", "state", "created", "added", "retired", "private", "signing"
+    let serial = |s: Option<u32>| s.map_or_else(|| "-".to_owned(), |s| s.to_string());
+    let rows: Vec<Vec<String>> = status
+        .keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.kid.to_string(),
+                k.state.as_str().to_owned(),
+                k.created.to_string(),
+                serial(k.added_serial),
+                serial(k.retired_serial),
+                if k.private_key_here { "here" } else { "absent" }.to_owned(),
+                k.signing.clone(),
+                k.sealing.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &["kid", "state", "created", "added", "retired", "private", "signing", "sealing"],
+            &rows
+        )
     );
-    for k in &status.keys {
-        let serial = |s: Option<u32>| s.map_or_else(|| "-".to_owned(), |s| s.to_string());
-        println!(
-            "{:>3}  {:<8}  {:<24}  {:>5}  {:>7}  {:<7}  {}  {}",
-            k.kid,
-            k.state.as_str(),
-            k.created.to_string(),
-            serial(k.added_serial),
-            serial(k.retired_serial),
-            if k.private_key_here { "here" } else { "absent" },
-            k.signing,
-            k.sealing
-        );
-    }
     println!(
         "last update serial {}; a fully updated peripheral seals to key {} and holds the commitment to the next key",
         status.serial(),
@@ -221,10 +227,25 @@ async fn rotate(cli: &Cli, data: &DataDir, store: &Store, force: bool) -> Result
     let options = keyring::RotateOptions { force };
     let r = keyring::rotate_with(data, store, CLI_ACTOR, options).await?;
     let (kid, next) = (r.anchor.kid, r.next.kid);
+    let next_files = [
+        cli.data_dir.join(datadir::files::signing(next)),
+        cli.data_dir.join(datadir::files::sealing(next)),
+    ];
+    if cli.json {
+        return output::record(
+            true,
+            &serde_json::json!({
+                "update_serial": r.update.serial,
+                "current": kid.0,
+                "next": next.0,
+                "next_files": next_files,
+            }),
+        );
+    }
     let files = format!(
         "{} and {}",
-        cli.data_dir.join(datadir::files::signing(next)).display(),
-        cli.data_dir.join(datadir::files::sealing(next)).display()
+        next_files[0].display(),
+        next_files[1].display()
     );
     println!(
         "anchor update {} = Rotate(key {kid}), signed by key {kid}: peripherals that apply it seal to key {kid}",
@@ -260,6 +281,16 @@ async fn purge(cli: &Cli, store: &Store, kid: u8, yes: bool) -> Result<()> {
         CLI_ACTOR,
     )
     .await?;
+    if cli.json {
+        return output::record(
+            true,
+            &serde_json::json!({
+                "kid": kid,
+                "newly_purged": p.newly_purged,
+                "files_removed": p.files_removed,
+            }),
+        );
+    }
     if p.newly_purged {
         println!("key {kid} purged: no backend instance serves it any more");
     } else {

@@ -138,6 +138,13 @@ update. A device flashed with it starts current; export it again after every `ke
     Docs(vouch_host::cli::Docs),
 }
 
+impl Cli {
+    /// Whether the global `--json` was given.
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// Runs one command.
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {

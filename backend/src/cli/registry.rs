@@ -91,7 +91,7 @@ pub(super) struct ListArgs {
     /// Most rows to print (read page after page; when more remain, the
     /// cursor of the next page is printed on standard error, and with
     /// --json as `next_cursor`).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     limit: u32,
 }
 

@@ -24,6 +24,7 @@ use crate::backend_client::BackendApi;
 use crate::clock::Clock;
 use crate::driver::Outcome;
 use crate::endpoint::Gateway;
+use crate::retry::Retry;
 use crate::state::KnownDevices;
 use crate::transport::ble::{Advert, BleConnection, BleLink, BleRadio, SERVICE_UUID};
 use crate::transport::LinkError;
@@ -48,9 +49,10 @@ pub struct BleSettings {
     pub write_timeout: Duration,
     /// Retries of a failed first discovery on the same connection attempt.
     pub setup_retries: u32,
-    /// First backoff after a failed attempt; doubles per failure.
+    /// First backoff after a failed attempt; doubles per failure, each
+    /// wait plus up to as much again in jitter ([`Retry`]).
     pub backoff_min: Duration,
-    /// Longest backoff.
+    /// Longest backoff (before its jitter).
     pub backoff_max: Duration,
     /// A link up that sends no whole message within this is closed; when
     /// the cap is reached, the link that waited longest for its first
@@ -85,7 +87,8 @@ impl Default for BleSettings {
 #[derive(Debug, Default)]
 struct DeviceState {
     busy: bool,
-    failures: u32,
+    /// The backoff after failed links (none since the last success: `None`).
+    retry: Option<Retry>,
     retry_at: Option<tokio::time::Instant>,
     /// The last advertisement seen, to retry from when none comes again.
     last_advert: Option<Advert>,
@@ -244,7 +247,7 @@ impl Devices {
     fn due(&mut self, now: tokio::time::Instant) -> Vec<Advert> {
         let mut due = Vec::new();
         for s in self.table.values_mut() {
-            let waiting = s.failures > 0 || s.rejoin || s.no_slot;
+            let waiting = s.retry.is_some() || s.rejoin || s.no_slot;
             if s.busy || !waiting || s.retry_at.is_none_or(|t| t > now) {
                 continue;
             }
@@ -278,7 +281,7 @@ impl Devices {
             Done::Ran(device) => {
                 let s = self.table.entry(device).or_default();
                 s.busy = false;
-                s.failures = 0;
+                s.retry = None;
                 // BlueZ may not report a device that rebooted on the same
                 // address until its cached entry expires (30 s or more): try
                 // it again from the last advert.
@@ -289,10 +292,11 @@ impl Devices {
             Done::Failed(device) => {
                 let s = self.table.entry(device.clone()).or_default();
                 s.busy = false;
-                s.failures += 1;
-                let wait = backoff(self.settings, s.failures);
+                let (min, max) = (self.settings.backoff_min, self.settings.backoff_max);
+                let retry = s.retry.get_or_insert_with(|| Retry::new(min, max));
+                let wait = retry.next_delay();
                 s.retry_at = Some(now + wait);
-                info!(device = %device, failures = s.failures, retry_in_ms = wait.as_millis() as u64, "BLE link failed; backing off");
+                info!(device = %device, failures = retry.failures(), retry_in_ms = wait.as_millis() as u64, "BLE link failed; backing off");
                 true
             }
             Done::NoSlot(device) => {
@@ -316,18 +320,6 @@ impl Devices {
         state.no_slot = false;
         true
     }
-}
-
-/// Exponential backoff with ±25 % jitter.
-pub fn backoff(settings: BleSettings, failures: u32) -> Duration {
-    let base = settings
-        .backoff_min
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let base = base.min(settings.backoff_max);
-    let mut b = [0u8; 2];
-    let _ = getrandom::fill(&mut b);
-    let jitter = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) * 0.5 - 0.25;
-    base.mul_f64(1.0 + jitter)
 }
 
 async fn connect_and_run<R: BleRadio, B: BackendApi, C: Clock>(
