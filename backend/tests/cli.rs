@@ -1567,3 +1567,40 @@ fn every_verb_opens_the_registry_the_settings_file_names() {
     let listed = ok(&cli(&restored, &Db::Sqlite, &["list", "peripheral"]));
     assert!(listed.contains(&id), "{listed}");
 }
+
+/// Issue 19: with JSON logs, the reason `serve` stopped is a log line like
+/// the others, not a plain `error:` line outside the log format.
+#[test]
+fn serve_with_json_logs_says_why_it_stopped_in_json() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    init(&dir, &Db::Sqlite);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = cli(
+        &dir,
+        &Db::Sqlite,
+        &["serve", "--listen", &addr, "--log-format", "json"],
+    );
+    assert!(!out.status.success(), "serve on a taken port succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stderr.lines() {
+        let _: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}\n{stderr}"));
+    }
+    let last: serde_json::Value =
+        serde_json::from_str(stderr.lines().last().expect("a last line")).expect("json");
+    assert_eq!(
+        (&last["level"], &last["message"]),
+        (
+            &serde_json::json!("ERROR"),
+            &serde_json::json!("stopped on an error")
+        ),
+        "{stderr}"
+    );
+    assert!(
+        last["error"].as_str().is_some_and(|e| e.contains(&addr)),
+        "the error names the address: {stderr}"
+    );
+    drop(taken);
+}
