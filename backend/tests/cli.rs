@@ -1604,3 +1604,49 @@ fn serve_with_json_logs_says_why_it_stopped_in_json() {
     );
     drop(taken);
 }
+
+/// Issue 19, tried on a fresh Debian machine with the package: the service
+/// user cannot read the operator's files, so a key comes as a PEM string
+/// (`--public-key "$(cat gw.pub.pem)"`, a value that starts with `-----`)
+/// or on standard input (`@-`).
+#[test]
+fn a_public_key_can_be_a_pem_string_or_standard_input() {
+    use std::io::Write as _;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    init(&dir, &Db::Sqlite);
+    let gateway = IdentityKey::from_seed(&[91; 32]).public_key();
+    let pem = gateway.to_public_key_pem();
+    let out = ok(&cli(
+        &dir,
+        &Db::Sqlite,
+        &["--json", "enroll", "gateway", "--public-key", &pem],
+    ));
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(answer["gateway"], gateway.to_string(), "{answer}");
+
+    let device = IdentityKey::from_seed(&[92; 32]).public_key();
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--json", "enroll", "peripheral", "--public-key", "@-"])
+        .env_remove("VOUCH_DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(device.to_public_key_pem().as_bytes())
+        .expect("write the key");
+    let out = ok(&child.wait_with_output().expect("wait"));
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        answer["id"],
+        PeripheralId::derive(&device).to_string(),
+        "{answer}"
+    );
+}

@@ -279,6 +279,8 @@ e2e() {
     cat "$WORK/status.out"
     check "vouch-gateway status under qemu shows the live session" \
         grep -q "1 live sessions" "$WORK/status.out"
+    check "vouch-gateway status names its handshake counters (ok 1)" \
+        grep -qE "^handshakes: .*\bok 1\b" "$WORK/status.out"
 
     # -- the peripheral ends by itself after 3 telemetry messages
     wait_exit "$DPID" 90; local drc=$?

@@ -510,7 +510,12 @@ async fn status(config: &Config, json: bool) -> Result<()> {
         sessions.len(),
         v["tickets"]
     );
-    println!("handshakes: {}", v["handshakes"]);
+    // `ok 12, resumed 40, refused 1, …`: the counters as the daemon names them.
+    let counts: Vec<String> = v["handshakes"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, n)| format!("{k} {n}")).collect())
+        .unwrap_or_default();
+    println!("handshakes: {}", counts.join(", "));
     let backend = &v["backend"];
     if backend["reachable"].as_bool() == Some(false) {
         println!(

@@ -219,8 +219,12 @@ fn api(e: impl Into<AppError>) -> anyhow::Error {
     anyhow::anyhow!("{} ({})", e.message, e.code)
 }
 
+/// A key given on the command line: the value, `@FILE`'s contents, or
+/// with `@-` standard input's.
 fn read_key_arg(s: &str) -> Result<String> {
     match s.strip_prefix('@') {
+        Some("-") => std::io::read_to_string(std::io::stdin().lock())
+            .context("cannot read the key from standard input"),
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}")),
         None => Ok(s.to_owned()),
     }

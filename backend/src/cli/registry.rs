@@ -19,8 +19,10 @@ use super::{api, format_ms, open_store, output, read_key_arg, settings, Cli, CLI
 pub(super) enum Enroll {
     /// Enroll a peripheral.
     Peripheral {
-        /// Its Ed25519 public key: 64 hex digits, a PEM string, or @FILE.
-        #[arg(long)]
+        /// Its Ed25519 public key: 64 hex digits, a PEM string (it starts with
+        /// `-----`), @FILE, or @- for standard input (the file is read by
+        /// this process: as the service user, it must be readable to it).
+        #[arg(long, allow_hyphen_values = true)]
         public_key: String,
         /// Registry id (default: derived from the key).
         #[arg(long)]
@@ -37,8 +39,10 @@ pub(super) enum Enroll {
     },
     /// Enroll a gateway; writes its TLS client certificate.
     Gateway {
-        /// Its Ed25519 identity key: 64 hex digits, a PEM string, or @FILE.
-        #[arg(long)]
+        /// Its Ed25519 identity key: 64 hex digits, a PEM string (it starts with
+        /// `-----`), @FILE, or @- for standard input (the file is read by
+        /// this process: as the service user, it must be readable to it).
+        #[arg(long, allow_hyphen_values = true)]
         public_key: String,
         /// Human name.
         #[arg(long)]
