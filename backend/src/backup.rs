@@ -337,13 +337,41 @@ fn staging_dir(dest: &Path) -> Result<PathBuf, BackupError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "backup".to_owned());
     let parent = parent_of(dest);
-    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let prefix = format!(".{name}.partial-");
+    remove_abandoned(parent, &prefix);
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     fs::DirBuilder::new()
         .mode(0o700)
         .create(&staging)
         .map_err(io("creating", &staging))?;
     Ok(staging)
+}
+
+/// Removes the staging directories `PREFIX<pid>` in `parent` whose process
+/// is gone (killed before it could clean up): they hold copies of the
+/// private keys. One whose process still runs (`/proc/<pid>`) is left alone.
+fn remove_abandoned(parent: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        match fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(dir = %entry.path().display(), "removed the staging directory of a backup or restore that was killed"),
+            Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove the staging directory of a killed backup or restore"),
+        }
+    }
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -502,5 +530,26 @@ mod tests {
             .filter(|n| n.contains("partial"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    /// A backup killed mid-way leaves its staging directory (with copies of
+    /// the keys); the next one to the same name removes it, unless its
+    /// process still runs.
+    #[test]
+    fn a_killed_backups_staging_directory_is_removed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("nightly");
+        // Beyond any pid_max (at most 2^22): no such process.
+        let dead = dir.path().join(".nightly.partial-4294967290");
+        let live = dir.path().join(".nightly.partial-1");
+        let other = dir.path().join(".weekly.partial-4294967290");
+        for d in [&dead, &live, &other] {
+            fs::create_dir(d).unwrap();
+            fs::write(d.join(files::CA_KEY), b"key").unwrap();
+        }
+        let staging = staging_dir(&dest).unwrap();
+        assert!(!dead.exists(), "the killed backup's copy of the keys is gone");
+        assert!(live.exists() && other.exists());
+        assert!(staging.exists());
     }
 }
