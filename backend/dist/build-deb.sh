@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../../host/dist/deb.sh
+. "$ROOT/host/dist/deb.sh"
 DIST=$ROOT/backend/dist
 ARCH=${1:-}
 die() { echo "build-deb: $*" >&2; exit 1; }
@@ -46,11 +48,7 @@ done
 [ -x "$EXE" ] || die "$EXE not found: build it first (cargo build --release -p vouch-backend)"
 file -b "$EXE" | grep -q "$MACHINE" || die "$EXE is not a $ARCH executable: $(file -b "$EXE")"
 
-upstream=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' "$ROOT/Cargo.toml")
-[ -n "$upstream" ] || die "no version in [workspace.package] of Cargo.toml"
-VERSION="$upstream-${VOUCH_DEB_REVISION:-1}"
-SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}
-export SOURCE_DATE_EPOCH
+deb_version "$ROOT" || die "cannot tell the version"
 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
@@ -77,34 +75,4 @@ install -m 0644 "$ROOT/backend/README.md" "$PKG/usr/share/doc/vouch-backend/READ
 for s in postinst prerm postrm; do
     install -m 0755 "$DIST/deb/$s" "$PKG/DEBIAN/$s"
 done
-(cd "$PKG" && find etc -type f | sed 's|^|/|' | sort) > "$PKG/DEBIAN/conffiles"
-
-# Depends: what dpkg-shlibdeps computes from the linked libraries' symbols files; a fixed
-# list when that is not possible (the backend links only glibc and libgcc: SQLite is built in).
-shlibs=
-if command -v dpkg-shlibdeps >/dev/null; then
-    mkdir -p "$STAGE/src/debian"
-    printf 'Source: vouch-backend\n\nPackage: vouch-backend\nArchitecture: %s\n' "$ARCH" \
-        > "$STAGE/src/debian/control"
-    shlibs=$(cd "$STAGE/src" && DEB_HOST_ARCH=$ARCH DEB_HOST_MULTIARCH=$MULTIARCH \
-             dpkg-shlibdeps -O "$PKG/usr/bin/vouch-backend" 2>"$STAGE/shlibdeps.err" \
-             | sed -n 's/^shlibs:Depends=//p') || true
-    [ -n "$shlibs" ] || { echo "dpkg-shlibdeps did not work:"; cat "$STAGE/shlibdeps.err"; } >&2
-fi
-if [ -z "$shlibs" ]; then
-    echo "build-deb: using the fixed Depends list" >&2
-    shlibs="libc6 (>= 2.34), libgcc-s1 (>= 4.2)"
-fi
-
-installed_kb=$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)
-sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@INSTALLED_SIZE@/$installed_kb/" \
-    -e "s/@SHLIBS_DEPENDS@/$shlibs/" "$DIST/deb/control" > "$PKG/DEBIAN/control"
-(cd "$PKG" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z \
-    | xargs -0 md5sum) > "$PKG/DEBIAN/md5sums"
-find "$PKG" -newermt "@$SOURCE_DATE_EPOCH" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-
-mkdir -p "$OUT"
-DEB=$OUT/vouch-backend_${VERSION}_$ARCH.deb
-dpkg-deb --root-owner-group -Zxz --build "$PKG" "$DEB" >/dev/null
-echo "package: $(basename "$DEB"), $(stat -c %s "$DEB") bytes; Depends: $(sed -n 's/^Depends: //p' "$PKG/DEBIAN/control")"
-echo "$DEB"
+deb_finish vouch-backend "$ARCH" $MULTIARCH "libc6 (>= 2.34), libgcc-s1 (>= 4.2)" "$PKG" "$STAGE" "$DIST/deb/control" "$OUT"

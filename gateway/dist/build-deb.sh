@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../../host/dist/deb.sh
+. "$ROOT/host/dist/deb.sh"
 DIST=$ROOT/gateway/dist
 TARGET=aarch64-unknown-linux-gnu
 TDIR=${VOUCH_AARCH64_TARGET_DIR:-/var/cache/vouch-target-aarch64}
@@ -41,12 +43,7 @@ aarch64-linux-gnu-readelf -d "$EXE" | grep -q 'libdbus-1.so.3' \
     || die "$EXE has no BLE support (built without --features ble?)"
 
 # Version: the workspace's, plus the Debian revision.
-upstream=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' "$ROOT/Cargo.toml")
-[ -n "$upstream" ] || die "no version in [workspace.package] of Cargo.toml"
-VERSION="$upstream-${VOUCH_DEB_REVISION:-1}"
-# Reproducible timestamps: the last commit's time when there is one.
-SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}
-export SOURCE_DATE_EPOCH
+deb_version "$ROOT" || die "cannot tell the version"
 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
@@ -68,36 +65,4 @@ install -m 0644 "$DIST/README-pi.md" "$PKG/usr/share/doc/vouch-gateway/README-pi
 for s in postinst prerm postrm; do
     install -m 0755 "$DIST/deb/$s" "$PKG/DEBIAN/$s"
 done
-# Everything under /etc is a conffile: dpkg never overwrites an edited one.
-(cd "$PKG" && find etc -type f | sed 's|^|/|' | sort) > "$PKG/DEBIAN/conffiles"
-
-# Depends on the shared libraries the binary links, as dpkg-shlibdeps computes them from the
-# arm64 libraries' symbols files (installed through multiarch by build-aarch64.sh); a fixed
-# list when that is not possible.
-shlibs=
-if command -v dpkg-shlibdeps >/dev/null; then
-    mkdir -p "$STAGE/src/debian"
-    printf 'Source: vouch-gateway\n\nPackage: vouch-gateway\nArchitecture: %s\n' "$ARCH" \
-        > "$STAGE/src/debian/control"
-    shlibs=$(cd "$STAGE/src" && DEB_HOST_ARCH=$ARCH DEB_HOST_MULTIARCH=aarch64-linux-gnu \
-             dpkg-shlibdeps -O "$PKG/usr/bin/vouch-gateway" 2>"$STAGE/shlibdeps.err" \
-             | sed -n 's/^shlibs:Depends=//p') || true
-    [ -n "$shlibs" ] || { echo "dpkg-shlibdeps did not work:"; cat "$STAGE/shlibdeps.err"; } >&2
-fi
-if [ -z "$shlibs" ]; then
-    echo "build-deb: using the fixed Depends list" >&2
-    shlibs="libc6 (>= 2.34), libdbus-1-3 (>= 1.9.14), libgcc-s1 (>= 4.2)"
-fi
-
-installed_kb=$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)
-sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@INSTALLED_SIZE@/$installed_kb/" \
-    -e "s/@SHLIBS_DEPENDS@/$shlibs/" "$DIST/deb/control" > "$PKG/DEBIAN/control"
-(cd "$PKG" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z \
-    | xargs -0 md5sum) > "$PKG/DEBIAN/md5sums"
-find "$PKG" -newermt "@$SOURCE_DATE_EPOCH" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-
-mkdir -p "$OUT"
-DEB=$OUT/vouch-gateway_${VERSION}_$ARCH.deb
-dpkg-deb --root-owner-group -Zxz --build "$PKG" "$DEB" >/dev/null
-echo "package: $(basename "$DEB"), $(stat -c %s "$DEB") bytes; Depends: $(sed -n 's/^Depends: //p' "$PKG/DEBIAN/control")"
-echo "$DEB"
+deb_finish vouch-gateway "$ARCH" aarch64-linux-gnu "libc6 (>= 2.34), libdbus-1-3 (>= 1.9.14), libgcc-s1 (>= 4.2)" "$PKG" "$STAGE" "$DIST/deb/control" "$OUT"
