@@ -368,8 +368,12 @@ fn remove_abandoned(parent: &Path, prefix: &str) {
             continue;
         }
         match fs::remove_dir_all(entry.path()) {
-            Ok(()) => tracing::info!(dir = %entry.path().display(), "removed the staging directory of a backup or restore that was killed"),
-            Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove the staging directory of a killed backup or restore"),
+            Ok(()) => {
+                tracing::info!(dir = %entry.path().display(), "removed the staging directory of a backup or restore that was killed")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove the staging directory of a killed backup or restore")
+            }
         }
     }
 }
@@ -548,7 +552,10 @@ mod tests {
             fs::write(d.join(files::CA_KEY), b"key").unwrap();
         }
         let staging = staging_dir(&dest).unwrap();
-        assert!(!dead.exists(), "the killed backup's copy of the keys is gone");
+        assert!(
+            !dead.exists(),
+            "the killed backup's copy of the keys is gone"
+        );
         assert!(live.exists() && other.exists());
         assert!(staging.exists());
     }

@@ -374,6 +374,34 @@ pub fn grant(
         })
 }
 
+/// A scope as the names [`parse_scope`] reads: `telemetry`, `command`,
+/// `appN` for the application bits, and any other bits as `0x…`; `none`
+/// for no bit. `parse_scope(&scope_names(s)) == Some(s)` for every scope
+/// but the empty one.
+pub fn scope_names(scope: Scope) -> String {
+    let mut names = Vec::new();
+    let mut rest = scope.0;
+    for (bit, name) in [(Scope::TELEMETRY, "telemetry"), (Scope::COMMAND, "command")] {
+        if rest & bit.0 != 0 {
+            names.push(name.to_owned());
+            rest &= !bit.0;
+        }
+    }
+    for bit in 8..=31 {
+        if rest & (1 << bit) != 0 {
+            names.push(format!("app{bit}"));
+            rest &= !(1 << bit);
+        }
+    }
+    if rest != 0 {
+        names.push(format!("0x{rest:x}"));
+    }
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    names.join(",")
+}
+
 /// The scope names the CLI and API accept besides numbers.
 pub fn parse_scope(s: &str) -> Option<Scope> {
     let mut scope = Scope(0);
@@ -494,6 +522,12 @@ mod tests {
     #[test]
     fn scopes_and_selectors_parse() {
         assert_eq!(parse_scope("telemetry"), Some(Scope::TELEMETRY));
+        for bits in [1u32, 3, 0x100, 0x8000_0103, 0xffff_ff03] {
+            let names = scope_names(Scope(bits));
+            assert_eq!(parse_scope(&names), Some(Scope(bits)), "{names}");
+        }
+        assert_eq!(scope_names(Scope(0x103)), "telemetry,command,app8");
+        assert_eq!(scope_names(Scope(0)), "none");
         assert_eq!(parse_scope("telemetry,command"), Some(Scope(3)));
         assert_eq!(parse_scope("telemetry,app8"), Some(Scope(1 | 256)));
         assert_eq!(parse_scope("4"), None, "reserved bit");

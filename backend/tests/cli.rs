@@ -164,7 +164,7 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
     let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes()).expect("der");
     assert_eq!(pki::ed25519_key_of(&der), Some(gw.public_key()));
 
-    ok(&cli(
+    let out = ok(&cli(
         dir,
         &db,
         &[
@@ -177,6 +177,14 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
             "telemetry,command",
         ],
     ));
+    // For people, the scope by name and the time as a time.
+    assert!(
+        has_field(&out, "scope", "telemetry,command")
+            && out
+                .lines()
+                .any(|l| l.starts_with("created:") && l.trim_end().ends_with('Z')),
+        "{out}"
+    );
     // Lists are tables with a header row.
     let out = ok(&cli(dir, &db, &["policy", "list"]));
     assert_eq!(
@@ -193,7 +201,13 @@ async fn cli_verbs_work_and_bad_input_is_a_clear_error(db: Db) {
     );
     assert_eq!(
         row(&out, 1)[1..6],
-        ["group:meters", "site:plant", "3", "3600", "86400"],
+        [
+            "group:meters",
+            "site:plant",
+            "telemetry,command",
+            "3600",
+            "86400"
+        ],
         "{out}"
     );
     let out = ok(&cli(dir, &db, &["list", "peripheral"]));

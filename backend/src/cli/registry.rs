@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use vouch_backend::datadir::{self, DataDir};
-use vouch_backend::model::{GatewayRecord, PeripheralRecord, Status};
+use vouch_backend::model::{scope_names, GatewayRecord, PeripheralRecord, Status};
 use vouch_backend::registry::{self, EnrollGateway, EnrollPeripheral, NewPolicy};
 use vouch_backend::store::{EnrollOutcome, GatewayFilter, PeripheralFilter, Store, MAX_PAGE};
 use vouch_proto::keys::{PeripheralId, PublicKey};
@@ -423,7 +423,23 @@ pub(super) async fn associate(cli: &Cli, args: &AssociateArgs) -> Result<ExitCod
     let rule = registry::add_policy(&store, &rule, CLI_ACTOR)
         .await
         .map_err(api)?;
-    output::record(cli.json, &rule)?;
+    if cli.json {
+        output::record(true, &rule)?;
+    } else {
+        // For people: the scope by name, the time as a time.
+        output::record(
+            false,
+            &serde_json::json!({
+                "rule": rule.id,
+                "peripheral": rule.peripheral.to_string(),
+                "gateway": rule.gateway.to_string(),
+                "scope": scope_names(rule.scope),
+                "session_s": rule.lifetimes.session_s,
+                "resumption_s": rule.lifetimes.resumption_s,
+                "created": format_ms(rule.created_ms),
+            }),
+        )?;
+    }
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -451,7 +467,7 @@ pub(super) async fn policy(cli: &Cli, cmd: &PolicyCmd) -> Result<ExitCode> {
                         r.id.to_string(),
                         r.peripheral.to_string(),
                         r.gateway.to_string(),
-                        r.scope.0.to_string(),
+                        scope_names(r.scope),
                         r.lifetimes.session_s.to_string(),
                         r.lifetimes.resumption_s.to_string(),
                     ]
