@@ -116,17 +116,34 @@ impl Store {
         f: &PeripheralFilter,
     ) -> Result<Vec<PeripheralRecord>, StoreError> {
         let limit = i64::from(f.limit.clamp(1, MAX_PAGE));
-        let rows = sqlx::query(
-            "SELECT id, public_key, status, grp, created_ms, updated_ms FROM peripherals \
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR grp = $2) \
-             AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
-        )
-        .bind(f.status.map(|s| s.as_str().to_owned()))
-        .bind(f.group.clone())
-        .bind(f.after.map(|a| a.to_string()))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the conditions asked for, so that the planner sees which
+        // index serves them (`status, id` or `grp, id`): with `$1 IS NULL OR
+        // status = $1` it walks the primary key and filters every row.
+        let (status, group, after) = (
+            f.status.map(|s| s.as_str().to_owned()),
+            f.group.clone(),
+            f.after.map(|a| a.to_string()),
+        );
+        let mut sql = String::from(
+            "SELECT id, public_key, status, grp, created_ms, updated_ms FROM peripherals WHERE TRUE",
+        );
+        let mut n = 0;
+        for (present, condition) in [
+            (status.is_some(), "status ="),
+            (group.is_some(), "grp ="),
+            (after.is_some(), "id >"),
+        ] {
+            if present {
+                n += 1;
+                sql.push_str(&format!(" AND {condition} ${n}"));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", n + 1));
+        let mut query = sqlx::query(&sql);
+        for value in [status, group, after].into_iter().flatten() {
+            query = query.bind(value);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             out.push(peripheral_from_row(&row, BTreeMap::new())?);
