@@ -352,18 +352,23 @@ const COLUMNS: &str = "seq, at_ms, action, outcome, reason, actor, peripheral_id
                        detail, prev_hash, hash";
 
 pub(super) async fn query(pool: &AnyPool, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE ($1 IS NULL OR peripheral_id = $1) \
-         AND ($2 IS NULL OR gateway_key = $2) AND ($3 IS NULL OR action = $3) \
-         AND ($4 IS NULL OR at_ms >= $4) AND ($5 IS NULL OR at_ms < $5) \
-         AND seq > $6 ORDER BY seq LIMIT $7"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(f.peripheral.clone())
-        .bind(f.gateway.clone())
-        .bind(f.action.clone())
-        .bind(f.since_ms)
-        .bind(f.until_ms)
+    let (clause, next) = super::where_asked(&[
+        (f.peripheral.is_some(), "peripheral_id ="),
+        (f.gateway.is_some(), "gateway_key ="),
+        (f.action.is_some(), "action ="),
+        (f.since_ms.is_some(), "at_ms >="),
+        (f.until_ms.is_some(), "at_ms <"),
+        (true, "seq >"),
+    ]);
+    let sql = format!("SELECT {COLUMNS} FROM audit_log{clause} ORDER BY seq LIMIT ${next}");
+    let mut query = sqlx::query(&sql);
+    for text in [&f.peripheral, &f.gateway, &f.action].into_iter().flatten() {
+        query = query.bind(text.clone());
+    }
+    for ms in [f.since_ms, f.until_ms].into_iter().flatten() {
+        query = query.bind(ms);
+    }
+    let rows = query
         .bind(f.after_seq.unwrap_or(0))
         .bind(i64::from(f.limit.clamp(1, super::MAX_PAGE)))
         .fetch_all(pool)

@@ -88,20 +88,27 @@ impl Store {
     /// A page of gateways ordered by key.
     pub async fn list_gateways(&self, f: &GatewayFilter) -> Result<Vec<GatewayRecord>, StoreError> {
         let limit = i64::from(f.limit.clamp(1, MAX_PAGE));
-        let rows = sqlx::query(
+        let (status, group, site, after) = (
+            f.status.map(|s| s.as_str().to_owned()),
+            f.group.clone(),
+            f.site.clone(),
+            f.after.map(|a| a.to_string()),
+        );
+        let (clause, next) = super::where_asked(&[
+            (status.is_some(), "status ="),
+            (group.is_some(), "grp ="),
+            (site.is_some(), "site ="),
+            (after.is_some(), "public_key >"),
+        ]);
+        let sql = format!(
             "SELECT public_key, name, grp, site, status, created_ms, updated_ms, cert_not_after_ms \
-             FROM gateways \
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR grp = $2) \
-             AND ($3 IS NULL OR site = $3) AND ($4 IS NULL OR public_key > $4) \
-             ORDER BY public_key LIMIT $5",
-        )
-        .bind(f.status.map(|s| s.as_str().to_owned()))
-        .bind(f.group.clone())
-        .bind(f.site.clone())
-        .bind(f.after.map(|a| a.to_string()))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+             FROM gateways{clause} ORDER BY public_key LIMIT ${next}"
+        );
+        let mut query = sqlx::query(&sql);
+        for value in [status, group, site, after].into_iter().flatten() {
+            query = query.bind(value);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(gateway_from_row).collect()
     }
 

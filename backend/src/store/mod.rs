@@ -93,6 +93,25 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// The most rows a list call returns.
 pub const MAX_PAGE: u32 = 1000;
 
+/// A `WHERE` clause of only the conditions asked for: `conditions` are
+/// `(asked, "column op")`, each asked one becomes `AND column op $n`, numbered
+/// in order. Returns the clause and the next placeholder's number; bind the
+/// asked values in the same order. A list query must not say
+/// `($1 IS NULL OR column = $1)`: that hides from the planner which index
+/// serves the query, and it walks the primary key, filtering every row
+/// (benches/registry_million.rs measured it).
+pub(crate) fn where_asked(conditions: &[(bool, &str)]) -> (String, usize) {
+    let mut sql = String::from(" WHERE TRUE");
+    let mut n = 0;
+    for (asked, condition) in conditions {
+        if *asked {
+            n += 1;
+            sql.push_str(&format!(" AND {condition} ${n}"));
+        }
+    }
+    (sql, n + 1)
+}
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -421,5 +440,22 @@ impl WriteTx<'_> {
             wrote_events: self.wrote_events,
             audit_seq: self.head_seq,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::where_asked;
+
+    #[test]
+    fn only_the_asked_conditions_are_numbered_in_order() {
+        assert_eq!(
+            where_asked(&[(false, "status ="), (true, "grp ="), (true, "id >")]),
+            (" WHERE TRUE AND grp = $1 AND id > $2".to_owned(), 3)
+        );
+        assert_eq!(
+            where_asked(&[(false, "a =")]),
+            (" WHERE TRUE".to_owned(), 1)
+        );
     }
 }

@@ -116,29 +116,20 @@ impl Store {
         f: &PeripheralFilter,
     ) -> Result<Vec<PeripheralRecord>, StoreError> {
         let limit = i64::from(f.limit.clamp(1, MAX_PAGE));
-        // Only the conditions asked for, so that the planner sees which
-        // index serves them (`status, id` or `grp, id`): with `$1 IS NULL OR
-        // status = $1` it walks the primary key and filters every row.
         let (status, group, after) = (
             f.status.map(|s| s.as_str().to_owned()),
             f.group.clone(),
             f.after.map(|a| a.to_string()),
         );
-        let mut sql = String::from(
-            "SELECT id, public_key, status, grp, created_ms, updated_ms FROM peripherals WHERE TRUE",
-        );
-        let mut n = 0;
-        for (present, condition) in [
+        let (clause, next) = super::where_asked(&[
             (status.is_some(), "status ="),
             (group.is_some(), "grp ="),
             (after.is_some(), "id >"),
-        ] {
-            if present {
-                n += 1;
-                sql.push_str(&format!(" AND {condition} ${n}"));
-            }
-        }
-        sql.push_str(&format!(" ORDER BY id LIMIT ${}", n + 1));
+        ]);
+        let sql = format!(
+            "SELECT id, public_key, status, grp, created_ms, updated_ms FROM peripherals\
+             {clause} ORDER BY id LIMIT ${next}"
+        );
         let mut query = sqlx::query(&sql);
         for value in [status, group, after].into_iter().flatten() {
             query = query.bind(value);
