@@ -60,6 +60,7 @@ pub mod error;
 pub mod framing;
 pub mod handshake;
 pub mod keys;
+pub mod provider;
 pub mod session;
 #[cfg(all(feature = "alloc", any(test, feature = "test-utils")))]
 pub mod testing;

@@ -356,6 +356,29 @@ fn render_backend_into(o: &mut String, b: &BackendReport) {
     );
     let _ = writeln!(
         o,
+        "\nThe vouch path's levers (issue 21), one by one, each on a backend of its own in \
+         this run (the last is the default, the figures above):\n\n| configuration | raw \
+         bound | single per core | ÷ bound | batched per core | ÷ bound | batched ÷ rustls \
+         over TCP |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+    for l in &b.levers {
+        let _ = writeln!(
+            o,
+            "| {} (`{}`, {} keys) | {} | {} | {} | {} | {} | {} |",
+            l.name,
+            l.provider,
+            l.decoded_keys,
+            us(l.crypto_bound_us),
+            per_s(l.vouches_per_s),
+            ratio(l.ratio_to_bound),
+            per_s(l.vouches_per_s_batched),
+            ratio(l.ratio_to_bound_batched),
+            ratio(l.vs_rustls_server_tcp_batched)
+        );
+    }
+    let _ = writeln!(
+        o,
         "\n| rustls server configuration | full handshakes/s per core, in memory | over \
          loopback TCP |"
     );
