@@ -22,7 +22,7 @@
 //!   encodes to the bytes `R`). Generic libraries differ exactly on those
 //!   encoding rules (aws-lc, like OpenSSL, accepts `A` = `R` = identity with
 //!   `S` = 0 for every message) and agree on the equation.
-//! - **X25519** ([`contributory`]): an all-zero result (a low-order peer
+//! - **X25519** ([`x25519`]): an all-zero result (a low-order peer
 //!   share) is refused here (SPEC.md §3.2), whatever the provider returned;
 //!   a provider that refuses a share itself (aws-lc refuses the same
 //!   all-zero results) is answered the same way.
@@ -94,8 +94,8 @@ pub trait CryptoProvider: fmt::Debug + Send + Sync {
 
     /// X25519 (RFC 7748) of a 32-byte secret (clamped by the function) and a
     /// peer's u-coordinate (its top bit ignored). `None` if the
-    /// implementation refuses the peer share; callers go through
-    /// [`contributory`], which also refuses an all-zero result.
+    /// implementation refuses the peer share; the protocol then refuses an
+    /// all-zero result as well, whatever the provider ([`x25519`]).
     fn x25519(&self, secret: &[u8; 32], peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>>;
 
     /// The cofactorless Ed25519 equation of SPEC.md §3.4 rule 4 on an input
@@ -136,8 +136,8 @@ pub trait LoadedSigningKey: Send + Sync {
 pub trait LoadedSealingKey: Send + Sync {
     /// The public value.
     fn public(&self) -> [u8; 32];
-    /// X25519 with a peer share, as [`CryptoProvider::x25519`]: the caller
-    /// goes through [`contributory`].
+    /// X25519 with a peer share, as [`CryptoProvider::x25519`] (the
+    /// protocol refuses an all-zero result, as [`x25519`] does).
     fn x25519(&self, peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>>;
 }
 

@@ -443,8 +443,10 @@ async fn serve(
     (server_cert, server_key): &(String, Zeroizing<String>),
     crypto: Crypto,
 ) -> Result<(AppState, SocketAddr, oneshot::Sender<()>), BenchError> {
-    let mut config = Config::default();
-    config.crypto = crypto;
+    let mut config = Config {
+        crypto,
+        ..Config::default()
+    };
     config.limits.max_concurrent_requests = 4096;
     config.security.lockout_failures = u32::MAX;
     let state = AppState::new(store, data, config)
