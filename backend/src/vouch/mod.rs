@@ -10,14 +10,14 @@
 //! | 2 | gateway not locked out | memory | `gateway_locked_out` (answered `Busy`) |
 //! | 2 | hello decodes, names a key id this instance serves ([`crate::keyring`]: not purged) | decode, memory | `malformed_hello`, `unknown_backend_key` |
 //! | 3 | `e_P` not in the replay cache | one indexed read | `replay` |
-//! | 4 | open the sealed identity | one X25519 | `bad_seal` |
+//! | 4 | open the sealed identity | one X25519 (on `crypto.provider`, aws-lc by default) | `bad_seal` |
 //! | 3 | claimed id locked out? Not refused (SPEC.md §10.3): its lock is an alert, and a valid signature still gets its vouch | — | — |
 //! | 5 | id registered and active | two indexed reads | `unknown_peripheral`, `peripheral_pending`, `peripheral_suspended`, `peripheral_revoked` |
-//! | 6 | signature | one Ed25519 verification, batched per request | `bad_signature` |
+//! | 6 | signature | one Ed25519 verification, batched per request, the key decoded once ([`crate::keycache`]) | `bad_signature` |
 //! | 7 | policy grants a scope | one read | `policy_denied` |
 //! | 7½ | not live on another gateway (clone) | one read | `clone_refused` (if `clone_action = "refuse"`) |
 //! | 8 | record `e_P` (the authoritative replay check) and the audit entry, durably | group commit | `replay` |
-//! | 8 | sign the vouch with the key pair the hello named (the one it was opened with) | one Ed25519 sign | — |
+//! | 8 | sign the vouch with the key pair the hello named (the one it was opened with) | one Ed25519 sign (on `crypto.provider`) | — |
 //!
 //! The hello names the key its peripheral sealed it to: the peripheral's
 //! primary anchor, which it holds. So the vouch is signed by that same key
