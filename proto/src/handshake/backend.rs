@@ -46,7 +46,10 @@ struct Loaded {
     sealing: alloc::boxed::Box<dyn crate::provider::LoadedSealingKey>,
 }
 
-// Both its keys zeroize on drop (`IdentityKey`, `SealingKey`).
+// Both its keys zeroize on drop (`IdentityKey`, `SealingKey`), and so do
+// their copies loaded into a provider: the dalek provider's are the same
+// dalek types; aws-lc's live in `EVP_PKEY` objects, which AWS-LC cleanses
+// when it frees them (and aws-lc-rs's X25519 results are `Zeroizing`).
 impl zeroize::ZeroizeOnDrop for BackendKeys {}
 
 impl fmt::Debug for BackendKeys {
