@@ -152,7 +152,8 @@ pub fn render(r: &BenchReport) -> String {
     let _ = writeln!(
         o,
         "\nDevice: Vouch's peripheral; the TLS client; the EDHOC and Noise initiator. \
-         Vouch's backend figure is the protocol work of one vouch (open, verify, sign); \
+         Vouch's backend figure is the protocol work of one vouch (open, verify, sign) on the \
+         backend's default crypto provider (aws-lc); \
          the registry, HTTPS and storage are in the backend table. TLS bytes are every \
          record both ways, including the two session tickets rustls sends by default \
          after the handshake. rustls runs in {} configurations, each with its own \
