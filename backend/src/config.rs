@@ -71,6 +71,8 @@ pub struct Config {
     pub certificates: Certificates,
     /// Alert webhook.
     pub webhook: Webhook,
+    /// The crypto provider of the vouch path and the decoded-key cache.
+    pub crypto: Crypto,
 }
 
 /// Overload protection.
@@ -154,6 +156,50 @@ pub struct Keys {
     pub instance_ttl_s: u64,
 }
 
+/// The vouch path's cryptography (issue 21): which provider opens hellos
+/// and signs vouches, and how many decoded device keys are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Crypto {
+    /// `"aws-lc"` (default: aws-lc-rs, about twice as fast) or `"dalek"`.
+    /// The answers are the same (`vouch_proto::provider`); only the speed
+    /// differs.
+    pub provider: CryptoProvider,
+    /// Enrolled keys kept decoded (checked and decompressed once, not at
+    /// every read and every verification); 0 turns the cache off. About
+    /// 250 bytes each; when full, it starts again empty.
+    pub decoded_keys: usize,
+}
+
+/// A crypto provider of `vouch_proto::provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CryptoProvider {
+    /// aws-lc-rs.
+    AwsLc,
+    /// The dalek crates.
+    Dalek,
+}
+
+impl CryptoProvider {
+    /// The provider itself.
+    pub fn provider(self) -> &'static dyn vouch_proto::provider::CryptoProvider {
+        match self {
+            CryptoProvider::AwsLc => &vouch_proto::provider::AWS_LC,
+            CryptoProvider::Dalek => &vouch_proto::provider::DALEK,
+        }
+    }
+}
+
+impl Default for Crypto {
+    fn default() -> Self {
+        Self {
+            provider: CryptoProvider::AwsLc,
+            decoded_keys: 65_536,
+        }
+    }
+}
+
 /// Gateway client certificates (issue 19).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -204,6 +250,7 @@ impl Default for Config {
             keys: Keys::default(),
             certificates: Certificates::default(),
             webhook: Webhook::default(),
+            crypto: Crypto::default(),
         }
     }
 }

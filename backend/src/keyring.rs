@@ -938,6 +938,21 @@ impl ServedKeys {
 /// backend served yet), it first registers the directory's lowest key pair as
 /// the provisioned key and the next one as its committed successor, so every
 /// instance and every provisioning bundle agree on them.
+/// `keys` on the configured crypto provider ([`crate::config::Crypto`]).
+/// A provider that cannot load them (its public keys would differ from the
+/// dalek crates': never seen) is logged, and the keys serve on the default
+/// provider: the answers are the same, only slower.
+pub(crate) fn on_provider(mut keys: BackendKeys, crypto: &crate::config::Crypto) -> BackendKeys {
+    let provider = crypto.provider.provider();
+    if provider.name() != keys.provider().name() {
+        if let Err(e) = keys.use_provider(provider) {
+            tracing::error!(kid = %keys.kid(), provider = provider.name(), error = %e,
+                "the crypto provider cannot load this key pair; it serves on the default provider");
+        }
+    }
+    keys
+}
+
 pub(crate) async fn initial_ring(
     store: &Store,
     pairs: Vec<BackendKeys>,
@@ -1004,7 +1019,7 @@ pub async fn reload(state: &AppState) -> Result<bool, StoreError> {
         match datadir::load_key_pair(&state.data_dir, kid) {
             Ok(Some(pair)) if pair.anchor() == row.anchor => {
                 tracing::info!(%kid, "backend key loaded: now served");
-                next.push(Arc::new(pair));
+                next.push(Arc::new(on_provider(pair, &state.config.crypto)));
             }
             Ok(Some(_)) => state.keys.warn_once(kid, || {
                 tracing::error!(%kid, "the key files of this key id hold another key than the \

@@ -79,6 +79,7 @@ pub mod datadir;
 pub mod error;
 pub mod feed;
 pub mod import;
+pub mod keycache;
 pub mod keyring;
 pub mod metrics;
 pub mod model;
@@ -190,9 +191,13 @@ impl AppState {
             ca,
             token_hash,
         } = data;
+        store.key_cache().set_capacity(config.crypto.decoded_keys);
         let ring = keyring::initial_ring(
             &store,
-            std::iter::once(keys).chain(more_keys).collect(),
+            std::iter::once(keys)
+                .chain(more_keys)
+                .map(|k| keyring::on_provider(k, &config.crypto))
+                .collect(),
             &data_dir,
         )
         .await

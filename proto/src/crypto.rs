@@ -179,24 +179,23 @@ impl AadBuf {
 }
 
 /// X25519 with a check that the result is contributory: a low-order peer value
-/// would make the shared secret all zeros (SPEC.md §3.2).
+/// would make the shared secret all zeros (SPEC.md §3.2). The dalek path of
+/// the peripheral and the gateway; the check is the providers' one
+/// ([`all_zero`]).
 #[inline(never)]
 pub(crate) fn dh(secret: &ReusableSecret, peer: &DhPublic) -> Result<SharedSecret, PeerMisbehaved> {
     let ss = secret.diffie_hellman(&XPublic::from(peer.0));
-    if ss.was_contributory() {
-        Ok(ss)
-    } else {
+    if all_zero(ss.as_bytes()) {
         Err(PeerMisbehaved::WeakKeyShare)
+    } else {
+        Ok(ss)
     }
 }
 
-/// Checks a shared secret computed elsewhere (the backend's static key).
-pub(crate) fn contributory(ss: SharedSecret) -> Result<SharedSecret, PeerMisbehaved> {
-    if ss.was_contributory() {
-        Ok(ss)
-    } else {
-        Err(PeerMisbehaved::WeakKeyShare)
-    }
+/// Whether a Diffie–Hellman result is all zeros (SPEC.md §3.2), in
+/// constant time: the one check every X25519 of the protocol goes through.
+pub(crate) fn all_zero(ss: &[u8; 32]) -> bool {
+    bool::from(ss.ct_eq(&[0u8; 32]))
 }
 
 /// The public value of an ephemeral secret.

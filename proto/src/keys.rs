@@ -94,14 +94,13 @@ impl PublicKey {
     }
 
     /// Verifies a signature with the strict rules of SPEC.md §3.4: canonical
-    /// `S`, no small-order `R` or `A` (ed25519-dalek `verify_strict`). Hello
-    /// signatures have their own rule (`handshake::hello_signature`).
+    /// `S`, canonical encodings of `R` and `A` that are not of small order,
+    /// the cofactorless equation; on the default provider
+    /// ([`provider::verify_strict`](crate::provider::verify_strict) takes
+    /// another, with the same answers). Hello signatures have their own rule
+    /// (`handshake::hello_signature`).
     pub fn verify_strict(&self, msg: &[u8], sig: &Signature) -> bool {
-        let Ok(vk) = VerifyingKey::from_bytes(&self.0) else {
-            return false;
-        };
-        vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.0))
-            .is_ok()
+        crate::provider::verify_strict(&crate::provider::DALEK, &self.0, msg, &sig.0)
     }
 
     /// SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`), as openssl writes it.
@@ -250,6 +249,13 @@ impl IdentityKey {
     /// Signs `msg`.
     pub fn sign(&self, msg: &[u8]) -> Signature {
         Signature(self.0.sign(msg).to_bytes())
+    }
+
+    /// The 32-byte seed, to load the key into a crypto provider. Zeroized
+    /// on drop.
+    #[cfg(feature = "alloc")]
+    pub(crate) fn danger_seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.0.to_bytes())
     }
 
     /// PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`, RFC 8410 §7: the

@@ -22,6 +22,14 @@
 //! role and the gateway↔backend bodies ([`wire::backend`]); `std` adds PEM keys
 //! and `std::error::Error`.
 //!
+//! ## Crypto providers
+//!
+//! X25519 and Ed25519 run on a [`provider::CryptoProvider`]: the dalek crates
+//! by default (the only provider of the peripheral and its firmware), and
+//! aws-lc-rs with feature `aws-lc`, for the backend and the gateway. The
+//! rules of SPEC.md §3.2 and §3.4 are checked in [`provider`], in front of
+//! every provider, so a provider changes the speed and never an answer.
+//!
 //! ## Driving a handshake
 //!
 //! Each machine is driven the same way: call `handle_*` with what arrived,
@@ -60,6 +68,7 @@ pub mod error;
 pub mod framing;
 pub mod handshake;
 pub mod keys;
+pub mod provider;
 pub mod session;
 #[cfg(all(feature = "alloc", any(test, feature = "test-utils")))]
 pub mod testing;

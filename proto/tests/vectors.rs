@@ -22,6 +22,7 @@ use vouch_proto::handshake::peripheral::{
     PeripheralConfig, PeripheralEstablished, PeripheralHandshake,
 };
 use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId, SealingKey};
+use vouch_proto::provider::{self, CryptoProvider, DALEK};
 use vouch_proto::session::Inbound;
 use vouch_proto::testing::FixedRng;
 use vouch_proto::wire::backend::{PeripheralInfo, VouchAnswer, Vouched};
@@ -95,9 +96,11 @@ struct World {
 }
 
 impl World {
-    fn new() -> Self {
+    /// The vectors' parties, the backend's key pairs on `provider` (the
+    /// peripheral and the gateway keep the dalek crates).
+    fn new(provider: &'static dyn CryptoProvider) -> Self {
         let i = inputs();
-        let backend = BackendKeys::from_parts(
+        let mut backend = BackendKeys::from_parts(
             KeyId(1),
             IdentityKey::from_seed(&i.backend_signing_seed),
             SealingKey::from_bytes(i.backend_sealing_secret),
@@ -105,16 +108,20 @@ impl World {
         let peripheral = IdentityKey::from_seed(&i.peripheral_seed);
         let id = PeripheralId::derive(&peripheral.public_key());
         let gateway = IdentityKey::from_seed(&i.gateway_seed);
-        let next_backend = BackendKeys::from_parts(
+        let mut next_backend = BackendKeys::from_parts(
             i.anchor_key_id,
             IdentityKey::from_seed(&i.anchor_signing_seed),
             SealingKey::from_bytes(i.anchor_sealing_secret),
         );
-        let third_backend = BackendKeys::from_parts(
+        let mut third_backend = BackendKeys::from_parts(
             KeyId(3),
             IdentityKey::from_seed(&i.third_signing_seed),
             SealingKey::from_bytes(i.third_sealing_secret),
         );
+        for keys in [&mut backend, &mut next_backend, &mut third_backend] {
+            keys.use_provider(provider).unwrap();
+            assert_eq!(keys.provider().name(), provider.name());
+        }
         let anchors = AnchorSet::new(backend.anchor(), next_backend.anchor().digest(), 0);
         Self {
             i,
@@ -373,8 +380,8 @@ fn unhex(v: &Value) -> Vec<u8> {
 }
 
 /// Computes every vector from the inputs.
-fn generate() -> Value {
-    let w = World::new();
+fn generate(provider: &'static dyn CryptoProvider) -> Value {
+    let w = World::new(provider);
     let i = &w.i;
     let (hello, resp, finish, mut p, mut g) = w.full();
     let (p_send, p_recv) = p.session.danger_export_keys();
@@ -661,8 +668,8 @@ fn negative_vectors(
 }
 
 /// Runs one negative vector; returns the error it was rejected with.
-fn reject(state: &str, input: &[u8]) -> Error {
-    let w = World::new();
+fn reject(provider: &'static dyn CryptoProvider, state: &str, input: &[u8]) -> Error {
+    let w = World::new(provider);
     let now = w.i.now;
     match state {
         "gateway_first" => {
@@ -796,7 +803,16 @@ fn paths() -> (PathBuf, PathBuf) {
 
 #[test]
 fn vectors_match_the_json_and_spec() {
-    let generated = generate();
+    let generated = generate(&DALEK);
+    // Every provider's backend produces the same vectors (SPEC.md §12).
+    for provider in provider::all() {
+        assert_eq!(
+            generate(*provider),
+            generated,
+            "the vectors on the {} provider",
+            provider.name()
+        );
+    }
     let (json_path, spec_path) = paths();
     let spec = std::fs::read_to_string(&spec_path).expect("SPEC.md exists");
     let (head, rest) = spec
@@ -836,7 +852,7 @@ fn stored_vectors_replay_through_the_state_machines() {
     // a peripheral rebuilt from the inputs and compare the stored Finish.
     let (json_path, _) = paths();
     let v: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
-    let w = World::new();
+    let w = World::new(&DALEK);
     let (mut p, hello) = w.start_peripheral();
     assert_eq!(hello, unhex(&v["full"]["hello"]));
     p.handle_input(w.i.now, &unhex(&v["full"]["response"]))
@@ -857,9 +873,15 @@ fn negative_vectors_are_rejected() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
     let negatives = v["negative"].as_array().unwrap();
     assert!(negatives.len() >= 20);
-    for n in negatives {
-        let err = reject(n["state"].as_str().unwrap(), &unhex(&n["input"]));
-        println!("{:<36} rejected: {err}", n["name"].as_str().unwrap());
+    for provider in provider::all() {
+        for n in negatives {
+            let err = reject(*provider, n["state"].as_str().unwrap(), &unhex(&n["input"]));
+            println!(
+                "{:<8} {:<36} rejected: {err}",
+                provider.name(),
+                n["name"].as_str().unwrap()
+            );
+        }
     }
 }
 
@@ -870,12 +892,15 @@ fn negative_vectors_are_rejected() {
 fn the_torsioned_r_hello_vector_is_accepted_and_the_strict_rule_refuses_it() {
     let (json_path, _) = paths();
     let v: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
-    let w = World::new();
+    let w = World::new(&DALEK);
     let hello = unhex(&v["hello_signature"]["torsioned_r_hello"]);
     assert_eq!(hello, w.torsioned_r_hello(&unhex(&v["full"]["hello"])));
-    let opened = open_hello(&hello, &w.backend).unwrap();
-    assert_eq!(opened.claimed_peripheral(), w.id);
-    assert!(opened.verify(&w.peripheral.public_key()).is_ok());
+    for provider in provider::all() {
+        let w = World::new(*provider);
+        let opened = open_hello(&hello, &w.backend).unwrap();
+        assert_eq!(opened.claimed_peripheral(), w.id);
+        assert!(opened.verify(&w.peripheral.public_key()).is_ok());
+    }
     // Its signature, opened, fails verify_strict: R is not [S]B − [k]A.
     let vector = unhex(&v["full"]["hello"]);
     let r = w.hello_nonce(&vector);
@@ -887,6 +912,14 @@ fn the_torsioned_r_hello_vector_is_accepted_and_the_strict_rule_refuses_it() {
         &w.hello_statement(&vector),
         &vouch_proto::keys::Signature(sig)
     ));
+    for provider in provider::all() {
+        assert!(!provider::verify_strict(
+            *provider,
+            w.peripheral.public_key().as_bytes(),
+            &w.hello_statement(&vector),
+            &sig
+        ));
+    }
     let torsion = unhex(&v["hello_signature"]["torsion_point"]);
     assert_eq!(torsion, torsion_point().compress().as_bytes());
     assert!(!torsion_point().is_identity() && torsion_point().mul_by_cofactor().is_identity());

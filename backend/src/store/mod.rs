@@ -184,6 +184,8 @@ pub enum Engine {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Enrolled keys kept decoded ([`crate::keycache`]).
+    keys: std::sync::Arc<crate::keycache::KeyCache>,
     engine: Engine,
     /// PostgreSQL: the URL, for the connection that LISTENs for the
     /// revocation feed's NOTIFY ([`Store::feed_listener`]).
@@ -263,7 +265,23 @@ impl Store {
             .connect_with(options)
             .await?;
         let url = (engine == Engine::Postgres).then(|| DatabaseUrl(url.into()));
-        Ok(Self { pool, engine, url })
+        Ok(Self {
+            pool,
+            keys: Self::key_cache_of_default_size(),
+            engine,
+            url,
+        })
+    }
+
+    fn key_cache_of_default_size() -> std::sync::Arc<crate::keycache::KeyCache> {
+        std::sync::Arc::new(crate::keycache::KeyCache::new(
+            crate::config::Crypto::default().decoded_keys,
+        ))
+    }
+
+    /// The enrolled keys this store's reads keep decoded.
+    pub fn key_cache(&self) -> &crate::keycache::KeyCache {
+        &self.keys
     }
 
     /// The engine behind this store.
@@ -303,6 +321,7 @@ impl Store {
         }
         Ok(Self {
             pool,
+            keys: Self::key_cache_of_default_size(),
             engine: Engine::Sqlite,
             url: None,
         })
@@ -318,6 +337,7 @@ impl Store {
     pub async fn reader(&self) -> Result<Reader, StoreError> {
         Ok(Reader {
             conn: self.pool.acquire().await?,
+            keys: self.keys.clone(),
         })
     }
 

@@ -21,6 +21,7 @@ const CHUNK: usize = 256;
 /// A pooled connection for the reads of one request.
 pub struct Reader {
     pub(super) conn: PoolConnection<Any>,
+    pub(super) keys: std::sync::Arc<crate::keycache::KeyCache>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -217,7 +218,10 @@ impl Reader {
             if k == "g" {
                 let status: String = row.try_get("t5")?;
                 out.gateway = Some(GatewayRecord {
-                    public_key: PublicKey::from_hex(&t1).ok_or(StoreError::Corrupt("gateways"))?,
+                    public_key: self
+                        .keys
+                        .public_key_hex(&t1)
+                        .ok_or(StoreError::Corrupt("gateways"))?,
                     name: row.try_get("t2")?,
                     group: row.try_get("t3")?,
                     site: row.try_get("t4")?,
@@ -298,7 +302,9 @@ impl Reader {
                             let status: String = row.try_get("t3")?;
                             v.insert(PeripheralRecord {
                                 id: pid,
-                                public_key: PublicKey::from_hex(&key)
+                                public_key: self
+                                    .keys
+                                    .public_key_hex(&key)
                                     .ok_or(StoreError::Corrupt("peripherals"))?,
                                 status: crate::model::Status::parse(&status)
                                     .ok_or(StoreError::Corrupt("peripherals"))?,

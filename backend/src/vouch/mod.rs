@@ -10,14 +10,14 @@
 //! | 2 | gateway not locked out | memory | `gateway_locked_out` (answered `Busy`) |
 //! | 2 | hello decodes, names a key id this instance serves ([`crate::keyring`]: not purged) | decode, memory | `malformed_hello`, `unknown_backend_key` |
 //! | 3 | `e_P` not in the replay cache | one indexed read | `replay` |
-//! | 4 | open the sealed identity | one X25519 | `bad_seal` |
+//! | 4 | open the sealed identity | one X25519 (on `crypto.provider`, aws-lc by default) | `bad_seal` |
 //! | 3 | claimed id locked out? Not refused (SPEC.md §10.3): its lock is an alert, and a valid signature still gets its vouch | — | — |
 //! | 5 | id registered and active | two indexed reads | `unknown_peripheral`, `peripheral_pending`, `peripheral_suspended`, `peripheral_revoked` |
-//! | 6 | signature | one Ed25519 verification, batched per request | `bad_signature` |
+//! | 6 | signature | one Ed25519 verification, batched per request, the key decoded once ([`crate::keycache`]) | `bad_signature` |
 //! | 7 | policy grants a scope | one read | `policy_denied` |
 //! | 7½ | not live on another gateway (clone) | one read | `clone_refused` (if `clone_action = "refuse"`) |
 //! | 8 | record `e_P` (the authoritative replay check) and the audit entry, durably | group commit | `replay` |
-//! | 8 | sign the vouch with the key pair the hello named (the one it was opened with) | one Ed25519 sign | — |
+//! | 8 | sign the vouch with the key pair the hello named (the one it was opened with) | one Ed25519 sign (on `crypto.provider`) | — |
 //!
 //! The hello names the key its peripheral sealed it to: the peripheral's
 //! primary anchor, which it holds. So the vouch is signed by that same key
@@ -49,6 +49,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use vouch_proto::handshake::backend::{open_hello, BackendKeys, VerifiedHello, VouchGrant};
+use vouch_proto::handshake::hello_signature::DecodedKey;
 use vouch_proto::keys::{DhPublic, KeyId, PeripheralId, PublicKey};
 use vouch_proto::wire::backend::{PeripheralInfo, Refusal, VouchAnswer, VouchRequest, Vouched};
 use vouch_proto::wire::{Hello, Lifetimes, Scope};
@@ -58,6 +59,7 @@ pub(crate) use sessions::{report_sessions, CloneRules, ATTACH_GRACE_MS};
 
 use crate::audit::{Admit, RefusalTally};
 use crate::config::{CloneAction, Security};
+use crate::keycache::KeyCache;
 use crate::keyring::{KeyRing, ServedKeys};
 use crate::metrics::Metrics;
 use crate::model::{GatewayRecord, PeripheralRecord, Status};
@@ -74,10 +76,11 @@ type Verdicts = std::vec::IntoIter<Result<VerifiedHello, vouch_proto::Error>>;
 /// whose private half could be known would let a gateway make hellos that
 /// pass a batch verification exactly when the claimed id is unknown or
 /// inactive, and time the difference (SPEC.md §5.3 step 5).
-static UNUSED_KEY: std::sync::LazyLock<vouch_proto::keys::PublicKey> =
-    std::sync::LazyLock::new(|| {
-        vouch_proto::keys::IdentityKey::generate(&mut crate::datadir::os_rng()).public_key()
-    });
+static UNUSED_KEY: std::sync::LazyLock<DecodedKey> = std::sync::LazyLock::new(|| {
+    DecodedKey::new(
+        &vouch_proto::keys::IdentityKey::generate(&mut crate::datadir::os_rng()).public_key(),
+    )
+});
 
 /// Why a vouch was refused: the audit log's `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -316,7 +319,12 @@ pub(crate) async fn vouch_batch(
             .await?
     };
     drop(reader);
-    let (stages, verdicts) = verify_all(stages, &after.peripherals, issuer.metrics);
+    let (stages, verdicts) = verify_all(
+        stages,
+        &after.peripherals,
+        issuer.store.key_cache(),
+        issuer.metrics,
+    );
     let mut decisions = decide(items, stages, verdicts, &after, &gateway);
     // Step 7½: live on another gateway?
     let refuse_clones = issuer.security.clone_action == CloneAction::Refuse;
@@ -395,26 +403,29 @@ fn open_all(stages: &mut [Stage], items: &[VouchRequest], replayed: &HashSet<[u8
 fn verify_all(
     stages: Vec<Stage>,
     records: &HashMap<PeripheralId, PeripheralRecord>,
+    cache: &KeyCache,
     metrics: &Metrics,
 ) -> (Vec<Stage>, Verdicts) {
-    let mut to_verify = Vec::new();
+    let mut opened = Vec::new();
+    let mut keys = Vec::new();
     let stages: Vec<Stage> = stages
         .into_iter()
         .map(|stage| match stage {
-            Stage::Opened(o, keys) => {
+            Stage::Opened(o, pair) => {
                 let id = o.claimed_peripheral();
-                let key = match records.get(&id) {
-                    Some(r) if matches!(r.status, Status::Active) => &r.public_key,
-                    _ => &*UNUSED_KEY,
-                };
-                to_verify.push((o, key));
-                Stage::Verifying(id, keys)
+                keys.push(match records.get(&id) {
+                    Some(r) if matches!(r.status, Status::Active) => cache.decoded(&r.public_key),
+                    _ => *UNUSED_KEY,
+                });
+                opened.push(o);
+                Stage::Verifying(id, pair)
             }
             other => other,
         })
         .collect();
-    metrics.hello_verifications.inc_by(to_verify.len() as u64);
-    let verdicts = vouch_proto::handshake::backend::verify_batch(to_verify).into_iter();
+    metrics.hello_verifications.inc_by(opened.len() as u64);
+    let to_verify = opened.into_iter().zip(&keys).collect();
+    let verdicts = vouch_proto::handshake::backend::verify_batch_decoded(to_verify).into_iter();
     (stages, verdicts)
 }
 

@@ -14,12 +14,16 @@
 use core::fmt;
 
 use rand_core::CryptoRng;
+use zeroize::Zeroizing;
 
 use super::{hello_signature, schedule};
 use crate::anchor::Anchor;
 use crate::crypto;
 use crate::error::{Error, PeerMisbehaved};
 use crate::keys::{DhPublic, IdentityKey, KeyId, PeripheralId, PublicKey, SealingKey, Signature};
+#[cfg(feature = "alloc")]
+use crate::provider::ProviderError;
+use crate::provider::{self, CryptoProvider};
 use crate::wire::{Hello, Lifetimes, Message, Scope, Vouch};
 
 /// One backend key pair: the Ed25519 key that signs vouches and anchor
@@ -28,15 +32,31 @@ pub struct BackendKeys {
     kid: KeyId,
     signing: IdentityKey,
     sealing: SealingKey,
+    /// The same keys loaded into a provider other than the built-in dalek
+    /// path ([`BackendKeys::with_provider`]).
+    #[cfg(feature = "alloc")]
+    loaded: Option<Loaded>,
 }
 
-// Both its keys zeroize on drop (`IdentityKey`, `SealingKey`).
+/// A key pair loaded into a provider.
+#[cfg(feature = "alloc")]
+struct Loaded {
+    provider: &'static dyn CryptoProvider,
+    signing: alloc::boxed::Box<dyn crate::provider::LoadedSigningKey>,
+    sealing: alloc::boxed::Box<dyn crate::provider::LoadedSealingKey>,
+}
+
+// Both its keys zeroize on drop (`IdentityKey`, `SealingKey`), and so do
+// their copies loaded into a provider: the dalek provider's are the same
+// dalek types; aws-lc's live in `EVP_PKEY` objects, which AWS-LC cleanses
+// when it frees them (and aws-lc-rs's X25519 results are `Zeroizing`).
 impl zeroize::ZeroizeOnDrop for BackendKeys {}
 
 impl fmt::Debug for BackendKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackendKeys")
             .field("kid", &self.kid)
+            .field("provider", &self.provider().name())
             .finish_non_exhaustive()
     }
 }
@@ -44,11 +64,7 @@ impl fmt::Debug for BackendKeys {
 impl BackendKeys {
     /// Fresh keys.
     pub fn generate<R: CryptoRng + ?Sized>(kid: KeyId, rng: &mut R) -> Self {
-        Self {
-            kid,
-            signing: IdentityKey::generate(rng),
-            sealing: SealingKey::generate(rng),
-        }
+        Self::from_parts(kid, IdentityKey::generate(rng), SealingKey::generate(rng))
     }
 
     /// Keys loaded from storage.
@@ -57,7 +73,63 @@ impl BackendKeys {
             kid,
             signing,
             sealing,
+            #[cfg(feature = "alloc")]
+            loaded: None,
         }
+    }
+
+    /// Opens hellos and signs vouches on `provider` from now on (SPEC.md
+    /// §5.3 step 4, §5.4): each key is loaded into it once, and its public
+    /// half checked against the one the dalek crates derive, so a provider
+    /// that disagrees is never used (on an error the keys stay on the
+    /// provider they were on). The answers do not change with the provider
+    /// ([`crate::provider`]); the speed does.
+    #[cfg(feature = "alloc")]
+    pub fn use_provider(
+        &mut self,
+        provider: &'static dyn CryptoProvider,
+    ) -> Result<(), ProviderError> {
+        let seed = self.signing.danger_seed();
+        let signing = provider.signing_key(&seed)?;
+        let sealing = provider.sealing_key(&self.sealing.danger_to_bytes())?;
+        if signing.public_key() != *self.signing.public_key().as_bytes()
+            || sealing.public() != self.sealing.public().0
+        {
+            return Err(ProviderError::PublicKeyMismatch);
+        }
+        self.loaded = Some(Loaded {
+            provider,
+            signing,
+            sealing,
+        });
+        Ok(())
+    }
+
+    /// The provider these keys open hellos and sign vouches on.
+    pub fn provider(&self) -> &'static dyn CryptoProvider {
+        #[cfg(feature = "alloc")]
+        if let Some(loaded) = &self.loaded {
+            return loaded.provider;
+        }
+        &crate::provider::DALEK
+    }
+
+    /// `X25519(b_x, e_P)`, refused if all zeros (SPEC.md §5.3 step 4).
+    fn open_share(&self, e_p: &DhPublic) -> Result<Zeroizing<[u8; 32]>, PeerMisbehaved> {
+        #[cfg(feature = "alloc")]
+        if let Some(loaded) = &self.loaded {
+            return provider::contributory(loaded.sealing.x25519(&e_p.0));
+        }
+        provider::contributory(Some(Zeroizing::new(*self.sealing.dh(e_p).as_bytes())))
+    }
+
+    /// Signs a vouch statement (SPEC.md §5.4).
+    fn sign(&self, statement: &[u8]) -> Signature {
+        #[cfg(feature = "alloc")]
+        if let Some(loaded) = &self.loaded {
+            return loaded.signing.sign(statement);
+        }
+        self.signing.sign(statement)
     }
 
     /// The key id.
@@ -115,10 +187,10 @@ pub fn open_hello(hello_bytes: &[u8], keys: &BackendKeys) -> Result<OpenedHello,
     if hello.anchor != keys.kid {
         return Err(PeerMisbehaved::UnknownBackendKey.into());
     }
-    let ss = crypto::contributory(keys.sealing.dh(&hello.ephemeral))?;
+    let ss = keys.open_share(&hello.ephemeral)?;
     let sealing_pub = keys.sealing.public();
     let prefix = schedule::hello_prefix(hello.suite, hello.anchor, &hello.ephemeral);
-    let k_seal = schedule::seal_key(&prefix, &sealing_pub, ss.as_bytes());
+    let k_seal = schedule::seal_key(&prefix, &sealing_pub, &ss);
     let mut plain = hello.sealed.0;
     crypto::stream_xor(&k_seal, &mut plain);
     let mut id = [0u8; 8];
@@ -155,6 +227,18 @@ impl OpenedHello {
         Ok(self.verified())
     }
 
+    /// [`verify`](Self::verify) with the registered key decoded beforehand
+    /// ([`hello_signature::DecodedKey`]): the same answer.
+    pub fn verify_decoded(
+        self,
+        registered: &hello_signature::DecodedKey,
+    ) -> Result<VerifiedHello, Error> {
+        if !registered.verify(&self.statement, &self.signature) {
+            return Err(PeerMisbehaved::BadHelloSignature.into());
+        }
+        Ok(self.verified())
+    }
+
     fn verified(self) -> VerifiedHello {
         VerifiedHello {
             peripheral: self.peripheral,
@@ -182,11 +266,32 @@ pub fn verify_batch(
     items: alloc::vec::Vec<(OpenedHello, &PublicKey)>,
 ) -> alloc::vec::Vec<Result<VerifiedHello, Error>> {
     use alloc::vec::Vec;
-    let signatures: Vec<(&PublicKey, &[u8], &Signature)> = items
+    let keys: Vec<hello_signature::DecodedKey> = items
+        .iter()
+        .map(|(_, key)| hello_signature::DecodedKey::new(key))
+        .collect();
+    verify_batch_decoded(
+        items
+            .into_iter()
+            .zip(&keys)
+            .map(|((opened, _), key)| (opened, key))
+            .collect(),
+    )
+}
+
+/// [`verify_batch`] with the keys decoded beforehand
+/// ([`hello_signature::DecodedKey`], which a backend caches per enrolled
+/// device): the same answers.
+#[cfg(feature = "batch")]
+pub fn verify_batch_decoded(
+    items: alloc::vec::Vec<(OpenedHello, &hello_signature::DecodedKey)>,
+) -> alloc::vec::Vec<Result<VerifiedHello, Error>> {
+    use alloc::vec::Vec;
+    let signatures: Vec<(&hello_signature::DecodedKey, &[u8], &Signature)> = items
         .iter()
         .map(|(opened, key)| (*key, &opened.statement[..], &opened.signature))
         .collect();
-    let answers = hello_signature::verify_batch(&signatures);
+    let answers = hello_signature::verify_batch_decoded(&signatures);
     items
         .into_iter()
         .zip(answers)
@@ -248,7 +353,7 @@ impl VerifiedHello {
             scope: grant.scope,
             lifetimes: grant.lifetimes,
             backend_key: keys.kid,
-            signature: keys.signing.sign(&statement),
+            signature: keys.sign(&statement),
         }
     }
 }

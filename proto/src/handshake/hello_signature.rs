@@ -35,6 +35,8 @@
 //! verified alone, with the strict rule of SPEC.md §3.4
 //! ([`PublicKey::verify_strict`]).
 
+use core::fmt;
+
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::IsIdentity;
@@ -50,7 +52,56 @@ pub fn verify(key: &PublicKey, statement: &[u8], signature: &Signature) -> bool 
 
 /// [`verify`] on the raw encodings.
 fn verify_encoded(key: &[u8; 32], statement: &[u8], signature: &[u8; 64]) -> bool {
-    Checked::new(key, statement, signature).is_some_and(|c| c.holds())
+    Checked::new(&DecodedKey::from_bytes(key), statement, signature).is_some_and(|c| c.holds())
+}
+
+/// A public key decoded once for the hello rule: rule 2 checked, the point
+/// kept. A backend keeps one per enrolled device, so that each hello it
+/// verifies skips the decompression of the key (a field exponentiation).
+/// The answers are those of [`verify`] with the key's bytes.
+#[derive(Clone, Copy)]
+pub struct DecodedKey {
+    bytes: [u8; 32],
+    /// `−A`, or `None` if the bytes fail rule 2 (no signature verifies).
+    minus_a: Option<EdwardsPoint>,
+}
+
+impl DecodedKey {
+    /// Decodes and checks `key` (rule 2 of SPEC.md §3.4).
+    pub fn new(key: &PublicKey) -> Self {
+        Self::from_bytes(key.as_bytes())
+    }
+
+    fn from_bytes(key: &[u8; 32]) -> Self {
+        Self {
+            bytes: *key,
+            minus_a: strict_point(key).map(|a| -a),
+        }
+    }
+
+    /// The key's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    /// Whether the key passes rule 2 (a canonical encoding of a point not of
+    /// small order); if not, no signature by it verifies.
+    pub fn is_strict(&self) -> bool {
+        self.minus_a.is_some()
+    }
+
+    /// [`verify`] with this key.
+    pub fn verify(&self, statement: &[u8], signature: &Signature) -> bool {
+        Checked::new(self, statement, &signature.0).is_some_and(|c| c.holds())
+    }
+}
+
+impl fmt::Debug for DecodedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DecodedKey(")?;
+        crate::keys::write_hex(f, &self.bytes)?;
+        f.write_str(")")
+    }
 }
 
 /// Verifies many hello signatures, each `(key, statement, signature)`, and
@@ -74,9 +125,26 @@ fn verify_encoded(key: &[u8; 32], statement: &[u8], signature: &[u8; 64]) -> boo
 #[cfg(feature = "batch")]
 pub fn verify_batch(items: &[(&PublicKey, &[u8], &Signature)]) -> alloc::vec::Vec<bool> {
     use alloc::vec::Vec;
+    let keys: Vec<DecodedKey> = items
+        .iter()
+        .map(|(key, _, _)| DecodedKey::new(key))
+        .collect();
+    let decoded: Vec<(&DecodedKey, &[u8], &Signature)> = keys
+        .iter()
+        .zip(items)
+        .map(|(key, (_, statement, signature))| (key, *statement, *signature))
+        .collect();
+    verify_batch_decoded(&decoded)
+}
+
+/// [`verify_batch`] with keys decoded beforehand ([`DecodedKey`]): the same
+/// answers, without a decompression per key.
+#[cfg(feature = "batch")]
+pub fn verify_batch_decoded(items: &[(&DecodedKey, &[u8], &Signature)]) -> alloc::vec::Vec<bool> {
+    use alloc::vec::Vec;
     let checked: Vec<Option<Checked>> = items
         .iter()
-        .map(|(key, statement, signature)| Checked::new(key.as_bytes(), statement, &signature.0))
+        .map(|(key, statement, signature)| Checked::new(key, statement, &signature.0))
         .collect();
     let batch: Vec<&Checked> = checked.iter().flatten().collect();
     // One item alone is cheaper as a single verification.
@@ -150,7 +218,7 @@ struct Checked {
 }
 
 impl Checked {
-    fn new(key: &[u8; 32], statement: &[u8], signature: &[u8; 64]) -> Option<Self> {
+    fn new(key: &DecodedKey, statement: &[u8], signature: &[u8; 64]) -> Option<Self> {
         let mut r_bytes = [0u8; 32];
         r_bytes.copy_from_slice(&signature[..32]);
         let mut s = [0u8; 32];
@@ -158,21 +226,21 @@ impl Checked {
         // Rule 1.
         let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s))?;
         // Rules 2 and 3.
-        let a = strict_point(key)?;
+        let minus_a = key.minus_a?;
         let r = strict_point(&r_bytes)?;
         let hram: [u8; 64] = Sha512::new()
             .chain_update(r_bytes)
-            .chain_update(key)
+            .chain_update(key.bytes)
             .chain_update(statement)
             .finalize()
             .into();
         Some(Self {
-            minus_a: -a,
+            minus_a,
             r,
             s,
             k: Scalar::from_bytes_mod_order_wide(&hram),
             #[cfg(feature = "batch")]
-            a_bytes: *key,
+            a_bytes: key.bytes,
             #[cfg(feature = "batch")]
             r_bytes,
         })
@@ -187,8 +255,9 @@ impl Checked {
 }
 
 /// The point, if `bytes` are its canonical encoding and it is not of small
-/// order.
-fn strict_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+/// order (SPEC.md §3.4 rules 2 and 3; also the strict rule's check,
+/// [`crate::provider::verify_strict`]).
+pub(crate) fn strict_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
     if !canonical_y(bytes) {
         return None;
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use vouch_backend::config::Config;
+use vouch_backend::config::{Config, Crypto, CryptoProvider};
 use vouch_backend::datadir::{self, DataDir};
 use vouch_backend::model::{GatewaySelector, PeripheralSelector, Status};
 use vouch_backend::server::{self, Transport};
@@ -22,6 +22,7 @@ use vouch_backend::store::{NewGateway, NewPeripheral, Store};
 use vouch_backend::{app, pki, AppState};
 use vouch_proto::anchor::AnchorSet;
 use vouch_proto::handshake::backend::{open_hello, BackendKeys, VouchGrant};
+use vouch_proto::handshake::hello_signature::DecodedKey;
 use vouch_proto::handshake::peripheral::{PeripheralConfig, PeripheralHandshake};
 use vouch_proto::keys::{DhPublic, IdentityKey, PeripheralId, PublicKey};
 use vouch_proto::testing::rng;
@@ -49,8 +50,59 @@ const LIFETIMES: Lifetimes = Lifetimes {
     resumption_s: 86_400,
 };
 
-/// What [`measure`] found.
+/// One configuration of the vouch path measured by [`measure`] (issue 21's
+/// levers, one by one).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lever {
+    /// Its name in the report.
+    pub(super) name: &'static str,
+    /// The backend's `[crypto]` settings.
+    pub(super) provider: CryptoProvider,
+    /// Decoded keys kept (0: no cache).
+    pub(super) decoded_keys: usize,
+}
+
+impl Lever {
+    /// The configurations measured, each adding one lever to the one
+    /// before; the last is the backend's default.
+    pub(super) fn all() -> [Lever; 3] {
+        let default = Crypto::default();
+        [
+            Lever {
+                name: "dalek, no key cache (before issue 21)",
+                provider: CryptoProvider::Dalek,
+                decoded_keys: 0,
+            },
+            Lever {
+                name: "+ aws-lc provider",
+                provider: default.provider,
+                decoded_keys: 0,
+            },
+            Lever {
+                name: "+ decoded-key cache (default)",
+                provider: default.provider,
+                decoded_keys: default.decoded_keys,
+            },
+        ]
+    }
+}
+
+/// One lever's rates.
+pub(super) struct LeverRates {
+    pub(super) lever: Lever,
+    /// The raw crypto bound on this configuration's provider, µs per vouch.
+    pub(super) bound_us: f64,
+    pub(super) single_per_core: f64,
+    pub(super) single_wall: f64,
+    pub(super) batched_per_core: f64,
+    pub(super) batched_wall: f64,
+}
+
+/// What [`measure`] found: every lever, the backend's default last.
 pub(super) struct Throughput {
+    pub(super) levers: Vec<LeverRates>,
+    /// The raw crypto bound of the default configuration (its provider, the
+    /// key decoded beforehand): the fastest one vouch's primitives go here.
     pub(super) bound_us: f64,
     pub(super) single_per_core: f64,
     pub(super) single_wall: f64,
@@ -119,8 +171,10 @@ impl Fleet {
 }
 
 /// One vouch's primitives in a tight loop on this thread: open the sealed
-/// hello (X25519, SHA-256, ChaCha20), verify the peripheral's signature,
-/// sign the vouch. Microseconds of this thread's CPU per vouch.
+/// hello (X25519, SHA-256, ChaCha20), verify the peripheral's signature
+/// (its key decoded beforehand, as a backend with the decoded-key cache
+/// has it), sign the vouch; on the provider `keys` are loaded into.
+/// Microseconds of this thread's CPU per vouch.
 fn crypto_bound(
     fleet: &Fleet,
     keys: &BackendKeys,
@@ -128,11 +182,16 @@ fn crypto_bound(
     n: usize,
 ) -> Result<f64, BenchError> {
     let hellos = fleet.hellos(n, 1)?;
-    let registered: Vec<_> = fleet.devices.iter().map(|(k, _)| k.public_key()).collect();
+    let registered: Vec<_> = fleet
+        .devices
+        .iter()
+        .map(|(k, _)| DecodedKey::new(&k.public_key()))
+        .collect();
     let t = Instant::now();
     let cpu0 = this_thread_cpu_s();
     for (i, req) in hellos.iter().enumerate() {
-        let verified = open_hello(&req.hello, keys)?.verify(&registered[i % registered.len()])?;
+        let verified =
+            open_hello(&req.hello, keys)?.verify_decoded(&registered[i % registered.len()])?;
         let vouch = verified.vouch(
             keys,
             &VouchGrant {
@@ -153,23 +212,64 @@ fn crypto_bound(
     Ok(elapsed * 1e6 / n as f64)
 }
 
-/// Measures the raw bound on `bound_n` vouches, then `n` single and `n`
-/// batched vouches over HTTPS, on SQLite or, given `database_url`, on a fresh
-/// database of that PostgreSQL server (dropped afterwards). Must not run
-/// inside a Tokio runtime.
+/// Measures, for every [`Lever`] in turn on a fresh backend, the raw bound
+/// on `bound_n` vouches, then `n` single and `n` batched vouches over HTTPS,
+/// on SQLite or, given `database_url`, on a fresh database of that
+/// PostgreSQL server (dropped afterwards). Must not run inside a Tokio
+/// runtime.
 pub(super) fn measure(
     n: usize,
     bound_n: usize,
     database_url: Option<&str>,
 ) -> Result<Throughput, BenchError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut levers = Vec::new();
+    let mut postgres_used = false;
+    for lever in Lever::all() {
+        let (rates, pg) = measure_lever(lever, n, bound_n, database_url, cores)?;
+        postgres_used = pg;
+        levers.push(rates);
+    }
+    let default = levers
+        .last()
+        .ok_or(BenchError::Invariant("no configuration measured"))?;
+    Ok(Throughput {
+        bound_us: default.bound_us,
+        single_per_core: default.single_per_core,
+        single_wall: default.single_wall,
+        batched_per_core: default.batched_per_core,
+        batched_wall: default.batched_wall,
+        levers,
+        concurrency: CONCURRENCY,
+        batch: BATCH,
+        server_threads: cores,
+        database: if postgres_used {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+    })
+}
+
+/// [`measure`] for one configuration, on a backend of its own; also
+/// returns whether it ran on PostgreSQL.
+fn measure_lever(
+    lever: Lever,
+    n: usize,
+    bound_n: usize,
+    database_url: Option<&str>,
+    cores: usize,
+) -> Result<(LeverRates, bool), BenchError> {
     let dir = tempfile::tempdir()?;
     datadir::init(dir.path(), &[]).map_err(step("init the data directory"))?;
     let srv = runtime(cores, "vouch-srv")?;
     let cli = runtime(cores, "vouch-cli")?;
 
     let gateway = IdentityKey::from_seed(&[200; 32]);
-    let m = Material::load(dir.path(), &gateway)?;
+    let mut m = Material::load(dir.path(), &gateway)?;
+    m.bound_keys
+        .use_provider(lever.provider.provider())
+        .map_err(step("load the keys into the provider"))?;
     let postgres = match database_url {
         Some(admin) => Some((
             admin,
@@ -183,9 +283,13 @@ pub(super) fn measure(
         None => datadir::sqlite_url(dir.path()),
     };
 
+    let crypto = Crypto {
+        provider: lever.provider,
+        decoded_keys: lever.decoded_keys,
+    };
     let (state, addr, stop) = srv.block_on(async {
         let store = registry(&url, &m.fleet, gateway.public_key()).await?;
-        serve(store, m.data, &m.ca_pem, &m.server_tls).await
+        serve(store, m.data, &m.ca_pem, &m.server_tls, crypto).await
     })?;
 
     let bound_us = crypto_bound(
@@ -215,21 +319,17 @@ pub(super) fn measure(
     }
     drop(cli);
     drop(srv);
-    Ok(Throughput {
-        bound_us,
-        single_per_core: rates[0].0,
-        single_wall: rates[0].1,
-        batched_per_core: rates[1].0,
-        batched_wall: rates[1].1,
-        concurrency: CONCURRENCY,
-        batch: BATCH,
-        server_threads: cores,
-        database: if postgres.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
+    Ok((
+        LeverRates {
+            lever,
+            bound_us,
+            single_per_core: rates[0].0,
+            single_wall: rates[0].1,
+            batched_per_core: rates[1].0,
+            batched_wall: rates[1].1,
         },
-    })
+        postgres.is_some(),
+    ))
 }
 
 /// What a fresh data directory gives the benchmark: the service's own
@@ -341,8 +441,12 @@ async fn serve(
     data: DataDir,
     ca_pem: &str,
     (server_cert, server_key): &(String, Zeroizing<String>),
+    crypto: Crypto,
 ) -> Result<(AppState, SocketAddr, oneshot::Sender<()>), BenchError> {
-    let mut config = Config::default();
+    let mut config = Config {
+        crypto,
+        ..Config::default()
+    };
     config.limits.max_concurrent_requests = 4096;
     config.security.lockout_failures = u32::MAX;
     let state = AppState::new(store, data, config)

@@ -37,6 +37,10 @@ struct Outcome {
 /// Measures `iterations` full handshakes and as many resumptions.
 pub(super) fn measure(iterations: usize, warmup: usize) -> Result<VouchReport, BenchError> {
     let mut pair = Pair::new(8);
+    // The backend's work on the provider it runs on by default (issue 21).
+    pair.backend
+        .use_provider(vouch_backend::config::Crypto::default().provider.provider())
+        .map_err(|_| BenchError::Invariant("the backend's crypto provider refused its keys"))?;
     let mut full = Samples::with_capacity(iterations);
     let mut last = None;
     for i in 0..warmup + iterations {
