@@ -20,8 +20,8 @@ use std::sync::{Mutex, PoisonError};
 use vouch_proto::handshake::hello_signature::DecodedKey;
 use vouch_proto::keys::PublicKey;
 
-/// Decoded keys by their bytes. Cheap to share behind an `Arc`.
-#[derive(Debug)]
+/// Decoded keys by their bytes. Cheap to share behind an `Arc`. Its
+/// `Debug` says how full it is, never which keys it holds.
 pub struct KeyCache {
     capacity: AtomicUsize,
     keys: Mutex<HashMap<[u8; 32], Entry>>,
@@ -32,6 +32,17 @@ pub struct KeyCache {
 struct Entry {
     key: PublicKey,
     decoded: DecodedKey,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // try_lock: a Debug print never waits for (or blocks) a vouch.
+        let held = self.keys.try_lock().map(|k| k.len()).ok();
+        f.debug_struct("KeyCache")
+            .field("capacity", &self.capacity.load(Ordering::Relaxed))
+            .field("held", &held)
+            .finish()
+    }
 }
 
 impl KeyCache {

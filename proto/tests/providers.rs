@@ -188,7 +188,7 @@ fn low_order_shares() -> Vec<[u8; 32]> {
 }
 
 #[test]
-fn every_provider_refuses_every_low_order_share() {
+fn every_provider_refuses_the_same_low_order_and_twist_shares() {
     for share in low_order_shares() {
         for sk in [[1u8; 32], [0x5a; 32], [0xff; 32]] {
             let dalek = x25519_dalek::x25519(sk, share);
@@ -458,8 +458,120 @@ fn non_canonical_keys_of_large_order_are_refused_as_spec_rule_2_says() {
         }
         found += 1;
         assert!(!canonical(&y));
-        let sig = [0u8; 64];
+        // R of large order and S = 0 < L: rules 1 and 3 pass, so nothing
+        // but rule 2 or the equation refuses it (rule 2 on its own is
+        // tested on the encodings, in `hello_signature`).
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(ED25519_BASEPOINT_POINT.compress().as_bytes());
         assert!(!strict_everywhere(&y, b"m", &sig));
     }
     assert!(found > 0, "some y = p + k is a point of large order");
+}
+
+/// A provider that derives the right public keys but answers wrongly (a
+/// broken or faulty library) is refused when the backend's keys are loaded
+/// into it, by the known-answer test, and the keys stay on dalek; so is
+/// one whose public key differs.
+#[test]
+fn a_provider_whose_answers_differ_is_never_used() {
+    use vouch_proto::keys::Signature;
+    use vouch_proto::provider::{LoadedSealingKey, LoadedSigningKey, ProviderError, StrictInput};
+    use zeroize::Zeroizing;
+
+    #[derive(Debug)]
+    struct Broken {
+        bad_signature: bool,
+        bad_exchange: bool,
+        bad_public: bool,
+    }
+    struct Signing(Box<dyn LoadedSigningKey>, bool);
+    impl LoadedSigningKey for Signing {
+        fn public_key(&self) -> [u8; 32] {
+            self.0.public_key()
+        }
+        fn sign(&self, msg: &[u8]) -> Signature {
+            let mut sig = self.0.sign(msg);
+            if self.1 {
+                sig.0[63] ^= 1;
+            }
+            sig
+        }
+    }
+    struct Sealing(Box<dyn LoadedSealingKey>, bool);
+    impl LoadedSealingKey for Sealing {
+        fn public(&self) -> [u8; 32] {
+            self.0.public()
+        }
+        fn x25519(&self, peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+            let mut out = self.0.x25519(peer)?;
+            if self.1 {
+                out[0] ^= 1;
+            }
+            Some(out)
+        }
+    }
+    impl CryptoProvider for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+        fn x25519(&self, secret: &[u8; 32], peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+            DALEK.x25519(secret, peer)
+        }
+        fn ed25519_equation(&self, input: &StrictInput<'_>) -> bool {
+            DALEK.ed25519_equation(input)
+        }
+        fn signing_key(
+            &self,
+            seed: &[u8; 32],
+        ) -> Result<Box<dyn LoadedSigningKey>, ProviderError> {
+            Ok(Box::new(Signing(DALEK.signing_key(seed)?, self.bad_signature)))
+        }
+        fn sealing_key(
+            &self,
+            secret: &[u8; 32],
+        ) -> Result<Box<dyn LoadedSealingKey>, ProviderError> {
+            let mut secret = *secret;
+            if self.bad_public {
+                secret[1] ^= 1;
+            }
+            Ok(Box::new(Sealing(DALEK.sealing_key(&secret)?, self.bad_exchange)))
+        }
+    }
+    static SIGNS_WRONG: Broken = Broken {
+        bad_signature: true,
+        bad_exchange: false,
+        bad_public: false,
+    };
+    static EXCHANGES_WRONG: Broken = Broken {
+        bad_signature: false,
+        bad_exchange: true,
+        bad_public: false,
+    };
+    static OTHER_KEY: Broken = Broken {
+        bad_signature: false,
+        bad_exchange: false,
+        bad_public: true,
+    };
+    static HONEST: Broken = Broken {
+        bad_signature: false,
+        bad_exchange: false,
+        bad_public: false,
+    };
+    let mut keys = BackendKeys::from_parts(
+        KeyId(1),
+        IdentityKey::from_seed(&[1; 32]),
+        SealingKey::from_bytes([2; 32]),
+    );
+    for (provider, error) in [
+        (&SIGNS_WRONG, ProviderError::KnownAnswerMismatch),
+        (&EXCHANGES_WRONG, ProviderError::KnownAnswerMismatch),
+        (&OTHER_KEY, ProviderError::PublicKeyMismatch),
+    ] {
+        assert_eq!(keys.use_provider(provider), Err(error), "{provider:?}");
+        assert_eq!(keys.provider().name(), DALEK.name(), "{provider:?}");
+    }
+    // The same wrapper answering honestly is taken: the refusals above are
+    // the answers', not the wrapper's.
+    assert_eq!(keys.use_provider(&HONEST), Ok(()));
+    assert_eq!(keys.provider().name(), "broken");
 }

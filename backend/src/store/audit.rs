@@ -398,7 +398,8 @@ pub enum CheckpointKeyError {
 /// key (see the module doc for why that one).
 pub struct CheckpointKey {
     signer: Option<rcgen::KeyPair>,
-    public: ed25519_dalek::VerifyingKey,
+    /// Checked with SPEC.md §3.4's strict rule, as every signature is.
+    public: vouch_proto::keys::PublicKey,
 }
 
 impl std::fmt::Debug for CheckpointKey {
@@ -430,12 +431,9 @@ impl CheckpointKey {
 
     /// Checks only, with the public key of the CA certificate (`ca.pem`).
     pub fn from_ca_cert(cert_pem: &str) -> Result<Self, CheckpointKeyError> {
-        let key = crate::pki::ca_public_key(cert_pem)?;
-        let public = ed25519_dalek::VerifyingKey::from_bytes(key.as_bytes())
-            .map_err(|_| CheckpointKeyError::NotEd25519)?;
         Ok(Self {
             signer: None,
-            public,
+            public: crate::pki::ca_public_key(cert_pem)?,
         })
     }
 
@@ -451,8 +449,7 @@ impl CheckpointKey {
             return false;
         }
         self.public
-            .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
-            .is_ok()
+            .verify_strict(msg, &vouch_proto::keys::Signature(sig))
     }
 }
 

@@ -32,8 +32,11 @@ pub struct BackendKeys {
     kid: KeyId,
     signing: IdentityKey,
     sealing: SealingKey,
+    /// `sealing`'s public key, derived once: every hello's key schedule
+    /// binds it (SPEC.md §5.2).
+    sealing_public: DhPublic,
     /// The same keys loaded into a provider other than the built-in dalek
-    /// path ([`BackendKeys::with_provider`]).
+    /// path ([`BackendKeys::use_provider`]).
     #[cfg(feature = "alloc")]
     loaded: Option<Loaded>,
 }
@@ -71,6 +74,7 @@ impl BackendKeys {
     pub fn from_parts(kid: KeyId, signing: IdentityKey, sealing: SealingKey) -> Self {
         Self {
             kid,
+            sealing_public: sealing.public(),
             signing,
             sealing,
             #[cfg(feature = "alloc")]
@@ -79,11 +83,13 @@ impl BackendKeys {
     }
 
     /// Opens hellos and signs vouches on `provider` from now on (SPEC.md
-    /// §5.3 step 4, §5.4): each key is loaded into it once, and its public
-    /// half checked against the one the dalek crates derive, so a provider
-    /// that disagrees is never used (on an error the keys stay on the
-    /// provider they were on). The answers do not change with the provider
-    /// ([`crate::provider`]); the speed does.
+    /// §5.3 step 4, §5.4): each key is loaded into it once, its public half
+    /// checked against the one the dalek crates derive, and its answers to a
+    /// fixed question compared with theirs (a signature of a fixed message,
+    /// byte for byte: Ed25519 is deterministic; an X25519 with a fixed
+    /// share), so a provider that disagrees is never used (on an error the
+    /// keys stay on the provider they were on). The answers do not change
+    /// with the provider ([`crate::provider`]); the speed does.
     #[cfg(feature = "alloc")]
     pub fn use_provider(
         &mut self,
@@ -93,9 +99,19 @@ impl BackendKeys {
         let signing = provider.signing_key(&seed)?;
         let sealing = provider.sealing_key(&self.sealing.danger_to_bytes())?;
         if signing.public_key() != *self.signing.public_key().as_bytes()
-            || sealing.public() != self.sealing.public().0
+            || sealing.public() != self.sealing_public.0
         {
             return Err(ProviderError::PublicKeyMismatch);
+        }
+        // Known answers: the dalek crates' for the same keys.
+        const PROBE: &[u8] = b"vouch: provider known-answer test";
+        let share: DhPublic = SealingKey::from_bytes([7; 32]).public();
+        let theirs = sealing.x25519(&share.0);
+        let ours = self.sealing.dh(&share);
+        if signing.sign(PROBE) != self.signing.sign(PROBE)
+            || theirs.as_deref() != Some(ours.as_bytes())
+        {
+            return Err(ProviderError::KnownAnswerMismatch);
         }
         self.loaded = Some(Loaded {
             provider,
@@ -152,7 +168,7 @@ impl BackendKeys {
         Anchor {
             kid: self.kid,
             signing: self.signing.public_key(),
-            sealing: self.sealing.public(),
+            sealing: self.sealing_public,
         }
     }
 }
@@ -188,7 +204,7 @@ pub fn open_hello(hello_bytes: &[u8], keys: &BackendKeys) -> Result<OpenedHello,
         return Err(PeerMisbehaved::UnknownBackendKey.into());
     }
     let ss = keys.open_share(&hello.ephemeral)?;
-    let sealing_pub = keys.sealing.public();
+    let sealing_pub = keys.sealing_public;
     let prefix = schedule::hello_prefix(hello.suite, hello.anchor, &hello.ephemeral);
     let k_seal = schedule::seal_key(&prefix, &sealing_pub, &ss);
     let mut plain = hello.sealed.0;

@@ -279,6 +279,33 @@ mod tests {
     use super::*;
     use crate::keys::IdentityKey;
 
+    /// SPEC.md §3.4 rule 2, checked on the encodings themselves (no
+    /// signature can test it: a valid one under a non-canonical A needs A's
+    /// discrete logarithm, and a non-canonical R never equals the encoding
+    /// the equation recomputes): every `y = p + k` encoding (with and
+    /// without the sign bit) is refused, among them points of large order
+    /// that a decoder reducing `y` modulo `p` accepts, while the canonical
+    /// encoding of the same point is accepted.
+    #[test]
+    fn non_canonical_encodings_are_refused_even_of_large_order_points() {
+        let mut large = 0;
+        for k in 0u8..19 {
+            for sign in [0u8, 0x80] {
+                let mut y = [0xffu8; 32];
+                y[0] = 0xed + k;
+                y[31] = 0x7f | sign;
+                assert!(strict_point(&y).is_none(), "y = p + {k}, sign {sign:#x}");
+                if let Some(point) = CompressedEdwardsY(y).decompress() {
+                    if !point.is_small_order() {
+                        large += 1;
+                        assert!(strict_point(point.compress().as_bytes()).is_some());
+                    }
+                }
+            }
+        }
+        assert!(large > 0, "some y = p + k decodes (mod p) to a point of large order");
+    }
+
     fn hex32(s: &str) -> [u8; 32] {
         let mut out = [0u8; 32];
         for (i, o) in out.iter_mut().enumerate() {

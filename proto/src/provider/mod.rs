@@ -153,6 +153,12 @@ pub enum ProviderError {
     /// not used.
     #[error("the crypto provider derives another public key than the dalek crates")]
     PublicKeyMismatch,
+    /// The loaded keys' answers to a fixed question (a signature, which
+    /// Ed25519 makes deterministic; an X25519 with a fixed share) differ
+    /// from the dalek crates': the provider is broken, and its keys are not
+    /// used.
+    #[error("the crypto provider's signature or key exchange differs from the dalek crates'")]
+    KnownAnswerMismatch,
 }
 
 /// An Ed25519 signature whose encodings passed SPEC.md §3.4 rules 1 to 3,
