@@ -285,8 +285,16 @@ async fn write_group(
         tx.record_grants(&grants, now).await?;
     }
     let mut judged = Vec::with_capacity(reports.len());
+    let mut report_entries = Vec::new();
     for report in reports {
-        judged.push(judge(&mut tx, report).await?);
+        let mut j = judge(&mut tx, report).await?;
+        report_entries.append(&mut j.entries);
+        judged.push(j);
+    }
+    if !report_entries.is_empty() {
+        // The reports' entries, in the order they were judged, timed like
+        // the vouch decisions' by the group.
+        tx.audit_many(&report_entries, now).await?;
     }
     tx.commit().await?;
     Ok((out, judged))

@@ -86,6 +86,9 @@ struct Report<'a> {
     rules: CloneRules,
     now: i64,
     alerts: Vec<Alert>,
+    /// Its audit entries, in order, appended with the group's
+    /// ([`Judged::entries`]).
+    entries: Vec<NewAudit>,
 }
 
 impl Report<'_> {
@@ -180,6 +183,9 @@ impl ReportJob {
 pub(crate) struct Judged {
     pub(crate) verdicts: Vec<SessionVerdict>,
     pub(crate) alerts: Vec<Alert>,
+    /// Its audit entries, which the group appends together (one statement
+    /// per 24) before it commits.
+    pub(crate) entries: Vec<NewAudit>,
 }
 
 /// Judges and records `job` in `tx` (the group commit's transaction).
@@ -192,6 +198,7 @@ pub(crate) async fn judge(tx: &mut WriteTx<'_>, job: &ReportJob) -> Result<Judge
         rules: job.rules,
         now: job.now,
         alerts: Vec::new(),
+        entries: Vec::new(),
     };
     let mut verdicts = Vec::with_capacity(job.plan.len());
     for p in &job.plan {
@@ -205,6 +212,7 @@ pub(crate) async fn judge(tx: &mut WriteTx<'_>, job: &ReportJob) -> Result<Judge
     Ok(Judged {
         verdicts,
         alerts: report.alerts,
+        entries: report.entries,
     })
 }
 
@@ -290,8 +298,7 @@ async fn detached(
         judge_waiting(tx, r, ev, &sid, p.heard_ms, w).await?;
     }
     let verdict = SessionVerdict::Accepted;
-    tx.audit(r.entry("session_detach", verdict, "", ev), r.now)
-        .await?;
+    r.entries.push(r.entry("session_detach", verdict, "", ev));
     Ok(verdict)
 }
 
@@ -372,8 +379,8 @@ async fn concurrent(
             (SessionVerdict::CloneSuspected, "clone_suspected")
         }
     };
-    tx.audit(r.entry("session_concurrent", verdict, reason, &p.ev), r.now)
-        .await?;
+    r.entries
+        .push(r.entry("session_concurrent", verdict, reason, &p.ev));
     Ok(verdict)
 }
 
@@ -405,8 +412,8 @@ async fn attached(
         )
         .await?;
     }
-    tx.audit(r.entry("session_attach", verdict, reason, ev), r.now)
-        .await?;
+    r.entries
+        .push(r.entry("session_attach", verdict, reason, ev));
     Ok(verdict)
 }
 
@@ -571,15 +578,13 @@ async fn clone_alert(
         }
     }
     let pid = peripheral.to_string();
-    tx.audit(
+    r.entries.push(
         NewAudit::new("clone_alert", "alert", &r.actor)
             .reason("clone_suspected")
             .peripheral(&pid)
             .gateway(&r.gw_hex)
             .detail(&detail),
-        r.now,
-    )
-    .await?;
+    );
     r.alerts.push(Alert {
         alert: "clone_suspected",
         peripheral: Some(pid),
