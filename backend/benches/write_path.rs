@@ -13,8 +13,16 @@
 //! warm-up. backend/README.md ("The write path's
 //! ceiling") has the figures and the arithmetic.
 //!
+//! Then the session reports themselves, through the real router (`POST
+//! /v1/sessions`, as gateways send them: one event per report): C
+//! concurrent reporters (spread over 8 gateways, each reporter one device
+//! that its gateway holds a live vouch for) each loop: attach a new
+//! session, detach it. Printed: reports per second and the mean latency of
+//! one report (which is acknowledged only once its transaction committed).
+//!
 //! `cargo bench -p vouch-backend --bench write_path` (a measurement, not a
-//! test: it asserts nothing about time).
+//! test: it asserts nothing about time). `-- reports` measures only the
+//! session reports.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,8 +30,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::Db;
+use axum::http::StatusCode;
+use common::{gateway_takes, Backend, Db, Device};
 use vouch_backend::store::{now_ms, NewAudit, Store};
+use vouch_proto::keys::IdentityKey;
+use vouch_proto::wire::backend::{
+    decode_body, route, EventTimes, SessionEvent, SessionEventKind, SessionReport,
+    SessionReportAnswer, SessionVerdict, VouchAnswer,
+};
 
 /// Concurrent writers.
 const WRITERS: [usize; 3] = [1, 4, 16];
@@ -39,15 +53,138 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let only_reports = std::env::args().any(|a| a == "reports");
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = vouch_backend::datadir::sqlite_url(dir.path());
-        run("SQLite (synchronous=FULL, WAL)", &url).await;
+        if !only_reports {
+            run("SQLite (synchronous=FULL, WAL)", &url).await;
+        }
+        reports("SQLite (synchronous=FULL, WAL)", &Db::Sqlite).await;
         if let Some(db) = Db::postgres().await {
-            run("PostgreSQL (local, fsync on)", &db.url_for(dir.path())).await;
+            if !only_reports {
+                run("PostgreSQL (local, fsync on)", &db.url_for(dir.path())).await;
+            }
+            reports("PostgreSQL (local, fsync on)", &db).await;
             db.cleanup().await;
         }
     });
+}
+
+/// Gateways reporting, and devices per gateway.
+const REPORT_GATEWAYS: usize = 8;
+const DEVICES_PER_GATEWAY: usize = 16;
+/// Concurrent reporters.
+const REPORTERS: [usize; 4] = [1, 16, 64, 128];
+
+/// Session reports through `POST /v1/sessions` (see the module doc).
+async fn reports(name: &str, db: &Db) {
+    let b = Arc::new(Backend::new(db).await);
+    b.allow("any", "any", "telemetry").await;
+    let anchors = b.anchors().await;
+    // Each device vouched for through its gateway: its attaches count.
+    let mut devices = Vec::new();
+    for g in 0..REPORT_GATEWAYS {
+        let gw = IdentityKey::from_seed(&[200 + g as u8; 32]);
+        b.enroll_gateway(&gw, None).await;
+        for d in 0..DEVICES_PER_GATEWAY {
+            let n = g * DEVICES_PER_GATEWAY + d;
+            let dev = Device::new(1 + n as u8);
+            b.enroll_peripheral(&dev, None).await;
+            let (_, hello) = dev.hello(&anchors, n as u64);
+            let (_, req) = gateway_takes(&gw, &hello, 10_000 + n as u64);
+            let (s, body) = b.gateway_post(&gw.public_key(), route::VOUCH, &req).await;
+            assert_eq!(s, StatusCode::OK);
+            assert!(matches!(
+                decode_body::<VouchAnswer>(&body),
+                Ok(VouchAnswer::Vouched(_))
+            ));
+            devices.push((gw.public_key(), dev.id));
+        }
+    }
+    let devices = Arc::new(devices);
+    println!(
+        "\n{name}: session reports through POST /v1/sessions (one event each; attach, detach)"
+    );
+    println!("| reporters | reports/s | mean report latency |");
+    println!("|---:|---:|---:|");
+    for reporters in REPORTERS {
+        report_storm(
+            &b,
+            &devices,
+            reporters,
+            std::time::Duration::from_millis(300),
+        )
+        .await;
+        let (elapsed, done) = report_storm(&b, &devices, reporters, MEASURE).await;
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "| {reporters} | {:.0} | {:.2} ms |",
+            done as f64 / secs,
+            secs * 1000.0 * reporters as f64 / done as f64
+        );
+    }
+    b.state.shutdown();
+}
+
+/// `reporters` concurrent reporters, each one device on its gateway,
+/// attaching and detaching sessions for `time`; the time taken and the
+/// reports answered.
+async fn report_storm(
+    b: &Arc<Backend>,
+    devices: &Arc<
+        Vec<(
+            vouch_proto::keys::PublicKey,
+            vouch_proto::keys::PeripheralId,
+        )>,
+    >,
+    reporters: usize,
+    time: std::time::Duration,
+) -> (std::time::Duration, usize) {
+    static SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let start = Instant::now();
+    let deadline = start + time;
+    let mut tasks = Vec::new();
+    for r in 0..reporters {
+        let b = b.clone();
+        let devices = devices.clone();
+        tasks.push(tokio::spawn(async move {
+            // Reporter r is device r (round the gateways first).
+            let n = (r % REPORT_GATEWAYS) * DEVICES_PER_GATEWAY
+                + (r / REPORT_GATEWAYS) % DEVICES_PER_GATEWAY;
+            let (gw, peripheral) = devices[n];
+            let mut done = 0;
+            while Instant::now() < deadline {
+                let session_id = SESSION
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .to_be_bytes();
+                for kind in [SessionEventKind::Attached, SessionEventKind::Detached] {
+                    let report = SessionReport {
+                        events: vec![SessionEvent {
+                            peripheral,
+                            kind,
+                            session_id,
+                        }],
+                        times: vec![EventTimes {
+                            started_ms_ago: 5,
+                            heard_ms_ago: 1,
+                        }],
+                    };
+                    let (s, body) = b.gateway_post(&gw, route::SESSIONS, &report).await;
+                    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+                    let answer: SessionReportAnswer = decode_body(&body).expect("answer");
+                    assert_eq!(answer.items, [SessionVerdict::Accepted]);
+                    done += 1;
+                }
+            }
+            done
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.expect("reporter");
+    }
+    (start.elapsed(), done)
 }
 
 async fn run(name: &str, url: &str) {

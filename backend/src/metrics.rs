@@ -10,7 +10,7 @@
 //! | `vouch_revocation_lag_seconds` | histogram | — (event written → delivered to a feed subscriber) |
 //! | `vouch_feed_waiters` | gauge | — |
 //! | `vouch_overload_total` | counter | `kind` = shed, timeout, gateway_budget |
-//! | `vouch_store_commit_batch_size` | histogram | — (vouches per group commit) |
+//! | `vouch_store_commit_batch_size` | histogram | — (vouch decisions and session-report events per group commit) |
 //! | `vouch_client_certificates_rejected_total` | counter | `reason` = expired, not_yet_valid, unknown_ca, key_mismatch, wrong_purpose, invalid ([`crate::pki::RejectReason`]) |
 //! | `vouch_gateway_certificates_issued_total` | counter | `kind` = enrollment, renewal |
 
@@ -110,7 +110,7 @@ impl Metrics {
         );
         let commit_batch = histogram(
             "vouch_store_commit_batch_size",
-            "Vouch decisions per group commit",
+            "Vouch decisions and reported session events per group commit",
             &[],
             vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
         );

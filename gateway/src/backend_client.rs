@@ -7,7 +7,12 @@
 //! HTTP/2 with keep-alive. Concurrent vouch requests are coalesced into batches;
 //! at most [`MAX_IN_FLIGHT`] requests are in flight at once (what waits meanwhile
 //! goes into the next, larger batch); a circuit breaker makes new handshakes
-//! fail fast while the backend is down, and closes again on its own. The
+//! fail fast while the backend is down, and closes again on its own. A
+//! backend of several instances is several URLs: each request goes to the
+//! first instance in this gateway's order of preference that answers, fails
+//! over to the next when one stops answering, and comes back when it answers
+//! again (the policy is argued in gateway/README.md, "Several backend
+//! instances"). The
 //! client certificate can be replaced while the client runs
 //! ([`BackendApi::use_certificate`]: the renewal of
 //! [`crate::certificate`]). A request that fails says why, from the
@@ -18,17 +23,20 @@
 
 use std::error::Error as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use crate::clock::WallTime;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use vouch_proto::wire::backend::{
     decode_body, encode_body, route, AnchorUpdateBatch, CertificateIssued, CertificateRenewal,
-    ErrorCode, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer, VouchBatchAnswer,
-    VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
+    ErrorCode, EventTimes, FeedBatch, SessionReport, SessionReportAnswer, VouchAnswer,
+    VouchBatchAnswer, VouchBatchRequest, VouchRequest, CONTENT_TYPE, MAX_BATCH,
 };
+
+mod instances;
+
+use instances::Instances;
 
 /// Vouch batches, session reports, anchor-update fetches and certificate
 /// renewals one gateway keeps in flight to the backend. Well below the backend's default budget
@@ -332,8 +340,16 @@ impl<T: BackendApi> BackendApi for Arc<T> {
 /// Settings of [`HttpBackend`]. `Debug` leaves out the key.
 #[derive(Clone)]
 pub struct HttpBackendConfig {
-    /// Base URL, e.g. `https://backend.example:8443`.
-    pub url: String,
+    /// Base URLs of the backend's instances, e.g.
+    /// `https://backend.example:8443` (at least one; several instances of
+    /// one backend share its database, its CA and its keys).
+    pub urls: Vec<String>,
+    /// Whether this gateway shuffles `urls` into its own order of
+    /// preference (spreading a fleet over the instances), or prefers them
+    /// in the order given.
+    pub shuffle: bool,
+    /// Where failovers and the instances' health are counted.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// PEM of the backend CA to pin.
     pub ca_pem: Vec<u8>,
     /// PEM of the gateway's client certificate.
@@ -346,7 +362,7 @@ pub struct HttpBackendConfig {
     pub feed_timeout: Duration,
     /// How long to gather concurrent vouch requests into one batch.
     pub batch_window: Duration,
-    /// Consecutive failures that open the circuit.
+    /// Consecutive failures that open one instance's circuit.
     pub breaker_threshold: u32,
     /// How long the circuit stays open before one request probes again.
     pub breaker_cooldown: Duration,
@@ -355,48 +371,10 @@ pub struct HttpBackendConfig {
 impl std::fmt::Debug for HttpBackendConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpBackendConfig")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("request_timeout", &self.request_timeout)
             .field("batch_window", &self.batch_window)
             .finish_non_exhaustive()
-    }
-}
-
-struct Breaker {
-    failures: AtomicU32,
-    open_until_ms: AtomicU64,
-    threshold: u32,
-    cooldown: Duration,
-    epoch: std::time::Instant,
-}
-
-impl Breaker {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-    fn check(&self) -> Result<(), BackendError> {
-        if self.now_ms() < self.open_until_ms.load(Ordering::Relaxed) {
-            Err(BackendError::CircuitOpen)
-        } else {
-            Ok(())
-        }
-    }
-    fn record(&self, ok: bool) {
-        if ok {
-            if self.failures.swap(0, Ordering::Relaxed) >= self.threshold {
-                tracing::info!("backend reachable again: circuit closed");
-            }
-            return;
-        }
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.threshold {
-            let until = self.now_ms() + self.cooldown.as_millis() as u64;
-            self.open_until_ms.store(until, Ordering::Relaxed);
-            if n == self.threshold {
-                tracing::warn!(failures = n, cooldown_ms = self.cooldown.as_millis() as u64,
-                    "backend unreachable: circuit open, new handshakes fail fast; resumptions keep working");
-            }
-        }
     }
 }
 
@@ -426,8 +404,8 @@ struct Inner {
     /// The pinned CA and the identity key, to build the next client with.
     ca_pem: Vec<u8>,
     key_pem: zeroize::Zeroizing<Vec<u8>>,
-    url: String,
-    breaker: Breaker,
+    /// The backend's instances, their health and this gateway's order.
+    instances: Instances,
     feed_timeout: Duration,
     /// Timeout of a request that does not long-poll.
     request_timeout: Duration,
@@ -445,25 +423,93 @@ impl HttpBackend {
             &cfg.key_pem,
             cfg.request_timeout,
         )?;
+        let instances = Instances::new(
+            &cfg.urls,
+            cfg.shuffle,
+            cfg.breaker_threshold,
+            cfg.breaker_cooldown,
+            cfg.metrics,
+        )?;
         let inner = Arc::new(Inner {
             client: RwLock::new(client),
             ca_pem: cfg.ca_pem,
             key_pem: cfg.key_pem,
-            url: cfg.url.trim_end_matches('/').to_string(),
-            breaker: Breaker {
-                failures: AtomicU32::new(0),
-                open_until_ms: AtomicU64::new(0),
-                threshold: cfg.breaker_threshold.max(1),
-                cooldown: cfg.breaker_cooldown,
-                epoch: std::time::Instant::now(),
-            },
+            instances,
             feed_timeout: cfg.feed_timeout,
             request_timeout: cfg.request_timeout,
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         });
         let (batch_tx, batch_rx) = mpsc::channel(1024);
         tokio::spawn(batcher(inner.clone(), batch_rx, cfg.batch_window));
+        if inner.instances.len() > 1 {
+            tokio::spawn(prober(Arc::downgrade(&inner)));
+        }
         Ok(Self { inner, batch_tx })
+    }
+
+    /// The base URL of the backend instance the next request goes to
+    /// (`None` while every instance's circuit is open).
+    pub fn in_use(&self) -> Option<String> {
+        self.inner.instances.in_use().map(str::to_owned)
+    }
+
+    /// The base URLs of the backend's instances, in this gateway's order of
+    /// preference.
+    pub fn instances(&self) -> Vec<String> {
+        (0..self.inner.instances.len())
+            .map(|i| self.inner.instances.url(i).to_owned())
+            .collect()
+    }
+}
+
+/// Whether a request that failed at one instance is sent to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Whatever the failure: the request may be repeated (reading the feed
+    /// or the anchor updates, a session report, which the backend counts
+    /// once however often it comes, a certificate renewal).
+    Always,
+    /// Only when it cannot have reached the backend's handlers (the
+    /// connection or TLS failed, or the instance said 503 before any work):
+    /// a vouch request that may have been judged elsewhere would be a
+    /// replay of its hello. The peripheral, answered `Busy`, retries with
+    /// a fresh one.
+    IfUndelivered,
+}
+
+/// How one attempt at one instance went.
+struct Attempt<T> {
+    result: Result<T, BackendError>,
+    /// The instance failed to answer (not a refusal, not a 429 budget
+    /// answer): it is down.
+    instance_failed: bool,
+    /// The request cannot have reached the instance's handlers.
+    undelivered: bool,
+}
+
+/// Probes the down instances (`GET /readyz`) on their schedules until the
+/// client is dropped; an instance that answers is up again.
+async fn prober(inner: Weak<Inner>) {
+    /// Longest sleep, so that a dropped client ends the task.
+    const NAP: Duration = Duration::from_secs(5);
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let (due, next) = strong.instances.due(now);
+        for i in due {
+            if strong.probe_ready(i).await {
+                strong.instances.answered(i);
+            } else {
+                strong.instances.probe_failed(i);
+            }
+        }
+        let sleep = next.map_or(NAP, |n| n.saturating_duration_since(now).min(NAP));
+        let wake = strong.instances.wake.clone();
+        // Not holding the client while asleep.
+        drop(strong);
+        let _ = tokio::time::timeout(sleep, wake.notified()).await;
     }
 }
 
@@ -536,6 +582,14 @@ fn tls_config(
 }
 
 impl Inner {
+    /// Fails fast while every instance's circuit is open.
+    fn fail_fast(&self) -> Result<(), BackendError> {
+        self.instances
+            .pick(&[])
+            .map(|_| ())
+            .ok_or(BackendError::CircuitOpen)
+    }
+
     /// The client current now.
     fn client(&self) -> Client {
         self.client
@@ -544,19 +598,76 @@ impl Inner {
             .clone()
     }
 
-    /// Why a request failed ([`classify`]). A connection that died on the
-    /// backend's TLS alert often tells its requests only that it closed
-    /// (HTTP/2 ends them with "connection closed", without the cause):
-    /// then one TLS connection of our own, with the same configuration,
-    /// asks the backend's TLS layer, and its answer is the failure.
-    async fn failure(&self, e: &reqwest::Error, tls: Arc<rustls::ClientConfig>) -> BackendError {
-        let found = classify(e, &self.url);
+    /// Why a request to `url` failed ([`classify`]). A connection that
+    /// died on the backend's TLS alert often tells its requests only that
+    /// it closed (HTTP/2 ends them with "connection closed", without the
+    /// cause): then one TLS connection of our own, with the same
+    /// configuration, asks the backend's TLS layer, and its answer is the
+    /// failure.
+    async fn failure(
+        &self,
+        e: &reqwest::Error,
+        url: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> BackendError {
+        let found = classify(e, url);
         if !matches!(found, BackendError::Unavailable(_)) || e.is_timeout() {
             return found;
         }
-        match tokio::time::timeout(self.request_timeout, probe(&self.url, tls)).await {
+        match tokio::time::timeout(self.request_timeout, probe(url, tls)).await {
             Ok(Some(failure)) => failure,
             _ => found,
+        }
+    }
+
+    /// Whether instance `i` answers `GET /readyz` (it serves, and its
+    /// database answers).
+    async fn probe_ready(&self, i: usize) -> bool {
+        let url = format!("{}{}", self.instances.url(i), route::READYZ);
+        let sent = self
+            .client()
+            .http
+            .get(url)
+            .timeout(self.request_timeout)
+            .send()
+            .await;
+        matches!(sent, Ok(r) if r.status().is_success())
+    }
+
+    /// Sends the request `build` makes for an instance's base URL to the
+    /// instance this gateway prefers among those that answer; if that one
+    /// fails to answer, to the next, as `resend` allows, each instance at
+    /// most once.
+    async fn send<Resp: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        resend: Resend,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<(Resp, Option<WallTime>), BackendError> {
+        let mut tried = Vec::new();
+        loop {
+            let Some(i) = self.instances.pick(&tried) else {
+                return Err(BackendError::CircuitOpen);
+            };
+            tried.push(i);
+            let client = self.client();
+            let url = self.instances.url(i);
+            let attempt = self
+                .attempt(build(&client.http, url), url, client.tls)
+                .await;
+            if !attempt.instance_failed {
+                self.instances.answered(i);
+                return attempt.result;
+            }
+            let Err(e) = attempt.result else {
+                return attempt.result;
+            };
+            self.instances.failed(i, &e);
+            let another = tried.len() < self.instances.len()
+                && (resend == Resend::Always || attempt.undelivered);
+            if !another || self.instances.pick(&tried).is_none() {
+                return Err(e);
+            }
+            tracing::debug!(backend = url, error = %e, "request sent to the next backend instance");
         }
     }
 
@@ -564,19 +675,15 @@ impl Inner {
         &self,
         path: &str,
         body: &Req,
-        timeout: Option<Duration>,
+        resend: Resend,
     ) -> Result<Resp, BackendError> {
-        self.breaker.check()?;
-        let client = self.client();
-        let mut req = client
-            .http
-            .post(format!("{}{path}", self.url))
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(encode_body(body));
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
-        self.finish_dated(req, client.tls).await.map(|(r, _)| r)
+        self.send(resend, |http, url| {
+            http.post(format!("{url}{path}"))
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(encode_body(body))
+        })
+        .await
+        .map(|(r, _)| r)
     }
 
     async fn get<Resp: serde::de::DeserializeOwned + serde::Serialize>(
@@ -587,52 +694,75 @@ impl Inner {
         self.get_dated(path, timeout).await.map(|(r, _)| r)
     }
 
-    /// A GET, with the answer's `Date`.
+    /// A GET, with the answer's `Date`. Reading is always repeatable.
     async fn get_dated<Resp: serde::de::DeserializeOwned + serde::Serialize>(
         &self,
         path: &str,
         timeout: Duration,
     ) -> Result<(Resp, Option<WallTime>), BackendError> {
-        self.breaker.check()?;
-        let client = self.client();
-        let req = client
-            .http
-            .get(format!("{}{path}", self.url))
-            .timeout(timeout);
-        self.finish_dated(req, client.tls).await
+        self.send(Resend::Always, |http, url| {
+            http.get(format!("{url}{path}")).timeout(timeout)
+        })
+        .await
     }
 
-    /// Sends `req` (built on the client whose TLS configuration is `tls`).
-    async fn finish_dated<Resp: serde::de::DeserializeOwned + serde::Serialize>(
+    /// Sends `req` to the instance at `url` (built on the client whose TLS
+    /// configuration is `tls`).
+    async fn attempt<Resp: serde::de::DeserializeOwned + serde::Serialize>(
         &self,
         req: reqwest::RequestBuilder,
+        url: &str,
         tls: Arc<rustls::ClientConfig>,
-    ) -> Result<(Resp, Option<WallTime>), BackendError> {
-        let result = async {
-            let resp = match req.send().await {
-                Ok(resp) => resp,
-                Err(e) => return Err(self.failure(&e, tls).await),
-            };
-            let date = server_date(resp.headers());
-            let status = resp.status();
-            let bytes = match resp.bytes().await {
-                Ok(bytes) => bytes,
-                Err(e) => return Err(self.failure(&e, tls).await),
-            };
-            if status.is_server_error() || status.as_u16() == 429 {
-                return Err(BackendError::Unavailable(format!("HTTP {status}")));
+    ) -> Attempt<(Resp, Option<WallTime>)> {
+        let failed = |e: BackendError, undelivered: bool| Attempt {
+            instance_failed: e.is_unavailable(),
+            undelivered,
+            result: Err(e),
+        };
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let undelivered = e.is_connect();
+                let e = self.failure(&e, url, tls).await;
+                let undelivered = undelivered
+                    || matches!(e, BackendError::ConnectionRefused(_) | BackendError::Tls(_));
+                return failed(e, undelivered);
             }
-            if !status.is_success() {
-                return Err(refused(status.as_u16(), &bytes));
-            }
+        };
+        let date = server_date(resp.headers());
+        let status = resp.status();
+        let bytes = match resp.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => return failed(self.failure(&e, url, tls).await, false),
+        };
+        if status.as_u16() == 429 {
+            // This gateway's budget at that instance (SPEC.md §10.2): an
+            // answer, the instance is up; the caller retries later.
+            return Attempt {
+                result: Err(BackendError::Unavailable(format!("HTTP {status}"))),
+                instance_failed: false,
+                undelivered: true,
+            };
+        }
+        if status.is_server_error() {
+            // 503 is the backend's "over its limits", said before any work.
+            return failed(
+                BackendError::Unavailable(format!("HTTP {status}")),
+                status.as_u16() == 503,
+            );
+        }
+        let result = if !status.is_success() {
+            Err(refused(status.as_u16(), &bytes))
+        } else {
             decode_body::<Resp>(&bytes)
                 .map(|r| (r, date))
                 .map_err(|e| BackendError::Malformed(e.to_string()))
+        };
+        Attempt {
+            result,
+            instance_failed: false,
+            undelivered: false,
         }
-        .await;
-        self.breaker
-            .record(!result.as_ref().is_err_and(BackendError::is_unavailable));
-        result
     }
 }
 
@@ -727,13 +857,17 @@ async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>, window: Dur
                 let Some((req, reply)) = batch.pop() else {
                     return;
                 };
-                let _ = reply.send(inner.post(route::VOUCH, &req, None).await);
+                let _ = reply.send(inner.post(route::VOUCH, &req, Resend::IfUndelivered).await);
                 return;
             }
             let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let n = reqs.len();
             let result: Result<VouchBatchAnswer, _> = inner
-                .post(route::VOUCH_BATCH, &VouchBatchRequest { items: reqs }, None)
+                .post(
+                    route::VOUCH_BATCH,
+                    &VouchBatchRequest { items: reqs },
+                    Resend::IfUndelivered,
+                )
                 .await;
             match result {
                 Ok(answer) if answer.items.len() == n => {
@@ -763,7 +897,7 @@ async fn batcher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>, window: Dur
 impl BackendApi for HttpBackend {
     async fn vouch(&self, req: VouchRequest) -> Result<VouchAnswer, BackendError> {
         // Fail fast while the circuit is open: do not even queue.
-        self.inner.breaker.check()?;
+        self.inner.fail_fast()?;
         let (tx, rx) = oneshot::channel();
         self.batch_tx
             .send((req, tx))
@@ -782,13 +916,28 @@ impl BackendApi for HttpBackend {
             .await
             .map_err(|_| BackendError::Unavailable("client stopped".into()))?;
         // The ages were measured when the report was made: add the wait for
-        // a slot, so that they hold when it is sent (SPEC.md §10.5).
-        let waited = u32::try_from(asked.elapsed().as_millis()).unwrap_or(u32::MAX);
-        for t in &mut report.times {
-            t.started_ms_ago = t.started_ms_ago.saturating_add(waited);
-            t.heard_ms_ago = t.heard_ms_ago.saturating_add(waited);
-        }
-        self.inner.post(route::SESSIONS, &report, None).await
+        // a slot, and for the instances tried before, so that they hold when
+        // it is sent (SPEC.md §10.5).
+        let ages = std::mem::take(&mut report.times);
+        self.inner
+            .send(Resend::Always, |http, url| {
+                let waited = u32::try_from(asked.elapsed().as_millis()).unwrap_or(u32::MAX);
+                let report = SessionReport {
+                    events: report.events.clone(),
+                    times: ages
+                        .iter()
+                        .map(|t| EventTimes {
+                            started_ms_ago: t.started_ms_ago.saturating_add(waited),
+                            heard_ms_ago: t.heard_ms_ago.saturating_add(waited),
+                        })
+                        .collect(),
+                };
+                http.post(format!("{url}{}", route::SESSIONS))
+                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                    .body(encode_body(&report))
+            })
+            .await
+            .map(|(r, _)| r)
     }
 
     async fn feed(&self, after: u64) -> Result<FeedBatch, BackendError> {
@@ -822,7 +971,7 @@ impl BackendApi for HttpBackend {
     }
     async fn anchor_updates(&self, after: u32) -> Result<AnchorUpdateBatch, BackendError> {
         // Fail fast while the circuit is open, before waiting for a slot.
-        self.inner.breaker.check()?;
+        self.inner.fail_fast()?;
         let _permit = self
             .inner
             .slots
@@ -838,7 +987,7 @@ impl BackendApi for HttpBackend {
     }
 
     async fn renew_certificate(&self) -> Result<CertificateIssued, BackendError> {
-        self.inner.breaker.check()?;
+        self.inner.fail_fast()?;
         let _permit = self
             .inner
             .slots
@@ -846,7 +995,7 @@ impl BackendApi for HttpBackend {
             .await
             .map_err(|_| BackendError::Unavailable("client stopped".into()))?;
         self.inner
-            .post(route::CERTIFICATE, &CertificateRenewal, None)
+            .post(route::CERTIFICATE, &CertificateRenewal, Resend::Always)
             .await
     }
 

@@ -55,8 +55,19 @@ pub struct IdentityConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// Base URL, `https://HOST:PORT`.
-    pub url: String,
+    /// Base URL, `https://HOST:PORT`, of a backend with one instance (or
+    /// one address in front of several). Set this or
+    /// [`urls`](Self::urls), not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Base URLs of a backend's instances (several `vouch-backend serve`
+    /// on one PostgreSQL): the gateway prefers them in an order of its own,
+    /// chosen at random when it starts, fails over when one stops
+    /// answering, and returns to it when it answers again. From the
+    /// environment, `VOUCH_GATEWAY_BACKEND_URLS` holds them separated by
+    /// commas.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// The backend CA certificate (PEM) to pin.
     pub ca: PathBuf,
     /// The client certificate the backend issued at enrollment (PEM).
@@ -299,7 +310,27 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        check_backend_url(&self.backend.url)?;
+        match (&self.backend.url, self.backend.urls.is_empty()) {
+            (Some(_), false) => {
+                return Err(
+                    "backend.url and backend.urls are both set: set url for one backend instance or urls for several, not both"
+                        .into(),
+                )
+            }
+            (None, true) => {
+                return Err(
+                    "no backend: set backend.url (one instance) or backend.urls (several)".into(),
+                )
+            }
+            _ => {}
+        }
+        let urls = self.backend_urls();
+        for (i, url) in urls.iter().enumerate() {
+            check_backend_url(url)?;
+            if urls[..i].contains(url) {
+                return Err(format!("backend.urls names {url:?} twice"));
+            }
+        }
         if !(1..=3600).contains(&self.backend.anchor_updates_interval_s) {
             return Err(format!(
                 "backend.anchor_updates_interval_s must be 1..=3600: trust-anchor updates are fetched at least hourly (got {})",
@@ -347,6 +378,34 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The backend's base URLs: `backend.url`, or `backend.urls`, with no
+    /// trailing `/`.
+    pub fn backend_urls(&self) -> Vec<String> {
+        self.backend
+            .url
+            .iter()
+            .chain(&self.backend.urls)
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect()
+    }
+
+    /// What the state directory's tickets and feed cursor are kept for: the
+    /// first of the backend's URLs names the backend (its instances share
+    /// one event log, so the cursor counts the same at each). Adding or
+    /// removing another instance keeps the state; changing the first starts
+    /// afresh.
+    pub fn state_backend_name(&self) -> String {
+        // As written: state saved before there were several URLs was kept
+        // for `backend.url` exactly.
+        self.backend
+            .url
+            .iter()
+            .chain(&self.backend.urls)
+            .next()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// How long the revocation feed may stay silent before resumption
@@ -451,7 +510,7 @@ mod tests {
             ("OTHER".to_string(), "x".to_string()),
         ];
         let c = Config::parse(EXAMPLE, env).unwrap();
-        assert_eq!(c.backend.url, "https://b.example:9443");
+        assert_eq!(c.backend_urls(), ["https://b.example:9443"]);
         assert_eq!(c.limits.max_links, 12);
         assert_eq!(c.transport.tcp.unwrap().att_mtu, 23);
     }
@@ -571,6 +630,71 @@ mod tests {
         ] {
             assert!(with_url(good).is_ok(), "{good} refused");
         }
+    }
+
+    #[test]
+    fn several_backend_urls_from_the_file_or_the_environment_each_checked() {
+        let one = Config::parse(EXAMPLE, Vec::new()).unwrap();
+        assert_eq!(one.backend_urls(), ["https://backend.example.net:8443"]);
+        assert_eq!(one.state_backend_name(), "https://backend.example.net:8443");
+        let several = EXAMPLE.replace(
+            "url = \"https://backend.example.net:8443\"",
+            "urls = [\"https://b1.example.net:8443\", \"https://b2.example.net:8443/\"]",
+        );
+        let c = Config::parse(&several, Vec::new()).unwrap();
+        assert_eq!(
+            c.backend_urls(),
+            ["https://b1.example.net:8443", "https://b2.example.net:8443"]
+        );
+        assert_eq!(c.state_backend_name(), "https://b1.example.net:8443");
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::parse(
+            &several,
+            env(
+                "VOUCH_GATEWAY_BACKEND_URLS",
+                "https://x.example, http://127.0.0.1:9",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            c.backend_urls(),
+            ["https://x.example", "http://127.0.0.1:9"]
+        );
+        // Every URL is checked as one is.
+        let e = Config::parse(
+            &several,
+            env(
+                "VOUCH_GATEWAY_BACKEND_URLS",
+                "https://x.example,http://10.0.0.1",
+            ),
+        )
+        .unwrap_err();
+        assert!(e.contains("loopback"), "{e}");
+        let e = Config::parse(
+            &several,
+            env(
+                "VOUCH_GATEWAY_BACKEND_URLS",
+                "https://x.example,https://x.example/",
+            ),
+        )
+        .unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        // Both, or neither: said so.
+        let e = Config::parse(
+            EXAMPLE,
+            env("VOUCH_GATEWAY_BACKEND_URLS", "https://x.example"),
+        )
+        .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let e = Config::parse(
+            &several,
+            env("VOUCH_GATEWAY_BACKEND_URL", "https://x.example"),
+        )
+        .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let none = EXAMPLE.replace("url = \"https://backend.example.net:8443\"", "");
+        let e = Config::parse(&none, Vec::new()).unwrap_err();
+        assert!(e.contains("no backend"), "{e}");
     }
 
     #[test]

@@ -194,8 +194,12 @@ async fn run(config: Config) -> Result<()> {
     let ca_pem = read(&config.backend.ca)?;
     let cert_pem = read(&config.backend.certificate)?;
     let certificate = check_certificate(&config, &cert_pem, &ca_pem, &gateway_key)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let backend_urls = config.backend_urls();
     let backend = HttpBackend::new(HttpBackendConfig {
-        url: config.backend.url.clone(),
+        urls: backend_urls.clone(),
+        shuffle: true,
+        metrics: Some(metrics.clone()),
         ca_pem: ca_pem.clone(),
         cert_pem,
         key_pem,
@@ -219,11 +223,11 @@ async fn run(config: Config) -> Result<()> {
             key: gateway_key,
             backend,
             clock: SystemClock,
-            metrics: Arc::new(Metrics::new()?),
+            metrics,
             state: state_dir.as_ref().map(|dir| {
                 let binding = StateBinding {
                     gateway_key,
-                    backend_url: config.backend.url.clone(),
+                    backend_url: config.state_backend_name(),
                 };
                 (dir, binding)
             }),
@@ -244,7 +248,7 @@ async fn run(config: Config) -> Result<()> {
         },
         shutdown,
     )?;
-    info!(gateway_key = %gateway_key, backend = %config.backend.url, "vouch-gateway starting");
+    info!(gateway_key = %gateway_key, backend = ?backend_urls, "vouch-gateway starting");
     let mut tasks = JoinSet::new();
     serve_api(api, &gateway, certificate, &mut tasks);
     serve_transports(&config, &gateway, state_dir.as_ref(), &mut tasks).await?;

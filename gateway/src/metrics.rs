@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::error::Error;
@@ -30,6 +30,8 @@ pub struct Metrics {
     clones_suspected: IntCounter,
     certificate_expiry: IntGauge,
     certificate_renewals: IntCounterVec,
+    backend_up: IntGaugeVec,
+    backend_failovers: IntCounter,
 }
 
 impl Metrics {
@@ -102,6 +104,17 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let backend_up = IntGaugeVec::new(
+            Opts::new(
+                "backend_instance_up",
+                "1 while the backend instance at `url` answers, 0 from a failure until it answers again",
+            ),
+            &["url"],
+        )?;
+        let backend_failovers = IntCounter::new(
+            "backend_failovers_total",
+            "Times a backend instance stopped answering and requests went to another",
+        )?;
         for c in [
             Box::new(handshakes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(handshake_seconds.clone()),
@@ -121,6 +134,8 @@ impl Metrics {
             Box::new(clones_suspected.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(certificate_renewals.clone()),
+            Box::new(backend_up.clone()),
+            Box::new(backend_failovers.clone()),
         ] {
             registry.register(c)?;
         }
@@ -144,7 +159,24 @@ impl Metrics {
             clones_suspected,
             certificate_expiry,
             certificate_renewals,
+            backend_up,
+            backend_failovers,
         })
+    }
+
+    /// Whether the backend instance at `url` answers.
+    pub fn backend_instance_up(&self, url: &str, up: bool) {
+        self.backend_up.with_label_values(&[url]).set(i64::from(up));
+    }
+
+    /// A backend instance stopped answering; requests go to another.
+    pub fn backend_failover(&self) {
+        self.backend_failovers.inc();
+    }
+
+    /// Failovers so far.
+    pub fn backend_failovers(&self) -> u64 {
+        self.backend_failovers.get()
     }
 
     /// A completed handshake.

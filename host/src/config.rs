@@ -6,7 +6,7 @@
 //! (`VOUCH_GATEWAY_` + `backend.url` → `VOUCH_GATEWAY_BACKEND_URL`). A
 //! variable with the prefix that names no setting, or whose value does not
 //! parse as the setting's type, is an error naming the variable, never
-//! ignored.
+//! ignored. A list setting takes its items separated by commas.
 //!
 //! ```
 //! #[derive(serde::Deserialize, serde::Serialize, Default)]
@@ -189,7 +189,16 @@ fn parse_like(current: &Value, raw: &str) -> Result<Value, String> {
                 .parse()
                 .map_err(|_| format!("{raw:?} is not a number"))?,
         ),
-        Value::Table(_) | Value::Array(_) => return Err("not a single setting".into()),
+        // A list: its items separated by commas (`a,b`), each read as TOML
+        // would read it, or as a string.
+        Value::Array(_) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(infer)
+                .collect(),
+        ),
+        Value::Table(_) => return Err("not a single setting".into()),
         _ => Value::String(raw.to_owned()),
     })
 }
@@ -228,6 +237,7 @@ mod tests {
     struct S {
         listen: String,
         url: Option<String>,
+        peers: Vec<String>,
         limits: L,
     }
 
@@ -288,6 +298,13 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:1");
         assert_eq!(s.url.as_deref(), Some("https://x"));
         assert_eq!((s.limits.max_links, s.limits.strict), (8, true));
+        let s = overlay(
+            S::default(),
+            vars(&[("APP_PEERS", "https://a:1, https://b:2,")]),
+            &o,
+        )
+        .unwrap();
+        assert_eq!(s.peers, ["https://a:1", "https://b:2"]);
 
         for (name, value, says) in [
             ("APP_LIMITS_MAX_LINKS", "lots", "is not an integer"),

@@ -392,7 +392,9 @@ impl SimBackend {
                     .to_pkcs8_pem()
                     .map_err(|e| Error::Gateway(e.to_string()))?;
                 let http = HttpBackend::new(HttpBackendConfig {
-                    url: h.url.clone(),
+                    urls: vec![h.url.clone()],
+                    shuffle: false,
+                    metrics: None,
                     ca_pem: self.ca_pem.as_bytes().to_vec(),
                     cert_pem: cert.as_bytes().to_vec(),
                     key_pem: zeroize::Zeroizing::new(pem.as_bytes().to_vec()),

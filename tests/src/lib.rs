@@ -118,6 +118,10 @@ pub struct Backend {
     ca_pem: String,
     admin: reqwest::Client,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>, AppState)>,
+    /// The thread of an instance that can be killed
+    /// ([`killable_instance`](Backend::killable_instance)): it serves on a
+    /// runtime of its own, which [`kill`](Backend::kill) drops whole.
+    runtime: Option<Killable>,
 }
 
 impl Backend {
@@ -151,6 +155,7 @@ impl Backend {
             ca_pem,
             admin,
             running: None,
+            runtime: None,
         };
         b.serve().await;
         b
@@ -170,9 +175,92 @@ impl Backend {
             ca_pem: self.ca_pem.clone(),
             admin: self.admin.clone(),
             running: None,
+            runtime: None,
         };
         b.serve().await;
         b
+    }
+
+    /// A second instance on the same data and database, like
+    /// [`second_instance`](Self::second_instance), serving on a runtime of
+    /// its own so that [`kill`](Self::kill) can end it as a crash would:
+    /// every connection and request dropped mid-way, nothing drained. Only
+    /// its URL and its counters are for the test; admin calls go to another
+    /// instance.
+    pub async fn killable_instance(&self) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(&self.data, dir.path());
+        let mut b = Backend {
+            data: dir.path().to_owned(),
+            _dir: dir,
+            db: self.db.clone(),
+            port: 0,
+            token: self.token.clone(),
+            ca_pem: self.ca_pem.clone(),
+            admin: self.admin.clone(),
+            running: None,
+            runtime: None,
+        };
+        b.revive().await;
+        b
+    }
+
+    /// Kills a [`killable_instance`](Self::killable_instance): its runtime
+    /// is dropped with every task on it (listener, connections, requests in
+    /// flight, its database connections).
+    pub fn kill(&mut self) {
+        let k = self.runtime.take().expect("a killable instance that runs");
+        // Nothing is stopped in order: the tasks are dropped where they are.
+        self.running = None;
+        let _ = k.kill.send(());
+        let _ = k.thread.join();
+    }
+
+    /// Starts a killed [`killable_instance`](Self::killable_instance)
+    /// again, on the same port, on a fresh runtime in a thread of its own.
+    pub async fn revive(&mut self) {
+        assert!(self.runtime.is_none(), "the instance runs");
+        let (data, db, port) = (self.data.clone(), self.db.clone(), self.port);
+        let (started_tx, started) = oneshot::channel();
+        let (kill, killed) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let serving = rt.block_on(async {
+                // The killed runtime may hold its port a moment longer.
+                let start = tokio::time::Instant::now();
+                loop {
+                    match serve_on(&data, &db, port).await {
+                        Ok(serving) => return serving,
+                        Err(e) => {
+                            assert!(start.elapsed() < DEADLINE, "bind backend: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+            let _ = started_tx.send(serving);
+            // Serves until killed (or the test's end drops the sender).
+            let _ = killed.recv();
+            rt.shutdown_background();
+        });
+        let (port, running) = started.await.expect("the instance starts");
+        self.port = port;
+        self.running = Some(running);
+        self.runtime = Some(Killable { kill, thread });
+    }
+
+    /// Vouch answers this instance gave since it started, by outcome
+    /// (`vouched`, `denied`, `busy`).
+    pub fn vouch_answers(&self, outcome: &str) -> u64 {
+        self.state()
+            .metrics
+            .answers
+            .with_label_values(&[outcome])
+            .get()
     }
 
     /// `vouch-backend backup --to dest` while this backend serves.
@@ -223,6 +311,7 @@ impl Backend {
             ca_pem,
             admin,
             running: None,
+            runtime: None,
         };
         b.serve().await;
         (b, restored)
@@ -237,39 +326,11 @@ impl Backend {
     }
 
     async fn serve(&mut self) {
-        let data = DataDir::load(&self.data).expect("load data dir");
-        let (cert, key) = data.server_tls().expect("server TLS");
-        let ca_pem = data.ca.cert_pem.clone();
-        let url = match &self.db {
-            Db::Sqlite => data.sqlite_url(),
-            Db::Postgres(u) => u.clone(),
-        };
-        let store = Store::open(&url).await.expect("open store");
-        let state = AppState::new(store, data, Config::default())
-            .await
-            .expect("state");
-        let tls = pki::server_config(&ca_pem, &cert, &key, state.metrics.client_cert_rejections())
-            .expect("server config");
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+        let (port, running) = serve_on(&self.data, &self.db, self.port)
             .await
             .expect("bind backend");
-        self.port = listener.local_addr().expect("addr").port();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let router = app(state.clone());
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            let _ = vouch_backend::server::serve(
-                listener,
-                router,
-                Transport::Tls(Arc::new(tls)),
-                async move {
-                    let _ = stopped.await;
-                    st.shutdown();
-                },
-            )
-            .await;
-        });
-        self.running = Some((stop, task, state));
+        self.port = port;
+        self.running = Some(running);
     }
 
     /// Stops serving (in-flight requests drain); the data stays.
@@ -457,7 +518,56 @@ impl Drop for Backend {
             task.abort();
             state.shutdown();
         }
+        if let Some(k) = self.runtime.take() {
+            let _ = k.kill.send(());
+        }
     }
+}
+
+/// A backend instance serving in a thread of its own, until `kill` says.
+struct Killable {
+    kill: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// A serving backend: its stop signal, its server task, its state.
+type Serving = (oneshot::Sender<()>, JoinHandle<()>, AppState);
+
+/// Serves the data directory `data` on `db` at 127.0.0.1:`port` (0: any),
+/// on the runtime this runs on; returns the port. Fails only if the port
+/// cannot be bound.
+async fn serve_on(data_dir: &Path, db: &Db, port: u16) -> std::io::Result<(u16, Serving)> {
+    let data = DataDir::load(data_dir).expect("load data dir");
+    let (cert, key) = data.server_tls().expect("server TLS");
+    let ca_pem = data.ca.cert_pem.clone();
+    let url = match db {
+        Db::Sqlite => data.sqlite_url(),
+        Db::Postgres(u) => u.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let port = listener.local_addr()?.port();
+    let store = Store::open(&url).await.expect("open store");
+    let state = AppState::new(store, data, Config::default())
+        .await
+        .expect("state");
+    let tls = pki::server_config(&ca_pem, &cert, &key, state.metrics.client_cert_rejections())
+        .expect("server config");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = app(state.clone());
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let _ = vouch_backend::server::serve(
+            listener,
+            router,
+            Transport::Tls(Arc::new(tls)),
+            async move {
+                let _ = stopped.await;
+                st.shutdown();
+            },
+        )
+        .await;
+    });
+    Ok((port, (stop, task, state)))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -488,7 +598,8 @@ pub struct Gateway {
     key_pem: zeroize::Zeroizing<String>,
     cert_pem: String,
     ca_pem: String,
-    backend_url: String,
+    /// The backend instances it knows, in its order of preference.
+    backend_urls: Vec<String>,
     port: u16,
     /// Its session table (sessions, inbound messages, sending).
     pub table: Arc<SessionTable>,
@@ -516,7 +627,19 @@ impl Gateway {
     /// Like [`start`](Self::start), but talking to the backend instance at
     /// `url` (another instance on the same database).
     pub async fn start_with_backend_url(backend: &Backend, site: &str, url: &str) -> Self {
-        Self::start_inner(backend, site, url, false).await
+        Self::start_inner(backend, site, &[url.to_owned()], false).await
+    }
+
+    /// Like [`start`](Self::start), knowing the backend instances at
+    /// `urls` (on one database) and preferring them in that order (the
+    /// daemon shuffles them; here the test chooses).
+    pub async fn start_with_backend_urls(backend: &Backend, site: &str, urls: &[String]) -> Self {
+        Self::start_inner(backend, site, urls, false).await
+    }
+
+    /// The backend instance its next request goes to.
+    pub fn backend_in_use(&self) -> Option<String> {
+        self.client.as_ref().and_then(HttpBackend::in_use)
     }
 
     /// Like [`start`](Self::start), with a state directory: tickets and the
@@ -524,27 +647,27 @@ impl Gateway {
     /// the daemon's `[state] dir`.
     pub async fn start_with_state(backend: &Backend, site: &str) -> Self {
         let url = backend.url();
-        Self::start_inner(backend, site, &url, true).await
+        Self::start_inner(backend, site, &[url], true).await
     }
 
     /// A gateway enrolled before (an earlier version's, say): its identity
     /// key and client certificate (PEM), talking to `backend`.
     pub async fn start_with_identity(backend: &Backend, key_pem: &str, cert_pem: &str) -> Self {
         let key = IdentityKey::from_pkcs8_pem(key_pem).expect("identity key PEM");
-        Self::build(backend, key, cert_pem.to_owned(), &backend.url(), false).await
+        Self::build(backend, key, cert_pem.to_owned(), &[backend.url()], false).await
     }
 
-    async fn start_inner(backend: &Backend, site: &str, url: &str, persistent: bool) -> Self {
+    async fn start_inner(backend: &Backend, site: &str, urls: &[String], persistent: bool) -> Self {
         let key = fresh_key();
         let cert_pem = backend.enroll_gateway(&key.public_key(), site).await;
-        Self::build(backend, key, cert_pem, url, persistent).await
+        Self::build(backend, key, cert_pem, urls, persistent).await
     }
 
     async fn build(
         backend: &Backend,
         key: IdentityKey,
         cert_pem: String,
-        url: &str,
+        urls: &[String],
         persistent: bool,
     ) -> Self {
         let mut g = Gateway {
@@ -552,7 +675,7 @@ impl Gateway {
             key_pem: key.to_pkcs8_pem().expect("pem"),
             cert_pem,
             ca_pem: backend.ca_pem().to_string(),
-            backend_url: url.to_string(),
+            backend_urls: urls.to_vec(),
             port: 0,
             table: SessionTable::new(10_000),
             metrics: Arc::new(Metrics::new().expect("metrics")),
@@ -572,7 +695,9 @@ impl Gateway {
             .as_ref()
             .map(|dir| StateDir::open(dir.path()).expect("state directory"));
         let backend = HttpBackend::new(HttpBackendConfig {
-            url: self.backend_url.clone(),
+            urls: self.backend_urls.clone(),
+            shuffle: false,
+            metrics: Some(self.metrics.clone()),
             ca_pem: self.ca_pem.as_bytes().to_vec(),
             cert_pem: self.cert_pem.as_bytes().to_vec(),
             key_pem: zeroize::Zeroizing::new(self.key_pem.as_bytes().to_vec()),
@@ -609,7 +734,7 @@ impl Gateway {
                 state: dir.as_ref().map(|dir| {
                     let binding = StateBinding {
                         gateway_key: self.key,
-                        backend_url: self.backend_url.clone(),
+                        backend_url: self.backend_urls.first().cloned().unwrap_or_default(),
                     };
                     (dir, binding)
                 }),
@@ -715,7 +840,7 @@ impl Gateway {
     /// identity and client certificate.
     pub async fn move_to(&mut self, backend: &Backend) {
         self.stop().await;
-        self.backend_url = backend.url();
+        self.backend_urls = vec![backend.url()];
         self.ca_pem = backend.ca_pem().to_string();
         self.serve().await;
     }

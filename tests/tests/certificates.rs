@@ -30,7 +30,9 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// The gateway API client as the daemon builds it, for `key` with `cert`.
 fn http_backend(url: &str, ca_pem: &str, cert_pem: &str, key: &IdentityKey) -> HttpBackend {
     HttpBackend::new(HttpBackendConfig {
-        url: url.to_owned(),
+        urls: vec![url.to_owned()],
+        shuffle: false,
+        metrics: None,
         ca_pem: ca_pem.as_bytes().to_vec(),
         cert_pem: cert_pem.as_bytes().to_vec(),
         key_pem: zeroize::Zeroizing::new(key.to_pkcs8_pem().expect("pem").as_bytes().to_vec()),
@@ -277,7 +279,9 @@ async fn each_failed_request_says_what_happened() {
     // A key that does not match the certificate: the client is not built.
     let stranger = IdentityKey::from_seed(&[46; 32]);
     let Err(e) = HttpBackend::new(HttpBackendConfig {
-        url: url.clone(),
+        urls: vec![url.clone()],
+        shuffle: false,
+        metrics: None,
         ca_pem: backend.ca_pem().as_bytes().to_vec(),
         cert_pem: good.as_bytes().to_vec(),
         key_pem: zeroize::Zeroizing::new(stranger.to_pkcs8_pem().expect("pem").as_bytes().to_vec()),

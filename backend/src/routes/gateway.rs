@@ -243,6 +243,7 @@ async fn sessions(
     let gateway = active_gateway(&state, &key).await?;
     let items = vouch::report_sessions(
         &state.store,
+        &state.committer,
         &state.alerter,
         CloneRules::new(&state.config.security),
         &gateway,

@@ -1,5 +1,12 @@
 //! Group commit (see the module doc of [`crate::vouch`]): a single writer
-//! task makes every pending decision durable in one transaction.
+//! task makes every pending vouch decision and session report durable in
+//! one transaction.
+//!
+//! If a group's transaction fails while it holds session reports, its
+//! parts are tried again on their own (the vouch decisions in one
+//! transaction, each report in its own), so that one report that cannot be
+//! written costs only its own answer (503, and the gateway retries it), not
+//! those of the vouches and reports that happened to share its group.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,6 +14,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use vouch_proto::keys::DhPublic;
 
+use super::sessions::{judge, Judged, ReportJob};
 use super::Reason;
 use crate::audit::{Admit, RefusalTally};
 use crate::store::{now_ms, Grant, NewAudit, Store, StoreError};
@@ -22,18 +30,44 @@ pub(crate) struct JobItem {
     pub(crate) grant: Option<Grant>,
 }
 
-struct Job {
+/// Vouch decisions to commit, and where their fate goes.
+struct VouchJob {
     items: Vec<JobItem>,
     reply: oneshot::Sender<Result<Vec<bool>, ()>>,
 }
 
-/// The single writer of vouch decisions (group commit; see the module doc).
+/// A session report to judge and commit, and where its verdicts go.
+struct ReportReply {
+    job: ReportJob,
+    reply: oneshot::Sender<Result<Judged, ()>>,
+}
+
+enum Job {
+    Vouches(VouchJob),
+    Report(ReportReply),
+}
+
+impl Job {
+    /// Decisions or reported events it holds.
+    fn size(&self) -> usize {
+        match self {
+            Job::Vouches(v) => v.items.len(),
+            Job::Report(r) => r.job.events(),
+        }
+    }
+}
+
+/// The group's outcome: the vouch jobs' flags, the reports' judgments.
+type Outcome = (Vec<Vec<bool>>, Vec<Judged>);
+
+/// The single writer of vouch decisions and session reports (group commit;
+/// see the module doc).
 #[derive(Clone, Debug)]
 pub(crate) struct Committer {
     tx: mpsc::Sender<Job>,
 }
 
-/// Most decisions in one group commit.
+/// Most decisions (and reported events) in one group commit.
 const MAX_GROUP: usize = 512;
 
 impl Committer {
@@ -55,8 +89,23 @@ impl Committer {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
+        self.send(Job::Vouches(VouchJob { items, reply }), rx).await
+    }
+
+    /// Judges and records a session report in the next group commit;
+    /// returns once its transaction has committed.
+    pub(crate) async fn report(&self, job: ReportJob) -> Result<Judged, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Report(ReportReply { job, reply }), rx).await
+    }
+
+    async fn send<T>(
+        &self,
+        job: Job,
+        rx: oneshot::Receiver<Result<T, ()>>,
+    ) -> Result<T, StoreError> {
         self.tx
-            .send(Job { items, reply })
+            .send(job)
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
         rx.await
@@ -72,12 +121,12 @@ async fn run_committer(
     mut rx: mpsc::Receiver<Job>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut n = first.items.len();
+        let mut n = first.size();
         let mut jobs = vec![first];
         while n < MAX_GROUP {
             match rx.try_recv() {
                 Ok(j) => {
-                    n += j.items.len();
+                    n += j.size();
                     jobs.push(j);
                 }
                 Err(_) => break,
@@ -88,17 +137,25 @@ async fn run_committer(
             .with_label_values::<&str>(&[])
             .observe(n as f64);
         let started = Instant::now();
-        match write_group(&store, &refusals, &mut jobs).await {
-            Ok(results) => {
-                for (job, r) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(r));
-                }
+        let mut vouches = Vec::new();
+        let mut reports = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Vouches(v) => vouches.push(v),
+                Job::Report(r) => reports.push(r),
+            }
+        }
+        let report_jobs: Vec<&ReportJob> = reports.iter().map(|r| &r.job).collect();
+        match write_group(&store, &refusals, &mut vouches, &report_jobs).await {
+            Ok((flags, judged)) => answer(vouches, flags, reports, judged),
+            Err(e) if reports.is_empty() || vouches.len() + reports.len() == 1 => {
+                tracing::error!(error = %e, decisions = n, "group commit failed; answering 503");
+                fail(vouches, reports);
             }
             Err(e) => {
-                tracing::error!(error = %e, decisions = n, "group commit failed; answering 503");
-                for job in jobs {
-                    let _ = job.reply.send(Err(()));
-                }
+                tracing::warn!(error = %e, decisions = n,
+                    "group commit failed; trying its vouch decisions and each session report on their own");
+                retry_apart(&store, &refusals, vouches, reports).await;
             }
         }
         tracing::trace!(
@@ -109,11 +166,67 @@ async fn run_committer(
     }
 }
 
+/// Sends each job its outcome.
+fn answer(
+    vouches: Vec<VouchJob>,
+    flags: Vec<Vec<bool>>,
+    reports: Vec<ReportReply>,
+    judged: Vec<Judged>,
+) {
+    for (job, r) in vouches.into_iter().zip(flags) {
+        let _ = job.reply.send(Ok(r));
+    }
+    for (job, j) in reports.into_iter().zip(judged) {
+        let _ = job.reply.send(Ok(j));
+    }
+}
+
+/// Tells each job that its group did not commit (answered 503).
+fn fail(vouches: Vec<VouchJob>, reports: Vec<ReportReply>) {
+    for job in vouches {
+        let _ = job.reply.send(Err(()));
+    }
+    for job in reports {
+        let _ = job.reply.send(Err(()));
+    }
+}
+
+/// A failed group, again in parts: the vouch decisions together, each
+/// report alone.
+async fn retry_apart(
+    store: &Store,
+    refusals: &RefusalTally,
+    mut vouches: Vec<VouchJob>,
+    reports: Vec<ReportReply>,
+) {
+    if !vouches.is_empty() {
+        match write_group(store, refusals, &mut vouches, &[]).await {
+            Ok((flags, _)) => answer(vouches, flags, Vec::new(), Vec::new()),
+            Err(e) => {
+                tracing::error!(error = %e, "vouch decisions not committed; answering 503");
+                fail(vouches, Vec::new());
+            }
+        }
+    }
+    for report in reports {
+        match write_group(store, refusals, &mut [], &[&report.job]).await {
+            Ok((_, judged)) => answer(Vec::new(), Vec::new(), vec![report], judged),
+            Err(e) => {
+                tracing::error!(error = %e, "session report not committed; answering 503");
+                fail(Vec::new(), vec![report]);
+            }
+        }
+    }
+}
+
+/// One transaction: the vouch decisions of `jobs`, then the session
+/// reports of `reports`, one after another; committed once.
 async fn write_group(
     store: &Store,
     refusals: &RefusalTally,
-    jobs: &mut [Job],
-) -> Result<Vec<Vec<bool>>, StoreError> {
+    jobs: &mut [VouchJob],
+    reports: &[&ReportJob],
+) -> Result<Outcome, StoreError> {
     let now = now_ms();
     // Each e_P once; a second copy in the same group is a replay of the first.
     let mut unique = Vec::new();
@@ -161,14 +274,28 @@ async fn write_group(
         }
         out.push(flags);
     }
-    // The entries take consecutive sequence numbers, the last one `last`.
-    let last = tx.audit_many(&entries, now).await?;
-    let first = last - (entries.len() as i64 - 1);
-    let grants: Vec<(i64, Grant)> = grants
-        .into_iter()
-        .map(|(i, g)| (first + i as i64, g))
-        .collect();
-    tx.record_grants(&grants, now).await?;
+    if !entries.is_empty() {
+        // The entries take consecutive sequence numbers, the last one `last`.
+        let last = tx.audit_many(&entries, now).await?;
+        let first = last - (entries.len() as i64 - 1);
+        let grants: Vec<(i64, Grant)> = grants
+            .into_iter()
+            .map(|(i, g)| (first + i as i64, g))
+            .collect();
+        tx.record_grants(&grants, now).await?;
+    }
+    let mut judged = Vec::with_capacity(reports.len());
+    let mut report_entries = Vec::new();
+    for report in reports {
+        let mut j = judge(&mut tx, report).await?;
+        report_entries.append(&mut j.entries);
+        judged.push(j);
+    }
+    if !report_entries.is_empty() {
+        // The reports' entries, in the order they were judged, timed like
+        // the vouch decisions' by the group.
+        tx.audit_many(&report_entries, now).await?;
+    }
     tx.commit().await?;
-    Ok(out)
+    Ok((out, judged))
 }

@@ -40,7 +40,9 @@
 //! transaction, and one fsync, per vouch, a single writer task takes every
 //! pending decision and commits them together: under load, one fsync covers
 //! dozens of vouches. Each request waits for the commit that holds its
-//! decisions, so nothing is answered before it is on disk.
+//! decisions, so nothing is answered before it is on disk. Session reports
+//! go through the same writer (`sessions.rs`): judged one after another in
+//! the group's transaction, answered once it has committed.
 
 mod commit;
 mod sessions;

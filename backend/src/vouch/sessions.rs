@@ -2,10 +2,18 @@
 //! attach, detach and concurrency events gateways report, each judged
 //! against the live vouch it stems from and the peripheral's sessions on
 //! other gateways.
+//!
+//! A report's reads (statuses, live vouches) are made by its request; its
+//! judgment and its writes go through the group commit the vouches use
+//! ([`super::Committer`]): one write transaction takes every report (and
+//! every vouch decision) pending at that moment, judges the reports one
+//! after another under the writer lock, and commits once. A report is
+//! answered only once that transaction has committed.
 
 use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::backend::{EventTimes, SessionEvent, SessionEventKind, SessionVerdict};
 
+use super::Committer;
 use crate::config::{CloneAction, Security};
 use crate::model::{GatewayRecord, Status};
 use crate::security::{Alert, Alerter};
@@ -78,6 +86,9 @@ struct Report<'a> {
     rules: CloneRules,
     now: i64,
     alerts: Vec<Alert>,
+    /// Its audit entries, in order, appended with the group's
+    /// ([`Judged::entries`]).
+    entries: Vec<NewAudit>,
 }
 
 impl Report<'_> {
@@ -99,8 +110,8 @@ impl Report<'_> {
 }
 
 /// One reported event with what was read before the write transaction.
-struct Planned<'e> {
-    ev: &'e SessionEvent,
+struct Planned {
+    ev: SessionEvent,
     /// The peripheral's status (`None`: not registered).
     status: Option<Status>,
     /// Whether the event may count (see [`plan`]).
@@ -122,52 +133,100 @@ struct Planned<'e> {
 /// that predates them: every event then happened at arrival).
 pub(crate) async fn report_sessions(
     store: &Store,
+    committer: &Committer,
     alerter: &Alerter,
     rules: CloneRules,
     gateway: &GatewayRecord,
     events: &[SessionEvent],
     times: &[EventTimes],
 ) -> Result<Vec<SessionVerdict>, StoreError> {
-    let gw_hex = gateway.public_key.to_string();
+    let now = now_ms();
+    // Statuses first; then the group commit judges the whole report in one
+    // write transaction, which reads the other sessions under the writer
+    // lock: two gateways reporting a clone at the same moment must not both
+    // find the other absent (reports in one transaction are judged one
+    // after another, each seeing what the ones before it wrote).
+    let plan = plan(store, gateway, rules, now, events, times).await?;
+    let judged = committer
+        .report(ReportJob {
+            gateway: gateway.clone(),
+            rules,
+            now,
+            plan,
+        })
+        .await?;
+    for a in judged.alerts {
+        alerter.raise(a);
+    }
+    Ok(judged.verdicts)
+}
+
+/// A session report whose reads are done, waiting for the group commit
+/// that judges and records it.
+pub(crate) struct ReportJob {
+    gateway: GatewayRecord,
+    rules: CloneRules,
+    /// When it arrived, backend time.
+    now: i64,
+    plan: Vec<Planned>,
+}
+
+impl ReportJob {
+    /// How many events it holds.
+    pub(crate) fn events(&self) -> usize {
+        self.plan.len()
+    }
+}
+
+/// What a report came to: a verdict per event, and the alerts to raise
+/// once its transaction committed.
+pub(crate) struct Judged {
+    pub(crate) verdicts: Vec<SessionVerdict>,
+    pub(crate) alerts: Vec<Alert>,
+    /// Its audit entries, which the group appends together (one statement
+    /// per 24) before it commits.
+    pub(crate) entries: Vec<NewAudit>,
+}
+
+/// Judges and records `job` in `tx` (the group commit's transaction).
+pub(crate) async fn judge(tx: &mut WriteTx<'_>, job: &ReportJob) -> Result<Judged, StoreError> {
+    let gw_hex = job.gateway.public_key.to_string();
     let mut report = Report {
-        gateway,
+        gateway: &job.gateway,
         actor: format!("gateway:{gw_hex}"),
         gw_hex,
-        rules,
-        now: now_ms(),
+        rules: job.rules,
+        now: job.now,
         alerts: Vec::new(),
+        entries: Vec::new(),
     };
-    // Statuses first; then one write transaction for the whole report, which
-    // reads the other sessions under the writer lock: two gateways reporting
-    // a clone at the same moment must not both find the other absent.
-    let plan = plan(store, &report, events, times).await?;
-    let mut verdicts = Vec::with_capacity(events.len());
-    let mut tx = store.begin_write().await?;
-    for p in &plan {
+    let mut verdicts = Vec::with_capacity(job.plan.len());
+    for p in &job.plan {
         let verdict = match p.ev.kind {
-            SessionEventKind::Detached => detached(&mut tx, &mut report, p).await?,
-            SessionEventKind::Concurrent => concurrent(&mut tx, &mut report, p).await?,
-            SessionEventKind::Attached => attached(&mut tx, &mut report, p).await?,
+            SessionEventKind::Detached => detached(tx, &mut report, p).await?,
+            SessionEventKind::Concurrent => concurrent(tx, &mut report, p).await?,
+            SessionEventKind::Attached => attached(tx, &mut report, p).await?,
         };
         verdicts.push(verdict);
     }
-    tx.commit().await?;
-    for a in report.alerts {
-        alerter.raise(a);
-    }
-    Ok(verdicts)
+    Ok(Judged {
+        verdicts,
+        alerts: report.alerts,
+        entries: report.entries,
+    })
 }
 
 /// The reads before the write transaction: each event's peripheral status,
 /// the live vouch its session can stem from, and its times on this
 /// backend's clock.
-async fn plan<'e>(
+async fn plan(
     store: &Store,
-    r: &Report<'_>,
-    events: &'e [SessionEvent],
+    gateway: &GatewayRecord,
+    rules: CloneRules,
+    now: i64,
+    events: &[SessionEvent],
     times: &[EventTimes],
-) -> Result<Vec<Planned<'e>>, StoreError> {
-    let now = r.now;
+) -> Result<Vec<Planned>, StoreError> {
     let mut plan = Vec::with_capacity(events.len());
     for (i, ev) in events.iter().enumerate() {
         let status = match store.peripheral(&ev.peripheral).await {
@@ -182,7 +241,7 @@ async fn plan<'e>(
         // Detaches too: their times are dated against the vouch as well.
         let vouch_at = match status {
             Some(Status::Active) => {
-                live_vouch_at(store, &ev.peripheral, &r.gateway.public_key, now).await?
+                live_vouch_at(store, &ev.peripheral, &gateway.public_key, now).await?
             }
             _ => None,
         };
@@ -197,13 +256,13 @@ async fn plan<'e>(
         // Ages, on this backend's clock. A session starts after its vouch:
         // a gateway cannot date one earlier (to be judged the earlier of a
         // pair), nor before the attachment could have been recorded.
-        let at = |age_ms: u32| now - i64::from(age_ms).min(r.rules.ttl_ms);
+        let at = |age_ms: u32| now - i64::from(age_ms).min(rules.ttl_ms);
         let (started_ms, heard_ms) = times
             .get(i)
             .map_or((now, now), |t| (at(t.started_ms_ago), at(t.heard_ms_ago)));
         let started_ms = vouch_at.map_or(started_ms, |v| started_ms.max(v));
         plan.push(Planned {
-            ev,
+            ev: ev.clone(),
             status,
             vouched,
             vouch_at,
@@ -219,9 +278,9 @@ async fn plan<'e>(
 async fn detached(
     tx: &mut WriteTx<'_>,
     r: &mut Report<'_>,
-    p: &Planned<'_>,
+    p: &Planned,
 ) -> Result<SessionVerdict, StoreError> {
-    let ev = p.ev;
+    let ev = &p.ev;
     let sid = hex::encode(ev.session_id);
     tx.detach(
         &ev.peripheral,
@@ -239,8 +298,7 @@ async fn detached(
         judge_waiting(tx, r, ev, &sid, p.heard_ms, w).await?;
     }
     let verdict = SessionVerdict::Accepted;
-    tx.audit(r.entry("session_detach", verdict, "", ev), r.now)
-        .await?;
+    r.entries.push(r.entry("session_detach", verdict, "", ev));
     Ok(verdict)
 }
 
@@ -301,7 +359,7 @@ async fn judge_waiting(
 async fn concurrent(
     tx: &mut WriteTx<'_>,
     r: &mut Report<'_>,
-    p: &Planned<'_>,
+    p: &Planned,
 ) -> Result<SessionVerdict, StoreError> {
     let pid = p.ev.peripheral.to_string();
     let sid = hex::encode(p.ev.session_id);
@@ -321,8 +379,8 @@ async fn concurrent(
             (SessionVerdict::CloneSuspected, "clone_suspected")
         }
     };
-    tx.audit(r.entry("session_concurrent", verdict, reason, p.ev), r.now)
-        .await?;
+    r.entries
+        .push(r.entry("session_concurrent", verdict, reason, &p.ev));
     Ok(verdict)
 }
 
@@ -331,9 +389,9 @@ async fn concurrent(
 async fn attached(
     tx: &mut WriteTx<'_>,
     r: &mut Report<'_>,
-    p: &Planned<'_>,
+    p: &Planned,
 ) -> Result<SessionVerdict, StoreError> {
-    let ev = p.ev;
+    let ev = &p.ev;
     let sid = hex::encode(ev.session_id);
     let known = tx.session_state(&ev.peripheral, &r.gw_hex, &sid).await?;
     let (this, first) = this_session(known, p.started_ms, p.vouch_at);
@@ -354,8 +412,8 @@ async fn attached(
         )
         .await?;
     }
-    tx.audit(r.entry("session_attach", verdict, reason, ev), r.now)
-        .await?;
+    r.entries
+        .push(r.entry("session_attach", verdict, reason, ev));
     Ok(verdict)
 }
 
@@ -435,7 +493,7 @@ async fn judge_against_others(
 async fn attach_verdict(
     tx: &mut WriteTx<'_>,
     r: &mut Report<'_>,
-    p: &Planned<'_>,
+    p: &Planned,
     this: Span,
     clone_of: &[String],
     open_elsewhere: bool,
@@ -520,15 +578,13 @@ async fn clone_alert(
         }
     }
     let pid = peripheral.to_string();
-    tx.audit(
+    r.entries.push(
         NewAudit::new("clone_alert", "alert", &r.actor)
             .reason("clone_suspected")
             .peripheral(&pid)
             .gateway(&r.gw_hex)
             .detail(&detail),
-        r.now,
-    )
-    .await?;
+    );
     r.alerts.push(Alert {
         alert: "clone_suspected",
         peripheral: Some(pid),
