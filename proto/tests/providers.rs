@@ -520,11 +520,11 @@ fn a_provider_whose_answers_differ_is_never_used() {
         fn ed25519_equation(&self, input: &StrictInput<'_>) -> bool {
             DALEK.ed25519_equation(input)
         }
-        fn signing_key(
-            &self,
-            seed: &[u8; 32],
-        ) -> Result<Box<dyn LoadedSigningKey>, ProviderError> {
-            Ok(Box::new(Signing(DALEK.signing_key(seed)?, self.bad_signature)))
+        fn signing_key(&self, seed: &[u8; 32]) -> Result<Box<dyn LoadedSigningKey>, ProviderError> {
+            Ok(Box::new(Signing(
+                DALEK.signing_key(seed)?,
+                self.bad_signature,
+            )))
         }
         fn sealing_key(
             &self,
@@ -534,7 +534,10 @@ fn a_provider_whose_answers_differ_is_never_used() {
             if self.bad_public {
                 secret[1] ^= 1;
             }
-            Ok(Box::new(Sealing(DALEK.sealing_key(&secret)?, self.bad_exchange)))
+            Ok(Box::new(Sealing(
+                DALEK.sealing_key(&secret)?,
+                self.bad_exchange,
+            )))
         }
     }
     static SIGNS_WRONG: Broken = Broken {

@@ -303,7 +303,10 @@ mod tests {
                 }
             }
         }
-        assert!(large > 0, "some y = p + k decodes (mod p) to a point of large order");
+        assert!(
+            large > 0,
+            "some y = p + k decodes (mod p) to a point of large order"
+        );
     }
 
     fn hex32(s: &str) -> [u8; 32] {
