@@ -164,9 +164,17 @@ impl Backend {
     /// A second backend instance on the same data and database (several
     /// `serve` processes on one PostgreSQL).
     pub async fn second_instance(&self) -> Self {
+        let mut b = self.copy_unstarted();
+        b.serve().await;
+        b
+    }
+
+    /// Another instance on a copy of this one's data directory and the same
+    /// database, not serving yet.
+    fn copy_unstarted(&self) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         copy_dir(&self.data, dir.path());
-        let mut b = Backend {
+        Backend {
             data: dir.path().to_owned(),
             _dir: dir,
             db: self.db.clone(),
@@ -176,9 +184,7 @@ impl Backend {
             admin: self.admin.clone(),
             running: None,
             runtime: None,
-        };
-        b.serve().await;
-        b
+        }
     }
 
     /// A second instance on the same data and database, like
@@ -188,19 +194,7 @@ impl Backend {
     /// its URL and its counters are for the test; admin calls go to another
     /// instance.
     pub async fn killable_instance(&self) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(&self.data, dir.path());
-        let mut b = Backend {
-            data: dir.path().to_owned(),
-            _dir: dir,
-            db: self.db.clone(),
-            port: 0,
-            token: self.token.clone(),
-            ca_pem: self.ca_pem.clone(),
-            admin: self.admin.clone(),
-            running: None,
-            runtime: None,
-        };
+        let mut b = self.copy_unstarted();
         b.revive().await;
         b
     }
