@@ -42,7 +42,7 @@ timeout 60 $P run --dir "$W/vp" --connect "tcp://127.0.0.1:$GP" --count 3 --inte
 grep -q "handshake ok (full" "$W/p.log" || fail "no full handshake in the peripheral's log"
 grep -q "session established" "$W/g.log" || fail "no session in the gateway's log"
 $G status --config "$W/vg/gateway.toml" > "$W/status.txt"
-grep -q '"ok":1' "$W/status.txt" || fail "gateway status does not count the handshake"
+grep -qE '^handshakes: .*\bok 1\b' "$W/status.txt" || fail "gateway status does not count the handshake"
 grep -q '^client certificate valid until ' "$W/status.txt" || fail "gateway status does not show the certificate's expiry"
 grep -q 'client certificate valid' "$W/g.log" || fail "the gateway did not check its certificate at start"
 $B --data-dir "$W/vb" list gateway --json | python3 -c 'import json,sys; assert json.load(sys.stdin)["items"][0]["certificate_expires_ms"] > 0' \
