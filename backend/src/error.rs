@@ -74,6 +74,15 @@ impl AppError {
         )
     }
 
+    /// 403 `forbidden`: the caller's role is below the one the request needs.
+    pub fn forbidden(has: crate::access::Role, needs: crate::access::Role) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("this request needs the role {needs}; the token's operator is a {has}"),
+        )
+    }
+
     /// 503 `unavailable` (the store or another dependency failed).
     pub fn unavailable() -> Self {
         Self::new(
@@ -148,6 +157,12 @@ impl From<StoreError> for AppError {
                 ErrorCode::InvalidTransition,
                 e.to_string(),
             ),
+            e @ StoreError::OperatorExists => {
+                AppError::new(StatusCode::CONFLICT, ErrorCode::OperatorExists, e.to_string())
+            }
+            e @ StoreError::LastAdmin => {
+                AppError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 AppError::unavailable()

@@ -70,6 +70,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use vouch_proto::keys::PublicKey;
 
+pub mod access;
 pub mod anchor;
 pub mod audit;
 pub mod backup;
@@ -134,8 +135,6 @@ pub struct Inner {
     pub instance: keyring::Instance,
     /// The CA, for issuing gateway certificates at enrollment.
     pub ca: CaMaterial,
-    /// SHA-256 of the admin token.
-    pub token_hash: [u8; 32],
     /// Settings.
     pub config: Config,
     /// Metrics.
@@ -211,6 +210,17 @@ impl AppState {
                 StoreError::Corrupt("backend_keys")
             }
         })?;
+        // The first start makes `init`'s admin token the first admin's
+        // (nothing once any operator exists: `access`).
+        if store
+            .bootstrap_operators(&access::TokenHash(token_hash))
+            .await?
+        {
+            tracing::info!(
+                operator = access::FIRST_ADMIN,
+                "the admin token init printed is the first admin's (operators: vouch-backend operators --help)"
+            );
+        }
         let metrics = Metrics::new();
         let sec = &config.security;
         let lockouts = Lockouts::new(
@@ -252,7 +262,6 @@ impl AppState {
                 ),
                 data_dir,
                 ca,
-                token_hash,
                 config,
                 metrics,
                 lockouts,

@@ -7,6 +7,8 @@
 use serde_json::{json, Map, Value};
 use vouch_proto::wire::backend::route;
 
+use crate::access::Role;
+
 /// Every route: (method, OpenAPI path, summary, auth, request body type,
 /// response body type).
 pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
@@ -62,7 +64,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::PERIPHERALS,
         "List peripherals (query: status, group, after, limit)",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("PeripheralPage"),
     ),
@@ -70,7 +72,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "post",
         route::admin::PERIPHERALS,
         "Enroll a peripheral",
-        Auth::Admin,
+        Auth::Role(Role::Operator),
         Body::Json("EnrollPeripheral"),
         Body::Json("Peripheral"),
     ),
@@ -78,7 +80,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "post",
         route::admin::PERIPHERALS_IMPORT,
         "Bulk enroll (query: format=csv|ndjson, dry_run)",
-        Auth::Admin,
+        Auth::Role(Role::Operator),
         Body::Text,
         Body::Json("ImportReport"),
     ),
@@ -86,7 +88,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::PERIPHERAL,
         "Show a peripheral",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("Peripheral"),
     ),
@@ -94,7 +96,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "post",
         route::admin::PERIPHERAL_ACTION,
         "activate, suspend, reinstate or revoke a peripheral",
-        Auth::Admin,
+        Auth::Role(Role::Operator),
         Body::None,
         Body::Json("Peripheral"),
     ),
@@ -102,7 +104,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::GATEWAYS,
         "List gateways (query: status, group, site, after, limit)",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("GatewayPage"),
     ),
@@ -110,7 +112,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "post",
         route::admin::GATEWAYS,
         "Enroll a gateway; returns its TLS client certificate",
-        Auth::Admin,
+        Auth::Role(Role::Operator),
         Body::Json("EnrollGateway"),
         Body::Json("GatewayEnrolled"),
     ),
@@ -118,7 +120,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::GATEWAY,
         "Show a gateway",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("Gateway"),
     ),
@@ -126,7 +128,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "post",
         route::admin::GATEWAY_ACTION,
         "activate, suspend, reinstate or revoke a gateway",
-        Auth::Admin,
+        Auth::Role(Role::Operator),
         Body::None,
         Body::Json("Gateway"),
     ),
@@ -134,7 +136,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::POLICIES,
         "List policy rules",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("PolicyList"),
     ),
@@ -142,7 +144,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "post",
         route::admin::POLICIES,
         "Add a policy rule",
-        Auth::Admin,
+        Auth::Role(Role::Operator),
         Body::Json("NewPolicy"),
         Body::Json("Policy"),
     ),
@@ -150,7 +152,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "delete",
         route::admin::POLICY,
         "Remove a policy rule",
-        Auth::Admin,
+        Auth::Role(Role::Admin),
         Body::None,
         Body::None,
     ),
@@ -158,7 +160,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::AUDIT,
         "Query the audit log (query: peripheral, gateway, action, since, until, after, limit)",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("AuditPage"),
     ),
@@ -166,7 +168,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::AUDIT_VERIFY,
         "Recompute the audit hash chain",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("AuditVerdict"),
     ),
@@ -174,7 +176,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::LOCKOUTS,
         "Lockouts in force",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("LockoutList"),
     ),
@@ -182,7 +184,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "delete",
         route::admin::LOCKOUT,
         "Lift a lockout",
-        Auth::Admin,
+        Auth::Role(Role::Operator),
         Body::None,
         Body::None,
     ),
@@ -190,9 +192,73 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::admin::ANCHOR,
         "The peripheral provisioning bundle: the current anchors and the last update serial",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Json("AnchorBundle"),
+    ),
+    (
+        "get",
+        route::admin::WHOAMI,
+        "Who the presented token belongs to: operator name, role, token id",
+        Auth::Role(Role::Viewer),
+        Body::None,
+        Body::Json("WhoAmI"),
+    ),
+    (
+        "get",
+        route::admin::OPERATORS,
+        "List operators, removed ones too",
+        Auth::Role(Role::Admin),
+        Body::None,
+        Body::Json("OperatorList"),
+    ),
+    (
+        "post",
+        route::admin::OPERATORS,
+        "Add an operator with a role; answers its first token, once",
+        Auth::Role(Role::Admin),
+        Body::Json("NewOperator"),
+        Body::Json("AddedOperator"),
+    ),
+    (
+        "delete",
+        route::admin::OPERATOR,
+        "Remove an operator: its tokens stop working, the name stays taken",
+        Auth::Role(Role::Admin),
+        Body::None,
+        Body::None,
+    ),
+    (
+        "get",
+        route::admin::TOKENS,
+        "List API tokens (query: operator); never a secret",
+        Auth::Role(Role::Admin),
+        Body::None,
+        Body::Json("TokenList"),
+    ),
+    (
+        "post",
+        route::admin::TOKENS,
+        "Another token for an operator; answers it, once",
+        Auth::Role(Role::Admin),
+        Body::Json("NewTokenFor"),
+        Body::Json("IssuedToken"),
+    ),
+    (
+        "delete",
+        route::admin::TOKEN,
+        "Revoke a token",
+        Auth::Role(Role::Admin),
+        Body::None,
+        Body::None,
+    ),
+    (
+        "post",
+        route::admin::TOKEN_ROTATE,
+        "Rotate a token: a new one for the same operator, the old one revoked",
+        Auth::Role(Role::Admin),
+        Body::None,
+        Body::Json("IssuedToken"),
     ),
     (
         "get",
@@ -214,7 +280,7 @@ pub const ROUTES: &[(&str, &str, &str, Auth, Body, Body)] = &[
         "get",
         route::METRICS,
         "Prometheus metrics (refusals by cause: admin token; without one on the loopback `ops_listen` only)",
-        Auth::Admin,
+        Auth::Role(Role::Viewer),
         Body::None,
         Body::Text,
     ),
@@ -235,8 +301,9 @@ pub enum Auth {
     None,
     /// Gateway client certificate (mutual TLS).
     Gateway,
-    /// Admin bearer token.
-    Admin,
+    /// An operator's bearer token whose role is at least this one
+    /// (403 `forbidden` below it).
+    Role(Role),
 }
 
 /// A body kind.
@@ -289,8 +356,9 @@ pub fn document() -> Value {
             Auth::Gateway => {
                 op.insert("security".into(), json!([{ "gatewayCertificate": [] }]));
             }
-            Auth::Admin => {
+            Auth::Role(role) => {
                 op.insert("security".into(), json!([{ "adminToken": [] }]));
+                op.insert("x-vouch-role".into(), json!(role.as_str()));
             }
         }
         if let Some(c) = content(req) {

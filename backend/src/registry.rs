@@ -17,6 +17,7 @@ use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::backend::ErrorCode;
 use vouch_proto::wire::Lifetimes;
 
+use crate::access::{self, NewToken, OperatorRecord, Role, TokenRecord};
 use crate::import;
 use crate::model::{
     parse_gateway_selector, parse_peripheral_selector, parse_public_key, parse_scope, valid_name,
@@ -362,4 +363,104 @@ pub fn audit_filter(
         after_seq: after,
         limit: limit.clamp(1, crate::store::MAX_PAGE),
     })
+}
+
+// ----- operators and tokens ([`crate::access`]) ------------------------------
+
+/// Parses a role name.
+pub fn parse_role(s: &str) -> Result<Role, RegistryError> {
+    Role::parse(s).ok_or_else(|| {
+        RegistryError::invalid(
+            ErrorCode::InvalidRole,
+            "role: viewer, operator or admin",
+        )
+    })
+}
+
+fn check_operator_name(name: &str) -> Result<(), RegistryError> {
+    if access::valid_operator_name(name) {
+        Ok(())
+    } else {
+        Err(RegistryError::invalid(
+            ErrorCode::InvalidName,
+            "an operator name is 1-64 of letters, digits, '.', '_', '-', '@', starting with a letter or digit",
+        ))
+    }
+}
+
+fn fresh_token() -> Result<NewToken, RegistryError> {
+    access::generate_token().ok_or(RegistryError::Store(StoreError::TokenIdTaken))
+}
+
+/// Adds an operator with a role, and its first token (shown once: only its
+/// hash is kept).
+pub async fn add_operator(
+    store: &Store,
+    name: &str,
+    role: &str,
+    actor: &str,
+) -> Result<(OperatorRecord, NewToken), RegistryError> {
+    check_operator_name(name)?;
+    let role = parse_role(role)?;
+    let token = fresh_token()?;
+    let op = store
+        .add_operator(name, role, &token.id, &token.hash, actor)
+        .await?;
+    Ok((op, token))
+}
+
+/// Creates another token for a present operator (shown once).
+pub async fn add_token(
+    store: &Store,
+    operator: &str,
+    actor: &str,
+) -> Result<(TokenRecord, NewToken), RegistryError> {
+    check_operator_name(operator)?;
+    let token = fresh_token()?;
+    match store.add_token(operator, &token.id, &token.hash, actor).await {
+        Err(StoreError::NotFound) => Err(RegistryError::NotFound("operator")),
+        other => Ok((other?, token)),
+    }
+}
+
+/// Rotates a token: a new one for the same operator, the old one revoked,
+/// in one transaction. Returns the new token (shown once).
+pub async fn rotate_token(
+    store: &Store,
+    id: &str,
+    actor: &str,
+) -> Result<(TokenRecord, NewToken), RegistryError> {
+    let token = fresh_token()?;
+    match store
+        .revoke_token(id, Some((&token.id, &token.hash)), actor)
+        .await
+    {
+        Err(StoreError::NotFound) => Err(RegistryError::NotFound("live token")),
+        other => {
+            let operator = other?;
+            let record = TokenRecord {
+                id: token.id.clone(),
+                operator,
+                created_ms: crate::store::now_ms(),
+                revoked_ms: None,
+            };
+            Ok((record, token))
+        }
+    }
+}
+
+/// Revokes a token.
+pub async fn revoke_token(store: &Store, id: &str, actor: &str) -> Result<(), RegistryError> {
+    match store.revoke_token(id, None, actor).await {
+        Err(StoreError::NotFound) => Err(RegistryError::NotFound("live token")),
+        other => other.map(drop).map_err(Into::into),
+    }
+}
+
+/// Removes an operator (its tokens stop working; the name stays taken).
+pub async fn remove_operator(store: &Store, name: &str, actor: &str) -> Result<(), RegistryError> {
+    match store.remove_operator(name, actor).await {
+        Err(StoreError::NotFound) => Err(RegistryError::NotFound("operator")),
+        other => other.map_err(Into::into),
+    }
 }

@@ -259,17 +259,18 @@ async fn audit_chain_detects_tampering(db: Db) {
     for i in 0..4u8 {
         b.enroll_peripheral(&Device::new(i + 1), None).await;
     }
-    // The backend's start registered its key ring (seq 1); the enrollments
-    // follow (seq 2 to 5).
+    // The backend's start registered its key ring (seq 1) and made the init
+    // token the first admin's (seq 2); the enrollments follow (seq 3 to 6).
     let (_, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
     assert_eq!(
         v,
-        json!({"result": "intact", "entries": 5, "head": v["head"]})
+        json!({"result": "intact", "entries": 6, "head": v["head"]})
     );
     assert_eq!(b.audit("action=backend_key_genesis").await.len(), 1);
+    assert_eq!(b.audit("action=operator_add").await.len(), 1);
     // Time-range queries.
     let all = b.audit("since=0").await;
-    assert_eq!(all.len(), 5);
+    assert_eq!(all.len(), 6);
     let until = all[1]["at_ms"].as_i64().expect("at") + 1;
     assert!(b.audit(&format!("until={until}")).await.len() >= 2);
     assert!(b.audit("since=2999-01-01T00:00:00Z").await.is_empty());
@@ -292,13 +293,13 @@ async fn audit_chain_detects_tampering(db: Db) {
         .expect("restore");
     let (_, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
     assert_eq!(v["result"], "intact", "{v}");
-    sqlx::query("DELETE FROM audit_log WHERE seq = 5")
+    sqlx::query("DELETE FROM audit_log WHERE seq = 6")
         .execute(&mut conn)
         .await
         .expect("truncate");
     let (_, v) = b.admin("GET", "/v1/admin/audit/verify", None).await;
     assert_eq!(v["result"], "broken", "{v}");
-    assert_eq!(v["seq"], 5);
+    assert_eq!(v["seq"], 6);
     // A hole in the middle.
     sqlx::query("DELETE FROM audit_log WHERE seq = 3")
         .execute(&mut conn)

@@ -11,7 +11,9 @@ use vouch_backend::datadir::{self, DataDir};
 use vouch_backend::keyring::{self, RingStatus};
 use vouch_backend::store::{Rfc3339, Store};
 
-use super::{open_store, output, Cli, CLI_ACTOR};
+use vouch_proto::wire::backend::route;
+
+use super::{local_actor, open_store, open_target, output, Cli, Target};
 
 pub(super) const KEYS_HELP: &str =
     "Manage the backend's key pairs (the key ring) and the signed trust-anchor \
@@ -102,14 +104,21 @@ pub(super) struct ExportAnchorArgs {
 
 /// Prints or writes the provisioning bundle.
 pub(super) async fn export_anchor(cli: &Cli, args: &ExportAnchorArgs) -> Result<ExitCode> {
-    let mut data = DataDir::load(&cli.data_dir)?;
-    let store = open_store(cli).await?;
-    let status = match keyring::register(&mut data, &store, CLI_ACTOR).await {
-        Ok(_) => keyring::status(&data, &store).await,
-        Err(e) => Err(e),
+    let bundle = match open_target(cli).await? {
+        Target::Remote(admin) => admin.get(route::admin::ANCHOR).await?,
+        local @ Target::Local { .. } => {
+            local.close().await;
+            let mut data = DataDir::load(&cli.data_dir)?;
+            let store = open_store(cli).await?;
+            let status = match keyring::register(&mut data, &store, &local_actor()).await {
+                Ok(_) => keyring::status(&data, &store).await,
+                Err(e) => Err(e),
+            };
+            store.close().await;
+            serde_json::to_value(vouch_backend::anchor::bundle(&status?.fleet))?
+        }
     };
-    store.close().await;
-    let json = serde_json::to_string_pretty(&vouch_backend::anchor::bundle(&status?.fleet))?;
+    let json = serde_json::to_string_pretty(&bundle)?;
     match &args.out {
         Some(p) => std::fs::write(p, json + "\n")
             .with_context(|| format!("cannot write {}", p.display()))?,
@@ -122,7 +131,7 @@ pub(super) async fn export_anchor(cli: &Cli, args: &ExportAnchorArgs) -> Result<
 pub(super) async fn keys(cli: &Cli, cmd: &KeysCmd) -> Result<ExitCode> {
     let mut data = DataDir::load(&cli.data_dir)?;
     let store = open_store(cli).await?;
-    let result = match keyring::register(&mut data, &store, CLI_ACTOR).await {
+    let result = match keyring::register(&mut data, &store, &local_actor()).await {
         Ok(_) => keys_on(cli, cmd, &data, &store).await,
         Err(e) => Err(e.into()),
     };
@@ -225,7 +234,7 @@ fn print_status(status: &RingStatus) {
 /// `keys rotate`.
 async fn rotate(cli: &Cli, data: &DataDir, store: &Store, force: bool) -> Result<()> {
     let options = keyring::RotateOptions { force };
-    let r = keyring::rotate_with(data, store, CLI_ACTOR, options).await?;
+    let r = keyring::rotate_with(data, store, &local_actor(), options).await?;
     let (kid, next) = (r.anchor.kid, r.next.kid);
     let next_files = [
         cli.data_dir.join(datadir::files::signing(next)),
@@ -278,7 +287,7 @@ async fn purge(cli: &Cli, store: &Store, kid: u8, yes: bool) -> Result<()> {
         &cli.data_dir,
         store,
         vouch_proto::keys::KeyId(kid),
-        CLI_ACTOR,
+        &local_actor(),
     )
     .await?;
     if cli.json {

@@ -4,9 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
+use serde_json::Value;
 use vouch_backend::store::{now_ms, Rfc3339};
+use vouch_proto::wire::backend::route;
 
-use super::{api, open_store, output, Cli, CLI_ACTOR};
+use super::{api, open_target, output, remote, Cli, Target};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum LockoutCmd {
@@ -21,13 +23,31 @@ pub(super) enum LockoutCmd {
 
 /// Lists or lifts lockouts.
 pub(super) async fn lockouts(cli: &Cli, cmd: &LockoutCmd) -> Result<ExitCode> {
-    let store = open_store(cli).await?;
+    let target = open_target(cli).await?;
+    let done = lockouts_on(cli, &target, cmd).await;
+    target.close().await;
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+async fn lockouts_on(cli: &Cli, target: &Target, cmd: &LockoutCmd) -> Result<()> {
     match cmd {
         LockoutCmd::List => {
-            let items: Vec<serde_json::Value> = store
-                .active_lockouts(now_ms())
-                .await
-                .map_err(api)?
+            // (subject, until) as the admin API answers them.
+            let listed: Vec<(String, i64)> = match target {
+                Target::Local { store, .. } => {
+                    store.active_lockouts(now_ms()).await.map_err(api)?
+                }
+                Target::Remote(admin) => match admin.get(route::admin::LOCKOUTS).await? {
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(|v| {
+                            Some((v["subject"].as_str()?.to_owned(), v["until_ms"].as_i64()?))
+                        })
+                        .collect(),
+                    _ => anyhow::bail!("the lockout list is not a list"),
+                },
+            };
+            let items: Vec<Value> = listed
                 .into_iter()
                 .map(|(subject, until)| {
                     serde_json::json!({ "subject": subject, "until": Rfc3339(until).to_string() })
@@ -38,13 +58,20 @@ pub(super) async fn lockouts(cli: &Cli, cmd: &LockoutCmd) -> Result<ExitCode> {
                     v["subject"].as_str().unwrap_or("-").to_owned(),
                     v["until"].as_str().unwrap_or("-").to_owned(),
                 ]
-            })?;
+            })
         }
         LockoutCmd::Clear { subject } => {
-            store.clear_lockout(subject, CLI_ACTOR).await.map_err(api)?;
-            output::record(cli.json, &serde_json::json!({ "cleared": subject }))?;
+            match target {
+                Target::Local { store, actor } => {
+                    store.clear_lockout(subject, actor).await.map_err(api)?;
+                }
+                Target::Remote(admin) => {
+                    admin
+                        .delete(&format!("/v1/admin/lockouts/{}", remote::enc(subject)))
+                        .await?;
+                }
+            }
+            output::record(cli.json, &serde_json::json!({ "cleared": subject }))
         }
     }
-    store.close().await;
-    Ok(ExitCode::SUCCESS)
 }

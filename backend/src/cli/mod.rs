@@ -1,7 +1,10 @@
 //! The operator CLI: one file per group of verbs. Each verb works on the
 //! store directly (the SQLite file in the data directory, or
 //! `--database-url`) through the same library functions the admin API calls
-//! ([`vouch_backend::registry`]); see backend/README.md for why.
+//! ([`vouch_backend::registry`]); see backend/README.md for why. With
+//! `--url`, the registry verbs run through the admin API of a backend
+//! elsewhere instead ([`remote`], a [`Target`]), with an operator's token,
+//! and print the same output: both modes print the admin API's JSON shapes.
 //!
 //! | file | verbs |
 //! |---|---|
@@ -14,6 +17,8 @@
 //! | `keys.rs` | `keys list`, `keys rotate`, `keys purge`, `export-anchor` |
 //! | `server_cert.rs` | `server-cert reissue` |
 //! | `backup.rs` | `backup`, `restore` |
+//! | `operators.rs` | `operators`, `tokens`, `whoami` |
+//! | `remote.rs` | the admin API client of `--url` |
 
 mod audit;
 mod backup;
@@ -21,8 +26,10 @@ mod import;
 mod init;
 mod keys;
 mod lockouts;
+mod operators;
 mod output;
 mod registry;
+mod remote;
 mod serve;
 mod server_cert;
 
@@ -36,8 +43,16 @@ use vouch_backend::datadir;
 use vouch_backend::error::AppError;
 use vouch_backend::store::Store;
 
-/// The actor recorded in the audit log for CLI commands.
-const CLI_ACTOR: &str = "cli";
+/// The actor the local CLI records in the audit log: `cli:` and the user
+/// running it (whoever has a shell on the backend's host and its data
+/// directory acts with every right; the audit log says who it was).
+fn local_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| vouch_backend::access::valid_operator_name(u));
+    format!("cli:{}", user.as_deref().unwrap_or("unknown"))
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +81,21 @@ pub(crate) struct Cli {
     /// `database_url` is the registry unless --database-url says otherwise.
     #[arg(long, global = true, env = "VOUCH_CONFIG")]
     config: Option<PathBuf>,
+    /// Run the verb through the admin API of the backend at this URL
+    /// (https://HOST:8443) instead of opening its store here: from any
+    /// machine, with an operator's token, refused above its role. The
+    /// registry verbs work this way; init, serve, keys, server-cert, backup,
+    /// restore and audit prune need the backend's host.
+    #[arg(long, global = true, env = "VOUCH_URL")]
+    url: Option<String>,
+    /// With --url: the file holding the operator's API token (mode 0600);
+    /// without it, the token is read from VOUCH_TOKEN.
+    #[arg(long, global = true, env = "VOUCH_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// With --url: the backend CA to pin (the `ca.pem` of its data
+    /// directory); the server's certificate must chain to it and nothing else.
+    #[arg(long, global = true, env = "VOUCH_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Print the result as one JSON document (lists: `{"items": [...],
     /// "next_cursor": ...}`, as the admin API answers) instead of a table or
     /// `field: value` lines.
@@ -95,13 +125,13 @@ enum Command {
     /// Show one peripheral (by id) or gateway (by key).
     Show(registry::ShowArgs),
     /// pending → active.
-    Activate(registry::Target),
+    Activate(registry::Subject),
     /// active → suspended.
-    Suspend(registry::Target),
+    Suspend(registry::Subject),
     /// suspended → active.
-    Reinstate(registry::Target),
+    Reinstate(registry::Subject),
     /// Revoke for good (final).
-    Revoke(registry::Target),
+    Revoke(registry::Subject),
     /// Allow peripherals to attach to gateways: add a policy rule.
     Associate(registry::AssociateArgs),
     /// List or remove policy rules.
@@ -128,6 +158,14 @@ update. A device flashed with it starts current; export it again after every `ke
     /// Reissue the server certificate (new names, fresh validity) from the same CA.
     #[command(subcommand)]
     ServerCert(server_cert::ServerCertCmd),
+    /// Named operators with roles: list, add (prints its first token), remove.
+    #[command(subcommand, long_about = operators::OPERATORS_HELP)]
+    Operators(operators::OperatorsCmd),
+    /// Operators' API tokens: list, create, rotate, revoke (a token is shown once).
+    #[command(subcommand)]
+    Tokens(operators::TokensCmd),
+    /// Who the token of --url belongs to, and its role (locally: the shell user, every right).
+    Whoami,
     /// Back the data directory up while the backend serves (SQLite registry included).
     #[command(long_about = backup::BACKUP_HELP)]
     Backup(backup::BackupArgs),
@@ -136,6 +174,22 @@ update. A device flashed with it starts current; export it again after every `ke
     Restore(backup::RestoreArgs),
     #[command(flatten)]
     Docs(vouch_host::cli::Docs),
+}
+
+impl Command {
+    /// The verb's name if it works on the backend's host only.
+    fn host_only(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Init { .. } => "init",
+            Command::Serve(_) => "serve",
+            Command::Keys(_) => "keys",
+            Command::ServerCert(_) => "server-cert",
+            Command::Backup(_) => "backup",
+            Command::Restore(_) => "restore",
+            Command::Audit(audit::AuditCmd::Prune { .. }) => "audit prune",
+            _ => return None,
+        })
+    }
 }
 
 impl Cli {
@@ -147,6 +201,13 @@ impl Cli {
 
 /// Runs one command.
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    if cli.url.is_some() {
+        if let Some(verb) = cli.command.host_only() {
+            bail!(
+                "`{verb}` works on the backend's host only (its data directory); run it there, without --url"
+            );
+        }
+    }
     match &cli.command {
         Command::Init { sans } => init::init(&cli, sans).await,
         Command::Serve(args) => serve::serve(&cli, args).await.map(|()| ExitCode::SUCCESS),
@@ -165,6 +226,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::ExportAnchor(args) => keys::export_anchor(&cli, args).await,
         Command::Keys(cmd) => keys::keys(&cli, cmd).await,
         Command::ServerCert(cmd) => server_cert::server_cert(&cli, cmd),
+        Command::Operators(cmd) => operators::operators(&cli, cmd).await,
+        Command::Tokens(cmd) => operators::tokens(&cli, cmd).await,
+        Command::Whoami => operators::whoami(&cli).await,
         Command::Backup(args) => backup::backup(&cli, args).await,
         Command::Restore(args) => backup::restore(&cli, args).await,
         Command::Docs(docs) => {
@@ -210,6 +274,46 @@ async fn open_store(cli: &Cli) -> Result<Store> {
         }
     };
     Store::open(&url).await.context("cannot open the database")
+}
+
+/// Where a registry verb runs.
+pub(super) enum Target {
+    /// On the store, from the backend's host.
+    Local {
+        /// The registry.
+        store: Store,
+        /// Who the audit log names ([`local_actor`]).
+        actor: String,
+    },
+    /// Through the admin API of `--url`.
+    Remote(remote::Admin),
+}
+
+impl Target {
+    /// Closes the store's connections (nothing to do remotely).
+    async fn close(self) {
+        if let Target::Local { store, .. } = self {
+            store.close().await;
+        }
+    }
+}
+
+/// Opens the registry a verb works on: the admin API of `--url`, else the
+/// store.
+async fn open_target(cli: &Cli) -> Result<Target> {
+    match &cli.url {
+        Some(url) => {
+            let ca = cli.ca_cert.as_deref().context(
+                "--url needs --ca-cert FILE (or VOUCH_CA_CERT): the backend CA to pin, ca.pem of its data directory",
+            )?;
+            let token = remote::read_token(cli.token_file.as_deref())?;
+            Ok(Target::Remote(remote::Admin::new(url, token, ca)?))
+        }
+        None => Ok(Target::Local {
+            store: open_store(cli).await?,
+            actor: local_actor(),
+        }),
+    }
 }
 
 /// An error of the library as the CLI prints it: its message and stable

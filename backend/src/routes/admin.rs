@@ -41,29 +41,88 @@ use crate::registry::{
     EnrollPeripheral, NewPolicy,
 };
 use crate::store::{AuditEntry, EnrollOutcome, GatewayFilter, PeripheralFilter};
+use crate::access::{Caller, Role};
 use crate::AppState;
 
-/// The actor recorded in the audit log for admin API calls.
-pub const ACTOR: &str = "admin-api";
+/// What a route needs of its caller: the weakest [`Role`] allowed.
+pub trait Needs {
+    /// The role.
+    const ROLE: Role;
+}
 
-/// Proof that the request carries the admin token.
-#[derive(Debug, Clone, Copy)]
-pub struct Admin;
+/// Reading anything: [`Role::Viewer`] and above.
+#[derive(Debug)]
+pub struct Read;
+impl Needs for Read {
+    const ROLE: Role = Role::Viewer;
+}
 
-impl FromRequestParts<AppState> for Admin {
+/// Changing the registry: [`Role::Operator`] and above.
+#[derive(Debug)]
+pub struct Write;
+impl Needs for Write {
+    const ROLE: Role = Role::Operator;
+}
+
+/// Managing operators, tokens and policy removal: [`Role::Admin`].
+#[derive(Debug)]
+pub struct Manage;
+impl Needs for Manage {
+    const ROLE: Role = Role::Admin;
+}
+
+/// Proof that the request carries a live operator token whose role allows
+/// `N`: 401 `unauthorized` without one, 403 `forbidden` below the role.
+/// Every admin handler takes one, so the role a route needs is in its
+/// signature.
+#[derive(Debug)]
+pub struct Authorized<N: Needs> {
+    /// Who is asking.
+    pub caller: Caller,
+    need: std::marker::PhantomData<N>,
+}
+
+impl<N: Needs> Authorized<N> {
+    /// The actor the caller's writes record in the audit log.
+    pub fn actor(&self) -> String {
+        self.caller.actor()
+    }
+}
+
+/// A viewer or above.
+pub type CanRead = Authorized<Read>;
+/// An operator or above.
+pub type CanWrite = Authorized<Write>;
+/// An admin.
+pub type CanManage = Authorized<Manage>;
+
+/// The bearer token of a request, if it has one.
+pub(super) fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+impl<N: Needs + Send + Sync> FromRequestParts<AppState> for Authorized<N> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match token {
-            Some(t) if crate::datadir::token_matches(&state.token_hash, t) => Ok(Admin),
-            _ => Err(AppError::unauthorized()),
+        let token = bearer(parts).ok_or_else(AppError::unauthorized)?;
+        let caller = state
+            .store
+            .authenticate(token)
+            .await?
+            .ok_or_else(AppError::unauthorized)?;
+        if caller.role < N::ROLE {
+            return Err(AppError::forbidden(caller.role, N::ROLE));
         }
+        Ok(Self {
+            caller,
+            need: std::marker::PhantomData,
+        })
     }
 }
 
@@ -134,7 +193,7 @@ struct ListQuery {
 const DEFAULT_PAGE: u32 = 100;
 
 async fn list_peripherals(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Page<PeripheralRecord>>, AppError> {
@@ -171,11 +230,11 @@ fn created_or_ok(outcome: EnrollOutcome) -> StatusCode {
 }
 
 async fn enroll_peripheral(
-    _: Admin,
+    who: CanWrite,
     State(state): State<AppState>,
     Json(body): Json<EnrollPeripheral>,
 ) -> Result<Response, AppError> {
-    let (id, outcome) = registry::enroll_peripheral(&state.store, &body, ACTOR).await?;
+    let (id, outcome) = registry::enroll_peripheral(&state.store, &body, &who.actor()).await?;
     let record = state.store.peripheral(&id).await?;
     Ok((created_or_ok(outcome), Json(Enrolled { outcome, record })).into_response())
 }
@@ -195,7 +254,7 @@ struct ImportAnswer {
 }
 
 async fn import_peripherals(
-    _: Admin,
+    who: CanWrite,
     State(state): State<AppState>,
     Query(q): Query<ImportQuery>,
     body: Bytes,
@@ -209,7 +268,7 @@ async fn import_peripherals(
     let rows = import::read_rows(body.as_ref(), format)
         .map_err(|_| AppError::bad_request(ErrorCode::BadBody, "the body is not readable text"))?;
     let mut reports = Vec::with_capacity(rows.len());
-    let summary = import::run(&state.store, rows, q.dry_run, 500, ACTOR, |r| {
+    let summary = import::run(&state.store, rows, q.dry_run, 500, &who.actor(), |r| {
         reports.extend_from_slice(r)
     })
     .await?;
@@ -220,7 +279,7 @@ async fn import_peripherals(
 }
 
 async fn show_peripheral(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PeripheralRecord>, AppError> {
@@ -232,13 +291,13 @@ async fn show_peripheral(
 }
 
 async fn transition_peripheral(
-    _: Admin,
+    who: CanWrite,
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Json<PeripheralRecord>, AppError> {
     let id = parse_id(&id)?;
     let t = parse_transition(&action)?;
-    match state.store.transition_peripheral(&id, t, ACTOR).await {
+    match state.store.transition_peripheral(&id, t, &who.actor()).await {
         Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("peripheral")),
         other => {
             let rec = other?;
@@ -251,7 +310,7 @@ async fn transition_peripheral(
 // ----- gateways -------------------------------------------------------------
 
 async fn list_gateways(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Page<GatewayRecord>>, AppError> {
@@ -274,7 +333,7 @@ async fn list_gateways(
 }
 
 async fn enroll_gateway(
-    _: Admin,
+    who: CanWrite,
     State(state): State<AppState>,
     Json(body): Json<EnrollGateway>,
 ) -> Result<Response, AppError> {
@@ -283,7 +342,7 @@ async fn enroll_gateway(
         &state.ca,
         state.config.certificates.gateway_lifetime(),
         &body,
-        ACTOR,
+        &who.actor(),
     )
     .await?;
     state
@@ -295,7 +354,7 @@ async fn enroll_gateway(
 }
 
 async fn show_gateway(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
     Path(key): Path<String>,
 ) -> Result<Json<GatewayRecord>, AppError> {
@@ -307,13 +366,13 @@ async fn show_gateway(
 }
 
 async fn transition_gateway(
-    _: Admin,
+    who: CanWrite,
     State(state): State<AppState>,
     Path((key, action)): Path<(String, String)>,
 ) -> Result<Json<GatewayRecord>, AppError> {
     let key = parse_gateway_key(&key)?;
     let t = parse_transition(&action)?;
-    match state.store.transition_gateway(&key, t, ACTOR).await {
+    match state.store.transition_gateway(&key, t, &who.actor()).await {
         Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("gateway")),
         other => {
             let rec = other?;
@@ -326,31 +385,31 @@ async fn transition_gateway(
 // ----- policy ---------------------------------------------------------------
 
 async fn list_policies(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<PolicyRule>>, AppError> {
     Ok(Json(state.store.list_policies().await?))
 }
 
 async fn add_policy(
-    _: Admin,
+    who: CanWrite,
     State(state): State<AppState>,
     Json(body): Json<NewPolicy>,
 ) -> Result<Response, AppError> {
-    let rule = registry::add_policy(&state.store, &body, ACTOR).await?;
+    let rule = registry::add_policy(&state.store, &body, &who.actor()).await?;
     state.feed.advance(state.store.last_event_seq().await?);
     Ok((StatusCode::CREATED, Json(rule)).into_response())
 }
 
 async fn remove_policy(
-    _: Admin,
+    who: CanManage,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let id: i64 = id
         .parse()
         .map_err(|_| AppError::bad_request(ErrorCode::InvalidId, "a policy id is a number"))?;
-    match state.store.remove_policy(id, ACTOR).await {
+    match state.store.remove_policy(id, &who.actor()).await {
         Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("policy")),
         other => {
             other?;
@@ -375,7 +434,7 @@ struct AuditQuery {
 }
 
 async fn audit(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Page<AuditEntry>>, AppError> {
@@ -400,7 +459,7 @@ async fn audit(
 }
 
 async fn audit_verify(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
 ) -> Result<Json<crate::store::AuditVerdict>, AppError> {
     Ok(Json(state.store.audit_verify(&state.checkpoint_key).await?))
@@ -415,7 +474,7 @@ struct Lockout {
 }
 
 async fn list_lockouts(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<Lockout>>, AppError> {
     let now = crate::store::now_ms();
@@ -431,11 +490,11 @@ async fn list_lockouts(
 }
 
 async fn clear_lockout(
-    _: Admin,
+    who: CanWrite,
     State(state): State<AppState>,
     Path(subject): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    match state.store.clear_lockout(&subject, ACTOR).await {
+    match state.store.clear_lockout(&subject, &who.actor()).await {
         Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("lockout")),
         other => {
             other?;
@@ -448,7 +507,7 @@ async fn clear_lockout(
 }
 
 async fn anchor(
-    _: Admin,
+    _: CanRead,
     State(state): State<AppState>,
 ) -> Result<Json<crate::anchor::AnchorBundle>, AppError> {
     match crate::keyring::fleet(&state.store).await {

@@ -7,7 +7,7 @@
 //! | `GET /v1/feed?after=SEQ&wait_ms=MS` | gateway | → postcard `FeedBatch` |
 //! | `POST /v1/sessions` | gateway | postcard `SessionReport` → `SessionReportAnswer` |
 //! | `GET /v1/anchor-updates?after=SERIAL` | gateway | → postcard `AnchorUpdateBatch` |
-//! | `/v1/admin/…` | bearer token | JSON; see [`admin`] |
+//! | `/v1/admin/…` | bearer token of an operator whose role allows it | JSON; see [`admin`], [`operators`] |
 //! | `GET /metrics` | bearer token | Prometheus text |
 //! | `GET /healthz`, `/readyz`, `/v1/openapi.json` | none | |
 //!
@@ -28,6 +28,7 @@
 
 pub mod admin;
 pub mod gateway;
+pub mod operators;
 pub mod ops;
 
 use std::time::Duration;
@@ -98,6 +99,7 @@ pub fn router(state: AppState) -> Router {
             gateway::request_budget,
         ));
     let admin_api = admin::router()
+        .merge(operators::router())
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .layer(guarded)
         .layer(axum::middleware::from_fn(admin::log_actions));

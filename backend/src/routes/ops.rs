@@ -18,7 +18,7 @@ use axum::Router;
 use serde_json::json;
 use vouch_proto::wire::backend::route;
 
-use super::admin::Admin;
+use super::admin::CanRead;
 use crate::error::{AppError, ErrorCode};
 use crate::AppState;
 
@@ -65,7 +65,7 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<serde_json::
     Ok(axum::Json(json!({ "status": "ready" })))
 }
 
-async fn admin_metrics(_: Admin, state: State<AppState>) -> Response {
+async fn admin_metrics(_: CanRead, state: State<AppState>) -> Response {
     metrics(state).await
 }
 

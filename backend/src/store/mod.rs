@@ -45,6 +45,7 @@
 //! | `policies.rs` | policy rules |
 //! | `replay.rs` | the replay cache of `e_P`s |
 //! | `lockouts.rs` | lockouts shared by every instance |
+//! | `operators.rs` | operators and their API tokens |
 //! | `grants.rs` | what each vouch granted, for attach reports |
 //! | `sessions.rs` | reported sessions and attachments |
 //! | `clones.rs` | clone evidence: pairs waiting for judgment, alerts raised |
@@ -60,6 +61,7 @@ mod gateways;
 mod grants;
 mod keys;
 mod lockouts;
+mod operators;
 mod peripherals;
 mod policies;
 mod read;
@@ -152,6 +154,17 @@ pub enum StoreError {
     /// A file name SQLite cannot be given (it is not UTF-8).
     #[error("{0:?} is not a UTF-8 path")]
     NonUtf8Path(std::path::PathBuf),
+    /// An operator of this name exists or existed (names are not reused:
+    /// the audit log names operators).
+    #[error("an operator of this name exists or existed")]
+    OperatorExists,
+    /// Removing this operator would leave no admin.
+    #[error("the last admin cannot be removed (add another admin first)")]
+    LastAdmin,
+    /// A new token drew the id of an existing one (about once in 16 million
+    /// tokens): ask again.
+    #[error("a new token's id is taken; ask again")]
+    TokenIdTaken,
 }
 
 /// What an enrollment or a policy conflicts with.

@@ -191,9 +191,21 @@ impl Backend {
             .expect("the registered key ring")
     }
 
-    /// An admin request; returns status and JSON (or Null).
+    /// An admin request with the init (first admin's) token; returns status
+    /// and JSON (or Null).
     pub async fn admin(
         &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.admin_as(&self.token, method, path, body).await
+    }
+
+    /// An admin request with `token`.
+    pub async fn admin_as(
+        &self,
+        token: &str,
         method: &str,
         path: &str,
         body: Option<Value>,
@@ -201,7 +213,7 @@ impl Backend {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
         let body = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");

@@ -69,6 +69,19 @@ pub mod route {
         pub const LOCKOUT: &str = "/v1/admin/lockouts/{subject}";
         /// `GET`: the provisioning bundle.
         pub const ANCHOR: &str = "/v1/admin/anchor";
+        /// `GET`: who the presented token belongs to, and its role.
+        pub const WHOAMI: &str = "/v1/admin/whoami";
+        /// `GET`: list operators; `POST`: add one (and its first token).
+        pub const OPERATORS: &str = "/v1/admin/operators";
+        /// `DELETE`: remove an operator (every token of it stops working).
+        pub const OPERATOR: &str = "/v1/admin/operators/{name}";
+        /// `GET`: list API tokens (`?operator=`); `POST`: create one.
+        pub const TOKENS: &str = "/v1/admin/tokens";
+        /// `DELETE`: revoke a token.
+        pub const TOKEN: &str = "/v1/admin/tokens/{id}";
+        /// `POST`: rotate a token (a new secret under a new id; the old one
+        /// stops working).
+        pub const TOKEN_ROTATE: &str = "/v1/admin/tokens/{id}/rotate";
     }
 }
 
@@ -159,6 +172,12 @@ pub enum ErrorCode {
     Conflict,
     /// `invalid_utf8`: An import row is not valid UTF-8 (import reports only).
     InvalidUtf8,
+    /// `forbidden`: The operator's role does not allow this request (403).
+    Forbidden,
+    /// `invalid_role`: Not a role: `viewer`, `operator` or `admin` (400).
+    InvalidRole,
+    /// `operator_exists`: An operator of this name exists or existed (409).
+    OperatorExists,
 }
 
 impl ErrorCode {
@@ -204,6 +223,9 @@ impl ErrorCode {
         ErrorCode::InvalidCsv,
         ErrorCode::Conflict,
         ErrorCode::InvalidUtf8,
+        ErrorCode::Forbidden,
+        ErrorCode::InvalidRole,
+        ErrorCode::OperatorExists,
     ];
 
     /// The stable string.
@@ -249,6 +271,9 @@ impl ErrorCode {
             ErrorCode::InvalidCsv => "invalid_csv",
             ErrorCode::Conflict => "conflict",
             ErrorCode::InvalidUtf8 => "invalid_utf8",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidRole => "invalid_role",
+            ErrorCode::OperatorExists => "operator_exists",
         }
     }
 
