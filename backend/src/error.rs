@@ -157,9 +157,11 @@ impl From<StoreError> for AppError {
                 ErrorCode::InvalidTransition,
                 e.to_string(),
             ),
-            e @ StoreError::OperatorExists => {
-                AppError::new(StatusCode::CONFLICT, ErrorCode::OperatorExists, e.to_string())
-            }
+            e @ StoreError::OperatorExists => AppError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::OperatorExists,
+                e.to_string(),
+            ),
             e @ StoreError::LastAdmin => {
                 AppError::new(StatusCode::CONFLICT, ErrorCode::Conflict, e.to_string())
             }

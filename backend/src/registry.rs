@@ -370,10 +370,7 @@ pub fn audit_filter(
 /// Parses a role name.
 pub fn parse_role(s: &str) -> Result<Role, RegistryError> {
     Role::parse(s).ok_or_else(|| {
-        RegistryError::invalid(
-            ErrorCode::InvalidRole,
-            "role: viewer, operator or admin",
-        )
+        RegistryError::invalid(ErrorCode::InvalidRole, "role: viewer, operator or admin")
     })
 }
 
@@ -417,7 +414,10 @@ pub async fn add_token(
 ) -> Result<(TokenRecord, NewToken), RegistryError> {
     check_operator_name(operator)?;
     let token = fresh_token()?;
-    match store.add_token(operator, &token.id, &token.hash, actor).await {
+    match store
+        .add_token(operator, &token.id, &token.hash, actor)
+        .await
+    {
         Err(StoreError::NotFound) => Err(RegistryError::NotFound("operator")),
         other => Ok((other?, token)),
     }

@@ -28,6 +28,7 @@ on_both!(
     an_invalid_utf8_line_is_reported_and_the_rest_imported,
     refusals_counted_before_a_sigterm_are_written_and_audit_prune_keeps_verify_working,
     keys_rotate_waits_for_every_live_serve_instance,
+    the_cli_runs_the_registry_verbs_remotely_within_the_token_s_role,
 );
 
 fn cli(dir: &Path, db: &Db, args: &[&str]) -> Output {
@@ -1663,4 +1664,316 @@ fn a_public_key_can_be_a_pem_string_or_standard_input() {
         PeripheralId::derive(&device).to_string(),
         "{answer}"
     );
+}
+
+/// `vouch-backend --url … --ca-cert … --token-file …`, elsewhere than the
+/// backend's host (no data directory, no database).
+fn remote(url: &str, ca: &Path, token: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg("/nonexistent/vouch-data")
+        .args(["--url", url, "--ca-cert"])
+        .arg(ca)
+        .arg("--token-file")
+        .arg(token)
+        .args(args)
+        .env_remove("VOUCH_DATABASE_URL")
+        .env_remove("VOUCH_TOKEN")
+        .output()
+        .expect("run vouch-backend")
+}
+
+/// A new operator made with the local CLI; returns its token file.
+fn operator(dir: &Path, db: &Db, tmp: &Path, name: &str, role: &str) -> std::path::PathBuf {
+    let file = tmp.join(format!("{name}.token"));
+    let out = ok(&cli(
+        dir,
+        db,
+        &[
+            "operators",
+            "add",
+            name,
+            "--role",
+            role,
+            "--out",
+            file.to_str().expect("utf8"),
+        ],
+    ));
+    assert!(has_field(&out, "role", role), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
+    file
+}
+
+async fn the_cli_runs_the_registry_verbs_remotely_within_the_token_s_role(db: Db) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let dir = dir.as_path();
+    let admin = tmp.path().join("admin.token");
+    std::fs::write(&admin, init(dir, &db)).expect("token");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let vera = operator(dir, &db, tmp.path(), "vera", "viewer");
+    let otto = operator(dir, &db, tmp.path(), "otto", "operator");
+    let server = Server::start(dir, &db);
+    let url = server.url.clone();
+    let ca = dir.join("ca.pem");
+
+    // The operator does every registry verb from "another machine".
+    let dev = Device::new(1);
+    let pk = dev.key.public_key().to_string();
+    let id = dev.id.to_string();
+    let out = ok(&remote(
+        &url,
+        &ca,
+        &otto,
+        &[
+            "enroll",
+            "peripheral",
+            "--public-key",
+            &pk,
+            "--group",
+            "meters",
+            "--attr",
+            "fw=1",
+        ],
+    ));
+    assert!(
+        has_field(&out, "id", &id) && has_field(&out, "outcome", "created"),
+        "{out}"
+    );
+    let gw = IdentityKey::from_seed(&[100; 32]);
+    let cert = tmp.path().join("gw.crt");
+    let out = ok(&remote(
+        &url,
+        &ca,
+        &otto,
+        &[
+            "enroll",
+            "gateway",
+            "--public-key",
+            &gw.public_key().to_string(),
+            "--site",
+            "plant",
+            "--out",
+            cert.to_str().expect("utf8"),
+        ],
+    ));
+    assert!(has_field(&out, "outcome", "created"), "{out}");
+    let cert_pem = std::fs::read_to_string(&cert).expect("cert");
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes()).expect("der");
+    assert_eq!(pki::ed25519_key_of(&der), Some(gw.public_key()));
+    let out = ok(&remote(
+        &url,
+        &ca,
+        &otto,
+        &[
+            "associate",
+            "--peripheral",
+            "group:meters",
+            "--gateway",
+            "site:plant",
+            "--scope",
+            "telemetry,command",
+        ],
+    ));
+    assert!(has_field(&out, "scope", "telemetry,command"), "{out}");
+    let csv = tmp.path().join("more.csv");
+    let more = Device::new(2);
+    std::fs::write(
+        &csv,
+        format!(
+            "public_key,group\n{},meters\nnot-a-key,meters\n",
+            more.key.public_key()
+        ),
+    )
+    .expect("csv");
+    let report = tmp.path().join("report.ndjson");
+    let out = remote(
+        &url,
+        &ca,
+        &otto,
+        &[
+            "import",
+            csv.to_str().expect("utf8"),
+            "--report",
+            report.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        has_field(&stdout, "created", "1") && has_field(&stdout, "errors", "1"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3:"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&report)
+            .expect("report")
+            .lines()
+            .count(),
+        2
+    );
+    for verb in ["suspend", "reinstate"] {
+        let out = ok(&remote(&url, &ca, &otto, &[verb, "peripheral", &id]));
+        assert!(
+            has_field(&out, "status", "active") || verb == "suspend",
+            "{out}"
+        );
+    }
+
+    // Every read prints what the local CLI prints, byte for byte.
+    for args in [
+        &["list", "peripheral"][..],
+        &["list", "peripheral", "--group", "meters", "--limit", "1"],
+        &["list", "gateway", "--site", "plant"],
+        &["show", "peripheral", &id],
+        &["show", "gateway", &gw.public_key().to_string()],
+        &["policy", "list"],
+        &["lockouts", "list"],
+        &["export-anchor"],
+        &["--json", "list", "peripheral"],
+        &["--json", "show", "peripheral", &id],
+        &["--json", "policy", "list"],
+    ] {
+        let local = cli(dir, &db, args);
+        let far = remote(&url, &ca, &vera, args);
+        assert_eq!(
+            (ok(&far), String::from_utf8_lossy(&far.stderr)),
+            (ok(&local), String::from_utf8_lossy(&local.stderr)),
+            "{args:?}"
+        );
+    }
+    // The audit log names the operator, read remotely by the viewer.
+    let out = ok(&remote(
+        &url,
+        &ca,
+        &vera,
+        &["--json", "audit", "query", "--peripheral", &id],
+    ));
+    let entries: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let actors: Vec<&str> = entries["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["actor"].as_str())
+        .collect();
+    assert!(
+        actors.len() >= 3 && actors.iter().all(|a| *a == "operator:otto"),
+        "{actors:?}"
+    );
+    let out = remote(&url, &ca, &vera, &["audit", "verify"]);
+    assert!(ok(&out).contains("intact"), "{out:?}");
+    let out = ok(&remote(&url, &ca, &vera, &["whoami"]));
+    assert!(
+        has_field(&out, "name", "vera") && has_field(&out, "role", "viewer"),
+        "{out}"
+    );
+
+    // The viewer is refused every write, with the stable code, and nothing
+    // changes.
+    for args in [
+        &[
+            "enroll",
+            "peripheral",
+            "--public-key",
+            &Device::new(3).key.public_key().to_string(),
+        ][..],
+        &["revoke", "peripheral", &id],
+        &["suspend", "gateway", &gw.public_key().to_string()],
+        &["associate", "--peripheral", "any", "--gateway", "any"],
+        &["policy", "remove", "1"],
+        &["import", csv.to_str().expect("utf8")],
+        &["lockouts", "clear", "peripheral:0011223344556677"],
+        &["operators", "add", "eve", "--role", "admin"],
+        &["tokens", "list"],
+    ] {
+        fails_cleanly(&remote(&url, &ca, &vera, args), "(forbidden)");
+    }
+    let out = ok(&cli(dir, &db, &["show", "peripheral", &id]));
+    assert!(has_field(&out, "status", "active"), "{out}");
+    // The operator may not manage operators either; the admin (init's
+    // token) may: a token rotated remotely stops at once.
+    fails_cleanly(
+        &remote(&url, &ca, &otto, &["operators", "list"]),
+        "(forbidden)",
+    );
+    let out = ok(&remote(&url, &ca, &admin, &["operators", "list"]));
+    assert_eq!(
+        out.lines()
+            .skip(1)
+            .map(|l| row(l, 0)[..2].join(" "))
+            .collect::<Vec<_>>(),
+        ["admin admin", "otto operator", "vera viewer"],
+        "{out}"
+    );
+    let vera_id = ok(&remote(&url, &ca, &vera, &["--json", "whoami"]));
+    let vera_id: serde_json::Value = serde_json::from_str(&vera_id).expect("json");
+    let vera2 = tmp.path().join("vera2.token");
+    let out = ok(&remote(
+        &url,
+        &ca,
+        &admin,
+        &[
+            "tokens",
+            "rotate",
+            vera_id["token_id"].as_str().expect("id"),
+            "--out",
+            vera2.to_str().expect("utf8"),
+        ],
+    ));
+    assert!(has_field(&out, "operator", "vera"), "{out}");
+    fails_cleanly(&remote(&url, &ca, &vera, &["whoami"]), "(unauthorized)");
+    ok(&remote(&url, &ca, &vera2, &["whoami"]));
+    let out = ok(&remote(&url, &ca, &otto, &["revoke", "peripheral", &id]));
+    assert!(has_field(&out, "status", "revoked"), "{out}");
+
+    // Only the pinned CA: another backend's CA is refused before any token
+    // is sent.
+    let other = tmp.path().join("other");
+    init(&other, &Db::Sqlite);
+    fails_cleanly(
+        &remote(&url, &other.join("ca.pem"), &otto, &["list", "peripheral"]),
+        "pinned backend CA",
+    );
+    // Host-only verbs, bad URLs, readable token files: clear errors.
+    for (args, says) in [
+        (&["keys", "list"][..], "backend's host only"),
+        (&["backup", "--to", "/tmp/x"], "backend's host only"),
+        (
+            &["audit", "prune", "--older-than", "1d"],
+            "backend's host only",
+        ),
+    ] {
+        fails_cleanly(&remote(&url, &ca, &otto, args), says);
+    }
+    fails_cleanly(
+        &remote(
+            &url.replace("https://", "http://"),
+            &ca,
+            &otto,
+            &["list", "peripheral"],
+        ),
+        "https://",
+    );
+    std::fs::set_permissions(&otto, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    fails_cleanly(
+        &remote(&url, &ca, &otto, &["list", "peripheral"]),
+        "token file",
+    );
+    let garbage = tmp.path().join("garbage");
+    std::fs::write(&garbage, "-----BEGIN PRIVATE KEY-----\n").expect("write");
+    std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    fails_cleanly(
+        &remote(&url, &ca, &garbage, &["list", "peripheral"]),
+        "not a Vouch API token",
+    );
+    assert!(server.terminate().success());
 }

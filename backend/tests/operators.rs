@@ -146,7 +146,9 @@ async fn audit_entries_name_the_operator_who_acted(db: Db) {
         "{actors:?}"
     );
     assert!(
-        actors.iter().any(|(a, o)| a.contains("suspend") && *o == "operator:otto"),
+        actors
+            .iter()
+            .any(|(a, o)| a.contains("suspend") && *o == "operator:otto"),
         "{actors:?}"
     );
     // Adding the operators was the init admin's doing.
@@ -155,7 +157,11 @@ async fn audit_entries_name_the_operator_who_acted(db: Db) {
         .iter()
         .map(|e| e["actor"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(by, ["init", "operator:admin", "operator:admin"], "{added:?}");
+    assert_eq!(
+        by,
+        ["init", "operator:admin", "operator:admin"],
+        "{added:?}"
+    );
 }
 
 async fn tokens_are_hashes_and_rotate_revoke_and_removal_take_effect_at_once(db: Db) {
@@ -163,7 +169,10 @@ async fn tokens_are_hashes_and_rotate_revoke_and_removal_take_effect_at_once(db:
     let otto = add(&b, "otto", "operator").await;
     let (s, me) = b.admin_as(&otto, "GET", "/v1/admin/whoami", None).await;
     assert_eq!(s, StatusCode::OK, "{me}");
-    assert_eq!((me["name"].as_str(), me["role"].as_str()), (Some("otto"), Some("operator")));
+    assert_eq!(
+        (me["name"].as_str(), me["role"].as_str()),
+        (Some("otto"), Some("operator"))
+    );
     let first_id = me["token_id"].as_str().expect("id").to_owned();
 
     // Stored: the hash, never the token; listed: neither.
@@ -186,7 +195,11 @@ async fn tokens_are_hashes_and_rotate_revoke_and_removal_take_effect_at_once(db:
 
     // A second token; rotating the first stops it at once.
     let (s, second) = b
-        .admin("POST", "/v1/admin/tokens", Some(json!({ "operator": "otto" })))
+        .admin(
+            "POST",
+            "/v1/admin/tokens",
+            Some(json!({ "operator": "otto" })),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{second}");
     let second = second["token"].as_str().expect("token").to_owned();
@@ -229,9 +242,17 @@ async fn tokens_are_hashes_and_rotate_revoke_and_removal_take_effect_at_once(db:
             Some(json!({ "name": "otto", "role": "admin" })),
         )
         .await;
-    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "operator_exists"), "{v}");
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "operator_exists"),
+        "{v}"
+    );
     let (s, v) = b
-        .admin("POST", "/v1/admin/tokens", Some(json!({ "operator": "otto" })))
+        .admin(
+            "POST",
+            "/v1/admin/tokens",
+            Some(json!({ "operator": "otto" })),
+        )
         .await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
 }
@@ -240,7 +261,10 @@ async fn the_init_token_is_the_first_admin_and_the_last_admin_stays(db: Db) {
     let b = Backend::new(&db).await;
     let (s, me) = b.admin("GET", "/v1/admin/whoami", None).await;
     assert_eq!(s, StatusCode::OK, "{me}");
-    assert_eq!(me, json!({ "name": "admin", "role": "admin", "token_id": "init" }));
+    assert_eq!(
+        me,
+        json!({ "name": "admin", "role": "admin", "token_id": "init" })
+    );
     // The only admin cannot be removed.
     let (s, v) = b.admin("DELETE", "/v1/admin/operators/admin", None).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "conflict"), "{v}");
@@ -287,9 +311,17 @@ async fn hostile_operator_input_is_a_clear_4xx(db: Db) {
                 Some(json!({ "name": name, "role": "viewer" })),
             )
             .await;
-        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_name"), "{name:?}: {v}");
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::BAD_REQUEST, "invalid_name"),
+            "{name:?}: {v}"
+        );
         let (s, v) = b
-            .admin("POST", "/v1/admin/tokens", Some(json!({ "operator": name })))
+            .admin(
+                "POST",
+                "/v1/admin/tokens",
+                Some(json!({ "operator": name })),
+            )
             .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{name:?}: {v}");
     }
@@ -301,7 +333,11 @@ async fn hostile_operator_input_is_a_clear_4xx(db: Db) {
                 Some(json!({ "name": "x", "role": role })),
             )
             .await;
-        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_role"), "{role:?}: {v}");
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::BAD_REQUEST, "invalid_role"),
+            "{role:?}: {v}"
+        );
     }
     // Unknown fields, wrong types, ids that name nothing.
     let (s, v) = b
@@ -313,15 +349,31 @@ async fn hostile_operator_input_is_a_clear_4xx(db: Db) {
         .await;
     assert!(s.is_client_error(), "{v}");
     let (s, v) = b
-        .admin("POST", "/v1/admin/operators", Some(json!({ "name": 1, "role": "viewer" })))
+        .admin(
+            "POST",
+            "/v1/admin/operators",
+            Some(json!({ "name": 1, "role": "viewer" })),
+        )
         .await;
     assert!(s.is_client_error(), "{v}");
     for id in ["%3Cscript%3E", "init'--", "0123456789ab"] {
-        let (s, v) = b.admin("DELETE", &format!("/v1/admin/tokens/{id}"), None).await;
-        assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{id}: {v}");
+        let (s, v) = b
+            .admin("DELETE", &format!("/v1/admin/tokens/{id}"), None)
+            .await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{id}: {v}"
+        );
     }
     // Bearer values that are not tokens never reach a lookup.
-    for t in ["", "vouch_", "vouch_zz_zz", "Basic abc", "vouch_0123456789ab_"] {
+    for t in [
+        "",
+        "vouch_",
+        "vouch_zz_zz",
+        "Basic abc",
+        "vouch_0123456789ab_",
+    ] {
         let (s, _) = b.admin_as(t, "GET", "/v1/admin/whoami", None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{t:?}");
     }

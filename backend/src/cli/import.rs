@@ -74,26 +74,33 @@ pub(super) async fn import(cli: &Cli, args: &ImportArgs) -> Result<ExitCode> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut write_error = None;
-    let summary = import::run(&store, rows, dry_run, batch_size, &local_actor(), |reports| {
-        bar.inc(reports.len() as u64);
-        for r in reports {
-            if let Some(e) = &r.error {
-                bar.suspend(|| eprintln!("line {}: {} ({})", r.line, e.message, e.code));
-            }
-        }
-        if let Some(f) = report_file.as_mut() {
-            let mut buf = String::new();
+    let summary = import::run(
+        &store,
+        rows,
+        dry_run,
+        batch_size,
+        &local_actor(),
+        |reports| {
+            bar.inc(reports.len() as u64);
             for r in reports {
-                if let Ok(line) = serde_json::to_string(r) {
-                    buf.push_str(&line);
-                    buf.push('\n');
+                if let Some(e) = &r.error {
+                    bar.suspend(|| eprintln!("line {}: {} ({})", r.line, e.message, e.code));
                 }
             }
-            if let Err(e) = f.write_all(buf.as_bytes()).and_then(|()| f.sync_data()) {
-                write_error = Some(e);
+            if let Some(f) = report_file.as_mut() {
+                let mut buf = String::new();
+                for r in reports {
+                    if let Ok(line) = serde_json::to_string(r) {
+                        buf.push_str(&line);
+                        buf.push('\n');
+                    }
+                }
+                if let Err(e) = f.write_all(buf.as_bytes()).and_then(|()| f.sync_data()) {
+                    write_error = Some(e);
+                }
             }
-        }
-    })
+        },
+    )
     .await
     .map_err(api)?;
     bar.finish_and_clear();

@@ -179,12 +179,9 @@ async fn tokens_on(cli: &Cli, target: &Target, cmd: &TokensCmd) -> Result<()> {
     match cmd {
         TokensCmd::List { operator } => {
             let items = match target {
-                Target::Local { store, .. } => values(
-                    &store
-                        .list_tokens(operator.as_deref())
-                        .await
-                        .map_err(api)?,
-                )?,
+                Target::Local { store, .. } => {
+                    values(&store.list_tokens(operator.as_deref()).await.map_err(api)?)?
+                }
                 Target::Remote(admin) => list(
                     admin
                         .get(&format!(
@@ -242,7 +239,10 @@ async fn tokens_on(cli: &Cli, target: &Target, cmd: &TokensCmd) -> Result<()> {
                 }
                 Target::Remote(admin) => {
                     let t = admin
-                        .post(&format!("/v1/admin/tokens/{}/rotate", remote::enc(id)), None)
+                        .post(
+                            &format!("/v1/admin/tokens/{}/rotate", remote::enc(id)),
+                            None,
+                        )
                         .await?;
                     (t["operator"].as_str().unwrap_or("-").to_owned(), t)
                 }
@@ -252,9 +252,9 @@ async fn tokens_on(cli: &Cli, target: &Target, cmd: &TokensCmd) -> Result<()> {
         }
         TokensCmd::Revoke { id } => {
             match target {
-                Target::Local { store, actor } => {
-                    registry::revoke_token(store, id, actor).await.map_err(api)?
-                }
+                Target::Local { store, actor } => registry::revoke_token(store, id, actor)
+                    .await
+                    .map_err(api)?,
                 Target::Remote(admin) => {
                     admin
                         .delete(&format!("/v1/admin/tokens/{}", remote::enc(id)))

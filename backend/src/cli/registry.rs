@@ -16,9 +16,7 @@ use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::backend::route;
 use vouch_proto::wire::Scope;
 
-use super::{
-    api, format_ms, open_target, output, read_key_arg, remote, settings, Cli, Target,
-};
+use super::{api, format_ms, open_target, output, read_key_arg, remote, settings, Cli, Target};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum Enroll {

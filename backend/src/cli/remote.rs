@@ -44,7 +44,9 @@ impl Admin {
             bail!("--url must be https:// (the admin token must not cross the network in clear)");
         }
         if !base.username().is_empty() || base.password().is_some() {
-            bail!("--url must not carry credentials; give the token with --token-file or VOUCH_TOKEN");
+            bail!(
+                "--url must not carry credentials; give the token with --token-file or VOUCH_TOKEN"
+            );
         }
         if base.host_str().is_none() {
             bail!("--url {url:?} names no host");
@@ -181,10 +183,7 @@ fn connect_error(e: &reqwest::Error, url: &reqwest::Url) -> anyhow::Error {
 /// The API's error body as the local mode prints the same error.
 fn api_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    match (
-        v["error"]["message"].as_str(),
-        v["error"]["code"].as_str(),
-    ) {
+    match (v["error"]["message"].as_str(), v["error"]["code"].as_str()) {
         (Some(message), Some(code)) => anyhow!("{message} ({code})"),
         _ => anyhow!(
             "the backend answered {status}: {}",
@@ -228,7 +227,11 @@ mod tests {
     fn query_values_and_segments_are_encoded() {
         assert_eq!(enc("a b/c?d&e=f%"), "a%20b%2Fc%3Fd%26e%3Df%25");
         assert_eq!(
-            query(&[("group", Some("x&y".into())), ("status", None), ("limit", Some("5".into()))]),
+            query(&[
+                ("group", Some("x&y".into())),
+                ("status", None),
+                ("limit", Some("5".into()))
+            ]),
             "?group=x%26y&limit=5"
         );
         assert_eq!(query(&[("a", None)]), "");
@@ -259,10 +262,13 @@ mod tests {
             assert!(format!("{e:#}").contains(says), "{url}: {e:#}");
         }
         let e = Admin::new("https://h:8443", t(), &ca).unwrap_err();
-        assert!(format!("{e:#}").contains("cannot read the backend CA"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("cannot read the backend CA"),
+            "{e:#}"
+        );
         std::fs::write(&ca, "not pem").unwrap();
-        let e = Admin::new("https://h:8443", Zeroizing::new("/etc/passwd".into()), &ca)
-            .unwrap_err();
+        let e =
+            Admin::new("https://h:8443", Zeroizing::new("/etc/passwd".into()), &ca).unwrap_err();
         assert!(format!("{e:#}").contains("not a CA") || format!("{e:#}").contains("token"));
     }
 }

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use vouch_proto::wire::backend::route;
 
 use super::{Json, Query};
+use crate::access::{Caller, Role};
 use crate::error::{AppError, ErrorCode};
 use crate::import::{self, Format};
 use crate::model::{GatewayRecord, PeripheralRecord, PolicyRule};
@@ -41,7 +42,6 @@ use crate::registry::{
     EnrollPeripheral, NewPolicy,
 };
 use crate::store::{AuditEntry, EnrollOutcome, GatewayFilter, PeripheralFilter};
-use crate::access::{Caller, Role};
 use crate::AppState;
 
 /// What a route needs of its caller: the weakest [`Role`] allowed.
@@ -297,7 +297,11 @@ async fn transition_peripheral(
 ) -> Result<Json<PeripheralRecord>, AppError> {
     let id = parse_id(&id)?;
     let t = parse_transition(&action)?;
-    match state.store.transition_peripheral(&id, t, &who.actor()).await {
+    match state
+        .store
+        .transition_peripheral(&id, t, &who.actor())
+        .await
+    {
         Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("peripheral")),
         other => {
             let rec = other?;

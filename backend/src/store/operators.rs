@@ -147,11 +147,10 @@ impl Store {
 
     /// Every operator, removed ones too, by name.
     pub async fn list_operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, role, created_ms, removed_ms FROM operators ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT name, role, created_ms, removed_ms FROM operators ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(operator_from_row).collect()
     }
 
@@ -228,7 +227,10 @@ impl Store {
 
     /// Tokens, revoked ones too, of one operator or of all, by operator and
     /// creation.
-    pub async fn list_tokens(&self, operator: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
+    pub async fn list_tokens(
+        &self,
+        operator: Option<&str>,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
         let (clause, _) = super::where_asked(&[(operator.is_some(), "operator =")]);
         let sql = format!(
             "SELECT id, operator, created_ms, revoked_ms FROM operator_tokens{clause} \
