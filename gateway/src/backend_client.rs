@@ -477,14 +477,23 @@ enum Resend {
     IfUndelivered,
 }
 
+/// How much shorter than the client's feed timeout the long-poll asks the
+/// backend to wait.
+const FEED_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+
 /// How one attempt at one instance went.
 struct Attempt<T> {
     result: Result<T, BackendError>,
-    /// The instance failed to answer (not a refusal, not a 429 budget
-    /// answer): it is down.
+    /// The instance failed to answer (not a refusal, not a 429 or 503
+    /// `overloaded` answer): it is down.
     instance_failed: bool,
-    /// The request cannot have reached the instance's handlers.
+    /// The request cannot have reached the instance's handlers: this
+    /// request's own connection or TLS handshake failed, or the instance
+    /// shed it (503 `overloaded`) before any work.
     undelivered: bool,
+    /// The instance shed it (503 `overloaded`): up, but full; another
+    /// instance may have room.
+    shed: bool,
 }
 
 /// Probes the down instances (`GET /readyz`) on their schedules until the
@@ -496,16 +505,21 @@ async fn prober(inner: Weak<Inner>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let now = std::time::Instant::now();
-        let (due, next) = strong.instances.due(now);
+        let (due, _) = strong.instances.due(std::time::Instant::now());
         for i in due {
             if strong.probe_ready(i).await {
-                strong.instances.answered(i);
+                strong.instances.probe_answered(i);
             } else {
                 strong.instances.probe_failed(i);
             }
         }
-        let sleep = next.map_or(NAP, |n| n.saturating_duration_since(now).min(NAP));
+        // After the probes, whose failures moved their instances' next
+        // probe later on the jittered, growing schedule.
+        let now = std::time::Instant::now();
+        let sleep = strong
+            .instances
+            .next_probe_at()
+            .map_or(NAP, |n| n.saturating_duration_since(now).min(NAP));
         let wake = strong.instances.wake.clone();
         // Not holding the client while asleep.
         drop(strong);
@@ -523,6 +537,9 @@ fn build_client(
     let tls = Arc::new(tls_config(ca_pem, cert_pem, key_pem)?);
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
+        // The backend never redirects; a redirect followed would send a
+        // hello somewhere the resend rule (SPEC.md §10.2) never judged.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(request_timeout)
         .connect_timeout(request_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
@@ -656,6 +673,14 @@ impl Inner {
                 .await;
             if !attempt.instance_failed {
                 self.instances.answered(i);
+                // Shed before any work (503 `overloaded`): the instance is
+                // up but full; another may have room.
+                if attempt.shed
+                    && tried.len() < self.instances.len()
+                    && self.instances.pick(&tried).is_some()
+                {
+                    continue;
+                }
                 return attempt.result;
             }
             let Err(e) = attempt.result else {
@@ -717,15 +742,33 @@ impl Inner {
         let failed = |e: BackendError, undelivered: bool| Attempt {
             instance_failed: e.is_unavailable(),
             undelivered,
+            shed: false,
             result: Err(e),
         };
         let resp = match req.send().await {
             Ok(resp) => resp,
             Err(e) => {
-                let undelivered = e.is_connect();
+                // Whether this request can have reached the handlers is
+                // decided from its own error only: its connection or TLS
+                // handshake failed, or the backend refused this gateway's
+                // certificate (a refusal made before any HTTP is read). A
+                // connection that closed or reset after the request was
+                // written, or a record that did not decrypt, may have
+                // followed a committed decision: the probe below only
+                // explains the failure, it never makes it "undelivered".
+                let direct = classify(&e, url);
+                let undelivered = e.is_connect()
+                    || matches!(
+                        direct,
+                        BackendError::ConnectionRefused(_)
+                            | BackendError::Tls(
+                                TlsFailure::ClientCertificateExpired
+                                    | TlsFailure::ClientCertificateUnknownCa
+                                    | TlsFailure::ClientCertificateNotVerified
+                                    | TlsFailure::ClientCertificateRejected(_)
+                            )
+                    );
                 let e = self.failure(&e, url, tls).await;
-                let undelivered = undelivered
-                    || matches!(e, BackendError::ConnectionRefused(_) | BackendError::Tls(_));
                 return failed(e, undelivered);
             }
         };
@@ -735,6 +778,27 @@ impl Inner {
             Ok(bytes) => bytes,
             Err(e) => return failed(self.failure(&e, url, tls).await, false),
         };
+        if status.as_u16() == 503
+            && matches!(
+                refused(503, &bytes),
+                BackendError::Refused {
+                    code: Some(ErrorCode::Overloaded),
+                    ..
+                }
+            )
+        {
+            // Shed by the instance's load limit before any work: an
+            // answer (the instance is up), and nothing was judged, so
+            // another instance may take it (SPEC.md §10.2).
+            return Attempt {
+                result: Err(BackendError::Unavailable(format!(
+                    "HTTP {status} overloaded"
+                ))),
+                instance_failed: false,
+                undelivered: true,
+                shed: true,
+            };
+        }
         if status.as_u16() == 429 {
             // This gateway's budget at that instance (SPEC.md §10.2): an
             // answer, the instance is up; the caller retries later.
@@ -742,14 +806,15 @@ impl Inner {
                 result: Err(BackendError::Unavailable(format!("HTTP {status}"))),
                 instance_failed: false,
                 undelivered: true,
+                shed: false,
             };
         }
         if status.is_server_error() {
-            // 503 is the backend's "over its limits", said before any work.
-            return failed(
-                BackendError::Unavailable(format!("HTTP {status}")),
-                status.as_u16() == 503,
-            );
+            // Any other 5xx, a 503 `timeout` or `unavailable` included, may
+            // come after the instance committed its decisions (a deadline
+            // that fired while the group commit ran, a commit whose
+            // acknowledgment was lost): never "undelivered".
+            return failed(BackendError::Unavailable(format!("HTTP {status}")), false);
         }
         let result = if !status.is_success() {
             Err(refused(status.as_u16(), &bytes))
@@ -762,6 +827,7 @@ impl Inner {
             result,
             instance_failed: false,
             undelivered: false,
+            shed: false,
         }
     }
 }
@@ -949,10 +1015,18 @@ impl BackendApi for HttpBackend {
     }
 
     async fn feed_dated(&self, after: u64) -> Result<FeedAnswer, BackendError> {
+        // The wait is named, shorter than this client's own timeout: a
+        // backend whose `feed_wait_max_ms` is longer would otherwise hold
+        // every quiet poll past it, and the instance would look down.
+        let wait_ms = self
+            .inner
+            .feed_timeout
+            .saturating_sub(FEED_TIMEOUT_MARGIN)
+            .as_millis();
         let (batch, server_time) = self
             .inner
             .get_dated(
-                &format!("{}?after={after}", route::FEED),
+                &format!("{}?after={after}&wait_ms={wait_ms}", route::FEED),
                 self.inner.feed_timeout,
             )
             .await?;
@@ -1014,6 +1088,10 @@ impl BackendApi for HttpBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod failover_tests;
 
 #[cfg(test)]
 mod tests {

@@ -325,11 +325,15 @@ impl Config {
             _ => {}
         }
         let urls = self.backend_urls();
-        for (i, url) in urls.iter().enumerate() {
-            check_backend_url(url)?;
-            if urls[..i].contains(url) {
-                return Err(format!("backend.urls names {url:?} twice"));
+        let mut seen = Vec::with_capacity(urls.len());
+        for url in &urls {
+            let instance = check_backend_url(url)?;
+            if seen.contains(&instance) {
+                return Err(format!(
+                    "backend.urls names the instance of {url:?} twice (URLs are compared by scheme, host and port)"
+                ));
             }
+            seen.push(instance);
         }
         if !(1..=3600).contains(&self.backend.anchor_updates_interval_s) {
             return Err(format!(
@@ -444,7 +448,12 @@ impl Config {
 /// and `http://127.0.0.1@evil.example` name a remote host. Credentials in the
 /// URL are refused too: the gateway authenticates with its certificate, and
 /// a user part is more likely a disguise than a setting.
-fn check_backend_url(raw: &str) -> Result<(), String> {
+///
+/// Nothing may follow the host and port: a query or a fragment would end up
+/// in logs and metric labels, and the API's paths are the backend's own.
+/// Returns the instance the URL names (scheme, lowercase host, port), by
+/// which two spellings of one instance are found.
+fn check_backend_url(raw: &str) -> Result<(String, String, u16), String> {
     let url =
         reqwest::Url::parse(raw).map_err(|e| format!("backend.url is not a URL ({e}): {raw:?}"))?;
     if !url.username().is_empty() || url.password().is_some() {
@@ -452,9 +461,19 @@ fn check_backend_url(raw: &str) -> Result<(), String> {
             "backend.url must not carry a user name or password (got {raw:?})"
         ));
     }
+    if url.query().is_some() || url.fragment().is_some() || url.path() != "/" {
+        return Err(format!(
+            "backend.url is scheme, host and port only: no path, query or fragment (got {raw:?})"
+        ));
+    }
+    let instance = (
+        url.scheme().to_owned(),
+        url.host_str().unwrap_or_default().to_ascii_lowercase(),
+        url.port_or_known_default().unwrap_or(0),
+    );
     match url.scheme() {
-        "https" if url.host().is_some() => Ok(()),
-        "http" if url.host().as_ref().is_some_and(is_loopback) => Ok(()),
+        "https" if url.host().is_some() => Ok(instance),
+        "http" if url.host().as_ref().is_some_and(is_loopback) => Ok(instance),
         "http" => Err(format!(
             "backend.url may be plain http:// only to a loopback host (127.0.0.0/8, [::1], localhost); use https:// (got {raw:?})"
         )),
@@ -477,6 +496,27 @@ fn is_loopback(host: &url::Host<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_urls_naming_one_instance_twice_or_carrying_more_are_refused() {
+        let with = |u: &str| {
+            EXAMPLE.replace(
+                "url = \"https://backend.example.net:8443\"",
+                &format!("urls = [{u}]"),
+            )
+        };
+        for u in [
+            r#""https://B1.example.net:8443", "https://b1.example.net:8443""#,
+            r#""https://b1.example.net", "https://b1.example.net:443""#,
+            r#""https://b1.example.net:8443/?token=s3cret""#,
+            r#""https://b1.example.net:8443/#x""#,
+            r#""https://b1.example.net:8443/api""#,
+        ] {
+            assert!(Config::parse(&with(u), Vec::new()).is_err(), "{u}");
+        }
+        let ok = with(r#""https://b1.example.net:8443", "https://b2.example.net:8443/""#);
+        assert!(Config::parse(&ok, Vec::new()).is_ok());
+    }
 
     #[test]
     fn a_ble_transport_with_no_links_is_refused() {

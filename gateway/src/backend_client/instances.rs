@@ -64,6 +64,14 @@ impl Breaker {
         self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
     }
 
+    /// A probe found the instance answering: its requests may go to it
+    /// again at once (the circuit closes), but the count of failures stays,
+    /// so that an instance whose probe answers and whose requests fail
+    /// opens the circuit again at its next failure.
+    fn close(&self) {
+        self.open_until_ms.store(0, Ordering::Relaxed);
+    }
+
     fn record(&self, url: &str, ok: bool) {
         if ok {
             if self.failures.swap(0, Ordering::Relaxed) >= self.threshold {
@@ -191,20 +199,41 @@ impl Instances {
         self.pick(&[]).map(|i| self.url(i))
     }
 
-    /// Instance `i` answered (a success or a refusal).
+    /// Instance `i` answered a request (a success or a refusal): it is up,
+    /// its probe schedule and its breaker start over.
     pub(crate) fn answered(&self, i: usize) {
         self.all[i].breaker.record(&self.all[i].url, true);
+        self.mark_up(i, true);
+    }
+
+    /// A probe (`GET /readyz`) of down instance `i` answered: it is up and
+    /// its requests go to it again, but its probe schedule and its
+    /// breaker's count of failures stay where they are until a request
+    /// succeeds. An instance whose `/readyz` answers while its requests fail
+    /// is then probed ever less often instead of every quarter second.
+    pub(crate) fn probe_answered(&self, i: usize) {
+        self.all[i].breaker.close();
+        self.mark_up(i, false);
+    }
+
+    fn mark_up(&self, i: usize, request_succeeded: bool) {
         let came_back = {
             let mut h = self.health(i);
             let was_down = !h.up;
             h.up = true;
-            h.retry.succeeded();
+            if request_succeeded {
+                h.retry.succeeded();
+            }
+            // The gauge under the same lock as the state, so that the two
+            // never end apart when requests and probes race.
+            if was_down {
+                if let Some(m) = &self.metrics {
+                    m.backend_instance_up(&self.all[i].url, true);
+                }
+            }
             was_down
         };
         if came_back {
-            if let Some(m) = &self.metrics {
-                m.backend_instance_up(self.url(i), true);
-            }
             // Earlier in the order than every instance that is up: requests
             // come back to it.
             let preferred = (0..i).all(|j| !self.is_up(j));
@@ -232,14 +261,14 @@ impl Instances {
             if was_up {
                 let wait = h.retry.next_delay();
                 h.probe_at = Instant::now() + wait;
+                if let Some(m) = &self.metrics {
+                    m.backend_instance_up(&self.all[i].url, false);
+                }
             }
             was_up
         };
         if !went_down {
             return;
-        }
-        if let Some(m) = &self.metrics {
-            m.backend_instance_up(self.url(i), false);
         }
         if self.len() > 1 {
             if let Some(m) = &self.metrics {
@@ -276,6 +305,16 @@ impl Instances {
         (due, next)
     }
 
+    /// When the next probe of a down instance is due (`None`: none is down).
+    pub(crate) fn next_probe_at(&self) -> Option<Instant> {
+        (0..self.len())
+            .filter_map(|i| {
+                let h = self.health(i);
+                (!h.up).then_some(h.probe_at)
+            })
+            .min()
+    }
+
     /// A probe of down instance `i` failed: the next one waits longer.
     pub(crate) fn probe_failed(&self, i: usize) {
         let mut h = self.health(i);
@@ -308,6 +347,60 @@ mod tests {
 
     fn down() -> BackendError {
         BackendError::ConnectionRefused("x".into())
+    }
+
+    #[test]
+    fn an_instance_its_probe_finds_answering_gets_the_requests_back_at_once() {
+        let s = Instances::new(&urls(2), false, 3, Duration::from_secs(5), None).unwrap();
+        for _ in 0..3 {
+            s.failed(0, &down());
+        }
+        assert_eq!(s.pick(&[]), Some(1), "its circuit is open");
+        s.probe_answered(0);
+        assert_eq!(s.pick(&[]), Some(0));
+        // The count of failures stayed: one more failure opens it again.
+        s.failed(0, &down());
+        assert_eq!(s.pick(&[]), Some(1));
+    }
+
+    #[test]
+    fn the_up_gauge_ends_where_the_state_ends() {
+        for _ in 0..100 {
+            let m = Arc::new(Metrics::new().unwrap());
+            let s = Arc::new(
+                Instances::new(
+                    &urls(2),
+                    false,
+                    u32::MAX,
+                    Duration::from_secs(5),
+                    Some(m.clone()),
+                )
+                .unwrap(),
+            );
+            let (s1, s2) = (s.clone(), s.clone());
+            let t1 = std::thread::spawn(move || {
+                for _ in 0..200 {
+                    s1.failed(0, &down());
+                    s1.answered(0);
+                    s1.failed(0, &down());
+                }
+            });
+            let t2 = std::thread::spawn(move || {
+                for _ in 0..200 {
+                    s2.answered(0);
+                }
+            });
+            t1.join().unwrap();
+            t2.join().unwrap();
+            let g: i64 = m
+                .render()
+                .lines()
+                .find(|l| l.contains("backend_instance_up{") && l.contains("b0.example"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap();
+            assert_eq!(g, i64::from(s.is_up(0)));
+        }
     }
 
     #[test]
