@@ -76,6 +76,13 @@ async fn killing_one_of_two_backend_instances_under_load_loses_no_handshake_and_
         assert_eq!(g.backend_in_use(), Some(a.url()), "failed over to A");
         assert!(g.metrics.backend_failovers() >= 1);
     }
+    // No hello B may have judged was resent to A, where it would be a
+    // replay (SPEC.md §10.2): A refused nothing.
+    assert_eq!(
+        a.vouch_answers("denied"),
+        0,
+        "A refused a hello: a vouch B may have judged was resent"
+    );
 
     // Revocations made at A reach sessions B vouched for, on every gateway,
     // through A's feed.
