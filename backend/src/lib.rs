@@ -158,6 +158,10 @@ pub struct Inner {
     pub(crate) refusals: Arc<audit::RefusalTally>,
     /// Signs and checks the audit log's checkpoint: the CA's key.
     pub checkpoint_key: CheckpointKey,
+    /// Feed polls seen since the last flush, by gateway: written to the
+    /// store about once a second ([`store::Store::record_polls`]).
+    pub(crate) polls:
+        std::sync::Mutex<std::collections::HashMap<vouch_proto::keys::PublicKey, i64>>,
     /// Cancelled at shutdown: ends long-polls and background tasks.
     pub shutdown: CancellationToken,
 }
@@ -170,6 +174,38 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// Notes that `gateway` polled the revocation feed now.
+    pub(crate) fn note_poll(&self, gateway: vouch_proto::keys::PublicKey) {
+        self.polls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(gateway, now_ms());
+    }
+
+    /// Writes the feed polls noted since the last flush (kept for the next
+    /// one if the store fails).
+    pub(crate) async fn flush_polls(&self) {
+        let polls: Vec<_> = std::mem::take(
+            &mut *self
+                .polls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        if let Err(e) = self.store.record_polls(&polls).await {
+            tracing::warn!(error = %e, gateways = polls.len(), "could not record feed polls; kept for the next try");
+            let mut kept = self
+                .polls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (k, at) in polls {
+                let e = kept.entry(k).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+    }
+
     /// Builds the state and starts its background tasks (group-commit writer,
     /// event-log poll, lockout refresh, key-ring reload, replay-cache purge).
     /// Needs a Tokio runtime. The tasks stop when [`AppState::shutdown`] is
@@ -270,6 +306,7 @@ impl AppState {
                 committer,
                 refusals,
                 checkpoint_key,
+                polls: std::sync::Mutex::default(),
                 shutdown: CancellationToken::new(),
             }),
         };
@@ -391,6 +428,7 @@ async fn background(state: AppState) {
             Err(e) => tracing::warn!(error = %e, "event-log poll failed"),
         }
         if n.is_multiple_of(ticks_per_s) {
+            state.flush_polls().await;
             match state.store.active_lockouts(now_ms()).await {
                 Ok(l) => state.lockouts.refresh(l),
                 Err(e) => tracing::warn!(error = %e, "lockout refresh failed"),

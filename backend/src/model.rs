@@ -165,6 +165,9 @@ pub struct GatewayRecord {
     /// renewal) expires, ms since the Unix epoch; `None` if none was issued
     /// since the backend started recording it.
     pub certificate_expires_ms: Option<i64>,
+    /// When it last polled the revocation feed, at any instance (ms since
+    /// the Unix epoch; written about once a second); `None` if never.
+    pub last_poll_ms: Option<i64>,
 }
 
 /// Which peripherals a policy rule covers.
@@ -573,6 +576,7 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             certificate_expires_ms: None,
+            last_poll_ms: None,
         };
         let rule = |id, ps, gs, scope, s| PolicyRule {
             id,

@@ -464,3 +464,73 @@ pub async fn remove_operator(store: &Store, name: &str, actor: &str) -> Result<(
         other => other.map_err(Into::into),
     }
 }
+
+// ----- fleet visibility -------------------------------------------------------
+
+/// A peripheral as `show` presents it: its record, and where it was last
+/// seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeripheralView {
+    /// The record.
+    #[serde(flatten)]
+    pub record: crate::model::PeripheralRecord,
+    /// Last seen, the gateway it is on now, the gateway of its last vouch.
+    #[serde(flatten)]
+    pub presence: crate::store::Presence,
+}
+
+/// One peripheral, with where it was last seen.
+pub async fn peripheral_view(
+    store: &Store,
+    id: &PeripheralId,
+) -> Result<PeripheralView, RegistryError> {
+    let record = match store.peripheral(id).await {
+        Err(StoreError::NotFound) => return Err(RegistryError::NotFound("peripheral")),
+        other => other?,
+    };
+    let presence = store.presence(id, crate::store::now_ms()).await?;
+    Ok(PeripheralView { record, presence })
+}
+
+/// A gateway as `show` presents it: its record, whether it is online and
+/// its live sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayView {
+    /// The record (its `last_poll_ms` included).
+    #[serde(flatten)]
+    pub record: GatewayRecord,
+    /// It polled the revocation feed within `online_within` (a gateway
+    /// polls again as each long-poll ends).
+    pub online: bool,
+    /// Sessions its reports say are live.
+    pub live_sessions: i64,
+}
+
+/// How recently a gateway must have polled the feed to count as online:
+/// the longest wait of one long-poll (`limits.feed_wait_max_ms`) and 30 s.
+pub fn online_within(feed_wait_max_ms: u64) -> Duration {
+    Duration::from_millis(feed_wait_max_ms.saturating_add(30_000))
+}
+
+/// One gateway, with its online state and live sessions.
+pub async fn gateway_view(
+    store: &Store,
+    key: &PublicKey,
+    online_within: Duration,
+) -> Result<GatewayView, RegistryError> {
+    let record = match store.gateway(key).await {
+        Err(StoreError::NotFound) => return Err(RegistryError::NotFound("gateway")),
+        other => other?,
+    };
+    let now = crate::store::now_ms();
+    let window = i64::try_from(online_within.as_millis()).unwrap_or(i64::MAX);
+    let online = record
+        .last_poll_ms
+        .is_some_and(|at| now.saturating_sub(at) <= window);
+    let live_sessions = store.live_sessions(key, now).await?;
+    Ok(GatewayView {
+        record,
+        online,
+        live_sessions,
+    })
+}

@@ -42,6 +42,7 @@ on_both!(
     a_quick_reconnect_on_one_gateway_raises_no_clone_alert,
     two_sessions_live_at_once_on_one_gateway_alert_and_allow,
     two_sessions_live_at_once_on_one_gateway_alert_and_refuse,
+    show_says_where_a_device_was_last_seen_and_whether_a_gateway_polls,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -1828,4 +1829,83 @@ async fn the_torsioned_r_hello_vector_is_accepted_by_the_backend() {
             "item {i} of the batch: {a:?}"
         );
     }
+}
+
+/// Issue 18, fleet visibility: `show peripheral` says when and where a device
+/// was last seen and the gateway it is on; `show gateway` when it last
+/// polled the feed, whether that makes it online, and its live sessions.
+async fn show_says_where_a_device_was_last_seen_and_whether_a_gateway_polls(db: Db) {
+    let (b, anchors, gws) = two_gateways(&db, CloneAction::Alert, 100).await;
+    let dev = Device::new(1);
+    b.enroll_peripheral(&dev, None).await;
+    let show = |path: String| {
+        let b = &b;
+        async move {
+            let (s, v) = b.admin("GET", &path, None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v
+        }
+    };
+    let p = format!("/v1/admin/peripherals/{}", dev.id);
+    let g0 = gws[0].public_key().to_string();
+    let g = format!("/v1/admin/gateways/{g0}");
+    // Never seen, never polled.
+    let v = show(p.clone()).await;
+    assert!(v["last_seen_ms"].is_null() && v["gateway"].is_null(), "{v}");
+    let v = show(g.clone()).await;
+    assert_eq!(
+        (v["online"].as_bool(), v["live_sessions"].as_i64()),
+        (Some(false), Some(0)),
+        "{v}"
+    );
+    assert!(v["last_poll_ms"].is_null(), "{v}");
+
+    let before = vouch_backend::store::now_ms();
+    assert!(matches!(
+        vouched(&b, &anchors, &gws[0], &dev, 1).await,
+        VouchAnswer::Vouched(_)
+    ));
+    let v = show(p.clone()).await;
+    assert!(
+        v["last_seen_ms"].as_i64().is_some_and(|t| t >= before),
+        "{v}"
+    );
+    assert_eq!(v["last_vouch_gateway"], g0.as_str(), "{v}");
+    assert!(v["gateway"].is_null(), "vouched is not attached yet: {v}");
+    report(&b, &gws[0], &dev, SessionEventKind::Attached).await;
+    let v = show(p.clone()).await;
+    assert_eq!(v["gateway"], g0.as_str(), "{v}");
+    assert_eq!(show(g.clone()).await["live_sessions"], 1);
+    report(&b, &gws[0], &dev, SessionEventKind::Detached).await;
+    let v = show(p.clone()).await;
+    assert!(v["gateway"].is_null(), "detached: {v}");
+    assert_eq!(show(g.clone()).await["live_sessions"], 0);
+
+    // A feed poll is recorded (within about a second) and makes it online.
+    let polled = vouch_backend::store::now_ms();
+    assert_eq!(feed(&b, &gws[0], 0, 0).await.0, StatusCode::OK);
+    let v = common::eventually(std::time::Duration::from_secs(10), || {
+        let show = &show;
+        let g = g.clone();
+        async move {
+            let v = show(g).await;
+            v["last_poll_ms"].as_i64().is_some().then_some(v)
+        }
+    })
+    .await
+    .expect("the poll is recorded");
+    assert!(
+        v["last_poll_ms"].as_i64().is_some_and(|t| t >= polled),
+        "{v}"
+    );
+    assert_eq!(v["online"], true, "{v}");
+    // The other gateway did not poll; the list shows both.
+    let (_, list) = b.admin("GET", "/v1/admin/gateways", None).await;
+    let polls: Vec<bool> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|g| g["last_poll_ms"].is_i64())
+        .collect();
+    assert_eq!(polls.iter().filter(|p| **p).count(), 1, "{list}");
 }

@@ -314,6 +314,7 @@ pub(super) async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
                 "group",
                 "site",
                 "certificate_expires",
+                "last_poll",
             ],
             |g| {
                 vec![
@@ -323,6 +324,9 @@ pub(super) async fn list(cli: &Cli, args: &ListArgs) -> Result<ExitCode> {
                     output::cell(g["group"].as_str()),
                     output::cell(g["site"].as_str()),
                     g["certificate_expires_ms"]
+                        .as_i64()
+                        .map_or_else(|| "-".to_owned(), format_ms),
+                    g["last_poll_ms"]
                         .as_i64()
                         .map_or_else(|| "-".to_owned(), format_ms),
                 ]
@@ -500,10 +504,17 @@ pub(super) async fn show(cli: &Cli, args: &ShowArgs) -> Result<ExitCode> {
     let target = open_target(cli).await?;
     let record = match (&target, &subject) {
         (Target::Local { store, .. }, SubjectId::Peripheral(id)) => {
-            store.peripheral(id).await.map_err(api).and_then(json)
+            registry::peripheral_view(store, id)
+                .await
+                .map_err(api)
+                .and_then(json)
         }
         (Target::Local { store, .. }, SubjectId::Gateway(key)) => {
-            store.gateway(key).await.map_err(api).and_then(json)
+            let within = registry::online_within(settings(cli)?.limits.feed_wait_max_ms);
+            registry::gateway_view(store, key, within)
+                .await
+                .map_err(api)
+                .and_then(json)
         }
         (Target::Remote(admin), s) => admin.get(&s.path()).await,
     };

@@ -6,11 +6,11 @@
 //! | `GET /v1/admin/peripherals?status=&group=&after=&limit=` | list (cursor: `next_cursor`) |
 //! | `POST /v1/admin/peripherals` | enroll one ([`EnrollPeripheral`]) |
 //! | `POST /v1/admin/peripherals/import?format=csv\|ndjson&dry_run=` | bulk enroll (body: the file) |
-//! | `GET /v1/admin/peripherals/{id}` | show |
+//! | `GET /v1/admin/peripherals/{id}` | show, with where it was last seen ([`registry::PeripheralView`]) |
 //! | `POST /v1/admin/peripherals/{id}/{activate\|suspend\|reinstate\|revoke}` | lifecycle |
 //! | `GET /v1/admin/gateways?status=&group=&site=&after=&limit=` | list |
 //! | `POST /v1/admin/gateways` | enroll ([`EnrollGateway`]); returns the client certificate |
-//! | `GET /v1/admin/gateways/{key}` | show |
+//! | `GET /v1/admin/gateways/{key}` | show, with its online state and live sessions ([`registry::GatewayView`]) |
 //! | `POST /v1/admin/gateways/{key}/{activate\|suspend\|reinstate\|revoke}` | lifecycle |
 //! | `GET /v1/admin/policies`, `POST /v1/admin/policies`, `DELETE /v1/admin/policies/{id}` | policy ([`NewPolicy`]) |
 //! | `GET /v1/admin/audit?peripheral=&gateway=&action=&since=&until=&after=&limit=` | audit query |
@@ -282,12 +282,9 @@ async fn show_peripheral(
     _: CanRead,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<PeripheralRecord>, AppError> {
+) -> Result<Json<registry::PeripheralView>, AppError> {
     let id = parse_id(&id)?;
-    match state.store.peripheral(&id).await {
-        Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("peripheral")),
-        other => Ok(Json(other?)),
-    }
+    Ok(Json(registry::peripheral_view(&state.store, &id).await?))
 }
 
 async fn transition_peripheral(
@@ -361,12 +358,12 @@ async fn show_gateway(
     _: CanRead,
     State(state): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<GatewayRecord>, AppError> {
+) -> Result<Json<registry::GatewayView>, AppError> {
     let key = parse_gateway_key(&key)?;
-    match state.store.gateway(&key).await {
-        Err(crate::store::StoreError::NotFound) => Err(AppError::not_found("gateway")),
-        other => Ok(Json(other?)),
-    }
+    let within = registry::online_within(state.config.limits.feed_wait_max_ms);
+    Ok(Json(
+        registry::gateway_view(&state.store, &key, within).await?,
+    ))
 }
 
 async fn transition_gateway(

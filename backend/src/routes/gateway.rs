@@ -325,6 +325,7 @@ async fn feed(
     Query(q): Query<FeedQuery>,
 ) -> Result<Postcard<FeedBatch>, AppError> {
     active_gateway(&state, &key).await?;
+    state.note_poll(key);
     let Ok(_permit) = state.feed_waiters.try_acquire() else {
         state.metrics.overload.with_label_values(&["shed"]).inc();
         return Err(AppError::new(

@@ -68,6 +68,7 @@ pub(super) fn gateway_from_row(row: &sqlx::any::AnyRow) -> Result<GatewayRecord,
         created_ms: row.try_get("created_ms")?,
         updated_ms: row.try_get("updated_ms")?,
         certificate_expires_ms: row.try_get("cert_not_after_ms")?,
+        last_poll_ms: row.try_get("last_poll_ms")?,
     })
 }
 
@@ -76,7 +77,7 @@ impl Store {
     pub async fn gateway(&self, key: &PublicKey) -> Result<GatewayRecord, StoreError> {
         let row = sqlx::query(
             "SELECT public_key, name, grp, site, status, created_ms, updated_ms, \
-             cert_not_after_ms FROM gateways WHERE public_key = $1",
+             cert_not_after_ms, last_poll_ms FROM gateways WHERE public_key = $1",
         )
         .bind(key.to_string())
         .fetch_optional(&self.pool)
@@ -101,8 +102,8 @@ impl Store {
             (after.is_some(), "public_key >"),
         ]);
         let sql = format!(
-            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, cert_not_after_ms \
-             FROM gateways{clause} ORDER BY public_key LIMIT ${next}"
+            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, cert_not_after_ms, \
+             last_poll_ms FROM gateways{clause} ORDER BY public_key LIMIT ${next}"
         );
         let mut query = sqlx::query(&sql);
         for value in [status, group, site, after].into_iter().flatten() {
@@ -211,7 +212,7 @@ impl Store {
         let k = key.to_string();
         let row = sqlx::query(
             "SELECT public_key, name, grp, site, status, created_ms, updated_ms, \
-             cert_not_after_ms FROM gateways WHERE public_key = $1",
+             cert_not_after_ms, last_poll_ms FROM gateways WHERE public_key = $1",
         )
         .bind(k.clone())
         .fetch_optional(&mut *tx.tx)

@@ -50,6 +50,7 @@
 //! | `sessions.rs` | reported sessions and attachments |
 //! | `clones.rs` | clone evidence: pairs waiting for judgment, alerts raised |
 //! | `events.rs` | the revocation feed's event log |
+//! | `fleet.rs` | fleet visibility: feed polls, where a peripheral was last seen |
 //! | `audit.rs` | the hash-chained audit log, its checkpoint and pruning |
 //! | `keys.rs` | the backend key ring's status and the anchor updates |
 //! | `read.rs` | the vouch path's batched reads ([`Reader`]) |
@@ -57,6 +58,7 @@
 mod audit;
 mod clones;
 mod events;
+mod fleet;
 mod gateways;
 mod grants;
 mod keys;
@@ -80,6 +82,7 @@ pub use audit::{
 };
 pub use clones::Suspicion;
 pub use events::{EventRow, FeedListener, FEED_CHANNEL};
+pub use fleet::Presence;
 pub use gateways::{CertificateIssue, GatewayFilter, NewGateway};
 pub use grants::{Grant, StoredGrant};
 pub use keys::{InstanceRow, KeyRow, UpdateRow};

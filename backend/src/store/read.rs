@@ -42,7 +42,7 @@ impl Reader {
     pub async fn gateway(&mut self, key: &PublicKey) -> Result<Option<GatewayRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT public_key, name, grp, site, status, created_ms, updated_ms, \
-             cert_not_after_ms FROM gateways WHERE public_key = $1",
+             cert_not_after_ms, last_poll_ms FROM gateways WHERE public_key = $1",
         )
         .bind(key.to_string())
         .fetch_optional(&mut *self.conn)
@@ -197,12 +197,12 @@ impl Reader {
         let (first, rest) = ephemerals.split_at(ephemerals.len().min(CHUNK));
         let mut sql = String::from(
             "SELECT 'g' AS k, public_key AS t1, name AS t2, grp AS t3, site AS t4, status AS t5, \
-             created_ms AS n1, updated_ms AS n2, cert_not_after_ms AS n3 FROM gateways \
+             created_ms AS n1, updated_ms AS n2, cert_not_after_ms AS n3, last_poll_ms AS n4 FROM gateways \
              WHERE public_key = $1",
         );
         if !first.is_empty() {
             sql.push_str(&format!(
-                " UNION ALL SELECT 'r', ephemeral, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
+                " UNION ALL SELECT 'r', ephemeral, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
                  FROM replay_cache WHERE ephemeral IN ({})",
                 placeholders(2, first.len())
             ));
@@ -230,6 +230,7 @@ impl Reader {
                     created_ms: row.try_get("n1")?,
                     updated_ms: row.try_get("n2")?,
                     certificate_expires_ms: row.try_get("n3")?,
+                    last_poll_ms: row.try_get("n4")?,
                 });
             } else {
                 let mut b = [0u8; 32];
