@@ -116,6 +116,7 @@ async fn run(name: &str, url: &str, ndjson: &[u8], ids: &[PeripheralId]) {
     println!("| read | rows | median | max |");
     println!("|---|---:|---:|---:|");
     let page = |status, group: Option<&str>, after| PeripheralFilter {
+        attribute: None,
         status,
         group: group.map(str::to_owned),
         after,

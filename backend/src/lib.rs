@@ -76,6 +76,7 @@ pub mod audit;
 pub mod backup;
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod error;
 pub mod feed;

@@ -534,3 +534,14 @@ pub async fn gateway_view(
         live_sessions,
     })
 }
+
+/// Parses an attribute filter, `NAME=VALUE`.
+pub fn parse_attribute_filter(s: &str) -> Result<(String, String), RegistryError> {
+    match s.split_once('=') {
+        Some((n, v)) if !n.is_empty() => Ok((n.to_owned(), v.to_owned())),
+        _ => Err(RegistryError::invalid(
+            ErrorCode::InvalidAttribute,
+            "an attribute filter is NAME=VALUE",
+        )),
+    }
+}

@@ -908,6 +908,7 @@ async fn list_all(store: &Store) -> Vec<vouch_backend::model::PeripheralRecord> 
     loop {
         let page = store
             .list_peripherals(&PeripheralFilter {
+                attribute: None,
                 after,
                 limit: 1000,
                 ..PeripheralFilter::default()

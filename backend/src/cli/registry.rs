@@ -380,6 +380,7 @@ async fn list_peripherals(
                 |p: &PeripheralRecord| p.id,
                 |after, limit| {
                     let f = PeripheralFilter {
+                        attribute: None,
                         status,
                         group: args.group.clone(),
                         after,

@@ -3,7 +3,7 @@
 //!
 //! | method, path | does |
 //! |---|---|
-//! | `GET /v1/admin/peripherals?status=&group=&after=&limit=` | list (cursor: `next_cursor`) |
+//! | `GET /v1/admin/peripherals?status=&group=&attribute=NAME=VALUE&after=&limit=` | list (cursor: `next_cursor`) |
 //! | `POST /v1/admin/peripherals` | enroll one ([`EnrollPeripheral`]) |
 //! | `POST /v1/admin/peripherals/import?format=csv\|ndjson&dry_run=` | bulk enroll (body: the file) |
 //! | `GET /v1/admin/peripherals/{id}` | show, with where it was last seen ([`registry::PeripheralView`]) |
@@ -185,6 +185,8 @@ pub struct Page<T> {
 struct ListQuery {
     status: Option<String>,
     group: Option<String>,
+    /// `NAME=VALUE` (peripherals).
+    attribute: Option<String>,
     site: Option<String>,
     after: Option<String>,
     limit: Option<u32>,
@@ -202,6 +204,11 @@ async fn list_peripherals(
         .unwrap_or(DEFAULT_PAGE)
         .clamp(1, crate::store::MAX_PAGE);
     let filter = PeripheralFilter {
+        attribute: q
+            .attribute
+            .as_deref()
+            .map(registry::parse_attribute_filter)
+            .transpose()?,
         status: parse_status(&q.status)?,
         group: q.group,
         after: q.after.as_deref().map(parse_id).transpose()?,

@@ -101,13 +101,17 @@ pub fn router(state: AppState) -> Router {
     let admin_api = admin::router()
         .merge(operators::router())
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
-        .layer(guarded)
+        .layer(guarded.clone())
         .layer(axum::middleware::from_fn(admin::log_actions));
+    let console = crate::console::router()
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
+        .layer(guarded);
     // The feed long-poll is bounded by its own semaphore and wait limit, not
     // by the request deadline.
     Router::new()
         .merge(gateway_api)
         .merge(admin_api)
+        .merge(console)
         .merge(
             gateway::feed_router().layer(axum::middleware::from_fn_with_state(
                 state.clone(),

@@ -48,6 +48,7 @@
 //! | `operators.rs` | operators and their API tokens |
 //! | `grants.rs` | what each vouch granted, for attach reports |
 //! | `sessions.rs` | reported sessions and attachments |
+//! | `console.rs` | web console sessions, the overview's counts |
 //! | `clones.rs` | clone evidence: pairs waiting for judgment, alerts raised |
 //! | `events.rs` | the revocation feed's event log |
 //! | `fleet.rs` | fleet visibility: feed polls, where a peripheral was last seen |
@@ -57,6 +58,7 @@
 
 mod audit;
 mod clones;
+mod console;
 mod events;
 mod fleet;
 mod gateways;
@@ -81,6 +83,7 @@ pub use audit::{
     PruneOutcome, Rfc3339,
 };
 pub use clones::Suspicion;
+pub use console::{ConsoleSession, Overview};
 pub use events::{EventRow, FeedListener, FEED_CHANNEL};
 pub use fleet::Presence;
 pub use gateways::{CertificateIssue, GatewayFilter, NewGateway};

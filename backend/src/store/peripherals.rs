@@ -42,6 +42,8 @@ pub struct PeripheralFilter {
     pub status: Option<Status>,
     /// Only this group.
     pub group: Option<String>,
+    /// Only those with this attribute (name, value).
+    pub attribute: Option<(String, String)>,
     /// Start after this id (the previous page's `next_cursor`).
     pub after: Option<PeripheralId>,
     /// Page size (capped at [`MAX_PAGE`]).
@@ -121,17 +123,35 @@ impl Store {
             f.group.clone(),
             f.after.map(|a| a.to_string()),
         );
-        let (clause, next) = super::where_asked(&[
+        let (attr_name, attr_value) = match &f.attribute {
+            Some((n, v)) => (Some(n.clone()), Some(v.clone())),
+            None => (None, None),
+        };
+        let (mut clause, next) = super::where_asked(&[
             (status.is_some(), "status ="),
             (group.is_some(), "grp ="),
             (after.is_some(), "id >"),
         ]);
+        let next = if f.attribute.is_some() {
+            // The attribute's rows by (name, value), then their peripherals.
+            clause.push_str(&format!(
+                " AND id IN (SELECT peripheral_id FROM peripheral_attributes \
+                 WHERE name = ${next} AND value = ${})",
+                next + 1
+            ));
+            next + 2
+        } else {
+            next
+        };
         let sql = format!(
             "SELECT id, public_key, status, grp, created_ms, updated_ms FROM peripherals\
              {clause} ORDER BY id LIMIT ${next}"
         );
         let mut query = sqlx::query(&sql);
-        for value in [status, group, after].into_iter().flatten() {
+        for value in [status, group, after, attr_name, attr_value]
+            .into_iter()
+            .flatten()
+        {
             query = query.bind(value);
         }
         let rows = query.bind(limit).fetch_all(&self.pool).await?;

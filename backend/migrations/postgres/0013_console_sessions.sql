@@ -1,0 +1,18 @@
+-- Web console sessions (issue 18). The cookie holds a random session id;
+-- only its SHA-256 is kept, with the operator token the login presented: a
+-- session lives only as long as that token and its operator (every request
+-- checks both), and at most `console.session_s`. Each session has its own
+-- CSRF token, which every state-changing form carries. Keep in step with
+-- the other dialect.
+CREATE TABLE console_sessions (
+    id_hash     TEXT PRIMARY KEY,
+    token_id    TEXT NOT NULL REFERENCES operator_tokens (id),
+    csrf        TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    expires_ms  BIGINT NOT NULL
+);
+CREATE INDEX console_sessions_expires ON console_sessions (expires_ms);
+
+-- Searching peripherals by an attribute (the console's device search and
+-- the admin API's `attribute=NAME=VALUE`) reads only the matching rows.
+CREATE INDEX peripheral_attributes_name_value ON peripheral_attributes (name, value, peripheral_id);
