@@ -89,6 +89,16 @@ pub mod files {
     pub const DB: &str = "vouch.db";
     /// Optional configuration.
     pub const CONFIG: &str = "config.toml";
+    /// The web console's CA (ECDSA P-256; operators trust it in their
+    /// browsers). Made by `serve` when missing.
+    pub const CONSOLE_CA: &str = "console-ca.pem";
+    /// The console CA's key.
+    pub const CONSOLE_CA_KEY: &str = "console-ca-key.pem";
+    /// The console's certificate (the server's names, ECDSA P-256), with
+    /// the console CA after it.
+    pub const CONSOLE: &str = "console.pem";
+    /// The console certificate's key.
+    pub const CONSOLE_KEY: &str = "console-key.pem";
     /// Every file `init` creates besides the database and the config.
     pub const IDENTITY: [&str; 7] = [SIGNING, SEALING, CA, CA_KEY, SERVER, SERVER_KEY, TOKEN];
     /// The files of [`IDENTITY`] that stay for the life of the directory
@@ -294,6 +304,58 @@ pub fn reissue_server_cert(
             .map_err(DataDirError::from)?;
     }
     Ok(ServerCertReissued { sans, not_after_ms })
+}
+
+/// How long before its end `serve` renews the console's certificate.
+const CONSOLE_RENEW_BEFORE_MS: i64 = 30 * 86_400_000;
+
+/// Makes sure the initialized directory `dir` holds a console certificate
+/// for the server certificate's names that is valid for another month: the
+/// console CA is made once, the certificate (re)issued when missing, ending
+/// within a month, or for other names. Returns (chain PEM, key PEM).
+pub fn ensure_console_cert(dir: &Path) -> Result<(String, Zeroizing<String>), DataDirError> {
+    let (server, _) = DataDir::load(dir)?.server_tls()?;
+    let sans = pki::server_cert_sans(&server)?;
+    let ca_path = dir.join(files::CONSOLE_CA);
+    let ca_key_path = dir.join(files::CONSOLE_CA_KEY);
+    let ca = if ca_path.exists() && ca_key_path.exists() {
+        CaMaterial {
+            cert_pem: fs::read_to_string(&ca_path).map_err(io(&ca_path))?,
+            key_pem: read_secret(&ca_key_path)?,
+        }
+    } else {
+        let ca = pki::generate_console_ca()?;
+        for (name, bytes, mode) in [
+            (files::CONSOLE_CA_KEY, ca.key_pem.as_bytes(), 0o600),
+            (files::CONSOLE_CA, ca.cert_pem.as_bytes(), 0o644),
+        ] {
+            AtomicWrite::new(mode)
+                .write(dir, name, bytes)
+                .map_err(DataDirError::from)?;
+        }
+        ca
+    };
+    let cert_path = dir.join(files::CONSOLE);
+    let key_path = dir.join(files::CONSOLE_KEY);
+    if cert_path.exists() && key_path.exists() {
+        let chain = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let fresh = pki::not_after_ms(&chain)
+            .is_ok_and(|end| end - crate::store::now_ms() > CONSOLE_RENEW_BEFORE_MS);
+        if fresh && pki::server_cert_sans(&chain).is_ok_and(|s| s == sans) {
+            return Ok((chain, read_secret(&key_path)?));
+        }
+    }
+    let (cert, key) = pki::issue_console_cert(&ca, &sans, pki::CONSOLE_LIFETIME)?;
+    let chain = format!("{cert}{}", ca.cert_pem);
+    for (name, bytes, mode) in [
+        (files::CONSOLE_KEY, key.as_bytes(), 0o600),
+        (files::CONSOLE, chain.as_bytes(), 0o644),
+    ] {
+        AtomicWrite::new(mode)
+            .write(dir, name, bytes)
+            .map_err(DataDirError::from)?;
+    }
+    Ok((chain, key))
 }
 
 /// Writes `data` to `path` atomically and durably with `mode`; never

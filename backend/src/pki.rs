@@ -133,6 +133,106 @@ pub fn generate_ca() -> Result<CaMaterial, PkiError> {
     })
 }
 
+/// Creates a fresh ECDSA P-256 CA for the web console's certificate: what
+/// browsers verify (none verifies Ed25519 in TLS). Operators who open the
+/// console trust it in their browser, or give the console their own
+/// certificate.
+pub fn generate_console_ca() -> Result<CaMaterial, PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Vouch console CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial()?);
+    validity(
+        &mut params,
+        std::time::Duration::from_secs(30 * 365 * 86_400),
+    );
+    let cert = params.self_signed(&key)?;
+    Ok(CaMaterial {
+        cert_pem: cert.pem(),
+        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// The console certificate's lifetime (browsers refuse longer ones from
+/// public CAs; `serve` renews it when a month is left).
+pub const CONSOLE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(397 * 86_400);
+
+/// Issues the web console's certificate: ECDSA P-256, the server
+/// certificate's names, signed by the console CA. Returns (certificate PEM,
+/// key PEM).
+pub fn issue_console_cert(
+    console_ca: &CaMaterial,
+    sans: &[String],
+    lifetime: std::time::Duration,
+) -> Result<(String, zeroize::Zeroizing<String>), PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Vouch console");
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName(s.clone().try_into()?)),
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
+    validity(&mut params, lifetime);
+    let cert = params.signed_by(&key, &issuer(console_ca)?)?;
+    Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+}
+
+/// Chooses the server's certificate by what the client verifies: the
+/// Ed25519 chain of the backend CA for clients that offer Ed25519 (gateways,
+/// the CLI, curl and OpenSSL), the console's ECDSA P-256 chain for those
+/// that do not (browsers).
+#[derive(Debug)]
+struct BySignatureScheme {
+    ed25519: Arc<rustls::sign::CertifiedKey>,
+    ecdsa: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for BySignatureScheme {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let ed25519 = hello
+            .signature_schemes()
+            .contains(&rustls::SignatureScheme::ED25519);
+        match (&self.ecdsa, ed25519) {
+            (Some(ecdsa), false) => Some(ecdsa.clone()),
+            _ => Some(self.ed25519.clone()),
+        }
+    }
+}
+
+fn certified(
+    provider: &rustls::crypto::CryptoProvider,
+    chain: Vec<CertificateDer<'static>>,
+    key_pem: &str,
+    what: &'static str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| PkiError::Pem(what))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
+        chain, key, provider,
+    )?))
+}
+
 fn issuer(ca: &CaMaterial) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let key = KeyPair::from_pem(&ca.key_pem)?;
     Ok(Issuer::from_ca_cert_pem(&ca.cert_pem, key)?)
@@ -322,10 +422,15 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
 /// optional at the TLS layer (admin and operations routes do not need one; the
 /// gateway routes refuse requests without one). Every client certificate
 /// the TLS layer refuses is counted and logged by `rejections`.
+///
+/// With `console` (the console's certificate chain and key PEM), clients
+/// that do not verify Ed25519, browsers, get that ECDSA P-256 chain instead
+/// ([`issue_console_cert`]).
 pub fn server_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    console: Option<(&str, &str)>,
     rejections: ClientCertRejections,
 ) -> Result<ServerConfig, PkiError> {
     let provider = provider();
@@ -336,12 +441,23 @@ pub fn server_config(
     let verifier = Arc::new(CountingVerifier { inner, rejections });
     let mut chain = certs_from_pem(cert_pem, "server.pem")?;
     chain.extend(certs_from_pem(ca_pem, "ca.pem")?);
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|_| PkiError::Pem("server-key.pem"))?;
+    let resolver = BySignatureScheme {
+        ed25519: certified(&provider, chain, key_pem, "server-key.pem")?,
+        ecdsa: console
+            .map(|(chain_pem, key_pem)| {
+                certified(
+                    &provider,
+                    certs_from_pem(chain_pem, "console.pem")?,
+                    key_pem,
+                    "console-key.pem",
+                )
+            })
+            .transpose()?,
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -612,8 +728,18 @@ mod tests {
             &ca.cert_pem,
             &spem,
             &skey,
+            None,
             crate::metrics::Metrics::new().client_cert_rejections(),
         )
         .unwrap();
+        // With the console's ECDSA chain beside it; a key that is not the
+        // certificate's is refused.
+        let console_ca = generate_console_ca().unwrap();
+        let (cpem, ckey) = issue_console_cert(&console_ca, &["localhost".into()], CONSOLE_LIFETIME).unwrap();
+        assert_eq!(server_cert_sans(&cpem).unwrap(), ["localhost"]);
+        let chain = format!("{cpem}{}", console_ca.cert_pem);
+        let rejections = || crate::metrics::Metrics::new().client_cert_rejections();
+        server_config(&ca.cert_pem, &spem, &skey, Some((&chain, &ckey)), rejections()).unwrap();
+        assert!(server_config(&ca.cert_pem, &spem, &skey, Some((&chain, &skey)), rejections()).is_err());
     }
 }

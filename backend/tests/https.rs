@@ -100,6 +100,7 @@ async fn serve(b: &Backend) -> Served {
         &data.ca.cert_pem,
         &cert,
         &key,
+        None,
         b.state.metrics.client_cert_rejections(),
     )
     .expect("tls config");

@@ -166,6 +166,7 @@ impl SimBackend {
                     &ca_pem,
                     &server_tls,
                     &server_key,
+                    None,
                     state.metrics.client_cert_rejections(),
                 )
                 .map_err(Error::backend)?;

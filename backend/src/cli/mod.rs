@@ -50,8 +50,30 @@ fn local_actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()
+        .or_else(user_of_uid)
         .filter(|u| vouch_backend::access::valid_operator_name(u));
     format!("cli:{}", user.as_deref().unwrap_or("unknown"))
+}
+
+/// The name of this process's real user, from `/proc/self/status` and
+/// `/etc/passwd` (a service's environment often has no `USER`).
+fn user_of_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let name = passwd.as_deref().and_then(|p| {
+        p.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)? == uid).then(|| name.to_owned())
+        })
+    });
+    Some(name.unwrap_or(format!("uid-{uid}")))
 }
 
 #[derive(Parser, Debug)]

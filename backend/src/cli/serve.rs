@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use tokio::task::JoinHandle;
 use vouch_backend::config::{Config, LogFormat};
-use vouch_backend::datadir::DataDir;
+use vouch_backend::datadir::{self, DataDir};
 use vouch_backend::server::{self, Transport};
 use vouch_backend::store::Store;
 use vouch_backend::{app, keyring, pki, AppState};
@@ -166,6 +166,19 @@ async fn start(cli: &Cli, config: &Config) -> Result<(AppState, Store, Transport
     } else {
         Some(data.server_tls()?)
     };
+    // Browsers verify no Ed25519 in TLS: the console gets an ECDSA P-256
+    // certificate of its own (made or renewed here). Without it the API
+    // serves on, and only browsers cannot connect.
+    let console = match tls {
+        Some(_) => match datadir::ensure_console_cert(&cli.data_dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no console certificate: browsers cannot open the console");
+                None
+            }
+        },
+        None => None,
+    };
     let url = config
         .database_url
         .clone()
@@ -186,6 +199,7 @@ async fn start(cli: &Cli, config: &Config) -> Result<(AppState, Store, Transport
             &ca_pem,
             &cert,
             &key,
+            console.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
             state.metrics.client_cert_rejections(),
         )?)),
     };

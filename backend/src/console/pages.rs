@@ -459,6 +459,15 @@ pub(super) async fn gateway(
     ))
 }
 
+/// A long actor (`gateway:` and 64 hex digits) cut to its first 16 digits;
+/// the whole one is the cell's title.
+fn short(actor: &str) -> String {
+    match actor.split_once(':') {
+        Some((kind, id)) if id.len() > 20 => format!("{kind}:{}…", &id[..16]),
+        _ => actor.to_owned(),
+    }
+}
+
 fn audit_table(entries: &[crate::store::AuditEntry]) -> Markup {
     html! {
         table {
@@ -469,7 +478,7 @@ fn audit_table(entries: &[crate::store::AuditEntry]) -> Markup {
                     td { (e.at) }
                     td { (e.action) }
                     td { (e.outcome) @if !e.reason.is_empty() { " (" (e.reason) ")" } }
-                    td { (e.actor) }
+                    td title=(e.actor) { (short(&e.actor)) }
                     td.mono { @if let Some(p) = &e.peripheral { a href={ "/console/devices/" (p) } { (p) } } @else { "-" } }
                     td.mono { (e.detail) }
                 }

@@ -456,6 +456,7 @@ async fn serve(
         ca_pem,
         server_cert,
         server_key,
+        None,
         state.metrics.client_cert_rejections(),
     )
     .map_err(step("server TLS configuration"))?;
