@@ -11,8 +11,15 @@
 //! does. Each read is timed over 20 repetitions (median and max). The
 //! figures are in backend/README.md ("A registry of a million").
 //!
+//! Then the pages an operator opens, through the whole router as `serve`
+//! runs it (authentication, the console's session, rendering or JSON),
+//! timed over 40 repetitions each (median, p95, max): the console's
+//! overview, device search by group, status and attribute, a device's page,
+//! the audit log, and the admin API's list and show (issue 18's 200 ms p95).
+//!
 //! `cargo bench -p vouch-backend --bench registry_million` (a measurement,
-//! not a test: it asserts only that the import enrolled every row).
+//! not a test: it asserts only that the import enrolled every row and that
+//! every page answered 200).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -51,16 +58,14 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
+        vouch_backend::datadir::init(dir.path(), &[]).expect("init");
         let url = vouch_backend::datadir::sqlite_url(dir.path());
         run("SQLite (synchronous=FULL, WAL)", &url, &ndjson, &ids).await;
+        pages(dir.path(), &url, &ids).await;
         if let Some(db) = Db::postgres().await {
-            run(
-                "PostgreSQL (local, fsync on)",
-                &db.url_for(dir.path()),
-                &ndjson,
-                &ids,
-            )
-            .await;
+            let url = db.url_for(dir.path());
+            run("PostgreSQL (local, fsync on)", &url, &ndjson, &ids).await;
+            pages(dir.path(), &url, &ids).await;
             db.cleanup().await;
         }
     });
@@ -182,6 +187,128 @@ async fn run(name: &str, url: &str, ndjson: &[u8], ids: &[PeripheralId]) {
             .sum::<i64>() as usize
     })
     .await;
+    store.close().await;
+}
+
+/// Repetitions of each page.
+const PAGE_REPEAT: usize = 40;
+
+/// The console's and the admin API's pages through the router, logged in.
+async fn pages(dir: &std::path::Path, url: &str, ids: &[PeripheralId]) {
+    use axum::body::Body;
+    use axum::http::{header, Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let store = Store::open(url).await.expect("open");
+    let data = vouch_backend::datadir::DataDir::load(dir).expect("data dir");
+    let token = vouch_backend::access::generate_token().expect("token");
+    // The bench's own admin: a token it knows (init's was printed and lost).
+    let state = vouch_backend::AppState::new(store.clone(), data, Default::default())
+        .await
+        .expect("state");
+    let name = format!("bench-{}", &token.id[..6]);
+    store
+        .add_operator(
+            &name,
+            vouch_backend::access::Role::Admin,
+            &token.id,
+            &token.hash,
+            "bench",
+        )
+        .await
+        .expect("operator");
+    let router = vouch_backend::app(state.clone());
+    let login = Request::post("/console/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={}", token.token.as_str())))
+        .expect("request");
+    let res = router.clone().oneshot(login).await.expect("login");
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "console login");
+    let cookie = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned();
+    let id = ids[ids.len() / 3];
+    let bearer = format!("Bearer {}", token.token.as_str());
+    let pages = [
+        ("console: overview", "/console".to_owned()),
+        (
+            "console: devices, first page",
+            "/console/devices".to_owned(),
+        ),
+        (
+            "console: devices of a group",
+            "/console/devices?group=line-417".to_owned(),
+        ),
+        (
+            "console: devices by status",
+            "/console/devices?status=active".to_owned(),
+        ),
+        (
+            "console: devices by attribute",
+            format!("/console/devices?attribute=serial%3D{}", ids.len() / 2),
+        ),
+        ("console: search by id", format!("/console/devices?id={id}")),
+        ("console: a device", format!("/console/devices/{id}")),
+        ("console: gateways", "/console/gateways".to_owned()),
+        ("console: audit log", "/console/audit".to_owned()),
+        (
+            "console: a device's audit",
+            format!("/console/audit?peripheral={id}"),
+        ),
+        (
+            "API: list peripherals",
+            "/v1/admin/peripherals?limit=100".to_owned(),
+        ),
+        (
+            "API: list by attribute",
+            format!("/v1/admin/peripherals?attribute=serial%3D{}", ids.len() / 2),
+        ),
+        (
+            "API: show a peripheral",
+            format!("/v1/admin/peripherals/{id}"),
+        ),
+        (
+            "API: audit query",
+            format!("/v1/admin/audit?peripheral={id}"),
+        ),
+    ];
+    println!("\n| page ({} devices) | median | p95 | max |", ids.len());
+    println!("|---|---:|---:|---:|");
+    for (what, path) in pages {
+        let mut times: Vec<Duration> = Vec::with_capacity(PAGE_REPEAT);
+        for _ in 0..PAGE_REPEAT {
+            let mut req = Request::get(path.as_str());
+            req = if path.starts_with("/console") {
+                req.header(header::COOKIE, cookie.as_str())
+            } else {
+                req.header(header::AUTHORIZATION, bearer.as_str())
+            };
+            let t = Instant::now();
+            let res = router
+                .clone()
+                .oneshot(req.body(Body::empty()).expect("request"))
+                .await
+                .expect("answer");
+            let status = res.status();
+            let _ = res.into_body().collect().await.expect("body");
+            times.push(t.elapsed());
+            assert_eq!(status, StatusCode::OK, "{what}: {path}");
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {what} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(times[PAGE_REPEAT / 2]),
+            ms(times[PAGE_REPEAT * 95 / 100]),
+            ms(times[PAGE_REPEAT - 1])
+        );
+    }
+    state.shutdown.cancel();
     store.close().await;
 }
 

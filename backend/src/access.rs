@@ -29,7 +29,19 @@ use zeroize::Zeroizing;
 
 /// What an operator may do. Ordered: each role may do what the ones before
 /// it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything: the registry, policy, audit, lockouts, anchors.
@@ -187,7 +199,7 @@ impl Caller {
 }
 
 /// An operator as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OperatorRecord {
     /// Name.
     pub name: String,
@@ -200,7 +212,7 @@ pub struct OperatorRecord {
 }
 
 /// An API token as listed: never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenRecord {
     /// Public id.
     pub id: String,

@@ -33,7 +33,7 @@ use crate::model::{parse_public_key, valid_name, valid_value, Status};
 use crate::store::{Conflict, EnrollOutcome, NewPeripheral, Store, StoreError};
 
 /// Input format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Comma-separated values with a header row.
@@ -54,7 +54,7 @@ impl Format {
 
 /// One peripheral to enroll, as written: a bulk import's row, or the admin
 /// API's body for one (`registry::EnrollPeripheral`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRow {
     /// 16 hex digits; default derived from the key.
@@ -74,10 +74,11 @@ pub struct RawRow {
 }
 
 /// A row error: stable code and message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct RowError {
     /// Stable code (`invalid_public_key`, `peripheral_exists`, …).
     #[serde(serialize_with = "crate::error::serialize_code")]
+    #[schemars(with = "String")]
     pub code: ErrorCode,
     /// Human-readable.
     pub message: String,
@@ -303,7 +304,7 @@ fn csv_row(headers: &csv::StringRecord, rec: &csv::StringRecord) -> Result<RawRo
 }
 
 /// The result of one row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct RowReport {
     /// Line number in the input (1-based; CSV counts the header).
     pub line: usize,
@@ -317,7 +318,7 @@ pub struct RowReport {
 }
 
 /// Totals of an import.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Summary {
     /// Rows read.
     pub rows: usize,

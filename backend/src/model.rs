@@ -17,7 +17,7 @@ use vouch_proto::wire::{Lifetimes, Scope};
 ///                          └─────reinstate──────┘
 /// pending | active | suspended ──revoke──▶ revoked (final)
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Known to the registry, not yet allowed to attach.
@@ -123,13 +123,15 @@ pub(crate) fn ser_display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result
 }
 
 /// A registered peripheral.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PeripheralRecord {
     /// Registry id (16 hex digits).
     #[serde(serialize_with = "ser_display")]
+    #[schemars(with = "String")]
     pub id: PeripheralId,
     /// Ed25519 identity key (64 hex digits).
     #[serde(serialize_with = "ser_display")]
+    #[schemars(with = "String")]
     pub public_key: PublicKey,
     /// Lifecycle status.
     pub status: Status,
@@ -144,10 +146,11 @@ pub struct PeripheralRecord {
 }
 
 /// A registered gateway; its id is its Ed25519 public key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct GatewayRecord {
     /// The gateway's Ed25519 identity key (64 hex digits), also in its TLS certificate.
     #[serde(serialize_with = "ser_display")]
+    #[schemars(with = "String")]
     pub public_key: PublicKey,
     /// A human name.
     pub name: Option<String>,
@@ -299,22 +302,36 @@ pub fn parse_gateway_selector(s: &str) -> Option<GatewaySelector> {
 /// union of their scopes and the longest of their lifetimes: rules only ever
 /// grant, so adding a rule never takes anything away. No matching rule means
 /// no vouch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PolicyRule {
     /// Rule id.
     pub id: i64,
-    /// Which peripherals.
+    /// Which peripherals: `peripheral:ID`, `group:NAME` or `any`.
+    #[schemars(with = "String")]
     pub peripheral: PeripheralSelector,
-    /// Which gateways.
+    /// Which gateways: `gateway:KEY`, `group:NAME`, `site:NAME` or `any`.
+    #[schemars(with = "String")]
     pub gateway: GatewaySelector,
     /// Scope bits granted (TELEMETRY = 1, COMMAND = 2, application bits 8..31).
     #[serde(serialize_with = "ser_scope")]
+    #[schemars(with = "u32")]
     pub scope: Scope,
     /// Lifetimes granted.
     #[serde(serialize_with = "ser_lifetimes")]
+    #[schemars(with = "LifetimesSchema")]
     pub lifetimes: Lifetimes,
     /// When created (ms since the Unix epoch).
     pub created_ms: i64,
+}
+
+/// How [`PolicyRule::lifetimes`] is written (its schema).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)] // a schema only
+struct LifetimesSchema {
+    /// Session lifetime, seconds.
+    session_s: u32,
+    /// Resumption lifetime, seconds.
+    resumption_s: u32,
 }
 
 fn ser_scope<S: Serializer>(v: &Scope, s: S) -> Result<S::Ok, S::Error> {

@@ -735,11 +735,26 @@ mod tests {
         // With the console's ECDSA chain beside it; a key that is not the
         // certificate's is refused.
         let console_ca = generate_console_ca().unwrap();
-        let (cpem, ckey) = issue_console_cert(&console_ca, &["localhost".into()], CONSOLE_LIFETIME).unwrap();
+        let (cpem, ckey) =
+            issue_console_cert(&console_ca, &["localhost".into()], CONSOLE_LIFETIME).unwrap();
         assert_eq!(server_cert_sans(&cpem).unwrap(), ["localhost"]);
         let chain = format!("{cpem}{}", console_ca.cert_pem);
         let rejections = || crate::metrics::Metrics::new().client_cert_rejections();
-        server_config(&ca.cert_pem, &spem, &skey, Some((&chain, &ckey)), rejections()).unwrap();
-        assert!(server_config(&ca.cert_pem, &spem, &skey, Some((&chain, &skey)), rejections()).is_err());
+        server_config(
+            &ca.cert_pem,
+            &spem,
+            &skey,
+            Some((&chain, &ckey)),
+            rejections(),
+        )
+        .unwrap();
+        assert!(server_config(
+            &ca.cert_pem,
+            &spem,
+            &skey,
+            Some((&chain, &skey)),
+            rejections()
+        )
+        .is_err());
     }
 }

@@ -85,7 +85,7 @@ pub async fn add_policy(
 pub use crate::import::RawRow as EnrollPeripheral;
 
 /// Enroll one gateway.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollGateway {
     /// The gateway's Ed25519 identity key: 64 hex digits or SPKI PEM.
@@ -126,7 +126,7 @@ impl EnrollGateway {
 }
 
 /// A new policy rule.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPolicy {
     /// `peripheral:ID`, `group:NAME` or `any`.
@@ -256,7 +256,7 @@ pub fn parse_time(s: &str) -> Option<i64> {
 
 /// The answer to a gateway enrollment: the record, its TLS client
 /// certificate (PEM, for the gateway's own key) and the CA to pin.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct GatewayEnrolled {
     /// Created or unchanged.
     pub outcome: EnrollOutcome,
@@ -469,7 +469,7 @@ pub async fn remove_operator(store: &Store, name: &str, actor: &str) -> Result<(
 
 /// A peripheral as `show` presents it: its record, and where it was last
 /// seen.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PeripheralView {
     /// The record.
     #[serde(flatten)]
@@ -494,7 +494,7 @@ pub async fn peripheral_view(
 
 /// A gateway as `show` presents it: its record, whether it is online and
 /// its live sessions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct GatewayView {
     /// The record (its `last_poll_ms` included).
     #[serde(flatten)]

@@ -10,7 +10,7 @@ use common::{Backend, Db, Device};
 use serde_json::{json, Value};
 use sqlx::Row;
 use vouch_backend::access::Role;
-use vouch_backend::openapi::{Auth, ROUTES};
+use vouch_backend::openapi::{Auth, Route, ROUTES};
 
 on_both!(
     every_admin_route_refuses_a_role_below_its_own,
@@ -46,7 +46,10 @@ async fn every_admin_route_refuses_a_role_below_its_own(db: Db) {
         (Role::Admin, add(&b, "ada", "admin").await),
     ];
     let mut checked = 0;
-    for &(method, path, _, auth, ..) in ROUTES {
+    for &Route {
+        method, path, auth, ..
+    } in ROUTES
+    {
         let Auth::Role(need) = auth else { continue };
         // Placeholders get values that name nothing: a request the role
         // allows fails later (400/404), never with a side effect.
@@ -83,8 +86,8 @@ async fn every_admin_route_refuses_a_role_below_its_own(db: Db) {
     let need = |m: &str, p: &str| {
         ROUTES
             .iter()
-            .find(|r| r.0 == m && r.1 == p)
-            .map(|r| r.3)
+            .find(|r| r.method == m && r.path == p)
+            .map(|r| r.auth)
             .expect("route")
     };
     assert_eq!(

@@ -982,7 +982,7 @@ async fn public_view(
     gw: &str,
 ) -> Vec<(String, StatusCode, String, Vec<u8>)> {
     let mut view = Vec::new();
-    for &(method, path, ..) in vouch_backend::openapi::ROUTES {
+    for &vouch_backend::openapi::Route { method, path, .. } in vouch_backend::openapi::ROUTES {
         let concrete = path
             .replace("{id}", id)
             .replace("{key}", gw)

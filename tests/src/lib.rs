@@ -544,8 +544,14 @@ async fn serve_on(data_dir: &Path, db: &Db, port: u16) -> std::io::Result<(u16, 
     let state = AppState::new(store, data, Config::default())
         .await
         .expect("state");
-    let tls = pki::server_config(&ca_pem, &cert, &key, None, state.metrics.client_cert_rejections())
-        .expect("server config");
+    let tls = pki::server_config(
+        &ca_pem,
+        &cert,
+        &key,
+        None,
+        state.metrics.client_cert_rejections(),
+    )
+    .expect("server config");
     let (stop, stopped) = oneshot::channel::<()>();
     let router = app(state.clone());
     let st = state.clone();

@@ -170,7 +170,7 @@ pub(super) async fn log_actions(
 }
 
 /// A page of results.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
@@ -180,9 +180,9 @@ pub struct Page<T> {
 
 // ----- peripherals ---------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     status: Option<String>,
     group: Option<String>,
     /// `NAME=VALUE` (peripherals).
@@ -222,8 +222,8 @@ async fn list_peripherals(
 }
 
 /// The answer to an enrollment.
-#[derive(Debug, Serialize)]
-struct Enrolled<T> {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct Enrolled<T> {
     outcome: EnrollOutcome,
     #[serde(flatten)]
     record: T,
@@ -246,16 +246,16 @@ async fn enroll_peripheral(
     Ok((created_or_ok(outcome), Json(Enrolled { outcome, record })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ImportQuery {
+pub(crate) struct ImportQuery {
     format: Option<Format>,
     #[serde(default)]
     dry_run: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct ImportAnswer {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct ImportAnswer {
     summary: import::Summary,
     rows: Vec<import::RowReport>,
 }
@@ -429,9 +429,9 @@ async fn remove_policy(
 
 // ----- audit ----------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
     peripheral: Option<String>,
     gateway: Option<String>,
     action: Option<String>,
@@ -475,8 +475,8 @@ async fn audit_verify(
 
 // ----- lockouts, anchor -------------------------------------------------------
 
-#[derive(Debug, Serialize)]
-struct Lockout {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct Lockout {
     subject: String,
     until_ms: i64,
 }

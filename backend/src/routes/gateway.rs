@@ -255,8 +255,8 @@ async fn sessions(
 }
 
 /// Anchor-updates query.
-#[derive(Debug, Deserialize)]
-struct AnchorUpdatesQuery {
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub(crate) struct AnchorUpdatesQuery {
     /// The serial of the last update the gateway holds (0 for all).
     #[serde(default)]
     after: u32,
@@ -309,8 +309,8 @@ async fn renew_certificate(
 }
 
 /// Feed query.
-#[derive(Debug, Deserialize)]
-struct FeedQuery {
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub(crate) struct FeedQuery {
     /// Last sequence number applied (0 for everything).
     #[serde(default)]
     after: u64,

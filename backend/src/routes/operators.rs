@@ -42,7 +42,7 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// The body of `POST /v1/admin/operators`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperator {
     /// 1-64 of letters, digits, `.`, `_`, `-`, `@`.
@@ -52,7 +52,7 @@ pub struct NewOperator {
 }
 
 /// The body of `POST /v1/admin/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTokenFor {
     /// The operator the token is for.
@@ -60,7 +60,7 @@ pub struct NewTokenFor {
 }
 
 /// A token just made: the only answer that ever holds its secret.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IssuedToken {
     /// The token as listed.
     #[serde(flatten)]
@@ -77,7 +77,7 @@ fn issued(record: TokenRecord, t: NewToken) -> IssuedToken {
 }
 
 /// The answer to `POST /v1/admin/operators`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AddedOperator {
     /// The operator.
     pub operator: OperatorRecord,
@@ -86,7 +86,7 @@ pub struct AddedOperator {
 }
 
 /// The answer to `GET /v1/admin/whoami`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WhoAmI {
     /// The operator's name.
     pub name: String,
@@ -146,9 +146,9 @@ async fn remove_operator(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TokensQuery {
+pub(crate) struct TokensQuery {
     operator: Option<String>,
 }
 

@@ -125,7 +125,7 @@ impl NewAudit {
 }
 
 /// A stored entry.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     /// Position in the chain, from 1.
     pub seq: i64,
@@ -133,6 +133,7 @@ pub struct AuditEntry {
     pub at_ms: i64,
     /// When, RFC 3339.
     #[serde(serialize_with = "ser_display")]
+    #[schemars(with = "String")]
     pub at: Rfc3339,
     /// See [`NewAudit::action`].
     pub action: String,
@@ -186,7 +187,7 @@ pub struct AuditFilter {
 }
 
 /// The result of recomputing the chain.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum AuditVerdict {
     /// Every entry and the head check out.

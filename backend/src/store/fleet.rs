@@ -11,7 +11,7 @@ use super::{Store, StoreError};
 
 /// Where a peripheral was last seen, from its vouches and its gateways'
 /// session reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Presence {
     /// The latest of its last vouch, its last reported attach and its last
     /// reported detach (ms since the Unix epoch); `None`: never seen.

@@ -26,7 +26,7 @@ pub struct NewPeripheral {
 }
 
 /// What an idempotent enrollment did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EnrollOutcome {
     /// A new record was written.
