@@ -163,6 +163,9 @@ pub struct Inner {
     /// store about once a second ([`store::Store::record_polls`]).
     pub(crate) polls:
         std::sync::Mutex<std::collections::HashMap<vouch_proto::keys::PublicKey, i64>>,
+    /// The console overview's counts and when they were taken
+    /// ([`console`]).
+    pub(crate) overview: std::sync::Mutex<Option<(std::time::Instant, console::Counts)>>,
     /// Cancelled at shutdown: ends long-polls and background tasks.
     pub shutdown: CancellationToken,
 }
@@ -308,6 +311,7 @@ impl AppState {
                 refusals,
                 checkpoint_key,
                 polls: std::sync::Mutex::default(),
+                overview: std::sync::Mutex::new(None),
                 shutdown: CancellationToken::new(),
             }),
         };

@@ -56,6 +56,42 @@ pub const SESSION: Duration = Duration::from_secs(8 * 3600);
 /// The session cookie's name.
 const COOKIE: &str = "vouch_console";
 
+/// How long the overview's counts are reused: counting a million devices by
+/// status reads the whole status index, so several operators on the
+/// overview, or one reloading it, count once per interval.
+const OVERVIEW_FRESH: Duration = Duration::from_secs(5);
+
+/// The overview's counts: devices by status, and the rest.
+pub(crate) type Counts = (
+    std::collections::BTreeMap<String, i64>,
+    crate::store::Overview,
+);
+
+/// The counts of the overview, at most [`OVERVIEW_FRESH`] old.
+pub(crate) async fn overview_counts(
+    state: &AppState,
+    now: i64,
+    online_after_ms: i64,
+) -> Result<Counts, crate::store::StoreError> {
+    let lock = || {
+        state
+            .overview
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some((at, counts)) = lock().as_ref() {
+        if at.elapsed() < OVERVIEW_FRESH {
+            return Ok(counts.clone());
+        }
+    }
+    let counts = (
+        state.store.count_peripherals().await?,
+        state.store.overview(now, online_after_ms).await?,
+    );
+    *lock() = Some((std::time::Instant::now(), counts.clone()));
+    Ok(counts)
+}
+
 /// The console's routes.
 pub fn router() -> Router<AppState> {
     Router::new()

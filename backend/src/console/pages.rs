@@ -119,11 +119,7 @@ pub(super) async fn overview(State(state): State<AppState>, headers: HeaderMap) 
     let op = operator(&state, &headers, Role::Viewer).await?;
     let now = now_ms();
     let within = registry::online_within(state.config.limits.feed_wait_max_ms);
-    let counts = state.store.count_peripherals().await?;
-    let o = state
-        .store
-        .overview(now, now - within.as_millis() as i64)
-        .await?;
+    let (counts, o) = super::overview_counts(&state, now, now - within.as_millis() as i64).await?;
     let lockouts = state.store.active_lockouts(now).await?;
     let total: i64 = counts.values().sum();
     Ok(layout(
