@@ -137,6 +137,12 @@ class WebDriver:
     def click(self, css):
         self.s("POST", f"/element/{self.find(css)}/click", {})
 
+    def click_to(self, css, text, timeout=15):
+        """Clicks, then waits for the page that has `text` (a click returns
+        before the navigation it starts has finished)."""
+        self.click(css)
+        return wait_for(f"a page with {text!r} after clicking {css}", lambda: text in self.source(), timeout)
+
     def source(self):
         return self.s("GET", "/source")
 
@@ -217,6 +223,14 @@ def main():
         d = WebDriver(f"http://127.0.0.1:{dp}")
         try:
             browse(d, backend, dev, tokens, glog_path, plog_path, vb)
+        except Exception:
+            # What the browser shows when a step fails.
+            try:
+                d.shot("failure")
+                print(f"--- the page at {d.current()}:\n{re.sub(r'<[^>]+>', ' ', d.source())[:800]}")
+            except Exception:  # noqa: BLE001
+                pass
+            raise
         finally:
             d.quit()
     except Exception as e:  # noqa: BLE001 - reported as a failure with the logs
@@ -252,7 +266,7 @@ def browse(d, backend, dev, tokens, glog_path, plog_path, vb):
     login(d, backend, tokens["otto"], shot="01-login")
     src = d.source()
     check(d.current().endswith("/console") and "Overview" in src and "otto" in src, "the operator logs in to the overview")
-    cookie = next((c for c in d.cookies() if c["name"] == "vouch_console"), {})
+    cookie = next((c for c in d.cookies() if c["name"] == "__Host-vouch_console"), {})
     check(cookie.get("httpOnly") and cookie.get("secure") and cookie.get("sameSite") == "Strict",
           f"the session cookie is HttpOnly, Secure, SameSite=Strict ({cookie.get('sameSite')})")
     d.shot("02-overview")
@@ -260,10 +274,10 @@ def browse(d, backend, dev, tokens, glog_path, plog_path, vb):
     # Search, then the device's page.
     d.go(f"{backend}/console/devices")
     d.type("input[name=group]", "meters")
-    d.click("form.filters button[type=submit]")
+    d.click_to("form.filters button[type=submit]", dev)
     check(dev in d.source(), "searching the group finds the device")
     d.shot("03-devices")
-    d.click(f"a[href='/console/devices/{dev}']")
+    d.click_to(f"a[href='/console/devices/{dev}']", "status-active")
     src = d.source()
     check("status-active" in src, "the device page shows it active")
     wait_for("the gateway's attach report", lambda: (d.go(f"{backend}/console/devices/{dev}") or True) and "attached to" in d.source()
@@ -272,10 +286,10 @@ def browse(d, backend, dev, tokens, glog_path, plog_path, vb):
     d.shot("04-device")
 
     # Revoke, after the confirmation page.
-    d.click(f"a[href='/console/devices/{dev}/revoke']")
+    d.click_to(f"a[href='/console/devices/{dev}/revoke']", "Revoking is final")
     check("Revoking is final" in d.source(), "revoking asks for confirmation first")
     d.shot("05-confirm-revoke")
-    d.click("button.danger[type=submit]")
+    d.click_to("button.danger[type=submit]", "status-revoked")
     check("status-revoked" in d.source(), "the device is revoked")
     d.shot("06-revoked")
     wait_for("the gateway closing the session", lambda: "peripheral revoked or suspended: session closed" in read(glog_path), timeout=10)
@@ -284,11 +298,12 @@ def browse(d, backend, dev, tokens, glog_path, plog_path, vb):
           "the device was told its session closed as revoked")
 
     # A POST without the CSRF token, with the operator's own session cookie.
-    jar = f"vouch_console={cookie.get('value', '')}"
+    jar = f"__Host-vouch_console={cookie.get('value', '')}"
     ctx = ssl.create_default_context(cafile=os.path.join(vb, "ca.pem"))
     ctx.check_hostname = False
     req = urllib.request.Request(f"{backend}/console/devices/{dev}/suspend", method="POST",
-                                 data=b"confirmed=yes", headers={"Cookie": jar, "Content-Type": "application/x-www-form-urlencoded"})
+                                 data=b"confirmed=yes", headers={"Cookie": jar, "Content-Type": "application/x-www-form-urlencoded",
+                                                                  "Sec-Fetch-Site": "same-origin"})
     try:
         urllib.request.urlopen(req, context=ctx, timeout=10)
         bad("a POST without the CSRF token was accepted")
@@ -299,11 +314,14 @@ def browse(d, backend, dev, tokens, glog_path, plog_path, vb):
     d.go(f"{backend}/console/import")
     key = run(P, "keygen", "--dir", os.path.join(os.path.dirname(vb), "vp2"), "--group", "meters")
     pk = json.loads(key)["public_key"]
-    d.type("textarea[name=rows]", f"public_key,group\n{pk},meters\nnot-a-key,meters\n")
+    upload = os.path.join(os.path.dirname(vb), "factory-batch.csv")
+    with open(upload, "w") as f:
+        f.write(f"public_key,group\n{pk},meters\nnot-a-key,meters\n")
+    d.type("input[name=file]", upload)
     d.shot("07-import")
-    d.click("div.actions button[type=submit]")
+    d.click_to("div.actions button[type=submit]", "Import report")
     src = d.source()
-    check("Dry run" in src and "would_create" in src and "invalid_public_key" in src, "the dry run reports every row")
+    check("Dry run" in src and "would_create" in src and "invalid_public_key" in src, "the dry run of an uploaded file reports every row")
     d.shot("08-import-report")
     listed = json.loads(run(B, "--data-dir", vb, "--json", "list", "peripheral"))["items"]
     check(len(listed) == 1, "the dry run wrote nothing")

@@ -311,20 +311,43 @@ const CONSOLE_RENEW_BEFORE_MS: i64 = 30 * 86_400_000;
 
 /// Makes sure the initialized directory `dir` holds a console certificate
 /// for the server certificate's names that is valid for another month: the
-/// console CA is made once, the certificate (re)issued when missing, ending
-/// within a month, or for other names. Returns (chain PEM, key PEM).
+/// console CA (name-constrained to those names) is made once and again when
+/// the names change, the certificate (re)issued when missing, ending within
+/// a month, or for other names. A `console.pem` the console CA did not
+/// issue (an organisation's certificate) is left as it is. Returns (chain
+/// PEM, key PEM).
 pub fn ensure_console_cert(dir: &Path) -> Result<(String, Zeroizing<String>), DataDirError> {
     let (server, _) = DataDir::load(dir)?.server_tls()?;
     let sans = pki::server_cert_sans(&server)?;
     let ca_path = dir.join(files::CONSOLE_CA);
     let ca_key_path = dir.join(files::CONSOLE_CA_KEY);
-    let ca = if ca_path.exists() && ca_key_path.exists() {
+    let cert_path = dir.join(files::CONSOLE);
+    let key_path = dir.join(files::CONSOLE_KEY);
+    // A console certificate the console CA did not issue (an
+    // organisation's own) is the operator's to renew: used as it is.
+    let ca_pem = fs::read_to_string(&ca_path).ok();
+    if cert_path.exists() && key_path.exists() {
+        let chain = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        if !ca_pem
+            .as_deref()
+            .is_some_and(|ca| chain.contains(ca.trim()))
+        {
+            return Ok((chain, read_secret(&key_path)?));
+        }
+    }
+    // The CA is constrained to the server's names: new names need a new CA
+    // (which operators trust anew).
+    let same_names = ca_pem
+        .as_deref()
+        .and_then(|pem| pki::name_constraints_of(pem).ok())
+        .is_some_and(|names| names == sans);
+    let ca = if same_names && ca_key_path.exists() {
         CaMaterial {
             cert_pem: fs::read_to_string(&ca_path).map_err(io(&ca_path))?,
             key_pem: read_secret(&ca_key_path)?,
         }
     } else {
-        let ca = pki::generate_console_ca()?;
+        let ca = pki::generate_console_ca(&sans)?;
         for (name, bytes, mode) in [
             (files::CONSOLE_CA_KEY, ca.key_pem.as_bytes(), 0o600),
             (files::CONSOLE_CA, ca.cert_pem.as_bytes(), 0o644),
@@ -335,13 +358,14 @@ pub fn ensure_console_cert(dir: &Path) -> Result<(String, Zeroizing<String>), Da
         }
         ca
     };
-    let cert_path = dir.join(files::CONSOLE);
-    let key_path = dir.join(files::CONSOLE_KEY);
     if cert_path.exists() && key_path.exists() {
         let chain = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let fresh = pki::not_after_ms(&chain)
             .is_ok_and(|end| end - crate::store::now_ms() > CONSOLE_RENEW_BEFORE_MS);
-        if fresh && pki::server_cert_sans(&chain).is_ok_and(|s| s == sans) {
+        if fresh
+            && chain.contains(ca.cert_pem.trim())
+            && pki::server_cert_sans(&chain).is_ok_and(|s| s == sans)
+        {
             return Ok((chain, read_secret(&key_path)?));
         }
     }

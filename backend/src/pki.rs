@@ -136,14 +136,30 @@ pub fn generate_ca() -> Result<CaMaterial, PkiError> {
 /// Creates a fresh ECDSA P-256 CA for the web console's certificate: what
 /// browsers verify (none verifies Ed25519 in TLS). Operators who open the
 /// console trust it in their browser, or give the console their own
-/// certificate.
-pub fn generate_console_ca() -> Result<CaMaterial, PkiError> {
+/// certificate. It is name-constrained to `names` (the server's DNS names
+/// and IP addresses): browsers that trust it accept from it certificates
+/// for those names only, so its key cannot be used to intercept anything
+/// else an operator's browser opens.
+pub fn generate_console_ca(names: &[String]) -> Result<CaMaterial, PkiError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
         .push(DnType::CommonName, "Vouch console CA");
+    params.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::from_addr_prefix(
+                    ip,
+                    if ip.is_ipv4() { 32 } else { 128 },
+                )),
+                Err(_) => rcgen::GeneralSubtree::DnsName(n.clone()),
+            })
+            .collect(),
+        excluded_subtrees: Vec::new(),
+    });
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -370,6 +386,38 @@ pub fn server_cert_sans(cert_pem: &str) -> Result<Vec<String>, PkiError> {
                     .ok()
                     .map(|a| std::net::IpAddr::from(a).to_string()),
                 16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// The names a CA certificate is constrained to (its permitted DNS names
+/// and single IP addresses), in order.
+pub fn name_constraints_of(cert_pem: &str) -> Result<Vec<String>, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let certs = certs_from_pem(cert_pem, "console-ca.pem")?;
+    let der = certs.first().ok_or(PkiError::Pem("console-ca.pem"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| PkiError::Pem("console-ca.pem"))?;
+    let Ok(Some(nc)) = parsed.name_constraints() else {
+        return Ok(Vec::new());
+    };
+    Ok(nc
+        .value
+        .permitted_subtrees
+        .iter()
+        .flatten()
+        .filter_map(|t| match &t.base {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                8 => <[u8; 4]>::try_from(&b[..4])
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                32 => <[u8; 16]>::try_from(&b[..16])
                     .ok()
                     .map(|a| std::net::IpAddr::from(a).to_string()),
                 _ => None,
@@ -734,7 +782,7 @@ mod tests {
         .unwrap();
         // With the console's ECDSA chain beside it; a key that is not the
         // certificate's is refused.
-        let console_ca = generate_console_ca().unwrap();
+        let console_ca = generate_console_ca(&["localhost".into()]).unwrap();
         let (cpem, ckey) =
             issue_console_cert(&console_ca, &["localhost".into()], CONSOLE_LIFETIME).unwrap();
         assert_eq!(server_cert_sans(&cpem).unwrap(), ["localhost"]);
@@ -756,5 +804,35 @@ mod tests {
             rejections()
         )
         .is_err());
+        // The console CA vouches for the server's names only: a certificate
+        // it signs for another name does not verify.
+        let names = ["vouch.example".to_owned(), "127.0.0.1".to_owned()];
+        let console_ca = generate_console_ca(&names).unwrap();
+        assert_eq!(name_constraints_of(&console_ca.cert_pem).unwrap(), names);
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(certs_from_pem(&console_ca.cert_pem, "ca").unwrap());
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        let check = |name: &str| {
+            let (pem, _) =
+                issue_console_cert(&console_ca, &[name.to_owned()], CONSOLE_LIFETIME).unwrap();
+            let leaf = certs_from_pem(&pem, "leaf").unwrap().remove(0);
+            let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+            verifier
+                .verify_server_cert(&leaf, &[], &server, &[], rustls::pki_types::UnixTime::now())
+                .is_ok()
+        };
+        assert!(check("vouch.example"));
+        assert!(check("127.0.0.1"));
+        assert!(
+            !check("bank.example"),
+            "the console CA must not vouch for other names"
+        );
+        assert!(!check("10.0.0.1"));
     }
 }

@@ -18,6 +18,9 @@ on_both!(
     a_viewer_sees_no_revoke_and_is_refused_it_and_forms_need_their_csrf_token,
     hostile_strings_are_escaped_on_every_page,
     an_import_dry_run_reports_every_row_and_writes_nothing,
+    an_operator_suspends_a_gateway_after_confirming_and_sees_the_keys,
+    console_posts_are_judged_before_their_bodies_and_never_cross_site,
+    every_console_form_checks_its_role_and_its_csrf_token,
 );
 
 struct Answer {
@@ -80,6 +83,40 @@ async fn post(b: &Backend, cookie: &str, path: &str, pairs: &[(&str, &str)]) -> 
     .await
 }
 
+/// A multipart form (`name`, optional file name, value), as a browser sends
+/// the import form.
+async fn post_multipart(
+    b: &Backend,
+    cookie: &str,
+    path: &str,
+    parts: &[(&str, Option<&str>, &str)],
+) -> Answer {
+    let boundary = "vouch-test-boundary-7f3a";
+    let mut body = String::new();
+    for (name, file, value) in parts {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\""
+        ));
+        if let Some(f) = file {
+            body.push_str(&format!("; filename=\"{f}\"\r\nContent-Type: text/csv"));
+        }
+        body.push_str(&format!("\r\n\r\n{value}\r\n"));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    send(
+        b,
+        Request::post(path)
+            .header(header::COOKIE, cookie)
+            .header(
+                header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(Body::from(body))
+            .expect("request"),
+    )
+    .await
+}
+
 /// The CSRF token of a page's forms.
 fn csrf(page: &str) -> String {
     let at = page
@@ -126,7 +163,13 @@ async fn login_sets_a_strict_cookie_and_a_bad_token_gets_nothing(db: Db) {
     )
     .await;
     let cookie = a.headers[header::SET_COOKIE].to_str().expect("ascii");
-    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/console"] {
+    for flag in [
+        "__Host-vouch_console=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/;",
+    ] {
         assert!(cookie.contains(flag), "{flag} in {cookie}");
     }
     let cookie = cookie.split(';').next().expect("pair");
@@ -380,21 +423,27 @@ async fn an_import_dry_run_reports_every_row_and_writes_nothing(db: Db) {
     let b = Backend::new(&db).await;
     let cookie = login(&b, &add_operator(&b, "otto", "operator").await).await;
     let page = get(&b, &cookie, "/console/import").await.body;
+    assert!(
+        page.contains("multipart/form-data") && page.contains("type=\"file\""),
+        "{page}"
+    );
     let token = csrf(&page);
     let good = Device::new(5);
     let rows = format!(
         "public_key,group\n{},meters\nnot-a-key,meters\n",
         good.key.public_key()
     );
-    let a = post(
+    // A file, in a dry run: every row reported, nothing written.
+    let a = post_multipart(
         &b,
         &cookie,
         "/console/import",
         &[
-            ("csrf", &token),
-            ("format", "csv"),
-            ("dry_run", "yes"),
-            ("rows", &rows),
+            ("csrf", None, &token),
+            ("format", None, "csv"),
+            ("dry_run", None, "yes"),
+            ("file", Some("factory.csv"), &rows),
+            ("rows", None, ""),
         ],
     )
     .await;
@@ -408,28 +457,314 @@ async fn an_import_dry_run_reports_every_row_and_writes_nothing(db: Db) {
     );
     let (_, v) = b.admin("GET", "/v1/admin/peripherals", None).await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "{v}");
-    let a = post(
+    // Without the CSRF token: refused, nothing written.
+    let a = post_multipart(
         &b,
         &cookie,
         "/console/import",
-        &[("csrf", &token), ("format", "csv"), ("rows", &rows)],
+        &[("format", None, "csv"), ("rows", None, &rows)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    // Pasted rows, for real.
+    let a = post_multipart(
+        &b,
+        &cookie,
+        "/console/import",
+        &[
+            ("csrf", None, &token),
+            ("format", None, "csv"),
+            ("rows", None, &rows),
+        ],
     )
     .await;
     assert!(a.body.contains("1 created"), "{}", a.body);
     let (_, v) = b.admin("GET", "/v1/admin/peripherals", None).await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
-    // A viewer has no import page and cannot post one.
+    // A viewer has no import page and cannot post one, even with its own
+    // session's CSRF token.
     let viewer = login(&b, &add_operator(&b, "vera", "viewer").await).await;
     assert_eq!(
         get(&b, &viewer, "/console/import").await.status,
         StatusCode::FORBIDDEN
     );
-    let a = post(
+    let viewer_token = csrf(&get(&b, &viewer, "/console").await.body);
+    let a = post_multipart(
         &b,
         &viewer,
         "/console/import",
-        &[("csrf", &token), ("format", "csv"), ("rows", &rows)],
+        &[
+            ("csrf", None, &viewer_token),
+            ("format", None, "csv"),
+            ("rows", None, &rows),
+        ],
     )
     .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.body.contains("forbidden"), "{}", a.body);
+}
+
+async fn an_operator_suspends_a_gateway_after_confirming_and_sees_the_keys(db: Db) {
+    let b = Backend::new(&db).await;
+    let gw = vouch_proto::keys::IdentityKey::from_seed(&[100; 32]);
+    b.enroll_gateway(&gw, Some("plant")).await;
+    let key = gw.public_key().to_string();
+    let viewer = login(&b, &add_operator(&b, "vera", "viewer").await).await;
+    let page = get(&b, &viewer, &format!("/console/gateways/{key}")).await;
+    assert!(
+        page.body.contains("plant") && !page.body.contains("/suspend"),
+        "{}",
+        page.body
+    );
+    let cookie = login(&b, &add_operator(&b, "otto", "operator").await).await;
+    let page = get(&b, &cookie, &format!("/console/gateways/{key}"))
+        .await
+        .body;
+    assert!(
+        page.contains(&format!("/console/gateways/{key}/suspend")),
+        "{page}"
+    );
+    let path = format!("/console/gateways/{key}/suspend");
+    let confirm = get(&b, &cookie, &path).await;
+    assert!(
+        confirm.body.contains("every session it holds closes"),
+        "{}",
+        confirm.body
+    );
+    let a = post(&b, &cookie, &path, &[("confirmed", "yes")]).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "no CSRF token: {}", a.body);
+    let a = post(
+        &b,
+        &cookie,
+        &path,
+        &[("csrf", &csrf(&confirm.body)), ("confirmed", "yes")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let (_, v) = b
+        .admin("GET", &format!("/v1/admin/gateways/{key}"), None)
+        .await;
+    assert_eq!(v["status"], "suspended", "{v}");
+    let page = get(&b, &viewer, "/console/keys").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("(current)") && page.body.contains("Live instances"),
+        "{}",
+        page.body
+    );
+}
+
+/// A request body that never arrives.
+struct NeverArrives;
+
+impl axum::body::HttpBody for NeverArrives {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// From the adversarial review of the console: an unauthenticated POST is
+/// answered from its headers (its body is never waited for), forms are
+/// small, a post from another site is refused (login included), two
+/// session cookies are none, an expired session is none.
+async fn console_posts_are_judged_before_their_bodies_and_never_cross_site(db: Db) {
+    let b = Backend::new(&db).await;
+    for path in [
+        "/console/import",
+        "/console/logout",
+        "/console/lockouts/clear",
+        "/console/policies",
+        "/console/policies/remove",
+        "/console/devices/0011223344556677/revoke",
+        "/console/gateways/00/suspend",
+    ] {
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::CONTENT_LENGTH, "60000000")
+            .body(Body::new(NeverArrives))
+            .expect("request");
+        let a = tokio::time::timeout(std::time::Duration::from_secs(3), send(&b, req))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: waited for a body before knowing the caller"));
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{path}");
+    }
+    let big = format!("token={}", "a".repeat(1 << 20));
+    let a = send(
+        &b,
+        Request::post("/console/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(big))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // A login posted from another site sets nothing (nor one whose origin
+    // the browser will not say, without saying it is same-origin).
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "https://evil.example"),
+        ("origin", "null"),
+    ] {
+        let a = send(
+            &b,
+            Request::post("/console/login")
+                .header(header::HOST, "vouch.example:8443")
+                .header(name, value)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(form(&[("token", &b.token)])))
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{name}");
+        assert!(a.headers.get(header::SET_COOKIE).is_none(), "{name}");
+    }
+    // The same site may, named by Host (HTTP/1.1) or by the URI's
+    // authority (HTTP/2, where browsers send no Host).
+    let a = send(
+        &b,
+        Request::post("https://vouch.example:8443/console/login")
+            .header("origin", "https://vouch.example:8443")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form(&[("token", &b.token)])))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "HTTP/2: {}", a.body);
+    let a = send(
+        &b,
+        Request::post("/console/login")
+            .header(header::HOST, "vouch.example:8443")
+            .header("origin", "https://vouch.example:8443")
+            .header("sec-fetch-site", "same-origin")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form(&[("token", &b.token)])))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let cookie = login(&b, &b.token).await;
+    assert!(cookie.starts_with("__Host-"), "{cookie}");
+    assert_eq!(get(&b, &cookie, "/console").await.status, StatusCode::OK);
+    // Two cookies of the name: no session.
+    let other = login(&b, &b.token).await;
+    let both = format!("{cookie}; {other}");
+    assert_eq!(
+        get(&b, &both, "/console").await.status,
+        StatusCode::SEE_OTHER
+    );
+    // An expired session: none.
+    let caller = b
+        .store
+        .authenticate(&b.token)
+        .await
+        .expect("store")
+        .expect("caller");
+    let id = "ab".repeat(32);
+    b.store
+        .open_console_session(
+            &vouch_backend::access::TokenHash::of(&id),
+            &caller,
+            &"cd".repeat(32),
+            vouch_backend::store::now_ms() - 1,
+        )
+        .await
+        .expect("session");
+    let expired = format!("__Host-vouch_console={id}");
+    assert_eq!(
+        get(&b, &expired, "/console").await.status,
+        StatusCode::SEE_OTHER
+    );
+}
+
+/// Every console form checks its role and its CSRF token, not only the
+/// device actions.
+async fn every_console_form_checks_its_role_and_its_csrf_token(db: Db) {
+    let b = Backend::new(&db).await;
+    let otto = login(&b, &add_operator(&b, "otto", "operator").await).await;
+    let vera = login(&b, &add_operator(&b, "vera", "viewer").await).await;
+    let otto_csrf = csrf(&get(&b, &otto, "/console").await.body);
+    let vera_csrf = csrf(&get(&b, &vera, "/console").await.body);
+    let rule = [
+        ("peripheral", "any"),
+        ("gateway", "any"),
+        ("scope", "telemetry"),
+        ("session_s", "60"),
+        ("resumption_s", "60"),
+    ];
+    // Adding a rule: an operator with its token may; without it, or a
+    // viewer, may not.
+    let with = |token: &'static str| -> Vec<(&'static str, &'static str)> {
+        let mut f = rule.to_vec();
+        f.push(("csrf", token));
+        f
+    };
+    let (vera_csrf, otto_csrf): (&'static str, &'static str) = (
+        Box::leak(vera_csrf.into_boxed_str()),
+        Box::leak(otto_csrf.into_boxed_str()),
+    );
+    let pairs = |v: Vec<(&'static str, &'static str)>| v;
+    assert_eq!(
+        post(&b, &otto, "/console/policies", &rule).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(&b, &vera, "/console/policies", &pairs(with(vera_csrf)))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(b.state.store.list_policies().await.expect("rules").len(), 0);
+    assert_eq!(
+        post(&b, &otto, "/console/policies", &pairs(with(otto_csrf)))
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    let id = b.state.store.list_policies().await.expect("rules")[0]
+        .id
+        .to_string();
+    // Removing one is the admin's.
+    let a = post(
+        &b,
+        &otto,
+        "/console/policies/remove",
+        &[("csrf", otto_csrf), ("id", &id)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let admin = login(&b, &b.token).await;
+    let admin_csrf = csrf(&get(&b, &admin, "/console").await.body);
+    assert_eq!(
+        post(&b, &admin, "/console/policies/remove", &[("id", &id)])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(b.state.store.list_policies().await.expect("rules").len(), 1);
+    let a = post(
+        &b,
+        &admin,
+        "/console/policies/remove",
+        &[("csrf", &admin_csrf), ("id", &id)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(b.state.store.list_policies().await.expect("rules").len(), 0);
+    // Clearing a lockout: a viewer may not, nor a form without the token.
+    for (cookie, pairs) in [
+        (&vera, vec![("csrf", vera_csrf), ("subject", "gateway:x")]),
+        (&otto, vec![("subject", "gateway:x")]),
+    ] {
+        assert_eq!(
+            post(&b, cookie, "/console/lockouts/clear", &pairs)
+                .await
+                .status,
+            StatusCode::FORBIDDEN
+        );
+    }
 }

@@ -268,8 +268,11 @@ async fn the_init_token_is_the_first_admin_and_the_last_admin_stays(db: Db) {
         me,
         json!({ "name": "admin", "role": "admin", "token_id": "init" })
     );
-    // The only admin cannot be removed.
+    // The only admin cannot be removed, nor its only token revoked (it may
+    // be rotated).
     let (s, v) = b.admin("DELETE", "/v1/admin/operators/admin", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "conflict"), "{v}");
+    let (s, v) = b.admin("DELETE", "/v1/admin/tokens/init", None).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "conflict"), "{v}");
     // Another admin can remove it; then the init token is dead, and a
     // restart (which bootstraps only an empty table) does not revive it.

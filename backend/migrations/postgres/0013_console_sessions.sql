@@ -1,7 +1,7 @@
 -- Web console sessions (issue 18). The cookie holds a random session id;
 -- only its SHA-256 is kept, with the operator token the login presented: a
 -- session lives only as long as that token and its operator (every request
--- checks both), and at most `console.session_s`. Each session has its own
+-- checks both), and at most 8 hours. Each session has its own
 -- CSRF token, which every state-changing form carries. Keep in step with
 -- the other dialect.
 CREATE TABLE console_sessions (

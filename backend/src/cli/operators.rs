@@ -127,7 +127,7 @@ async fn operators_on(cli: &Cli, target: &Target, cmd: &OperatorsCmd) -> Result<
             )
         }
         OperatorsCmd::Add { name, role, out } => {
-            refuse_existing(out.as_deref())?;
+            let out = TokenFile::reserve(out.as_deref())?;
             let (operator, token) = match target {
                 Target::Local { store, actor } => {
                     let (op, t) = registry::add_operator(store, name, role, actor)
@@ -149,7 +149,7 @@ async fn operators_on(cli: &Cli, target: &Target, cmd: &OperatorsCmd) -> Result<
                 "operator": operator["name"],
                 "role": operator["role"],
             });
-            give_token(cli, &mut record, &token, out.as_deref())
+            give_token(cli, &mut record, &token, out)
         }
         OperatorsCmd::Remove { name } => {
             match target {
@@ -208,7 +208,7 @@ async fn tokens_on(cli: &Cli, target: &Target, cmd: &TokensCmd) -> Result<()> {
             )
         }
         TokensCmd::Create { operator, out } => {
-            refuse_existing(out.as_deref())?;
+            let out = TokenFile::reserve(out.as_deref())?;
             let token = match target {
                 Target::Local { store, actor } => {
                     let (_, t) = registry::add_token(store, operator, actor)
@@ -226,10 +226,10 @@ async fn tokens_on(cli: &Cli, target: &Target, cmd: &TokensCmd) -> Result<()> {
                 }
             };
             let mut record = serde_json::json!({ "operator": operator });
-            give_token(cli, &mut record, &token, out.as_deref())
+            give_token(cli, &mut record, &token, out)
         }
         TokensCmd::Rotate { id, out } => {
-            refuse_existing(out.as_deref())?;
+            let out = TokenFile::reserve(out.as_deref())?;
             let (operator, token) = match target {
                 Target::Local { store, actor } => {
                     let (r, t) = registry::rotate_token(store, id, actor)
@@ -248,7 +248,7 @@ async fn tokens_on(cli: &Cli, target: &Target, cmd: &TokensCmd) -> Result<()> {
                 }
             };
             let mut record = serde_json::json!({ "operator": operator, "replaces": id });
-            give_token(cli, &mut record, &token, out.as_deref())
+            give_token(cli, &mut record, &token, out)
         }
         TokensCmd::Revoke { id } => {
             match target {
@@ -301,31 +301,81 @@ fn shown(t: &NewToken) -> Value {
     serde_json::json!({ "id": t.id, "token": t.token.as_str() })
 }
 
-fn refuse_existing(out: Option<&Path>) -> Result<()> {
-    match out {
-        Some(p) if p.exists() => anyhow::bail!(
-            "{} exists: a token file is never overwritten (give a new path)",
-            p.display()
-        ),
-        _ => Ok(()),
+/// The file a new token goes into, created (empty, mode 0600, never over
+/// an existing file) before the request that makes the token: a path that
+/// cannot be written fails before the backend revokes or issues anything.
+/// Removed again if the token never comes.
+struct TokenFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl TokenFile {
+    fn reserve(out: Option<&Path>) -> Result<Option<Self>> {
+        let Some(path) = out else { return Ok(None) };
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "cannot create {} (a token file is never overwritten: give a new path)",
+                    path.display()
+                )
+            })?;
+        Ok(Some(Self {
+            path: path.to_owned(),
+            file: Some(file),
+        }))
+    }
+
+    /// Writes the token and syncs it; the file is then kept.
+    fn write(mut self, secret: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = self.file.take().ok_or(std::io::ErrorKind::Other)?;
+        file.write_all(format!("{secret}\n").as_bytes())?;
+        file.sync_all()
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        // Still holding the file: the token never came.
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
 /// Prints the record with the token's id, and the token itself: into a new
 /// file (mode 0600) with `out`, else on standard output, once.
-fn give_token(cli: &Cli, record: &mut Value, token: &Value, out: Option<&Path>) -> Result<()> {
+fn give_token(cli: &Cli, record: &mut Value, token: &Value, out: Option<TokenFile>) -> Result<()> {
     let secret = token["token"]
         .as_str()
         .context("the answer holds no token")?;
     record["token_id"] = token["id"].clone();
     match out {
-        Some(p) => {
-            vouch_host::fs::AtomicWrite::new(0o600)
-                .never_replace()
-                .write_file(p, format!("{secret}\n").as_bytes())
-                .with_context(|| format!("cannot write {}", p.display()))?;
-            record["token_file"] = p.display().to_string().into();
-            output::record(cli.json, record)
+        Some(file) => {
+            let path = file.path.clone();
+            match file.write(secret) {
+                Ok(()) => {
+                    record["token_file"] = path.display().to_string().into();
+                    output::record(cli.json, record)
+                }
+                // The backend made the token (and may have revoked the one
+                // it replaces): it must not be lost.
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot write the token to {}: {e}; here it is instead:",
+                        path.display()
+                    );
+                    record["token"] = secret.into();
+                    output::record(cli.json, record)?;
+                    anyhow::bail!("the token was printed, not written to {}", path.display())
+                }
+            }
         }
         None => {
             record["token"] = secret.into();

@@ -57,6 +57,10 @@ impl Admin {
             .with_context(|| format!("{} is not a CA certificate (PEM)", ca_path.display()))?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
+            // The backend never redirects; a redirect would carry the
+            // token and the body somewhere the operator did not name.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .build()

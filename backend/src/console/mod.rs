@@ -28,7 +28,8 @@
 //! | `/console` overview: devices by status, gateways online, vouches and alerts | viewer |
 //! | `/console/devices?id=&group=&status=&attribute=&after=` search, paged | viewer |
 //! | `/console/devices/{id}`: record, last seen, gateway, recent audit, actions | viewer (actions: operator) |
-//! | `/console/gateways`, `/console/gateways/{key}` | viewer |
+//! | `/console/gateways`, `/console/gateways/{key}` (actions: operator) | viewer |
+//! | `/console/keys`: the key ring, the anchor new devices get, the instances | viewer |
 //! | `/console/audit?action=&peripheral=&gateway=&after=`, `/console/audit/verify` | viewer |
 //! | `/console/lockouts` (clear: operator), `/console/policies` (add: operator, remove: admin) | viewer |
 //! | `/console/import`: CSV or NDJSON, dry run, the per-row report | operator |
@@ -37,7 +38,7 @@ mod pages;
 
 use std::time::Duration;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -47,6 +48,7 @@ use subtle::ConstantTimeEq;
 
 use crate::access::{Caller, Role, TokenHash};
 use crate::error::AppError;
+use crate::routes::admin::{Manage, Needs, Read, Write};
 use crate::store::{now_ms, ConsoleSession};
 use crate::AppState;
 
@@ -54,7 +56,7 @@ use crate::AppState;
 pub const SESSION: Duration = Duration::from_secs(8 * 3600);
 
 /// The session cookie's name.
-const COOKIE: &str = "vouch_console";
+const COOKIE: &str = "__Host-vouch_console";
 
 /// How long the overview's counts are reused: counting a million devices by
 /// status reads the whole status index, so several operators on the
@@ -108,18 +110,81 @@ pub fn router() -> Router<AppState> {
         )
         .route("/console/gateways", get(pages::gateways))
         .route("/console/gateways/{key}", get(pages::gateway))
+        .route(
+            "/console/gateways/{key}/{action}",
+            get(pages::confirm_gateway_action).post(gateway_action),
+        )
+        .route("/console/keys", get(pages::keys))
         .route("/console/audit", get(pages::audit))
         .route("/console/audit/verify", get(pages::audit_verify))
         .route("/console/lockouts", get(pages::lockouts))
         .route("/console/lockouts/clear", post(clear_lockout))
         .route("/console/policies", get(pages::policies).post(add_policy))
         .route("/console/policies/remove", post(remove_policy))
-        .route("/console/import", get(pages::import_page).post(import))
+        .route(
+            "/console/import",
+            get(pages::import_page)
+                .post(import)
+                .layer(DefaultBodyLimit::max(crate::routes::MAX_ADMIN_BODY)),
+        )
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(axum::middleware::from_fn(same_origin_posts))
         .layer(axum::middleware::from_fn(security_headers))
 }
 
+/// The largest console form but an import (which may carry 64 MiB, and is
+/// read only after its session was found).
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// A POST a browser says came from another site (`Sec-Fetch-Site`), or
+/// whose `Origin` is not this host, is refused before anything is read:
+/// the login form included, which has no session to carry a CSRF token
+/// (login CSRF). Behind the CSRF token of every other form, a second layer.
+async fn same_origin_posts(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() == axum::http::Method::POST {
+        let h = req.headers();
+        let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let cross_site = site.is_some_and(|s| s != "same-origin" && s != "none");
+        // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in Host.
+        let host = h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        // `Origin: null` is what a browser sends when it will not say (a
+        // sandboxed frame, some referrer policies): trusted only with the
+        // browser's own word that the post is same-origin.
+        let foreign_origin = h
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|o| {
+                if o == "null" {
+                    return site != Some("same-origin");
+                }
+                let authority = o.split_once("://").map_or(o, |(_, a)| a);
+                host.is_none_or(|host| authority != host)
+            });
+        if cross_site || foreign_origin {
+            tracing::warn!(
+                sec_fetch_site = site.unwrap_or("-"),
+                origin = h
+                    .get(header::ORIGIN)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
+                host = host.unwrap_or("-"),
+                "console: a form posted from another site refused"
+            );
+            return Refused::Page(
+                StatusCode::FORBIDDEN,
+                "a form posted from another site is refused (csrf)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// Headers on every console answer: no script, no framing, no caching, no
-/// sniffing, no referrer.
+/// sniffing, no referrer to other sites.
 async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
@@ -212,17 +277,22 @@ impl From<crate::registry::RegistryError> for Refused {
     }
 }
 
-/// The session cookie's value, if the request has one.
+/// The session cookie's value, if the request has exactly one (two of the
+/// name, one of them planted by a sibling site, are no session at all).
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v)
-        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v);
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    Some(value).filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The operator logged in on this request, with at least `role`.
@@ -246,22 +316,42 @@ pub(crate) async fn operator(
     })
 }
 
-/// The operator of a state-changing request: a live session with `role`,
-/// and the form's CSRF token equal to the session's.
-async fn acting(
-    state: &AppState,
-    headers: &HeaderMap,
-    role: Role,
-    csrf: &str,
-) -> Result<Operator, Refused> {
-    let op = operator(state, headers, role).await?;
-    if !bool::from(op.csrf.as_bytes().ct_eq(csrf.as_bytes())) || csrf.is_empty() {
-        return Err(Refused::Page(
-            StatusCode::FORBIDDEN,
-            "this form is stale or did not come from the console (CSRF check failed): reload the page and try again (csrf)".into(),
-        ));
+/// The logged-in operator of a state-changing request, with at least the
+/// role `N` needs, found from the request's headers alone: a request
+/// without a live session or below the role is refused before its body is
+/// read. The form's CSRF token is checked after ([`Session::csrf`]).
+#[derive(Debug)]
+pub struct Session<N: Needs> {
+    op: Operator,
+    need: std::marker::PhantomData<N>,
+}
+
+impl<N: Needs + Send + Sync> axum::extract::FromRequestParts<AppState> for Session<N> {
+    type Rejection = Refused;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Refused> {
+        Ok(Self {
+            op: operator(state, &parts.headers, N::ROLE).await?,
+            need: std::marker::PhantomData,
+        })
     }
-    Ok(op)
+}
+
+impl<N: Needs> Session<N> {
+    /// The operator, once the form's CSRF token is the session's (compared
+    /// in constant time; an empty one never matches).
+    fn csrf(self, token: &str) -> Result<Operator, Refused> {
+        if token.is_empty() || !bool::from(self.op.csrf.as_bytes().ct_eq(token.as_bytes())) {
+            return Err(Refused::Page(
+                StatusCode::FORBIDDEN,
+                "this form is stale or did not come from the console (CSRF check failed): reload the page and try again (csrf)".into(),
+            ));
+        }
+        Ok(self.op)
+    }
 }
 
 fn random_hex() -> Result<String, Refused> {
@@ -300,7 +390,7 @@ async fn login(
         .await?;
     tracing::info!(operator = %caller.name, "console login");
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/console; Max-Age={}",
+        "{COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
         SESSION.as_secs()
     );
     Ok((
@@ -321,17 +411,18 @@ struct CsrfOnly {
 
 async fn logout(
     State(state): State<AppState>,
+    who: Session<Read>,
     headers: HeaderMap,
     Form(f): Form<CsrfOnly>,
 ) -> Result<Response, Refused> {
-    acting(&state, &headers, Role::Viewer, &f.csrf).await?;
+    who.csrf(&f.csrf)?;
     if let Some(id) = session_cookie(&headers) {
         state
             .store
             .close_console_session(&TokenHash::of(id))
             .await?;
     }
-    let clear = format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/console; Max-Age=0");
+    let clear = format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0");
     Ok((
         StatusCode::SEE_OTHER,
         [
@@ -353,11 +444,11 @@ struct ActionForm {
 /// Suspend, reinstate or revoke a device, after its confirmation page.
 async fn device_action(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Session<Write>,
     Path((id, action)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Result<Response, Refused> {
-    let op = acting(&state, &headers, Role::Operator, &f.csrf).await?;
+    let op = who.csrf(&f.csrf)?;
     let id = crate::registry::parse_id(&id)?;
     let t = pages::device_transition(&action)?;
     if f.confirmed != "yes" {
@@ -371,6 +462,27 @@ async fn device_action(
     Ok(Redirect::to(&format!("/console/devices/{id}?done={action}")).into_response())
 }
 
+/// Suspend, reinstate or revoke a gateway, after its confirmation page.
+async fn gateway_action(
+    State(state): State<AppState>,
+    who: Session<Write>,
+    Path((key, action)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, Refused> {
+    let op = who.csrf(&f.csrf)?;
+    let key = crate::registry::parse_gateway_key(&key)?;
+    let t = pages::device_transition(&action)?;
+    if f.confirmed != "yes" {
+        return Ok(Redirect::to(&format!("/console/gateways/{key}/{action}")).into_response());
+    }
+    state
+        .store
+        .transition_gateway(&key, t, &op.caller.actor())
+        .await?;
+    state.feed.advance(state.store.last_event_seq().await?);
+    Ok(Redirect::to(&format!("/console/gateways/{key}?done={action}")).into_response())
+}
+
 #[derive(Debug, Deserialize)]
 struct LockoutForm {
     #[serde(default)]
@@ -380,10 +492,10 @@ struct LockoutForm {
 
 async fn clear_lockout(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Session<Write>,
     Form(f): Form<LockoutForm>,
 ) -> Result<Response, Refused> {
-    let op = acting(&state, &headers, Role::Operator, &f.csrf).await?;
+    let op = who.csrf(&f.csrf)?;
     state
         .store
         .clear_lockout(&f.subject, &op.caller.actor())
@@ -407,10 +519,10 @@ struct PolicyForm {
 
 async fn add_policy(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Session<Write>,
     Form(f): Form<PolicyForm>,
 ) -> Result<Response, Refused> {
-    let op = acting(&state, &headers, Role::Operator, &f.csrf).await?;
+    let op = who.csrf(&f.csrf)?;
     let rule = crate::registry::NewPolicy {
         peripheral: f.peripheral,
         gateway: f.gateway,
@@ -431,31 +543,57 @@ struct RemovePolicyForm {
 
 async fn remove_policy(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Session<Manage>,
     Form(f): Form<RemovePolicyForm>,
 ) -> Result<Response, Refused> {
-    let op = acting(&state, &headers, Role::Admin, &f.csrf).await?;
+    let op = who.csrf(&f.csrf)?;
     state.store.remove_policy(f.id, &op.caller.actor()).await?;
     state.feed.advance(state.store.last_event_seq().await?);
     Ok(Redirect::to("/console/policies").into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// An import form's fields (multipart: a file, or rows pasted).
+#[derive(Debug, Default)]
 struct ImportForm {
-    #[serde(default)]
     csrf: String,
     format: String,
-    #[serde(default)]
-    dry_run: Option<String>,
-    rows: String,
+    dry_run: bool,
+    rows: Vec<u8>,
+}
+
+async fn read_import_form(mut m: axum::extract::Multipart) -> Result<ImportForm, Refused> {
+    let bad = |what: &str| Refused::Page(StatusCode::BAD_REQUEST, format!("{what} (bad_body)"));
+    let mut f = ImportForm::default();
+    while let Some(field) = m
+        .next_field()
+        .await
+        .map_err(|_| bad("the form did not arrive whole"))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|_| bad("the form did not arrive whole"))?;
+        match name.as_str() {
+            "csrf" => f.csrf = String::from_utf8_lossy(&bytes).into_owned(),
+            "format" => f.format = String::from_utf8_lossy(&bytes).into_owned(),
+            "dry_run" => f.dry_run = true,
+            // The file wins over the text area when both are given.
+            "file" if !bytes.is_empty() => f.rows = bytes.to_vec(),
+            "rows" if f.rows.is_empty() => f.rows = bytes.to_vec(),
+            _ => {}
+        }
+    }
+    Ok(f)
 }
 
 async fn import(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(f): Form<ImportForm>,
+    who: Session<Write>,
+    m: axum::extract::Multipart,
 ) -> Result<Response, Refused> {
-    let op = acting(&state, &headers, Role::Operator, &f.csrf).await?;
+    let f = read_import_form(m).await?;
+    let op = who.csrf(&f.csrf)?;
     let format = match f.format.as_str() {
         "csv" => crate::import::Format::Csv,
         "ndjson" => crate::import::Format::Ndjson,
@@ -466,17 +604,21 @@ async fn import(
             ))
         }
     };
-    let dry_run = f.dry_run.is_some();
-    let rows = crate::import::read_rows(f.rows.as_bytes(), format).map_err(|_| {
+    let rows = crate::import::read_rows(f.rows.as_slice(), format).map_err(|_| {
         Refused::Page(
             StatusCode::BAD_REQUEST,
             "the rows are not readable text (bad_body)".into(),
         )
     })?;
     let mut reports = Vec::with_capacity(rows.len());
-    let summary = crate::import::run(&state.store, rows, dry_run, 500, &op.caller.actor(), |r| {
-        reports.extend_from_slice(r)
-    })
+    let summary = crate::import::run(
+        &state.store,
+        rows,
+        f.dry_run,
+        500,
+        &op.caller.actor(),
+        |r| reports.extend_from_slice(r),
+    )
     .await?;
     Ok(Html(pages::import_result(&op, &summary, &reports).into_string()).into_response())
 }

@@ -30,6 +30,7 @@ fn layout(op: &Operator, here: &str, title: &str, body: Markup) -> Html<String> 
         ("/console/gateways", "Gateways"),
         ("/console/policies", "Policies"),
         ("/console/lockouts", "Lockouts"),
+        ("/console/keys", "Keys"),
         ("/console/audit", "Audit"),
         ("/console/import", "Import"),
     ];
@@ -267,20 +268,13 @@ async fn device_page(state: &AppState, op: &Operator, id: &str, done: Option<&st
             20,
         )?)
         .await?;
-    let actions: Vec<&str> = [
-        ("suspend", d.status == Status::Active),
-        ("reinstate", d.status == Status::Suspended),
-        ("revoke", d.status != Status::Revoked),
-    ]
-    .into_iter()
-    .filter_map(|(a, ok)| ok.then_some(a))
-    .collect();
+    let actions = actions_for(d.status);
     Ok(layout(
         op,
         "/console/devices",
         &format!("Device {id}"),
         html! {
-            @if let Some(done) = done { p.fine { "Done: " (done) "." } }
+            @if let Some(done) = done.filter(|d| device_transition(d).is_ok()) { p.fine { "Done: " (done) "." } }
             dl {
                 dt { "status" } dd class=(status_class(d.status.as_str())) { (d.status) }
                 dt { "public key" } dd.mono { (d.public_key) }
@@ -416,12 +410,14 @@ pub(super) async fn gateway(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(key): Path<String>,
+    axum::extract::Query(p): Params,
 ) -> Page {
     let op = operator(&state, &headers, Role::Viewer).await?;
     let key = registry::parse_gateway_key(&key)?;
     let within = registry::online_within(state.config.limits.feed_wait_max_ms);
     let v = registry::gateway_view(&state.store, &key, within).await?;
     let g = &v.record;
+    let actions = actions_for(g.status);
     let audit = state
         .store
         .audit_query(&registry::audit_filter(
@@ -439,6 +435,7 @@ pub(super) async fn gateway(
         "/console/gateways",
         &format!("Gateway {}", g.name.as_deref().unwrap_or("(unnamed)")),
         html! {
+            @if let Some(done) = p.done.as_deref().filter(|d| device_transition(d).is_ok()) { p.fine { "Done: " (done) "." } }
             dl {
                 dt { "key" } dd.mono { (g.public_key) }
                 dt { "status" } dd class=(status_class(g.status.as_str())) { (g.status) }
@@ -449,8 +446,118 @@ pub(super) async fn gateway(
                 dt { "live sessions" } dd { (v.live_sessions) }
                 dt { "certificate expires" } dd { (time(g.certificate_expires_ms)) }
             }
+            @if op.can(Role::Operator) && !actions.is_empty() {
+                div.actions {
+                    @for a in &actions {
+                        a.button.danger[*a == "revoke"] href={ "/console/gateways/" (g.public_key) "/" (a) } { (a) }
+                    }
+                }
+            }
             h2 { "Recent audit entries" }
             (audit_table(&audit))
+        },
+    ))
+}
+
+/// The lifecycle actions a subject in `status` allows.
+fn actions_for(status: Status) -> Vec<&'static str> {
+    [
+        ("suspend", status == Status::Active),
+        ("reinstate", status == Status::Suspended),
+        ("revoke", status != Status::Revoked),
+    ]
+    .into_iter()
+    .filter_map(|(a, ok)| ok.then_some(a))
+    .collect()
+}
+
+pub(super) async fn confirm_gateway_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((key, action)): Path<(String, String)>,
+) -> Page {
+    let op = operator(&state, &headers, Role::Operator).await?;
+    let key = registry::parse_gateway_key(&key)?;
+    device_transition(&action)?;
+    let within = registry::online_within(state.config.limits.feed_wait_max_ms);
+    let v = registry::gateway_view(&state.store, &key, within).await?;
+    let what = match action.as_str() {
+        "revoke" => "Revoking is final: the gateway is refused from now on, every session it holds closes, and it can never be reinstated.",
+        "suspend" => "The gateway is refused until reinstated; every session it holds closes.",
+        _ => "The gateway may vouch for devices again (subject to policy).",
+    };
+    Ok(layout(
+        &op,
+        "/console/gateways",
+        &format!(
+            "{action} gateway {}?",
+            v.record.name.as_deref().unwrap_or("(unnamed)")
+        ),
+        html! {
+            p { "Gateway " span.mono { (key) } " is " strong { (v.record.status) } ", with " (v.live_sessions) " live sessions." }
+            p { (what) }
+            form method="post" action={ "/console/gateways/" (key) "/" (action) } {
+                input type="hidden" name="csrf" value=(op.csrf);
+                input type="hidden" name="confirmed" value="yes";
+                div.actions {
+                    button.danger[action == "revoke"] type="submit" { "Yes, " (action) }
+                    a href={ "/console/gateways/" (key) } { "Cancel" }
+                }
+            }
+        },
+    ))
+}
+
+pub(super) async fn keys(State(state): State<AppState>, headers: HeaderMap) -> Page {
+    let op = operator(&state, &headers, Role::Viewer).await?;
+    let rows = state.store.key_rows().await?;
+    let fleet = crate::keyring::fleet(&state.store)
+        .await
+        .map_err(|e| match e {
+            crate::keyring::KeyRingError::Store(e) => Refused::from(e),
+            other => Refused::Page(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        })?;
+    let now = now_ms();
+    let instances: Vec<_> = state
+        .store
+        .instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.live_at(now))
+        .collect();
+    let current = fleet.primary().kid;
+    Ok(layout(
+        &op,
+        "/console/keys",
+        "Backend keys",
+        html! {
+            p { "New devices are provisioned with key " strong { (current.0) } " and the commitment to its successor, at anchor-update serial " (fleet.serial()) " (vouch-backend export-anchor). Devices in session learn every later update from their gateway." }
+            table {
+                tr { th { "key id" } th { "signing key" } th { "added at serial" } th { "retired at serial" } th { "private key" } th { "created" } }
+                @for k in &rows {
+                    tr {
+                        td { (k.anchor.kid.0) @if k.anchor.kid == current { " (current)" } }
+                        td.mono { (k.anchor.signing) }
+                        td { @match k.added_serial { Some(n) => (n), None => "next (committed, not announced)" } }
+                        td { @match k.retired_serial { Some(n) => (n), None => "-" } }
+                        td { @if k.purged_ms.is_some() { "purged" } @else { "kept" } }
+                        td { (time(Some(k.created_ms))) }
+                    }
+                }
+            }
+            h2 { "Live instances" }
+            table {
+                tr { th { "host" } th { "serves" } th { "holds" } th { "started" } }
+                @for i in &instances {
+                    tr {
+                        td { (i.host) }
+                        td { @for k in &i.serves { (k) " " } }
+                        td { @for k in &i.holds { (k) " " } }
+                        td { (time(Some(i.started_ms))) }
+                    }
+                }
+            }
+            p.note { "Rotation, retirement and purging are CLI verbs on a backend host (vouch-backend keys --help): they write private keys into its data directory." }
         },
     ))
 }
@@ -648,16 +755,17 @@ pub(super) async fn import_page(State(state): State<AppState>, headers: HeaderMa
         "/console/import",
         "Bulk import",
         html! {
-            p.note { "Paste CSV (a header row: id, public_key, group, attributes as name=value;…) or NDJSON (one object per line). A dry run checks every row against the registry and writes nothing. Large files: vouch-backend import, locally or with --url." }
-            form method="post" action="/console/import" {
+            p.note { "Upload or paste CSV (a header row: id, public_key, group, attributes as name=value;…) or NDJSON (one object per line), up to 64 MiB. A dry run checks every row against the registry and writes nothing." }
+            form method="post" action="/console/import" enctype="multipart/form-data" {
                 input type="hidden" name="csrf" value=(op.csrf);
                 div.filters {
                     label { "format"
                         select name="format" { option value="csv" { "CSV" } option value="ndjson" { "NDJSON" } }
                     }
                     label { "dry run" input type="checkbox" name="dry_run" value="yes" checked; }
+                    label { "file" input type="file" name="file" accept=".csv,.ndjson,.jsonl,text/csv,application/x-ndjson"; }
                 }
-                textarea name="rows" required {}
+                label { "or the rows" textarea name="rows" {} }
                 div.actions { button type="submit" { "Import" } }
             }
         },

@@ -49,6 +49,10 @@ use vouch_proto::wire::backend::{decode_body, encode_body, CONTENT_TYPE, MAX_BOD
 use crate::error::{AppError, ErrorCode};
 use crate::AppState;
 
+/// Console requests in flight at once, beyond which they are shed (503):
+/// a budget apart from the gateways' and the admin API's.
+pub const CONSOLE_CONCURRENCY: usize = 32;
+
 /// Largest admin request body (bulk imports).
 pub const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
 
@@ -103,9 +107,15 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .layer(guarded.clone())
         .layer(axum::middleware::from_fn(admin::log_actions));
-    let console = crate::console::router()
-        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
-        .layer(guarded);
+    // The console has a budget of its own: its login form is read before
+    // anyone is known, so slow or large posts there must never take the
+    // slots the gateways' vouches need.
+    let console_guard = ServiceBuilder::new()
+        .layer(overload(state.metrics.clone()))
+        .load_shed()
+        .concurrency_limit(CONSOLE_CONCURRENCY)
+        .timeout(timeout);
+    let console = crate::console::router().layer(console_guard);
     // The feed long-poll is bounded by its own semaphore and wait limit, not
     // by the request deadline.
     Router::new()

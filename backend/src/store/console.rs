@@ -5,6 +5,10 @@ use sqlx::Row;
 use super::{now_ms, NewAudit, Store, StoreError};
 use crate::access::{Caller, Role, TokenHash};
 
+/// Live console sessions one token may have; a login beyond it ends the
+/// oldest.
+pub const MAX_SESSIONS_PER_TOKEN: i64 = 10;
+
 /// A console session as a request finds it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConsoleSession {
@@ -62,6 +66,17 @@ impl Store {
         .bind(csrf.to_owned())
         .bind(now)
         .bind(expires_ms)
+        .execute(&mut *tx.tx)
+        .await?;
+        // At most MAX_SESSIONS_PER_TOKEN live sessions per token: the
+        // oldest go (a login loop cannot grow the table).
+        sqlx::query(
+            "DELETE FROM console_sessions WHERE token_id = $1 AND id_hash NOT IN \
+             (SELECT id_hash FROM console_sessions WHERE token_id = $1 \
+              ORDER BY created_ms DESC, id_hash LIMIT $2)",
+        )
+        .bind(caller.token_id.clone())
+        .bind(MAX_SESSIONS_PER_TOKEN)
         .execute(&mut *tx.tx)
         .await?;
         tx.audit(

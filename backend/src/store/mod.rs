@@ -83,7 +83,7 @@ pub use audit::{
     PruneOutcome, Rfc3339,
 };
 pub use clones::Suspicion;
-pub use console::{ConsoleSession, Overview};
+pub use console::{ConsoleSession, Overview, MAX_SESSIONS_PER_TOKEN};
 pub use events::{EventRow, FeedListener, FEED_CHANNEL};
 pub use fleet::Presence;
 pub use gateways::{CertificateIssue, GatewayFilter, NewGateway};
@@ -164,8 +164,11 @@ pub enum StoreError {
     /// the audit log names operators).
     #[error("an operator of this name exists or existed")]
     OperatorExists,
-    /// Removing this operator would leave no admin.
-    #[error("the last admin cannot be removed (add another admin first)")]
+    /// Removing this operator or revoking this token would leave no admin
+    /// with a live token.
+    #[error(
+        "no admin would be left with a live token (add another admin, or rotate the token instead)"
+    )]
     LastAdmin,
     /// A new token drew the id of an existing one (about once in 16 million
     /// tokens): ask again.

@@ -103,7 +103,8 @@ impl Store {
     }
 
     /// Removes an operator: every token of it stops working. The name stays
-    /// taken. Refuses to remove the last admin ([`StoreError::LastAdmin`]).
+    /// taken. Refuses when no other admin would keep a live token
+    /// ([`StoreError::LastAdmin`]).
     pub async fn remove_operator(&self, name: &str, actor: &str) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT role FROM operators WHERE name = $1 AND removed_ms IS NULL")
@@ -112,16 +113,10 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
         let role: String = row.try_get("role")?;
-        if Role::parse(&role) == Some(Role::Admin) {
-            let admins: i64 = sqlx::query(
-                "SELECT COUNT(*) AS n FROM operators WHERE role = 'admin' AND removed_ms IS NULL",
-            )
-            .fetch_one(&mut *tx.tx)
-            .await?
-            .try_get("n")?;
-            if admins <= 1 {
-                return Err(StoreError::LastAdmin);
-            }
+        if Role::parse(&role) == Some(Role::Admin)
+            && admins_left(&mut tx, Some(name), None).await? == 0
+        {
+            return Err(StoreError::LastAdmin);
         }
         let now = now_ms();
         sqlx::query("UPDATE operators SET removed_ms = $1 WHERE name = $2")
@@ -187,7 +182,8 @@ impl Store {
     /// Revokes a token; with `replacement`, adds that one for the same
     /// operator in the same transaction (a rotation). Returns the revoked
     /// token's operator. Fails with [`StoreError::NotFound`] for an unknown
-    /// or already revoked token.
+    /// or already revoked token, and with [`StoreError::LastAdmin`] when it
+    /// is revoked without a replacement and no admin would keep a live one.
     pub async fn revoke_token(
         &self,
         token_id: &str,
@@ -203,6 +199,11 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)?;
         let operator: String = row.try_get("operator")?;
+        // Revoking the last admin's last token (not replacing it) would
+        // leave nobody to manage operators.
+        if replacement.is_none() && admins_left(&mut tx, None, Some(token_id)).await? == 0 {
+            return Err(StoreError::LastAdmin);
+        }
         let now = now_ms();
         sqlx::query("UPDATE operator_tokens SET revoked_ms = $1 WHERE id = $2")
             .bind(now)
@@ -274,6 +275,27 @@ impl Store {
             token_id: id.to_owned(),
         }))
     }
+}
+
+/// How many present admins other than `but_operator` keep a live token
+/// other than `but_token`: the admins who could still manage operators if
+/// that operator or token went.
+async fn admins_left(
+    tx: &mut super::WriteTx<'_>,
+    but_operator: Option<&str>,
+    but_token: Option<&str>,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(DISTINCT o.name) AS n FROM operators o \
+         JOIN operator_tokens t ON t.operator = o.name \
+         WHERE o.role = 'admin' AND o.removed_ms IS NULL AND t.revoked_ms IS NULL \
+         AND o.name <> $1 AND t.id <> $2",
+    )
+    .bind(but_operator.unwrap_or("").to_owned())
+    .bind(but_token.unwrap_or("").to_owned())
+    .fetch_one(&mut *tx.tx)
+    .await?;
+    Ok(row.try_get("n")?)
 }
 
 async fn insert_token(
