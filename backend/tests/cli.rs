@@ -1917,6 +1917,24 @@ async fn the_cli_runs_the_registry_verbs_remotely_within_the_token_s_role(db: Db
     );
     let vera_id = ok(&remote(&url, &ca, &vera, &["--json", "whoami"]));
     let vera_id: serde_json::Value = serde_json::from_str(&vera_id).expect("json");
+    // A token file that cannot be made fails before the backend revokes
+    // or issues anything: the token in use goes on working.
+    fails_cleanly(
+        &remote(
+            &url,
+            &ca,
+            &admin,
+            &[
+                "tokens",
+                "rotate",
+                vera_id["token_id"].as_str().expect("id"),
+                "--out",
+                "/nonexistent/dir/vera.token",
+            ],
+        ),
+        "cannot create",
+    );
+    ok(&remote(&url, &ca, &vera, &["whoami"]));
     let vera2 = tmp.path().join("vera2.token");
     let out = ok(&remote(
         &url,
