@@ -668,9 +668,26 @@ impl Inner {
             tried.push(i);
             let client = self.client();
             let url = self.instances.url(i);
-            let attempt = self
-                .attempt(build(&client.http, url), url, client.tls)
-                .await;
+            let request = self.attempt(build(&client.http, url), url, client.tls);
+            // A repeatable request (the feed's long-poll above all) leaves an
+            // instance that another request found down meanwhile, instead of
+            // waiting out its own timeout there; a vouch never does.
+            let attempt = if resend == Resend::Always && self.instances.is_up(i) {
+                let down = self.instances.went_down(i);
+                tokio::select! {
+                    a = request => a,
+                    () = down => Attempt {
+                        result: Err(BackendError::Unavailable(format!(
+                            "{url} was found down while this request waited"
+                        ))),
+                        instance_failed: true,
+                        undelivered: true,
+                        shed: false,
+                    },
+                }
+            } else {
+                request.await
+            };
             if !attempt.instance_failed {
                 self.instances.answered(i);
                 // Shed before any work (503 `overloaded`): the instance is

@@ -378,3 +378,45 @@ async fn the_long_poll_names_a_wait_shorter_than_its_own_timeout() {
     let path = seen.lock().unwrap()[0].clone();
     assert!(path.contains("wait_ms=15000"), "{path}");
 }
+
+#[tokio::test]
+async fn the_feed_leaves_an_instance_found_down_instead_of_waiting_out_its_long_poll() {
+    let (hung, _) = http_instance(|p| {
+        if p.starts_with("/v1/feed") {
+            None
+        } else {
+            reply(500, Vec::new())
+        }
+    })
+    .await;
+    let (good, _) = http_instance(|p| {
+        reply(
+            200,
+            if p.starts_with("/v1/feed") {
+                empty_feed()
+            } else {
+                busy()
+            },
+        )
+    })
+    .await;
+    let c = client(
+        &Pki::new(),
+        vec![hung, good.clone()],
+        1000,
+        Duration::from_millis(10),
+    );
+    let feed = tokio::spawn({
+        let c = c.clone();
+        async move { c.feed(0).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A vouch finds the first instance down (500).
+    let _ = c.vouch(vouch_request()).await;
+    assert_eq!(c.in_use(), Some(good.clone()));
+    let polled = tokio::time::timeout(Duration::from_secs(3), feed).await;
+    assert!(
+        matches!(polled, Ok(Ok(Ok(_)))),
+        "the feed still waits on a down instance: {polled:?}"
+    );
+}

@@ -96,6 +96,9 @@ struct Instance {
     url: String,
     breaker: Breaker,
     health: Mutex<Health>,
+    /// Whether it is up, for requests waiting on it to learn at once that
+    /// it went down ([`Instances::went_down`]).
+    up_signal: tokio::sync::watch::Sender<bool>,
 }
 
 /// Whether an instance answers, and when to probe it if it does not.
@@ -144,6 +147,7 @@ impl Instances {
                     probe_at: Instant::now(),
                     retry: Retry::new(PROBE_FIRST, PROBE_MAX),
                 }),
+                up_signal: tokio::sync::watch::Sender::new(true),
             })
             .collect();
         if let Some(m) = &metrics {
@@ -178,6 +182,19 @@ impl Instances {
     /// Whether instance `i` is up (answered its last request or probe).
     pub(crate) fn is_up(&self, i: usize) -> bool {
         self.health(i).up
+    }
+
+    /// Resolves when instance `i` goes down (at once if it is down now): a
+    /// repeatable request waiting on it (a long-poll of the feed) then moves
+    /// to the next instance instead of waiting out its own timeout.
+    pub(crate) fn went_down(
+        &self,
+        i: usize,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.all[i].up_signal.subscribe();
+        async move {
+            let _ = rx.wait_for(|up| !*up).await;
+        }
     }
 
     /// The instance the next request goes to, leaving out those in `tried`:
@@ -221,6 +238,7 @@ impl Instances {
             let mut h = self.health(i);
             let was_down = !h.up;
             h.up = true;
+            self.all[i].up_signal.send_replace(true);
             if request_succeeded {
                 h.retry.succeeded();
             }
@@ -258,6 +276,7 @@ impl Instances {
             let mut h = self.health(i);
             let was_up = h.up;
             h.up = false;
+            self.all[i].up_signal.send_replace(false);
             if was_up {
                 let wait = h.retry.next_delay();
                 h.probe_at = Instant::now() + wait;
