@@ -26,8 +26,10 @@ import sys
 # Demangled function (generic arguments stripped) -> operation.
 OPS = {
     "vouch_proto::crypto::keygen": "keygen",
+    "vouch_proto::crypto::keygen_peripheral": "keygen",
     "vouch_proto::handshake::peripheral::sign_hello": "sign",
     "vouch_proto::crypto::dh": "dh",
+    "vouch_proto::crypto::dh_peripheral": "dh",
     "vouch_proto::handshake::peripheral::seal_identity": "seal",
     "vouch_proto::handshake::peripheral::open_vouch": "open_vouch",
     "vouch_proto::handshake::peripheral::verify_vouch": "verify",

@@ -212,3 +212,38 @@ pub(crate) fn keygen<R: CryptoRng + ?Sized>(rng: &mut R) -> (ReusableSecret, DhP
     let public = public_of(&secret);
     (secret, public)
 }
+
+/// The peripheral's ephemeral X25519 secret: 32 random bytes, clamped by
+/// X25519 itself (RFC 7748 §5). No `Clone`, no `Debug` output, zeroized on
+/// drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(crate) struct Ephemeral([u8; 32]);
+
+/// A Diffie–Hellman result that passed the check of SPEC.md §3.2.
+/// Zeroized on drop.
+pub(crate) struct Shared(zeroize::Zeroizing<[u8; 32]>);
+
+impl Shared {
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// The peripheral's fresh X25519 key pair from `rng` (32 bytes drawn, as
+/// x25519-dalek draws them), on the peripheral's provider
+/// ([`provider::PERIPHERAL`](crate::provider::PERIPHERAL)).
+#[inline(never)]
+pub(crate) fn keygen_peripheral<R: CryptoRng + ?Sized>(rng: &mut R) -> (Ephemeral, DhPublic) {
+    use crate::provider::CryptoProvider as _;
+    let mut secret = Ephemeral([0u8; 32]);
+    rng.fill_bytes(&mut secret.0);
+    let public = DhPublic(crate::provider::PERIPHERAL.x25519_base(&secret.0));
+    (secret, public)
+}
+
+/// X25519 on the peripheral's provider, with the check of SPEC.md §3.2.
+#[inline(never)]
+pub(crate) fn dh_peripheral(secret: &Ephemeral, peer: &DhPublic) -> Result<Shared, PeerMisbehaved> {
+    use crate::provider::CryptoProvider as _;
+    crate::provider::contributory(crate::provider::PERIPHERAL.x25519(&secret.0, &peer.0)).map(Shared)
+}

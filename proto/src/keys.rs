@@ -86,6 +86,13 @@ impl PublicKey {
         &self.0
     }
 
+    /// A public key a provider derived from a secret key (RFC 8032 §5.1.5):
+    /// a valid point of the prime-order subgroup by construction.
+    #[cfg(feature = "cortex-m")]
+    pub(crate) fn derived(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// Parses 64 hex digits.
     pub fn from_hex(s: &str) -> Option<Self> {
         let mut out = [0u8; 32];

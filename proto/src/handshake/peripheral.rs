@@ -24,7 +24,6 @@ use core::fmt;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use x25519_dalek::{ReusableSecret, SharedSecret};
 
 use super::schedule;
 use crate::anchor::{Anchor, AnchorSet};
@@ -308,7 +307,7 @@ pub struct PeripheralEstablished {
 }
 
 struct ExpectResponse {
-    e: ReusableSecret,
+    e: crypto::Ephemeral,
     id: PeripheralId,
     th1: [u8; 32],
     transcript: Sha256,
@@ -317,7 +316,7 @@ struct ExpectResponse {
 }
 
 struct ExpectResumeResponse {
-    e: ReusableSecret,
+    e: crypto::Ephemeral,
     ticket: PeripheralTicket,
     transcript: Sha256,
 }
@@ -369,12 +368,12 @@ impl PeripheralHandshake {
         R: CryptoRng + ?Sized,
     {
         let anchor = *anchors.primary();
-        let (e, e_pub) = crypto::keygen(rng);
+        let (e, e_pub) = crypto::keygen_peripheral(rng);
         let suite = Suite::Ed25519X25519ChaCha20Poly1305;
         let prefix = schedule::hello_prefix(suite, anchor.kid, &e_pub);
 
         let signature = sign_hello(signer, &prefix, &anchor.sealing, &id);
-        let ss = crypto::dh(&e, &anchor.sealing)?;
+        let ss = crypto::dh_peripheral(&e, &anchor.sealing)?;
         let sealed = seal_identity(&prefix, &anchor.sealing, ss.as_bytes(), &id, &signature);
 
         let hello = Message::Hello(Hello {
@@ -421,7 +420,7 @@ impl PeripheralHandshake {
             return Err(ApiMisuse::TicketOfOldAnchor.into());
         }
         let ticket = ticket.duplicate();
-        let (e, e_pub) = crypto::keygen(rng);
+        let (e, e_pub) = crypto::keygen_peripheral(rng);
         let suite = Suite::Ed25519X25519ChaCha20Poly1305;
         let prefix = schedule::resume_prefix(suite, &ticket.id, &e_pub);
         let binder = schedule::binder(&ticket.secret.as_secret(), &prefix);
@@ -601,9 +600,9 @@ impl PeripheralHandshake {
 /// What a gateway's answer left once it passed every check.
 enum Checked {
     /// A Response: the verified vouch and `DH(e_p, e_G)`.
-    Response { vouch: Vouch, ss: SharedSecret },
+    Response { vouch: Vouch, ss: crypto::Shared },
     /// A ResumeResponse with a valid confirmation: `DH(e_p', e_G')`.
-    ResumeResponse { ss: SharedSecret },
+    ResumeResponse { ss: crypto::Shared },
 }
 
 /// The checks of a Response (SPEC.md §5.6 steps 1–5), in the order of the
@@ -624,7 +623,7 @@ fn check_response(s: &ExpectResponse, bytes: &[u8]) -> Result<Checked, Error> {
         return Err(PeerMisbehaved::MalformedVouch.into());
     }
     let e_g = response.ephemeral;
-    let ss = crypto::dh(&s.e, &e_g)?;
+    let ss = crypto::dh_peripheral(&s.e, &e_g)?;
     let vouch = open_vouch(&s.th1, &e_g, ss.as_bytes(), response.sealed_vouch)?;
     verify_vouch(s, &e_g, &vouch)?;
     Ok(Checked::Response { vouch, ss })
@@ -643,7 +642,7 @@ fn check_resume_response(s: &ExpectResumeResponse, bytes: &[u8]) -> Result<Check
             .into())
         }
     };
-    let ss = crypto::dh(&s.e, &rr.ephemeral)?;
+    let ss = crypto::dh_peripheral(&s.e, &rr.ephemeral)?;
     let mut thr = s.transcript.clone();
     thr.update(rr.ephemeral.as_bytes());
     let thr: [u8; 32] = thr.finalize().into();
@@ -729,7 +728,13 @@ fn verify_vouch(s: &ExpectResponse, e_g: &DhPublic, vouch: &Vouch) -> Result<(),
         vouch.lifetimes,
         vouch.backend_key,
     );
-    if !anchor.signing.verify_strict(&statement, &vouch.signature) {
+    // SPEC.md §3.4 strict verification on the peripheral's provider.
+    if !crate::provider::verify_strict(
+        crate::provider::PERIPHERAL,
+        anchor.signing.as_bytes(),
+        &statement,
+        &vouch.signature.0,
+    ) {
         return Err(PeerMisbehaved::BadVouchSignature.into());
     }
     Ok(())

@@ -18,6 +18,14 @@ impl CryptoProvider for Dalek {
         Some(Zeroizing::new(x25519_dalek::x25519(*secret, *peer)))
     }
 
+    fn x25519_base(&self, secret: &[u8; 32]) -> [u8; 32] {
+        // The fixed-base multiplication (with the precomputed tables of the
+        // feature `fast`), as x25519-dalek's `PublicKey::from` computes it.
+        curve25519_dalek::EdwardsPoint::mul_base_clamped(*secret)
+            .to_montgomery()
+            .to_bytes()
+    }
+
     fn ed25519_equation(&self, input: &StrictInput<'_>) -> bool {
         input.equation_holds()
     }

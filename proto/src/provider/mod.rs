@@ -46,6 +46,8 @@
 
 #[cfg(feature = "aws-lc")]
 mod aws_lc;
+#[cfg(feature = "cortex-m")]
+pub mod cortex_m;
 mod dalek;
 
 use core::fmt;
@@ -57,6 +59,8 @@ use zeroize::Zeroizing;
 
 #[cfg(feature = "aws-lc")]
 pub use aws_lc::AwsLc;
+#[cfg(feature = "cortex-m")]
+pub use cortex_m::CortexM;
 pub use dalek::Dalek;
 
 use crate::error::PeerMisbehaved;
@@ -73,6 +77,21 @@ pub static DALEK: Dalek = Dalek;
 #[cfg(feature = "aws-lc")]
 pub static AWS_LC: AwsLc = AwsLc;
 
+/// The Cortex-M provider (feature `cortex-m`).
+#[cfg(feature = "cortex-m")]
+pub static CORTEX_M: CortexM = CortexM;
+
+/// The peripheral role's provider: [`CortexM`] in a bare-metal build
+/// (`target_os = "none"`) with the feature `cortex-m`, the dalek crates
+/// everywhere else (the host's peripheral too, whatever its features).
+#[cfg(all(feature = "cortex-m", target_os = "none"))]
+pub(crate) static PERIPHERAL: &CortexM = &CORTEX_M;
+/// The peripheral role's provider: `CortexM` in a bare-metal build
+/// (`target_os = "none"`) with the feature `cortex-m`, the dalek crates
+/// everywhere else (the host's peripheral too, whatever its features).
+#[cfg(not(all(feature = "cortex-m", target_os = "none")))]
+pub(crate) static PERIPHERAL: &Dalek = &DALEK;
+
 /// Every provider this build holds, the default first: what the tests and
 /// benchmarks run against.
 pub fn all() -> &'static [&'static dyn CryptoProvider] {
@@ -83,6 +102,8 @@ static ALL: &[&dyn CryptoProvider] = &[
     &DALEK,
     #[cfg(feature = "aws-lc")]
     &AWS_LC,
+    #[cfg(feature = "cortex-m")]
+    &CORTEX_M,
 ];
 
 /// An implementation of the primitives of suite 1 whose answers can differ
@@ -97,6 +118,16 @@ pub trait CryptoProvider: fmt::Debug + Send + Sync {
     /// implementation refuses the peer share; the protocol then refuses an
     /// all-zero result as well, whatever the provider ([`x25519`]).
     fn x25519(&self, secret: &[u8; 32], peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>>;
+
+    /// The X25519 public value of a 32-byte secret: X25519 with the base
+    /// point u = 9 (RFC 7748 §6.1), which a provider may compute by a
+    /// faster fixed-base method. Never all zeros (the clamped scalar is not
+    /// a multiple of the base point's order).
+    fn x25519_base(&self, secret: &[u8; 32]) -> [u8; 32] {
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        self.x25519(secret, &nine).map_or([0u8; 32], |p| *p)
+    }
 
     /// The cofactorless Ed25519 equation of SPEC.md §3.4 rule 4 on an input
     /// whose encodings [`StrictInput`] checked: whether `[S]B − [k]A`, with

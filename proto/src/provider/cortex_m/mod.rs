@@ -1,0 +1,609 @@
+//! A provider for Cortex-M4 and Cortex-M33 (feature `cortex-m`): X25519,
+//! Ed25519 signing and the verification equation on the field arithmetic
+//! of [`field`] (radix 2^32, eight limbs, the limb products being the
+//! multiply-accumulates that these cores do in one instruction), in place
+//! of curve25519-dalek's radix-2^25.5 arithmetic that is written for no core
+//! in particular. It is portable Rust, so the host's tests run the same code
+//! (`tests/providers.rs`) that the firmware runs under QEMU.
+//!
+//! What is here:
+//!
+//! - **X25519** (RFC 7748): the Montgomery ladder ([`ladder`]), 255 steps of
+//!   constant-time conditional swaps, additions and multiplications, then
+//!   one inversion by a fixed addition chain.
+//! - **The equation of SPEC.md §3.4 rule 4** (the strict encoding rules
+//!   stay in [`verify_strict`](super::verify_strict), before every
+//!   provider): `[S]B − [k]A` by a variable-time double-scalar
+//!   multiplication (width-5 NAF, twisted Edwards extended coordinates).
+//!   Every input of it is public (the key, the message, the signature).
+//! - **Ed25519 signing** ([`SigningKey`], RFC 8032 §5.1.6): `[r]B` by the
+//!   same ladder on the Montgomery form of the base point, the Edwards
+//!   point recovered from the ladder's two outputs (Okeya–Sakurai; Costello
+//!   and Smith, "Montgomery curves and their arithmetic", Algorithm 5) and
+//!   the birational map of RFC 7748 §4.1. The scalars (`r`, `k`, `S`) are
+//!   curve25519-dalek's, and SHA-512 is the `sha2` crate's: the same code as
+//!   the default provider, so only the point multiplication differs.
+//!
+//! Constant time: the secret-dependent paths (the ladder for X25519 and for
+//! `[r]B`, the recovery, the map, the inversion, the encodings) have no
+//! branch and no memory index that depends on a secret: the ladder's bit
+//! selects by `subtle`'s masks, the exponent chains are fixed, the two
+//! exceptional scalars of the recovery (`r = 0`, `r = L − 1`) are replaced
+//! by masks too, and the field arithmetic is straight-line. The
+//! verification is variable-time by design, on public data only.
+
+mod field;
+
+use curve25519_dalek::scalar::Scalar;
+use field::Fe;
+use sha2::{Digest, Sha512};
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use super::{CryptoProvider, StrictInput};
+use crate::keys::{IdentitySigner, PublicKey, Signature};
+
+/// The Cortex-M provider: the curve operations of this module on its
+/// radix-2^32 field arithmetic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CortexM;
+
+impl CryptoProvider for CortexM {
+    fn name(&self) -> &'static str {
+        "cortex-m"
+    }
+
+    fn x25519(&self, secret: &[u8; 32], peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+        Some(x25519(secret, peer))
+    }
+
+    fn x25519_base(&self, secret: &[u8; 32]) -> [u8; 32] {
+        *x25519(secret, &BASE_U)
+    }
+
+    fn ed25519_equation(&self, input: &StrictInput<'_>) -> bool {
+        equation(input)
+    }
+
+    #[cfg(feature = "alloc")]
+    fn signing_key(
+        &self,
+        seed: &[u8; 32],
+    ) -> Result<alloc::boxed::Box<dyn super::LoadedSigningKey>, super::ProviderError> {
+        Ok(alloc::boxed::Box::new(SigningKey::from_seed(seed)))
+    }
+
+    #[cfg(feature = "alloc")]
+    fn sealing_key(
+        &self,
+        secret: &[u8; 32],
+    ) -> Result<alloc::boxed::Box<dyn super::LoadedSealingKey>, super::ProviderError> {
+        Ok(alloc::boxed::Box::new(Sealing(Zeroizing::new(*secret))))
+    }
+}
+
+/// The u-coordinate of the X25519 base point.
+const BASE_U: [u8; 32] = {
+    let mut u = [0u8; 32];
+    u[0] = 9;
+    u
+};
+
+// ---- field helpers ---------------------------------------------------------
+
+/// (A − 2) / 4 = 121665 (RFC 7748 §5).
+const A24: Fe = Fe([121_665, 0, 0, 0, 0, 0, 0, 0]);
+/// 2A = 2 · 486662, for the y-coordinate recovery.
+const TWO_A: Fe = Fe([973_324, 0, 0, 0, 0, 0, 0, 0]);
+/// 2 · v(B): twice the v-coordinate of the Montgomery base point (u = 9)
+/// that the map of RFC 7748 §4.1 with [`SQRT_M486664`] sends to the Ed25519
+/// base point.
+const TWO_V_BASE: Fe = Fe([
+    0x0262_583b,
+    0xac2c_74bb,
+    0x2507_3c9b,
+    0xdb85_6503,
+    0x116e_5d66,
+    0x3fc2_45a7,
+    0x8ebe_f296,
+    0x3ea3_ccbc,
+]);
+/// A square root of −486664: x = √−486664 · u / v (RFC 7748 §4.1).
+const SQRT_M486664: Fe = Fe([
+    0xff45_7e06,
+    0xcc6e_04aa,
+    0x4b7d_1a82,
+    0xc5a1_d3d1,
+    0x03fc_4f7e,
+    0xd27b_08dc,
+    0x60a0_06bb,
+    0x0f26_edf4,
+]);
+
+/// `x` squared `n` times.
+#[inline(never)]
+fn sq_n(x: &Fe, n: u32) -> Fe {
+    let mut y = *x;
+    for _ in 0..n {
+        y = y.squared();
+    }
+    y
+}
+
+/// (x^(2^250 − 1), x^11): the common part of the inversion and the square
+/// root (the addition chain of curve25519-dalek and ref10).
+fn pow22501(x: &Fe) -> (Fe, Fe) {
+    let t0 = x.squared(); // 2
+    let t1 = &sq_n(&t0, 2) * x; // 9
+    let t0 = &t0 * &t1; // 11
+    let t2 = t0.squared(); // 22
+    let t1 = &t1 * &t2; // 2^5 - 1
+    let t1 = &sq_n(&t1, 5) * &t1; // 2^10 - 1
+    let t2 = &sq_n(&t1, 10) * &t1; // 2^20 - 1
+    let t3 = &sq_n(&t2, 20) * &t2; // 2^40 - 1
+    let t2 = &sq_n(&t3, 10) * &t1; // 2^50 - 1
+    let t3 = &sq_n(&t2, 50) * &t2; // 2^100 - 1
+    let t4 = &sq_n(&t3, 100) * &t3; // 2^200 - 1
+    let t5 = &sq_n(&t4, 50) * &t2; // 2^250 - 1
+    (t5, t0)
+}
+
+/// x^(p − 2) = 1/x (0 for 0), constant time.
+#[inline(never)]
+fn invert(x: &Fe) -> Fe {
+    let (t, x11) = pow22501(x);
+    &sq_n(&t, 5) * &x11
+}
+
+/// x^((p − 5) / 8), for square roots.
+fn pow_p58(x: &Fe) -> Fe {
+    let (t, _) = pow22501(x);
+    &sq_n(&t, 2) * x
+}
+
+/// The canonical encoding (`< p`), little-endian.
+fn encode(x: &Fe) -> [u8; 32] {
+    x.to_bytes()
+}
+
+// ---- X25519 ------------------------------------------------------------------
+
+/// The Montgomery ladder (RFC 7748 §5) over the low 255 bits of `k`:
+/// `([k]P, [k + 1]P)` in projective x-only coordinates, for the point `P`
+/// of u-coordinate `u`. Constant time in `k`.
+#[inline(never)]
+fn ladder(k: &[u8; 32], u: &Fe) -> [Fe; 4] {
+    let mut x2 = Fe::ONE;
+    let mut z2 = Fe::ZERO;
+    let mut x3 = *u;
+    let mut z3 = Fe::ONE;
+    let mut swap = Choice::from(0);
+    for t in (0..255).rev() {
+        let bit = Choice::from((k[t >> 3] >> (t & 7)) & 1);
+        swap ^= bit;
+        Fe::conditional_swap(&mut x2, &mut x3, swap);
+        Fe::conditional_swap(&mut z2, &mut z3, swap);
+        swap = bit;
+        let a = &x2 + &z2;
+        let aa = a.squared();
+        let b = &x2 - &z2;
+        let bb = b.squared();
+        let e = &aa - &bb;
+        let c = &x3 + &z3;
+        let d = &x3 - &z3;
+        let da = &d * &a;
+        let cb = &c * &b;
+        x3 = (&da + &cb).squared();
+        z3 = u * &(&da - &cb).squared();
+        x2 = &aa * &bb;
+        z2 = &e * &(&aa + &(&A24 * &e));
+    }
+    Fe::conditional_swap(&mut x2, &mut x3, swap);
+    Fe::conditional_swap(&mut z2, &mut z3, swap);
+    [x2, z2, x3, z3]
+}
+
+/// X25519 (RFC 7748 §5): the scalar clamped, the peer's top bit ignored and
+/// its u-coordinate reduced modulo p.
+fn x25519(secret: &[u8; 32], peer: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let mut k = Zeroizing::new(*secret);
+    k[0] &= 248;
+    k[31] &= 127;
+    k[31] |= 64;
+    let u = Fe::from_bytes(peer);
+    let [x2, z2, ..] = ladder(&k, &u);
+    Zeroizing::new(encode(&(&x2 * &invert(&z2))))
+}
+
+/// An X25519 static secret loaded into this provider.
+#[cfg(feature = "alloc")]
+struct Sealing(Zeroizing<[u8; 32]>);
+
+#[cfg(feature = "alloc")]
+impl super::LoadedSealingKey for Sealing {
+    fn public(&self) -> [u8; 32] {
+        *x25519(&self.0, &BASE_U)
+    }
+    fn x25519(&self, peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+        Some(x25519(&self.0, peer))
+    }
+}
+
+// ---- Ed25519 signing -----------------------------------------------------------
+
+/// The encoding of `[r]B` for a scalar `r < L`, in constant time: the
+/// ladder on u(B) = 9, the v-coordinate recovered from `[r]B` and
+/// `[r + 1]B`, and the map to Edwards coordinates.
+#[inline(never)]
+fn mul_base(r: &Scalar) -> [u8; 32] {
+    let [xq, zq, xr, zr] = ladder(r.as_bytes(), &Fe::NINE);
+    // Costello–Smith, Algorithm 5 (B = 1): Q = [r]P as (X : Y : Z), from
+    // Q = (xq : zq), Q + P = (xr : zr) and P = (9, v(B)).
+    let u_p = Fe::NINE;
+    let v1 = &u_p * &zq;
+    let v2 = &xq + &v1;
+    let v3 = (&xq - &v1).squared();
+    let v3 = &v3 * &xr;
+    let v1 = &TWO_A * &zq;
+    let v2 = &v2 + &v1;
+    let v4 = &(&u_p * &xq) + &zq;
+    let v2 = &v2 * &v4;
+    let v1 = &v1 * &zq;
+    let v2 = &v2 - &v1;
+    let v2 = &v2 * &zr;
+    let y = &v2 - &v3;
+    let v1 = &(&TWO_V_BASE * &zq) * &zr;
+    let x = &v1 * &xq;
+    let z = &v1 * &zq;
+    // RFC 7748 §4.1: Edwards x = √−486664 · u / v, y = (u − 1) / (u + 1),
+    // with u = X/Z, v = Y/Z: x = c·X/Y, y = (X − Z)/(X + Z); one inversion.
+    let xpz = &x + &z;
+    let inv = invert(&(&y * &xpz));
+    let ex = &(&(&SQRT_M486664 * &x) * &xpz) * &inv;
+    let ey = &(&(&x - &z) * &y) * &inv;
+    let mut out = encode(&ey);
+    out[31] ^= ex.parity() << 7;
+    // The recovery does not hold where Q or Q + P is the neutral element:
+    // r = 0 (then [r]B is the neutral element, y = 1) and r = L − 1 (then
+    // [r]B = −B). Both by masks, never by a branch on r.
+    let is_zero = r.as_bytes().ct_eq(&[0u8; 32]);
+    let is_l_minus_1 = r.as_bytes().ct_eq(&L_MINUS_1);
+    let mut neutral = [0u8; 32];
+    neutral[0] = 1;
+    for i in 0..32 {
+        out[i] = u8::conditional_select(&out[i], &neutral[i], is_zero);
+        out[i] = u8::conditional_select(&out[i], &MINUS_B[i], is_l_minus_1);
+    }
+    out
+}
+
+/// L − 1, little-endian.
+const L_MINUS_1: [u8; 32] = [
+    0xec, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+/// The encoding of −B.
+const MINUS_B: [u8; 32] = [
+    0x58, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66,
+    0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0xe6,
+];
+
+/// An Ed25519 identity key (RFC 8032) whose signatures this provider makes:
+/// the same signatures as [`IdentityKey`](crate::keys::IdentityKey)
+/// (Ed25519 is deterministic), with the point multiplication of this module.
+/// Zeroized on drop; never printed.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SigningKey {
+    /// The secret scalar, reduced modulo L.
+    scalar: [u8; 32],
+    /// The second half of SHA-512(seed), for the nonces.
+    prefix: [u8; 32],
+    /// The public key's encoding.
+    #[zeroize(skip)]
+    public: [u8; 32],
+}
+
+impl SigningKey {
+    /// Expands an RFC 8032 seed (§5.1.5) and computes its public key.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let h = Zeroizing::new(<[u8; 64]>::from(Sha512::digest(seed)));
+        let mut a = Zeroizing::new([0u8; 32]);
+        a.copy_from_slice(&h[..32]);
+        a[0] &= 248;
+        a[31] &= 127;
+        a[31] |= 64;
+        let scalar = Scalar::from_bytes_mod_order(*a);
+        let mut prefix = [0u8; 32];
+        prefix.copy_from_slice(&h[32..]);
+        let public = mul_base(&scalar);
+        Self {
+            scalar: scalar.to_bytes(),
+            prefix,
+            public,
+        }
+    }
+
+    /// Signs `msg` (pure Ed25519, RFC 8032 §5.1.6).
+    #[inline(never)]
+    pub fn sign(&self, msg: &[u8]) -> Signature {
+        let r = Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(self.prefix)
+                .chain_update(msg)
+                .finalize()
+                .into(),
+        );
+        let big_r = mul_base(&r);
+        let k = Scalar::from_bytes_mod_order_wide(
+            &Sha512::new()
+                .chain_update(big_r)
+                .chain_update(self.public)
+                .chain_update(msg)
+                .finalize()
+                .into(),
+        );
+        let a = Scalar::from_bytes_mod_order(self.scalar);
+        let s = r + k * a;
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&big_r);
+        out[32..].copy_from_slice(s.as_bytes());
+        Signature(out)
+    }
+}
+
+impl IdentitySigner for SigningKey {
+    fn public_key(&self) -> PublicKey {
+        PublicKey::derived(self.public)
+    }
+    fn sign(&self, msg: &[u8]) -> Signature {
+        SigningKey::sign(self, msg)
+    }
+}
+
+impl core::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("cortex_m::SigningKey(..)")
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl super::LoadedSigningKey for SigningKey {
+    fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+    fn sign(&self, msg: &[u8]) -> Signature {
+        SigningKey::sign(self, msg)
+    }
+}
+
+// ---- Ed25519 verification (public data, variable time) ---------------------------
+
+/// A point in extended twisted Edwards coordinates (X : Y : Z : T), x = X/Z,
+/// y = Y/Z, T = XY/Z.
+#[derive(Clone, Copy)]
+struct Point {
+    x: Fe,
+    y: Fe,
+    z: Fe,
+    t: Fe,
+}
+
+/// A point prepared for additions: (Y + X, Y − X, 2Z, 2d·T).
+#[derive(Clone, Copy)]
+struct Cached {
+    y_plus_x: Fe,
+    y_minus_x: Fe,
+    z2: Fe,
+    t2d: Fe,
+}
+
+impl Point {
+    const NEUTRAL: Point = Point {
+        x: Fe::ZERO,
+        y: Fe::ONE,
+        z: Fe::ONE,
+        t: Fe::ZERO,
+    };
+
+    /// RFC 8032 §5.1.3 decoding of an encoding the strict checks already
+    /// accepted (`None` if it is not a point after all).
+    fn decode(bytes: &[u8; 32]) -> Option<Point> {
+        let y = Fe::from_bytes(bytes);
+        let y2 = y.squared();
+        let u = &y2 - &Fe::ONE;
+        let v = &(&y2 * &Fe::D) + &Fe::ONE;
+        let v3 = &v.squared() * &v;
+        let v7 = &v3.squared() * &v;
+        let mut x = &(&u * &v3) * &pow_p58(&(&u * &v7));
+        let vx2 = &v * &x.squared();
+        if vx2 != u {
+            if vx2 != -&u {
+                return None;
+            }
+            x = &x * &Fe::SQRT_M1;
+        }
+        if x.parity() != bytes[31] >> 7 {
+            x = -&x;
+        }
+        Some(Point {
+            t: &x * &y,
+            x,
+            y,
+            z: Fe::ONE,
+        })
+    }
+
+    fn neg(&self) -> Point {
+        Point {
+            x: -&self.x,
+            y: self.y,
+            z: self.z,
+            t: -&self.t,
+        }
+    }
+
+    fn cached(&self) -> Cached {
+        Cached {
+            y_plus_x: &self.y + &self.x,
+            y_minus_x: &self.y - &self.x,
+            z2: &self.z + &self.z,
+            t2d: &self.t * &Fe::D2,
+        }
+    }
+
+    /// 2P (dbl-2008-hwcd, a = −1); `with_t`: whether T is needed (only
+    /// before an addition).
+    fn double(&self, with_t: bool) -> Point {
+        let a = self.x.squared();
+        let b = self.y.squared();
+        let c = self.z.squared();
+        let c = &c + &c;
+        let e = &(&(&self.x + &self.y).squared() - &a) - &b;
+        let g = &b - &a; // D + B with D = −A
+        let f = &g - &c;
+        let h = -&(&a + &b); // D − B
+        Point {
+            x: &e * &f,
+            y: &g * &h,
+            z: &f * &g,
+            t: if with_t { &e * &h } else { Fe::ZERO },
+        }
+    }
+
+    /// P + Q (add-2008-hwcd-3, a = −1), or P − Q with `minus`.
+    fn add(&self, q: &Cached, minus: bool) -> Point {
+        let (qp, qm) = if minus {
+            (&q.y_minus_x, &q.y_plus_x)
+        } else {
+            (&q.y_plus_x, &q.y_minus_x)
+        };
+        let a = &(&self.y - &self.x) * qm;
+        let b = &(&self.y + &self.x) * qp;
+        let c = &self.t * &q.t2d;
+        let c = if minus { -&c } else { c };
+        let d = &self.z * &q.z2;
+        let e = &b - &a;
+        let f = &d - &c;
+        let g = &d + &c;
+        let h = &b + &a;
+        Point {
+            x: &e * &f,
+            y: &g * &h,
+            z: &f * &g,
+            t: &e * &h,
+        }
+    }
+
+    /// The encoding (RFC 8032 §5.1.2).
+    fn encode(&self) -> [u8; 32] {
+        let zi = invert(&self.z);
+        let x = &self.x * &zi;
+        let y = &self.y * &zi;
+        let mut out = encode(&y);
+        out[31] ^= x.parity() << 7;
+        out
+    }
+
+    /// The odd multiples P, 3P, …, 15P.
+    fn odd_multiples(&self) -> [Cached; 8] {
+        let p2 = self.double(true).cached();
+        let mut table = [self.cached(); 8];
+        let mut acc = *self;
+        for entry in table.iter_mut().skip(1) {
+            acc = acc.add(&p2, false);
+            *entry = acc.cached();
+        }
+        table
+    }
+}
+
+/// The width-5 non-adjacent form of a scalar below 2^253: digits odd in
+/// −15..=15 or zero, at most one non-zero digit in any five consecutive.
+fn naf5(s: &[u8; 32]) -> [i8; 256] {
+    let mut words = [0u64; 5];
+    for (i, w) in words.iter_mut().take(4).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&s[8 * i..8 * i + 8]);
+        *w = u64::from_le_bytes(b);
+    }
+    let mut naf = [0i8; 256];
+    let mut carry = 0u64;
+    let mut pos = 0;
+    while pos < 256 {
+        let (idx, bit) = (pos / 64, pos % 64);
+        let bits = if bit < 64 - 5 {
+            words[idx] >> bit
+        } else {
+            (words[idx] >> bit) | (words[idx + 1] << (64 - bit))
+        };
+        let window = carry + (bits & 31);
+        if window & 1 == 0 {
+            pos += 1;
+            continue;
+        }
+        if window < 16 {
+            carry = 0;
+            naf[pos] = window as i8;
+        } else {
+            carry = 1;
+            naf[pos] = window as i8 - 32;
+        }
+        pos += 5;
+    }
+    naf
+}
+
+/// SPEC.md §3.4 rule 4 on an input whose encodings passed rules 1 to 3:
+/// whether `[S]B − [k]A` encodes to `R`, `k = SHA-512(R ‖ A ‖ M) mod L`.
+#[inline(never)]
+fn equation(input: &StrictInput<'_>) -> bool {
+    let Some(a) = Point::decode(input.key()) else {
+        return false;
+    };
+    let sig = input.signature();
+    let k = Scalar::from_bytes_mod_order_wide(
+        &Sha512::new()
+            .chain_update(&sig[..32])
+            .chain_update(input.key())
+            .chain_update(input.message())
+            .finalize()
+            .into(),
+    );
+    let mut s = [0u8; 32];
+    s.copy_from_slice(&sig[32..]);
+    let r = double_scalar_mul(&k, &a.neg(), &s);
+    r.encode()[..] == sig[..32]
+}
+
+/// `[k]P + [s]B`, variable time (public inputs only).
+#[inline(never)]
+fn double_scalar_mul(k: &Scalar, p: &Point, s: &[u8; 32]) -> Point {
+    let base = Point::decode(&BASE_ENCODING).unwrap_or(Point::NEUTRAL);
+    let tp = p.odd_multiples();
+    let tb = base.odd_multiples();
+    let nk = naf5(k.as_bytes());
+    let ns = naf5(s);
+    let top = (0..256).rev().find(|&i| nk[i] != 0 || ns[i] != 0);
+    let Some(top) = top else {
+        return Point::NEUTRAL;
+    };
+    let mut acc = Point::NEUTRAL;
+    for i in (0..=top).rev() {
+        let need_t = nk[i] != 0 || ns[i] != 0;
+        acc = acc.double(need_t);
+        for (digit, table) in [(nk[i], &tp), (ns[i], &tb)] {
+            if digit > 0 {
+                acc = acc.add(&table[(digit / 2) as usize], false);
+            } else if digit < 0 {
+                acc = acc.add(&table[(-digit / 2) as usize], true);
+            }
+        }
+    }
+    acc
+}
+
+/// The encoding of the Ed25519 base point B (y = 4/5, x even).
+const BASE_ENCODING: [u8; 32] = [
+    0x58, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66,
+    0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66,
+];
