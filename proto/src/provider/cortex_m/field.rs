@@ -112,123 +112,281 @@ impl Fe {
     }
 }
 
-/// A 512-bit product reduced below 2^256: `lo + 38·hi`, then the carry
-/// (≤ 38) times 38 again, then once more if that wrapped (only possible
-/// when the result is below 38², so the last addition cannot carry).
+/// `a·b + t + c`, which never exceeds 2^64 − 1: the low and the high word
+/// (one `UMAAL` on Cortex-M4 and M33).
 #[inline(always)]
-fn reduce(t: &[u32; 16]) -> Fe {
-    let mut r = [0u32; 8];
-    let mut c = 0u64;
-    for i in 0..8 {
-        let v = u64::from(t[i + 8]) * 38 + u64::from(t[i]) + c;
-        r[i] = v as u32;
-        c = v >> 32;
-    }
-    carry_in(r, c * 38)
+fn mac(a: u32, b: u32, t: u32, c: u32) -> (u32, u32) {
+    let v = u64::from(a) * u64::from(b) + u64::from(t) + u64::from(c);
+    (v as u32, (v >> 32) as u32)
 }
 
-/// `r + c` for `c < 2^32·39` folded below 2^256 (2^256 ≡ 38).
+/// `a + b` with the carry out (0 or 1).
 #[inline(always)]
-fn carry_in(mut r: [u32; 8], c: u64) -> Fe {
-    let mut c = c;
-    for limb in r.iter_mut() {
-        let v = u64::from(*limb) + c;
-        *limb = v as u32;
-        c = v >> 32;
-    }
-    // c is 0 or 1; when 1, r is now below 38·39, so this cannot carry.
-    r[0] = r[0].wrapping_add((c as u32) * 38);
-    Fe(r)
+fn adc(a: u32, b: u32) -> (u32, u32) {
+    let v = u64::from(a) + u64::from(b);
+    (v as u32, (v >> 32) as u32)
 }
 
-/// 8 × 8 limb products by operand scanning: each step is a·b + t + carry.
+/// 8 × 8 limb products by operand scanning, written out: every step is
+/// [`mac`].
 #[inline(never)]
 fn mul(a: &Fe, b: &Fe) -> Fe {
-    let (a, b) = (&a.0, &b.0);
-    let mut t = [0u32; 16];
-    for i in 0..8 {
-        let ai = u64::from(a[i]);
-        let mut c = 0u64;
-        for j in 0..8 {
-            let v = ai * u64::from(b[j]) + u64::from(t[i + j]) + c;
-            t[i + j] = v as u32;
-            c = v >> 32;
-        }
-        t[i + 8] = c as u32;
-    }
-    reduce(&t)
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = a.0;
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = b.0;
+    let (t0, c) = mac(a0, b0, 0, 0);
+    let (t1, c) = mac(a0, b1, 0, c);
+    let (t2, c) = mac(a0, b2, 0, c);
+    let (t3, c) = mac(a0, b3, 0, c);
+    let (t4, c) = mac(a0, b4, 0, c);
+    let (t5, c) = mac(a0, b5, 0, c);
+    let (t6, c) = mac(a0, b6, 0, c);
+    let (t7, c) = mac(a0, b7, 0, c);
+    let t8 = c;
+    let (t1, c) = mac(a1, b0, t1, 0);
+    let (t2, c) = mac(a1, b1, t2, c);
+    let (t3, c) = mac(a1, b2, t3, c);
+    let (t4, c) = mac(a1, b3, t4, c);
+    let (t5, c) = mac(a1, b4, t5, c);
+    let (t6, c) = mac(a1, b5, t6, c);
+    let (t7, c) = mac(a1, b6, t7, c);
+    let (t8, c) = mac(a1, b7, t8, c);
+    let t9 = c;
+    let (t2, c) = mac(a2, b0, t2, 0);
+    let (t3, c) = mac(a2, b1, t3, c);
+    let (t4, c) = mac(a2, b2, t4, c);
+    let (t5, c) = mac(a2, b3, t5, c);
+    let (t6, c) = mac(a2, b4, t6, c);
+    let (t7, c) = mac(a2, b5, t7, c);
+    let (t8, c) = mac(a2, b6, t8, c);
+    let (t9, c) = mac(a2, b7, t9, c);
+    let t10 = c;
+    let (t3, c) = mac(a3, b0, t3, 0);
+    let (t4, c) = mac(a3, b1, t4, c);
+    let (t5, c) = mac(a3, b2, t5, c);
+    let (t6, c) = mac(a3, b3, t6, c);
+    let (t7, c) = mac(a3, b4, t7, c);
+    let (t8, c) = mac(a3, b5, t8, c);
+    let (t9, c) = mac(a3, b6, t9, c);
+    let (t10, c) = mac(a3, b7, t10, c);
+    let t11 = c;
+    let (t4, c) = mac(a4, b0, t4, 0);
+    let (t5, c) = mac(a4, b1, t5, c);
+    let (t6, c) = mac(a4, b2, t6, c);
+    let (t7, c) = mac(a4, b3, t7, c);
+    let (t8, c) = mac(a4, b4, t8, c);
+    let (t9, c) = mac(a4, b5, t9, c);
+    let (t10, c) = mac(a4, b6, t10, c);
+    let (t11, c) = mac(a4, b7, t11, c);
+    let t12 = c;
+    let (t5, c) = mac(a5, b0, t5, 0);
+    let (t6, c) = mac(a5, b1, t6, c);
+    let (t7, c) = mac(a5, b2, t7, c);
+    let (t8, c) = mac(a5, b3, t8, c);
+    let (t9, c) = mac(a5, b4, t9, c);
+    let (t10, c) = mac(a5, b5, t10, c);
+    let (t11, c) = mac(a5, b6, t11, c);
+    let (t12, c) = mac(a5, b7, t12, c);
+    let t13 = c;
+    let (t6, c) = mac(a6, b0, t6, 0);
+    let (t7, c) = mac(a6, b1, t7, c);
+    let (t8, c) = mac(a6, b2, t8, c);
+    let (t9, c) = mac(a6, b3, t9, c);
+    let (t10, c) = mac(a6, b4, t10, c);
+    let (t11, c) = mac(a6, b5, t11, c);
+    let (t12, c) = mac(a6, b6, t12, c);
+    let (t13, c) = mac(a6, b7, t13, c);
+    let t14 = c;
+    let (t7, c) = mac(a7, b0, t7, 0);
+    let (t8, c) = mac(a7, b1, t8, c);
+    let (t9, c) = mac(a7, b2, t9, c);
+    let (t10, c) = mac(a7, b3, t10, c);
+    let (t11, c) = mac(a7, b4, t11, c);
+    let (t12, c) = mac(a7, b5, t12, c);
+    let (t13, c) = mac(a7, b6, t13, c);
+    let (t14, c) = mac(a7, b7, t14, c);
+    let t15 = c;
+    reduce([t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15])
 }
 
-/// The square: the 28 cross products once, doubled, plus the 8 squares.
+/// The square: the 28 cross products `a[i]·a[j]` (i < j) once, doubled,
+/// plus the 8 squares `a[i]²`, written out.
 #[inline(never)]
 fn square(a: &Fe) -> Fe {
-    let a = &a.0;
-    let mut t = [0u32; 16];
-    for i in 0..7 {
-        let ai = u64::from(a[i]);
-        let mut c = 0u64;
-        for j in i + 1..8 {
-            let v = ai * u64::from(a[j]) + u64::from(t[i + j]) + c;
-            t[i + j] = v as u32;
-            c = v >> 32;
-        }
-        t[i + 8] = c as u32;
-    }
-    // Double the cross products (t < 2^511, so no bit is lost), then add the
-    // squares a[i]² at 2^(64·i).
-    let mut top = 0u32;
-    for limb in t.iter_mut() {
-        let v = (*limb << 1) | top;
-        top = *limb >> 31;
-        *limb = v;
-    }
-    let mut c = 0u64;
-    for i in 0..8 {
-        let ai = u64::from(a[i]);
-        let sq = ai * ai;
-        let v = u64::from(t[2 * i]) + (sq & 0xffff_ffff) + c;
-        t[2 * i] = v as u32;
-        let v = u64::from(t[2 * i + 1]) + (sq >> 32) + (v >> 32);
-        t[2 * i + 1] = v as u32;
-        c = v >> 32;
-    }
-    reduce(&t)
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = a.0;
+    let (t1, c) = mac(a0, a1, 0, 0);
+    let (t2, c) = mac(a0, a2, 0, c);
+    let (t3, c) = mac(a0, a3, 0, c);
+    let (t4, c) = mac(a0, a4, 0, c);
+    let (t5, c) = mac(a0, a5, 0, c);
+    let (t6, c) = mac(a0, a6, 0, c);
+    let (t7, c) = mac(a0, a7, 0, c);
+    let t8 = c;
+    let (t3, c) = mac(a1, a2, t3, 0);
+    let (t4, c) = mac(a1, a3, t4, c);
+    let (t5, c) = mac(a1, a4, t5, c);
+    let (t6, c) = mac(a1, a5, t6, c);
+    let (t7, c) = mac(a1, a6, t7, c);
+    let (t8, c) = mac(a1, a7, t8, c);
+    let t9 = c;
+    let (t5, c) = mac(a2, a3, t5, 0);
+    let (t6, c) = mac(a2, a4, t6, c);
+    let (t7, c) = mac(a2, a5, t7, c);
+    let (t8, c) = mac(a2, a6, t8, c);
+    let (t9, c) = mac(a2, a7, t9, c);
+    let t10 = c;
+    let (t7, c) = mac(a3, a4, t7, 0);
+    let (t8, c) = mac(a3, a5, t8, c);
+    let (t9, c) = mac(a3, a6, t9, c);
+    let (t10, c) = mac(a3, a7, t10, c);
+    let t11 = c;
+    let (t9, c) = mac(a4, a5, t9, 0);
+    let (t10, c) = mac(a4, a6, t10, c);
+    let (t11, c) = mac(a4, a7, t11, c);
+    let t12 = c;
+    let (t11, c) = mac(a5, a6, t11, 0);
+    let (t12, c) = mac(a5, a7, t12, c);
+    let t13 = c;
+    let (t13, c) = mac(a6, a7, t13, 0);
+    let t14 = c;
+    // Doubled (the cross products are below 2^511: no bit is lost).
+    let t15 = t14 >> 31;
+    let t14 = (t14 << 1) | (t13 >> 31);
+    let t13 = (t13 << 1) | (t12 >> 31);
+    let t12 = (t12 << 1) | (t11 >> 31);
+    let t11 = (t11 << 1) | (t10 >> 31);
+    let t10 = (t10 << 1) | (t9 >> 31);
+    let t9 = (t9 << 1) | (t8 >> 31);
+    let t8 = (t8 << 1) | (t7 >> 31);
+    let t7 = (t7 << 1) | (t6 >> 31);
+    let t6 = (t6 << 1) | (t5 >> 31);
+    let t5 = (t5 << 1) | (t4 >> 31);
+    let t4 = (t4 << 1) | (t3 >> 31);
+    let t3 = (t3 << 1) | (t2 >> 31);
+    let t2 = (t2 << 1) | (t1 >> 31);
+    let t1 = t1 << 1;
+    // Plus the squares at 2^(64·i).
+    let (t0, c) = mac(a0, a0, 0, 0);
+    let (t1, c) = adc(t1, c);
+    let (t2, c) = mac(a1, a1, t2, c);
+    let (t3, c) = adc(t3, c);
+    let (t4, c) = mac(a2, a2, t4, c);
+    let (t5, c) = adc(t5, c);
+    let (t6, c) = mac(a3, a3, t6, c);
+    let (t7, c) = adc(t7, c);
+    let (t8, c) = mac(a4, a4, t8, c);
+    let (t9, c) = adc(t9, c);
+    let (t10, c) = mac(a5, a5, t10, c);
+    let (t11, c) = adc(t11, c);
+    let (t12, c) = mac(a6, a6, t12, c);
+    let (t13, c) = adc(t13, c);
+    let (t14, c) = mac(a7, a7, t14, c);
+    let (t15, c) = adc(t15, c);
+    debug_assert_eq!(c, 0);
+    reduce([t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15])
+}
+
+/// A 512-bit product reduced below 2^256: `lo + 38·hi` (each step a
+/// [`mac`]; the carry out is at most 38), then that carry times 38.
+#[inline(always)]
+fn reduce(t: [u32; 16]) -> Fe {
+    let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15] = t;
+    let (r0, c) = mac(t8, 38, t0, 0);
+    let (r1, c) = mac(t9, 38, t1, c);
+    let (r2, c) = mac(t10, 38, t2, c);
+    let (r3, c) = mac(t11, 38, t3, c);
+    let (r4, c) = mac(t12, 38, t4, c);
+    let (r5, c) = mac(t13, 38, t5, c);
+    let (r6, c) = mac(t14, 38, t6, c);
+    let (r7, c) = mac(t15, 38, t7, c);
+    carry_in([r0, r1, r2, r3, r4, r5, r6, r7], c * 38)
+}
+
+/// `r + c` for `c < 2^11` folded below 2^256 (2^256 ≡ 38): the carry out
+/// of the top limb is 0 or 1, and when it is 1 the sum wrapped to below
+/// 2^11, so adding 38 for it cannot carry.
+#[inline(always)]
+fn carry_in(r: [u32; 8], c: u32) -> Fe {
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = r;
+    let (r0, c) = adc(r0, c);
+    let (r1, c) = adc(r1, c);
+    let (r2, c) = adc(r2, c);
+    let (r3, c) = adc(r3, c);
+    let (r4, c) = adc(r4, c);
+    let (r5, c) = adc(r5, c);
+    let (r6, c) = adc(r6, c);
+    let (r7, c) = adc(r7, c);
+    let r0 = r0.wrapping_add(c * 38);
+    Fe([r0, r1, r2, r3, r4, r5, r6, r7])
 }
 
 #[inline(never)]
 fn add(a: &Fe, b: &Fe) -> Fe {
-    let mut r = [0u32; 8];
-    let mut c = 0u64;
-    for i in 0..8 {
-        let v = u64::from(a.0[i]) + u64::from(b.0[i]) + c;
-        r[i] = v as u32;
-        c = v >> 32;
-    }
-    carry_in(r, c * 38)
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = a.0;
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = b.0;
+    let c = 0u64;
+    let v = u64::from(a0) + u64::from(b0) + c;
+    let (r0, c) = (v as u32, v >> 32);
+    let v = u64::from(a1) + u64::from(b1) + c;
+    let (r1, c) = (v as u32, v >> 32);
+    let v = u64::from(a2) + u64::from(b2) + c;
+    let (r2, c) = (v as u32, v >> 32);
+    let v = u64::from(a3) + u64::from(b3) + c;
+    let (r3, c) = (v as u32, v >> 32);
+    let v = u64::from(a4) + u64::from(b4) + c;
+    let (r4, c) = (v as u32, v >> 32);
+    let v = u64::from(a5) + u64::from(b5) + c;
+    let (r5, c) = (v as u32, v >> 32);
+    let v = u64::from(a6) + u64::from(b6) + c;
+    let (r6, c) = (v as u32, v >> 32);
+    let v = u64::from(a7) + u64::from(b7) + c;
+    let (r7, c) = (v as u32, v >> 32);
+    carry_in([r0, r1, r2, r3, r4, r5, r6, r7], (c as u32) * 38)
 }
 
+/// `a − b`: a borrow out of the top limb added 2^256 ≡ 38, so 38 is taken
+/// away, and once more if that borrowed too (then the difference was below
+/// 38 and is now at least 2^256 − 38, so the last subtraction cannot borrow).
 #[inline(never)]
 fn sub(a: &Fe, b: &Fe) -> Fe {
-    let mut r = [0u32; 8];
-    let mut borrow = 0i64;
-    for i in 0..8 {
-        let v = i64::from(a.0[i]) - i64::from(b.0[i]) + borrow;
-        r[i] = v as u32;
-        borrow = v >> 32; // 0 or −1
-    }
-    // A borrow added 2^256 ≡ 38: take 38 away, and once more if that
-    // borrowed too (then r was below 38 and is now at least 2^256 − 38, so
-    // the last subtraction cannot borrow).
-    let mut b = borrow * 38;
-    for limb in r.iter_mut() {
-        let v = i64::from(*limb) + b;
-        *limb = v as u32;
-        b = v >> 32;
-    }
-    r[0] = r[0].wrapping_sub(((-b) as u32) * 38);
-    Fe(r)
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = a.0;
+    let [b0, b1, b2, b3, b4, b5, b6, b7] = b.0;
+    let borrow = 0i64;
+    let v = i64::from(a0) - i64::from(b0) + borrow;
+    let (r0, borrow) = (v as u32, v >> 32); // borrow: 0 or −1
+    let v = i64::from(a1) - i64::from(b1) + borrow;
+    let (r1, borrow) = (v as u32, v >> 32); // borrow: 0 or −1
+    let v = i64::from(a2) - i64::from(b2) + borrow;
+    let (r2, borrow) = (v as u32, v >> 32); // borrow: 0 or −1
+    let v = i64::from(a3) - i64::from(b3) + borrow;
+    let (r3, borrow) = (v as u32, v >> 32); // borrow: 0 or −1
+    let v = i64::from(a4) - i64::from(b4) + borrow;
+    let (r4, borrow) = (v as u32, v >> 32); // borrow: 0 or −1
+    let v = i64::from(a5) - i64::from(b5) + borrow;
+    let (r5, borrow) = (v as u32, v >> 32); // borrow: 0 or −1
+    let v = i64::from(a6) - i64::from(b6) + borrow;
+    let (r6, borrow) = (v as u32, v >> 32); // borrow: 0 or −1
+    let v = i64::from(a7) - i64::from(b7) + borrow;
+    let (r7, borrow) = (v as u32, v >> 32); // borrow: 0 or −1
+    let b = borrow * 38;
+    let v = i64::from(r0) + b;
+    let (r0, b) = (v as u32, v >> 32);
+    let v = i64::from(r1) + b;
+    let (r1, b) = (v as u32, v >> 32);
+    let v = i64::from(r2) + b;
+    let (r2, b) = (v as u32, v >> 32);
+    let v = i64::from(r3) + b;
+    let (r3, b) = (v as u32, v >> 32);
+    let v = i64::from(r4) + b;
+    let (r4, b) = (v as u32, v >> 32);
+    let v = i64::from(r5) + b;
+    let (r5, b) = (v as u32, v >> 32);
+    let v = i64::from(r6) + b;
+    let (r6, b) = (v as u32, v >> 32);
+    let v = i64::from(r7) + b;
+    let (r7, b) = (v as u32, v >> 32);
+    let r0 = r0.wrapping_sub(((-b) as u32) * 38);
+    Fe([r0, r1, r2, r3, r4, r5, r6, r7])
 }
-
 impl Add<&Fe> for &Fe {
     type Output = Fe;
     fn add(self, other: &Fe) -> Fe {
