@@ -301,9 +301,9 @@ fn reduce(t: [u32; 16]) -> Fe {
     carry_in([r0, r1, r2, r3, r4, r5, r6, r7], c * 38)
 }
 
-/// `r + c` for `c < 2^11` folded below 2^256 (2^256 ≡ 38): the carry out
+/// `r + c` for `c < 2^22` folded below 2^256 (2^256 ≡ 38): the carry out
 /// of the top limb is 0 or 1, and when it is 1 the sum wrapped to below
-/// 2^11, so adding 38 for it cannot carry.
+/// 2^22, so adding 38 for it cannot carry.
 #[inline(always)]
 fn carry_in(r: [u32; 8], c: u32) -> Fe {
     let [r0, r1, r2, r3, r4, r5, r6, r7] = r;
@@ -413,6 +413,41 @@ impl Neg for &Fe {
     fn neg(self) -> Fe {
         sub(&Fe::ZERO, self)
     }
+}
+
+/// Swaps `a` and `b` when `choice` is set: a mask, never a branch.
+pub(super) fn cswap(a: &mut Fe, b: &mut Fe, choice: Choice) {
+    let mask = 0u32.wrapping_sub(u32::from(choice.unwrap_u8()));
+    for (x, y) in a.0.iter_mut().zip(b.0.iter_mut()) {
+        let t = mask & (*x ^ *y);
+        *x ^= t;
+        *y ^= t;
+    }
+}
+
+/// Replaces `a` by `b` when `choice` is set: a mask, never a branch.
+pub(super) fn cmov(a: &mut Fe, b: &Fe, choice: Choice) {
+    let mask = 0u32.wrapping_sub(u32::from(choice.unwrap_u8()));
+    for (x, y) in a.0.iter_mut().zip(b.0.iter()) {
+        *x ^= mask & (*x ^ *y);
+    }
+}
+
+/// `a · k` for a small constant `k` (below 2^16): eight [`mac`]s and the
+/// fold of the top word.
+#[inline(never)]
+pub(super) fn mul_small(a: &Fe, k: u32) -> Fe {
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = a.0;
+    let (r0, c) = mac(a0, k, 0, 0);
+    let (r1, c) = mac(a1, k, 0, c);
+    let (r2, c) = mac(a2, k, 0, c);
+    let (r3, c) = mac(a3, k, 0, c);
+    let (r4, c) = mac(a4, k, 0, c);
+    let (r5, c) = mac(a5, k, 0, c);
+    let (r6, c) = mac(a6, k, 0, c);
+    let (r7, c) = mac(a7, k, 0, c);
+    // c < 2^16: c · 38 < 2^22.
+    carry_in([r0, r1, r2, r3, r4, r5, r6, r7], c * 38)
 }
 
 impl ConditionallySelectable for Fe {

@@ -33,6 +33,7 @@
 //! verification is variable-time by design, on public data only.
 
 mod field;
+mod table;
 
 use curve25519_dalek::scalar::Scalar;
 use field::Fe;
@@ -58,7 +59,7 @@ impl CryptoProvider for CortexM {
     }
 
     fn x25519_base(&self, secret: &[u8; 32]) -> [u8; 32] {
-        *x25519(secret, &BASE_U)
+        x25519_base(secret)
     }
 
     fn ed25519_equation(&self, input: &StrictInput<'_>) -> bool {
@@ -92,34 +93,7 @@ const BASE_U: [u8; 32] = {
 // ---- field helpers ---------------------------------------------------------
 
 /// (A − 2) / 4 = 121665 (RFC 7748 §5).
-const A24: Fe = Fe([121_665, 0, 0, 0, 0, 0, 0, 0]);
-/// 2A = 2 · 486662, for the y-coordinate recovery.
-const TWO_A: Fe = Fe([973_324, 0, 0, 0, 0, 0, 0, 0]);
-/// 2 · v(B): twice the v-coordinate of the Montgomery base point (u = 9)
-/// that the map of RFC 7748 §4.1 with [`SQRT_M486664`] sends to the Ed25519
-/// base point.
-const TWO_V_BASE: Fe = Fe([
-    0x0262_583b,
-    0xac2c_74bb,
-    0x2507_3c9b,
-    0xdb85_6503,
-    0x116e_5d66,
-    0x3fc2_45a7,
-    0x8ebe_f296,
-    0x3ea3_ccbc,
-]);
-/// A square root of −486664: x = √−486664 · u / v (RFC 7748 §4.1).
-const SQRT_M486664: Fe = Fe([
-    0xff45_7e06,
-    0xcc6e_04aa,
-    0x4b7d_1a82,
-    0xc5a1_d3d1,
-    0x03fc_4f7e,
-    0xd27b_08dc,
-    0x60a0_06bb,
-    0x0f26_edf4,
-]);
-
+const A24: u32 = 121_665;
 /// `x` squared `n` times.
 #[inline(never)]
 fn sq_n(x: &Fe, n: u32) -> Fe {
@@ -181,8 +155,8 @@ fn ladder(k: &[u8; 32], u: &Fe) -> [Fe; 4] {
     for t in (0..255).rev() {
         let bit = Choice::from((k[t >> 3] >> (t & 7)) & 1);
         swap ^= bit;
-        Fe::conditional_swap(&mut x2, &mut x3, swap);
-        Fe::conditional_swap(&mut z2, &mut z3, swap);
+        field::cswap(&mut x2, &mut x3, swap);
+        field::cswap(&mut z2, &mut z3, swap);
         swap = bit;
         let a = &x2 + &z2;
         let aa = a.squared();
@@ -196,10 +170,10 @@ fn ladder(k: &[u8; 32], u: &Fe) -> [Fe; 4] {
         x3 = (&da + &cb).squared();
         z3 = u * &(&da - &cb).squared();
         x2 = &aa * &bb;
-        z2 = &e * &(&aa + &(&A24 * &e));
+        z2 = &e * &(&aa + &field::mul_small(&e, A24));
     }
-    Fe::conditional_swap(&mut x2, &mut x3, swap);
-    Fe::conditional_swap(&mut z2, &mut z3, swap);
+    field::cswap(&mut x2, &mut x3, swap);
+    field::cswap(&mut z2, &mut z3, swap);
     [x2, z2, x3, z3]
 }
 
@@ -215,6 +189,18 @@ fn x25519(secret: &[u8; 32], peer: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(encode(&(&x2 * &invert(&z2))))
 }
 
+/// X25519 of the base point (u = 9) by the fixed-base multiplication on
+/// the Edwards curve: u = (1 + y)/(1 − y) = (Z + Y)/(Z − Y) of `[k]B`
+/// (RFC 7748 §4.1), the same u-coordinate as the ladder's.
+fn x25519_base(secret: &[u8; 32]) -> [u8; 32] {
+    let mut k = Zeroizing::new(*secret);
+    k[0] &= 248;
+    k[31] &= 127;
+    k[31] |= 64;
+    let p = mul_base_point(&k);
+    encode(&(&(&p.z + &p.y) * &invert(&(&p.z - &p.y))))
+}
+
 /// An X25519 static secret loaded into this provider.
 #[cfg(feature = "alloc")]
 struct Sealing(Zeroizing<[u8; 32]>);
@@ -222,7 +208,7 @@ struct Sealing(Zeroizing<[u8; 32]>);
 #[cfg(feature = "alloc")]
 impl super::LoadedSealingKey for Sealing {
     fn public(&self) -> [u8; 32] {
-        *x25519(&self.0, &BASE_U)
+        x25519_base(&self.0)
     }
     fn x25519(&self, peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
         Some(x25519(&self.0, peer))
@@ -231,62 +217,83 @@ impl super::LoadedSealingKey for Sealing {
 
 // ---- Ed25519 signing -----------------------------------------------------------
 
-/// The encoding of `[r]B` for a scalar `r < L`, in constant time: the
-/// ladder on u(B) = 9, the v-coordinate recovered from `[r]B` and
-/// `[r + 1]B`, and the map to Edwards coordinates.
-#[inline(never)]
-fn mul_base(r: &Scalar) -> [u8; 32] {
-    let [xq, zq, xr, zr] = ladder(r.as_bytes(), &Fe::NINE);
-    // Costello–Smith, Algorithm 5 (B = 1): Q = [r]P as (X : Y : Z), from
-    // Q = (xq : zq), Q + P = (xr : zr) and P = (9, v(B)).
-    let u_p = Fe::NINE;
-    let v1 = &u_p * &zq;
-    let v2 = &xq + &v1;
-    let v3 = (&xq - &v1).squared();
-    let v3 = &v3 * &xr;
-    let v1 = &TWO_A * &zq;
-    let v2 = &v2 + &v1;
-    let v4 = &(&u_p * &xq) + &zq;
-    let v2 = &v2 * &v4;
-    let v1 = &v1 * &zq;
-    let v2 = &v2 - &v1;
-    let v2 = &v2 * &zr;
-    let y = &v2 - &v3;
-    let v1 = &(&TWO_V_BASE * &zq) * &zr;
-    let x = &v1 * &xq;
-    let z = &v1 * &zq;
-    // RFC 7748 §4.1: Edwards x = √−486664 · u / v, y = (u − 1) / (u + 1),
-    // with u = X/Z, v = Y/Z: x = c·X/Y, y = (X − Z)/(X + Z); one inversion.
-    let xpz = &x + &z;
-    let inv = invert(&(&y * &xpz));
-    let ex = &(&(&SQRT_M486664 * &x) * &xpz) * &inv;
-    let ey = &(&(&x - &z) * &y) * &inv;
-    let mut out = encode(&ey);
-    out[31] ^= ex.parity() << 7;
-    // The recovery does not hold where Q or Q + P is the neutral element:
-    // r = 0 (then [r]B is the neutral element, y = 1) and r = L − 1 (then
-    // [r]B = −B). Both by masks, never by a branch on r.
-    let is_zero = r.as_bytes().ct_eq(&[0u8; 32]);
-    let is_l_minus_1 = r.as_bytes().ct_eq(&L_MINUS_1);
-    let mut neutral = [0u8; 32];
-    neutral[0] = 1;
-    for i in 0..32 {
-        out[i] = u8::conditional_select(&out[i], &neutral[i], is_zero);
-        out[i] = u8::conditional_select(&out[i], &MINUS_B[i], is_l_minus_1);
-    }
-    out
+// ---- fixed-base multiplication -------------------------------------------------
+
+/// An affine point prepared for mixed additions: (y + x, y − x, 2d·x·y).
+#[derive(Clone, Copy)]
+pub(super) struct Niels {
+    pub(super) y_plus_x: Fe,
+    pub(super) y_minus_x: Fe,
+    pub(super) xy2d: Fe,
 }
 
-/// L − 1, little-endian.
-const L_MINUS_1: [u8; 32] = [
-    0xec, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-/// The encoding of −B.
-const MINUS_B: [u8; 32] = [
-    0x58, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66,
-    0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0xe6,
-];
+/// The signed radix-16 digits of a scalar below 2^255: 64 digits in
+/// −8..=8 with `s = Σ e[i]·16^i`, by arithmetic only.
+fn radix16(s: &[u8; 32]) -> [i8; 64] {
+    let mut e = [0i8; 64];
+    for i in 0..32 {
+        e[2 * i] = (s[i] & 15) as i8;
+        e[2 * i + 1] = ((s[i] >> 4) & 15) as i8;
+    }
+    let mut carry = 0i8;
+    for digit in e.iter_mut().take(63) {
+        *digit += carry;
+        carry = (*digit + 8) >> 4;
+        *digit -= carry << 4;
+    }
+    e[63] += carry;
+    e
+}
+
+/// `digit · T` for the table `T` of `(j + 1)·P`, `digit` in −8..=8, in
+/// constant time: every entry is read, the one wanted kept by a mask, and
+/// the negation selected by a mask.
+fn lookup(table: &[Niels; 8], digit: i8) -> Niels {
+    let neg = (digit as u8) >> 7;
+    let abs = ((digit as u8) ^ 0u8.wrapping_sub(neg)).wrapping_add(neg);
+    let mut t = Niels {
+        y_plus_x: Fe::ONE,
+        y_minus_x: Fe::ONE,
+        xy2d: Fe::ZERO,
+    };
+    for (j, entry) in table.iter().enumerate() {
+        let c = abs.ct_eq(&(j as u8 + 1));
+        field::cmov(&mut t.y_plus_x, &entry.y_plus_x, c);
+        field::cmov(&mut t.y_minus_x, &entry.y_minus_x, c);
+        field::cmov(&mut t.xy2d, &entry.xy2d, c);
+    }
+    let c = Choice::from(neg);
+    let minus_xy2d = -&t.xy2d;
+    field::cswap(&mut t.y_plus_x, &mut t.y_minus_x, c);
+    field::cmov(&mut t.xy2d, &minus_xy2d, c);
+    t
+}
+
+/// `[s]B` for `s < 2^255`, in constant time: s = Σ 16^j Σ_k e[8k + j]·16^(8k),
+/// so 8 table lookups and mixed additions per j, and 4 doublings between
+/// (64 additions, 28 doublings, no branch on s).
+#[inline(never)]
+fn mul_base_point(s: &[u8; 32]) -> Point {
+    let e = radix16(s);
+    let mut acc = Point::NEUTRAL;
+    for j in (0..8).rev() {
+        if j != 7 {
+            for _ in 0..3 {
+                acc = acc.double(false);
+            }
+            acc = acc.double(true);
+        }
+        for (k, table) in table::BASE_TABLE.iter().enumerate() {
+            acc = acc.add_niels(&lookup(table, e[8 * k + j]));
+        }
+    }
+    acc
+}
+
+/// The encoding of `[r]B` (Ed25519 signing and public keys).
+fn mul_base(r: &Scalar) -> [u8; 32] {
+    mul_base_point(r.as_bytes()).encode()
+}
 
 /// An Ed25519 identity key (RFC 8032) whose signatures this provider makes:
 /// the same signatures as [`IdentityKey`](crate::keys::IdentityKey)
@@ -482,6 +489,25 @@ impl Point {
         let c = &self.t * &q.t2d;
         let c = if minus { -&c } else { c };
         let d = &self.z * &q.z2;
+        let e = &b - &a;
+        let f = &d - &c;
+        let g = &d + &c;
+        let h = &b + &a;
+        Point {
+            x: &e * &f,
+            y: &g * &h,
+            z: &f * &g,
+            t: &e * &h,
+        }
+    }
+
+    /// P + Q for an affine Q (madd-2008-hwcd-3, a = −1): complete, so the
+    /// neutral element and P = ±Q need no special case.
+    fn add_niels(&self, q: &Niels) -> Point {
+        let a = &(&self.y - &self.x) * &q.y_minus_x;
+        let b = &(&self.y + &self.x) * &q.y_plus_x;
+        let c = &self.t * &q.xy2d;
+        let d = &self.z + &self.z;
         let e = &b - &a;
         let f = &d - &c;
         let g = &d + &c;
