@@ -415,22 +415,49 @@ impl Neg for &Fe {
     }
 }
 
-/// Swaps `a` and `b` when `choice` is set: a mask, never a branch.
+/// Swaps `a` and `b` when `choice` is set: a mask, never a branch (written
+/// out: a loop costs more than the work at opt-level `z`).
 pub(super) fn cswap(a: &mut Fe, b: &mut Fe, choice: Choice) {
     let mask = 0u32.wrapping_sub(u32::from(choice.unwrap_u8()));
-    for (x, y) in a.0.iter_mut().zip(b.0.iter_mut()) {
-        let t = mask & (*x ^ *y);
-        *x ^= t;
-        *y ^= t;
-    }
+    let (x, y) = (&mut a.0, &mut b.0);
+    let t = mask & (x[0] ^ y[0]);
+    x[0] ^= t;
+    y[0] ^= t;
+    let t = mask & (x[1] ^ y[1]);
+    x[1] ^= t;
+    y[1] ^= t;
+    let t = mask & (x[2] ^ y[2]);
+    x[2] ^= t;
+    y[2] ^= t;
+    let t = mask & (x[3] ^ y[3]);
+    x[3] ^= t;
+    y[3] ^= t;
+    let t = mask & (x[4] ^ y[4]);
+    x[4] ^= t;
+    y[4] ^= t;
+    let t = mask & (x[5] ^ y[5]);
+    x[5] ^= t;
+    y[5] ^= t;
+    let t = mask & (x[6] ^ y[6]);
+    x[6] ^= t;
+    y[6] ^= t;
+    let t = mask & (x[7] ^ y[7]);
+    x[7] ^= t;
+    y[7] ^= t;
 }
 
 /// Replaces `a` by `b` when `choice` is set: a mask, never a branch.
 pub(super) fn cmov(a: &mut Fe, b: &Fe, choice: Choice) {
     let mask = 0u32.wrapping_sub(u32::from(choice.unwrap_u8()));
-    for (x, y) in a.0.iter_mut().zip(b.0.iter()) {
-        *x ^= mask & (*x ^ *y);
-    }
+    let (x, y) = (&mut a.0, &b.0);
+    x[0] ^= mask & (x[0] ^ y[0]);
+    x[1] ^= mask & (x[1] ^ y[1]);
+    x[2] ^= mask & (x[2] ^ y[2]);
+    x[3] ^= mask & (x[3] ^ y[3]);
+    x[4] ^= mask & (x[4] ^ y[4]);
+    x[5] ^= mask & (x[5] ^ y[5]);
+    x[6] ^= mask & (x[6] ^ y[6]);
+    x[7] ^= mask & (x[7] ^ y[7]);
 }
 
 /// `a · k` for a small constant `k` (below 2^16): eight [`mac`]s and the
