@@ -25,10 +25,8 @@ import sys
 
 # Demangled function (generic arguments stripped) -> operation.
 OPS = {
-    "vouch_proto::crypto::keygen": "keygen",
     "vouch_proto::crypto::keygen_peripheral": "keygen",
     "vouch_proto::handshake::peripheral::sign_hello": "sign",
-    "vouch_proto::crypto::dh": "dh",
     "vouch_proto::crypto::dh_peripheral": "dh",
     "vouch_proto::handshake::peripheral::seal_identity": "seal",
     "vouch_proto::handshake::peripheral::open_vouch": "open_vouch",
@@ -64,9 +62,17 @@ FULL_STEPS = ["full.hello", "full.response"]
 RESUME_STEPS = ["resume.hello", "resume.response"]
 SIGNATURE_OPS = {"sign", "verify"}
 
-BUDGET_INSNS = 8_500_000
-BUDGET_FLASH = 96 * 1024
+# DESIGN.md §6 on Cortex-M4 (issue 21): the goals.
+BUDGET_INSNS = 4_500_000
+BUDGET_RESUME_INSNS = 1_500_000
+BUDGET_FLASH = 64 * 1024
 BUDGET_STACK = 8 * 1024
+# The instruction goals are not met yet (README.md, "What is left"): until
+# they are, BUDGETS=enforce holds the shipped build to what it reaches now,
+# with 2 % of margin, so that nothing slides back unnoticed. Instruction
+# counts are exact and deterministic (QEMU's TCG plugin), not timings.
+CEILING_INSNS = 5_600_000
+CEILING_RESUME_INSNS = 1_830_000
 
 
 def demangled_target(line):
@@ -215,7 +221,7 @@ def cmd_table(paths):
     def row(label, cells, budget=""):
         out.append(f"| {label} | " + " | ".join(cells) + f" | {budget} |")
 
-    row("flash: text + rodata + data (bytes)", [fmt(b["flash"]) for b in builds], "≤ 98,304 (96 KiB) at opt-level z")
+    row("flash: text + rodata + data (bytes)", [fmt(b["flash"]) for b in builds], "≤ 65,536 (64 KiB)")
     row("static RAM: data + bss (bytes)", [fmt(b["ram"]) for b in builds], "")
 
     def peak(b, steps):
@@ -233,12 +239,12 @@ def cmd_table(paths):
         return f"{op} ({st:,})"
 
     row("deepest operation (its peak, from the top)", [deepest(b) for b in builds], "")
-    row("**full handshake (instructions)**", [f"**{fmt(phase(b, FULL, FULL_STEPS)[2])}**" for b in builds], "≤ 8,500,000 on Cortex-M4")
+    row("**full handshake (instructions)**", [f"**{fmt(phase(b, FULL, FULL_STEPS)[2])}**" for b in builds], "≤ 4,500,000 on Cortex-M4")
     per = [phase(b, FULL, FULL_STEPS) for b in builds]
     for i, (_, _, label) in enumerate(FULL):
         row("&nbsp;&nbsp;" + label, [fmt(p[0].get(i, "–")) for p in per])
     row("&nbsp;&nbsp;other: encode/decode, transcript hash, state", [fmt(p[1]) for p in per])
-    row("**resumption (instructions)**", [f"**{fmt(phase(b, RESUME, RESUME_STEPS)[2])}**" for b in builds], "no signature")
+    row("**resumption (instructions)**", [f"**{fmt(phase(b, RESUME, RESUME_STEPS)[2])}**" for b in builds], "≤ 1,500,000, no signature")
     per = [phase(b, RESUME, RESUME_STEPS) for b in builds]
     for i, (_, _, label) in enumerate(RESUME):
         row("&nbsp;&nbsp;" + label, [fmt(p[0].get(i, "–")) for p in per])
@@ -253,22 +259,34 @@ def cmd_table(paths):
 
 
 def cmd_budgets(path):
+    """The DESIGN.md goals, met or not, and what BUDGETS=enforce holds.
+
+    Exit 1 when an enforced limit is exceeded: flash, stack and signatures in
+    a resumption at their DESIGN.md budgets; the two instruction counts at
+    their goal once it is met, at the ceiling until then."""
     b = json.load(open(path))
     full = phase(b, FULL, FULL_STEPS)
     resume = phase(b, RESUME, RESUME_STEPS)
     stack = max(b["steps"][s]["stack"] for s in FULL_STEPS + RESUME_STEPS)
+    # label, value, DESIGN.md budget, enforced limit, unit
     verdicts = [
-        ("flash (text + rodata + data)", b["flash"], BUDGET_FLASH, "bytes"),
-        ("peak stack of the handshake", stack, BUDGET_STACK, "bytes"),
-        ("full handshake", full[2], BUDGET_INSNS, "instructions"),
-        ("signature operations in a resumption", resume[3], 0, ""),
+        ("flash (text + rodata + data)", b["flash"], BUDGET_FLASH, BUDGET_FLASH, "bytes"),
+        ("peak stack of the handshake", stack, BUDGET_STACK, BUDGET_STACK, "bytes"),
+        ("full handshake", full[2], BUDGET_INSNS, max(BUDGET_INSNS, CEILING_INSNS), "instructions"),
+        ("resumption", resume[2], BUDGET_RESUME_INSNS,
+         max(BUDGET_RESUME_INSNS, CEILING_RESUME_INSNS), "instructions"),
+        ("signature operations in a resumption", resume[3], 0, 0, ""),
     ]
     good = True
     print(f"DESIGN.md budgets, {b['name']}:")
-    for label, value, limit, unit in verdicts:
-        met = value <= limit
-        good &= met
-        print(f"  {'within' if met else 'OVER  '} {label}: {value:,} (budget {limit:,}) {unit}")
+    for label, value, budget, limit, unit in verdicts:
+        met = value <= budget
+        held = value <= limit
+        good &= held
+        line = f"  {'within' if met else 'OVER  '} {label}: {value:,} (budget {budget:,}) {unit}"
+        if limit != budget:
+            line += f"; {'within' if held else 'OVER'} the enforced ceiling {limit:,} until the budget is met"
+        print(line)
     sys.exit(0 if good else 1)
 
 

@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac};
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+#[cfg(feature = "alloc")]
 use x25519_dalek::{PublicKey as XPublic, ReusableSecret, SharedSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -179,9 +180,10 @@ impl AadBuf {
 }
 
 /// X25519 with a check that the result is contributory: a low-order peer value
-/// would make the shared secret all zeros (SPEC.md §3.2). The dalek path of
-/// the peripheral and the gateway; the check is the providers' one
-/// ([`all_zero`]).
+/// would make the shared secret all zeros (SPEC.md §3.2). The gateway's
+/// path (the peripheral's is [`dh_peripheral`]); the check is the
+/// providers' one ([`all_zero`]).
+#[cfg(feature = "alloc")]
 #[inline(never)]
 pub(crate) fn dh(secret: &ReusableSecret, peer: &DhPublic) -> Result<SharedSecret, PeerMisbehaved> {
     let ss = secret.diffie_hellman(&XPublic::from(peer.0));
@@ -198,19 +200,11 @@ pub(crate) fn all_zero(ss: &[u8; 32]) -> bool {
     bool::from(ss.ct_eq(&[0u8; 32]))
 }
 
-/// The public value of an ephemeral secret.
+/// The public value of an ephemeral secret (the gateway's).
+#[cfg(feature = "alloc")]
 #[inline(never)]
 pub(crate) fn public_of(secret: &ReusableSecret) -> DhPublic {
     DhPublic(XPublic::from(secret).to_bytes())
-}
-
-/// A fresh X25519 key pair from `rng` (32 bytes drawn): the secret and its
-/// public value, a fixed-base multiplication.
-#[inline(never)]
-pub(crate) fn keygen<R: CryptoRng + ?Sized>(rng: &mut R) -> (ReusableSecret, DhPublic) {
-    let secret = ReusableSecret::random_from_rng(rng);
-    let public = public_of(&secret);
-    (secret, public)
 }
 
 /// The peripheral's ephemeral X25519 secret: 32 random bytes, clamped by

@@ -22,8 +22,6 @@ pub(super) struct Fe(pub(super) [u32; 8]);
 impl Fe {
     pub(super) const ZERO: Fe = Fe([0; 8]);
     pub(super) const ONE: Fe = Fe([1, 0, 0, 0, 0, 0, 0, 0]);
-    /// The u-coordinate of the X25519 base point.
-    pub(super) const NINE: Fe = Fe([9, 0, 0, 0, 0, 0, 0, 0]);
     /// d = −121665/121666, of the Edwards curve.
     pub(super) const D: Fe = Fe([
         0x1359_78a3,

@@ -38,7 +38,7 @@ mod table;
 use curve25519_dalek::scalar::Scalar;
 use field::Fe;
 use sha2::{Digest, Sha512};
-use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+use subtle::{Choice, ConstantTimeEq};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::{CryptoProvider, StrictInput};
@@ -82,13 +82,6 @@ impl CryptoProvider for CortexM {
         Ok(alloc::boxed::Box::new(Sealing(Zeroizing::new(*secret))))
     }
 }
-
-/// The u-coordinate of the X25519 base point.
-const BASE_U: [u8; 32] = {
-    let mut u = [0u8; 32];
-    u[0] = 9;
-    u
-};
 
 // ---- field helpers ---------------------------------------------------------
 
@@ -221,10 +214,10 @@ impl super::LoadedSealingKey for Sealing {
 
 /// An affine point prepared for mixed additions: (y + x, y − x, 2d·x·y).
 #[derive(Clone, Copy)]
-pub(super) struct Niels {
-    pub(super) y_plus_x: Fe,
-    pub(super) y_minus_x: Fe,
-    pub(super) xy2d: Fe,
+struct Niels {
+    y_plus_x: Fe,
+    y_minus_x: Fe,
+    xy2d: Fe,
 }
 
 /// The signed radix-16 digits of a scalar below 2^255: 64 digits in
