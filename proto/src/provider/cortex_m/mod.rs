@@ -451,21 +451,22 @@ impl Point {
         }
     }
 
-    /// 2P (dbl-2008-hwcd, a = −1); `with_t`: whether T is needed (only
-    /// before an addition).
+    /// 2P (dbl-2008-hwcd, a = −1): with e = 2XY = (X + Y)² − X² − Y²,
+    /// h = Y² + X², g = Y² − X², f = 2Z² − g, 2P = (e·f : h·g : g·f : e·h).
+    /// `with_t`: whether T is needed (only before an addition).
     fn double(&self, with_t: bool) -> Point {
-        let a = self.x.squared();
-        let b = self.y.squared();
-        let c = self.z.squared();
-        let c = &c + &c;
-        let e = &(&(&self.x + &self.y).squared() - &a) - &b;
-        let g = &b - &a; // D + B with D = −A
-        let f = &g - &c;
-        let h = -&(&a + &b); // D − B
+        let xx = self.x.squared();
+        let yy = self.y.squared();
+        let zz = self.z.squared();
+        let zz2 = &zz + &zz;
+        let h = &yy + &xx;
+        let g = &yy - &xx;
+        let e = &(&self.x + &self.y).squared() - &h;
+        let f = &zz2 - &g;
         Point {
             x: &e * &f,
-            y: &g * &h,
-            z: &f * &g,
+            y: &h * &g,
+            z: &g * &f,
             t: if with_t { &e * &h } else { Fe::ZERO },
         }
     }
@@ -626,3 +627,282 @@ const BASE_ENCODING: [u8; 32] = [
     0x58, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66,
     0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66,
 ];
+
+#[cfg(test)]
+mod tests {
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::edwards::EdwardsPoint;
+
+    use super::*;
+
+    /// Deterministic inputs (xorshift64).
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn bytes(&mut self) -> [u8; 32] {
+            let mut b = [0u8; 32];
+            for c in b.chunks_mut(8) {
+                c.copy_from_slice(&self.next().to_le_bytes());
+            }
+            b
+        }
+
+        fn scalar(&mut self) -> Scalar {
+            Scalar::from_bytes_mod_order(self.bytes())
+        }
+
+        /// A field element whose limbs are mostly the values where a carry
+        /// can go missing: 0, 1, 2^31 − 1, 2^31, 2^32 − 1, 2^32 − 19.
+        fn edgy(&mut self) -> Fe {
+            let mut l = [0u32; 8];
+            for x in l.iter_mut() {
+                let r = self.next();
+                *x = match r % 8 {
+                    0 => 0,
+                    1 => 1,
+                    2 => 0x7fff_ffff,
+                    3 => 0x8000_0000,
+                    4 => 0xffff_ffff,
+                    5 => 0xffff_ffed,
+                    _ => (r >> 32) as u32,
+                };
+            }
+            Fe(l)
+        }
+    }
+
+    // ---- a reference: schoolbook integers, reduced modulo p at the end ----
+
+    fn int_add(a: &[u32], b: &[u32]) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut c = 0u64;
+        for i in 0..a.len().max(b.len()) {
+            let v = u64::from(*a.get(i).unwrap_or(&0)) + u64::from(*b.get(i).unwrap_or(&0)) + c;
+            out.push(v as u32);
+            c = v >> 32;
+        }
+        out.push(c as u32);
+        out
+    }
+
+    fn int_mul(a: &[u32], b: &[u32]) -> Vec<u32> {
+        let mut out = vec![0u32; a.len() + b.len()];
+        for (i, &x) in a.iter().enumerate() {
+            let mut c = 0u64;
+            for (j, &y) in b.iter().enumerate() {
+                let v = u64::from(x) * u64::from(y) + u64::from(out[i + j]) + c;
+                out[i + j] = v as u32;
+                c = v >> 32;
+            }
+            out[i + b.len()] = c as u32;
+        }
+        out
+    }
+
+    /// `a − b` for `a ≥ b`.
+    fn int_sub(a: &[u32], b: &[u32]) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut w = 0i64;
+        for i in 0..a.len() {
+            let v = i64::from(a[i]) - i64::from(*b.get(i).unwrap_or(&0)) + w;
+            out.push(v as u32);
+            w = v >> 32;
+        }
+        assert_eq!(w, 0);
+        out
+    }
+
+    const P: [u32; 8] = [
+        0xffff_ffed,
+        0xffff_ffff,
+        0xffff_ffff,
+        0xffff_ffff,
+        0xffff_ffff,
+        0xffff_ffff,
+        0xffff_ffff,
+        0x7fff_ffff,
+    ];
+
+    fn int_ge(a: &[u32], b: &[u32]) -> bool {
+        for i in (0..a.len().max(b.len())).rev() {
+            let (x, y) = (*a.get(i).unwrap_or(&0), *b.get(i).unwrap_or(&0));
+            if x != y {
+                return x > y;
+            }
+        }
+        true
+    }
+
+    /// The canonical encoding of `x mod p`, the slow way.
+    fn int_mod_p(x: Vec<u32>) -> [u8; 32] {
+        let mut x = x;
+        while x.len() > 8 && x[8..].iter().any(|&w| w != 0) {
+            let (lo, hi) = x.split_at(8);
+            x = int_add(lo, &int_mul(hi, &[38]));
+        }
+        x.truncate(8);
+        while int_ge(&x, &P) {
+            x = int_sub(&x, &P);
+        }
+        let mut out = [0u8; 32];
+        for (i, w) in x.iter().enumerate() {
+            out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    fn check_field_ops(a: &Fe, b: &Fe) {
+        let (x, y) = (&a.0[..], &b.0[..]);
+        assert_eq!((a * b).to_bytes(), int_mod_p(int_mul(x, y)), "{:08x?} * {:08x?}", a.0, b.0);
+        assert_eq!(a.squared().to_bytes(), int_mod_p(int_mul(x, x)), "{:08x?}²", a.0);
+        assert_eq!((a + b).to_bytes(), int_mod_p(int_add(x, y)), "{:08x?} + {:08x?}", a.0, b.0);
+        // a − b ≡ a + 3p − b, and 3p > 2^256 > b.
+        let p3 = int_mul(&P, &[3]);
+        assert_eq!((a - b).to_bytes(), int_mod_p(int_add(x, &int_sub(&p3, y))), "{:08x?} - {:08x?}", a.0, b.0);
+        assert_eq!(field::mul_small(a, 121_665).to_bytes(), int_mod_p(int_mul(x, &[121_665])));
+    }
+
+    #[test]
+    fn field_arithmetic_equals_the_schoolbook_reference() {
+        let mut g = Gen(0x243f_6a88_85a3_08d3);
+        // The operands on which the assembly multiplication of the `salty`
+        // crate loses a carry (2^255 + 0x10d times p + 1), and p, p + 1,
+        // 2^256 − 1.
+        let special = [
+            Fe([0x10d, 0, 0, 0, 0, 0, 0, 0x8000_0000]),
+            Fe([0xffff_ffee, !0, !0, !0, !0, !0, !0, 0x7fff_ffff]),
+            Fe(P),
+            Fe([!0; 8]),
+            Fe::ZERO,
+            Fe::ONE,
+        ];
+        for a in &special {
+            for b in &special {
+                check_field_ops(a, b);
+            }
+        }
+        for _ in 0..20_000 {
+            let (a, b) = (g.edgy(), g.edgy());
+            check_field_ops(&a, &b);
+            let (a, b) = (Fe::from_bytes(&g.bytes()), g.edgy());
+            check_field_ops(&a, &b);
+        }
+    }
+
+    #[test]
+    fn canonical_encoding_and_selection() {
+        let mut g = Gen(7);
+        for _ in 0..2_000 {
+            let a = g.edgy();
+            assert_eq!(a.to_bytes(), int_mod_p(a.0.to_vec()));
+            let (mut x, mut y) = (a, g.edgy());
+            let (x0, y0) = (x.0, y.0);
+            field::cswap(&mut x, &mut y, Choice::from(0));
+            assert_eq!((x.0, y.0), (x0, y0));
+            field::cswap(&mut x, &mut y, Choice::from(1));
+            assert_eq!((x.0, y.0), (y0, x0));
+            field::cmov(&mut x, &Fe(x0), Choice::from(1));
+            assert_eq!(x.0, x0);
+        }
+        assert_eq!(invert(&Fe::ZERO).to_bytes(), [0u8; 32]);
+    }
+
+    /// The table is `gen_table.py`'s: every entry recomputed with
+    /// curve25519-dalek.
+    #[test]
+    fn the_base_table_holds_the_base_point_multiples() {
+        let two_inv = invert(&(&Fe::ONE + &Fe::ONE));
+        for (k, row) in table::BASE_TABLE.iter().enumerate() {
+            let mut step = [0u8; 32];
+            step[(32 * k) / 8] = 1; // 16^(8k) = 2^(32k)
+            let base = EdwardsPoint::mul_base(&Scalar::from_bytes_mod_order(step));
+            for (j, n) in row.iter().enumerate() {
+                let want = base * Scalar::from(j as u64 + 1);
+                let x = &(&n.y_plus_x - &n.y_minus_x) * &two_inv;
+                let y = &(&n.y_plus_x + &n.y_minus_x) * &two_inv;
+                let mut enc = y.to_bytes();
+                enc[31] ^= x.parity() << 7;
+                assert_eq!(enc, want.compress().to_bytes(), "entry {k}, {j}");
+                assert_eq!(n.xy2d.to_bytes(), (&(&Fe::D2 * &x) * &y).to_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_base_multiplication_equals_dalek() {
+        let mut g = Gen(11);
+        let mut cases = vec![Scalar::ZERO, Scalar::ONE, -Scalar::ONE, -Scalar::from(2u8)];
+        for _ in 0..200 {
+            cases.push(g.scalar());
+        }
+        for s in cases {
+            assert_eq!(mul_base(&s), EdwardsPoint::mul_base(&s).compress().to_bytes());
+        }
+        // Unreduced scalars below 2^255, as X25519's clamped ones.
+        for _ in 0..100 {
+            let mut s = g.bytes();
+            s[31] &= 0x7f;
+            let want = EdwardsPoint::mul_base(&Scalar::from_bytes_mod_order(s));
+            assert_eq!(mul_base_point(&s).encode(), want.compress().to_bytes());
+        }
+    }
+
+    #[test]
+    fn x25519_equals_x25519_dalek() {
+        let mut g = Gen(13);
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        for i in 0..200 {
+            let k = g.bytes();
+            let mut u = g.bytes();
+            if i % 4 == 0 {
+                // A u-coordinate at or above p (not reduced), top bit set.
+                u = [0xff; 32];
+                u[0] = 0xed + (i as u8 % 18);
+            }
+            assert_eq!(*x25519(&k, &u), x25519_dalek::x25519(k, u), "k {k:02x?} u {u:02x?}");
+            let public = x25519_dalek::x25519(k, nine);
+            assert_eq!(x25519_base(&k), public);
+            assert_eq!(*x25519(&k, &nine), public);
+        }
+    }
+
+    #[test]
+    fn signatures_equal_ed25519_dalek_s() {
+        use ed25519_dalek::Signer as _;
+        let mut g = Gen(17);
+        for n in 0..100 {
+            let seed = g.bytes();
+            let msg: Vec<u8> = (0..n * 3).map(|_| g.next() as u8).collect();
+            let ours = SigningKey::from_seed(&seed);
+            let theirs = ed25519_dalek::SigningKey::from_bytes(&seed);
+            assert_eq!(ours.public, theirs.verifying_key().to_bytes());
+            assert_eq!(ours.sign(&msg).0, theirs.sign(&msg).to_bytes());
+        }
+    }
+
+    #[test]
+    fn double_scalar_multiplication_equals_dalek() {
+        let mut g = Gen(19);
+        for i in 0..200 {
+            let (k, s) = (g.scalar(), g.scalar());
+            // Points of every order the strict rules let through: prime
+            // order, and with a torsion component.
+            let a = EdwardsPoint::mul_base(&g.scalar()) + EIGHT_TORSION[i % 8];
+            let want = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &a, &s);
+            let ours = Point::decode(&a.compress().to_bytes()).map(|p| double_scalar_mul(&k, &p, s.as_bytes()));
+            assert_eq!(ours.map(|p| p.encode()), Some(want.compress().to_bytes()));
+        }
+        let b = Point::decode(&ED25519_BASEPOINT_POINT.compress().to_bytes());
+        assert!(b.is_some());
+    }
+}
