@@ -25,8 +25,9 @@
 //! ## Crypto providers
 //!
 //! X25519 and Ed25519 run on a [`provider::CryptoProvider`]: the dalek crates
-//! by default (the only provider of the peripheral and its firmware), and
-//! aws-lc-rs with feature `aws-lc`, for the backend and the gateway. The
+//! by default (the peripheral's on every host), field arithmetic for
+//! Cortex-M4/M33 with feature `cortex-m` (the peripheral's in the firmware),
+//! and aws-lc-rs with feature `aws-lc`, for the backend and the gateway. The
 //! rules of SPEC.md §3.2 and §3.4 are checked in [`provider`], in front of
 //! every provider, so a provider changes the speed and never an answer.
 //!

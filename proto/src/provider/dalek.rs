@@ -1,5 +1,5 @@
-//! The dalek crates as a provider: the default, and the only one of the
-//! peripheral and its firmware (`no_std`, no heap, no C).
+//! The dalek crates as a provider: the default, and the peripheral's on
+//! every host (`no_std`, no heap, no C). The firmware's is `cortex_m`.
 
 use zeroize::Zeroizing;
 

@@ -2,8 +2,16 @@
 //! runs on (SPEC.md §3), chosen per role, as rustls's `CryptoProvider` and
 //! lakers' `Crypto` trait choose theirs.
 //!
-//! - [`Dalek`] (the dalek crates) is the default and the only provider of
-//!   the peripheral and its firmware: `no_std`, no heap, no C.
+//! - [`Dalek`] (the dalek crates) is the default, and the provider of the
+//!   peripheral on every host: `no_std`, no heap, no C.
+//! - `CortexM` (feature `cortex-m`, module `cortex_m`) is for the
+//!   peripheral's firmware on Cortex-M4 and Cortex-M33: X25519, Ed25519
+//!   signing and the equation of rule 4 below on field arithmetic written
+//!   for those cores (half the dalek crates' instructions for X25519, a
+//!   third for signing without the dalek tables' 38 KiB).
+//!   A bare-metal build (`target_os = "none"`) with the feature runs the
+//!   peripheral role on it; elsewhere it is one more provider in [`all`],
+//!   tested like the others, and the peripheral keeps the dalek crates.
 //! - [`AwsLc`] (aws-lc-rs, feature `aws-lc`) is for the backend and the
 //!   gateway, where its X25519 and Ed25519 signing are about twice as fast
 //!   on x86-64 and aarch64.
