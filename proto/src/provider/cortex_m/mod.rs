@@ -11,26 +11,30 @@
 //! - **X25519** (RFC 7748): the Montgomery ladder ([`ladder`]), 255 steps of
 //!   constant-time conditional swaps, additions and multiplications, then
 //!   one inversion by a fixed addition chain.
+//! - **Fixed-base multiplication** ([`mul_base_point`]): `[s]B` from signed
+//!   radix-16 digits and 8 tables of 8 affine multiples of B (`table.rs`,
+//!   written by `gen_table.py`), 64 constant-time lookups and mixed
+//!   additions, 28 doublings. X25519 key generation takes the u-coordinate
+//!   of `[k]B` (RFC 7748 §4.1: u = (1 + y)/(1 − y)), which is X25519(k, 9).
+//! - **Ed25519 signing** ([`SigningKey`], RFC 8032 §5.1.6): `R = [r]B` by the
+//!   fixed-base multiplication; the scalars (`r`, `k`, `S`) are
+//!   curve25519-dalek's and SHA-512 is the `sha2` crate's, as in
+//!   ed25519-dalek, so the signatures are the same bytes.
 //! - **The equation of SPEC.md §3.4 rule 4** (the strict encoding rules
 //!   stay in [`verify_strict`](super::verify_strict), before every
 //!   provider): `[S]B − [k]A` by a variable-time double-scalar
-//!   multiplication (width-5 NAF, twisted Edwards extended coordinates).
-//!   Every input of it is public (the key, the message, the signature).
-//! - **Ed25519 signing** ([`SigningKey`], RFC 8032 §5.1.6): `[r]B` by the
-//!   same ladder on the Montgomery form of the base point, the Edwards
-//!   point recovered from the ladder's two outputs (Okeya–Sakurai; Costello
-//!   and Smith, "Montgomery curves and their arithmetic", Algorithm 5) and
-//!   the birational map of RFC 7748 §4.1. The scalars (`r`, `k`, `S`) are
-//!   curve25519-dalek's, and SHA-512 is the `sha2` crate's: the same code as
-//!   the default provider, so only the point multiplication differs.
+//!   multiplication (width-5 NAF, twisted Edwards extended coordinates, B's
+//!   odd multiples from `table.rs`). Every input of it is public (the key,
+//!   the message, the signature).
 //!
-//! Constant time: the secret-dependent paths (the ladder for X25519 and for
-//! `[r]B`, the recovery, the map, the inversion, the encodings) have no
-//! branch and no memory index that depends on a secret: the ladder's bit
-//! selects by `subtle`'s masks, the exponent chains are fixed, the two
-//! exceptional scalars of the recovery (`r = 0`, `r = L − 1`) are replaced
-//! by masks too, and the field arithmetic is straight-line. The
-//! verification is variable-time by design, on public data only.
+//! Constant time: the secret-dependent paths (the ladder, the fixed-base
+//! multiplication and its digits and lookups, the inversion, the
+//! encodings, the field arithmetic) have no branch and no memory index that
+//! depends on a secret: the ladder's bit and the table entries are selected
+//! by masks ([`field::cswap`], [`field::cmov`]), every table entry is read,
+//! the exponent chains are fixed, carries are added as numbers. The
+//! Cortex-M4's and M33's multiply instructions take a fixed number of
+//! cycles. The verification is variable-time by design, on public data only.
 
 mod field;
 mod table;
@@ -136,10 +140,10 @@ fn encode(x: &Fe) -> [u8; 32] {
 // ---- X25519 ------------------------------------------------------------------
 
 /// The Montgomery ladder (RFC 7748 §5) over the low 255 bits of `k`:
-/// `([k]P, [k + 1]P)` in projective x-only coordinates, for the point `P`
-/// of u-coordinate `u`. Constant time in `k`.
+/// `[k]P` in projective x-only coordinates `(X : Z)`, for the point `P` of
+/// u-coordinate `u`. Constant time in `k`.
 #[inline(never)]
-fn ladder(k: &[u8; 32], u: &Fe) -> [Fe; 4] {
+fn ladder(k: &[u8; 32], u: &Fe) -> [Fe; 2] {
     let mut x2 = Fe::ONE;
     let mut z2 = Fe::ZERO;
     let mut x3 = *u;
@@ -167,7 +171,7 @@ fn ladder(k: &[u8; 32], u: &Fe) -> [Fe; 4] {
     }
     field::cswap(&mut x2, &mut x3, swap);
     field::cswap(&mut z2, &mut z3, swap);
-    [x2, z2, x3, z3]
+    [x2, z2]
 }
 
 /// X25519 (RFC 7748 §5): the scalar clamped, the peer's top bit ignored and
@@ -178,7 +182,7 @@ fn x25519(secret: &[u8; 32], peer: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     k[31] &= 127;
     k[31] |= 64;
     let u = Fe::from_bytes(peer);
-    let [x2, z2, ..] = ladder(&k, &u);
+    let [x2, z2] = ladder(&k, &u);
     Zeroizing::new(encode(&(&x2 * &invert(&z2))))
 }
 
