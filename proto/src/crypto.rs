@@ -239,5 +239,6 @@ pub(crate) fn keygen_peripheral<R: CryptoRng + ?Sized>(rng: &mut R) -> (Ephemera
 #[inline(never)]
 pub(crate) fn dh_peripheral(secret: &Ephemeral, peer: &DhPublic) -> Result<Shared, PeerMisbehaved> {
     use crate::provider::CryptoProvider as _;
-    crate::provider::contributory(crate::provider::PERIPHERAL.x25519(&secret.0, &peer.0)).map(Shared)
+    crate::provider::contributory(crate::provider::PERIPHERAL.x25519(&secret.0, &peer.0))
+        .map(Shared)
 }

@@ -35,15 +35,13 @@ use vouch_proto::anchor::{Anchor, AnchorDigest, AnchorSet};
 use vouch_proto::handshake::peripheral::{
     PeripheralConfig, PeripheralEstablished, PeripheralHandshake, PeripheralTicket,
 };
-use vouch_proto::keys::{DhPublic, KeyId, PeripheralId, PublicKey};
 #[cfg(not(feature = "cortex-m"))]
 use vouch_proto::keys::IdentityKey;
-// The identity key signs with the Cortex-M provider (feature `cortex-m`) or
-// with ed25519-dalek: the same signatures (Ed25519 is deterministic).
-#[cfg(feature = "cortex-m")]
-use vouch_proto::{keys::IdentitySigner as _, provider::cortex_m::SigningKey as IdentityKey};
+use vouch_proto::keys::{DhPublic, KeyId, PeripheralId, PublicKey};
 use vouch_proto::session::Inbound;
 use vouch_proto::wire::{Scope, MAX_HANDSHAKE_MESSAGE};
+#[cfg(feature = "cortex-m")]
+use vouch_proto::{keys::IdentitySigner as _, provider::cortex_m::SigningKey as IdentityKey};
 use vouch_proto::{Error, Timestamp};
 
 #[rustfmt::skip]
@@ -298,6 +296,8 @@ struct State {
 
 /// What a firmware loads from flash at boot.
 struct Provisioned {
+    /// Signs with the Cortex-M provider (feature `cortex-m`) or with
+    /// ed25519-dalek: the same signatures (Ed25519 is deterministic).
     key: IdentityKey,
     id: PeripheralId,
     anchors: AnchorSet,

@@ -203,7 +203,9 @@ fn mul(a: &Fe, b: &Fe) -> Fe {
     let (t13, c) = mac(a7, b6, t13, c);
     let (t14, c) = mac(a7, b7, t14, c);
     let t15 = c;
-    reduce([t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15])
+    reduce([
+        t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15,
+    ])
 }
 
 /// The square: the 28 cross products `a[i]·a[j]` (i < j) once, doubled,
@@ -280,7 +282,9 @@ fn square(a: &Fe) -> Fe {
     let (t14, c) = mac(a7, a7, t14, c);
     let (t15, c) = adc(t15, c);
     debug_assert_eq!(c, 0);
-    reduce([t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15])
+    reduce([
+        t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15,
+    ])
 }
 
 /// A 512-bit product reduced below 2^256: `lo + 38·hi` (each step a

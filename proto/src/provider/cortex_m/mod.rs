@@ -625,7 +625,6 @@ fn double_scalar_mul(k: &Scalar, p: &Point, s: &[u8; 32]) -> Point {
     acc
 }
 
-
 #[cfg(test)]
 mod tests {
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
@@ -760,13 +759,39 @@ mod tests {
 
     fn check_field_ops(a: &Fe, b: &Fe) {
         let (x, y) = (&a.0[..], &b.0[..]);
-        assert_eq!((a * b).to_bytes(), int_mod_p(int_mul(x, y)), "{:08x?} * {:08x?}", a.0, b.0);
-        assert_eq!(a.squared().to_bytes(), int_mod_p(int_mul(x, x)), "{:08x?}²", a.0);
-        assert_eq!((a + b).to_bytes(), int_mod_p(int_add(x, y)), "{:08x?} + {:08x?}", a.0, b.0);
+        assert_eq!(
+            (a * b).to_bytes(),
+            int_mod_p(int_mul(x, y)),
+            "{:08x?} * {:08x?}",
+            a.0,
+            b.0
+        );
+        assert_eq!(
+            a.squared().to_bytes(),
+            int_mod_p(int_mul(x, x)),
+            "{:08x?}²",
+            a.0
+        );
+        assert_eq!(
+            (a + b).to_bytes(),
+            int_mod_p(int_add(x, y)),
+            "{:08x?} + {:08x?}",
+            a.0,
+            b.0
+        );
         // a − b ≡ a + 3p − b, and 3p > 2^256 > b.
         let p3 = int_mul(&P, &[3]);
-        assert_eq!((a - b).to_bytes(), int_mod_p(int_add(x, &int_sub(&p3, y))), "{:08x?} - {:08x?}", a.0, b.0);
-        assert_eq!(field::mul_small(a, 121_665).to_bytes(), int_mod_p(int_mul(x, &[121_665])));
+        assert_eq!(
+            (a - b).to_bytes(),
+            int_mod_p(int_add(x, &int_sub(&p3, y))),
+            "{:08x?} - {:08x?}",
+            a.0,
+            b.0
+        );
+        assert_eq!(
+            field::mul_small(a, 121_665).to_bytes(),
+            int_mod_p(int_mul(x, &[121_665]))
+        );
     }
 
     #[test]
@@ -837,9 +862,11 @@ mod tests {
 
     #[test]
     fn the_odd_multiples_of_b_are_the_verifications_table() {
-        let b = Point::decode(&ED25519_BASEPOINT_POINT.compress().to_bytes()).map(|b| b.odd_multiples());
+        let b = Point::decode(&ED25519_BASEPOINT_POINT.compress().to_bytes())
+            .map(|b| b.odd_multiples());
         let b = b.map(|t| t.map(|c| [c.y_plus_x, c.y_minus_x, c.z2, c.t2d].map(|f| f.to_bytes())));
-        let ours = table::ODD_B.map(|c| [c.y_plus_x, c.y_minus_x, c.z2, c.t2d].map(|f| f.to_bytes()));
+        let ours =
+            table::ODD_B.map(|c| [c.y_plus_x, c.y_minus_x, c.z2, c.t2d].map(|f| f.to_bytes()));
         assert_eq!(b, Some(ours));
     }
 
@@ -851,7 +878,10 @@ mod tests {
             cases.push(g.scalar());
         }
         for s in cases {
-            assert_eq!(mul_base(&s), EdwardsPoint::mul_base(&s).compress().to_bytes());
+            assert_eq!(
+                mul_base(&s),
+                EdwardsPoint::mul_base(&s).compress().to_bytes()
+            );
         }
         // Unreduced scalars below 2^255, as X25519's clamped ones.
         for _ in 0..100 {
@@ -875,7 +905,11 @@ mod tests {
                 u = [0xff; 32];
                 u[0] = 0xed + (i as u8 % 18);
             }
-            assert_eq!(*x25519(&k, &u), x25519_dalek::x25519(k, u), "k {k:02x?} u {u:02x?}");
+            assert_eq!(
+                *x25519(&k, &u),
+                x25519_dalek::x25519(k, u),
+                "k {k:02x?} u {u:02x?}"
+            );
             let public = x25519_dalek::x25519(k, nine);
             assert_eq!(x25519_base(&k), public);
             assert_eq!(*x25519(&k, &nine), public);
@@ -905,7 +939,8 @@ mod tests {
             // order, and with a torsion component.
             let a = EdwardsPoint::mul_base(&g.scalar()) + EIGHT_TORSION[i % 8];
             let want = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &a, &s);
-            let ours = Point::decode(&a.compress().to_bytes()).map(|p| double_scalar_mul(&k, &p, s.as_bytes()));
+            let ours = Point::decode(&a.compress().to_bytes())
+                .map(|p| double_scalar_mul(&k, &p, s.as_bytes()));
             assert_eq!(ours.map(|p| p.encode()), Some(want.compress().to_bytes()));
         }
     }
