@@ -1,6 +1,6 @@
 //! A provider for Cortex-M4 and Cortex-M33 (feature `cortex-m`): X25519,
 //! Ed25519 signing and the verification equation on the field arithmetic
-//! of [`field`] (radix 2^32, eight limbs, the limb products being the
+//! of `field` (radix 2^32, eight limbs, the limb products being the
 //! multiply-accumulates that these cores do in one instruction), in place
 //! of curve25519-dalek's radix-2^25.5 arithmetic that is written for no core
 //! in particular. It is portable Rust, so the host's tests run the same code
@@ -8,10 +8,10 @@
 //!
 //! What is here:
 //!
-//! - **X25519** (RFC 7748): the Montgomery ladder ([`ladder`]), 255 steps of
+//! - **X25519** (RFC 7748): the Montgomery ladder (`ladder`), 255 steps of
 //!   constant-time conditional swaps, additions and multiplications, then
 //!   one inversion by a fixed addition chain.
-//! - **Fixed-base multiplication** ([`mul_base_point`]): `[s]B` from signed
+//! - **Fixed-base multiplication** (`mul_base_point`): `[s]B` from signed
 //!   radix-16 digits and 8 tables of 8 affine multiples of B (`table.rs`,
 //!   written by `gen_table.py`), 64 constant-time lookups and mixed
 //!   additions, 28 doublings. X25519 key generation takes the u-coordinate
@@ -31,7 +31,7 @@
 //! multiplication and its digits and lookups, the inversion, the
 //! encodings, the field arithmetic) have no branch and no memory index that
 //! depends on a secret: the ladder's bit and the table entries are selected
-//! by masks ([`field::cswap`], [`field::cmov`]), every table entry is read,
+//! by masks (`field::cswap`, `field::cmov`), every table entry is read,
 //! the exponent chains are fixed, carries are added as numbers. The
 //! Cortex-M4's and M33's multiply instructions take a fixed number of
 //! cycles. The verification is variable-time by design, on public data only.
