@@ -20,6 +20,8 @@ fn every_type_holding_key_material_zeroizes_on_drop() {
     zeroized_on_drop::<PeripheralTicket>();
     zeroized_on_drop::<GatewayTicket>();
     zeroized_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
+    #[cfg(feature = "cortex-m")]
+    zeroized_on_drop::<vouch_proto::provider::cortex_m::SigningKey>();
 
     // What key material leaves these types does so in a zeroizing wrapper,
     // and their Debug output shows none of it.

@@ -89,6 +89,21 @@ pub static AWS_LC: AwsLc = AwsLc;
 #[cfg(feature = "cortex-m")]
 pub static CORTEX_M: CortexM = CortexM;
 
+// The Cortex-M provider is constant-time only where 32×32→64 multiplication
+// is (Cortex-M4/M7/M33/M55: UMULL/UMLAL/UMAAL in fixed cycles). On a
+// Cortex-M0/M3, or a bare-metal target whose multiply is a library loop,
+// its timing would tell the secret: such a build is refused.
+#[cfg(all(
+    feature = "cortex-m",
+    target_os = "none",
+    not(all(target_arch = "arm", target_feature = "dsp"))
+))]
+compile_error!(
+    "the cortex-m provider needs a core whose long multiplication runs in constant time \
+     (Cortex-M4/M7/M33/M55, targets thumbv7em-* and thumbv8m.main-* with DSP); build this \
+     target without the feature (the dalek crates then run the peripheral)"
+);
+
 /// The peripheral role's provider: [`CortexM`] in a bare-metal build
 /// (`target_os = "none"`) with the feature `cortex-m`, the dalek crates
 /// everywhere else (the host's peripheral too, whatever its features).

@@ -271,7 +271,9 @@ fn lookup(table: &[Niels; 8], digit: i8) -> Niels {
 /// (64 additions, 28 doublings, no branch on s).
 #[inline(never)]
 fn mul_base_point(s: &[u8; 32]) -> Point {
-    let e = radix16(s);
+    // The digits spell out the secret (a nonce, an ephemeral key): wiped
+    // when done, as everything here that holds one.
+    let e = zeroize::Zeroizing::new(radix16(s));
     let mut acc = Point::NEUTRAL;
     for j in (0..8).rev() {
         if j != 7 {
@@ -346,11 +348,16 @@ impl SigningKey {
                 .finalize()
                 .into(),
         );
-        let a = Scalar::from_bytes_mod_order(self.scalar);
+        let mut a = Scalar::from_bytes_mod_order(self.scalar);
         let s = r + k * a;
         let mut out = [0u8; 64];
         out[..32].copy_from_slice(&big_r);
         out[32..].copy_from_slice(s.as_bytes());
+        // The nonce and the secret scalar: `a = (S - r) / k` from the
+        // public signature if `r` were read from memory later.
+        let mut r = r;
+        zeroize::Zeroize::zeroize(&mut r);
+        zeroize::Zeroize::zeroize(&mut a);
         Signature(out)
     }
 }
@@ -922,6 +929,93 @@ mod tests {
             let public = x25519_dalek::x25519(k, nine);
             assert_eq!(x25519_base(&k), public);
             assert_eq!(*x25519(&k, &nine), public);
+        }
+    }
+
+    fn hex32(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).unwrap();
+        out
+    }
+
+    /// Vectors from the RFCs, independent of the dalek crates the other
+    /// tests compare with; and scalars at the edges of the radix-16
+    /// recoding (runs of -8, the largest and smallest clamped values).
+    #[test]
+    fn rfc_vectors_and_edge_scalars() {
+        // RFC 7748 §5.2, both vectors (the second's u has bit 255 set).
+        for (k, u, out) in [
+            (
+                "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+                "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+                "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552",
+            ),
+            (
+                "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+                "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+                "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
+            ),
+        ] {
+            assert_eq!(*x25519(&hex32(k), &hex32(u)), hex32(out));
+        }
+        // RFC 7748 §5.2, the iterated test: 1,000 ladders on the outputs.
+        let (mut k, mut u) = ([0u8; 32], [0u8; 32]);
+        k[0] = 9;
+        u[0] = 9;
+        for i in 1..=1000 {
+            let next = *x25519(&k, &u);
+            u = k;
+            k = next;
+            if i == 1 {
+                assert_eq!(
+                    k,
+                    hex32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079")
+                );
+            }
+        }
+        assert_eq!(
+            k,
+            hex32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51")
+        );
+        // RFC 8032 §7.1, TEST 1.
+        let key = SigningKey::from_seed(&hex32(
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        ));
+        assert_eq!(
+            key.public,
+            hex32("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+        );
+        assert_eq!(
+            hex::encode(key.sign(b"").0),
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+        );
+        // Edge scalars through the fixed-base multiplication and X25519.
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        let mut runs = [0x88u8; 32];
+        runs[31] = 0x78;
+        let mut smallest = [0u8; 32];
+        smallest[31] = 0x40;
+        for s in [
+            [0xffu8; 32],
+            runs,
+            [0x77; 32],
+            smallest,
+            [0u8; 32],
+            [0x7f; 32],
+        ] {
+            assert_eq!(x25519_base(&s), x25519_dalek::x25519(s, nine), "{s:02x?}");
+            let mut reduced = s;
+            reduced[31] &= 0x7f;
+            assert_eq!(
+                mul_base_point(&reduced).encode(),
+                curve25519_dalek::EdwardsPoint::mul_base(
+                    &curve25519_dalek::Scalar::from_bytes_mod_order(reduced)
+                )
+                .compress()
+                .to_bytes(),
+                "{reduced:02x?}"
+            );
         }
     }
 
