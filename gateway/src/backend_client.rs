@@ -670,9 +670,15 @@ impl Inner {
             let url = self.instances.url(i);
             let request = self.attempt(build(&client.http, url), url, client.tls);
             // A repeatable request (the feed's long-poll above all) leaves an
-            // instance that another request found down meanwhile, instead of
-            // waiting out its own timeout there; a vouch never does.
-            let attempt = if resend == Resend::Always && self.instances.is_up(i) {
+            // instance that another request found down meanwhile, for the
+            // next one, instead of waiting out its own timeout there; a vouch
+            // never does. With one instance there is nowhere to go: the
+            // request goes on (a connection opened before a certificate
+            // swap that the backend refuses still answers).
+            let attempt = if resend == Resend::Always
+                && self.instances.len() > 1
+                && self.instances.is_up(i)
+            {
                 let down = self.instances.went_down(i);
                 tokio::select! {
                     a = request => a,
