@@ -361,27 +361,34 @@ impl SimBackend {
     ) -> impl std::future::Future<Output = Result<Value, Error>> + Send + 'static {
         let (router, token) = (self.router.clone(), self.token.clone());
         async move {
-            let req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("authorization", format!("Bearer {token}"))
-                .header("content-type", "application/json")
-                .extension(ClientIdentity(None))
-                .body(Body::empty())
-                .map_err(Error::backend)?;
-            let resp = router.oneshot(req).await.map_err(Error::backend)?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(Error::backend)?
-                .to_bytes();
-            let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if (200..300).contains(&status) {
-                Ok(v)
-            } else {
-                Err(Error::Backend(format!("{what}: HTTP {status} {v}")))
+            // Shed (503, 429) while the backend is loaded: the operator's
+            // tool tries again, for up to a minute.
+            let started = std::time::Instant::now();
+            loop {
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(&path)
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .extension(ClientIdentity(None))
+                    .body(Body::empty())
+                    .map_err(Error::backend)?;
+                let resp = router.clone().oneshot(req).await.map_err(Error::backend)?;
+                let status = resp.status().as_u16();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(Error::backend)?
+                    .to_bytes();
+                let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                if (200..300).contains(&status) {
+                    return Ok(v);
+                }
+                if !matches!(status, 429 | 503) || started.elapsed() > Duration::from_secs(60) {
+                    return Err(Error::Backend(format!("{what}: HTTP {status} {v}")));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }

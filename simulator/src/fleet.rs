@@ -789,7 +789,9 @@ async fn exchange_inner(
     if !resume && backend_rtt {
         *cost.latency += env.uplink.backend_rtt_ms * 1000.0;
     }
-    let t = env.model.transfer(answer.len(), dev.att_mtu, dev.rngs.air());
+    let t = env
+        .model
+        .transfer(answer.len(), dev.att_mtu, dev.rngs.air());
     *cost.latency += t.time_us;
     *cost.air += t;
     *cost.bytes += answer.len() as u64;

@@ -49,8 +49,8 @@ use crate::fleet::{
 };
 use crate::link::{unit, LinkModel};
 use crate::report::{
-    peak_rss_mib, round2, rss_mib, AttackTally, LoadSample, BackendFigures, BytesOnAir, Handshakes, LinkCounters,
-    Percentiles, Report, Resumptions,
+    peak_rss_mib, round2, rss_mib, AttackTally, BackendFigures, BytesOnAir, Handshakes,
+    LinkCounters, LoadSample, Percentiles, Report, Resumptions,
 };
 use crate::scenario::{Action, AttackClass, Event, Scenario, Select};
 
@@ -480,9 +480,11 @@ impl World {
         })
         .await
         .ok_or_else(|| Error::Timeout("the revocation feed to reach every gateway".into()))?;
-        debug_assert!(chosen.iter().all(|&i| self
-            .dev(i)
-            .is_none_or(|d| self.env.gateways.iter().all(|g| g.table().feed().is_revoked(&d.id)))));
+        debug_assert!(chosen.iter().all(|&i| self.dev(i).is_none_or(|d| self
+            .env
+            .gateways
+            .iter()
+            .all(|g| g.table().feed().is_revoked(&d.id)))));
         Ok(ms)
     }
 
@@ -583,7 +585,10 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
     ));
     let mut timeline = Timeline::new(opts.seed);
     for (k, ev) in sc.events.iter().enumerate() {
-        set_phase(&phase, format!("{:?} at {:.1} s", ev.get_ref().action, ev.get_ref().at_s).to_lowercase());
+        set_phase(
+            &phase,
+            format!("{:?} at {:.1} s", ev.get_ref().action, ev.get_ref().at_s).to_lowercase(),
+        );
         timeline.play(&mut w, k, ev.get_ref()).await?;
     }
     pb.set_message("closing");
@@ -622,15 +627,19 @@ async fn sample_load(
         }
         let t_s = round2(wall.elapsed().as_secs_f64());
         let vouches = state.metrics.answers.with_label_values(&["vouched"]).get();
-        let (dv, dt) = out
-            .last()
-            .map_or((vouches, t_s), |p| (vouches.saturating_sub(p.vouches), t_s - p.t_s));
+        let (dv, dt) = out.last().map_or((vouches, t_s), |p| {
+            (vouches.saturating_sub(p.vouches), t_s - p.t_s)
+        });
         let s = LoadSample {
             t_s,
             phase: phase.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             handshakes: pb.position(),
             vouches,
-            vouches_per_s: if dt > 0.0 { round2(dv as f64 / dt) } else { 0.0 },
+            vouches_per_s: if dt > 0.0 {
+                round2(dv as f64 / dt)
+            } else {
+                0.0
+            },
             requests_in_flight: crate::backend::MAX_REQUESTS
                 .saturating_sub(state.request_slots.available_permits()),
             feed_waiters: state.metrics.feed_waiters.get(),
@@ -647,6 +656,35 @@ async fn sample_load(
             );
         }
         out.push(s);
+    }
+}
+
+/// Setup progress: on the bar, and as a line when standard error is not a
+/// terminal (no bar is drawn there).
+struct Say {
+    pb: ProgressBar,
+    lines: bool,
+    since: Instant,
+}
+
+impl Say {
+    fn new(pb: &ProgressBar, progress: bool) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            pb: pb.clone(),
+            lines: progress && !std::io::stderr().is_terminal(),
+            since: Instant::now(),
+        }
+    }
+
+    fn phase(&self, what: &str) {
+        self.pb.set_message(what.to_string());
+        if self.lines {
+            eprintln!(
+                "[{:>7.1} s] setup: {what}",
+                self.since.elapsed().as_secs_f64()
+            );
+        }
     }
 }
 
@@ -687,7 +725,8 @@ impl World {
         pb: &ProgressBar,
     ) -> Result<Self, Error> {
         let sc = &opts.scenario;
-        pb.set_message("starting the backend");
+        let say = Say::new(pb, opts.progress);
+        say.phase("starting the backend");
         let mut backend =
             SimBackend::start(opts.backend, opts.database_url.as_deref(), &sc.backend).await?;
         backend
@@ -695,13 +734,13 @@ impl World {
             .await?;
         let anchors = anchors(&backend).await?;
 
-        pb.set_message("enrolling gateways");
+        say.phase(&format!("enrolling {m} gateways"));
         let gateways = enroll_gateways(&backend, sc, opts.seed, n, m, &shutdown).await?;
         allow_fleet(&backend).await?;
 
-        pb.set_message("enrolling peripherals");
+        say.phase(&format!("making and enrolling {n} peripherals"));
         let devices = make_devices(opts.seed, n, m, &sc.fleet, &anchors);
-        import_peripherals(&backend, &devices).await?;
+        import_peripherals(&backend, &devices, &say).await?;
 
         let env = Arc::new(Env {
             gateways,
@@ -890,8 +929,19 @@ async fn allow_fleet(backend: &SimBackend) -> Result<(), Error> {
 
 /// Enrolls the devices in group `fleet` through the bulk NDJSON import,
 /// 5,000 a request.
-async fn import_peripherals(backend: &SimBackend, devices: &[SimDevice]) -> Result<(), Error> {
-    for chunk in devices.chunks(5000) {
+async fn import_peripherals(
+    backend: &SimBackend,
+    devices: &[SimDevice],
+    say: &Say,
+) -> Result<(), Error> {
+    for (k, chunk) in devices.chunks(5000).enumerate() {
+        if k > 0 && k % 20 == 0 {
+            say.phase(&format!(
+                "enrolled {} of {} peripherals",
+                k * 5000,
+                devices.len()
+            ));
+        }
         let mut body = String::new();
         for d in chunk {
             body.push_str(

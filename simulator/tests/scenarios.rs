@@ -234,7 +234,11 @@ async fn devices_queue_for_a_capped_central_and_take_longer() {
         capped.link
     );
     assert_eq!(capped.link.peak_links_modelled, 2, "{:?}", capped.link);
-    assert!(capped.link.queued > 20, "most devices waited: {:?}", capped.link);
+    assert!(
+        capped.link.queued > 20,
+        "most devices waited: {:?}",
+        capped.link
+    );
     assert_eq!(free.link.queued, 0, "{:?}", free.link);
     assert!(
         capped.latency_ms.p50 > free.latency_ms.p50 && capped.latency_ms.max > free.latency_ms.max,

@@ -87,9 +87,7 @@ impl MemoryLink {
             let mut halves = self.pipe.lock();
             let h = &mut halves[peer];
             if h.gone {
-                return Poll::Ready(Err(LinkError::Io(
-                    std::io::ErrorKind::BrokenPipe.into(),
-                )));
+                return Poll::Ready(Err(LinkError::Io(std::io::ErrorKind::BrokenPipe.into())));
             }
             if h.queue.len() >= CAPACITY {
                 h.send_waker = Some(cx.waker().clone());
@@ -163,8 +161,8 @@ impl Link for MemoryLink {
             let r = self
                 .reassembler
                 .get_or_insert_with(|| Box::new(Reassembler::new(limits)));
-            let msg = super::push_fragment(r, Timestamp(0), &fragment, &self.name)
-                .map(<[u8]>::to_vec);
+            let msg =
+                super::push_fragment(r, Timestamp(0), &fragment, &self.name).map(<[u8]>::to_vec);
             // Idle again (a message completed, or a bad fragment dropped the
             // partial one): the buffer goes until the next fragment.
             if !r.in_progress() {
