@@ -144,6 +144,9 @@ impl SimBackend {
         // shedding is for real fleets and would turn the simulator's bursts
         // of session reports into spurious refusals.
         config.limits.max_concurrent_requests = MAX_REQUESTS;
+        // One long-poll per gateway: a fleet of 10,000 gateways (and the
+        // adversaries' beside it) must not meet the default's 10,000.
+        config.limits.max_feed_waiters = MAX_REQUESTS;
         if params.clone_action.as_deref() == Some("refuse") {
             config.security.clone_action = CloneAction::Refuse;
         }
@@ -347,6 +350,48 @@ impl SimBackend {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         ))
+    }
+
+    /// [`admin_ok`](Self::admin_ok) as a future of its own, to run
+    /// beside others (the operator's calls are independent of each other).
+    pub fn admin_ok_owned(
+        &self,
+        method: Method,
+        path: String,
+        what: &'static str,
+    ) -> impl std::future::Future<Output = Result<Value, Error>> + Send + 'static {
+        let (router, token) = (self.router.clone(), self.token.clone());
+        async move {
+            // Shed (503, 429) while the backend is loaded: the operator's
+            // tool tries again, for up to a minute.
+            let started = std::time::Instant::now();
+            loop {
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(&path)
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .extension(ClientIdentity(None))
+                    .body(Body::empty())
+                    .map_err(Error::backend)?;
+                let resp = router.clone().oneshot(req).await.map_err(Error::backend)?;
+                let status = resp.status().as_u16();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(Error::backend)?
+                    .to_bytes();
+                let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                if (200..300).contains(&status) {
+                    return Ok(v);
+                }
+                if !matches!(status, 429 | 503) || started.elapsed() > Duration::from_secs(60) {
+                    return Err(Error::Backend(format!("{what}: HTTP {status} {v}")));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// An admin call that must succeed (2xx); `what` names it in the error.
@@ -571,13 +616,13 @@ impl BackendApi for Uplink {
                     .acquire()
                     .await
                     .map_err(|_| BackendError::Unavailable("uplink stopped".into()))?;
-                Inner::call(
+                Box::pin(Inner::call(
                     router,
                     key,
                     Method::POST,
                     route::VOUCH,
                     Some(encode_body(&req)),
-                )
+                ))
                 .await
             }
             Inner::Https(h) => h.vouch(req).await,
@@ -592,13 +637,13 @@ impl BackendApi for Uplink {
                     .acquire()
                     .await
                     .map_err(|_| BackendError::Unavailable("uplink stopped".into()))?;
-                Inner::call(
+                Box::pin(Inner::call(
                     router,
                     key,
                     Method::POST,
                     route::SESSIONS,
                     Some(encode_body(&report)),
-                )
+                ))
                 .await
             }
             Inner::Https(h) => h.report(report).await,
@@ -611,13 +656,13 @@ impl BackendApi for Uplink {
         let _ = rx.wait_for(|up| *up).await;
         match &*self.inner {
             Inner::InProc { router, key, .. } => {
-                Inner::call(
+                Box::pin(Inner::call(
                     router,
                     key,
                     Method::GET,
                     &format!("{}?after={after}", route::FEED),
                     None,
-                )
+                ))
                 .await
             }
             Inner::Https(h) => h.feed(after).await,
@@ -628,13 +673,13 @@ impl BackendApi for Uplink {
         self.check()?;
         match &*self.inner {
             Inner::InProc { router, key, .. } => {
-                Inner::call(
+                Box::pin(Inner::call(
                     router,
                     key,
                     Method::GET,
                     &format!("{}?after={after}", route::ANCHOR_UPDATES),
                     None,
-                )
+                ))
                 .await
             }
             Inner::Https(h) => h.anchor_updates(after).await,

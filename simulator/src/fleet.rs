@@ -86,6 +86,76 @@ pub struct SimGateway {
     /// §8.4): the daemon's own [`LinkSlots`], gating each memory link as
     /// the daemon gates a TCP connection or a BLE device.
     pub slots: Option<(Arc<LinkSlots>, usize)>,
+    /// Its central's link cap (`[link] max_links`): devices queue for a link.
+    pub links: LinkCap,
+}
+
+/// A gateway central's cap on the links it connects and authenticates at
+/// once (`[link] max_links`). A device that finds every link taken waits
+/// for one, in order of arrival (tokio's semaphore is fair); unlike the
+/// daemon's [`LinkSlots`] (which [`SimGateway::with_slots`] models), it is
+/// never refused. This bounds the real gateway's concurrent handshakes in
+/// wall time; the run's modelled time line queues the same way in virtual
+/// time (`run.rs`, `LinkQueue`).
+#[derive(Debug)]
+pub struct LinkCap {
+    max: usize,
+    permits: tokio::sync::Semaphore,
+    held: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl LinkCap {
+    /// At most `max` links at once; 0: no cap.
+    pub fn new(max: usize) -> Self {
+        let permits = if max == 0 {
+            tokio::sync::Semaphore::MAX_PERMITS
+        } else {
+            max
+        };
+        Self {
+            max,
+            permits: tokio::sync::Semaphore::new(permits),
+            held: Default::default(),
+            peak: Default::default(),
+        }
+    }
+
+    /// The cap (0: none).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Most links held at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits for a free link; it is held until the guard drops.
+    pub async fn acquire(&self) -> Option<LinkHeld<'_>> {
+        use std::sync::atomic::Ordering;
+        let permit = self.permits.acquire().await.ok()?;
+        let now = self.held.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        Some(LinkHeld {
+            cap: self,
+            _permit: permit,
+        })
+    }
+}
+
+/// A link taken from a [`LinkCap`].
+pub struct LinkHeld<'a> {
+    cap: &'a LinkCap,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for LinkHeld<'_> {
+    fn drop(&mut self) {
+        self.cap
+            .held
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl SimGateway {
@@ -127,12 +197,20 @@ impl SimGateway {
             gateway,
             uplink,
             slots: None,
+            links: LinkCap::new(0),
         })
     }
 
     /// Its session table.
     pub fn table(&self) -> &Arc<SessionTable> {
         self.gateway.table()
+    }
+
+    /// Caps its central at `max` links being connected and authenticated at
+    /// once (0: none); devices queue for them.
+    pub fn with_link_cap(mut self, max: usize) -> Self {
+        self.links = LinkCap::new(max);
+        self
     }
 
     /// Caps its links at `max` slots, each link closed if it has not sent
@@ -214,11 +292,19 @@ impl Env {
 pub struct LiveSession {
     /// Which gateway.
     pub gateway: usize,
-    stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<Stop>,
     task: JoinHandle<SessionEnd>,
     gw_task: JoinHandle<Outcome>,
-    /// Sends one telemetry record.
-    pub data: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// How the device ends its side of a session: one message to its task (a
+/// oneshot, not a channel: a channel's first block is about 1 KiB, for each
+/// of a million devices).
+enum Stop {
+    /// A close.
+    Close,
+    /// One telemetry record, then a close.
+    SpeakThenClose(Vec<u8>),
 }
 
 /// How a session ended, seen from the peripheral.
@@ -234,7 +320,16 @@ impl LiveSession {
     /// Closes the session from the peripheral's side and waits until the
     /// gateway has dropped it too.
     pub async fn close(self) -> SessionEnd {
-        let _ = self.stop.send(());
+        self.end(Stop::Close).await
+    }
+
+    /// Sends one telemetry record, then closes as [`close`](Self::close).
+    pub async fn speak_then_close(self, record: Vec<u8>) -> SessionEnd {
+        self.end(Stop::SpeakThenClose(record)).await
+    }
+
+    async fn end(self, how: Stop) -> SessionEnd {
+        let _ = self.stop.send(how);
         let end = self.task.await.unwrap_or(SessionEnd {
             by_gateway: None,
             at: Instant::now(),
@@ -255,7 +350,7 @@ impl LiveSession {
         let end = match r {
             Ok(Ok(end)) => Some(end),
             _ => {
-                let _ = stop.send(());
+                let _ = stop.send(Stop::Close);
                 let _ = task.await;
                 None
             }
@@ -273,14 +368,15 @@ pub struct SimDevice {
     pub key_seed: [u8; 32],
     /// Its registry id.
     pub id: PeripheralId,
+    /// Its public key (what the operator enrolls).
+    pub public_key: PublicKey,
     /// Its ATT MTU (23 or 247).
     pub att_mtu: usize,
     /// Its BLE address (spoofable; trusted by nobody).
     pub mac: String,
     /// The gateway it attaches to.
     pub home: usize,
-    rng: ChaCha20Rng,
-    air: ChaCha20Rng,
+    rngs: Rngs,
     /// What it keeps across sessions: tickets and trust anchors (shared with
     /// the task that holds its live session, which applies anchor updates
     /// and confirms tickets).
@@ -299,8 +395,8 @@ impl SimDevice {
     /// Device `idx` of a fleet seeded with `seed`, provisioned with `anchors`.
     pub fn new(seed: u64, idx: usize, gateways: usize, fleet: &Fleet, anchors: &AnchorSet) -> Self {
         let key_seed = derive_seed(seed, "device-key", idx as u64);
-        let key = IdentityKey::from_seed(&key_seed);
-        let id = PeripheralId::derive(&key.public_key());
+        let public_key = IdentityKey::from_seed(&key_seed).public_key();
+        let id = PeripheralId::derive(&public_key);
         let mut rng = rng_for(seed, "device", idx as u64);
         let att_mtu = if unit(&mut rng) < fleet.mtu23_fraction {
             23
@@ -308,10 +404,17 @@ impl SimDevice {
             247
         };
         let m = idx as u64;
+        let rngs = Rngs {
+            seed,
+            idx: m,
+            pos: [rng.get_word_pos(), 0],
+            live: None,
+        };
         Self {
             idx,
             key_seed,
             id,
+            public_key,
             att_mtu,
             mac: format!(
                 "c0:de:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -321,8 +424,7 @@ impl SimDevice {
                 m & 0xff
             ),
             home: idx % gateways,
-            rng,
-            air: rng_for(seed, "air", idx as u64),
+            rngs,
             keep: Arc::new(Mutex::new(Keep {
                 wallet: TicketWallet::new(),
                 anchors: anchors.clone(),
@@ -364,6 +466,47 @@ impl SimDevice {
     /// (SPEC.md §10.4), as the driver does.
     pub fn forget_tickets(&self) {
         self.keep().wallet.clear();
+    }
+}
+
+/// A device's two random streams: its own choices (`rng`: ephemeral keys,
+/// link seeds) and its radio's (`air`: the link model's draws). Between
+/// connections only their positions are kept (two ChaCha20 generators are
+/// 640 bytes with their block buffers: 640 MB for a million devices);
+/// [`connect`] rebuilds them from the run's seed and puts them back.
+struct Rngs {
+    seed: u64,
+    idx: u64,
+    /// Word positions of `rng` and `air` while parked.
+    pos: [u128; 2],
+    live: Option<Box<[ChaCha20Rng; 2]>>,
+}
+
+impl Rngs {
+    fn both(&mut self) -> &mut [ChaCha20Rng; 2] {
+        let (seed, idx, pos) = (self.seed, self.idx, self.pos);
+        self.live.get_or_insert_with(|| {
+            let mut rng = rng_for(seed, "device", idx);
+            rng.set_word_pos(pos[0]);
+            let mut air = rng_for(seed, "air", idx);
+            air.set_word_pos(pos[1]);
+            Box::new([rng, air])
+        })
+    }
+
+    fn rng(&mut self) -> &mut ChaCha20Rng {
+        &mut self.both()[0]
+    }
+
+    fn air(&mut self) -> &mut ChaCha20Rng {
+        &mut self.both()[1]
+    }
+
+    /// Keeps only the positions until the next connection.
+    fn park(&mut self) {
+        if let Some(b) = self.live.take() {
+            self.pos = [b[0].get_word_pos(), b[1].get_word_pos()];
+        }
     }
 }
 
@@ -427,6 +570,9 @@ pub struct ConnectResult {
     pub disconnects: u32,
     /// Whether the uplink of its gateway was down.
     pub uplink_down: bool,
+    /// Modelled wait for a free link of its gateway's central, µs
+    /// (included in `latency_us`; set by the run's link queue).
+    pub queued_us: f64,
 }
 
 enum Attempt {
@@ -483,6 +629,7 @@ pub async fn connect(env: &Env, dev: &mut SimDevice, gw: usize, start_ms: u64) -
         message_bytes: 0,
         disconnects: 0,
         uplink_down: !env.gateways[gw].uplink.is_up(),
+        queued_us: 0.0,
     };
     let attempts = env.model.params().attempts;
     let mut tries = 0;
@@ -526,6 +673,7 @@ pub async fn connect(env: &Env, dev: &mut SimDevice, gw: usize, start_ms: u64) -
         }
     }
     dev.clock_ms += (r.latency_us / 1000.0) as u64;
+    dev.rngs.park();
     r
 }
 
@@ -598,14 +746,14 @@ async fn exchange_inner(
     let hs = {
         let k = dev.keep.lock().unwrap_or_else(|e| e.into_inner());
         match slot.and_then(|s| k.wallet.ticket(s)) {
-            Some(t) => PeripheralHandshake::resume(&cfg, t, &k.anchors, now, &mut dev.rng),
+            Some(t) => PeripheralHandshake::resume(&cfg, t, &k.anchors, now, dev.rngs.rng()),
             None => PeripheralHandshake::start(
                 &cfg,
                 dev.id,
                 &IdentityKey::from_seed(&dev.key_seed),
                 &k.anchors,
                 now,
-                &mut dev.rng,
+                dev.rngs.rng(),
             ),
         }
     };
@@ -624,14 +772,14 @@ async fn exchange_inner(
     } else {
         (f.cpu_hello_ms, f.cpu_response_ms)
     };
-    let t = env.model.transfer(n, dev.att_mtu, &mut dev.air);
+    let t = env.model.transfer(n, dev.att_mtu, dev.rngs.air());
     *cost.latency += cpu_a * 1000.0 + t.time_us + env.uplink.gateway_ms * 1000.0;
     *cost.air += t;
     *cost.bytes += n as u64;
     if link.send(&first).await.is_err() {
         return Err(Exchanged::Failed);
     }
-    if unit(&mut dev.air) < env.model.params().disconnect {
+    if unit(dev.rngs.air()) < env.model.params().disconnect {
         // The connection drops before the answer (supervision timeout).
         return Err(Exchanged::Dropped);
     }
@@ -641,7 +789,9 @@ async fn exchange_inner(
     if !resume && backend_rtt {
         *cost.latency += env.uplink.backend_rtt_ms * 1000.0;
     }
-    let t = env.model.transfer(answer.len(), dev.att_mtu, &mut dev.air);
+    let t = env
+        .model
+        .transfer(answer.len(), dev.att_mtu, dev.rngs.air());
     *cost.latency += t.time_us;
     *cost.air += t;
     *cost.bytes += answer.len() as u64;
@@ -660,7 +810,7 @@ async fn exchange_inner(
         return Err(Exchanged::Failed);
     };
     let finish = buf[..n].to_vec();
-    let t = env.model.transfer(n, dev.att_mtu, &mut dev.air);
+    let t = env.model.transfer(n, dev.att_mtu, dev.rngs.air());
     *cost.latency += cpu_b * 1000.0 + t.time_us + env.uplink.gateway_ms * 1000.0;
     *cost.air += t;
     *cost.bytes += n as u64;
@@ -683,7 +833,11 @@ async fn attempt(
     bytes: &mut u64,
 ) -> Attempt {
     let g = &env.gateways[gw];
-    let seed = seed32(&mut dev.rng);
+    // The central's link, held until the handshake is over either way.
+    let Some(_link) = g.links.acquire().await else {
+        return Attempt::Failed;
+    };
+    let seed = seed32(dev.rngs.rng());
     let (mut link, gw_task) = g.open_link(dev.att_mtu, &dev.mac, seed);
     let cost = Cost {
         latency,
@@ -787,6 +941,7 @@ pub async fn meet(
             None
         }
     };
+    dev.rngs.park();
     Met {
         session,
         offered: slot,
@@ -803,21 +958,18 @@ impl LiveSession {
         gw_task: JoinHandle<Outcome>,
     ) -> Self {
         let (stop, stopped) = oneshot::channel();
-        let (data, data_rx) = tokio::sync::mpsc::channel(4);
         let task = tokio::spawn(hold(
             link,
-            session,
+            Box::new(session),
             dev.clock_ms,
             dev.keep.clone(),
             stopped,
-            data_rx,
         ));
         LiveSession {
             gateway,
             stop,
             task,
             gw_task,
-            data,
         }
     }
 }
@@ -856,12 +1008,14 @@ pub async fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
 /// §6.1, §7.7).
 async fn hold(
     mut link: MemoryLink,
-    mut session: Session,
+    mut session: Box<Session>,
     clock_ms: u64,
     keep: Arc<Mutex<Keep>>,
-    mut stop: oneshot::Receiver<()>,
-    mut data: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut stop: oneshot::Receiver<Stop>,
 ) -> SessionEnd {
+    // A million of these wait at once: the task holds the link, the boxed
+    // session and this wait; what runs rarely (sending) is boxed, so the
+    // task is sized by the wait, not by a send's buffers.
     let now = Timestamp(clock_ms);
     loop {
         tokio::select! {
@@ -883,19 +1037,25 @@ async fn hold(
                     _ => {}
                 }
             }
-            Some(d) = data.recv() => {
-                let mut rec = vec![0u8; d.len() + RECORD_OVERHEAD];
-                if let Ok(n) = session.seal_data(now, &d, &mut rec) {
-                    let _ = link.send(&rec[..n]).await;
-                }
-            }
-            _ = &mut stop => {
-                let mut rec = [0u8; 64];
-                if let Ok(n) = session.seal_close(now, CloseReason::NORMAL, &mut rec) {
-                    let _ = link.send(&rec[..n]).await;
-                }
+            how = &mut stop => {
+                Box::pin(leave(&mut link, &mut session, now, how.ok())).await;
                 return SessionEnd { by_gateway: None, at: Instant::now() };
             }
         }
+    }
+}
+
+/// The device leaves a session: a record first if it has one to send,
+/// then its close.
+async fn leave(link: &mut MemoryLink, session: &mut Session, now: Timestamp, how: Option<Stop>) {
+    if let Some(Stop::SpeakThenClose(d)) = how {
+        let mut rec = vec![0u8; d.len() + RECORD_OVERHEAD];
+        if let Ok(n) = session.seal_data(now, &d, &mut rec) {
+            let _ = link.send(&rec[..n]).await;
+        }
+    }
+    let mut rec = [0u8; 64];
+    if let Ok(n) = session.seal_close(now, CloseReason::NORMAL, &mut rec) {
+        let _ = link.send(&rec[..n]).await;
     }
 }

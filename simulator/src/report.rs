@@ -51,6 +51,44 @@ pub struct Report {
     pub handshakes_per_s: f64,
     /// Peak resident memory of the process, MiB (Linux; 0 elsewhere).
     pub peak_rss_mib: f64,
+    /// The backend's load over the run, one sample a second (wall clock).
+    pub backend_load: Vec<LoadSample>,
+}
+
+/// The backend's load at one moment of the run (wall clock).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadSample {
+    /// Seconds since the run started.
+    pub t_s: f64,
+    /// What the run was doing (the timeline's event, or setup).
+    pub phase: String,
+    /// Honest handshakes finished so far.
+    pub handshakes: u64,
+    /// Vouches issued so far.
+    pub vouches: u64,
+    /// Vouches per second since the previous sample.
+    pub vouches_per_s: f64,
+    /// Gateway API requests in the backend at that moment (vouches,
+    /// session reports, feed polls).
+    pub requests_in_flight: usize,
+    /// Gateways' revocation-feed polls waiting in the backend.
+    pub feed_waiters: i64,
+    /// Resident memory of the process, MiB.
+    pub rss_mib: f64,
+}
+
+/// Resident memory of the process now, MiB (Linux; 0 elsewhere).
+pub fn rss_mib() -> f64 {
+    status_kib("VmRSS:").map_or(0.0, |kb| round2(kb / 1024.0))
+}
+
+fn status_kib(field: &str) -> Option<f64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
 }
 
 /// Handshake counts.
@@ -142,6 +180,19 @@ pub struct LinkCounters {
     pub retransmissions: u64,
     /// Connections the model dropped.
     pub disconnects: u64,
+    /// The per-gateway link cap (`[link] max_links`; 0: none).
+    pub max_links: usize,
+    /// Most links any gateway's real central held at once, in the run's
+    /// connect phases (at most `max_links`; varies from run to run).
+    pub peak_links: usize,
+    /// Most links any gateway held at once in the modelled (virtual) time
+    /// line of the connect phases (at most `max_links`).
+    pub peak_links_modelled: usize,
+    /// Connections that waited for a free link.
+    pub queued: u64,
+    /// Modelled wait for a free link of the connections that waited, ms
+    /// (included in `latency_ms` and `resumption_latency_ms`).
+    pub queue_wait_ms: Percentiles,
 }
 
 /// The backend's figures.
@@ -174,8 +225,17 @@ impl Report {
     pub fn deterministic(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
-            for k in ["wall_s", "handshakes_per_s", "peak_rss_mib", "backend_mode"] {
+            for k in [
+                "wall_s",
+                "handshakes_per_s",
+                "peak_rss_mib",
+                "backend_mode",
+                "backend_load",
+            ] {
                 o.remove(k);
+            }
+            if let Some(l) = o.get_mut("link").and_then(|l| l.as_object_mut()) {
+                l.remove("peak_links");
             }
             if let Some(r) = o.get_mut("revocation_ms").and_then(|r| r.as_object_mut()) {
                 r.retain(|k, _| k == "count");
@@ -252,6 +312,21 @@ impl Report {
                 self.link.packets, self.link.retransmissions, self.link.disconnects
             ),
         );
+        if self.link.max_links > 0 {
+            row(
+                &mut s,
+                "links cap / peak (model, real) / queued",
+                format!(
+                    "{} / {}, {} / {} (wait ms p50 {} p99 {})",
+                    self.link.max_links,
+                    self.link.peak_links_modelled,
+                    self.link.peak_links,
+                    self.link.queued,
+                    self.link.queue_wait_ms.p50,
+                    self.link.queue_wait_ms.p99
+                ),
+            );
+        }
         row(
             &mut s,
             "backend vouches (per s, wall)",
@@ -263,8 +338,8 @@ impl Report {
         if let Some(r) = &self.revocation_ms {
             row(
                 &mut s,
-                "revocation ms p50 / p99 (wall)",
-                format!("{} / {} over {}", r.p50, r.p99, r.count),
+                "revocation ms p50 / p99 / max (wall)",
+                format!("{} / {} / {} over {}", r.p50, r.p99, r.max, r.count),
             );
         }
         for (k, a) in &self.attacks {
@@ -297,15 +372,7 @@ impl Report {
 
 /// Peak resident set size of this process, MiB (`VmHWM`), 0 if unknown.
 pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| round2(kb / 1024.0))
+    status_kib("VmHWM:").map_or(0.0, |kb| round2(kb / 1024.0))
 }
 
 #[cfg(test)]

@@ -49,8 +49,8 @@ use crate::fleet::{
 };
 use crate::link::{unit, LinkModel};
 use crate::report::{
-    peak_rss_mib, round2, AttackTally, BackendFigures, BytesOnAir, Handshakes, LinkCounters,
-    Percentiles, Report, Resumptions,
+    peak_rss_mib, round2, rss_mib, AttackTally, BackendFigures, BytesOnAir, Handshakes,
+    LinkCounters, LoadSample, Percentiles, Report, Resumptions,
 };
 use crate::scenario::{Action, AttackClass, Event, Scenario, Select};
 
@@ -121,6 +121,7 @@ struct Acc {
     samples: Vec<Sample>,
     connect_wall: Duration,
     end_ms: f64,
+    queue_waits: Vec<f64>,
 }
 
 impl Acc {
@@ -141,6 +142,10 @@ impl Acc {
         self.link.retransmissions += u64::from(r.air.retransmissions);
         self.link.disconnects += u64::from(r.disconnects);
         self.air_total += r.air.air_bytes;
+        if r.queued_us > 0.0 {
+            self.link.queued += 1;
+            self.queue_waits.push(r.queued_us / 1000.0);
+        }
         if r.resumption_rejected {
             self.r.rejected += 1;
         }
@@ -188,6 +193,67 @@ struct World {
     sem: Arc<Semaphore>,
     pb: ProgressBar,
     seed: u64,
+    links: LinkQueue,
+}
+
+/// The gateways' link caps in modelled time: each central holds at most
+/// `max` links at once, a connection keeps its link from the moment it gets
+/// one until its handshake is over (its modelled latency), and connections
+/// take free links in order of arrival (virtual start, then device).
+/// Computed from the phase's results once they are in, so it depends on the
+/// seed only, never on how the machine scheduled the real handshakes (a
+/// handshake's modelled cost does not depend on when it starts).
+struct LinkQueue {
+    max: usize,
+    /// Per gateway: when each busy link frees, virtual µs.
+    busy: Vec<std::collections::BinaryHeap<std::cmp::Reverse<u64>>>,
+    /// Most links one gateway held at once.
+    peak: usize,
+}
+
+impl LinkQueue {
+    fn new(max: usize, gateways: usize) -> Self {
+        Self {
+            max,
+            busy: vec![Default::default(); if max == 0 { 0 } else { gateways }],
+            peak: 0,
+        }
+    }
+
+    /// Queues the phase's connections (`gw` of each, in `rs` order):
+    /// adds each one's wait for a link to its latency.
+    fn schedule(&mut self, rs: &mut [ConnectResult], gw: &[usize]) {
+        use std::cmp::Reverse;
+        if self.max == 0 {
+            return;
+        }
+        let mut order: Vec<usize> = (0..rs.len()).collect();
+        order.sort_by_key(|&k| (rs[k].start_ms, rs[k].device));
+        for k in order {
+            let Some(busy) = self.busy.get_mut(gw[k]) else {
+                continue;
+            };
+            let r = &mut rs[k];
+            let arrive = r.start_ms * 1000;
+            // Links freed by the time it arrives are free.
+            while busy.peek().is_some_and(|Reverse(t)| *t <= arrive) {
+                busy.pop();
+            }
+            let begin = if busy.len() < self.max {
+                arrive
+            } else {
+                busy.pop().map_or(arrive, |Reverse(t)| t.max(arrive))
+            };
+            let service = r.latency_us.max(0.0) as u64;
+            let wait = (begin - arrive) as f64;
+            r.queued_us = wait;
+            r.latency_us += wait;
+            busy.push(Reverse(begin + service));
+            // Links busy at `begin`: those freeing later, and this one.
+            let held = busy.iter().filter(|Reverse(t)| *t > begin).count();
+            self.peak = self.peak.max(held);
+        }
+    }
 }
 
 fn active_home(home: usize, m: usize, revoked: &HashSet<usize>) -> usize {
@@ -247,6 +313,7 @@ impl World {
     ) -> Vec<ConnectResult> {
         let m = self.env.gateways.len();
         let mut set = JoinSet::new();
+        let mut out = Vec::with_capacity(chosen.len());
         for &i in chosen {
             let start = (at_ms + unit(rng) * spread_ms) as u64;
             let Some(mut dev) = self.devices.get_mut(i).and_then(Option::take) else {
@@ -256,10 +323,13 @@ impl World {
             let gw = active_home(dev.home, m, &self.revoked_gateways);
             dev.home = gw;
             let env = self.env.clone();
-            let sem = self.sem.clone();
             let pb = self.pb.clone();
+            // A task is spawned once it may run: a million tasks spawned at
+            // once, each sized for a whole handshake, were gigabytes of
+            // futures waiting for their turn.
+            let permit = self.sem.clone().acquire_owned().await;
             set.spawn(async move {
-                let _permit = sem.acquire_owned().await;
+                let _permit = permit;
                 if let Some(live) = dev.live.take() {
                     live.close().await;
                 }
@@ -267,17 +337,39 @@ impl World {
                 pb.inc(1);
                 (dev, r)
             });
-        }
-        let mut out = Vec::with_capacity(chosen.len());
-        while let Some(j) = set.join_next().await {
-            if let Ok((dev, r)) = j {
-                let i = dev.idx;
-                self.devices[i] = Some(dev);
-                out.push(r);
+            while let Some(j) = set.try_join_next() {
+                self.connected(j, &mut out);
             }
         }
+        while let Some(j) = set.join_next().await {
+            self.connected(j, &mut out);
+        }
         out.sort_by_key(|r| r.device);
+        // The wait for a link, in modelled time; the device's clock moves on by it.
+        let gws: Vec<usize> = out
+            .iter()
+            .map(|r| self.dev(r.device).map_or(usize::MAX, |d| d.home))
+            .collect();
+        self.links.schedule(&mut out, &gws);
+        for r in &out {
+            if let Some(d) = self.devices.get_mut(r.device).and_then(Option::as_mut) {
+                d.clock_ms += (r.queued_us / 1000.0) as u64;
+            }
+        }
         out
+    }
+
+    /// Puts a device back after its connect, keeping its result.
+    fn connected(
+        &mut self,
+        j: Result<(SimDevice, ConnectResult), tokio::task::JoinError>,
+        out: &mut Vec<ConnectResult>,
+    ) {
+        if let Ok((dev, r)) = j {
+            let i = dev.idx;
+            self.devices[i] = Some(dev);
+            out.push(r);
+        }
     }
 
     async fn disconnect(&mut self, chosen: &[usize]) {
@@ -314,6 +406,14 @@ impl World {
     /// Revokes peripherals through the admin API; returns the wall-clock ms
     /// from each admin call to the live session's close.
     async fn revoke(&mut self, chosen: &[usize]) -> Result<Vec<f64>, Error> {
+        // The operator's calls go out side by side, up to REVOKE_AT_ONCE
+        // at a time: one after the other, each revocation woke every
+        // gateway's feed poll on its own (a thousand gateways: 150 ms a
+        // revocation), so a thousand revocations took minutes; side by side,
+        // one wake-up of the feed carries many. Each reach is measured from
+        // its own call.
+        const REVOKE_AT_ONCE: usize = 64;
+        let calls = Arc::new(Semaphore::new(REVOKE_AT_ONCE));
         let mut waits = JoinSet::new();
         for &i in chosen {
             let Some(d) = self.devices[i].as_mut() else {
@@ -322,26 +422,30 @@ impl World {
             d.revoked = true;
             let id = d.id;
             let live = d.live.take();
-            let t0 = Instant::now();
-            self.backend
-                .admin_ok(
-                    Method::POST,
-                    &route::admin::PERIPHERAL_ACTION
-                        .replace("{id}", &id.to_string())
-                        .replace("{action}", "revoke"),
-                    None,
-                    "revoke peripheral",
-                )
-                .await?;
-            if let Some(live) = live {
-                waits.spawn(async move {
-                    (i, t0, live.ended_by_gateway(Duration::from_secs(10)).await)
-                });
-            }
+            let call = self.backend.admin_ok_owned(
+                Method::POST,
+                route::admin::PERIPHERAL_ACTION
+                    .replace("{id}", &id.to_string())
+                    .replace("{action}", "revoke"),
+                "revoke peripheral",
+            );
+            let permit = calls.clone().acquire_owned().await;
+            waits.spawn(async move {
+                let t0 = Instant::now();
+                let called = call.await;
+                drop(permit);
+                called?;
+                let end = match live {
+                    Some(live) => live.ended_by_gateway(Duration::from_secs(10)).await,
+                    None => None,
+                };
+                Ok::<_, Error>((i, t0, end))
+            });
         }
         let mut ms = Vec::new();
         while let Some(r) = waits.join_next().await {
-            if let Ok((i, t0, end)) = r {
+            if let Ok(r) = r {
+                let (i, t0, end) = r?;
                 if let Some(end) = end.filter(|e| e.by_gateway == Some(CloseReason::REVOKED)) {
                     ms.push(end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
                     // The device forgets its tickets (a close "revoked").
@@ -351,20 +455,36 @@ impl World {
                 }
             }
         }
-        // Every gateway has applied the feed before the timeline goes on.
-        let ids: Vec<_> = chosen
-            .iter()
-            .filter_map(|&i| self.dev(i).map(|d| d.id))
-            .collect();
+        // Every gateway has applied the feed up to the last revocation
+        // before the timeline goes on: its cursor, one comparison a gateway
+        // (asking each gateway about each id was 10^8 lookups a poll at
+        // 10,000 gateways and 1 % of a million revoked).
+        let last = self
+            .backend
+            .state()
+            .store
+            .last_event_seq()
+            .await
+            .map_err(Error::backend)?;
+        let last = u64::try_from(last).unwrap_or(0);
         let env = self.env.clone();
+        let mut behind = 0;
         wait_until(|| {
-            env.gateways
-                .iter()
-                .all(|g| ids.iter().all(|id| g.table().feed().is_revoked(id)))
-                .then_some(())
+            // Resume from the first gateway still behind: the others stay done.
+            while behind < env.gateways.len()
+                && env.gateways[behind].table().feed().position() >= last
+            {
+                behind += 1;
+            }
+            (behind == env.gateways.len()).then_some(())
         })
         .await
         .ok_or_else(|| Error::Timeout("the revocation feed to reach every gateway".into()))?;
+        debug_assert!(chosen.iter().all(|&i| self.dev(i).is_none_or(|d| self
+            .env
+            .gateways
+            .iter()
+            .all(|g| g.table().feed().is_revoked(&d.id)))));
         Ok(ms)
     }
 
@@ -452,15 +572,120 @@ pub async fn run(opts: RunOptions) -> Result<RunOutput, Error> {
     }
     let pb = progress_bar(opts.progress);
     let (stop, shutdown) = watch::channel(false);
+    let phase = Arc::new(std::sync::Mutex::new(String::from("setup")));
+    let (load_stop, load_stopped) = tokio::sync::oneshot::channel();
     let mut w = World::start(&opts, n, m, shutdown, &pb).await?;
+    let load = tokio::spawn(sample_load(
+        w.backend.state().clone(),
+        pb.clone(),
+        phase.clone(),
+        wall,
+        opts.progress,
+        load_stopped,
+    ));
     let mut timeline = Timeline::new(opts.seed);
     for (k, ev) in sc.events.iter().enumerate() {
+        set_phase(
+            &phase,
+            format!("{:?} at {:.1} s", ev.get_ref().action, ev.get_ref().at_s).to_lowercase(),
+        );
         timeline.play(&mut w, k, ev.get_ref()).await?;
     }
     pb.set_message("closing");
-    let closing = w.close(&stop).await;
+    set_phase(&phase, "closing".into());
+    let _ = load_stop.send(());
+    let load = load.await.unwrap_or_default();
+    let closing = w.close(&stop, load).await;
     pb.finish_and_clear();
     Ok(timeline.finish(&opts, n, m, closing, wall))
+}
+
+fn set_phase(phase: &std::sync::Mutex<String>, now: String) {
+    *phase.lock().unwrap_or_else(|e| e.into_inner()) = now;
+}
+
+/// Samples the backend's load once a second until `stop`; shows it on the
+/// progress bar, and with `progress` on a standard error that is not a
+/// terminal (no bar is drawn there) prints a line every ten seconds.
+async fn sample_load(
+    state: vouch_backend::AppState,
+    pb: ProgressBar,
+    phase: Arc<std::sync::Mutex<String>>,
+    wall: Instant,
+    progress: bool,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<LoadSample> {
+    use std::io::IsTerminal;
+    let lines = progress && !std::io::stderr().is_terminal();
+    let mut out: Vec<LoadSample> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return out,
+        }
+        let t_s = round2(wall.elapsed().as_secs_f64());
+        let vouches = state.metrics.answers.with_label_values(&["vouched"]).get();
+        let (dv, dt) = out.last().map_or((vouches, t_s), |p| {
+            (vouches.saturating_sub(p.vouches), t_s - p.t_s)
+        });
+        let s = LoadSample {
+            t_s,
+            phase: phase.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            handshakes: pb.position(),
+            vouches,
+            vouches_per_s: if dt > 0.0 {
+                round2(dv as f64 / dt)
+            } else {
+                0.0
+            },
+            requests_in_flight: crate::backend::MAX_REQUESTS
+                .saturating_sub(state.request_slots.available_permits()),
+            feed_waiters: state.metrics.feed_waiters.get(),
+            rss_mib: rss_mib(),
+        };
+        pb.set_message(format!(
+            "{}: {:.0} vouches/s, {} requests in the backend, {:.0} MiB",
+            s.phase, s.vouches_per_s, s.requests_in_flight, s.rss_mib
+        ));
+        if lines && out.len() % 10 == 9 {
+            eprintln!(
+                "[{:>7.1} s] {}: {} handshakes, {:.0} vouches/s, {} requests in the backend, {} feed polls waiting, {:.0} MiB",
+                s.t_s, s.phase, s.handshakes, s.vouches_per_s, s.requests_in_flight, s.feed_waiters, s.rss_mib
+            );
+        }
+        out.push(s);
+    }
+}
+
+/// Setup progress: on the bar, and as a line when standard error is not a
+/// terminal (no bar is drawn there).
+struct Say {
+    pb: ProgressBar,
+    lines: bool,
+    since: Instant,
+}
+
+impl Say {
+    fn new(pb: &ProgressBar, progress: bool) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            pb: pb.clone(),
+            lines: progress && !std::io::stderr().is_terminal(),
+            since: Instant::now(),
+        }
+    }
+
+    fn phase(&self, what: &str) {
+        self.pb.set_message(what.to_string());
+        if self.lines {
+            eprintln!(
+                "[{:>7.1} s] setup: {what}",
+                self.since.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 /// A spinner counting handshakes on stderr when `show`, else a hidden bar.
@@ -479,6 +704,9 @@ fn progress_bar(show: bool) -> ProgressBar {
 
 /// The backend's figures, read at the end of the timeline.
 struct Closing {
+    peak_links: usize,
+    peak_links_modelled: usize,
+    load: Vec<LoadSample>,
     vouches: u64,
     refusals: BTreeMap<String, u64>,
     alerts: BTreeMap<String, u64>,
@@ -497,7 +725,8 @@ impl World {
         pb: &ProgressBar,
     ) -> Result<Self, Error> {
         let sc = &opts.scenario;
-        pb.set_message("starting the backend");
+        let say = Say::new(pb, opts.progress);
+        say.phase("starting the backend");
         let mut backend =
             SimBackend::start(opts.backend, opts.database_url.as_deref(), &sc.backend).await?;
         backend
@@ -505,15 +734,13 @@ impl World {
             .await?;
         let anchors = anchors(&backend).await?;
 
-        pb.set_message("enrolling gateways");
+        say.phase(&format!("enrolling {m} gateways"));
         let gateways = enroll_gateways(&backend, sc, opts.seed, n, m, &shutdown).await?;
         allow_fleet(&backend).await?;
 
-        pb.set_message("enrolling peripherals");
-        let devices: Vec<SimDevice> = (0..n)
-            .map(|i| SimDevice::new(opts.seed, i, m, &sc.fleet, &anchors))
-            .collect();
-        import_peripherals(&backend, &devices).await?;
+        say.phase(&format!("making and enrolling {n} peripherals"));
+        let devices = make_devices(opts.seed, n, m, &sc.fleet, &anchors);
+        import_peripherals(&backend, &devices, &say).await?;
 
         let env = Arc::new(Env {
             gateways,
@@ -532,13 +759,22 @@ impl World {
             sem: Arc::new(Semaphore::new(sc.fleet.max_inflight)),
             pb: pb.clone(),
             seed: opts.seed,
+            links: LinkQueue::new(sc.link.max_links, m),
         })
     }
 
     /// Reads the backend's counters, lets its queued session reports
     /// finish, then takes the uplinks down, stops the gateways (`stop`),
     /// closes the live sessions and shuts the backend down.
-    async fn close(mut self, stop: &watch::Sender<bool>) -> Closing {
+    async fn close(mut self, stop: &watch::Sender<bool>, load: Vec<LoadSample>) -> Closing {
+        let peak_links = self
+            .env
+            .gateways
+            .iter()
+            .map(|g| g.links.peak())
+            .max()
+            .unwrap_or(0);
+        let peak_links_modelled = self.links.peak;
         let state = self.backend.state().clone();
         let vouches = state.metrics.answers.with_label_values(&["vouched"]).get();
         let mut refusals = BTreeMap::new();
@@ -573,6 +809,9 @@ impl World {
         let database = self.backend.database().to_string();
         self.backend.shutdown().await;
         Closing {
+            peak_links,
+            peak_links_modelled,
+            load,
             vouches,
             refusals,
             alerts,
@@ -603,6 +842,35 @@ impl World {
     }
 }
 
+/// The fleet's `n` devices, made on every core (a device's key is derived
+/// from its seed: 15 µs, 15 s for a million on one core).
+fn make_devices(
+    seed: u64,
+    n: usize,
+    m: usize,
+    fleet: &crate::scenario::Fleet,
+    anchors: &AnchorSet,
+) -> Vec<SimDevice> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = n.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..n)
+            .step_by(per)
+            .map(|from| {
+                s.spawn(move || {
+                    (from..(from + per).min(n))
+                        .map(|i| SimDevice::new(seed, i, m, fleet, anchors))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
 /// The backend's trust anchors, as devices are provisioned with them.
 async fn anchors(backend: &SimBackend) -> Result<AnchorSet, Error> {
     let bundle: AnchorBundle = serde_json::from_value(
@@ -630,7 +898,8 @@ async fn enroll_gateways(
         let key = IdentityKey::from_seed(&derive_seed(seed, "gateway-key", g as u64));
         let cert = backend.enroll_gateway(&key.public_key(), "plant").await?;
         let uplink = backend.uplink_to(g % backend.instances(), &key, Some(&cert))?;
-        let mut gw = SimGateway::start(g, &key, "plant", uplink, shutdown.clone(), true)?;
+        let mut gw = SimGateway::start(g, &key, "plant", uplink, shutdown.clone(), true)?
+            .with_link_cap(sc.link.max_links);
         if let Some(spare) = sc.gateway.spare_links {
             gw = gw.with_slots(
                 n.div_ceil(m) + spare,
@@ -660,12 +929,23 @@ async fn allow_fleet(backend: &SimBackend) -> Result<(), Error> {
 
 /// Enrolls the devices in group `fleet` through the bulk NDJSON import,
 /// 5,000 a request.
-async fn import_peripherals(backend: &SimBackend, devices: &[SimDevice]) -> Result<(), Error> {
-    for chunk in devices.chunks(5000) {
+async fn import_peripherals(
+    backend: &SimBackend,
+    devices: &[SimDevice],
+    say: &Say,
+) -> Result<(), Error> {
+    for (k, chunk) in devices.chunks(5000).enumerate() {
+        if k > 0 && k % 20 == 0 {
+            say.phase(&format!(
+                "enrolled {} of {} peripherals",
+                k * 5000,
+                devices.len()
+            ));
+        }
         let mut body = String::new();
         for d in chunk {
             body.push_str(
-                &serde_json::json!({"public_key": d.key().public_key().to_string(), "group": "fleet"})
+                &serde_json::json!({"public_key": d.public_key.to_string(), "group": "fleet"})
                     .to_string(),
             );
             body.push('\n');
@@ -864,7 +1144,13 @@ impl Timeline {
                 message_bytes_per_handshake: per(acc.msg_full, acc.h.full_ok),
                 total: acc.air_total,
             },
-            link: acc.link.clone(),
+            link: LinkCounters {
+                max_links: opts.scenario.link.max_links,
+                peak_links: closing.peak_links,
+                peak_links_modelled: closing.peak_links_modelled,
+                queue_wait_ms: Percentiles::of(&mut acc.queue_waits),
+                ..acc.link.clone()
+            },
             backend: BackendFigures {
                 vouches: closing.vouches,
                 vouches_per_s: round2(closing.vouches as f64 / connect_s),
@@ -881,6 +1167,7 @@ impl Timeline {
             wall_s: round2(wall.elapsed().as_secs_f64()),
             handshakes_per_s: round2(acc.h.ok as f64 / connect_s),
             peak_rss_mib: peak_rss_mib(),
+            backend_load: closing.load,
             handshakes: acc.h.clone(),
             resumptions: acc.r.clone(),
         };
@@ -1157,8 +1444,7 @@ async fn originals_speak(w: &mut World, victims: &[Victim], attempts: u32) {
             .and_then(Option::as_mut)
             .and_then(|d| d.live.take());
         if let Some(live) = live {
-            let _ = live.data.send(b"still here".to_vec()).await;
-            live.close().await;
+            live.speak_then_close(b"still here".to_vec()).await;
             spoke += 1;
         }
     }

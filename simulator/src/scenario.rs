@@ -101,7 +101,17 @@ pub struct LinkParams {
     pub supervision_timeout_ms: f64,
     /// Connection attempts per handshake before a device gives up for now.
     pub attempts: u32,
+    /// Most links one gateway's BLE central connects and authenticates at
+    /// once; a device that finds them all taken waits (in order of arrival)
+    /// for one to free, it is not refused. 0: no cap. Default
+    /// [`DEFAULT_MAX_LINKS`].
+    pub max_links: usize,
 }
+
+/// The default link cap: the gateway daemon's own `[transport.ble]
+/// max_links` default, in the range common BLE controllers hold at once
+/// (simulator/README.md, "The link cap").
+pub const DEFAULT_MAX_LINKS: usize = 8;
 
 impl Default for LinkParams {
     fn default() -> Self {
@@ -114,6 +124,7 @@ impl Default for LinkParams {
             disconnect: 0.0,
             supervision_timeout_ms: 2000.0,
             attempts: 3,
+            max_links: DEFAULT_MAX_LINKS,
         }
     }
 }
@@ -363,6 +374,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ),
     ("slot-stall", include_str!("../scenarios/slot-stall.toml")),
     ("old-key", include_str!("../scenarios/old-key.toml")),
+    ("link-cap", include_str!("../scenarios/link-cap.toml")),
 ];
 
 impl Scenario {

@@ -63,7 +63,7 @@ macro_rules! scenario_tests {
             let tested = [
                 $($name,)*
                 "churn", "backend-outage", "revocation", "revoked-peripheral", "clone",
-                "brute-force", "rogue-central", "slot-stall", "old-key",
+                "brute-force", "rogue-central", "slot-stall", "old-key", "link-cap",
             ];
             for (name, _) in BUILTINS {
                 assert!(tested.contains(name), "built-in {name} has no test here");
@@ -194,6 +194,59 @@ async fn a_thief_of_the_rotated_away_key_gains_nothing() {
     let r = check("old-key").await;
     assert_eq!(r.attacks["old-key"].attempts, 10 + 10 * 3, "{r:?}");
     assert_eq!(r.handshakes.failed, 0, "{r:?}");
+}
+
+/// More devices than the centrals connect at once (20 a gateway within half
+/// a second, 2 links each): no gateway ever holds more than 2 links, in the
+/// real run or in the modelled time line; every device still gets in, after
+/// waiting for a link; and the handshakes take longer in modelled time than
+/// with the cap lifted (virtual time, the same for every run of a seed: not
+/// a timing assertion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_queue_for_a_capped_central_and_take_longer() {
+    let run_with = |cap: usize| async move {
+        let mut scenario = Scenario::load("link-cap").expect("the link-cap scenario");
+        scenario.link.max_links = cap;
+        run(RunOptions {
+            scenario,
+            peripherals: Some(40),
+            gateways: Some(2),
+            seed: 7,
+            backend: BackendMode::InProc,
+            database_url: None,
+            backend_instances: 1,
+            progress: false,
+        })
+        .await
+        .expect("a link-cap run")
+        .report
+    };
+    let capped = run_with(2).await;
+    let free = run_with(0).await;
+    for r in [&capped, &free] {
+        assert_eq!(r.honest_rejected, 0, "{r:?}");
+        assert_eq!(r.handshakes.full_ok, 40, "every device got in: {r:?}");
+    }
+    assert_eq!(capped.link.max_links, 2);
+    assert!(
+        (1..=2).contains(&capped.link.peak_links),
+        "the real centrals held at most 2 links: {:?}",
+        capped.link
+    );
+    assert_eq!(capped.link.peak_links_modelled, 2, "{:?}", capped.link);
+    assert!(
+        capped.link.queued > 20,
+        "most devices waited: {:?}",
+        capped.link
+    );
+    assert_eq!(free.link.queued, 0, "{:?}", free.link);
+    assert!(
+        capped.latency_ms.p50 > free.latency_ms.p50 && capped.latency_ms.max > free.latency_ms.max,
+        "the cap lengthens the modelled handshakes: {:?} vs {:?}",
+        capped.latency_ms,
+        free.latency_ms
+    );
+    assert!(capped.virtual_s >= free.virtual_s, "{capped:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

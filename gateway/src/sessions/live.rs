@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{broadcast, oneshot, Notify};
 use tracing::debug;
@@ -175,17 +175,22 @@ pub struct LiveSessions {
     /// Superseded sessions, at most one per peripheral; locked after
     /// `sessions` when both are.
     superseded: Mutex<HashMap<PeripheralId, Superseded>>,
-    inbound: broadcast::Sender<Inbound>,
+    /// The local API's subscribers to inbound messages; made at the first
+    /// [`subscribe`](Self::subscribe): its 1,024 slots (about 64 KiB) are
+    /// not paid by a gateway nobody listens to (the simulator runs 10,000).
+    inbound: OnceLock<broadcast::Sender<Inbound>>,
     next_token: AtomicU64,
 }
 
+/// Inbound messages buffered for a slow local subscriber.
+const INBOUND_CAPACITY: usize = 1024;
+
 impl Default for LiveSessions {
     fn default() -> Self {
-        let (inbound, _) = broadcast::channel(1024);
         Self {
             sessions: Mutex::new(HashMap::new()),
             superseded: Mutex::new(HashMap::new()),
-            inbound,
+            inbound: OnceLock::new(),
             next_token: AtomicU64::new(1),
         }
     }
@@ -392,12 +397,17 @@ impl LiveSessions {
 
     /// Publishes an inbound message to the local API's subscribers.
     pub fn publish(&self, msg: Inbound) {
-        let _ = self.inbound.send(msg);
+        // Nobody subscribed yet: dropped, as a channel without receivers does.
+        if let Some(tx) = self.inbound.get() {
+            let _ = tx.send(msg);
+        }
     }
 
     /// Subscribes to inbound messages.
     pub fn subscribe(&self) -> broadcast::Receiver<Inbound> {
-        self.inbound.subscribe()
+        self.inbound
+            .get_or_init(|| broadcast::channel(INBOUND_CAPACITY).0)
+            .subscribe()
     }
 
     /// Closes sessions past their lifetime or idle for `idle_ms`, one timer
