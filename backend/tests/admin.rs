@@ -883,6 +883,8 @@ async fn overload_is_shed_with_503_not_queued() {
         .acquire_many_owned(4)
         .await
         .expect("permits");
+    // The operator is still served (the admin API has a budget of its own:
+    // a revoke must get through a storm that fills the gateways').
     let req = Request::get("/v1/admin/peripherals")
         .header(header::AUTHORIZATION, format!("Bearer {}", b.token))
         .body(Body::empty())
@@ -890,11 +892,7 @@ async fn overload_is_shed_with_503_not_queued() {
     let res = tower::ServiceExt::oneshot(b.router.clone(), req)
         .await
         .expect("infallible");
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        res.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
-        Some(&b"1"[..])
-    );
+    assert_eq!(res.status(), StatusCode::OK);
     let (s, _, body) = b
         .raw(
             Some(IdentityKey::from_seed(&[1; 32]).public_key()),
@@ -916,7 +914,8 @@ async fn overload_is_shed_with_503_not_queued() {
     let (s, _) = b.admin("GET", "/v1/admin/peripherals", None).await;
     assert_eq!(s, StatusCode::OK);
     let m = b.metrics().await;
-    assert!(String::from_utf8_lossy(&m).contains("vouch_overload_total{kind=\"shed\"} 2"));
+    // One shed: the vouch (the admin request had room in its own budget).
+    assert!(String::from_utf8_lossy(&m).contains("vouch_overload_total{kind=\"shed\"} 1"));
 }
 
 /// Gateways close every session on `policy_changed` (SPEC.md §10.5), so the

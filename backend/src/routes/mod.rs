@@ -22,7 +22,9 @@
 //!
 //! Errors are `{"error": {"code", "message"}}` ([`AppError`]). Gateway and
 //! admin routes sit behind load shedding (503 + `Retry-After` when
-//! `limits.max_concurrent_requests` are in flight), a deadline
+//! `limits.max_concurrent_requests` gateway requests, or [`ADMIN_CONCURRENCY`]
+//! admin requests, or [`CONSOLE_CONCURRENCY`] console requests, are in
+//! flight: three budgets, so that no one starves the others), a deadline
 //! (`limits.request_timeout_ms`, 503) and body limits (64 KiB for postcard,
 //! 64 MiB for imports; 413 beyond).
 
@@ -48,6 +50,10 @@ use vouch_proto::wire::backend::{decode_body, encode_body, CONTENT_TYPE, MAX_BOD
 
 use crate::error::{AppError, ErrorCode};
 use crate::AppState;
+
+/// Admin API requests in flight at once, beyond which they are shed (503):
+/// a budget apart from the gateways' (`limits.max_concurrent_requests`).
+pub const ADMIN_CONCURRENCY: usize = 64;
 
 /// Console requests in flight at once, beyond which they are shed (503):
 /// a budget apart from the gateways' and the admin API's.
@@ -102,10 +108,18 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             gateway::request_budget,
         ));
+    // The admin API has a budget of its own too: an operator's revoke must
+    // get through while a reconnect storm's vouches and session reports
+    // fill the gateways' (the simulator's million-device run had it shed).
+    let admin_guard = ServiceBuilder::new()
+        .layer(overload(state.metrics.clone()))
+        .load_shed()
+        .concurrency_limit(ADMIN_CONCURRENCY)
+        .timeout(timeout);
     let admin_api = admin::router()
         .merge(operators::router())
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
-        .layer(guarded.clone())
+        .layer(admin_guard)
         .layer(axum::middleware::from_fn(admin::log_actions));
     // The console has a budget of its own: its login form is read before
     // anyone is known, so slow or large posts there must never take the
