@@ -191,11 +191,24 @@ pub fn issue_console_cert(
     lifetime: std::time::Duration,
 ) -> Result<(String, zeroize::Zeroizing<String>), PkiError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert =
+        server_params("Vouch console", sans, lifetime)?.signed_by(&key, &issuer(console_ca)?)?;
+    Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+}
+
+/// The parameters of a TLS server certificate: `common_name`, the DNS names
+/// and IP addresses of `sans`, server authentication only, valid for
+/// `lifetime`.
+fn server_params(
+    common_name: &str,
+    sans: &[String],
+    lifetime: std::time::Duration,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(DnType::CommonName, "Vouch console");
+        .push(DnType::CommonName, common_name);
     params.subject_alt_names = sans
         .iter()
         .map(|s| match s.parse::<std::net::IpAddr>() {
@@ -208,8 +221,7 @@ pub fn issue_console_cert(
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
     validity(&mut params, lifetime);
-    let cert = params.signed_by(&key, &issuer(console_ca)?)?;
-    Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+    Ok(params)
 }
 
 /// Chooses the server's certificate by what the client verifies: the
@@ -263,24 +275,7 @@ pub fn issue_server_cert(
     lifetime: std::time::Duration,
 ) -> Result<(String, zeroize::Zeroizing<String>), PkiError> {
     let (key, key_pem) = new_key()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Vouch backend");
-    params.subject_alt_names = sans
-        .iter()
-        .map(|s| match s.parse::<std::net::IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => Ok(SanType::DnsName(s.clone().try_into()?)),
-        })
-        .collect::<Result<_, rcgen::Error>>()?;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(random_serial()?);
-    validity(&mut params, lifetime);
-    let cert = params.signed_by(&key, &issuer(ca)?)?;
+    let cert = server_params("Vouch backend", sans, lifetime)?.signed_by(&key, &issuer(ca)?)?;
     Ok((cert.pem(), key_pem))
 }
 
