@@ -69,6 +69,7 @@ async fn an_attach_is_authorized_from_the_stored_grant(db: Db) {
         peripheral: dev.id,
         gateway: gw.public_key(),
         lifetimes,
+        kid: vouch_proto::keys::KeyId(1),
     };
     record(&b, grant(&fresh), now_ms()).await;
     // 120 s of resumption and 120 s of grace ran out a second ago.

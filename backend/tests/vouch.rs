@@ -1872,6 +1872,11 @@ async fn show_says_where_a_device_was_last_seen_and_whether_a_gateway_polls(db: 
     );
     assert_eq!(v["last_vouch_gateway"], g0.as_str(), "{v}");
     assert!(v["gateway"].is_null(), "vouched is not attached yet: {v}");
+    // The key that signed it counts the device (the console's keys page).
+    assert_eq!(
+        b.store.devices_by_key().await.expect("by key"),
+        [(Some(1), 1)]
+    );
     report(&b, &gws[0], &dev, SessionEventKind::Attached).await;
     let v = show(p.clone()).await;
     assert_eq!(v["gateway"], g0.as_str(), "{v}");

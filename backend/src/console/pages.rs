@@ -526,6 +526,17 @@ pub(super) async fn keys(State(state): State<AppState>, headers: HeaderMap) -> P
         .filter(|i| i.live_at(now))
         .collect();
     let current = fleet.primary().kid;
+    let by_key = state.store.devices_by_key().await?;
+    let devices_on = |kid: u8| {
+        by_key
+            .iter()
+            .find(|(k, _)| *k == Some(i64::from(kid)))
+            .map_or(0, |(_, n)| *n)
+    };
+    let unrecorded = by_key
+        .iter()
+        .find(|(k, _)| k.is_none())
+        .map_or(0, |(_, n)| *n);
     Ok(layout(
         &op,
         "/console/keys",
@@ -533,7 +544,7 @@ pub(super) async fn keys(State(state): State<AppState>, headers: HeaderMap) -> P
         html! {
             p { "New devices are provisioned with key " strong { (current.0) } " and the commitment to its successor, at anchor-update serial " (fleet.serial()) " (vouch-backend export-anchor). Devices in session learn every later update from their gateway." }
             table {
-                tr { th { "key id" } th { "signing key" } th { "added at serial" } th { "retired at serial" } th { "private key" } th { "created" } }
+                tr { th { "key id" } th { "signing key" } th { "added at serial" } th { "retired at serial" } th { "private key" } th { "devices on it" } th { "created" } }
                 @for k in &rows {
                     tr {
                         td { (k.anchor.kid.0) @if k.anchor.kid == current { " (current)" } }
@@ -541,9 +552,15 @@ pub(super) async fn keys(State(state): State<AppState>, headers: HeaderMap) -> P
                         td { @match k.added_serial { Some(n) => (n), None => "next (committed, not announced)" } }
                         td { @match k.retired_serial { Some(n) => (n), None => "-" } }
                         td { @if k.purged_ms.is_some() { "purged" } @else { "kept" } }
+                        td { (devices_on(k.anchor.kid.0)) }
                         td { (time(Some(k.created_ms))) }
                     }
                 }
+            }
+            p.note {
+                "Devices on a key: devices whose latest vouch at one of their gateways that key signed (a device that sealed its hello to it). "
+                @if unrecorded > 0 { (unrecorded) " devices were last vouched for before the key was recorded with the vouch (the audit entry's detail names it). " }
+                "Purge a key once no device is on it."
             }
             h2 { "Live instances" }
             table {

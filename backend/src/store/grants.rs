@@ -21,6 +21,8 @@ pub struct Grant {
     pub gateway: PublicKey,
     /// The lifetimes the vouch granted.
     pub lifetimes: Lifetimes,
+    /// The backend key that signed the vouch.
+    pub kid: vouch_proto::keys::KeyId,
 }
 
 /// The latest grant of a pair, as stored.
@@ -35,6 +37,23 @@ pub struct StoredGrant {
 /// Rows per statement (six parameters each; see `audit_many` on why small).
 const CHUNK: usize = 24;
 
+impl Store {
+    /// How many devices each backend key's vouches went to: (key id, or
+    /// `None` for grants recorded before key ids were, devices), a device
+    /// counted under every key whose vouch is the latest at one of its
+    /// gateways.
+    pub async fn devices_by_key(&self) -> Result<Vec<(Option<i64>, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, COUNT(DISTINCT peripheral_id) AS n FROM vouch_grants GROUP BY kid ORDER BY kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("kid")?, r.try_get("n")?)))
+            .collect()
+    }
+}
+
 impl WriteTx<'_> {
     /// Records `grants`, each with the sequence number of its audit entry,
     /// written at `at_ms`. Each pair keeps only its latest grant (the one
@@ -45,45 +64,48 @@ impl WriteTx<'_> {
         at_ms: i64,
     ) -> Result<(), StoreError> {
         // One row per pair in a statement: an upsert may not touch a row twice.
-        let mut latest: BTreeMap<(String, String), (i64, Lifetimes)> = BTreeMap::new();
+        let mut latest: BTreeMap<(String, String), (i64, Lifetimes, u8)> = BTreeMap::new();
         for (seq, g) in grants {
             let key = (g.peripheral.to_string(), g.gateway.to_string());
-            let newer = latest.get(&key).is_none_or(|(s, _)| s < seq);
+            let newer = latest.get(&key).is_none_or(|(s, _, _)| s < seq);
             if newer {
-                latest.insert(key, (*seq, g.lifetimes));
+                latest.insert(key, (*seq, g.lifetimes, g.kid.0));
             }
         }
         let rows: Vec<_> = latest.into_iter().collect();
         for chunk in rows.chunks(CHUNK) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let b = 2 + i * 5;
+                    let b = 2 + i * 6;
                     format!(
-                        "(${}, ${}, ${}, $1, ${}, ${})",
+                        "(${}, ${}, ${}, $1, ${}, ${}, ${})",
                         b,
                         b + 1,
                         b + 2,
                         b + 3,
-                        b + 4
+                        b + 4,
+                        b + 5
                     )
                 })
                 .collect();
             let sql = format!(
                 "INSERT INTO vouch_grants (peripheral_id, gateway_key, audit_seq, at_ms, \
-                 session_s, resumption_s) VALUES {} ON CONFLICT (peripheral_id, gateway_key) \
+                 session_s, resumption_s, kid) VALUES {} ON CONFLICT (peripheral_id, gateway_key) \
                  DO UPDATE SET audit_seq = excluded.audit_seq, at_ms = excluded.at_ms, \
-                 session_s = excluded.session_s, resumption_s = excluded.resumption_s \
+                 session_s = excluded.session_s, resumption_s = excluded.resumption_s, \
+                 kid = excluded.kid \
                  WHERE vouch_grants.audit_seq < excluded.audit_seq",
                 values.join(",")
             );
             let mut q = sqlx::query(&sql).bind(at_ms);
-            for ((peripheral, gateway), (seq, l)) in chunk {
+            for ((peripheral, gateway), (seq, l, kid)) in chunk {
                 q = q
                     .bind(peripheral.clone())
                     .bind(gateway.clone())
                     .bind(*seq)
                     .bind(i64::from(l.session_s))
-                    .bind(i64::from(l.resumption_s));
+                    .bind(i64::from(l.resumption_s))
+                    .bind(i64::from(*kid));
             }
             q.execute(&mut *self.tx).await?;
         }

@@ -590,6 +590,7 @@ fn audit_job(
                     peripheral: g.record.id,
                     gateway: *key,
                     lifetimes: g.lifetimes,
+                    kid: g.keys.kid(),
                 }),
             ),
             Err(reason) => {
