@@ -319,7 +319,7 @@ pub(crate) async fn operator(
 /// The logged-in operator of a state-changing request, with at least the
 /// role `N` needs, found from the request's headers alone: a request
 /// without a live session or below the role is refused before its body is
-/// read. The form's CSRF token is checked after ([`Session::csrf`]).
+/// read. The form's CSRF token is checked after, by `Session::csrf`.
 #[derive(Debug)]
 pub struct Session<N: Needs> {
     op: Operator,

@@ -5,7 +5,7 @@
 //! The simulator holds a million of these at once, so an idle link owns no
 //! buffer: the reassembler (a fixed 1 KiB buffer, [`MAX_MESSAGE`]) exists
 //! only while a message is partly received, and the two directions share
-//! one small allocation ([`Pipe`]) instead of two channels (a tokio channel
+//! one small allocation (`Pipe`) instead of two channels (a tokio channel
 //! allocates its first block of 32 slots, about 1 KiB, up front).
 //!
 //! [`MAX_MESSAGE`]: vouch_proto::wire::MAX_MESSAGE
