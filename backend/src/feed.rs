@@ -42,19 +42,10 @@ use vouch_proto::wire::backend::{FeedBatch, FeedChange, FeedEvent, MAX_FEED_EVEN
 
 use crate::store::{now_ms, EventRow, Store, StoreError};
 
-/// The latest event sequence number known to this instance, and the last
-/// batch served.
+/// The latest event sequence number known to this instance.
 #[derive(Debug, Clone)]
 pub struct FeedNotifier {
     tx: watch::Sender<i64>,
-    /// The last non-empty batch read from the log: the `after` it answers,
-    /// the log's head when it was read, and the batch. Every gateway that
-    /// applied the same events polls with the same `after`, and a write
-    /// wakes them all at once: with 10,000 gateways, 10,000 identical reads
-    /// of the log. While the head has not moved, the batch read for one of
-    /// them is the answer for all (the log is append-only: the events after
-    /// `after` up to the head do not change).
-    last: std::sync::Arc<std::sync::Mutex<Option<(i64, i64, FeedBatch)>>>,
 }
 
 impl FeedNotifier {
@@ -62,22 +53,7 @@ impl FeedNotifier {
     pub fn new(seq: i64) -> Self {
         Self {
             tx: watch::channel(seq).0,
-            last: Default::default(),
         }
-    }
-
-    /// The batch after `after` read while the head was `head`, if that is
-    /// the last one read.
-    fn cached(&self, after: i64, head: i64) -> Option<FeedBatch> {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match &*last {
-            Some((a, h, batch)) if *a == after && *h == head => Some(batch.clone()),
-            _ => None,
-        }
-    }
-
-    fn remember(&self, after: i64, head: i64, batch: &FeedBatch) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((after, head, batch.clone()));
     }
 
     /// Announces that the log reached `seq` (no-op if not newer).
@@ -143,32 +119,18 @@ pub async fn poll(
 ) -> Result<FeedBatch, StoreError> {
     let after_i = i64::try_from(after).unwrap_or(i64::MAX);
     let deadline = tokio::time::Instant::now() + wait;
-    let observe = |events: &[FeedEvent]| {
-        let now = now_ms();
-        let lag = lag.with_label_values::<&str>(&[]);
-        for e in events {
-            let ms = now.saturating_sub(i64::try_from(e.at_ms).unwrap_or(now));
-            lag.observe(ms.max(0) as f64 / 1000.0);
-        }
-    };
     loop {
-        // The head as this instance knows it before the read: a batch read
-        // now holds every event up to it (or a full batch).
-        let head = notifier.current();
-        if let Some(batch) = notifier.cached(after_i, head) {
-            observe(&batch.events);
-            return Ok(batch);
-        }
         let rows = store.events_after(after_i, MAX_FEED_EVENTS as u32).await?;
         if let Some(last) = rows.last() {
+            let now = now_ms();
             let next = u64::try_from(last.seq).unwrap_or(after);
             let events: Vec<FeedEvent> = rows.iter().filter_map(to_wire).collect();
-            observe(&events);
-            let batch = FeedBatch { events, next };
-            if last.seq >= head {
-                notifier.remember(after_i, head, &batch);
+            for e in &events {
+                let ms = now.saturating_sub(i64::try_from(e.at_ms).unwrap_or(now));
+                lag.with_label_values::<&str>(&[])
+                    .observe(ms.max(0) as f64 / 1000.0);
             }
-            return Ok(batch);
+            return Ok(FeedBatch { events, next });
         }
         let last = store.last_event_seq().await?;
         notifier.advance(last);
