@@ -115,17 +115,7 @@ pub fn generate_ca() -> Result<CaMaterial, PkiError> {
     params
         .distinguished_name
         .push(DnType::CommonName, "Vouch backend CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.serial_number = Some(random_serial()?);
-    validity(
-        &mut params,
-        std::time::Duration::from_secs(30 * 365 * 86_400),
-    );
+    ca_extensions(&mut params)?;
     let cert = params.self_signed(&key)?;
     Ok(CaMaterial {
         cert_pem: cert.pem(),
@@ -160,17 +150,7 @@ pub fn generate_console_ca(names: &[String]) -> Result<CaMaterial, PkiError> {
             .collect(),
         excluded_subtrees: Vec::new(),
     });
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.serial_number = Some(random_serial()?);
-    validity(
-        &mut params,
-        std::time::Duration::from_secs(30 * 365 * 86_400),
-    );
+    ca_extensions(&mut params)?;
     let cert = params.self_signed(&key)?;
     Ok(CaMaterial {
         cert_pem: cert.pem(),
@@ -259,6 +239,20 @@ fn certified(
     Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
         chain, key, provider,
     )?))
+}
+
+/// What every CA of the backend's is: a root that signs leaves only
+/// (path length 0), with a random serial, valid for 30 years.
+fn ca_extensions(params: &mut CertificateParams) -> Result<(), PkiError> {
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial()?);
+    validity(params, std::time::Duration::from_secs(30 * 365 * 86_400));
+    Ok(())
 }
 
 fn issuer(ca: &CaMaterial) -> Result<Issuer<'static, KeyPair>, PkiError> {

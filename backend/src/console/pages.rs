@@ -154,6 +154,17 @@ pub(super) async fn overview(State(state): State<AppState>, headers: HeaderMap) 
     ))
 }
 
+/// The query of a list's next page: its cursor and the filters given.
+fn next_page_query(after: &str, filters: &[(&str, &Option<String>)]) -> String {
+    let mut q = vec![("after", after.to_owned())];
+    for (k, v) in filters {
+        if let Some(v) = v.as_deref().filter(|v| !v.trim().is_empty()) {
+            q.push((k, v.to_owned()));
+        }
+    }
+    serde_urlencoded::to_string(q).unwrap_or_default()
+}
+
 fn filter_field(name: &str, label: &str, value: &Option<String>) -> Markup {
     html! {
         label { (label) input type="text" name=(name) value=[value.as_deref()]; }
@@ -191,17 +202,14 @@ pub(super) async fn devices(
         .then(|| items.last().map(|d| d.id.to_string()))
         .flatten();
     let keep = |after: &str| {
-        let mut q = vec![("after", after.to_owned())];
-        for (k, v) in [
-            ("status", &p.status),
-            ("group", &p.group),
-            ("attribute", &p.attribute),
-        ] {
-            if let Some(v) = nonempty(v) {
-                q.push((k, v));
-            }
-        }
-        serde_urlencoded::to_string(q).unwrap_or_default()
+        next_page_query(
+            after,
+            &[
+                ("status", &p.status),
+                ("group", &p.group),
+                ("attribute", &p.attribute),
+            ],
+        )
     };
     Ok(layout(
         &op,
@@ -639,17 +647,14 @@ pub(super) async fn audit(
         .then(|| entries.last().map(|e| e.seq))
         .flatten();
     let keep = |after: i64| {
-        let mut q = vec![("after", after.to_string())];
-        for (k, v) in [
-            ("action", &p.action),
-            ("peripheral", &p.peripheral),
-            ("gateway", &p.gateway),
-        ] {
-            if let Some(v) = nonempty(v) {
-                q.push((k, v));
-            }
-        }
-        serde_urlencoded::to_string(q).unwrap_or_default()
+        next_page_query(
+            &after.to_string(),
+            &[
+                ("action", &p.action),
+                ("peripheral", &p.peripheral),
+                ("gateway", &p.gateway),
+            ],
+        )
     };
     Ok(layout(
         &op,
