@@ -23,9 +23,7 @@ use vouch_proto::handshake::gateway::{
     GatewayConfig, GatewayEstablished, GatewayEvent, GatewayHandshake,
 };
 use vouch_proto::session::{CloseReason, Inbound as ProtoInbound};
-use vouch_proto::wire::backend::{
-    EventTimes, SessionEvent, SessionEventKind, SessionReport, SessionVerdict, VouchAnswer,
-};
+use vouch_proto::wire::backend::{SessionEvent, SessionEventKind, SessionVerdict, VouchAnswer};
 use vouch_proto::wire::{Message, RECORD_OVERHEAD};
 use vouch_proto::{Error as ProtoError, Timestamp};
 
@@ -33,6 +31,7 @@ use crate::backend_client::{BackendApi, BackendError};
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::reports::{Heard, Reports};
 use crate::sessions::{Command, Inbound, SessionInfo, SessionTable, TicketClaim};
 use crate::transport::{Link, LinkError};
 
@@ -50,6 +49,8 @@ pub struct Context<B, C> {
     pub metrics: Arc<Metrics>,
     /// Idle time after which a session is closed.
     pub idle_timeout: Duration,
+    /// Session events waiting to be reported, coalesced into reports.
+    pub reports: Reports,
 }
 
 /// How a driver ended.
@@ -170,48 +171,6 @@ struct Live {
     /// peripheral (an authenticated record): what its session reports say
     /// (SPEC.md §10.5).
     times: Heard,
-}
-
-/// When a session started and last heard its peripheral: the gateway's
-/// monotonic clock in milliseconds, kept to its low 32 bits and compared
-/// by wrapping subtraction (exact for ages under 49 days, and a session and
-/// its reports are far shorter), so that a live session carries 8 bytes for
-/// them: the per-session memory budget (DESIGN.md §6) has little room.
-#[derive(Debug, Clone, Copy)]
-struct Heard {
-    started: u32,
-    heard: u32,
-}
-
-impl Heard {
-    /// `now`, as kept here.
-    fn stamp(now: Timestamp) -> u32 {
-        // Truncation intended: only differences are used.
-        now.as_millis() as u32
-    }
-
-    /// A session established at `now`.
-    fn started(now: Timestamp) -> Self {
-        let t = Self::stamp(now);
-        Self {
-            started: t,
-            heard: t,
-        }
-    }
-
-    /// The peripheral was heard at `now`.
-    fn heard(&mut self, now: Timestamp) {
-        self.heard = Self::stamp(now);
-    }
-
-    /// The ages a report sent at `now` carries.
-    fn ages(self, now: Timestamp) -> EventTimes {
-        let now = Self::stamp(now);
-        EventTimes {
-            started_ms_ago: now.wrapping_sub(self.started),
-            heard_ms_ago: now.wrapping_sub(self.heard),
-        }
-    }
 }
 
 /// The trust-anchor updates held when the session was established, and the
@@ -691,9 +650,10 @@ const REPORT_RETRY_FOR: Duration = Duration::from_secs(600);
 
 /// Reports one session event, retrying with backoff (0.5 s doubling to 30 s,
 /// plus up to half again of jitter, for [`REPORT_RETRY_FOR`]) while the
-/// backend is unavailable. The times go
-/// as ages measured when each attempt is sent, so a late report still says
-/// when things happened.
+/// backend is unavailable. The event goes in a report with whatever other
+/// events of this gateway wait ([`Reports`]); the times go as ages measured
+/// when each attempt is sent, so a late report still says when things
+/// happened.
 async fn report<B: BackendApi, C: Clock>(
     ctx: &Context<B, C>,
     peripheral: vouch_proto::keys::PeripheralId,
@@ -704,16 +664,17 @@ async fn report<B: BackendApi, C: Clock>(
     let first = ctx.clock.now();
     let mut retry = crate::retry::Retry::new(Duration::from_millis(500), Duration::from_secs(30));
     let answer = loop {
-        let report = SessionReport {
-            events: vec![SessionEvent {
-                peripheral,
-                kind,
-                session_id,
-            }],
-            times: vec![times.ages(ctx.clock.now())],
+        let event = SessionEvent {
+            peripheral,
+            kind,
+            session_id,
         };
-        match ctx.backend.report(report).await {
-            Ok(answer) => break answer,
+        match ctx
+            .reports
+            .send(&ctx.backend, &ctx.clock, event, times)
+            .await
+        {
+            Ok(verdict) => break verdict,
             Err(e)
                 if e.is_unavailable()
                     && ctx
@@ -737,8 +698,8 @@ async fn report<B: BackendApi, C: Clock>(
             }
         }
     };
-    match (answer.items.first(), kind) {
-        (Some(SessionVerdict::Refused), SessionEventKind::Attached) => {
+    match (answer, kind) {
+        (SessionVerdict::Refused, SessionEventKind::Attached) => {
             warn!(peripheral = %peripheral, session = %hex::encode(session_id),
                 "backend refused the session (clone policy or status): closing");
             ctx.table
@@ -747,7 +708,7 @@ async fn report<B: BackendApi, C: Clock>(
         // Two live at once here, and the policy refuses clones: as
         // across gateways, the session that was live first stays and
         // the newer one is closed (SPEC.md §11.6).
-        (Some(SessionVerdict::Refused), SessionEventKind::Concurrent) => {
+        (SessionVerdict::Refused, SessionEventKind::Concurrent) => {
             warn!(peripheral = %peripheral, session = %hex::encode(session_id),
                 "backend refused the suspected clone: closing the newer session, the older stays");
             ctx.table

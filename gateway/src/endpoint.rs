@@ -132,6 +132,7 @@ impl<B: BackendApi + Clone, C: Clock + Clone> Gateway<B, C> {
             table: table.clone(),
             metrics: metrics.clone(),
             idle_timeout: settings.idle_timeout,
+            reports: Default::default(),
         });
         let gateway = Self::unfollowed(ctx, settings.sweep_every, shutdown);
         if settings.follow_feed {

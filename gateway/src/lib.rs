@@ -47,6 +47,7 @@
 //! | [`serve`] | accept loops (TCP, the BLE central) and the link slots that admit links |
 //! | [`api`] | the local API on a Unix socket, and the metrics endpoint |
 //! | [`driver`] | one task per link: handshake, session, reports to the backend |
+//! | [`reports`] | session events to the backend, coalesced into reports |
 //! | [`revocation`] | the revocation feed follower (SPEC.md §10.5) |
 //! | [`anchors`] | trust-anchor updates: fetch, hold, deliver (SPEC.md §7.7) |
 //! | [`sessions`] | live sessions, tickets and the feed's state |
@@ -69,6 +70,7 @@ pub mod driver;
 pub mod endpoint;
 pub mod error;
 pub mod metrics;
+pub mod reports;
 pub mod retry;
 pub mod revocation;
 pub mod serve;

@@ -37,6 +37,7 @@ async fn a_wall_clock_step_neither_ends_a_live_session_early_nor_extends_it() {
         metrics: Arc::new(Metrics::new().unwrap()),
         // Longer than the session: only its lifetime may end it.
         idle_timeout: Duration::from_secs(86_400),
+        reports: Default::default(),
     });
     tokio::spawn(sweeper(
         ctx.clone(),

@@ -196,6 +196,7 @@ fn memory_per_established_session() {
             table: SessionTable::new(100_000),
             metrics: Arc::new(Metrics::new().unwrap()),
             idle_timeout: Duration::from_secs(3600),
+            reports: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -109,6 +109,7 @@ pub fn context(
         table,
         metrics: Arc::new(Metrics::new().unwrap()),
         idle_timeout: Duration::from_secs(600),
+        reports: Default::default(),
     })
 }
 
