@@ -384,6 +384,25 @@ pub async fn run(
             }
         } else {
             let mut tx = store.begin_write().await?;
+            // New rows, the usual case, in a few statements; anything else
+            // (a row already enrolled, a conflict) row by row, which says
+            // what each row is.
+            let new: Vec<NewPeripheral> = parsed
+                .iter()
+                .filter_map(|(_, row)| row.as_ref().ok().cloned())
+                .collect();
+            if !new.is_empty() && tx.enroll_new_peripherals(&new, actor).await? {
+                for (line, row) in parsed {
+                    reports.push(match row {
+                        Err(e) => error_report(line, None, e),
+                        Ok(p) => ok_report(line, &p, "created"),
+                    });
+                }
+                tx.commit().await?;
+                count(&mut summary, &reports);
+                on_commit(&reports);
+                continue;
+            }
             for (line, row) in parsed {
                 reports.push(match row {
                     Err(e) => error_report(line, None, e),
@@ -399,17 +418,22 @@ pub async fn run(
             }
             tx.commit().await?;
         }
-        for r in &reports {
-            summary.rows += 1;
-            match r.result {
-                "created" | "would_create" => summary.created += 1,
-                "unchanged" => summary.unchanged += 1,
-                _ => summary.errors += 1,
-            }
-        }
+        count(&mut summary, &reports);
         on_commit(&reports);
     }
     Ok(summary)
+}
+
+/// Adds a batch's reports to the summary.
+fn count(summary: &mut Summary, reports: &[RowReport]) {
+    for r in reports {
+        summary.rows += 1;
+        match r.result {
+            "created" | "would_create" => summary.created += 1,
+            "unchanged" => summary.unchanged += 1,
+            _ => summary.errors += 1,
+        }
+    }
 }
 
 fn ok_report(line: usize, p: &NewPeripheral, result: &'static str) -> RowReport {

@@ -43,6 +43,7 @@ on_both!(
     two_sessions_live_at_once_on_one_gateway_alert_and_allow,
     two_sessions_live_at_once_on_one_gateway_alert_and_refuse,
     show_says_where_a_device_was_last_seen_and_whether_a_gateway_polls,
+    one_report_of_many_devices_judges_each_by_its_own_status_and_vouch,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -1913,4 +1914,100 @@ async fn show_says_where_a_device_was_last_seen_and_whether_a_gateway_polls(db: 
         .map(|g| g["last_poll_ms"].is_i64())
         .collect();
     assert_eq!(polls.iter().filter(|p| **p).count(), 1, "{list}");
+}
+
+/// A gateway sends the session events that waited behind its reports in
+/// flight together (up to 256 in one report), and the backend reads the
+/// reported devices' statuses and vouches for a whole report at once (in
+/// statements of 64). One report of 130 attaches, the devices interleaved:
+/// each is judged by its own status and its own vouch at this gateway, as
+/// it would be alone: vouched and active → accepted; never vouched here
+/// (vouched at another gateway) → refused `not_vouched`; suspended after
+/// its vouch → refused `peripheral_suspended`; never enrolled → refused
+/// `unknown_peripheral`.
+async fn one_report_of_many_devices_judges_each_by_its_own_status_and_vouch(db: Db) {
+    let b = Backend::new(&db).await;
+    let anchors = b.anchors().await;
+    let (g1, g2) = (
+        IdentityKey::from_seed(&[120; 32]),
+        IdentityKey::from_seed(&[121; 32]),
+    );
+    b.enroll_gateway(&g1, None).await;
+    b.enroll_gateway(&g2, None).await;
+    b.allow("any", "any", "telemetry").await;
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Kind {
+        Vouched,
+        VouchedElsewhere,
+        Suspended,
+        Unknown,
+    }
+    let kind_of = |n: u8| match n % 13 {
+        0 => Kind::Unknown,
+        1 | 2 => Kind::VouchedElsewhere,
+        3 => Kind::Suspended,
+        _ => Kind::Vouched,
+    };
+    let mut events = Vec::new();
+    let mut expected = Vec::new();
+    for n in 0..130u8 {
+        let dev = Device::new(n);
+        let kind = kind_of(n);
+        if kind != Kind::Unknown {
+            b.enroll_peripheral(&dev, None).await;
+            let gw = if kind == Kind::VouchedElsewhere {
+                &g2
+            } else {
+                &g1
+            };
+            let (_, h) = dev.hello(&anchors, 1000 + u64::from(n));
+            let (_, r) = gateway_takes(gw, &h, 2000 + u64::from(n));
+            assert!(matches!(vouch(&b, gw, &r).await.1, VouchAnswer::Vouched(_)));
+        }
+        if kind == Kind::Suspended {
+            let (s, _) = b
+                .admin(
+                    "POST",
+                    &format!("/v1/admin/peripherals/{}/suspend", dev.id),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK);
+        }
+        events.push(SessionEvent {
+            peripheral: dev.id,
+            kind: SessionEventKind::Attached,
+            session_id: [n; 8],
+        });
+        expected.push((dev.id.to_string(), kind));
+    }
+    let verdicts = report_events(&b, &g1, events).await;
+    assert_eq!(verdicts.len(), expected.len());
+    for ((id, kind), verdict) in expected.iter().zip(&verdicts) {
+        let want = if *kind == Kind::Vouched {
+            SessionVerdict::Accepted
+        } else {
+            SessionVerdict::Refused
+        };
+        assert_eq!(*verdict, want, "{id} ({kind:?})");
+    }
+    // Every refusal names its own reason.
+    let entries = b.audit("action=session_attach").await;
+    for (id, kind) in &expected {
+        let e = entries
+            .iter()
+            .find(|e| e["peripheral"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} audited"));
+        let reason = match kind {
+            Kind::Vouched => "",
+            Kind::VouchedElsewhere => "not_vouched",
+            Kind::Suspended => "peripheral_suspended",
+            Kind::Unknown => "unknown_peripheral",
+        };
+        assert_eq!(
+            e["reason"].as_str().unwrap_or(""),
+            reason,
+            "{id} ({kind:?}): {e}"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! gateway, written with the vouch's audit entry (migration 0008 explains
 //! why a table and how rows from before it were backfilled).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 use vouch_proto::keys::{PeripheralId, PublicKey};
@@ -11,6 +11,7 @@ use vouch_proto::wire::Lifetimes;
 
 use super::policies::to_u32;
 use super::{Store, StoreError, WriteTx};
+use crate::model::Status;
 
 /// What one vouch granted, to record with its audit entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,20 @@ pub struct StoredGrant {
 
 /// Rows per statement (six parameters each; see `audit_many` on why small).
 const CHUNK: usize = 24;
+
+/// Peripherals per statement of [`Store::reported_devices`] (one parameter
+/// each).
+const IDS_CHUNK: usize = 64;
+
+/// A registered peripheral as a session report is judged against it: its
+/// status, and its latest grant at the reporting gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportedDevice {
+    /// Its registry status.
+    pub status: Status,
+    /// Its latest grant at the gateway, if it was ever vouched there.
+    pub grant: Option<StoredGrant>,
+}
 
 impl Store {
     /// How many devices each backend key's vouches went to: (key id, or
@@ -130,15 +145,61 @@ impl Store {
         .bind(gateway.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(StoredGrant {
-                at_ms: r.try_get("at_ms")?,
-                lifetimes: Lifetimes {
-                    session_s: to_u32(r.try_get("session_s")?, T)?,
-                    resumption_s: to_u32(r.try_get("resumption_s")?, T)?,
-                },
-            })
-        })
-        .transpose()
+        row.map(|r| grant_from_row(&r, T)).transpose()
     }
+
+    /// For the peripherals of a session report, in a few statements
+    /// whatever its length: each registered one's status and latest grant
+    /// at `gateway` (a report of 256 events would otherwise be 768 reads,
+    /// one after another). Unregistered ones are absent.
+    pub async fn reported_devices(
+        &self,
+        gateway: &PublicKey,
+        peripherals: &[PeripheralId],
+    ) -> Result<HashMap<PeripheralId, ReportedDevice>, StoreError> {
+        const T: &str = "peripherals";
+        let mut ids: Vec<String> = peripherals.iter().map(ToString::to_string).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_CHUNK) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT p.id, p.status, g.at_ms, g.session_s, g.resumption_s FROM peripherals p \
+                 LEFT JOIN vouch_grants g ON g.peripheral_id = p.id AND g.gateway_key = $1 \
+                 WHERE p.id IN ({})",
+                list.join(",")
+            );
+            let mut q = sqlx::query(&sql).bind(gateway.to_string());
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let id: String = r.try_get("id")?;
+                let status: String = r.try_get("status")?;
+                let at_ms: Option<i64> = r.try_get("at_ms")?;
+                found.insert(
+                    PeripheralId::from_hex(&id).ok_or(StoreError::Corrupt(T))?,
+                    ReportedDevice {
+                        status: Status::parse(&status).ok_or(StoreError::Corrupt(T))?,
+                        grant: at_ms
+                            .map(|_| grant_from_row(&r, "vouch_grants"))
+                            .transpose()?,
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A [`StoredGrant`] from a row with `at_ms`, `session_s` and `resumption_s`.
+fn grant_from_row(r: &sqlx::any::AnyRow, table: &'static str) -> Result<StoredGrant, StoreError> {
+    Ok(StoredGrant {
+        at_ms: r.try_get("at_ms")?,
+        lifetimes: Lifetimes {
+            session_s: to_u32(r.try_get("session_s")?, table)?,
+            resumption_s: to_u32(r.try_get("resumption_s")?, table)?,
+        },
+    })
 }

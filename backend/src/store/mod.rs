@@ -21,6 +21,10 @@
 //!
 //! SQLite runs in WAL mode with `synchronous=FULL`: a commit is on disk when
 //! it returns, so nothing acknowledged is lost to a crash or a power cut.
+//! Each connection keeps up to [`SQLITE_CACHE_KIB`] of pages in its cache
+//! (SQLite's default is 2 MiB): a registry of a million devices is a file
+//! of a gigabyte or more whose replay and grant indexes take random
+//! inserts, and with the default cache each insert reads its pages again.
 //! Every write goes through [`Store::begin_write`], whose first statement
 //! updates the single `audit_head` row. That takes SQLite's write lock (with
 //! the busy timeout, before any snapshot is read) or PostgreSQL's row lock, so
@@ -87,11 +91,11 @@ pub use console::{ConsoleSession, Overview, MAX_SESSIONS_PER_TOKEN};
 pub use events::{EventRow, FeedListener, FEED_CHANNEL};
 pub use fleet::Presence;
 pub use gateways::{CertificateIssue, GatewayFilter, NewGateway};
-pub use grants::{Grant, StoredGrant};
+pub use grants::{Grant, ReportedDevice, StoredGrant};
 pub use keys::{InstanceRow, KeyRow, UpdateRow};
 pub use peripherals::{EnrollOutcome, NewPeripheral, PeripheralFilter};
 pub use read::{AfterOpen, BeforeCrypto, Reader};
-pub use sessions::{OtherSession, SessionState};
+pub use sessions::{OtherSession, PeripheralSessions, SessionState};
 
 use crate::model::{Status, Transition};
 
@@ -232,6 +236,10 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The most page cache one SQLite connection keeps, in KiB (8 connections:
+/// at most 256 MiB in all, reached only by a database that large).
+pub const SQLITE_CACHE_KIB: u32 = 32 * 1024;
+
 impl Store {
     /// Opens (creating if needed) the database at `url` and applies the
     /// migrations. `sqlite://PATH` or `postgres://…`.
@@ -272,6 +280,12 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(30))
+            // A SQLite connection is a file this process holds: nothing can
+            // break it behind the pool's back, and the check before each
+            // acquire is one more round trip to its worker thread (of the
+            // few a vouch takes). PostgreSQL's are checked (a server restart
+            // or a dropped TCP connection).
+            .test_before_acquire(engine == Engine::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
@@ -280,6 +294,8 @@ impl Store {
                         conn.execute("PRAGMA synchronous=FULL").await?;
                         conn.execute("PRAGMA busy_timeout=30000").await?;
                         conn.execute("PRAGMA foreign_keys=ON").await?;
+                        conn.execute(format!("PRAGMA cache_size=-{SQLITE_CACHE_KIB}").as_str())
+                            .await?;
                     }
                     Ok(())
                 })

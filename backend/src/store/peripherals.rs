@@ -340,13 +340,112 @@ impl WriteTx<'_> {
             .execute(&mut *self.tx)
             .await?;
         }
-        self.audit(
-            NewAudit::new("peripheral_enroll", "ok", actor)
-                .peripheral(&id)
-                .detail(&format!("status={}", new.status)),
-            now,
-        )
-        .await?;
+        self.audit(enroll_entry(new, actor), now).await?;
         Ok(EnrollOutcome::Created)
     }
+
+    /// Enrolls `news`, all new, in a few statements whatever their number
+    /// (a bulk import's batch; one row at a time, each is three round
+    /// trips). Returns `false`, having written nothing, when any of them is
+    /// not plainly new: an id or key twice among them, or an id or key
+    /// already in the registry. The caller then enrolls them one by one
+    /// ([`enroll_peripheral`](Self::enroll_peripheral)), which says what
+    /// each one is. The audit entries are the same, in the same order.
+    pub async fn enroll_new_peripherals(
+        &mut self,
+        news: &[NewPeripheral],
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let ids: Vec<String> = news.iter().map(|n| n.id.to_string()).collect();
+        let keys: Vec<String> = news.iter().map(|n| n.public_key.to_string()).collect();
+        let distinct = |v: &[String]| {
+            let mut sorted: Vec<&String> = v.iter().collect();
+            sorted.sort_unstable();
+            sorted.windows(2).all(|w| w[0] != w[1])
+        };
+        if !distinct(&ids) || !distinct(&keys) {
+            return Ok(false);
+        }
+        // Parameters per statement stay small: sqlx binds SQLite's `$N`
+        // by name, at a cost that grows with the square of their number
+        // (`WriteTx::audit_many`).
+        for (ids, keys) in ids.chunks(32).zip(keys.chunks(32)) {
+            let list = |from: usize| {
+                (from..from + ids.len())
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM peripherals WHERE id IN ({}) OR public_key IN ({})",
+                list(1),
+                list(1 + ids.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for v in ids.iter().chain(keys) {
+                q = q.bind(v.clone());
+            }
+            let n: i64 = q.fetch_one(&mut *self.tx).await?.try_get("n")?;
+            if n > 0 {
+                return Ok(false);
+            }
+        }
+        let now = now_ms();
+        for chunk in news.chunks(24) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = 2 + i * 4;
+                    format!("(${}, ${}, ${}, ${}, $1, $1)", b, b + 1, b + 2, b + 3)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO peripherals (id, public_key, status, grp, created_ms, updated_ms) \
+                 VALUES {}",
+                values.join(",")
+            );
+            let mut q = sqlx::query(&sql).bind(now);
+            for n in chunk {
+                q = q
+                    .bind(n.id.to_string())
+                    .bind(n.public_key.to_string())
+                    .bind(n.status.as_str())
+                    .bind(n.group.clone());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        let attributes: Vec<(String, &String, &String)> = news
+            .iter()
+            .flat_map(|n| {
+                let id = n.id.to_string();
+                n.attributes.iter().map(move |(k, v)| (id.clone(), k, v))
+            })
+            .collect();
+        for chunk in attributes.chunks(32) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 1 + i * 3, 2 + i * 3, 3 + i * 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO peripheral_attributes (peripheral_id, name, value) VALUES {}",
+                values.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, name, value) in chunk {
+                q = q
+                    .bind(id.clone())
+                    .bind((*name).clone())
+                    .bind((*value).clone());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        let entries: Vec<NewAudit> = news.iter().map(|n| enroll_entry(n, actor)).collect();
+        self.audit_many(&entries, now).await?;
+        Ok(true)
+    }
+}
+
+/// The audit entry of an enrollment.
+fn enroll_entry(new: &NewPeripheral, actor: &str) -> NewAudit {
+    NewAudit::new("peripheral_enroll", "ok", actor)
+        .peripheral(&new.id.to_string())
+        .detail(&format!("status={}", new.status))
 }

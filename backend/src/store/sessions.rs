@@ -41,6 +41,94 @@ pub struct OtherSession {
     pub heard_ms: Option<i64>,
 }
 
+/// One stored session of a peripheral: an attachment (open) or a detach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredSession {
+    gateway: String,
+    session: String,
+    /// The attachment's start; a detach's recorded start, if it had one.
+    started_ms: Option<i64>,
+    /// A detach's time (when it last heard the device); `None`: open.
+    detached_ms: Option<i64>,
+    attach_seen: bool,
+    expires_ms: i64,
+}
+
+/// A peripheral's stored sessions, read once for a report's judgment
+/// ([`WriteTx::sessions_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeripheralSessions {
+    sessions: Vec<StoredSession>,
+}
+
+impl PeripheralSessions {
+    /// What is held of session `session` on `gateway`: nothing, an open
+    /// attachment, or its detach (its attach may come later, SPEC.md
+    /// §10.5).
+    pub fn state(&self, gateway: &str, session: &str) -> SessionState {
+        let mine = |s: &&StoredSession| s.gateway == gateway && s.session == session;
+        if let Some(open) = self
+            .sessions
+            .iter()
+            .filter(mine)
+            .find(|s| s.detached_ms.is_none())
+        {
+            return SessionState::Open {
+                started_ms: open.started_ms.unwrap_or_default(),
+            };
+        }
+        match self
+            .sessions
+            .iter()
+            .filter(mine)
+            .find_map(|s| s.detached_ms.map(|d| (s, d)))
+        {
+            None => SessionState::Unknown,
+            Some((s, heard_ms)) => SessionState::Finished {
+                started_ms: s.started_ms.unwrap_or(heard_ms),
+                heard_ms,
+                attach_seen: s.attach_seen,
+            },
+        }
+    }
+
+    /// The sessions on gateways other than `gateway` that clone detection
+    /// judges a new attach against (SPEC.md §10.5): the open ones, and the
+    /// finished ones whose attach was reported (a pair is judged at the
+    /// second of its two attaches), none expired at `now`; ordered by
+    /// gateway and session.
+    pub fn elsewhere(&self, gateway: &str, now: i64) -> Vec<OtherSession> {
+        let live = |s: &&StoredSession| s.gateway != gateway && s.expires_ms > now;
+        let open = self
+            .sessions
+            .iter()
+            .filter(live)
+            .filter(|s| s.detached_ms.is_none())
+            .map(|s| OtherSession {
+                gateway: s.gateway.clone(),
+                session: s.session.clone(),
+                started_ms: s.started_ms.unwrap_or_default(),
+                heard_ms: None,
+            });
+        let done = self
+            .sessions
+            .iter()
+            .filter(live)
+            .filter(|s| s.attach_seen)
+            .filter_map(|s| {
+                s.detached_ms.map(|heard_ms| OtherSession {
+                    gateway: s.gateway.clone(),
+                    session: s.session.clone(),
+                    started_ms: s.started_ms.unwrap_or(heard_ms),
+                    heard_ms: Some(heard_ms),
+                })
+            });
+        let mut out: Vec<OtherSession> = open.chain(done).collect();
+        out.sort_by(|a, b| (&a.gateway, &a.session).cmp(&(&b.gateway, &b.session)));
+        out
+    }
+}
+
 /// The attachments of `peripheral` on gateways other than `gateway` that have
 /// not expired at `now`: one query for the pool and for a write transaction.
 fn attached_elsewhere_query<'q>(
@@ -94,109 +182,50 @@ impl WriteTx<'_> {
         gateway_keys(&rows)
     }
 
-    /// What the store holds of session `session` of `peripheral` on
-    /// `gateway`: nothing, an open attachment, or its detach (its attach
-    /// may come later, SPEC.md §10.5).
-    pub async fn session_state(
+    /// What the store holds of `peripheral`'s sessions that a report of its
+    /// session `session` on `gateway` is judged against, in one statement
+    /// (under the writer lock, with the rest of the report's judgment):
+    /// that session's attachment or detach, and every unexpired one.
+    pub async fn sessions_of(
         &mut self,
         peripheral: &PeripheralId,
         gateway: &str,
         session: &str,
-    ) -> Result<SessionState, StoreError> {
-        let (p, g, s) = (
-            peripheral.to_string(),
-            gateway.to_owned(),
-            session.to_owned(),
-        );
-        let open = sqlx::query(
-            "SELECT attached_ms FROM attachments WHERE peripheral_id = $1 AND gateway_key = $2 \
-             AND session_id = $3",
-        )
-        .bind(p.clone())
-        .bind(g.clone())
-        .bind(s.clone())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        if let Some(row) = open {
-            return Ok(SessionState::Open {
-                started_ms: row.try_get("attached_ms")?,
-            });
-        }
-        let done = sqlx::query(
-            "SELECT detached_ms, started_ms, attach_seen FROM session_detaches \
-             WHERE peripheral_id = $1 AND gateway_key = $2 AND session_id = $3",
-        )
-        .bind(p)
-        .bind(g)
-        .bind(s)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        Ok(match done {
-            None => SessionState::Unknown,
-            Some(row) => {
-                let heard_ms: i64 = row.try_get("detached_ms")?;
-                let started_ms: Option<i64> = row.try_get("started_ms")?;
-                let attach_seen: i32 = row.try_get("attach_seen")?;
-                SessionState::Finished {
-                    started_ms: started_ms.unwrap_or(heard_ms),
-                    heard_ms,
-                    attach_seen: attach_seen != 0,
-                }
-            }
-        })
-    }
-
-    /// The sessions of `peripheral` on gateways other than `gateway` that
-    /// clone detection judges a new attach against (SPEC.md §10.5): the
-    /// open ones, and the finished ones whose attach was reported (a pair is
-    /// judged at the second of its two attaches), none expired at `now`.
-    pub async fn sessions_elsewhere(
-        &mut self,
-        peripheral: &PeripheralId,
-        gateway: &PublicKey,
         now: i64,
-    ) -> Result<Vec<OtherSession>, StoreError> {
-        let (p, g) = (peripheral.to_string(), gateway.to_string());
-        let open = sqlx::query(
-            "SELECT gateway_key, session_id, attached_ms FROM attachments \
-             WHERE peripheral_id = $1 AND gateway_key <> $2 AND expires_ms > $3",
+    ) -> Result<PeripheralSessions, StoreError> {
+        let rows = sqlx::query(
+            "SELECT 0 AS done, gateway_key, session_id, attached_ms AS started_ms, \
+             NULL AS detached_ms, 0 AS attach_seen, expires_ms FROM attachments \
+             WHERE peripheral_id = $1 AND (expires_ms > $2 OR (gateway_key = $3 AND session_id = $4)) \
+             UNION ALL \
+             SELECT 1 AS done, gateway_key, session_id, started_ms, detached_ms, attach_seen, \
+             expires_ms FROM session_detaches \
+             WHERE peripheral_id = $1 AND (expires_ms > $2 OR (gateway_key = $3 AND session_id = $4))",
         )
-        .bind(p.clone())
-        .bind(g.clone())
+        .bind(peripheral.to_string())
         .bind(now)
+        .bind(gateway.to_owned())
+        .bind(session.to_owned())
         .fetch_all(&mut *self.tx)
         .await?;
-        let done = sqlx::query(
-            "SELECT gateway_key, session_id, started_ms, detached_ms FROM session_detaches \
-             WHERE peripheral_id = $1 AND gateway_key <> $2 AND expires_ms > $3 \
-             AND attach_seen = 1",
-        )
-        .bind(p)
-        .bind(g)
-        .bind(now)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let mut out = Vec::with_capacity(open.len() + done.len());
-        for row in open {
-            out.push(OtherSession {
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let done: i32 = row.try_get("done")?;
+            let attach_seen: i32 = row.try_get("attach_seen")?;
+            sessions.push(StoredSession {
                 gateway: row.try_get("gateway_key")?,
                 session: row.try_get("session_id")?,
-                started_ms: row.try_get("attached_ms")?,
-                heard_ms: None,
+                started_ms: row.try_get("started_ms")?,
+                detached_ms: if done != 0 {
+                    Some(row.try_get("detached_ms")?)
+                } else {
+                    None
+                },
+                attach_seen: attach_seen != 0,
+                expires_ms: row.try_get("expires_ms")?,
             });
         }
-        for row in done {
-            let heard_ms: i64 = row.try_get("detached_ms")?;
-            let started_ms: Option<i64> = row.try_get("started_ms")?;
-            out.push(OtherSession {
-                gateway: row.try_get("gateway_key")?,
-                session: row.try_get("session_id")?,
-                started_ms: started_ms.unwrap_or(heard_ms),
-                heard_ms: Some(heard_ms),
-            });
-        }
-        out.sort_by(|a, b| (&a.gateway, &a.session).cmp(&(&b.gateway, &b.session)));
-        Ok(out)
+        Ok(PeripheralSessions { sessions })
     }
 
     /// Records the first attach report of session `session` of `peripheral`

@@ -10,7 +10,7 @@
 //! after another under the writer lock, and commits once. A report is
 //! answered only once that transaction has committed.
 
-use vouch_proto::keys::{PeripheralId, PublicKey};
+use vouch_proto::keys::PeripheralId;
 use vouch_proto::wire::backend::{EventTimes, SessionEvent, SessionEventKind, SessionVerdict};
 
 use super::Committer;
@@ -18,7 +18,8 @@ use crate::config::{CloneAction, Security};
 use crate::model::{GatewayRecord, Status};
 use crate::security::{Alert, Alerter};
 use crate::store::{
-    now_ms, NewAudit, SessionState, Store, StoreError, StoredGrant, Suspicion, WriteTx,
+    now_ms, NewAudit, PeripheralSessions, SessionState, Store, StoreError, StoredGrant, Suspicion,
+    WriteTx,
 };
 
 /// How much later than the vouch's lifetimes an attach report still counts:
@@ -27,28 +28,21 @@ use crate::store::{
 /// and the two clocks may differ.
 pub(crate) const ATTACH_GRACE_MS: i64 = 120_000;
 
-/// When the vouch for `peripheral` was given under which `gateway` can be
-/// starting a session at `now`, if it holds one: a full handshake's session
-/// starts right after its vouch, and every session resumed from it within
-/// `resumption_s` of it (the longer of the two lifetimes is allowed, plus
-/// [`ATTACH_GRACE_MS`]). No session of it started before that time.
-async fn live_vouch_at(
-    store: &Store,
-    peripheral: &PeripheralId,
-    gateway: &PublicKey,
-    now: i64,
-) -> Result<Option<i64>, StoreError> {
-    let Some(StoredGrant {
+/// When the vouch `grant` (the latest for a peripheral at the reporting
+/// gateway) was given, if a session can be starting under it at `now`: a
+/// full handshake's session starts right after its vouch, and every
+/// session resumed from it within `resumption_s` of it (the longer of the
+/// two lifetimes is allowed, plus [`ATTACH_GRACE_MS`]). No session of it
+/// started before that time.
+fn live_vouch_at(grant: Option<StoredGrant>, now: i64) -> Option<i64> {
+    let StoredGrant {
         at_ms,
         lifetimes: l,
-    }) = store.last_grant(peripheral, gateway).await?
-    else {
-        return Ok(None);
-    };
+    } = grant?;
     let span_ms = i64::from(l.session_s.max(l.resumption_s))
         .saturating_mul(1000)
         .saturating_add(ATTACH_GRACE_MS);
-    Ok((now <= at_ms.saturating_add(span_ms)).then_some(at_ms))
+    (now <= at_ms.saturating_add(span_ms)).then_some(at_ms)
 }
 
 /// The clone-detection settings (`[security]`), in milliseconds.
@@ -227,22 +221,19 @@ async fn plan(
     events: &[SessionEvent],
     times: &[EventTimes],
 ) -> Result<Vec<Planned>, StoreError> {
+    let ids: Vec<PeripheralId> = events.iter().map(|e| e.peripheral).collect();
+    let devices = store.reported_devices(&gateway.public_key, &ids).await?;
     let mut plan = Vec::with_capacity(events.len());
     for (i, ev) in events.iter().enumerate() {
-        let status = match store.peripheral(&ev.peripheral).await {
-            Ok(rec) => Some(rec.status),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(e),
-        };
+        let device = devices.get(&ev.peripheral);
+        let status = device.map(|d| d.status);
         // An attach counts only from a gateway that was vouched for this
         // peripheral recently enough for the session to be real: otherwise a
         // gateway could report any identity attached and frame a genuine
         // device as a clone elsewhere.
         // Detaches too: their times are dated against the vouch as well.
-        let vouch_at = match status {
-            Some(Status::Active) => {
-                live_vouch_at(store, &ev.peripheral, &gateway.public_key, now).await?
-            }
+        let vouch_at = match device {
+            Some(d) if d.status == Status::Active => live_vouch_at(d.grant, now),
             _ => None,
         };
         let vouched = vouch_at.is_some()
@@ -322,8 +313,14 @@ async fn judge_waiting(
     } else {
         // The partner must have heard it after `since` too.
         match tx
-            .session_state(&ev.peripheral, &w.partner_gateway, &w.partner_session)
+            .sessions_of(
+                &ev.peripheral,
+                &w.partner_gateway,
+                &w.partner_session,
+                r.now,
+            )
             .await?
+            .state(&w.partner_gateway, &w.partner_session)
         {
             SessionState::Finished { heard_ms: h, .. } => h > w.since_ms.saturating_add(tolerance),
             SessionState::Open { .. } => {
@@ -393,11 +390,15 @@ async fn attached(
 ) -> Result<SessionVerdict, StoreError> {
     let ev = &p.ev;
     let sid = hex::encode(ev.session_id);
-    let known = tx.session_state(&ev.peripheral, &r.gw_hex, &sid).await?;
+    // This session and the others, in one read.
+    let sessions = tx
+        .sessions_of(&ev.peripheral, &r.gw_hex, &sid, r.now)
+        .await?;
+    let known = sessions.state(&r.gw_hex, &sid);
     let (this, first) = this_session(known, p.started_ms, p.vouch_at);
     let judged = p.status == Some(Status::Active) && p.vouched && first;
     let (clone_of, open_elsewhere) = if judged {
-        judge_against_others(tx, r, ev, &sid, this).await?
+        judge_against_others(tx, r, ev, &sid, this, &sessions).await?
     } else {
         (Vec::new(), false)
     };
@@ -446,13 +447,11 @@ async fn judge_against_others(
     ev: &SessionEvent,
     sid: &str,
     this: Span,
+    sessions: &PeripheralSessions,
 ) -> Result<(Vec<String>, bool), StoreError> {
     let mut clone_of = Vec::new();
     let mut open_elsewhere = false;
-    for other in tx
-        .sessions_elsewhere(&ev.peripheral, &r.gateway.public_key, r.now)
-        .await?
-    {
+    for other in sessions.elsewhere(&r.gw_hex, r.now) {
         let o = Span {
             start: other.started_ms,
             heard: other.heard_ms,
