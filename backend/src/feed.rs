@@ -33,27 +33,119 @@
 //! `feed.poll_ms` (200 ms by default), so a notification lost while a
 //! listening connection reconnects costs at most that, never an event. On
 //! SQLite the poll alone covers the CLI's writes.
+//!
+//! ## One read for many polls
+//!
+//! A revocation wakes every gateway's poll at once, and each would read the
+//! log: 10,000 gateways, 10,000 identical reads for each wake-up, which is
+//! what made revocation slow to reach a large fleet. Polls that need the
+//! events after the same cursor share one read ([`FeedNotifier`]), but only
+//! a read that started after the poll arrived or was woken: what a poll is
+//! answered is the log as it stood at some moment after it asked, as if it
+//! had read alone, so a shared read never hides an event committed before
+//! the poll asked (on this instance, another, or by the CLI).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OnceCell};
 use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::backend::{FeedBatch, FeedChange, FeedEvent, MAX_FEED_EVENTS};
 
 use crate::store::{now_ms, EventRow, Store, StoreError};
 
-/// The latest event sequence number known to this instance.
+/// The latest event sequence number known to this instance, and the
+/// reads of the log its polls share.
 #[derive(Debug, Clone)]
 pub struct FeedNotifier {
     tx: watch::Sender<i64>,
+    reads: Arc<SharedReads>,
 }
+
+/// What one read of the log found after a cursor.
+#[derive(Debug)]
+struct LogRead {
+    /// The events after it, oldest first, at most [`MAX_FEED_EVENTS`].
+    rows: Vec<EventRow>,
+    /// When there were none: the log's newest sequence number.
+    last: i64,
+}
+
+/// A read of the log after one cursor: its number (reads are numbered as
+/// they start) and its result once done.
+#[derive(Debug)]
+struct Flight {
+    ticket: u64,
+    result: Arc<OnceCell<Arc<LogRead>>>,
+}
+
+/// The reads of the log in flight or done, by cursor.
+#[derive(Debug, Default)]
+struct SharedReads {
+    /// How many reads have started: a read whose number is above a poll's
+    /// count, taken when it asked, started after it asked.
+    started: AtomicU64,
+    flights: Mutex<HashMap<i64, Flight>>,
+}
+
+/// Reads done and kept, past which the done ones are dropped.
+const KEPT_READS: usize = 256;
 
 impl FeedNotifier {
     /// A notifier starting at `seq`.
     pub fn new(seq: i64) -> Self {
         Self {
             tx: watch::channel(seq).0,
+            reads: Arc::new(SharedReads::default()),
         }
+    }
+
+    /// The events after `after`, read after this call began: shared with
+    /// the other polls that ask for the same cursor meanwhile (a read
+    /// that started before this call is never used).
+    async fn read_after(&self, store: &Store, after: i64) -> Result<Arc<LogRead>, StoreError> {
+        let reads = &self.reads;
+        let asked = reads.started.load(Ordering::SeqCst);
+        let result = {
+            let mut flights = reads
+                .flights
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match flights.get(&after) {
+                Some(f) if f.ticket > asked => f.result.clone(),
+                _ => {
+                    if flights.len() >= KEPT_READS {
+                        flights.retain(|_, f| !f.result.initialized());
+                    }
+                    let ticket = reads.started.fetch_add(1, Ordering::SeqCst) + 1;
+                    let result = Arc::new(OnceCell::new());
+                    flights.insert(
+                        after,
+                        Flight {
+                            ticket,
+                            result: result.clone(),
+                        },
+                    );
+                    result
+                }
+            }
+        };
+        // The first caller reads; the others wait for it. A read that fails
+        // fails for its caller, and the next waiter reads again.
+        let read = result
+            .get_or_try_init(|| async {
+                let rows = store.events_after(after, MAX_FEED_EVENTS as u32).await?;
+                let last = if rows.is_empty() {
+                    store.last_event_seq().await?
+                } else {
+                    0
+                };
+                Ok::<_, StoreError>(Arc::new(LogRead { rows, last }))
+            })
+            .await?;
+        Ok(read.clone())
     }
 
     /// Announces that the log reached `seq` (no-op if not newer).
@@ -120,7 +212,8 @@ pub async fn poll(
     let after_i = i64::try_from(after).unwrap_or(i64::MAX);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let rows = store.events_after(after_i, MAX_FEED_EVENTS as u32).await?;
+        let read = notifier.read_after(store, after_i).await?;
+        let rows = &read.rows;
         if let Some(last) = rows.last() {
             let now = now_ms();
             let next = u64::try_from(last.seq).unwrap_or(after);
@@ -132,7 +225,7 @@ pub async fn poll(
             }
             return Ok(FeedBatch { events, next });
         }
-        let last = store.last_event_seq().await?;
+        let last = read.last;
         notifier.advance(last);
         if last < after_i {
             // The gateway is ahead of this log (restored database): resync.

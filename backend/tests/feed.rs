@@ -55,3 +55,78 @@ async fn a_revocation_on_one_instance_wakes_the_feed_of_another_at_once() {
     a.state.shutdown();
     db.cleanup().await;
 }
+
+/// Polls of one cursor share their read of the event log, but only a read
+/// that started after the poll asked: none may be answered from a read
+/// made before an event it should see was committed. 24 pollers keep
+/// asking (without waiting) from cursors they hold while revocations are
+/// committed one after another, most of them from the same cursor at the
+/// same moment; each answer must carry every event committed before its
+/// poll began (the log's head read just before asking), on both engines.
+async fn a_shared_read_of_the_feed_never_hides_an_event_committed_before_the_poll(db: Db) {
+    let b = Backend::new(&db).await;
+    let devices: Vec<Device> = (0..40u8).map(|i| Device::new(100 + i)).collect();
+    for d in &devices {
+        b.enroll_peripheral(d, None).await;
+    }
+    let start = b.state.store.last_event_seq().await.expect("head");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pollers = Vec::new();
+    for _ in 0..24 {
+        let (state, done) = (b.state.clone(), done.clone());
+        pollers.push(tokio::spawn(async move {
+            let mut cursor = u64::try_from(start).expect("seq");
+            let mut answers = 0u32;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || answers < 5 {
+                let head = state.store.last_event_seq().await.expect("head");
+                let batch = vouch_backend::feed::poll(
+                    &state.store,
+                    &state.feed,
+                    cursor,
+                    Duration::ZERO,
+                    &state.metrics.revocation_lag,
+                    &state.shutdown,
+                )
+                .await
+                .expect("poll");
+                assert!(
+                    i64::try_from(batch.next).expect("seq") >= head,
+                    "a poll from {cursor} that began with the log at {head} was answered up to {}",
+                    batch.next
+                );
+                cursor = batch.next;
+                answers += 1;
+                tokio::task::yield_now().await;
+            }
+            answers
+        }));
+    }
+    for d in &devices {
+        let (status, body) = b
+            .admin(
+                "POST",
+                &format!("/v1/admin/peripherals/{}/revoke", d.id),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    for p in pollers {
+        assert!(p.await.expect("poller") >= 5);
+    }
+    b.state.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_read_of_the_feed_never_hides_an_event_on_sqlite() {
+    a_shared_read_of_the_feed_never_hides_an_event_committed_before_the_poll(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_read_of_the_feed_never_hides_an_event_on_postgres() {
+    if let Some(db) = Db::postgres().await {
+        a_shared_read_of_the_feed_never_hides_an_event_committed_before_the_poll(db.clone()).await;
+        db.cleanup().await;
+    }
+}
