@@ -114,9 +114,10 @@ async fn reports(name: &str, db: &Db) {
             &devices,
             reporters,
             std::time::Duration::from_millis(300),
+            1,
         )
         .await;
-        let (elapsed, done) = report_storm(&b, &devices, reporters, MEASURE).await;
+        let (elapsed, done) = report_storm(&b, &devices, reporters, MEASURE, 1).await;
         let secs = elapsed.as_secs_f64();
         println!(
             "| {reporters} | {:.0} | {:.2} ms |",
@@ -124,12 +125,29 @@ async fn reports(name: &str, db: &Db) {
             secs * 1000.0 * reporters as f64 / done as f64
         );
     }
+    // A gateway sends the events that waited behind its reports in flight
+    // together (vouch-gateway's `reports.rs`): the same storm, E events a
+    // report.
+    println!(
+        "\n{name}: the same with E events a report (E sessions attached, then detached), 16 reporters"
+    );
+    println!("| events per report | events/s | mean report latency |");
+    println!("|---:|---:|---:|");
+    for per_report in [1, 8, 32] {
+        let (elapsed, done) = report_storm(&b, &devices, 16, MEASURE, per_report).await;
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "| {per_report} | {:.0} | {:.2} ms |",
+            done as f64 / secs,
+            secs * 1000.0 * 16.0 * per_report as f64 / done as f64
+        );
+    }
     b.state.shutdown();
 }
 
 /// `reporters` concurrent reporters, each one device on its gateway,
-/// attaching and detaching sessions for `time`; the time taken and the
-/// reports answered.
+/// attaching and detaching sessions for `time`, `per_report` sessions in
+/// each report; the time taken and the events answered.
 async fn report_storm(
     b: &Arc<Backend>,
     devices: &Arc<
@@ -140,6 +158,7 @@ async fn report_storm(
     >,
     reporters: usize,
     time: std::time::Duration,
+    per_report: usize,
 ) -> (std::time::Duration, usize) {
     static SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let start = Instant::now();
@@ -155,26 +174,36 @@ async fn report_storm(
             let (gw, peripheral) = devices[n];
             let mut done = 0;
             while Instant::now() < deadline {
-                let session_id = SESSION
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    .to_be_bytes();
+                let sessions: Vec<[u8; 8]> = (0..per_report)
+                    .map(|_| {
+                        SESSION
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            .to_be_bytes()
+                    })
+                    .collect();
                 for kind in [SessionEventKind::Attached, SessionEventKind::Detached] {
                     let report = SessionReport {
-                        events: vec![SessionEvent {
-                            peripheral,
-                            kind,
-                            session_id,
-                        }],
-                        times: vec![EventTimes {
-                            started_ms_ago: 5,
-                            heard_ms_ago: 1,
-                        }],
+                        events: sessions
+                            .iter()
+                            .map(|&session_id| SessionEvent {
+                                peripheral,
+                                kind,
+                                session_id,
+                            })
+                            .collect(),
+                        times: vec![
+                            EventTimes {
+                                started_ms_ago: 5,
+                                heard_ms_ago: 1,
+                            };
+                            per_report
+                        ],
                     };
                     let (s, body) = b.gateway_post(&gw, route::SESSIONS, &report).await;
                     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
                     let answer: SessionReportAnswer = decode_body(&body).expect("answer");
-                    assert_eq!(answer.items, [SessionVerdict::Accepted]);
-                    done += 1;
+                    assert_eq!(answer.items, vec![SessionVerdict::Accepted; per_report]);
+                    done += per_report;
                 }
             }
             done

@@ -44,6 +44,7 @@ on_both!(
     two_sessions_live_at_once_on_one_gateway_alert_and_refuse,
     show_says_where_a_device_was_last_seen_and_whether_a_gateway_polls,
     one_report_of_many_devices_judges_each_by_its_own_status_and_vouch,
+    session_reports_past_the_writers_backlog_are_shed_not_queued,
 );
 
 async fn vouch(b: &Backend, gw: &IdentityKey, req: &VouchRequest) -> (Vec<u8>, VouchAnswer) {
@@ -2010,4 +2011,79 @@ async fn one_report_of_many_devices_judges_each_by_its_own_status_and_vouch(db: 
             "{id} ({kind:?}): {e}"
         );
     }
+}
+
+/// The one writer judges session reports; a fleet's reconnect storm can
+/// send them faster. Past a backlog of 8,192 queued events, new reports are
+/// answered 503 `overloaded` at once (the gateway retries with backoff)
+/// rather than queued until their requests time out and are sent again:
+/// the million-device run's revocations waited minutes behind 20,000 such
+/// reports. The writer is held (a write transaction open), 40 reports of
+/// 256 events are sent from three gateways: some are shed while it is
+/// held, the rest are judged once it is free, and a report is taken again
+/// once the backlog is gone.
+async fn session_reports_past_the_writers_backlog_are_shed_not_queued(db: Db) {
+    let b = Backend::new(&db).await;
+    let gws: Vec<IdentityKey> = (0..3u8)
+        .map(|i| IdentityKey::from_seed(&[130 + i; 32]))
+        .collect();
+    for g in &gws {
+        b.enroll_gateway(g, None).await;
+    }
+    let report = |n: u32| SessionReport {
+        events: (0..256u32)
+            .map(|i| SessionEvent {
+                peripheral: vouch_proto::keys::PeripheralId([7; 8]),
+                kind: SessionEventKind::Detached,
+                session_id: (u64::from(n) << 16 | u64::from(i)).to_be_bytes(),
+            })
+            .collect(),
+        times: Vec::new(),
+    };
+    let held = b.state.store.begin_write().await.expect("hold the writer");
+    let b = std::sync::Arc::new(b);
+    let mut sent = Vec::new();
+    for n in 0..40u32 {
+        let (b, key) = (b.clone(), gws[n as usize % 3].public_key());
+        let body = report(n);
+        sent.push(tokio::spawn(async move {
+            b.gateway_post(&key, "/v1/sessions", &body).await
+        }));
+    }
+    // Those past the backlog are answered while the writer is still held.
+    let mut shed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        shed = sent.iter().filter(|t| t.is_finished()).count();
+        if shed >= 40 - 8192 / 256 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        shed > 0,
+        "no report was shed while the writer was held: {} of 40 answered",
+        sent.iter().filter(|t| t.is_finished()).count()
+    );
+    drop(held);
+    let (mut ok, mut overloaded) = (0, 0);
+    for t in sent {
+        let (status, body) = t.await.expect("report");
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let body = String::from_utf8_lossy(&body);
+                assert!(body.contains("overloaded"), "{body}");
+                overloaded += 1;
+            }
+            other => panic!("{other}: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+    assert_eq!(ok + overloaded, 40);
+    assert!(overloaded > 0 && ok > 0, "ok {ok}, overloaded {overloaded}");
+    // The backlog is gone: a report is taken again.
+    let (s, body) = b
+        .gateway_post(&gws[0].public_key(), "/v1/sessions", &report(99))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
 }

@@ -241,6 +241,14 @@ async fn sessions(
         ));
     }
     let gateway = active_gateway(&state, &key).await?;
+    let Some(slot) = state.committer.reserve_report(report.events.len()) else {
+        state.metrics.overload.with_label_values(&["shed"]).inc();
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            "the writer has a backlog of session reports; retry later",
+        ));
+    };
     let items = vouch::report_sessions(
         &state.store,
         &state.committer,
@@ -249,6 +257,7 @@ async fn sessions(
         &gateway,
         &report.events,
         &report.times,
+        slot,
     )
     .await?;
     Ok(Postcard(SessionReportAnswer { items }))

@@ -8,6 +8,7 @@
 //! written costs only its own answer (503, and the gateway retries it), not
 //! those of the vouches and reports that happened to share its group.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,10 +37,25 @@ struct VouchJob {
     reply: oneshot::Sender<Result<Vec<bool>, ()>>,
 }
 
-/// A session report to judge and commit, and where its verdicts go.
+/// A session report to judge and commit, where its verdicts go, and its
+/// room in the writer's backlog (given back when the job is dropped).
 struct ReportReply {
     job: ReportJob,
     reply: oneshot::Sender<Result<Judged, ()>>,
+    _slot: ReportSlot,
+}
+
+/// Room for one session report's events in the writer's backlog
+/// ([`Committer::reserve_report`]): given back when dropped.
+pub(crate) struct ReportSlot {
+    queued: Arc<AtomicUsize>,
+    events: usize,
+}
+
+impl Drop for ReportSlot {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.events, Ordering::SeqCst);
+    }
 }
 
 enum Job {
@@ -65,10 +81,23 @@ type Outcome = (Vec<Vec<bool>>, Vec<Judged>);
 #[derive(Clone, Debug)]
 pub(crate) struct Committer {
     tx: mpsc::Sender<Job>,
+    /// Reported events queued for the writer or in its group: the session
+    /// reports' backlog.
+    queued_events: Arc<AtomicUsize>,
 }
 
 /// Most decisions (and reported events) in one group commit.
 const MAX_GROUP: usize = 512;
+
+/// The most reported events the writer may have waiting before new session
+/// reports are shed (503 `overloaded`; gateways retry them with backoff):
+/// a second or two of the writer's work. Without a bound, a fleet's reconnect
+/// storm queued reports faster than the one writer judges them, the
+/// gateways' requests timed out while they waited, were retried, and the
+/// writer judged reports nobody waited for any more (a million devices on
+/// 10,000 gateways: 20,000 reports of up to 256 events in flight for
+/// minutes).
+pub(crate) const MAX_QUEUED_REPORT_EVENTS: usize = 8_192;
 
 impl Committer {
     /// Starts the writer task; it ends when every handle is dropped.
@@ -79,7 +108,24 @@ impl Committer {
     ) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run_committer(store, metrics, refusals, rx));
-        Self { tx }
+        Self {
+            tx,
+            queued_events: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Takes room for a session report of `events` events in the writer's
+    /// backlog; `None` when it would go past [`MAX_QUEUED_REPORT_EVENTS`]
+    /// (a report alone is always taken). The room is given back when the
+    /// report's group is done, or when the slot is dropped unused.
+    pub(crate) fn reserve_report(&self, events: usize) -> Option<ReportSlot> {
+        let before = self.queued_events.fetch_add(events, Ordering::SeqCst);
+        let slot = ReportSlot {
+            queued: self.queued_events.clone(),
+            events,
+        };
+        // Dropped at once when refused: the room goes back.
+        (before == 0 || before + events <= MAX_QUEUED_REPORT_EVENTS).then_some(slot)
     }
 
     /// Commits `items`; returns, per item, whether it stands (`false`: its
@@ -94,9 +140,18 @@ impl Committer {
 
     /// Judges and records a session report in the next group commit;
     /// returns once its transaction has committed.
-    pub(crate) async fn report(&self, job: ReportJob) -> Result<Judged, StoreError> {
+    pub(crate) async fn report(
+        &self,
+        job: ReportJob,
+        slot: ReportSlot,
+    ) -> Result<Judged, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Report(ReportReply { job, reply }), rx).await
+        let job = Job::Report(ReportReply {
+            job,
+            reply,
+            _slot: slot,
+        });
+        self.send(job, rx).await
     }
 
     async fn send<T>(
@@ -142,7 +197,16 @@ async fn run_committer(
         for job in jobs {
             match job {
                 Job::Vouches(v) => vouches.push(v),
-                Job::Report(r) => reports.push(r),
+                Job::Report(r) => {
+                    // Its request is gone (timed out, or its gateway hung
+                    // up): the gateway sends these events again, and
+                    // judging them now would be work nobody waits for.
+                    // Vouch decisions are always written: a refusal's
+                    // audit entry is kept whoever waits for it.
+                    if !r.reply.is_closed() {
+                        reports.push(r);
+                    }
+                }
             }
         }
         let report_jobs: Vec<&ReportJob> = reports.iter().map(|r| &r.job).collect();

@@ -13,6 +13,7 @@
 use vouch_proto::keys::PeripheralId;
 use vouch_proto::wire::backend::{EventTimes, SessionEvent, SessionEventKind, SessionVerdict};
 
+use super::commit::ReportSlot;
 use super::Committer;
 use crate::config::{CloneAction, Security};
 use crate::model::{GatewayRecord, Status};
@@ -124,7 +125,8 @@ struct Planned {
 /// gateway that saw one live twice at once reports it (`Concurrent`):
 /// alert, and `Refused` if the policy says so, else `CloneSuspected`
 /// (SPEC.md §10.5). `times` holds one entry per event, or none (a gateway
-/// that predates them: every event then happened at arrival).
+/// that predates them: every event then happened at arrival). `slot` is the
+/// report's room in the writer's backlog ([`Committer::reserve_report`]).
 pub(crate) async fn report_sessions(
     store: &Store,
     committer: &Committer,
@@ -133,6 +135,7 @@ pub(crate) async fn report_sessions(
     gateway: &GatewayRecord,
     events: &[SessionEvent],
     times: &[EventTimes],
+    slot: ReportSlot,
 ) -> Result<Vec<SessionVerdict>, StoreError> {
     let now = now_ms();
     // Statuses first; then the group commit judges the whole report in one
@@ -141,14 +144,13 @@ pub(crate) async fn report_sessions(
     // find the other absent (reports in one transaction are judged one
     // after another, each seeing what the ones before it wrote).
     let plan = plan(store, gateway, rules, now, events, times).await?;
-    let judged = committer
-        .report(ReportJob {
-            gateway: gateway.clone(),
-            rules,
-            now,
-            plan,
-        })
-        .await?;
+    let job = ReportJob {
+        gateway: gateway.clone(),
+        rules,
+        now,
+        plan,
+    };
+    let judged = committer.report(job, slot).await?;
     for a in judged.alerts {
         alerter.raise(a);
     }
