@@ -39,6 +39,10 @@ pub struct Report {
     /// Admin call to live session closed, ms (wall clock), where revocation
     /// was exercised.
     pub revocation_ms: Option<Percentiles>,
+    /// Of those, the revocations whose session was on a gateway of another
+    /// backend instance than the one the operator called (`--backend-instances`
+    /// above 1): how fast instances tell each other.
+    pub revocation_other_instance_ms: Option<Percentiles>,
     /// Honest handshakes that failed for no fault the scenario injected.
     pub honest_rejected: u64,
     /// Most live sessions at once.
@@ -237,8 +241,10 @@ impl Report {
             if let Some(l) = o.get_mut("link").and_then(|l| l.as_object_mut()) {
                 l.remove("peak_links");
             }
-            if let Some(r) = o.get_mut("revocation_ms").and_then(|r| r.as_object_mut()) {
-                r.retain(|k, _| k == "count");
+            for k in ["revocation_ms", "revocation_other_instance_ms"] {
+                if let Some(r) = o.get_mut(k).and_then(|r| r.as_object_mut()) {
+                    r.retain(|k, _| k == "count");
+                }
             }
             if let Some(b) = o.get_mut("backend").and_then(|b| b.as_object_mut()) {
                 b.remove("vouches_per_s");
@@ -339,6 +345,13 @@ impl Report {
             row(
                 &mut s,
                 "revocation ms p50 / p99 / max (wall)",
+                format!("{} / {} / {} over {}", r.p50, r.p99, r.max, r.count),
+            );
+        }
+        if let Some(r) = &self.revocation_other_instance_ms {
+            row(
+                &mut s,
+                "  of which at another instance",
                 format!("{} / {} / {} over {}", r.p50, r.p99, r.max, r.count),
             );
         }

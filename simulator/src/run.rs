@@ -78,6 +78,15 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// One revocation's reach: admin call → the live session's close at the
+/// peripheral (wall clock, ms), and whether the session's gateway is on
+/// another backend instance than the call.
+#[derive(Debug, Clone, Copy)]
+struct Reach {
+    ms: f64,
+    elsewhere: bool,
+}
+
 /// One honest handshake, for the plots.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -405,7 +414,7 @@ impl World {
 
     /// Revokes peripherals through the admin API; returns the wall-clock ms
     /// from each admin call to the live session's close.
-    async fn revoke(&mut self, chosen: &[usize]) -> Result<Vec<f64>, Error> {
+    async fn revoke(&mut self, chosen: &[usize]) -> Result<Vec<Reach>, Error> {
         // The operator's calls go out side by side, up to REVOKE_AT_ONCE
         // at a time: one after the other, each revocation woke every
         // gateway's feed poll on its own (a thousand gateways: 150 ms a
@@ -422,6 +431,10 @@ impl World {
             d.revoked = true;
             let id = d.id;
             let live = d.live.take();
+            // Its gateway's instance; the operator's calls go to instance 0.
+            let n = self.backend.instances();
+            let home = active_home(d.home, self.env.gateways.len(), &self.revoked_gateways);
+            let elsewhere = n > 1 && home % n != 0;
             let call = self.backend.admin_ok_owned(
                 Method::POST,
                 route::admin::PERIPHERAL_ACTION
@@ -439,15 +452,19 @@ impl World {
                     Some(live) => live.ended_by_gateway(Duration::from_secs(10)).await,
                     None => None,
                 };
-                Ok::<_, Error>((i, t0, end))
+                Ok::<_, Error>((i, t0, end, elsewhere))
             });
         }
         let mut ms = Vec::new();
         while let Some(r) = waits.join_next().await {
             if let Ok(r) = r {
-                let (i, t0, end) = r?;
+                let (i, t0, end, elsewhere) = r?;
                 if let Some(end) = end.filter(|e| e.by_gateway == Some(CloseReason::REVOKED)) {
-                    ms.push(end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
+                    let reach = end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
+                    ms.push(Reach {
+                        ms: reach,
+                        elsewhere,
+                    });
                     // The device forgets its tickets (a close "revoked").
                     if let Some(d) = self.devices[i].as_ref() {
                         d.forget_tickets();
@@ -971,6 +988,9 @@ struct Timeline {
     acc: Acc,
     attacks: BTreeMap<String, AttackTally>,
     revocation: Vec<f64>,
+    /// Of those, the reaches at gateways of another backend instance than
+    /// the one the revocation was made on.
+    revocation_elsewhere: Vec<f64>,
     revocation_exercised: bool,
     marks: Vec<(f64, String)>,
     peak: usize,
@@ -984,6 +1004,7 @@ impl Timeline {
             acc: Acc::default(),
             attacks: BTreeMap::new(),
             revocation: Vec::new(),
+            revocation_elsewhere: Vec::new(),
             revocation_exercised: false,
             marks: Vec::new(),
             peak: 0,
@@ -1071,7 +1092,12 @@ impl Timeline {
             &none,
         );
         self.revocation_exercised = true;
-        self.revocation.extend(w.revoke(&chosen).await?);
+        for r in w.revoke(&chosen).await? {
+            self.revocation.push(r.ms);
+            if r.elsewhere {
+                self.revocation_elsewhere.push(r.ms);
+            }
+        }
         Ok(())
     }
 
@@ -1161,6 +1187,8 @@ impl Timeline {
             revocation_ms: self
                 .revocation_exercised
                 .then(|| Percentiles::of(&mut self.revocation)),
+            revocation_other_instance_ms: (!self.revocation_elsewhere.is_empty())
+                .then(|| Percentiles::of(&mut self.revocation_elsewhere)),
             honest_rejected: acc.honest_rejected,
             sessions_peak: self.peak,
             virtual_s: round2(self.last_s.max(acc.end_ms / 1000.0)),
@@ -1298,7 +1326,7 @@ async fn set_stage(
     match class {
         AttackClass::RevokedPeripheral => {
             // The adversary saved each device's ticket before the operator acted.
-            stage.rev_ms = w.revoke(victims_idx).await?;
+            stage.rev_ms = w.revoke(victims_idx).await?.iter().map(|r| r.ms).collect();
         }
         AttackClass::RevokedGateway => {
             let g = ev.gateway.unwrap_or(0);
