@@ -78,6 +78,10 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+/// The operator's revocation calls side by side, unless an event says
+/// otherwise (`at_once`).
+const REVOKE_AT_ONCE: usize = 64;
+
 /// One revocation's reach: admin call → the live session's close at the
 /// peripheral (wall clock, ms), and whether the session's gateway is on
 /// another backend instance than the call.
@@ -414,15 +418,14 @@ impl World {
 
     /// Revokes peripherals through the admin API; returns the wall-clock ms
     /// from each admin call to the live session's close.
-    async fn revoke(&mut self, chosen: &[usize]) -> Result<Vec<Reach>, Error> {
-        // The operator's calls go out side by side, up to REVOKE_AT_ONCE
-        // at a time: one after the other, each revocation woke every
+    async fn revoke(&mut self, chosen: &[usize], at_once: usize) -> Result<Vec<Reach>, Error> {
+        // The operator's calls go out side by side, up to `at_once` (64 by
+        // default) at a time: one after the other, each revocation woke every
         // gateway's feed poll on its own (a thousand gateways: 150 ms a
         // revocation), so a thousand revocations took minutes; side by side,
         // one wake-up of the feed carries many. Each reach is measured from
-        // its own call.
-        const REVOKE_AT_ONCE: usize = 64;
-        let calls = Arc::new(Semaphore::new(REVOKE_AT_ONCE));
+        // its own call, so it includes that call's wait for the writer.
+        let calls = Arc::new(Semaphore::new(at_once.max(1)));
         let mut waits = JoinSet::new();
         for &i in chosen {
             let Some(d) = self.devices[i].as_mut() else {
@@ -434,7 +437,7 @@ impl World {
             // Its gateway's instance; the operator's calls go to instance 0.
             let n = self.backend.instances();
             let home = active_home(d.home, self.env.gateways.len(), &self.revoked_gateways);
-            let elsewhere = n > 1 && home % n != 0;
+            let elsewhere = n > 1 && !home.is_multiple_of(n);
             let call = self.backend.admin_ok_owned(
                 Method::POST,
                 route::admin::PERIPHERAL_ACTION
@@ -1092,7 +1095,10 @@ impl Timeline {
             &none,
         );
         self.revocation_exercised = true;
-        for r in w.revoke(&chosen).await? {
+        for r in w
+            .revoke(&chosen, ev.at_once.unwrap_or(REVOKE_AT_ONCE))
+            .await?
+        {
             self.revocation.push(r.ms);
             if r.elsewhere {
                 self.revocation_elsewhere.push(r.ms);
@@ -1326,7 +1332,12 @@ async fn set_stage(
     match class {
         AttackClass::RevokedPeripheral => {
             // The adversary saved each device's ticket before the operator acted.
-            stage.rev_ms = w.revoke(victims_idx).await?.iter().map(|r| r.ms).collect();
+            stage.rev_ms = w
+                .revoke(victims_idx, REVOKE_AT_ONCE)
+                .await?
+                .iter()
+                .map(|r| r.ms)
+                .collect();
         }
         AttackClass::RevokedGateway => {
             let g = ev.gateway.unwrap_or(0);

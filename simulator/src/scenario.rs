@@ -210,6 +210,11 @@ pub struct Event {
     /// How many times to repeat a `churn` cycle.
     #[serde(default)]
     pub cycles: Option<u32>,
+    /// How many of the operator's calls go out side by side (`revoke`;
+    /// default 64). With 1, each revocation's reach is its own, not the
+    /// wait of the calls before it for the one writer.
+    #[serde(default)]
+    pub at_once: Option<usize>,
 }
 
 /// The kinds of events.
@@ -346,6 +351,10 @@ pub const BUILTINS: &[(&str, &str)] = &[
         include_str!("../scenarios/backend-outage.toml"),
     ),
     ("revocation", include_str!("../scenarios/revocation.toml")),
+    (
+        "revocation-reach",
+        include_str!("../scenarios/revocation-reach.toml"),
+    ),
     ("scale", include_str!("../scenarios/scale.toml")),
     ("mac-spoof", include_str!("../scenarios/mac-spoof.toml")),
     ("replay", include_str!("../scenarios/replay.toml")),

@@ -74,6 +74,7 @@ macro_rules! scenario_tests {
 
 scenario_tests! {
     baseline => "baseline",
+    revocation_reach => "revocation-reach",
     scale => "scale",
     mac_spoof => "mac-spoof",
     replay => "replay",

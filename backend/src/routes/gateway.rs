@@ -251,7 +251,6 @@ async fn sessions(
     };
     let items = vouch::report_sessions(
         &state.store,
-        &state.committer,
         &state.alerter,
         CloneRules::new(&state.config.security),
         &gateway,

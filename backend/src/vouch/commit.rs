@@ -48,19 +48,36 @@ struct ReportReply {
 /// Room for one session report's events in the writer's backlog
 /// ([`Committer::reserve_report`]): given back when dropped.
 pub(crate) struct ReportSlot {
-    queued: Arc<AtomicUsize>,
+    committer: Committer,
     events: usize,
+}
+
+impl ReportSlot {
+    /// Judges and records the session report `job` in the next group
+    /// commit; returns once its transaction has committed.
+    pub(crate) async fn report(self, job: ReportJob) -> Result<Judged, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let committer = self.committer.clone();
+        let job = Job::Report(Box::new(ReportReply {
+            job,
+            reply,
+            _slot: self,
+        }));
+        committer.send(job, rx).await
+    }
 }
 
 impl Drop for ReportSlot {
     fn drop(&mut self) {
-        self.queued.fetch_sub(self.events, Ordering::SeqCst);
+        self.committer
+            .queued_events
+            .fetch_sub(self.events, Ordering::SeqCst);
     }
 }
 
 enum Job {
     Vouches(VouchJob),
-    Report(ReportReply),
+    Report(Box<ReportReply>),
 }
 
 impl Job {
@@ -121,7 +138,7 @@ impl Committer {
     pub(crate) fn reserve_report(&self, events: usize) -> Option<ReportSlot> {
         let before = self.queued_events.fetch_add(events, Ordering::SeqCst);
         let slot = ReportSlot {
-            queued: self.queued_events.clone(),
+            committer: self.clone(),
             events,
         };
         // Dropped at once when refused: the room goes back.
@@ -136,22 +153,6 @@ impl Committer {
         }
         let (reply, rx) = oneshot::channel();
         self.send(Job::Vouches(VouchJob { items, reply }), rx).await
-    }
-
-    /// Judges and records a session report in the next group commit;
-    /// returns once its transaction has committed.
-    pub(crate) async fn report(
-        &self,
-        job: ReportJob,
-        slot: ReportSlot,
-    ) -> Result<Judged, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let job = Job::Report(ReportReply {
-            job,
-            reply,
-            _slot: slot,
-        });
-        self.send(job, rx).await
     }
 
     async fn send<T>(
@@ -204,7 +205,7 @@ async fn run_committer(
                     // Vouch decisions are always written: a refusal's
                     // audit entry is kept whoever waits for it.
                     if !r.reply.is_closed() {
-                        reports.push(r);
+                        reports.push(*r);
                     }
                 }
             }

@@ -14,6 +14,7 @@ use vouch_proto::keys::PeripheralId;
 use vouch_proto::wire::backend::{EventTimes, SessionEvent, SessionEventKind, SessionVerdict};
 
 use super::commit::ReportSlot;
+#[cfg(doc)]
 use super::Committer;
 use crate::config::{CloneAction, Security};
 use crate::model::{GatewayRecord, Status};
@@ -126,10 +127,10 @@ struct Planned {
 /// alert, and `Refused` if the policy says so, else `CloneSuspected`
 /// (SPEC.md §10.5). `times` holds one entry per event, or none (a gateway
 /// that predates them: every event then happened at arrival). `slot` is the
-/// report's room in the writer's backlog ([`Committer::reserve_report`]).
+/// report's room in the writer's backlog ([`Committer::reserve_report`]),
+/// through which it goes to the group commit.
 pub(crate) async fn report_sessions(
     store: &Store,
-    committer: &Committer,
     alerter: &Alerter,
     rules: CloneRules,
     gateway: &GatewayRecord,
@@ -150,7 +151,7 @@ pub(crate) async fn report_sessions(
         now,
         plan,
     };
-    let judged = committer.report(job, slot).await?;
+    let judged = slot.report(job).await?;
     for a in judged.alerts {
         alerter.raise(a);
     }

@@ -74,6 +74,7 @@ impl Gateway {
             table,
             metrics: Arc::new(Metrics::new().unwrap()),
             idle_timeout: Duration::from_secs(600),
+            reports: Default::default(),
         });
         let (stop, shutdown) = watch::channel(false);
         let endpoint = vouch_gateway::endpoint::Gateway::with_context(
