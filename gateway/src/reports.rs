@@ -288,12 +288,7 @@ mod tests {
     }
 
     /// Submits event `n` on a task of its own; its verdict comes back.
-    fn submit(
-        reports: &Arc<Reports>,
-        backend: &Arc<Fake>,
-        clock: &TokioClock,
-        n: u8,
-    ) -> tokio::task::JoinHandle<Result<SessionVerdict, BackendError>> {
+    fn submit(reports: &Arc<Reports>, backend: &Arc<Fake>, clock: &TokioClock, n: u8) -> Submitted {
         let (reports, backend, clock) = (reports.clone(), backend.clone(), clock.clone());
         tokio::spawn(async move {
             let times = Heard::started(clock.now());
@@ -311,18 +306,30 @@ mod tests {
         .expect("in time");
     }
 
-    #[tokio::test]
-    async fn events_waiting_behind_reports_in_flight_go_together_in_order() {
+    /// A fake backend that answers `answer`, holding its reports, and every
+    /// report slot taken by a report of one event (events 0, 1, …).
+    async fn every_slot_held(
+        answer: Answer,
+    ) -> (Arc<Reports>, Arc<Fake>, TokioClock, Vec<Submitted>) {
         let (reports, backend, clock) = (
             Arc::new(Reports::default()),
             Fake::new(false),
             TokioClock::new(),
         );
-        // Every report slot taken by a report of one event, held.
-        let mut tasks: Vec<_> = (0..REPORT_SLOTS as u8)
+        *backend.answer.lock().unwrap_or_else(|e| e.into_inner()) = answer;
+        let tasks: Vec<_> = (0..REPORT_SLOTS as u8)
             .map(|n| submit(&reports, &backend, &clock, n))
             .collect();
         until(|| backend.sent().len() == REPORT_SLOTS).await;
+        (reports, backend, clock, tasks)
+    }
+
+    /// A submitted event's task: its verdict.
+    type Submitted = tokio::task::JoinHandle<Result<SessionVerdict, BackendError>>;
+
+    #[tokio::test]
+    async fn events_waiting_behind_reports_in_flight_go_together_in_order() {
+        let (reports, backend, clock, mut tasks) = every_slot_held(Answer::ByParity).await;
         // 300 more wait: more than one report holds.
         let more = 300u16;
         for n in 0..more {
@@ -361,16 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_report_that_fails_fails_for_each_of_its_events() {
-        let (reports, backend, clock) = (
-            Arc::new(Reports::default()),
-            Fake::new(false),
-            TokioClock::new(),
-        );
-        *backend.answer.lock().unwrap_or_else(|e| e.into_inner()) = Answer::Down;
-        let mut tasks: Vec<_> = (0..REPORT_SLOTS as u8)
-            .map(|n| submit(&reports, &backend, &clock, n))
-            .collect();
-        until(|| backend.sent().len() == REPORT_SLOTS).await;
+        let (reports, backend, clock, mut tasks) = every_slot_held(Answer::Down).await;
         for n in 0..10 {
             tasks.push(submit(&reports, &backend, &clock, 100 + n));
         }
