@@ -46,12 +46,22 @@ pub struct OtherSession {
 struct StoredSession {
     gateway: String,
     session: String,
-    /// The attachment's start; a detach's recorded start, if it had one.
-    started_ms: Option<i64>,
-    /// A detach's time (when it last heard the device); `None`: open.
-    detached_ms: Option<i64>,
-    attach_seen: bool,
+    held: Held,
     expires_ms: i64,
+}
+
+/// What is held of a stored session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Attached, not yet detached.
+    Open { started_ms: i64 },
+    /// Its detach: when it last heard the device, the start recorded with
+    /// it if any, and whether its attach was reported too.
+    Finished {
+        started_ms: Option<i64>,
+        heard_ms: i64,
+        attach_seen: bool,
+    },
 }
 
 /// A peripheral's stored sessions, read once for a report's judgment
@@ -66,63 +76,60 @@ impl PeripheralSessions {
     /// attachment, or its detach (its attach may come later, SPEC.md
     /// §10.5).
     pub fn state(&self, gateway: &str, session: &str) -> SessionState {
-        let mine = |s: &&StoredSession| s.gateway == gateway && s.session == session;
-        if let Some(open) = self
-            .sessions
-            .iter()
-            .filter(mine)
-            .find(|s| s.detached_ms.is_none())
-        {
-            return SessionState::Open {
-                started_ms: open.started_ms.unwrap_or_default(),
-            };
-        }
-        match self
-            .sessions
-            .iter()
-            .filter(mine)
-            .find_map(|s| s.detached_ms.map(|d| (s, d)))
-        {
-            None => SessionState::Unknown,
-            Some((s, heard_ms)) => SessionState::Finished {
-                started_ms: s.started_ms.unwrap_or(heard_ms),
-                heard_ms,
-                attach_seen: s.attach_seen,
-            },
-        }
+        let mine = || {
+            self.sessions
+                .iter()
+                .filter(|s| s.gateway == gateway && s.session == session)
+        };
+        let open = mine().find_map(|s| match s.held {
+            Held::Open { started_ms } => Some(SessionState::Open { started_ms }),
+            Held::Finished { .. } => None,
+        });
+        let finished = || {
+            mine().find_map(|s| match s.held {
+                Held::Finished {
+                    started_ms,
+                    heard_ms,
+                    attach_seen,
+                } => Some(SessionState::Finished {
+                    started_ms: started_ms.unwrap_or(heard_ms),
+                    heard_ms,
+                    attach_seen,
+                }),
+                Held::Open { .. } => None,
+            })
+        };
+        open.or_else(finished).unwrap_or(SessionState::Unknown)
     }
 
     /// The sessions on gateways other than `gateway` that clone detection
     /// judges a new attach against (SPEC.md §10.5): the open ones, and the
     /// finished ones whose attach was reported (a pair is judged at the
     /// second of its two attaches), none expired at `now`; ordered by
-    /// gateway and session.
+    /// gateway and session, the open ones first.
     pub fn elsewhere(&self, gateway: &str, now: i64) -> Vec<OtherSession> {
-        let live = |s: &&StoredSession| s.gateway != gateway && s.expires_ms > now;
-        let open = self
+        let live = self
             .sessions
             .iter()
-            .filter(live)
-            .filter(|s| s.detached_ms.is_none())
-            .map(|s| OtherSession {
-                gateway: s.gateway.clone(),
-                session: s.session.clone(),
-                started_ms: s.started_ms.unwrap_or_default(),
-                heard_ms: None,
-            });
-        let done = self
-            .sessions
-            .iter()
-            .filter(live)
-            .filter(|s| s.attach_seen)
-            .filter_map(|s| {
-                s.detached_ms.map(|heard_ms| OtherSession {
-                    gateway: s.gateway.clone(),
-                    session: s.session.clone(),
-                    started_ms: s.started_ms.unwrap_or(heard_ms),
-                    heard_ms: Some(heard_ms),
-                })
-            });
+            .filter(|s| s.gateway != gateway && s.expires_ms > now);
+        let other = |s: &StoredSession, started_ms, heard_ms| OtherSession {
+            gateway: s.gateway.clone(),
+            session: s.session.clone(),
+            started_ms,
+            heard_ms,
+        };
+        let open = live.clone().filter_map(|s| match s.held {
+            Held::Open { started_ms } => Some(other(s, started_ms, None)),
+            Held::Finished { .. } => None,
+        });
+        let done = live.filter_map(|s| match s.held {
+            Held::Finished {
+                started_ms,
+                heard_ms,
+                attach_seen: true,
+            } => Some(other(s, started_ms.unwrap_or(heard_ms), Some(heard_ms))),
+            _ => None,
+        });
         let mut out: Vec<OtherSession> = open.chain(done).collect();
         out.sort_by(|a, b| (&a.gateway, &a.session).cmp(&(&b.gateway, &b.session)));
         out
@@ -211,17 +218,22 @@ impl WriteTx<'_> {
         let mut sessions = Vec::with_capacity(rows.len());
         for row in rows {
             let done: i32 = row.try_get("done")?;
-            let attach_seen: i32 = row.try_get("attach_seen")?;
+            let held = if done == 0 {
+                Held::Open {
+                    started_ms: row.try_get("started_ms")?,
+                }
+            } else {
+                let attach_seen: i32 = row.try_get("attach_seen")?;
+                Held::Finished {
+                    started_ms: row.try_get("started_ms")?,
+                    heard_ms: row.try_get("detached_ms")?,
+                    attach_seen: attach_seen != 0,
+                }
+            };
             sessions.push(StoredSession {
                 gateway: row.try_get("gateway_key")?,
                 session: row.try_get("session_id")?,
-                started_ms: row.try_get("started_ms")?,
-                detached_ms: if done != 0 {
-                    Some(row.try_get("detached_ms")?)
-                } else {
-                    None
-                },
-                attach_seen: attach_seen != 0,
+                held,
                 expires_ms: row.try_get("expires_ms")?,
             });
         }
