@@ -39,21 +39,21 @@
 //! A revocation wakes every gateway's poll at once, and each would read the
 //! log: 10,000 gateways, 10,000 identical reads for each wake-up, which is
 //! what made revocation slow to reach a large fleet. Polls that need the
-//! events after the same cursor share one read ([`FeedNotifier`]), but only
+//! events after the same cursor share one read (`group_read`), but only
 //! a read that started after the poll arrived or was woken: what a poll is
 //! answered is the log as it stood at some moment after it asked, as if it
 //! had read alone, so a shared read never hides an event committed before
-//! the poll asked (on this instance, another, or by the CLI).
+//! the poll asked (on this instance, another, or by the CLI). One read per
+//! cursor is in flight; the polls that ask meanwhile share the next.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, OnceCell};
+use tokio::sync::watch;
 use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::backend::{FeedBatch, FeedChange, FeedEvent, MAX_FEED_EVENTS};
 
+use crate::group_read::GroupReads;
 use crate::store::{now_ms, EventRow, Store, StoreError};
 
 /// The latest event sequence number known to this instance, and the
@@ -61,7 +61,8 @@ use crate::store::{now_ms, EventRow, Store, StoreError};
 #[derive(Debug, Clone)]
 pub struct FeedNotifier {
     tx: watch::Sender<i64>,
-    reads: Arc<SharedReads>,
+    /// Reads of the log by cursor, shared by the polls asking meanwhile.
+    reads: Arc<GroupReads<i64, (), LogRead>>,
 }
 
 /// What one read of the log found after a cursor.
@@ -73,79 +74,29 @@ struct LogRead {
     last: i64,
 }
 
-/// A read of the log after one cursor: its number (reads are numbered as
-/// they start) and its result once done.
-#[derive(Debug)]
-struct Flight {
-    ticket: u64,
-    result: Arc<OnceCell<Arc<LogRead>>>,
-}
-
-/// The reads of the log in flight or done, by cursor.
-#[derive(Debug, Default)]
-struct SharedReads {
-    /// How many reads have started: a read whose number is above a poll's
-    /// count, taken when it asked, started after it asked.
-    started: AtomicU64,
-    flights: Mutex<HashMap<i64, Flight>>,
-}
-
-/// Reads done and kept, past which the done ones are dropped.
-const KEPT_READS: usize = 256;
-
 impl FeedNotifier {
     /// A notifier starting at `seq`.
     pub fn new(seq: i64) -> Self {
         Self {
             tx: watch::channel(seq).0,
-            reads: Arc::new(SharedReads::default()),
+            reads: Arc::new(GroupReads::default()),
         }
     }
 
     /// The events after `after`, read after this call began: shared with
-    /// the other polls that ask for the same cursor meanwhile (a read
-    /// that started before this call is never used).
+    /// the other polls that ask for the same cursor meanwhile.
     async fn read_after(&self, store: &Store, after: i64) -> Result<Arc<LogRead>, StoreError> {
-        let reads = &self.reads;
-        let asked = reads.started.load(Ordering::SeqCst);
-        let result = {
-            let mut flights = reads
-                .flights
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match flights.get(&after) {
-                Some(f) if f.ticket > asked => f.result.clone(),
-                _ => {
-                    if flights.len() >= KEPT_READS {
-                        flights.retain(|_, f| !f.result.initialized());
-                    }
-                    let ticket = reads.started.fetch_add(1, Ordering::SeqCst) + 1;
-                    let result = Arc::new(OnceCell::new());
-                    flights.insert(
-                        after,
-                        Flight {
-                            ticket,
-                            result: result.clone(),
-                        },
-                    );
-                    result
-                }
-            }
-        };
-        // The first caller reads; the others wait for it. A read that fails
-        // fails for its caller, and the next waiter reads again.
-        let read = result
-            .get_or_try_init(|| async {
+        self.reads
+            .read(after, (), |_| async move {
                 let rows = store.events_after(after, MAX_FEED_EVENTS as u32).await?;
                 let last = if rows.is_empty() {
                     store.last_event_seq().await?
                 } else {
                     0
                 };
-                Ok::<_, StoreError>(Arc::new(LogRead { rows, last }))
+                Ok(LogRead { rows, last })
             })
-            .await?;
-        Ok(read.clone())
+            .await
     }
 
     /// Announces that the log reached `seq` (no-op if not newer).

@@ -80,6 +80,7 @@ pub mod console;
 pub mod datadir;
 pub mod error;
 pub mod feed;
+mod group_read;
 pub mod import;
 pub mod keycache;
 pub mod keyring;
@@ -163,6 +164,14 @@ pub struct Inner {
     /// store about once a second ([`store::Store::record_polls`]).
     pub(crate) polls:
         std::sync::Mutex<std::collections::HashMap<vouch_proto::keys::PublicKey, i64>>,
+    /// The gateway API's checks of the calling gateway: those arriving
+    /// together share one read (a revocation's wake-up brings every
+    /// gateway's next poll at once).
+    pub(crate) gateway_checks: group_read::GroupReads<
+        (),
+        vouch_proto::keys::PublicKey,
+        std::collections::HashMap<vouch_proto::keys::PublicKey, model::GatewayRecord>,
+    >,
     /// The console overview's counts and when they were taken
     /// ([`console`]).
     pub(crate) overview: std::sync::Mutex<Option<(std::time::Instant, console::Counts)>>,
@@ -311,6 +320,7 @@ impl AppState {
                 refusals,
                 checkpoint_key,
                 polls: std::sync::Mutex::default(),
+                gateway_checks: group_read::GroupReads::default(),
                 overview: std::sync::Mutex::new(None),
                 shutdown: CancellationToken::new(),
             }),

@@ -1,10 +1,12 @@
 //! Gateways: enrollment, lookups, listing, lifecycle transitions.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 use vouch_proto::keys::PublicKey;
 
 use super::events::event_kind;
-use super::{now_ms, Conflict, EnrollOutcome, NewAudit, Store, StoreError, MAX_PAGE};
+use super::{now_ms, Conflict, EnrollOutcome, NewAudit, Store, StoreError, IDS_CHUNK, MAX_PAGE};
 use crate::model::{GatewayRecord, Status, Transition};
 
 /// A gateway to enroll.
@@ -55,6 +57,10 @@ impl CertificateIssue {
     }
 }
 
+/// The columns [`gateway_from_row`] reads.
+pub(super) const GATEWAY_COLUMNS: &str = "public_key, name, grp, site, status, created_ms, \
+     updated_ms, cert_not_after_ms, last_poll_ms";
+
 pub(super) fn gateway_from_row(row: &sqlx::any::AnyRow) -> Result<GatewayRecord, StoreError> {
     const T: &str = "gateways";
     let key: String = row.try_get("public_key")?;
@@ -75,15 +81,42 @@ pub(super) fn gateway_from_row(row: &sqlx::any::AnyRow) -> Result<GatewayRecord,
 impl Store {
     /// One gateway.
     pub async fn gateway(&self, key: &PublicKey) -> Result<GatewayRecord, StoreError> {
-        let row = sqlx::query(
-            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, \
-             cert_not_after_ms, last_poll_ms FROM gateways WHERE public_key = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE public_key = $1"
+        ))
         .bind(key.to_string())
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
         gateway_from_row(&row)
+    }
+
+    /// The enrolled gateways among `keys`, in a few statements however
+    /// many (unenrolled ones are absent).
+    pub async fn gateways_by_key(
+        &self,
+        keys: &[PublicKey],
+    ) -> Result<HashMap<PublicKey, GatewayRecord>, StoreError> {
+        let mut hex: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        hex.sort_unstable();
+        hex.dedup();
+        let mut found = HashMap::with_capacity(hex.len());
+        for chunk in hex.chunks(IDS_CHUNK) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE public_key IN ({})",
+                list.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for key in chunk {
+                q = q.bind(key.as_str());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let g = gateway_from_row(&row)?;
+                found.insert(g.public_key, g);
+            }
+        }
+        Ok(found)
     }
 
     /// A page of gateways ordered by key.
@@ -102,8 +135,7 @@ impl Store {
             (after.is_some(), "public_key >"),
         ]);
         let sql = format!(
-            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, cert_not_after_ms, \
-             last_poll_ms FROM gateways{clause} ORDER BY public_key LIMIT ${next}"
+            "SELECT {GATEWAY_COLUMNS} FROM gateways{clause} ORDER BY public_key LIMIT ${next}"
         );
         let mut query = sqlx::query(&sql);
         for value in [status, group, site, after].into_iter().flatten() {
@@ -210,10 +242,9 @@ impl Store {
     ) -> Result<GatewayRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         let k = key.to_string();
-        let row = sqlx::query(
-            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, \
-             cert_not_after_ms, last_poll_ms FROM gateways WHERE public_key = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE public_key = $1"
+        ))
         .bind(k.clone())
         .fetch_optional(&mut *tx.tx)
         .await?

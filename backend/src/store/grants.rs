@@ -10,6 +10,7 @@ use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::Lifetimes;
 
 use super::policies::to_u32;
+use super::IDS_CHUNK;
 use super::{Store, StoreError, WriteTx};
 use crate::model::Status;
 
@@ -37,10 +38,6 @@ pub struct StoredGrant {
 
 /// Rows per statement (six parameters each; see `audit_many` on why small).
 const CHUNK: usize = 24;
-
-/// Peripherals per statement of [`Store::reported_devices`] (one parameter
-/// each).
-const IDS_CHUNK: usize = 64;
 
 /// A registered peripheral as a session report is judged against it: its
 /// status, and its latest grant at the reporting gateway.

@@ -105,6 +105,10 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// The most rows a list call returns.
 pub const MAX_PAGE: u32 = 1000;
 
+/// Keys per statement of the reads by many keys ([`Store::reported_devices`],
+/// [`Store::gateways_by_key`]; one parameter each).
+const IDS_CHUNK: usize = 64;
+
 /// A `WHERE` clause of only the conditions asked for: `conditions` are
 /// `(asked, "column op")`, each asked one becomes `AND column op $n`, numbered
 /// in order. Returns the clause and the next placeholder's number; bind the

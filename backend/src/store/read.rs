@@ -9,7 +9,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
 use vouch_proto::keys::{DhPublic, PeripheralId, PublicKey};
 
-use super::gateways::gateway_from_row;
+use super::gateways::{gateway_from_row, GATEWAY_COLUMNS};
 use super::peripherals::peripheral_from_row;
 use super::policies::policy_from_row;
 use super::StoreError;
@@ -40,10 +40,9 @@ fn placeholders(from: usize, n: usize) -> String {
 impl Reader {
     /// One gateway, if enrolled.
     pub async fn gateway(&mut self, key: &PublicKey) -> Result<Option<GatewayRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT public_key, name, grp, site, status, created_ms, updated_ms, \
-             cert_not_after_ms, last_poll_ms FROM gateways WHERE public_key = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE public_key = $1"
+        ))
         .bind(key.to_string())
         .fetch_optional(&mut *self.conn)
         .await?;

@@ -203,16 +203,8 @@ pub(crate) enum GatewayCheck {
     Refused(Reason),
 }
 
-/// Step 1: the gateway behind the TLS identity.
-pub(crate) async fn check_gateway(
-    store: &Store,
-    key: &PublicKey,
-) -> Result<GatewayCheck, StoreError> {
-    let mut reader = store.reader().await?;
-    Ok(judge_gateway(reader.gateway(key).await?))
-}
-
-fn judge_gateway(g: Option<GatewayRecord>) -> GatewayCheck {
+/// Step 1 on the gateway's record (`None`: not enrolled).
+pub(crate) fn judge_gateway(g: Option<GatewayRecord>) -> GatewayCheck {
     match g {
         Some(g) if g.status == Status::Active => GatewayCheck::Active(g),
         Some(_) => GatewayCheck::Refused(Reason::GatewayNotActive),
