@@ -83,11 +83,13 @@ pub struct RunOptions {
 const REVOKE_AT_ONCE: usize = 64;
 
 /// One revocation's reach: admin call → the live session's close at the
-/// peripheral (wall clock, ms), and whether the session's gateway is on
-/// another backend instance than the call.
+/// peripheral (wall clock, ms), how much of it the admin call took, and
+/// whether the session's gateway is on another backend instance than the
+/// call.
 #[derive(Debug, Clone, Copy)]
 struct Reach {
     ms: f64,
+    call_ms: f64,
     elsewhere: bool,
 }
 
@@ -449,23 +451,25 @@ impl World {
             waits.spawn(async move {
                 let t0 = Instant::now();
                 let called = call.await;
+                let answered = Instant::now();
                 drop(permit);
                 called?;
                 let end = match live {
                     Some(live) => live.ended_by_gateway(Duration::from_secs(10)).await,
                     None => None,
                 };
-                Ok::<_, Error>((i, t0, end, elsewhere))
+                Ok::<_, Error>((i, t0, answered, end, elsewhere))
             });
         }
         let mut ms = Vec::new();
         while let Some(r) = waits.join_next().await {
             if let Ok(r) = r {
-                let (i, t0, end, elsewhere) = r?;
+                let (i, t0, answered, end, elsewhere) = r?;
                 if let Some(end) = end.filter(|e| e.by_gateway == Some(CloseReason::REVOKED)) {
-                    let reach = end.at.saturating_duration_since(t0).as_secs_f64() * 1000.0;
+                    let since = |t: Instant| t.saturating_duration_since(t0).as_secs_f64() * 1000.0;
                     ms.push(Reach {
-                        ms: reach,
+                        ms: since(end.at),
+                        call_ms: since(answered),
                         elsewhere,
                     });
                     // The device forgets its tickets (a close "revoked").
@@ -994,6 +998,8 @@ struct Timeline {
     /// Of those, the reaches at gateways of another backend instance than
     /// the one the revocation was made on.
     revocation_elsewhere: Vec<f64>,
+    /// How long their admin calls took.
+    revocation_call: Vec<f64>,
     revocation_exercised: bool,
     marks: Vec<(f64, String)>,
     peak: usize,
@@ -1008,6 +1014,7 @@ impl Timeline {
             attacks: BTreeMap::new(),
             revocation: Vec::new(),
             revocation_elsewhere: Vec::new(),
+            revocation_call: Vec::new(),
             revocation_exercised: false,
             marks: Vec::new(),
             peak: 0,
@@ -1100,6 +1107,7 @@ impl Timeline {
             .await?
         {
             self.revocation.push(r.ms);
+            self.revocation_call.push(r.call_ms);
             if r.elsewhere {
                 self.revocation_elsewhere.push(r.ms);
             }
@@ -1195,6 +1203,8 @@ impl Timeline {
                 .then(|| Percentiles::of(&mut self.revocation)),
             revocation_other_instance_ms: (!self.revocation_elsewhere.is_empty())
                 .then(|| Percentiles::of(&mut self.revocation_elsewhere)),
+            revocation_call_ms: (!self.revocation_call.is_empty())
+                .then(|| Percentiles::of(&mut self.revocation_call)),
             honest_rejected: acc.honest_rejected,
             sessions_peak: self.peak,
             virtual_s: round2(self.last_s.max(acc.end_ms / 1000.0)),
