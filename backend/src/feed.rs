@@ -62,7 +62,7 @@ use crate::store::{now_ms, EventRow, Store, StoreError};
 pub struct FeedNotifier {
     tx: watch::Sender<i64>,
     /// Reads of the log by cursor, shared by the polls asking meanwhile.
-    reads: Arc<GroupReads<i64, (), LogRead>>,
+    reads: Arc<GroupReads<i64, (), LogRead, StoreError>>,
 }
 
 /// What one read of the log found after a cursor.
@@ -86,8 +86,9 @@ impl FeedNotifier {
     /// The events after `after`, read after this call began: shared with
     /// the other polls that ask for the same cursor meanwhile.
     async fn read_after(&self, store: &Store, after: i64) -> Result<Arc<LogRead>, StoreError> {
+        let store = store.clone();
         self.reads
-            .read(after, (), |_| async move {
+            .read(after, (), move |_| async move {
                 let rows = store.events_after(after, MAX_FEED_EVENTS as u32).await?;
                 let last = if rows.is_empty() {
                     store.last_event_seq().await?
@@ -97,6 +98,7 @@ impl FeedNotifier {
                 Ok(LogRead { rows, last })
             })
             .await
+            .map_err(StoreError::SharedRead)
     }
 
     /// Announces that the log reached `seq` (no-op if not newer).

@@ -170,7 +170,11 @@ pub struct Inner {
     pub(crate) gateway_checks: group_read::GroupReads<
         (),
         vouch_proto::keys::PublicKey,
-        std::collections::HashMap<vouch_proto::keys::PublicKey, model::GatewayRecord>,
+        std::collections::HashMap<
+            vouch_proto::keys::PublicKey,
+            Result<model::GatewayRecord, store::StoreError>,
+        >,
+        store::StoreError,
     >,
     /// The console overview's counts and when they were taken
     /// ([`console`]).

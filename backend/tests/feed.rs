@@ -11,6 +11,7 @@ use vouch_backend::config::Config;
 use vouch_backend::datadir::DataDir;
 use vouch_backend::store::Store;
 use vouch_backend::AppState;
+use vouch_proto::keys::IdentityKey;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_on_one_instance_wakes_the_feed_of_another_at_once() {
@@ -127,6 +128,84 @@ async fn a_shared_read_of_the_feed_never_hides_an_event_on_sqlite() {
 async fn a_shared_read_of_the_feed_never_hides_an_event_on_postgres() {
     if let Some(db) = Db::postgres().await {
         a_shared_read_of_the_feed_never_hides_an_event_committed_before_the_poll(db.clone()).await;
+        db.cleanup().await;
+    }
+}
+
+/// Gateway checks share one read of the gateways they name; each request
+/// is still judged by its own gateway's row alone: the active ones served,
+/// a suspended one refused, and one whose row is unreadable fails by itself
+/// (503, as a store failure) without failing the others that shared its read.
+async fn gateway_checks_that_share_a_read_judge_each_gateway_by_its_own_row(db: Db) {
+    let b = Backend::new(&db).await;
+    let gateways: Vec<IdentityKey> = (0..24u8)
+        .map(|i| IdentityKey::from_seed(&[150 + i; 32]))
+        .collect();
+    for g in &gateways {
+        b.enroll_gateway(g, None).await;
+    }
+    let suspended = gateways[3].public_key();
+    let (status, body) = b
+        .admin(
+            "POST",
+            &format!("/v1/admin/gateways/{suspended}/suspend"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let corrupt = gateways[5].public_key();
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(&db.url_for(b.dir.path()))
+        .await
+        .expect("connect");
+    sqlx::query(&format!(
+        "UPDATE gateways SET status = 'bogus' WHERE public_key = '{corrupt}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("corrupt the row");
+    // Three rounds of every gateway asking at once, so that checks share reads.
+    for _ in 0..3 {
+        let mut asks = tokio::task::JoinSet::new();
+        for g in &gateways {
+            let (router, key) = (b.router.clone(), g.public_key());
+            asks.spawn(async move {
+                let mut req = axum::http::Request::builder()
+                    .uri("/v1/feed?wait_ms=0")
+                    .body(axum::body::Body::empty())
+                    .expect("request");
+                req.extensions_mut()
+                    .insert(vouch_backend::ClientIdentity(Some(key)));
+                let res = tower::ServiceExt::oneshot(router, req)
+                    .await
+                    .expect("infallible");
+                (key, res.status().as_u16())
+            });
+        }
+        while let Some(r) = asks.join_next().await {
+            let (key, status) = r.expect("request task");
+            let want = if key == suspended {
+                403
+            } else if key == corrupt {
+                503
+            } else {
+                200
+            };
+            assert_eq!(status, want, "gateway {key}");
+        }
+    }
+    b.state.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_checks_that_share_a_read_judge_each_gateway_by_its_own_row_on_sqlite() {
+    gateway_checks_that_share_a_read_judge_each_gateway_by_its_own_row(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_checks_that_share_a_read_judge_each_gateway_by_its_own_row_on_postgres() {
+    if let Some(db) = Db::postgres().await {
+        gateway_checks_that_share_a_read_judge_each_gateway_by_its_own_row(db.clone()).await;
         db.cleanup().await;
     }
 }

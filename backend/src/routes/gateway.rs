@@ -30,6 +30,7 @@ use super::{decode_error, Postcard, PostcardBytes, Query};
 use crate::budget::{BudgetGuard, Kind};
 use crate::error::{AppError, ErrorCode};
 use crate::model::GatewayRecord;
+use crate::store::StoreError;
 use crate::vouch::{self, CloneRules, GatewayCheck, Issuer};
 use crate::{AppState, ClientIdentity};
 
@@ -204,13 +205,21 @@ fn issuer(state: &AppState) -> Issuer<'_> {
 /// An active gateway, or 403.
 async fn active_gateway(state: &AppState, key: &PublicKey) -> Result<GatewayRecord, AppError> {
     // One read for the checks that arrive together, begun after this one.
+    let store = state.store.clone();
     let found = state
         .gateway_checks
-        .read((), *key, |keys| async move {
-            state.store.gateways_by_key(&keys).await
+        .read((), *key, move |keys| async move {
+            store.gateways_by_key(&keys).await
         })
-        .await?;
-    match vouch::judge_gateway(found.get(key).cloned()) {
+        .await
+        .map_err(StoreError::SharedRead)?;
+    let record = match found.get(key) {
+        Some(Ok(g)) => Some(g.clone()),
+        // Its row alone is unreadable: this request fails as a lone read did.
+        Some(Err(_)) => return Err(StoreError::Corrupt("gateways").into()),
+        None => None,
+    };
+    match vouch::judge_gateway(record) {
         GatewayCheck::Active(g) => Ok(g),
         // Step 1 refuses only these two (`vouch::judge_gateway`).
         GatewayCheck::Refused(r) => Err(AppError::new(

@@ -92,11 +92,13 @@ impl Store {
     }
 
     /// The enrolled gateways among `keys`, in a few statements however
-    /// many (unenrolled ones are absent).
+    /// many: for each enrolled one its record, or [`StoreError::Corrupt`]
+    /// if its row does not parse (that gateway's alone: the others' reads
+    /// stand). Unenrolled ones are absent.
     pub async fn gateways_by_key(
         &self,
         keys: &[PublicKey],
-    ) -> Result<HashMap<PublicKey, GatewayRecord>, StoreError> {
+    ) -> Result<HashMap<PublicKey, Result<GatewayRecord, StoreError>>, StoreError> {
         let mut hex: Vec<String> = keys.iter().map(ToString::to_string).collect();
         hex.sort_unstable();
         hex.dedup();
@@ -112,8 +114,12 @@ impl Store {
                 q = q.bind(key.as_str());
             }
             for row in q.fetch_all(&self.pool).await? {
-                let g = gateway_from_row(&row)?;
-                found.insert(g.public_key, g);
+                // The key matched one asked for, so it parses back to it.
+                let key: String = row.try_get("public_key")?;
+                let Some(key) = PublicKey::from_hex(&key) else {
+                    continue;
+                };
+                found.insert(key, gateway_from_row(&row));
             }
         }
         Ok(found)

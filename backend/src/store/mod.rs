@@ -182,6 +182,11 @@ pub enum StoreError {
     /// tokens): ask again.
     #[error("a new token's id is taken; ask again")]
     TokenIdTaken,
+    /// A read this request shared with others that arrived with it failed
+    /// (the error is theirs too), or ended without an outcome (`None`: the
+    /// server is stopping).
+    #[error("a shared read failed: {}", .0.as_ref().map_or_else(|| "it ended without an outcome".to_owned(), ToString::to_string))]
+    SharedRead(Option<std::sync::Arc<StoreError>>),
 }
 
 /// What an enrollment or a policy conflicts with.
