@@ -6,7 +6,9 @@ use sqlx::Row;
 use vouch_proto::keys::PublicKey;
 
 use super::events::event_kind;
-use super::{now_ms, Conflict, EnrollOutcome, NewAudit, Store, StoreError, IDS_CHUNK, MAX_PAGE};
+use super::{
+    now_ms, placeholders, Conflict, EnrollOutcome, NewAudit, Store, StoreError, IDS_CHUNK, MAX_PAGE,
+};
 use crate::model::{GatewayRecord, Status, Transition};
 
 /// A gateway to enroll.
@@ -104,10 +106,9 @@ impl Store {
         hex.dedup();
         let mut found = HashMap::with_capacity(hex.len());
         for chunk in hex.chunks(IDS_CHUNK) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE public_key IN ({})",
-                list.join(",")
+                placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for key in chunk {

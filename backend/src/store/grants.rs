@@ -10,7 +10,7 @@ use vouch_proto::keys::{PeripheralId, PublicKey};
 use vouch_proto::wire::Lifetimes;
 
 use super::policies::to_u32;
-use super::IDS_CHUNK;
+use super::{placeholders, IDS_CHUNK};
 use super::{Store, StoreError, WriteTx};
 use crate::model::Status;
 
@@ -160,12 +160,11 @@ impl Store {
         ids.dedup();
         let mut found = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(IDS_CHUNK) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT p.id, p.status, g.at_ms, g.session_s, g.resumption_s FROM peripherals p \
                  LEFT JOIN vouch_grants g ON g.peripheral_id = p.id AND g.gateway_key = $1 \
                  WHERE p.id IN ({})",
-                list.join(",")
+                placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(gateway.to_string());
             for id in chunk {

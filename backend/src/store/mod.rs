@@ -105,6 +105,15 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// The most rows a list call returns.
 pub const MAX_PAGE: u32 = 1000;
 
+/// The bound parameters `$from, …, $(from + n - 1)`, comma-separated: the
+/// list of an `IN (…)` of `n` values.
+pub(super) fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Keys per statement of the reads by many keys ([`Store::reported_devices`],
 /// [`Store::gateways_by_key`]; one parameter each).
 const IDS_CHUNK: usize = 64;

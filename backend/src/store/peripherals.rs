@@ -7,7 +7,7 @@ use sqlx::Row;
 use vouch_proto::keys::{PeripheralId, PublicKey};
 
 use super::events::event_kind;
-use super::{now_ms, Conflict, NewAudit, Store, StoreError, WriteTx, MAX_PAGE};
+use super::{now_ms, placeholders, Conflict, NewAudit, Store, StoreError, WriteTx, MAX_PAGE};
 use crate::model::{PeripheralRecord, Status, Transition};
 
 /// A peripheral to enroll.
@@ -180,11 +180,10 @@ impl Store {
         // A page is at most MAX_PAGE ids; query in chunks to stay far below
         // every engine's bound-parameter limit.
         for chunk in ids.chunks(200) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT peripheral_id, name, value FROM peripheral_attributes \
                  WHERE peripheral_id IN ({}) ORDER BY peripheral_id, name",
-                placeholders.join(",")
+                placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for id in chunk {
@@ -370,12 +369,7 @@ impl WriteTx<'_> {
         // by name, at a cost that grows with the square of their number
         // (`WriteTx::audit_many`).
         for (ids, keys) in ids.chunks(32).zip(keys.chunks(32)) {
-            let list = |from: usize| {
-                (from..from + ids.len())
-                    .map(|i| format!("${i}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
+            let list = |from: usize| placeholders(from, ids.len());
             let sql = format!(
                 "SELECT COUNT(*) AS n FROM peripherals WHERE id IN ({}) OR public_key IN ({})",
                 list(1),

@@ -12,7 +12,7 @@ use vouch_proto::keys::{DhPublic, PeripheralId, PublicKey};
 use super::gateways::{gateway_from_row, GATEWAY_COLUMNS};
 use super::peripherals::peripheral_from_row;
 use super::policies::policy_from_row;
-use super::StoreError;
+use super::{placeholders, StoreError};
 use crate::model::{GatewayRecord, PeripheralRecord, PolicyRule};
 
 /// Rows per `IN (…)` list: far below every engine's parameter limit.
@@ -28,13 +28,6 @@ impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Reader")
     }
-}
-
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 impl Reader {
