@@ -7,8 +7,10 @@
 //! - `CortexM` (feature `cortex-m`, module `cortex_m`) is for the
 //!   peripheral's firmware on Cortex-M4 and Cortex-M33: X25519, Ed25519
 //!   signing and the equation of rule 4 below on field arithmetic written
-//!   for those cores (half the dalek crates' instructions for X25519, a
-//!   third for signing without the dalek tables' 38 KiB).
+//!   for those cores (a third of the dalek crates' instructions for
+//!   X25519, a third fewer for signing without the dalek tables' 38 KiB;
+//!   on bare-metal Arm the field multiplication is Thumb-2 assembly, the
+//!   workspace's one module with `unsafe` code).
 //!   A bare-metal build (`target_os = "none"`) with the feature runs the
 //!   peripheral role on it; elsewhere it is one more provider in [`all`],
 //!   tested like the others, and the peripheral keeps the dalek crates.

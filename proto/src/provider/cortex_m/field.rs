@@ -15,8 +15,10 @@ use core::ops::{Add, Mul, Neg, Sub};
 
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
-/// A field element: the value `Σ limb[i] · 2^(32·i)` modulo p.
+/// A field element: the value `Σ limb[i] · 2^(32·i)` modulo p. `repr(C)`:
+/// the assembly multiplication of `arm.rs` returns one.
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 pub(super) struct Fe(pub(super) [u32; 8]);
 
 impl Fe {
@@ -106,6 +108,9 @@ impl Fe {
 
     /// The square.
     pub(super) fn squared(&self) -> Fe {
+        #[cfg(all(target_arch = "arm", target_os = "none"))]
+        return super::arm::mul(self, self);
+        #[cfg(not(all(target_arch = "arm", target_os = "none")))]
         square(self)
     }
 }
@@ -403,9 +408,15 @@ impl Sub<&Fe> for &Fe {
     }
 }
 
+/// On a bare-metal Arm build the multiplication and the square are the
+/// assembly of `arm.rs` (the same limbs as [`mul`], in about half the
+/// instructions); elsewhere, the Rust code here.
 impl Mul<&Fe> for &Fe {
     type Output = Fe;
     fn mul(self, other: &Fe) -> Fe {
+        #[cfg(all(target_arch = "arm", target_os = "none"))]
+        return super::arm::mul(self, other);
+        #[cfg(not(all(target_arch = "arm", target_os = "none")))]
         mul(self, other)
     }
 }
@@ -499,4 +510,90 @@ impl PartialEq for Fe {
     fn eq(&self, other: &Self) -> bool {
         bool::from(self.ct_eq(other))
     }
+}
+
+/// Operands whose products reach the corners of the reduction, for the
+/// tests here and the firmware's `field-check` of the assembly: the pair on
+/// which the assembly multiplication of the `salty` crate loses a carry
+/// (2^255 + 0x10d times p + 1), p, p + 1, 2^256 − 1, 0, 1, and two numbers
+/// `b` for which 2^255 · b makes the last carry of [`reduce`] (the one
+/// folded in as 38).
+#[cfg(any(test, all(target_arch = "arm", target_os = "none")))]
+pub(super) const SPECIAL: [Fe; 9] = [
+    Fe([0x10d, 0, 0, 0, 0, 0, 0, 0x8000_0000]),
+    Fe([0xffff_ffee, !0, !0, !0, !0, !0, !0, 0x7fff_ffff]),
+    Fe([0xffff_ffed, !0, !0, !0, !0, !0, !0, 0x7fff_ffff]),
+    Fe([!0; 8]),
+    Fe::ZERO,
+    Fe::ONE,
+    Fe([0, 0, 0, 0, 0, 0, 0, 0x8000_0000]),
+    Fe([
+        0x35e5_0d79,
+        0x5e50_d794,
+        0xe50d_7943,
+        0x50d7_9435,
+        0x0d79_435e,
+        0xd794_35e5,
+        0x7943_5e50,
+        0x1435_e50d,
+    ]),
+    Fe([
+        0x435e_50d7,
+        0x35e5_0d79,
+        0x5e50_d794,
+        0xe50d_7943,
+        0x50d7_9435,
+        0x0d79_435e,
+        0xd794_35e5,
+        0xf943_5e50,
+    ]),
+];
+
+/// Compares the assembly multiplication with the Rust one (and the
+/// assembly square with the Rust [`square`]), limb for limb: every pair of
+/// [`SPECIAL`] operands, then `rounds` pairs from a xorshift generator whose
+/// limbs are, one time in two, 0, 1, 2^31 − 1, 2^31, 2^32 − 19 or
+/// 2^32 − 1 (where carries go wrong). Returns (products compared,
+/// mismatches).
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+pub(super) fn check_assembly(rounds: u32) -> (u32, u32) {
+    fn same(x: &Fe, y: &Fe) -> bool {
+        x.0 == y.0
+    }
+    let (mut compared, mut wrong) = (0u32, 0u32);
+    let mut one = |a: &Fe, b: &Fe| {
+        compared += 2;
+        wrong += u32::from(!same(&super::arm::mul(a, b), &mul(a, b)));
+        wrong += u32::from(!same(&a.squared(), &square(a)));
+    };
+    for a in &SPECIAL {
+        for b in &SPECIAL {
+            one(a, b);
+        }
+    }
+    let mut state = 0x9e37_79b9u32;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    const EDGES: [u32; 6] = [0, 1, 0x7fff_ffff, 0x8000_0000, 0xffff_ffed, 0xffff_ffff];
+    let mut operand = || {
+        let mut l = [0u32; 8];
+        for x in l.iter_mut() {
+            let r = next();
+            *x = if r & 1 == 0 {
+                EDGES[(r >> 1) as usize % EDGES.len()]
+            } else {
+                next()
+            };
+        }
+        Fe(l)
+    };
+    for _ in 0..rounds {
+        let (a, b) = (operand(), operand());
+        one(&a, &b);
+    }
+    (compared, wrong)
 }

@@ -4,7 +4,11 @@
 //! multiply-accumulates that these cores do in one instruction), in place
 //! of curve25519-dalek's radix-2^25.5 arithmetic that is written for no core
 //! in particular. It is portable Rust, so the host's tests run the same code
-//! (`tests/providers.rs`) that the firmware runs under QEMU.
+//! (`tests/providers.rs`) that the firmware runs under QEMU, except the
+//! field multiplication: on bare-metal Arm that is the Thumb-2 assembly of
+//! `arm.rs` (written by `gen_arm.py`), which computes the same limbs as the
+//! Rust `field::mul` and is checked equal to it under QEMU by the firmware's
+//! `field-check` (`check_field_assembly`, on that target only).
 //!
 //! What is here:
 //!
@@ -36,6 +40,8 @@
 //! Cortex-M4's and M33's multiply instructions take a fixed number of
 //! cycles. The verification is variable-time by design, on public data only.
 
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+mod arm;
 mod field;
 mod table;
 
@@ -632,6 +638,16 @@ fn double_scalar_mul(k: &Scalar, p: &Point, s: &[u8; 32]) -> Point {
     acc
 }
 
+/// For the firmware's `field-check` (not an API): compares the assembly
+/// field multiplication with the Rust code it replaces, limb for limb, on
+/// edge operands and `rounds` generated pairs. Returns (products compared,
+/// mismatches).
+#[doc(hidden)]
+#[cfg(all(target_arch = "arm", target_os = "none"))]
+pub fn check_field_assembly(rounds: u32) -> (u32, u32) {
+    field::check_assembly(rounds)
+}
+
 #[cfg(test)]
 mod tests {
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
@@ -804,19 +820,8 @@ mod tests {
     #[test]
     fn field_arithmetic_equals_the_schoolbook_reference() {
         let mut g = Gen(0x243f_6a88_85a3_08d3);
-        // The operands on which the assembly multiplication of the `salty`
-        // crate loses a carry (2^255 + 0x10d times p + 1), and p, p + 1,
-        // 2^256 − 1.
-        let special = [
-            Fe([0x10d, 0, 0, 0, 0, 0, 0, 0x8000_0000]),
-            Fe([0xffff_ffee, !0, !0, !0, !0, !0, !0, 0x7fff_ffff]),
-            Fe(P),
-            Fe([!0; 8]),
-            Fe::ZERO,
-            Fe::ONE,
-        ];
-        for a in &special {
-            for b in &special {
+        for a in &field::SPECIAL {
+            for b in &field::SPECIAL {
                 check_field_ops(a, b);
             }
         }
@@ -825,6 +830,30 @@ mod tests {
             check_field_ops(&a, &b);
             let (a, b) = (Fe::from_bytes(&g.bytes()), g.edgy());
             check_field_ops(&a, &b);
+        }
+    }
+
+    /// The last two special operands, times 2^255, make the reduction's
+    /// last carry (its `lo + 38·hi + c·38` passes 2^256), which random
+    /// operands almost never do: the firmware's check of the assembly
+    /// relies on them for that path.
+    #[test]
+    fn the_special_operands_reach_the_last_carry_of_the_reduction() {
+        let two_255 = &field::SPECIAL[6];
+        assert_eq!(two_255.0, [0, 0, 0, 0, 0, 0, 0, 0x8000_0000]);
+        for b in &field::SPECIAL[7..] {
+            let t = int_mul(&two_255.0, &b.0);
+            let (lo, hi) = t.split_at(8);
+            // First pass: lo + 38·hi, its carry word c (at most 38).
+            let first = int_add(lo, &int_mul(hi, &[38]));
+            let c = first[8..]
+                .iter()
+                .rev()
+                .fold(0u64, |acc, &w| acc << 32 | u64::from(w));
+            assert!((1..=38).contains(&c), "{c}");
+            // Second: the low 256 bits plus 38·c must pass 2^256 again.
+            let second = int_add(&first[..8], &[c as u32 * 38]);
+            assert_eq!(second[8], 1, "{:08x?}", b.0);
         }
     }
 
