@@ -209,7 +209,8 @@ pub async fn audit_refusals(
             audit: entry,
             grant: None,
         };
-        if let Err(e) = state.committer.commit(vec![item]).await {
+        // No grant in it, so no registry reads to check it against.
+        if let Err(e) = state.committer.commit(vec![item], 0).await {
             tracing::warn!(error = %e, "could not audit a refusal");
         }
     }

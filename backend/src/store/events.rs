@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError, WriteTx, MAX_PAGE};
+use super::{Grant, Store, StoreError, WriteTx, MAX_PAGE};
 use crate::model::Transition;
 
 /// One entry of the revocation event log.
@@ -16,6 +16,28 @@ pub struct EventRow {
     pub kind: String,
     /// Peripheral id or gateway key, hex.
     pub subject: String,
+}
+
+impl EventRow {
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, StoreError> {
+        Ok(EventRow {
+            seq: r.try_get("seq")?,
+            at_ms: r.try_get("at_ms")?,
+            kind: r.try_get("kind")?,
+            subject: r.try_get("subject")?,
+        })
+    }
+
+    /// Whether this change overtakes a vouch decided before it: a change of
+    /// the vouched peripheral's or gateway's status, or of the policy.
+    pub(crate) fn concerns(&self, grant: &Grant) -> bool {
+        match self.kind.as_str() {
+            "policy_changed" => true,
+            k if k.starts_with("peripheral_") => self.subject == grant.peripheral.to_string(),
+            k if k.starts_with("gateway_") => self.subject == grant.gateway.to_string(),
+            _ => false,
+        }
+    }
 }
 
 /// The feed event a transition produces, if any.
@@ -38,16 +60,7 @@ impl Store {
         .bind(i64::from(limit.clamp(1, MAX_PAGE)))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EventRow {
-                    seq: r.try_get("seq")?,
-                    at_ms: r.try_get("at_ms")?,
-                    kind: r.try_get("kind")?,
-                    subject: r.try_get("subject")?,
-                })
-            })
-            .collect()
+        rows.iter().map(EventRow::from_row).collect()
     }
 
     /// The highest event sequence number (0 if none).
@@ -104,6 +117,17 @@ impl Store {
 }
 
 impl WriteTx<'_> {
+    /// Every event after `seq`, oldest first, as this transaction sees the
+    /// log (under the write lock: every event committed before it).
+    pub(crate) async fn events_after(&mut self, seq: i64) -> Result<Vec<EventRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, at_ms, kind, subject FROM events WHERE seq > $1 ORDER BY seq")
+                .bind(seq)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        rows.iter().map(EventRow::from_row).collect()
+    }
+
     /// Appends a revocation-feed event.
     pub async fn event(&mut self, kind: &str, subject: &str, at_ms: i64) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO events (at_ms, kind, subject) VALUES ($1, $2, $3)")

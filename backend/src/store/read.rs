@@ -156,14 +156,18 @@ impl Reader {
     }
 }
 
-/// What the vouch path needs before any crypto: the gateway and which
-/// ephemerals were seen. One statement.
+/// What the vouch path needs before any crypto: the gateway, which
+/// ephemerals were seen, and the event log's head. One statement.
 #[derive(Debug, Default)]
 pub struct BeforeCrypto {
     /// The gateway, if enrolled.
     pub gateway: Option<GatewayRecord>,
     /// The ephemerals already in the replay cache.
     pub replayed: HashSet<[u8; 32]>,
+    /// The event log's head as this statement saw it, before any of the
+    /// registry reads of the decision: its commit refuses a vouch whose
+    /// peripheral, gateway or policy changed after it.
+    pub registry_seq: i64,
 }
 
 /// What the vouch path needs once the hellos are open: the claimed
@@ -179,8 +183,9 @@ pub struct AfterOpen {
 }
 
 impl Reader {
-    /// The gateway and the replay check for up to 256 ephemerals in
-    /// one round trip (more are checked in further statements).
+    /// The gateway, the event log's head and the replay check for up to 256
+    /// ephemerals in one round trip (more are checked in further
+    /// statements).
     pub async fn before_crypto(
         &mut self,
         gateway: &PublicKey,
@@ -190,7 +195,9 @@ impl Reader {
         let mut sql = String::from(
             "SELECT 'g' AS k, public_key AS t1, name AS t2, grp AS t3, site AS t4, status AS t5, \
              created_ms AS n1, updated_ms AS n2, cert_not_after_ms AS n3, last_poll_ms AS n4 FROM gateways \
-             WHERE public_key = $1",
+             WHERE public_key = $1 \
+             UNION ALL SELECT 'h', NULL, NULL, NULL, NULL, NULL, \
+             (SELECT COALESCE(MAX(seq), 0) FROM events), NULL, NULL, NULL",
         );
         if !first.is_empty() {
             sql.push_str(&format!(
@@ -206,6 +213,10 @@ impl Reader {
         let mut out = BeforeCrypto::default();
         for row in q.fetch_all(&mut *self.conn).await? {
             let k: String = row.try_get("k")?;
+            if k == "h" {
+                out.registry_seq = row.try_get("n1")?;
+                continue;
+            }
             let t1: String = row.try_get("t1")?;
             if k == "g" {
                 let status: String = row.try_get("t5")?;

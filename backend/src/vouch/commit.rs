@@ -31,10 +31,26 @@ pub(crate) struct JobItem {
     pub(crate) grant: Option<Grant>,
 }
 
+/// What became of a decision at its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// It stands as decided (a vouch's `e_P` recorded for the first time).
+    Stands,
+    /// Its `e_P` was already recorded: a replay.
+    Replay,
+    /// A vouch whose peripheral, gateway or policy changed after the reads
+    /// it was decided on (an event in the log after its `registry_seq`): it
+    /// is not given, and its `e_P` is not recorded (the decision was not
+    /// made: the same hello again is decided afresh).
+    Changed,
+}
+
 /// Vouch decisions to commit, and where their fate goes.
 struct VouchJob {
     items: Vec<JobItem>,
-    reply: oneshot::Sender<Result<Vec<bool>, ()>>,
+    /// The event log's head when the registry was read for these decisions.
+    registry_seq: i64,
+    reply: oneshot::Sender<Result<Vec<Fate>, ()>>,
 }
 
 /// A session report to judge and commit, where its verdicts go, and its
@@ -90,8 +106,8 @@ impl Job {
     }
 }
 
-/// The group's outcome: the vouch jobs' flags, the reports' judgments.
-type Outcome = (Vec<Vec<bool>>, Vec<Judged>);
+/// The group's outcome: the vouch jobs' fates, the reports' judgments.
+type Outcome = (Vec<Vec<Fate>>, Vec<Judged>);
 
 /// The single writer of vouch decisions and session reports (group commit;
 /// see the module doc).
@@ -145,14 +161,27 @@ impl Committer {
         (before == 0 || before + events <= MAX_QUEUED_REPORT_EVENTS).then_some(slot)
     }
 
-    /// Commits `items`; returns, per item, whether it stands (`false`: its
-    /// `e_P` was already recorded, so it is a replay).
-    pub(crate) async fn commit(&self, items: Vec<JobItem>) -> Result<Vec<bool>, StoreError> {
+    /// Commits `items`, decided on the registry as it stood at the event
+    /// log's `registry_seq` (read before the registry); returns each item's
+    /// [`Fate`].
+    pub(crate) async fn commit(
+        &self,
+        items: Vec<JobItem>,
+        registry_seq: i64,
+    ) -> Result<Vec<Fate>, StoreError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Vouches(VouchJob { items, reply }), rx).await
+        self.send(
+            Job::Vouches(VouchJob {
+                items,
+                registry_seq,
+                reply,
+            }),
+            rx,
+        )
+        .await
     }
 
     async fn send<T>(
@@ -234,7 +263,7 @@ async fn run_committer(
 /// Sends each job its outcome.
 fn answer(
     vouches: Vec<VouchJob>,
-    flags: Vec<Vec<bool>>,
+    flags: Vec<Vec<Fate>>,
     reports: Vec<ReportReply>,
     judged: Vec<Judged>,
 ) {
@@ -293,17 +322,48 @@ async fn write_group(
     reports: &[&ReportJob],
 ) -> Result<Outcome, StoreError> {
     let now = now_ms();
-    // Each e_P once; a second copy in the same group is a replay of the first.
+    let mut tx = store.begin_write().await?;
+    // The registry's changes since the oldest reads a grant here was decided
+    // on. The write lock is held: a change committed before it is in the
+    // log, and one committed after sees the grant (the feed's wake-up of
+    // the gateway holding it).
+    let since = jobs
+        .iter()
+        .filter(|j| j.items.iter().any(|i| i.grant.is_some()))
+        .map(|j| j.registry_seq)
+        .min();
+    let changes = match since {
+        Some(seq) => tx.events_after(seq).await?,
+        None => Vec::new(),
+    };
+    let changed: Vec<Vec<bool>> = jobs
+        .iter()
+        .map(|j| {
+            j.items
+                .iter()
+                .map(|i| {
+                    i.grant.as_ref().is_some_and(|g| {
+                        changes
+                            .iter()
+                            .any(|e| e.seq > j.registry_seq && e.concerns(g))
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    // Each e_P once; a second copy in the same group is a replay of the
+    // first. A changed decision's is not recorded.
     let mut unique = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for item in jobs.iter().flat_map(|j| j.items.iter()) {
-        if let Some(e) = &item.ephemeral {
-            if seen.insert(e.0) {
-                unique.push(*e);
+    for (job, changed) in jobs.iter().zip(&changed) {
+        for (item, &changed) in job.items.iter().zip(changed) {
+            if let (Some(e), false) = (&item.ephemeral, changed) {
+                if seen.insert(e.0) {
+                    unique.push(*e);
+                }
             }
         }
     }
-    let mut tx = store.begin_write().await?;
     let fresh = if unique.is_empty() {
         Default::default()
     } else {
@@ -314,30 +374,36 @@ async fn write_group(
     let mut entries = Vec::new();
     // The grants of the vouches that stand, by the index of their entry.
     let mut grants = Vec::new();
-    for job in jobs.iter_mut() {
-        let mut flags = Vec::with_capacity(job.items.len());
-        for item in job.items.iter_mut() {
-            let stands = match &item.ephemeral {
-                Some(e) => fresh.contains(&e.0) && taken.insert(e.0),
-                None => true,
+    for (job, changed) in jobs.iter_mut().zip(&changed) {
+        let mut fates = Vec::with_capacity(job.items.len());
+        for (item, &changed) in job.items.iter_mut().zip(changed) {
+            let fate = match &item.ephemeral {
+                _ if changed => Fate::Changed,
+                Some(e) if !(fresh.contains(&e.0) && taken.insert(e.0)) => Fate::Replay,
+                _ => Fate::Stands,
             };
-            flags.push(stands);
-            if !stands {
-                // A replay caught here (the same hello in flight twice) is a
-                // refusal like those caught before: counted if repeated.
-                item.audit.outcome = "denied".into();
-                item.audit.reason = Reason::Replay.code().into();
+            fates.push(fate);
+            if fate != Fate::Stands {
+                // A replay caught here (the same hello in flight twice), or
+                // a decision the registry overtook, is a refusal like those
+                // caught before: counted if repeated.
+                let reason = match fate {
+                    Fate::Changed => Reason::RegistryChanged,
+                    _ => Reason::Replay,
+                };
+                item.audit.outcome = reason.outcome().into();
+                item.audit.reason = reason.code().into();
                 item.audit.detail = String::new();
                 if refusals.admit(&item.audit, now) == Admit::Counted {
                     continue;
                 }
             }
-            if let (true, Some(g)) = (stands, item.grant) {
+            if let (Fate::Stands, Some(g)) = (fate, item.grant) {
                 grants.push((entries.len(), g));
             }
             entries.push(item.audit.clone());
         }
-        out.push(flags);
+        out.push(fates);
     }
     if !entries.is_empty() {
         // The entries take consecutive sequence numbers, the last one `last`.
@@ -363,4 +429,143 @@ async fn write_group(
     }
     tx.commit().await?;
     Ok((out, judged))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use vouch_proto::keys::{IdentityKey, KeyId, PeripheralId, PublicKey};
+    use vouch_proto::wire::Lifetimes;
+
+    use super::*;
+    use crate::model::{Status, Transition};
+    use crate::store::{NewGateway, NewPeripheral};
+
+    fn vouch(e: u8, peripheral: PeripheralId, gateway: PublicKey) -> JobItem {
+        JobItem {
+            ephemeral: Some(DhPublic([e; 32])),
+            audit: NewAudit::new("vouch", "vouched", "test")
+                .peripheral(&peripheral.to_string())
+                .gateway(&gateway.to_string()),
+            grant: Some(Grant {
+                peripheral,
+                gateway,
+                lifetimes: Lifetimes {
+                    session_s: 60,
+                    resumption_s: 60,
+                },
+                kid: KeyId(1),
+            }),
+        }
+    }
+
+    /// A vouch decided on registry reads made before its peripheral was
+    /// revoked, its gateway suspended or the policy changed, and committed
+    /// after that change, is not given: the gap between the decision's
+    /// reads and its commit (the group commit waits for the writer) would
+    /// otherwise let a revocation miss a handshake already in flight at
+    /// the backend. Its `e_P` is not recorded, so the same hello again is
+    /// decided afresh; vouches the change does not concern stand.
+    #[tokio::test]
+    async fn a_vouch_whose_registry_changed_before_its_commit_is_not_given() {
+        let store = Store::open_in_memory().await.expect("store");
+        let gateway = |seed: u8| IdentityKey::from_seed(&[seed; 32]).public_key();
+        let (gw, gw2) = (gateway(1), gateway(2));
+        for key in [gw, gw2] {
+            let new = NewGateway {
+                public_key: key,
+                name: None,
+                group: None,
+                site: None,
+            };
+            store.enroll_gateway(&new, "test").await.expect("gateway");
+        }
+        let mut p = Vec::new();
+        for seed in 10..13u8 {
+            let key = IdentityKey::from_seed(&[seed; 32]).public_key();
+            let new = NewPeripheral {
+                id: PeripheralId::derive(&key),
+                public_key: key,
+                group: None,
+                attributes: BTreeMap::new(),
+                status: Status::Active,
+            };
+            store
+                .enroll_peripheral(&new, "test")
+                .await
+                .expect("peripheral");
+            p.push(new.id);
+        }
+        let committer = Committer::spawn(
+            store.clone(),
+            crate::metrics::Metrics::new(),
+            Arc::new(RefusalTally::new(64, 1_000)),
+        );
+        let head = || async { store.last_event_seq().await.expect("head") };
+
+        // The decision's reads see the head where the vouch path reads it.
+        let read = head().await;
+        let mut reader = store.reader().await.expect("reader");
+        let before = reader.before_crypto(&gw, &[]).await.expect("read");
+        drop(reader);
+        assert_eq!(before.registry_seq, read);
+
+        // p0 revoked after the reads: its vouch does not stand, p1's does.
+        store
+            .transition_peripheral(&p[0], Transition::Revoke, "test")
+            .await
+            .expect("revoke");
+        let fates = committer
+            .commit(vec![vouch(1, p[0], gw), vouch(2, p[1], gw)], read)
+            .await
+            .expect("commit");
+        assert_eq!(fates, [Fate::Changed, Fate::Stands]);
+        assert!(store.last_grant(&p[0], &gw).await.expect("grant").is_none());
+        assert!(store.last_grant(&p[1], &gw).await.expect("grant").is_some());
+        // Its e_P was not recorded: the same hello, decided after the
+        // change, is not a replay.
+        let fates = committer
+            .commit(vec![vouch(1, p[2], gw)], head().await)
+            .await
+            .expect("commit");
+        assert_eq!(fates, [Fate::Stands]);
+
+        // The gateway suspended after the reads.
+        let read = head().await;
+        store
+            .transition_gateway(&gw2, Transition::Suspend, "test")
+            .await
+            .expect("suspend");
+        let fates = committer
+            .commit(vec![vouch(3, p[1], gw2), vouch(4, p[2], gw)], read)
+            .await
+            .expect("commit");
+        assert_eq!(fates, [Fate::Changed, Fate::Stands]);
+
+        // The policy changed after the reads: every vouch decided before
+        // it; an entry without a grant stands.
+        let read = head().await;
+        let mut tx = store.begin_write().await.expect("begin");
+        tx.event("policy_changed", "", now_ms())
+            .await
+            .expect("event");
+        tx.commit().await.expect("commit");
+        let refusal = JobItem {
+            ephemeral: None,
+            audit: NewAudit::new("vouch", "denied", "test").reason("policy_denied"),
+            grant: None,
+        };
+        let fates = committer
+            .commit(vec![vouch(5, p[1], gw), refusal], read)
+            .await
+            .expect("commit");
+        assert_eq!(fates, [Fate::Changed, Fate::Stands]);
+        // Decided after it: stands.
+        let fates = committer
+            .commit(vec![vouch(6, p[1], gw)], head().await)
+            .await
+            .expect("commit");
+        assert_eq!(fates, [Fate::Stands]);
+    }
 }

@@ -6,7 +6,7 @@
 //!
 //! | step | check | cost | refusal reason in the audit log |
 //! |---|---|---|---|
-//! | 1 | gateway enrolled and active (TLS identity) | one indexed read, once per request | `gateway_unknown`, `gateway_not_active` |
+//! | 1 | gateway enrolled and active (TLS identity); the event log's head read with it | one indexed read, once per request | `gateway_unknown`, `gateway_not_active` |
 //! | 2 | gateway not locked out | memory | `gateway_locked_out` (answered `Busy`) |
 //! | 2 | hello decodes, names a key id this instance serves ([`crate::keyring`]: not purged) | decode, memory | `malformed_hello`, `unknown_backend_key` |
 //! | 3 | `e_P` not in the replay cache | one indexed read | `replay` |
@@ -16,7 +16,7 @@
 //! | 6 | signature | one Ed25519 verification, batched per request, the key decoded once ([`crate::keycache`]) | `bad_signature` |
 //! | 7 | policy grants a scope | one read | `policy_denied` |
 //! | 7½ | not live on another gateway (clone) | one read | `clone_refused` (if `clone_action = "refuse"`) |
-//! | 8 | record `e_P` (the authoritative replay check) and the audit entry, durably | group commit | `replay` |
+//! | 8 | no change to the gateway's or the peripheral's status or to the policy since the head read in step 1 (an event after it); then record `e_P` (the authoritative replay check) and the audit entry, durably | group commit: one read of the log's tail under the write lock | `registry_changed` (answered `Busy`), `replay` |
 //! | 8 | sign the vouch with the key pair the hello named (the one it was opened with) | one Ed25519 sign (on `crypto.provider`) | — |
 //!
 //! The hello names the key its peripheral sealed it to: the peripheral's
@@ -26,9 +26,9 @@
 //! the anchor updates of a rotation yet. Each request works on one snapshot
 //! of the key ring.
 //!
-//! Every refusal except a gateway's lockout is answered `Refused(Denied)`,
-//! identical on the wire whatever the reason; a locked-out gateway is
-//! answered `Refused(Busy)` ("retry later"). The audit log names the exact
+//! Every refusal except a gateway's lockout and a registry change at commit
+//! is answered `Refused(Denied)`, identical on the wire whatever the
+//! reason; those two are answered `Refused(Busy)` ("retry later"). The audit log names the exact
 //! reason; refusals that repeat one of the same kind (reason, gateway,
 //! claimed id) within an interval are counted into one summary entry
 //! instead of one entry each ([`crate::audit`], SPEC.md §11.12).
@@ -43,6 +43,15 @@
 //! decisions, so nothing is answered before it is on disk. Session reports
 //! go through the same writer (`sessions.rs`): judged one after another in
 //! the group's transaction, answered once it has committed.
+//!
+//! Waiting for the writer opens a gap between a decision's registry reads
+//! and its commit, in which an operator may revoke the peripheral, suspend
+//! the gateway or change the policy. Every such change appends an event to
+//! the log under the same write lock, so the commit reads the events after
+//! the head its decision's reads began at, and a vouch they concern is not
+//! given (`registry_changed`, answered `Busy`; its `e_P` not recorded). A
+//! change committed after the vouch finds its grant, and the feed closes
+//! the session (SPEC.md §10.4).
 
 mod commit;
 mod sessions;
@@ -56,7 +65,7 @@ use vouch_proto::keys::{DhPublic, KeyId, PeripheralId, PublicKey};
 use vouch_proto::wire::backend::{PeripheralInfo, Refusal, VouchAnswer, VouchRequest, Vouched};
 use vouch_proto::wire::{Hello, Lifetimes, Scope};
 
-pub(crate) use commit::{Committer, JobItem};
+pub(crate) use commit::{Committer, Fate, JobItem};
 pub(crate) use sessions::{report_sessions, CloneRules, ATTACH_GRACE_MS};
 
 use crate::audit::{Admit, RefusalTally};
@@ -116,6 +125,11 @@ pub enum Reason {
     PolicyDenied,
     /// The peripheral is live on another gateway and policy refuses a second.
     CloneRefused,
+    /// The peripheral's or the gateway's status, or the policy, changed
+    /// after the reads the vouch was decided on and before it was committed:
+    /// not given (answered `Busy`: the device retries, and the new state
+    /// decides).
+    RegistryChanged,
 }
 
 impl Reason {
@@ -136,14 +150,24 @@ impl Reason {
             Reason::BadSignature => "bad_signature",
             Reason::PolicyDenied => "policy_denied",
             Reason::CloneRefused => "clone_refused",
+            Reason::RegistryChanged => "registry_changed",
         }
     }
 
     /// What goes on the wire.
     pub fn refusal(self) -> Refusal {
         match self {
-            Reason::GatewayLockedOut => Refusal::Busy,
+            Reason::GatewayLockedOut | Reason::RegistryChanged => Refusal::Busy,
             _ => Refusal::Denied,
+        }
+    }
+
+    /// The audit entry's outcome for this refusal: `busy` or `denied`, as
+    /// on the wire.
+    pub fn outcome(self) -> &'static str {
+        match self.refusal() {
+            Refusal::Busy => "busy",
+            Refusal::Denied => "denied",
         }
     }
 
@@ -288,7 +312,7 @@ pub(crate) async fn vouch_batch(
         GatewayCheck::Refused(reason) => {
             drop(reader);
             let decisions = items.iter().map(|i| refuse(i, None, reason)).collect();
-            return finish(issuer, key, &actor, decisions, now).await;
+            return finish(issuer, key, &actor, decisions, before.registry_seq, now).await;
         }
     };
     let gw_locked = issuer
@@ -323,7 +347,7 @@ pub(crate) async fn vouch_batch(
     // Step 7½: live on another gateway?
     let refuse_clones = issuer.security.clone_action == CloneAction::Refuse;
     mark_clones(&mut decisions, &after.attached_elsewhere, refuse_clones);
-    finish(issuer, key, &actor, decisions, now).await
+    finish(issuer, key, &actor, decisions, before.registry_seq, now).await
 }
 
 /// A refusal of `item` for `reason`, naming the id it claims once known.
@@ -519,15 +543,20 @@ async fn finish(
     key: &PublicKey,
     actor: &str,
     decisions: Vec<Decision>,
+    registry_seq: i64,
     now: i64,
 ) -> Result<Vec<VouchAnswer>, StoreError> {
     let (job, written) = audit_job(issuer.refusals, key, actor, &decisions, now);
-    let fresh = issuer.committer.commit(job).await?;
-    // `fresh` has one flag per job item; pick out the decisions' own items.
-    let mut flags = fresh.into_iter();
+    let fates = issuer.committer.commit(job, registry_seq).await?;
+    // `fates` has one fate per job item; pick out the decisions' own items.
+    let mut fates = fates.into_iter();
     let mut answers = Vec::with_capacity(decisions.len());
     for (d, written) in decisions.into_iter().zip(written) {
-        let first_seen = written && flags.next().unwrap_or(false);
+        let fate = match written {
+            true => fates.next().unwrap_or(Fate::Replay),
+            false => Fate::Replay,
+        };
+        let first_seen = fate == Fate::Stands;
         // Open elsewhere: not yet a clone (that gateway may not have seen
         // the device's link die), but judged when that session ends; also
         // if this vouch is refused for it. Only for a fresh hello: a
@@ -535,7 +564,7 @@ async fn finish(
         if let (true, false, Some(p)) = (first_seen, d.clone_of.is_empty(), d.claimed) {
             record_suspicion(issuer, &p, key, now).await;
         }
-        let answer = answer(issuer, key, d, first_seen, now).await;
+        let answer = answer(issuer, key, d, fate, now).await;
         let label = match &answer {
             VouchAnswer::Vouched(_) => "vouched",
             VouchAnswer::Refused(Refusal::Busy) => "busy",
@@ -638,14 +667,15 @@ async fn answer(
     issuer: Issuer<'_>,
     key: &PublicKey,
     d: Decision,
-    first_seen: bool,
+    fate: Fate,
     now: i64,
 ) -> VouchAnswer {
-    let outcome = match d.outcome {
-        Ok(_) if d.refuse_clone => Err(Reason::CloneRefused),
-        Ok(g) if first_seen => Ok(g),
-        Ok(_) => Err(Reason::Replay),
-        Err(r) => Err(r),
+    let outcome = match (d.outcome, fate) {
+        (Ok(_), _) if d.refuse_clone => Err(Reason::CloneRefused),
+        (Ok(g), Fate::Stands) => Ok(g),
+        (Ok(_), Fate::Replay) => Err(Reason::Replay),
+        (Ok(_), Fate::Changed) => Err(Reason::RegistryChanged),
+        (Err(r), _) => Err(r),
     };
     match outcome {
         Ok(g) => {
@@ -692,11 +722,7 @@ pub(crate) fn refusal_entry(
     claimed: Option<&str>,
     reason: Reason,
 ) -> NewAudit {
-    let outcome = match reason.refusal() {
-        Refusal::Busy => "busy",
-        Refusal::Denied => "denied",
-    };
-    let mut a = NewAudit::new("vouch", outcome, actor)
+    let mut a = NewAudit::new("vouch", reason.outcome(), actor)
         .reason(reason.code())
         .gateway(gateway);
     if let Some(c) = claimed {
