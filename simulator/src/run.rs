@@ -566,7 +566,7 @@ impl World {
     }
 }
 
-const REFUSAL_REASONS: [&str; 14] = [
+const REFUSAL_REASONS: [&str; 15] = [
     "gateway_unknown",
     "gateway_not_active",
     "gateway_locked_out",
@@ -581,6 +581,7 @@ const REFUSAL_REASONS: [&str; 14] = [
     "bad_signature",
     "policy_denied",
     "clone_refused",
+    "registry_changed",
 ];
 
 /// Runs a scenario from start to end.

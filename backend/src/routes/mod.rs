@@ -209,8 +209,7 @@ pub async fn audit_refusals(
             audit: entry,
             grant: None,
         };
-        // No grant in it, so no registry reads to check it against.
-        if let Err(e) = state.committer.commit(vec![item], 0).await {
+        if let Err(e) = state.committer.commit(vec![item], None).await {
             tracing::warn!(error = %e, "could not audit a refusal");
         }
     }

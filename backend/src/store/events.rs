@@ -27,16 +27,31 @@ impl EventRow {
             subject: r.try_get("subject")?,
         })
     }
+}
 
-    /// Whether this change overtakes a vouch decided before it: a change of
-    /// the vouched peripheral's or gateway's status, or of the policy.
-    pub(crate) fn concerns(&self, grant: &Grant) -> bool {
-        match self.kind.as_str() {
-            "policy_changed" => true,
-            k if k.starts_with("peripheral_") => self.subject == grant.peripheral.to_string(),
-            k if k.starts_with("gateway_") => self.subject == grant.gateway.to_string(),
-            _ => false,
-        }
+/// The registry changes committed after some point of the event log, as a
+/// vouch's commit checks them (SPEC.md §5.3 step 8): by subject, the
+/// newest status event of each peripheral and gateway, and the newest
+/// policy change.
+#[derive(Debug, Default)]
+pub(crate) struct RegistryChanges {
+    peripherals: std::collections::HashMap<String, i64>,
+    gateways: std::collections::HashMap<String, i64>,
+    policy: Option<i64>,
+    /// More events than one read takes: every decision counts as overtaken.
+    overflow: bool,
+}
+
+impl RegistryChanges {
+    /// Whether a vouch for `grant`, decided on reads that began at the log's
+    /// `since`, is overtaken by a change after it: its peripheral's or its
+    /// gateway's status, or a policy rule removed.
+    pub(crate) fn overtake(&self, grant: &Grant, since: i64) -> bool {
+        let after = |seq: Option<&i64>| seq.is_some_and(|&s| s > since);
+        self.overflow
+            || self.policy.is_some_and(|s| s > since)
+            || after(self.peripherals.get(&grant.peripheral.to_string()))
+            || after(self.gateways.get(&grant.gateway.to_string()))
     }
 }
 
@@ -117,15 +132,42 @@ impl Store {
 }
 
 impl WriteTx<'_> {
-    /// Every event after `seq`, oldest first, as this transaction sees the
-    /// log (under the write lock: every event committed before it).
-    pub(crate) async fn events_after(&mut self, seq: i64) -> Result<Vec<EventRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT seq, at_ms, kind, subject FROM events WHERE seq > $1 ORDER BY seq")
-                .bind(seq)
-                .fetch_all(&mut *self.tx)
-                .await?;
-        rows.iter().map(EventRow::from_row).collect()
+    /// The registry changes after the log's `since`, as this transaction
+    /// sees the log (under the write lock: every event committed before
+    /// it). No statement when the log has not moved past `since` since the
+    /// lock was taken, the usual case.
+    pub(crate) async fn registry_changes(
+        &mut self,
+        since: i64,
+    ) -> Result<RegistryChanges, StoreError> {
+        /// Events one check reads; past it, everything counts as changed.
+        const MOST: i64 = 4_096;
+        let mut changes = RegistryChanges::default();
+        if self.event_head <= since {
+            return Ok(changes);
+        }
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, kind, subject FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(since)
+        .bind(MOST)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        changes.overflow = rows.len() as i64 >= MOST;
+        for row in &rows {
+            let e = EventRow::from_row(row)?;
+            let newest = |m: &mut std::collections::HashMap<String, i64>, e: EventRow| {
+                let s = m.entry(e.subject).or_insert(e.seq);
+                *s = (*s).max(e.seq);
+            };
+            match e.kind.as_str() {
+                "policy_changed" => changes.policy = Some(changes.policy.unwrap_or(0).max(e.seq)),
+                k if k.starts_with("peripheral_") => newest(&mut changes.peripherals, e),
+                k if k.starts_with("gateway_") => newest(&mut changes.gateways, e),
+                _ => {}
+            }
+        }
+        Ok(changes)
     }
 
     /// Appends a revocation-feed event.

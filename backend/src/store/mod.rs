@@ -404,16 +404,21 @@ impl Store {
         sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "SELECT seq, hash, (SELECT COALESCE(MAX(seq), 0) FROM events) AS event_head \
+             FROM audit_head WHERE id = 1",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let seq: i64 = row.try_get("seq")?;
         let hash: String = row.try_get("hash")?;
+        let event_head: i64 = row.try_get("event_head")?;
         let hash = audit::parse_hash(&hash).ok_or(StoreError::Corrupt("audit_head"))?;
         Ok(WriteTx {
             tx,
             head_seq: seq,
             head_hash: hash,
+            event_head,
             wrote_events: false,
             engine: self.engine,
         })
@@ -475,6 +480,8 @@ pub struct WriteTx<'c> {
     pub(crate) tx: Transaction<'c, Any>,
     head_seq: i64,
     head_hash: [u8; 32],
+    /// The event log's head when the write lock was taken.
+    event_head: i64,
     wrote_events: bool,
     engine: Engine,
 }

@@ -16,7 +16,7 @@
 //! | 6 | signature | one Ed25519 verification, batched per request, the key decoded once ([`crate::keycache`]) | `bad_signature` |
 //! | 7 | policy grants a scope | one read | `policy_denied` |
 //! | 7½ | not live on another gateway (clone) | one read | `clone_refused` (if `clone_action = "refuse"`) |
-//! | 8 | no change to the gateway's or the peripheral's status or to the policy since the head read in step 1 (an event after it); then record `e_P` (the authoritative replay check) and the audit entry, durably | group commit: one read of the log's tail under the write lock | `registry_changed` (answered `Busy`), `replay` |
+//! | 8 | no status change of the gateway or the peripheral and no policy rule removed since the head read in step 1 (an event after it); then record `e_P` (the authoritative replay check) and the audit entry, durably | group commit: one read of the log's tail under the write lock | `registry_changed` (answered `Busy`), `replay` |
 //! | 8 | sign the vouch with the key pair the hello named (the one it was opened with) | one Ed25519 sign (on `crypto.provider`) | — |
 //!
 //! The hello names the key its peripheral sealed it to: the peripheral's
@@ -46,7 +46,7 @@
 //!
 //! Waiting for the writer opens a gap between a decision's registry reads
 //! and its commit, in which an operator may revoke the peripheral, suspend
-//! the gateway or change the policy. Every such change appends an event to
+//! the gateway or remove a policy rule. Every such change appends an event to
 //! the log under the same write lock, so the commit reads the events after
 //! the head its decision's reads began at, and a vouch they concern is not
 //! given (`registry_changed`, answered `Busy`; its `e_P` not recorded). A
@@ -125,8 +125,9 @@ pub enum Reason {
     PolicyDenied,
     /// The peripheral is live on another gateway and policy refuses a second.
     CloneRefused,
-    /// The peripheral's or the gateway's status, or the policy, changed
-    /// after the reads the vouch was decided on and before it was committed:
+    /// The peripheral's or the gateway's status changed, or a policy rule
+    /// was removed, after the reads the vouch was decided on and before it
+    /// was committed:
     /// not given (answered `Busy`: the device retries, and the new state
     /// decides).
     RegistryChanged,
@@ -547,7 +548,7 @@ async fn finish(
     now: i64,
 ) -> Result<Vec<VouchAnswer>, StoreError> {
     let (job, written) = audit_job(issuer.refusals, key, actor, &decisions, now);
-    let fates = issuer.committer.commit(job, registry_seq).await?;
+    let fates = issuer.committer.commit(job, Some(registry_seq)).await?;
     // `fates` has one fate per job item; pick out the decisions' own items.
     let mut fates = fates.into_iter();
     let mut answers = Vec::with_capacity(decisions.len());
